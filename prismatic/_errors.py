@@ -1,0 +1,93 @@
+"""The one error tree of Prismatic.
+
+Every error the framework raises on purpose derives from :class:`PrismaticError`. The tree is
+kept shallow (as msgspec's is): callers catch the base class, or one of the few direct
+subclasses below when they must tell cases apart. Messages name the offending field or path
+and the value, so a one-line report is enough to fix the input.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "PrismaticError",
+    "ChildSpecError",
+    "SupervisorError",
+    "StartError",
+    "NodeError",
+    "ControlError",
+    "EventLogError",
+    "EventLogFormatError",
+    "EventLogFullError",
+]
+
+
+class PrismaticError(Exception):
+    """Base class of every error raised by Prismatic."""
+
+
+class ChildSpecError(PrismaticError, ValueError):
+    """A child spec or supervisor flag is invalid; raised at definition time.
+
+    ``field`` names the offending field, ``value`` holds what was given.
+    """
+
+    def __init__(self, field: str, value: object, problem: str) -> None:
+        self.field = field
+        self.value = value
+        self.problem = problem
+        super().__init__(f"invalid {field}={value!r}: {problem}")
+
+
+class SupervisorError(PrismaticError):
+    """An operation on a running supervisor was refused, with OTP's error term.
+
+    ``reason`` is one of OTP's atoms as a string (``not_found``, ``running``,
+    ``restarting``, ``already_present``, ``simple_one_for_one``...), ``detail`` says more.
+    """
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+
+
+class StartError(SupervisorError):
+    """A child failed to start; ``exit_reason`` is why (an :data:`ExitReason`)."""
+
+    def __init__(self, child_id: str, exit_reason: object) -> None:
+        self.child_id = child_id
+        self.exit_reason = exit_reason
+        super().__init__("failed_to_start_child", f"child {child_id!r}: {exit_reason}")
+
+
+class NodeError(PrismaticError):
+    """A node could not start or be reached (bad --app, data directory in use...)."""
+
+
+class ControlError(PrismaticError):
+    """A control request to a node failed: timeout, refused, or malformed."""
+
+
+class EventLogError(PrismaticError):
+    """The event log refused an operation."""
+
+
+class EventLogFormatError(EventLogError):
+    """A path is not a Prismatic event log, is corrupted, or has a newer format version."""
+
+
+class EventLogFullError(EventLogError):
+    """The disk under the event log is full: the append was not acknowledged."""
+
+
+class TopicError(PrismaticError, ValueError):
+    """A topic or topic pattern is malformed; ``field`` and ``value`` name what was given."""
+
+    def __init__(self, field: str, value: object, problem: str) -> None:
+        self.field = field
+        self.value = value
+        self.problem = problem
+        super().__init__(f"invalid {field} {value!r}: {problem}")
+
+
+__all__ += ["TopicError"]
