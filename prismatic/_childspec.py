@@ -1,0 +1,256 @@
+"""Child specs and supervisor flags: the static description of a supervision tree.
+
+As in OTP's ``supervisor.erl``, each field has one small validator, run when the Struct is
+constructed, so an invalid spec fails at definition time with :class:`ChildSpecError` naming
+the field and the value. Strings are accepted for enum fields (``restart="transient"``) and
+normalized to the enum. Defaults are OTP's: ``restart=permanent``, ``shutdown`` 5 s for a
+worker and ``infinity`` for a supervisor, ``intensity=1`` restart in ``period=5`` seconds,
+``auto_shutdown=never``.
+
+``start`` is what the child process runs: a :class:`Worker` subclass, a
+:class:`SupervisorSpec`, a callable returning either (called with ``args`` inside the child),
+or a ``"module:attr"`` string naming one of those (resolved inside the child, which is how a
+spec crosses the wire).
+"""
+
+from __future__ import annotations
+
+import enum
+import importlib
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import msgspec
+from msgspec.structs import force_setattr
+
+from ._errors import ChildSpecError
+from ._worker import Worker
+
+__all__ = [
+    "RestartType",
+    "ChildType",
+    "ShutdownKind",
+    "Strategy",
+    "AutoShutdown",
+    "ChildSpec",
+    "SupFlags",
+    "SupervisorSpec",
+    "check_child_specs",
+    "resolve_start",
+]
+
+
+class RestartType(enum.Enum):
+    PERMANENT = "permanent"
+    TRANSIENT = "transient"
+    TEMPORARY = "temporary"
+
+
+class ChildType(enum.Enum):
+    WORKER = "worker"
+    SUPERVISOR = "supervisor"
+
+
+class ShutdownKind(enum.Enum):
+    BRUTAL_KILL = "brutal_kill"
+    INFINITY = "infinity"
+
+
+class Strategy(enum.Enum):
+    ONE_FOR_ONE = "one_for_one"
+    ONE_FOR_ALL = "one_for_all"
+    REST_FOR_ONE = "rest_for_one"
+    SIMPLE_ONE_FOR_ONE = "simple_one_for_one"
+
+
+class AutoShutdown(enum.Enum):
+    NEVER = "never"
+    ANY_SIGNIFICANT = "any_significant"
+    ALL_SIGNIFICANT = "all_significant"
+
+
+def _as_enum(cls: type[enum.Enum], field: str, value: object) -> Any:
+    if isinstance(value, cls):
+        return value
+    try:
+        return cls(value)
+    except ValueError:
+        choices = " | ".join(m.value for m in cls)
+        raise ChildSpecError(field, value, f"must be one of {choices}") from None
+
+
+def _valid_id(value: object) -> str:
+    if not isinstance(value, str) or not value:
+        raise ChildSpecError("id", value, "must be a non-empty string")
+    if any(c in "/.#*" or c.isspace() for c in value):
+        # '/' separates tree paths, '.' topic words; '#' marks dynamic children, '*' wildcards
+        raise ChildSpecError("id", value, "must not contain '/', '.', '#', '*' or white space")
+    return value
+
+
+def _valid_start(value: object) -> object:
+    if isinstance(value, str):
+        module, sep, attr = value.partition(":")
+        if not (sep and module and attr):
+            raise ChildSpecError("start", value, "a string must be 'module:attr'")
+        return value
+    if isinstance(value, SupervisorSpec):
+        return value
+    if isinstance(value, type):
+        if issubclass(value, Worker):
+            return value
+        raise ChildSpecError("start", value, "a class must subclass prismatic.Worker")
+    if callable(value):
+        return value
+    raise ChildSpecError(
+        "start", value, "must be a Worker subclass, a SupervisorSpec, a callable or 'module:attr'"
+    )
+
+
+def _valid_args(value: object) -> tuple[Any, ...]:
+    if isinstance(value, (list, tuple)):
+        return tuple(value)
+    raise ChildSpecError("args", value, "must be a tuple or list")
+
+
+def _valid_shutdown(value: object, ctype: ChildType) -> float | ShutdownKind:
+    if value is None:
+        return ShutdownKind.INFINITY if ctype is ChildType.SUPERVISOR else 5.0
+    if isinstance(value, bool):
+        raise ChildSpecError("shutdown", value, "must be brutal_kill, infinity or seconds > 0")
+    if isinstance(value, (int, float)):
+        if not (value > 0 and math.isfinite(value)):
+            raise ChildSpecError("shutdown", value, "seconds must be finite and > 0")
+        return float(value)
+    return _as_enum(ShutdownKind, "shutdown", value)
+
+
+def _valid_type(value: object, start: object) -> ChildType:
+    if value is None:
+        return ChildType.SUPERVISOR if isinstance(start, SupervisorSpec) else ChildType.WORKER
+    ctype = _as_enum(ChildType, "type", value)
+    if isinstance(start, SupervisorSpec) and ctype is not ChildType.SUPERVISOR:
+        raise ChildSpecError("type", value, "start is a SupervisorSpec, so type must be supervisor")
+    if isinstance(start, type) and ctype is not ChildType.WORKER:
+        raise ChildSpecError("type", value, "start is a Worker class, so type must be worker")
+    return ctype
+
+
+def _valid_significant(value: object, restart: RestartType) -> bool:
+    if not isinstance(value, bool):
+        raise ChildSpecError("significant", value, "must be True or False")
+    if value and restart is RestartType.PERMANENT:
+        raise ChildSpecError("significant", value, "a permanent child cannot be significant")
+    return value
+
+
+class ChildSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """How a supervisor starts, restarts and stops one child (OTP's ``child_spec()``)."""
+
+    id: str
+    start: Any
+    args: tuple[Any, ...] = ()
+    restart: RestartType = RestartType.PERMANENT
+    shutdown: float | ShutdownKind | None = None
+    type: ChildType | None = None
+    significant: bool = False
+
+    def __post_init__(self) -> None:
+        _valid_id(self.id)
+        start = _valid_start(self.start)
+        force_setattr(self, "args", _valid_args(self.args))
+        restart = _as_enum(RestartType, "restart", self.restart)
+        force_setattr(self, "restart", restart)
+        ctype = _valid_type(self.type, start)
+        force_setattr(self, "type", ctype)
+        force_setattr(self, "shutdown", _valid_shutdown(self.shutdown, ctype))
+        _valid_significant(self.significant, restart)
+
+
+def _valid_intensity(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ChildSpecError("intensity", value, "must be an integer >= 0")
+    return value
+
+
+def _valid_period(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ChildSpecError("period", value, "must be a number of seconds > 0")
+    if not (value > 0 and math.isfinite(value)):
+        raise ChildSpecError("period", value, "must be finite and > 0")
+    return float(value)
+
+
+class SupFlags(msgspec.Struct, frozen=True, kw_only=True):
+    """A supervisor's flags (OTP's ``sup_flags()``); ``period`` is in seconds."""
+
+    strategy: Strategy = Strategy.ONE_FOR_ONE
+    intensity: int = 1
+    period: float = 5.0
+    auto_shutdown: AutoShutdown = AutoShutdown.NEVER
+
+    def __post_init__(self) -> None:
+        force_setattr(self, "strategy", _as_enum(Strategy, "strategy", self.strategy))
+        _valid_intensity(self.intensity)
+        force_setattr(self, "period", _valid_period(self.period))
+        force_setattr(self, "auto_shutdown",
+                      _as_enum(AutoShutdown, "auto_shutdown", self.auto_shutdown))
+
+
+class SupervisorSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """A supervisor: its flags and its children in start order.
+
+    For ``simple_one_for_one`` ``children`` holds exactly one template spec; its children are
+    started later with ``start_child(args)``.
+    """
+
+    flags: SupFlags = SupFlags()
+    children: tuple[ChildSpec, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.flags, SupFlags):
+            raise ChildSpecError("flags", self.flags, "must be a SupFlags")
+        children = tuple(self.children) if isinstance(self.children, (list, tuple)) else None
+        if children is None:
+            raise ChildSpecError("children", self.children, "must be a list of ChildSpec")
+        force_setattr(self, "children", children)
+        check_child_specs(children, self.flags.auto_shutdown)
+        if self.flags.strategy is Strategy.SIMPLE_ONE_FOR_ONE and len(children) != 1:
+            raise ChildSpecError("children", len(children),
+                                 "simple_one_for_one needs exactly one template child spec")
+
+
+def check_child_specs(specs: Iterable[object],
+                      auto_shutdown: AutoShutdown | str | None = None) -> None:
+    """Validate child specs without starting anything (OTP's ``check_childspecs/2``).
+
+    Raises :class:`ChildSpecError` for a non-ChildSpec item, a duplicate id, or a significant
+    child under ``auto_shutdown=never``.
+    """
+    mode = None if auto_shutdown is None else _as_enum(AutoShutdown, "auto_shutdown",
+                                                       auto_shutdown)
+    seen: set[str] = set()
+    for spec in specs:
+        if not isinstance(spec, ChildSpec):
+            raise ChildSpecError("children", spec, "each child must be a ChildSpec")
+        if spec.id in seen:
+            raise ChildSpecError("id", spec.id, "duplicate child id")
+        seen.add(spec.id)
+        if spec.significant and mode is AutoShutdown.NEVER:
+            raise ChildSpecError("significant", True,
+                                 f"child {spec.id!r} is significant but auto_shutdown is never")
+
+
+def resolve_start(start: object) -> object:
+    """Turn a ``"module:attr"`` start into the object it names (done inside the child)."""
+    if not isinstance(start, str):
+        return start
+    module, _, attr = start.partition(":")
+    try:
+        obj: object = importlib.import_module(module)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as exc:
+        raise ChildSpecError("start", start, f"cannot be imported: {exc}") from exc
+    return _valid_start(obj)

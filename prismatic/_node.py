@@ -1,0 +1,258 @@
+"""A node: the process that owns the root supervisor and serves the tree to the outside.
+
+Start-up order is what keeps forks clean: the node resolves the app (so every module the
+tree needs is imported into the image all processes are forked from), takes the data
+directory's lock, forks the root supervisor, and only then creates its ZeroMQ context. From
+then on the node never forks again.
+
+The node's loop (uvloop) serves:
+* the root supervisor's channel: lifecycle events (folded into a :class:`TreeView`, published
+  on ``ipc://<data dir>/events.sock`` with topic ``supervisor.<path>.<kind>``) and replies;
+* the control endpoint ``ipc://<data dir>/control.sock`` (see :mod:`._control`);
+* SIGINT/SIGTERM: stop the tree in order (SIGTERM to the root, which stops its children in
+  reverse start order), then exit 0.
+
+If the root supervisor exits on its own (restart intensity exceeded all the way up), the
+node exits with code 1, as an OTP node does when its permanent application's top
+supervisor dies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+import msgspec
+import uvloop
+import zmq
+import zmq.asyncio
+
+from ._address import default_node_name
+from ._childspec import SupervisorSpec, resolve_start
+from ._control import (
+    ControlReply, NodeStatus, StatusCall, SupervisorCall, TreeCall, TreeRow, ControlCall,
+)
+from ._errors import ChildSpecError, NodeError
+from ._exit import ExitReason, Normal, Shutdown, describe, reason_from_wait_status
+from ._process import fork_child, send_signal
+from ._tree import TreeView
+from .supervisors._events import Err, Ok
+from .supervisors._runtime import SupervisorRuntime
+from .transports._channel import Channel, open_channel_pair
+from .transports._frames import (
+    ExitingFrame, LifecycleFrame, ReadyFrame, ReplyFrame, RequestFrame,
+)
+
+__all__ = ["run_node", "load_app", "default_data_dir", "control_address", "events_address"]
+
+log = logging.getLogger(__name__)
+_encoder = msgspec.msgpack.Encoder()
+_call_decoder = msgspec.msgpack.Decoder(ControlCall)
+
+
+def default_data_dir(name: str) -> Path:
+    return Path(os.environ.get("PRISMATIC_HOME", "~/.prismatic")).expanduser() / name
+
+
+def control_address(data_dir: Path | str) -> str:
+    return f"ipc://{Path(data_dir).resolve()}/control.sock"
+
+
+def events_address(data_dir: Path | str) -> str:
+    return f"ipc://{Path(data_dir).resolve()}/events.sock"
+
+
+def load_app(ref: str) -> SupervisorSpec:
+    """Resolve ``module:attr`` to a SupervisorSpec (or a callable returning one)."""
+    try:
+        obj = resolve_start(ref)
+    except ChildSpecError as exc:
+        raise NodeError(f"--app {ref!r}: {exc.problem}") from None
+    if not isinstance(obj, SupervisorSpec) and callable(obj):
+        try:
+            obj = obj()
+        except Exception as exc:
+            raise NodeError(f"--app {ref!r}: calling it raised {exc!r}") from None
+    if not isinstance(obj, SupervisorSpec):
+        raise NodeError(f"--app {ref!r} is {type(obj).__name__}, not a prismatic.SupervisorSpec")
+    return obj
+
+
+def run_node(spec: SupervisorSpec, *, name: str | None = None,
+             data_dir: Path | str | None = None, show_tree: bool = True,
+             out: TextIO = sys.stdout) -> int:
+    """Run a node until it is told to stop (exit code 0) or its root supervisor dies (1)."""
+    name = name or default_node_name()
+    data = Path(data_dir) if data_dir is not None else default_data_dir(name)
+    data.mkdir(parents=True, exist_ok=True)
+    lock = open(data / "node.lock", "w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise NodeError(f"another node is running with data directory {data}") from None
+    # Fork the root before any ZeroMQ context exists in this process.
+    mine, theirs = open_channel_pair()
+    root_pid = fork_child((theirs.fileno(),),
+                          lambda: SupervisorRuntime(spec, theirs, (), name).run(),
+                          "prism-sup:root")
+    theirs.close()
+    node = _NodeLoop(name, data, mine, root_pid, show_tree, out)
+    try:
+        return uvloop.run(node.main())
+    finally:
+        lock.close()
+
+
+class _NodeLoop:
+    def __init__(self, name: str, data: Path, root: Channel, root_pid: int, show_tree: bool,
+                 out: TextIO) -> None:
+        self.name = name
+        self.data = data
+        self.root = root
+        self.root_pid = root_pid
+        self.root_pidfd = os.pidfd_open(root_pid)
+        self.show_tree = show_tree
+        self.out = out
+        self.tree = TreeView(root_pid)
+        self.ready = False
+        self.stopping = False
+        self.root_reason: ExitReason | None = None
+        self.pending: dict[int, tuple[bytes, int]] = {}
+        self.next_ref = 1
+        self.started = time.monotonic()
+        self.dirty = False
+
+    async def main(self) -> int:
+        loop = asyncio.get_running_loop()
+        self.done: asyncio.Future[int] = loop.create_future()
+        ctx = zmq.asyncio.Context()
+        self.control = ctx.socket(zmq.ROUTER)
+        self.pub = ctx.socket(zmq.PUB)
+        self.pub.setsockopt(zmq.SNDHWM, 0)  # lifecycle events are few and must not drop
+        for path in ("control.sock", "events.sock"):
+            (self.data / path).unlink(missing_ok=True)  # stale: we hold the node lock
+        self.control.bind(control_address(self.data))
+        self.pub.bind(events_address(self.data))
+        loop.add_reader(self.root.fileno(), self.on_root)
+        loop.add_reader(self.root_pidfd, self.on_root_exit)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.stop)
+        server = loop.create_task(self.serve_control())
+        printer = loop.create_task(self.print_tree()) if self.show_tree else None
+        try:
+            return await self.done
+        finally:
+            server.cancel()
+            if printer:
+                printer.cancel()
+            self.control.close(0)
+            self.pub.close(0)
+            ctx.term()
+
+    def say(self, line: str) -> None:
+        print(line, file=self.out, flush=True)
+
+    def stop(self) -> None:
+        if self.stopping:
+            send_signal(self.root_pidfd, signal.SIGKILL)  # second Ctrl-C: no more waiting
+            return
+        self.stopping = True
+        self.say(f"node {self.name}: stopping the tree")
+        send_signal(self.root_pidfd, signal.SIGTERM)
+
+    # ---- the root's channel -----------------------------------------------------------------
+
+    def on_root(self) -> None:
+        for frame in self.root.receive():
+            self.on_frame(frame)
+        if self.root.closed:
+            asyncio.get_running_loop().remove_reader(self.root.fileno())
+
+    def on_frame(self, frame: Any) -> None:
+        if isinstance(frame, LifecycleFrame):
+            self.tree.apply(frame)
+            self.dirty = True
+            topic = ".".join(("supervisor", *(frame.path or ("root",)), frame.key, frame.kind))
+            self.pub.send_multipart([topic.encode(), _encoder.encode(frame)])
+        elif isinstance(frame, ReplyFrame):
+            self.answer(frame.ref, frame.result)
+        elif isinstance(frame, ReadyFrame):
+            self.ready = True
+            self.say(f"node {self.name}: tree started (root pid {self.root_pid}, "
+                     f"data {self.data})")
+        elif isinstance(frame, ExitingFrame):
+            self.root_reason = frame.reason
+
+    def on_root_exit(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(self.root_pidfd)
+        _, status = os.waitpid(self.root_pid, 0)
+        for frame in self.root.drain():
+            self.on_frame(frame)
+        reason = self.root_reason or reason_from_wait_status(status)
+        for ref in list(self.pending):
+            self.answer(ref, msgspec.Raw(_encoder.encode(Err("noproc", "root supervisor exited"))))
+        if self.stopping and isinstance(reason, (Normal, Shutdown)):
+            self.say(f"node {self.name}: stopped")
+            self.done.set_result(0)
+            return
+        what = "failed to start" if not self.ready else "exited"
+        self.say(f"node {self.name}: root supervisor {what}: {describe(reason)}")
+        self.done.set_result(1)
+
+    # ---- control endpoint -------------------------------------------------------------------
+
+    async def serve_control(self) -> None:
+        while True:
+            ident, body = await self.control.recv_multipart()
+            try:
+                call = _call_decoder.decode(body)
+            except msgspec.DecodeError as exc:
+                log.warning("control: dropped malformed request: %s", exc)
+                continue
+            if isinstance(call, SupervisorCall):
+                ref, self.next_ref = self.next_ref, self.next_ref + 1
+                self.pending[ref] = (ident, call.ref)
+                if not self.root.try_send(RequestFrame(ref, call.path, call.op)):
+                    self.answer(ref, msgspec.Raw(_encoder.encode(Err("noproc", "no root"))))
+            elif isinstance(call, TreeCall):
+                self.reply(ident, call.ref, Ok(self.tree_rows()))
+            elif isinstance(call, StatusCall):
+                self.reply(ident, call.ref, Ok(NodeStatus(
+                    node=self.name, pid=os.getpid(), root_pid=self.root_pid, ready=self.ready,
+                    uptime=time.monotonic() - self.started,
+                    processes=sum(1 for e in self.tree.entries.values() if e.running),
+                    data_dir=str(self.data))))
+
+    def tree_rows(self) -> list[TreeRow]:
+        now = time.monotonic()
+        return [TreeRow(path="/".join(e.path), type=e.type, pid=e.pid, restarts=e.restarts,
+                        uptime=(now - e.started_mono) if e.pid else None,
+                        last_exit=e.last_exit) for e in self.tree.rows()]
+
+    def answer(self, ref: int, result: msgspec.Raw) -> None:
+        target = self.pending.pop(ref, None)
+        if target is not None:
+            ident, client_ref = target
+            self.control.send_multipart([ident, _encoder.encode(ControlReply(client_ref,
+                                                                             result))])
+
+    def reply(self, ident: bytes, ref: int, result: Ok | Err) -> None:
+        self.control.send_multipart([ident, _encoder.encode(
+            ControlReply(ref, msgspec.Raw(_encoder.encode(result))))])
+
+    async def print_tree(self) -> None:
+        while True:
+            await asyncio.sleep(0.25)
+            if self.dirty and not self.stopping:
+                self.dirty = False
+                stamp = time.strftime("%H:%M:%S")
+                self.say(f"--- {stamp} {self.name}: {self.tree.last_event}\n"
+                         f"{self.tree.render()}")

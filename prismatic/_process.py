@@ -1,0 +1,111 @@
+"""Forking supervised OS processes: the one place that calls ``os.fork``.
+
+Every process Prismatic starts comes from :func:`fork_child`, which makes these promises:
+
+* the child dies with its parent: ``PR_SET_PDEATHSIG(SIGKILL)`` is set first thing, and the
+  child exits at once if its parent already died in between (so SIGKILL on any supervisor, or
+  on the node, takes its whole subtree down, level by level, with no orphans);
+* the child keeps only the file descriptors it is given: every inherited descriptor (the
+  parent's sockets, ZeroMQ's internal fds, LMDB's files) is closed, so no ZeroMQ context or
+  LMDB environment is carried across a fork in any usable form; the child never touches the
+  parent's Python objects for them and always leaves through ``os._exit``, so no destructor
+  or atexit hook of the parent's runs in the child;
+* SIGINT is ignored in children (Ctrl-C reaches the whole foreground process group; only the
+  node acts on it, and shuts the tree down in order);
+* the parent calls ``gc.freeze()`` before forking, so the child's garbage collector never
+  writes to the pages it shares with the parent (copy-on-write stays shared).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import os
+import signal
+import sys
+from collections.abc import Callable
+
+__all__ = ["fork_child", "set_process_name", "uss_bytes", "pidfd_open", "send_signal"]
+
+_PR_SET_NAME = 15
+_PR_SET_PDEATHSIG = 1
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def set_process_name(name: str) -> None:
+    """Name the process for ``ps``/``top`` (kernel limit: 15 bytes)."""
+    _libc.prctl(_PR_SET_NAME, name.encode()[:15], 0, 0, 0)
+
+
+def pidfd_open(pid: int) -> int:
+    return os.pidfd_open(pid)
+
+
+def send_signal(pidfd: int, sig: int) -> bool:
+    """Signal through a pidfd, which cannot hit a recycled pid; False if already gone."""
+    try:
+        signal.pidfd_send_signal(pidfd, sig)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def fork_child(keep_fds: tuple[int, ...], main: Callable[[], int], name: str) -> int:
+    """Fork a child that runs ``main()`` and exits with its return code; return its pid.
+
+    ``main`` runs in the child only; it must not return into the caller's frames, and it
+    doesn't: whatever happens, the child ends in ``os._exit``.
+    """
+    parent = os.getpid()
+    gc.freeze()
+    pid = os.fork()
+    if pid:
+        return pid
+    code = 70  # EX_SOFTWARE: main() raised past every handler
+    try:
+        _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:
+            os._exit(0)  # the parent died before PDEATHSIG was armed
+        os.closerange(3, _lowest(keep_fds))
+        for lo, hi in _gaps(keep_fds):
+            os.closerange(lo, hi)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.set_wakeup_fd(-1)
+        set_process_name(name)
+        code = main()
+    except BaseException:  # noqa: BLE001 - the last line of defence before _exit
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(code)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _lowest(keep: tuple[int, ...]) -> int:
+    return min(keep) if keep else 1 << 20
+
+
+def _gaps(keep: tuple[int, ...]) -> list[tuple[int, int]]:
+    """Ranges strictly between and above the kept fds, for closerange."""
+    ks = sorted(keep)
+    gaps = [(a + 1, b) for a, b in zip(ks, ks[1:]) if b > a + 1]
+    if ks:
+        gaps.append((ks[-1] + 1, 1 << 20))
+    return gaps
+
+
+def uss_bytes(pid: int) -> int:
+    """Unique set size: memory private to ``pid`` (freed if it exited), from smaps_rollup."""
+    total = 0
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            if line.startswith(("Private_Clean:", "Private_Dirty:")):
+                total += int(line.split()[1]) * 1024
+    return total

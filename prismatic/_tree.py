@@ -1,0 +1,96 @@
+"""The node's live picture of its supervision tree, built only from lifecycle events.
+
+Every supervisor reports each child start and exit up the tree; the node folds them into a
+:class:`TreeView`. Invariant: an entry exists for every child that has started at least once
+and whose supervisor is alive; when a supervisor exits its whole subtree is dropped (its
+children are dead: they never outlive it).
+"""
+
+from __future__ import annotations
+
+import time
+
+import msgspec
+
+from ._exit import ExitReason, describe
+from .transports._frames import LifecycleFrame
+
+__all__ = ["TreeEntry", "TreeView"]
+
+
+class TreeEntry(msgspec.Struct):
+    path: tuple[str, ...]
+    type: str
+    pid: int | None = None
+    restarts: int = 0
+    started_mono: float = 0.0
+    last_exit: ExitReason | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.pid is not None
+
+
+class TreeView:
+    def __init__(self, root_pid: int) -> None:
+        self.entries: dict[tuple[str, ...], TreeEntry] = {
+            (): TreeEntry(path=(), type="supervisor", pid=root_pid, started_mono=time.monotonic())
+        }
+        self.order: list[tuple[str, ...]] = [()]
+        self.last_event = ""
+
+    def apply(self, ev: LifecycleFrame) -> None:
+        path = (*ev.path, ev.key)
+        self.last_event = f"{'/'.join(path)}: {ev.kind}" + (
+            f" ({describe(ev.reason)})" if ev.reason is not None else "")
+        entry = self.entries.get(path)
+        if ev.kind == "child_started":
+            if entry is None:
+                self.entries[path] = TreeEntry(path=path, type=ev.child_type, pid=ev.pid,
+                                               started_mono=ev.mono)
+                self.order.append(path)
+            else:
+                entry.restarts += 1
+                entry.pid = ev.pid
+                entry.started_mono = ev.mono
+        elif ev.kind in ("child_exited", "child_stopped") and entry is not None:
+            if entry.pid == ev.pid:
+                entry.pid = None
+                entry.last_exit = ev.reason
+                self._drop_below(path)
+
+    def _drop_below(self, path: tuple[str, ...]) -> None:
+        n = len(path)
+        dead = [p for p in self.entries if len(p) > n and p[:n] == path]
+        for p in dead:
+            del self.entries[p]
+        if dead:
+            gone = set(dead)
+            self.order = [p for p in self.order if p not in gone]
+
+    def rows(self) -> list[TreeEntry]:
+        """Entries depth-first, siblings in first-start order."""
+        kids: dict[tuple[str, ...], list[tuple[str, ...]]] = {}
+        for p in self.order:
+            if p:
+                kids.setdefault(p[:-1], []).append(p)
+        out: list[TreeEntry] = []
+        stack = [()]
+        while stack:
+            p = stack.pop()
+            out.append(self.entries[p])
+            stack.extend(reversed(kids.get(p, [])))
+        return out
+
+    def render(self) -> str:
+        now = time.monotonic()
+        lines = []
+        for e in self.rows():
+            name = e.path[-1] if e.path else "root"
+            state = f"pid {e.pid}" if e.pid else "stopped"
+            up = f" up {now - e.started_mono:6.1f}s" if e.pid else ""
+            extra = f" restarts {e.restarts}" if e.restarts else ""
+            kind = "sup" if e.type == "supervisor" else "wrk"
+            lines.append(f"{'  ' * len(e.path)}{name:<{max(1, 24 - 2 * len(e.path))}} "
+                         f"{kind} {state:<11}{up}{extra}")
+        return "\n".join(lines)

@@ -1,0 +1,77 @@
+"""The Worker behaviour: what a user subclasses to write a supervised process.
+
+Mirrors OTP's ``gen_server``. One Worker instance lives in its own OS process, forked by its
+supervisor. The runtime calls, in order:
+
+* ``init(*args)`` once; when it returns the process is *started* and its supervisor is told.
+  Raising from ``init`` is a start failure (OTP's ``{error, Reason}``); raising
+  :class:`Ignore` is OTP's ``ignore``.
+* ``handle_call(msg, caller)`` / ``handle_cast(msg)`` / ``handle_info(msg)`` for each message.
+  A handler may be a plain function or ``async def`` (run on uvloop).
+* ``terminate(reason)`` when the process is told to stop (SIGTERM from its supervisor) or a
+  handler raised. Python workers always get ``terminate`` on an orderly stop, as a
+  ``gen_server`` that traps exits does: an OS process has no untrappable ``shutdown`` signal.
+
+An exception escaping a handler crashes the process with that exception as the exit reason.
+A normal stop is explicit: raise :class:`Stop` (default reason ``Normal()``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._exit import ExitReason, Normal
+
+__all__ = ["Worker", "Stop", "Ignore"]
+
+
+class Stop(BaseException):
+    """Raised from a handler (or ``init``) to stop the process with ``reason``.
+
+    A BaseException so that a handler's own ``except Exception`` cannot swallow it.
+    """
+
+    def __init__(self, reason: ExitReason | None = None) -> None:
+        self.reason: ExitReason = reason if reason is not None else Normal()
+        super().__init__(self.reason)
+
+
+class Ignore(BaseException):
+    """Raised from ``init`` to decline to start (OTP's ``ignore``): no process, no error."""
+
+
+class Worker:
+    """Base class of supervised workers; override the callbacks you need.
+
+    Invariant: an instance is only ever used inside the process its supervisor forked for it;
+    ``self.context`` is set by the runtime before ``init`` runs.
+    """
+
+    context: Any = None
+
+    def init(self, *args: Any) -> None:
+        """Set up state; return to report the process started."""
+
+    def handle_call(self, msg: Any, caller: Any) -> Any:
+        """Answer a call; the return value is the reply."""
+        raise NotImplementedError(f"{type(self).__name__} does not handle calls: {msg!r}")
+
+    def handle_cast(self, msg: Any) -> None:
+        """Handle a one-way request."""
+
+    def handle_info(self, msg: Any) -> None:
+        """Handle any other message: timers from ``send_after``, DOWN and EXIT notices."""
+
+    def terminate(self, reason: ExitReason) -> None:
+        """Clean up before the process exits with ``reason``."""
+
+    # Services the runtime provides to a running worker.
+
+    def send_after(self, delay: float, msg: Any) -> Any:
+        """Deliver ``msg`` to ``handle_info`` after ``delay`` seconds; returns a cancel handle."""
+        return self.context.send_after(delay, msg)
+
+    @property
+    def pid(self) -> Any:
+        """This process's :class:`~prismatic.Pid`."""
+        return self.context.pid
