@@ -1,0 +1,32 @@
+"""Prismatic: Erlang/OTP-grade supervision trees of OS processes for Python.
+
+This module only re-exports; the implementation lives in private modules.
+"""
+
+from ._address import Pid
+from ._childspec import (
+    AutoShutdown, ChildSpec, ChildType, RestartType, ShutdownKind, Strategy, SupervisorSpec,
+    SupFlags, check_child_specs,
+)
+from ._client import EventStream, NodeConnection, connect, open_event_stream
+from ._errors import (
+    ChildSpecError, ControlError, EventLogError, EventLogFormatError, EventLogFullError,
+    NodeError, PrismaticError, StartError, SupervisorError,
+)
+from ._exit import (
+    Crashed, ExitCode, ExitReason, Killed, NoProc, Normal, Shutdown, describe, is_abnormal,
+)
+from ._worker import Ignore, Stop, Worker
+from .supervisors._events import ChildInfo
+
+__all__ = [
+    "Worker", "Stop", "Ignore",
+    "ChildSpec", "SupFlags", "SupervisorSpec", "check_child_specs",
+    "RestartType", "ChildType", "ShutdownKind", "Strategy", "AutoShutdown",
+    "ExitReason", "Normal", "Shutdown", "Crashed", "Killed", "ExitCode", "NoProc",
+    "is_abnormal", "describe",
+    "Pid", "ChildInfo",
+    "connect", "NodeConnection", "open_event_stream", "EventStream",
+    "PrismaticError", "ChildSpecError", "SupervisorError", "StartError", "NodeError",
+    "ControlError", "EventLogError", "EventLogFormatError", "EventLogFullError",
+]

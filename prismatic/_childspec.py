@@ -38,6 +38,7 @@ __all__ = [
     "SupervisorSpec",
     "check_child_specs",
     "resolve_start",
+    "import_ref",
 ]
 
 
@@ -242,15 +243,22 @@ def check_child_specs(specs: Iterable[object],
                                  f"child {spec.id!r} is significant but auto_shutdown is never")
 
 
-def resolve_start(start: object) -> object:
-    """Turn a ``"module:attr"`` start into the object it names (done inside the child)."""
-    if not isinstance(start, str):
-        return start
-    module, _, attr = start.partition(":")
+def import_ref(ref: str, field: str = "start") -> object:
+    """The object a ``"module:attr"`` string names; ChildSpecError naming ``field`` if none."""
+    module, sep, attr = ref.partition(":")
+    if not (sep and module and attr):
+        raise ChildSpecError(field, ref, "must be 'module:attr'")
     try:
         obj: object = importlib.import_module(module)
         for part in attr.split("."):
             obj = getattr(obj, part)
     except (ImportError, AttributeError) as exc:
-        raise ChildSpecError("start", start, f"cannot be imported: {exc}") from exc
-    return _valid_start(obj)
+        raise ChildSpecError(field, ref, f"cannot be imported: {exc}") from exc
+    return obj
+
+
+def resolve_start(start: object) -> object:
+    """Turn a ``"module:attr"`` start into the object it names (done inside the child)."""
+    if not isinstance(start, str):
+        return start
+    return _valid_start(import_ref(start))

@@ -35,7 +35,7 @@ import zmq
 import zmq.asyncio
 
 from ._address import default_node_name
-from ._childspec import SupervisorSpec, resolve_start
+from ._childspec import SupervisorSpec, import_ref
 from ._control import (
     ControlReply, NodeStatus, StatusCall, SupervisorCall, TreeCall, TreeRow, ControlCall,
 )
@@ -72,7 +72,7 @@ def events_address(data_dir: Path | str) -> str:
 def load_app(ref: str) -> SupervisorSpec:
     """Resolve ``module:attr`` to a SupervisorSpec (or a callable returning one)."""
     try:
-        obj = resolve_start(ref)
+        obj = import_ref(ref, "--app")
     except ChildSpecError as exc:
         raise NodeError(f"--app {ref!r}: {exc.problem}") from None
     if not isinstance(obj, SupervisorSpec) and callable(obj):

@@ -1,0 +1,189 @@
+"""Talking to a running node from plain Python code (the CLI, tests, scripts).
+
+:func:`connect` gives a :class:`NodeConnection` for OTP's supervisor API on any supervisor in
+the node's tree, addressed by path (``""`` is the root, ``"pipeline/workers"`` a nested
+one). :func:`open_event_stream` subscribes to the node's lifecycle events. Both speak ZeroMQ
+to the node's endpoints in its data directory; nothing here forks.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import zmq
+
+from ._childspec import ChildSpec
+from ._control import ControlReply, NodeStatus, StatusCall, SupervisorCall, TreeCall, TreeRow
+from ._errors import ChildSpecError, ControlError, StartError, SupervisorError
+from ._node import control_address, default_data_dir, events_address
+from .supervisors._events import (
+    ChildInfo, CountChildren, DeleteChild, Err, Ok, RestartChild, StartChild, StartDynamic,
+    TerminateChild, WhichChildren,
+)
+from .transports._frames import LifecycleFrame
+
+__all__ = ["connect", "NodeConnection", "open_event_stream", "EventStream", "resolve_node"]
+
+_encoder = msgspec.msgpack.Encoder()
+_reply_decoder = msgspec.msgpack.Decoder(ControlReply)
+_result_decoder = msgspec.msgpack.Decoder(Ok | Err)
+
+
+def resolve_node(node: str | Path) -> Path:
+    """A node's data directory, from the directory itself or the node's name."""
+    p = Path(node)
+    if p.is_dir() or "/" in str(node):
+        return p
+    return default_data_dir(str(node))
+
+
+class NodeConnection:
+    """A synchronous connection to one node's control endpoint. Not thread-safe."""
+
+    def __init__(self, node: str | Path, *, timeout: float = 10.0) -> None:
+        self.data_dir = resolve_node(node)
+        if not (self.data_dir / "control.sock").exists():
+            raise ControlError(f"no node is running in {self.data_dir}")
+        self.timeout = timeout
+        self._ctx = zmq.Context()
+        self._sock = self._ctx.socket(zmq.DEALER)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.connect(control_address(self.data_dir))
+        self._refs = itertools.count(1)
+
+    def close(self) -> None:
+        self._sock.close(0)
+        self._ctx.term()
+
+    def __enter__(self) -> NodeConnection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _call(self, make: Callable[[int], Any], timeout: float | None = None) -> Any:
+        ref = next(self._refs)
+        self._sock.send(_encoder.encode(make(ref)))
+        deadline = time.monotonic() + (timeout or self.timeout)
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not self._sock.poll(int(left * 1000) + 1):
+                raise ControlError(f"node at {self.data_dir} did not answer within "
+                                   f"{timeout or self.timeout:.1f}s")
+            reply = _reply_decoder.decode(self._sock.recv())
+            if reply.ref != ref:
+                continue  # the answer to an earlier call that timed out
+            result = _result_decoder.decode(reply.result)
+            if isinstance(result, Err):
+                if result.reason == "failed_to_start_child":
+                    raise StartError(result.detail, result.exit_reason)
+                raise SupervisorError(result.reason, result.detail)
+            return result.value
+
+    def _sup(self, sup: str, op: Any, timeout: float | None = None) -> Any:
+        path = tuple(p for p in sup.split("/") if p)
+        raw = msgspec.Raw(_encoder.encode(op))
+        return self._call(lambda ref: SupervisorCall(ref, path, raw), timeout)
+
+    # ---- OTP's supervisor API -----------------------------------------------------------------
+
+    def which_children(self, sup: str = "") -> list[ChildInfo]:
+        return msgspec.convert(self._sup(sup, WhichChildren()), list[ChildInfo])
+
+    def count_children(self, sup: str = "") -> dict[str, int]:
+        return self._sup(sup, CountChildren())
+
+    def start_child(self, sup: str, spec_or_args: ChildSpec | tuple[Any, ...] | list[Any],
+                    timeout: float | None = None) -> int | None:
+        """Start a child from a spec, or (simple_one_for_one) from extra args; its pid, or
+        None if its ``init`` raised Ignore."""
+        if isinstance(spec_or_args, ChildSpec):
+            return self._sup(sup, StartChild(_wire_spec(spec_or_args)), timeout)
+        return self._sup(sup, StartDynamic(tuple(spec_or_args)), timeout)
+
+    def terminate_child(self, sup: str, child: str | int, timeout: float | None = None) -> None:
+        self._sup(sup, TerminateChild(child), timeout)
+
+    def restart_child(self, sup: str, child: str, timeout: float | None = None) -> int | None:
+        return self._sup(sup, RestartChild(child), timeout)
+
+    def delete_child(self, sup: str, child: str) -> None:
+        self._sup(sup, DeleteChild(child))
+
+    # ---- the node -----------------------------------------------------------------------------
+
+    def tree(self) -> list[TreeRow]:
+        return msgspec.convert(self._call(TreeCall), list[TreeRow])
+
+    def status(self) -> NodeStatus:
+        return msgspec.convert(self._call(StatusCall), NodeStatus)
+
+    def pid_of(self, path: str) -> int | None:
+        """The pid of the process at ``path`` in the tree (``""`` is the root)."""
+        for row in self.tree():
+            if row.path == path:
+                return row.pid
+        return None
+
+
+def connect(node: str | Path, *, timeout: float = 10.0) -> NodeConnection:
+    """Connect to a running node by data directory or node name."""
+    return NodeConnection(node, timeout=timeout)
+
+
+def _wire_spec(spec: ChildSpec) -> ChildSpec:
+    start = spec.start
+    if not isinstance(start, str):
+        module = getattr(start, "__module__", None)
+        qualname = getattr(start, "__qualname__", None)
+        if not module or not qualname or "<" in qualname or module == "__main__":
+            raise ChildSpecError("start", start, "must be importable by the node "
+                                 "(a module-level class or function, or 'module:attr')")
+        start = f"{module}:{qualname}"
+    return msgspec.structs.replace(spec, start=start)
+
+
+class EventStream:
+    """A subscription to a node's lifecycle events (``supervisor.<path>.<child>.<kind>``)."""
+
+    def __init__(self, node: str | Path, prefix: str = "supervisor.") -> None:
+        self._ctx = zmq.Context()
+        self._sock = self._ctx.socket(zmq.SUB)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.setsockopt(zmq.SUBSCRIBE, prefix.encode())
+        self._sock.connect(events_address(resolve_node(node)))
+        self._decoder = msgspec.msgpack.Decoder(LifecycleFrame)
+
+    def next(self, timeout: float) -> LifecycleFrame | None:
+        if not self._sock.poll(int(timeout * 1000)):
+            return None
+        _, body = self._sock.recv_multipart()
+        return self._decoder.decode(body)
+
+    def wait_for(self, match: Callable[[LifecycleFrame], bool], timeout: float) -> LifecycleFrame:
+        """The first event that matches, or ControlError at the deadline."""
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            ev = self.next(left)
+            if ev is not None and match(ev):
+                return ev
+        raise ControlError(f"no matching lifecycle event within {timeout:.1f}s")
+
+    def close(self) -> None:
+        self._sock.close(0)
+        self._ctx.term()
+
+
+@contextmanager
+def open_event_stream(node: str | Path, prefix: str = "supervisor.") -> Iterator[EventStream]:
+    stream = EventStream(node, prefix)
+    try:
+        yield stream
+    finally:
+        stream.close()

@@ -1,0 +1,149 @@
+"""Fixtures that start real nodes, and the session-wide check that no process is left.
+
+Every node a test starts carries ``PRISMATIC_TEST_TAG`` in its environment; forked
+processes inherit it, so any process of any tree can be found in /proc afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import prismatic as p
+
+REPO = Path(__file__).resolve().parent.parent
+SESSION_TAG = f"prismatic-test-{uuid.uuid4().hex[:12]}"
+
+
+def tagged_pids(tag: str) -> list[int]:
+    """Live (non-zombie) processes whose environment holds ``tag``."""
+    needle = f"PRISMATIC_TEST_TAG={tag}".encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                env = f.read()
+            with open(f"/proc/{entry}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z" and (needle in env or f"{needle.decode()}-".encode() in env):
+            found.append(int(entry))
+    return found
+
+
+def wait_until(pred, timeout: float = 10.0, what: str = "condition") -> object:
+    """Poll ``pred`` until it returns a truthy value; fail at the deadline."""
+    deadline = time.monotonic() + timeout
+    delay = 0.005
+    while True:
+        value = pred()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+class RunningNode:
+    def __init__(self, proc: subprocess.Popen, data_dir: Path, tag: str, log: Path) -> None:
+        self.proc = proc
+        self.data_dir = data_dir
+        self.tag = tag
+        self.log = log
+        self.conn = p.connect(data_dir)
+
+    def lines(self) -> list[str]:
+        return self.log.read_text().splitlines() if self.log.exists() else []
+
+    def pids(self) -> list[int]:
+        return tagged_pids(self.tag)
+
+    def events(self, prefix: str = "supervisor."):
+        return p.open_event_stream(self.data_dir, prefix)
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            code = self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            code = self.proc.wait()
+        self.conn.close()
+        return code
+
+
+def start_node(tmp_path: Path, app: str, *, tag_suffix: str = "") -> RunningNode:
+    tag = f"{SESSION_TAG}-{uuid.uuid4().hex[:8]}"
+    data_dir = tmp_path / "data"
+    log = tmp_path / "test.log"
+    env = dict(os.environ, PRISMATIC_TEST_TAG=tag, PRISMATIC_TEST_LOG=str(log),
+               PYTHONPATH=str(REPO))
+    out = open(tmp_path / "node.out", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "prismatic.node", "--app", app, "--data-dir", str(data_dir),
+         "--name", f"test{tag[-6:]}"],
+        cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+    out.close()
+
+    def ready() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"node exited with {proc.returncode}: "
+                                 f"{(tmp_path / 'node.out').read_text()}")
+        return "tree started" in (tmp_path / "node.out").read_text()
+
+    wait_until(ready, 20, "the node's tree to start")
+    return RunningNode(proc, data_dir, tag, log)
+
+
+@pytest.fixture
+def node_factory(tmp_path: Path) -> Iterator:
+    nodes: list[RunningNode] = []
+
+    def make(app: str) -> RunningNode:
+        sub = tmp_path / f"n{len(nodes)}"
+        sub.mkdir()
+        n = start_node(sub, app)
+        nodes.append(n)
+        return n
+
+    yield make
+    for n in nodes:
+        n.stop()
+        wait_until(lambda n=n: not n.pids(), 10, f"every process of node {n.tag} to exit")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_orphans() -> Iterator[None]:
+    """Fail the session if any process started by a test is still alive at the end."""
+    yield
+    deadline = time.monotonic() + 10
+    while (left := tagged_pids(SESSION_TAG)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if left:
+        for pid in left:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        pytest.fail(f"processes left behind by the tests: {left}")

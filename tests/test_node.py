@@ -1,0 +1,213 @@
+"""Integration tests: real nodes, real forked process trees, real signals."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+import prismatic as p
+from tests.conftest import REPO, alive, tagged_pids, wait_until
+
+
+def started(path: str, key: str):
+    def match(ev) -> bool:
+        return "/".join(ev.path) == path and ev.key == key and ev.kind == "child_started"
+    return match
+
+
+def test_sigkill_worker_is_restarted_in_place(node_factory):
+    n = node_factory("tests.apps:one_for_one")
+    before = {c.id: c.pid for c in n.conn.which_children()}
+    with n.events() as ev:
+        os.kill(before["w2"], signal.SIGKILL)
+        new = ev.wait_for(started("", "w2"), 10)
+    after = {c.id: c.pid for c in n.conn.which_children()}
+    assert after["w2"] == new.pid != before["w2"]
+    assert after["w1"] == before["w1"] and after["w3"] == before["w3"]
+    assert not alive(before["w2"])
+
+
+def test_one_for_all_restarts_every_child(node_factory):
+    n = node_factory("tests.apps:one_for_all")
+    before = {c.id: c.pid for c in n.conn.which_children()}
+    with n.events() as ev:
+        os.kill(before["w1"], signal.SIGKILL)
+        ev.wait_for(started("", "w3"), 10)
+    after = {c.id: c.pid for c in n.conn.which_children()}
+    assert all(after[k] != before[k] for k in before)
+    # the survivors were stopped in reverse start order, with shutdown
+    assert [line for line in n.lines() if line.startswith("terminate")] == [
+        "terminate w3 shutdown", "terminate w2 shutdown"]
+
+
+def test_rest_for_one_restarts_the_rest(node_factory):
+    n = node_factory("tests.apps:rest_for_one")
+    before = {c.id: c.pid for c in n.conn.which_children()}
+    with n.events() as ev:
+        os.kill(before["w2"], signal.SIGKILL)
+        ev.wait_for(started("", "w3"), 10)
+    after = {c.id: c.pid for c in n.conn.which_children()}
+    assert after["w1"] == before["w1"]
+    assert after["w2"] != before["w2"] and after["w3"] != before["w3"]
+
+
+def test_crash_loop_escalates_two_levels(node_factory):
+    n = node_factory("tests.apps:escalation")
+    with n.events() as ev:
+        seen = []
+
+        def gave_up(e) -> bool:
+            if e.kind == "intensity_exceeded":
+                seen.append("/".join(e.path) or "root")
+            return "root" in seen or ("mid" in seen and "" in ["/".join(e.path)]
+                                      and e.kind == "child_exited" and e.key == "mid")
+
+        ev.wait_for(gave_up, 20)
+    assert "mid/leaf" in seen and "mid" in seen
+    # mid is transient and exited with shutdown: not restarted; the node and bystander live
+    assert n.proc.poll() is None
+    rows = {c.id: c for c in n.conn.which_children()}
+    assert rows["mid"].pid is None and rows["bystander"].pid is not None
+
+
+def test_sigkill_mid_supervisor_rebuilds_subtree(node_factory):
+    n = node_factory("tests.apps:nested")
+    old = {r.path: r.pid for r in n.conn.tree()}
+    with n.events() as ev:
+        os.kill(old["mid"], signal.SIGKILL)
+        ev.wait_for(started("mid", "m"), 10)
+    # the killed supervisor's children died with it (PDEATHSIG), none survived
+    for path in ("mid/leaf", "mid/leaf/a", "mid/leaf/b", "mid/m"):
+        wait_until(lambda pid=old[path]: not alive(pid), 5, f"{path} to die")
+    new = {r.path: r.pid for r in n.conn.tree()}
+    for path in ("mid", "mid/leaf", "mid/leaf/a", "mid/leaf/b", "mid/m"):
+        assert new[path] and new[path] != old[path]
+    assert new["top"] == old["top"]
+
+
+def test_ordered_shutdown_reverse_start_order(node_factory):
+    n = node_factory("tests.apps:shutdown_order")
+    assert n.stop() == 0
+    order = [line.split()[1] for line in n.lines() if line.startswith("terminate")]
+    assert order == ["last", "s2", "s1", "first"]
+    wait_until(lambda: not n.pids(), 10, "all processes gone")
+
+
+def test_sigkill_node_leaves_no_process(node_factory):
+    n = node_factory("tests.apps:nested")
+    pids = n.pids()
+    assert len(pids) >= 7  # node, root, mid, leaf, a, b, m, top (+ spares)
+    n.proc.send_signal(signal.SIGKILL)
+    n.proc.wait()
+    wait_until(lambda: not n.pids(), 10, "the whole tree to die with the node")
+
+
+def test_init_failure_is_a_start_error_and_node_keeps_running(node_factory):
+    n = node_factory("tests.apps:one_for_one")
+    spec = p.ChildSpec(id="bad", start="tests.apps:FailInit")
+    with pytest.raises(p.StartError) as err:
+        n.conn.start_child("", spec)
+    assert isinstance(err.value.exit_reason, p.Crashed)
+    assert err.value.exit_reason.message == "init refuses"
+    assert n.conn.status().ready and n.proc.poll() is None
+    assert "bad" not in {c.id for c in n.conn.which_children()}
+
+
+def test_supervisor_start_failure_fails_the_node(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(REPO), PRISMATIC_TEST_TAG=f"x-{os.getpid()}")
+    out = subprocess.run(
+        [sys.executable, "-m", "prismatic.node", "--app", "tests.apps:failing_start",
+         "--data-dir", str(tmp_path / "d"), "--quiet"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=30)
+    assert out.returncode == 1
+    assert "failed to start" in out.stdout and "failed_to_start_child bad" in out.stdout
+
+
+@pytest.mark.parametrize("app, message", [
+    ("nosuchmodule:x", "cannot be imported"),
+    ("tests.apps:not_a_spec", "not a prismatic.SupervisorSpec"),
+    ("tests.apps", "must be 'module:attr'"),
+])
+def test_bad_app_is_one_line_and_exit_2(tmp_path, app, message):
+    out = subprocess.run([sys.executable, "-m", "prismatic.node", "--app", app, "--data-dir",
+                          str(tmp_path / "d")], cwd=REPO, capture_output=True, text=True,
+                         env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=30)
+    assert out.returncode == 2
+    assert out.stderr.count("\n") == 1 and message in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_supervisor_api_contract(node_factory):
+    n = node_factory("tests.apps:one_for_one")
+    c = n.conn
+    assert c.count_children() == {"specs": 3, "active": 3, "supervisors": 0, "workers": 3}
+    assert [r.id for r in c.which_children()] == ["w3", "w2", "w1"]  # OTP: last started first
+    with pytest.raises(p.SupervisorError) as e:
+        c.restart_child("", "w1")
+    assert e.value.reason == "running"
+    with pytest.raises(p.SupervisorError) as e:
+        c.delete_child("", "w1")
+    assert e.value.reason == "running"
+    c.terminate_child("", "w1")
+    assert {r.id: r.pid for r in c.which_children()}["w1"] is None
+    pid = c.restart_child("", "w1")
+    assert pid and alive(pid)
+    c.terminate_child("", "w1")
+    c.delete_child("", "w1")
+    assert "w1" not in {r.id for r in c.which_children()}
+    with pytest.raises(p.SupervisorError) as e:
+        c.terminate_child("", "w1")
+    assert e.value.reason == "not_found"
+    new = c.start_child("", p.ChildSpec(id="extra", start="tests.apps:Idle", args=("extra",)))
+    assert alive(new)
+    with pytest.raises(p.SupervisorError) as e:
+        c.start_child("", p.ChildSpec(id="extra", start="tests.apps:Idle"))
+    assert e.value.reason == "already_started"
+    assert c.start_child("", p.ChildSpec(id="ign", start="tests.apps:IgnoreInit",
+                                         restart="temporary")) is None
+    with pytest.raises(p.SupervisorError) as e:
+        c.which_children("nope")
+    assert e.value.reason == "not_found"
+
+
+def test_simple_one_for_one_dynamic_children(node_factory):
+    n = node_factory("tests.apps:dynamic")
+    c = n.conn
+    pids = [c.start_child("", (f"job{i}",)) for i in range(5)]
+    assert all(alive(pid) for pid in pids)
+    assert c.count_children() == {"specs": 1, "active": 5, "supervisors": 0, "workers": 5}
+    assert all(r.id is None for r in c.which_children())
+    with n.events() as ev:
+        os.kill(pids[0], signal.SIGKILL)  # transient + abnormal: restarted
+        ev.wait_for(lambda e: e.kind == "child_started", 10)
+    c.terminate_child("", pids[1])
+    assert c.count_children()["active"] == 4
+    with pytest.raises(p.SupervisorError) as e:
+        c.terminate_child("", "job")
+    assert e.value.reason == "simple_one_for_one"
+    with pytest.raises(p.SupervisorError) as e:
+        c.restart_child("", "job")
+    assert e.value.reason == "simple_one_for_one"
+
+
+def test_significant_child_auto_shutdown(node_factory):
+    n = node_factory("tests.apps:significant")
+    with n.events() as ev:
+        ev.wait_for(lambda e: e.kind == "child_exited" and e.key == "inner", 10)
+    rows = {r.id: r for r in n.conn.which_children()}
+    assert rows["inner"].pid is None and rows["other"].pid is not None
+
+
+def test_shutdown_timeout_kills_and_async_worker_runs(node_factory):
+    n = node_factory("tests.apps:stubborn")
+    wait_until(lambda: "async done" in n.lines(), 10, "the async worker's message")
+    stubborn = n.conn.pid_of("stubborn")
+    with n.events() as ev:
+        n.conn.terminate_child("", "stubborn")
+        stopped = ev.wait_for(lambda e: e.key == "stubborn" and e.kind == "child_stopped", 10)
+    assert stopped.reason == p.Killed(9)
+    assert not alive(stubborn)
