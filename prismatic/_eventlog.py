@@ -19,6 +19,7 @@ import collections
 import contextlib
 import logging
 import math
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -319,7 +320,7 @@ class EventLog:
             self._write_with_growth(events_items, time_items, topic_items, source_items)
         except lmdb.Error as exc:
             count = seq - self._next_seq
-            if isinstance(exc, lmdb.DiskError) or "No space left" in str(exc):
+            if self._disk_is_full(exc, sum(len(v) for _, v in events_items)):
                 self.counters.full_errors += 1
                 error: EventLogError = EventLogFullError(
                     f"event log {self.path}: disk full, {count} events not acknowledged: {exc}"
@@ -342,6 +343,16 @@ class EventLog:
             store.commit_cond.notify_all()
         for call, first in zip(batch, firsts):
             call.future.set_result(first if call.single else list(range(first, first + call.count)))
+
+    def _disk_is_full(self, exc: lmdb.Error, batch_bytes: int) -> bool:
+        """ENOSPC, or an I/O error (LMDB reports a short write as EIO) on a full disk."""
+        if isinstance(exc, lmdb.DiskError) or "No space left" in str(exc):
+            return True
+        try:
+            fs = os.statvfs(self.path)
+        except OSError:
+            return False
+        return fs.f_bavail * fs.f_frsize < max(1 << 20, 4 * batch_bytes)
 
     def _write_with_growth(self, events_items: list, time_items: list, topic_items: list, source_items: list) -> None:
         store = self._store
