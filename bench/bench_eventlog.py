@@ -1,0 +1,132 @@
+"""Event log throughput: durable acknowledged appends/s and replay records/s, with raw
+py-lmdb baselines measured in the same run. Usage: python bench/bench_eventlog.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import lmdb  # noqa: E402
+import msgspec  # noqa: E402
+
+from prismatic._eventlog import open_event_log  # noqa: E402
+from prismatic._eventlog_record import EventDraft  # noqa: E402
+
+PAYLOAD = {"child": "worker1", "reason": "normal", "restarts": 3, "pid": 12345}
+TOPICS = [f"supervisor.root.worker{i}.restarted" for i in range(8)]
+
+
+def emit(log, count: int, batch: int, window: int, ident: int) -> None:
+    """Keep ``window`` submit_many calls of ``batch`` events in flight; wait for every ack."""
+    in_flight: collections.deque = collections.deque()
+    source = f"node@host/{ident}"
+    for start in range(0, count, batch):
+        drafts = [EventDraft(TOPICS[i & 7], PAYLOAD, source) for i in range(start, start + batch)]
+        in_flight.append(log.submit_many(drafts))
+        if len(in_flight) >= window:
+            in_flight.popleft().result()
+    for future in in_flight:
+        future.result()
+
+
+def bench_appends(root: Path, emitters: int, total: int, batch: int) -> float:
+    path = root / f"appends-{emitters}-{batch}"
+    with open_event_log(str(path), node="node@host") as log:
+        per = total // emitters
+        threads = [
+            threading.Thread(target=emit, args=(log, per, batch, 8, i)) for i in range(emitters)
+        ]
+        start = time.perf_counter()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        elapsed = time.perf_counter() - start
+        assert log.last_seq == per * emitters
+    return per * emitters / elapsed
+
+
+def bench_single_submits(root: Path, total: int) -> float:
+    """One emitter, one future per event (submit), 2000 in flight."""
+    with open_event_log(str(root / "single"), node="node@host") as log:
+        in_flight: collections.deque = collections.deque()
+        start = time.perf_counter()
+        for i in range(total):
+            in_flight.append(log.submit(TOPICS[i & 7], PAYLOAD, source="node@host/1"))
+            if len(in_flight) >= 2000:
+                in_flight.popleft().result()
+        for future in in_flight:
+            future.result()
+        return total / (time.perf_counter() - start)
+
+
+def bench_replay(root: Path, total: int) -> float:
+    path = root / "replay"
+    with open_event_log(str(path), node="node@host") as log:
+        emit(log, total, 5000, 4, 0)
+    with open_event_log(str(path), node="node@host", readonly=True) as log:
+        start = time.perf_counter()
+        count = log.replay(lambda record: None)
+        elapsed = time.perf_counter() - start
+        assert count == total
+    return total / elapsed
+
+
+def raw_lmdb(root: Path, total: int, per_txn: int, sync: bool) -> float:
+    """Baseline: encode each record with msgspec, put(append=True), commit every per_txn."""
+    path = root / f"raw-{per_txn}-{sync}"
+    env = lmdb.open(str(path), map_size=4 << 30, sync=sync, metasync=sync)
+    encode = msgspec.msgpack.Encoder().encode
+    start = time.perf_counter()
+    seq = 0
+    while seq < total:
+        with env.begin(write=True) as txn:
+            for _ in range(per_txn):
+                seq += 1
+                record = (1, seq, time.time_ns(), 0, "node@host", "node@host/1",
+                          TOPICS[seq & 7], None, PAYLOAD)  # fmt: skip
+                txn.put(seq.to_bytes(8, "big"), encode(record), append=True)
+    elapsed = time.perf_counter() - start
+    env.close()
+    return total / elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="smaller runs (noisier)")
+    args = parser.parse_args()
+    n = 100_000 if args.quick else 400_000
+    root = Path(tempfile.mkdtemp(prefix="bench-eventlog-"))
+    try:
+        raw_one = raw_lmdb(root, 1_000 if args.quick else 3_000, 1, True)
+        raw_batched_sync = raw_lmdb(root, n, 1000, True)
+        raw_nosync = raw_lmdb(root, n, 1000, False)
+        rows = [
+            ("acked appends/s, 1 emitter, submit_many x1000", bench_appends(root, 1, n, 1000),
+             200_000, f"raw lmdb 1 put/txn synced: {raw_one:,.0f}"),
+            ("acked appends/s, 8 emitters, submit_many x500", bench_appends(root, 8, n, 500),
+             200_000, f"raw lmdb 1000/txn synced: {raw_batched_sync:,.0f}"),
+            ("acked appends/s, 1 emitter, submit() per event", bench_single_submits(root, n // 4),
+             None, f"raw lmdb 1000/txn sync off: {raw_nosync:,.0f}"),
+            ("replay records/s (scan + decode)", bench_replay(root, n), 1_000_000,
+             "floor file: 0.96M/s scan+decode"),
+        ]  # fmt: skip
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    print(f"{'figure':<50} {'value':>12} {'target':>12}  baseline")
+    for figure, value, target, baseline in rows:
+        target_text = f">= {target:,}" if target else "-"
+        print(f"{figure:<50} {value:>12,.0f} {target_text:>12}  {baseline}")
+
+
+if __name__ == "__main__":
+    main()
