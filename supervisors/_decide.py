@@ -210,7 +210,10 @@ class _Draft:
             if job.ref is not None:
                 self.actions.append(Reply(job.ref, Ok(event.pid)))
         elif isinstance(event, Ignored):
-            if job.remove_on_fail or self.children[i].spec.restart is RestartType.TEMPORARY:
+            # OTP: an ignored start keeps the spec with pid undefined (even for start_child),
+            # except for temporary children and simple_one_for_one's dynamic children.
+            c = self.children[i]
+            if c.dynamic or c.spec.restart is RestartType.TEMPORARY:
                 del self.children[i]
             else:
                 self.put(i, ChildStatus.UNDEFINED, None)

@@ -1,4 +1,4 @@
-"""Property tests of ``add_restart``: OTP's restart intensity (``add_restart/1``) as a pure function.
+"""Property tests of ``add_restart``: OTP's restart intensity (``add_restart/1``), pure.
 
 A supervisor may restart at most ``intensity`` times in any ``period`` seconds; the
 ``(intensity + 1)``-th restart within the window exceeds it.
