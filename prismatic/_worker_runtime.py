@@ -94,7 +94,9 @@ def _instantiate(start: Any, args: tuple[Any, ...]) -> tuple[Worker, tuple[Any, 
         return start(), args
     made = start(*args)
     if not isinstance(made, Worker):
-        raise TypeError(f"start callable {start!r} returned {made!r}, not a prismatic.Worker")
+        raise TypeError(f"start callable {getattr(start, '__qualname__', start)!s} returned a "
+                        f"{type(made).__name__}, not a prismatic.Worker (a SupervisorSpec "
+                        f"needs type='supervisor' in its ChildSpec)")
     return made, ()
 
 

@@ -30,6 +30,7 @@ from typing import Any
 
 import msgspec
 
+from .._errors import ChildSpecError
 from .._childspec import ChildSpec, ChildType, ShutdownKind, SupervisorSpec, resolve_start
 from .._exit import ExitReason, Shutdown, reason_from_exception, reason_from_wait_status
 from .._process import fork_child, send_signal
@@ -369,6 +370,10 @@ def run_child(spec: ChildSpec, channel: Channel, path: tuple[str, ...], node: st
                 and callable(start):
             start = start(*spec.args)
         if isinstance(start, SupervisorSpec):
+            if spec.type is not ChildType.SUPERVISOR:
+                raise ChildSpecError("type", spec.type.value,  # type: ignore[union-attr]
+                                     f"start {spec.start!r} is a SupervisorSpec; "
+                                     f"declare type='supervisor'")
             return SupervisorRuntime(start, channel, path, node).run()
     except BaseException as exc:  # noqa: BLE001 - a start failure is reported as data
         channel.try_send(ExitingFrame(reason_from_exception(exc)))

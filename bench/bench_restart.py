@@ -1,0 +1,214 @@
+"""Restart and start-up benchmarks for the supervision core (issue: supervised OS-process trees).
+
+Run: ``python bench/bench_restart.py [--kills N] [--workers N]``. Starts real nodes, prints one
+table: figure, value, target, and a bare-Python baseline measured in this same run.
+
+* SIGKILL -> replacement ready: the time from ``kill(pid, SIGKILL)`` to the supervisor's
+  ``child_started`` report for the replacement (its ``init`` has returned and the supervisor
+  knows). Both clocks are CLOCK_MONOTONIC, which is system-wide on Linux. Kills are paced:
+  the next kill waits until the supervisor has its spare again (a real crash rate is far
+  below hundreds per second); a second row measures back-to-back kills, where the spare is
+  often not ready. Baseline: a bare loop in this process that forks a child, waits for it to
+  say ready on a pipe, SIGKILLs it, reaps it through a pidfd, and forks the replacement.
+* 1,000 workers under one supervisor started and ready: ``start_child`` of a supervisor
+  with 1,000 worker children, timed until it returns (every child's ``init`` returned, in
+  order). Baseline: fork 1,000 children one after another, each signalling ready on a pipe.
+* USS per idle worker: the unique set size (memory private to the process) averaged over
+  those 1,000 workers. Baseline: one bare forked idle child of this process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import select
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import prismatic as p  # noqa: E402
+from prismatic._process import uss_bytes  # noqa: E402
+
+
+def pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(q * len(xs)))]
+
+
+def start_node(app: str, data: Path) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-m", "prismatic.node", "--app", app,
+                             "--data-dir", str(data), "--quiet"], cwd=REPO,
+                            env=dict(os.environ, PYTHONPATH=str(REPO)),
+                            stdout=subprocess.PIPE, text=True)
+    for line in proc.stdout:  # type: ignore[union-attr]
+        if "tree started" in line:
+            return proc
+    raise SystemExit(f"node for {app} did not start")
+
+
+def stop_node(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=60)
+
+
+def children_of(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(x) for x in f.read().split()]
+
+
+def comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def has_spare(sup: int) -> bool:
+    return any(comm(c) == "prism:spare" for c in children_of(sup))
+
+
+def wait_for(pred, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise SystemExit("benchmark condition not reached in time")
+        time.sleep(0.0002)
+
+
+def bench_restarts(kills: int, paced: bool) -> list[float]:
+    with tempfile.TemporaryDirectory() as tmp:
+        node = start_node("bench.apps:one_worker", Path(tmp) / "d")
+        try:
+            with p.connect(Path(tmp) / "d") as conn, \
+                    p.open_event_stream(Path(tmp) / "d", "supervisor.root.victim.") as ev:
+                root = conn.status().root_pid
+                pid = conn.pid_of("victim")
+                lat = []
+                for _ in range(kills):
+                    if paced:
+                        wait_for(lambda: has_spare(root))
+                    t0 = time.monotonic()
+                    os.kill(pid, signal.SIGKILL)
+                    e = ev.wait_for(lambda e: e.kind == "child_started", 10)
+                    lat.append(e.mono - t0)
+                    pid = e.pid
+                return lat
+        finally:
+            stop_node(node)
+
+
+def _bare_child(w: int) -> None:
+    os.write(w, b"r")
+    signal.pause()
+    os._exit(0)
+
+
+def bare_fork(w: int) -> int:
+    pid = os.fork()
+    if pid == 0:
+        try:
+            _bare_child(w)
+        finally:
+            os._exit(0)
+    return pid
+
+
+def bench_bare_restarts(kills: int) -> list[float]:
+    r, w = os.pipe()
+    pid = bare_fork(w)
+    os.read(r, 1)
+    lat = []
+    for _ in range(kills):
+        fd = os.pidfd_open(pid)
+        t0 = time.monotonic()
+        os.kill(pid, signal.SIGKILL)
+        select.select([fd], [], [])
+        os.waitpid(pid, 0)
+        os.close(fd)
+        pid = bare_fork(w)
+        os.read(r, 1)
+        lat.append(time.monotonic() - t0)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    return lat
+
+
+def bench_pool(n: int) -> tuple[float, float, list[int]]:
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "d"
+        node = start_node("bench.apps:empty", data)
+        try:
+            with p.connect(data, timeout=120) as conn:
+                t0 = time.monotonic()
+                conn.start_child("", p.ChildSpec(id="pool", start="bench.apps:pool",
+                                                type="supervisor"))
+                started = time.monotonic() - t0
+                kids = [r.pid for r in conn.which_children("pool") if r.pid]
+                assert len(kids) == n, len(kids)
+                uss = statistics.mean(uss_bytes(k) for k in kids)
+                return started, uss, kids
+        finally:
+            stop_node(node)
+
+
+def bench_bare_pool(n: int) -> tuple[float, float]:
+    r, w = os.pipe()
+    t0 = time.monotonic()
+    pids = []
+    for _ in range(n):
+        pids.append(bare_fork(w))
+        os.read(r, 1)
+    elapsed = time.monotonic() - t0
+    uss = uss_bytes(pids[0])
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    return elapsed, uss
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--kills", type=int, default=500)
+    ap.add_argument("--workers", type=int, default=1000)
+    args = ap.parse_args()
+    os.environ["PRISMATIC_BENCH_WORKERS"] = str(args.workers)
+
+    bare = bench_bare_restarts(args.kills)
+    paced = bench_restarts(args.kills, paced=True)
+    burst = bench_restarts(min(args.kills, 200), paced=False)
+    bare_pool_s, bare_uss = bench_bare_pool(args.workers)
+    pool_s, pool_uss, _ = bench_pool(args.workers)
+
+    ms = 1000.0
+    rows = [
+        ("SIGKILL -> ready, p50 (paced)", f"{pct(paced, .5) * ms:.2f} ms", "<= 2 ms",
+         f"{pct(bare, .5) * ms:.2f} ms bare fork+wait"),
+        ("SIGKILL -> ready, p99 (paced)", f"{pct(paced, .99) * ms:.2f} ms", "<= 10 ms",
+         f"{pct(bare, .99) * ms:.2f} ms bare fork+wait"),
+        ("SIGKILL -> ready, p50 (back-to-back)", f"{pct(burst, .5) * ms:.2f} ms", "-",
+         f"{pct(bare, .5) * ms:.2f} ms bare fork+wait"),
+        ("SIGKILL -> ready, p99 (back-to-back)", f"{pct(burst, .99) * ms:.2f} ms", "-",
+         f"{pct(bare, .99) * ms:.2f} ms bare fork+wait"),
+        (f"{args.workers} workers started and ready", f"{pool_s:.3f} s", "<= 2 s",
+         f"{bare_pool_s:.3f} s bare sequential fork+ready"),
+        ("USS per idle worker", f"{pool_uss / 2**20:.2f} MiB", "<= 3 MiB",
+         f"{bare_uss / 2**20:.2f} MiB bare forked child"),
+    ]
+    print(f"bench_restart: {args.kills} kills paced, {len(burst)} back-to-back, "
+          f"{args.workers} workers; python {sys.version.split()[0]}, {os.cpu_count()} cpus")
+    widths = [max(len(r[i]) for r in rows + [("figure", "value", "target", "baseline")])
+              for i in range(4)]
+    for r in [("figure", "value", "target", "baseline")] + rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)))
+
+
+if __name__ == "__main__":
+    main()
