@@ -42,20 +42,37 @@ def exit_code_for(reason: ExitReason) -> int:
 class WorkerContext:
     """What the runtime gives a running worker (``worker.context``)."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, pid: Pid, name: str) -> None:
-        self.loop = loop
+    def __init__(self, pid: Pid, name: str) -> None:
+        self.loop: asyncio.AbstractEventLoop | None = None
         self.pid = pid
         self.name = name
         self.mailbox: collections.deque[tuple[str, Any]] = collections.deque()
-        self.wakeup = asyncio.Event()
+        self.timers: list[tuple[float, Any]] = []  # send_after before the loop exists
         self.stop_reason: ExitReason | None = None
+
+    def attach(self, loop: asyncio.AbstractEventLoop) -> asyncio.AbstractEventLoop:
+        """Start using ``loop``; timers set during a plain ``init`` are armed now."""
+        asyncio.set_event_loop(loop)
+        self.loop = loop
+        self.wakeup = asyncio.Event()
         self.stopped = asyncio.Event()
+        for delay, msg in self.timers:
+            loop.call_later(delay, self.deliver, "info", msg)
+        self.timers.clear()
+        if self.mailbox:
+            self.wakeup.set()
+        return loop
 
     def deliver(self, kind: str, msg: Any) -> None:
         self.mailbox.append((kind, msg))
-        self.wakeup.set()
+        if self.loop is not None:
+            self.wakeup.set()
 
-    def send_after(self, delay: float, msg: Any) -> asyncio.TimerHandle:
+    def send_after(self, delay: float, msg: Any) -> asyncio.TimerHandle | None:
+        if self.loop is None:
+            # Armed when the loop starts, right after ready: late by well under a millisecond.
+            self.timers.append((delay, msg))
+            return None
         return self.loop.call_later(delay, self.deliver, "info", msg)
 
     def stop(self, reason: ExitReason) -> None:
@@ -102,15 +119,22 @@ def _instantiate(start: Any, args: tuple[Any, ...]) -> tuple[Worker, tuple[Any, 
 
 def run_worker(start: Any, args: tuple[Any, ...], channel: Channel, node: str,
                name: str) -> int:
-    """Run a worker to completion in this (freshly forked) process; return the exit code."""
-    loop = uvloop.new_event_loop()
-    asyncio.set_event_loop(loop)
-    ctx = WorkerContext(loop, Pid(node, os.getpid()), name)
+    """Run a worker to completion in this (freshly forked) process; return the exit code.
+
+    A plain ``init`` runs before the event loop exists, and ``ready`` goes out as soon as it
+    returns: a restart waits only for the user's ``init``, not for loop set-up (creating a
+    loop in a fresh fork costs a millisecond of copy-on-write faults).
+    """
     worker: Worker | None = None
+    loop: asyncio.AbstractEventLoop | None = None
+    ctx = WorkerContext(Pid(node, os.getpid()), name)
     try:
         worker, init_args = _instantiate(start, args)
         worker.context = ctx
-        loop.run_until_complete(_call(worker.init, *init_args))
+        result = worker.init(*init_args)
+        if inspect.isawaitable(result):
+            loop = ctx.attach(uvloop.new_event_loop())
+            loop.run_until_complete(result)
     except Ignore:
         channel.try_send(IgnoredFrame())
         return 0
@@ -119,7 +143,8 @@ def run_worker(start: Any, args: tuple[Any, ...], channel: Channel, node: str,
     except BaseException as exc:  # noqa: BLE001 - a failed init is a start error, as data
         return _finish(channel, reason_from_exception(exc))
     channel.send(ReadyFrame(pid=os.getpid(), mono=time.monotonic()))
-
+    if loop is None:
+        loop = ctx.attach(uvloop.new_event_loop())
     loop.add_signal_handler(signal.SIGTERM, ctx.stop, Shutdown())
 
     def on_channel() -> None:
