@@ -9,6 +9,8 @@ The node's loop (uvloop) serves:
 * the root supervisor's channel: lifecycle events (folded into a :class:`TreeView`, published
   on ``ipc://<data dir>/events.sock`` with topic ``supervisor.<path>.<kind>``) and replies;
 * the control endpoint ``ipc://<data dir>/control.sock`` (see :mod:`._control`);
+* the event log ``<data dir>/eventlog`` (LMDB, :mod:`._eventlog`): every lifecycle event is
+  appended under the same topic, group-committed and synced;
 * SIGINT/SIGTERM: stop the tree in order (SIGTERM to the root, which stops its children in
   reverse start order), then exit 0.
 
@@ -20,6 +22,7 @@ supervisor dies.
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import Future
 import fcntl
 import logging
 import os
@@ -40,6 +43,7 @@ from ._control import (
     ControlReply, NodeStatus, StatusCall, SupervisorCall, TreeCall, TreeRow, ControlCall,
 )
 from ._errors import ChildSpecError, NodeError
+from ._eventlog import EventLog, open_event_log
 from ._exit import ExitReason, Normal, Shutdown, describe, reason_from_wait_status
 from ._process import fork_child, send_signal
 from ._tree import TreeView
@@ -103,17 +107,21 @@ def run_node(spec: SupervisorSpec, *, name: str | None = None,
                           lambda: SupervisorRuntime(spec, theirs, (), name).run(),
                           "prism-sup:root")
     theirs.close()
-    node = _NodeLoop(name, data, mine, root_pid, show_tree, out)
     try:
-        return uvloop.run(node.main())
+        # Opened only now, after the node's one fork (LMDB must never cross a fork).
+        with open_event_log(data / "eventlog", node=name) as log:
+            node = _NodeLoop(name, data, mine, root_pid, show_tree, out, log)
+            return uvloop.run(node.main())
     finally:
         lock.close()
 
 
 class _NodeLoop:
     def __init__(self, name: str, data: Path, root: Channel, root_pid: int, show_tree: bool,
-                 out: TextIO) -> None:
+                 out: TextIO, log: EventLog) -> None:
         self.name = name
+        self.log = log
+        self.log_errors = 0
         self.data = data
         self.root = root
         self.root_pid = root_pid
@@ -181,6 +189,8 @@ class _NodeLoop:
             self.dirty = True
             topic = ".".join(("supervisor", *(frame.path or ("root",)), frame.key, frame.kind))
             self.pub.send_multipart([topic.encode(), _encoder.encode(frame)])
+            self.log.submit(topic, msgspec.to_builtins(frame), source="/".join(
+                frame.path) or "root").add_done_callback(self.logged)
         elif isinstance(frame, ReplyFrame):
             self.answer(frame.ref, frame.result)
         elif isinstance(frame, ReadyFrame):
@@ -189,6 +199,13 @@ class _NodeLoop:
                      f"data {self.data})")
         elif isinstance(frame, ExitingFrame):
             self.root_reason = frame.reason
+
+    def logged(self, done: Future[int]) -> None:
+        # Runs on the writer thread: only count and log here.
+        exc = done.exception()
+        if exc is not None:
+            self.log_errors += 1
+            log.error("event log append failed (%d so far): %s", self.log_errors, exc)
 
     def on_root_exit(self) -> None:
         loop = asyncio.get_running_loop()

@@ -396,7 +396,7 @@ class _Draft:
             self.reply(ref, Err("badarg", "start_child with args needs simple_one_for_one"))
             return
         template = self.children[0].spec
-        key = f"#{self.next_dynamic}"
+        key = f"{template.id}-{self.next_dynamic}"  # topic-safe, unique: no static siblings
         self.next_dynamic += 1
         spec = ChildSpec(id=template.id, start=template.start, args=(*template.args, *op.args),
                          restart=template.restart, shutdown=template.shutdown,

@@ -359,7 +359,7 @@ class SupervisorRuntime:
 
 def _proc_name(spec: ChildSpec, key: str) -> str:
     prefix = "prism-sup:" if spec.type is ChildType.SUPERVISOR else "prism:"
-    return prefix + (spec.id if key.startswith("#") else key)
+    return prefix + key
 
 
 def run_child(spec: ChildSpec, channel: Channel, path: tuple[str, ...], node: str) -> int:

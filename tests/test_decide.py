@@ -280,28 +280,28 @@ def test_simple_one_for_one_dynamic_children():
     s.boot()
     acts = s.request(StartDynamic((2, 3)))
     assert len(acts) == 1 and isinstance(acts[0], StartProc)
-    assert acts[0].spec.args == (1, 2, 3) and acts[0].key == "#0"
-    acts = s.started("#0")
-    assert acts[-1] == Reply(s._ref, Ok(s.pid["#0"]))
+    assert acts[0].spec.args == (1, 2, 3) and acts[0].key == "w-0"
+    acts = s.started("w-0")
+    assert acts[-1] == Reply(s._ref, Ok(s.pid["w-0"]))
     s.request(StartDynamic(()))
-    s.started("#1")
-    assert [(i.id, i.pid) for i in s.which()] == [(None, s.pid["#1"]), (None, s.pid["#0"])]
+    s.started("w-1")
+    assert [(i.id, i.pid) for i in s.which()] == [(None, s.pid["w-1"]), (None, s.pid["w-0"])]
     assert s.call(CountChildren()).value == {"specs": 1, "active": 2, "supervisors": 0,
                                               "workers": 2}
     # a crash restarts just that child, with the same args
-    acts = s.exited("#0", BOOM)
-    assert trace(acts) == ["start:#0"] and acts[-1].spec.args == (1, 2, 3)
-    s.started("#0")
+    acts = s.exited("w-0", BOOM)
+    assert trace(acts) == ["start:w-0"] and acts[-1].spec.args == (1, 2, 3)
+    s.started("w-0")
     # terminate by pid
-    acts = s.request(TerminateChild(s.pid["#1"]))
-    assert acts == [StopProc("#1", s.pid["#1"], 5.0)]
-    acts = s.exited("#1")
+    acts = s.request(TerminateChild(s.pid["w-1"]))
+    assert acts == [StopProc("w-1", s.pid["w-1"], 5.0)]
+    acts = s.exited("w-1")
     assert acts[-1] == Reply(s._ref, Ok())
     assert len(s.which()) == 1
     # shutdown stops all dynamic children at once
     acts = s.feed(ShutdownRequested(0.0))
-    assert acts == [StopMany((s.pid["#0"],), 5.0)]
-    acts = s.exited("#0")
+    assert acts == [StopMany((s.pid["w-0"],), 5.0)]
+    acts = s.exited("w-0")
     assert exit_of(acts).reason == Shutdown()
 
 
@@ -315,10 +315,10 @@ def test_simple_one_for_one_api_errors():
     assert s.call(StartChild(spec("x"))).reason == "badarg"
     # start fails: error reply, nothing added; ignore: ok undefined, nothing added
     s.request(StartDynamic(()))
-    acts = s.failed("#0")
+    acts = s.failed("w-0")
     assert acts[-1].result.reason == "failed_to_start_child"
     s.request(StartDynamic(()))
-    assert s.ignored("#1")[-1] == Reply(s._ref, Ok(None))
+    assert s.ignored("w-1")[-1] == Reply(s._ref, Ok(None))
     assert s.which() == []
     assert s.call(CountChildren()).value["specs"] == 1
 
@@ -485,9 +485,9 @@ def test_all_significant_simple_one_for_one_when_no_child_is_left():
     s.boot()
     for _ in range(2):
         s.request(StartDynamic(()))
-        s.started(f"#{s.state.next_dynamic - 1}")
-    assert trace(s.exited("#0", Normal())) == []
-    acts = s.exited("#1", BOOM)
+        s.started(f"w-{s.state.next_dynamic - 1}")
+    assert trace(s.exited("w-0", Normal())) == []
+    acts = s.exited("w-1", BOOM)
     assert acts[-1] == Exit(Shutdown("auto_shutdown"))  # nothing left to stop
 
 
@@ -1056,7 +1056,7 @@ class Model:
                 self.reply(ref, Err("badarg"))
                 return
             t = self.template
-            key = f"#{self.next_dyn}"
+            key = f"{t.id}-{self.next_dyn}"
             self.next_dyn += 1
             c = MChild(key, ChildSpec(id=t.id, start=t.start, args=(*t.args, *op.args),
                                       restart=t.restart, shutdown=t.shutdown, type=t.type,

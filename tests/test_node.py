@@ -211,3 +211,23 @@ def test_shutdown_timeout_kills_and_async_worker_runs(node_factory):
         stopped = ev.wait_for(lambda e: e.key == "stubborn" and e.kind == "child_stopped", 10)
     assert stopped.reason == p.Killed(9)
     assert not alive(stubborn)
+
+
+def test_lifecycle_events_land_in_the_event_log(node_factory):
+    from prismatic._eventlog import open_event_log
+
+    n = node_factory("tests.apps:one_for_one")
+    victim = n.conn.pid_of("w1")
+    with n.events() as ev:
+        os.kill(victim, signal.SIGKILL)
+        new = ev.wait_for(started("", "w1"), 10)
+    with open_event_log(n.data_dir / "eventlog", node="reader", readonly=True) as log:
+        def restarted():
+            recs = list(log.query(pattern="supervisor.root.w1.#"))
+            return recs if any(r.payload["pid"] == new.pid for r in recs) else None
+
+        recs = wait_until(restarted, 10, "the restart to be committed to the event log")
+    kinds = [r.topic.rsplit(".", 1)[1] for r in recs]
+    assert kinds == ["child_started", "child_exited", "child_started"]
+    assert recs[1].payload["reason"] == {"kind": "killed", "signal": 9}
+    assert [r.seq for r in recs] == sorted(r.seq for r in recs)
