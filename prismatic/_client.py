@@ -9,6 +9,7 @@ to the node's endpoints in its data directory; nothing here forks.
 from __future__ import annotations
 
 import itertools
+import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -157,13 +158,28 @@ class EventStream:
         self._sock = self._ctx.socket(zmq.SUB)
         self._sock.setsockopt(zmq.LINGER, 0)
         self._sock.setsockopt(zmq.SUBSCRIBE, prefix.encode())
+        hello = f"_hello.{os.getpid()}.{id(self)}".encode()
+        self._sock.setsockopt(zmq.SUBSCRIBE, hello)
         self._sock.connect(events_address(resolve_node(node)))
         self._decoder = msgspec.msgpack.Decoder(LifecycleFrame)
+        # Return only once the node has answered our hello: from then on nothing is missed.
+        deadline = time.monotonic() + 10.0
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not self._sock.poll(int(left * 1000) + 1):
+                self.close()
+                raise ControlError("the node's event stream did not answer the subscription")
+            topic, _ = self._sock.recv_multipart()
+            if topic == hello:
+                break
+        self._sock.setsockopt(zmq.UNSUBSCRIBE, hello)
 
     def next(self, timeout: float) -> LifecycleFrame | None:
         if not self._sock.poll(int(timeout * 1000)):
             return None
-        _, body = self._sock.recv_multipart()
+        topic, body = self._sock.recv_multipart()
+        if topic.startswith(b"_hello."):
+            return None  # another subscriber's hello that matched our prefix
         return self._decoder.decode(body)
 
     def wait_for(self, match: Callable[[LifecycleFrame], bool], timeout: float) -> LifecycleFrame:

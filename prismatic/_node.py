@@ -142,7 +142,7 @@ class _NodeLoop:
         self.done: asyncio.Future[int] = loop.create_future()
         ctx = zmq.asyncio.Context()
         self.control = ctx.socket(zmq.ROUTER)
-        self.pub = ctx.socket(zmq.PUB)
+        self.pub = ctx.socket(zmq.XPUB)
         self.pub.setsockopt(zmq.SNDHWM, 0)  # lifecycle events are few and must not drop
         for path in ("control.sock", "events.sock"):
             (self.data / path).unlink(missing_ok=True)  # stale: we hold the node lock
@@ -153,11 +153,13 @@ class _NodeLoop:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self.stop)
         server = loop.create_task(self.serve_control())
+        greeter = loop.create_task(self.greet_subscribers())
         printer = loop.create_task(self.print_tree()) if self.show_tree else None
         try:
             return await self.done
         finally:
             server.cancel()
+            greeter.cancel()
             if printer:
                 printer.cancel()
             self.control.close(0)
@@ -225,6 +227,15 @@ class _NodeLoop:
         self.done.set_result(1)
 
     # ---- control endpoint -------------------------------------------------------------------
+
+    async def greet_subscribers(self) -> None:
+        """Answer each ``_hello.<id>`` subscription on that topic: a subscriber that has seen
+        its hello knows its real subscriptions (sent before it, on the same pipe) are active,
+        so no event published afterwards can be missed (ZeroMQ's slow-joiner problem)."""
+        while True:
+            msg = await self.pub.recv()
+            if msg[:1] == b"\x01" and msg[1:].startswith(b"_hello."):
+                await self.pub.send_multipart([msg[1:], b""])
 
     async def serve_control(self) -> None:
         while True:

@@ -113,6 +113,8 @@ class SupervisorRuntime:
             ready = self.sel.select(timeout)
             for key, _ in ready:
                 kind, obj = key.data
+                if isinstance(obj, _Proc) and self.procs.get(obj.pid) is not obj:
+                    continue  # forgotten earlier in this same batch (its exit came first)
                 getattr(self, f"on_{kind}")(obj)
                 if self.exit_reason is not None:
                     break
