@@ -3,7 +3,8 @@
 :func:`connect` gives a :class:`NodeConnection` for OTP's supervisor API on any supervisor in
 the node's tree, addressed by path (``""`` is the root, ``"pipeline/workers"`` a nested
 one). :func:`open_event_stream` subscribes to the node's lifecycle events. Both speak ZeroMQ
-to the node's endpoints in its data directory; nothing here forks.
+to the node's endpoints in its data directory; nothing here forks. Control requests carry the
+node's cookie, read from ``<data dir>/cookie`` unless given (see :mod:`._cookie`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,11 @@ import msgspec
 import zmq
 
 from ._childspec import ChildSpec
-from ._control import ControlReply, NodeStatus, StatusCall, SupervisorCall, TreeCall, TreeRow
+from ._control import (
+    UNAUTHORIZED, ControlReply, MetricsCall, NodeStatus, StatusCall, SupervisorCall, TreeCall,
+    TreeRow,
+)
+from ._cookie import CookieRefused, read_cookie
 from ._errors import ChildSpecError, ControlError, StartError, SupervisorError
 from ._node import control_address, default_data_dir, events_address
 from .supervisors._events import (
@@ -47,10 +52,12 @@ def resolve_node(node: str | Path) -> Path:
 class NodeConnection:
     """A synchronous connection to one node's control endpoint. Not thread-safe."""
 
-    def __init__(self, node: str | Path, *, timeout: float = 10.0) -> None:
+    def __init__(self, node: str | Path, *, timeout: float = 10.0,
+                 cookie: str | None = None) -> None:
         self.data_dir = resolve_node(node)
         if not (self.data_dir / "control.sock").exists():
             raise ControlError(f"no node is running in {self.data_dir}")
+        self._cookie = cookie if cookie is not None else read_cookie(self.data_dir)
         self.timeout = timeout
         self._ctx = zmq.Context()
         self._sock = self._ctx.socket(zmq.DEALER)
@@ -68,9 +75,9 @@ class NodeConnection:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _call(self, make: Callable[[int], Any], timeout: float | None = None) -> Any:
+    def _call(self, make: Callable[[int, str], Any], timeout: float | None = None) -> Any:
         ref = next(self._refs)
-        self._sock.send(_encoder.encode(make(ref)))
+        self._sock.send(_encoder.encode(make(ref, self._cookie)))
         deadline = time.monotonic() + (timeout or self.timeout)
         while True:
             left = deadline - time.monotonic()
@@ -82,6 +89,9 @@ class NodeConnection:
                 continue  # the answer to an earlier call that timed out
             result = _result_decoder.decode(reply.result)
             if isinstance(result, Err):
+                if result.reason == UNAUTHORIZED:
+                    raise CookieRefused(f"node at {self.data_dir} refused the request: "
+                                        f"{result.detail}")
                 if result.reason == "failed_to_start_child":
                     raise StartError(result.detail, result.exit_reason)
                 raise SupervisorError(result.reason, result.detail)
@@ -90,7 +100,7 @@ class NodeConnection:
     def _sup(self, sup: str, op: Any, timeout: float | None = None) -> Any:
         path = tuple(p for p in sup.split("/") if p)
         raw = msgspec.Raw(_encoder.encode(op))
-        return self._call(lambda ref: SupervisorCall(ref, path, raw), timeout)
+        return self._call(lambda ref, cookie: SupervisorCall(ref, path, raw, cookie), timeout)
 
     # ---- OTP's supervisor API -----------------------------------------------------------------
 
@@ -125,6 +135,10 @@ class NodeConnection:
     def status(self) -> NodeStatus:
         return msgspec.convert(self._call(StatusCall), NodeStatus)
 
+    def metrics(self) -> str:
+        """The node's metrics in Prometheus text format (also without an HTTP endpoint)."""
+        return self._call(MetricsCall)
+
     def pid_of(self, path: str) -> int | None:
         """The pid of the process at ``path`` in the tree (``""`` is the root)."""
         for row in self.tree():
@@ -133,9 +147,10 @@ class NodeConnection:
         return None
 
 
-def connect(node: str | Path, *, timeout: float = 10.0) -> NodeConnection:
-    """Connect to a running node by data directory or node name."""
-    return NodeConnection(node, timeout=timeout)
+def connect(node: str | Path, *, timeout: float = 10.0,
+            cookie: str | None = None) -> NodeConnection:
+    """Connect to a running node by data directory or node name (cookie read from there)."""
+    return NodeConnection(node, timeout=timeout, cookie=cookie)
 
 
 def _wire_spec(spec: ChildSpec) -> ChildSpec:

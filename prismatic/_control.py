@@ -2,40 +2,71 @@
 
 Transport: ZeroMQ DEALER (client) -> ROUTER (node) at ``ipc://<data dir>/control.sock``; one
 msgpack frame per message. Supervisor operations travel on as ``request`` frames down the
-tree to the supervisor at ``path``; ``tree`` and ``status`` are answered by the node itself.
-Every request gets exactly one :class:`ControlReply` carrying ``Ok`` or ``Err``.
+tree to the supervisor at ``path``; ``tree``, ``status`` and ``metrics`` are answered by the
+node itself. Every request gets exactly one :class:`ControlReply` carrying ``Ok`` or ``Err``.
+
+Authentication: every call carries ``cookie``, the contents of ``<data dir>/cookie`` (see
+:mod:`._cookie`). The node checks it first, in constant time; a missing or wrong cookie is
+answered ``Err("unauthorized", ...)`` and nothing else happens (logged, rate-limited, and
+counted in ``prismatic_control_refusals_total``). A request that does not decode at all is
+dropped (there is no ref to answer), logged and counted as a bad frame.
+
+=============  =====================================  ===========================================
+call (tag)     fields                                 Ok value
+=============  =====================================  ===========================================
+``supervisor`` ref, path, op (a supervisor Op), cookie  the supervisor's reply (OTP's API)
+``tree``       ref, cookie                            ``list[TreeRow]``
+``status``     ref, cookie                            :class:`NodeStatus`
+``metrics``    ref, cookie                            Prometheus text exposition (``str``)
+=============  =====================================  ===========================================
 """
 
 from __future__ import annotations
 
+import enum
 from typing import Any
 
 import msgspec
 
-__all__ = ["SupervisorCall", "TreeCall", "StatusCall", "ControlCall", "ControlReply",
-           "TreeRow", "NodeStatus"]
+__all__ = ["SupervisorCall", "TreeCall", "StatusCall", "MetricsCall", "ControlCall",
+           "ControlReply", "TreeRow", "NodeStatus", "ProcessState", "UNAUTHORIZED"]
+
+UNAUTHORIZED = "unauthorized"  # the Err reason of a refused cookie
 
 
 class SupervisorCall(msgspec.Struct, frozen=True, tag="supervisor"):
     ref: int
     path: tuple[str, ...]
     op: msgspec.Raw
+    cookie: str = ""
 
 
 class TreeCall(msgspec.Struct, frozen=True, tag="tree"):
     ref: int
+    cookie: str = ""
 
 
 class StatusCall(msgspec.Struct, frozen=True, tag="status"):
     ref: int
+    cookie: str = ""
 
 
-ControlCall = SupervisorCall | TreeCall | StatusCall
+class MetricsCall(msgspec.Struct, frozen=True, tag="metrics"):
+    ref: int
+    cookie: str = ""
+
+
+ControlCall = SupervisorCall | TreeCall | StatusCall | MetricsCall
 
 
 class ControlReply(msgspec.Struct, frozen=True):
     ref: int
     result: msgspec.Raw  # Ok | Err
+
+
+class ProcessState(enum.Enum):
+    RUNNING = "running"
+    STOPPED = "stopped"  # no process: exited and not (yet) restarted, or terminated
 
 
 class TreeRow(msgspec.Struct, frozen=True):
@@ -46,6 +77,10 @@ class TreeRow(msgspec.Struct, frozen=True):
     uptime: float | None
     last_exit: Any = None
 
+    @property
+    def state(self) -> ProcessState:
+        return ProcessState.RUNNING if self.pid is not None else ProcessState.STOPPED
+
 
 class NodeStatus(msgspec.Struct, frozen=True):
     node: str
@@ -55,3 +90,7 @@ class NodeStatus(msgspec.Struct, frozen=True):
     uptime: float
     processes: int
     data_dir: str
+    supervisors: int = 0
+    workers: int = 0
+    restarts: int = 0
+    metrics_url: str | None = None

@@ -8,7 +8,9 @@ then on the node never forks again.
 The node's loop (uvloop) serves:
 * the root supervisor's channel: lifecycle events (folded into a :class:`TreeView`, published
   on ``ipc://<data dir>/events.sock`` with topic ``supervisor.<path>.<kind>``) and replies;
-* the control endpoint ``ipc://<data dir>/control.sock`` (see :mod:`._control`);
+* the control endpoint ``ipc://<data dir>/control.sock`` (see :mod:`._control`), every
+  request authenticated by the cookie in ``<data dir>/cookie`` (:mod:`._cookie`);
+* optionally, Prometheus metrics and health over HTTP (:mod:`._metrics`, from a thread);
 * the event log ``<data dir>/eventlog`` (LMDB, :mod:`._eventlog`): every lifecycle event is
   appended under the same topic, group-committed and synced;
 * SIGINT/SIGTERM: stop the tree in order (SIGTERM to the root, which stops its children in
@@ -40,10 +42,13 @@ import zmq.asyncio
 from ._address import default_node_name
 from ._childspec import SupervisorSpec, import_ref
 from ._control import (
-    ControlReply, NodeStatus, StatusCall, SupervisorCall, TreeCall, TreeRow, ControlCall,
+    UNAUTHORIZED, ControlCall, ControlReply, MetricsCall, NodeStatus, StatusCall, SupervisorCall,
+    TreeCall, TreeRow,
 )
+from ._cookie import cookie_matches, ensure_cookie
 from ._errors import ChildSpecError, NodeError
 from ._eventlog import EventLog, open_event_log
+from ._metrics import MetricsServer, NodeMetrics, ProcessSample, serve_metrics
 from ._exit import ExitReason, Normal, Shutdown, describe, reason_from_wait_status
 from ._process import fork_child, send_signal
 from ._tree import TreeView
@@ -57,6 +62,7 @@ from .transports._frames import (
 __all__ = ["run_node", "load_app", "default_data_dir", "control_address", "events_address"]
 
 log = logging.getLogger(__name__)
+REFUSAL_LOG_INTERVAL_S = 10.0  # at most one refusal warning per interval; the rest are counted
 _encoder = msgspec.msgpack.Encoder()
 _call_decoder = msgspec.msgpack.Decoder(ControlCall)
 
@@ -91,8 +97,13 @@ def load_app(ref: str) -> SupervisorSpec:
 
 def run_node(spec: SupervisorSpec, *, name: str | None = None,
              data_dir: Path | str | None = None, show_tree: bool = True,
-             out: TextIO = sys.stdout) -> int:
-    """Run a node until it is told to stop (exit code 0) or its root supervisor dies (1)."""
+             out: TextIO = sys.stdout, metrics_port: int = 0,
+             metrics_host: str = "127.0.0.1") -> int:
+    """Run a node until it is told to stop (exit code 0) or its root supervisor dies (1).
+
+    ``metrics_port`` > 0 serves Prometheus metrics on ``http://<metrics_host>:<port>/metrics``
+    (0: no HTTP endpoint; the metrics stay readable over the control endpoint).
+    """
     name = name or default_node_name()
     data = Path(data_dir) if data_dir is not None else default_data_dir(name)
     data.mkdir(parents=True, exist_ok=True)
@@ -101,6 +112,7 @@ def run_node(spec: SupervisorSpec, *, name: str | None = None,
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         raise NodeError(f"another node is running with data directory {data}") from None
+    cookie = ensure_cookie(data)
     # Fork the root before any ZeroMQ context exists in this process.
     mine, theirs = open_channel_pair()
     root_pid = fork_child((theirs.fileno(),),
@@ -110,15 +122,15 @@ def run_node(spec: SupervisorSpec, *, name: str | None = None,
     try:
         # Opened only now, after the node's one fork (LMDB must never cross a fork).
         with open_event_log(data / "eventlog", node=name) as log:
-            node = _NodeLoop(name, data, mine, root_pid, show_tree, out, log)
-            return uvloop.run(node.main())
+            node = _NodeLoop(name, data, mine, root_pid, show_tree, out, log, cookie)
+            return uvloop.run(node.main(metrics_port, metrics_host))
     finally:
         lock.close()
 
 
 class _NodeLoop:
     def __init__(self, name: str, data: Path, root: Channel, root_pid: int, show_tree: bool,
-                 out: TextIO, log: EventLog) -> None:
+                 out: TextIO, log: EventLog, cookie: str) -> None:
         self.name = name
         self.log = log
         self.log_errors = 0
@@ -136,8 +148,14 @@ class _NodeLoop:
         self.next_ref = 1
         self.started = time.monotonic()
         self.dirty = False
+        self.cookie = cookie
+        self.bad_requests = 0
+        self.refusals_unlogged = 0
+        self.refusal_logged_at = -REFUSAL_LOG_INTERVAL_S
+        self.metrics = NodeMetrics(name, self.process_samples, self.gauges, self.counters)
+        self.metrics_server: MetricsServer | None = None
 
-    async def main(self) -> int:
+    async def main(self, metrics_port: int = 0, metrics_host: str = "127.0.0.1") -> int:
         loop = asyncio.get_running_loop()
         self.done: asyncio.Future[int] = loop.create_future()
         ctx = zmq.asyncio.Context()
@@ -155,13 +173,26 @@ class _NodeLoop:
         server = loop.create_task(self.serve_control())
         greeter = loop.create_task(self.greet_subscribers())
         printer = loop.create_task(self.print_tree()) if self.show_tree else None
+        beat = loop.create_task(self.beat())
+        if metrics_port:
+            try:
+                self.metrics_server = serve_metrics(self.metrics, metrics_port, metrics_host)
+            except OSError as exc:
+                # Loud, but the tree keeps running: metrics observe it, they are no dependency.
+                log.error("metrics endpoint on %s:%d not started: %s", metrics_host,
+                          metrics_port, exc)
+            else:
+                log.info("metrics on %s", self.metrics_server.url)
         try:
             return await self.done
         finally:
             server.cancel()
             greeter.cancel()
+            beat.cancel()
             if printer:
                 printer.cancel()
+            if self.metrics_server is not None:
+                self.metrics_server.close()
             self.control.close(0)
             self.pub.close(0)
             ctx.term()
@@ -187,6 +218,7 @@ class _NodeLoop:
 
     def on_frame(self, frame: Any) -> None:
         if isinstance(frame, LifecycleFrame):
+            self.metrics.observe(frame, (*frame.path, frame.key) not in self.tree.entries)
             self.tree.apply(frame)
             self.dirty = True
             topic = ".".join(("supervisor", *(frame.path or ("root",)), frame.key, frame.kind))
@@ -196,7 +228,7 @@ class _NodeLoop:
         elif isinstance(frame, ReplyFrame):
             self.answer(frame.ref, frame.result)
         elif isinstance(frame, ReadyFrame):
-            self.ready = True
+            self.ready = self.metrics.ready = True
             self.say(f"node {self.name}: tree started (root pid {self.root_pid}, "
                      f"data {self.data})")
         elif isinstance(frame, ExitingFrame):
@@ -243,7 +275,13 @@ class _NodeLoop:
             try:
                 call = _call_decoder.decode(body)
             except msgspec.DecodeError as exc:
-                log.warning("control: dropped malformed request: %s", exc)
+                self.bad_requests += 1
+                log.warning("control: dropped malformed request (%d so far): %s",
+                            self.bad_requests, exc)
+                continue
+            self.metrics.control_requests.labels(type(call).__struct_config__.tag).inc()
+            if not cookie_matches(self.cookie, call.cookie):
+                self.refuse(ident, call.ref, "missing" if not call.cookie else "wrong")
                 continue
             if isinstance(call, SupervisorCall):
                 ref, self.next_ref = self.next_ref, self.next_ref + 1
@@ -253,11 +291,56 @@ class _NodeLoop:
             elif isinstance(call, TreeCall):
                 self.reply(ident, call.ref, Ok(self.tree_rows()))
             elif isinstance(call, StatusCall):
-                self.reply(ident, call.ref, Ok(NodeStatus(
-                    node=self.name, pid=os.getpid(), root_pid=self.root_pid, ready=self.ready,
-                    uptime=time.monotonic() - self.started,
-                    processes=sum(1 for e in self.tree.entries.values() if e.running),
-                    data_dir=str(self.data))))
+                self.reply(ident, call.ref, Ok(self.status()))
+            elif isinstance(call, MetricsCall):
+                self.reply(ident, call.ref, Ok(self.metrics.exposition().decode()))
+
+    def refuse(self, ident: bytes, ref: int, why: str) -> None:
+        self.metrics.control_refusals.labels(f"{why}_cookie").inc()
+        self.reply(ident, ref, Err(UNAUTHORIZED, f"{why} cookie: the request must carry the "
+                                                 f"contents of {self.data / 'cookie'}"))
+        now = time.monotonic()
+        if now - self.refusal_logged_at < REFUSAL_LOG_INTERVAL_S:
+            self.refusals_unlogged += 1  # counted in the metric; summed up in the next warning
+            return
+        log.warning("control: refused a request with a %s cookie (%d more refused since the "
+                    "last warning)", why, self.refusals_unlogged)
+        self.refusal_logged_at, self.refusals_unlogged = now, 0
+
+    def status(self) -> NodeStatus:
+        entries = [e for e in self.tree.entries.values() if e.running]
+        return NodeStatus(
+            node=self.name, pid=os.getpid(), root_pid=self.root_pid, ready=self.ready,
+            uptime=time.monotonic() - self.started, processes=len(entries),
+            data_dir=str(self.data),
+            supervisors=sum(1 for e in entries if e.type == "supervisor"),
+            workers=sum(1 for e in entries if e.type != "supervisor"),
+            restarts=sum(e.restarts for e in self.tree.entries.values()),
+            metrics_url=self.metrics_server.url if self.metrics_server else None)
+
+    # ---- metrics (read from the metrics thread at scrape time) ------------------------------
+
+    def process_samples(self) -> list[ProcessSample]:
+        return [ProcessSample("/".join(e.path) or "root", e.type, e.pid)
+                for e in tuple(self.tree.entries.values()) if e.pid is not None]
+
+    def gauges(self) -> dict[str, float]:
+        return {"node_uptime_seconds": time.monotonic() - self.started,
+                "node_ready": float(self.ready)}
+
+    def counters(self) -> dict[str, int]:
+        c = self.log.counters
+        return {"eventlog_appends": c.appends, "eventlog_commits": c.commits,
+                "eventlog_bytes_written": c.bytes_written,
+                "eventlog_errors": c.errors + self.log_errors,
+                "eventlog_full_errors": c.full_errors,
+                "bad_frames_root_channel": self.root.bad_frames,
+                "bad_frames_control": self.bad_requests}
+
+    async def beat(self) -> None:
+        while True:  # /health answers 200 while this keeps stamping
+            self.metrics.heartbeat = time.monotonic()
+            await asyncio.sleep(1.0)
 
     def tree_rows(self) -> list[TreeRow]:
         now = time.monotonic()

@@ -1,0 +1,197 @@
+"""The node's Prometheus metrics and its HTTP endpoint (``/metrics``, ``/health``, ``/ready``).
+
+Role: :class:`NodeMetrics` owns one :class:`~prometheus_client.CollectorRegistry` per node
+(never the global one, so several nodes, or tests, in one interpreter do not mix). Two kinds
+of series:
+
+* event counters, bumped by the node loop as lifecycle frames and control requests arrive
+  (restarts, exits by reason kind, escalations, control requests and refusals, bad frames);
+* a collector read at scrape time (:class:`_SnapshotCollector`): processes up, per-process
+  memory (USS, ``/proc/<pid>/smaps_rollup``) and CPU (``/proc/<pid>/stat`` utime+stime),
+  event-log counters, the node's uptime and readiness. It reads the node's TreeView through
+  a snapshot callable, so a scrape never walks a dict the loop is changing.
+
+Protocol: :func:`serve_metrics` runs a WSGI server in a daemon thread of the node process,
+started after the node's fork like everything else in it. ``/health`` is 200 while the node's
+loop beats (it stamps :attr:`NodeMetrics.heartbeat` every second), ``/ready`` is 200 once the
+tree has started, else 503. The exposition text comes from ``prometheus_client`` only.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from socketserver import ThreadingMixIn
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+import msgspec
+from prometheus_client import CollectorRegistry, Counter, generate_latest, make_wsgi_app
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from ._process import uss_bytes
+from .transports._frames import LifecycleFrame
+
+__all__ = ["NodeMetrics", "MetricsServer", "serve_metrics", "ProcessSample", "cpu_seconds",
+           "reason_kind"]
+
+log = logging.getLogger(__name__)
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+HEALTH_STALE_S = 5.0  # the loop beats every second; five missed beats is not alive
+
+
+class ProcessSample(msgspec.Struct, frozen=True):
+    """One process of the tree as a scrape sees it."""
+
+    path: str
+    type: str
+    pid: int
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of ``pid`` so far, from ``/proc/<pid>/stat``."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _CLK_TCK  # utime, stime (fields 14, 15)
+
+
+def reason_kind(reason: Any) -> str:
+    """The tag of an ExitReason (``normal``, ``crashed``, ``killed``...)."""
+    if reason is None:
+        return "none"
+    return str(type(reason).__struct_config__.tag)
+
+
+class NodeMetrics:
+    """Every metric of one node, in its own registry."""
+
+    def __init__(self, node: str, processes: Callable[[], list[ProcessSample]],
+                 gauges: Callable[[], dict[str, float]],
+                 counters: Callable[[], dict[str, int]]) -> None:
+        self.node = node
+        self.heartbeat = time.monotonic()
+        self.ready = False
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.restarts = Counter("prismatic_restarts", "Child restarts (a start after the first)",
+                                ["supervisor", "child"], registry=r)
+        self.exits = Counter("prismatic_child_exits", "Unexpected child exits by reason kind",
+                             ["reason"], registry=r)
+        self.escalations = Counter("prismatic_intensity_exceeded",
+                                   "Supervisors that gave up: restart intensity exceeded",
+                                   ["supervisor"], registry=r)
+        self.control_requests = Counter("prismatic_control_requests",
+                                        "Control requests received, by call", ["call"],
+                                        registry=r)
+        self.control_refusals = Counter("prismatic_control_refusals",
+                                        "Control requests refused, by reason", ["reason"],
+                                        registry=r)
+        r.register(_SnapshotCollector(processes, gauges, counters))
+
+    def observe(self, frame: LifecycleFrame, first_start: bool) -> None:
+        """Count one lifecycle event (called on the node loop)."""
+        sup = "/".join(frame.path) or "root"
+        if frame.kind == "child_started" and not first_start:
+            self.restarts.labels(sup, frame.key).inc()
+        elif frame.kind == "child_exited":
+            self.exits.labels(reason_kind(frame.reason)).inc()
+        elif frame.kind == "intensity_exceeded":
+            self.escalations.labels(sup).inc()
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+    def alive(self) -> bool:
+        return time.monotonic() - self.heartbeat < HEALTH_STALE_S
+
+
+class _SnapshotCollector:
+    """Series computed at scrape time from the node's state and /proc."""
+
+    def __init__(self, processes: Callable[[], list[ProcessSample]],
+                 gauges: Callable[[], dict[str, float]],
+                 counters: Callable[[], dict[str, int]]) -> None:
+        self.processes = processes
+        self.gauges = gauges
+        self.counters = counters
+
+    def describe(self) -> Iterable[Metric]:
+        return []  # series depend on the live tree; nothing to pre-register
+
+    def collect(self) -> Iterator[Metric]:
+        procs = self.processes()
+        up = GaugeMetricFamily("prismatic_processes_up", "Live processes in the tree, by type",
+                               labels=["type"])
+        for kind in ("supervisor", "worker"):
+            up.add_metric([kind], sum(1 for p in procs if p.type == kind))
+        yield up
+        uss = GaugeMetricFamily("prismatic_process_memory_uss_bytes",
+                                "Memory private to each process of the tree (USS)",
+                                labels=["path", "type"])
+        cpu = CounterMetricFamily("prismatic_process_cpu_seconds",
+                                  "User+system CPU time of each process of the tree",
+                                  labels=["path", "type"])
+        for p in procs:
+            try:
+                uss.add_metric([p.path, p.type], uss_bytes(p.pid))
+                cpu.add_metric([p.path, p.type], cpu_seconds(p.pid))
+            except (OSError, ValueError, IndexError):
+                continue  # exited between the snapshot and now: its next start is a new row
+        yield uss
+        yield cpu
+        for name, value in self.gauges().items():
+            g = GaugeMetricFamily(f"prismatic_{name}", name.replace("_", " "))
+            g.add_metric([], value)
+            yield g
+        for name, value in self.counters().items():
+            c = CounterMetricFamily(f"prismatic_{name}", name.replace("_", " "))
+            c.add_metric([], value)
+            yield c
+
+
+class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib's name
+        log.debug("metrics http: " + format, *args)
+
+
+class MetricsServer:
+    """A running endpoint; :meth:`close` stops it and joins its thread."""
+
+    def __init__(self, server: WSGIServer, thread: threading.Thread) -> None:
+        self._server = server
+        self._thread = thread
+        host, port = server.server_address[:2]
+        self.port = port
+        self.url = f"http://{host}:{port}/metrics"
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(5)
+
+
+def serve_metrics(metrics: NodeMetrics, port: int, host: str = "127.0.0.1") -> MetricsServer:
+    """Serve ``/metrics``, ``/health`` and ``/ready`` from a daemon thread."""
+    prom = make_wsgi_app(metrics.registry)
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path in ("/health", "/ready"):
+            ok = metrics.alive() if path == "/health" else metrics.ready and metrics.alive()
+            status = "200 OK" if ok else "503 Service Unavailable"
+            start_response(status, [("Content-Type", "text/plain; charset=utf-8")])
+            return [(status + "\n").encode()]
+        return prom(environ, start_response)
+
+    server = make_server(host, port, app, _ThreadingWSGIServer, handler_class=_QuietHandler)
+    thread = threading.Thread(target=server.serve_forever, name=f"metrics:{metrics.node}",
+                              daemon=True)
+    thread.start()
+    return MetricsServer(server, thread)
