@@ -1,0 +1,114 @@
+"""What the ``prismatic`` CLI prints, and how it fails.
+
+Role: :class:`CliError` carries an :class:`ExitCode` and prints one line on stderr (click
+shows it; the group in :mod:`.cli` turns Prismatic's own errors into it). Read commands print
+aligned tables for people, or ``--json`` for programs (msgspec encodes Structs and Enums).
+:class:`Waiting` shows a spinner on stderr for anything that takes longer than a second, and
+only on a terminal, so pipes and logs get no control characters.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import sys
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import click
+import msgspec
+
+__all__ = ["ExitCode", "CliError", "print_table", "print_json", "human_bytes", "human_seconds",
+           "Waiting"]
+
+
+class ExitCode(enum.IntEnum):
+    """The CLI's exit codes (documented in docs/operator.md)."""
+
+    OK = 0
+    REFUSED = 1  # the supervisor refused the operation (OTP error), or a child failed to start
+    USAGE = 2  # bad arguments, bad config, no/ambiguous node selection
+    UNREACHABLE = 3  # no node there, or it did not answer in time
+    AUTH = 4  # the node refused our cookie
+    INTERNAL = 70  # a bug (EX_SOFTWARE): rerun with --debug for the traceback
+
+
+class CliError(click.ClickException):
+    """One clear line on stderr and a documented exit code."""
+
+    def __init__(self, message: str, code: ExitCode) -> None:
+        super().__init__(message)
+        self.exit_code = int(code)
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"prismatic: error: {self.format_message()}", err=True)
+
+
+def print_json(value: Any) -> None:
+    click.echo(msgspec.json.format(msgspec.json.encode(value).decode(), indent=2))
+
+
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    cells = [[("-" if v is None else str(v)) for v in row] for row in rows]
+    widths = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(headers)]
+    click.echo("  ".join(h.upper().ljust(w) for h, w in zip(headers, widths)).rstrip())
+    for r in cells:
+        click.echo("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
+
+
+def human_bytes(n: int | None) -> str | None:
+    if n is None:
+        return None
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def human_seconds(s: float | None) -> str | None:
+    if s is None:
+        return None
+    if s < 60:
+        return f"{s:.1f}s"
+    m, sec = divmod(int(s), 60)
+    h, m = divmod(m, 60)
+    d, h = divmod(h, 24)
+    return f"{d}d{h:02d}h" if d else f"{h}h{m:02d}m" if h else f"{m}m{sec:02d}s"
+
+
+class Waiting:
+    """``with Waiting("starting child"):`` a spinner on stderr after the first second."""
+
+    DELAY_S = 1.0
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self._done = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._shown = False
+
+    def __enter__(self) -> Waiting:
+        if sys.stderr.isatty():
+            self._thread = threading.Thread(target=self._spin, daemon=True)
+            self._thread.start()
+        return self
+
+    def _spin(self) -> None:
+        if self._done.wait(self.DELAY_S):
+            return
+        self._shown = True
+        for frame in itertools.cycle("|/-\\"):
+            sys.stderr.write(f"\r{frame} {self.what}...")
+            sys.stderr.flush()
+            if self._done.wait(0.1):
+                return
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        if self._thread is not None:
+            self._thread.join()
+        if self._shown:
+            sys.stderr.write("\r" + " " * (len(self.what) + 5) + "\r")
+            sys.stderr.flush()

@@ -1,0 +1,199 @@
+"""TOML node configuration: parsed with tomllib, validated into frozen msgspec Structs.
+
+Layout (every key optional except each child's ``id`` and a worker's ``start``)::
+
+    [node]
+    name = "demo"              # node name
+    data_dir = "./data"        # relative paths are relative to the config file
+    metrics_port = 9100        # 0: no HTTP metrics endpoint
+    log_format = "text"        # text | json
+    log_file = "node.log"
+
+    [tree]                     # the root supervisor
+    flags = { strategy = "one_for_one", intensity = 10, period = 60 }
+
+    [[tree.children]]          # a worker: start = "module:attr"
+    id = "clock"
+    start = "prismatic._demo:Ticker"
+    args = [0.5]
+    restart = "permanent"      # permanent | transient | temporary
+    shutdown = 5               # seconds | "brutal_kill" | "infinity"
+
+    [[tree.children]]          # a nested supervisor: children instead of start
+    id = "pipeline"
+    flags = { strategy = "rest_for_one" }
+    [[tree.children.children]]
+    ...
+
+Every ``start`` is imported while the config loads, so the modules the tree needs are in the
+node's image before it forks (as with ``--app``), and a typo fails here, not in a child.
+Errors are :class:`ConfigError`, naming the file, the key path (``tree.children[2].restart``)
+and the problem; the spec validators' :class:`ChildSpecError` is mapped to its key path.
+"""
+
+from __future__ import annotations
+
+import enum
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from ._childspec import (
+    AutoShutdown, ChildSpec, RestartType, Strategy, SupervisorSpec, SupFlags, import_ref,
+)
+from ._errors import ChildSpecError, NodeError
+
+__all__ = ["ConfigError", "NodeConfig", "NodeSection", "load_config", "LogFormat"]
+
+
+class ConfigError(NodeError):
+    """A config file is unreadable or invalid; the message names file, key path, problem."""
+
+    def __init__(self, file: Path | str, key: str, problem: str) -> None:
+        self.file = str(file)
+        self.key = key
+        self.problem = problem
+        super().__init__(f"{file}: {key}: {problem}" if key else f"{file}: {problem}")
+
+
+class LogFormat(enum.Enum):
+    TEXT = "text"
+    JSON = "json"
+
+
+# Enum-valued keys stay str here: the spec validators then name the allowed values.
+class FlagsTable(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    strategy: str = Strategy.ONE_FOR_ONE.value
+    intensity: int = 1
+    period: float = 5.0
+    auto_shutdown: str = AutoShutdown.NEVER.value
+
+
+class ChildTable(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    id: str
+    start: str | None = None
+    args: tuple[Any, ...] = ()
+    restart: str = RestartType.PERMANENT.value
+    shutdown: float | str | None = None
+    type: str | None = None
+    significant: bool = False
+    flags: FlagsTable | None = None
+    children: tuple[ChildTable, ...] | None = None
+
+
+class TreeTable(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    flags: FlagsTable = FlagsTable()
+    children: tuple[ChildTable, ...] = ()
+
+
+class NodeSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    name: str | None = None
+    data_dir: str | None = None
+    metrics_port: int = 0
+    log_format: LogFormat = LogFormat.TEXT
+    log_file: str | None = None
+
+
+class ConfigFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    node: NodeSection = NodeSection()
+    tree: TreeTable | None = None
+
+
+class NodeConfig(msgspec.Struct, frozen=True):
+    """A loaded config: the node's settings and, if the file has one, its tree."""
+
+    path: str
+    node: NodeSection
+    tree: SupervisorSpec | None
+
+
+def load_config(path: Path | str) -> NodeConfig:
+    file = Path(path)
+    try:
+        raw = tomllib.loads(file.read_text())
+    except OSError as exc:
+        raise ConfigError(file, "", f"cannot read: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(file, "", f"not valid TOML: {exc}") from None
+    try:
+        doc = msgspec.convert(raw, ConfigFile)
+    except msgspec.ValidationError as exc:
+        msg, _, where = str(exc).rpartition(" - at `$")
+        if not msg:
+            raise ConfigError(file, "", str(exc)) from None
+        raise ConfigError(file, where.rstrip("`").lstrip("."), _problem(msg)) from None
+    section = doc.node
+    if section.data_dir is not None:  # relative to the file, not to wherever we were run
+        section = msgspec.structs.replace(
+            section, data_dir=str((file.parent / section.data_dir).expanduser()))
+    if not 0 <= section.metrics_port <= 65535:
+        raise ConfigError(file, "node.metrics_port", f"{section.metrics_port} is not a port "
+                                                     "(0 disables the endpoint)")
+    tree = None if doc.tree is None else _supervisor(file, "tree", doc.tree.flags,
+                                                      doc.tree.children)
+    return NodeConfig(path=str(file), node=section, tree=tree)
+
+
+def _problem(msg: str) -> str:
+    # msgspec says "Object contains unknown field `x`": that is what a typo looks like
+    msg = msg.replace("Object contains unknown field", "unknown key")
+    if msg.startswith("Invalid enum value"):
+        msg += f" (one of {' | '.join(f.value for f in LogFormat)})"  # log_format: the only one
+    return msg
+
+
+def _supervisor(file: Path, key: str, flags: FlagsTable,
+                children: tuple[ChildTable, ...]) -> SupervisorSpec:
+    try:
+        sup_flags = SupFlags(strategy=flags.strategy, intensity=flags.intensity,
+                             period=flags.period, auto_shutdown=flags.auto_shutdown)
+    except ChildSpecError as exc:
+        raise ConfigError(file, f"{key}.flags.{exc.field}", _spec_problem(exc)) from None
+    specs = [_child(file, f"{key}.children[{i}]", c) for i, c in enumerate(children)]
+    try:
+        return SupervisorSpec(flags=sup_flags, children=specs)
+    except ChildSpecError as exc:
+        # check_child_specs names the field; point at the first child it is about
+        at = _index_of(children, exc)
+        where = f"{key}.children[{at}].{exc.field}" if at is not None else f"{key}.children"
+        raise ConfigError(file, where, _spec_problem(exc)) from None
+
+
+def _index_of(children: tuple[ChildTable, ...], exc: ChildSpecError) -> int | None:
+    if exc.field == "id":
+        hits = [i for i, c in enumerate(children) if c.id == exc.value]
+        return hits[-1] if hits else None  # the duplicate is the later one
+    if exc.field == "significant":
+        return next((i for i, c in enumerate(children) if c.significant), None)
+    return None
+
+
+def _child(file: Path, key: str, table: ChildTable) -> ChildSpec:
+    if table.children is not None:
+        if table.start is not None:
+            raise ConfigError(file, f"{key}.start",
+                              "a child has either start (a worker) or children (a supervisor)")
+        start: object = _supervisor(file, key, table.flags or FlagsTable(), table.children)
+    elif table.start is None:
+        raise ConfigError(file, f"{key}.start", "missing: a worker needs start = "
+                                                "\"module:attr\" (a supervisor: children)")
+    elif table.flags is not None:
+        raise ConfigError(file, f"{key}.flags", "only a supervisor (a child with children) "
+                                                "has flags")
+    else:
+        try:
+            start = import_ref(table.start, "start")
+        except ChildSpecError as exc:
+            raise ConfigError(file, f"{key}.start", _spec_problem(exc)) from None
+    try:
+        return ChildSpec(id=table.id, start=start, args=table.args, restart=table.restart,
+                         shutdown=table.shutdown, type=table.type,
+                         significant=table.significant)
+    except ChildSpecError as exc:
+        raise ConfigError(file, f"{key}.{exc.field}", _spec_problem(exc)) from None
+
+
+def _spec_problem(exc: ChildSpecError) -> str:
+    return f"{exc.value!r}: {exc.problem}" if exc.value is not None else exc.problem
