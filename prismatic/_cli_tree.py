@@ -1,0 +1,295 @@
+"""``prismatic node|tree|children|metrics``: the node's lifecycle, its live supervision tree,
+OTP's supervisor API, and its metrics.
+
+Paths name supervisors as in the tree view: ``""`` (or ``root``) is the root, ``a/b`` a nested
+one; a child is addressed as ``SUPERVISOR_PATH/CHILD_ID`` (``pipeline/transform``, or just
+``clock`` under the root). Supervisor refusals (OTP's ``not_found``, ``running``...) exit 1.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import click
+import msgspec
+
+from ._childspec import ChildSpec
+from ._cli_format import (
+    CliError, ExitCode, Waiting, human_bytes, human_seconds, print_json, print_table,
+)
+from ._cli_node import detach_node, node_options, start_node, stop_node
+from ._control import ProcessState
+from ._exit import describe
+from .cli import CliState, cli, json_option
+
+__all__ = ["TreeLine", "sup_path", "child_path"]
+
+
+class TreeLine(msgspec.Struct, frozen=True):
+    """One row of ``prismatic tree``."""
+
+    path: str
+    pid: int | None
+    type: str
+    state: ProcessState
+    restarts: int
+    uptime: float | None
+    uss_bytes: int | None
+    last_exit: str | None
+
+
+def sup_path(path: str) -> str:
+    return "" if path in ("", "/", "root") else path.strip("/")
+
+
+def child_path(path: str) -> tuple[str, str]:
+    sup, _, child = path.strip("/").rpartition("/")
+    if not child:
+        raise CliError(f"{path!r} is not a child path (SUPERVISOR/CHILD_ID)", ExitCode.USAGE)
+    return sup_path(sup), child
+
+
+# ---- node -------------------------------------------------------------------------------------
+
+@cli.group()
+def node() -> None:
+    """Start or stop a node."""
+
+
+@node.command("start")
+@node_options
+@click.option("--detach", is_flag=True,
+              help="Run the node in the background; return once its tree started.")
+@click.option("--wait", "wait_s", type=float, default=30.0, show_default=True,
+              help="With --detach: how long to wait for the tree to start.")
+def node_start(detach: bool, wait_s: float, **options: Any) -> None:
+    """Start a node (same as python -m prismatic.node).
+
+    Exit codes: 0 stopped on request (or, with --detach, started); 1 the root supervisor
+    failed or exited; 2 bad usage (--app/--config cannot be loaded, data directory in use).
+    """
+    if not detach:
+        start_node(**options, prog="prismatic node start")
+        return
+    from ._cli_node import _Settings
+
+    s = _Settings(options["app"], options["config_file"], options["name"],
+                  options["data_dir"], options["metrics_port"], options["log_format"],
+                  options["log_file"])
+    s.tree()  # load --app/--config here: a bad one is exit 2 now, not a dead background node
+    argv = [arg for key, value in options.items() if value not in (None, False)
+            for arg in ([f"--{key.replace('_', '-')}".replace("config-file", "config")]
+                        + ([] if value is True else [str(value)]))]
+    argv += ["--name", s.name, "--data-dir", str(s.data_dir)]
+    with Waiting(f"starting node {s.name}"):
+        out = detach_node(argv, s.data_dir, wait_s)
+    click.echo(f"node {s.name} started (data {s.data_dir}, output {out})")
+
+
+@node.command("stop")
+@click.option("--wait", "wait_s", type=float, default=30.0, show_default=True)
+@click.pass_obj
+def node_stop(state: CliState, wait_s: float) -> None:
+    """Stop the node: its tree stops in reverse start order, then the node exits."""
+    data_dir = state.data_dir()
+    with Waiting("stopping the tree"):
+        pid = stop_node(data_dir, wait_s)
+    click.echo(f"node (pid {pid}) stopped")
+
+
+# ---- tree ---------------------------------------------------------------------------------------
+
+@cli.command()
+@json_option
+@click.pass_obj
+def tree(state: CliState, as_json: bool) -> None:
+    """The live supervision tree: path, pid, type, state, restarts, uptime, memory (USS)."""
+    from ._process import uss_bytes
+
+    with state.connect() as conn:
+        rows = conn.tree()
+    lines = []
+    for r in rows:
+        try:
+            uss = uss_bytes(r.pid) if r.pid is not None else None
+        except OSError:
+            uss = None  # exited since the node answered
+        lines.append(TreeLine(path=r.path or "root", pid=r.pid, type=r.type, state=r.state,
+                              restarts=r.restarts, uptime=r.uptime, uss_bytes=uss,
+                              last_exit=describe(r.last_exit) if r.last_exit else None))
+    if as_json:
+        print_json(lines)
+        return
+    print_table(["path", "pid", "type", "state", "restarts", "uptime", "uss", "last exit"],
+                [(("  " * l.path.count("/") + l.path.rsplit("/", 1)[-1]) if l.path != "root"
+                  else "root", l.pid, l.type, l.state.value, l.restarts,
+                  human_seconds(l.uptime), human_bytes(l.uss_bytes), l.last_exit)
+                 for l in lines])
+
+
+# ---- children -----------------------------------------------------------------------------------
+
+@cli.group()
+def children() -> None:
+    """OTP's supervisor API on the supervisor at a path."""
+
+
+@children.command("which")
+@click.argument("supervisor", default="")
+@json_option
+@click.pass_obj
+def children_which(state: CliState, supervisor: str, as_json: bool) -> None:
+    """A supervisor's children (last started first, as OTP's which_children)."""
+    with state.connect() as conn:
+        kids = conn.which_children(sup_path(supervisor))
+    if as_json:
+        print_json(kids)
+        return
+    print_table(["id", "pid", "type", "restarting"],
+                [(k.id, k.pid, k.type, "yes" if k.restarting else "") for k in kids])
+
+
+@children.command("count")
+@click.argument("supervisor", default="")
+@json_option
+@click.pass_obj
+def children_count(state: CliState, supervisor: str, as_json: bool) -> None:
+    """A supervisor's child counts: specs, active, supervisors, workers."""
+    with state.connect() as conn:
+        counts = conn.count_children(sup_path(supervisor))
+    if as_json:
+        print_json(counts)
+        return
+    print_table(list(counts), [list(counts.values())])
+
+
+def _json_args(value: str | None) -> tuple[Any, ...] | None:
+    if value is None:
+        return None
+    try:
+        args = json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise CliError(f"--args is not JSON: {exc}", ExitCode.USAGE) from None
+    if not isinstance(args, list):
+        raise CliError("--args must be a JSON array, e.g. '[1, \"x\"]'", ExitCode.USAGE)
+    return tuple(args)
+
+
+@children.command("start")
+@click.argument("supervisor", default="")
+@click.option("--id", "child_id", help="Child id (not for simple_one_for_one).")
+@click.option("--start", "start_ref", metavar="MODULE:ATTR", help="What the child runs.")
+@click.option("--args", "args_json", metavar="JSON", help="Arguments, a JSON array.")
+@click.option("--restart", type=click.Choice(["permanent", "transient", "temporary"]))
+@click.option("--shutdown", help="brutal_kill, infinity or seconds.")
+@click.option("--type", "child_type", type=click.Choice(["worker", "supervisor"]))
+@click.option("--significant", is_flag=True)
+@click.option("--timeout", type=float, default=30.0, show_default=True,
+              help="How long to wait for the child's init.")
+@json_option
+@click.pass_obj
+def children_start(state: CliState, supervisor: str, child_id: str | None,
+                   start_ref: str | None, args_json: str | None, restart: str | None,
+                   shutdown: str | None, child_type: str | None, significant: bool,
+                   timeout: float, as_json: bool) -> None:
+    """Start a child: --id and --start (a new spec), or only --args (simple_one_for_one)."""
+    args = _json_args(args_json)
+    if (child_id is None) != (start_ref is None):
+        raise CliError("give both --id and --start, or neither (simple_one_for_one: --args)",
+                       ExitCode.USAGE)
+    if child_id is None:
+        if restart or shutdown or child_type or significant:
+            raise CliError("--restart/--shutdown/--type/--significant need --id and --start",
+                           ExitCode.USAGE)
+        what: Any = args or ()
+    else:
+        spec: dict[str, Any] = {"id": child_id, "start": start_ref, "args": args or (),
+                                "significant": significant}
+        if restart:
+            spec["restart"] = restart
+        if child_type:
+            spec["type"] = child_type
+        if shutdown:
+            try:
+                spec["shutdown"] = float(shutdown)
+            except ValueError:
+                spec["shutdown"] = shutdown
+        what = ChildSpec(**spec)
+    with state.connect(timeout=timeout) as conn, Waiting("starting child"):
+        pid = conn.start_child(sup_path(supervisor), what, timeout=timeout)
+    if as_json:
+        print_json({"pid": pid})
+    else:
+        click.echo(f"started, pid {pid}" if pid else "ignored (init raised Ignore)")
+
+
+@children.command("terminate")
+@click.argument("path")
+@click.option("--pid", type=int, help="Terminate this pid; PATH is then its supervisor "
+                                      "(simple_one_for_one children have no id).")
+@click.option("--timeout", type=float, default=60.0, show_default=True)
+@click.pass_obj
+def children_terminate(state: CliState, path: str, pid: int | None, timeout: float) -> None:
+    """Stop a child (its spec is kept unless temporary): PATH = SUPERVISOR/CHILD_ID."""
+    sup, target = (sup_path(path), pid) if pid is not None else child_path(path)
+    with state.connect(timeout=timeout) as conn, Waiting("terminating"):
+        conn.terminate_child(sup, target, timeout=timeout)
+    click.echo(f"terminated {path if pid is None else pid}")
+
+
+@children.command("restart")
+@click.argument("path")
+@click.option("--timeout", type=float, default=60.0, show_default=True)
+@click.pass_obj
+def children_restart(state: CliState, path: str, timeout: float) -> None:
+    """Start a terminated child again from its kept spec: PATH = SUPERVISOR/CHILD_ID."""
+    sup, child = child_path(path)
+    with state.connect(timeout=timeout) as conn, Waiting("restarting"):
+        pid = conn.restart_child(sup, child, timeout=timeout)
+    click.echo(f"restarted {path}, pid {pid}" if pid else f"{path}: ignored")
+
+
+@children.command("delete")
+@click.argument("path")
+@click.pass_obj
+def children_delete(state: CliState, path: str) -> None:
+    """Delete a terminated child's spec: PATH = SUPERVISOR/CHILD_ID."""
+    sup, child = child_path(path)
+    with state.connect() as conn:
+        conn.delete_child(sup, child)
+    click.echo(f"deleted {path}")
+
+
+# ---- metrics ------------------------------------------------------------------------------------
+
+class Sample(msgspec.Struct, frozen=True):
+    name: str
+    labels: dict[str, str]
+    value: float
+
+
+@cli.command()
+@click.option("--raw", is_flag=True, help="Print the Prometheus text exposition.")
+@click.option("--filter", "prefix", default="", help="Only metrics whose name starts so.")
+@json_option
+@click.pass_obj
+def metrics(state: CliState, raw: bool, prefix: str, as_json: bool) -> None:
+    """The node's metrics (read over the control endpoint; HTTP not needed)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with state.connect() as conn:
+        text = conn.metrics()
+    if raw:
+        sys.stdout.write(text)
+        return
+    samples = [Sample(s.name, dict(s.labels), s.value)
+               for fam in text_string_to_metric_families(text) for s in fam.samples
+               if s.name.startswith(prefix) and not s.name.endswith("_created")]
+    if as_json:
+        print_json(samples)
+        return
+    print_table(["metric", "value"],
+                [(s.name + ("{" + ",".join(f"{k}={v}" for k, v in s.labels.items()) + "}"
+                            if s.labels else ""), f"{s.value:g}") for s in samples])

@@ -1,0 +1,174 @@
+"""``prismatic``: the operator's command line for a running node.
+
+Commands (``prismatic COMMAND --help`` for each): ``node start|stop``, ``status``, ``tree``,
+``children which|count|start|terminate|restart|delete``, ``events tail|query|replay``,
+``metrics``. Read commands print tables, or JSON with ``--json``.
+
+Node selection, first that is given: ``--node NAME_OR_DATA_DIR``, ``$PRISMATIC_NODE``, else
+the one running node under ``$PRISMATIC_HOME`` (default ``~/.prismatic``). Errors are one
+line on stderr (a traceback only with ``--debug``) and an exit code from
+:class:`~prismatic._cli_format.ExitCode`: 0 ok, 1 refused by the supervisor, 2 usage,
+3 node unreachable, 4 cookie refused, 70 internal error. Shell completion:
+``eval "$(_PRISMATIC_COMPLETE=bash_source prismatic)"``.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ._cli_format import CliError, ExitCode, print_json, print_table
+from ._cookie import CookieRefused
+from ._errors import (
+    ChildSpecError, ControlError, EventLogError, NodeError, PrismaticError, SupervisorError,
+    TopicError,
+)
+
+__all__ = ["main", "cli", "select_node"]
+
+
+def _exit_code_of(exc: PrismaticError) -> ExitCode:
+    if isinstance(exc, CookieRefused):
+        return ExitCode.AUTH
+    if isinstance(exc, SupervisorError):
+        return ExitCode.REFUSED
+    if isinstance(exc, (ChildSpecError, TopicError, NodeError)):
+        return ExitCode.USAGE
+    if isinstance(exc, (ControlError, EventLogError)):
+        return ExitCode.UNREACHABLE
+    return ExitCode.INTERNAL
+
+
+class _Group(click.Group):
+    """Turns Prismatic's errors into a :class:`CliError` with its exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except PrismaticError as exc:
+            if ctx.params.get("debug"):
+                traceback.print_exc()
+            raise CliError(str(exc), _exit_code_of(exc)) from None
+        except KeyboardInterrupt:
+            raise click.Abort() from None
+        except Exception as exc:
+            if ctx.params.get("debug"):
+                traceback.print_exc()
+            raise CliError(f"internal error: {exc!r} (rerun with --debug for the traceback)",
+                           ExitCode.INTERNAL) from None
+
+
+class CliState:
+    """What the group's options decided, for the subcommands."""
+
+    def __init__(self, node: str | None, debug: bool) -> None:
+        self.node_arg = node
+        self.debug = debug
+
+    def data_dir(self) -> Path:
+        return select_node(self.node_arg)
+
+    def connect(self, timeout: float = 10.0) -> Any:
+        from ._client import connect
+
+        return connect(self.data_dir(), timeout=timeout)
+
+
+def prismatic_home() -> Path:
+    return Path(os.environ.get("PRISMATIC_HOME", "~/.prismatic")).expanduser()
+
+
+def running(data_dir: Path) -> bool:
+    """Whether a node holds the lock of ``data_dir`` (not merely left its files behind)."""
+    try:
+        with open(data_dir / "node.lock") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(f, fcntl.LOCK_UN)
+            return False
+    except OSError:
+        return False
+
+
+def select_node(node: str | None) -> Path:
+    from ._client import resolve_node
+
+    if node:
+        return resolve_node(node)
+    home = prismatic_home()
+    found = sorted(d for d in home.iterdir() if d.is_dir() and running(d)) \
+        if home.is_dir() else []
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise CliError(f"no running node under {home}; give one with --node NAME_OR_DIR "
+                       f"or PRISMATIC_NODE", ExitCode.UNREACHABLE)
+    raise CliError(f"{len(found)} nodes run under {home} ({', '.join(d.name for d in found)});"
+                   f" pick one with --node", ExitCode.USAGE)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--node", envvar="PRISMATIC_NODE", metavar="NAME_OR_DATA_DIR",
+              help="The node to talk to (default: $PRISMATIC_NODE, else the only running node "
+                   "under $PRISMATIC_HOME).")
+@click.option("--debug", is_flag=True, help="Show tracebacks of errors.")
+@click.version_option(package_name="prismatic")
+@click.pass_context
+def cli(ctx: click.Context, node: str | None, debug: bool) -> None:
+    """Operate Prismatic nodes: supervision trees of OS processes.
+
+    \b
+    Exit codes: 0 ok, 1 refused by the supervisor, 2 usage, 3 node unreachable,
+    4 cookie refused, 70 internal error.
+    Shell completion: eval "$(_PRISMATIC_COMPLETE=bash_source prismatic)"
+    """
+    ctx.obj = CliState(node, debug)
+
+
+def json_option(f: Any) -> Any:
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON.")(f)
+
+
+@cli.command()
+@json_option
+@click.pass_obj
+def status(state: CliState, as_json: bool) -> None:
+    """Node health, uptime and process counts."""
+    from ._cli_format import human_seconds
+
+    with state.connect() as conn:
+        st = conn.status()
+    if as_json:
+        print_json(st)
+        return
+    rows = [("node", st.node), ("ready", "yes" if st.ready else "no (tree starting)"),
+            ("pid", st.pid), ("root pid", st.root_pid), ("uptime", human_seconds(st.uptime)),
+            ("processes", f"{st.processes} ({st.supervisors} supervisors, "
+                          f"{st.workers} workers)"),
+            ("restarts", st.restarts), ("data dir", st.data_dir),
+            ("metrics", st.metrics_url or "off (prismatic metrics)")]
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        click.echo(f"{key:<{width}}  {value}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The console script ``prismatic``."""
+    cli.main(args=argv, prog_name="prismatic")
+
+
+# Subcommands register themselves on ``cli`` when imported.
+from . import _cli_events, _cli_tree  # noqa: E402,F401  (after cli exists)
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
