@@ -1,0 +1,104 @@
+"""The node's Prometheus endpoint, scraped over HTTP from a real node."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+import uuid
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+import prismatic as p
+from tests.conftest import REPO, SESSION_TAG, tagged_pids, wait_until
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def metrics_node(tmp_path):
+    tag = f"{SESSION_TAG}-{uuid.uuid4().hex[:8]}"
+    port = free_port()
+    data = tmp_path / "data"
+    env = dict(os.environ, PRISMATIC_TEST_TAG=tag, PYTHONPATH=str(REPO))
+    with open(tmp_path / "node.out", "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "prismatic.node", "--app", "tests.apps:one_for_one",
+             "--data-dir", str(data), "--name", "metrics-test", "--metrics-port", str(port),
+             "--quiet"], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+
+    def ready() -> bool:
+        assert proc.poll() is None, (tmp_path / "node.out").read_text()
+        try:
+            return urllib.request.urlopen(base + "/ready", timeout=1).status == 200
+        except (urllib.error.URLError, ConnectionError):
+            return False
+
+    wait_until(ready, 20, "the node's /ready")
+    yield proc, data, base
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(20) == 0
+    wait_until(lambda: not tagged_pids(tag), 10, "the node's processes to exit")
+
+
+def scrape(base: str) -> dict[tuple[str, tuple], float]:
+    text = urllib.request.urlopen(base + "/metrics", timeout=5).read().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for fam in text_string_to_metric_families(text) for s in fam.samples}
+
+
+def test_metrics_health_and_restarts_over_http(metrics_node):
+    proc, data, base = metrics_node
+    assert urllib.request.urlopen(base + "/health", timeout=5).status == 200
+    with p.connect(data) as conn:
+        assert conn.status().metrics_url == base + "/metrics"
+        rows = {r.path: r.pid for r in conn.tree()}
+        with p.open_event_stream(data) as ev:
+            os.kill(rows["w2"], signal.SIGKILL)
+            ev.wait_for(lambda e: e.key == "w2" and e.kind == "child_started", 10)
+        new_w2 = conn.pid_of("w2")
+    m = scrape(base)
+    assert m[("prismatic_processes_up", (("type", "supervisor"),))] == 1
+    assert m[("prismatic_processes_up", (("type", "worker"),))] == 3
+    assert m[("prismatic_restarts_total", (("child", "w2"), ("supervisor", "root")))] == 1
+    assert m[("prismatic_child_exits_total", (("reason", "killed"),))] == 1
+    assert m[("prismatic_eventlog_appends_total", ())] >= 5  # 3 starts, exit, restart
+    assert m[("prismatic_eventlog_errors_total", ())] == 0
+    assert m[("prismatic_node_ready", ())] == 1
+    assert m[("prismatic_control_requests_total", (("call", "tree"),))] >= 1
+    for path in ("root", "w1", "w2", "w3"):
+        assert m[("prismatic_process_memory_uss_bytes",
+                  (("path", path), ("type", "supervisor" if path == "root" else "worker")))] > 0
+        assert ("prismatic_process_cpu_seconds_total",
+                (("path", path), ("type", "supervisor" if path == "root" else "worker"))) in m
+    assert new_w2 != rows["w2"]
+    # the same metrics over the control endpoint
+    with p.connect(data) as conn:
+        assert "prismatic_restarts_total" in conn.metrics()
+
+
+def test_ready_is_503_before_the_tree_started(tmp_path):
+    from prismatic._metrics import NodeMetrics, serve_metrics
+
+    metrics = NodeMetrics("unit", lambda: [], lambda: {}, lambda: {})
+    server = serve_metrics(metrics, free_port())
+    try:
+        base = server.url.removesuffix("/metrics")
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(base + "/ready", timeout=5)
+        assert info.value.code == 503
+        assert urllib.request.urlopen(base + "/health", timeout=5).status == 200
+        metrics.ready = True
+        assert urllib.request.urlopen(base + "/ready", timeout=5).status == 200
+    finally:
+        server.close()
