@@ -68,7 +68,12 @@ class Worker:
     # Services the runtime provides to a running worker.
 
     def send_after(self, delay: float, msg: Any) -> Any:
-        """Deliver ``msg`` to ``handle_info`` after ``delay`` seconds; returns a cancel handle."""
+        """Deliver ``msg`` to ``handle_info`` after ``delay`` seconds (``erlang:send_after``).
+
+        Returns a handle with ``cancel()``; from a plain (non-async) ``init`` it returns None,
+        because the event loop starts only after ``init`` has returned and the timer is armed
+        then (so a restart never waits for loop set-up).
+        """
         return self.context.send_after(delay, msg)
 
     @property
