@@ -115,8 +115,7 @@ def run_node(spec: SupervisorSpec, *, name: str | None = None,
     cookie = ensure_cookie(data)
     # Fork the root before any ZeroMQ context exists in this process.
     mine, theirs = open_channel_pair()
-    root_pid = fork_child((theirs.fileno(),),
-                          lambda: SupervisorRuntime(spec, theirs, (), name).run(),
+    root_pid = fork_child((theirs.fileno(),), lambda: _root_main(spec, theirs, name),
                           "prism-sup:root")
     theirs.close()
     try:
@@ -126,6 +125,13 @@ def run_node(spec: SupervisorSpec, *, name: str | None = None,
             return uvloop.run(node.main(metrics_port, metrics_host))
     finally:
         lock.close()
+
+
+def _root_main(spec: SupervisorSpec, channel: Channel, name: str) -> int:
+    # The tree gets a process group of its own: a signal sent to the node's group (Ctrl-C in
+    # a terminal, `kill -TERM -PGID`) reaches only the node, which stops the tree in order.
+    os.setpgid(0, 0)
+    return SupervisorRuntime(spec, channel, (), name).run()
 
 
 class _NodeLoop:
@@ -139,7 +145,7 @@ class _NodeLoop:
         self.root_pid = root_pid
         self.root_pidfd = os.pidfd_open(root_pid)
         self.show_tree = show_tree
-        self.out = out
+        self.out: TextIO | None = out
         self.tree = TreeView(root_pid)
         self.ready = False
         self.stopping = False
@@ -198,7 +204,13 @@ class _NodeLoop:
             ctx.term()
 
     def say(self, line: str) -> None:
-        print(line, file=self.out, flush=True)
+        if self.out is None:
+            return
+        try:
+            print(line, file=self.out, flush=True)
+        except OSError as exc:  # a closed pipe must not stop the node: stop printing instead
+            log.warning("node output closed (%s); no more tree printing", exc)
+            self.out = None
 
     def stop(self) -> None:
         if self.stopping:

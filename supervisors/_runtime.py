@@ -283,7 +283,8 @@ class SupervisorRuntime:
         reason = proc.reason or reason_from_wait_status(status)
         now = time.monotonic()
         if proc is self.spare:
-            log.error("spare process %d died: %s", proc.pid, reason)
+            # Not a child of the tree: nothing to restart. A new one is forked when idle.
+            log.warning("spare process %d died: %s", proc.pid, reason)
             self.spare = None
         elif proc is self.starting:
             self.starting = None
