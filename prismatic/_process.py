@@ -25,7 +25,7 @@ import signal
 import sys
 from collections.abc import Callable
 
-__all__ = ["fork_child", "set_process_name", "uss_bytes", "pidfd_open", "send_signal"]
+__all__ = ["fork_child", "set_process_name", "uss_bytes", "send_signal"]
 
 _PR_SET_NAME = 15
 _PR_SET_PDEATHSIG = 1
@@ -35,10 +35,6 @@ _libc = ctypes.CDLL(None, use_errno=True)
 def set_process_name(name: str) -> None:
     """Name the process for ``ps``/``top`` (kernel limit: 15 bytes)."""
     _libc.prctl(_PR_SET_NAME, name.encode()[:15], 0, 0, 0)
-
-
-def pidfd_open(pid: int) -> int:
-    return os.pidfd_open(pid)
 
 
 def send_signal(pidfd: int, sig: int) -> bool:

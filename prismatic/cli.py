@@ -23,7 +23,7 @@ from typing import Any
 
 import click
 
-from ._cli_format import CliError, ExitCode, print_json, print_table
+from ._cli_format import CliError, ExitCode, print_json
 from ._cookie import CookieRefused
 from ._errors import (
     ChildSpecError, ControlError, EventLogError, NodeError, PrismaticError, SupervisorError,

@@ -32,8 +32,8 @@ import msgspec
 
 from .._errors import ChildSpecError
 from .._childspec import ChildSpec, ChildType, ShutdownKind, SupervisorSpec, resolve_start
-from .._exit import ExitReason, Shutdown, reason_from_exception, reason_from_wait_status
-from .._process import fork_child, send_signal
+from .._exit import ExitReason, reason_from_exception, reason_from_wait_status
+from .._process import fork_child, send_signal, set_process_name
 from .._worker_runtime import exit_code_for, run_worker
 from ..transports._channel import Channel, open_channel_pair
 from ..transports._frames import (
@@ -216,8 +216,6 @@ class SupervisorRuntime:
         spec = specs[frame.spec_id]
         if frame.key != frame.spec_id:  # a dynamic child: the template with its own args
             spec = msgspec.structs.replace(spec, args=tuple(frame.args))
-        from .._process import set_process_name
-
         set_process_name(_proc_name(spec, frame.key))
         return run_child(spec, channel, (*self.path, frame.key), self.node)
 

@@ -37,7 +37,7 @@ def tagged_pids(tag: str) -> list[int]:
                 state = f.read().rsplit(")", 1)[1].split()[0]
         except OSError:
             continue
-        if state != "Z" and (needle in env or f"{needle.decode()}-".encode() in env):
+        if state != "Z" and needle in env:  # a node tag extends the session tag
             found.append(int(entry))
     return found
 

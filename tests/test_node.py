@@ -10,7 +10,7 @@ import sys
 import pytest
 
 import prismatic as p
-from tests.conftest import REPO, alive, tagged_pids, wait_until
+from tests.conftest import REPO, alive, wait_until
 
 
 def started(path: str, key: str):
