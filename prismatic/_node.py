@@ -48,6 +48,7 @@ from ._control import (
 from ._cookie import cookie_matches, ensure_cookie
 from ._errors import ChildSpecError, NodeError
 from ._eventlog import EventLog, open_event_log
+from ._nodeinfo import NodeInfo, set_current
 from ._metrics import MetricsServer, NodeMetrics, ProcessSample, serve_metrics
 from ._exit import ExitReason, Normal, Shutdown, describe, reason_from_wait_status
 from ._process import fork_child, send_signal
@@ -113,6 +114,7 @@ def run_node(spec: SupervisorSpec, *, name: str | None = None,
     except BlockingIOError:
         raise NodeError(f"another node is running with data directory {data}") from None
     cookie = ensure_cookie(data)
+    set_current(NodeInfo(name, data.resolve()))  # inherited by every process of the tree
     # Fork the root before any ZeroMQ context exists in this process.
     mine, theirs = open_channel_pair()
     root_pid = fork_child((theirs.fileno(),), lambda: _root_main(spec, theirs, name),
