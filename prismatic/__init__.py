@@ -10,12 +10,14 @@ from ._childspec import (
 )
 from ._client import EventStream, NodeConnection, connect, open_event_stream
 from ._errors import (
-    ChildSpecError, ControlError, EventLogError, EventLogFormatError, EventLogFullError,
-    NodeError, PrismaticError, StartError, SupervisorError,
+    CallError, CallTimeout, ChildSpecError, ControlError, EventLogError, EventLogFormatError,
+    EventLogFullError, MailboxFull, NodeError, NoProcError, PrismaticError,
+    ProcessDown, RegistryError, StartError, SupervisorError,
 )
 from ._exit import (
     Crashed, ExitCode, ExitReason, Killed, NoProc, Normal, Shutdown, describe, is_abnormal,
 )
+from ._notices import Caller, Down, Exit
 from ._worker import Ignore, Stop, Worker
 from .supervisors._events import ChildInfo
 
@@ -29,4 +31,6 @@ __all__ = [
     "connect", "NodeConnection", "open_event_stream", "EventStream",
     "PrismaticError", "ChildSpecError", "SupervisorError", "StartError", "NodeError",
     "ControlError", "EventLogError", "EventLogFormatError", "EventLogFullError",
+    "Caller", "Down", "Exit",
+    "CallError", "CallTimeout", "ProcessDown", "NoProcError", "MailboxFull", "RegistryError",
 ]

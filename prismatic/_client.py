@@ -20,6 +20,7 @@ from typing import Any
 import msgspec
 import zmq
 
+from ._address import Pid
 from ._childspec import ChildSpec
 from ._control import (
     UNAUTHORIZED, ControlReply, MetricsCall, NodeStatus, StatusCall, SupervisorCall, TreeCall,
@@ -27,7 +28,9 @@ from ._control import (
 )
 from ._cookie import CookieRefused, read_cookie
 from ._errors import ChildSpecError, ControlError, StartError, SupervisorError
+from ._hubclient import HubClient
 from ._node import control_address, default_data_dir, events_address
+from ._outbox import Outbox
 from .supervisors._events import (
     ChildInfo, CountChildren, DeleteChild, Err, Ok, RestartChild, StartChild, StartDynamic,
     TerminateChild, WhichChildren,
@@ -64,8 +67,12 @@ class NodeConnection:
         self._sock.setsockopt(zmq.LINGER, 0)
         self._sock.connect(control_address(self.data_dir))
         self._refs = itertools.count(1)
+        self._outbox: Outbox | None = None
 
     def close(self) -> None:
+        if self._outbox is not None:
+            self._outbox.close()
+            self._outbox.hub.close()
         self._sock.close(0)
         self._ctx.term()
 
@@ -138,6 +145,28 @@ class NodeConnection:
     def metrics(self) -> str:
         """The node's metrics in Prometheus text format (also without an HTTP endpoint)."""
         return self._call(MetricsCall)
+
+    # ---- messaging: the same call / cast / send a worker has (see docs/messaging.md) ------------
+
+    def _messaging(self) -> Outbox:
+        # Straight to the process's mailbox on this host; the node is asked only for its name.
+        if self._outbox is None:
+            node = self.status().node
+            self._outbox = Outbox(node, None, HubClient(node, self.timeout))
+        return self._outbox
+
+    def call(self, dest: Pid | str, msg: Any, timeout: float = 5.0) -> Any:
+        """Call a process by Pid or registered name; as :meth:`Worker.call`."""
+        return self._messaging().call(dest, msg, timeout)
+
+    def cast(self, dest: Pid | str, msg: Any, timeout: float = 5.0) -> bool:
+        return self._messaging().cast(dest, msg, timeout)
+
+    def send(self, dest: Pid | str, msg: Any, timeout: float = 5.0) -> bool:
+        return self._messaging().send(dest, msg, timeout)
+
+    def whereis(self, name: str) -> Pid | None:
+        return self._messaging().whereis(name)
 
     def pid_of(self, path: str) -> int | None:
         """The pid of the process at ``path`` in the tree (``""`` is the root)."""

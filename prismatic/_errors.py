@@ -8,6 +8,8 @@ and the value, so a one-line report is enough to fix the input.
 
 from __future__ import annotations
 
+from ._exit import NoProc
+
 __all__ = [
     "PrismaticError",
     "ChildSpecError",
@@ -90,4 +92,46 @@ class TopicError(PrismaticError, ValueError):
         super().__init__(f"invalid {field} {value!r}: {problem}")
 
 
-__all__ += ["TopicError"]
+class CallError(PrismaticError):
+    """A message could not be delivered or a call got no reply; ``dest`` is the target."""
+
+    def __init__(self, dest: object, problem: str) -> None:
+        self.dest = dest
+        super().__init__(f"{dest}: {problem}")
+
+
+class CallTimeout(CallError):
+    """No reply within the timeout. A reply that arrives later is dropped (as OTP 24+)."""
+
+
+class ProcessDown(CallError):
+    """The callee exited before replying; ``reason`` is its :data:`ExitReason`."""
+
+    def __init__(self, dest: object, reason: object, problem: str | None = None) -> None:
+        self.reason = reason
+        super().__init__(dest, problem or f"exited before replying: {reason}")
+
+
+class NoProcError(ProcessDown):
+    """No process by that pid or registered name (OTP's ``noproc``)."""
+
+    def __init__(self, dest: object) -> None:
+        super().__init__(dest, NoProc(), "no such process")
+
+
+class MailboxFull(CallError):
+    """The destination's mailbox stayed full for the whole timeout (backpressure)."""
+
+
+class RegistryError(PrismaticError):
+    """A registry operation was refused; ``reason`` is OTP's term (``already_registered``,
+    ``not_registered``...), ``name`` the name involved."""
+
+    def __init__(self, name: str, reason: str, detail: str = "") -> None:
+        self.name = name
+        self.reason = reason
+        super().__init__(f"{name!r}: {reason}" + (f" ({detail})" if detail else ""))
+
+
+__all__ += ["TopicError", "CallError", "CallTimeout", "ProcessDown", "NoProcError",
+            "MailboxFull", "RegistryError"]

@@ -89,6 +89,12 @@ class NodeMetrics:
         self.control_refusals = Counter("prismatic_control_refusals",
                                         "Control requests refused, by reason", ["reason"],
                                         registry=r)
+        self.dead_letters = Counter("prismatic_dead_letters",
+                                    "Messages that could not be delivered, by reason and kind",
+                                    ["reason", "kind"], registry=r)
+        self.hub_requests = Counter("prismatic_hub_requests",
+                                    "Registry, monitor and link requests to the hub, by type",
+                                    ["type"], registry=r)
         r.register(_SnapshotCollector(processes, gauges, counters))
 
     def observe(self, frame: LifecycleFrame, first_start: bool) -> None:

@@ -29,6 +29,7 @@ import fcntl
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 from pathlib import Path
@@ -50,7 +51,8 @@ from ._errors import ChildSpecError, NodeError
 from ._eventlog import EventLog, open_event_log
 from ._nodeinfo import NodeInfo, set_current
 from ._metrics import MetricsServer, NodeMetrics, ProcessSample, serve_metrics
-from ._exit import ExitReason, Normal, Shutdown, describe, reason_from_wait_status
+from ._exit import ExitReason, Killed, Normal, Shutdown, describe, reason_from_wait_status
+from ._hub import Hub, open_hub_socket
 from ._process import fork_child, send_signal
 from ._tree import TreeView
 from .supervisors._events import Err, Ok
@@ -59,6 +61,7 @@ from .transports._channel import Channel, open_channel_pair
 from .transports._frames import (
     ExitingFrame, LifecycleFrame, ReadyFrame, ReplyFrame, RequestFrame,
 )
+from .transports._messages import DeadLetterNote
 
 __all__ = ["run_node", "load_app", "default_data_dir", "control_address", "events_address"]
 
@@ -114,6 +117,7 @@ def run_node(spec: SupervisorSpec, *, name: str | None = None,
     except BlockingIOError:
         raise NodeError(f"another node is running with data directory {data}") from None
     cookie = ensure_cookie(data)
+    hub_sock = open_hub_socket(name)  # before the fork: a second node of this name fails here
     set_current(NodeInfo(name, data.resolve()))  # inherited by every process of the tree
     # Fork the root before any ZeroMQ context exists in this process.
     mine, theirs = open_channel_pair()
@@ -124,8 +128,9 @@ def run_node(spec: SupervisorSpec, *, name: str | None = None,
         # Opened only now, after the node's one fork (LMDB must never cross a fork).
         with open_event_log(data / "eventlog", node=name) as log:
             node = _NodeLoop(name, data, mine, root_pid, show_tree, out, log, cookie)
-            return uvloop.run(node.main(metrics_port, metrics_host))
+            return uvloop.run(node.main(hub_sock, metrics_port, metrics_host))
     finally:
+        hub_sock.close()
         lock.close()
 
 
@@ -162,9 +167,16 @@ class _NodeLoop:
         self.refusal_logged_at = -REFUSAL_LOG_INTERVAL_S
         self.metrics = NodeMetrics(name, self.process_samples, self.gauges, self.counters)
         self.metrics_server: MetricsServer | None = None
+        self.hub = Hub(name, self.on_dead_letter,
+                       lambda tag: self.metrics.hub_requests.labels(tag).inc())
+        self.hub.process_started(root_pid)
+        self.dead_letters_unlogged = 0
+        self.dead_letter_logged_at = -REFUSAL_LOG_INTERVAL_S
 
-    async def main(self, metrics_port: int = 0, metrics_host: str = "127.0.0.1") -> int:
+    async def main(self, hub_sock: socket.socket, metrics_port: int = 0,
+                   metrics_host: str = "127.0.0.1") -> int:
         loop = asyncio.get_running_loop()
+        await self.hub.start(hub_sock)
         self.done: asyncio.Future[int] = loop.create_future()
         ctx = zmq.asyncio.Context()
         self.control = ctx.socket(zmq.ROUTER)
@@ -201,6 +213,7 @@ class _NodeLoop:
                 printer.cancel()
             if self.metrics_server is not None:
                 self.metrics_server.close()
+            self.hub.close()
             self.control.close(0)
             self.pub.close(0)
             ctx.term()
@@ -233,6 +246,7 @@ class _NodeLoop:
     def on_frame(self, frame: Any) -> None:
         if isinstance(frame, LifecycleFrame):
             self.metrics.observe(frame, (*frame.path, frame.key) not in self.tree.entries)
+            self.tell_hub(frame)
             self.tree.apply(frame)
             self.dirty = True
             topic = ".".join(("supervisor", *(frame.path or ("root",)), frame.key, frame.kind))
@@ -248,6 +262,40 @@ class _NodeLoop:
         elif isinstance(frame, ExitingFrame):
             self.root_reason = frame.reason
 
+    def tell_hub(self, frame: LifecycleFrame) -> None:
+        """Starts and exits, for the registry, monitors and links. A supervisor that dies
+        abruptly takes its subtree with it (PDEATHSIG): those exits are never reported by
+        anyone else, so they are derived here, before the tree forgets the subtree."""
+        if frame.pid is None:
+            return
+        if frame.kind == "child_started":
+            self.hub.process_started(frame.pid)
+            return
+        if frame.reason is None or frame.kind not in ("child_exited", "child_stopped",
+                                                      "start_error"):
+            return
+        self.hub.process_exited(frame.pid, frame.reason)
+        path = (*frame.path, frame.key)
+        for below, entry in self.tree.entries.items():
+            if len(below) > len(path) and below[:len(path)] == path and entry.pid:
+                self.hub.process_exited(entry.pid, Killed(signal.SIGKILL))
+
+    def on_dead_letter(self, note: DeadLetterNote) -> None:
+        self.metrics.dead_letters.labels(note.reason, note.kind).inc()
+        topic = f"deadletter.{note.reason}"
+        body = msgspec.to_builtins(note)
+        self.pub.send_multipart([topic.encode(), _encoder.encode(body)])
+        self.log.submit(topic, body, source=str(note.sender or "client")).add_done_callback(
+            self.logged)
+        now = time.monotonic()
+        if now - self.dead_letter_logged_at < REFUSAL_LOG_INTERVAL_S:
+            self.dead_letters_unlogged += 1
+            return
+        log.warning("dead letter: a %s to %s from %s: %s (%d more since the last warning)",
+                    note.kind, note.dest, note.sender or "a client", note.reason,
+                    self.dead_letters_unlogged)
+        self.dead_letter_logged_at, self.dead_letters_unlogged = now, 0
+
     def logged(self, done: Future[int]) -> None:
         # Runs on the writer thread: only count and log here.
         exc = done.exception()
@@ -262,6 +310,7 @@ class _NodeLoop:
         for frame in self.root.drain():
             self.on_frame(frame)
         reason = self.root_reason or reason_from_wait_status(status)
+        self.hub.process_exited(self.root_pid, reason)
         for ref in list(self.pending):
             self.answer(ref, msgspec.Raw(_encoder.encode(Err("noproc", "root supervisor exited"))))
         if self.stopping and isinstance(reason, (Normal, Shutdown)):
@@ -340,7 +389,10 @@ class _NodeLoop:
 
     def gauges(self) -> dict[str, float]:
         return {"node_uptime_seconds": time.monotonic() - self.started,
-                "node_ready": float(self.ready)}
+                "node_ready": float(self.ready),
+                "registered_names": len(self.hub.registry.names),
+                "monitors": len(self.hub.links.monitors),
+                "links": len(self.hub.links.links)}
 
     def counters(self) -> dict[str, int]:
         c = self.log.counters
@@ -349,7 +401,9 @@ class _NodeLoop:
                 "eventlog_errors": c.errors + self.log_errors,
                 "eventlog_full_errors": c.full_errors,
                 "bad_frames_root_channel": self.root.bad_frames,
-                "bad_frames_control": self.bad_requests}
+                "bad_frames_control": self.bad_requests,
+                "bad_frames_hub": self.hub.counters["bad_frames"],
+                "hub_notices_undeliverable": self.hub.counters["notice_undeliverable"]}
 
     async def beat(self) -> None:
         while True:  # /health answers 200 while this keeps stamping

@@ -48,6 +48,12 @@ class Worker:
     """
 
     context: Any = None
+    #: OTP's ``process_flag(trap_exit, true)``: exits of linked processes arrive at
+    #: ``handle_info`` as :class:`~prismatic.Exit` instead of stopping this process.
+    trap_exit: bool = False
+    #: Messages queued in the process before its mailbox stops reading (the high-water mark;
+    #: senders then block until their timeout and get :class:`~prismatic.MailboxFull`).
+    mailbox_limit: int = 10_000
 
     def init(self, *args: Any) -> None:
         """Set up state; return to report the process started."""
@@ -80,3 +86,54 @@ class Worker:
     def pid(self) -> Any:
         """This process's :class:`~prismatic.Pid`."""
         return self.context.pid
+
+    # Messaging (see docs/messaging.md). ``dest`` is a Pid or a name registered on the node.
+
+    def call(self, dest: Any, msg: Any, timeout: float = 5.0) -> Any:
+        """``gen_server:call``: block this process until ``dest`` replies; the reply.
+
+        Raises :class:`~prismatic.CallTimeout`, :class:`~prismatic.NoProcError` (no such
+        process or name) or :class:`~prismatic.ProcessDown` (it exited before replying,
+        ``.reason`` says how). A reply arriving after the timeout is dropped.
+        """
+        return self.context.outbox.call(dest, msg, timeout)
+
+    def cast(self, dest: Any, msg: Any, timeout: float = 5.0) -> bool:
+        """``gen_server:cast`` to ``handle_cast``. False if it became a dead letter (no such
+        process); :class:`~prismatic.MailboxFull` if ``dest`` stayed full for ``timeout``."""
+        return self.context.outbox.cast(dest, msg, timeout)
+
+    def send(self, dest: Any, msg: Any, timeout: float = 5.0) -> bool:
+        """``dest ! msg``: to ``handle_info``; returns as :meth:`cast` does."""
+        return self.context.outbox.send(dest, msg, timeout)
+
+    def register(self, name: str) -> None:
+        """Register this process as ``name`` on its node (OTP's ``register/2``): unique per
+        node, one name per process, dropped when the process exits. A restarted child
+        registers again in its ``init``. Raises :class:`~prismatic.RegistryError`."""
+        self.context.register(name)
+
+    def unregister(self, name: str) -> None:
+        self.context.unregister(name)
+
+    def whereis(self, name: str) -> Any:
+        """The Pid registered as ``name``, or None."""
+        return self.context.outbox.whereis(name)
+
+    def monitor(self, dest: Any) -> int:
+        """Monitor ``dest`` (a Pid or a name, resolved now): one :class:`~prismatic.Down`
+        with its exit reason reaches ``handle_info`` when it exits, at once (``NoProc()``)
+        if it is not alive. Returns the monitor's ref."""
+        return self.context.monitor(dest)
+
+    def demonitor(self, ref: int) -> None:
+        """Drop a monitor; a Down already delivered stays delivered (no flush option)."""
+        self.context.demonitor(ref)
+
+    def link(self, pid: Any) -> None:
+        """Link this process and ``pid``: when either exits abnormally, the other exits
+        with the same reason, unless it traps exits (then it gets an :class:`~prismatic.Exit`)."""
+        self.context.link(pid)
+
+    def unlink(self, pid: Any) -> None:
+        self.context.unlink(pid)

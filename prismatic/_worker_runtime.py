@@ -6,8 +6,11 @@ Protocol with the supervisor (over the child's channel, see ``transports/_frames
 ``Shutdown()``: ``terminate`` runs, then the process exits. EOF on the channel means the
 supervisor is gone (PDEATHSIG kills us anyway; this is the belt to its braces).
 
-Messages are handled one at a time, in arrival order, as a ``gen_server`` does: one consumer
-task drains the mailbox and awaits an ``async def`` handler before taking the next message.
+Messages (see :mod:`._mailbox`) are handled one at a time, in arrival order, as a
+``gen_server`` does. A plain handler runs straight from the socket's read callback (no task
+switch on the hot path); an ``async def`` handler makes the process *busy*, and the queue
+waits until it returns. The queue is bounded (``Worker.mailbox_limit``): at the limit the
+mailbox stops reading and senders feel backpressure.
 """
 
 from __future__ import annotations
@@ -23,12 +26,21 @@ from typing import Any
 import uvloop
 
 from ._address import Pid
+from ._errors import RegistryError
 from ._exit import ExitCode, ExitReason, Normal, Shutdown, reason_from_exception
+from ._hubclient import HubClient
+from ._mailbox import Inbound, Mailbox
+from ._notices import Caller, Down, Exit
+from ._outbox import Outbox
 from ._worker import Ignore, Stop, Worker
 from .transports._channel import Channel
 from .transports._frames import ExitingFrame, IgnoredFrame, ReadyFrame
+from .transports._messages import (
+    CallFrame, CallRefused, CallReply, CastFrame, DemonitorReq, InfoFrame, LinkReq, MonitorReq,
+    RegisterReq, UnlinkReq, UnregisterReq,
+)
 
-__all__ = ["run_worker", "exit_code_for"]
+__all__ = ["run_worker", "exit_code_for", "WorkerContext"]
 
 
 def exit_code_for(reason: ExitReason) -> int:
@@ -40,33 +52,110 @@ def exit_code_for(reason: ExitReason) -> int:
 
 
 class WorkerContext:
-    """What the runtime gives a running worker (``worker.context``)."""
+    """What the runtime gives a running worker (``worker.context``).
 
-    def __init__(self, pid: Pid, name: str) -> None:
+    Invariant: ``busy`` is True exactly while an ``async`` handler runs; nothing is taken
+    from ``queue`` meanwhile, so handlers never overlap.
+    """
+
+    def __init__(self, worker: Worker | None, pid: Pid, name: str) -> None:
+        self.worker = worker
         self.loop: asyncio.AbstractEventLoop | None = None
         self.pid = pid
         self.name = name
-        self.mailbox: collections.deque[tuple[str, Any]] = collections.deque()
+        self.queue: collections.deque[tuple[Inbound | None, Any]] = collections.deque()
         self.timers: list[tuple[float, Any]] = []  # send_after before the loop exists
         self.stop_reason: ExitReason | None = None
+        self.busy = False
+        self.names: set[str] = set()
+        self.mailbox = Mailbox(pid.node, pid.ospid)
+        self.hub = HubClient(pid.node)
+        self.outbox = Outbox(pid.node, pid, self.hub)
 
     def attach(self, loop: asyncio.AbstractEventLoop) -> asyncio.AbstractEventLoop:
         """Start using ``loop``; timers set during a plain ``init`` are armed now."""
         asyncio.set_event_loop(loop)
         self.loop = loop
-        self.wakeup = asyncio.Event()
         self.stopped = asyncio.Event()
         for delay, msg in self.timers:
             loop.call_later(delay, self.deliver, "info", msg)
         self.timers.clear()
-        if self.mailbox:
-            self.wakeup.set()
         return loop
 
+    def serve(self) -> None:
+        """Start taking messages (after ``ready``)."""
+        assert self.loop is not None
+        self.mailbox.attach(self.loop, self.on_frame)
+        self.pump()
+
     def deliver(self, kind: str, msg: Any) -> None:
-        self.mailbox.append((kind, msg))
+        self.queue.append((None, InfoFrame(msg) if kind == "info" else CastFrame(msg)))
         if self.loop is not None:
-            self.wakeup.set()
+            self.pump()
+
+    def on_frame(self, conn: Inbound, frame: Any) -> None:
+        self.queue.append((conn, frame))
+        if len(self.queue) >= self.worker.mailbox_limit:
+            self.mailbox.pause()
+        self.pump()
+
+    def pump(self) -> None:
+        queue = self.queue
+        while queue and not self.busy and self.stop_reason is None:
+            conn, frame = queue.popleft()
+            if self.mailbox.paused and len(queue) < self.worker.mailbox_limit // 2:
+                self.mailbox.resume()
+            try:
+                self.dispatch(conn, frame)
+            except Stop as stop:
+                self.stop(stop.reason)
+            except BaseException as exc:  # noqa: BLE001 - a crash is data: the exit reason
+                self.stop(reason_from_exception(exc))
+
+    def dispatch(self, conn: Inbound | None, frame: Any) -> None:
+        worker = self.worker
+        if isinstance(frame, CallFrame):
+            if frame.to_name is not None and frame.to_name not in self.names:
+                conn.reply(CallRefused(frame.ref, "not_registered"))
+                return
+            result = worker.handle_call(frame.msg, Caller(frame.sender, frame.ref))
+            if inspect.isawaitable(result):
+                self.run_async(result, conn, frame.ref)
+            else:
+                conn.reply(CallReply(frame.ref, result))
+            return
+        if isinstance(frame, CastFrame):
+            result = worker.handle_cast(frame.msg)
+        elif isinstance(frame, InfoFrame):
+            result = worker.handle_info(frame.msg)
+        elif isinstance(frame, Exit) and not worker.trap_exit:
+            if not isinstance(frame.reason, Normal):
+                self.stop(frame.reason)  # OTP: a linked process's death is ours too
+            return
+        elif isinstance(frame, (Down, Exit)):
+            result = worker.handle_info(frame)
+        else:
+            return  # a reply on an inbound connection: nothing of ours awaits it
+        if inspect.isawaitable(result):
+            self.run_async(result, None, None)
+
+    def run_async(self, pending: Any, conn: Inbound | None, ref: int | None) -> None:
+        self.busy = True
+
+        async def finish() -> None:
+            try:
+                value = await pending
+                if conn is not None:
+                    conn.reply(CallReply(ref, value))
+            except Stop as stop:
+                self.stop(stop.reason)
+            except BaseException as exc:  # noqa: BLE001 - a crash is data: the exit reason
+                self.stop(reason_from_exception(exc))
+            finally:
+                self.busy = False
+            self.pump()
+
+        self.loop.create_task(finish())
 
     def send_after(self, delay: float, msg: Any) -> asyncio.TimerHandle | None:
         if self.loop is None:
@@ -78,32 +167,43 @@ class WorkerContext:
     def stop(self, reason: ExitReason) -> None:
         if self.stop_reason is None:
             self.stop_reason = reason
-        self.stopped.set()
-        self.wakeup.set()
+        if self.loop is not None:
+            self.stopped.set()
 
+    # ---- the registry (names of this process) --------------------------------------------------
 
-async def _call(fn: Any, *args: Any) -> Any:
-    result = fn(*args)
-    if inspect.isawaitable(result):
-        result = await result
-    return result
+    def register(self, name: str) -> None:
+        if not isinstance(name, str) or not name:
+            raise RegistryError(str(name), "badarg", "a name is a non-empty string")
+        reply = self.hub.request(lambda ref: RegisterReq(ref, name, self.pid))
+        if reply.error:
+            raise RegistryError(name, reply.error, reply.detail)
+        self.names.add(name)
+        self.outbox.names[name] = self.pid
 
+    def unregister(self, name: str) -> None:
+        reply = self.hub.request(lambda ref: UnregisterReq(ref, name, self.pid))
+        if reply.error:
+            raise RegistryError(name, reply.error, reply.detail)
+        self.names.discard(name)
+        self.outbox.names.pop(name, None)
 
-async def _serve(worker: Worker, ctx: WorkerContext) -> None:
-    """The mailbox consumer: one message at a time; an escaping exception stops the worker."""
-    handlers = {"info": worker.handle_info, "cast": worker.handle_cast}
-    while ctx.stop_reason is None:
-        if not ctx.mailbox:
-            ctx.wakeup.clear()
-            await ctx.wakeup.wait()
-            continue
-        kind, msg = ctx.mailbox.popleft()
-        try:
-            await _call(handlers[kind], msg)
-        except Stop as stop:
-            ctx.stop(stop.reason)
-        except BaseException as exc:  # noqa: BLE001 - a crash is data: the exit reason
-            ctx.stop(reason_from_exception(exc))
+    # ---- monitors and links ---------------------------------------------------------------------
+
+    def monitor(self, dest: Pid | str) -> int:
+        target = self.outbox.resolve(dest, fresh=True) if not isinstance(dest, Pid) else dest
+        if target is None:
+            target = Pid(self.pid.node, 0)  # an unregistered name: never alive, so noproc
+        return self.hub.request(lambda ref: MonitorReq(ref, self.pid, target)).value
+
+    def demonitor(self, mref: int) -> None:
+        self.hub.request(lambda ref: DemonitorReq(ref, self.pid, mref))
+
+    def link(self, pid: Pid) -> None:
+        self.hub.request(lambda ref: LinkReq(ref, self.pid, pid))
+
+    def unlink(self, pid: Pid) -> None:
+        self.hub.request(lambda ref: UnlinkReq(ref, self.pid, pid))
 
 
 def _instantiate(start: Any, args: tuple[Any, ...]) -> tuple[Worker, tuple[Any, ...]]:
@@ -125,11 +225,12 @@ def run_worker(start: Any, args: tuple[Any, ...], channel: Channel, node: str,
     returns: a restart waits only for the user's ``init``, not for loop set-up (creating a
     loop in a fresh fork costs a millisecond of copy-on-write faults).
     """
-    worker: Worker | None = None
     loop: asyncio.AbstractEventLoop | None = None
-    ctx = WorkerContext(Pid(node, os.getpid()), name)
+    # The mailbox exists from the start: messages sent during init wait in the kernel.
+    ctx = WorkerContext(None, Pid(node, os.getpid()), name)
     try:
         worker, init_args = _instantiate(start, args)
+        ctx.worker = worker
         worker.context = ctx
         result = worker.init(*init_args)
         if inspect.isawaitable(result):
@@ -154,15 +255,22 @@ def run_worker(start: Any, args: tuple[Any, ...], channel: Channel, node: str,
             ctx.stop(Shutdown("supervisor gone"))
 
     loop.add_reader(channel.fileno(), on_channel)
-    server = loop.create_task(_serve(worker, ctx))
-    loop.run_until_complete(ctx.stopped.wait())
-    server.cancel()
+    ctx.serve()
+    if ctx.stop_reason is None:
+        loop.run_until_complete(ctx.stopped.wait())
     reason = ctx.stop_reason or Normal()
     try:
         loop.run_until_complete(_call(worker.terminate, reason))
     except BaseException as exc:  # noqa: BLE001 - as in gen_server, a crash in terminate
         reason = reason_from_exception(exc)  # becomes the exit reason
     return _finish(channel, reason)
+
+
+async def _call(fn: Any, *args: Any) -> Any:
+    result = fn(*args)
+    if inspect.isawaitable(result):
+        result = await result
+    return result
 
 
 def _finish(channel: Channel, reason: ExitReason) -> int:

@@ -4,44 +4,34 @@ The supervision plane never uses ZeroMQ: a supervisor talks to each child over o
 ``AF_UNIX`` stream socketpair made just before the fork, so nothing of a ZeroMQ context ever
 crosses a fork, and the channel closes by itself when either process dies (EOF).
 
-Framing: ``u32 big-endian length`` + ``u8 wire version`` + msgpack body (a tagged union from
-:mod:`._frames`). A frame with an unknown version or an undecodable body is dropped, counted
-and logged; it never raises out of :meth:`Channel.receive`.
+Framing is :mod:`._framing`'s, carrying the tagged union of :mod:`._frames`. A frame with an
+unknown version or an undecodable body is dropped, counted and logged; it never raises out of
+:meth:`Channel.receive`.
 """
 
 from __future__ import annotations
 
-import logging
 import socket
-import struct
 from typing import Any
 
 import msgspec
 
-from ._frames import WIRE_VERSION, Frame
+from ._frames import Frame
+from ._framing import MAX_FRAME, FrameBuffer, encode_frame
 
 __all__ = ["Channel", "open_channel_pair", "MAX_FRAME"]
 
-log = logging.getLogger(__name__)
-
-MAX_FRAME = 64 * 1024 * 1024
-_HEADER = struct.Struct(">IB")
-_encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(Frame)
 
 
 class Channel:
-    """One end of a socketpair carrying :data:`Frame` values.
+    """One end of a socketpair carrying :data:`Frame` values."""
 
-    Invariant: ``_buf`` never holds a complete frame after :meth:`receive` returns.
-    """
-
-    __slots__ = ("sock", "_buf", "bad_frames", "closed")
+    __slots__ = ("sock", "_frames", "closed")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
-        self._buf = bytearray()
-        self.bad_frames = 0
+        self._frames = FrameBuffer(_decoder, "supervision channel")
         self.closed = False
 
     def fileno(self) -> int:
@@ -49,8 +39,7 @@ class Channel:
 
     def send(self, frame: Any) -> None:
         """Send one frame; raises OSError (BrokenPipe) if the peer is gone."""
-        body = _encoder.encode(frame)
-        self.sock.sendall(_HEADER.pack(len(body) + 1, WIRE_VERSION) + body)
+        self.sock.sendall(encode_frame(frame))
 
     def try_send(self, frame: Any) -> bool:
         """Send, or return False if the peer is gone (its exit is reported elsewhere)."""
@@ -62,48 +51,27 @@ class Channel:
 
     def receive(self, *, block: bool = False) -> list[Any]:
         """Read what is available (or wait for at least one read if ``block``) and return the
-        complete frames. Sets ``closed`` on EOF or a reset peer."""
+        complete frames. Sets ``closed`` on EOF, a reset peer or broken framing."""
         try:
             data = self.sock.recv(1 << 16, 0 if block else socket.MSG_DONTWAIT)
         except (BlockingIOError, InterruptedError):
             return []
         except OSError:
             data = b""
+        return self._feed(data)
+
+    def _feed(self, data: bytes) -> list[Any]:
         if not data:
             self.closed = True
-            return self._parse()
-        self._buf += data
-        return self._parse()
-
-    def _parse(self) -> list[Any]:
-        frames = []
-        buf = self._buf
-        while len(buf) >= 4:
-            (length,) = struct.unpack_from(">I", buf)
-            if length > MAX_FRAME or length == 0:
-                # A peer that breaks framing cannot be resynchronised: treat as closed.
-                self.bad_frames += 1
-                log.error("channel fd %d: frame length %d out of range; closing",
-                          self.fileno(), length)
-                self.closed = True
-                buf.clear()
-                break
-            if len(buf) < 4 + length:
-                break
-            version = buf[4]
-            body = bytes(buf[5:4 + length])
-            del buf[:4 + length]
-            if version != WIRE_VERSION:
-                self.bad_frames += 1
-                log.warning("dropped frame with wire version %d (want %d)", version,
-                            WIRE_VERSION)
-                continue
-            try:
-                frames.append(_decoder.decode(body))
-            except msgspec.DecodeError as exc:
-                self.bad_frames += 1
-                log.warning("dropped malformed frame: %s", exc)
+            return []
+        frames = self._frames.feed(data)
+        if self._frames.broken:
+            self.closed = True
         return frames
+
+    @property
+    def bad_frames(self) -> int:
+        return self._frames.bad_frames
 
     def drain(self) -> list[Any]:
         """Every frame already buffered in the kernel, without waiting: for a peer known to be
@@ -117,11 +85,7 @@ class Channel:
                 break
             except OSError:
                 data = b""
-            if not data:
-                self.closed = True
-            else:
-                self._buf += data
-            frames += self._parse()
+            frames += self._feed(data)
         return frames
 
     def receive_one(self) -> Any | None:

@@ -1,7 +1,7 @@
 """Wire frames of the supervision plane (supervisor <-> child channel).
 
 Every frame is a msgspec Struct in one tagged union, msgpack-encoded, behind a one-byte wire
-version (see :mod:`._channel`). The table:
+version (see :mod:`._framing`). The table:
 
 =============  ==================  ===========================================================
 tag            direction           meaning
@@ -24,13 +24,13 @@ from typing import Any
 import msgspec
 
 from .._exit import ExitReason
+from ._framing import WIRE_VERSION
 
 __all__ = [
     "WIRE_VERSION", "Become", "ReadyFrame", "IgnoredFrame", "ExitingFrame", "RequestFrame",
     "ReplyFrame", "LifecycleFrame", "Frame",
 ]
 
-WIRE_VERSION = 1
 
 
 class Become(msgspec.Struct, frozen=True, tag="become"):

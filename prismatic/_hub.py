@@ -1,0 +1,303 @@
+"""The node's hub: registry, monitors and links, exit reasons and dead letters.
+
+Processes reach it over ``AF_UNIX`` at ``\\0prismatic/<node>/hub`` (request/reply frames of
+:mod:`.transports._messages`, only from the node's own uid). It runs on the node's loop and
+keeps no policy of its own: :mod:`._registry` and :mod:`._links` decide, the hub carries out
+their actions.
+
+It learns of starts and exits from the tree's lifecycle events (:meth:`Hub.process_started`,
+:meth:`Hub.process_exited`), which carry the authoritative exit reason (a supervisor reaps
+its children). A process whose exit is not known yet is alive if its mailbox accepts a
+connection: the mailbox socket closes when the process dies, before its supervisor can
+report it, so the probe is never wrong about a dead process.
+
+``Down`` and ``Exit`` go to the watcher's mailbox over a connection the hub keeps per
+process, written without blocking the loop (a full mailbox buffers in the hub, counted).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import os
+import socket
+import struct
+import time
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+
+from . import _links, _registry
+from ._address import Pid
+from ._errors import NodeError
+from ._exit import ExitReason, NoProc
+from ._nodeinfo import hub_address, mailbox_address
+from .transports._framing import FrameBuffer, encode_frame
+from .transports._messages import (
+    DeadLetterNote, DemonitorReq, ExitOfReq, HubReply, HubRequest, LinkReq, MonitorReq,
+    RegisterReq, UnlinkReq, UnregisterReq, WhereisReq,
+)
+
+__all__ = ["Hub", "open_hub_socket", "peer_uid"]
+
+log = logging.getLogger(__name__)
+
+RECENT_EXITS = 10_000  # exit reasons remembered for late monitors and failed calls
+_decoder = msgspec.msgpack.Decoder(HubRequest)
+_CREDS = struct.Struct("3i")
+
+
+def peer_uid(sock: socket.socket) -> int:
+    return _CREDS.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                         _CREDS.size))[1]
+
+
+def open_hub_socket(node: str) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(hub_address(node))
+    except OSError:
+        sock.close()
+        raise NodeError(f"a node named {node!r} is already running on this host "
+                        f"(give this one another --name)") from None
+    sock.listen(1024)
+    return sock
+
+
+def probe_alive(pid: Pid) -> bool:
+    """Whether ``pid``'s mailbox accepts connections (the process lives)."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.connect(mailbox_address(pid.node, pid.ospid))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+class Hub:
+    """Invariant: ``exits`` holds each process's exit at most once, newest last."""
+
+    def __init__(self, node: str, on_dead_letter: Callable[[DeadLetterNote], None],
+                 on_request: Callable[[str], None] = lambda tag: None) -> None:
+        self.on_request = on_request
+        self.node = node
+        self.registry = _registry.Registry()
+        self.links = _links.Links()
+        self.exits: collections.OrderedDict[Pid, ExitReason] = collections.OrderedDict()
+        self.alive: set[Pid] = set()
+        self.waiters: dict[Pid, list[tuple[_HubConnection, int, asyncio.TimerHandle]]] = {}
+        self.outboxes: dict[Pid, _MailboxWriter] = {}
+        self.on_dead_letter = on_dead_letter
+        self.counters = collections.Counter[str]()
+        self.server: asyncio.AbstractServer | None = None
+
+    async def start(self, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        self.server = await loop.create_unix_server(lambda: _HubConnection(self), sock=sock)
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        for box in self.outboxes.values():
+            box.close()
+
+    # ---- what the tree tells the hub ----------------------------------------------------------
+
+    def process_started(self, ospid: int) -> None:
+        self.alive.add(Pid(self.node, ospid))
+
+    def process_exited(self, ospid: int, reason: ExitReason) -> None:
+        pid = Pid(self.node, ospid)
+        if pid in self.exits:
+            return
+        self.alive.discard(pid)
+        self.exits[pid] = reason
+        if len(self.exits) > RECENT_EXITS:
+            self.exits.popitem(last=False)
+        self.registry, _ = _registry.decide(self.registry, _registry.Exited(pid))
+        self.apply_links(_links.ProcessExited(pid, reason))
+        box = self.outboxes.pop(pid, None)
+        if box is not None:
+            box.close()
+        for conn, ref, timer in self.waiters.pop(pid, ()):
+            timer.cancel()
+            conn.reply(HubReply(ref, reason))
+
+    def exit_of(self, pid: Pid) -> ExitReason | None:
+        """None if ``pid`` lives, else its exit reason (NoProc() if unknown)."""
+        reason = self.exits.get(pid)
+        if reason is not None:
+            return reason
+        if pid in self.alive or probe_alive(pid):
+            return None
+        return NoProc()
+
+    # ---- requests --------------------------------------------------------------------------------
+
+    def handle(self, conn: _HubConnection, req: Any) -> None:
+        self.on_request(type(req).__struct_config__.tag)
+        if isinstance(req, WhereisReq):
+            conn.reply(HubReply(req.ref, self.registry.names.get(req.name)))
+        elif isinstance(req, RegisterReq):
+            holder = self.registry.names.get(req.name)
+            if holder is not None and holder != req.pid and not probe_alive(holder):
+                # Its replacement is registering before the old exit came up the tree.
+                self.registry, _ = _registry.decide(self.registry, _registry.Exited(holder))
+            self.registry, answer = _registry.decide(self.registry,
+                                                     _registry.Register(req.name, req.pid))
+            conn.answer(req.ref, answer)
+        elif isinstance(req, UnregisterReq):
+            self.registry, answer = _registry.decide(self.registry,
+                                                     _registry.Unregister(req.name, req.pid))
+            conn.answer(req.ref, answer)
+        elif isinstance(req, MonitorReq):
+            actions = self.apply_links(_links.Monitor(req.watcher, req.target,
+                                                      self.exit_of(req.target)))
+            conn.reply(HubReply(req.ref, actions[0].mref))
+        elif isinstance(req, DemonitorReq):
+            self.apply_links(_links.Demonitor(req.watcher, req.mref))
+            conn.reply(HubReply(req.ref, None))
+        elif isinstance(req, LinkReq):
+            self.apply_links(_links.Link(req.a, req.b, self.exit_of(req.b)))
+            conn.reply(HubReply(req.ref, None))
+        elif isinstance(req, UnlinkReq):
+            self.apply_links(_links.Unlink(req.a, req.b))
+            conn.reply(HubReply(req.ref, None))
+        elif isinstance(req, ExitOfReq):
+            reason = self.exits.get(req.pid)
+            if reason is not None or req.wait <= 0:
+                conn.reply(HubReply(req.ref, reason or NoProc()))
+                return
+            # Dead (or dying) but not reported yet: answer when the tree reports it.
+            timer = asyncio.get_running_loop().call_later(
+                req.wait, self.waited_out, req.pid, conn, req.ref)
+            self.waiters.setdefault(req.pid, []).append((conn, req.ref, timer))
+        elif isinstance(req, DeadLetterNote):
+            self.counters[f"dead_letter:{req.reason}"] += 1
+            self.on_dead_letter(req)
+
+    def waited_out(self, pid: Pid, conn: _HubConnection, ref: int) -> None:
+        waiting = self.waiters.get(pid, [])
+        self.waiters[pid] = [w for w in waiting if w[1] != ref or w[0] is not conn]
+        if not self.waiters[pid]:
+            del self.waiters[pid]
+        conn.reply(HubReply(ref, NoProc() if not probe_alive(pid) else None))
+
+    def apply_links(self, event: Any) -> list[Any]:
+        self.links, actions = _links.decide(self.links, event)
+        for action in actions:
+            if isinstance(action, _links.SendDown):
+                self.deliver(action.to, action.down)
+            elif isinstance(action, _links.SendExit):
+                self.deliver(action.to, action.exit)
+        return actions
+
+    def deliver(self, to: Pid, frame: Any) -> None:
+        box = self.outboxes.get(to)
+        if box is None or box.closed:
+            box = self.outboxes[to] = _MailboxWriter(to, self.counters)
+        box.write(encode_frame(frame))
+
+    def metrics(self) -> dict[str, int]:
+        return {"registered_names": len(self.registry.names),
+                "monitors": len(self.links.monitors), "links": len(self.links.links),
+                **{f"hub_{k}": v for k, v in self.counters.items()}}
+
+
+class _HubConnection(asyncio.Protocol):
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+        self.frames = FrameBuffer(_decoder, "hub")
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        if peer_uid(sock) != os.getuid():
+            self.hub.counters["refused_uid"] += 1
+            log.warning("hub: refused a connection from another user")
+            transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        bad = self.frames.bad_frames
+        requests = self.frames.feed(data)
+        self.hub.counters["bad_frames"] += self.frames.bad_frames - bad
+        for req in requests:
+            try:
+                self.hub.handle(self, req)
+            except Exception:  # noqa: BLE001 - one bad request must not take the node down
+                self.hub.counters["errors"] += 1
+                log.exception("hub: request %r failed", req)
+        if self.frames.broken and self.transport is not None:
+            self.transport.close()
+
+    def reply(self, reply: HubReply) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(encode_frame(reply))
+
+    def answer(self, ref: int, answer: _registry.Accepted | _registry.Refused) -> None:
+        if isinstance(answer, _registry.Refused):
+            self.reply(HubReply(ref, None, answer.reason, answer.detail))
+        else:
+            self.reply(HubReply(ref, True))
+
+
+class _MailboxWriter:
+    """A non-blocking connection from the hub to one process's mailbox."""
+
+    def __init__(self, to: Pid, counters: collections.Counter[str]) -> None:
+        self.to = to
+        self.counters = counters
+        self.pending = bytearray()
+        self.closed = False
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self.sock.connect(mailbox_address(to.node, to.ospid))
+        except OSError:
+            self.counters["notice_undeliverable"] += 1  # the watcher died too: nobody to tell
+            self.close()
+            return
+        self.sock.setblocking(False)
+
+    def write(self, data: bytes) -> None:
+        if self.closed:
+            self.counters["notice_undeliverable"] += 1
+            return
+        if self.pending:
+            self.pending += data
+            return
+        try:
+            sent = self.sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self.counters["notice_undeliverable"] += 1
+            self.close()
+            return
+        if sent < len(data):
+            self.counters["notice_buffered"] += 1
+            self.pending += data[sent:]
+            asyncio.get_running_loop().add_writer(self.sock.fileno(), self.flush)
+
+    def flush(self) -> None:
+        try:
+            sent = self.sock.send(self.pending)
+        except BlockingIOError:
+            return
+        except OSError:
+            self.close()
+            return
+        del self.pending[:sent]
+        if not self.pending:
+            asyncio.get_running_loop().remove_writer(self.sock.fileno())
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            if self.pending:
+                asyncio.get_running_loop().remove_writer(self.sock.fileno())
+            self.sock.close()

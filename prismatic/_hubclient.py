@@ -1,0 +1,89 @@
+"""A process's blocking connection to its node's hub (see :mod:`._hub`).
+
+Used from worker processes and from external clients alike: one request at a time, answered
+by ``ref``; a reply to an earlier request that timed out is dropped. Opened lazily, so a
+process that never registers, monitors or links never connects.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+
+from ._errors import NodeError
+from ._nodeinfo import hub_address
+from .transports._framing import FrameBuffer, encode_frame
+from .transports._messages import HubReply
+
+__all__ = ["HubClient"]
+
+log = logging.getLogger(__name__)
+
+_decoder = msgspec.msgpack.Decoder(HubReply)
+
+
+class HubClient:
+    def __init__(self, node: str, timeout: float = 10.0) -> None:
+        self.node = node
+        self.timeout = timeout
+        self.sock: socket.socket | None = None
+        self.frames = FrameBuffer(_decoder, f"hub of {node}")
+        self.refs = itertools.count(1)
+        self.lost_notes = 0
+
+    def _connect(self) -> socket.socket:
+        if self.sock is None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.connect(hub_address(self.node))
+            except OSError as exc:
+                sock.close()
+                raise NodeError(f"node {self.node!r} is not running on this host "
+                                f"(its hub refused: {exc.strerror})") from None
+            self.sock = sock
+        return self.sock
+
+    def request(self, make: Callable[[int], Any], timeout: float | None = None) -> HubReply:
+        ref = next(self.refs)
+        sock = self._connect()
+        wait = timeout if timeout is not None else self.timeout
+        deadline = time.monotonic() + wait
+        try:
+            sock.settimeout(wait)
+            sock.sendall(encode_frame(make(ref)))
+            while True:
+                sock.settimeout(max(deadline - time.monotonic(), 0.0001))
+                data = sock.recv(1 << 16)
+                if not data:
+                    raise OSError("connection closed")
+                for reply in self.frames.feed(data):
+                    if reply.ref == ref:
+                        return reply
+        except TimeoutError:
+            raise NodeError(f"the hub of node {self.node!r} did not answer within "
+                            f"{wait:.1f}s") from None
+        except OSError as exc:
+            self.close()
+            raise NodeError(f"lost the hub of node {self.node!r}: {exc}") from None
+
+    def note(self, frame: Any) -> None:
+        """A one-way notice (a dead letter); failures only cost the notice."""
+        try:
+            self._connect().sendall(encode_frame(frame))
+        except (OSError, NodeError) as exc:
+            self.lost_notes += 1
+            log.warning("hub of node %r: a %s notice was lost (%d so far): %s", self.node,
+                        type(frame).__struct_config__.tag, self.lost_notes, exc)
+            self.close()
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+            self.frames = FrameBuffer(_decoder, f"hub of {self.node}")

@@ -1,0 +1,168 @@
+"""A process's mailbox: the listening socket every sender connects to, and its readers.
+
+The socket is bound at ``\\0prismatic/<node>/<ospid>`` as the process starts, before
+``init``: messages sent meanwhile wait in the kernel, as they wait in an Erlang mailbox
+before the process first receives. Only peers of the node's own uid are accepted.
+
+Reading is loop-driven (:meth:`Mailbox.attach`), one reader per sender connection. Each
+decoded frame goes to ``on_frame(conn, frame)``; the owner queues it. Backpressure is the
+high-water mark: when the owner's queue is full it calls :meth:`pause`, the readers stop,
+the kernel buffers fill, and senders block until their timeout (:class:`MailboxFull`).
+
+Ordering: frames of one connection are handled in order. A ``Down``/``Exit`` notice comes
+from the hub on its own connection, so before handing one on, every other connection is
+drained: whatever the dead process sent before dying is queued before its DOWN (OTP's
+signal ordering between a pair of processes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import socket
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+
+from ._hub import peer_uid
+from ._nodeinfo import mailbox_address
+from ._notices import Down, Exit
+from .transports._framing import FrameBuffer, encode_frame
+from .transports._messages import MailboxFrame
+
+__all__ = ["Mailbox", "Inbound"]
+
+log = logging.getLogger(__name__)
+_decoder = msgspec.msgpack.Decoder(MailboxFrame)
+READ_SIZE = 1 << 18
+
+
+class Inbound:
+    """One sender's connection; replies to its calls go back on it."""
+
+    __slots__ = ("sock", "frames", "fd")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.frames = FrameBuffer(_decoder, "mailbox")
+
+    def reply(self, frame: Any) -> None:
+        """Send a reply; a caller that is gone (it timed out and died) just misses it."""
+        data = encode_frame(frame)
+        try:
+            sent = self.sock.send(data)
+            if sent < len(data):  # the caller stopped reading: give it the rest, briefly
+                self.sock.settimeout(1.0)
+                self.sock.sendall(data[sent:])
+                self.sock.setblocking(False)
+        except OSError:
+            pass
+
+
+class Mailbox:
+    def __init__(self, node: str, ospid: int) -> None:
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(mailbox_address(node, ospid))
+        self.listener.listen(4096)
+        self.listener.setblocking(False)
+        self.conns: dict[int, Inbound] = {}
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.on_frame: Callable[[Inbound, Any], None] = lambda conn, frame: None
+        self.paused = False
+        self.bad_frames = 0
+        self.refused = 0
+
+    def attach(self, loop: asyncio.AbstractEventLoop,
+               on_frame: Callable[[Inbound, Any], None]) -> None:
+        self.loop = loop
+        self.on_frame = on_frame
+        loop.add_reader(self.listener.fileno(), self.accept)
+        self.accept()
+
+    def accept(self) -> None:
+        while True:
+            try:
+                sock, _ = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE):
+                    log.error("mailbox: cannot accept a sender: %s", exc)
+                return
+            if peer_uid(sock) != os.getuid():
+                self.refused += 1
+                log.warning("mailbox: refused a connection from another user")
+                sock.close()
+                continue
+            sock.setblocking(False)
+            conn = Inbound(sock)
+            self.conns[conn.fd] = conn
+            if not self.paused and self.loop is not None:
+                self.loop.add_reader(conn.fd, self.read, conn)
+
+    def read(self, conn: Inbound) -> None:
+        try:
+            data = conn.sock.recv(READ_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self.close_conn(conn)
+            return
+        bad = conn.frames.bad_frames
+        frames = conn.frames.feed(data)
+        self.bad_frames += conn.frames.bad_frames - bad
+        for frame in frames:
+            if isinstance(frame, (Down, Exit)):
+                self.drain_except(conn)
+            self.on_frame(conn, frame)
+        if conn.frames.broken:
+            self.close_conn(conn)
+
+    def drain_except(self, skip: Inbound) -> None:
+        for conn in list(self.conns.values()):
+            if conn is skip:
+                continue
+            while conn.fd in self.conns:
+                try:
+                    data = conn.sock.recv(READ_SIZE)
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError:
+                    data = b""
+                if not data:
+                    self.close_conn(conn)
+                    break
+                for frame in conn.frames.feed(data):
+                    self.on_frame(conn, frame)
+
+    def close_conn(self, conn: Inbound) -> None:
+        if self.conns.pop(conn.fd, None) is not None:
+            if self.loop is not None and not self.paused:
+                self.loop.remove_reader(conn.fd)
+            conn.sock.close()
+
+    def pause(self) -> None:
+        """Stop reading: the owner's queue is at its high-water mark."""
+        if not self.paused and self.loop is not None:
+            self.paused = True
+            for fd in self.conns:
+                self.loop.remove_reader(fd)
+
+    def resume(self) -> None:
+        if self.paused and self.loop is not None:
+            self.paused = False
+            for conn in list(self.conns.values()):
+                self.loop.add_reader(conn.fd, self.read, conn)
+
+    def close(self) -> None:
+        if self.loop is not None:
+            self.loop.remove_reader(self.listener.fileno())
+        for conn in list(self.conns.values()):
+            self.close_conn(conn)
+        self.listener.close()

@@ -1,0 +1,38 @@
+"""What the runtime itself puts in a process's mailbox, and what a handler learns of a caller.
+
+``Down`` is OTP's ``{'DOWN', Ref, process, Pid, Reason}`` from a monitor; ``Exit`` is
+``{'EXIT', Pid, Reason}`` from a link, seen only by a process that traps exits. Both reach
+``handle_info``. They travel as frames of the messaging plane unchanged.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from ._address import Pid
+from ._exit import ExitReason
+
+__all__ = ["Down", "Exit", "Caller"]
+
+
+class Down(msgspec.Struct, frozen=True, tag="down", array_like=True):
+    """The monitored process ``pid`` exited with ``reason`` (``NoProc()`` if it never was);
+    ``ref`` is what :meth:`Worker.monitor` returned."""
+
+    ref: int
+    pid: Pid
+    reason: ExitReason
+
+
+class Exit(msgspec.Struct, frozen=True, tag="exit", array_like=True):
+    """The linked process ``pid`` exited with ``reason`` (delivered when trapping exits)."""
+
+    pid: Pid
+    reason: ExitReason
+
+
+class Caller(msgspec.Struct, frozen=True):
+    """Who made a call: ``pid`` is None for a caller outside the node's tree (a client)."""
+
+    pid: Pid | None
+    ref: int

@@ -1,0 +1,223 @@
+"""Sending to processes: ``call``, ``cast`` and ``send`` over direct mailbox connections.
+
+Topology (chosen by measurement, see ``docs/messaging.md``): each sender keeps one
+``AF_UNIX`` stream connection per destination process, straight to the destination's
+mailbox socket; no hub or broker sits on the path. One connection per pair is what makes
+messages between two processes arrive in send order.
+
+A call blocks the calling process until the reply, the timeout, or the callee's death, as
+``gen_server:call`` does: messages to the caller wait in its mailbox meanwhile. Replies come
+back on the connection the call went out on; a reply whose ``ref`` is not the one awaited is
+late (its call timed out) and is dropped. When the callee dies mid-call, the exit reason is
+asked of the hub, which learns it from the callee's supervisor.
+
+Sockets are blocking with timeouts: the kernel's socket buffer plus the receiver's bounded
+mailbox are the high-water mark. A send that cannot complete within its timeout raises
+:class:`MailboxFull`; the connection is then closed, because part of a frame may be out.
+
+Messages are msgpack data (dict, list, str, int, float, bool, bytes, None; tuples arrive as
+lists, Structs as dicts). Undeliverable casts and sends become dead letters reported to the
+hub, and the call returns False.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import socket
+import time
+from typing import Any
+
+import msgspec
+
+from ._address import Pid
+from ._errors import CallTimeout, MailboxFull, NodeError, NoProcError, ProcessDown
+from ._exit import ExitReason, NoProc
+from ._hubclient import HubClient
+from ._nodeinfo import mailbox_address
+from .transports._framing import FrameBuffer, encode_frame
+from .transports._messages import (
+    CallFrame, CallRefused, CallReply, CastFrame, DeadLetterNote, ExitOfReq, InfoFrame,
+    MailboxFrame, WhereisReq,
+)
+
+__all__ = ["Outbox", "Dest"]
+
+log = logging.getLogger(__name__)
+
+Dest = Pid | str
+_decoder = msgspec.msgpack.Decoder(MailboxFrame)
+EXIT_REASON_WAIT_S = 1.0  # how long a failed call waits for the tree to report the exit
+
+
+class _Peer:
+    __slots__ = ("pid", "sock", "frames")
+
+    def __init__(self, pid: Pid) -> None:
+        self.pid = pid
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self.sock.connect(mailbox_address(pid.node, pid.ospid))
+        except OSError:
+            self.sock.close()
+            raise
+        self.frames = FrameBuffer(_decoder, f"connection to {pid}")
+
+
+class Outbox:
+    """All outgoing connections of one process. Not thread-safe (one per process/client)."""
+
+    def __init__(self, node: str, me: Pid | None, hub: HubClient) -> None:
+        self.node = node
+        self.me = me
+        self.hub = hub
+        self.peers: dict[Pid, _Peer] = {}
+        self.names: dict[str, Pid] = {}
+        self.refs = itertools.count(1)
+        self.dead_letters = 0
+
+    # ---- addressing -------------------------------------------------------------------------
+
+    def resolve(self, dest: Dest, fresh: bool = False) -> Pid | None:
+        if isinstance(dest, Pid):
+            return dest
+        if not isinstance(dest, str):
+            if isinstance(dest, (list, tuple)) and len(dest) == 2:
+                return Pid(*dest)  # a Pid that travelled inside a message
+            raise TypeError(f"dest must be a Pid or a registered name, not {dest!r}")
+        if not fresh and dest in self.names:
+            return self.names[dest]
+        reply = self.hub.request(lambda ref: WhereisReq(ref, dest))
+        pid = msgspec.convert(reply.value, Pid | None)
+        if pid is None:
+            self.names.pop(dest, None)
+        else:
+            self.names[dest] = pid
+        return pid
+
+    def whereis(self, name: str) -> Pid | None:
+        return self.resolve(name, fresh=True)
+
+    def peer(self, pid: Pid) -> _Peer:
+        peer = self.peers.get(pid)
+        if peer is None:
+            peer = self.peers[pid] = _Peer(pid)  # OSError: no such process
+        return peer
+
+    def drop(self, pid: Pid) -> None:
+        peer = self.peers.pop(pid, None)
+        if peer is not None:
+            peer.sock.close()
+        for name, held in list(self.names.items()):
+            if held == pid:
+                del self.names[name]
+
+    # ---- sending --------------------------------------------------------------------------------
+
+    def _send(self, peer: _Peer, data: bytes, timeout: float, dest: Dest) -> None:
+        sock = peer.sock
+        sock.settimeout(timeout)
+        try:
+            sock.sendall(data)
+        except TimeoutError:
+            self.drop(peer.pid)
+            raise MailboxFull(dest, f"mailbox stayed full for {timeout:.3g}s") from None
+
+    def deliver(self, dest: Dest, frame: Any, kind: str, timeout: float) -> bool:
+        """Cast or send: True once handed to the destination's mailbox, False if it became a
+        dead letter (no such process or name)."""
+        data = encode_frame(frame)
+        for attempt in (0, 1):
+            pid = self.resolve(dest, fresh=attempt == 1)
+            if pid is None:
+                return self._dead_letter(dest, "not_registered", kind, len(data))
+            try:
+                self._send(self.peer(pid), data, timeout, dest)
+                return True
+            except MailboxFull:
+                self._dead_letter(dest, "mailbox_full", kind, len(data))
+                raise
+            except OSError:
+                self.drop(pid)
+                if isinstance(dest, Pid):
+                    break
+        return self._dead_letter(dest, "noproc", kind, len(data))
+
+    def cast(self, dest: Dest, msg: Any, timeout: float = 5.0) -> bool:
+        return self.deliver(dest, CastFrame(msg), "cast", timeout)
+
+    def send(self, dest: Dest, msg: Any, timeout: float = 5.0) -> bool:
+        return self.deliver(dest, InfoFrame(msg), "info", timeout)
+
+    def call(self, dest: Dest, msg: Any, timeout: float = 5.0) -> Any:
+        deadline = time.monotonic() + timeout
+        for attempt in (0, 1):
+            pid = self.resolve(dest, fresh=attempt == 1)
+            if pid is None:
+                raise NoProcError(dest)
+            try:
+                peer = self.peer(pid)
+            except OSError:
+                self.drop(pid)
+                if isinstance(dest, Pid):
+                    raise NoProcError(dest) from None
+                continue  # a stale name: ask the hub again once
+            ref = next(self.refs)
+            name = dest if isinstance(dest, str) else None
+            try:
+                self._send(peer, encode_frame(CallFrame(ref, msg, self.me, name)),
+                           max(deadline - time.monotonic(), 0.0001), dest)
+            except OSError:
+                self.drop(pid)  # a cached connection to a process that died since
+                if isinstance(dest, Pid):
+                    raise NoProcError(dest) from None
+                continue
+            try:
+                result = self._await_reply(peer, ref, deadline, dest)
+            except OSError:
+                result = None  # the callee died with our call in its mailbox
+            if isinstance(result, CallReply):
+                return result.value
+            if isinstance(result, CallRefused):
+                continue  # the name moved to another process since we cached it
+            self.drop(pid)
+            raise ProcessDown(dest, self.exit_reason(pid, deadline))
+        raise NoProcError(dest)
+
+    def _await_reply(self, peer: _Peer, ref: int, deadline: float,
+                     dest: Dest) -> CallReply | CallRefused | None:
+        sock = peer.sock
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise CallTimeout(dest, "no reply in time")
+            sock.settimeout(left)
+            try:
+                data = sock.recv(1 << 16)
+            except TimeoutError:
+                raise CallTimeout(dest, "no reply in time") from None
+            if not data:
+                return None
+            for frame in peer.frames.feed(data):
+                if isinstance(frame, (CallReply, CallRefused)) and frame.ref == ref:
+                    return frame
+                # else: a late reply to a call that timed out (OTP 24+ drops it too)
+
+    def exit_reason(self, pid: Pid, deadline: float) -> ExitReason:
+        wait = min(EXIT_REASON_WAIT_S, max(deadline - time.monotonic(), 0.05))
+        try:
+            reply = self.hub.request(lambda ref: ExitOfReq(ref, pid, wait), wait + 1.0)
+        except NodeError as exc:  # the call failed either way; say why the reason is missing
+            log.warning("exit reason of %s unknown: %s", pid, exc)
+            return NoProc()
+        return msgspec.convert(reply.value, ExitReason | None) or NoProc()
+
+    def _dead_letter(self, dest: Dest, reason: str, kind: str, size: int) -> bool:
+        self.dead_letters += 1
+        self.hub.note(DeadLetterNote(str(dest), reason, kind, self.me, size))
+        return False
+
+    def close(self) -> None:
+        for pid in list(self.peers):
+            self.drop(pid)
+

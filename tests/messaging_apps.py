@@ -1,0 +1,101 @@
+"""Workers and trees for the messaging tests: a scriptable process driven by calls."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from typing import Any
+
+import prismatic as p
+
+
+class Agent(p.Worker):
+    """Does what its calls say, and remembers what reached it.
+
+    Calls are lists ``[op, *args]``; pids travel as ``[node, ospid]`` lists.
+    """
+
+    def init(self, name: str | None = None, trap: bool = False) -> None:
+        self.casts: list[Any] = []
+        self.infos: list[Any] = []
+        self.notices: list[Any] = []
+        self.trap_exit = trap
+        if name:
+            self.register(name)
+
+    def handle_call(self, msg: Any, caller: p.Caller) -> Any:
+        op, *args = msg
+        if op == "echo":
+            return args[0]
+        if op == "casts":
+            return self.casts
+        if op == "infos":
+            return self.infos
+        if op == "notices":
+            return [[type(n).__name__, list(n.pid), p.describe(n.reason)] for n in self.notices]
+        if op == "whoami":
+            return [self.pid.node, self.pid.ospid, caller.pid is not None]
+        if op == "sleep":
+            time.sleep(args[0])
+            return "slept"
+        if op == "crash":
+            raise ValueError("asked to crash")
+        if op == "die":
+            os.kill(os.getpid(), signal.SIGKILL)
+        if op == "monitor":
+            return self.monitor(_dest(args[0]))
+        if op == "link":
+            self.link(_dest(args[0]))
+            return "linked"
+        if op == "register":
+            self.register(args[0])
+            return "ok"
+        if op == "call":  # worker-to-worker call, with the error's type name on failure
+            try:
+                return ["ok", self.call(_dest(args[0]), args[1], args[2])]
+            except p.CallError as exc:
+                return ["error", type(exc).__name__, p.describe(getattr(exc, "reason", None))
+                        if getattr(exc, "reason", None) is not None else ""]
+        if op == "cast":
+            return self.cast(_dest(args[0]), args[1])
+        raise ValueError(f"unknown op {op!r}")
+
+    def handle_cast(self, msg: Any) -> None:
+        if isinstance(msg, list) and msg[:1] == ["block"]:
+            time.sleep(msg[1])
+        self.casts.append(msg)
+
+    def handle_info(self, msg: Any) -> None:
+        if isinstance(msg, (p.Down, p.Exit)):
+            self.notices.append(msg)
+        else:
+            self.infos.append(msg)
+
+
+class AsyncAgent(p.Worker):
+    async def handle_call(self, msg: Any, caller: p.Caller) -> Any:
+        await asyncio.sleep(0.001)
+        return ["async", msg]
+
+
+class SmallMailbox(Agent):
+    mailbox_limit = 10
+
+
+def _dest(x: Any) -> Any:
+    return p.Pid(*x) if isinstance(x, list) else x
+
+
+def agent(id: str, *args: Any, **kw: Any) -> p.ChildSpec:
+    return p.ChildSpec(id=id, start=Agent, args=args, **kw)
+
+
+def agents() -> p.SupervisorSpec:
+    return p.SupervisorSpec(
+        flags=p.SupFlags(strategy="one_for_one", intensity=50, period=5),
+        children=[agent("a", "alpha"), agent("b", "beta"), agent("c"),
+                  agent("t", None, True),
+                  p.ChildSpec(id="async", start=AsyncAgent),
+                  p.ChildSpec(id="small", start=SmallMailbox, args=("small",))])

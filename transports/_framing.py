@@ -1,0 +1,99 @@
+"""Stream framing shared by every ``AF_UNIX`` connection Prismatic speaks on.
+
+A frame on the byte stream is ``u32 big-endian length`` + ``u8 wire version`` + msgpack body;
+``length`` counts the version byte and the body. The supervision plane (:mod:`._channel`) and
+the messaging plane (:mod:`._messages`) use the same framing with different tagged unions.
+
+:class:`FrameBuffer` is the receiving half, loop-free: feed it bytes, get decoded frames. A
+frame with an unknown version or an undecodable body is dropped, counted and logged (at most
+once per :data:`LOG_INTERVAL_S` per buffer, the rest summed up); a length out of range breaks
+the stream beyond resynchronisation, so the buffer marks itself ``broken`` and the owner
+closes the connection. Nothing here raises on bad input.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+import time
+from typing import Any
+
+import msgspec
+
+__all__ = ["FrameBuffer", "encode_frame", "MAX_FRAME", "WIRE_VERSION", "HEADER"]
+
+log = logging.getLogger(__name__)
+
+WIRE_VERSION = 1
+MAX_FRAME = 64 * 1024 * 1024
+LOG_INTERVAL_S = 10.0
+HEADER = struct.Struct(">IB")
+_encoder = msgspec.msgpack.Encoder()
+_unpack_length = struct.Struct(">I").unpack_from
+
+
+def encode_frame(frame: Any) -> bytes:
+    body = _encoder.encode(frame)
+    return HEADER.pack(len(body) + 1, WIRE_VERSION) + body
+
+
+class FrameBuffer:
+    """Reassembles frames from stream reads.
+
+    Invariant: after :meth:`feed` returns, ``buf`` holds no complete frame.
+    """
+
+    __slots__ = ("buf", "decoder", "bad_frames", "broken", "what", "_logged_at", "_unlogged")
+
+    def __init__(self, decoder: msgspec.msgpack.Decoder, what: str) -> None:
+        self.buf = bytearray()
+        self.decoder = decoder
+        self.bad_frames = 0
+        self.broken = False
+        self.what = what
+        self._logged_at = -LOG_INTERVAL_S
+        self._unlogged = 0
+
+    def feed(self, data: bytes) -> list[Any]:
+        buf = self.buf
+        if not buf and len(data) >= 5:
+            # The common case, one whole frame per read, without copying into the buffer.
+            length = _unpack_length(data)[0]
+            if len(data) == 4 + length and data[4] == WIRE_VERSION and length > 1:
+                try:
+                    return [self.decoder.decode(memoryview(data)[5:])]
+                except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                    self.dropped(f"malformed frame: {exc}")
+                    return []
+        buf += data
+        frames = []
+        while len(buf) >= 4:
+            length = _unpack_length(buf)[0]
+            if length > MAX_FRAME or length == 0:
+                self.dropped(f"frame length {length} out of range; closing the connection")
+                self.broken = True
+                buf.clear()
+                break
+            if len(buf) < 4 + length:
+                break
+            version = buf[4]
+            body = bytes(buf[5:4 + length])
+            del buf[:4 + length]
+            if version != WIRE_VERSION:
+                self.dropped(f"frame with wire version {version} (want {WIRE_VERSION})")
+                continue
+            try:
+                frames.append(self.decoder.decode(body))
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                self.dropped(f"malformed frame: {exc}")
+        return frames
+
+    def dropped(self, why: str) -> None:
+        self.bad_frames += 1
+        now = time.monotonic()
+        if now - self._logged_at < LOG_INTERVAL_S:
+            self._unlogged += 1
+            return
+        log.warning("%s: dropped a %s (%d more dropped since the last warning)", self.what,
+                    why, self._unlogged)
+        self._logged_at, self._unlogged = now, 0

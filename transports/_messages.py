@@ -1,0 +1,147 @@
+"""Wire frames of the messaging plane: process mailboxes and the node's hub.
+
+Same framing as the supervision plane (:mod:`._framing`), a different tagged union, and
+``array_like`` structs (the tag is the first array element) to keep hot frames small.
+
+To a process's mailbox (``\\0prismatic/<node>/<ospid>``; each sender keeps one connection per
+destination, so messages between one pair of processes arrive in send order):
+
+=============  ===================  =======================================================
+tag            direction            meaning
+=============  ===================  =======================================================
+``call``       sender -> mailbox    ``msg`` for ``handle_call``; ``to_name`` is the registered
+                                    name the sender resolved, checked by the callee
+``reply``      mailbox -> sender    the answer to call ``ref`` (on the same connection)
+``refused``    mailbox -> sender    call ``ref`` not taken: ``reason`` (``not_registered``)
+``cast``       sender -> mailbox    ``msg`` for ``handle_cast``
+``info``       sender -> mailbox    ``msg`` for ``handle_info`` (``send``)
+``down``       hub -> mailbox       a monitor fired (:class:`~prismatic.Down`)
+``exit``       hub -> mailbox       a linked process exited (:class:`~prismatic.Exit`)
+=============  ===================  =======================================================
+
+To the node's hub (``\\0prismatic/<node>/hub``), request/reply by ``ref``:
+
+=================  ======================================================================
+tag                meaning
+=================  ======================================================================
+``register``       name ``name`` for ``pid`` (unique per node)
+``unregister``     drop ``name`` held by ``pid``
+``whereis``        the pid registered as ``name``, or nil
+``monitor``        ``watcher`` monitors ``target``; the reply carries the monitor ref
+``demonitor``      drop monitor ``mref`` of ``watcher``
+``link``           link ``a`` and ``b`` (both directions)
+``unlink``         remove that link
+``exit_of``        the exit reason of ``pid``, waiting up to ``wait`` s for it to be known
+``dead_letter``    a message that could not be delivered (no reply)
+``hub_reply``      the answer: ``ok`` and ``value``, or ``error`` (a reason atom) and detail
+=================  ======================================================================
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from .._address import Pid
+from .._notices import Down, Exit
+
+__all__ = [
+    "CallFrame", "CallReply", "CallRefused", "CastFrame", "InfoFrame", "MailboxFrame",
+    "RegisterReq", "UnregisterReq", "WhereisReq", "MonitorReq", "DemonitorReq", "LinkReq",
+    "UnlinkReq", "ExitOfReq", "DeadLetterNote", "HubReply", "HubRequest",
+]
+
+
+class CallFrame(msgspec.Struct, frozen=True, tag="call", array_like=True):
+    ref: int
+    msg: Any
+    sender: Pid | None = None
+    to_name: str | None = None
+
+
+class CallReply(msgspec.Struct, frozen=True, tag="reply", array_like=True):
+    ref: int
+    value: Any
+
+
+class CallRefused(msgspec.Struct, frozen=True, tag="refused", array_like=True):
+    ref: int
+    reason: str
+
+
+class CastFrame(msgspec.Struct, frozen=True, tag="cast", array_like=True):
+    msg: Any
+
+
+class InfoFrame(msgspec.Struct, frozen=True, tag="info", array_like=True):
+    msg: Any
+
+
+MailboxFrame = CallFrame | CallReply | CallRefused | CastFrame | InfoFrame | Down | Exit
+
+
+class RegisterReq(msgspec.Struct, frozen=True, tag="register", array_like=True):
+    ref: int
+    name: str
+    pid: Pid
+
+
+class UnregisterReq(msgspec.Struct, frozen=True, tag="unregister", array_like=True):
+    ref: int
+    name: str
+    pid: Pid
+
+
+class WhereisReq(msgspec.Struct, frozen=True, tag="whereis", array_like=True):
+    ref: int
+    name: str
+
+
+class MonitorReq(msgspec.Struct, frozen=True, tag="monitor", array_like=True):
+    ref: int
+    watcher: Pid
+    target: Pid
+
+
+class DemonitorReq(msgspec.Struct, frozen=True, tag="demonitor", array_like=True):
+    ref: int
+    watcher: Pid
+    mref: int
+
+
+class LinkReq(msgspec.Struct, frozen=True, tag="link", array_like=True):
+    ref: int
+    a: Pid
+    b: Pid
+
+
+class UnlinkReq(msgspec.Struct, frozen=True, tag="unlink", array_like=True):
+    ref: int
+    a: Pid
+    b: Pid
+
+
+class ExitOfReq(msgspec.Struct, frozen=True, tag="exit_of", array_like=True):
+    ref: int
+    pid: Pid
+    wait: float
+
+
+class DeadLetterNote(msgspec.Struct, frozen=True, tag="dead_letter", array_like=True):
+    dest: str  # a pid or a name, as text
+    reason: str  # noproc | not_registered | mailbox_full
+    kind: str  # call | cast | info
+    sender: Pid | None
+    size: int  # encoded message bytes
+
+
+class HubReply(msgspec.Struct, frozen=True, tag="hub_reply", array_like=True):
+    ref: int
+    value: Any = None
+    error: str | None = None
+    detail: str = ""
+
+
+HubRequest = RegisterReq | UnregisterReq | WhereisReq | MonitorReq | DemonitorReq | LinkReq \
+    | UnlinkReq | ExitOfReq | DeadLetterNote
