@@ -37,7 +37,7 @@ __all__ = ["Mailbox", "Inbound"]
 
 log = logging.getLogger(__name__)
 _decoder = msgspec.msgpack.Decoder(MailboxFrame)
-READ_SIZE = 1 << 18
+READ_SIZE = 1 << 16  # below malloc's mmap threshold: a bigger read buffer costs an mmap per read
 
 
 class Inbound:

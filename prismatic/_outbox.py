@@ -25,6 +25,7 @@ from __future__ import annotations
 import itertools
 import logging
 import socket
+import struct
 import time
 from typing import Any
 
@@ -47,11 +48,15 @@ log = logging.getLogger(__name__)
 
 Dest = Pid | str
 _decoder = msgspec.msgpack.Decoder(MailboxFrame)
+_TIMEVAL = struct.Struct("ll")
 EXIT_REASON_WAIT_S = 1.0  # how long a failed call waits for the tree to report the exit
 
 
 class _Peer:
-    __slots__ = ("pid", "sock", "frames")
+    """A blocking connection whose timeouts are kernel-side (SO_RCVTIMEO/SO_SNDTIMEO): each
+    receive is one system call, where a Python-level timeout costs a poll() before it."""
+
+    __slots__ = ("pid", "sock", "frames", "rcv_timeout", "snd_timeout")
 
     def __init__(self, pid: Pid) -> None:
         self.pid = pid
@@ -62,6 +67,17 @@ class _Peer:
             self.sock.close()
             raise
         self.frames = FrameBuffer(_decoder, f"connection to {pid}")
+        self.rcv_timeout = self.snd_timeout = 0.0
+
+    def set_timeouts(self, timeout: float, rcv: bool = True, snd: bool = True) -> None:
+        timeout = max(timeout, 0.000001)  # 0 would mean "wait forever" to the kernel
+        value = _TIMEVAL.pack(int(timeout), int(timeout % 1 * 1e6))
+        if rcv and timeout != self.rcv_timeout:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, value)
+            self.rcv_timeout = timeout
+        if snd and timeout != self.snd_timeout:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, value)
+            self.snd_timeout = timeout
 
 
 class Outbox:
@@ -115,11 +131,10 @@ class Outbox:
     # ---- sending --------------------------------------------------------------------------------
 
     def _send(self, peer: _Peer, data: bytes, timeout: float, dest: Dest) -> None:
-        sock = peer.sock
-        sock.settimeout(timeout)
+        peer.set_timeouts(timeout)
         try:
-            sock.sendall(data)
-        except TimeoutError:
+            peer.sock.sendall(data)
+        except BlockingIOError:  # SO_SNDTIMEO expired
             self.drop(peer.pid)
             raise MailboxFull(dest, f"mailbox stayed full for {timeout:.3g}s") from None
 
@@ -166,7 +181,7 @@ class Outbox:
             name = dest if isinstance(dest, str) else None
             try:
                 self._send(peer, encode_frame(CallFrame(ref, msg, self.me, name)),
-                           max(deadline - time.monotonic(), 0.0001), dest)
+                           deadline - time.monotonic() if attempt else timeout, dest)
             except OSError:
                 self.drop(pid)  # a cached connection to a process that died since
                 if isinstance(dest, Pid):
@@ -188,13 +203,9 @@ class Outbox:
                      dest: Dest) -> CallReply | CallRefused | None:
         sock = peer.sock
         while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise CallTimeout(dest, "no reply in time")
-            sock.settimeout(left)
             try:
                 data = sock.recv(1 << 16)
-            except TimeoutError:
+            except BlockingIOError:  # SO_RCVTIMEO expired
                 raise CallTimeout(dest, "no reply in time") from None
             if not data:
                 return None
@@ -202,6 +213,10 @@ class Outbox:
                 if isinstance(frame, (CallReply, CallRefused)) and frame.ref == ref:
                     return frame
                 # else: a late reply to a call that timed out (OTP 24+ drops it too)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise CallTimeout(dest, "no reply in time")
+            peer.set_timeouts(left, snd=False)
 
     def exit_reason(self, pid: Pid, deadline: float) -> ExitReason:
         wait = min(EXIT_REASON_WAIT_S, max(deadline - time.monotonic(), 0.05))

@@ -34,7 +34,8 @@ class Agent(p.Worker):
         if op == "infos":
             return self.infos
         if op == "notices":
-            return [[type(n).__name__, list(n.pid), p.describe(n.reason)] for n in self.notices]
+            return [[type(n).__name__, [n.pid.node, n.pid.ospid], p.describe(n.reason)]
+                    for n in self.notices]
         if op == "whoami":
             return [self.pid.node, self.pid.ospid, caller.pid is not None]
         if op == "sleep":

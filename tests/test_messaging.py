@@ -1,0 +1,184 @@
+"""call / cast / send, the registry, monitors and links, between real processes of a node."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+
+import prismatic as p
+from tests.conftest import start_node, wait_until
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory):
+    n = start_node(tmp_path_factory.mktemp("messaging"), "tests.messaging_apps:agents")
+    yield n
+    n.stop()
+    wait_until(lambda: not n.pids(), 10, "the node's processes to exit")
+
+
+def L(pid: p.Pid) -> list:
+    """A Pid as it arrives inside a message (msgpack data: a two-element list)."""
+    return [pid.node, pid.ospid]
+
+
+def pid(node, path: str) -> p.Pid:
+    ospid = wait_until(lambda: node.conn.pid_of(path), 10, f"{path} to run")
+    return p.Pid(node.conn.status().node, ospid)
+
+
+def restarted(node, path: str, old: p.Pid) -> p.Pid:
+    return p.Pid(old.node, wait_until(
+        lambda: (n := node.conn.pid_of(path)) not in (None, old.ospid) and n, 10,
+        f"{path} to be restarted"))
+
+
+def test_call_by_name_and_by_pid(node):
+    assert node.conn.call("alpha", ["echo", {"k": [1, 2]}]) == {"k": [1, 2]}
+    b = pid(node, "b")
+    assert node.conn.call(b, ["echo", "x"]) == "x"
+    assert node.conn.whereis("beta") == b
+    assert node.conn.whereis("nobody") is None
+
+
+def test_async_handler_replies(node):
+    assert node.conn.call(pid(node, "async"), "hi") == ["async", "hi"]
+
+
+def test_messages_between_a_pair_arrive_in_send_order(node):
+    c = pid(node, "c")
+    before = len(node.conn.call(c, ["casts"]))
+    for i in range(500):
+        node.conn.cast(c, i)
+    assert node.conn.call(c, ["casts"])[before:] == list(range(500))
+    # and between two workers: alpha casts to c, then calls it; the call sees every cast
+    a_casts = [node.conn.call("alpha", ["cast", L(c), ["from-a", i]]) for i in range(50)]
+    assert all(a_casts)
+    assert node.conn.call(c, ["casts"])[-50:] == [["from-a", i] for i in range(50)]
+
+
+def test_send_reaches_handle_info(node):
+    assert node.conn.send("beta", "ping")
+    assert "ping" in node.conn.call("beta", ["infos"])
+
+
+def test_worker_to_worker_call_carries_the_caller(node):
+    assert node.conn.call("alpha", ["call", "beta", ["whoami"], 2])[1][2] is True
+    assert node.conn.call("alpha", ["whoami"])[2] is False  # a client has no pid
+
+
+def test_timeout_then_the_late_reply_is_dropped(node):
+    with pytest.raises(p.CallTimeout):
+        node.conn.call("alpha", ["sleep", 0.3], timeout=0.05)
+    # the late "slept" arrives on the same connection first and must not answer this call
+    assert node.conn.call("alpha", ["echo", "fresh"], timeout=5) == "fresh"
+
+
+def test_noproc_for_unknown_names_and_dead_pids(node):
+    with pytest.raises(p.NoProcError) as info:
+        node.conn.call("nobody", 1)
+    assert isinstance(info.value.reason, p.NoProc)
+    with pytest.raises(p.NoProcError):
+        node.conn.call(p.Pid(node.conn.status().node, 2 ** 22 + 7), 1)
+
+
+def test_callee_crash_is_down_with_its_reason(node):
+    old = pid(node, "a")
+    with pytest.raises(p.ProcessDown) as info:
+        node.conn.call(old, ["crash"])
+    assert isinstance(info.value.reason, p.Crashed)
+    assert "asked to crash" in info.value.reason.message
+    restarted(node, "a", old)
+
+
+def test_sigkilled_callee_is_down_killed(node):
+    old = pid(node, "b")
+    with pytest.raises(p.ProcessDown) as info:
+        node.conn.call(old, ["die"])
+    assert info.value.reason == p.Killed(signal.SIGKILL)
+    restarted(node, "b", old)
+
+
+def test_registered_name_follows_restarts(node):
+    for _ in range(3):
+        old = pid(node, "a")
+        with node.events() as ev:
+            os.kill(old.ospid, signal.SIGKILL)
+            ev.wait_for(lambda e: e.key == "a" and e.kind == "child_started", 10)
+        new = restarted(node, "a", old)
+        # the restarted child registered again in its init, before it reported started
+        assert node.conn.whereis("alpha") == new
+        assert node.conn.call("alpha", ["echo", 1]) == 1
+
+
+def test_register_refuses_a_taken_name(node):
+    reply = node.conn.call("beta", ["call", "alpha", ["register", "beta"], 2])
+    assert reply[0] == "error"  # alpha's register raised RegistryError: it crashed
+    wait_until(lambda: node.conn.whereis("alpha") is not None, 10, "alpha to come back")
+
+
+def test_monitor_gets_one_down_with_the_reason(node):
+    c = pid(node, "c")
+    victim = pid(node, "b")
+    node.conn.call(c, ["monitor", L(victim)])
+    os.kill(victim.ospid, signal.SIGKILL)
+    downs = wait_until(lambda: [n for n in node.conn.call(c, ["notices"])
+                                if n[1] == L(victim)], 10, "the DOWN")
+    assert downs == [["Down", L(victim), "killed by SIGKILL"]]
+    restarted(node, "b", victim)
+
+
+def test_monitor_of_a_dead_process_is_noproc_at_once(node):
+    c = pid(node, "c")
+    ghost = p.Pid(c.node, 2 ** 22 + 11)
+    node.conn.call(c, ["monitor", L(ghost)])
+    notes = wait_until(lambda: [n for n in node.conn.call(c, ["notices"])
+                                if n[1] == L(ghost)], 10, "the DOWN")
+    assert notes == [["Down", L(ghost), "noproc"]]
+
+
+def test_link_kills_a_process_that_does_not_trap_exits(node):
+    c, a = pid(node, "c"), pid(node, "a")
+    node.conn.call(c, ["link", L(a)])
+    with node.events() as ev:
+        os.kill(a.ospid, signal.SIGKILL)
+        exited = ev.wait_for(lambda e: e.key == "c" and e.kind == "child_exited", 10)
+    assert exited.reason == p.Killed(signal.SIGKILL)  # c died of a's exit
+    restarted(node, "c", c)
+    restarted(node, "a", a)
+
+
+def test_trap_exit_turns_the_exit_into_a_message(node):
+    t, a = pid(node, "t"), pid(node, "a")
+    node.conn.call(t, ["link", L(a)])
+    os.kill(a.ospid, signal.SIGKILL)
+    exits = wait_until(lambda: [n for n in node.conn.call(t, ["notices"])
+                                if n[1] == L(a)], 10, "the EXIT message")
+    assert exits == [["Exit", L(a), "killed by SIGKILL"]]
+    assert node.conn.pid_of("t") == t.ospid  # still alive
+    restarted(node, "a", a)
+
+
+def test_dead_letters_are_counted_not_silent(node):
+    ghost = p.Pid(node.conn.status().node, 2 ** 22 + 13)
+    assert node.conn.cast(ghost, "lost") is False
+    assert node.conn.send("nobody", "lost") is False
+
+    def counted():
+        lines = node.conn.metrics().splitlines()
+        return ('prismatic_dead_letters_total{kind="cast",reason="noproc"} 1.0' in lines and
+                'prismatic_dead_letters_total{kind="info",reason="not_registered"} 1.0' in lines)
+
+    wait_until(counted, 10, "the dead letters in the metrics")
+
+
+def test_a_full_mailbox_pushes_back_on_the_sender(node):
+    small = pid(node, "small")
+    node.conn.cast(small, ["block", 1.5])  # its only handler sleeps: nothing is taken
+    with pytest.raises(p.MailboxFull):
+        for i in range(100_000):  # bounded: the kernel buffer and 10 queued messages
+            node.conn.cast(small, ["x" * 1000, i], timeout=0.2)
+    # once it drains, it answers again
+    assert node.conn.call(small, ["echo", "back"], timeout=10) == "back"
