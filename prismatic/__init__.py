@@ -11,11 +11,13 @@ from ._childspec import (
 from ._client import EventStream, NodeConnection, connect, open_event_stream
 from ._errors import (
     ChildSpecError, ControlError, EventLogError, EventLogFormatError, EventLogFullError,
-    NodeError, PrismaticError, StartError, SupervisorError,
+    NodeError, PrismaticError, PubSubError, StartError, SupervisorError, TopicError,
 )
 from ._exit import (
     Crashed, ExitCode, ExitReason, Killed, NoProc, Normal, Shutdown, describe, is_abnormal,
 )
+from ._pubsub_wire import Event
+from ._subscription import Subscription, open_subscription
 from ._worker import Ignore, Stop, Worker
 from .supervisors._events import ChildInfo
 
@@ -29,4 +31,5 @@ __all__ = [
     "connect", "NodeConnection", "open_event_stream", "EventStream",
     "PrismaticError", "ChildSpecError", "SupervisorError", "StartError", "NodeError",
     "ControlError", "EventLogError", "EventLogFormatError", "EventLogFullError",
+    "Event", "Subscription", "open_subscription", "PubSubError", "TopicError",
 ]

@@ -91,3 +91,12 @@ class TopicError(PrismaticError, ValueError):
 
 
 __all__ += ["TopicError"]
+
+
+class PubSubError(PrismaticError):
+    """Publishing or subscribing failed: a payload msgpack cannot encode, no node to talk
+    to (``Worker.publish`` outside a node's tree), or the node did not answer a subscription.
+    """
+
+
+__all__ += ["PubSubError"]

@@ -76,6 +76,28 @@ class Worker:
         """
         return self.context.send_after(delay, msg)
 
+    def publish(self, topic: str, payload: Any) -> None:
+        """Publish ``payload`` (anything msgpack encodes) under ``topic`` on this node.
+
+        Buffered and sent when the current handler returns (``docs/pubsub.md``). Raises
+        TopicError for a malformed topic, PubSubError for a payload that cannot be encoded.
+        """
+        self.context.pubsub.publish(topic, payload)
+
+    def publish_many(self, topic: str, payloads: Any) -> None:
+        """Publish several events under one topic, in order."""
+        self.context.pubsub.publish_many(topic, payloads)
+
+    def subscribe(self, pattern: str) -> int:
+        """Receive events matching ``pattern`` (``*`` one word, ``#`` zero or more) in
+        ``handle_info`` as :class:`~prismatic.Event`, from the moment this returns; returns
+        a ref for :meth:`unsubscribe`. Also works from a plain ``init``."""
+        return self.context.pubsub.subscribe(pattern)
+
+    def unsubscribe(self, ref: int) -> bool:
+        """Stop a subscription made by :meth:`subscribe`; False if it was not active."""
+        return self.context.pubsub.unsubscribe(ref)
+
     @property
     def pid(self) -> Any:
         """This process's :class:`~prismatic.Pid`."""

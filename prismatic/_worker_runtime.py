@@ -25,6 +25,7 @@ import uvloop
 from ._address import Pid
 from ._exit import ExitCode, ExitReason, Normal, Shutdown, reason_from_exception
 from ._worker import Ignore, Stop, Worker
+from ._worker_pubsub import WorkerPubSub
 from .transports._channel import Channel
 from .transports._frames import ExitingFrame, IgnoredFrame, ReadyFrame
 
@@ -49,6 +50,7 @@ class WorkerContext:
         self.mailbox: collections.deque[tuple[str, Any]] = collections.deque()
         self.timers: list[tuple[float, Any]] = []  # send_after before the loop exists
         self.stop_reason: ExitReason | None = None
+        self.pubsub = WorkerPubSub(self.deliver)  # pub/sub: no ZeroMQ until first used
 
     def attach(self, loop: asyncio.AbstractEventLoop) -> asyncio.AbstractEventLoop:
         """Start using ``loop``; timers set during a plain ``init`` are armed now."""
@@ -59,6 +61,7 @@ class WorkerContext:
         for delay, msg in self.timers:
             loop.call_later(delay, self.deliver, "info", msg)
         self.timers.clear()
+        self.pubsub.attach(loop)  # pub/sub: arm the subscription reader, send init's events
         if self.mailbox:
             self.wakeup.set()
         return loop
@@ -104,6 +107,7 @@ async def _serve(worker: Worker, ctx: WorkerContext) -> None:
             ctx.stop(stop.reason)
         except BaseException as exc:  # noqa: BLE001 - a crash is data: the exit reason
             ctx.stop(reason_from_exception(exc))
+        ctx.pubsub.flush()  # pub/sub: a handler's publishes leave when it returns
 
 
 def _instantiate(start: Any, args: tuple[Any, ...]) -> tuple[Worker, tuple[Any, ...]]:
@@ -136,12 +140,13 @@ def run_worker(start: Any, args: tuple[Any, ...], channel: Channel, node: str,
             loop = ctx.attach(uvloop.new_event_loop())
             loop.run_until_complete(result)
     except Ignore:
+        ctx.pubsub.close()  # pub/sub: deliver what init published
         channel.try_send(IgnoredFrame())
         return 0
     except Stop as stop:
-        return _finish(channel, stop.reason)
+        return _finish(channel, stop.reason, ctx)
     except BaseException as exc:  # noqa: BLE001 - a failed init is a start error, as data
-        return _finish(channel, reason_from_exception(exc))
+        return _finish(channel, reason_from_exception(exc), ctx)
     channel.send(ReadyFrame(pid=os.getpid(), mono=time.monotonic()))
     if loop is None:
         loop = ctx.attach(uvloop.new_event_loop())
@@ -162,9 +167,10 @@ def run_worker(start: Any, args: tuple[Any, ...], channel: Channel, node: str,
         loop.run_until_complete(_call(worker.terminate, reason))
     except BaseException as exc:  # noqa: BLE001 - as in gen_server, a crash in terminate
         reason = reason_from_exception(exc)  # becomes the exit reason
-    return _finish(channel, reason)
+    return _finish(channel, reason, ctx)
 
 
-def _finish(channel: Channel, reason: ExitReason) -> int:
+def _finish(channel: Channel, reason: ExitReason, ctx: WorkerContext) -> int:
+    ctx.pubsub.close()  # pub/sub: what was published before the exit is still delivered
     channel.try_send(ExitingFrame(reason))
     return exit_code_for(reason)

@@ -14,6 +14,7 @@ EXPECTED = {
     "connect", "NodeConnection", "open_event_stream", "EventStream",
     "PrismaticError", "ChildSpecError", "SupervisorError", "StartError", "NodeError",
     "ControlError", "EventLogError", "EventLogFormatError", "EventLogFullError",
+    "Event", "Subscription", "open_subscription", "PubSubError", "TopicError",
 }
 
 

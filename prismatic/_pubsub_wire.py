@@ -1,0 +1,148 @@
+"""The pub/sub wire format, shared by publishers, the node's forwarder and subscribers.
+
+Every pub/sub message, on ``publish.sock`` (publisher -> node, PUSH/PULL) and on
+``events.sock`` (node -> subscribers, XPUB/SUB) alike, is two ZeroMQ frames::
+
+    [topic (UTF-8), msgpack array of payloads]
+
+The array holds one or more events published consecutively under that one topic (a *run*):
+a publisher coalesces same-topic publishes into one message, and a different topic starts
+the next one, so the order of one publisher's events survives. Lifecycle events use the
+same format (a run of one), so one subscriber decoder serves both.
+
+Topics whose first word is ``_hello`` are reserved for the slow-joiner handshake: the node
+echoes a ``_hello.<unique>`` subscription as ``[topic, b""]``; no publisher may use them and
+subscribers never surface them as events.
+
+:class:`RunBuffer` builds wire messages from payloads encoded one at a time, so a payload
+that cannot be encoded fails at its ``publish()`` call rather than at a later flush.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from ._errors import PubSubError, TopicError
+from ._topics import validate_topic
+
+__all__ = ["Event", "RunBuffer", "HELLO_PREFIX", "array_length", "check_publish_topic",
+           "encode_payload", "events_address", "publish_address", "RUN_MAX_EVENTS",
+           "RUN_MAX_BYTES"]
+
+HELLO_PREFIX = b"_hello."
+RUN_MAX_EVENTS = 256  # a run is sent once it holds this many events...
+RUN_MAX_BYTES = 64 * 1024  # ...or this many payload bytes
+
+_encode = msgspec.msgpack.Encoder().encode
+
+
+class Event(msgspec.Struct, frozen=True):
+    """One published event as a subscriber receives it."""
+
+    topic: str
+    payload: Any
+
+
+def events_address(data_dir: Path | str) -> str:
+    """The node's XPUB: lifecycle events and forwarded pub/sub messages."""
+    return f"ipc://{Path(data_dir).resolve()}/events.sock"
+
+
+def publish_address(data_dir: Path | str) -> str:
+    """The node's PULL: where publishers push their messages."""
+    return f"ipc://{Path(data_dir).resolve()}/publish.sock"
+
+
+def check_publish_topic(topic: str) -> bytes:
+    """The topic as wire bytes; TopicError if it is malformed or reserved."""
+    validate_topic(topic)
+    if topic.startswith("_hello.") or topic == "_hello":
+        raise TopicError("topic", topic, "the first word '_hello' is reserved for the "
+                                         "subscription handshake")
+    return topic.encode()
+
+
+def encode_payload(topic: str, payload: Any) -> bytes:
+    try:
+        return _encode(payload)
+    except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:
+        raise PubSubError(f"publish {topic!r}: payload {type(payload).__name__} cannot be "
+                          f"encoded as msgpack: {exc}") from None
+
+
+def array_header(n: int) -> bytes:
+    if n < 16:
+        return bytes((0x90 | n,))
+    if n < 0x10000:
+        return b"\xdc" + n.to_bytes(2, "big")
+    return b"\xdd" + n.to_bytes(4, "big")
+
+
+def array_length(body: bytes) -> int:
+    """The element count of the msgpack array ``body`` starts with, or -1 if it does not
+    start with an array header (only the header is read: payloads are never decoded)."""
+    if not body:
+        return -1
+    b = body[0]
+    if 0x90 <= b <= 0x9F:
+        return b & 0x0F
+    if b == 0xDC and len(body) >= 3:
+        return int.from_bytes(body[1:3], "big")
+    if b == 0xDD and len(body) >= 5:
+        return int.from_bytes(body[1:5], "big")
+    return -1
+
+
+class RunBuffer:
+    """Encoded payloads waiting to be sent, coalesced into runs of one topic.
+
+    Invariant: ``ready`` holds finished wire messages in publish order; the open run
+    (``topic``/``payloads``) comes after all of them.
+    """
+
+    __slots__ = ("topic", "payloads", "size", "ready", "count")
+
+    def __init__(self) -> None:
+        self.topic: bytes | None = None
+        self.payloads: list[bytes] = []
+        self.size = 0
+        self.ready: list[list[bytes]] = []
+        self.count = 0  # events buffered (open run and ready messages)
+
+    def add(self, topic: bytes, encoded: bytes) -> bool:
+        """Buffer one encoded payload; True when the buffer is full and should be sent."""
+        if topic != self.topic:
+            self.close_run()
+            self.topic = topic
+        self.payloads.append(encoded)
+        self.size += len(encoded)
+        self.count += 1
+        if len(self.payloads) >= RUN_MAX_EVENTS or self.size >= RUN_MAX_BYTES:
+            self.close_run()
+            return True
+        return False
+
+    def close_run(self) -> None:
+        if self.payloads:
+            assert self.topic is not None
+            self.ready.append([self.topic, array_header(len(self.payloads))
+                               + b"".join(self.payloads)])
+            self.payloads = []
+            self.size = 0
+
+    def take_ready(self) -> list[list[bytes]]:
+        """The finished runs only; the open run keeps growing."""
+        messages, self.ready = self.ready, []
+        self.count = len(self.payloads)
+        return messages
+
+    def take(self) -> list[list[bytes]]:
+        """Every buffered event as wire messages, in order; the buffer is empty after."""
+        self.close_run()
+        messages, self.ready = self.ready, []
+        self.count = 0
+        self.topic = None
+        return messages
