@@ -30,7 +30,9 @@ import msgspec
 import zmq
 
 from ._errors import PubSubError
-from ._pubsub_wire import RunBuffer, check_publish_topic, encode_payload
+from ._pubsub_wire import (
+    RunBuffer, array_length, check_publish_topic, encode_batch, encode_payload,
+)
 
 __all__ = ["BackgroundPublisher", "QUEUE_LIMIT", "CLOSE_LINGER_MS"]
 
@@ -48,7 +50,7 @@ class BackgroundPublisher:
     def __init__(self, ctx: zmq.Context, address: str) -> None:
         self._ctx = ctx
         self._address = address
-        # Items: (topic bytes, encoded payload) or (topic bytes, [encoded payloads]).
+        # Items: (topic, encoded payload), or (topic, wire message) for publish_many.
         self._queue: collections.deque[tuple[bytes, Any]] = collections.deque()
         self._wake = threading.Event()
         self._idle = True  # the flusher is (about to be) waiting on _wake
@@ -71,10 +73,12 @@ class BackgroundPublisher:
         self._put(check_publish_topic(topic), encoded, 1)
 
     def publish_many(self, topic: str, payloads: Iterable[Any]) -> None:
-        """Publish several events under one topic, in order, as one queue item."""
-        encoded = [encode_payload(topic, p) for p in payloads]
-        if encoded:
-            self._put(check_publish_topic(topic), encoded, len(encoded))
+        """Publish several events under one topic, in order: one wire message, encoded by
+        one msgspec call (the batch's msgpack array *is* the wire body)."""
+        batch, body = encode_batch(topic, payloads)
+        if batch:
+            wire_topic = check_publish_topic(topic)
+            self._put(wire_topic, (wire_topic, body), len(batch))
 
     def _put(self, topic: bytes, item: Any, n: int) -> None:
         if self._closing or self._error is not None:
@@ -140,10 +144,10 @@ class BackgroundPublisher:
                     if type(item) is bytes:
                         add(topic, item)
                         handed += 1
-                    else:
-                        for encoded in item:
-                            add(topic, encoded)
-                        handed += len(item)
+                    else:  # publish_many: a message of its own, after the open run
+                        n = array_length(item[1])
+                        buffer.add_batch(topic, item[1], n)
+                        handed += n
                     if buffer.ready:
                         for message in buffer.take_ready():
                             sock.send_multipart(message)

@@ -20,6 +20,7 @@ that cannot be encoded fails at its ``publish()`` call rather than at a later fl
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ from ._errors import PubSubError, TopicError
 from ._topics import validate_topic
 
 __all__ = ["Event", "RunBuffer", "HELLO_PREFIX", "array_length", "check_publish_topic",
-           "encode_payload", "events_address", "publish_address", "RUN_MAX_EVENTS",
+           "encode_payload", "encode_batch", "events_address", "publish_address", "RUN_MAX_EVENTS",
            "RUN_MAX_BYTES"]
 
 HELLO_PREFIX = b"_hello."
@@ -56,8 +57,10 @@ def publish_address(data_dir: Path | str) -> str:
     return f"ipc://{Path(data_dir).resolve()}/publish.sock"
 
 
+@functools.lru_cache(maxsize=4096)
 def check_publish_topic(topic: str) -> bytes:
-    """The topic as wire bytes; TopicError if it is malformed or reserved."""
+    """The topic as wire bytes; TopicError if it is malformed or reserved (cached: the same
+    few topics are checked on every publish)."""
     validate_topic(topic)
     if topic.startswith("_hello.") or topic == "_hello":
         raise TopicError("topic", topic, "the first word '_hello' is reserved for the "
@@ -71,6 +74,17 @@ def encode_payload(topic: str, payload: Any) -> bytes:
     except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:
         raise PubSubError(f"publish {topic!r}: payload {type(payload).__name__} cannot be "
                           f"encoded as msgpack: {exc}") from None
+
+
+def encode_batch(topic: str, payloads: Any) -> tuple[list[Any] | tuple[Any, ...], bytes]:
+    """The payloads as a sequence and as one msgpack array (one msgspec call for all)."""
+    batch = payloads if isinstance(payloads, (list, tuple)) else list(payloads)
+    try:
+        return batch, _encode(batch)
+    except (TypeError, ValueError, OverflowError, msgspec.EncodeError):
+        for payload in batch:
+            encode_payload(topic, payload)  # raises PubSubError naming the topic
+        raise
 
 
 def array_header(n: int) -> bytes:
@@ -100,30 +114,41 @@ class RunBuffer:
     """Encoded payloads waiting to be sent, coalesced into runs of one topic.
 
     Invariant: ``ready`` holds finished wire messages in publish order; the open run
-    (``topic``/``payloads``) comes after all of them.
+    (``topic``/``payloads``) comes after all of them. ``count``/``nbytes`` cover both.
     """
 
-    __slots__ = ("topic", "payloads", "size", "ready", "count")
+    __slots__ = ("topic", "payloads", "size", "ready", "count", "nbytes")
 
     def __init__(self) -> None:
         self.topic: bytes | None = None
         self.payloads: list[bytes] = []
-        self.size = 0
+        self.size = 0  # payload bytes in the open run
         self.ready: list[list[bytes]] = []
-        self.count = 0  # events buffered (open run and ready messages)
+        self.count = 0  # events buffered
+        self.nbytes = 0  # payload bytes buffered
 
     def add(self, topic: bytes, encoded: bytes) -> bool:
-        """Buffer one encoded payload; True when the buffer is full and should be sent."""
+        """Buffer one encoded payload; True once the buffer is full and should be sent."""
         if topic != self.topic:
             self.close_run()
             self.topic = topic
         self.payloads.append(encoded)
         self.size += len(encoded)
-        self.count += 1
         if len(self.payloads) >= RUN_MAX_EVENTS or self.size >= RUN_MAX_BYTES:
             self.close_run()
-            return True
-        return False
+        self.count += 1
+        self.nbytes += len(encoded)
+        return self.count >= RUN_MAX_EVENTS or self.nbytes >= RUN_MAX_BYTES
+
+    def add_batch(self, topic: bytes, body: bytes, n: int) -> bool:
+        """Buffer ``n`` events already encoded as one msgpack array (``publish_many``): a
+        message of its own, after the open run. True once the buffer should be sent."""
+        self.close_run()
+        self.topic = None
+        self.ready.append([topic, body])
+        self.count += n
+        self.nbytes += len(body)
+        return self.count >= RUN_MAX_EVENTS or self.nbytes >= RUN_MAX_BYTES
 
     def close_run(self) -> None:
         if self.payloads:
@@ -136,13 +161,13 @@ class RunBuffer:
     def take_ready(self) -> list[list[bytes]]:
         """The finished runs only; the open run keeps growing."""
         messages, self.ready = self.ready, []
-        self.count = len(self.payloads)
+        self.count, self.nbytes = len(self.payloads), self.size
         return messages
 
     def take(self) -> list[list[bytes]]:
         """Every buffered event as wire messages, in order; the buffer is empty after."""
         self.close_run()
         messages, self.ready = self.ready, []
-        self.count = 0
+        self.count = self.nbytes = 0
         self.topic = None
         return messages

@@ -35,7 +35,8 @@ import zmq
 from ._errors import PubSubError
 from ._nodeinfo import current
 from ._pubsub_wire import (
-    HELLO_PREFIX, Event, RunBuffer, check_publish_topic, encode_payload, events_address,
+    HELLO_PREFIX, Event, RunBuffer, check_publish_topic, encode_batch, encode_payload,
+    events_address,
     publish_address,
 )
 from ._subscription import await_hello, compile_subscription
@@ -90,13 +91,12 @@ class WorkerPubSub:
             self._schedule_flush()
 
     def publish_many(self, topic: str, payloads: Iterable[Any]) -> None:
-        wire_topic = check_publish_topic(topic)
-        encoded = [encode_payload(topic, p) for p in payloads]
-        add = self._buffer.add
-        for e in encoded:
-            if add(wire_topic, e):
-                self.flush()
-        if self._buffer.count and not self._flush_scheduled:
+        batch, body = encode_batch(topic, payloads)
+        if not batch:
+            return
+        if self._buffer.add_batch(check_publish_topic(topic), body, len(batch)):
+            self.flush()
+        elif not self._flush_scheduled:
             self._schedule_flush()
 
     def _schedule_flush(self) -> None:
