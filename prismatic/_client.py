@@ -2,8 +2,10 @@
 
 :func:`connect` gives a :class:`NodeConnection` for OTP's supervisor API on any supervisor in
 the node's tree, addressed by path (``""`` is the root, ``"pipeline/workers"`` a nested
-one). :func:`open_event_stream` subscribes to the node's lifecycle events. Both speak ZeroMQ
-to the node's endpoints in its data directory; nothing here forks. Control requests carry the
+one). :func:`open_event_stream` subscribes to the node's lifecycle events;
+:meth:`NodeConnection.publish` and :meth:`NodeConnection.subscribe` are pub/sub
+(:mod:`._publisher`, :mod:`._subscription`, ``docs/pubsub.md``). All speak ZeroMQ to the
+node's endpoints in its data directory; nothing here forks. Control requests carry the
 node's cookie, read from ``<data dir>/cookie`` unless given (see :mod:`._cookie`).
 """
 

@@ -60,7 +60,8 @@ class Worker:
         """Handle a one-way request."""
 
     def handle_info(self, msg: Any) -> None:
-        """Handle any other message: timers from ``send_after``, DOWN and EXIT notices."""
+        """Handle any other message: timers from ``send_after``, DOWN and EXIT notices,
+        :class:`~prismatic.Event` from :meth:`subscribe`."""
 
     def terminate(self, reason: ExitReason) -> None:
         """Clean up before the process exits with ``reason``."""
