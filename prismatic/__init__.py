@@ -11,13 +11,15 @@ from ._childspec import (
 from ._client import EventStream, NodeConnection, connect, open_event_stream
 from ._errors import (
     CallError, CallTimeout, ChildSpecError, ControlError, EventLogError, EventLogFormatError,
-    EventLogFullError, MailboxFull, NodeError, NoProcError, PrismaticError,
-    ProcessDown, RegistryError, StartError, SupervisorError,
+    EventLogFullError, MailboxFull, NodeError, NoProcError, PrismaticError, ProcessDown,
+    PubSubError, RegistryError, StartError, SupervisorError, TopicError,
 )
 from ._exit import (
     Crashed, ExitCode, ExitReason, Killed, NoProc, Normal, Shutdown, describe, is_abnormal,
 )
 from ._notices import Caller, Down, Exit
+from ._pubsub_wire import Event
+from ._subscription import Subscription, open_subscription
 from ._worker import Ignore, Stop, Worker
 from .supervisors._events import ChildInfo
 
@@ -33,4 +35,5 @@ __all__ = [
     "ControlError", "EventLogError", "EventLogFormatError", "EventLogFullError",
     "Caller", "Down", "Exit",
     "CallError", "CallTimeout", "ProcessDown", "NoProcError", "MailboxFull", "RegistryError",
+    "Event", "Subscription", "open_subscription", "PubSubError", "TopicError",
 ]

@@ -2,17 +2,20 @@
 
 :func:`connect` gives a :class:`NodeConnection` for OTP's supervisor API on any supervisor in
 the node's tree, addressed by path (``""`` is the root, ``"pipeline/workers"`` a nested
-one). :func:`open_event_stream` subscribes to the node's lifecycle events. Both speak ZeroMQ
-to the node's endpoints in its data directory; nothing here forks. Control requests carry the
+one). :func:`open_event_stream` subscribes to the node's lifecycle events;
+:meth:`NodeConnection.publish` and :meth:`NodeConnection.subscribe` are pub/sub
+(:mod:`._publisher`, :mod:`._subscription`, ``docs/pubsub.md``). All speak ZeroMQ to the
+node's endpoints in its data directory; nothing here forks. Control requests carry the
 node's cookie, read from ``<data dir>/cookie`` unless given (see :mod:`._cookie`).
 """
 
 from __future__ import annotations
 
+import collections
 import itertools
-import os
+import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -27,10 +30,13 @@ from ._control import (
     TreeRow,
 )
 from ._cookie import CookieRefused, read_cookie
-from ._errors import ChildSpecError, ControlError, StartError, SupervisorError
+from ._errors import ChildSpecError, ControlError, PubSubError, StartError, SupervisorError
 from ._hubclient import HubClient
-from ._node import control_address, default_data_dir, events_address
+from ._node import control_address, default_data_dir
 from ._outbox import Outbox
+from ._publisher import BackgroundPublisher
+from ._pubsub_wire import events_address, publish_address
+from ._subscription import Subscription, await_hello
 from .supervisors._events import (
     ChildInfo, CountChildren, DeleteChild, Err, Ok, RestartChild, StartChild, StartDynamic,
     TerminateChild, WhichChildren,
@@ -39,6 +45,7 @@ from .transports._frames import LifecycleFrame
 
 __all__ = ["connect", "NodeConnection", "open_event_stream", "EventStream", "resolve_node"]
 
+log = logging.getLogger(__name__)
 _encoder = msgspec.msgpack.Encoder()
 _reply_decoder = msgspec.msgpack.Decoder(ControlReply)
 _result_decoder = msgspec.msgpack.Decoder(Ok | Err)
@@ -68,8 +75,12 @@ class NodeConnection:
         self._sock.connect(control_address(self.data_dir))
         self._refs = itertools.count(1)
         self._outbox: Outbox | None = None
+        self._publisher: BackgroundPublisher | None = None  # started by the first publish
 
     def close(self) -> None:
+        """Close the connection; events published so far are delivered first."""
+        if self._publisher is not None:
+            self._publisher.close()
         if self._outbox is not None:
             self._outbox.close()
             self._outbox.hub.close()
@@ -168,6 +179,35 @@ class NodeConnection:
     def whereis(self, name: str) -> Pid | None:
         return self._messaging().whereis(name)
 
+    # ---- pub/sub (docs/pubsub.md) ---------------------------------------------------------------
+
+    def publish(self, topic: str, payload: Any) -> None:
+        """Publish ``payload`` (anything msgpack encodes) under ``topic``; returns at once.
+
+        Raises TopicError for a malformed topic and PubSubError for a payload that cannot be
+        encoded. Events go out in order from a background thread; :meth:`flush` waits for it.
+        """
+        publisher = self._publisher or self._start_publisher()
+        publisher.publish(topic, payload)
+
+    def publish_many(self, topic: str, payloads: Iterable[Any]) -> None:
+        """Publish several events under one topic, in order (the batched form of publish)."""
+        publisher = self._publisher or self._start_publisher()
+        publisher.publish_many(topic, payloads)
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until everything published so far was handed to ZeroMQ; False on timeout."""
+        return self._publisher.flush(timeout) if self._publisher is not None else True
+
+    def _start_publisher(self) -> BackgroundPublisher:
+        self._publisher = BackgroundPublisher(self._ctx, publish_address(self.data_dir))
+        return self._publisher
+
+    def subscribe(self, pattern: str) -> Subscription:
+        """Events whose topic matches ``pattern`` (``*`` one word, ``#`` zero or more), from
+        the moment this returns; close the subscription when done."""
+        return Subscription(self.data_dir, pattern, timeout=self.timeout)
+
     def pid_of(self, path: str) -> int | None:
         """The pid of the process at ``path`` in the tree (``""`` is the root)."""
         for row in self.tree():
@@ -195,36 +235,46 @@ def _wire_spec(spec: ChildSpec) -> ChildSpec:
 
 
 class EventStream:
-    """A subscription to a node's lifecycle events (``supervisor.<path>.<child>.<kind>``)."""
+    """A subscription to a node's lifecycle events (``supervisor.<path>.<child>.<kind>``)
+    by topic prefix, decoded as :class:`LifecycleFrame`. Pub/sub on any topic pattern is
+    :class:`~prismatic.Subscription`; both use the same wire format and handshake."""
 
     def __init__(self, node: str | Path, prefix: str = "supervisor.") -> None:
         self._ctx = zmq.Context()
         self._sock = self._ctx.socket(zmq.SUB)
         self._sock.setsockopt(zmq.LINGER, 0)
         self._sock.setsockopt(zmq.SUBSCRIBE, prefix.encode())
-        hello = f"_hello.{os.getpid()}.{id(self)}".encode()
-        self._sock.setsockopt(zmq.SUBSCRIBE, hello)
         self._sock.connect(events_address(resolve_node(node)))
-        self._decoder = msgspec.msgpack.Decoder(LifecycleFrame)
+        self._decoder = msgspec.msgpack.Decoder(list[LifecycleFrame])
+        self._pending: collections.deque[LifecycleFrame] = collections.deque()
+        self.skipped = 0  # messages under supervisor. that are not lifecycle events
         # Return only once the node has answered our hello: from then on nothing is missed.
-        deadline = time.monotonic() + 10.0
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0 or not self._sock.poll(int(left * 1000) + 1):
-                self.close()
-                raise ControlError("the node's event stream did not answer the subscription")
-            topic, _ = self._sock.recv_multipart()
-            if topic == hello:
-                break
-        self._sock.setsockopt(zmq.UNSUBSCRIBE, hello)
+        try:
+            await_hello(self._sock, self._take)
+        except PubSubError as exc:
+            self.close()
+            raise ControlError(f"the node's event stream did not answer the subscription: "
+                               f"{exc}") from None
+
+    def _take(self, frames: list[bytes]) -> None:
+        if not frames[0].startswith(b"supervisor."):
+            return  # a short prefix also matches other pub/sub topics
+        try:
+            self._pending.extend(self._decoder.decode(frames[1]))
+        except msgspec.DecodeError as exc:  # e.g. a user's own event under supervisor.
+            self.skipped += 1
+            log.warning("event stream: skipped %r, not a lifecycle event (%d so far): %s",
+                        frames[0], self.skipped, exc)
 
     def next(self, timeout: float) -> LifecycleFrame | None:
-        if not self._sock.poll(int(timeout * 1000)):
-            return None
-        topic, body = self._sock.recv_multipart()
-        if topic.startswith(b"_hello."):
-            return None  # another subscriber's hello that matched our prefix
-        return self._decoder.decode(body)
+        if not self._pending:
+            if not self._sock.poll(int(timeout * 1000)):
+                return None
+            frames = self._sock.recv_multipart()
+            if frames[0].startswith(b"_hello."):
+                return None  # another subscriber's hello that matched our prefix
+            self._take(frames)
+        return self._pending.popleft() if self._pending else None
 
     def wait_for(self, match: Callable[[LifecycleFrame], bool], timeout: float) -> LifecycleFrame:
         """The first event that matches, or ControlError at the deadline."""

@@ -133,5 +133,11 @@ class RegistryError(PrismaticError):
         super().__init__(f"{name!r}: {reason}" + (f" ({detail})" if detail else ""))
 
 
-__all__ += ["TopicError", "CallError", "CallTimeout", "ProcessDown", "NoProcError",
+__all__ += ["TopicError", "PubSubError", "CallError", "CallTimeout", "ProcessDown", "NoProcError",
             "MailboxFull", "RegistryError"]
+
+
+class PubSubError(PrismaticError):
+    """Publishing or subscribing failed: a payload msgpack cannot encode, no node to talk
+    to (``Worker.publish`` outside a node's tree), or the node did not answer a subscription.
+    """

@@ -7,7 +7,10 @@ then on the node never forks again.
 
 The node's loop (uvloop) serves:
 * the root supervisor's channel: lifecycle events (folded into a :class:`TreeView`, published
-  on ``ipc://<data dir>/events.sock`` with topic ``supervisor.<path>.<kind>``) and replies;
+  on ``ipc://<data dir>/events.sock`` with topic ``supervisor.<path>.<key>.<kind>``) and
+  replies;
+* pub/sub: the forwarder (:mod:`._forwarder`) moves what publishers push to
+  ``ipc://<data dir>/publish.sock`` onto ``events.sock`` (``docs/pubsub.md``);
 * the control endpoint ``ipc://<data dir>/control.sock`` (see :mod:`._control`), every
   request authenticated by the cookie in ``<data dir>/cookie`` (:mod:`._cookie`);
 * optionally, Prometheus metrics and health over HTTP (:mod:`._metrics`, from a thread);
@@ -52,7 +55,9 @@ from ._eventlog import EventLog, open_event_log
 from ._nodeinfo import NodeInfo, set_current
 from ._metrics import MetricsServer, NodeMetrics, ProcessSample, serve_metrics
 from ._exit import ExitReason, Killed, Normal, Shutdown, describe, reason_from_wait_status
+from ._forwarder import Forwarder
 from ._hub import Hub, open_hub_socket
+from ._pubsub_wire import events_address, publish_address
 from ._process import fork_child, send_signal
 from ._tree import TreeView
 from .supervisors._events import Err, Ok
@@ -63,7 +68,8 @@ from .transports._frames import (
 )
 from .transports._messages import DeadLetterNote
 
-__all__ = ["run_node", "load_app", "default_data_dir", "control_address", "events_address"]
+__all__ = ["run_node", "load_app", "default_data_dir", "control_address", "events_address",
+           "publish_address"]
 
 log = logging.getLogger(__name__)
 REFUSAL_LOG_INTERVAL_S = 10.0  # at most one refusal warning per interval; the rest are counted
@@ -77,10 +83,6 @@ def default_data_dir(name: str) -> Path:
 
 def control_address(data_dir: Path | str) -> str:
     return f"ipc://{Path(data_dir).resolve()}/control.sock"
-
-
-def events_address(data_dir: Path | str) -> str:
-    return f"ipc://{Path(data_dir).resolve()}/events.sock"
 
 
 def load_app(ref: str) -> SupervisorSpec:
@@ -180,18 +182,15 @@ class _NodeLoop:
         self.done: asyncio.Future[int] = loop.create_future()
         ctx = zmq.asyncio.Context()
         self.control = ctx.socket(zmq.ROUTER)
-        self.pub = ctx.socket(zmq.XPUB)
-        self.pub.setsockopt(zmq.SNDHWM, 0)  # lifecycle events are few and must not drop
-        for path in ("control.sock", "events.sock"):
-            (self.data / path).unlink(missing_ok=True)  # stale: we hold the node lock
+        (self.data / "control.sock").unlink(missing_ok=True)  # stale: we hold the node lock
         self.control.bind(control_address(self.data))
-        self.pub.bind(events_address(self.data))
+        self.forwarder = Forwarder(zmq.Context(shadow=ctx), self.data)
+        self.forwarder.start(loop)
         loop.add_reader(self.root.fileno(), self.on_root)
         loop.add_reader(self.root_pidfd, self.on_root_exit)
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self.stop)
         server = loop.create_task(self.serve_control())
-        greeter = loop.create_task(self.greet_subscribers())
         printer = loop.create_task(self.print_tree()) if self.show_tree else None
         beat = loop.create_task(self.beat())
         if metrics_port:
@@ -207,7 +206,6 @@ class _NodeLoop:
             return await self.done
         finally:
             server.cancel()
-            greeter.cancel()
             beat.cancel()
             if printer:
                 printer.cancel()
@@ -215,7 +213,7 @@ class _NodeLoop:
                 self.metrics_server.close()
             self.hub.close()
             self.control.close(0)
-            self.pub.close(0)
+            self.forwarder.close()
             ctx.term()
 
     def say(self, line: str) -> None:
@@ -250,7 +248,7 @@ class _NodeLoop:
             self.tree.apply(frame)
             self.dirty = True
             topic = ".".join(("supervisor", *(frame.path or ("root",)), frame.key, frame.kind))
-            self.pub.send_multipart([topic.encode(), _encoder.encode(frame)])
+            self.forwarder.send(topic.encode(), _encoder.encode((frame,)))  # a run of one
             self.log.submit(topic, msgspec.to_builtins(frame), source="/".join(
                 frame.path) or "root").add_done_callback(self.logged)
         elif isinstance(frame, ReplyFrame):
@@ -283,8 +281,9 @@ class _NodeLoop:
     def on_dead_letter(self, note: DeadLetterNote) -> None:
         self.metrics.dead_letters.labels(note.reason, note.kind).inc()
         topic = f"deadletter.{note.reason}"
-        body = msgspec.to_builtins(note)
-        self.pub.send_multipart([topic.encode(), _encoder.encode(body)])
+        body = {"dest": note.dest, "reason": note.reason, "kind": note.kind,
+                "sender": str(note.sender) if note.sender else None, "size": note.size}
+        self.forwarder.send(topic.encode(), _encoder.encode((body,)))
         self.log.submit(topic, body, source=str(note.sender or "client")).add_done_callback(
             self.logged)
         now = time.monotonic()
@@ -322,15 +321,6 @@ class _NodeLoop:
         self.done.set_result(1)
 
     # ---- control endpoint -------------------------------------------------------------------
-
-    async def greet_subscribers(self) -> None:
-        """Answer each ``_hello.<id>`` subscription on that topic: a subscriber that has seen
-        its hello knows its real subscriptions (sent before it, on the same pipe) are active,
-        so no event published afterwards can be missed (ZeroMQ's slow-joiner problem)."""
-        while True:
-            msg = await self.pub.recv()
-            if msg[:1] == b"\x01" and msg[1:].startswith(b"_hello."):
-                await self.pub.send_multipart([msg[1:], b""])
 
     async def serve_control(self) -> None:
         while True:
@@ -403,7 +393,11 @@ class _NodeLoop:
                 "bad_frames_root_channel": self.root.bad_frames,
                 "bad_frames_control": self.bad_requests,
                 "bad_frames_hub": self.hub.counters["bad_frames"],
-                "hub_notices_undeliverable": self.hub.counters["notice_undeliverable"]}
+                "hub_notices_undeliverable": self.hub.counters["notice_undeliverable"],
+                "pubsub_messages_forwarded": self.forwarder.messages_forwarded,
+                "pubsub_events_forwarded": self.forwarder.events_forwarded,
+                "pubsub_dropped_bad_frames": self.forwarder.dropped_bad_frames,
+                "pubsub_dropped_bad_topic": self.forwarder.dropped_bad_topic}
 
     async def beat(self) -> None:
         while True:  # /health answers 200 while this keeps stamping

@@ -66,7 +66,8 @@ class Worker:
         """Handle a one-way request."""
 
     def handle_info(self, msg: Any) -> None:
-        """Handle any other message: timers from ``send_after``, DOWN and EXIT notices."""
+        """Handle any other message: timers from ``send_after``, DOWN and EXIT notices,
+        :class:`~prismatic.Event` from :meth:`subscribe`."""
 
     def terminate(self, reason: ExitReason) -> None:
         """Clean up before the process exits with ``reason``."""
@@ -81,6 +82,28 @@ class Worker:
         then (so a restart never waits for loop set-up).
         """
         return self.context.send_after(delay, msg)
+
+    def publish(self, topic: str, payload: Any) -> None:
+        """Publish ``payload`` (anything msgpack encodes) under ``topic`` on this node.
+
+        Buffered and sent when the current handler returns (``docs/pubsub.md``). Raises
+        TopicError for a malformed topic, PubSubError for a payload that cannot be encoded.
+        """
+        self.context.pubsub.publish(topic, payload)
+
+    def publish_many(self, topic: str, payloads: Any) -> None:
+        """Publish several events under one topic, in order."""
+        self.context.pubsub.publish_many(topic, payloads)
+
+    def subscribe(self, pattern: str) -> int:
+        """Receive events matching ``pattern`` (``*`` one word, ``#`` zero or more) in
+        ``handle_info`` as :class:`~prismatic.Event`, from the moment this returns; returns
+        a ref for :meth:`unsubscribe`. Also works from a plain ``init``."""
+        return self.context.pubsub.subscribe(pattern)
+
+    def unsubscribe(self, ref: int) -> bool:
+        """Stop a subscription made by :meth:`subscribe`; False if it was not active."""
+        return self.context.pubsub.unsubscribe(ref)
 
     @property
     def pid(self) -> Any:

@@ -33,6 +33,7 @@ from ._mailbox import Inbound, Mailbox
 from ._notices import Caller, Down, Exit
 from ._outbox import Outbox
 from ._worker import Ignore, Stop, Worker
+from ._worker_pubsub import WorkerPubSub
 from .transports._channel import Channel
 from .transports._frames import ExitingFrame, IgnoredFrame, ReadyFrame
 from .transports._messages import (
@@ -71,6 +72,7 @@ class WorkerContext:
         self.mailbox = Mailbox(pid.node, pid.ospid)
         self.hub = HubClient(pid.node)
         self.outbox = Outbox(pid.node, pid, self.hub)
+        self.pubsub = WorkerPubSub(self.deliver)  # pub/sub: no ZeroMQ until first used
 
     def attach(self, loop: asyncio.AbstractEventLoop) -> asyncio.AbstractEventLoop:
         """Start using ``loop``; timers set during a plain ``init`` are armed now."""
@@ -80,6 +82,7 @@ class WorkerContext:
         for delay, msg in self.timers:
             loop.call_later(delay, self.deliver, "info", msg)
         self.timers.clear()
+        self.pubsub.attach(loop)  # pub/sub: arm the subscription reader, send init's events
         return loop
 
     def serve(self) -> None:
@@ -111,6 +114,7 @@ class WorkerContext:
                 self.stop(stop.reason)
             except BaseException as exc:  # noqa: BLE001 - a crash is data: the exit reason
                 self.stop(reason_from_exception(exc))
+            self.pubsub.flush()  # pub/sub: a handler's publishes leave when it returns
 
     def dispatch(self, conn: Inbound | None, frame: Any) -> None:
         worker = self.worker
@@ -153,6 +157,7 @@ class WorkerContext:
                 self.stop(reason_from_exception(exc))
             finally:
                 self.busy = False
+            self.pubsub.flush()  # pub/sub
             self.pump()
 
         self.loop.create_task(finish())
@@ -237,12 +242,13 @@ def run_worker(start: Any, args: tuple[Any, ...], channel: Channel, node: str,
             loop = ctx.attach(uvloop.new_event_loop())
             loop.run_until_complete(result)
     except Ignore:
+        ctx.pubsub.close()  # pub/sub: deliver what init published
         channel.try_send(IgnoredFrame())
         return 0
     except Stop as stop:
-        return _finish(channel, stop.reason)
+        return _finish(channel, stop.reason, ctx)
     except BaseException as exc:  # noqa: BLE001 - a failed init is a start error, as data
-        return _finish(channel, reason_from_exception(exc))
+        return _finish(channel, reason_from_exception(exc), ctx)
     channel.send(ReadyFrame(pid=os.getpid(), mono=time.monotonic()))
     if loop is None:
         loop = ctx.attach(uvloop.new_event_loop())
@@ -263,7 +269,7 @@ def run_worker(start: Any, args: tuple[Any, ...], channel: Channel, node: str,
         loop.run_until_complete(_call(worker.terminate, reason))
     except BaseException as exc:  # noqa: BLE001 - as in gen_server, a crash in terminate
         reason = reason_from_exception(exc)  # becomes the exit reason
-    return _finish(channel, reason)
+    return _finish(channel, reason, ctx)
 
 
 async def _call(fn: Any, *args: Any) -> Any:
@@ -273,6 +279,7 @@ async def _call(fn: Any, *args: Any) -> Any:
     return result
 
 
-def _finish(channel: Channel, reason: ExitReason) -> int:
+def _finish(channel: Channel, reason: ExitReason, ctx: WorkerContext) -> int:
+    ctx.pubsub.close()  # pub/sub: what was published before the exit is still delivered
     channel.try_send(ExitingFrame(reason))
     return exit_code_for(reason)

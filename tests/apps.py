@@ -146,3 +146,73 @@ def failing_start() -> p.SupervisorSpec:
 
 
 not_a_spec = 42
+
+
+# ---- pub/sub ---------------------------------------------------------------------------------
+
+
+class Relay(p.Worker):
+    """Subscribes in a plain init; re-publishes every event under ``relay.<topic>``."""
+
+    def init(self, pattern: str = "in.#") -> None:
+        self.ref = self.subscribe(pattern)
+
+    def handle_info(self, msg: object) -> None:
+        if isinstance(msg, p.Event):
+            self.publish(f"relay.{msg.topic}", msg.payload)
+
+
+class AsyncRelay(p.Worker):
+    """Subscribes from an async init (the loop already runs); re-publishes as ``arelay.``."""
+
+    async def init(self, pattern: str = "ain.#") -> None:
+        self.subscribe(pattern)
+
+    async def handle_info(self, msg: object) -> None:
+        if isinstance(msg, p.Event):
+            self.publish(f"arelay.{msg.topic}", msg.payload)
+
+
+class SelfSubscriber(p.Worker):
+    """On ``selftest.go`` with payload i: subscribes to ``self.<i>``, publishes on it at once,
+    and reports ``selftest.done`` with i when its own event comes back."""
+
+    def init(self) -> None:
+        self.subscribe("selftest.go")
+        self.refs: dict[str, int] = {}
+
+    def handle_info(self, msg: object) -> None:
+        if not isinstance(msg, p.Event):
+            return
+        if msg.topic == "selftest.go":
+            topic = f"self.{msg.payload}"
+            self.refs[topic] = self.subscribe(topic)
+            self.publish(topic, msg.payload)
+        elif msg.topic in self.refs:
+            self.unsubscribe(self.refs.pop(msg.topic))
+            self.publish("selftest.done", msg.payload)
+
+
+class Burst(p.Worker):
+    """On ``burst.go`` with payload n: publishes n events alternating in runs over three
+    topics, payload = sequence number, then ``burst.end``."""
+
+    def init(self) -> None:
+        self.subscribe("burst.go")
+
+    def handle_info(self, msg: object) -> None:
+        if isinstance(msg, p.Event) and msg.topic == "burst.go":
+            topics = ("burst.a", "burst.b.x", "burst.c")
+            for i in range(msg.payload):
+                self.publish(topics[(i // 7) % 3], i)
+            self.publish("burst.end", msg.payload)
+
+
+def pubsub() -> p.SupervisorSpec:
+    return p.SupervisorSpec(flags=p.SupFlags(intensity=100, period=5), children=[
+        p.ChildSpec(id="relay", start=Relay),
+        p.ChildSpec(id="arelay", start=AsyncRelay),
+        p.ChildSpec(id="selfsub", start=SelfSubscriber),
+        p.ChildSpec(id="burst", start=Burst),
+        idle("w1"),
+    ])

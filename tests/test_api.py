@@ -16,6 +16,7 @@ EXPECTED = {
     "ControlError", "EventLogError", "EventLogFormatError", "EventLogFullError",
     "Caller", "Down", "Exit",
     "CallError", "CallTimeout", "ProcessDown", "NoProcError", "MailboxFull", "RegistryError",
+    "Event", "Subscription", "open_subscription", "PubSubError", "TopicError",
 }
 
 

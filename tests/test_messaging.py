@@ -161,10 +161,15 @@ def test_trap_exit_turns_the_exit_into_a_message(node):
     restarted(node, "a", a)
 
 
-def test_dead_letters_are_counted_not_silent(node):
+def test_dead_letters_are_counted_published_and_logged(node):
     ghost = p.Pid(node.conn.status().node, 2 ** 22 + 13)
-    assert node.conn.cast(ghost, "lost") is False
-    assert node.conn.send("nobody", "lost") is False
+    with node.conn.subscribe("deadletter.#") as sub:
+        assert node.conn.cast(ghost, "lost") is False
+        assert node.conn.send("nobody", "lost") is False
+        first, second = sub.next(10), sub.next(10)
+    assert (first.topic, first.payload["dest"], first.payload["kind"]) == \
+        ("deadletter.noproc", str(ghost), "cast")
+    assert (second.topic, second.payload["dest"]) == ("deadletter.not_registered", "nobody")
 
     def counted():
         lines = node.conn.metrics().splitlines()

@@ -1,0 +1,157 @@
+"""The node's pub/sub forwarder: publishers -> ``publish.sock`` (PULL) -> ``events.sock`` (XPUB).
+
+Role: the one place where every published event passes. Publishers (workers, external
+clients) PUSH wire messages ``[topic, msgpack array of payloads]`` (see
+:mod:`._pubsub_wire`); the forwarder re-sends each one unchanged on the XPUB, where ZeroMQ
+fans it out to every SUB whose prefix matches. Payloads are never decoded here: only the
+frame count, the topic and the msgpack array header are checked. A message that fails the
+check is dropped, counted (:attr:`Forwarder.dropped_bad_frames`,
+:attr:`Forwarder.dropped_bad_topic`, exported as Prometheus counters by the node) and logged
+at most once per :data:`DROP_LOG_INTERVAL_S`; nothing here raises into the node's loop.
+
+The node's own lifecycle events go out on the same XPUB through :meth:`Forwarder.send`.
+
+Slow joiners: the XPUB reports subscriptions upstream; a ``_hello.<unique>`` subscription is
+answered at once with ``[that topic, b""]``. A subscriber that sent its real subscriptions
+before its hello (same pipe, so in order) knows, once the echo arrives, that they are in
+effect: nothing published after that is missed.
+
+Flow control: the XPUB has SNDHWM 0 (no per-subscriber limit), so an event is never dropped
+for a slow subscriber; the price is that a stalled subscriber's backlog grows in the node's
+memory. Publishers are held back by ZeroMQ's PUSH high-water mark when the node lags.
+
+The sockets are plain (non-asyncio) ZeroMQ sockets read from the node's uvloop through their
+edge-triggered FDs: each wake-up drains until EAGAIN, or for at most :data:`DRAIN_BUDGET`
+messages and then yields to the loop and continues on the next iteration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+
+import zmq
+
+from ._errors import TopicError
+from ._pubsub_wire import HELLO_PREFIX, array_length, events_address, publish_address
+from ._topics import validate_topic
+
+__all__ = ["Forwarder", "DRAIN_BUDGET", "DROP_LOG_INTERVAL_S"]
+
+log = logging.getLogger(__name__)
+DRAIN_BUDGET = 2000  # messages per loop turn: keeps control requests and lifecycle moving
+DROP_LOG_INTERVAL_S = 10.0
+
+
+class Forwarder:
+    """Binds ``publish.sock`` and ``events.sock`` in ``data`` and forwards between them."""
+
+    def __init__(self, ctx: zmq.Context, data: Path) -> None:
+        self.messages_forwarded = 0
+        self.events_forwarded = 0
+        self.dropped_bad_frames = 0
+        self.dropped_bad_topic = 0
+        self.hellos = 0
+        self._drops_unlogged = 0
+        self._drop_logged_at = -DROP_LOG_INTERVAL_S
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pending_drain = False
+        for name in ("events.sock", "publish.sock"):
+            (data / name).unlink(missing_ok=True)  # stale: the node holds the data dir's lock
+        self.pub = ctx.socket(zmq.XPUB)
+        self.pub.setsockopt(zmq.SNDHWM, 0)  # never drop for a slow subscriber
+        self.pub.setsockopt(zmq.LINGER, 0)
+        self.pub.bind(events_address(data))
+        self.pull = ctx.socket(zmq.PULL)
+        self.pull.setsockopt(zmq.LINGER, 0)
+        self.pull.bind(publish_address(data))
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        loop.add_reader(self.pull.FD, self._forward)
+        loop.add_reader(self.pub.FD, self._greet)
+        self._forward()  # edge-triggered: anything already queued raised no edge for us
+        self._greet()
+
+    def close(self) -> None:
+        if self._loop is not None:
+            self._loop.remove_reader(self.pull.FD)
+            self._loop.remove_reader(self.pub.FD)
+        self.pull.close(0)
+        self.pub.close(0)
+
+    def send(self, topic: bytes, body: bytes) -> None:
+        """Publish one message from the node itself (lifecycle events)."""
+        self.pub.send_multipart([topic, body])
+        self._greet()  # a send can consume the FD's edge for a pending subscription
+
+    # ---- the two readers ----------------------------------------------------------------------
+
+    def _forward(self) -> None:
+        self._pending_drain = False
+        pull, pub = self.pull, self.pub
+        recv, send = pull.recv_multipart, pub.send_multipart
+        for _ in range(DRAIN_BUDGET):
+            try:
+                frames = recv(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            except zmq.ZMQError as exc:
+                log.error("pub/sub forwarder: receive failed: %s", exc)
+                break
+            n = self._check(frames)
+            if n < 0:
+                continue
+            send(frames)
+            self.messages_forwarded += 1
+            self.events_forwarded += n
+        else:
+            if self._loop is not None and not self._pending_drain:
+                self._pending_drain = True  # more may be queued and no new edge will come
+                self._loop.call_soon(self._forward)
+        self._greet()
+
+    def _check(self, frames: list[bytes]) -> int:
+        """The message's event count, or -1 after counting and logging the drop."""
+        if len(frames) != 2:
+            self.dropped_bad_frames += 1
+            self._log_drop(f"{len(frames)} frames instead of 2")
+            return -1
+        topic, body = frames
+        try:
+            text = topic.decode()
+            validate_topic(text)
+            if topic.startswith(HELLO_PREFIX):
+                raise TopicError("topic", text, "reserved for the subscription handshake")
+        except (UnicodeDecodeError, TopicError) as exc:
+            self.dropped_bad_topic += 1
+            self._log_drop(f"bad topic: {exc}")
+            return -1
+        n = array_length(body)
+        if n <= 0:
+            self.dropped_bad_frames += 1
+            self._log_drop(f"topic {text!r}: body is not a non-empty msgpack array")
+            return -1
+        return n
+
+    def _log_drop(self, why: str) -> None:
+        now = time.monotonic()
+        if now - self._drop_logged_at < DROP_LOG_INTERVAL_S:
+            self._drops_unlogged += 1  # counted; summed up in the next warning
+            return
+        log.warning("pub/sub forwarder: dropped a malformed message (%s); %d more dropped "
+                    "since the last warning", why, self._drops_unlogged)
+        self._drop_logged_at, self._drops_unlogged = now, 0
+
+    def _greet(self) -> None:
+        pub = self.pub
+        while pub.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            try:
+                msg = pub.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            if msg[:1] == b"\x01" and msg[1:].startswith(HELLO_PREFIX):
+                self.hellos += 1
+                pub.send_multipart([msg[1:], b""])

@@ -1,0 +1,173 @@
+"""The pub/sub wire format, shared by publishers, the node's forwarder and subscribers.
+
+Every pub/sub message, on ``publish.sock`` (publisher -> node, PUSH/PULL) and on
+``events.sock`` (node -> subscribers, XPUB/SUB) alike, is two ZeroMQ frames::
+
+    [topic (UTF-8), msgpack array of payloads]
+
+The array holds one or more events published consecutively under that one topic (a *run*):
+a publisher coalesces same-topic publishes into one message, and a different topic starts
+the next one, so the order of one publisher's events survives. Lifecycle events use the
+same format (a run of one), so one subscriber decoder serves both.
+
+Topics whose first word is ``_hello`` are reserved for the slow-joiner handshake: the node
+echoes a ``_hello.<unique>`` subscription as ``[topic, b""]``; no publisher may use them and
+subscribers never surface them as events.
+
+:class:`RunBuffer` builds wire messages from payloads encoded one at a time, so a payload
+that cannot be encoded fails at its ``publish()`` call rather than at a later flush.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from ._errors import PubSubError, TopicError
+from ._topics import validate_topic
+
+__all__ = ["Event", "RunBuffer", "HELLO_PREFIX", "array_length", "check_publish_topic",
+           "encode_payload", "encode_batch", "events_address", "publish_address", "RUN_MAX_EVENTS",
+           "RUN_MAX_BYTES"]
+
+HELLO_PREFIX = b"_hello."
+RUN_MAX_EVENTS = 256  # a run is sent once it holds this many events...
+RUN_MAX_BYTES = 64 * 1024  # ...or this many payload bytes
+
+_encode = msgspec.msgpack.Encoder().encode
+
+
+class Event(msgspec.Struct, frozen=True):
+    """One published event as a subscriber receives it."""
+
+    topic: str
+    payload: Any
+
+
+def events_address(data_dir: Path | str) -> str:
+    """The node's XPUB: lifecycle events and forwarded pub/sub messages."""
+    return f"ipc://{Path(data_dir).resolve()}/events.sock"
+
+
+def publish_address(data_dir: Path | str) -> str:
+    """The node's PULL: where publishers push their messages."""
+    return f"ipc://{Path(data_dir).resolve()}/publish.sock"
+
+
+@functools.lru_cache(maxsize=4096)
+def check_publish_topic(topic: str) -> bytes:
+    """The topic as wire bytes; TopicError if it is malformed or reserved (cached: the same
+    few topics are checked on every publish)."""
+    validate_topic(topic)
+    if topic.startswith("_hello.") or topic == "_hello":
+        raise TopicError("topic", topic, "the first word '_hello' is reserved for the "
+                                         "subscription handshake")
+    return topic.encode()
+
+
+def encode_payload(topic: str, payload: Any) -> bytes:
+    try:
+        return _encode(payload)
+    except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:
+        raise PubSubError(f"publish {topic!r}: payload {type(payload).__name__} cannot be "
+                          f"encoded as msgpack: {exc}") from None
+
+
+def encode_batch(topic: str, payloads: Any) -> tuple[list[Any] | tuple[Any, ...], bytes]:
+    """The payloads as a sequence and as one msgpack array (one msgspec call for all)."""
+    batch = payloads if isinstance(payloads, (list, tuple)) else list(payloads)
+    try:
+        return batch, _encode(batch)
+    except (TypeError, ValueError, OverflowError, msgspec.EncodeError):
+        for payload in batch:
+            encode_payload(topic, payload)  # raises PubSubError naming the topic
+        raise
+
+
+def array_header(n: int) -> bytes:
+    if n < 16:
+        return bytes((0x90 | n,))
+    if n < 0x10000:
+        return b"\xdc" + n.to_bytes(2, "big")
+    return b"\xdd" + n.to_bytes(4, "big")
+
+
+def array_length(body: bytes) -> int:
+    """The element count of the msgpack array ``body`` starts with, or -1 if it does not
+    start with an array header (only the header is read: payloads are never decoded)."""
+    if not body:
+        return -1
+    b = body[0]
+    if 0x90 <= b <= 0x9F:
+        return b & 0x0F
+    if b == 0xDC and len(body) >= 3:
+        return int.from_bytes(body[1:3], "big")
+    if b == 0xDD and len(body) >= 5:
+        return int.from_bytes(body[1:5], "big")
+    return -1
+
+
+class RunBuffer:
+    """Encoded payloads waiting to be sent, coalesced into runs of one topic.
+
+    Invariant: ``ready`` holds finished wire messages in publish order; the open run
+    (``topic``/``payloads``) comes after all of them. ``count``/``nbytes`` cover both.
+    """
+
+    __slots__ = ("topic", "payloads", "size", "ready", "count", "nbytes")
+
+    def __init__(self) -> None:
+        self.topic: bytes | None = None
+        self.payloads: list[bytes] = []
+        self.size = 0  # payload bytes in the open run
+        self.ready: list[list[bytes]] = []
+        self.count = 0  # events buffered
+        self.nbytes = 0  # payload bytes buffered
+
+    def add(self, topic: bytes, encoded: bytes) -> bool:
+        """Buffer one encoded payload; True once the buffer is full and should be sent."""
+        if topic != self.topic:
+            self.close_run()
+            self.topic = topic
+        self.payloads.append(encoded)
+        self.size += len(encoded)
+        if len(self.payloads) >= RUN_MAX_EVENTS or self.size >= RUN_MAX_BYTES:
+            self.close_run()
+        self.count += 1
+        self.nbytes += len(encoded)
+        return self.count >= RUN_MAX_EVENTS or self.nbytes >= RUN_MAX_BYTES
+
+    def add_batch(self, topic: bytes, body: bytes, n: int) -> bool:
+        """Buffer ``n`` events already encoded as one msgpack array (``publish_many``): a
+        message of its own, after the open run. True once the buffer should be sent."""
+        self.close_run()
+        self.topic = None
+        self.ready.append([topic, body])
+        self.count += n
+        self.nbytes += len(body)
+        return self.count >= RUN_MAX_EVENTS or self.nbytes >= RUN_MAX_BYTES
+
+    def close_run(self) -> None:
+        if self.payloads:
+            assert self.topic is not None
+            self.ready.append([self.topic, array_header(len(self.payloads))
+                               + b"".join(self.payloads)])
+            self.payloads = []
+            self.size = 0
+
+    def take_ready(self) -> list[list[bytes]]:
+        """The finished runs only; the open run keeps growing."""
+        messages, self.ready = self.ready, []
+        self.count, self.nbytes = len(self.payloads), self.size
+        return messages
+
+    def take(self) -> list[list[bytes]]:
+        """Every buffered event as wire messages, in order; the buffer is empty after."""
+        self.close_run()
+        messages, self.ready = self.ready, []
+        self.count = self.nbytes = 0
+        self.topic = None
+        return messages

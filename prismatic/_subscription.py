@@ -1,0 +1,164 @@
+"""Subscribing to a node's events from plain Python: :class:`Subscription`.
+
+Protocol (see :mod:`._pubsub_wire` and :mod:`._forwarder`): a ZeroMQ SUB connects to the
+node's ``events.sock`` and subscribes with the pattern's literal prefix (ZeroMQ filters by
+byte prefix only); the exact pattern (``*`` one word, ``#`` zero or more) is applied here,
+once per message. :func:`await_hello` is the slow-joiner handshake every subscriber uses
+(this module, :class:`~prismatic.EventStream`, workers): subscribe to a unique
+``_hello.<id>`` topic *after* the real subscriptions and wait for the node's echo; since
+subscriptions travel in order on one pipe, the real ones are then in effect and nothing
+published afterwards is missed. ``_hello`` messages never surface as events.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import zmq
+
+from ._errors import PubSubError, TopicError
+from ._pubsub_wire import HELLO_PREFIX, Event, events_address
+from ._topics import TopicPattern, compile_pattern
+
+__all__ = ["Subscription", "open_subscription", "await_hello", "compile_subscription",
+           "HELLO_TIMEOUT_S"]
+
+log = logging.getLogger(__name__)
+HELLO_TIMEOUT_S = 10.0
+_hello_ids = itertools.count(1)
+_decode_payloads = msgspec.msgpack.Decoder(list[Any]).decode
+
+
+def compile_subscription(pattern: str) -> TopicPattern:
+    """The compiled pattern; TopicError if malformed or aimed at the reserved ``_hello``."""
+    compiled = compile_pattern(pattern)
+    if compiled.words[0] == "_hello":
+        raise TopicError("pattern", pattern, "the first word '_hello' is reserved for the "
+                                             "subscription handshake")
+    return compiled
+
+
+def await_hello(sock: zmq.Socket, on_message: Callable[[list[bytes]], None],
+                timeout: float = HELLO_TIMEOUT_S) -> None:
+    """Finish a subscription made on ``sock``: send a unique hello after it and return once
+    the node echoed it. Messages that arrive meanwhile go to ``on_message`` (other
+    subscribers' hellos are dropped). PubSubError if the node does not answer in time."""
+    hello = HELLO_PREFIX + f"{os.getpid()}.{next(_hello_ids)}.{id(sock)}".encode()
+    sock.setsockopt(zmq.SUBSCRIBE, hello)
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                left = deadline - time.monotonic()
+                if left <= 0 or not sock.poll(int(left * 1000) + 1):
+                    raise PubSubError(f"the node did not answer the subscription within "
+                                      f"{timeout:.1f}s") from None
+                continue
+            if frames[0] == hello:
+                return
+            if not frames[0].startswith(HELLO_PREFIX):
+                on_message(frames)
+    finally:
+        sock.setsockopt(zmq.UNSUBSCRIBE, hello)
+
+
+class Subscription:
+    """Events on one topic pattern from one node, from the moment the constructor returns.
+
+    ``next(timeout)`` gives the next :class:`~prismatic.Event` or None at the timeout;
+    iterating blocks for each next event. Not thread-safe; close it (or use ``with``).
+    """
+
+    def __init__(self, node: str | Path, pattern: str, *,
+                 timeout: float = HELLO_TIMEOUT_S) -> None:
+        from ._client import resolve_node  # the client imports this module
+
+        self.pattern = compile_subscription(pattern)
+        self._matches = self.pattern.matches
+        self._pending: collections.deque[Event] = collections.deque()
+        self.dropped = 0  # messages whose payloads did not decode
+        self._ctx = zmq.Context()
+        self._sock = self._ctx.socket(zmq.SUB)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        # Unbounded here: a backlog waits in this process's memory, not in the node's.
+        self._sock.setsockopt(zmq.RCVHWM, 0)
+        self._sock.setsockopt(zmq.SUBSCRIBE, self.pattern.literal_prefix.encode())
+        self._sock.connect(events_address(resolve_node(node)))
+        try:
+            await_hello(self._sock, self._take, timeout)
+        except BaseException:
+            self.close()
+            raise
+
+    def _take(self, frames: list[bytes]) -> None:
+        if len(frames) != 2 or frames[0].startswith(HELLO_PREFIX):
+            return  # the forwarder only sends two frames; hellos are never events
+        topic = frames[0].decode()
+        if self._matches(topic):
+            try:
+                payloads = _decode_payloads(frames[1])
+            except msgspec.DecodeError as exc:
+                self.dropped += 1  # the forwarder checks only the array header
+                log.warning("subscription %s: dropped a message on %r whose payloads do not "
+                            "decode (%d so far): %s", self.pattern.pattern, topic,
+                            self.dropped, exc)
+                return
+            self._pending.extend([Event(topic, p) for p in payloads])
+
+    def next(self, timeout: float | None = None) -> Event | None:
+        """The next event, waiting at most ``timeout`` seconds (None: forever)."""
+        pending = self._pending
+        if pending:
+            return pending.popleft()
+        sock = self._sock
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            try:
+                self._take(sock.recv_multipart(zmq.NOBLOCK))
+            except zmq.Again:
+                if deadline is None:
+                    sock.poll()
+                    continue
+                left = deadline - time.monotonic()
+                if left <= 0 or not sock.poll(int(left * 1000) + 1):
+                    return None
+                continue
+            if pending:
+                return pending.popleft()
+
+    def __iter__(self) -> Iterator[Event]:
+        while True:
+            event = self.next()
+            assert event is not None
+            yield event
+
+    def close(self) -> None:
+        self._sock.close(0)
+        self._ctx.term()
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@contextmanager
+def open_subscription(node: str | Path, pattern: str) -> Iterator[Subscription]:
+    """Subscribe to ``pattern`` on ``node`` (data directory or name) for a ``with`` block."""
+    sub = Subscription(node, pattern)
+    try:
+        yield sub
+    finally:
+        sub.close()

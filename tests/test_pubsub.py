@@ -1,0 +1,182 @@
+"""Pub/sub end to end: real nodes, real worker processes, external clients (tests/apps.py)."""
+
+from __future__ import annotations
+
+import re
+
+import msgspec
+import pytest
+import zmq
+
+import prismatic as p
+from prismatic._pubsub_wire import publish_address
+from tests.conftest import wait_until
+
+APP = "tests.apps:pubsub"
+
+
+def next_event(sub: p.Subscription, timeout: float = 10.0) -> p.Event:
+    event = sub.next(timeout)
+    assert event is not None, f"no event on {sub.pattern.pattern!r} within {timeout}s"
+    return event
+
+
+def metric(conn: p.NodeConnection, name: str) -> float:
+    m = re.search(rf"^prismatic_{name}_total (\S+)$", conn.metrics(), re.M)
+    assert m, f"no metric {name}"
+    return float(m[1])
+
+
+def test_worker_publishes_and_external_subscriber_receives(node_factory) -> None:
+    node = node_factory(APP)
+    with node.conn.subscribe("relay.#") as sub:
+        node.conn.publish("in.hello", {"n": 1, "text": "hi"})
+        event = next_event(sub)
+    assert event == p.Event("relay.in.hello", {"n": 1, "text": "hi"})
+
+
+def test_external_publisher_reaches_worker_subscriber_plain_and_async_init(node_factory) -> None:
+    node = node_factory(APP)
+    with node.conn.subscribe("*.*.x") as sub:  # relay.in.x and arelay.ain.x, not in.x
+        node.conn.publish("in.x", [1, 2, 3])
+        node.conn.publish("ain.x", "async")
+        got = {next_event(sub).topic: None, next_event(sub).topic: None}
+    assert set(got) == {"relay.in.x", "arelay.ain.x"}
+
+
+def test_wildcards_on_user_events(node_factory) -> None:
+    node = node_factory(APP)
+    c = node.conn
+    with c.subscribe("metrics.*.cpu") as star, c.subscribe("metrics.#") as hash_, \
+            c.subscribe("#.cpu") as tail:
+        for topic in ("metrics.a.cpu", "metrics.a.b.cpu", "metrics", "metrics.mem", "other.cpu"):
+            c.publish(topic, topic)
+        c.publish("metrics.end", None)
+        c.publish("end.cpu", None)
+        seen: dict[str, list[str]] = {"star": [], "hash": [], "tail": []}
+        for name, sub, last in (("star", star, None), ("hash", hash_, "metrics.end"),
+                                ("tail", tail, "end.cpu")):
+            while True:
+                event = sub.next(2.0 if last is None else 10.0)
+                if event is None or event.topic == last:
+                    break
+                seen[name].append(event.topic)
+    assert seen["star"] == ["metrics.a.cpu"]
+    assert seen["hash"] == ["metrics.a.cpu", "metrics.a.b.cpu", "metrics", "metrics.mem"]
+    assert seen["tail"] == ["metrics.a.cpu", "metrics.a.b.cpu", "other.cpu"]
+
+
+def test_lifecycle_events_match_wildcard_patterns(node_factory) -> None:
+    node = node_factory(APP)
+    with node.conn.subscribe("supervisor.#") as every, \
+            node.conn.subscribe("supervisor.*.w1.*") as w1, \
+            node.conn.subscribe("supervisor.root.*.child_started") as started:
+        node.conn.terminate_child("", "w1")
+        node.conn.restart_child("", "w1")
+        kinds = []
+        while "child_started" not in kinds:
+            event = next_event(w1)
+            assert event.topic.startswith("supervisor.root.w1.")
+            kinds.append(event.topic.rsplit(".", 1)[1])
+        assert event.payload["key"] == "w1" and event.payload["pid"] > 0
+        assert next_event(started).topic == "supervisor.root.w1.child_started"
+        assert next_event(every).topic.startswith("supervisor.root.w1.")
+
+
+def test_subscribe_then_publish_is_never_missed(node_factory) -> None:
+    node = node_factory(APP)
+    for i in range(150):  # external subscriber, external publisher
+        with node.conn.subscribe(f"joiner.{i}.#") as sub:
+            node.conn.publish(f"joiner.{i}", i)
+            assert next_event(sub, 5) == p.Event(f"joiner.{i}", i)
+    # A worker subscribes inside a handler and publishes on that topic at once.
+    with node.conn.subscribe("selftest.done") as done:
+        for i in range(100):
+            node.conn.publish("selftest.go", i)
+        assert sorted(next_event(done).payload for _ in range(100)) == list(range(100))
+
+
+def test_per_publisher_order_across_mixed_topics(node_factory) -> None:
+    node = node_factory(APP)
+    n = 5000
+    with node.conn.subscribe("burst.#") as sub, node.conn.subscribe("order.#") as order:
+        node.conn.publish("burst.go", n)  # the worker publishes 0..n-1 over three topics
+        for i in range(n):  # and so does this client, mixing topics and batches
+            if i % 100 == 0:
+                node.conn.publish_many(f"order.t{i % 3}", [i])
+            else:
+                node.conn.publish(f"order.t{(i // 5) % 3}", i)
+        from_worker: list[object] = []
+        while (event := next_event(sub)).topic != "burst.end":
+            if event.topic != "burst.go":
+                assert event.topic in ("burst.a", "burst.b.x", "burst.c")
+                from_worker.append(event.payload)
+        from_client = [next_event(order).payload for _ in range(n)]
+    assert from_worker == list(range(n))
+    assert from_client == list(range(n))
+
+
+def test_malformed_messages_are_dropped_counted_and_the_node_survives(node_factory) -> None:
+    node = node_factory(APP)
+    ctx = zmq.Context()
+    push = ctx.socket(zmq.PUSH)
+    push.setsockopt(zmq.LINGER, 1000)
+    push.connect(publish_address(node.data_dir))
+    try:
+        with node.conn.subscribe("#") as sub:
+            push.send(b"one frame only")
+            push.send_multipart([b"raw.ok", msgspec.msgpack.encode([1]), b"third frame"])
+            push.send_multipart([b"raw.ok", b"not an array"])
+            push.send_multipart([b"bad topic!", msgspec.msgpack.encode([1])])
+            push.send_multipart([b"_hello.spoof", msgspec.msgpack.encode([1])])
+            push.send_multipart([b"raw.ok", msgspec.msgpack.encode(["fine", 2])])
+            assert next_event(sub) == p.Event("raw.ok", "fine")
+            assert next_event(sub) == p.Event("raw.ok", 2)
+            assert sub.next(0.2) is None
+        wait_until(lambda: metric(node.conn, "pubsub_dropped_bad_frames") == 3, 5,
+                   "three bad frames counted")
+        assert metric(node.conn, "pubsub_dropped_bad_topic") == 2
+        assert metric(node.conn, "pubsub_events_forwarded") >= 2
+        assert node.conn.status().ready
+        assert node.proc.poll() is None
+    finally:
+        push.close()
+        ctx.term()
+
+
+def test_hello_echoes_of_other_subscribers_never_surface(node_factory) -> None:
+    node = node_factory(APP)
+    with node.conn.subscribe("#") as everything:
+        for _ in range(20):  # each handshake's echo also reaches `everything` on the wire
+            node.conn.subscribe("other.#").close()
+        node.conn.publish("marker", 1)
+        while (event := next_event(everything)).topic != "marker":
+            assert not event.topic.startswith("_hello")
+
+
+def test_bad_publishes_raise_at_the_call(node_factory) -> None:
+    node = node_factory(APP)
+    with pytest.raises(p.PubSubError, match="'bad.payload'"):
+        node.conn.publish("bad.payload", object())
+    with pytest.raises(p.TopicError):
+        node.conn.publish("bad..topic", 1)
+    with pytest.raises(p.TopicError):
+        node.conn.publish("_hello.x", 1)
+    with pytest.raises(p.TopicError):
+        node.conn.subscribe("_hello.#")
+    with pytest.raises(p.TopicError):
+        node.conn.subscribe("a*b")
+    with node.conn.subscribe("still.works") as sub:  # the failed calls left nothing behind
+        node.conn.publish("still.works", 1)
+        assert next_event(sub).payload == 1
+    assert node.conn.flush(5)
+
+
+def test_open_subscription_and_events_published_before_close_are_delivered(
+        node_factory) -> None:
+    node = node_factory(APP)
+    with p.open_subscription(node.data_dir, "late.#") as sub:
+        with p.connect(node.data_dir) as client:
+            client.publish_many("late.batch", range(1000))
+        payloads = [next_event(sub).payload for _ in range(1000)]
+    assert payloads == list(range(1000))
