@@ -33,7 +33,7 @@ from ._cookie import CookieRefused, read_cookie
 from ._errors import ChildSpecError, ControlError, PubSubError, StartError, SupervisorError
 from ._hubclient import HubClient
 from ._node import control_address, default_data_dir
-from ._outbox import Outbox
+from ._outbox import Outbox, RequestId
 from ._publisher import BackgroundPublisher
 from ._pubsub_wire import events_address, publish_address
 from ._subscription import Subscription, await_hello
@@ -169,6 +169,13 @@ class NodeConnection:
     def call(self, dest: Pid | str, msg: Any, timeout: float = 5.0) -> Any:
         """Call a process by Pid or registered name; as :meth:`Worker.call`."""
         return self._messaging().call(dest, msg, timeout)
+
+    def send_request(self, dest: Pid | str, msg: Any, timeout: float = 5.0) -> RequestId:
+        """A call without waiting (``gen_server:send_request``); see :meth:`receive_response`."""
+        return self._messaging().send_request(dest, msg, timeout)
+
+    def receive_response(self, request: RequestId, timeout: float = 5.0) -> Any:
+        return self._messaging().receive_response(request, timeout)
 
     def cast(self, dest: Pid | str, msg: Any, timeout: float = 5.0) -> bool:
         return self._messaging().cast(dest, msg, timeout)

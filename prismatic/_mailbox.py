@@ -43,16 +43,25 @@ READ_SIZE = 1 << 16  # below malloc's mmap threshold: a bigger read buffer costs
 class Inbound:
     """One sender's connection; replies to its calls go back on it."""
 
-    __slots__ = ("sock", "frames", "fd")
+    __slots__ = ("sock", "frames", "fd", "batch")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.fd = sock.fileno()
         self.frames = FrameBuffer(_decoder, "mailbox")
+        self.batch: bytearray | None = None  # replies held while one read is handled
 
     def reply(self, frame: Any) -> None:
-        """Send a reply; a caller that is gone (it timed out and died) just misses it."""
+        """Send a reply (or add it to the batch of the read being handled: one write for
+        every call that arrived in one read, when a caller pipelines)."""
         data = encode_frame(frame)
+        if self.batch is not None:
+            self.batch += data
+        else:
+            self.write(data)
+
+    def write(self, data: bytes | bytearray) -> None:
+        """A caller that is gone (it timed out and died) just misses its reply."""
         try:
             sent = self.sock.send(data)
             if sent < len(data):  # the caller stopped reading: give it the rest, briefly
@@ -117,10 +126,22 @@ class Mailbox:
         bad = conn.frames.bad_frames
         frames = conn.frames.feed(data)
         self.bad_frames += conn.frames.bad_frames - bad
-        for frame in frames:
+        if len(frames) == 1:
+            frame = frames[0]
             if isinstance(frame, (Down, Exit)):
                 self.drain_except(conn)
             self.on_frame(conn, frame)
+        else:
+            conn.batch = bytearray()
+            try:
+                for frame in frames:
+                    if isinstance(frame, (Down, Exit)):
+                        self.drain_except(conn)
+                    self.on_frame(conn, frame)
+            finally:
+                batch, conn.batch = conn.batch, None
+                if batch:
+                    conn.write(batch)
         if conn.frames.broken:
             self.close_conn(conn)
 

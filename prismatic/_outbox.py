@@ -42,7 +42,7 @@ from .transports._messages import (
     MailboxFrame, WhereisReq,
 )
 
-__all__ = ["Outbox", "Dest"]
+__all__ = ["Outbox", "Dest", "RequestId"]
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ class _Peer:
     """A blocking connection whose timeouts are kernel-side (SO_RCVTIMEO/SO_SNDTIMEO): each
     receive is one system call, where a Python-level timeout costs a poll() before it."""
 
-    __slots__ = ("pid", "sock", "frames", "rcv_timeout", "snd_timeout")
+    __slots__ = ("pid", "sock", "frames", "rcv_timeout", "snd_timeout", "waiting", "replies")
 
     def __init__(self, pid: Pid) -> None:
         self.pid = pid
@@ -68,6 +68,8 @@ class _Peer:
             raise
         self.frames = FrameBuffer(_decoder, f"connection to {pid}")
         self.rcv_timeout = self.snd_timeout = 0.0
+        self.waiting: set[int] = set()  # refs of calls in flight on this connection
+        self.replies: dict[int, Any] = {}  # replies read while waiting for another one
 
     def set_timeouts(self, timeout: float, rcv: bool = True, snd: bool = True) -> None:
         timeout = max(timeout, 0.000001)  # 0 would mean "wait forever" to the kernel
@@ -78,6 +80,14 @@ class _Peer:
         if snd and timeout != self.snd_timeout:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, value)
             self.snd_timeout = timeout
+
+
+class RequestId(msgspec.Struct, frozen=True):
+    """A call in flight, from :meth:`Outbox.send_request`."""
+
+    dest: Pid | str
+    pid: Pid
+    ref: int
 
 
 class Outbox:
@@ -167,55 +177,91 @@ class Outbox:
     def call(self, dest: Dest, msg: Any, timeout: float = 5.0) -> Any:
         deadline = time.monotonic() + timeout
         for attempt in (0, 1):
-            pid = self.resolve(dest, fresh=attempt == 1)
+            req = self.send_request(dest, msg, timeout, fresh=attempt == 1)
+            result = self._collect(req, timeout, deadline)
+            if not isinstance(result, CallRefused):
+                return self._outcome(req, result, deadline)
+            timeout = max(deadline - time.monotonic(), 0.0001)
+            # the name moved to another process since we cached it: resolve it afresh once
+        raise NoProcError(dest)
+
+    def send_request(self, dest: Dest, msg: Any, timeout: float = 5.0,
+                     fresh: bool = False) -> RequestId:
+        """OTP's ``gen_server:send_request``: send a call without waiting; collect the reply
+        with :meth:`receive_response`. Many may be in flight to one process."""
+        for attempt in (0, 1):
+            pid = self.resolve(dest, fresh=fresh or attempt == 1)
             if pid is None:
                 raise NoProcError(dest)
+            ref = next(self.refs)
             try:
                 peer = self.peer(pid)
+                self._send(peer, encode_frame(CallFrame(
+                    ref, msg, self.me, dest if isinstance(dest, str) else None)), timeout, dest)
             except OSError:
-                self.drop(pid)
-                if isinstance(dest, Pid):
-                    raise NoProcError(dest) from None
-                continue  # a stale name: ask the hub again once
-            ref = next(self.refs)
-            name = dest if isinstance(dest, str) else None
-            try:
-                self._send(peer, encode_frame(CallFrame(ref, msg, self.me, name)),
-                           deadline - time.monotonic() if attempt else timeout, dest)
-            except OSError:
-                self.drop(pid)  # a cached connection to a process that died since
+                self.drop(pid)  # no such process, or a cached connection to one that died
                 if isinstance(dest, Pid):
                     raise NoProcError(dest) from None
                 continue
-            try:
-                result = self._await_reply(peer, ref, deadline, dest)
-            except OSError:
-                result = None  # the callee died with our call in its mailbox
-            if isinstance(result, CallReply):
-                return result.value
-            if isinstance(result, CallRefused):
-                continue  # the name moved to another process since we cached it
-            self.drop(pid)
-            raise ProcessDown(dest, self.exit_reason(pid, deadline))
+            peer.waiting.add(ref)
+            return RequestId(dest, pid, ref)
         raise NoProcError(dest)
 
-    def _await_reply(self, peer: _Peer, ref: int, deadline: float,
-                     dest: Dest) -> CallReply | CallRefused | None:
+    def receive_response(self, req: RequestId, timeout: float = 5.0) -> Any:
+        """OTP's ``gen_server:receive_response``: the reply to ``req``, raising as
+        :meth:`call` does. After a timeout the request is abandoned (its reply dropped)."""
+        deadline = time.monotonic() + timeout
+        result = self._collect(req, timeout, deadline)
+        if isinstance(result, CallRefused):
+            raise NoProcError(req.dest)
+        return self._outcome(req, result, deadline)
+
+    def _outcome(self, req: RequestId, result: CallReply | None, deadline: float) -> Any:
+        if result is not None:
+            return result.value
+        self.drop(req.pid)
+        raise ProcessDown(req.dest, self.exit_reason(req.pid, deadline))
+
+    def _collect(self, req: RequestId, timeout: float,
+                 deadline: float) -> CallReply | CallRefused | None:
+        """The reply to ``req``; None if the callee's connection broke first. Replies to
+        other requests in flight are kept for them; replies nobody awaits are late: dropped."""
+        peer = self.peers.get(req.pid)
+        if peer is None:
+            return None
+        ref = req.ref
+        found = peer.replies.pop(ref, None)
+        if found is not None:
+            peer.waiting.discard(ref)
+            return found
+        peer.set_timeouts(timeout, snd=False)  # the same value call after call: no syscall
         sock = peer.sock
         while True:
             try:
                 data = sock.recv(1 << 16)
             except BlockingIOError:  # SO_RCVTIMEO expired
-                raise CallTimeout(dest, "no reply in time") from None
+                peer.waiting.discard(ref)
+                raise CallTimeout(req.dest, "no reply in time") from None
+            except OSError:
+                data = b""
             if not data:
+                peer.waiting.discard(ref)
                 return None
             for frame in peer.frames.feed(data):
-                if isinstance(frame, (CallReply, CallRefused)) and frame.ref == ref:
-                    return frame
+                if not isinstance(frame, (CallReply, CallRefused)):
+                    continue
+                if frame.ref == ref:
+                    found = frame
+                elif frame.ref in peer.waiting:
+                    peer.replies[frame.ref] = frame
                 # else: a late reply to a call that timed out (OTP 24+ drops it too)
+            if found is not None:
+                peer.waiting.discard(ref)
+                return found
             left = deadline - time.monotonic()
             if left <= 0:
-                raise CallTimeout(dest, "no reply in time")
+                peer.waiting.discard(ref)
+                raise CallTimeout(req.dest, "no reply in time")
             peer.set_timeouts(left, snd=False)
 
     def exit_reason(self, pid: Pid, deadline: float) -> ExitReason:

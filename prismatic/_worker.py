@@ -121,6 +121,15 @@ class Worker:
         """
         return self.context.outbox.call(dest, msg, timeout)
 
+    def send_request(self, dest: Any, msg: Any, timeout: float = 5.0) -> Any:
+        """``gen_server:send_request``: a call without waiting; many may be in flight.
+        Collect each with :meth:`receive_response` (``timeout`` bounds only the send)."""
+        return self.context.outbox.send_request(dest, msg, timeout)
+
+    def receive_response(self, request: Any, timeout: float = 5.0) -> Any:
+        """The reply to ``request``; raises as :meth:`call` does."""
+        return self.context.outbox.receive_response(request, timeout)
+
     def cast(self, dest: Any, msg: Any, timeout: float = 5.0) -> bool:
         """``gen_server:cast`` to ``handle_cast``. False if it became a dead letter (no such
         process); :class:`~prismatic.MailboxFull` if ``dest`` stayed full for ``timeout``."""

@@ -187,3 +187,13 @@ def test_a_full_mailbox_pushes_back_on_the_sender(node):
             node.conn.cast(small, ["x" * 1000, i], timeout=0.2)
     # once it drains, it answers again
     assert node.conn.call(small, ["echo", "back"], timeout=10) == "back"
+
+
+def test_many_requests_in_flight_collected_in_any_order(node):
+    reqs = [node.conn.send_request("beta", ["echo", i]) for i in range(300)]
+    assert [node.conn.receive_response(r) for r in reversed(reqs)] == list(range(299, -1, -1))
+    # an abandoned request's reply is dropped, not mistaken for the next one
+    slow = node.conn.send_request("beta", ["sleep", 0.2])
+    with pytest.raises(p.CallTimeout):
+        node.conn.receive_response(slow, timeout=0.01)
+    assert node.conn.call("beta", ["echo", "next"]) == "next"
