@@ -29,3 +29,42 @@ def pool() -> p.SupervisorSpec:
 def dynamic_pool() -> p.SupervisorSpec:
     return p.SupervisorSpec(flags=p.SupFlags(strategy="simple_one_for_one"),
                             children=[p.ChildSpec(id="w", start=Idle)])
+
+
+class Echo(p.Worker):
+    """Replies with what it was sent; counts casts."""
+
+    def init(self, name: str) -> None:
+        self.casts = 0
+        self.register(name)
+
+    def handle_call(self, msg: object, caller: p.Caller) -> object:
+        if msg == "casts":
+            return self.casts
+        return msg
+
+    def handle_cast(self, msg: object) -> None:
+        self.casts += 1
+
+
+class Driver(p.Worker):
+    """Calls another worker in a loop when asked: the worker-to-worker round trip."""
+
+    def init(self) -> None:
+        self.register("driver")
+
+    def handle_call(self, msg: list, caller: p.Caller) -> list[float]:
+        import time
+
+        _, dest, n, payload = msg
+        lat = []
+        for _ in range(n):
+            t = time.perf_counter()
+            self.call(dest, payload)
+            lat.append(time.perf_counter() - t)
+        return lat
+
+
+def messaging() -> p.SupervisorSpec:
+    return p.SupervisorSpec(children=[p.ChildSpec(id="echo", start=Echo, args=("echo",)),
+                                      p.ChildSpec(id="driver", start=Driver)])
