@@ -30,7 +30,9 @@ from ._control import (
     TreeRow,
 )
 from ._cookie import CookieRefused, read_cookie
-from ._errors import ChildSpecError, ControlError, PubSubError, StartError, SupervisorError
+from ._errors import (
+    ChildSpecError, ControlError, EventLogError, PubSubError, StartError, SupervisorError,
+)
 from ._hubclient import HubClient
 from ._node import control_address, default_data_dir
 from ._outbox import Outbox, RequestId
@@ -41,7 +43,9 @@ from .supervisors._events import (
     ChildInfo, CountChildren, DeleteChild, Err, Ok, RestartChild, StartChild, StartDynamic,
     TerminateChild, WhichChildren,
 )
+from ._topics import validate_topic
 from .transports._frames import LifecycleFrame
+from .transports._messages import EmitReq
 
 __all__ = ["connect", "NodeConnection", "open_event_stream", "EventStream", "resolve_node"]
 
@@ -185,6 +189,20 @@ class NodeConnection:
 
     def whereis(self, name: str) -> Pid | None:
         return self._messaging().whereis(name)
+
+    def emit(self, topic: str, payload: Any, *, correlation_id: str | None = None) -> int:
+        """Append one event to the node's durable log; its seq once synced (the ack)."""
+        return self.emit_many(topic, [payload], correlation_id=correlation_id)
+
+    def emit_many(self, topic: str, payloads: list[Any], *,
+                  correlation_id: str | None = None) -> int:
+        validate_topic(topic)
+        hub = self._messaging().hub
+        reply = hub.request(lambda ref: EmitReq(ref, topic, list(payloads), "client",
+                                                correlation_id), max(self.timeout, 30.0))
+        if reply.error:
+            raise EventLogError(f"emit to {topic!r} refused: {reply.error}: {reply.detail}")
+        return reply.value
 
     # ---- pub/sub (docs/pubsub.md) ---------------------------------------------------------------
 

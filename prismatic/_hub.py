@@ -36,7 +36,7 @@ from ._exit import ExitReason, NoProc
 from ._nodeinfo import hub_address, mailbox_address
 from .transports._framing import FrameBuffer, encode_frame
 from .transports._messages import (
-    DeadLetterNote, DemonitorReq, ExitOfReq, HubReply, HubRequest, LinkReq, MonitorReq,
+    DeadLetterNote, DemonitorReq, EmitReq, ExitOfReq, HubReply, HubRequest, LinkReq, MonitorReq,
     RegisterReq, UnlinkReq, UnregisterReq, WhereisReq,
 )
 
@@ -82,7 +82,10 @@ class Hub:
     """Invariant: ``exits`` holds each process's exit at most once, newest last."""
 
     def __init__(self, node: str, on_dead_letter: Callable[[DeadLetterNote], None],
-                 on_request: Callable[[str], None] = lambda tag: None) -> None:
+                 on_request: Callable[[str], None] = lambda tag: None,
+                 on_emit: Callable[[EmitReq, Callable[[HubReply], None]], None] | None = None,
+                 ) -> None:
+        self.on_emit = on_emit
         self.on_request = on_request
         self.node = node
         self.registry = _registry.Registry()
@@ -176,6 +179,11 @@ class Hub:
             timer = asyncio.get_running_loop().call_later(
                 req.wait, self.waited_out, req.pid, conn, req.ref)
             self.waiters.setdefault(req.pid, []).append((conn, req.ref, timer))
+        elif isinstance(req, EmitReq):
+            if self.on_emit is None:
+                conn.reply(HubReply(req.ref, None, "no_event_log", "this hub keeps no log"))
+            else:
+                self.on_emit(req, conn.reply)
         elif isinstance(req, DeadLetterNote):
             self.counters[f"dead_letter:{req.reason}"] += 1
             self.on_dead_letter(req)

@@ -36,6 +36,7 @@ import socket
 import sys
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any, TextIO
 
 import msgspec
@@ -50,7 +51,9 @@ from ._control import (
     TreeCall, TreeRow,
 )
 from ._cookie import cookie_matches, ensure_cookie
-from ._errors import ChildSpecError, NodeError
+from ._errors import ChildSpecError, NodeError, PrismaticError
+from ._eventlog_record import EventDraft
+from ._topics import validate_topic
 from ._eventlog import EventLog, open_event_log
 from ._nodeinfo import NodeInfo, set_current
 from ._metrics import MetricsServer, NodeMetrics, ProcessSample, serve_metrics
@@ -66,7 +69,7 @@ from .transports._channel import Channel, open_channel_pair
 from .transports._frames import (
     ExitingFrame, LifecycleFrame, ReadyFrame, ReplyFrame, RequestFrame,
 )
-from .transports._messages import DeadLetterNote
+from .transports._messages import DeadLetterNote, EmitReq, HubReply
 
 __all__ = ["run_node", "load_app", "default_data_dir", "control_address", "events_address",
            "publish_address"]
@@ -170,7 +173,7 @@ class _NodeLoop:
         self.metrics = NodeMetrics(name, self.process_samples, self.gauges, self.counters)
         self.metrics_server: MetricsServer | None = None
         self.hub = Hub(name, self.on_dead_letter,
-                       lambda tag: self.metrics.hub_requests.labels(tag).inc())
+                       lambda tag: self.metrics.hub_requests.labels(tag).inc(), self.on_emit)
         self.hub.process_started(root_pid)
         self.dead_letters_unlogged = 0
         self.dead_letter_logged_at = -REFUSAL_LOG_INTERVAL_S
@@ -277,6 +280,36 @@ class _NodeLoop:
         for below, entry in self.tree.entries.items():
             if len(below) > len(path) and below[:len(path)] == path and entry.pid:
                 self.hub.process_exited(entry.pid, Killed(signal.SIGKILL))
+
+    def on_emit(self, req: EmitReq, reply: Callable[[HubReply], None]) -> None:
+        """A process's ``emit``: the reply (its acknowledgement) leaves only once the log's
+        transaction is synced; a refused append is answered with the error, never dropped."""
+        loop = asyncio.get_running_loop()
+        try:
+            validate_topic(req.topic)
+            if len(req.payloads) == 1:
+                done: Future[Any] = self.log.submit(req.topic, req.payloads[0],
+                                                    source=req.source,
+                                                    correlation_id=req.correlation_id)
+            else:
+                done = self.log.submit_many([EventDraft(req.topic, p, req.source,
+                                                        req.correlation_id)
+                                             for p in req.payloads])
+        except PrismaticError as exc:
+            reply(HubReply(req.ref, None, type(exc).__name__, str(exc)))
+            return
+
+        def acknowledge(done: Future[Any]) -> None:  # on the log's writer thread
+            exc = done.exception()
+            if exc is not None:
+                answer = HubReply(req.ref, None, type(exc).__name__, str(exc))
+            else:
+                seqs = done.result()
+                answer = HubReply(req.ref, seqs if isinstance(seqs, int) else seqs[0])
+            loop.call_soon_threadsafe(reply, answer)
+
+        done.add_done_callback(self.logged)
+        done.add_done_callback(acknowledge)
 
     def on_dead_letter(self, note: DeadLetterNote) -> None:
         self.metrics.dead_letters.labels(note.reason, note.kind).inc()

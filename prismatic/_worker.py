@@ -139,6 +139,18 @@ class Worker:
         """``dest ! msg``: to ``handle_info``; returns as :meth:`cast` does."""
         return self.context.outbox.send(dest, msg, timeout)
 
+    def emit(self, topic: str, payload: Any, *, correlation_id: str | None = None) -> int:
+        """Append an event to the node's durable event log; returns its sequence number
+        once the log's transaction is synced (the acknowledgement: an acknowledged event
+        survives any crash). Blocks this process meanwhile (about a millisecond)."""
+        return self.context.emit(topic, [payload], correlation_id)
+
+    def emit_many(self, topic: str, payloads: list[Any], *,
+                  correlation_id: str | None = None) -> int:
+        """Several events under one topic in one transaction; the first one's sequence
+        number (the rest follow it in order)."""
+        return self.context.emit(topic, list(payloads), correlation_id)
+
     def register(self, name: str) -> None:
         """Register this process as ``name`` on its node (OTP's ``register/2``): unique per
         node, one name per process, dropped when the process exits. A restarted child

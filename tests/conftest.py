@@ -93,16 +93,17 @@ class RunningNode:
         return code
 
 
-def start_node(tmp_path: Path, app: str, *, tag_suffix: str = "") -> RunningNode:
+def start_node(tmp_path: Path, app: str, *, tag_suffix: str = "", name: str | None = None,
+               data_dir: Path | None = None) -> RunningNode:
     tag = f"{SESSION_TAG}-{uuid.uuid4().hex[:8]}"
-    data_dir = tmp_path / "data"
+    data_dir = data_dir or tmp_path / "data"
     log = tmp_path / "test.log"
     env = dict(os.environ, PRISMATIC_TEST_TAG=tag, PRISMATIC_TEST_LOG=str(log),
                PYTHONPATH=str(REPO))
     out = open(tmp_path / "node.out", "w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "prismatic.node", "--app", app, "--data-dir", str(data_dir),
-         "--name", f"test{tag[-6:]}"],
+         "--name", name or f"test{tag[-6:]}"],
         cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
     out.close()
 

@@ -59,6 +59,8 @@ class Agent(p.Worker):
             except p.CallError as exc:
                 return ["error", type(exc).__name__, p.describe(getattr(exc, "reason", None))
                         if getattr(exc, "reason", None) is not None else ""]
+        if op == "emit":  # [topic, payloads, correlation id]
+            return self.emit_many(args[0], args[1], correlation_id=args[2])
         if op == "cast":
             return self.cast(_dest(args[0]), args[1])
         raise ValueError(f"unknown op {op!r}")

@@ -33,6 +33,7 @@ tag                meaning
 ``unlink``         remove that link
 ``exit_of``        the exit reason of ``pid``, waiting up to ``wait`` s for it to be known
 ``dead_letter``    a message that could not be delivered (no reply)
+``emit``           append events to the node's event log; replied once durable (the ack)
 ``hub_reply``      the answer: ``ok`` and ``value``, or ``error`` (a reason atom) and detail
 =================  ======================================================================
 """
@@ -49,7 +50,7 @@ from .._notices import Down, Exit
 __all__ = [
     "CallFrame", "CallReply", "CallRefused", "CastFrame", "InfoFrame", "MailboxFrame",
     "RegisterReq", "UnregisterReq", "WhereisReq", "MonitorReq", "DemonitorReq", "LinkReq",
-    "UnlinkReq", "ExitOfReq", "DeadLetterNote", "HubReply", "HubRequest",
+    "UnlinkReq", "ExitOfReq", "DeadLetterNote", "EmitReq", "HubReply", "HubRequest",
 ]
 
 
@@ -136,6 +137,17 @@ class DeadLetterNote(msgspec.Struct, frozen=True, tag="dead_letter", array_like=
     size: int  # encoded message bytes
 
 
+class EmitReq(msgspec.Struct, frozen=True, tag="emit", array_like=True):
+    """``payloads`` under one ``topic`` (several: one transaction); the reply carries the
+    first sequence number, sent only after the transaction is synced."""
+
+    ref: int
+    topic: str
+    payloads: list[Any]
+    source: str
+    correlation_id: str | None = None
+
+
 class HubReply(msgspec.Struct, frozen=True, tag="hub_reply", array_like=True):
     ref: int
     value: Any = None
@@ -144,4 +156,4 @@ class HubReply(msgspec.Struct, frozen=True, tag="hub_reply", array_like=True):
 
 
 HubRequest = RegisterReq | UnregisterReq | WhereisReq | MonitorReq | DemonitorReq | LinkReq \
-    | UnlinkReq | ExitOfReq | DeadLetterNote
+    | UnlinkReq | ExitOfReq | DeadLetterNote | EmitReq
