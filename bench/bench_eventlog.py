@@ -69,6 +69,50 @@ def bench_single_submits(root: Path, total: int) -> float:
         return total / (time.perf_counter() - start)
 
 
+def bench_node_emits(root: Path, emitters: int, total: int, batch: int) -> float:
+    """Through a real node: ``emitters`` clients, each its own connection to the node's hub,
+    each ``emit_many`` acknowledged only once synced (what a worker's emit does)."""
+    import os
+    import signal
+    import subprocess
+
+    import prismatic as p
+
+    repo = Path(__file__).resolve().parent.parent
+    data = root / "node"
+    proc = subprocess.Popen([sys.executable, "-m", "prismatic.node", "--app", "bench.apps:empty",
+                             "--data-dir", str(data), "--quiet", "--name",
+                             f"bench-emit-{os.getpid()}"], cwd=repo, stdout=subprocess.PIPE,
+                            text=True, env=dict(os.environ, PYTHONPATH=str(repo)))
+    try:
+        for line in proc.stdout:  # type: ignore[union-attr]
+            if "tree started" in line:
+                break
+        conns = [p.connect(data) for _ in range(emitters)]
+        per = total // emitters
+        payloads = [PAYLOAD] * batch
+
+        def run(conn: p.NodeConnection) -> None:
+            for _ in range(per // batch):
+                conn.emit_many("bench.emit", payloads)
+
+        for conn in conns:
+            conn.emit("bench.warmup", PAYLOAD)
+        threads = [threading.Thread(target=run, args=(c,)) for c in conns]
+        start = time.perf_counter()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        elapsed = time.perf_counter() - start
+        for conn in conns:
+            conn.close()
+        return emitters * (per // batch) * batch / elapsed
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+
+
 def bench_replay(root: Path, total: int) -> float:
     path = root / "replay"
     with open_event_log(str(path), node="node@host") as log:
@@ -117,6 +161,10 @@ def main() -> None:
              200_000, f"raw lmdb 1000/txn synced: {raw_batched_sync:,.0f}"),
             ("acked appends/s, 1 emitter, submit() per event", bench_single_submits(root, n // 4),
              None, f"raw lmdb 1000/txn sync off: {raw_nosync:,.0f}"),
+            ("acked emits/s via a node, 1 client, emit_many x1000",
+             bench_node_emits(root, 1, n // 2, 1000), None, "(the rows above, in-process)"),
+            ("acked emits/s via a node, 8 clients, emit_many x500",
+             bench_node_emits(root, 8, n // 2, 500), None, "(the rows above, in-process)"),
             ("replay records/s (scan + decode)", bench_replay(root, n), 1_000_000,
              "floor file: 0.96M/s scan+decode"),
         ]  # fmt: skip
