@@ -30,7 +30,13 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import msgspec
 from prometheus_client import CollectorRegistry, Counter, generate_latest, make_wsgi_app
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric,
+)
+from prometheus_client.utils import floatToGoString
+
+from ._latency import BUCKETS
+from ._mailbox_stats import MailboxStats
 
 from ._process import uss_bytes
 from .transports._frames import LifecycleFrame
@@ -70,7 +76,9 @@ class NodeMetrics:
 
     def __init__(self, node: str, processes: Callable[[], list[ProcessSample]],
                  gauges: Callable[[], dict[str, float]],
-                 counters: Callable[[], dict[str, int]]) -> None:
+                 counters: Callable[[], dict[str, int]],
+                 mailboxes: Callable[[], tuple[dict[str, MailboxStats], int]] = lambda: ({}, 0),
+                 ) -> None:
         self.node = node
         self.heartbeat = time.monotonic()
         self.ready = False
@@ -96,6 +104,7 @@ class NodeMetrics:
                                     "Registry, monitor and link requests to the hub, by type",
                                     ["type"], registry=r)
         r.register(_SnapshotCollector(processes, gauges, counters))
+        r.register(_MailboxCollector(mailboxes))
 
     def observe(self, frame: LifecycleFrame, first_start: bool) -> None:
         """Count one lifecycle event (called on the node loop)."""
@@ -156,6 +165,43 @@ class _SnapshotCollector:
             c = CounterMetricFamily(f"prismatic_{name}", name.replace("_", " "))
             c.add_metric([], value)
             yield c
+
+
+class _MailboxCollector:
+    """Per-worker messaging series, asked of every mailbox at scrape time."""
+
+    def __init__(self, mailboxes: Callable[[], tuple[dict[str, MailboxStats], int]]) -> None:
+        self.mailboxes = mailboxes
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        stats, missed = self.mailboxes()
+        depth = GaugeMetricFamily("prismatic_mailbox_depth",
+                                  "Messages read by a worker but not yet handled", labels=["path"])
+        received = CounterMetricFamily("prismatic_messages_received",
+                                       "Messages received by each worker", labels=["path"])
+        sent = CounterMetricFamily("prismatic_messages_sent",
+                                   "Messages sent by each worker", labels=["path"])
+        latency = HistogramMetricFamily("prismatic_call_latency_seconds",
+                                        "Round trip of the calls each worker made",
+                                        labels=["path"])
+        for path, s in sorted(stats.items()):
+            depth.add_metric([path], s.queue)
+            received.add_metric([path], s.received)
+            sent.add_metric([path], s.sent)
+            counts, total, _ = s.call_latency
+            cumulative, buckets = 0, []
+            for bound, count in zip((*BUCKETS, float("inf")), counts):
+                cumulative += count
+                buckets.append((floatToGoString(bound), cumulative))
+            latency.add_metric([path], buckets, total)
+        unanswered = GaugeMetricFamily("prismatic_mailbox_stats_missed",
+                                       "Workers that did not answer this scrape's stats request "
+                                       "in time (busy in a long handler)")
+        unanswered.add_metric([], missed)
+        yield from (depth, received, sent, latency, unanswered)
 
 
 class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):

@@ -44,7 +44,7 @@ import uvloop
 import zmq
 import zmq.asyncio
 
-from ._address import default_node_name
+from ._address import Pid, default_node_name
 from ._childspec import SupervisorSpec, import_ref
 from ._control import (
     UNAUTHORIZED, ControlCall, ControlReply, MetricsCall, NodeStatus, StatusCall, SupervisorCall,
@@ -60,6 +60,7 @@ from ._metrics import MetricsServer, NodeMetrics, ProcessSample, serve_metrics
 from ._exit import ExitReason, Killed, Normal, Shutdown, describe, reason_from_wait_status
 from ._forwarder import Forwarder
 from ._hub import Hub, open_hub_socket
+from ._mailbox_stats import MailboxStats, collect_stats
 from ._pubsub_wire import events_address, publish_address
 from ._process import fork_child, send_signal
 from ._tree import TreeView
@@ -75,6 +76,7 @@ __all__ = ["run_node", "load_app", "default_data_dir", "control_address", "event
            "publish_address"]
 
 log = logging.getLogger(__name__)
+MAILBOX_STATS_TIMEOUT_S = 0.25  # a worker busy longer than this is left out of a scrape
 REFUSAL_LOG_INTERVAL_S = 10.0  # at most one refusal warning per interval; the rest are counted
 _encoder = msgspec.msgpack.Encoder()
 _call_decoder = msgspec.msgpack.Decoder(ControlCall)
@@ -170,7 +172,8 @@ class _NodeLoop:
         self.bad_requests = 0
         self.refusals_unlogged = 0
         self.refusal_logged_at = -REFUSAL_LOG_INTERVAL_S
-        self.metrics = NodeMetrics(name, self.process_samples, self.gauges, self.counters)
+        self.metrics = NodeMetrics(name, self.process_samples, self.gauges, self.counters,
+                                   self.mailbox_stats)
         self.metrics_server: MetricsServer | None = None
         self.hub = Hub(name, self.on_dead_letter,
                        lambda tag: self.metrics.hub_requests.labels(tag).inc(), self.on_emit)
@@ -379,7 +382,12 @@ class _NodeLoop:
             elif isinstance(call, StatusCall):
                 self.reply(ident, call.ref, Ok(self.status()))
             elif isinstance(call, MetricsCall):
-                self.reply(ident, call.ref, Ok(self.metrics.exposition().decode()))
+                # Off the loop: a scrape asks every worker for its mailbox statistics.
+                asyncio.get_running_loop().create_task(self.reply_metrics(ident, call.ref))
+
+    async def reply_metrics(self, ident: bytes, ref: int) -> None:
+        text = await asyncio.get_running_loop().run_in_executor(None, self.metrics.exposition)
+        self.reply(ident, ref, Ok(text.decode()))
 
     def refuse(self, ident: bytes, ref: int, why: str) -> None:
         self.metrics.control_refusals.labels(f"{why}_cookie").inc()
@@ -409,6 +417,12 @@ class _NodeLoop:
     def process_samples(self) -> list[ProcessSample]:
         return [ProcessSample("/".join(e.path) or "root", e.type, e.pid)
                 for e in tuple(self.tree.entries.values()) if e.pid is not None]
+
+    def mailbox_stats(self) -> tuple[dict[str, MailboxStats], int]:
+        workers = {"/".join(e.path): Pid(self.name, e.pid)
+                   for e in tuple(self.tree.entries.values())
+                   if e.pid is not None and e.type != "supervisor"}
+        return collect_stats(workers, MAILBOX_STATS_TIMEOUT_S)
 
     def gauges(self) -> dict[str, float]:
         return {"node_uptime_seconds": time.monotonic() - self.started,

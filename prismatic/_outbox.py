@@ -35,6 +35,7 @@ from ._address import Pid
 from ._errors import CallTimeout, MailboxFull, NodeError, NoProcError, ProcessDown
 from ._exit import ExitReason, NoProc
 from ._hubclient import HubClient
+from ._latency import LatencyHistogram
 from ._nodeinfo import mailbox_address
 from .transports._framing import FrameBuffer, encode_frame
 from .transports._messages import (
@@ -101,6 +102,8 @@ class Outbox:
         self.names: dict[str, Pid] = {}
         self.refs = itertools.count(1)
         self.dead_letters = 0
+        self.sent = 0
+        self.latency = LatencyHistogram()
 
     # ---- addressing -------------------------------------------------------------------------
 
@@ -142,6 +145,7 @@ class Outbox:
 
     def _send(self, peer: _Peer, data: bytes, timeout: float, dest: Dest) -> None:
         peer.set_timeouts(timeout)
+        self.sent += 1
         try:
             peer.sock.sendall(data)
         except BlockingIOError:  # SO_SNDTIMEO expired
@@ -175,10 +179,13 @@ class Outbox:
         return self.deliver(dest, InfoFrame(msg), "info", timeout)
 
     def call(self, dest: Dest, msg: Any, timeout: float = 5.0) -> Any:
-        deadline = time.monotonic() + timeout
+        started = time.monotonic()
+        deadline = started + timeout
         for attempt in (0, 1):
             req = self.send_request(dest, msg, timeout, fresh=attempt == 1)
             result = self._collect(req, timeout, deadline)
+            if isinstance(result, CallReply):
+                self.latency.observe(time.monotonic() - started)
             if not isinstance(result, CallRefused):
                 return self._outcome(req, result, deadline)
             timeout = max(deadline - time.monotonic(), 0.0001)

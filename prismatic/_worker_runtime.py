@@ -31,6 +31,7 @@ from ._topics import validate_topic
 from ._exit import ExitCode, ExitReason, Normal, Shutdown, reason_from_exception
 from ._hubclient import HubClient
 from ._mailbox import Inbound, Mailbox
+from ._mailbox_stats import stats_of
 from ._notices import Caller, Down, Exit
 from ._outbox import Outbox
 from ._worker import Ignore, Stop, Worker
@@ -39,7 +40,7 @@ from .transports._channel import Channel
 from .transports._frames import ExitingFrame, IgnoredFrame, ReadyFrame
 from .transports._messages import (
     CallFrame, CallRefused, CallReply, CastFrame, DemonitorReq, EmitReq, InfoFrame, LinkReq,
-    MonitorReq, RegisterReq, UnlinkReq, UnregisterReq,
+    MonitorReq, RegisterReq, StatsReq, UnlinkReq, UnregisterReq,
 )
 
 __all__ = ["run_worker", "exit_code_for", "WorkerContext"]
@@ -71,6 +72,7 @@ class WorkerContext:
         self.timers: list[tuple[float, Any]] = []  # send_after before the loop exists
         self.stop_reason: ExitReason | None = None
         self.busy = False
+        self.received = 0
         self.names: set[str] = set()
         self.mailbox = Mailbox(pid.node, pid.ospid)
         self.hub = HubClient(pid.node)
@@ -100,6 +102,10 @@ class WorkerContext:
             self.pump()
 
     def on_frame(self, conn: Inbound, frame: Any) -> None:
+        if isinstance(frame, StatsReq):
+            conn.reply(CallReply(frame.ref, stats_of(self)))
+            return
+        self.received += 1
         self.queue.append((conn, frame))
         if len(self.queue) >= self.worker.mailbox_limit:
             self.mailbox.pause()

@@ -197,3 +197,23 @@ def test_many_requests_in_flight_collected_in_any_order(node):
     with pytest.raises(p.CallTimeout):
         node.conn.receive_response(slow, timeout=0.01)
     assert node.conn.call("beta", ["echo", "next"]) == "next"
+
+
+def test_messaging_metrics_per_worker(node):
+    for i in range(20):
+        node.conn.call("alpha", ["call", "beta", ["echo", i], 2])  # alpha calls beta 20 times
+    node.conn.cast("small", ["block", 1.0])  # stuck in a plain handler: cannot answer
+    busy = pid(node, "async")  # async handlers: the queue grows while one awaits
+    reqs = [node.conn.send_request(busy, i) for i in range(300)]
+    text = node.conn.metrics()
+    assert [node.conn.receive_response(r) for r in reqs] == [["async", i] for i in range(300)]
+    from prometheus_client.parser import text_string_to_metric_families
+    m = {(s.name, tuple(sorted(s.labels.items()))): s.value
+         for fam in text_string_to_metric_families(text) for s in fam.samples}
+    assert m[("prismatic_call_latency_seconds_count", (("path", "a"),))] >= 20
+    assert m[("prismatic_call_latency_seconds_bucket", (("le", "+Inf"), ("path", "a")))] >= 20
+    assert m[("prismatic_messages_sent_total", (("path", "a"),))] >= 20
+    assert m[("prismatic_messages_received_total", (("path", "b"),))] >= 20
+    assert m[("prismatic_mailbox_depth", (("path", "async"),))] >= 1
+    assert ("prismatic_mailbox_depth", (("path", "small"),)) not in m
+    assert m[("prismatic_mailbox_stats_missed", ())] >= 1

@@ -17,6 +17,7 @@ tag            direction            meaning
 ``info``       sender -> mailbox    ``msg`` for ``handle_info`` (``send``)
 ``down``       hub -> mailbox       a monitor fired (:class:`~prismatic.Down`)
 ``exit``       hub -> mailbox       a linked process exited (:class:`~prismatic.Exit`)
+``stats``      node -> mailbox      the runtime's counters, answered ahead of the queue
 =============  ===================  =======================================================
 
 To the node's hub (``\\0prismatic/<node>/hub``), request/reply by ``ref``:
@@ -48,7 +49,8 @@ from .._address import Pid
 from .._notices import Down, Exit
 
 __all__ = [
-    "CallFrame", "CallReply", "CallRefused", "CastFrame", "InfoFrame", "MailboxFrame",
+    "CallFrame", "CallReply", "CallRefused", "CastFrame", "InfoFrame", "StatsReq",
+    "MailboxFrame",
     "RegisterReq", "UnregisterReq", "WhereisReq", "MonitorReq", "DemonitorReq", "LinkReq",
     "UnlinkReq", "ExitOfReq", "DeadLetterNote", "EmitReq", "HubReply", "HubRequest",
 ]
@@ -79,7 +81,12 @@ class InfoFrame(msgspec.Struct, frozen=True, tag="info", array_like=True):
     msg: Any
 
 
-MailboxFrame = CallFrame | CallReply | CallRefused | CastFrame | InfoFrame | Down | Exit
+class StatsReq(msgspec.Struct, frozen=True, tag="stats", array_like=True):
+    ref: int
+
+
+MailboxFrame = CallFrame | CallReply | CallRefused | CastFrame | InfoFrame | Down | Exit \
+    | StatsReq
 
 
 class RegisterReq(msgspec.Struct, frozen=True, tag="register", array_like=True):
