@@ -113,53 +113,53 @@ class Mailbox:
             if not self.paused and self.loop is not None:
                 self.loop.add_reader(conn.fd, self.read, conn)
 
-    def read(self, conn: Inbound) -> None:
+    def receive(self, conn: Inbound) -> list[Any] | None:
+        """The frames one read brings (counting bad ones); None if nothing was waiting.
+        Closes the connection on EOF or broken framing."""
         try:
             data = conn.sock.recv(READ_SIZE)
         except (BlockingIOError, InterruptedError):
-            return
+            return None
         except OSError:
             data = b""
         if not data:
             self.close_conn(conn)
-            return
+            return []
         bad = conn.frames.bad_frames
         frames = conn.frames.feed(data)
         self.bad_frames += conn.frames.bad_frames - bad
+        if conn.frames.broken:
+            self.close_conn(conn)
+        return frames
+
+    def read(self, conn: Inbound) -> None:
+        frames = self.receive(conn)
+        if not frames:
+            return
         if len(frames) == 1:
             frame = frames[0]
             if isinstance(frame, (Down, Exit)):
                 self.drain_except(conn)
             self.on_frame(conn, frame)
-        else:
-            conn.batch = bytearray()
-            try:
-                for frame in frames:
-                    if isinstance(frame, (Down, Exit)):
-                        self.drain_except(conn)
-                    self.on_frame(conn, frame)
-            finally:
-                batch, conn.batch = conn.batch, None
-                if batch:
-                    conn.write(batch)
-        if conn.frames.broken:
-            self.close_conn(conn)
+            return
+        conn.batch = bytearray()
+        try:
+            for frame in frames:
+                if isinstance(frame, (Down, Exit)):
+                    self.drain_except(conn)
+                self.on_frame(conn, frame)
+        finally:
+            batch, conn.batch = conn.batch, None
+            if batch:
+                conn.write(batch)
 
     def drain_except(self, skip: Inbound) -> None:
         for conn in list(self.conns.values()):
-            if conn is skip:
-                continue
-            while conn.fd in self.conns:
-                try:
-                    data = conn.sock.recv(READ_SIZE)
-                except (BlockingIOError, InterruptedError):
+            while conn is not skip and conn.fd in self.conns:
+                frames = self.receive(conn)
+                if frames is None:
                     break
-                except OSError:
-                    data = b""
-                if not data:
-                    self.close_conn(conn)
-                    break
-                for frame in conn.frames.feed(data):
+                for frame in frames:
                     self.on_frame(conn, frame)
 
     def close_conn(self, conn: Inbound) -> None:
