@@ -75,14 +75,14 @@ def _no_such(dest: Pid | str) -> str:
 
 
 @contextmanager
-def _delivery_errors(state: CliState, dest: Pid | int | str, timeout: float) -> Iterator[None]:
+def _delivery_errors(state: CliState, timeout: float) -> Iterator[None]:
     """CallError and the hub's NodeError as one line and an exit code."""
-    label = _label(dest) if not isinstance(dest, int) else str(dest)
     try:
         yield
     except (CallError, NodeError) as exc:
         if state.debug:
             traceback.print_exc()
+        label = _label(exc.dest) if isinstance(exc, CallError) else ""
         if isinstance(exc, NoProcError):
             raise CliError(_no_such(exc.dest), ExitCode.REFUSED) from None
         if isinstance(exc, ProcessDown):
@@ -133,7 +133,7 @@ def call(state: CliState, dest: str, msg: str, timeout: float, as_json: bool) ->
     JSON, else a plain string. --json adds the callee's pid and the round-trip time.
     """
     where, message = parse_dest(dest), parse_message(msg)
-    with state.connect() as conn, _delivery_errors(state, where, timeout):
+    with state.connect() as conn, _delivery_errors(state, timeout):
         target = _target(conn, where)
         conn.resolve(target)  # look the name up first: rtt_ms is the call alone
         start = time.perf_counter()
@@ -149,7 +149,7 @@ def call(state: CliState, dest: str, msg: str, timeout: float, as_json: bool) ->
 def _deliver(state: CliState, kind: str, dest: str, msg: str, timeout: float,
              as_json: bool) -> None:
     where, message = parse_dest(dest), parse_message(msg)
-    with state.connect() as conn, _delivery_errors(state, where, timeout):
+    with state.connect() as conn, _delivery_errors(state, timeout):
         target = _target(conn, where)
         delivered = getattr(conn, kind)(target, message, timeout)
         pid = conn.resolve(target) if delivered else None
@@ -197,7 +197,7 @@ def send(state: CliState, dest: str, msg: str, timeout: float, as_json: bool) ->
 @click.pass_obj
 def whereis(state: CliState, name: str, as_json: bool) -> None:
     """The pid registered as NAME; exit 1 if none."""
-    with state.connect() as conn, _delivery_errors(state, name, 0):
+    with state.connect() as conn, _delivery_errors(state, 0):
         pid = conn.whereis(name)
     if as_json:
         print_json({"name": name, "pid": str(pid) if pid else None})
