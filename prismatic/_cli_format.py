@@ -31,6 +31,7 @@ class ExitCode(enum.IntEnum):
     USAGE = 2  # bad arguments, bad config, no/ambiguous node selection
     UNREACHABLE = 3  # no node there, or it did not answer in time
     AUTH = 4  # the node refused our cookie
+    TIMEOUT = 5  # a process did not reply, or its mailbox stayed full, within the timeout
     INTERNAL = 70  # a bug (EX_SOFTWARE): rerun with --debug for the traceback
 
 

@@ -204,6 +204,16 @@ class NodeConnection:
             raise EventLogError(f"emit to {topic!r} refused: {reply.error}: {reply.detail}")
         return reply.value
 
+    def resolve(self, dest: Pid | str) -> Pid | None:
+        """The Pid ``dest`` stands for: a Pid as is; a name as this connection last resolved
+        it (no round trip after a call, cast or send to it), else asked of the hub."""
+        return self._messaging().resolve(dest)
+
+    @property
+    def node(self) -> str:
+        """The node's name (asked once per connection)."""
+        return self._messaging().node
+
     # ---- pub/sub (docs/pubsub.md) ---------------------------------------------------------------
 
     def publish(self, topic: str, payload: Any) -> None:

@@ -2,13 +2,15 @@
 
 Commands (``prismatic COMMAND --help`` for each): ``node start|stop``, ``status``, ``tree``,
 ``children which|count|start|terminate|restart|delete``, ``events tail|query|replay``,
-``metrics``. Read commands print tables, or JSON with ``--json``.
+``metrics``, and ad-hoc messages: ``call``, ``cast``, ``send``, ``whereis``, ``publish``,
+``subscribe``. Read commands print tables, or JSON with ``--json``.
 
 Node selection, first that is given: ``--node NAME_OR_DATA_DIR``, ``$PRISMATIC_NODE``, else
 the one running node under ``$PRISMATIC_HOME`` (default ``~/.prismatic``). Errors are one
 line on stderr (a traceback only with ``--debug``) and an exit code from
-:class:`~prismatic._cli_format.ExitCode`: 0 ok, 1 refused by the supervisor, 2 usage,
-3 node unreachable, 4 cookie refused, 70 internal error. Shell completion:
+:class:`~prismatic._cli_format.ExitCode`: 0 ok, 1 refused by the supervisor (or no such
+process, callee exited, dead letter), 2 usage, 3 node unreachable, 4 cookie refused,
+5 timed out (no reply, mailbox full), 70 internal error. Shell completion:
 ``eval "$(_PRISMATIC_COMPLETE=bash_source prismatic)"``.
 """
 
@@ -26,8 +28,8 @@ import click
 from ._cli_format import CliError, ExitCode, print_json
 from ._cookie import CookieRefused
 from ._errors import (
-    ChildSpecError, ControlError, EventLogError, NodeError, PrismaticError, SupervisorError,
-    TopicError,
+    CallError, CallTimeout, ChildSpecError, ControlError, EventLogError, MailboxFull, NodeError,
+    PrismaticError, PubSubError, SupervisorError, TopicError,
 )
 
 __all__ = ["main", "cli", "select_node"]
@@ -36,11 +38,13 @@ __all__ = ["main", "cli", "select_node"]
 def _exit_code_of(exc: PrismaticError) -> ExitCode:
     if isinstance(exc, CookieRefused):
         return ExitCode.AUTH
-    if isinstance(exc, SupervisorError):
+    if isinstance(exc, (CallTimeout, MailboxFull)):
+        return ExitCode.TIMEOUT
+    if isinstance(exc, (SupervisorError, CallError)):
         return ExitCode.REFUSED
     if isinstance(exc, (ChildSpecError, TopicError, NodeError)):
         return ExitCode.USAGE
-    if isinstance(exc, (ControlError, EventLogError)):
+    if isinstance(exc, (ControlError, EventLogError, PubSubError)):
         return ExitCode.UNREACHABLE
     return ExitCode.INTERNAL
 
@@ -128,8 +132,9 @@ def cli(ctx: click.Context, node: str | None, debug: bool) -> None:
     """Operate Prismatic nodes: supervision trees of OS processes.
 
     \b
-    Exit codes: 0 ok, 1 refused by the supervisor, 2 usage, 3 node unreachable,
-    4 cookie refused, 70 internal error.
+    Exit codes: 0 ok, 1 refused by the supervisor (or: no such process, callee
+    exited, dead letter), 2 usage, 3 node unreachable, 4 cookie refused, 5 timed out
+    (no reply, mailbox full), 70 internal error.
     Shell completion: eval "$(_PRISMATIC_COMPLETE=bash_source prismatic)"
     """
     ctx.obj = CliState(node, debug)
@@ -168,7 +173,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 # Subcommands register themselves on ``cli`` when imported.
-from . import _cli_events, _cli_tree  # noqa: E402,F401  (after cli exists)
+from . import _cli_events, _cli_messaging, _cli_tree  # noqa: E402,F401  (after cli exists)
 
 if __name__ == "__main__":
     main(sys.argv[1:])
