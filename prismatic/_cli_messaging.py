@@ -225,6 +225,26 @@ def publish(state: CliState, topic: str, payload: str) -> None:
 
 
 @cli.command()
+@click.argument("topic")
+@click.argument("payload")
+@click.option("--correlation-id", default=None, help="Stored with the event, for queries.")
+@json_option
+@click.pass_obj
+def emit(state: CliState, topic: str, payload: str, correlation_id: str | None,
+         as_json: bool) -> None:
+    """Append PAYLOAD (JSON, else a plain string) under TOPIC to the node's durable event log.
+
+    Returns once the event is synced to disk, and prints its sequence number.
+    """
+    with state.connect() as conn:
+        seq = conn.emit(topic, parse_message(payload), correlation_id=correlation_id)
+    if as_json:
+        print_json({"topic": topic, "seq": seq})
+    else:
+        click.echo(f"logged as #{seq}")
+
+
+@cli.command()
 @click.argument("pattern")
 @click.option("-n", "--count", type=click.IntRange(1), default=None,
               help="Exit after this many events.")

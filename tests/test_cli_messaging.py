@@ -186,3 +186,11 @@ def test_shell_completion_knows_the_commands():
         "_PRISMATIC_COMPLETE": "bash_complete", "COMP_WORDS": "prismatic call --",
         "COMP_CWORD": "2"})
     assert {"plain,--timeout", "plain,--json"} <= set(result.stdout.splitlines())
+
+
+def test_emit_logs_durably_and_prints_the_seq(node):
+    out = run(node, "emit", "ops.deploy", '{"v": 2}', "--correlation-id", "c-7", "--json")
+    seq = json.loads(out.stdout)["seq"]
+    queried = run(node, "events", "query", "--pattern", "ops.#", "--json").stdout
+    assert str(seq) in queried and "c-7" in queried
+    run(node, "emit", "bad topic", "1", code=2)
