@@ -18,6 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import lmdb  # noqa: E402
 import msgspec  # noqa: E402
 
+import prismatic as p  # noqa: E402
+from bench._harness import print_table, start_node, stop_node  # noqa: E402
 from prismatic._eventlog import open_event_log  # noqa: E402
 from prismatic._eventlog_record import EventDraft  # noqa: E402
 
@@ -72,22 +74,9 @@ def bench_single_submits(root: Path, total: int) -> float:
 def bench_node_emits(root: Path, emitters: int, total: int, batch: int) -> float:
     """Through a real node: ``emitters`` clients, each its own connection to the node's hub,
     each ``emit_many`` acknowledged only once synced (what a worker's emit does)."""
-    import os
-    import signal
-    import subprocess
-
-    import prismatic as p
-
-    repo = Path(__file__).resolve().parent.parent
     data = root / "node"
-    proc = subprocess.Popen([sys.executable, "-m", "prismatic.node", "--app", "bench.apps:empty",
-                             "--data-dir", str(data), "--quiet", "--name",
-                             f"bench-emit-{os.getpid()}"], cwd=repo, stdout=subprocess.PIPE,
-                            text=True, env=dict(os.environ, PYTHONPATH=str(repo)))
+    proc = start_node("bench.apps:empty", data)
     try:
-        for line in proc.stdout:  # type: ignore[union-attr]
-            if "tree started" in line:
-                break
         conns = [p.connect(data) for _ in range(emitters)]
         per = total // emitters
         payloads = [PAYLOAD] * batch
@@ -109,8 +98,7 @@ def bench_node_emits(root: Path, emitters: int, total: int, batch: int) -> float
             conn.close()
         return emitters * (per // batch) * batch / elapsed
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(60)
+        stop_node(proc)
 
 
 def bench_replay(root: Path, total: int) -> float:
@@ -170,10 +158,9 @@ def main() -> None:
         ]  # fmt: skip
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    print(f"{'figure':<50} {'value':>12} {'target':>12}  baseline")
-    for figure, value, target, baseline in rows:
-        target_text = f">= {target:,}" if target else "-"
-        print(f"{figure:<50} {value:>12,.0f} {target_text:>12}  {baseline}")
+    print_table(("figure", "value", "target", "baseline (same run)"),
+                [(figure, f"{value:,.0f}", f">= {target:,}" if target else "-", baseline)
+                 for figure, value, target, baseline in rows])
 
 
 if __name__ == "__main__":

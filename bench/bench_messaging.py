@@ -19,38 +19,18 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
-import os
-import signal
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import prismatic as p  # noqa: E402
+from bench._harness import pct, print_table, start_node, stop_node  # noqa: E402
 
 MSG = {"op": "get", "key": "user:42", "n": 7}
 WINDOW = 64
-
-
-def pct(xs: list[float], q: float) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(q * len(xs)))]
-
-
-def start_node(data: Path) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", "prismatic.node", "--app",
-                             "bench.apps:messaging", "--data-dir", str(data), "--quiet",
-                             "--name", f"bench-msg-{os.getpid()}"], cwd=REPO,
-                            env=dict(os.environ, PYTHONPATH=str(REPO)),
-                            stdout=subprocess.PIPE, text=True)
-    for line in proc.stdout:  # type: ignore[union-attr]
-        if "tree started" in line:
-            return proc
-    raise SystemExit("the bench node did not start")
 
 
 # ---- the multiprocessing.Pipe baseline -----------------------------------------------------------
@@ -140,13 +120,12 @@ def main() -> None:
     n = args.calls
     base = pipe_baseline(n)
     with tempfile.TemporaryDirectory() as tmp:
-        proc = start_node(Path(tmp) / "d")
+        proc = start_node("bench.apps:messaging", Path(tmp) / "d")
         try:
             with p.connect(Path(tmp) / "d") as conn:
                 got = prismatic_figures(conn, n)
         finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=60)
+            stop_node(proc)
     us = 1e6
     rows = [
         ("call round trip p50, client -> worker (us)", f"{got['p50'] * us:.1f}", "<= 40",
@@ -162,10 +141,7 @@ def main() -> None:
         ("casts/s (all handled)", f"{got['cast']:,.0f}", "-", f"Pipe one-way {base['oneway']:,.0f}"),
     ]
     print(f"messaging bench: {n:,} messages per figure, message {MSG}")
-    w = max(len(r[0]) for r in rows)
-    print(f"{'figure':<{w}}  {'value':>10}  {'target':>10}  baseline (same run)")
-    for fig, val, target, baseline in rows:
-        print(f"{fig:<{w}}  {val:>10}  {target:>10}  {baseline}")
+    print_table(("figure", "value", "target", "baseline (same run)"), rows)
 
 
 if __name__ == "__main__":

@@ -24,8 +24,6 @@ import argparse
 import multiprocessing as mp
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,21 +33,11 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import prismatic as p  # noqa: E402
+from bench._harness import print_table, start_node, stop_node  # noqa: E402
 
 PAD = "x" * 56
 BATCH = 100
 IDLE_TIMEOUT_S = 15.0
-
-
-def start_node(data: Path) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", "prismatic.node", "--app", "bench.apps:empty",
-                             "--data-dir", str(data), "--quiet"], cwd=REPO,
-                            env=dict(os.environ, PYTHONPATH=str(REPO)),
-                            stdout=subprocess.PIPE, text=True)
-    for line in proc.stdout:  # type: ignore[union-attr]
-        if "tree started" in line:
-            return proc
-    raise SystemExit("bench node did not start")
 
 
 def subscriber(data: str, pattern: str, end_topic: str, ready, results) -> None:
@@ -152,7 +140,7 @@ def main() -> None:
     scale = 0.2 if args.quick else 1.0
     ctx = mp.get_context("spawn")  # no ZeroMQ context crosses a fork
     root = Path(tempfile.mkdtemp(prefix="bench-pubsub-"))
-    node = start_node(root / "d")
+    node = start_node("bench.apps:empty", root / "d")
     rows = []
     try:
         with p.connect(root / "d") as conn:
@@ -171,13 +159,11 @@ def main() -> None:
             forwarded = [line for line in conn.metrics().splitlines()
                          if line.startswith("prismatic_pubsub_")]
     finally:
-        node.send_signal(signal.SIGTERM)
-        node.wait(timeout=60)
+        stop_node(node)
         shutil.rmtree(root, ignore_errors=True)
-    print(f"{'figure':<58} {'value':>11} {'lost':>5} {'target':>13}  baseline")
-    for figure, value, lost, target, baseline in rows:
-        target_text = f">= {target:,}" if target else "-"
-        print(f"{figure:<58} {value:>11,.0f} {lost:>5} {target_text:>13}  {baseline}")
+    print_table(("figure", "value", "lost", "target", "baseline (same run)"),
+                [(figure, f"{value:,.0f}", lost, f">= {target:,}" if target else "-", baseline)
+                 for figure, value, lost, target, baseline in rows])
     print("node counters: " + ", ".join(forwarded))
 
 

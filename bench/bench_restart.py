@@ -24,7 +24,6 @@ import os
 import select
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,28 +33,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import prismatic as p  # noqa: E402
+from bench._harness import pct, print_table, start_node, stop_node  # noqa: E402
 from prismatic._process import uss_bytes  # noqa: E402
-
-
-def pct(xs: list[float], q: float) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(q * len(xs)))]
-
-
-def start_node(app: str, data: Path) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", "prismatic.node", "--app", app,
-                             "--data-dir", str(data), "--quiet"], cwd=REPO,
-                            env=dict(os.environ, PYTHONPATH=str(REPO)),
-                            stdout=subprocess.PIPE, text=True)
-    for line in proc.stdout:  # type: ignore[union-attr]
-        if "tree started" in line:
-            return proc
-    raise SystemExit(f"node for {app} did not start")
-
-
-def stop_node(proc: subprocess.Popen) -> None:
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=60)
 
 
 def children_of(pid: int) -> list[int]:
@@ -204,10 +183,7 @@ def main() -> None:
     ]
     print(f"bench_restart: {args.kills} kills paced, {len(burst)} back-to-back, "
           f"{args.workers} workers; python {sys.version.split()[0]}, {os.cpu_count()} cpus")
-    widths = [max(len(r[i]) for r in rows + [("figure", "value", "target", "baseline")])
-              for i in range(4)]
-    for r in [("figure", "value", "target", "baseline")] + rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths)))
+    print_table(("figure", "value", "target", "baseline (same run)"), rows)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ import logging
 import os
 import socket
 import struct
-import time
 from collections.abc import Callable
 from typing import Any
 
