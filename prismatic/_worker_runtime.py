@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import inspect
 import os
 import signal
@@ -75,9 +76,16 @@ class WorkerContext:
         self.received = 0
         self.names: set[str] = set()
         self.mailbox = Mailbox(pid.node, pid.ospid)
-        self.hub = HubClient(pid.node)
-        self.outbox = Outbox(pid.node, pid, self.hub)
         self.pubsub = WorkerPubSub(self.deliver)  # pub/sub: no ZeroMQ until first used
+
+    # Made on first use: every object a fresh fork allocates costs it copy-on-write pages.
+    @functools.cached_property
+    def hub(self) -> HubClient:
+        return HubClient(self.pid.node)
+
+    @functools.cached_property
+    def outbox(self) -> Outbox:
+        return Outbox(self.pid.node, self.pid, self.hub)
 
     def attach(self, loop: asyncio.AbstractEventLoop) -> asyncio.AbstractEventLoop:
         """Start using ``loop``; timers set during a plain ``init`` are armed now."""
