@@ -118,6 +118,7 @@ class EventLog:
         self._topic_keys: dict[str, bytes] = {}
         self._source_keys: dict[str, bytes] = {}
         self._queue: collections.deque[_QueuedCall] = collections.deque()
+        self._inflight_wall: bytes | None = None  # the batch being committed: its oldest
         self._queued = 0
         self._wake_at: float = math.inf
         self._queue_cond = threading.Condition(threading.Lock())
@@ -248,6 +249,16 @@ class EventLog:
 
     # ------------------------------------------------------------------ writer thread
 
+    def lag_seconds(self) -> float:
+        """How long the oldest event submitted but not yet durable has waited (0: none)."""
+        oldest = self._inflight_wall
+        if oldest is None:
+            with self._queue_cond:
+                oldest = self._queue[0].wall_be if self._queue else None
+        if oldest is None:
+            return 0.0
+        return max(0.0, (time.time_ns() - unpack_u64(oldest)[0]) / 1e9)
+
     def _take_batch(self) -> list[_QueuedCall] | None:
         """Block until there is work; None once closing and drained."""
         retention = self.max_age_s is not None or self.max_bytes is not None
@@ -279,6 +290,7 @@ class EventLog:
             if batch is None:
                 return
             if batch:
+                self._inflight_wall = batch[0].wall_be
                 try:
                     self._commit_batch(batch)
                 except Exception as exc:  # the writer must survive anything
@@ -288,6 +300,7 @@ class EventLog:
                     for call in batch:
                         if not call.future.done():
                             call.future.set_exception(error)
+                self._inflight_wall = None
             try:
                 self._enforce_retention()
             except Exception:

@@ -427,6 +427,7 @@ class _NodeLoop:
     def gauges(self) -> dict[str, float]:
         return {"node_uptime_seconds": time.monotonic() - self.started,
                 "node_ready": float(self.ready),
+                "eventlog_lag_seconds": self.log.lag_seconds(),
                 "registered_names": len(self.hub.registry.names),
                 "monitors": len(self.hub.links.monitors),
                 "links": len(self.hub.links.links)}

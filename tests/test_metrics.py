@@ -77,6 +77,7 @@ def test_metrics_health_and_restarts_over_http(metrics_node):
     assert m[("prismatic_child_exits_total", (("reason", "killed"),))] == 1
     assert m[("prismatic_eventlog_errors_total", ())] == 0
     assert m[("prismatic_node_ready", ())] == 1
+    assert 0 <= m[("prismatic_eventlog_lag_seconds", ())] < 5
     assert m[("prismatic_control_requests_total", (("call", "tree"),))] >= 1
     for path in ("root", "w1", "w2", "w3"):
         assert m[("prismatic_process_memory_uss_bytes",
