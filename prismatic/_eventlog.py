@@ -44,12 +44,11 @@ from prismatic._eventlog_record import (
     EventDraft,
     EventLogStats,
     EventRecord,
-    RecordHead,
     offsets_bytes,
     pack_u64,
-    posting_last_seq,
     unpack_u64,
 )
+from prismatic._eventlog_retention import RETENTION_BATCH, retention_pass, used_bytes
 from prismatic._eventlog_store import LogStore, open_store, release_store
 from prismatic._topics import MAX_TOPIC_LENGTH, TopicPattern, validate_topic
 
@@ -58,8 +57,6 @@ __all__ = ["EventLog", "EventLogCounters", "open_event_log"]
 log = logging.getLogger(__name__)
 
 _RETENTION_INTERVAL_S = 0.05
-_RETENTION_BATCH = 4096
-_decode_head = msgspec.msgpack.Decoder(RecordHead).decode
 
 
 class EventLogCounters:
@@ -398,14 +395,6 @@ class EventLog:
 
     # ------------------------------------------------------------------ retention
 
-    def _used_bytes(self, txn: lmdb.Transaction) -> int:
-        store = self._store
-        total = 0
-        for db in (store.events, store.by_time, store.by_topic, store.by_source):
-            stat = txn.stat(db)
-            total += stat["psize"] * (stat["branch_pages"] + stat["leaf_pages"] + stat["overflow_pages"])
-        return total
-
     def _enforce_retention(self) -> None:
         if self.max_age_s is None and self.max_bytes is None:
             return
@@ -414,7 +403,8 @@ class EventLog:
             return
         self._next_retention_at = now + _RETENTION_INTERVAL_S
         try:
-            deleted = self._retention_pass()
+            deleted = retention_pass(self._store, self.max_age_s, self.max_bytes)
+            self.counters.retention_deleted += deleted
         except lmdb.MapFullError:
             self._grow_map()
             return
@@ -424,59 +414,8 @@ class EventLog:
                 self.counters.full_errors += 1
             log.error("event log %s: retention pass failed: %s", self.path, exc)
             return
-        if deleted >= _RETENTION_BATCH:
+        if deleted >= RETENTION_BATCH:
             self._next_retention_at = now  # more is due: continue after the next batch
-
-    def _retention_pass(self) -> int:
-        store = self._store
-        cutoff = None if self.max_age_s is None else time.time_ns() - int(self.max_age_s * 1e9)
-        with store.env.begin(write=True) as txn:
-            excess = -1 if self.max_bytes is None else self._used_bytes(txn) - self.max_bytes
-            cursor = txn.cursor(store.events)
-            heads: list[RecordHead] = []
-            if cursor.first():
-                while len(heads) < _RETENTION_BATCH:
-                    value = cursor.value()
-                    if not value:
-                        break
-                    head = _decode_head(value)
-                    if not ((cutoff is not None and head.wall_ns < cutoff) or excess > 0):
-                        break
-                    excess -= len(value) + 64  # rough share of the record in the indexes
-                    heads.append(head)
-                    cursor.delete()
-            if not heads:
-                return 0
-            new_first = heads[-1].seq + 1
-            for db, names in (
-                (store.by_topic, {h.topic for h in heads}),
-                (store.by_source, {h.source for h in heads}),
-            ):
-                index = txn.cursor(db)
-                for name in names:
-                    prefix = name.encode() + NUL
-                    if not index.set_range(prefix):
-                        continue
-                    while (key := index.key()).startswith(prefix):
-                        if unpack_u64(key[-8:])[0] >= new_first:
-                            break
-                        if posting_last_seq(index.value()) < new_first:
-                            index.delete()
-                        elif not index.next():
-                            break
-            by_time = txn.cursor(store.by_time)
-            for wall in {h.wall_ns for h in heads}:
-                prefix = pack_u64(wall)
-                if not by_time.set_range(prefix):
-                    continue
-                while by_time.key()[:8] == prefix:
-                    if unpack_u64(by_time.value())[0] < new_first:
-                        by_time.delete()
-                    elif not by_time.next():
-                        break
-            txn.put(b"deleted_through", pack_u64(new_first - 1), db=store.meta)
-        self.counters.retention_deleted += len(heads)
-        return len(heads)
 
     # ------------------------------------------------------------------ reading
 
@@ -526,7 +465,7 @@ class EventLog:
         store = self._store
         with store.read_txn() as txn:
             records = txn.stat(store.events)["entries"]
-            used = self._used_bytes(txn)
+            used = used_bytes(self._store, txn)
         c = self.counters
         return EventLogStats(
             path=self.path, node=self.node, readonly=self.readonly,
