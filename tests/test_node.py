@@ -79,7 +79,8 @@ def test_sigkill_mid_supervisor_rebuilds_subtree(node_factory):
     old = {r.path: r.pid for r in n.conn.tree()}
     with n.events() as ev:
         os.kill(old["mid"], signal.SIGKILL)
-        ev.wait_for(started("mid", "m"), 10)
+        # the root reports mid started only once mid's whole subtree is up again
+        ev.wait_for(started("", "mid"), 10)
     # the killed supervisor's children died with it (PDEATHSIG), none survived
     for path in ("mid/leaf", "mid/leaf/a", "mid/leaf/b", "mid/m"):
         wait_until(lambda pid=old[path]: not alive(pid), 5, f"{path} to die")
