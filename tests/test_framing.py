@@ -107,6 +107,8 @@ WRONG_SHAPES = [
     deep(100_000),  # deeper than the decoder's stack
     b"\x94\xa4call\x01" + deep(100_000) + b"\xc0",  # ... inside an ``Any`` field
     b"\x92\xa4cast" + deep(100_000),
+    b"\x94\xa7whereis\x01\xa1x" + deep(20_000),  # an extra element, skipped: still deep
+    b"\x93\xa4cast\x01" + deep(20_000),
     b"\x82\xa4type\xa6become\xa3key" + deep(100_000),
     b"\x84\xa4type\xa6become\xa3key\xa1k\xa7spec_id\xa1s\xa4args\x91" + deep(20_000),
     b"\x84\xa4type\xa7request\xa3ref\x01\xa4path\x90\xa2op" + deep(20_000),  # a Raw
