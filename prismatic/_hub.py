@@ -44,6 +44,8 @@ __all__ = ["Hub", "open_hub_socket", "peer_uid"]
 log = logging.getLogger(__name__)
 
 RECENT_EXITS = 10_000  # exit reasons remembered for late monitors and failed calls
+DEAD_LETTER_REASONS = frozenset({"noproc", "not_registered", "mailbox_full"})
+DEAD_LETTER_KINDS = frozenset({"call", "cast", "info"})
 _decoder = msgspec.msgpack.Decoder(HubRequest)
 _CREDS = struct.Struct("3i")
 
@@ -171,7 +173,7 @@ class Hub:
             conn.reply(HubReply(req.ref, None))
         elif isinstance(req, ExitOfReq):
             reason = self.exits.get(req.pid)
-            if reason is not None or req.wait <= 0:
+            if reason is not None or not req.wait > 0:  # NaN too: call_later refuses it
                 conn.reply(HubReply(req.ref, reason or NoProc()))
                 return
             # Dead (or dying) but not reported yet: answer when the tree reports it.
@@ -184,6 +186,12 @@ class Hub:
             else:
                 self.on_emit(req, conn.reply)
         elif isinstance(req, DeadLetterNote):
+            if req.reason not in DEAD_LETTER_REASONS or req.kind not in DEAD_LETTER_KINDS:
+                # Outside the protocol: it would name a topic and a metric label; dropped.
+                self.counters["bad_frames"] += 1
+                log.warning("hub: dropped a dead-letter note with reason %r, kind %r",
+                            req.reason[:40], req.kind[:40])
+                return
             self.counters[f"dead_letter:{req.reason}"] += 1
             self.on_dead_letter(req)
 

@@ -30,6 +30,9 @@ LOG_INTERVAL_S = 10.0
 HEADER = struct.Struct(">IB")
 _encoder = msgspec.msgpack.Encoder()
 _unpack_length = struct.Struct(">I").unpack_from
+# What decoding a bad body raises: msgpack nested deeper than the interpreter's recursion
+# limit (one byte per level, well inside MAX_FRAME) raises RecursionError, not DecodeError.
+_BAD_BODY = (msgspec.DecodeError, msgspec.ValidationError, RecursionError)
 
 
 def encode_frame(frame: Any) -> bytes:
@@ -62,7 +65,7 @@ class FrameBuffer:
             if len(data) == 4 + length and data[4] == WIRE_VERSION and length > 1:
                 try:
                     return [self.decoder.decode(memoryview(data)[5:])]
-                except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                except _BAD_BODY as exc:
                     self.dropped(f"malformed frame: {exc}")
                     return []
         buf += data
@@ -84,7 +87,7 @@ class FrameBuffer:
                 continue
             try:
                 frames.append(self.decoder.decode(body))
-            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            except _BAD_BODY as exc:
                 self.dropped(f"malformed frame: {exc}")
         return frames
 
