@@ -363,7 +363,7 @@ class _NodeLoop:
             ident, body = await self.control.recv_multipart()
             try:
                 call = _call_decoder.decode(body)
-            except msgspec.DecodeError as exc:
+            except (msgspec.DecodeError, RecursionError) as exc:  # deep nesting is bad input
                 self.bad_requests += 1
                 log.warning("control: dropped malformed request (%d so far): %s",
                             self.bad_requests, exc)

@@ -175,7 +175,7 @@ class WorkerPubSub:
             return  # only the prefix matched, or a pattern dropped since
         try:
             payloads = _decode_payloads(frames[1])
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, RecursionError) as exc:  # deep nesting is bad input
             self.undecodable += 1
             log.warning("worker %d: dropped a message on %r whose payloads do not decode "
                         "(%d so far): %s", os.getpid(), topic, self.undecodable, exc)

@@ -338,7 +338,7 @@ class SupervisorRuntime:
             return
         try:
             op = _op_decoder.decode(frame.op)
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, RecursionError) as exc:  # deep nesting is bad input
             self.parent.try_send(ReplyFrame(frame.ref, msgspec.Raw(_encoder.encode(
                 Err("badarg", str(exc))))))
             return

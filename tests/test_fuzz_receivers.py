@@ -248,3 +248,30 @@ def test_fuzz_the_hub(node):
     logs = node.log.parent / "node.out", node.log
     assert not any("hub: request" in f.read_text() for f in logs if f.exists()), \
         "a request raised in the hub"
+
+
+def test_control_endpoint_survives_deeply_nested_requests(node):
+    """msgpack nested past Python's recursion limit is bad input like any other."""
+    import zmq
+
+    from prismatic._control import SupervisorCall
+    from prismatic._node import control_address
+
+    nested = b"\x91" * 100_000 + b"\x00"  # 100k one-element arrays, one inside the other
+    call = SupervisorCall(1, ("a",), msgspec.Raw(nested), "not-the-cookie")
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    try:
+        sock.connect(control_address(node.data_dir))
+        sock.send(msgspec.msgpack.encode(call))  # a well-formed call around a bottomless op
+        sock.send(nested)
+    finally:
+        sock.close(linger=5000)  # deliver both before the context goes
+        ctx.term()
+
+    def counted() -> bool:
+        return any(line.startswith("prismatic_bad_frames_control_total")
+                   and float(line.split()[-1]) >= 2 for line in node.conn.metrics().splitlines())
+
+    wait_until(counted, 10, "the bad control requests to be counted")
+    assert node.conn.status().ready
