@@ -1,6 +1,9 @@
 """Prismatic: Erlang/OTP-grade supervision trees of OS processes for Python.
 
-This module only re-exports; the implementation lives in private modules.
+This module only re-exports; the implementation lives in private modules. The client side
+(``connect``, event streams, subscriptions: ZeroMQ) is imported on first access, so a tree's
+processes, forked from an image that imported ``prismatic``, do not carry it: every fork and
+every exit then has fewer pages to copy and free.
 """
 
 from ._address import Pid
@@ -8,7 +11,6 @@ from ._childspec import (
     AutoShutdown, ChildSpec, ChildType, RestartType, ShutdownKind, Strategy, SupervisorSpec,
     SupFlags, check_child_specs,
 )
-from ._client import EventStream, NodeConnection, connect, open_event_stream
 from ._errors import (
     CallError, CallTimeout, ChildSpecError, ControlError, EventLogError, EventLogFormatError,
     EventLogFullError, MailboxFull, NodeError, NoProcError, PrismaticError, ProcessDown,
@@ -19,7 +21,6 @@ from ._exit import (
 )
 from ._notices import Caller, Down, Exit
 from ._pubsub_wire import Event
-from ._subscription import Subscription, open_subscription
 from ._worker import Ignore, Stop, Worker
 from .supervisors._events import ChildInfo
 
@@ -37,3 +38,24 @@ __all__ = [
     "CallError", "CallTimeout", "ProcessDown", "NoProcError", "MailboxFull", "RegistryError",
     "Event", "Subscription", "open_subscription", "PubSubError", "TopicError",
 ]
+
+_LAZY = {
+    "connect": "._client", "NodeConnection": "._client", "open_event_stream": "._client",
+    "EventStream": "._client", "Subscription": "._subscription",
+    "open_subscription": "._subscription",
+}
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'prismatic' has no attribute {name!r}")
+    import importlib  # noqa: PLC0415 - the point is to import late
+
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

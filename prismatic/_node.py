@@ -1,23 +1,12 @@
 """A node: the process that owns the root supervisor and serves the tree to the outside.
 
-Start-up order is what keeps forks clean: the node resolves the app (so every module the
-tree needs is imported into the image all processes are forked from), takes the data
-directory's lock, forks the root supervisor, and only then creates its ZeroMQ context. From
-then on the node never forks again.
-
-The node's loop (uvloop) serves:
-* the root supervisor's channel: lifecycle events (folded into a :class:`TreeView`, published
-  on ``ipc://<data dir>/events.sock`` with topic ``supervisor.<path>.<key>.<kind>``) and
-  replies;
-* pub/sub: the forwarder (:mod:`._forwarder`) moves what publishers push to
-  ``ipc://<data dir>/publish.sock`` onto ``events.sock`` (``docs/pubsub.md``);
-* the control endpoint ``ipc://<data dir>/control.sock`` (see :mod:`._control`), every
-  request authenticated by the cookie in ``<data dir>/cookie`` (:mod:`._cookie`);
-* optionally, Prometheus metrics and health over HTTP (:mod:`._metrics`, from a thread);
-* the event log ``<data dir>/eventlog`` (LMDB, :mod:`._eventlog`): every lifecycle event is
-  appended under the same topic, group-committed and synced;
-* SIGINT/SIGTERM: stop the tree in order (SIGTERM to the root, which stops its children in
-  reverse start order), then exit 0.
+Start-up order is what keeps forks clean and cheap: the node resolves the app (so every
+module the tree needs is imported into the image all processes are forked from), takes the
+data directory's lock, binds its hub address (a second node of the same name fails here),
+forks the root supervisor, and only then imports and starts what serves the outside
+(:mod:`._node_loop`: ZeroMQ, LMDB, Prometheus). None of those is in the tree's image, so
+no ZeroMQ context or LMDB environment can cross a fork, and every fork and every exit in
+the tree has fewer pages to copy and free. From then on the node never forks again.
 
 If the root supervisor exits on its own (restart intensity exceeded all the way up), the
 node exits with code 1, as an OTP node does when its permanent application's top
@@ -26,60 +15,25 @@ supervisor dies.
 
 from __future__ import annotations
 
-import asyncio
-from concurrent.futures import Future
 import fcntl
-import logging
 import os
-import signal
-import socket
 import sys
-import time
 from pathlib import Path
-from collections.abc import Callable
-from typing import Any, TextIO
+from typing import TextIO
 
-import msgspec
-import uvloop
-import zmq
-import zmq.asyncio
-
-from ._address import Pid, default_node_name
+from ._address import default_node_name
 from ._childspec import SupervisorSpec, import_ref
-from ._control import (
-    UNAUTHORIZED, ControlCall, ControlReply, MetricsCall, NodeStatus, StatusCall, SupervisorCall,
-    TreeCall, TreeRow,
-)
-from ._cookie import cookie_matches, ensure_cookie
-from ._errors import ChildSpecError, NodeError, PrismaticError
-from ._eventlog_record import EventDraft
-from ._topics import validate_topic
-from ._eventlog import EventLog, open_event_log
+from ._cookie import ensure_cookie
+from ._errors import ChildSpecError, NodeError
+from ._hub import open_hub_socket
 from ._nodeinfo import NodeInfo, set_current
-from ._metrics import MetricsServer, NodeMetrics, ProcessSample, serve_metrics
-from ._exit import ExitReason, Killed, Normal, Shutdown, describe, reason_from_wait_status
-from ._forwarder import Forwarder
-from ._hub import Hub, open_hub_socket
-from ._mailbox_stats import MailboxStats, collect_stats
+from ._process import fork_child
 from ._pubsub_wire import events_address, publish_address
-from ._process import fork_child, send_signal
-from ._tree import TreeView
-from .supervisors._events import Err, Ok
 from .supervisors._runtime import SupervisorRuntime
 from .transports._channel import Channel, open_channel_pair
-from .transports._frames import (
-    ExitingFrame, LifecycleFrame, ReadyFrame, ReplyFrame, RequestFrame,
-)
-from .transports._messages import DeadLetterNote, EmitReq, HubReply
 
 __all__ = ["run_node", "load_app", "default_data_dir", "control_address", "events_address",
            "publish_address"]
-
-log = logging.getLogger(__name__)
-MAILBOX_STATS_TIMEOUT_S = 0.25  # a worker busy longer than this is left out of a scrape
-REFUSAL_LOG_INTERVAL_S = 10.0  # at most one refusal warning per interval; the rest are counted
-_encoder = msgspec.msgpack.Encoder()
-_call_decoder = msgspec.msgpack.Decoder(ControlCall)
 
 
 def default_data_dir(name: str) -> Path:
@@ -132,10 +86,10 @@ def run_node(spec: SupervisorSpec, *, name: str | None = None,
                           "prism-sup:root")
     theirs.close()
     try:
-        # Opened only now, after the node's one fork (LMDB must never cross a fork).
-        with open_event_log(data / "eventlog", node=name) as log:
-            node = _NodeLoop(name, data, mine, root_pid, show_tree, out, log, cookie)
-            return uvloop.run(node.main(hub_sock, metrics_port, metrics_host))
+        from ._node_loop import serve  # noqa: PLC0415 - after the fork, by design
+
+        return serve(name, data, mine, root_pid, show_tree, out, cookie, hub_sock,
+                     metrics_port, metrics_host)
     finally:
         hub_sock.close()
         lock.close()
@@ -146,334 +100,3 @@ def _root_main(spec: SupervisorSpec, channel: Channel, name: str) -> int:
     # a terminal, `kill -TERM -PGID`) reaches only the node, which stops the tree in order.
     os.setpgid(0, 0)
     return SupervisorRuntime(spec, channel, (), name).run()
-
-
-class _NodeLoop:
-    def __init__(self, name: str, data: Path, root: Channel, root_pid: int, show_tree: bool,
-                 out: TextIO, log: EventLog, cookie: str) -> None:
-        self.name = name
-        self.log = log
-        self.log_errors = 0
-        self.data = data
-        self.root = root
-        self.root_pid = root_pid
-        self.root_pidfd = os.pidfd_open(root_pid)
-        self.show_tree = show_tree
-        self.out: TextIO | None = out
-        self.tree = TreeView(root_pid)
-        self.ready = False
-        self.stopping = False
-        self.root_reason: ExitReason | None = None
-        self.pending: dict[int, tuple[bytes, int]] = {}
-        self.next_ref = 1
-        self.started = time.monotonic()
-        self.dirty = False
-        self.cookie = cookie
-        self.bad_requests = 0
-        self.refusals_unlogged = 0
-        self.refusal_logged_at = -REFUSAL_LOG_INTERVAL_S
-        self.metrics = NodeMetrics(name, self.process_samples, self.gauges, self.counters,
-                                   self.mailbox_stats)
-        self.metrics_server: MetricsServer | None = None
-        self.hub = Hub(name, self.on_dead_letter,
-                       lambda tag: self.metrics.hub_requests.labels(tag).inc(), self.on_emit)
-        self.hub.process_started(root_pid)
-        self.dead_letters_unlogged = 0
-        self.dead_letter_logged_at = -REFUSAL_LOG_INTERVAL_S
-
-    async def main(self, hub_sock: socket.socket, metrics_port: int = 0,
-                   metrics_host: str = "127.0.0.1") -> int:
-        loop = asyncio.get_running_loop()
-        await self.hub.start(hub_sock)
-        self.done: asyncio.Future[int] = loop.create_future()
-        ctx = zmq.asyncio.Context()
-        self.control = ctx.socket(zmq.ROUTER)
-        (self.data / "control.sock").unlink(missing_ok=True)  # stale: we hold the node lock
-        self.control.bind(control_address(self.data))
-        self.forwarder = Forwarder(zmq.Context(shadow=ctx), self.data)
-        self.forwarder.start(loop)
-        loop.add_reader(self.root.fileno(), self.on_root)
-        loop.add_reader(self.root_pidfd, self.on_root_exit)
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, self.stop)
-        server = loop.create_task(self.serve_control())
-        printer = loop.create_task(self.print_tree()) if self.show_tree else None
-        beat = loop.create_task(self.beat())
-        if metrics_port:
-            try:
-                self.metrics_server = serve_metrics(self.metrics, metrics_port, metrics_host)
-            except OSError as exc:
-                # Loud, but the tree keeps running: metrics observe it, they are no dependency.
-                log.error("metrics endpoint on %s:%d not started: %s", metrics_host,
-                          metrics_port, exc)
-            else:
-                log.info("metrics on %s", self.metrics_server.url)
-        try:
-            return await self.done
-        finally:
-            server.cancel()
-            beat.cancel()
-            if printer:
-                printer.cancel()
-            if self.metrics_server is not None:
-                self.metrics_server.close()
-            self.hub.close()
-            self.control.close(0)
-            self.forwarder.close()
-            ctx.term()
-
-    def say(self, line: str) -> None:
-        if self.out is None:
-            return
-        try:
-            print(line, file=self.out, flush=True)
-        except OSError as exc:  # a closed pipe must not stop the node: stop printing instead
-            log.warning("node output closed (%s); no more tree printing", exc)
-            self.out = None
-
-    def stop(self) -> None:
-        if self.stopping:
-            send_signal(self.root_pidfd, signal.SIGKILL)  # second Ctrl-C: no more waiting
-            return
-        self.stopping = True
-        self.say(f"node {self.name}: stopping the tree")
-        send_signal(self.root_pidfd, signal.SIGTERM)
-
-    # ---- the root's channel -----------------------------------------------------------------
-
-    def on_root(self) -> None:
-        for frame in self.root.receive():
-            self.on_frame(frame)
-        if self.root.closed:
-            asyncio.get_running_loop().remove_reader(self.root.fileno())
-
-    def on_frame(self, frame: Any) -> None:
-        if isinstance(frame, LifecycleFrame):
-            self.metrics.observe(frame, (*frame.path, frame.key) not in self.tree.entries)
-            self.tell_hub(frame)
-            self.tree.apply(frame)
-            self.dirty = True
-            topic = ".".join(("supervisor", *(frame.path or ("root",)), frame.key, frame.kind))
-            self.forwarder.send(topic.encode(), _encoder.encode((frame,)))  # a run of one
-            self.log.submit(topic, msgspec.to_builtins(frame), source="/".join(
-                frame.path) or "root").add_done_callback(self.logged)
-        elif isinstance(frame, ReplyFrame):
-            self.answer(frame.ref, frame.result)
-        elif isinstance(frame, ReadyFrame):
-            self.ready = self.metrics.ready = True
-            self.say(f"node {self.name}: tree started (root pid {self.root_pid}, "
-                     f"data {self.data})")
-        elif isinstance(frame, ExitingFrame):
-            self.root_reason = frame.reason
-
-    def tell_hub(self, frame: LifecycleFrame) -> None:
-        """Starts and exits, for the registry, monitors and links. A supervisor that dies
-        abruptly takes its subtree with it (PDEATHSIG): those exits are never reported by
-        anyone else, so they are derived here, before the tree forgets the subtree."""
-        if frame.pid is None:
-            return
-        if frame.kind == "child_started":
-            self.hub.process_started(frame.pid)
-            return
-        if frame.reason is None or frame.kind not in ("child_exited", "child_stopped",
-                                                      "start_error"):
-            return
-        self.hub.process_exited(frame.pid, frame.reason)
-        path = (*frame.path, frame.key)
-        for below, entry in self.tree.entries.items():
-            if len(below) > len(path) and below[:len(path)] == path and entry.pid:
-                self.hub.process_exited(entry.pid, Killed(signal.SIGKILL))
-
-    def on_emit(self, req: EmitReq, reply: Callable[[HubReply], None]) -> None:
-        """A process's ``emit``: the reply (its acknowledgement) leaves only once the log's
-        transaction is synced; a refused append is answered with the error, never dropped."""
-        loop = asyncio.get_running_loop()
-        try:
-            validate_topic(req.topic)
-            if len(req.payloads) == 1:
-                done: Future[Any] = self.log.submit(req.topic, req.payloads[0],
-                                                    source=req.source,
-                                                    correlation_id=req.correlation_id)
-            else:
-                done = self.log.submit_many([EventDraft(req.topic, p, req.source,
-                                                        req.correlation_id)
-                                             for p in req.payloads])
-        except PrismaticError as exc:
-            reply(HubReply(req.ref, None, type(exc).__name__, str(exc)))
-            return
-
-        def acknowledge(done: Future[Any]) -> None:  # on the log's writer thread
-            exc = done.exception()
-            if exc is not None:
-                answer = HubReply(req.ref, None, type(exc).__name__, str(exc))
-            else:
-                seqs = done.result()
-                answer = HubReply(req.ref, seqs if isinstance(seqs, int) else seqs[0])
-            loop.call_soon_threadsafe(reply, answer)
-
-        done.add_done_callback(self.logged)
-        done.add_done_callback(acknowledge)
-
-    def on_dead_letter(self, note: DeadLetterNote) -> None:
-        self.metrics.dead_letters.labels(note.reason, note.kind).inc()
-        topic = f"deadletter.{note.reason}"
-        body = {"dest": note.dest, "reason": note.reason, "kind": note.kind,
-                "sender": str(note.sender) if note.sender else None, "size": note.size}
-        self.forwarder.send(topic.encode(), _encoder.encode((body,)))
-        self.log.submit(topic, body, source=str(note.sender or "client")).add_done_callback(
-            self.logged)
-        now = time.monotonic()
-        if now - self.dead_letter_logged_at < REFUSAL_LOG_INTERVAL_S:
-            self.dead_letters_unlogged += 1
-            return
-        log.warning("dead letter: a %s to %s from %s: %s (%d more since the last warning)",
-                    note.kind, note.dest, note.sender or "a client", note.reason,
-                    self.dead_letters_unlogged)
-        self.dead_letter_logged_at, self.dead_letters_unlogged = now, 0
-
-    def logged(self, done: Future[int]) -> None:
-        # Runs on the writer thread: only count and log here.
-        exc = done.exception()
-        if exc is not None:
-            self.log_errors += 1
-            log.error("event log append failed (%d so far): %s", self.log_errors, exc)
-
-    def on_root_exit(self) -> None:
-        loop = asyncio.get_running_loop()
-        loop.remove_reader(self.root_pidfd)
-        _, status = os.waitpid(self.root_pid, 0)
-        for frame in self.root.drain():
-            self.on_frame(frame)
-        reason = self.root_reason or reason_from_wait_status(status)
-        self.hub.process_exited(self.root_pid, reason)
-        for ref in list(self.pending):
-            self.answer(ref, msgspec.Raw(_encoder.encode(Err("noproc", "root supervisor exited"))))
-        if self.stopping and isinstance(reason, (Normal, Shutdown)):
-            self.say(f"node {self.name}: stopped")
-            self.done.set_result(0)
-            return
-        what = "failed to start" if not self.ready else "exited"
-        self.say(f"node {self.name}: root supervisor {what}: {describe(reason)}")
-        self.done.set_result(1)
-
-    # ---- control endpoint -------------------------------------------------------------------
-
-    async def serve_control(self) -> None:
-        while True:
-            ident, body = await self.control.recv_multipart()
-            try:
-                call = _call_decoder.decode(body)
-            except (msgspec.DecodeError, RecursionError) as exc:  # deep nesting is bad input
-                self.bad_requests += 1
-                log.warning("control: dropped malformed request (%d so far): %s",
-                            self.bad_requests, exc)
-                continue
-            self.metrics.control_requests.labels(type(call).__struct_config__.tag).inc()
-            if not cookie_matches(self.cookie, call.cookie):
-                self.refuse(ident, call.ref, "missing" if not call.cookie else "wrong")
-                continue
-            if isinstance(call, SupervisorCall):
-                ref, self.next_ref = self.next_ref, self.next_ref + 1
-                self.pending[ref] = (ident, call.ref)
-                if not self.root.try_send(RequestFrame(ref, call.path, call.op)):
-                    self.answer(ref, msgspec.Raw(_encoder.encode(Err("noproc", "no root"))))
-            elif isinstance(call, TreeCall):
-                self.reply(ident, call.ref, Ok(self.tree_rows()))
-            elif isinstance(call, StatusCall):
-                self.reply(ident, call.ref, Ok(self.status()))
-            elif isinstance(call, MetricsCall):
-                # Off the loop: a scrape asks every worker for its mailbox statistics.
-                asyncio.get_running_loop().create_task(self.reply_metrics(ident, call.ref))
-
-    async def reply_metrics(self, ident: bytes, ref: int) -> None:
-        text = await asyncio.get_running_loop().run_in_executor(None, self.metrics.exposition)
-        self.reply(ident, ref, Ok(text.decode()))
-
-    def refuse(self, ident: bytes, ref: int, why: str) -> None:
-        self.metrics.control_refusals.labels(f"{why}_cookie").inc()
-        self.reply(ident, ref, Err(UNAUTHORIZED, f"{why} cookie: the request must carry the "
-                                                 f"contents of {self.data / 'cookie'}"))
-        now = time.monotonic()
-        if now - self.refusal_logged_at < REFUSAL_LOG_INTERVAL_S:
-            self.refusals_unlogged += 1  # counted in the metric; summed up in the next warning
-            return
-        log.warning("control: refused a request with a %s cookie (%d more refused since the "
-                    "last warning)", why, self.refusals_unlogged)
-        self.refusal_logged_at, self.refusals_unlogged = now, 0
-
-    def status(self) -> NodeStatus:
-        entries = [e for e in self.tree.entries.values() if e.running]
-        return NodeStatus(
-            node=self.name, pid=os.getpid(), root_pid=self.root_pid, ready=self.ready,
-            uptime=time.monotonic() - self.started, processes=len(entries),
-            data_dir=str(self.data),
-            supervisors=sum(1 for e in entries if e.type == "supervisor"),
-            workers=sum(1 for e in entries if e.type != "supervisor"),
-            restarts=sum(e.restarts for e in self.tree.entries.values()),
-            metrics_url=self.metrics_server.url if self.metrics_server else None)
-
-    # ---- metrics (read from the metrics thread at scrape time) ------------------------------
-
-    def process_samples(self) -> list[ProcessSample]:
-        return [ProcessSample("/".join(e.path) or "root", e.type, e.pid)
-                for e in tuple(self.tree.entries.values()) if e.pid is not None]
-
-    def mailbox_stats(self) -> tuple[dict[str, MailboxStats], int]:
-        workers = {"/".join(e.path): Pid(self.name, e.pid)
-                   for e in tuple(self.tree.entries.values())
-                   if e.pid is not None and e.type != "supervisor"}
-        return collect_stats(workers, MAILBOX_STATS_TIMEOUT_S)
-
-    def gauges(self) -> dict[str, float]:
-        return {"node_uptime_seconds": time.monotonic() - self.started,
-                "node_ready": float(self.ready),
-                "eventlog_lag_seconds": self.log.lag_seconds(),
-                "registered_names": len(self.hub.registry.names),
-                "monitors": len(self.hub.links.monitors),
-                "links": len(self.hub.links.links)}
-
-    def counters(self) -> dict[str, int]:
-        c = self.log.counters
-        return {"eventlog_appends": c.appends, "eventlog_commits": c.commits,
-                "eventlog_bytes_written": c.bytes_written,
-                "eventlog_errors": c.errors + self.log_errors,
-                "eventlog_full_errors": c.full_errors,
-                "bad_frames_root_channel": self.root.bad_frames,
-                "bad_frames_control": self.bad_requests,
-                "bad_frames_hub": self.hub.counters["bad_frames"],
-                "hub_notices_undeliverable": self.hub.counters["notice_undeliverable"],
-                "pubsub_messages_forwarded": self.forwarder.messages_forwarded,
-                "pubsub_events_forwarded": self.forwarder.events_forwarded,
-                "pubsub_dropped_bad_frames": self.forwarder.dropped_bad_frames,
-                "pubsub_dropped_bad_topic": self.forwarder.dropped_bad_topic}
-
-    async def beat(self) -> None:
-        while True:  # /health answers 200 while this keeps stamping
-            self.metrics.heartbeat = time.monotonic()
-            await asyncio.sleep(1.0)
-
-    def tree_rows(self) -> list[TreeRow]:
-        now = time.monotonic()
-        return [TreeRow(path="/".join(e.path), type=e.type, pid=e.pid, restarts=e.restarts,
-                        uptime=(now - e.started_mono) if e.pid else None,
-                        last_exit=e.last_exit) for e in self.tree.rows()]
-
-    def answer(self, ref: int, result: msgspec.Raw) -> None:
-        target = self.pending.pop(ref, None)
-        if target is not None:
-            ident, client_ref = target
-            self.control.send_multipart([ident, _encoder.encode(ControlReply(client_ref,
-                                                                             result))])
-
-    def reply(self, ident: bytes, ref: int, result: Ok | Err) -> None:
-        self.control.send_multipart([ident, _encoder.encode(
-            ControlReply(ref, msgspec.Raw(_encoder.encode(result))))])
-
-    async def print_tree(self) -> None:
-        while True:
-            await asyncio.sleep(0.25)
-            if self.dirty and not self.stopping:
-                self.dirty = False
-                stamp = time.strftime("%H:%M:%S")
-                self.say(f"--- {stamp} {self.name}: {self.tree.last_event}\n"
-                         f"{self.tree.render()}")

@@ -10,6 +10,7 @@ import sys
 import pytest
 
 import prismatic as p
+from prismatic._eventlog import open_event_log
 from tests.conftest import REPO, alive, wait_until
 
 
@@ -55,19 +56,26 @@ def test_rest_for_one_restarts_the_rest(node_factory):
     assert after["w2"] != before["w2"] and after["w3"] != before["w3"]
 
 
+def logged(n) -> list:
+    """The node's lifecycle events so far, from its durable log: for what happens on its own
+    right after start, before a live subscription could be made."""
+    with open_event_log(str(n.data_dir / "eventlog"), node="", readonly=True) as log:
+        return list(log.query(pattern="supervisor.#"))
+
+
 def test_crash_loop_escalates_two_levels(node_factory):
     n = node_factory("tests.apps:escalation")
-    with n.events() as ev:
-        seen = []
 
-        def gave_up(e) -> bool:
-            if e.kind == "intensity_exceeded":
-                seen.append("/".join(e.path) or "root")
-            return "root" in seen or ("mid" in seen and "" in ["/".join(e.path)]
-                                      and e.kind == "child_exited" and e.key == "mid")
+    def gave_up() -> set[str] | None:
+        events = logged(n)
+        seen = {"/".join(e.payload["path"]) or "root" for e in events
+                if e.payload["kind"] == "intensity_exceeded"}
+        mid_gone = any(e.payload["kind"] == "child_exited" and e.payload["key"] == "mid"
+                       and not e.payload["path"] for e in events)
+        return seen if mid_gone else None
 
-        ev.wait_for(gave_up, 20)
-    assert "mid/leaf" in seen and "mid" in seen
+    seen = wait_until(gave_up, 20, "mid to give up and exit")
+    assert "mid/leaf" in seen and "mid" in seen and "root" not in seen
     # mid is transient and exited with shutdown: not restarted; the node and bystander live
     assert n.proc.poll() is None
     rows = {c.id: c for c in n.conn.which_children()}
@@ -197,8 +205,8 @@ def test_simple_one_for_one_dynamic_children(node_factory):
 
 def test_significant_child_auto_shutdown(node_factory):
     n = node_factory("tests.apps:significant")
-    with n.events() as ev:
-        ev.wait_for(lambda e: e.kind == "child_exited" and e.key == "inner", 10)
+    wait_until(lambda: any(e.payload["kind"] == "child_exited" and e.payload["key"] == "inner"
+                           for e in logged(n)), 10, "inner to shut down")
     rows = {r.id: r for r in n.conn.which_children()}
     assert rows["inner"].pid is None and rows["other"].pid is not None
 
