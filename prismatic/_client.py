@@ -37,6 +37,7 @@ from ._hubclient import HubClient
 from ._node import control_address, default_data_dir
 from ._outbox import Outbox, RequestId
 from ._publisher import BackgroundPublisher
+from ._replay import replay_log, republish_log
 from ._pubsub_wire import events_address, publish_address
 from ._subscription import Subscription, await_hello
 from .supervisors._events import (
@@ -189,6 +190,19 @@ class NodeConnection:
 
     def whereis(self, name: str) -> Pid | None:
         return self._messaging().whereis(name)
+
+    def replay(self, handler: Callable[[Any], object], **filters: Any) -> int:
+        """Re-deliver the node's logged events matching ``filters`` (``start_seq``,
+        ``end_seq``, ``since_ns``, ``until_ns``, ``pattern``, ``source``, ``limit``) to
+        ``handler``, oldest first; how many. Reads the log directly (same host)."""
+        return replay_log(self.data_dir, handler, **filters)
+
+    def republish(self, *, prefix: str = "replay", **filters: Any) -> int:
+        """Publish the matching logged events again, under ``<prefix>.<topic>``; how many.
+        Returns once they are handed to the node."""
+        count = republish_log(self.data_dir, self.publish_many, prefix=prefix, **filters)
+        self.flush()
+        return count
 
     def emit(self, topic: str, payload: Any, *, correlation_id: str | None = None) -> int:
         """Append one event to the node's durable log; its seq once synced (the ack)."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ._errors import EventLogError
 from ._exit import ExitReason, Normal
 
 __all__ = ["Worker", "Stop", "Ignore"]
@@ -150,6 +151,18 @@ class Worker:
         """Several events under one topic in one transaction; the first one's sequence
         number (the rest follow it in order)."""
         return self.context.emit(topic, list(payloads), correlation_id)
+
+    def replay(self, handler: Any, **filters: Any) -> int:
+        """Re-deliver the node's logged events matching ``filters`` (``pattern``,
+        ``start_seq``, ``since_ns``... as ``EventLog.query``) to ``handler``, oldest first:
+        e.g. from ``init``, to rebuild this worker's state after a restart. How many."""
+        from ._nodeinfo import current  # noqa: PLC0415
+        from ._replay import replay_log  # noqa: PLC0415 - LMDB only where it is read
+
+        info = current()
+        if info is None:
+            raise EventLogError("replay needs a node: this process is not part of a tree")
+        return replay_log(info.data_dir, handler, **filters)
 
     def register(self, name: str) -> None:
         """Register this process as ``name`` on its node (OTP's ``register/2``): unique per

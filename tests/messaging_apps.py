@@ -61,6 +61,10 @@ class Agent(p.Worker):
                         if getattr(exc, "reason", None) is not None else ""]
         if op == "emit":  # [topic, payloads, correlation id]
             return self.emit_many(args[0], args[1], correlation_id=args[2])
+        if op == "replay":  # the payloads logged under a pattern, oldest first
+            got: list[Any] = []
+            self.replay(lambda rec: got.append(rec.payload), pattern=args[0])
+            return got
         if op == "cast":
             return self.cast(_dest(args[0]), args[1])
         raise ValueError(f"unknown op {op!r}")

@@ -71,3 +71,20 @@ def test_acknowledged_emits_survive_sigkill_of_the_node(tmp_path):
     seqs = [r.seq for r in records(tmp_path / "data", pattern="stress.#")]
     assert len(seqs) == len(set(seqs)) and seqs == sorted(seqs)
     assert set(acked) <= set(seqs)
+
+
+def test_replay_to_a_worker_and_republish(node_factory):
+    n = node_factory("tests.messaging_apps:agents")
+    n.conn.emit_many("orders.eu", [{"id": 1}, {"id": 2}])
+    n.conn.emit("orders.us", {"id": 3})
+    # a worker rebuilding its state reads the log itself
+    assert n.conn.call("alpha", ["replay", "orders.#"]) == [{"id": 1}, {"id": 2}, {"id": 3}]
+    seen = []
+    assert n.conn.replay(seen.append, pattern="orders.eu") == 2
+    assert [r.payload for r in seen] == [{"id": 1}, {"id": 2}]
+    # republished history comes under replay.<topic>, in log order
+    with n.conn.subscribe("replay.orders.#") as sub:
+        assert n.conn.republish(pattern="orders.#") == 3
+        got = [sub.next(10) for _ in range(3)]
+    assert [(e.topic, e.payload["id"]) for e in got] == [
+        ("replay.orders.eu", 1), ("replay.orders.eu", 2), ("replay.orders.us", 3)]
