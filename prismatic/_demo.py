@@ -1,7 +1,11 @@
 """The built-in demo tree that ``python -m prismatic.node`` runs with no ``--app``.
 
-Nested supervisors with different strategies, and one worker that crashes now and then so
-the printed tree shows restarts (and, every so often, a one_for_all / rest_for_one restart).
+Nested supervisors with different strategies, and workers that crash now and then so the
+printed tree shows restarts (and, every so often, a one_for_all / rest_for_one restart).
+The pipeline passes messages: ``source`` casts a number to the process registered as
+``transform`` twice a second, which casts its double to ``sink``; ask the sink from a shell
+with ``prismatic call sink total``. While ``transform`` restarts, ``source``'s casts become
+dead letters (counted, logged, kept in the event log).
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from ._childspec import ChildSpec, SupervisorSpec, SupFlags
 from ._exit import ExitReason
 from ._worker import Worker
 
-__all__ = ["demo_tree", "Ticker", "Flaky"]
+__all__ = ["demo_tree", "Ticker", "Flaky", "Source", "Transform", "Sink"]
 
 
 class Ticker(Worker):
@@ -44,6 +48,47 @@ class Flaky(Worker):
         pass
 
 
+class Source(Worker):
+    """Casts 1, 2, 3... to ``transform``, every ``interval`` seconds."""
+
+    def init(self, interval: float = 0.5) -> None:
+        self.interval = interval
+        self.n = 0
+        self.send_after(interval, "tick")
+
+    def handle_info(self, msg: object) -> None:
+        self.n += 1
+        self.cast("transform", self.n)
+        self.send_after(self.interval, "tick")
+
+
+class Transform(Flaky):
+    """Registered as ``transform``: doubles what it gets, for ``sink``; crashes now and then."""
+
+    def init(self, low: float = 2.0, high: float = 8.0) -> None:
+        super().init(low, high)
+        self.register("transform")
+
+    def handle_cast(self, msg: object) -> None:
+        self.cast("sink", msg * 2 if isinstance(msg, int) else msg)
+
+
+class Sink(Worker):
+    """Registered as ``sink``: sums what arrives; ``call("sink", "total")`` reports it."""
+
+    def init(self) -> None:
+        self.total = self.count = 0
+        self.register("sink")
+
+    def handle_cast(self, msg: object) -> None:
+        if isinstance(msg, int):
+            self.total += msg
+            self.count += 1
+
+    def handle_call(self, msg: object, caller: object) -> object:
+        return {"total": self.total, "messages": self.count}
+
+
 def demo_tree() -> SupervisorSpec:
     frontends = SupervisorSpec(
         flags=SupFlags(strategy="one_for_all", intensity=5, period=30),
@@ -52,9 +97,9 @@ def demo_tree() -> SupervisorSpec:
                   ChildSpec(id="flaky_cache", start=Flaky, args=(6.0, 15.0))])
     pipeline = SupervisorSpec(
         flags=SupFlags(strategy="rest_for_one", intensity=5, period=30),
-        children=[ChildSpec(id="source", start=Ticker),
-                  ChildSpec(id="transform", start=Flaky),
-                  ChildSpec(id="sink", start=Ticker)])
+        children=[ChildSpec(id="sink", start=Sink),
+                  ChildSpec(id="transform", start=Transform),
+                  ChildSpec(id="source", start=Source)])
     return SupervisorSpec(
         flags=SupFlags(strategy="one_for_one", intensity=10, period=60),
         children=[ChildSpec(id="frontends", start=frontends),
