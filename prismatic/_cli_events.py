@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import datetime as dt
 import re
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -151,8 +152,9 @@ def _query_options(f: Any) -> Any:
 @click.pass_obj
 def events_query(state: CliState, as_json: bool, **filters: Any) -> None:
     """Events matching every given filter, one line each, oldest first."""
-    with _event_log(state) as log:
+    with state.progress("querying events", not as_json) as p, _event_log(state) as log:
         for rec in log.query(**_query_kwargs(**filters)):
+            _counted(p)
             _print(rec, as_json)
 
 
@@ -161,10 +163,22 @@ def events_query(state: CliState, as_json: bool, **filters: Any) -> None:
 @click.pass_obj
 def events_replay(state: CliState, as_json: bool, **filters: Any) -> None:
     """Whole records (payload included) of a range, e.g. --from 100 --to 200."""
-    with _event_log(state) as log:
-        n = log.replay(lambda rec: _print(rec, as_json, full=True), **_query_kwargs(**filters))
+    def each(rec: EventRecord) -> None:
+        _counted(p)
+        _print(rec, as_json, full=True)
+
+    with state.progress("replaying events", not as_json) as p, _event_log(state) as log:
+        n = log.replay(each, **_query_kwargs(**filters))
     if not as_json:
         click.echo(f"({n} records)", err=True)
+
+
+def _counted(p: Any) -> None:
+    """Count a record about to be printed; on a terminal stdout the records are the progress,
+    and the spinner (on the same screen) stops before the first one."""
+    p.count = (p.count or 0) + 1
+    if p.count == 1 and sys.stdout.isatty():
+        p.stop()
 
 
 def _query_kwargs(pattern: str | None, since: str | None, until: str | None,

@@ -3,24 +3,19 @@
 Role: :class:`CliError` carries an :class:`ExitCode` and prints one line on stderr (click
 shows it; the group in :mod:`.cli` turns Prismatic's own errors into it). Read commands print
 aligned tables for people, or ``--json`` for programs (msgspec encodes Structs and Enums).
-:class:`Waiting` shows a spinner on stderr for anything that takes longer than a second, and
-only on a terminal, so pipes and logs get no control characters.
+Slow operations show a spinner on stderr (:mod:`._cli_progress`).
 """
 
 from __future__ import annotations
 
 import enum
-import itertools
-import sys
-import threading
 from collections.abc import Sequence
 from typing import Any
 
 import click
 import msgspec
 
-__all__ = ["ExitCode", "CliError", "print_table", "print_json", "human_bytes", "human_seconds",
-           "Waiting"]
+__all__ = ["ExitCode", "CliError", "print_table", "print_json", "human_bytes", "human_seconds"]
 
 
 class ExitCode(enum.IntEnum):
@@ -78,38 +73,3 @@ def human_seconds(s: float | None) -> str | None:
     d, h = divmod(h, 24)
     return f"{d}d{h:02d}h" if d else f"{h}h{m:02d}m" if h else f"{m}m{sec:02d}s"
 
-
-class Waiting:
-    """``with Waiting("starting child"):`` a spinner on stderr after the first second."""
-
-    DELAY_S = 1.0
-
-    def __init__(self, what: str) -> None:
-        self.what = what
-        self._done = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._shown = False
-
-    def __enter__(self) -> Waiting:
-        if sys.stderr.isatty():
-            self._thread = threading.Thread(target=self._spin, daemon=True)
-            self._thread.start()
-        return self
-
-    def _spin(self) -> None:
-        if self._done.wait(self.DELAY_S):
-            return
-        self._shown = True
-        for frame in itertools.cycle("|/-\\"):
-            sys.stderr.write(f"\r{frame} {self.what}...")
-            sys.stderr.flush()
-            if self._done.wait(0.1):
-                return
-
-    def __exit__(self, *exc: object) -> None:
-        self._done.set()
-        if self._thread is not None:
-            self._thread.join()
-        if self._shown:
-            sys.stderr.write("\r" + " " * (len(self.what) + 5) + "\r")
-            sys.stderr.flush()

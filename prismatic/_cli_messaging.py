@@ -133,7 +133,8 @@ def call(state: CliState, dest: str, msg: str, timeout: float, as_json: bool) ->
     JSON, else a plain string. --json adds the callee's pid and the round-trip time.
     """
     where, message = parse_dest(dest), parse_message(msg)
-    with state.connect() as conn, _delivery_errors(state, timeout):
+    with state.progress(f"calling {dest}", not as_json), state.connect() as conn, \
+            _delivery_errors(state, timeout):
         target = _target(conn, where)
         conn.resolve(target)  # look the name up first: rtt_ms is the call alone
         start = time.perf_counter()
@@ -149,7 +150,8 @@ def call(state: CliState, dest: str, msg: str, timeout: float, as_json: bool) ->
 def _deliver(state: CliState, kind: str, dest: str, msg: str, timeout: float,
              as_json: bool) -> None:
     where, message = parse_dest(dest), parse_message(msg)
-    with state.connect() as conn, _delivery_errors(state, timeout):
+    with state.progress(f"{kind}ing to {dest}", not as_json), state.connect() as conn, \
+            _delivery_errors(state, timeout):
         target = _target(conn, where)
         delivered = getattr(conn, kind)(target, message, timeout)
         pid = conn.resolve(target) if delivered else None

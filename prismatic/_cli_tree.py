@@ -17,7 +17,7 @@ import msgspec
 
 from ._childspec import ChildSpec
 from ._cli_format import (
-    CliError, ExitCode, Waiting, human_bytes, human_seconds, print_json, print_table,
+    CliError, ExitCode, human_bytes, human_seconds, print_json, print_table,
 )
 from ._cli_node import detach_node, node_options, start_node, stop_node
 from ._control import ProcessState
@@ -64,7 +64,8 @@ def node() -> None:
               help="Run the node in the background; return once its tree started.")
 @click.option("--wait", "wait_s", type=float, default=30.0, show_default=True,
               help="With --detach: how long to wait for the tree to start.")
-def node_start(detach: bool, wait_s: float, **options: Any) -> None:
+@click.pass_obj
+def node_start(state: CliState, detach: bool, wait_s: float, **options: Any) -> None:
     """Start a node (same as python -m prismatic.node).
 
     Exit codes: 0 stopped on request (or, with --detach, started); 1 the root supervisor
@@ -83,7 +84,7 @@ def node_start(detach: bool, wait_s: float, **options: Any) -> None:
             for arg in ([f"--{key.replace('_', '-')}".replace("config-file", "config")]
                         + ([] if value is True else [str(value)]))]
     argv += ["--name", s.name, "--data-dir", str(s.data_dir)]
-    with Waiting(f"starting node {s.name}"):
+    with state.progress(f"starting node {s.name}"):
         out = detach_node(argv, s.data_dir, wait_s)
     click.echo(f"node {s.name} started (data {s.data_dir}, output {out})")
 
@@ -94,7 +95,7 @@ def node_start(detach: bool, wait_s: float, **options: Any) -> None:
 def node_stop(state: CliState, wait_s: float) -> None:
     """Stop the node: its tree stops in reverse start order, then the node exits."""
     data_dir = state.data_dir()
-    with Waiting("stopping the tree"):
+    with state.progress(f"stopping node {data_dir.name}"):
         pid = stop_node(data_dir, wait_s)
     click.echo(f"node (pid {pid}) stopped")
 
@@ -217,7 +218,9 @@ def children_start(state: CliState, supervisor: str, child_id: str | None,
             except ValueError:
                 spec["shutdown"] = shutdown
         what = ChildSpec(**spec)
-    with state.connect(timeout=timeout) as conn, Waiting("starting child"):
+    label = f"starting child {child_id!r}" if child_id else "starting a child"
+    with state.progress(f"{label} of {supervisor or 'root'}", not as_json), \
+            state.connect(timeout=timeout) as conn:
         pid = conn.start_child(sup_path(supervisor), what, timeout=timeout)
     if as_json:
         print_json({"pid": pid})
@@ -234,7 +237,8 @@ def children_start(state: CliState, supervisor: str, child_id: str | None,
 def children_terminate(state: CliState, path: str, pid: int | None, timeout: float) -> None:
     """Stop a child (its spec is kept unless temporary): PATH = SUPERVISOR/CHILD_ID."""
     sup, target = (sup_path(path), pid) if pid is not None else child_path(path)
-    with state.connect(timeout=timeout) as conn, Waiting("terminating"):
+    with state.progress(f"terminating {path if pid is None else pid}"), \
+            state.connect(timeout=timeout) as conn:
         conn.terminate_child(sup, target, timeout=timeout)
     click.echo(f"terminated {path if pid is None else pid}")
 
@@ -246,7 +250,7 @@ def children_terminate(state: CliState, path: str, pid: int | None, timeout: flo
 def children_restart(state: CliState, path: str, timeout: float) -> None:
     """Start a terminated child again from its kept spec: PATH = SUPERVISOR/CHILD_ID."""
     sup, child = child_path(path)
-    with state.connect(timeout=timeout) as conn, Waiting("restarting"):
+    with state.progress(f"restarting {path}"), state.connect(timeout=timeout) as conn:
         pid = conn.restart_child(sup, child, timeout=timeout)
     click.echo(f"restarted {path}, pid {pid}" if pid else f"{path}: ignored")
 
@@ -257,7 +261,7 @@ def children_restart(state: CliState, path: str, timeout: float) -> None:
 def children_delete(state: CliState, path: str) -> None:
     """Delete a terminated child's spec: PATH = SUPERVISOR/CHILD_ID."""
     sup, child = child_path(path)
-    with state.connect() as conn:
+    with state.progress(f"deleting {path}"), state.connect() as conn:
         conn.delete_child(sup, child)
     click.echo(f"deleted {path}")
 
@@ -279,7 +283,7 @@ def metrics(state: CliState, raw: bool, prefix: str, as_json: bool) -> None:
     """The node's metrics (read over the control endpoint; HTTP not needed)."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    with state.connect() as conn:
+    with state.progress("scraping metrics", not as_json), state.connect() as conn:
         text = conn.metrics()
     if raw:
         sys.stdout.write(text)

@@ -10,7 +10,9 @@ the one running node under ``$PRISMATIC_HOME`` (default ``~/.prismatic``). Error
 line on stderr (a traceback only with ``--debug``) and an exit code from
 :class:`~prismatic._cli_format.ExitCode`: 0 ok, 1 refused by the supervisor (or no such
 process, callee exited, dead letter), 2 usage, 3 node unreachable, 4 cookie refused,
-5 timed out (no reply, mailbox full), 70 internal error. Shell completion:
+5 timed out (no reply, mailbox full), 70 internal error. Anything slower than a second shows
+a spinner on stderr if it is a terminal (not with ``--json``; none with ``--no-progress`` or
+``$PRISMATIC_NO_PROGRESS=1``). Shell completion:
 ``eval "$(_PRISMATIC_COMPLETE=bash_source prismatic)"``.
 """
 
@@ -73,9 +75,17 @@ class _Group(click.Group):
 class CliState:
     """What the group's options decided, for the subcommands."""
 
-    def __init__(self, node: str | None, debug: bool) -> None:
+    def __init__(self, node: str | None, debug: bool, no_progress: bool = False) -> None:
         self.node_arg = node
         self.debug = debug
+        self.no_progress = no_progress
+
+    def progress(self, label: str, show: bool = True) -> Any:
+        """A spinner on stderr if this takes over a second (terminal only; ``show=False``
+        for ``--json``)."""
+        from ._cli_progress import progress
+
+        return progress(label, enabled=show and not self.no_progress)
 
     def data_dir(self) -> Path:
         return select_node(self.node_arg)
@@ -126,9 +136,11 @@ def select_node(node: str | None) -> Path:
               help="The node to talk to (default: $PRISMATIC_NODE, else the only running node "
                    "under $PRISMATIC_HOME).")
 @click.option("--debug", is_flag=True, help="Show tracebacks of errors.")
+@click.option("--no-progress", is_flag=True, envvar="PRISMATIC_NO_PROGRESS",
+              help="No spinner on stderr for slow operations (also $PRISMATIC_NO_PROGRESS=1).")
 @click.version_option(package_name="prismatic")
 @click.pass_context
-def cli(ctx: click.Context, node: str | None, debug: bool) -> None:
+def cli(ctx: click.Context, node: str | None, debug: bool, no_progress: bool) -> None:
     """Operate Prismatic nodes: supervision trees of OS processes.
 
     \b
@@ -137,7 +149,7 @@ def cli(ctx: click.Context, node: str | None, debug: bool) -> None:
     (no reply, mailbox full), 70 internal error.
     Shell completion: eval "$(_PRISMATIC_COMPLETE=bash_source prismatic)"
     """
-    ctx.obj = CliState(node, debug)
+    ctx.obj = CliState(node, debug, no_progress)
 
 
 def json_option(f: Any) -> Any:
