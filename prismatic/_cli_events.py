@@ -21,7 +21,7 @@ from typing import Any
 import click
 import msgspec
 
-from ._cli_format import CliError, ExitCode
+from ._cli_format import CliError, ExitCode, print_json
 from ._eventlog import EventLog, open_event_log
 from ._eventlog_record import EventRecord
 from ._topics import compile_pattern
@@ -160,9 +160,26 @@ def events_query(state: CliState, as_json: bool, **filters: Any) -> None:
 
 @events.command("replay")
 @_query_options
+@click.option("--republish", is_flag=True,
+              help="Publish the payloads again on pub/sub, under PREFIX.<topic>, instead of "
+                   "printing them.")
+@click.option("--prefix", default="replay", show_default=True,
+              help="With --republish: the topic prefix, so live subscribers never mistake "
+                   "history for news.")
 @click.pass_obj
-def events_replay(state: CliState, as_json: bool, **filters: Any) -> None:
-    """Whole records (payload included) of a range, e.g. --from 100 --to 200."""
+def events_replay(state: CliState, as_json: bool, republish: bool, prefix: str,
+                  **filters: Any) -> None:
+    """Whole records (payload included) of a range, e.g. --from 100 --to 200; or, with
+    --republish, those events put back on pub/sub."""
+    if republish:
+        with state.progress("republishing events", not as_json), state.connect() as conn:
+            n = conn.republish(prefix=prefix, **_query_kwargs(**filters))
+        if as_json:
+            print_json({"republished": n, "prefix": prefix})
+        else:
+            click.echo(f"republished {n} events under {prefix}.<topic>")
+        return
+
     def each(rec: EventRecord) -> None:
         _counted(p)
         _print(rec, as_json, full=True)

@@ -194,3 +194,13 @@ def test_emit_logs_durably_and_prints_the_seq(node):
     queried = run(node, "events", "query", "--pattern", "ops.#", "--json").stdout
     assert str(seq) in queried and "c-7" in queried
     run(node, "emit", "bad topic", "1", code=2)
+
+
+def test_events_replay_republish(node):
+    seq = node.conn.emit("audit.login", {"user": "ada"})
+    with node.conn.subscribe("replay.audit.#") as sub:
+        out = run(node, "events", "replay", "--pattern", "audit.#", "--from", str(seq),
+                  "--republish", "--json")
+        assert json.loads(out.stdout) == {"republished": 1, "prefix": "replay"}
+        event = sub.next(10)
+    assert (event.topic, event.payload) == ("replay.audit.login", {"user": "ada"})
