@@ -15,6 +15,8 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+from typing import Any
+
 import pytest
 
 import prismatic as p
@@ -115,6 +117,20 @@ def start_node(tmp_path: Path, app: str, *, tag_suffix: str = "", name: str | No
 
     wait_until(ready, 20, "the node's tree to start")
     return RunningNode(proc, data_dir, tag, log)
+
+
+def module_node(app: str) -> Any:
+    """A module-scoped fixture: one real node running ``app`` for every test of a module
+    (for tests that leave the tree as they found it, or wait for it to recover)."""
+
+    @pytest.fixture(scope="module")
+    def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningNode]:
+        n = start_node(tmp_path_factory.mktemp(app.rsplit(":", 1)[-1]), app)
+        yield n
+        n.stop()
+        wait_until(lambda: not n.pids(), 10, "the node's processes to exit")
+
+    return node
 
 
 @pytest.fixture

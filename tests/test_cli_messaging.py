@@ -12,17 +12,12 @@ from click.testing import CliRunner
 
 import prismatic as p
 from prismatic.cli import cli
-from tests.conftest import start_node, wait_until
+from tests.conftest import module_node, wait_until
 
 GHOST_OSPID = 2 ** 22 + 17  # above pid_max's default: no such process
 
 
-@pytest.fixture(scope="module")
-def node(tmp_path_factory):
-    n = start_node(tmp_path_factory.mktemp("cli-messaging"), "tests.messaging_apps:agents")
-    yield n
-    n.stop()
-    wait_until(lambda: not n.pids(), 10, "the node's processes to exit")
+node = module_node("tests.messaging_apps:agents")
 
 
 def run(node, *args: str, code: int = 0):

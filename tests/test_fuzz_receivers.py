@@ -33,7 +33,7 @@ from prismatic._nodeinfo import hub_address, mailbox_address
 from prismatic._notices import Down, Exit
 from prismatic.transports import _messages as M
 from prismatic.transports._framing import HEADER, MAX_FRAME, FrameBuffer, encode_frame
-from tests.conftest import start_node, wait_until
+from tests.conftest import module_node, wait_until
 
 FUZZ = settings(max_examples=100, deadline=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture,
@@ -42,13 +42,13 @@ enc = msgspec.msgpack.encode
 REAL_NAMES = {"alpha", "beta", "small"}
 
 
+_agents = module_node("tests.messaging_apps:agents")
+
+
 @pytest.fixture(scope="module")
-def node(tmp_path_factory):
-    n = start_node(tmp_path_factory.mktemp("fuzz"), "tests.messaging_apps:agents")
-    n.name = n.conn.status().node
-    yield n
-    n.stop()
-    wait_until(lambda: not n.pids(), 10, "the node's processes to exit")
+def node(_agents):
+    _agents.name = _agents.conn.status().node
+    return _agents
 
 
 # ---- strategies --------------------------------------------------------------------------------

@@ -8,15 +8,10 @@ import signal
 import pytest
 
 import prismatic as p
-from tests.conftest import start_node, wait_until
+from tests.conftest import module_node, wait_until
 
 
-@pytest.fixture(scope="module")
-def node(tmp_path_factory):
-    n = start_node(tmp_path_factory.mktemp("messaging"), "tests.messaging_apps:agents")
-    yield n
-    n.stop()
-    wait_until(lambda: not n.pids(), 10, "the node's processes to exit")
+node = module_node("tests.messaging_apps:agents")
 
 
 def L(pid: p.Pid) -> list:
