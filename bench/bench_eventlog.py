@@ -74,7 +74,7 @@ def bench_single_submits(root: Path, total: int) -> float:
 def bench_node_emits(root: Path, emitters: int, total: int, batch: int) -> float:
     """Through a real node: ``emitters`` clients, each its own connection to the node's hub,
     each ``emit_many`` acknowledged only once synced (what a worker's emit does)."""
-    data = root / "node"
+    data = root / f"node-{emitters}-{batch}"
     proc = start_node("bench.apps:empty", data)
     try:
         conns = [p.connect(data) for _ in range(emitters)]

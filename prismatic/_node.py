@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import TextIO
@@ -24,7 +25,7 @@ from typing import TextIO
 from ._address import default_node_name
 from ._childspec import SupervisorSpec, import_ref
 from ._cookie import ensure_cookie
-from ._errors import ChildSpecError, NodeError
+from ._errors import ChildSpecError, EventLogError, NodeError
 from ._hub import open_hub_socket
 from ._nodeinfo import NodeInfo, set_current
 from ._process import fork_child
@@ -90,6 +91,10 @@ def run_node(spec: SupervisorSpec, *, name: str | None = None,
 
         return serve(name, data, mine, root_pid, show_tree, out, cookie, hub_sock,
                      metrics_port, metrics_host)
+    except EventLogError as exc:  # a log that is not ours, corrupt, or newer: never touch it
+        os.kill(root_pid, signal.SIGKILL)  # the tree must not run without its node
+        os.waitpid(root_pid, 0)
+        raise NodeError(str(exc)) from None
     finally:
         hub_sock.close()
         lock.close()

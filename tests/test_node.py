@@ -240,3 +240,21 @@ def test_lifecycle_events_land_in_the_event_log(node_factory):
     assert kinds == ["child_started", "child_exited", "child_started"]
     assert recs[1].payload["reason"] == {"kind": "killed", "signal": 9}
     assert [r.seq for r in recs] == sorted(r.seq for r in recs)
+
+
+def test_an_event_log_of_another_node_is_one_clear_line(tmp_path):
+    """The node refuses a data directory whose log belongs to another node: exit 2, one
+    line, the log untouched, no tree left running."""
+    data = tmp_path / "data"
+    with open_event_log(str(data / "eventlog"), node="someone-else") as log:
+        log.append("x.y", 1, source="test")
+    before = (data / "eventlog" / "data.mdb").read_bytes()
+    proc = subprocess.run([sys.executable, "-m", "prismatic.node", "--app",
+                           "tests.apps:one_for_one", "--data-dir", str(data),
+                           "--name", f"clash{os.getpid()}"],
+                          cwd=REPO, capture_output=True, text=True, timeout=60,
+                          env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert proc.returncode == 2, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1 and "someone-else" in errors[0], proc.stderr
+    assert (data / "eventlog" / "data.mdb").read_bytes() == before
