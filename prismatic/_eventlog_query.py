@@ -17,12 +17,15 @@ import itertools
 import threading
 from collections.abc import Callable, Iterator
 
+from typing import Any
+
 import msgspec
 
 from prismatic._errors import EventLogFormatError
 from prismatic._eventlog_record import (
     NUL,
     EventRecord,
+    RawEventRecord,
     decode_posting,
     pack_u64,
     posting_last_seq,
@@ -34,6 +37,7 @@ from prismatic._topics import PatternKind, TopicPattern, compile_pattern
 __all__ = ["EventFilter", "first_seq", "follow_records", "last_seq", "query_records"]
 
 _decode_record = msgspec.msgpack.Decoder(EventRecord).decode
+_decode_raw_record = msgspec.msgpack.Decoder(RawEventRecord).decode
 _FIRST_CHUNK = 256
 _MAX_CHUNK = 8192
 _FETCH_CHUNK = 1024
@@ -81,18 +85,19 @@ def make_filter(
     return EventFilter(start_seq, end_seq, since_ns, until_ns, pattern, source)
 
 
-def _decode(store: LogStore, value: bytes) -> EventRecord:
+def _decode(store: LogStore, value: bytes, decode: Any = _decode_record) -> EventRecord:
     try:
-        return _decode_record(value)
+        return decode(value)
     except msgspec.DecodeError as exc:
         raise EventLogFormatError(f"event log {store.path} holds a corrupted record: {exc}") from exc
 
 
-def _decode_all(store: LogStore, values: list[bytes]) -> list[EventRecord]:
+def _decode_all(store: LogStore, values: list[bytes], raw: bool = False) -> list[EventRecord]:
+    decode = _decode_raw_record if raw else _decode_record
     try:
-        return list(map(_decode_record, values))
+        return list(map(decode, values))
     except msgspec.DecodeError:
-        return [_decode(store, value) for value in values]  # re-raises naming the path
+        return [_decode(store, value, decode) for value in values]  # re-raises with the path
 
 
 def last_seq(store: LogStore) -> int:
@@ -111,7 +116,7 @@ def first_seq(store: LogStore) -> int | None:
         return unpack_u64(cursor.key())[0] if cursor.first() else None
 
 
-def _scan_events(store: LogStore, flt: EventFilter) -> Iterator[EventRecord]:
+def _scan_events(store: LogStore, flt: EventFilter, raw: bool = False) -> Iterator[EventRecord]:
     next_seq = flt.start_seq or 1
     chunk = _FIRST_CHUNK
     plain = flt == EventFilter(start_seq=flt.start_seq, end_seq=flt.end_seq)
@@ -121,7 +126,7 @@ def _scan_events(store: LogStore, flt: EventFilter) -> Iterator[EventRecord]:
             if not cursor.set_range(pack_u64(next_seq)):
                 return
             values = list(itertools.islice(cursor.iternext(keys=False), chunk))
-        records = _decode_all(store, values)
+        records = _decode_all(store, values, raw)
         if not records:
             return
         next_seq = records[-1].seq + 1
@@ -177,14 +182,15 @@ def _time_seqs(store: LogStore, flt: EventFilter) -> list[int]:
     return seqs
 
 
-def _fetch(store: LogStore, seqs: list[int], flt: EventFilter) -> Iterator[EventRecord]:
+def _fetch(store: LogStore, seqs: list[int], flt: EventFilter,
+           raw: bool = False) -> Iterator[EventRecord]:
     for at in range(0, len(seqs), _FETCH_CHUNK):
         with store.read_txn() as txn:
             get = txn.get
             events = store.events
             # A candidate may have been deleted by retention since planning: skip it.
             values = [v for v in (get(pack_u64(s), db=events) for s in seqs[at : at + _FETCH_CHUNK]) if v]
-        yield from filter(flt.accepts, _decode_all(store, values))
+        yield from filter(flt.accepts, _decode_all(store, values, raw))
 
 
 def _candidate_seqs(store: LogStore, flt: EventFilter) -> list[int] | None:
@@ -209,14 +215,16 @@ def _candidate_seqs(store: LogStore, flt: EventFilter) -> list[int] | None:
     return None
 
 
-def query_records(store: LogStore, flt: EventFilter, limit: int | None = None) -> Iterator[EventRecord]:
-    """Records accepted by ``flt``, in seq order, at most ``limit`` of them."""
+def query_records(store: LogStore, flt: EventFilter, limit: int | None = None,
+                  raw_payloads: bool = False) -> Iterator[EventRecord]:
+    """Records accepted by ``flt``, in seq order, at most ``limit`` of them (as
+    :class:`RawEventRecord` if ``raw_payloads``)."""
     seqs = _candidate_seqs(store, flt)
     if seqs is None:
-        records = _scan_events(store, flt)
+        records = _scan_events(store, flt, raw_payloads)
     else:
         seqs.sort()
-        records = _fetch(store, seqs, flt)
+        records = _fetch(store, seqs, flt, raw_payloads)
     if limit is not None:
         records = itertools.islice(records, limit)
     return records

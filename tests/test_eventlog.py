@@ -475,3 +475,17 @@ def test_acknowledged_events_survive_sigkill(tmp_path: Path) -> None:
     keys = [tuple(r.payload) for r in records]
     assert len(set(keys)) == len(keys), "an event was stored twice"
     assert len(acked) > 1000
+
+
+def test_replay_with_raw_payloads(tmp_path: Path) -> None:
+    import msgspec
+
+    from prismatic._eventlog_record import RawEventRecord
+
+    with open_event_log(str(tmp_path / "log"), node="n@h") as log:
+        log.append("a.b", {"k": [1, 2]}, source="s", correlation_id="c")
+        got: list = []
+        assert log.replay(got.append, raw_payloads=True, pattern="a.#") == 1
+    (rec,) = got
+    assert isinstance(rec, RawEventRecord) and (rec.topic, rec.correlation_id) == ("a.b", "c")
+    assert msgspec.msgpack.decode(rec.payload) == {"k": [1, 2]}
