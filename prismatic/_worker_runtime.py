@@ -248,7 +248,7 @@ def _instantiate(start: Any, args: tuple[Any, ...]) -> tuple[Worker, tuple[Any, 
 
 
 def run_worker(start: Any, args: tuple[Any, ...], channel: Channel, node: str,
-               name: str) -> int:
+               name: str, ctx: WorkerContext | None = None) -> int:
     """Run a worker to completion in this (freshly forked) process; return the exit code.
 
     A plain ``init`` runs before the event loop exists, and ``ready`` goes out as soon as it
@@ -257,7 +257,9 @@ def run_worker(start: Any, args: tuple[Any, ...], channel: Channel, node: str,
     """
     loop: asyncio.AbstractEventLoop | None = None
     # The mailbox exists from the start: messages sent during init wait in the kernel.
-    ctx = WorkerContext(None, Pid(node, os.getpid()), name)
+    if ctx is None:
+        ctx = WorkerContext(None, Pid(node, os.getpid()), name)
+    ctx.name = name
     try:
         worker, init_args = _instantiate(start, args)
         ctx.worker = worker

@@ -30,11 +30,12 @@ from typing import Any
 
 import msgspec
 
-from .._errors import ChildSpecError
+from .._address import Pid
 from .._childspec import ChildSpec, ChildType, ShutdownKind, SupervisorSpec, resolve_start
+from .._errors import ChildSpecError
 from .._exit import ExitReason, reason_from_exception, reason_from_wait_status
 from .._process import fork_child, send_signal, set_process_name
-from .._worker_runtime import exit_code_for, run_worker
+from .._worker_runtime import WorkerContext, exit_code_for, run_worker
 from ..transports._channel import Channel, open_channel_pair
 from ..transports._frames import (
     Become, ExitingFrame, IgnoredFrame, LifecycleFrame, ReadyFrame, ReplyFrame, RequestFrame,
@@ -209,7 +210,12 @@ class SupervisorRuntime:
         self.spare = proc
 
     def spare_main(self, channel: Channel, specs: dict[str, ChildSpec]) -> int:
-        """Runs in the spare: wait to be told which child to become, then become it."""
+        """Runs in the spare: wait to be told which child to become, then become it.
+
+        What every worker needs whoever it becomes (its mailbox, the runtime's state) is made
+        while waiting: a fresh fork pays a copy-on-write fault for each page it first
+        writes, and paying them now takes them off the restart's critical path."""
+        prepared = WorkerContext(None, Pid(self.node, os.getpid()), "")
         frame = channel.receive_one()
         if not isinstance(frame, Become):
             return 0
@@ -217,7 +223,7 @@ class SupervisorRuntime:
         if frame.key != frame.spec_id:  # a dynamic child: the template with its own args
             spec = msgspec.structs.replace(spec, args=tuple(frame.args))
         set_process_name(_proc_name(spec, frame.key))
-        return run_child(spec, channel, (*self.path, frame.key), self.node)
+        return run_child(spec, channel, (*self.path, frame.key), self.node, prepared)
 
     def kill_spare(self) -> None:
         spare, self.spare = self.spare, None
@@ -363,8 +369,10 @@ def _proc_name(spec: ChildSpec, key: str) -> str:
     return prefix + key
 
 
-def run_child(spec: ChildSpec, channel: Channel, path: tuple[str, ...], node: str) -> int:
-    """The body of a freshly forked (or freshly assigned) child process."""
+def run_child(spec: ChildSpec, channel: Channel, path: tuple[str, ...], node: str,
+              prepared: WorkerContext | None = None) -> int:
+    """The body of a freshly forked (or freshly assigned) child process; ``prepared`` is a
+    spare's ready-made worker context (dropped if the child is a supervisor)."""
     try:
         start = resolve_start(spec.start)
         if spec.type is ChildType.SUPERVISOR and not isinstance(start, SupervisorSpec) \
@@ -375,10 +383,12 @@ def run_child(spec: ChildSpec, channel: Channel, path: tuple[str, ...], node: st
                 raise ChildSpecError("type", spec.type.value,  # type: ignore[union-attr]
                                      f"start {spec.start!r} is a SupervisorSpec; "
                                      f"declare type='supervisor'")
+            if prepared is not None:
+                prepared.mailbox.close()
             return SupervisorRuntime(start, channel, path, node).run()
     except BaseException as exc:  # noqa: BLE001 - a start failure is reported as data
         channel.try_send(ExitingFrame(reason_from_exception(exc)))
         return 1
-    return run_worker(start, spec.args, channel, node, path[-1] if path else "")
+    return run_worker(start, spec.args, channel, node, path[-1] if path else "", prepared)
 
 
