@@ -34,7 +34,7 @@ __all__ = ["Event", "RunBuffer", "HELLO_PREFIX", "array_length", "check_publish_
            "RUN_MAX_BYTES"]
 
 HELLO_PREFIX = b"_hello."
-RUN_MAX_EVENTS = 256  # a run is sent once it holds this many events...
+RUN_MAX_EVENTS = 1024  # a run is sent once it holds this many events...
 RUN_MAX_BYTES = 64 * 1024  # ...or this many payload bytes
 
 _encode = msgspec.msgpack.Encoder().encode
@@ -95,6 +95,11 @@ def array_header(n: int) -> bytes:
     return b"\xdd" + n.to_bytes(4, "big")
 
 
+def _array_header_size(body: bytes) -> int:
+    """Bytes of the msgpack array header ``body`` starts with (checked by the caller)."""
+    return {0xDC: 3, 0xDD: 5}.get(body[0], 1)
+
+
 def array_length(body: bytes) -> int:
     """The element count of the msgpack array ``body`` starts with, or -1 if it does not
     start with an array header (only the header is read: payloads are never decoded)."""
@@ -114,14 +119,17 @@ class RunBuffer:
     """Encoded payloads waiting to be sent, coalesced into runs of one topic.
 
     Invariant: ``ready`` holds finished wire messages in publish order; the open run
-    (``topic``/``payloads``) comes after all of them. ``count``/``nbytes`` cover both.
+    (``topic``/``payloads``, ``run_n`` events) comes after all of them. ``count``/``nbytes``
+    cover both. A ``publish_many`` batch joins the open run when its topic is the run's:
+    consecutive batches of one topic leave as one message, up to the run limits.
     """
 
-    __slots__ = ("topic", "payloads", "size", "ready", "count", "nbytes")
+    __slots__ = ("topic", "payloads", "run_n", "size", "ready", "count", "nbytes")
 
     def __init__(self) -> None:
         self.topic: bytes | None = None
-        self.payloads: list[bytes] = []
+        self.payloads: list[bytes] = []  # msgpack array elements: one payload or a batch's
+        self.run_n = 0  # events in the open run
         self.size = 0  # payload bytes in the open run
         self.ready: list[list[bytes]] = []
         self.count = 0  # events buffered
@@ -129,39 +137,38 @@ class RunBuffer:
 
     def add(self, topic: bytes, encoded: bytes) -> bool:
         """Buffer one encoded payload; True once the buffer is full and should be sent."""
+        return self._append(topic, encoded, 1)
+
+    def add_batch(self, topic: bytes, body: bytes, n: int) -> bool:
+        """Buffer ``n`` events already encoded as one msgpack array (``publish_many``).
+        True once the buffer should be sent."""
+        return self._append(topic, body[_array_header_size(body):], n)
+
+    def _append(self, topic: bytes, elements: bytes, n: int) -> bool:
         if topic != self.topic:
             self.close_run()
             self.topic = topic
-        self.payloads.append(encoded)
-        self.size += len(encoded)
-        if len(self.payloads) >= RUN_MAX_EVENTS or self.size >= RUN_MAX_BYTES:
+        self.payloads.append(elements)
+        self.run_n += n
+        self.size += len(elements)
+        if self.run_n >= RUN_MAX_EVENTS or self.size >= RUN_MAX_BYTES:
             self.close_run()
-        self.count += 1
-        self.nbytes += len(encoded)
-        return self.count >= RUN_MAX_EVENTS or self.nbytes >= RUN_MAX_BYTES
-
-    def add_batch(self, topic: bytes, body: bytes, n: int) -> bool:
-        """Buffer ``n`` events already encoded as one msgpack array (``publish_many``): a
-        message of its own, after the open run. True once the buffer should be sent."""
-        self.close_run()
-        self.topic = None
-        self.ready.append([topic, body])
         self.count += n
-        self.nbytes += len(body)
+        self.nbytes += len(elements)
         return self.count >= RUN_MAX_EVENTS or self.nbytes >= RUN_MAX_BYTES
 
     def close_run(self) -> None:
         if self.payloads:
             assert self.topic is not None
-            self.ready.append([self.topic, array_header(len(self.payloads))
+            self.ready.append([self.topic, array_header(self.run_n)
                                + b"".join(self.payloads)])
             self.payloads = []
-            self.size = 0
+            self.run_n = self.size = 0
 
     def take_ready(self) -> list[list[bytes]]:
         """The finished runs only; the open run keeps growing."""
         messages, self.ready = self.ready, []
-        self.count, self.nbytes = len(self.payloads), self.size
+        self.count, self.nbytes = self.run_n, self.size
         return messages
 
     def take(self) -> list[list[bytes]]:
