@@ -40,25 +40,31 @@ BATCH = 100
 IDLE_TIMEOUT_S = 15.0
 
 
-def subscriber(data: str, pattern: str, end_topic: str, ready, results) -> None:
-    """Count and check every event until the end marker; report (count, lost, last time)."""
+def subscriber(data: str, pattern: str, end_topic: str, ready, results,
+               batched: bool = False) -> None:
+    """Count and check every event until the end marker; report (count, lost, last time).
+    Batched runs take what has arrived at once (``next_batch``), as a Pipe receiver of
+    batches does."""
     received = lost = 0
     expected = 0
     last = 0.0
     with p.open_subscription(data, pattern) as sub:
         ready.put(os.getpid())
-        while True:
-            event = sub.next(IDLE_TIMEOUT_S)
-            if event is None:
+        done = False
+        while not done:
+            events = sub.next_batch(IDLE_TIMEOUT_S) if batched else [sub.next(IDLE_TIMEOUT_S)]
+            if not events or events[0] is None:
                 break
-            if event.topic == end_topic:
-                lost += event.payload - received
-                break
-            seq = event.payload[0]
-            if seq != expected:  # a gap (or a reordering) counts as lost
-                lost += abs(seq - expected)
-            expected = seq + 1
-            received += 1
+            for event in events:
+                if event.topic == end_topic:
+                    lost += event.payload - received
+                    done = True
+                    break
+                seq = event.payload[0]
+                if seq != expected:  # a gap (or a reordering) counts as lost
+                    lost += abs(seq - expected)
+                expected = seq + 1
+                received += 1
             last = time.monotonic()
     results.put((received, lost, last))
 
@@ -84,7 +90,8 @@ def run_pubsub(ctx: mp.context.BaseContext, conn: p.NodeConnection, data: Path, 
     topic, end = f"bench.r{run}.data", f"bench.r{run}.end"
     ready, results = ctx.Queue(), ctx.Queue()
     procs = [ctx.Process(target=subscriber, args=(str(data), f"bench.r{run}.#", end, ready,
-                                                  results)) for _ in range(subscribers)]
+                                                  results, batched))
+             for _ in range(subscribers)]
     for proc in procs:
         proc.start()
     for _ in procs:

@@ -40,8 +40,12 @@ RUN_MAX_BYTES = 64 * 1024  # ...or this many payload bytes
 _encode = msgspec.msgpack.Encoder().encode
 
 
-class Event(msgspec.Struct, frozen=True):
-    """One published event as a subscriber receives it."""
+class Event(msgspec.Struct, frozen=True, gc=False):
+    """One published event as a subscriber receives it.
+
+    Untracked by the garbage collector (``gc=False``): a payload decoded from the wire can
+    never refer back to its Event, so no cycle can form, and a million events a second do
+    not trigger a million objects' worth of collections."""
 
     topic: str
     payload: Any
