@@ -180,3 +180,18 @@ def test_open_subscription_and_events_published_before_close_are_delivered(
             client.publish_many("late.batch", range(1000))
         payloads = [next_event(sub).payload for _ in range(1000)]
     assert payloads == list(range(1000))
+
+
+def test_next_batch_gives_everything_received_in_order(node_factory) -> None:
+    node = node_factory(APP)
+    with node.conn.subscribe("batch.#") as sub:
+        node.conn.publish_many("batch.a", list(range(300)))
+        node.conn.publish("batch.b", "end")
+        node.conn.flush()
+        got: list = []
+        while not got or got[-1].topic != "batch.b":
+            batch = sub.next_batch(10)
+            assert batch, "timed out"
+            got += batch
+        assert sub.next_batch(0.05) == []
+    assert [e.payload for e in got] == [*range(300), "end"]
