@@ -76,7 +76,7 @@ class WorkerContext:
         self.received = 0
         self.names: set[str] = set()
         self.mailbox = Mailbox(pid.node, pid.ospid)
-        self.pubsub = WorkerPubSub(self.deliver)  # pub/sub: no ZeroMQ until first used
+        self._pubsub: WorkerPubSub | None = None  # made on first publish/subscribe
 
     # Made on first use: every object a fresh fork allocates costs it copy-on-write pages.
     @functools.cached_property
@@ -87,6 +87,24 @@ class WorkerContext:
     def outbox(self) -> Outbox:
         return Outbox(self.pid.node, self.pid, self.hub)
 
+    @property
+    def pubsub(self) -> WorkerPubSub:
+        if self._pubsub is None:
+            self._pubsub = WorkerPubSub(self.deliver)
+            if self.loop is not None:
+                self._pubsub.attach(self.loop)
+        return self._pubsub
+
+    def flush_published(self) -> None:
+        """After each handled message: what a handler published leaves when it returns."""
+        if self._pubsub is not None:
+            self._pubsub.flush()
+
+    def close_pubsub(self) -> None:
+        """Before exit: what was published is still delivered (for a bounded time)."""
+        if self._pubsub is not None:
+            self._pubsub.close()
+
     def attach(self, loop: asyncio.AbstractEventLoop) -> asyncio.AbstractEventLoop:
         """Start using ``loop``; timers set during a plain ``init`` are armed now."""
         asyncio.set_event_loop(loop)
@@ -95,7 +113,8 @@ class WorkerContext:
         for delay, msg in self.timers:
             loop.call_later(delay, self.deliver, "info", msg)
         self.timers.clear()
-        self.pubsub.attach(loop)  # pub/sub: arm the subscription reader, send init's events
+        if self._pubsub is not None:  # arm the subscription reader, send init's events
+            self._pubsub.attach(loop)
         return loop
 
     def serve(self) -> None:
@@ -131,7 +150,7 @@ class WorkerContext:
                 self.stop(stop.reason)
             except BaseException as exc:  # noqa: BLE001 - a crash is data: the exit reason
                 self.stop(reason_from_exception(exc))
-            self.pubsub.flush()  # pub/sub: a handler's publishes leave when it returns
+            self.flush_published()
 
     def dispatch(self, conn: Inbound | None, frame: Any) -> None:
         worker = self.worker
@@ -174,7 +193,7 @@ class WorkerContext:
                 self.stop(reason_from_exception(exc))
             finally:
                 self.busy = False
-            self.pubsub.flush()  # pub/sub
+            self.flush_published()
             self.pump()
 
         self.loop.create_task(finish())
@@ -269,7 +288,7 @@ def run_worker(start: Any, args: tuple[Any, ...], channel: Channel, node: str,
             loop = ctx.attach(uvloop.new_event_loop())
             loop.run_until_complete(result)
     except Ignore:
-        ctx.pubsub.close()  # pub/sub: deliver what init published
+        ctx.close_pubsub()
         channel.try_send(IgnoredFrame())
         return 0
     except Stop as stop:
@@ -307,6 +326,6 @@ async def _call(fn: Any, *args: Any) -> Any:
 
 
 def _finish(channel: Channel, reason: ExitReason, ctx: WorkerContext) -> int:
-    ctx.pubsub.close()  # pub/sub: what was published before the exit is still delivered
+    ctx.close_pubsub()
     channel.try_send(ExitingFrame(reason))
     return exit_code_for(reason)
