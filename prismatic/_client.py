@@ -310,7 +310,7 @@ class EventStream:
             return  # a short prefix also matches other pub/sub topics
         try:
             self._pending.extend(self._decoder.decode(frames[1]))
-        except (msgspec.DecodeError, RecursionError) as exc:  # deep nesting is bad input  # e.g. a user's own event under supervisor.
+        except (ValueError, RecursionError) as exc:  # a user's own event under supervisor.
             self.skipped += 1
             log.warning("event stream: skipped %r, not a lifecycle event (%d so far): %s",
                         frames[0], self.skipped, exc)

@@ -88,7 +88,7 @@ def make_filter(
 def _decode(store: LogStore, value: bytes, decode: Any = _decode_record) -> EventRecord:
     try:
         return decode(value)
-    except msgspec.DecodeError as exc:
+    except (ValueError, RecursionError) as exc:  # DecodeError, bad UTF-8, bottomless
         raise EventLogFormatError(f"event log {store.path} holds a corrupted record: {exc}") from exc
 
 
@@ -96,7 +96,7 @@ def _decode_all(store: LogStore, values: list[bytes], raw: bool = False) -> list
     decode = _decode_raw_record if raw else _decode_record
     try:
         return list(map(decode, values))
-    except msgspec.DecodeError:
+    except (ValueError, RecursionError):
         return [_decode(store, value, decode) for value in values]  # re-raises with the path
 
 

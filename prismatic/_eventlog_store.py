@@ -161,7 +161,7 @@ def _read_meta(path: str, env: lmdb.Environment) -> dict[bytes, bytes]:
             if positioned:
                 try:
                     msgspec.msgpack.decode(cursor.value(), type=EventRecord)
-                except msgspec.DecodeError as exc:
+                except (ValueError, RecursionError) as exc:  # DecodeError, bad UTF-8...
                     raise _format_error(path, f"corrupted record at key {cursor.key()!r}: {exc}")
     return meta
 

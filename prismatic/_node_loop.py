@@ -291,7 +291,7 @@ class NodeLoop:
             ident, body = await self.control.recv_multipart()
             try:
                 call = _call_decoder.decode(body)
-            except (msgspec.DecodeError, RecursionError) as exc:  # deep nesting is bad input
+            except (ValueError, RecursionError) as exc:  # undecodable, bad UTF-8, bottomless
                 self.bad_requests += 1
                 log.warning("control: dropped malformed request (%d so far): %s",
                             self.bad_requests, exc)

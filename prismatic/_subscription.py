@@ -108,7 +108,7 @@ class Subscription:
         if self._matches(topic):
             try:
                 payloads = _decode_payloads(frames[1])
-            except (msgspec.DecodeError, RecursionError) as exc:  # deep nesting is bad input
+            except (ValueError, RecursionError) as exc:  # undecodable, bad UTF-8, bottomless
                 self.dropped += 1  # the forwarder checks only the array header
                 log.warning("subscription %s: dropped a message on %r whose payloads do not "
                             "decode (%d so far): %s", self.pattern.pattern, topic,

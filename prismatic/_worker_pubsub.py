@@ -191,7 +191,7 @@ class WorkerPubSub:
             return  # only the prefix matched, or a pattern dropped since
         try:
             payloads = _decode_payloads(frames[1])
-        except (msgspec.DecodeError, RecursionError) as exc:  # deep nesting is bad input
+        except (ValueError, RecursionError) as exc:  # undecodable, bad UTF-8, bottomless
             self.undecodable += 1
             log.warning("worker %d: dropped a message on %r whose payloads do not decode "
                         "(%d so far): %s", os.getpid(), topic, self.undecodable, exc)

@@ -344,7 +344,7 @@ class SupervisorRuntime:
             return
         try:
             op = _op_decoder.decode(frame.op)
-        except (msgspec.DecodeError, RecursionError) as exc:  # deep nesting is bad input
+        except (ValueError, RecursionError) as exc:  # undecodable, bad UTF-8, bottomless
             self.parent.try_send(ReplyFrame(frame.ref, msgspec.Raw(_encoder.encode(
                 Err("badarg", str(exc))))))
             return

@@ -30,9 +30,10 @@ LOG_INTERVAL_S = 10.0
 HEADER = struct.Struct(">IB")
 _encoder = msgspec.msgpack.Encoder()
 _unpack_length = struct.Struct(">I").unpack_from
-# What decoding a bad body raises: msgpack nested deeper than the interpreter's recursion
-# limit (one byte per level, well inside MAX_FRAME) raises RecursionError, not DecodeError.
-_BAD_BODY = (msgspec.DecodeError, msgspec.ValidationError, RecursionError)
+# What decoding a bad body raises: msgspec's DecodeError (ValidationError included), a
+# string that is not UTF-8 (UnicodeDecodeError, not a DecodeError), and msgpack nested
+# deeper than the interpreter's recursion limit (RecursionError; one byte per level).
+_BAD_BODY = (ValueError, RecursionError)
 
 
 def encode_frame(frame: Any) -> bytes:
