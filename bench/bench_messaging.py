@@ -138,7 +138,8 @@ def main() -> None:
          f"Pipe p99 {base['p99'] * us:.1f}"),
         (f"calls/s, {WINDOW} in flight", f"{got['window']:,.0f}", ">= 100,000",
          f"Pipe {base['window']:,.0f}"),
-        ("casts/s (all handled)", f"{got['cast']:,.0f}", "-", f"Pipe one-way {base['oneway']:,.0f}"),
+        ("casts/s (all handled)", f"{got['cast']:,.0f}", "-",
+         f"Pipe one-way {base['oneway']:,.0f}"),
     ]
     print(f"messaging bench: {n:,} messages per figure, message {MSG}")
     print_table(("figure", "value", "target", "baseline (same run)"), rows)
