@@ -62,9 +62,9 @@ def test_fast_block_writes_nothing(pty):
 def test_slow_block_draws_the_label_then_erases_it(pty):
     master, stream = pty
     with progress("starting child 'pool'", stream=stream) as p:
-        threading.Event().wait(1.3)  # the work being timed
+        threading.Event().wait(1.5)  # the work being timed
         p.count = 7
-        threading.Event().wait(0.3)
+        threading.Event().wait(0.5)  # several refresh periods: the count is drawn
     assert _no_spinner_thread()  # joined before the block returned
     out = drain(master)
     assert "starting child 'pool'" in out and "7 records" in out
@@ -76,7 +76,7 @@ def test_slow_block_draws_the_label_then_erases_it(pty):
 def test_erased_on_error_and_nothing_after(pty):
     master, stream = pty
     with pytest.raises(RuntimeError), progress("failing", stream=stream):
-        threading.Event().wait(1.2)
+        threading.Event().wait(1.5)
         raise RuntimeError("boom")
     out = drain(master)
     assert "failing" in out and out.endswith("\r\x1b[K")
@@ -87,7 +87,7 @@ def test_erased_on_error_and_nothing_after(pty):
 def test_stop_ends_the_spinner_early(pty):
     master, stream = pty
     with progress("streaming", stream=stream) as p:
-        threading.Event().wait(1.2)
+        threading.Event().wait(1.5)
         p.stop()
         drawn = drain(master)
         threading.Event().wait(0.3)
@@ -97,14 +97,14 @@ def test_stop_ends_the_spinner_early(pty):
 def test_nothing_unless_a_terminal_and_enabled(pty, monkeypatch):
     not_tty = io.StringIO()
     with progress("piped", stream=not_tty):
-        threading.Event().wait(1.2)
+        threading.Event().wait(1.5)
     assert not_tty.getvalue() == ""
     master, stream = pty
     with progress("json output", stream=stream, enabled=False):
-        threading.Event().wait(1.2)
+        threading.Event().wait(1.5)
     monkeypatch.setenv("PRISMATIC_NO_PROGRESS", "1")
     with progress("switched off", stream=stream):
-        threading.Event().wait(1.2)
+        threading.Event().wait(1.5)
     assert drain(master) == "" and _no_spinner_thread()
 
 
@@ -112,7 +112,7 @@ def test_long_label_is_cut_to_the_terminal_width(pty):
     master, stream = pty
     fcntl.ioctl(stream.fileno(), termios.TIOCSWINSZ, struct.pack("HHHH", 24, 40, 0, 0))
     with progress("x" * 100, stream=stream):
-        threading.Event().wait(1.2)
+        threading.Event().wait(1.5)
     lines = [s for s in drain(master).split("\r") if s and s != "\x1b[K"]
     assert lines and all(len(s.removesuffix("\x1b[K")) < 40 for s in lines)
 
