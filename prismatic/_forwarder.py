@@ -7,7 +7,7 @@ fans it out to every SUB whose prefix matches. Payloads are never decoded here: 
 frame count, the topic and the msgpack array header are checked. A message that fails the
 check is dropped, counted (:attr:`Forwarder.dropped_bad_frames`,
 :attr:`Forwarder.dropped_bad_topic`, exported as Prometheus counters by the node) and logged
-at most once per :data:`DROP_LOG_INTERVAL_S`; nothing here raises into the node's loop.
+at most once per ten seconds (:mod:`._throttle`); nothing here raises into the node's loop.
 
 The node's own lifecycle events go out on the same XPUB through :meth:`Forwarder.send`.
 
@@ -29,20 +29,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from pathlib import Path
 
 import zmq
 
 from ._errors import TopicError
 from ._pubsub_wire import HELLO_PREFIX, array_length, events_address, publish_address
+from ._throttle import ThrottledWarning
 from ._topics import validate_topic
 
-__all__ = ["Forwarder", "DRAIN_BUDGET", "DROP_LOG_INTERVAL_S"]
+__all__ = ["Forwarder", "DRAIN_BUDGET"]
 
 log = logging.getLogger(__name__)
 DRAIN_BUDGET = 2000  # messages per loop turn: keeps control requests and lifecycle moving
-DROP_LOG_INTERVAL_S = 10.0
 
 
 class Forwarder:
@@ -54,8 +53,7 @@ class Forwarder:
         self.dropped_bad_frames = 0
         self.dropped_bad_topic = 0
         self.hellos = 0
-        self._drops_unlogged = 0
-        self._drop_logged_at = -DROP_LOG_INTERVAL_S
+        self._drop_warning = ThrottledWarning(log)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pending_drain = False
         for name in ("events.sock", "publish.sock"):
@@ -137,13 +135,7 @@ class Forwarder:
         return n
 
     def _log_drop(self, why: str) -> None:
-        now = time.monotonic()
-        if now - self._drop_logged_at < DROP_LOG_INTERVAL_S:
-            self._drops_unlogged += 1  # counted; summed up in the next warning
-            return
-        log.warning("pub/sub forwarder: dropped a malformed message (%s); %d more dropped "
-                    "since the last warning", why, self._drops_unlogged)
-        self._drop_logged_at, self._drops_unlogged = now, 0
+        self._drop_warning.warn("pub/sub forwarder: dropped a malformed message (%s)", why)
 
     def _greet(self) -> None:
         pub = self.pub

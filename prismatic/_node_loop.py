@@ -50,6 +50,7 @@ from ._mailbox_stats import MailboxStats, collect_stats
 from ._metrics import MetricsServer, NodeMetrics, ProcessSample, serve_metrics
 from ._node import control_address
 from ._process import send_signal
+from ._throttle import ThrottledWarning
 from ._topics import validate_topic
 from ._tree import TreeView
 from .supervisors._events import Err, Ok
@@ -63,7 +64,6 @@ __all__ = ["serve", "NodeLoop"]
 
 log = logging.getLogger(__name__)
 MAILBOX_STATS_TIMEOUT_S = 0.25  # a worker busy longer than this is left out of a scrape
-REFUSAL_LOG_INTERVAL_S = 10.0  # at most one refusal warning per interval; the rest are counted
 _encoder = msgspec.msgpack.Encoder()
 _call_decoder = msgspec.msgpack.Decoder(ControlCall)
 
@@ -78,9 +78,9 @@ def serve(name: str, data: Path, root: Channel, root_pid: int, show_tree: bool, 
 
 class NodeLoop:
     def __init__(self, name: str, data: Path, root: Channel, root_pid: int, show_tree: bool,
-                 out: TextIO, log: EventLog, cookie: str) -> None:
+                 out: TextIO, event_log: EventLog, cookie: str) -> None:
         self.name = name
-        self.log = log
+        self.log = event_log
         self.log_errors = 0
         self.data = data
         self.root = root
@@ -98,16 +98,14 @@ class NodeLoop:
         self.dirty = False
         self.cookie = cookie
         self.bad_requests = 0
-        self.refusals_unlogged = 0
-        self.refusal_logged_at = -REFUSAL_LOG_INTERVAL_S
+        self.refusal_warning = ThrottledWarning(log)
         self.metrics = NodeMetrics(name, self.process_samples, self.gauges, self.counters,
                                    self.mailbox_stats)
         self.metrics_server: MetricsServer | None = None
         self.hub = Hub(name, self.on_dead_letter,
                        lambda tag: self.metrics.hub_requests.labels(tag).inc(), self.on_emit)
         self.hub.process_started(root_pid)
-        self.dead_letters_unlogged = 0
-        self.dead_letter_logged_at = -REFUSAL_LOG_INTERVAL_S
+        self.dead_letter_warning = ThrottledWarning(log)
 
     async def main(self, hub_sock: socket.socket, metrics_port: int = 0,
                    metrics_host: str = "127.0.0.1") -> int:
@@ -250,14 +248,8 @@ class NodeLoop:
         self.forwarder.send(topic.encode(), _encoder.encode((body,)))
         self.log.submit(topic, body, source=str(note.sender or "client")).add_done_callback(
             self.logged)
-        now = time.monotonic()
-        if now - self.dead_letter_logged_at < REFUSAL_LOG_INTERVAL_S:
-            self.dead_letters_unlogged += 1
-            return
-        log.warning("dead letter: a %s to %s from %s: %s (%d more since the last warning)",
-                    note.kind, note.dest, note.sender or "a client", note.reason,
-                    self.dead_letters_unlogged)
-        self.dead_letter_logged_at, self.dead_letters_unlogged = now, 0
+        self.dead_letter_warning.warn("dead letter: a %s to %s from %s: %s", note.kind,
+                                      note.dest, note.sender or "a client", note.reason)
 
     def logged(self, done: Future[int]) -> None:
         # Runs on the writer thread: only count and log here.
@@ -321,13 +313,7 @@ class NodeLoop:
         self.metrics.control_refusals.labels(f"{why}_cookie").inc()
         self.reply(ident, ref, Err(UNAUTHORIZED, f"{why} cookie: the request must carry the "
                                                  f"contents of {self.data / 'cookie'}"))
-        now = time.monotonic()
-        if now - self.refusal_logged_at < REFUSAL_LOG_INTERVAL_S:
-            self.refusals_unlogged += 1  # counted in the metric; summed up in the next warning
-            return
-        log.warning("control: refused a request with a %s cookie (%d more refused since the "
-                    "last warning)", why, self.refusals_unlogged)
-        self.refusal_logged_at, self.refusals_unlogged = now, 0
+        self.refusal_warning.warn("control: refused a request with a %s cookie", why)
 
     def status(self) -> NodeStatus:
         entries = [e for e in self.tree.entries.values() if e.running]

@@ -6,19 +6,20 @@ the messaging plane (:mod:`._messages`) use the same framing with different tagg
 
 :class:`FrameBuffer` is the receiving half, loop-free: feed it bytes, get decoded frames. A
 frame with an unknown version or an undecodable body is dropped, counted and logged (at most
-once per :data:`LOG_INTERVAL_S` per buffer, the rest summed up); a length out of range breaks
-the stream beyond resynchronisation, so the buffer marks itself ``broken`` and the owner
-closes the connection. Nothing here raises on bad input.
+once per ten seconds per buffer, see :mod:`prismatic._throttle`); a length out of range
+breaks the stream beyond resynchronisation, so the buffer marks itself ``broken`` and the
+owner closes the connection. Nothing here raises on bad input.
 """
 
 from __future__ import annotations
 
 import logging
 import struct
-import time
 from typing import Any
 
 import msgspec
+
+from .._throttle import ThrottledWarning
 
 __all__ = ["FrameBuffer", "encode_frame", "MAX_FRAME", "WIRE_VERSION", "HEADER"]
 
@@ -26,7 +27,6 @@ log = logging.getLogger(__name__)
 
 WIRE_VERSION = 1
 MAX_FRAME = 64 * 1024 * 1024
-LOG_INTERVAL_S = 10.0
 HEADER = struct.Struct(">IB")
 _encoder = msgspec.msgpack.Encoder()
 _unpack_length = struct.Struct(">I").unpack_from
@@ -47,7 +47,7 @@ class FrameBuffer:
     Invariant: after :meth:`feed` returns, ``buf`` holds no complete frame.
     """
 
-    __slots__ = ("buf", "decoder", "bad_frames", "broken", "what", "_logged_at", "_unlogged")
+    __slots__ = ("buf", "decoder", "bad_frames", "broken", "what", "_warning")
 
     def __init__(self, decoder: msgspec.msgpack.Decoder, what: str) -> None:
         self.buf = bytearray()
@@ -55,8 +55,7 @@ class FrameBuffer:
         self.bad_frames = 0
         self.broken = False
         self.what = what
-        self._logged_at = -LOG_INTERVAL_S
-        self._unlogged = 0
+        self._warning: ThrottledWarning | None = None  # made on the first bad frame
 
     def feed(self, data: bytes) -> list[Any]:
         buf = self.buf
@@ -94,10 +93,6 @@ class FrameBuffer:
 
     def dropped(self, why: str) -> None:
         self.bad_frames += 1
-        now = time.monotonic()
-        if now - self._logged_at < LOG_INTERVAL_S:
-            self._unlogged += 1
-            return
-        log.warning("%s: dropped a %s (%d more dropped since the last warning)", self.what,
-                    why, self._unlogged)
-        self._logged_at, self._unlogged = now, 0
+        if self._warning is None:
+            self._warning = ThrottledWarning(log)
+        self._warning.warn("%s: dropped a %s", self.what, why)
