@@ -176,8 +176,7 @@ class NodeLoop:
     def on_frame(self, frame: Any) -> None:
         if isinstance(frame, LifecycleFrame):
             self.metrics.observe(frame, (*frame.path, frame.key) not in self.tree.entries)
-            self.tell_hub(frame)
-            self.tree.apply(frame)
+            self.tell_hub(frame, self.tree.apply(frame))
             self.dirty = True
             topic = ".".join(("supervisor", *(frame.path or ("root",)), frame.key, frame.kind))
             self.forwarder.send(topic.encode(), _encoder.encode((frame,)))  # a run of one
@@ -192,10 +191,10 @@ class NodeLoop:
         elif isinstance(frame, ExitingFrame):
             self.root_reason = frame.reason
 
-    def tell_hub(self, frame: LifecycleFrame) -> None:
+    def tell_hub(self, frame: LifecycleFrame, died_with: list[int]) -> None:
         """Starts and exits, for the registry, monitors and links. A supervisor that dies
-        abruptly takes its subtree with it (PDEATHSIG): those exits are never reported by
-        anyone else, so they are derived here, before the tree forgets the subtree."""
+        abruptly takes its subtree with it (PDEATHSIG): those exits (``died_with``, from the
+        tree) are never reported by anyone else."""
         if frame.pid is None:
             return
         if frame.kind == "child_started":
@@ -205,10 +204,8 @@ class NodeLoop:
                                                       "start_error"):
             return
         self.hub.process_exited(frame.pid, frame.reason)
-        path = (*frame.path, frame.key)
-        for below, entry in self.tree.entries.items():
-            if len(below) > len(path) and below[:len(path)] == path and entry.pid:
-                self.hub.process_exited(entry.pid, Killed(signal.SIGKILL))
+        for pid in died_with:
+            self.hub.process_exited(pid, Killed(signal.SIGKILL))
 
     def on_emit(self, req: EmitReq, reply: Callable[[HubReply], None]) -> None:
         """A process's ``emit``: the reply (its acknowledgement) leaves only once the log's

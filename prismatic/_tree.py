@@ -39,7 +39,9 @@ class TreeView:
         self.order: list[tuple[str, ...]] = [()]
         self.last_event = ""
 
-    def apply(self, ev: LifecycleFrame) -> None:
+    def apply(self, ev: LifecycleFrame) -> list[int]:
+        """Fold one event in; return the pids of the running processes that died with an
+        exited supervisor (PDEATHSIG), which no supervisor is left to report."""
         path = (*ev.path, ev.key)
         self.last_event = f"{'/'.join(path)}: {ev.kind}" + (
             f" ({describe(ev.reason)})" if ev.reason is not None else "")
@@ -57,16 +59,18 @@ class TreeView:
             if entry.pid == ev.pid:
                 entry.pid = None
                 entry.last_exit = ev.reason
-                self._drop_below(path)
+                if entry.type == "supervisor":  # a worker has nothing below it
+                    return self._drop_below(path)
+        return []
 
-    def _drop_below(self, path: tuple[str, ...]) -> None:
+    def _drop_below(self, path: tuple[str, ...]) -> list[int]:
         n = len(path)
         dead = [p for p in self.entries if len(p) > n and p[:n] == path]
-        for p in dead:
-            del self.entries[p]
+        pids = [pid for p in dead if (pid := self.entries.pop(p).pid) is not None]
         if dead:
             gone = set(dead)
             self.order = [p for p in self.order if p not in gone]
+        return pids
 
     def rows(self) -> list[TreeEntry]:
         """Entries depth-first, siblings in first-start order."""

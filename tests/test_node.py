@@ -258,3 +258,26 @@ def test_an_event_log_of_another_node_is_one_clear_line(tmp_path):
     errors = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(errors) == 1 and "someone-else" in errors[0], proc.stderr
     assert (data / "eventlog" / "data.mdb").read_bytes() == before
+
+
+def test_the_hub_learns_a_subtree_died_with_its_supervisor(node_factory):
+    """No supervisor is left to report the children of a SIGKILLed supervisor; the node
+    derives their exits (killed, by PDEATHSIG) from its tree, for monitors and links."""
+    import msgspec
+
+    from prismatic._hubclient import HubClient
+    from prismatic.transports._messages import ExitOfReq
+
+    n = node_factory("tests.apps:nested")
+    old = {r.path: r.pid for r in n.conn.tree()}
+    node = n.conn.status().node
+    with n.events() as ev:
+        os.kill(old["mid"], signal.SIGKILL)
+        ev.wait_for(started("", "mid"), 10)
+    hub = HubClient(node)
+    try:
+        for path in ("mid/leaf/a", "mid/m"):
+            reply = hub.request(lambda ref, path=path: ExitOfReq(ref, p.Pid(node, old[path]), 0))
+            assert msgspec.convert(reply.value, p.ExitReason) == p.Killed(signal.SIGKILL)
+    finally:
+        hub.close()
