@@ -30,10 +30,8 @@ from ._control import (
     TreeRow,
 )
 from ._cookie import CookieRefused, read_cookie
-from ._errors import (
-    ChildSpecError, ControlError, EventLogError, PubSubError, StartError, SupervisorError,
-)
-from ._hubclient import HubClient
+from ._errors import ChildSpecError, ControlError, PubSubError, StartError, SupervisorError
+from ._hubclient import EMIT_TIMEOUT_S, HubClient
 from ._node import control_address, default_data_dir
 from ._outbox import Outbox, RequestId
 from ._publisher import BackgroundPublisher
@@ -44,9 +42,7 @@ from .supervisors._events import (
     ChildInfo, CountChildren, DeleteChild, Err, Ok, RestartChild, StartChild, StartDynamic,
     TerminateChild, WhichChildren,
 )
-from ._topics import validate_topic
 from .transports._frames import LifecycleFrame
-from .transports._messages import EmitReq
 
 __all__ = ["connect", "NodeConnection", "open_event_stream", "EventStream", "resolve_node"]
 
@@ -210,13 +206,8 @@ class NodeConnection:
 
     def emit_many(self, topic: str, payloads: list[Any], *,
                   correlation_id: str | None = None) -> int:
-        validate_topic(topic)
-        hub = self._messaging().hub
-        reply = hub.request(lambda ref: EmitReq(ref, topic, list(payloads), "client",
-                                                correlation_id), max(self.timeout, 30.0))
-        if reply.error:
-            raise EventLogError(f"emit to {topic!r} refused: {reply.error}: {reply.detail}")
-        return reply.value
+        return self._messaging().hub.emit(topic, list(payloads), "client", correlation_id,
+                                          max(self.timeout, EMIT_TIMEOUT_S))
 
     def resolve(self, dest: Pid | str) -> Pid | None:
         """The Pid ``dest`` stands for: a Pid as is; a name as this connection last resolved

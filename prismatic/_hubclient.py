@@ -16,14 +16,16 @@ from typing import Any
 
 import msgspec
 
-from ._errors import NodeError
+from ._errors import EventLogError, NodeError
 from ._nodeinfo import hub_address
+from ._topics import validate_topic
 from .transports._framing import FrameBuffer, encode_frame
-from .transports._messages import HubReply
+from .transports._messages import EmitReq, HubReply
 
-__all__ = ["HubClient"]
+__all__ = ["HubClient", "EMIT_TIMEOUT_S"]
 
 log = logging.getLogger(__name__)
+EMIT_TIMEOUT_S = 30.0  # a synced commit takes ~1 ms; this bounds a disk that stopped answering
 
 _decoder = msgspec.msgpack.Decoder(HubReply)
 
@@ -71,6 +73,16 @@ class HubClient:
         except OSError as exc:
             self.close()
             raise NodeError(f"lost the hub of node {self.node!r}: {exc}") from None
+
+    def emit(self, topic: str, payloads: list[Any], source: str,
+             correlation_id: str | None, timeout: float = EMIT_TIMEOUT_S) -> int:
+        """Append events to the node's log; the first one's seq, once synced (the ack)."""
+        validate_topic(topic)
+        reply = self.request(lambda ref: EmitReq(ref, topic, payloads, source, correlation_id),
+                             timeout)
+        if reply.error:
+            raise EventLogError(f"emit to {topic!r} refused: {reply.error}: {reply.detail}")
+        return reply.value
 
     def note(self, frame: Any) -> None:
         """A one-way notice (a dead letter); failures only cost the notice."""

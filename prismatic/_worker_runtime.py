@@ -27,8 +27,7 @@ from typing import Any
 import uvloop
 
 from ._address import Pid
-from ._errors import EventLogError, RegistryError
-from ._topics import validate_topic
+from ._errors import RegistryError
 from ._exit import ExitCode, ExitReason, Normal, Shutdown, reason_from_exception
 from ._hubclient import HubClient
 from ._mailbox import Inbound, Mailbox
@@ -40,13 +39,12 @@ from ._worker_pubsub import WorkerPubSub
 from .transports._channel import Channel
 from .transports._frames import ExitingFrame, IgnoredFrame, ReadyFrame
 from .transports._messages import (
-    CallFrame, CallRefused, CallReply, CastFrame, DemonitorReq, EmitReq, InfoFrame, LinkReq,
+    CallFrame, CallRefused, CallReply, CastFrame, DemonitorReq, InfoFrame, LinkReq,
     MonitorReq, RegisterReq, StatsReq, UnlinkReq, UnregisterReq,
 )
 
 __all__ = ["run_worker", "exit_code_for", "WorkerContext"]
 
-EMIT_TIMEOUT_S = 30.0  # a synced commit takes ~1 ms; this bounds a disk that stopped answering
 
 
 def exit_code_for(reason: ExitReason) -> int:
@@ -230,12 +228,7 @@ class WorkerContext:
         self.outbox.names.pop(name, None)
 
     def emit(self, topic: str, payloads: list[Any], correlation_id: str | None) -> int:
-        validate_topic(topic)
-        reply = self.hub.request(lambda ref: EmitReq(ref, topic, payloads, str(self.pid),
-                                                     correlation_id), EMIT_TIMEOUT_S)
-        if reply.error:
-            raise EventLogError(f"emit to {topic!r} refused: {reply.error}: {reply.detail}")
-        return reply.value
+        return self.hub.emit(topic, payloads, str(self.pid), correlation_id)
 
     # ---- monitors and links ---------------------------------------------------------------------
 
