@@ -217,10 +217,6 @@ class Hub:
             box = self.outboxes[to] = _MailboxWriter(to, self.counters)
         box.write(encode_frame(frame))
 
-    def metrics(self) -> dict[str, int]:
-        return {"registered_names": len(self.registry.names),
-                "monitors": len(self.links.monitors), "links": len(self.links.links),
-                **{f"hub_{k}": v for k, v in self.counters.items()}}
 
 
 class _HubConnection(asyncio.Protocol):

@@ -136,22 +136,19 @@ class Mailbox:
         frames = self.receive(conn)
         if not frames:
             return
-        if len(frames) == 1:
-            frame = frames[0]
-            if isinstance(frame, (Down, Exit)):
-                self.drain_except(conn)
-            self.on_frame(conn, frame)
-            return
-        conn.batch = bytearray()
+        batching = len(frames) > 1  # one call per read needs no batch, and is the hot path
+        if batching:
+            conn.batch = bytearray()
         try:
             for frame in frames:
                 if isinstance(frame, (Down, Exit)):
                     self.drain_except(conn)
                 self.on_frame(conn, frame)
         finally:
-            batch, conn.batch = conn.batch, None
-            if batch:
-                conn.write(batch)
+            if batching:
+                batch, conn.batch = conn.batch, None
+                if batch:
+                    conn.write(batch)
 
     def drain_except(self, skip: Inbound) -> None:
         for conn in list(self.conns.values()):
