@@ -17,6 +17,7 @@ from typing import Any
 import msgspec
 
 from ._address import Pid
+from ._latency import LatencyHistogram
 from ._nodeinfo import mailbox_address
 from .transports._framing import FrameBuffer, encode_frame
 from .transports._messages import CallReply, MailboxFrame, StatsReq
@@ -24,16 +25,21 @@ from .transports._messages import CallReply, MailboxFrame, StatsReq
 __all__ = ["MailboxStats", "collect_stats"]
 
 _decoder = msgspec.msgpack.Decoder(MailboxFrame)
+_NO_CALLS = LatencyHistogram()
 
 
 class MailboxStats(msgspec.Struct, frozen=True):
     """``queue``: messages read but not yet handled; ``received``/``sent``: messages since
-    the process started; ``call_latency``: [per-bucket counts, sum, count] of its calls."""
+    the process started; ``call_latency``: [per-bucket counts, sum, count] of its calls;
+    ``bad_frames``/``refused``: frames its mailbox dropped, connections it refused (not the
+    node's uid)."""
 
     queue: int
     received: int
     sent: int
     call_latency: tuple[list[int], float, int]
+    bad_frames: int
+    refused: int
 
 
 def collect_stats(targets: dict[str, Pid], timeout: float) -> tuple[dict[str, MailboxStats],
@@ -77,6 +83,10 @@ def collect_stats(targets: dict[str, Pid], timeout: float) -> tuple[dict[str, Ma
 
 
 def stats_of(ctx: Any) -> MailboxStats:
-    """A runtime's answer (see :class:`~prismatic._worker_runtime.WorkerContext`)."""
-    return MailboxStats(len(ctx.queue), ctx.received, ctx.outbox.sent,
-                        tuple(ctx.outbox.latency.snapshot()))  # type: ignore[arg-type]
+    """A runtime's answer (see :class:`~prismatic._worker_runtime.WorkerContext`); a process
+    that never sent anything has no outbox, and asking must not make one."""
+    box = ctx._outbox
+    sent, latency = (box.sent, box.latency) if box is not None else (0, _NO_CALLS)
+    return MailboxStats(len(ctx.queue), ctx.received, sent,
+                        tuple(latency.snapshot()),  # type: ignore[arg-type]
+                        ctx.mailbox.bad_frames, ctx.mailbox.refused)

@@ -184,6 +184,12 @@ class _MailboxCollector:
                                        "Messages received by each worker", labels=["path"])
         sent = CounterMetricFamily("prismatic_messages_sent",
                                    "Messages sent by each worker", labels=["path"])
+        bad = CounterMetricFamily("prismatic_bad_frames_mailbox",
+                                  "Frames each worker's mailbox dropped as malformed",
+                                  labels=["path"])
+        refused = CounterMetricFamily("prismatic_mailbox_refused",
+                                      "Connections each worker's mailbox refused (another uid)",
+                                      labels=["path"])
         latency = HistogramMetricFamily("prismatic_call_latency_seconds",
                                         "Round trip of the calls each worker made",
                                         labels=["path"])
@@ -191,6 +197,8 @@ class _MailboxCollector:
             depth.add_metric([path], s.queue)
             received.add_metric([path], s.received)
             sent.add_metric([path], s.sent)
+            bad.add_metric([path], s.bad_frames)
+            refused.add_metric([path], s.refused)
             counts, total, _ = s.call_latency
             cumulative, buckets = 0, []
             for bound, count in zip((*BUCKETS, float("inf")), counts):
@@ -201,7 +209,7 @@ class _MailboxCollector:
                                        "Workers that did not answer this scrape's stats request "
                                        "in time (busy in a long handler)")
         unanswered.add_metric([], missed)
-        yield from (depth, received, sent, latency, unanswered)
+        yield from (depth, received, sent, bad, refused, latency, unanswered)
 
 
 class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):

@@ -75,15 +75,18 @@ class WorkerContext:
         self.names: set[str] = set()
         self.mailbox = Mailbox(pid.node, pid.ospid)
         self._pubsub: WorkerPubSub | None = None  # made on first publish/subscribe
+        self._outbox: Outbox | None = None  # made on first send
 
     # Made on first use: every object a fresh fork allocates costs it copy-on-write pages.
     @functools.cached_property
     def hub(self) -> HubClient:
         return HubClient(self.pid.node)
 
-    @functools.cached_property
+    @property
     def outbox(self) -> Outbox:
-        return Outbox(self.pid.node, self.pid, self.hub)
+        if self._outbox is None:
+            self._outbox = Outbox(self.pid.node, self.pid, self.hub)
+        return self._outbox
 
     @property
     def pubsub(self) -> WorkerPubSub:

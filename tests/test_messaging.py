@@ -212,3 +212,23 @@ def test_messaging_metrics_per_worker(node):
     assert m[("prismatic_mailbox_depth", (("path", "async"),))] >= 1
     assert ("prismatic_mailbox_depth", (("path", "small"),)) not in m
     assert m[("prismatic_mailbox_stats_missed", ())] >= 1
+
+
+def test_a_malformed_frame_to_a_mailbox_is_counted_in_the_metrics(node):
+    import socket
+
+    from prismatic._nodeinfo import mailbox_address
+    from prismatic.transports._framing import HEADER, WIRE_VERSION
+
+    b = pid(node, "b")
+    body = b"\xc1"  # never valid msgpack
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.connect(mailbox_address(b.node, b.ospid))
+        s.sendall(HEADER.pack(len(body) + 1, WIRE_VERSION) + body)
+
+    def counted() -> bool:
+        return any(line.startswith('prismatic_bad_frames_mailbox_total{path="b"}')
+                   and float(line.split()[-1]) >= 1 for line in node.conn.metrics().splitlines())
+
+    wait_until(counted, 10, "the bad frame in b's metrics")
+    assert node.conn.call(b, ["echo", "still here"]) == "still here"
