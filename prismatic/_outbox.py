@@ -170,25 +170,35 @@ class Outbox:
             self.drop(peer.pid)
             raise MailboxFull(dest, f"mailbox stayed full for {timeout:.3g}s") from None
 
+    def _post(self, dest: Dest, data: bytes, timeout: float, fresh: bool = False) -> Pid | str:
+        """Hand ``data`` to the mailbox of ``dest``: the Pid it went to, or why it could not
+        (``noproc``, ``not_registered``). A name whose cached pid is gone is resolved afresh
+        once. Raises :class:`MailboxFull` if the mailbox stayed full for ``timeout``."""
+        for attempt in (0, 1):
+            pid = self.resolve(dest, fresh=fresh or attempt == 1)
+            if pid is None:
+                return "not_registered"
+            try:
+                self._send(self.peer(pid), data, timeout, dest)
+                return pid
+            except OSError:
+                self.drop(pid)  # no such process, or a cached connection to one that died
+                if isinstance(dest, Pid):
+                    break
+        return "noproc"
+
     def deliver(self, dest: Dest, frame: Any, kind: str, timeout: float) -> bool:
         """Cast or send: True once handed to the destination's mailbox, False if it became a
         dead letter (no such process or name)."""
         data = encode_frame(frame)
-        for attempt in (0, 1):
-            pid = self.resolve(dest, fresh=attempt == 1)
-            if pid is None:
-                return self._dead_letter(dest, "not_registered", kind, len(data))
-            try:
-                self._send(self.peer(pid), data, timeout, dest)
-                return True
-            except MailboxFull:
-                self._dead_letter(dest, "mailbox_full", kind, len(data))
-                raise
-            except OSError:
-                self.drop(pid)
-                if isinstance(dest, Pid):
-                    break
-        return self._dead_letter(dest, "noproc", kind, len(data))
+        try:
+            where = self._post(dest, data, timeout)
+        except MailboxFull:
+            self._dead_letter(dest, "mailbox_full", kind, len(data))
+            raise
+        if isinstance(where, str):
+            return self._dead_letter(dest, where, kind, len(data))
+        return True
 
     def cast(self, dest: Dest, msg: Any, timeout: float = 5.0) -> bool:
         return self.deliver(dest, CastFrame(msg), "cast", timeout)
@@ -214,23 +224,14 @@ class Outbox:
                      fresh: bool = False) -> RequestId:
         """OTP's ``gen_server:send_request``: send a call without waiting; collect the reply
         with :meth:`receive_response`. Many may be in flight to one process."""
-        for attempt in (0, 1):
-            pid = self.resolve(dest, fresh=fresh or attempt == 1)
-            if pid is None:
-                raise NoProcError(dest)
-            ref = next(self.refs)
-            try:
-                peer = self.peer(pid)
-                self._send(peer, encode_frame(CallFrame(
-                    ref, msg, self.me, dest if isinstance(dest, str) else None)), timeout, dest)
-            except OSError:
-                self.drop(pid)  # no such process, or a cached connection to one that died
-                if isinstance(dest, Pid):
-                    raise NoProcError(dest) from None
-                continue
-            peer.waiting.add(ref)
-            return RequestId(dest, pid, ref)
-        raise NoProcError(dest)
+        ref = next(self.refs)
+        name = dest if isinstance(dest, str) else None
+        where = self._post(dest, encode_frame(CallFrame(ref, msg, self.me, name)), timeout,
+                           fresh)
+        if isinstance(where, str):
+            raise NoProcError(dest)
+        self.peers[where].waiting.add(ref)
+        return RequestId(dest, where, ref)
 
     def receive_response(self, req: RequestId, timeout: float = 5.0) -> Any:
         """OTP's ``gen_server:receive_response``: the reply to ``req``, raising as
