@@ -13,6 +13,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -41,19 +42,22 @@ def emit(log, count: int, batch: int, window: int, ident: int) -> None:
         future.result()
 
 
+def timed_threads(jobs: list[tuple[Any, tuple]]) -> float:
+    """Run each ``(target, args)`` in a thread of its own; seconds until all are done."""
+    threads = [threading.Thread(target=target, args=args) for target, args in jobs]
+    start = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return time.perf_counter() - start
+
+
 def bench_appends(root: Path, emitters: int, total: int, batch: int) -> float:
     path = root / f"appends-{emitters}-{batch}"
     with open_event_log(str(path), node="node@host") as log:
         per = total // emitters
-        threads = [
-            threading.Thread(target=emit, args=(log, per, batch, 8, i)) for i in range(emitters)
-        ]
-        start = time.perf_counter()
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        elapsed = time.perf_counter() - start
+        elapsed = timed_threads([(emit, (log, per, batch, 8, i)) for i in range(emitters)])
         assert log.last_seq == per * emitters
     return per * emitters / elapsed
 
@@ -88,13 +92,7 @@ def bench_node_emits(root: Path, emitters: int, total: int, batch: int) -> float
 
         for conn in conns:
             conn.emit("bench.warmup", PAYLOAD)
-        threads = [threading.Thread(target=run, args=(c,)) for c in conns]
-        start = time.perf_counter()
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        elapsed = time.perf_counter() - start
+        elapsed = timed_threads([(run, (c,)) for c in conns])
         for conn in conns:
             conn.close()
         return emitters * (per // batch) * batch / elapsed
