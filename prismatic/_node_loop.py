@@ -98,6 +98,7 @@ class NodeLoop:
         self.dirty = False
         self.cookie = cookie
         self.bad_requests = 0
+        self.control_errors = 0
         self.refusal_warning = ThrottledWarning(log)
         self.metrics = NodeMetrics(name, self.process_samples, self.gauges, self.counters,
                                    self.mailbox_stats)
@@ -279,28 +280,35 @@ class NodeLoop:
         while True:
             ident, body = await self.control.recv_multipart()
             try:
-                call = _call_decoder.decode(body)
-            except (ValueError, RecursionError) as exc:  # undecodable, bad UTF-8, bottomless
-                self.bad_requests += 1
-                log.warning("control: dropped malformed request (%d so far): %s",
-                            self.bad_requests, exc)
-                continue
-            self.metrics.control_requests.labels(type(call).__struct_config__.tag).inc()
-            if not cookie_matches(self.cookie, call.cookie):
-                self.refuse(ident, call.ref, "missing" if not call.cookie else "wrong")
-                continue
-            if isinstance(call, SupervisorCall):
-                ref, self.next_ref = self.next_ref, self.next_ref + 1
-                self.pending[ref] = (ident, call.ref)
-                if not self.root.try_send(RequestFrame(ref, call.path, call.op)):
-                    self.answer(ref, msgspec.Raw(_encoder.encode(Err("noproc", "no root"))))
-            elif isinstance(call, TreeCall):
-                self.reply(ident, call.ref, Ok(self.tree_rows()))
-            elif isinstance(call, StatusCall):
-                self.reply(ident, call.ref, Ok(self.status()))
-            elif isinstance(call, MetricsCall):
-                # Off the loop: a scrape asks every worker for its mailbox statistics.
-                asyncio.get_running_loop().create_task(self.reply_metrics(ident, call.ref))
+                self.on_control(ident, body)
+            except Exception:  # noqa: BLE001 - one request must not end the control endpoint
+                self.control_errors += 1
+                log.exception("control: a request failed (%d so far)", self.control_errors)
+
+    def on_control(self, ident: bytes, body: bytes) -> None:
+        try:
+            call = _call_decoder.decode(body)
+        except (ValueError, RecursionError) as exc:  # undecodable, bad UTF-8, bottomless
+            self.bad_requests += 1
+            log.warning("control: dropped malformed request (%d so far): %s",
+                        self.bad_requests, exc)
+            return
+        self.metrics.control_requests.labels(type(call).__struct_config__.tag).inc()
+        if not cookie_matches(self.cookie, call.cookie):
+            self.refuse(ident, call.ref, "missing" if not call.cookie else "wrong")
+            return
+        if isinstance(call, SupervisorCall):
+            ref, self.next_ref = self.next_ref, self.next_ref + 1
+            self.pending[ref] = (ident, call.ref)
+            if not self.root.try_send(RequestFrame(ref, call.path, call.op)):
+                self.answer(ref, msgspec.Raw(_encoder.encode(Err("noproc", "no root"))))
+        elif isinstance(call, TreeCall):
+            self.reply(ident, call.ref, Ok(self.tree_rows()))
+        elif isinstance(call, StatusCall):
+            self.reply(ident, call.ref, Ok(self.status()))
+        elif isinstance(call, MetricsCall):
+            # Off the loop: a scrape asks every worker for its mailbox statistics.
+            asyncio.get_running_loop().create_task(self.reply_metrics(ident, call.ref))
 
     async def reply_metrics(self, ident: bytes, ref: int) -> None:
         text = await asyncio.get_running_loop().run_in_executor(None, self.metrics.exposition)
@@ -351,6 +359,7 @@ class NodeLoop:
                 "eventlog_full_errors": c.full_errors,
                 "bad_frames_root_channel": self.root.bad_frames,
                 "bad_frames_control": self.bad_requests,
+                "control_errors": self.control_errors,
                 "bad_frames_hub": self.hub.counters["bad_frames"],
                 "hub_notices_undeliverable": self.hub.counters["notice_undeliverable"],
                 "pubsub_messages_forwarded": self.forwarder.messages_forwarded,
