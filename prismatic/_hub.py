@@ -192,7 +192,6 @@ class Hub:
                 log.warning("hub: dropped a dead-letter note with reason %r, kind %r",
                             req.reason[:40], req.kind[:40])
                 return
-            self.counters[f"dead_letter:{req.reason}"] += 1
             self.on_dead_letter(req)
 
     def waited_out(self, pid: Pid, conn: _HubConnection, ref: int) -> None:
@@ -216,7 +215,6 @@ class Hub:
         if box is None or box.closed:
             box = self.outboxes[to] = _MailboxWriter(to, self.counters)
         box.write(encode_frame(frame))
-
 
 
 class _HubConnection(asyncio.Protocol):
