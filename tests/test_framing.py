@@ -54,7 +54,8 @@ mailbox_frames = st.one_of(
     st.builds(M.CallReply, small_ints, values),
     st.builds(M.CallRefused, small_ints, text),
     st.builds(M.CastFrame, values), st.builds(M.InfoFrame, values),
-    st.builds(Down, small_ints, pids, reasons), st.builds(Exit, pids, reasons))
+    st.builds(Down, small_ints, pids, reasons), st.builds(Exit, pids, reasons),
+    st.builds(M.StatsReq, small_ints))
 hub_requests = st.one_of(
     st.builds(M.RegisterReq, small_ints, text, pids),
     st.builds(M.UnregisterReq, small_ints, text, pids),
@@ -64,7 +65,9 @@ hub_requests = st.one_of(
     st.builds(M.LinkReq, small_ints, pids, pids),
     st.builds(M.UnlinkReq, small_ints, pids, pids),
     st.builds(M.ExitOfReq, small_ints, pids, st.floats(0, 10)),
-    st.builds(M.DeadLetterNote, text, text, text, st.none() | pids, small_ints))
+    st.builds(M.DeadLetterNote, text, text, text, st.none() | pids, small_ints),
+    st.builds(M.EmitReq, small_ints, text, st.lists(values, max_size=3), text,
+              st.none() | text))
 supervision_frames = st.one_of(
     st.builds(F.Become, text, text, st.lists(values, max_size=3).map(tuple)),
     st.builds(F.ReadyFrame, small_ints, st.floats(0, 1e9)),

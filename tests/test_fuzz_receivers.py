@@ -88,7 +88,8 @@ def mailbox_frames(node_name: str) -> st.SearchStrategy[Any]:
                                                            and v[:1] == ["block"]))),
         st.builds(M.InfoFrame, values),
         st.builds(Down, refs, pids, reasons),
-        st.builds(Exit, pids, reasons | st.builds(Normal)))
+        st.builds(Exit, pids, reasons | st.builds(Normal)),
+        st.builds(M.StatsReq, refs))
 
 
 def hub_requests(node_name: str) -> st.SearchStrategy[Any]:
@@ -105,7 +106,9 @@ def hub_requests(node_name: str) -> st.SearchStrategy[Any]:
         st.builds(M.ExitOfReq, refs, pids, st.floats(max_value=0.2) | st.just(float("nan"))),
         st.builds(M.DeadLetterNote, text, st.sampled_from(["noproc", "not_registered",
                                                            "mailbox_full"]) | text,
-                  st.sampled_from(["cast", "info"]) | text, st.none() | pids, ints))
+                  st.sampled_from(["cast", "info"]) | text, st.none() | pids, ints),
+        st.builds(M.EmitReq, refs, st.just("fuzz.emit") | text, st.lists(values, max_size=3),
+                  text, st.none() | text))
 
 
 def deep(depth: int) -> bytes:
