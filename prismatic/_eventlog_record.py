@@ -55,8 +55,8 @@ class EventDraft(msgspec.Struct, frozen=True):
     correlation_id: str | None = None
 
 
-class EventRecord(msgspec.Struct, frozen=True, array_like=True, tag=1, gc=False):
-    """One durable event, format version 1.
+class RecordHead(msgspec.Struct, frozen=True, array_like=True, tag=1, gc=False):
+    """The leading fields of a v1 record; decoding it skips building the payload.
 
     Invariants: ``seq`` is unique per log, starts at 1 and is never reused; ``wall_ns`` /
     ``mono_ns`` are ``time.time_ns()`` / ``time.monotonic_ns()`` taken when the event was
@@ -69,33 +69,21 @@ class EventRecord(msgspec.Struct, frozen=True, array_like=True, tag=1, gc=False)
     node: str
     source: str
     topic: str
+
+
+class EventRecord(RecordHead, frozen=True, array_like=True, tag=1, gc=False):
+    """One durable event, format version 1: the head, then these fields."""
+
     correlation_id: str | None
     payload: Any
 
 
-class RawEventRecord(msgspec.Struct, frozen=True, array_like=True, tag=1, gc=False):
+class RawEventRecord(RecordHead, frozen=True, array_like=True, tag=1, gc=False):
     """A v1 record whose payload stays encoded (``msgspec.msgpack.decode(r.payload)`` when
     needed): what ``replay(..., raw_payloads=True)`` yields, about twice as fast to read."""
 
-    seq: int
-    wall_ns: int
-    mono_ns: int
-    node: str
-    source: str
-    topic: str
     correlation_id: str | None
     payload: msgspec.Raw
-
-
-class RecordHead(msgspec.Struct, frozen=True, array_like=True, tag=1, gc=False):
-    """The leading fields of a v1 record; decoding it skips building the payload."""
-
-    seq: int
-    wall_ns: int
-    mono_ns: int
-    node: str
-    source: str
-    topic: str
 
 
 class EventLogStats(msgspec.Struct, frozen=True):
