@@ -22,8 +22,9 @@ import click
 import msgspec
 
 from ._cli_format import CliError, ExitCode, print_json
-from ._eventlog import EventLog, open_event_log
+from ._eventlog import EventLog
 from ._eventlog_record import EventRecord
+from ._replay import open_log_reader
 from ._topics import compile_pattern
 from .cli import CliState, cli, json_option
 
@@ -54,7 +55,7 @@ def _event_log(state: CliState) -> Iterator[EventLog]:
     path = state.data_dir() / "eventlog"
     if not path.is_dir():
         raise CliError(f"no event log at {path}", ExitCode.UNREACHABLE)
-    with open_event_log(str(path), node="cli", readonly=True) as log:
+    with open_log_reader(path.parent) as log:
         yield log
 
 

@@ -9,12 +9,12 @@ import threading
 import pytest
 
 import prismatic as p
-from prismatic._eventlog import open_event_log
+from prismatic._replay import open_log_reader
 from tests.conftest import start_node, wait_until
 
 
 def records(data_dir, **filters):
-    with open_event_log(str(data_dir / "eventlog"), node="", readonly=True) as log:
+    with open_log_reader(data_dir) as log:
         return list(log.query(**filters))
 
 

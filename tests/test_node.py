@@ -11,6 +11,7 @@ import pytest
 
 import prismatic as p
 from prismatic._eventlog import open_event_log
+from prismatic._replay import open_log_reader
 from tests.conftest import REPO, alive, wait_until
 
 
@@ -59,7 +60,7 @@ def test_rest_for_one_restarts_the_rest(node_factory):
 def logged(n) -> list:
     """The node's lifecycle events so far, from its durable log: for what happens on its own
     right after start, before a live subscription could be made."""
-    with open_event_log(str(n.data_dir / "eventlog"), node="", readonly=True) as log:
+    with open_log_reader(n.data_dir) as log:
         return list(log.query(pattern="supervisor.#"))
 
 
@@ -223,8 +224,6 @@ def test_shutdown_timeout_kills_and_async_worker_runs(node_factory):
 
 
 def test_lifecycle_events_land_in_the_event_log(node_factory):
-    from prismatic._eventlog import open_event_log
-
     n = node_factory("tests.apps:one_for_one")
     victim = n.conn.pid_of("w1")
     with n.events() as ev:
