@@ -56,9 +56,9 @@ _decode_payloads = msgspec.msgpack.Decoder(list[Any]).decode
 
 
 class WorkerPubSub:
-    """``deliver(kind, msg)`` puts a message in the worker's mailbox."""
+    """``deliver(msg)`` puts a message in the worker's mailbox, for ``handle_info``."""
 
-    def __init__(self, deliver: Callable[[str, Any], None]) -> None:
+    def __init__(self, deliver: Callable[[Any], None]) -> None:
         self._deliver = deliver
         self._pid = os.getpid()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -198,7 +198,7 @@ class WorkerPubSub:
             return
         deliver = self._deliver
         for payload in payloads:
-            deliver("info", Event(topic, payload))
+            deliver(Event(topic, payload))
 
     # ---- the runtime's hooks ------------------------------------------------------------------
 

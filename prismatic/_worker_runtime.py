@@ -112,7 +112,7 @@ class WorkerContext:
         self.loop = loop
         self.stopped = asyncio.Event()
         for delay, msg in self.timers:
-            loop.call_later(delay, self.deliver, "info", msg)
+            loop.call_later(delay, self.deliver, msg)
         self.timers.clear()
         if self._pubsub is not None:  # arm the subscription reader, send init's events
             self._pubsub.attach(loop)
@@ -124,8 +124,9 @@ class WorkerContext:
         self.mailbox.attach(self.loop, self.on_frame)
         self.pump()
 
-    def deliver(self, kind: str, msg: Any) -> None:
-        self.queue.append((None, InfoFrame(msg) if kind == "info" else CastFrame(msg)))
+    def deliver(self, msg: Any) -> None:
+        """A message from this process itself (a timer, a pub/sub event) for ``handle_info``."""
+        self.queue.append((None, InfoFrame(msg)))
         if self.loop is not None:
             self.pump()
 
@@ -204,7 +205,7 @@ class WorkerContext:
             # Armed when the loop starts, right after ready: late by well under a millisecond.
             self.timers.append((delay, msg))
             return None
-        return self.loop.call_later(delay, self.deliver, "info", msg)
+        return self.loop.call_later(delay, self.deliver, msg)
 
     def stop(self, reason: ExitReason) -> None:
         if self.stop_reason is None:
