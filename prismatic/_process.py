@@ -24,8 +24,11 @@ import os
 import signal
 import sys
 from collections.abc import Callable
+from typing import NoReturn
 
-__all__ = ["fork_child", "set_process_name", "uss_bytes", "send_signal"]
+from ._clone import clone_sibling
+
+__all__ = ["fork_child", "fork_sibling", "set_process_name", "uss_bytes", "send_signal"]
 
 _PR_SET_NAME = 15
 _PR_SET_PDEATHSIG = 1
@@ -57,6 +60,19 @@ def fork_child(keep_fds: tuple[int, ...], main: Callable[[], int], name: str) ->
     pid = os.fork()
     if pid:
         return pid
+    _child_body(parent, keep_fds, main, name)
+
+
+def fork_sibling(keep_fds: tuple[int, ...], main: Callable[[], int], name: str) -> int:
+    """As :func:`fork_child`, but the new process is a child of the caller's *parent* (a
+    supervisor's zygote makes the supervisor's children this way; see :mod:`._clone`), with
+    the same promises: it dies with that parent and keeps only ``keep_fds``."""
+    gc.freeze()
+    return clone_sibling(lambda parent: _child_body(parent, keep_fds, main, name))
+
+
+def _child_body(parent: int, keep_fds: tuple[int, ...], main: Callable[[], int],
+                name: str) -> NoReturn:
     code = 70  # EX_SOFTWARE: main() raised past every handler
     try:
         _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
@@ -81,7 +97,6 @@ def fork_child(keep_fds: tuple[int, ...], main: Callable[[], int], name: str) ->
             sys.stderr.flush()
         finally:
             os._exit(code)
-    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _lowest(keep: tuple[int, ...]) -> int:

@@ -11,14 +11,19 @@ epoll loop (no asyncio: it only waits on fds and one timer) over
 * a wakeup fd for SIGTERM (an orderly shutdown request from the parent),
 * the earliest SIGKILL deadline of a child being stopped.
 
-Fast restarts: after its own start the supervisor forks one *spare*, an idle copy of itself
-that blocks on its channel. A restart hands the spare the child's key (``become``), so the
-replacement only has to run ``init``; the fork for the next spare happens after the restart
-has been reported, off the critical path. A spare only serves specs it inherited at its fork.
+Fast starts and restarts: children are made ahead of need as *spares*, idle processes that
+block on their channel until told which child to become (``become``), so a restart only waits
+for the replacement's ``init``. Spares come from the supervisor's *zygote*
+(:mod:`._zygote`), so the supervisor itself forks once and never again; one spare waits at
+all times, two while children are being started one after another (the next is made while the
+current one runs ``init``). A spare only serves specs its zygote knew; a child added later is
+forked directly, and the zygote is renewed once the supervisor is idle. Where the zygote's
+clone is unsupported (:func:`sibling_support`), the supervisor forks its spares itself.
 """
 
 from __future__ import annotations
 
+import collections
 import heapq
 import logging
 import os
@@ -34,6 +39,7 @@ from .._address import Pid
 from .._childspec import ChildSpec, ChildType, ShutdownKind, SupervisorSpec, resolve_start
 from .._errors import ChildSpecError
 from .._exit import ExitReason, reason_from_exception, reason_from_wait_status
+from .._clone import sibling_support
 from .._process import fork_child, send_signal, set_process_name
 from .._worker_runtime import WorkerContext, exit_code_for, run_worker
 from ..transports._channel import Channel, open_channel_pair
@@ -41,6 +47,7 @@ from ..transports._frames import (
     Become, ExitingFrame, IgnoredFrame, LifecycleFrame, ReadyFrame, ReplyFrame, RequestFrame,
 )
 from ._decide import decide, initial_state
+from ._zygote import Zygote, strays
 from ._events import (
     Err, Exit, Exited, Ignored, Init, Op, Phase, Ready, Reply, Report, Request, ShutdownRequested,
     StartFailed, StartProc, Started, StopMany, StopProc,
@@ -49,6 +56,8 @@ from ._events import (
 __all__ = ["SupervisorRuntime", "run_child"]
 
 log = logging.getLogger(__name__)
+
+_ZYGOTE_DEATHS_TOLERATED = 3  # then the supervisor forks its spares itself, and says so
 
 _op_decoder = msgspec.msgpack.Decoder(Op)
 _encoder = msgspec.msgpack.Encoder()
@@ -87,7 +96,13 @@ class SupervisorRuntime:
         self.sel = selectors.DefaultSelector()
         self.procs: dict[int, _Proc] = {}
         self.starting: _Proc | None = None
-        self.spare: _Proc | None = None
+        self.parked: tuple[str, ChildSpec] | None = None  # a start waiting for a spare
+        self.spares: collections.deque[_Proc] = collections.deque()
+        self.zygote: Zygote | None = None
+        self.zygote_specs: dict[str, ChildSpec] = {}
+        self.zygote_stale = False
+        self.zygote_deaths = 0
+        self.use_zygote = True
         self.deadlines: list[tuple[float, int]] = []
         self.forwarded: dict[int, int] = {}
         self.next_ref = 1
@@ -104,12 +119,15 @@ class SupervisorRuntime:
         signal.signal(signal.SIGTERM, lambda *_: None)  # the wakeup fd carries it
         self.sel.register(wake_r, selectors.EVENT_READ, ("signal", wake_r))
         self.sel.register(self.parent.sock, selectors.EVENT_READ, ("parent", None))
+        if self.use_spares:
+            self.start_zygote()
+            self.request_spares()
         self.feed(Init(time.monotonic()))
         while self.exit_reason is None:
             timeout = None
             if self.deadlines:
                 timeout = max(0.0, self.deadlines[0][0] - time.monotonic())
-            elif self.wants_spare():
+            elif self.wants_fork_spare() or self.wants_new_zygote():
                 timeout = 0.0
             ready = self.sel.select(timeout)
             for key, _ in ready:
@@ -120,7 +138,13 @@ class SupervisorRuntime:
                 if self.exit_reason is not None:
                     break
             self.fire_deadlines()
-            if not ready and self.wants_spare():
+            if self.exit_reason is not None:
+                break
+            if ready:
+                self.request_spares()
+            elif self.wants_new_zygote():
+                self.renew_zygote()
+            elif self.wants_fork_spare():
                 self.fork_spare()
         return exit_code_for(self.exit_reason)
 
@@ -150,9 +174,12 @@ class SupervisorRuntime:
         elif isinstance(a, Ready):
             self.parent.try_send(ReadyFrame(pid=os.getpid(), mono=time.monotonic()))
         elif isinstance(a, Exit):
-            self.kill_spare()
+            self.kill_spares()
             self.parent.try_send(ExitingFrame(a.reason))
             self.exit_reason = a.reason
+
+    def name(self) -> str:
+        return "/".join(self.path) or "root"
 
     def child_type(self, key: str) -> str:
         for c in self.state.children:
@@ -164,6 +191,10 @@ class SupervisorRuntime:
 
     def start_proc(self, key: str, spec: ChildSpec) -> None:
         proc = self.take_spare(key, spec)
+        if proc is None and self.zygote is not None and self.zygote.pending \
+                and self.zygote_knows(key, spec):
+            self.parked = (key, spec)  # a spare is on its way: quicker than forking here
+            return
         if proc is None:
             mine, theirs = open_channel_pair()
             path = (*self.path, key)
@@ -176,27 +207,128 @@ class SupervisorRuntime:
         self.starting = proc
 
     def take_spare(self, key: str, spec: ChildSpec) -> _Proc | None:
-        spare = self.spare
-        if spare is None:
-            return None
-        known = spare.specs.get(spec.id)
-        if known is None or known.start is not spec.start:
-            return None  # a spec added after the spare was forked: the spare cannot know it
-        dynamic = key != spec.id
-        if not dynamic and known is not spec:
-            return None
-        try:
-            spare.channel.send(Become(key, spec.id, spec.args if dynamic else ()))
-        except (OSError, TypeError, msgspec.EncodeError):
-            return None  # a dead spare is reaped later; odd args take the fork path
-        self.spare = None
-        spare.key = key
-        spare.ctype = spec.type  # type: ignore[assignment]
-        return spare
+        while self.spares:
+            spare = self.spares[0]
+            if not _knows(spare.specs, key, spec):
+                self.zygote_stale = True  # renewed when idle, so the next restart is fast
+                return None
+            self.spares.popleft()
+            dynamic = key != spec.id
+            try:
+                spare.channel.send(Become(key, spec.id, spec.args if dynamic else ()))
+            except (TypeError, msgspec.EncodeError):
+                self.spares.appendleft(spare)
+                return None  # args that do not encode take the fork path
+            except OSError:
+                continue  # a dead spare: reaped when its pidfd says so; try the next
+            spare.key = key
+            spare.ctype = spec.type  # type: ignore[assignment]
+            return spare
+        return None
 
-    def wants_spare(self) -> bool:
-        return (self.use_spares and self.spare is None and self.state.job is None
-                and self.exit_reason is None and self.state.phase is Phase.RUNNING)
+    def zygote_knows(self, key: str, spec: ChildSpec) -> bool:
+        return self.zygote is not None and _knows(self.zygote_specs, key, spec)
+
+    def static_specs(self) -> dict[str, ChildSpec]:
+        return {c.spec.id: c.spec for c in self.state.children if not c.dynamic}
+
+    # ---- spares -----------------------------------------------------------------------------
+
+    def start_zygote(self) -> None:
+        why = sibling_support()
+        if why is not None:
+            log.info("supervisor %s forks its own spares (no zygote: %s)", self.name(), why)
+            self.use_zygote = False
+            return
+        self.zygote_specs = self.static_specs()
+        specs = self.zygote_specs
+        self.zygote = Zygote(lambda channel: self.spare_main(channel, specs), "prism:zygote")
+        self.sel.register(self.zygote.sock, selectors.EVENT_READ, ("zygote", None))
+        self.sel.register(self.zygote.pidfd, selectors.EVENT_READ, ("zygote_exit", None))
+        self.zygote_stale = False
+
+    def request_spares(self) -> None:
+        """Keep one spare waiting, two while starts follow one another."""
+        zygote = self.zygote
+        if zygote is None or self.exit_reason is not None \
+                or self.state.phase in (Phase.STOPPING, Phase.STOPPED):
+            return
+        want = 2 if (self.starting is not None or self.parked is not None) else 1
+        while len(self.spares) + len(zygote.pending) < want:
+            if zygote.request() is None:
+                return  # the zygote is dead; its pidfd reports it
+
+    def on_zygote(self, _: Any) -> None:
+        assert self.zygote is not None
+        self.adopt(self.zygote.answers(), self.zygote_specs)
+
+    def adopt(self, answers: list[tuple[Channel, int]], specs: dict[str, ChildSpec]) -> None:
+        for channel, pid in answers:
+            if pid < 0:
+                log.error("supervisor %s: its zygote could not make a spare: %s",
+                          self.name(), os.strerror(-pid))
+                channel.close()
+                continue
+            proc = _Proc(pid, channel, None, ChildType.WORKER)
+            proc.specs = specs
+            self.watch(proc)
+            self.spares.append(proc)
+        if self.parked is not None and (self.spares or not self.zygote
+                                        or not self.zygote.pending):
+            key, spec = self.parked
+            self.parked = None
+            self.start_proc(key, spec)
+
+    def on_zygote_exit(self, _: Any) -> None:
+        """The zygote died (it never exits by itself while we live): adopt what it answered,
+        kill the spares it made but never answered for, and make a new one."""
+        zygote = self.zygote
+        assert zygote is not None
+        answered = zygote.answers()
+        self.drop_zygote()
+        self.adopt(answered, self.zygote_specs)
+        self.zygote_deaths += 1
+        log.warning("supervisor %s: zygote %d died (%d so far)", self.name(), zygote.pid,
+                    self.zygote_deaths)
+        for pid in strays(set(self.procs)):
+            log.warning("supervisor %s: killing spare %d of the dead zygote", self.name(), pid)
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        if self.zygote_deaths >= _ZYGOTE_DEATHS_TOLERATED:
+            log.error("supervisor %s: zygote died %d times; forking spares here from now on",
+                      self.name(), self.zygote_deaths)
+            self.use_zygote = False
+
+    def drop_zygote(self) -> None:
+        zygote, self.zygote = self.zygote, None
+        if zygote is not None:
+            self.sel.unregister(zygote.sock)
+            self.sel.unregister(zygote.pidfd)
+            zygote.kill()
+
+    def wants_new_zygote(self) -> bool:
+        return (self.use_spares and self.use_zygote and self.idle()
+                and (self.zygote is None or self.zygote_stale))
+
+    def renew_zygote(self) -> None:
+        """Replace a zygote whose specs are out of date (or that died): its spares go too."""
+        zygote, self.zygote = self.zygote, None
+        if zygote is not None:
+            self.sel.unregister(zygote.sock)
+            self.sel.unregister(zygote.pidfd)
+            self.adopt(zygote.close(), self.zygote_specs)
+        for spare in list(self.spares):
+            self.kill_spare(spare)
+        self.start_zygote()
+        self.request_spares()
+
+    def idle(self) -> bool:
+        return (self.state.job is None and self.exit_reason is None and self.parked is None
+                and self.starting is None and self.state.phase is Phase.RUNNING)
+
+    def wants_fork_spare(self) -> bool:
+        """Without a zygote, the supervisor forks its one spare itself, when idle."""
+        return self.use_spares and not self.use_zygote and not self.spares and self.idle()
 
     def fork_spare(self) -> None:
         mine, theirs = open_channel_pair()
@@ -207,7 +339,7 @@ class SupervisorRuntime:
         proc = _Proc(pid, mine, None, ChildType.WORKER)
         proc.specs = specs
         self.watch(proc)
-        self.spare = proc
+        self.spares.append(proc)
 
     def spare_main(self, channel: Channel, specs: dict[str, ChildSpec]) -> int:
         """Runs in the spare: wait to be told which child to become, then become it.
@@ -225,12 +357,18 @@ class SupervisorRuntime:
         set_process_name(_proc_name(spec, frame.key))
         return run_child(spec, channel, (*self.path, frame.key), self.node, prepared)
 
-    def kill_spare(self) -> None:
-        spare, self.spare = self.spare, None
-        if spare is not None:
-            send_signal(spare.pidfd, signal.SIGKILL)
-            os.waitpid(spare.pid, 0)
-            self.forget(spare)
+    def kill_spare(self, spare: _Proc) -> None:
+        self.spares.remove(spare)
+        send_signal(spare.pidfd, signal.SIGKILL)
+        os.waitpid(spare.pid, 0)
+        self.forget(spare)
+
+    def kill_spares(self) -> None:
+        """On the way out: spares and the zygote go first (spares the zygote has not
+        answered for die by PDEATHSIG with this process)."""
+        for spare in list(self.spares):
+            self.kill_spare(spare)
+        self.drop_zygote()
 
     # ---- stopping ---------------------------------------------------------------------------
 
@@ -286,10 +424,11 @@ class SupervisorRuntime:
         self.forget(proc)
         reason = proc.reason or reason_from_wait_status(status)
         now = time.monotonic()
-        if proc is self.spare:
-            # Not a child of the tree: nothing to restart. A new one is forked when idle.
-            log.warning("spare process %d died: %s", proc.pid, reason)
-            self.spare = None
+        if proc.key is None:
+            # Not a child of the tree: nothing to restart. Another is made when wanted.
+            log.warning("supervisor %s: spare process %d died: %s", self.name(), proc.pid,
+                        reason)
+            self.spares.remove(proc)
         elif proc is self.starting:
             self.starting = None
             if proc.ignored:
@@ -362,6 +501,15 @@ class SupervisorRuntime:
         ref, self.next_ref = self.next_ref, self.next_ref + 1
         self.forwarded[ref] = frame.ref
         target.channel.try_send(RequestFrame(ref, frame.path[1:], frame.op))
+
+
+def _knows(specs: dict[str, ChildSpec], key: str, spec: ChildSpec) -> bool:
+    """Whether a spare holding ``specs`` can become child ``key`` started from ``spec``: it
+    must have the very spec, or for a dynamic child (``key != spec.id``) its template."""
+    known = specs.get(spec.id)
+    if known is None or known.start is not spec.start:
+        return False
+    return key != spec.id or known is spec
 
 
 def _proc_name(spec: ChildSpec, key: str) -> str:

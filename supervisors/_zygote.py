@@ -1,0 +1,169 @@
+"""A supervisor's zygote: the one process it forks after starting, which makes all the others.
+
+Why: see :mod:`prismatic._clone`. In short, a supervisor that forks pays a copy-on-write fault
+for each page it writes afterwards, on the very path that restarts a child, and its forks
+slow down as it grows; the zygote stays small and idle, so neither happens.
+
+The zygote makes *spares*: idle processes that wait on a channel to be told which child to
+become (``Become``). Each spare is cloned with ``CLONE_PARENT``, so it is the supervisor's own
+child: the supervisor watches it with a pidfd and reaps it, and its PDEATHSIG is armed against
+the supervisor. The zygote itself is a plain child of the supervisor and dies with it.
+
+Protocol on the zygote socket (``AF_UNIX`` stream, private to the pair):
+
+* supervisor -> zygote: one byte ``b"s"`` per spare wanted, carrying (``SCM_RIGHTS``) the
+  spare's end of a new channel, which the supervisor made and keeps the other end of;
+* zygote -> supervisor: one little-endian ``int32`` per request, in request order: the
+  spare's pid, or ``-errno`` when the clone failed;
+* EOF from the supervisor: the zygote answers what it has read, then exits 0.
+
+Invariant: every spare the zygote made is answered for before the zygote exits, except when
+it is killed; then the supervisor sweeps its own children for unknown pids (:func:`strays`).
+"""
+
+from __future__ import annotations
+
+import collections
+import errno
+import logging
+import os
+import signal
+import socket
+import struct
+from collections.abc import Callable
+
+from .._process import fork_child, fork_sibling, send_signal
+from ..transports._channel import Channel, open_channel_pair
+
+__all__ = ["Zygote", "strays"]
+
+log = logging.getLogger(__name__)
+
+_REQUEST = b"s"
+_MAX_BATCH = 64
+
+
+class Zygote:
+    """The supervisor's handle on its zygote process."""
+
+    def __init__(self, spare_main: Callable[[Channel], int], name: str) -> None:
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.pid = fork_child((theirs.fileno(),), lambda: _zygote_main(theirs, spare_main),
+                              name)
+        theirs.close()
+        mine.setblocking(False)
+        self.sock = mine
+        self.pidfd = os.pidfd_open(self.pid)
+        self.pending: collections.deque[Channel] = collections.deque()
+        self._partial = b""
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def request(self) -> Channel | None:
+        """Ask for one more spare; return our end of its channel, or None if the zygote is
+        gone (its death is reported by its pidfd)."""
+        mine, theirs = open_channel_pair()
+        try:
+            socket.send_fds(self.sock, [_REQUEST], [theirs.fileno()])
+        except OSError:
+            mine.close()
+            return None
+        finally:
+            theirs.close()
+        self.pending.append(mine)
+        return mine
+
+    def answers(self) -> list[tuple[Channel, int]]:
+        """The requests answered so far: (channel, pid or -errno), in request order."""
+        return self._read()[0]
+
+    def _read(self) -> tuple[list[tuple[Channel, int]], bool]:
+        try:
+            data = self.sock.recv(4 * _MAX_BATCH)
+        except (BlockingIOError, InterruptedError):
+            return [], False
+        except OSError:
+            data = b""
+        if not data:
+            return [], True
+        data = self._partial + data
+        whole = len(data) // 4 * 4
+        self._partial = data[whole:]
+        pids = struct.unpack(f"<{whole // 4}i", data[:whole])
+        return [(self.pending.popleft(), pid) for pid in pids if self.pending], False
+
+    def close(self) -> list[tuple[Channel, int]]:
+        """Stop the zygote in order: it answers what it was asked, then exits. Returns those
+        last answers; blocks for as long as its pending clones take."""
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass  # already dead: kill() below reaps it
+        self.sock.setblocking(True)
+        got: list[tuple[Channel, int]] = []
+        while self.pending:
+            answered, eof = self._read()
+            got += answered
+            if eof:
+                break
+        self.kill()
+        return got
+
+    def kill(self) -> None:
+        """Kill and reap the zygote. Requests it never answered are unknown: the caller
+        sweeps for the spares they may have made (:func:`strays`)."""
+        send_signal(self.pidfd, signal.SIGKILL)
+        try:
+            os.waitpid(self.pid, 0)
+        except ChildProcessError:
+            pass
+        os.close(self.pidfd)
+        self.sock.close()
+        for channel in self.pending:
+            channel.close()
+        self.pending.clear()
+
+
+def strays(known: set[int]) -> list[int]:
+    """This process's children that are not in ``known``: spares a killed zygote made but
+    never answered for. The caller kills and reaps them."""
+    me = os.getpid()
+    try:
+        with open(f"/proc/{me}/task/{me}/children") as f:
+            kids = [int(x) for x in f.read().split()]
+    except OSError as exc:
+        log.error("cannot list child processes to sweep a dead zygote's spares: %s", exc)
+        return []
+    return [k for k in kids if k not in known]
+
+
+def _zygote_main(sock: socket.socket, spare_main: Callable[[Channel], int]) -> int:
+    """Runs in the zygote: answer spare requests until the supervisor's side closes."""
+    while True:
+        try:
+            msg, fds, _flags, _addr = socket.recv_fds(sock, _MAX_BATCH, _MAX_BATCH)
+        except OSError:
+            return 1
+        if not msg:
+            return 0
+        pids = []
+        for i in range(len(msg)):
+            if i >= len(fds):
+                pids.append(-errno.EBADF)  # a request whose fd did not arrive
+                continue
+            pids.append(_spawn(fds[i], spare_main))
+        for fd in fds[len(msg):]:
+            os.close(fd)
+        sock.sendall(struct.pack(f"<{len(pids)}i", *pids))
+
+
+def _spawn(fd: int, spare_main: Callable[[Channel], int]) -> int:
+    try:
+        return fork_sibling((fd,), lambda: spare_main(Channel(socket.socket(fileno=fd))),
+                            "prism:spare")
+    except OSError as exc:
+        log.error("zygote: cannot clone a spare: %s", exc)
+        return -(exc.errno or errno.EAGAIN)
+    finally:
+        os.close(fd)
