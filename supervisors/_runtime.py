@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import collections
 import heapq
+import inspect
+import itertools
 import logging
 import os
 import selectors
@@ -41,8 +43,10 @@ from .._errors import ChildSpecError
 from .._exit import ExitReason, reason_from_exception, reason_from_wait_status
 from .._clone import sibling_support
 from .._process import fork_child, send_signal, set_process_name
+from .._worker import Worker
 from .._worker_runtime import WorkerContext, exit_code_for, run_worker
 from ..transports._channel import Channel, open_channel_pair
+from ..transports._framing import encode_frame
 from ..transports._frames import (
     Become, ExitingFrame, IgnoredFrame, LifecycleFrame, ReadyFrame, ReplyFrame, RequestFrame,
 )
@@ -50,7 +54,7 @@ from ._decide import decide, initial_state
 from ._zygote import Zygote, strays
 from ._events import (
     Err, Exit, Exited, Ignored, Init, Op, Phase, Ready, Reply, Report, Request, ShutdownRequested,
-    StartFailed, StartProc, Started, StopMany, StopProc,
+    StartFailed, StartProc, StartStep, Started, StopMany, StopProc,
 )
 
 __all__ = ["SupervisorRuntime", "run_child"]
@@ -61,6 +65,7 @@ _ZYGOTE_DEATHS_TOLERATED = 3  # then the supervisor forks its spares itself, and
 
 _op_decoder = msgspec.msgpack.Decoder(Op)
 _encoder = msgspec.msgpack.Encoder()
+_become_decoder = msgspec.msgpack.Decoder(Become)
 
 
 class _Proc:
@@ -248,12 +253,20 @@ class SupervisorRuntime:
         self.zygote_stale = False
 
     def request_spares(self) -> None:
-        """Keep one spare waiting, two while starts follow one another."""
+        """Keep one spare waiting, two while starts follow one another (the next is made
+        while the current one runs ``init``)."""
         zygote = self.zygote
         if zygote is None or self.exit_reason is not None \
                 or self.state.phase in (Phase.STOPPING, Phase.STOPPED):
             return
-        want = 2 if (self.starting is not None or self.parked is not None) else 1
+        if self.starting is not None or self.parked is not None:
+            job = self.state.job
+            more = job is not None and any(isinstance(s, StartStep) for s in job.steps)
+            # A lone restart gets its successor spare once it is done: made now, it would
+            # take a CPU from the replacement's init.
+            want = 2 if more else 0
+        else:
+            want = 1
         while len(self.spares) + len(zygote.pending) < want:
             if zygote.request() is None:
                 return  # the zygote is dead; its pidfd reports it
@@ -348,6 +361,7 @@ class SupervisorRuntime:
         while waiting: a fresh fork pays a copy-on-write fault for each page it first
         writes, and paying them now takes them off the restart's critical path."""
         prepared = WorkerContext(None, Pid(self.node, os.getpid()), "")
+        rehearse_start(specs)
         frame = channel.receive_one()
         if not isinstance(frame, Become):
             return 0
@@ -501,6 +515,22 @@ class SupervisorRuntime:
         ref, self.next_ref = self.next_ref, self.next_ref + 1
         self.forwarded[ref] = frame.ref
         target.channel.try_send(RequestFrame(ref, frame.path[1:], frame.op))
+
+
+def rehearse_start(specs: dict[str, ChildSpec]) -> None:
+    """In a spare: touch what becoming a child will touch, without side effects: each first
+    write to a page shared with the zygote is a copy-on-write fault (several microseconds in
+    a VM), and taking them now takes them off the restart's critical path."""
+    encode_frame(ReadyFrame(pid=os.getpid(), mono=time.monotonic()))
+    _become_decoder.decode(_encoder.encode(Become("key", "spec", ())))
+    set_process_name("prism:spare")
+    starts = {id(spec.start): spec.start for spec in itertools.islice(specs.values(), 64)}
+    for start in starts.values():
+        if isinstance(start, str):
+            continue  # resolving it may import: done by the child it is meant for
+        if isinstance(start, type) and issubclass(start, Worker):
+            (start.init, start.handle_call, start.handle_cast, start.handle_info)
+        inspect.isawaitable(start)
 
 
 def _knows(specs: dict[str, ChildSpec], key: str, spec: ChildSpec) -> bool:
