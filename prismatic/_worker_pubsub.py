@@ -210,6 +210,10 @@ class WorkerPubSub:
             self._drain()
         self.flush()
 
+    def move_to(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The worker moved loops (see ``WorkerContext.upgrade``); its readers moved along."""
+        self._loop = loop
+
     def close(self) -> None:
         """Before the process exits: flush, then give ZeroMQ a bounded time to deliver."""
         if self._ctx is None or os.getpid() != self._pid:

@@ -6,6 +6,10 @@ Protocol with the supervisor (over the child's channel, see ``transports/_frames
 ``Shutdown()``: ``terminate`` runs, then the process exits. EOF on the channel means the
 supervisor is gone (PDEATHSIG kills us anyway; this is the belt to its braces).
 
+A worker whose handlers are all plain functions runs on a :class:`~._reactor.Reactor` (a
+small epoll loop); one with any ``async def`` handler runs on uvloop, imported only then. A
+plain handler that returns an awaitable after all moves the worker onto uvloop on the spot.
+
 Messages (see :mod:`._mailbox`) are handled one at a time, in arrival order, as a
 ``gen_server`` does. A plain handler runs straight from the socket's read callback (no task
 switch on the hot path); an ``async def`` handler makes the process *busy*, and the queue
@@ -24,8 +28,6 @@ import signal
 import time
 from typing import Any
 
-import uvloop
-
 from ._address import Pid
 from ._errors import RegistryError
 from ._exit import ExitCode, ExitReason, Normal, Shutdown, reason_from_exception
@@ -34,6 +36,7 @@ from ._mailbox import Inbound, Mailbox
 from ._mailbox_stats import stats_of
 from ._notices import Caller, Down, Exit
 from ._outbox import Outbox
+from ._reactor import Reactor
 from ._worker import Ignore, Stop, Worker
 from ._worker_pubsub import WorkerPubSub
 from .transports._channel import Channel
@@ -44,6 +47,8 @@ from .transports._messages import (
 )
 
 __all__ = ["run_worker", "exit_code_for", "WorkerContext"]
+
+_HANDLERS = ("init", "handle_call", "handle_cast", "handle_info", "terminate")
 
 
 
@@ -64,7 +69,8 @@ class WorkerContext:
 
     def __init__(self, worker: Worker | None, pid: Pid, name: str) -> None:
         self.worker = worker
-        self.loop: asyncio.AbstractEventLoop | None = None
+        self.loop: asyncio.AbstractEventLoop | Reactor | None = None
+        self.stopped: asyncio.Event | None = None  # only on an asyncio loop
         self.pid = pid
         self.name = name
         self.queue: collections.deque[tuple[Inbound | None, Any]] = collections.deque()
@@ -106,16 +112,37 @@ class WorkerContext:
         if self._pubsub is not None:
             self._pubsub.close()
 
-    def attach(self, loop: asyncio.AbstractEventLoop) -> asyncio.AbstractEventLoop:
-        """Start using ``loop``; timers set during a plain ``init`` are armed now."""
-        asyncio.set_event_loop(loop)
+    def attach(self, loop: Any) -> Any:
+        """Start using ``loop`` (asyncio's or a Reactor); timers set during a plain ``init``
+        are armed now."""
+        if not isinstance(loop, Reactor):
+            asyncio.set_event_loop(loop)
+            self.stopped = asyncio.Event()
         self.loop = loop
-        self.stopped = asyncio.Event()
         for delay, msg in self.timers:
             loop.call_later(delay, self.deliver, msg)
         self.timers.clear()
         if self._pubsub is not None:  # arm the subscription reader, send init's events
             self._pubsub.attach(loop)
+        return loop
+
+    def upgrade(self) -> asyncio.AbstractEventLoop:
+        """Move from the Reactor onto a new uvloop loop (a plain handler returned an
+        awaitable); everything the reactor was watching or had queued moves along."""
+        reactor = self.loop
+        if not isinstance(reactor, Reactor):
+            assert reactor is not None
+            return reactor  # type: ignore[return-value]
+        loop = _new_asyncio_loop()
+        asyncio.set_event_loop(loop)
+        self.loop = loop
+        self.stopped = asyncio.Event()
+        reactor.hand_over(loop)
+        self.mailbox.loop = loop
+        if self._pubsub is not None:
+            self._pubsub.move_to(loop)
+        if self.stop_reason is not None:
+            self.stopped.set()
         return loop
 
     def serve(self) -> None:
@@ -183,6 +210,7 @@ class WorkerContext:
 
     def run_async(self, pending: Any, conn: Inbound | None, ref: int | None) -> None:
         self.busy = True
+        loop = self.upgrade()
 
         async def finish() -> None:
             try:
@@ -198,7 +226,7 @@ class WorkerContext:
             self.flush_published()
             self.pump()
 
-        self.loop.create_task(finish())
+        loop.create_task(finish())
 
     def send_after(self, delay: float, msg: Any) -> asyncio.TimerHandle | None:
         if self.loop is None:
@@ -210,7 +238,7 @@ class WorkerContext:
     def stop(self, reason: ExitReason) -> None:
         if self.stop_reason is None:
             self.stop_reason = reason
-        if self.loop is not None:
+        if self.stopped is not None:
             self.stopped.set()
 
     # ---- the registry (names of this process) --------------------------------------------------
@@ -271,7 +299,7 @@ def run_worker(start: Any, args: tuple[Any, ...], channel: Channel, node: str,
     returns: a restart waits only for the user's ``init``, not for loop set-up (creating a
     loop in a fresh fork costs a millisecond of copy-on-write faults).
     """
-    loop: asyncio.AbstractEventLoop | None = None
+    loop: Any = None
     # The mailbox exists from the start: messages sent during init wait in the kernel.
     if ctx is None:
         ctx = WorkerContext(None, Pid(node, os.getpid()), name)
@@ -282,7 +310,7 @@ def run_worker(start: Any, args: tuple[Any, ...], channel: Channel, node: str,
         worker.context = ctx
         result = worker.init(*init_args)
         if inspect.isawaitable(result):
-            loop = ctx.attach(uvloop.new_event_loop())
+            loop = ctx.attach(_new_asyncio_loop())
             loop.run_until_complete(result)
     except Ignore:
         ctx.close_pubsub()
@@ -294,32 +322,40 @@ def run_worker(start: Any, args: tuple[Any, ...], channel: Channel, node: str,
         return _finish(channel, reason_from_exception(exc), ctx)
     channel.send(ReadyFrame(pid=os.getpid(), mono=time.monotonic()))
     if loop is None:
-        loop = ctx.attach(uvloop.new_event_loop())
+        loop = ctx.attach(_new_asyncio_loop() if _has_async_handler(worker) else Reactor())
     loop.add_signal_handler(signal.SIGTERM, ctx.stop, Shutdown())
 
     def on_channel() -> None:
         channel.receive()
         if channel.closed:
-            loop.remove_reader(channel.fileno())
+            ctx.loop.remove_reader(channel.fileno())  # type: ignore[union-attr]
             ctx.stop(Shutdown("supervisor gone"))
 
     loop.add_reader(channel.fileno(), on_channel)
     ctx.serve()
+    if ctx.stop_reason is None and isinstance(loop, Reactor):
+        loop.run(lambda: ctx.stop_reason is not None)
+        loop = ctx.loop  # the same reactor, or the uvloop loop it handed over to
     if ctx.stop_reason is None:
-        loop.run_until_complete(ctx.stopped.wait())
+        loop.run_until_complete(ctx.stopped.wait())  # type: ignore[union-attr]
     reason = ctx.stop_reason or Normal()
     try:
-        loop.run_until_complete(_call(worker.terminate, reason))
+        result = worker.terminate(reason)
+        if inspect.isawaitable(result):
+            ctx.upgrade().run_until_complete(result)
     except BaseException as exc:  # noqa: BLE001 - as in gen_server, a crash in terminate
         reason = reason_from_exception(exc)  # becomes the exit reason
     return _finish(channel, reason, ctx)
 
 
-async def _call(fn: Any, *args: Any) -> Any:
-    result = fn(*args)
-    if inspect.isawaitable(result):
-        result = await result
-    return result
+def _has_async_handler(worker: Worker) -> bool:
+    return any(inspect.iscoroutinefunction(getattr(worker, name, None)) for name in _HANDLERS)
+
+
+def _new_asyncio_loop() -> asyncio.AbstractEventLoop:
+    import uvloop  # noqa: PLC0415 - only workers with async handlers pay for it
+
+    return uvloop.new_event_loop()
 
 
 def _finish(channel: Channel, reason: ExitReason, ctx: WorkerContext) -> int:

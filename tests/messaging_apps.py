@@ -41,6 +41,11 @@ class Agent(p.Worker):
         if op == "sleep":
             time.sleep(args[0])
             return "slept"
+        if op == "timer":
+            self.send_after(args[0], args[1])
+            return "armed"
+        if op == "awaitable":  # a plain handler returning an awaitable: moves onto uvloop
+            return self._later(args[0])
         if op == "crash":
             raise ValueError("asked to crash")
         if op == "die":
@@ -74,6 +79,10 @@ class Agent(p.Worker):
             time.sleep(msg[1])
         self.casts.append(msg)
 
+    async def _later(self, x: Any) -> Any:
+        await asyncio.sleep(0.001)
+        return ["later", x]
+
     def handle_info(self, msg: Any) -> None:
         if isinstance(msg, (p.Down, p.Exit)):
             self.notices.append(msg)
@@ -102,7 +111,7 @@ def agent(id: str, *args: Any, **kw: Any) -> p.ChildSpec:
 def agents() -> p.SupervisorSpec:
     return p.SupervisorSpec(
         flags=p.SupFlags(strategy="one_for_one", intensity=50, period=5),
-        children=[agent("a", "alpha"), agent("b", "beta"), agent("c"),
+        children=[agent("a", "alpha"), agent("b", "beta"), agent("c"), agent("u"),
                   agent("t", None, True),
                   p.ChildSpec(id="async", start=AsyncAgent),
                   p.ChildSpec(id="small", start=SmallMailbox, args=("small",))])

@@ -232,3 +232,27 @@ def test_a_malformed_frame_to_a_mailbox_is_counted_in_the_metrics(node):
 
     wait_until(counted, 10, "the bad frame in b's metrics")
     assert node.conn.call(b, ["echo", "still here"]) == "still here"
+
+
+def _maps(ospid: int) -> str:
+    with open(f"/proc/{ospid}/maps") as f:
+        return f.read()
+
+
+def test_plain_workers_run_without_uvloop_async_ones_with_it(node):
+    """A worker whose handlers are all plain runs on the small reactor: uvloop is not even
+    loaded into it (the memory and start-up it would cost)."""
+    assert "uvloop" not in _maps(pid(node, "c").ospid)
+    assert "uvloop" in _maps(pid(node, "async").ospid)
+
+
+def test_a_plain_handler_returning_an_awaitable_moves_the_worker_onto_uvloop(node):
+    u = pid(node, "u")
+    assert node.conn.call(u, ["timer", 0.3, "tick"]) == "armed"
+    assert node.conn.call(u, ["awaitable", 7]) == ["later", 7]
+    assert "uvloop" in _maps(u.ospid)
+    node.conn.cast(u, "after")
+    # The timer set on the reactor fires on uvloop; the cast is handled there too.
+    wait_until(lambda: node.conn.call(u, ["infos"]) == ["tick"], 10, "the moved timer")
+    assert node.conn.call(u, ["casts"]) == ["after"]
+    assert node.conn.pid_of("u") == u.ospid
