@@ -22,7 +22,6 @@ import collections
 import logging
 import os
 import socket
-import struct
 from collections.abc import Callable
 from typing import Any
 
@@ -30,16 +29,15 @@ import msgspec
 
 from . import _links, _registry
 from ._address import Pid
-from ._errors import NodeError
 from ._exit import ExitReason, NoProc
-from ._nodeinfo import hub_address, mailbox_address
+from ._nodeinfo import mailbox_address, peer_uid
 from .transports._framing import FrameBuffer, encode_frame
 from .transports._messages import (
     DeadLetterNote, DemonitorReq, EmitReq, ExitOfReq, HubReply, HubRequest, LinkReq, MonitorReq,
     RegisterReq, UnlinkReq, UnregisterReq, WhereisReq,
 )
 
-__all__ = ["Hub", "open_hub_socket", "peer_uid"]
+__all__ = ["Hub"]
 
 log = logging.getLogger(__name__)
 
@@ -47,26 +45,6 @@ RECENT_EXITS = 10_000  # exit reasons remembered for late monitors and failed ca
 DEAD_LETTER_REASONS = frozenset({"noproc", "not_registered", "mailbox_full"})
 DEAD_LETTER_KINDS = frozenset({"call", "cast", "info"})
 _decoder = msgspec.msgpack.Decoder(HubRequest)
-_CREDS = struct.Struct("3i")
-
-
-def peer_uid(sock: socket.socket) -> int:
-    return _CREDS.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
-                                         _CREDS.size))[1]
-
-
-def open_hub_socket(node: str) -> socket.socket:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        sock.bind(hub_address(node))
-    except OSError:
-        sock.close()
-        raise NodeError(f"a node named {node!r} is already running on this host "
-                        f"(give this one another --name)") from None
-    sock.listen(1024)
-    return sock
-
-
 def probe_alive(pid: Pid) -> bool:
     """Whether ``pid``'s mailbox accepts connections (the process lives)."""
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -17,21 +17,22 @@ signal ordering between a pair of processes).
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import logging
 import os
 import socket
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from ._hub import peer_uid
-from ._nodeinfo import mailbox_address
+from ._nodeinfo import mailbox_address, peer_uid
 from ._notices import Down, Exit
 from .transports._framing import FrameBuffer, encode_frame
 from .transports._messages import MailboxFrame
+
+if TYPE_CHECKING:
+    import asyncio
 
 __all__ = ["Mailbox", "Inbound"]
 

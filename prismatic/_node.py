@@ -26,8 +26,7 @@ from ._address import default_node_name
 from ._childspec import SupervisorSpec, import_ref
 from ._cookie import ensure_cookie
 from ._errors import ChildSpecError, EventLogError, NodeError
-from ._hub import open_hub_socket
-from ._nodeinfo import NodeInfo, set_current
+from ._nodeinfo import NodeInfo, open_hub_socket, set_current
 from ._process import fork_child
 from ._pubsub_wire import events_address, publish_address
 from .supervisors._runtime import SupervisorRuntime

@@ -8,11 +8,18 @@ returns None there, and the messaging API asks for an explicit connection instea
 
 from __future__ import annotations
 
+import socket
+import struct
 from pathlib import Path
 
 import msgspec
 
-__all__ = ["NodeInfo", "current", "set_current", "hub_address", "mailbox_address"]
+from ._errors import NodeError
+
+__all__ = ["NodeInfo", "current", "set_current", "hub_address", "mailbox_address", "peer_uid",
+           "open_hub_socket"]
+
+_CREDS = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
 
 class NodeInfo(msgspec.Struct, frozen=True):
@@ -44,3 +51,22 @@ def mailbox_address(node: str, ospid: int) -> bytes:
     """A process's mailbox: an abstract ``AF_UNIX`` address that vanishes with the process,
     so connecting to a dead process fails at once (ECONNREFUSED) with nothing to clean up."""
     return f"\0prismatic/{node}/{ospid}".encode()
+
+
+def peer_uid(sock: socket.socket) -> int:
+    """The uid of the process at the other end of a connected ``AF_UNIX`` socket: the hub
+    and every mailbox accept only the node's own uid."""
+    return _CREDS.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                         _CREDS.size))[1]
+
+
+def open_hub_socket(node: str) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(hub_address(node))
+    except OSError:
+        sock.close()
+        raise NodeError(f"a node named {node!r} is already running on this host "
+                        f"(give this one another --name)") from None
+    sock.listen(1024)
+    return sock

@@ -25,7 +25,6 @@ loop exists (a plain ``init``) works: the reader is armed in :meth:`WorkerPubSub
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import logging
 import os
@@ -44,6 +43,8 @@ from ._pubsub_wire import (
 from ._topics import TopicPattern
 
 if TYPE_CHECKING:
+    import asyncio
+
     import zmq
 
 __all__ = ["WorkerPubSub", "CLOSE_LINGER_MS", "DRAIN_BUDGET"]

@@ -19,14 +19,13 @@ mailbox stops reading and senders feel backpressure.
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import functools
 import inspect
 import os
 import signal
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._address import Pid
 from ._errors import RegistryError
@@ -45,6 +44,9 @@ from .transports._messages import (
     CallFrame, CallRefused, CallReply, CastFrame, DemonitorReq, InfoFrame, LinkReq,
     MonitorReq, RegisterReq, StatsReq, UnlinkReq, UnregisterReq,
 )
+
+if TYPE_CHECKING:
+    import asyncio
 
 __all__ = ["run_worker", "exit_code_for", "WorkerContext"]
 
@@ -116,6 +118,8 @@ class WorkerContext:
         """Start using ``loop`` (asyncio's or a Reactor); timers set during a plain ``init``
         are armed now."""
         if not isinstance(loop, Reactor):
+            import asyncio  # noqa: PLC0415 - only workers with async handlers load it
+
             asyncio.set_event_loop(loop)
             self.stopped = asyncio.Event()
         self.loop = loop
@@ -133,6 +137,8 @@ class WorkerContext:
         if not isinstance(reactor, Reactor):
             assert reactor is not None
             return reactor  # type: ignore[return-value]
+        import asyncio  # noqa: PLC0415 - only workers that await load it
+
         loop = _new_asyncio_loop()
         asyncio.set_event_loop(loop)
         self.loop = loop
