@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import collections
 import heapq
-import inspect
-import itertools
 import logging
 import os
 import selectors
@@ -37,19 +35,16 @@ from typing import Any
 
 import msgspec
 
-from .._address import Pid
-from .._childspec import ChildSpec, ChildType, ShutdownKind, SupervisorSpec, resolve_start
-from .._errors import ChildSpecError
-from .._exit import ExitReason, reason_from_exception, reason_from_wait_status
+from .._childspec import ChildSpec, ChildType, ShutdownKind, SupervisorSpec
 from .._clone import sibling_support
-from .._process import fork_child, send_signal, set_process_name
-from .._worker import Worker
-from .._worker_runtime import WorkerContext, exit_code_for, run_worker
+from .._exit import ExitReason, reason_from_wait_status
+from .._process import fork_child, send_signal
+from .._worker_runtime import exit_code_for
 from ..transports._channel import Channel, open_channel_pair
-from ..transports._framing import encode_frame
 from ..transports._frames import (
     Become, ExitingFrame, IgnoredFrame, LifecycleFrame, ReadyFrame, ReplyFrame, RequestFrame,
 )
+from ._child import knows, proc_name, run_child, spare_main
 from ._decide import decide, initial_state
 from ._zygote import Zygote, strays
 from ._events import (
@@ -57,15 +52,15 @@ from ._events import (
     StartFailed, StartProc, StartStep, Started, StopMany, StopProc,
 )
 
-__all__ = ["SupervisorRuntime", "run_child"]
+__all__ = ["SupervisorRuntime"]
 
 log = logging.getLogger(__name__)
 
 _ZYGOTE_DEATHS_TOLERATED = 3  # then the supervisor forks its spares itself, and says so
+_PARK_MAX_S = 0.05  # a start waits this long at most for a spare in the making, then forks
 
 _op_decoder = msgspec.msgpack.Decoder(Op)
 _encoder = msgspec.msgpack.Encoder()
-_become_decoder = msgspec.msgpack.Decoder(Become)
 
 
 class _Proc:
@@ -102,6 +97,7 @@ class SupervisorRuntime:
         self.procs: dict[int, _Proc] = {}
         self.starting: _Proc | None = None
         self.parked: tuple[str, ChildSpec] | None = None  # a start waiting for a spare
+        self.parked_until = 0.0
         self.spares: collections.deque[_Proc] = collections.deque()
         self.zygote: Zygote | None = None
         self.zygote_specs: dict[str, ChildSpec] = {}
@@ -130,8 +126,8 @@ class SupervisorRuntime:
         self.feed(Init(time.monotonic()))
         while self.exit_reason is None:
             timeout = None
-            if self.deadlines:
-                timeout = max(0.0, self.deadlines[0][0] - time.monotonic())
+            if self.deadlines or self.parked is not None:
+                timeout = max(0.0, self.next_deadline() - time.monotonic())
             elif self.wants_fork_spare() or self.wants_new_zygote():
                 timeout = 0.0
             ready = self.sel.select(timeout)
@@ -197,24 +193,28 @@ class SupervisorRuntime:
     def start_proc(self, key: str, spec: ChildSpec) -> None:
         proc = self.take_spare(key, spec)
         if proc is None and self.zygote is not None and self.zygote.pending \
-                and self.zygote_knows(key, spec):
-            self.parked = (key, spec)  # a spare is on its way: quicker than forking here
+                and knows(self.zygote_specs, key, spec):
+            # A spare is on its way, which is quicker than forking here; a zygote that does
+            # not answer in time (stopped, hung) is not waited for (see fire_deadlines).
+            self.parked = (key, spec)
+            self.parked_until = time.monotonic() + _PARK_MAX_S
             return
-        if proc is None:
-            mine, theirs = open_channel_pair()
-            path = (*self.path, key)
-            pid = fork_child((theirs.fileno(),),
-                             lambda: run_child(spec, theirs, path, self.node),
-                             _proc_name(spec, key))
-            theirs.close()
-            proc = _Proc(pid, mine, key, spec.type)  # type: ignore[arg-type]
-            self.watch(proc)
-        self.starting = proc
+        self.starting = proc if proc is not None else self.fork_for(key, spec)
+
+    def fork_for(self, key: str, spec: ChildSpec) -> _Proc:
+        mine, theirs = open_channel_pair()
+        path = (*self.path, key)
+        pid = fork_child((theirs.fileno(),), lambda: run_child(spec, theirs, path, self.node),
+                         proc_name(spec, key))
+        theirs.close()
+        proc = _Proc(pid, mine, key, spec.type)  # type: ignore[arg-type]
+        self.watch(proc)
+        return proc
 
     def take_spare(self, key: str, spec: ChildSpec) -> _Proc | None:
         while self.spares:
             spare = self.spares[0]
-            if not _knows(spare.specs, key, spec):
+            if not knows(spare.specs, key, spec):
                 self.zygote_stale = True  # renewed when idle, so the next restart is fast
                 return None
             self.spares.popleft()
@@ -231,9 +231,6 @@ class SupervisorRuntime:
             return spare
         return None
 
-    def zygote_knows(self, key: str, spec: ChildSpec) -> bool:
-        return self.zygote is not None and _knows(self.zygote_specs, key, spec)
-
     def static_specs(self) -> dict[str, ChildSpec]:
         return {c.spec.id: c.spec for c in self.state.children if not c.dynamic}
 
@@ -247,7 +244,8 @@ class SupervisorRuntime:
             return
         self.zygote_specs = self.static_specs()
         specs = self.zygote_specs
-        self.zygote = Zygote(lambda channel: self.spare_main(channel, specs), "prism:zygote")
+        self.zygote = Zygote(lambda channel: spare_main(channel, specs, self.path, self.node),
+                             "prism:zygote")
         self.sel.register(self.zygote.sock, selectors.EVENT_READ, ("zygote", None))
         self.sel.register(self.zygote.pidfd, selectors.EVENT_READ, ("zygote_exit", None))
         self.zygote_stale = False
@@ -272,7 +270,8 @@ class SupervisorRuntime:
                 return  # the zygote is dead; its pidfd reports it
 
     def on_zygote(self, _: Any) -> None:
-        assert self.zygote is not None
+        if self.zygote is None:
+            return  # dropped earlier in this same batch of events (its death came first)
         self.adopt(self.zygote.answers(), self.zygote_specs)
 
     def adopt(self, answers: list[tuple[Channel, int]], specs: dict[str, ChildSpec]) -> None:
@@ -296,7 +295,8 @@ class SupervisorRuntime:
         """The zygote died (it never exits by itself while we live): adopt what it answered,
         kill the spares it made but never answered for, and make a new one."""
         zygote = self.zygote
-        assert zygote is not None
+        if zygote is None:
+            return  # already dropped (renewed) earlier in this batch
         answered = zygote.answers()
         self.drop_zygote()
         self.adopt(answered, self.zygote_specs)
@@ -345,31 +345,14 @@ class SupervisorRuntime:
 
     def fork_spare(self) -> None:
         mine, theirs = open_channel_pair()
-        specs = {c.spec.id: c.spec for c in self.state.children if not c.dynamic}
-        pid = fork_child((theirs.fileno(),), lambda: self.spare_main(theirs, specs),
-                         "prism:spare")
+        specs = self.static_specs()
+        pid = fork_child((theirs.fileno(),),
+                         lambda: spare_main(theirs, specs, self.path, self.node), "prism:spare")
         theirs.close()
         proc = _Proc(pid, mine, None, ChildType.WORKER)
         proc.specs = specs
         self.watch(proc)
         self.spares.append(proc)
-
-    def spare_main(self, channel: Channel, specs: dict[str, ChildSpec]) -> int:
-        """Runs in the spare: wait to be told which child to become, then become it.
-
-        What every worker needs whoever it becomes (its mailbox, the runtime's state) is made
-        while waiting: a fresh fork pays a copy-on-write fault for each page it first
-        writes, and paying them now takes them off the restart's critical path."""
-        prepared = WorkerContext(None, Pid(self.node, os.getpid()), "")
-        rehearse_start(specs)
-        frame = channel.receive_one()
-        if not isinstance(frame, Become):
-            return 0
-        spec = specs[frame.spec_id]
-        if frame.key != frame.spec_id:  # a dynamic child: the template with its own args
-            spec = msgspec.structs.replace(spec, args=tuple(frame.args))
-        set_process_name(_proc_name(spec, frame.key))
-        return run_child(spec, channel, (*self.path, frame.key), self.node, prepared)
 
     def kill_spare(self, spare: _Proc) -> None:
         self.spares.remove(spare)
@@ -397,8 +380,18 @@ class SupervisorRuntime:
         if isinstance(shutdown, float):
             heapq.heappush(self.deadlines, (time.monotonic() + shutdown, pid))
 
+    def next_deadline(self) -> float:
+        due = self.deadlines[0][0] if self.deadlines else float("inf")
+        return min(due, self.parked_until) if self.parked is not None else due
+
     def fire_deadlines(self) -> None:
         now = time.monotonic()
+        if self.parked is not None and self.parked_until <= now:
+            key, spec = self.parked
+            self.parked = None
+            log.warning("supervisor %s: no spare from the zygote within %.0f ms; forking %r "
+                        "directly", self.name(), _PARK_MAX_S * 1000, key)
+            self.starting = self.fork_for(key, spec)
         while self.deadlines and self.deadlines[0][0] <= now:
             _, pid = heapq.heappop(self.deadlines)
             proc = self.procs.get(pid)
@@ -515,58 +508,3 @@ class SupervisorRuntime:
         ref, self.next_ref = self.next_ref, self.next_ref + 1
         self.forwarded[ref] = frame.ref
         target.channel.try_send(RequestFrame(ref, frame.path[1:], frame.op))
-
-
-def rehearse_start(specs: dict[str, ChildSpec]) -> None:
-    """In a spare: touch what becoming a child will touch, without side effects: each first
-    write to a page shared with the zygote is a copy-on-write fault (several microseconds in
-    a VM), and taking them now takes them off the restart's critical path."""
-    encode_frame(ReadyFrame(pid=os.getpid(), mono=time.monotonic()))
-    _become_decoder.decode(_encoder.encode(Become("key", "spec", ())))
-    set_process_name("prism:spare")
-    starts = {id(spec.start): spec.start for spec in itertools.islice(specs.values(), 64)}
-    for start in starts.values():
-        if isinstance(start, str):
-            continue  # resolving it may import: done by the child it is meant for
-        if isinstance(start, type) and issubclass(start, Worker):
-            (start.init, start.handle_call, start.handle_cast, start.handle_info)
-        inspect.isawaitable(start)
-
-
-def _knows(specs: dict[str, ChildSpec], key: str, spec: ChildSpec) -> bool:
-    """Whether a spare holding ``specs`` can become child ``key`` started from ``spec``: it
-    must have the very spec, or for a dynamic child (``key != spec.id``) its template."""
-    known = specs.get(spec.id)
-    if known is None or known.start is not spec.start:
-        return False
-    return key != spec.id or known is spec
-
-
-def _proc_name(spec: ChildSpec, key: str) -> str:
-    prefix = "prism-sup:" if spec.type is ChildType.SUPERVISOR else "prism:"
-    return prefix + key
-
-
-def run_child(spec: ChildSpec, channel: Channel, path: tuple[str, ...], node: str,
-              prepared: WorkerContext | None = None) -> int:
-    """The body of a freshly forked (or freshly assigned) child process; ``prepared`` is a
-    spare's ready-made worker context (dropped if the child is a supervisor)."""
-    try:
-        start = resolve_start(spec.start)
-        if spec.type is ChildType.SUPERVISOR and not isinstance(start, SupervisorSpec) \
-                and callable(start):
-            start = start(*spec.args)
-        if isinstance(start, SupervisorSpec):
-            if spec.type is not ChildType.SUPERVISOR:
-                raise ChildSpecError("type", spec.type.value,  # type: ignore[union-attr]
-                                     f"start {spec.start!r} is a SupervisorSpec; "
-                                     f"declare type='supervisor'")
-            if prepared is not None:
-                prepared.mailbox.close()
-            return SupervisorRuntime(start, channel, path, node).run()
-    except BaseException as exc:  # noqa: BLE001 - a start failure is reported as data
-        channel.try_send(ExitingFrame(reason_from_exception(exc)))
-        return 1
-    return run_worker(start, spec.args, channel, node, path[-1] if path else "", prepared)
-
-

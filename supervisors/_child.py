@@ -1,0 +1,109 @@
+"""The child's side of supervision: what runs in a process a supervisor made.
+
+A child process starts either straight from a fork (a child forked for one spec) or as a
+*spare* (:func:`spare_main`): made ahead of need, it prepares what every worker needs, then
+blocks on its channel until the supervisor says which child to become (``Become``). Either
+way it ends in :func:`run_child`, which runs the child's supervisor or worker to the end and
+returns the process's exit code. Protocol on the channel: ``transports/_frames.py``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+import os
+import time
+
+import msgspec
+
+from .._address import Pid
+from .._childspec import ChildSpec, ChildType, SupervisorSpec, resolve_start
+from .._errors import ChildSpecError
+from .._exit import reason_from_exception
+from .._process import set_process_name
+from .._worker import Worker
+from .._worker_runtime import WorkerContext, run_worker
+from ..transports._channel import Channel
+from ..transports._framing import encode_frame
+from ..transports._frames import Become, ExitingFrame, ReadyFrame
+
+__all__ = ["spare_main", "run_child", "knows", "proc_name"]
+
+_encoder = msgspec.msgpack.Encoder()
+_become_decoder = msgspec.msgpack.Decoder(Become)
+
+
+def spare_main(channel: Channel, specs: dict[str, ChildSpec], path: tuple[str, ...],
+               node: str) -> int:
+    """Runs in a spare: wait to be told which child to become, then become it.
+
+    What every worker needs whoever it becomes (its mailbox, the runtime's state) is made
+    while waiting: a fresh fork pays a copy-on-write fault for each page it first writes,
+    and paying them now takes them off the restart's critical path."""
+    prepared = WorkerContext(None, Pid(node, os.getpid()), "")
+    rehearse_start(specs)
+    frame = channel.receive_one()
+    if not isinstance(frame, Become):
+        return 0
+    spec = specs[frame.spec_id]
+    if frame.key != frame.spec_id:  # a dynamic child: the template with its own args
+        spec = msgspec.structs.replace(spec, args=tuple(frame.args))
+    set_process_name(proc_name(spec, frame.key))
+    return run_child(spec, channel, (*path, frame.key), node, prepared)
+
+
+def rehearse_start(specs: dict[str, ChildSpec]) -> None:
+    """In a spare: touch what becoming a child will touch, without side effects: each first
+    write to a page shared with the zygote is a copy-on-write fault (several microseconds in
+    a VM), and taking them now takes them off the restart's critical path."""
+    encode_frame(ReadyFrame(pid=os.getpid(), mono=time.monotonic()))
+    _become_decoder.decode(_encoder.encode(Become("key", "spec", ())))
+    set_process_name("prism:spare")
+    starts = {id(spec.start): spec.start for spec in itertools.islice(specs.values(), 64)}
+    for start in starts.values():
+        if isinstance(start, str):
+            continue  # resolving it may import: done by the child it is meant for
+        if isinstance(start, type) and issubclass(start, Worker):
+            (start.init, start.handle_call, start.handle_cast, start.handle_info)
+        inspect.isawaitable(start)
+
+
+def knows(specs: dict[str, ChildSpec], key: str, spec: ChildSpec) -> bool:
+    """Whether a spare holding ``specs`` can become child ``key`` started from ``spec``: it
+    must have the very spec, or for a dynamic child (``key != spec.id``) its template."""
+    known = specs.get(spec.id)
+    if known is None or known.start is not spec.start:
+        return False
+    return key != spec.id or known is spec
+
+
+def proc_name(spec: ChildSpec, key: str) -> str:
+    prefix = "prism-sup:" if spec.type is ChildType.SUPERVISOR else "prism:"
+    return prefix + key
+
+
+def run_child(spec: ChildSpec, channel: Channel, path: tuple[str, ...], node: str,
+              prepared: WorkerContext | None = None) -> int:
+    """The body of a freshly forked (or freshly assigned) child process; ``prepared`` is a
+    spare's ready-made worker context (dropped if the child is a supervisor)."""
+    try:
+        start = resolve_start(spec.start)
+        if spec.type is ChildType.SUPERVISOR and not isinstance(start, SupervisorSpec) \
+                and callable(start):
+            start = start(*spec.args)
+        if isinstance(start, SupervisorSpec):
+            if spec.type is not ChildType.SUPERVISOR:
+                raise ChildSpecError("type", spec.type.value,  # type: ignore[union-attr]
+                                     f"start {spec.start!r} is a SupervisorSpec; "
+                                     f"declare type='supervisor'")
+            if prepared is not None:
+                prepared.mailbox.close()
+            from ._runtime import SupervisorRuntime  # noqa: PLC0415 - the two call each other
+
+            return SupervisorRuntime(start, channel, path, node).run()
+    except BaseException as exc:  # noqa: BLE001 - a start failure is reported as data
+        channel.try_send(ExitingFrame(reason_from_exception(exc)))
+        return 1
+    return run_worker(start, spec.args, channel, node, path[-1] if path else "", prepared)
+
+
