@@ -58,6 +58,7 @@ log = logging.getLogger(__name__)
 
 _ZYGOTE_DEATHS_TOLERATED = 3  # then the supervisor forks its spares itself, and says so
 _PARK_MAX_S = 0.05  # a start waits this long at most for a spare in the making, then forks
+_AHEAD = 2  # spares in the making while starts follow one another
 
 _op_decoder = msgspec.msgpack.Decoder(Op)
 _encoder = msgspec.msgpack.Encoder()
@@ -262,7 +263,7 @@ class SupervisorRuntime:
             more = job is not None and any(isinstance(s, StartStep) for s in job.steps)
             # A lone restart gets its successor spare once it is done: made now, it would
             # take a CPU from the replacement's init.
-            want = 2 if more else 0
+            want = _AHEAD if more else 0
         else:
             want = 1
         while len(self.spares) + len(zygote.pending) < want:
