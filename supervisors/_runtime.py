@@ -151,12 +151,28 @@ class SupervisorRuntime:
         return exit_code_for(self.exit_reason)
 
     def feed(self, event: Any) -> None:
-        """Feed an event and carry out the actions; actions may queue further events."""
+        """Feed an event and carry out the actions; actions may queue further events.
+
+        Reports of one decision go up after its starts and stops, so a replacement's
+        ``become`` is not queued behind telling the node about the death; everything sent
+        to the parent (reports, replies, ready, exiting) keeps the decision's order."""
         self.inbox.append(event)
         while self.inbox and self.exit_reason is None:
             self.state, actions = decide(self.state, self.inbox.pop(0))
+            reports: list[Report] = []
             for action in actions:
+                if isinstance(action, Report):
+                    reports.append(action)
+                    continue
+                if isinstance(action, (Reply, Ready, Exit)):
+                    self.send_reports(reports)
                 self.carry_out(action)
+            self.send_reports(reports)
+
+    def send_reports(self, reports: list[Report]) -> None:
+        for report in reports:
+            self.carry_out(report)
+        reports.clear()
 
     def carry_out(self, a: Any) -> None:
         if isinstance(a, Report):
