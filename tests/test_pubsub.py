@@ -195,3 +195,26 @@ def test_next_batch_gives_everything_received_in_order(node_factory) -> None:
             got += batch
         assert sub.next_batch(0.05) == []
     assert [e.payload for e in got] == [*range(300), "end"]
+
+
+def test_next_batch_is_bounded_when_a_backlog_waits(node_factory) -> None:
+    # A consumer that fell behind gets its backlog a bounded batch at a time (at most one
+    # message past BATCH_MAX_EVENTS; one publish() per event makes runs of <= RUN_MAX_EVENTS),
+    # in order and complete.
+    from prismatic._pubsub_wire import RUN_MAX_EVENTS
+    from prismatic._subscription import BATCH_MAX_EVENTS
+
+    node = node_factory(APP)
+    n = 20_000
+    with node.conn.subscribe("backlog.#") as sub:
+        for i in range(n):
+            node.conn.publish("backlog.a", i)
+        node.conn.flush()
+        got: list = []
+        while len(got) < n:
+            batch = sub.next_batch(10)
+            assert batch, f"timed out after {len(got)} events"
+            assert len(batch) < BATCH_MAX_EVENTS + RUN_MAX_EVENTS
+            got += [e.payload for e in batch]
+        assert sub.next_batch(0.05) == []
+    assert got == list(range(n))
