@@ -104,7 +104,7 @@ def _array_header_size(body: bytes) -> int:
     return {0xDC: 3, 0xDD: 5}.get(body[0], 1)
 
 
-def array_length(body: bytes) -> int:
+def array_length(body: bytes | memoryview) -> int:
     """The element count of the msgpack array ``body`` starts with, or -1 if it does not
     start with an array header (only the header is read: payloads are never decoded)."""
     if not body:
