@@ -34,7 +34,10 @@ __all__ = ["Subscription", "open_subscription", "await_hello", "compile_subscrip
 
 log = logging.getLogger(__name__)
 HELLO_TIMEOUT_S = 10.0
-BATCH_MAX_EVENTS = 1024  # next_batch takes no further message once it holds this many events
+# next_batch takes no further message once it holds this many events: with runs of at most
+# RUN_MAX_EVENTS (512), a batch stays under the garbage collector's 700 allocations (see
+# _pubsub_wire.RUN_MAX_EVENTS) yet still gathers many small runs into one batch.
+BATCH_MAX_EVENTS = 128
 _hello_ids = itertools.count(1)
 _decode_payloads = msgspec.msgpack.Decoder(list[Any]).decode
 
@@ -161,7 +164,8 @@ class Subscription:
         # otherwise get its whole backlog decoded at once (millions of payloads, alive
         # together), and the garbage collector would scan them over and over while they
         # age into its older generations. Measured: 2M events in one batch cost the
-        # subscriber ~60% of its time in collections; one run per batch, ~20%.
+        # subscriber ~60% of its time in collections; one run of 1,100 per batch, ~20%;
+        # one run of 500, ~1% (why: _pubsub_wire.RUN_MAX_EVENTS).
         while len(batch) < BATCH_MAX_EVENTS:
             try:
                 frames = sock.recv_multipart(zmq.NOBLOCK)
