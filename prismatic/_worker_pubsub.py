@@ -7,7 +7,7 @@ this process, lazily); the node's data directory comes from :func:`._nodeinfo.cu
 Publishing: encoded at the call (a bad payload raises there, naming the topic), buffered in
 a :class:`~._pubsub_wire.RunBuffer`, and sent over PUSH to the node's ``publish.sock`` when
 the current handler returns (the runtime calls :meth:`WorkerPubSub.flush`), when the buffer
-is full (1,024 events or 64 KiB), when the loop next gets control (an ``async`` handler that
+is full (512 events or 64 KiB), when the loop next gets control (an ``async`` handler that
 awaits), and before the process exits (:meth:`WorkerPubSub.close`). A full PUSH queue
 blocks: back-pressure, never loss.
 

@@ -195,3 +195,54 @@ def test_next_batch_gives_everything_received_in_order(node_factory) -> None:
             got += batch
         assert sub.next_batch(0.05) == []
     assert [e.payload for e in got] == [*range(300), "end"]
+
+
+def test_next_batch_is_bounded_when_a_backlog_waits(node_factory) -> None:
+    # A consumer that fell behind gets its backlog a bounded batch at a time (at most one
+    # message past BATCH_MAX_EVENTS; one publish() per event makes runs of <= RUN_MAX_EVENTS),
+    # in order and complete.
+    from prismatic._pubsub_wire import RUN_MAX_EVENTS
+    from prismatic._subscription import BATCH_MAX_EVENTS
+
+    node = node_factory(APP)
+    n = 20_000
+    with node.conn.subscribe("backlog.#") as sub:
+        for i in range(n):
+            node.conn.publish("backlog.a", i)
+        node.conn.flush()
+        got: list = []
+        while len(got) < n:
+            batch = sub.next_batch(10)
+            assert batch, f"timed out after {len(got)} events"
+            assert len(batch) < BATCH_MAX_EVENTS + RUN_MAX_EVENTS
+            got += [e.payload for e in batch]
+        assert sub.next_batch(0.05) == []
+    assert got == list(range(n))
+
+
+def test_run_buffer_keeps_runs_within_the_limit_and_in_order() -> None:
+    # Runs stay <= RUN_MAX_EVENTS (a subscriber decodes a run at once: the GC reason in
+    # _pubsub_wire), except a publish_many batch bigger than that on its own, which is
+    # never split; every event comes out once, in order, under its topic.
+    from prismatic._pubsub_wire import RUN_MAX_EVENTS, RunBuffer, encode_batch, encode_payload
+
+    buffer = RunBuffer()
+    sent: list[tuple[bytes, int]] = []
+    seq = 0
+    for size in (100, 100, 300, 1, RUN_MAX_EVENTS + 7, 50, 100):
+        _, body = encode_batch("t", list(range(seq, seq + size)))
+        buffer.add_batch(b"t.a", body, size)
+        seq += size
+    for _ in range(RUN_MAX_EVENTS + 3):
+        buffer.add(b"t.a", encode_payload("t", seq))
+        seq += 1
+    buffer.add(b"t.b", encode_payload("t", seq))
+    seq += 1
+    messages = buffer.take()
+    decode = msgspec.msgpack.Decoder(list[int]).decode
+    runs = [(topic, decode(body)) for topic, body in messages]
+    assert [p for _, run in runs for p in run] == list(range(seq))
+    # 100+100+300+1 | the big batch alone | 50+100 and 362 singles | the other 153 | t.b
+    assert [len(run) for _, run in runs] == [501, RUN_MAX_EVENTS + 7, RUN_MAX_EVENTS,
+                                             RUN_MAX_EVENTS + 3 - (RUN_MAX_EVENTS - 150), 1]
+    assert [topic for topic, _ in runs] == [b"t.a"] * 4 + [b"t.b"]
