@@ -23,7 +23,8 @@ glibc's ``fork`` do around it is done here by hand, in the same order:
 
 Invariant: only a single-threaded process calls :func:`clone_sibling` (a zygote is one).
 Where the kernel or libc lacks a piece (no ``PR_GET_TID_ADDRESS``, an unknown architecture),
-:func:`sibling_support` says why and supervisors fork their children themselves.
+or ``PRISMATIC_ZYGOTE=0`` is set in the node's environment, :func:`sibling_support` says why
+and supervisors fork their children themselves.
 """
 
 from __future__ import annotations
@@ -83,6 +84,9 @@ def sibling_support() -> str | None:
     """None if :func:`clone_sibling` works here, else why not (one line, for the log)."""
     global _plan, _unsupported
     if _plan is None and _unsupported is None:
+        if os.environ.get("PRISMATIC_ZYGOTE", "1") == "0":
+            _unsupported = "turned off by PRISMATIC_ZYGOTE=0"
+            return _unsupported
         try:
             _plan = _Plan()
         except OSError as exc:

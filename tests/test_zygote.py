@@ -88,3 +88,14 @@ def test_a_child_added_later_gets_a_new_zygote_that_knows_it(node_factory):
     wait_until(lambda: _of_kind(root, "prism:spare"), 10, "a spare of the new zygote")
     spare = _of_kind(root, "prism:spare")[0]
     assert _restart(n, "late") == spare  # the spare became the restarted child
+
+
+def test_without_a_zygote_the_supervisor_forks_its_own_spares(node_factory, monkeypatch):
+    monkeypatch.setenv("PRISMATIC_ZYGOTE", "0")  # read by the node: the fallback path
+    n = node_factory("tests.apps:one_for_one")
+    root = n.conn.status().root_pid
+    spare = wait_until(lambda: _of_kind(root, "prism:spare"), 10, "a spare")[0]
+    assert not _of_kind(root, "prism:zygote")
+    assert _restart(n, "w1") == spare
+    wait_until(lambda: (s := _of_kind(root, "prism:spare")) and s != [spare], 10,
+               "the next spare")
