@@ -256,7 +256,9 @@ class SupervisorRuntime:
     def start_zygote(self) -> None:
         why = sibling_support()
         if why is not None:
-            log.info("supervisor %s forks its own spares (no zygote: %s)", self.name(), why)
+            # The operator's choice needs no line per supervisor; a platform without it does.
+            level = logging.DEBUG if "PRISMATIC_ZYGOTE" in why else logging.INFO
+            log.log(level, "supervisor %s forks its own spares (no zygote: %s)", self.name(), why)
             self.use_zygote = False
             return
         self.zygote_specs = self.static_specs()
