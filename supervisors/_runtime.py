@@ -13,12 +13,10 @@ epoll loop (no asyncio: it only waits on fds and one timer) over
 
 Fast starts and restarts: children are made ahead of need as *spares*, idle processes that
 block on their channel until told which child to become (``become``), so a restart only waits
-for the replacement's ``init``. Spares come from the supervisor's *zygote*
-(:mod:`._zygote`), so the supervisor itself forks once and never again; one spare waits at
-all times, two while children are being started one after another (the next is made while the
-current one runs ``init``). A spare only serves specs its zygote knew; a child added later is
-forked directly, and the zygote is renewed once the supervisor is idle. Where the zygote's
-clone is unsupported (:func:`sibling_support`), the supervisor forks its spares itself.
+for the replacement's ``init``. Which spares exist and where they come from (the zygote, or
+this process when the zygote's clone is unsupported) is :mod:`._procs`'s business; this loop
+adds the zygote's socket and pidfd to what it waits on, and a deadline for a start that waits
+for a spare in the making.
 """
 
 from __future__ import annotations
@@ -36,54 +34,32 @@ from typing import Any
 import msgspec
 
 from .._childspec import ChildSpec, ChildType, ShutdownKind, SupervisorSpec
-from .._clone import sibling_support
 from .._exit import ExitReason, reason_from_wait_status
 from .._process import fork_child, send_signal
 from .._worker_runtime import exit_code_for
 from ..transports._channel import Channel, open_channel_pair
 from ..transports._frames import (
-    Become, ExitingFrame, IgnoredFrame, LifecycleFrame, ReadyFrame, ReplyFrame, RequestFrame,
+    ExitingFrame, IgnoredFrame, LifecycleFrame, ReadyFrame, ReplyFrame, RequestFrame,
 )
-from ._child import knows, proc_name, run_child, spare_main
+from ._child import knows, proc_name, run_child
 from ._decide import decide, initial_state
-from ._zygote import Zygote, strays
 from ._events import (
-    Err, Exit, Exited, Ignored, Init, Op, Phase, Ready, Reply, Report, Request, ShutdownRequested,
-    StartFailed, StartProc, StartStep, Started, StopMany, StopProc,
+    Err, Exit, Exited, Ignored, Init, Op, Ready, Reply, Report, Request, ShutdownRequested,
+    StartFailed, StartProc, Started, StopMany, StopProc,
 )
+from ._procs import PARK_MAX_S, Proc, SpareKeeping
+from ._zygote import Zygote
 
 __all__ = ["SupervisorRuntime"]
 
 log = logging.getLogger(__name__)
 
-_ZYGOTE_DEATHS_TOLERATED = 3  # then the supervisor forks its spares itself, and says so
-_PARK_MAX_S = 0.05  # a start waits this long at most for a spare in the making, then forks
-_AHEAD = 2  # spares in the making while starts follow one another
 
 _op_decoder = msgspec.msgpack.Decoder(Op)
 _encoder = msgspec.msgpack.Encoder()
 
 
-class _Proc:
-    """A child process as the loop sees it. ``key`` is None for an unassigned spare."""
-
-    __slots__ = ("pid", "pidfd", "channel", "key", "ctype", "ready", "ignored", "reason",
-                 "specs", "reading")
-
-    def __init__(self, pid: int, channel: Channel, key: str | None, ctype: ChildType) -> None:
-        self.pid = pid
-        self.pidfd = os.pidfd_open(pid)
-        self.channel = channel
-        self.key = key
-        self.ctype = ctype
-        self.ready = False
-        self.ignored = False
-        self.reason: ExitReason | None = None
-        self.specs: dict[str, ChildSpec] = {}
-        self.reading = True  # the channel is registered with the selector
-
-
-class SupervisorRuntime:
+class SupervisorRuntime(SpareKeeping):
     """Runs one supervisor in the current process until it exits; see the module doc."""
 
     def __init__(self, spec: SupervisorSpec, parent: Channel, path: tuple[str, ...],
@@ -95,11 +71,11 @@ class SupervisorRuntime:
         self.node = node
         self.use_spares = spares > 0
         self.sel = selectors.DefaultSelector()
-        self.procs: dict[int, _Proc] = {}
-        self.starting: _Proc | None = None
+        self.procs: dict[int, Proc] = {}
+        self.starting: Proc | None = None
         self.parked: tuple[str, ChildSpec] | None = None  # a start waiting for a spare
         self.parked_until = 0.0
-        self.spares: collections.deque[_Proc] = collections.deque()
+        self.spares: collections.deque[Proc] = collections.deque()
         self.zygote: Zygote | None = None
         self.zygote_specs: dict[str, ChildSpec] = {}
         self.zygote_stale = False
@@ -134,7 +110,7 @@ class SupervisorRuntime:
             ready = self.sel.select(timeout)
             for key, _ in ready:
                 kind, obj = key.data
-                if isinstance(obj, _Proc) and self.procs.get(obj.pid) is not obj:
+                if isinstance(obj, Proc) and self.procs.get(obj.pid) is not obj:
                     continue  # forgotten earlier in this same batch (its exit came first)
                 getattr(self, f"on_{kind}")(obj)
                 if self.exit_reason is not None:
@@ -214,177 +190,19 @@ class SupervisorRuntime:
             # A spare is on its way, which is quicker than forking here; a zygote that does
             # not answer in time (stopped, hung) is not waited for (see fire_deadlines).
             self.parked = (key, spec)
-            self.parked_until = time.monotonic() + _PARK_MAX_S
+            self.parked_until = time.monotonic() + PARK_MAX_S
             return
         self.starting = proc if proc is not None else self.fork_for(key, spec)
 
-    def fork_for(self, key: str, spec: ChildSpec) -> _Proc:
+    def fork_for(self, key: str, spec: ChildSpec) -> Proc:
         mine, theirs = open_channel_pair()
         path = (*self.path, key)
         pid = fork_child((theirs.fileno(),), lambda: run_child(spec, theirs, path, self.node),
                          proc_name(spec, key))
         theirs.close()
-        proc = _Proc(pid, mine, key, spec.type)  # type: ignore[arg-type]
+        proc = Proc(pid, mine, key, spec.type)  # type: ignore[arg-type]
         self.watch(proc)
         return proc
-
-    def take_spare(self, key: str, spec: ChildSpec) -> _Proc | None:
-        while self.spares:
-            spare = self.spares[0]
-            if not knows(spare.specs, key, spec):
-                self.zygote_stale = True  # renewed when idle, so the next restart is fast
-                return None
-            self.spares.popleft()
-            dynamic = key != spec.id
-            try:
-                spare.channel.send(Become(key, spec.id, spec.args if dynamic else ()))
-            except (TypeError, msgspec.EncodeError):
-                self.spares.appendleft(spare)
-                return None  # args that do not encode take the fork path
-            except OSError:
-                continue  # a dead spare: reaped when its pidfd says so; try the next
-            spare.key = key
-            spare.ctype = spec.type  # type: ignore[assignment]
-            return spare
-        return None
-
-    def static_specs(self) -> dict[str, ChildSpec]:
-        return {c.spec.id: c.spec for c in self.state.children if not c.dynamic}
-
-    # ---- spares -----------------------------------------------------------------------------
-
-    def start_zygote(self) -> None:
-        why = sibling_support()
-        if why is not None:
-            # The operator's choice needs no line per supervisor; a platform without it does.
-            level = logging.DEBUG if "PRISMATIC_ZYGOTE" in why else logging.INFO
-            log.log(level, "supervisor %s forks its own spares (no zygote: %s)", self.name(), why)
-            self.use_zygote = False
-            return
-        self.zygote_specs = self.static_specs()
-        specs = self.zygote_specs
-        self.zygote = Zygote(lambda channel: spare_main(channel, specs, self.path, self.node),
-                             "prism:zygote")
-        self.sel.register(self.zygote.sock, selectors.EVENT_READ, ("zygote", None))
-        self.sel.register(self.zygote.pidfd, selectors.EVENT_READ, ("zygote_exit", None))
-        self.zygote_stale = False
-
-    def request_spares(self) -> None:
-        """Keep one spare waiting, two while starts follow one another (the next is made
-        while the current one runs ``init``)."""
-        zygote = self.zygote
-        if zygote is None or self.exit_reason is not None \
-                or self.state.phase in (Phase.STOPPING, Phase.STOPPED):
-            return
-        if self.starting is not None or self.parked is not None:
-            job = self.state.job
-            more = job is not None and any(isinstance(s, StartStep) for s in job.steps)
-            # A lone restart gets its successor spare once it is done: made now, it would
-            # take a CPU from the replacement's init.
-            want = _AHEAD if more else 0
-        else:
-            want = 1
-        while len(self.spares) + len(zygote.pending) < want:
-            if zygote.request() is None:
-                return  # the zygote is dead; its pidfd reports it
-
-    def on_zygote(self, _: Any) -> None:
-        if self.zygote is None:
-            return  # dropped earlier in this same batch of events (its death came first)
-        self.adopt(self.zygote.answers(), self.zygote_specs)
-
-    def adopt(self, answers: list[tuple[Channel, int]], specs: dict[str, ChildSpec]) -> None:
-        for channel, pid in answers:
-            if pid < 0:
-                log.error("supervisor %s: its zygote could not make a spare: %s",
-                          self.name(), os.strerror(-pid))
-                channel.close()
-                continue
-            proc = _Proc(pid, channel, None, ChildType.WORKER)
-            proc.specs = specs
-            self.watch(proc)
-            self.spares.append(proc)
-        if self.parked is not None and (self.spares or not self.zygote
-                                        or not self.zygote.pending):
-            key, spec = self.parked
-            self.parked = None
-            self.start_proc(key, spec)
-
-    def on_zygote_exit(self, _: Any) -> None:
-        """The zygote died (it never exits by itself while we live): adopt what it answered,
-        kill the spares it made but never answered for, and make a new one."""
-        zygote = self.zygote
-        if zygote is None:
-            return  # already dropped (renewed) earlier in this batch
-        answered = zygote.answers()
-        self.drop_zygote()
-        self.adopt(answered, self.zygote_specs)
-        self.zygote_deaths += 1
-        log.warning("supervisor %s: zygote %d died (%d so far)", self.name(), zygote.pid,
-                    self.zygote_deaths)
-        for pid in strays(set(self.procs)):
-            log.warning("supervisor %s: killing spare %d of the dead zygote", self.name(), pid)
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-        if self.zygote_deaths >= _ZYGOTE_DEATHS_TOLERATED:
-            log.error("supervisor %s: zygote died %d times; forking spares here from now on",
-                      self.name(), self.zygote_deaths)
-            self.use_zygote = False
-
-    def drop_zygote(self) -> None:
-        zygote, self.zygote = self.zygote, None
-        if zygote is not None:
-            self.sel.unregister(zygote.sock)
-            self.sel.unregister(zygote.pidfd)
-            zygote.kill()
-
-    def wants_new_zygote(self) -> bool:
-        return (self.use_spares and self.use_zygote and self.idle()
-                and (self.zygote is None or self.zygote_stale))
-
-    def renew_zygote(self) -> None:
-        """Replace a zygote whose specs are out of date (or that died): its spares go too."""
-        zygote, self.zygote = self.zygote, None
-        if zygote is not None:
-            self.sel.unregister(zygote.sock)
-            self.sel.unregister(zygote.pidfd)
-            self.adopt(zygote.close(), self.zygote_specs)
-        for spare in list(self.spares):
-            self.kill_spare(spare)
-        self.start_zygote()
-        self.request_spares()
-
-    def idle(self) -> bool:
-        return (self.state.job is None and self.exit_reason is None and self.parked is None
-                and self.starting is None and self.state.phase is Phase.RUNNING)
-
-    def wants_fork_spare(self) -> bool:
-        """Without a zygote, the supervisor forks its one spare itself, when idle."""
-        return self.use_spares and not self.use_zygote and not self.spares and self.idle()
-
-    def fork_spare(self) -> None:
-        mine, theirs = open_channel_pair()
-        specs = self.static_specs()
-        pid = fork_child((theirs.fileno(),),
-                         lambda: spare_main(theirs, specs, self.path, self.node), "prism:spare")
-        theirs.close()
-        proc = _Proc(pid, mine, None, ChildType.WORKER)
-        proc.specs = specs
-        self.watch(proc)
-        self.spares.append(proc)
-
-    def kill_spare(self, spare: _Proc) -> None:
-        self.spares.remove(spare)
-        send_signal(spare.pidfd, signal.SIGKILL)
-        os.waitpid(spare.pid, 0)
-        self.forget(spare)
-
-    def kill_spares(self) -> None:
-        """On the way out: spares and the zygote go first (spares the zygote has not
-        answered for die by PDEATHSIG with this process)."""
-        for spare in list(self.spares):
-            self.kill_spare(spare)
-        self.drop_zygote()
 
     # ---- stopping ---------------------------------------------------------------------------
 
@@ -409,7 +227,7 @@ class SupervisorRuntime:
             key, spec = self.parked
             self.parked = None
             log.warning("supervisor %s: no spare from the zygote within %.0f ms; forking %r "
-                        "directly", self.name(), _PARK_MAX_S * 1000, key)
+                        "directly", self.name(), PARK_MAX_S * 1000, key)
             self.starting = self.fork_for(key, spec)
         while self.deadlines and self.deadlines[0][0] <= now:
             _, pid = heapq.heappop(self.deadlines)
@@ -419,12 +237,12 @@ class SupervisorRuntime:
 
     # ---- fd events --------------------------------------------------------------------------
 
-    def watch(self, proc: _Proc) -> None:
+    def watch(self, proc: Proc) -> None:
         self.procs[proc.pid] = proc
         self.sel.register(proc.pidfd, selectors.EVENT_READ, ("exit", proc))
         self.sel.register(proc.channel.sock, selectors.EVENT_READ, ("child", proc))
 
-    def forget(self, proc: _Proc) -> None:
+    def forget(self, proc: Proc) -> None:
         self.procs.pop(proc.pid, None)
         self.sel.unregister(proc.pidfd)
         os.close(proc.pidfd)
@@ -440,7 +258,7 @@ class SupervisorRuntime:
         if signal.SIGTERM in sigs:
             self.feed(ShutdownRequested(time.monotonic()))
 
-    def on_exit(self, proc: _Proc) -> None:
+    def on_exit(self, proc: Proc) -> None:
         try:
             _, status = os.waitpid(proc.pid, 0)
         except ChildProcessError:
@@ -464,14 +282,14 @@ class SupervisorRuntime:
         else:
             self.feed(Exited(proc.pid, reason, now))
 
-    def on_child(self, proc: _Proc) -> None:
+    def on_child(self, proc: Proc) -> None:
         for frame in proc.channel.receive():
             self.on_frame(proc, frame)
         if proc.channel.closed and proc.reading:
             self.sel.unregister(proc.channel.sock)
             proc.reading = False
 
-    def on_frame(self, proc: _Proc, frame: Any) -> None:
+    def on_frame(self, proc: Proc, frame: Any) -> None:
         if isinstance(frame, LifecycleFrame):
             self.parent.try_send(frame)  # from a child supervisor: pass it up unchanged
         elif isinstance(frame, ReadyFrame):

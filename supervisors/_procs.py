@@ -1,0 +1,253 @@
+"""The processes a supervisor keeps: a record per child process (:class:`Proc`), and its
+spares (:class:`SpareKeeping`).
+
+Spares are processes made ahead of need, idle until told which child to become, so a start or
+a restart waits only for the child's ``init``. They come from the supervisor's zygote
+(:mod:`._zygote`) when the raw clone works here, otherwise the supervisor forks them itself.
+The policy, all in this module: one spare waits at all times; ``_AHEAD`` are in the making
+while starts follow one another (the next is made while the current child runs ``init``); a
+lone restart asks for its successor only once it is done (made during the restart it would
+take a CPU from the replacement's ``init``); a start waits at most ``PARK_MAX_S`` for a spare
+in the making; a zygote that no longer knows every static spec is renewed once the supervisor
+is idle; a zygote that keeps dying is given up, with a log line.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import selectors
+import signal
+from typing import Any
+
+import msgspec
+
+from .._childspec import ChildSpec, ChildType
+from .._clone import sibling_support
+from .._exit import ExitReason
+from .._process import fork_child, send_signal
+from ..transports._channel import Channel, open_channel_pair
+from ..transports._frames import Become
+from ._child import knows, spare_main
+from ._events import Phase, StartStep
+from ._zygote import Zygote, strays
+
+__all__ = ["Proc", "SpareKeeping", "PARK_MAX_S"]
+
+log = logging.getLogger(__name__)
+
+_ZYGOTE_DEATHS_TOLERATED = 3  # then the supervisor forks its spares itself, and says so
+PARK_MAX_S = 0.05  # a start waits this long at most for a spare in the making, then forks
+_AHEAD = 2  # spares in the making while starts follow one another
+
+
+class Proc:
+    """A child process as the loop sees it. ``key`` is None for an unassigned spare."""
+
+    __slots__ = ("pid", "pidfd", "channel", "key", "ctype", "ready", "ignored", "reason",
+                 "specs", "reading")
+
+    def __init__(self, pid: int, channel: Channel, key: str | None, ctype: ChildType) -> None:
+        self.pid = pid
+        self.pidfd = os.pidfd_open(pid)
+        self.channel = channel
+        self.key = key
+        self.ctype = ctype
+        self.ready = False
+        self.ignored = False
+        self.reason: ExitReason | None = None
+        self.specs: dict[str, ChildSpec] = {}
+        self.reading = True  # the channel is registered with the selector
+
+
+class SpareKeeping:
+    """The spare-keeping half of :class:`~._runtime.SupervisorRuntime` (a mixin: it works on
+    the runtime's selector, process table and decision state)."""
+
+    sel: selectors.BaseSelector
+    procs: dict[int, Proc]
+    spares: collections.deque[Proc]
+    zygote: Zygote | None
+    zygote_specs: dict[str, ChildSpec]
+    zygote_stale: bool
+    zygote_deaths: int
+    use_zygote: bool
+    use_spares: bool
+    parked: tuple[str, ChildSpec] | None
+    parked_until: float
+    starting: Proc | None
+    exit_reason: ExitReason | None
+    state: Any
+    path: tuple[str, ...]
+    node: str
+
+    def name(self) -> str:
+        raise NotImplementedError
+
+    def watch(self, proc: Proc) -> None:
+        raise NotImplementedError
+
+    def forget(self, proc: Proc) -> None:
+        raise NotImplementedError
+
+    def start_proc(self, key: str, spec: ChildSpec) -> None:
+        raise NotImplementedError
+
+    def take_spare(self, key: str, spec: ChildSpec) -> Proc | None:
+        while self.spares:
+            spare = self.spares[0]
+            if not knows(spare.specs, key, spec):
+                self.zygote_stale = True  # renewed when idle, so the next restart is fast
+                return None
+            self.spares.popleft()
+            dynamic = key != spec.id
+            try:
+                spare.channel.send(Become(key, spec.id, spec.args if dynamic else ()))
+            except (TypeError, msgspec.EncodeError):
+                self.spares.appendleft(spare)
+                return None  # args that do not encode take the fork path
+            except OSError:
+                continue  # a dead spare: reaped when its pidfd says so; try the next
+            spare.key = key
+            spare.ctype = spec.type  # type: ignore[assignment]
+            return spare
+        return None
+
+    def static_specs(self) -> dict[str, ChildSpec]:
+        return {c.spec.id: c.spec for c in self.state.children if not c.dynamic}
+
+    # ---- spares -----------------------------------------------------------------------------
+
+    def start_zygote(self) -> None:
+        why = sibling_support()
+        if why is not None:
+            # The operator's choice needs no line per supervisor; a platform without it does.
+            level = logging.DEBUG if "PRISMATIC_ZYGOTE" in why else logging.INFO
+            log.log(level, "supervisor %s forks its own spares (no zygote: %s)", self.name(), why)
+            self.use_zygote = False
+            return
+        self.zygote_specs = self.static_specs()
+        specs = self.zygote_specs
+        self.zygote = Zygote(lambda channel: spare_main(channel, specs, self.path, self.node),
+                             "prism:zygote")
+        self.sel.register(self.zygote.sock, selectors.EVENT_READ, ("zygote", None))
+        self.sel.register(self.zygote.pidfd, selectors.EVENT_READ, ("zygote_exit", None))
+        self.zygote_stale = False
+
+    def request_spares(self) -> None:
+        """Keep one spare waiting, two while starts follow one another (the next is made
+        while the current one runs ``init``)."""
+        zygote = self.zygote
+        if zygote is None or self.exit_reason is not None \
+                or self.state.phase in (Phase.STOPPING, Phase.STOPPED):
+            return
+        if self.starting is not None or self.parked is not None:
+            job = self.state.job
+            more = job is not None and any(isinstance(s, StartStep) for s in job.steps)
+            # A lone restart gets its successor spare once it is done: made now, it would
+            # take a CPU from the replacement's init.
+            want = _AHEAD if more else 0
+        else:
+            want = 1
+        while len(self.spares) + len(zygote.pending) < want:
+            if zygote.request() is None:
+                return  # the zygote is dead; its pidfd reports it
+
+    def on_zygote(self, _: Any) -> None:
+        if self.zygote is None:
+            return  # dropped earlier in this same batch of events (its death came first)
+        self.adopt(self.zygote.answers(), self.zygote_specs)
+
+    def adopt(self, answers: list[tuple[Channel, int]], specs: dict[str, ChildSpec]) -> None:
+        for channel, pid in answers:
+            if pid < 0:
+                log.error("supervisor %s: its zygote could not make a spare: %s",
+                          self.name(), os.strerror(-pid))
+                channel.close()
+                continue
+            proc = Proc(pid, channel, None, ChildType.WORKER)
+            proc.specs = specs
+            self.watch(proc)
+            self.spares.append(proc)
+        if self.parked is not None and (self.spares or not self.zygote
+                                        or not self.zygote.pending):
+            key, spec = self.parked
+            self.parked = None
+            self.start_proc(key, spec)
+
+    def on_zygote_exit(self, _: Any) -> None:
+        """The zygote died (it never exits by itself while we live): adopt what it answered,
+        kill the spares it made but never answered for, and make a new one."""
+        zygote = self.zygote
+        if zygote is None:
+            return  # already dropped (renewed) earlier in this batch
+        answered = zygote.answers()
+        self.drop_zygote()
+        self.adopt(answered, self.zygote_specs)
+        self.zygote_deaths += 1
+        log.warning("supervisor %s: zygote %d died (%d so far)", self.name(), zygote.pid,
+                    self.zygote_deaths)
+        for pid in strays(set(self.procs)):
+            log.warning("supervisor %s: killing spare %d of the dead zygote", self.name(), pid)
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        if self.zygote_deaths >= _ZYGOTE_DEATHS_TOLERATED:
+            log.error("supervisor %s: zygote died %d times; forking spares here from now on",
+                      self.name(), self.zygote_deaths)
+            self.use_zygote = False
+
+    def drop_zygote(self) -> None:
+        zygote, self.zygote = self.zygote, None
+        if zygote is not None:
+            self.sel.unregister(zygote.sock)
+            self.sel.unregister(zygote.pidfd)
+            zygote.kill()
+
+    def wants_new_zygote(self) -> bool:
+        return (self.use_spares and self.use_zygote and self.idle()
+                and (self.zygote is None or self.zygote_stale))
+
+    def renew_zygote(self) -> None:
+        """Replace a zygote whose specs are out of date (or that died): its spares go too."""
+        zygote, self.zygote = self.zygote, None
+        if zygote is not None:
+            self.sel.unregister(zygote.sock)
+            self.sel.unregister(zygote.pidfd)
+            self.adopt(zygote.close(), self.zygote_specs)
+        for spare in list(self.spares):
+            self.kill_spare(spare)
+        self.start_zygote()
+        self.request_spares()
+
+    def idle(self) -> bool:
+        return (self.state.job is None and self.exit_reason is None and self.parked is None
+                and self.starting is None and self.state.phase is Phase.RUNNING)
+
+    def wants_fork_spare(self) -> bool:
+        """Without a zygote, the supervisor forks its one spare itself, when idle."""
+        return self.use_spares and not self.use_zygote and not self.spares and self.idle()
+
+    def fork_spare(self) -> None:
+        mine, theirs = open_channel_pair()
+        specs = self.static_specs()
+        pid = fork_child((theirs.fileno(),),
+                         lambda: spare_main(theirs, specs, self.path, self.node), "prism:spare")
+        theirs.close()
+        proc = Proc(pid, mine, None, ChildType.WORKER)
+        proc.specs = specs
+        self.watch(proc)
+        self.spares.append(proc)
+
+    def kill_spare(self, spare: Proc) -> None:
+        self.spares.remove(spare)
+        send_signal(spare.pidfd, signal.SIGKILL)
+        os.waitpid(spare.pid, 0)
+        self.forget(spare)
+
+    def kill_spares(self) -> None:
+        """On the way out: spares and the zygote go first (spares the zygote has not
+        answered for die by PDEATHSIG with this process)."""
+        for spare in list(self.spares):
+            self.kill_spare(spare)
+        self.drop_zygote()
