@@ -32,6 +32,12 @@ def _of_kind(sup: int, comm: str) -> list[int]:
     return [c for c in _children(sup) if _comm(c) == comm]
 
 
+def _zygote_of(sup: int) -> int:
+    """The supervisor's zygote (a clone is named after it until it renames itself)."""
+    return wait_until(lambda: len(z := _of_kind(sup, "prism:zygote")) == 1 and z[0], 10,
+                      "exactly one zygote")
+
+
 def _restart(n, key: str) -> int:
     old = n.conn.pid_of(key)
     os.kill(old, signal.SIGKILL)
@@ -42,8 +48,7 @@ def _restart(n, key: str) -> int:
 def test_spares_and_children_are_the_supervisors_own_children(node_factory):
     n = node_factory("tests.apps:one_for_one")
     root = n.conn.status().root_pid
-    zygote = wait_until(lambda: _of_kind(root, "prism:zygote"), 10, "the zygote")
-    assert len(zygote) == 1
+    _zygote_of(root)
     wait_until(lambda: _of_kind(root, "prism:spare"), 10, "a spare")
     new = _restart(n, "w1")
     assert new in _children(root)  # made by the zygote, parented to the supervisor
@@ -52,10 +57,9 @@ def test_spares_and_children_are_the_supervisors_own_children(node_factory):
 def test_a_killed_zygote_is_replaced_and_leaves_no_stray(node_factory):
     n = node_factory("tests.apps:one_for_one")
     root = n.conn.status().root_pid
-    [zygote] = wait_until(lambda: _of_kind(root, "prism:zygote"), 10, "the zygote")
+    zygote = _zygote_of(root)
     os.kill(zygote, signal.SIGKILL)
-    wait_until(lambda: (z := _of_kind(root, "prism:zygote")) and z != [zygote], 10,
-               "a new zygote")
+    wait_until(lambda: _zygote_of(root) != zygote, 10, "a new zygote")
     for _ in range(3):
         _restart(n, "w2")
     wait_until(lambda: len(_of_kind(root, "prism:spare")) == 1, 10, "exactly one spare")
@@ -66,7 +70,7 @@ def test_a_killed_zygote_is_replaced_and_leaves_no_stray(node_factory):
 def test_a_hung_zygote_does_not_hold_up_a_restart(node_factory):
     n = node_factory("tests.apps:one_for_one")
     root = n.conn.status().root_pid
-    [zygote] = wait_until(lambda: _of_kind(root, "prism:zygote"), 10, "the zygote")
+    zygote = _zygote_of(root)
     wait_until(lambda: _of_kind(root, "prism:spare"), 10, "a spare")
     os.kill(zygote, signal.SIGSTOP)
     try:
@@ -80,11 +84,10 @@ def test_a_hung_zygote_does_not_hold_up_a_restart(node_factory):
 def test_a_child_added_later_gets_a_new_zygote_that_knows_it(node_factory):
     n = node_factory("tests.apps:one_for_one")
     root = n.conn.status().root_pid
-    [zygote] = wait_until(lambda: _of_kind(root, "prism:zygote"), 10, "the zygote")
+    zygote = _zygote_of(root)
     n.conn.start_child("", p.ChildSpec(id="late", start="tests.apps:Idle", args=("late",)))
     _restart(n, "late")  # forked directly: the zygote did not know the spec
-    wait_until(lambda: (z := _of_kind(root, "prism:zygote")) and z != [zygote], 10,
-               "the zygote renewed")
+    wait_until(lambda: _zygote_of(root) != zygote, 10, "the zygote renewed")
     wait_until(lambda: _of_kind(root, "prism:spare"), 10, "a spare of the new zygote")
     spare = _of_kind(root, "prism:spare")[0]
     assert _restart(n, "late") == spare  # the spare became the restarted child
