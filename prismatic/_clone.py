@@ -74,6 +74,12 @@ class _Plan:
         if _libc.syscall(sys_get_robust, 0, ctypes.byref(head), ctypes.byref(size)) != 0:
             raise OSError(ctypes.get_errno(), "get_robust_list failed")
         self.robust_head, self.robust_size = head.value, size.value
+        # The call's arguments, made once: every object a zygote touches between two clones
+        # is a copy-on-write fault after each of them.
+        flags = _CLONE_PARENT | _CLONE_CHILD_SETTID | _CLONE_CHILD_CLEARTID | signal.SIGCHLD
+        ctid = ctypes.c_void_p(self.tid_addr)
+        self.args = ((ctypes.c_ulong(flags), None, None, None, ctid) if self.backwards
+                     else (ctypes.c_ulong(flags), None, None, ctid, None))
 
 
 _plan: _Plan | None = None
@@ -106,13 +112,8 @@ def clone_sibling(child: Callable[[int], None]) -> int:
     plan = _plan
     assert plan is not None
     parent = os.getppid()
-    flags = _CLONE_PARENT | _CLONE_CHILD_SETTID | _CLONE_CHILD_CLEARTID | signal.SIGCHLD
-    ctid = ctypes.c_void_p(plan.tid_addr)
     _pyapi.PyOS_BeforeFork()
-    if plan.backwards:
-        pid = _libc_gil.syscall(plan.sys_clone, ctypes.c_ulong(flags), None, None, None, ctid)
-    else:
-        pid = _libc_gil.syscall(plan.sys_clone, ctypes.c_ulong(flags), None, None, ctid, None)
+    pid = _libc_gil.syscall(plan.sys_clone, *plan.args)
     if pid == 0:
         _pyapi.PyOS_AfterFork_Child()
         _libc.syscall(plan.sys_set_robust, ctypes.c_void_p(plan.robust_head),
