@@ -7,6 +7,9 @@ import os
 import signal
 import socket
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from prismatic._reactor import Reactor
 
 
@@ -105,3 +108,29 @@ def test_run_returns_false_once_handed_over():
         assert r.run(lambda: False) is False
     finally:
         loop.close()
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["soon", "later", "cancelled"]),
+                          st.integers(min_value=0, max_value=4)), min_size=1, max_size=12))
+def test_callbacks_run_soon_ones_first_in_order_then_timers_by_due_time(ops):
+    """Whatever is scheduled: call_soon callbacks run first, in call order; timers run by due
+    time, ties in call order; a cancelled one never runs."""
+    r = Reactor()
+    ran: list[int] = []
+    expected_soon, expected_timers = [], []
+    for i, (kind, ms) in enumerate(ops):
+        if kind == "soon":
+            r.call_soon(ran.append, i)
+            expected_soon.append(i)
+        else:
+            handle = r.call_later(ms / 1000, ran.append, i)
+            if kind == "cancelled":
+                handle.cancel()
+            else:
+                expected_timers.append((handle.when(), i))
+    expected = expected_soon + [i for _, i in sorted(expected_timers)]
+    r.call_later(0.006, lambda: ran.append(-1))  # after every timer above
+    r.run(lambda: bool(ran) and ran[-1] == -1)
+    r.close()
+    assert ran[:-1] == expected
