@@ -34,24 +34,11 @@ sys.path.insert(0, str(REPO))
 
 import prismatic as p  # noqa: E402
 from bench._harness import pct, print_table, start_node, stop_node  # noqa: E402
-from prismatic._process import uss_bytes  # noqa: E402
-
-
-def children_of(pid: int) -> list[int]:
-    with open(f"/proc/{pid}/task/{pid}/children") as f:
-        return [int(x) for x in f.read().split()]
-
-
-def comm(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/comm") as f:
-            return f.read().strip()
-    except OSError:
-        return ""
+from prismatic._process import child_pids, process_name, uss_bytes  # noqa: E402
 
 
 def has_spare(sup: int) -> bool:
-    return any(comm(c) == "prism:spare" for c in children_of(sup))
+    return any(process_name(c) == "prism:spare" for c in child_pids(sup))
 
 
 def wait_for(pred, timeout: float = 5.0) -> None:

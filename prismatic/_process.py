@@ -28,7 +28,8 @@ from typing import NoReturn
 
 from ._clone import clone_sibling
 
-__all__ = ["fork_child", "fork_sibling", "set_process_name", "uss_bytes", "send_signal"]
+__all__ = ["fork_child", "fork_sibling", "set_process_name", "process_name", "child_pids",
+           "uss_bytes", "send_signal"]
 
 _PR_SET_NAME = 15
 _PR_SET_PDEATHSIG = 1
@@ -114,6 +115,21 @@ def _gaps(keep: tuple[int, ...]) -> list[tuple[int, int]]:
     if ks:
         gaps.append((ks[-1] + 1, 1 << 20))
     return gaps
+
+
+def process_name(pid: int) -> str:
+    """The kernel's name for ``pid`` (what :func:`set_process_name` set); "" if it is gone."""
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def child_pids(pid: int) -> list[int]:
+    """The children of ``pid``, from /proc; OSError if ``pid`` is gone."""
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(x) for x in f.read().split()]
 
 
 def uss_bytes(pid: int) -> int:

@@ -32,7 +32,7 @@ import socket
 import struct
 from collections.abc import Callable
 
-from .._process import fork_child, fork_sibling, send_signal
+from .._process import child_pids, fork_child, fork_sibling, send_signal
 from ..transports._channel import Channel, open_channel_pair
 
 __all__ = ["Zygote", "strays"]
@@ -57,22 +57,19 @@ class Zygote:
         self.pending: collections.deque[Channel] = collections.deque()
         self._partial = b""
 
-    def fileno(self) -> int:
-        return self.sock.fileno()
-
-    def request(self) -> Channel | None:
-        """Ask for one more spare; return our end of its channel, or None if the zygote is
-        gone (its death is reported by its pidfd)."""
+    def request(self) -> bool:
+        """Ask for one more spare (its channel waits in ``pending`` until answered); False if
+        the zygote is gone (its death is reported by its pidfd)."""
         mine, theirs = open_channel_pair()
         try:
             socket.send_fds(self.sock, [_REQUEST], [theirs.fileno()])
         except OSError:
             mine.close()
-            return None
+            return False
         finally:
             theirs.close()
         self.pending.append(mine)
-        return mine
+        return True
 
     def answers(self) -> list[tuple[Channel, int]]:
         """The requests answered so far: (channel, pid or -errno), in request order."""
@@ -128,10 +125,8 @@ class Zygote:
 def strays(known: set[int]) -> list[int]:
     """This process's children that are not in ``known``: spares a killed zygote made but
     never answered for. The caller kills and reaps them."""
-    me = os.getpid()
     try:
-        with open(f"/proc/{me}/task/{me}/children") as f:
-            kids = [int(x) for x in f.read().split()]
+        kids = child_pids(os.getpid())
     except OSError as exc:
         log.error("cannot list child processes to sweep a dead zygote's spares: %s", exc)
         return []

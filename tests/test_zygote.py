@@ -7,20 +7,8 @@ import os
 import signal
 
 import prismatic as p
+from prismatic._process import child_pids, process_name
 from tests.conftest import alive, wait_until
-
-
-def _children(pid: int) -> list[int]:
-    with open(f"/proc/{pid}/task/{pid}/children") as f:
-        return [int(x) for x in f.read().split()]
-
-
-def _comm(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/comm") as f:
-            return f.read().strip()
-    except OSError:
-        return ""
 
 
 def _state(pid: int) -> str:
@@ -29,7 +17,7 @@ def _state(pid: int) -> str:
 
 
 def _of_kind(sup: int, comm: str) -> list[int]:
-    return [c for c in _children(sup) if _comm(c) == comm]
+    return [c for c in child_pids(sup) if process_name(c) == comm]
 
 
 def _zygote_of(sup: int) -> int:
@@ -51,7 +39,7 @@ def test_spares_and_children_are_the_supervisors_own_children(node_factory):
     _zygote_of(root)
     wait_until(lambda: _of_kind(root, "prism:spare"), 10, "a spare")
     new = _restart(n, "w1")
-    assert new in _children(root)  # made by the zygote, parented to the supervisor
+    assert new in child_pids(root)  # made by the zygote, parented to the supervisor
 
 
 def test_a_killed_zygote_is_replaced_and_leaves_no_stray(node_factory):
@@ -63,7 +51,7 @@ def test_a_killed_zygote_is_replaced_and_leaves_no_stray(node_factory):
     for _ in range(3):
         _restart(n, "w2")
     wait_until(lambda: len(_of_kind(root, "prism:spare")) == 1, 10, "exactly one spare")
-    assert not [c for c in _children(root) if _state(c) == "Z"]
+    assert not [c for c in child_pids(root) if _state(c) == "Z"]
     assert {c.id for c in n.conn.which_children()} == {"w1", "w2", "w3"}
 
 
