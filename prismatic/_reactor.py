@@ -212,8 +212,7 @@ class Reactor:
         for handle in self._ready:
             loop.call_soon(_run_unless_cancelled, handle)
         signals = dict(self._signals)
-        for fd in list(self._readers):
-            self.remove_reader(fd)
+        self._readers.clear()  # close() below closes the epoll that watched them
         self._timers.clear()
         self._ready.clear()
         self.close()

@@ -118,10 +118,7 @@ class WorkerContext:
         """Start using ``loop`` (asyncio's or a Reactor); timers set during a plain ``init``
         are armed now."""
         if not isinstance(loop, Reactor):
-            import asyncio  # noqa: PLC0415 - only workers with async handlers load it
-
-            asyncio.set_event_loop(loop)
-            self.stopped = asyncio.Event()
+            self.use_asyncio(loop)
         self.loop = loop
         for delay, msg in self.timers:
             loop.call_later(delay, self.deliver, msg)
@@ -137,12 +134,9 @@ class WorkerContext:
         if not isinstance(reactor, Reactor):
             assert reactor is not None
             return reactor  # type: ignore[return-value]
-        import asyncio  # noqa: PLC0415 - only workers that await load it
-
         loop = _new_asyncio_loop()
-        asyncio.set_event_loop(loop)
+        self.use_asyncio(loop)
         self.loop = loop
-        self.stopped = asyncio.Event()
         reactor.hand_over(loop)
         self.mailbox.loop = loop
         if self._pubsub is not None:
@@ -150,6 +144,13 @@ class WorkerContext:
         if self.stop_reason is not None:
             self.stopped.set()
         return loop
+
+    def use_asyncio(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Run on an asyncio loop from now on (``stopped`` is how it learns of a stop)."""
+        import asyncio  # noqa: PLC0415 - only workers with async handlers load it
+
+        asyncio.set_event_loop(loop)
+        self.stopped = asyncio.Event()
 
     def serve(self) -> None:
         """Start taking messages (after ``ready``)."""

@@ -151,7 +151,7 @@ class SpareKeeping:
         else:
             want = 1
         while len(self.spares) + len(zygote.pending) < want:
-            if zygote.request() is None:
+            if not zygote.request():
                 return  # the zygote is dead; its pidfd reports it
 
     def on_zygote(self, _: Any) -> None:
@@ -166,10 +166,7 @@ class SpareKeeping:
                           self.name(), os.strerror(-pid))
                 channel.close()
                 continue
-            proc = Proc(pid, channel, None, ChildType.WORKER)
-            proc.specs = specs
-            self.watch(proc)
-            self.spares.append(proc)
+            self.add_spare(pid, channel, specs)
         if self.parked is not None and (self.spares or not self.zygote
                                         or not self.zygote.pending):
             key, spec = self.parked
@@ -197,11 +194,17 @@ class SpareKeeping:
                       self.name(), self.zygote_deaths)
             self.use_zygote = False
 
-    def drop_zygote(self) -> None:
+    def detach_zygote(self) -> Zygote | None:
+        """Stop watching the zygote and forget it; the caller closes or kills it."""
         zygote, self.zygote = self.zygote, None
         if zygote is not None:
             self.sel.unregister(zygote.sock)
             self.sel.unregister(zygote.pidfd)
+        return zygote
+
+    def drop_zygote(self) -> None:
+        zygote = self.detach_zygote()
+        if zygote is not None:
             zygote.kill()
 
     def wants_new_zygote(self) -> bool:
@@ -210,10 +213,8 @@ class SpareKeeping:
 
     def renew_zygote(self) -> None:
         """Replace a zygote whose specs are out of date (or that died): its spares go too."""
-        zygote, self.zygote = self.zygote, None
+        zygote = self.detach_zygote()
         if zygote is not None:
-            self.sel.unregister(zygote.sock)
-            self.sel.unregister(zygote.pidfd)
             self.adopt(zygote.close(), self.zygote_specs)
         for spare in list(self.spares):
             self.kill_spare(spare)
@@ -234,7 +235,10 @@ class SpareKeeping:
         pid = fork_child((theirs.fileno(),),
                          lambda: spare_main(theirs, specs, self.path, self.node), "prism:spare")
         theirs.close()
-        proc = Proc(pid, mine, None, ChildType.WORKER)
+        self.add_spare(pid, mine, specs)
+
+    def add_spare(self, pid: int, channel: Channel, specs: dict[str, ChildSpec]) -> None:
+        proc = Proc(pid, channel, None, ChildType.WORKER)
         proc.specs = specs
         self.watch(proc)
         self.spares.append(proc)

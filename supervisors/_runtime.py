@@ -54,7 +54,6 @@ __all__ = ["SupervisorRuntime"]
 
 log = logging.getLogger(__name__)
 
-
 _op_decoder = msgspec.msgpack.Decoder(Op)
 _encoder = msgspec.msgpack.Encoder()
 
