@@ -14,7 +14,7 @@ from typing import Any
 
 import msgspec
 
-from .._childspec import ChildSpec, SupFlags
+from .._childspec import ChildSpec, ChildType, SupFlags
 from .._exit import ExitReason
 
 __all__ = [
@@ -259,6 +259,7 @@ class Report(msgspec.Struct, frozen=True):
     key: str
     pid: int | None = None
     reason: ExitReason | None = None
+    child_type: ChildType = ChildType.WORKER
 
 
 class Ready(msgspec.Struct, frozen=True):

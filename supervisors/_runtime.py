@@ -151,10 +151,9 @@ class SupervisorRuntime(SpareKeeping):
 
     def carry_out(self, a: Any) -> None:
         if isinstance(a, Report):
-            ctype = self.child_type(a.key)
             self.parent.try_send(LifecycleFrame(
                 path=self.path, kind=a.kind.value, key=a.key, pid=a.pid, reason=a.reason,
-                child_type=ctype, mono=time.monotonic(), wall=time.time()))
+                child_type=a.child_type.value, mono=time.monotonic(), wall=time.time()))
         elif isinstance(a, StartProc):
             self.start_proc(a.key, a.spec)
         elif isinstance(a, StopProc):
@@ -173,12 +172,6 @@ class SupervisorRuntime(SpareKeeping):
 
     def name(self) -> str:
         return "/".join(self.path) or "root"
-
-    def child_type(self, key: str) -> str:
-        for c in self.state.children:
-            if c.key == key:
-                return c.spec.type.value  # type: ignore[union-attr]
-        return ChildType.WORKER.value
 
     # ---- starting ---------------------------------------------------------------------------
 

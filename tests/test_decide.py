@@ -743,7 +743,8 @@ def test_shutdown_requested_stops_in_reverse_order():
     s.boot()
     acts = s.feed(ShutdownRequested(0.0))
     assert acts == [StopProc("c", s.pid["c"], ShutdownKind.INFINITY)]
-    assert s.exited("c") == [Report(K.CHILD_STOPPED, "c", s.pid["c"], Shutdown()),
+    assert s.exited("c") == [Report(K.CHILD_STOPPED, "c", s.pid["c"], Shutdown(),
+                                    ChildType.SUPERVISOR),
                              StopProc("b", s.pid["b"], ShutdownKind.BRUTAL_KILL)]
     acts = s.exited("b", Killed(9))
     assert reports(acts, K.SHUTDOWN_ERROR) == []  # killed is how brutal_kill stops
@@ -1473,3 +1474,29 @@ TestRestForOne = _world_for(Strategy.REST_FOR_ONE).TestCase
 TestSimpleOneForOne = _world_for(Strategy.SIMPLE_ONE_FOR_ONE).TestCase
 TestOneForOne.settings = TestOneForAll.settings = SETTINGS
 TestRestForOne.settings = TestSimpleOneForOne.settings = SETTINGS
+
+
+def test_decisions_do_not_depend_on_the_row_memo():
+    """Each decision hands its row lookups to the next one (an O(1) memo); replaying every
+    recorded (state, event) out of order, so the memo never applies, decides the same."""
+    s = Sup(*(spec(f"w{i}") for i in range(30)), spec("t", restart="temporary"),
+            intensity=100)
+    recorded: list[tuple[Any, Any, Any]] = []
+    feed = s.feed
+
+    def recording_feed(ev: Any) -> list[Any]:
+        before = s.state
+        acts = feed(ev)
+        recorded.append((before, ev, (s.state, acts)))
+        return acts
+
+    s.feed = recording_feed  # type: ignore[method-assign]
+    s.boot()
+    s.start_all(s.exited("w7", BOOM))  # a restart: a row's pid changes
+    s.exited("t", BOOM)  # a temporary child's row goes: the rows after it move up
+    s.start_all(s.exited("w29", BOOM))
+    s.start_all(s.request(StartChild(spec("late"))))  # a row is added
+    s.start_all(s.exited("late", BOOM))
+    assert len(recorded) > 35
+    for before, ev, after in reversed(recorded):
+        assert decide(before, ev) == after
