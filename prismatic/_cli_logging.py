@@ -11,12 +11,13 @@ descriptors, see :mod:`._process`), so every process appends whole lines to the 
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
 import time
 from pathlib import Path
+
+import msgspec
 
 from ._config import LogFormat
 
@@ -62,7 +63,8 @@ class _JsonFormatter(logging.Formatter):
                "logger": record.name, "msg": record.getMessage()}
         if record.exc_info:
             doc["exc"] = self.formatException(record.exc_info)
-        return json.dumps(doc)
+        # msgspec, not json: it is in every process's image already (see prismatic._node)
+        return msgspec.json.encode(doc).decode()
 
 
 class _AppendFileHandler(logging.Handler):

@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import select
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -110,6 +109,8 @@ def start_node(app: str | None, config_file: str | None, name: str | None,
 def detach_node(argv: list[str], data_dir: Path, wait_s: float) -> Path:
     """Start ``python -m prismatic.node argv`` in the background (own session, output in
     ``<data dir>/node.out``) and return once its tree started; NodeError if it did not."""
+    import subprocess  # noqa: PLC0415 - kept out of the tree's image (see prismatic._node)
+
     from ._client import connect
 
     data_dir.mkdir(parents=True, exist_ok=True)

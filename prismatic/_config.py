@@ -34,7 +34,6 @@ and the problem; the spec validators' :class:`ChildSpecError` is mapped to its k
 from __future__ import annotations
 
 import enum
-import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +109,8 @@ class NodeConfig(msgspec.Struct, frozen=True):
 
 
 def load_config(path: Path | str) -> NodeConfig:
+    import tomllib  # noqa: PLC0415 - only a node started with a config needs it in its image
+
     file = Path(path)
     try:
         raw = tomllib.loads(file.read_text())

@@ -13,9 +13,7 @@ full control of the tree.
 
 from __future__ import annotations
 
-import hmac
 import os
-import secrets
 import stat
 from pathlib import Path
 
@@ -39,7 +37,7 @@ def ensure_cookie(data_dir: Path) -> str:
     except FileExistsError:
         return _read(path, NodeError)
     with os.fdopen(fd, "w") as f:
-        f.write(secrets.token_hex(_COOKIE_BYTES) + "\n")
+        f.write(os.urandom(_COOKIE_BYTES).hex() + "\n")  # what secrets.token_hex does
     return _read(path, NodeError)
 
 
@@ -50,6 +48,9 @@ def read_cookie(data_dir: Path) -> str:
 
 def cookie_matches(expected: str, given: str) -> bool:
     """Constant-time comparison, so the answer time does not leak a matching prefix."""
+    import hmac  # noqa: PLC0415 - here, not at import: it loads OpenSSL, and this module is
+    # in the image every process of the tree is forked from (see prismatic._node)
+
     return hmac.compare_digest(expected.encode(), given.encode())
 
 
