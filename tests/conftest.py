@@ -15,10 +15,12 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import typing
 from typing import Any
 
 import pytest
-from hypothesis import settings
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 # A fixed example sequence by default, so a CI run is reproducible and a merge is never
 # blocked by a fresh random find; PRISMATIC_HYPOTHESIS=explore draws new examples (run it
@@ -50,6 +52,22 @@ def tagged_pids(tag: str) -> list[int]:
         if state != "Z" and needle in env:  # a node tag extends the session tag
             found.append(int(entry))
     return found
+
+
+def assert_builds_every_member(strategy: st.SearchStrategy[Any], union: Any) -> None:
+    """A fuzz strategy for a wire union must produce each of its members: one added to the
+    union but forgotten in the strategy would never be fuzzed."""
+    seen: set[type] = set()
+
+    @settings(max_examples=400, database=None, derandomize=True,
+              suppress_health_check=list(HealthCheck))
+    @given(strategy)
+    def collect(x: Any) -> None:
+        seen.add(type(x))
+
+    collect()
+    missing = [m.__name__ for m in typing.get_args(union) if m not in seen]
+    assert not missing, f"the strategy never builds {missing}"
 
 
 def wait_until(pred, timeout: float = 10.0, what: str = "condition") -> object:

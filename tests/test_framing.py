@@ -23,6 +23,7 @@ from prismatic._exit import Crashed, ExitCode, Killed, Normal, NoProc, Shutdown
 from prismatic._notices import Down, Exit
 from prismatic.transports import _frames as F
 from prismatic.transports import _messages as M
+from tests.conftest import assert_builds_every_member
 from prismatic.transports._framing import (
     HEADER, MAX_FRAME, WIRE_VERSION, FrameBuffer, encode_frame,
 )
@@ -82,6 +83,11 @@ UNIONS = {
     "hub": (M.HubRequest, hub_requests),
     "supervision": (F.Frame, supervision_frames),
 }
+
+
+@pytest.mark.parametrize("union", sorted(UNIONS))
+def test_each_strategy_builds_every_member_of_its_union(union: str) -> None:
+    assert_builds_every_member(UNIONS[union][1], UNIONS[union][0])
 
 
 def buffer(union: str) -> FrameBuffer:

@@ -33,7 +33,7 @@ from prismatic._nodeinfo import hub_address, mailbox_address
 from prismatic._notices import Down, Exit
 from prismatic.transports import _messages as M
 from prismatic.transports._framing import HEADER, MAX_FRAME, FrameBuffer, encode_frame
-from tests.conftest import module_node, wait_until
+from tests.conftest import assert_builds_every_member, module_node, wait_until
 
 FUZZ = settings(max_examples=100, deadline=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture,
@@ -109,6 +109,11 @@ def hub_requests(node_name: str) -> st.SearchStrategy[Any]:
                   st.sampled_from(["cast", "info"]) | text, st.none() | pids, ints),
         st.builds(M.EmitReq, refs, st.just("fuzz.emit") | text, st.lists(values, max_size=3),
                   text, st.none() | text))
+
+
+def test_the_strategies_build_every_member_of_their_unions() -> None:
+    assert_builds_every_member(mailbox_frames("n"), M.MailboxFrame)
+    assert_builds_every_member(hub_requests("n"), M.HubRequest)
 
 
 def deep(depth: int) -> bytes:
