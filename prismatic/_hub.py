@@ -11,6 +11,13 @@ its children). A process whose exit is not known yet is alive if its mailbox acc
 connection: the mailbox socket closes when the process dies, before its supervisor can
 report it, so the probe is never wrong about a dead process.
 
+Monitors and links must fire even for a death no supervisor reports: a process killed with
+its supervisor (PDEATHSIG) before that supervisor reported it started (it was still in
+``init``) is in no tree. So the hub also watches every process it monitors or links with a
+pidfd; when one dies and its exit has not been reported ``UNREPORTED_GRACE_S`` later, the
+hub takes it as killed by SIGKILL (the only way a process dies unreported), logs it and
+counts it (``unreported_exits``).
+
 ``Down`` and ``Exit`` go to the watcher's mailbox over a connection the hub keeps per
 process, written without blocking the loop (a full mailbox buffers in the hub, counted).
 """
@@ -21,6 +28,7 @@ import asyncio
 import collections
 import logging
 import os
+import signal
 import socket
 from collections.abc import Callable
 from typing import Any
@@ -29,7 +37,7 @@ import msgspec
 
 from . import _links, _registry
 from ._address import Pid
-from ._exit import ExitReason, NoProc
+from ._exit import ExitReason, Killed, NoProc
 from ._nodeinfo import mailbox_address, peer_uid
 from .transports._framing import FrameBuffer, encode_frame
 from .transports._messages import (
@@ -42,6 +50,7 @@ __all__ = ["Hub"]
 log = logging.getLogger(__name__)
 
 RECENT_EXITS = 10_000  # exit reasons remembered for late monitors and failed calls
+UNREPORTED_GRACE_S = 0.5  # a reported exit (with its real reason) normally comes within ms
 DEAD_LETTER_REASONS = frozenset({"noproc", "not_registered", "mailbox_full"})
 DEAD_LETTER_KINDS = frozenset({"call", "cast", "info"})
 _decoder = msgspec.msgpack.Decoder(HubRequest)
@@ -73,6 +82,7 @@ class Hub:
         self.alive: set[Pid] = set()
         self.waiters: dict[Pid, list[tuple[_HubConnection, int, asyncio.TimerHandle]]] = {}
         self.outboxes: dict[Pid, _MailboxWriter] = {}
+        self.watched: dict[Pid, int] = {}  # monitored or linked processes: their pidfds
         self.on_dead_letter = on_dead_letter
         self.counters = collections.Counter[str]()
         self.server: asyncio.AbstractServer | None = None
@@ -86,6 +96,8 @@ class Hub:
             self.server.close()
         for box in self.outboxes.values():
             box.close()
+        for pid in list(self.watched):
+            self.unwatch(pid)
 
     # ---- what the tree tells the hub ----------------------------------------------------------
 
@@ -97,6 +109,7 @@ class Hub:
         if pid in self.exits:
             return
         self.alive.discard(pid)
+        self.unwatch(pid)
         self.exits[pid] = reason
         if len(self.exits) > RECENT_EXITS:
             self.exits.popitem(last=False)
@@ -139,12 +152,15 @@ class Hub:
         elif isinstance(req, MonitorReq):
             actions = self.apply_links(_links.Monitor(req.watcher, req.target,
                                                       self.exit_of(req.target)))
+            self.watch(req.target)
             conn.reply(HubReply(req.ref, actions[0].mref))
         elif isinstance(req, DemonitorReq):
             self.apply_links(_links.Demonitor(req.watcher, req.mref))
             conn.reply(HubReply(req.ref, None))
         elif isinstance(req, LinkReq):
             self.apply_links(_links.Link(req.a, req.b, self.exit_of(req.b)))
+            self.watch(req.a)
+            self.watch(req.b)
             conn.reply(HubReply(req.ref, None))
         elif isinstance(req, UnlinkReq):
             self.apply_links(_links.Unlink(req.a, req.b))
@@ -171,6 +187,37 @@ class Hub:
                             req.reason[:40], req.kind[:40])
                 return
             self.on_dead_letter(req)
+
+    # ---- deaths no supervisor reports ------------------------------------------------------
+
+    def watch(self, pid: Pid) -> None:
+        """Watch a live process of this node (once), so its death is never missed."""
+        if pid.node != self.node or pid in self.exits or pid in self.watched:
+            return
+        try:
+            fd = os.pidfd_open(pid.ospid)
+        except OSError:
+            return  # gone already: exit_of() answered noproc, or its report is on the way
+        self.watched[pid] = fd
+        asyncio.get_running_loop().add_reader(fd, self.watched_died, pid)
+
+    def unwatch(self, pid: Pid) -> None:
+        fd = self.watched.pop(pid, None)
+        if fd is not None:
+            asyncio.get_running_loop().remove_reader(fd)
+            os.close(fd)
+
+    def watched_died(self, pid: Pid) -> None:
+        self.unwatch(pid)
+        asyncio.get_running_loop().call_later(UNREPORTED_GRACE_S, self.unreported, pid)
+
+    def unreported(self, pid: Pid) -> None:
+        if pid in self.exits:
+            return  # reported, with its real reason
+        self.counters["unreported_exits"] += 1
+        log.warning("hub: the exit of %s was never reported (its supervisor died with it?); "
+                    "taken as killed by SIGKILL", pid)
+        self.process_exited(pid.ospid, Killed(signal.SIGKILL))
 
     def waited_out(self, pid: Pid, conn: _HubConnection, ref: int) -> None:
         waiting = self.waiters.get(pid, [])

@@ -365,6 +365,7 @@ class NodeLoop:
                 "hub_refused": self.hub.counters["refused_uid"],
                 "hub_notices_buffered": self.hub.counters["notice_buffered"],
                 "hub_notices_undeliverable": self.hub.counters["notice_undeliverable"],
+                "hub_unreported_exits": self.hub.counters["unreported_exits"],
                 "pubsub_messages_forwarded": self.forwarder.messages_forwarded,
                 "pubsub_events_forwarded": self.forwarder.events_forwarded,
                 "pubsub_dropped_bad_frames": self.forwarder.dropped_bad_frames,

@@ -115,3 +115,19 @@ def agents() -> p.SupervisorSpec:
                   agent("t", None, True),
                   p.ChildSpec(id="async", start=AsyncAgent),
                   p.ChildSpec(id="small", start=SmallMailbox, args=("small",))])
+
+
+class GatedAgent(Agent):
+    """Registers its name in ``init``, then stays in ``init`` until the test creates
+    ``<test log>.gate`` (or 30 s pass): a live process its supervisor has not reported."""
+
+    def init(self, name: str | None = None, trap: bool = False) -> None:
+        super().init(name, trap)
+        gate = os.environ.get("PRISMATIC_TEST_LOG", "") + ".gate"
+        deadline = time.monotonic() + 30
+        while not os.path.exists(gate) and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+
+def gated() -> p.SupervisorSpec:
+    return p.SupervisorSpec(children=[p.ChildSpec(id="g", start=GatedAgent, args=("gated",))])

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 
 import pytest
 
 import prismatic as p
+from prismatic._process import child_pids, process_name
 from tests.conftest import module_node, wait_until
 
 
@@ -256,3 +258,37 @@ def test_a_plain_handler_returning_an_awaitable_moves_the_worker_onto_uvloop(nod
     wait_until(lambda: node.conn.call(u, ["infos"]) == ["tick"], 10, "the moved timer")
     assert node.conn.call(u, ["casts"]) == ["after"]
     assert node.conn.pid_of("u") == u.ospid
+
+
+def test_monitors_and_links_fire_for_a_death_no_supervisor_reports(node_factory):
+    """A process still in init is in no tree yet: killed with its supervisor (PDEATHSIG),
+    nobody reports its exit, and the hub's own pidfd watch must fire its monitors and
+    links (as killed by SIGKILL, which is how it died)."""
+    n = node_factory("tests.messaging_apps:agents")
+    root = n.conn.status().root_pid
+    starting = threading.Thread(target=_start_gated, args=(n.data_dir,))
+    starting.start()
+    try:
+        target = wait_until(lambda: n.conn.whereis("gated"), 10, "gated to register")
+        n.conn.call("alpha", ["monitor", L(target)])
+        n.conn.call(pid(n, "t"), ["link", L(target)])  # t traps exits
+        sup = wait_until(lambda: [c for c in child_pids(root)
+                                  if process_name(c) == "prism-sup:s"], 10, "the supervisor")
+        os.kill(sup[0], signal.SIGKILL)
+        for who, kind in (("alpha", "Down"), (pid(n, "t"), "Exit")):
+            notes = wait_until(lambda: [x for x in n.conn.call(who, ["notices"])
+                                        if x[1] == L(target)], 10, f"the {kind}")
+            assert notes == [[kind, L(target), "killed by SIGKILL"]]
+        assert "was never reported" in n.log.with_name("node.out").read_text()
+    finally:
+        n.log.with_name(n.log.name + ".gate").touch()
+        starting.join(30)
+
+
+def _start_gated(data_dir) -> None:
+    with p.connect(data_dir) as conn:  # a connection of its own: one per thread
+        try:
+            conn.start_child("", p.ChildSpec(id="s", start="tests.messaging_apps:gated",
+                                             type="supervisor"))
+        except p.PrismaticError:
+            pass  # its supervisor is killed while it starts
