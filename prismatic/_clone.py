@@ -34,6 +34,7 @@ import os
 import platform
 import signal
 from collections.abc import Callable
+from typing import Any
 
 __all__ = ["clone_sibling", "sibling_support"]
 
@@ -100,12 +101,14 @@ def sibling_support() -> str | None:
     return _unsupported
 
 
-def clone_sibling(child: Callable[[int], None]) -> int:
+def clone_sibling(child: Callable[..., None], *args: Any) -> int:
     """Clone the calling (single-threaded) process as a child of its parent.
 
     Returns the new pid in the caller; raises OSError if the clone failed. In the new process
-    ``child(parent_pid)`` runs and must end the process itself (``os._exit``); it is called
-    with the pid it must treat as its parent (for its PDEATHSIG check).
+    ``child(parent_pid, *args)`` runs and must end the process itself (``os._exit``); it is
+    called with the pid it must treat as its parent (for its PDEATHSIG check). Arguments, not
+    a closure: whatever the caller allocates or touches per clone, it pays for again as
+    copy-on-write faults after the next one.
     """
     if sibling_support() is not None:
         raise OSError(f"clone_sibling unsupported: {_unsupported}")
@@ -119,11 +122,11 @@ def clone_sibling(child: Callable[[int], None]) -> int:
         _libc.syscall(plan.sys_set_robust, ctypes.c_void_p(plan.robust_head),
                       ctypes.c_size_t(plan.robust_size))
         try:
-            child(parent)
+            child(parent, *args)
         finally:
             os._exit(70)  # child() must not return; if it does, this is a bug (EX_SOFTWARE)
-    err = ctypes.get_errno()
     _pyapi.PyOS_AfterFork_Parent()
     if pid < 0:
+        err = ctypes.get_errno()  # saved by ctypes right after the call (use_errno)
         raise OSError(err, f"clone(CLONE_PARENT): {os.strerror(err)}")
     return pid

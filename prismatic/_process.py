@@ -24,7 +24,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from ._clone import clone_sibling
 
@@ -64,15 +64,21 @@ def fork_child(keep_fds: tuple[int, ...], main: Callable[[], int], name: str) ->
     _child_body(parent, keep_fds, main, name)
 
 
-def fork_sibling(keep_fds: tuple[int, ...], main: Callable[[], int], name: str) -> int:
+def fork_sibling(keep_fds: tuple[int, ...], main: Callable[..., int], args: tuple[Any, ...],
+                 name: str) -> int:
     """As :func:`fork_child`, but the new process is a child of the caller's *parent* (a
     supervisor's zygote makes the supervisor's children this way; see :mod:`._clone`), with
-    the same promises: it dies with that parent and keeps only ``keep_fds``. The caller must
-    itself come from :func:`fork_child`, whose signal set-up the new process inherits."""
+    the same promises: it dies with that parent and keeps only ``keep_fds``; it runs
+    ``main(*args)``. The caller must itself come from :func:`fork_child`, whose signal set-up
+    the new process inherits."""
     gc.freeze()
+    return clone_sibling(_sibling_body, keep_fds, main, args, name)
+
+
+def _sibling_body(parent: int, keep_fds: tuple[int, ...], main: Callable[..., int],
+                  args: tuple[Any, ...], name: str) -> NoReturn:
     # The caller (a zygote) came from fork_child: its signal set-up is already the children's.
-    return clone_sibling(lambda parent: _child_body(parent, keep_fds, main, name,
-                                                    set_signals=False))
+    _child_body(parent, keep_fds, lambda: main(*args), name, set_signals=False)
 
 
 def _child_body(parent: int, keep_fds: tuple[int, ...], main: Callable[[], int],

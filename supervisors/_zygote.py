@@ -153,9 +153,13 @@ def _zygote_main(sock: socket.socket, spare_main: Callable[[Channel], int]) -> i
         sock.sendall(struct.pack(f"<{len(pids)}i", *pids))
 
 
+def _spare(fd: int, spare_main: Callable[[Channel], int]) -> int:
+    return spare_main(Channel(socket.socket(fileno=fd)))
+
+
 def _spawn(fd: int, spare_main: Callable[[Channel], int]) -> int:
     try:
-        return fork_sibling((fd,), lambda: spare_main(Channel(socket.socket(fileno=fd))),
+        return fork_sibling((fd,), _spare, (fd, spare_main),
                             "prism:spare")
     except OSError as exc:
         log.error("zygote: cannot clone a spare: %s", exc)
