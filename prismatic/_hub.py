@@ -150,17 +150,20 @@ class Hub:
                                                      _registry.Unregister(req.name, req.pid))
             conn.answer(req.ref, answer)
         elif isinstance(req, MonitorReq):
-            actions = self.apply_links(_links.Monitor(req.watcher, req.target,
-                                                      self.exit_of(req.target)))
-            self.watch(req.target)
+            exited = self.exit_of(req.target)
+            actions = self.apply_links(_links.Monitor(req.watcher, req.target, exited))
+            if exited is None:
+                self.watch(req.target)
             conn.reply(HubReply(req.ref, actions[0].mref))
         elif isinstance(req, DemonitorReq):
             self.apply_links(_links.Demonitor(req.watcher, req.mref))
             conn.reply(HubReply(req.ref, None))
         elif isinstance(req, LinkReq):
-            self.apply_links(_links.Link(req.a, req.b, self.exit_of(req.b)))
-            self.watch(req.a)
-            self.watch(req.b)
+            exited = self.exit_of(req.b)
+            self.apply_links(_links.Link(req.a, req.b, exited))
+            if exited is None:
+                self.watch(req.a)
+                self.watch(req.b)
             conn.reply(HubReply(req.ref, None))
         elif isinstance(req, UnlinkReq):
             self.apply_links(_links.Unlink(req.a, req.b))
@@ -196,8 +199,8 @@ class Hub:
             return
         try:
             fd = os.pidfd_open(pid.ospid)
-        except OSError:
-            return  # gone already: exit_of() answered noproc, or its report is on the way
+        except (OSError, OverflowError):
+            return  # gone already (its report is on the way), or no such pid at all
         self.watched[pid] = fd
         asyncio.get_running_loop().add_reader(fd, self.watched_died, pid)
 

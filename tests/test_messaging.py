@@ -292,3 +292,17 @@ def _start_gated(data_dir) -> None:
                                              type="supervisor"))
         except p.PrismaticError:
             pass  # its supervisor is killed while it starts
+
+
+def test_monitor_and_link_of_impossible_pids_answer_noproc(node):
+    """Pids no process can have (0, negative, past pid_t): noproc at once, the hub unharmed."""
+    c, t = pid(node, "c"), pid(node, "t")  # t traps exits
+    for ospid in (0, -5, 2 ** 31, 2 ** 40):
+        ghost = p.Pid(c.node, ospid)
+        node.conn.call(c, ["monitor", L(ghost)])
+        node.conn.call(t, ["link", L(ghost)])
+        for who, kind in ((c, "Down"), (t, "Exit")):
+            notes = wait_until(lambda: [n for n in node.conn.call(who, ["notices"])
+                                        if n[1] == L(ghost)], 10, f"the {kind}")
+            assert notes == [[kind, L(ghost), "noproc"]]
+    assert node.conn.call(c, ["echo", 1]) == 1
