@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import errno
 import logging
 import os
 import signal
@@ -54,16 +55,6 @@ UNREPORTED_GRACE_S = 0.5  # a reported exit (with its real reason) normally come
 DEAD_LETTER_REASONS = frozenset({"noproc", "not_registered", "mailbox_full"})
 DEAD_LETTER_KINDS = frozenset({"call", "cast", "info"})
 _decoder = msgspec.msgpack.Decoder(HubRequest)
-def probe_alive(pid: Pid) -> bool:
-    """Whether ``pid``'s mailbox accepts connections (the process lives)."""
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        s.connect(mailbox_address(pid.node, pid.ospid))
-        return True
-    except OSError:
-        return False
-    finally:
-        s.close()
 
 
 class Hub:
@@ -127,7 +118,7 @@ class Hub:
         reason = self.exits.get(pid)
         if reason is not None:
             return reason
-        if pid in self.alive or probe_alive(pid):
+        if pid in self.alive or self.probe_alive(pid):
             return None
         return NoProc()
 
@@ -139,7 +130,7 @@ class Hub:
             conn.reply(HubReply(req.ref, self.registry.names.get(req.name)))
         elif isinstance(req, RegisterReq):
             holder = self.registry.names.get(req.name)
-            if holder is not None and holder != req.pid and not probe_alive(holder):
+            if holder is not None and holder != req.pid and not self.probe_alive(holder):
                 # Its replacement is registering before the old exit came up the tree.
                 self.registry, _ = _registry.decide(self.registry, _registry.Exited(holder))
             self.registry, answer = _registry.decide(self.registry,
@@ -191,6 +182,33 @@ class Hub:
                 return
             self.on_dead_letter(req)
 
+    def probe_alive(self, pid: Pid) -> bool:
+        """Whether ``pid``'s mailbox accepts connections (the process lives). Only a refused
+        connection means dead (a full accept queue is a live process); when the probe itself
+        fails (out of file descriptors, say) the process is taken as alive, with a log line
+        and a count: a wrong "dead" would fire a false DOWN or give its name away."""
+        try:
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        except OSError as exc:
+            return self.cannot_probe(pid, exc)
+        try:
+            s.setblocking(False)  # never wait on the node's loop for a busy process
+            s.connect(mailbox_address(pid.node, pid.ospid))
+            return True
+        except (ConnectionRefusedError, FileNotFoundError):
+            return False
+        except BlockingIOError:
+            return True
+        except OSError as exc:
+            return self.cannot_probe(pid, exc)
+        finally:
+            s.close()
+
+    def cannot_probe(self, pid: Pid, exc: OSError) -> bool:
+        self.counters["probe_failed"] += 1
+        log.error("hub: cannot tell whether %s lives (%s); taken as alive", pid, exc)
+        return True
+
     # ---- deaths no supervisor reports ------------------------------------------------------
 
     def watch(self, pid: Pid) -> None:
@@ -199,8 +217,14 @@ class Hub:
             return
         try:
             fd = os.pidfd_open(pid.ospid)
-        except (OSError, OverflowError):
-            return  # gone already (its report is on the way), or no such pid at all
+        except OverflowError:
+            return  # no process can have this pid
+        except OSError as exc:
+            if exc.errno not in (errno.ESRCH, errno.EINVAL):  # not "gone" or "no such pid"
+                self.counters["watch_failed"] += 1
+                log.error("hub: cannot watch %s (an unreported death of it would fire no "
+                          "monitor or link): %s", pid, exc)
+            return
         self.watched[pid] = fd
         asyncio.get_running_loop().add_reader(fd, self.watched_died, pid)
 
@@ -227,7 +251,7 @@ class Hub:
         self.waiters[pid] = [w for w in waiting if w[1] != ref or w[0] is not conn]
         if not self.waiters[pid]:
             del self.waiters[pid]
-        conn.reply(HubReply(ref, NoProc() if not probe_alive(pid) else None))
+        conn.reply(HubReply(ref, NoProc() if not self.probe_alive(pid) else None))
 
     def apply_links(self, event: Any) -> list[Any]:
         self.links, actions = _links.decide(self.links, event)

@@ -306,3 +306,4 @@ def test_monitor_and_link_of_impossible_pids_answer_noproc(node):
                                         if n[1] == L(ghost)], 10, f"the {kind}")
             assert notes == [[kind, L(ghost), "noproc"]]
     assert node.conn.call(c, ["echo", 1]) == 1
+
