@@ -26,8 +26,8 @@ import zmq
 from ._address import Pid
 from ._childspec import ChildSpec
 from ._control import (
-    UNAUTHORIZED, ControlReply, MetricsCall, NodeStatus, StatusCall, SupervisorCall, TreeCall,
-    TreeRow,
+    METRICS_FAILED, UNAUTHORIZED, ControlReply, MetricsCall, NodeStatus, StatusCall,
+    SupervisorCall, TreeCall, TreeRow,
 )
 from ._cookie import CookieRefused, read_cookie
 from ._errors import ChildSpecError, ControlError, PubSubError, StartError, SupervisorError
@@ -113,6 +113,9 @@ class NodeConnection:
                                         f"{result.detail}")
                 if result.reason == "failed_to_start_child":
                     raise StartError(result.detail, result.exit_reason)
+                if result.reason == METRICS_FAILED:
+                    raise ControlError(f"node at {self.data_dir} could not produce its "
+                                       f"metrics: {result.detail}")
                 raise SupervisorError(result.reason, result.detail)
             return result.value
 

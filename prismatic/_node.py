@@ -16,6 +16,7 @@ supervisor dies.
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import signal
 import sys
@@ -31,6 +32,8 @@ from ._process import fork_child
 from ._pubsub_wire import events_address, publish_address
 from .supervisors._runtime import SupervisorRuntime
 from .transports._channel import Channel, open_channel_pair
+
+log = logging.getLogger(__name__)
 
 __all__ = ["run_node", "load_app", "default_data_dir", "control_address", "events_address",
            "publish_address"]
@@ -85,6 +88,7 @@ def run_node(spec: SupervisorSpec, *, name: str | None = None,
     root_pid = fork_child((theirs.fileno(),), lambda: _root_main(spec, theirs, name),
                           "prism-sup:root")
     theirs.close()
+    _raise_fd_limit()
     try:
         from ._node_loop import serve  # noqa: PLC0415 - after the fork, by design
 
@@ -97,6 +101,21 @@ def run_node(spec: SupervisorSpec, *, name: str | None = None,
     finally:
         hub_sock.close()
         lock.close()
+
+
+def _raise_fd_limit() -> None:
+    """The node holds a descriptor per process it watches or talks to, and libzmq aborts the
+    whole process when it cannot get one: raise the soft limit to the hard one, as servers
+    do. Only in the node (after the tree's fork): its processes keep the limit they had."""
+    import resource  # noqa: PLC0415 - a shared library the tree's image does without
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as exc:
+            log.warning("node: cannot raise its file descriptor limit from %d to %d: %s",
+                        soft, hard, exc)
 
 
 def _root_main(spec: SupervisorSpec, channel: Channel, name: str) -> int:

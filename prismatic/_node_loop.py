@@ -36,8 +36,8 @@ import zmq.asyncio
 
 from ._address import Pid
 from ._control import (
-    UNAUTHORIZED, ControlCall, ControlReply, MetricsCall, NodeStatus, StatusCall, SupervisorCall,
-    TreeCall, TreeRow,
+    METRICS_FAILED, UNAUTHORIZED, ControlCall, ControlReply, MetricsCall, NodeStatus, StatusCall,
+    SupervisorCall, TreeCall, TreeRow,
 )
 from ._cookie import cookie_matches
 from ._errors import PrismaticError
@@ -311,7 +311,15 @@ class NodeLoop:
             asyncio.get_running_loop().create_task(self.reply_metrics(ident, call.ref))
 
     async def reply_metrics(self, ident: bytes, ref: int) -> None:
-        text = await asyncio.get_running_loop().run_in_executor(None, self.metrics.exposition)
+        try:
+            text = await asyncio.get_running_loop().run_in_executor(None,
+                                                                    self.metrics.exposition)
+        except Exception as exc:  # noqa: BLE001 - answered, logged and counted, never lost
+            self.control_errors += 1
+            log.exception("control: metrics failed (%d control errors so far)",
+                          self.control_errors)
+            self.reply(ident, ref, Err(METRICS_FAILED, repr(exc)))
+            return
         self.reply(ident, ref, Ok(text.decode()))
 
     def refuse(self, ident: bytes, ref: int, why: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -105,3 +106,20 @@ def test_ready_is_503_before_the_tree_started(tmp_path):
         assert urllib.request.urlopen(base + "/ready", timeout=5).status == 200
     finally:
         server.close()
+
+
+def test_metrics_that_cannot_be_produced_are_an_error_reply_not_a_silence(node_factory):
+    """Out of file descriptors, the node cannot read /proc or reach the workers for a scrape:
+    the caller gets an error at once (the node logs and counts it), not a timeout."""
+    n = node_factory("tests.apps:flat")
+    n.conn.metrics()  # the connection and the scrape thread exist before the limit
+    soft, hard = resource.prlimit(n.proc.pid, resource.RLIMIT_NOFILE)
+    in_use = len(os.listdir(f"/proc/{n.proc.pid}/fd"))
+    resource.prlimit(n.proc.pid, resource.RLIMIT_NOFILE, (in_use, hard))
+    try:
+        with pytest.raises(p.ControlError, match="could not produce its metrics"):
+            n.conn.metrics()
+    finally:
+        resource.prlimit(n.proc.pid, resource.RLIMIT_NOFILE, (soft, hard))
+    assert "prismatic_control_errors_total 1.0" in n.conn.metrics()
+    assert "control: metrics failed" in n.log.with_name("node.out").read_text()

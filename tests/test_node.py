@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -280,3 +281,26 @@ def test_the_hub_learns_a_subtree_died_with_its_supervisor(node_factory):
             assert msgspec.convert(reply.value, p.ExitReason) == p.Killed(signal.SIGKILL)
     finally:
         hub.close()
+
+
+def test_the_node_raises_its_own_descriptor_limit_and_only_its_own(node_factory):
+    """The node talks to and watches every process (one descriptor each; libzmq aborts when
+    it cannot get one), so it lifts its soft RLIMIT_NOFILE to the hard limit; the tree,
+    forked before, keeps the limit it was started with."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    low = min(soft, hard, 512)
+    if low == hard:
+        pytest.skip("the hard descriptor limit leaves nothing to raise")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (low, hard))
+    try:
+        n = node_factory("tests.apps:flat")
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert open_files_limit(n.proc.pid) == (hard, hard)
+    assert open_files_limit(n.conn.status().root_pid) == (low, hard)
+
+
+def open_files_limit(pid: int) -> tuple[int, int]:
+    with open(f"/proc/{pid}/limits") as f:
+        row = next(line for line in f if line.startswith("Max open files"))
+    return int(row.split()[3]), int(row.split()[4])
