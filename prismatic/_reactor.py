@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["Reactor", "Handle", "TimerHandle"]
+__all__ = ["Reactor", "Handle", "TimerHandle", "open_signal_wakeup"]
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,17 @@ class TimerHandle(Handle):
 
     def when(self) -> float:
         return self._when
+
+
+def open_signal_wakeup() -> tuple[socket.socket, socket.socket]:
+    """A non-blocking socket pair whose write end is this process's signal wakeup fd: the
+    read end turns readable with a byte per signal number, for a loop to wait on (the
+    reactor's, and a supervisor's selector loop)."""
+    r, w = socket.socketpair()
+    r.setblocking(False)
+    w.setblocking(False)
+    signal.set_wakeup_fd(w.fileno(), warn_on_full_buffer=False)
+    return r, w
 
 
 class Reactor:
@@ -126,11 +137,7 @@ class Reactor:
     def add_signal_handler(self, sig: int, callback: Callable[..., Any], *args: Any) -> None:
         """As asyncio's: ``callback`` runs from the loop, not from the signal handler."""
         if self._wakeup is None:
-            r, w = socket.socketpair()
-            r.setblocking(False)
-            w.setblocking(False)
-            signal.set_wakeup_fd(w.fileno(), warn_on_full_buffer=False)
-            self._wakeup = (r, w)
+            self._wakeup = r, _ = open_signal_wakeup()
             self.add_reader(r.fileno(), self._on_wakeup)
         self._signals[sig] = Handle(callback, args)
         signal.signal(sig, lambda *_: None)  # the wakeup fd carries it

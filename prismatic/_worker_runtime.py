@@ -53,7 +53,6 @@ __all__ = ["run_worker", "exit_code_for", "WorkerContext"]
 _HANDLERS = ("init", "handle_call", "handle_cast", "handle_info", "terminate")
 
 
-
 def exit_code_for(reason: ExitReason) -> int:
     if isinstance(reason, (Normal, Shutdown)):
         return 0

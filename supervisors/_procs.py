@@ -19,6 +19,7 @@ import logging
 import os
 import selectors
 import signal
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -33,13 +34,22 @@ from ._child import knows, spare_main
 from ._events import Phase, StartStep
 from ._zygote import Zygote, strays
 
-__all__ = ["Proc", "SpareKeeping", "PARK_MAX_S"]
+__all__ = ["Proc", "SpareKeeping", "PARK_MAX_S", "fork_with_channel"]
 
 log = logging.getLogger(__name__)
 
 _ZYGOTE_DEATHS_TOLERATED = 3  # then the supervisor forks its spares itself, and says so
 PARK_MAX_S = 0.05  # a start waits this long at most for a spare in the making, then forks
 _AHEAD = 2  # spares in the making while starts follow one another
+
+
+def fork_with_channel(main: Callable[[Channel], int], name: str) -> tuple[int, Channel]:
+    """Fork a child that runs ``main(its end of a new channel)``; return its pid and our end
+    (the child's end is closed here, so its EOF means the child is gone)."""
+    mine, theirs = open_channel_pair()
+    pid = fork_child((theirs.fileno(),), lambda: main(theirs), name)
+    theirs.close()
+    return pid, mine
 
 
 class Proc:
@@ -230,11 +240,9 @@ class SpareKeeping:
         return self.use_spares and not self.use_zygote and not self.spares and self.idle()
 
     def fork_spare(self) -> None:
-        mine, theirs = open_channel_pair()
         specs = self.static_specs()
-        pid = fork_child((theirs.fileno(),),
-                         lambda: spare_main(theirs, specs, self.path, self.node), "prism:spare")
-        theirs.close()
+        pid, mine = fork_with_channel(
+            lambda theirs: spare_main(theirs, specs, self.path, self.node), "prism:spare")
         self.add_spare(pid, mine, specs)
 
     def add_spare(self, pid: int, channel: Channel, specs: dict[str, ChildSpec]) -> None:

@@ -35,9 +35,10 @@ import msgspec
 
 from .._childspec import ChildSpec, ChildType, ShutdownKind, SupervisorSpec
 from .._exit import ExitReason, reason_from_wait_status
-from .._process import fork_child, send_signal
+from .._process import send_signal
+from .._reactor import open_signal_wakeup
 from .._worker_runtime import exit_code_for
-from ..transports._channel import Channel, open_channel_pair
+from ..transports._channel import Channel
 from ..transports._frames import (
     ExitingFrame, IgnoredFrame, LifecycleFrame, ReadyFrame, ReplyFrame, RequestFrame,
 )
@@ -47,7 +48,7 @@ from ._events import (
     Err, Exit, Exited, Ignored, Init, Op, Ready, Reply, Report, Request, ShutdownRequested,
     StartFailed, StartProc, Started, StopMany, StopProc,
 )
-from ._procs import PARK_MAX_S, Proc, SpareKeeping
+from ._procs import PARK_MAX_S, Proc, SpareKeeping, fork_with_channel
 from ._zygote import Zygote
 
 __all__ = ["SupervisorRuntime"]
@@ -89,10 +90,7 @@ class SupervisorRuntime(SpareKeeping):
     # ---- the loop ---------------------------------------------------------------------------
 
     def run(self) -> int:
-        wake_r, wake_w = socket.socketpair()
-        wake_r.setblocking(False)
-        wake_w.setblocking(False)
-        signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
+        wake_r, _wake_w = open_signal_wakeup()  # both ends live as long as this loop
         signal.signal(signal.SIGTERM, lambda *_: None)  # the wakeup fd carries it
         self.sel.register(wake_r, selectors.EVENT_READ, ("signal", wake_r))
         self.sel.register(self.parent.sock, selectors.EVENT_READ, ("parent", None))
@@ -187,11 +185,9 @@ class SupervisorRuntime(SpareKeeping):
         self.starting = proc if proc is not None else self.fork_for(key, spec)
 
     def fork_for(self, key: str, spec: ChildSpec) -> Proc:
-        mine, theirs = open_channel_pair()
         path = (*self.path, key)
-        pid = fork_child((theirs.fileno(),), lambda: run_child(spec, theirs, path, self.node),
-                         proc_name(spec, key))
-        theirs.close()
+        pid, mine = fork_with_channel(lambda theirs: run_child(spec, theirs, path, self.node),
+                                      proc_name(spec, key))
         proc = Proc(pid, mine, key, spec.type)  # type: ignore[arg-type]
         self.watch(proc)
         return proc
