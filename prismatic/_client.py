@@ -36,7 +36,7 @@ from ._node import control_address, default_data_dir
 from ._outbox import Outbox, RequestId
 from ._publisher import BackgroundPublisher
 from ._replay import replay_log, republish_log
-from ._pubsub_wire import events_address, publish_address
+from ._pubsub_wire import HELLO_PREFIX, events_address, publish_address
 from ._subscription import Subscription, await_hello
 from .supervisors._events import (
     ChildInfo, CountChildren, DeleteChild, Err, Ok, RestartChild, StartChild, StartDynamic,
@@ -314,7 +314,7 @@ class EventStream:
             if not self._sock.poll(int(timeout * 1000)):
                 return None
             frames = self._sock.recv_multipart()
-            if frames[0].startswith(b"_hello."):
+            if frames[0].startswith(HELLO_PREFIX):
                 return None  # another subscriber's hello that matched our prefix
             self._take(frames)
         return self._pending.popleft() if self._pending else None
