@@ -372,6 +372,9 @@ def test_other_node_and_bad_options_are_refused(tmp_path: Path) -> None:
             pass
 
 
+# The open log runs its writer thread, so this fork is of a multi-threaded process, which
+# Python 3.12+ warns about; the child touches no lock (it is refused before any), then _exits.
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
 def test_handle_used_after_fork_is_refused(tmp_path: Path) -> None:
     with open_event_log(str(tmp_path / "log"), node="n1") as log:
         log.append("a.b", 1, source="s")
