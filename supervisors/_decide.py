@@ -214,8 +214,7 @@ class _Draft:
                 c = self.children[i]
                 if not _clean_stop(c, event.reason):
                     self.report(LifecycleKind.SHUTDOWN_ERROR, c, event.reason)
-                self.actions.append(Report(LifecycleKind.CHILD_STOPPED, c.key, c.pid,
-                                           event.reason, c.spec.type))
+                self.report(LifecycleKind.CHILD_STOPPED, c, event.reason)
                 self.del_child(i)
             return
         self.job = _replace(job, await_start=None)
@@ -223,8 +222,7 @@ class _Draft:
         assert i is not None
         if isinstance(event, Started):
             self.put(i, ChildStatus.RUNNING, event.pid)
-            self.actions.append(Report(LifecycleKind.CHILD_STARTED, event.key, event.pid,
-                                       None, self.children[i].spec.type))
+            self.report(LifecycleKind.CHILD_STARTED, self.children[i], None)
             if job.ref is not None:
                 self.actions.append(Reply(job.ref, Ok(event.pid)))
         elif isinstance(event, Ignored):
@@ -316,8 +314,7 @@ class _Draft:
             elif any(x.spec.significant and x.status is not ChildStatus.UNDEFINED
                      for x in self.children):
                 return
-        self.actions.append(Report(LifecycleKind.AUTO_SHUTDOWN, c.key, c.pid, None,
-                                   c.spec.type))
+        self.report(LifecycleKind.AUTO_SHUTDOWN, c, None)
         self.shut_down(Shutdown("auto_shutdown"))
 
     def restart(self, i: int, now: float) -> None:
