@@ -14,7 +14,6 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-
 import typing
 from typing import Any
 
@@ -45,11 +44,9 @@ def tagged_pids(tag: str) -> list[int]:
         try:
             with open(f"/proc/{entry}/environ", "rb") as f:
                 env = f.read()
-            with open(f"/proc/{entry}/stat") as f:
-                state = f.read().rsplit(")", 1)[1].split()[0]
         except OSError:
             continue
-        if state != "Z" and needle in env:  # a node tag extends the session tag
+        if needle in env and alive(int(entry)):  # a node tag extends the session tag
             found.append(int(entry))
     return found
 
@@ -84,12 +81,17 @@ def wait_until(pred, timeout: float = 10.0, what: str = "condition") -> object:
         delay = min(delay * 2, 0.05)
 
 
-def alive(pid: int) -> bool:
+def process_state(pid: int) -> str | None:
+    """The kernel's one-letter state of ``pid`` (``Z`` for a zombie); None if it is gone."""
     try:
         with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+            return f.read().rsplit(")", 1)[1].split()[0]
     except OSError:
-        return False
+        return None
+
+
+def alive(pid: int) -> bool:
+    return process_state(pid) not in (None, "Z")
 
 
 class RunningNode:

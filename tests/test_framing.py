@@ -23,10 +23,10 @@ from prismatic._exit import Crashed, ExitCode, Killed, Normal, NoProc, Shutdown
 from prismatic._notices import Down, Exit
 from prismatic.transports import _frames as F
 from prismatic.transports import _messages as M
-from tests.conftest import assert_builds_every_member
 from prismatic.transports._framing import (
     HEADER, MAX_FRAME, WIRE_VERSION, FrameBuffer, encode_frame,
 )
+from tests.conftest import assert_builds_every_member
 
 SETTINGS = settings(max_examples=150, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])

@@ -296,11 +296,5 @@ def test_the_node_raises_its_own_descriptor_limit_and_only_its_own(node_factory)
         n = node_factory("tests.apps:flat")
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-    assert open_files_limit(n.proc.pid) == (hard, hard)
-    assert open_files_limit(n.conn.status().root_pid) == (low, hard)
-
-
-def open_files_limit(pid: int) -> tuple[int, int]:
-    with open(f"/proc/{pid}/limits") as f:
-        row = next(line for line in f if line.startswith("Max open files"))
-    return int(row.split()[3]), int(row.split()[4])
+    assert resource.prlimit(n.proc.pid, resource.RLIMIT_NOFILE) == (hard, hard)
+    assert resource.prlimit(n.conn.status().root_pid, resource.RLIMIT_NOFILE) == (low, hard)

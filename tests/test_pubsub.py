@@ -227,7 +227,6 @@ def test_run_buffer_keeps_runs_within_the_limit_and_in_order() -> None:
     from prismatic._pubsub_wire import RUN_MAX_EVENTS, RunBuffer, encode_batch, encode_payload
 
     buffer = RunBuffer()
-    sent: list[tuple[bytes, int]] = []
     seq = 0
     for size in (100, 100, 300, 1, RUN_MAX_EVENTS + 7, 50, 100):
         _, body = encode_batch("t", list(range(seq, seq + size)))

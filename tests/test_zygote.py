@@ -8,13 +8,7 @@ import signal
 
 import prismatic as p
 from prismatic._process import child_pids, process_name
-from tests.conftest import alive, wait_until
-
-
-def _state(pid: int) -> str:
-    with open(f"/proc/{pid}/stat") as f:
-        return f.read().rsplit(")", 1)[1].split()[0]
-
+from tests.conftest import alive, process_state, wait_until
 
 def _of_kind(sup: int, comm: str) -> list[int]:
     return [c for c in child_pids(sup) if process_name(c) == comm]
@@ -51,7 +45,7 @@ def test_a_killed_zygote_is_replaced_and_leaves_no_stray(node_factory):
     for _ in range(3):
         _restart(n, "w2")
     wait_until(lambda: len(_of_kind(root, "prism:spare")) == 1, 10, "exactly one spare")
-    assert not [c for c in child_pids(root) if _state(c) == "Z"]
+    assert not [c for c in child_pids(root) if process_state(c) == "Z"]
     assert {c.id for c in n.conn.which_children()} == {"w1", "w2", "w3"}
 
 
