@@ -29,7 +29,8 @@ from typing import Any
 import msgspec
 
 __all__ = ["SupervisorCall", "TreeCall", "StatusCall", "MetricsCall", "ControlCall",
-           "ControlReply", "TreeRow", "NodeStatus", "ProcessState", "UNAUTHORIZED", "METRICS_FAILED"]
+           "ControlReply", "TreeRow", "NodeStatus", "ProcessState", "UNAUTHORIZED",
+           "METRICS_FAILED"]
 
 UNAUTHORIZED = "unauthorized"  # the Err reason of a refused cookie
 METRICS_FAILED = "metrics_failed"  # the node could not produce its metrics (logged there)
