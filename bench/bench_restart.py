@@ -159,34 +159,40 @@ def bench_pool(n: int) -> tuple[float, float, float]:
             stop_node(node)
 
 
-def bench_bare_pool(n: int) -> tuple[float, float, float]:
-    """(seconds, USS of one child, busy CPU seconds per child) for n sequential bare forks."""
+def fork_ready(n: int) -> list[int]:
+    """Fork n bare children one after another, each waited for until it says ready."""
     r, w = os.pipe()
-    cpu0, t0 = busy_cpu_seconds(), time.monotonic()
     pids = []
     for _ in range(n):
         pids.append(bare_fork(w))
         os.read(r, 1)
-    elapsed = time.monotonic() - t0
-    cpu = busy_cpu_seconds() - cpu0
-    uss = uss_bytes(pids[0])
+    os.close(r)
+    os.close(w)
+    return pids
+
+
+def kill_all(pids: list[int]) -> None:
     for pid in pids:
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
+
+
+def bench_bare_pool(n: int) -> tuple[float, float, float]:
+    """(seconds, USS of one child, busy CPU seconds per child) for n sequential bare forks."""
+    cpu0, t0 = busy_cpu_seconds(), time.monotonic()
+    pids = fork_ready(n)
+    elapsed = time.monotonic() - t0
+    cpu = busy_cpu_seconds() - cpu0
+    uss = uss_bytes(pids[0])
+    kill_all(pids)
     return elapsed, uss, cpu / n
 
 
 def _forker(n: int, done: int, go: int) -> None:
-    r, w = os.pipe()
-    pids = []
-    for _ in range(n):
-        pids.append(bare_fork(w))
-        os.read(r, 1)
+    pids = fork_ready(n)
     os.write(done, b"d")
     os.read(go, 1)  # the bench has its time: kill and reap our children, then exit
-    for pid in pids:
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
+    kill_all(pids)
 
 
 def bench_bare_pool_parallel(n: int, forkers: int) -> float:
