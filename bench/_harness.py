@@ -44,5 +44,5 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> Non
     cells = [[str(c) for c in row] for row in rows]
     widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
     for row in (list(headers), *cells):
-        middle = [c.rjust(w) for c, w in zip(row[1:-1], widths[1:-1])]
+        middle = [c.rjust(w) for c, w in zip(row[1:-1], widths[1:-1], strict=True)]
         print("  ".join([row[0].ljust(widths[0]), *middle, row[-1]]))

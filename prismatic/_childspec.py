@@ -19,7 +19,7 @@ import enum
 import importlib
 import math
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 from msgspec.structs import force_setattr
@@ -157,6 +157,12 @@ class ChildSpec(msgspec.Struct, frozen=True, kw_only=True):
     type: ChildType | None = None
     significant: bool = False
 
+    if TYPE_CHECKING:  # what the constructor accepts; __post_init__ normalizes it
+        def __init__(self, *, id: str, start: Any, args: tuple[Any, ...] | list[Any] = ...,
+                     restart: RestartType | str = ...,
+                     shutdown: float | ShutdownKind | str | None = ...,
+                     type: ChildType | str | None = ..., significant: bool = ...) -> None: ...
+
     def __post_init__(self) -> None:
         _valid_id(self.id)
         start = _valid_start(self.start)
@@ -191,6 +197,10 @@ class SupFlags(msgspec.Struct, frozen=True, kw_only=True):
     period: float = 5.0
     auto_shutdown: AutoShutdown = AutoShutdown.NEVER
 
+    if TYPE_CHECKING:  # what the constructor accepts; __post_init__ normalizes it
+        def __init__(self, *, strategy: Strategy | str = ..., intensity: int = ...,
+                     period: float = ..., auto_shutdown: AutoShutdown | str = ...) -> None: ...
+
     def __post_init__(self) -> None:
         force_setattr(self, "strategy", _as_enum(Strategy, "strategy", self.strategy))
         _valid_intensity(self.intensity)
@@ -208,6 +218,10 @@ class SupervisorSpec(msgspec.Struct, frozen=True, kw_only=True):
 
     flags: SupFlags = SupFlags()
     children: tuple[ChildSpec, ...] = ()
+
+    if TYPE_CHECKING:  # what the constructor accepts; __post_init__ normalizes it
+        def __init__(self, *, flags: SupFlags = ...,
+                     children: tuple[ChildSpec, ...] | list[ChildSpec] = ...) -> None: ...
 
     def __post_init__(self) -> None:
         if not isinstance(self.flags, SupFlags):

@@ -57,9 +57,10 @@ def _process_path() -> str:
 
 class _JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
+        ctx = record.__dict__  # node, pid and sup_path: set by _Context, as %(node)s reads them
         doc = {"ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(record.created))
                + f".{int(record.msecs):03d}", "level": record.levelname,
-               "node": record.node, "pid": record.pid, "path": record.sup_path,
+               "node": ctx["node"], "pid": ctx["pid"], "path": ctx["sup_path"],
                "logger": record.name, "msg": record.getMessage()}
         if record.exc_info:
             doc["exc"] = self.formatException(record.exc_info)

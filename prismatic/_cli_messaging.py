@@ -98,7 +98,7 @@ def _delivery_errors(state: CliState, timeout: float) -> Iterator[None]:
         raise CliError(str(exc), ExitCode.REFUSED) from None
 
 
-def _timeout_option(default: float, what: str) -> Any:
+def _timeout_option(default: float | None, what: str) -> Any:
     return click.option("--timeout", type=click.FloatRange(0, min_open=True), default=default,
                         show_default=True, metavar="SECONDS", help=what)
 

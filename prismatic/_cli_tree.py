@@ -124,10 +124,10 @@ def tree(state: CliState, as_json: bool) -> None:
         print_json(lines)
         return
     print_table(["path", "pid", "type", "state", "restarts", "uptime", "uss", "last exit"],
-                [(("  " * l.path.count("/") + l.path.rsplit("/", 1)[-1]) if l.path != "root"
-                  else "root", l.pid, l.type, l.state.value, l.restarts,
-                  human_seconds(l.uptime), human_bytes(l.uss_bytes), l.last_exit)
-                 for l in lines])
+                [(("  " * r.path.count("/") + r.path.rsplit("/", 1)[-1]) if r.path != "root"
+                  else "root", r.pid, r.type, r.state.value, r.restarts,
+                  human_seconds(r.uptime), human_bytes(r.uss_bytes), r.last_exit)
+                 for r in lines])
 
 
 # ---- children -----------------------------------------------------------------------------------

@@ -8,7 +8,8 @@ and the value, so a one-line report is enough to fix the input.
 
 from __future__ import annotations
 
-from ._exit import NoProc
+from ._address import Pid
+from ._exit import ExitReason, NoProc
 
 __all__ = [
     "PrismaticError",
@@ -95,7 +96,7 @@ class TopicError(PrismaticError, ValueError):
 class CallError(PrismaticError):
     """A message could not be delivered or a call got no reply; ``dest`` is the target."""
 
-    def __init__(self, dest: object, problem: str) -> None:
+    def __init__(self, dest: Pid | str, problem: str) -> None:
         self.dest = dest
         super().__init__(f"{dest}: {problem}")
 
@@ -107,7 +108,7 @@ class CallTimeout(CallError):
 class ProcessDown(CallError):
     """The callee exited before replying; ``reason`` is its :data:`ExitReason`."""
 
-    def __init__(self, dest: object, reason: object, problem: str | None = None) -> None:
+    def __init__(self, dest: Pid | str, reason: ExitReason, problem: str | None = None) -> None:
         self.reason = reason
         super().__init__(dest, problem or f"exited before replying: {reason}")
 
@@ -115,7 +116,7 @@ class ProcessDown(CallError):
 class NoProcError(ProcessDown):
     """No process by that pid or registered name (OTP's ``noproc``)."""
 
-    def __init__(self, dest: object) -> None:
+    def __init__(self, dest: Pid | str) -> None:
         super().__init__(dest, NoProc(), "no such process")
 
 

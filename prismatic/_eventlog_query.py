@@ -88,11 +88,12 @@ def _decode(store: LogStore, value: bytes, decode: Any = _decode_record) -> Even
     try:
         return decode(value)
     except (ValueError, RecursionError) as exc:  # DecodeError, bad UTF-8, bottomless
-        raise EventLogFormatError(f"event log {store.path} holds a corrupted record: {exc}") from exc
+        raise EventLogFormatError(
+            f"event log {store.path} holds a corrupted record: {exc}") from exc
 
 
 def _decode_all(store: LogStore, values: list[bytes], raw: bool = False) -> list[EventRecord]:
-    decode = _decode_raw_record if raw else _decode_record
+    decode: Any = _decode_raw_record if raw else _decode_record  # raw: RawEventRecord
     try:
         return list(map(decode, values))
     except (ValueError, RecursionError):
@@ -142,7 +143,7 @@ def _scan_events(store: LogStore, flt: EventFilter, raw: bool = False) -> Iterat
 
 
 def _posting_seqs(
-    store: LogStore, db: object, prefix: bytes, flt: EventFilter, name_ok: Callable[[bytes], bool]
+    store: LogStore, db: Any, prefix: bytes, flt: EventFilter, name_ok: Callable[[bytes], bool]
 ) -> list[int]:
     seqs: list[int] = []
     with store.read_txn() as txn:
@@ -188,7 +189,8 @@ def _fetch(store: LogStore, seqs: list[int], flt: EventFilter,
             get = txn.get
             events = store.events
             # A candidate may have been deleted by retention since planning: skip it.
-            values = [v for v in (get(pack_u64(s), db=events) for s in seqs[at : at + _FETCH_CHUNK]) if v]
+            values = [v for v in (get(pack_u64(s), db=events)
+                                  for s in seqs[at : at + _FETCH_CHUNK]) if v]
         yield from filter(flt.accepts, _decode_all(store, values, raw))
 
 

@@ -107,7 +107,7 @@ class LogStore:
             )
 
     @contextlib.contextmanager
-    def read_txn(self) -> Iterator[lmdb.Transaction]:
+    def read_txn(self) -> Iterator[lmdb.Transaction[bytes]]:
         """A short read transaction; adopts a map grown by another process if needed."""
         self.check_pid()
         self.resize_lock.acquire_shared()
@@ -162,7 +162,8 @@ def _read_meta(path: str, env: lmdb.Environment) -> dict[bytes, bytes]:
                 try:
                     msgspec.msgpack.decode(cursor.value(), type=EventRecord)
                 except (ValueError, RecursionError) as exc:  # DecodeError, bad UTF-8...
-                    raise _format_error(path, f"corrupted record at key {cursor.key()!r}: {exc}")
+                    raise _format_error(
+                        path, f"corrupted record at key {cursor.key()!r}: {exc}") from exc
     return meta
 
 

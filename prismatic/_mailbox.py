@@ -34,6 +34,8 @@ from .transports._messages import MailboxFrame
 if TYPE_CHECKING:
     import asyncio
 
+    from ._reactor import Reactor
+
 __all__ = ["Mailbox", "Inbound"]
 
 log = logging.getLogger(__name__)
@@ -80,13 +82,13 @@ class Mailbox:
         self.listener.listen(4096)
         self.listener.setblocking(False)
         self.conns: dict[int, Inbound] = {}
-        self.loop: asyncio.AbstractEventLoop | None = None
+        self.loop: asyncio.AbstractEventLoop | Reactor | None = None
         self.on_frame: Callable[[Inbound, Any], None] = lambda conn, frame: None
         self.paused = False
         self.bad_frames = 0
         self.refused = 0
 
-    def attach(self, loop: asyncio.AbstractEventLoop,
+    def attach(self, loop: asyncio.AbstractEventLoop | Reactor,
                on_frame: Callable[[Inbound, Any], None]) -> None:
         self.loop = loop
         self.on_frame = on_frame

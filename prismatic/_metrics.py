@@ -201,7 +201,7 @@ class _MailboxCollector:
             refused.add_metric([path], s.refused)
             counts, total, _ = s.call_latency
             cumulative, buckets = 0, []
-            for bound, count in zip((*BUCKETS, float("inf")), counts):
+            for bound, count in zip((*BUCKETS, float("inf")), counts, strict=False):
                 cumulative += count
                 buckets.append((floatToGoString(bound), cumulative))
             latency.add_metric([path], buckets, total)
@@ -228,6 +228,7 @@ class MetricsServer:
         self._server = server
         self._thread = thread
         host, port = server.server_address[:2]
+        assert isinstance(host, str)  # an AF_INET(6) address
         self.port = port
         self.url = f"http://{host}:{port}/metrics"
 

@@ -71,7 +71,7 @@ _call_decoder = msgspec.msgpack.Decoder(ControlCall)
 def serve(name: str, data: Path, root: Channel, root_pid: int, show_tree: bool, out: TextIO,
           cookie: str, hub_sock: socket.socket, metrics_port: int, metrics_host: str) -> int:
     # Opened only now, after the node's one fork (LMDB must never cross a fork).
-    with open_event_log(data / "eventlog", node=name) as event_log:
+    with open_event_log(str(data / "eventlog"), node=name) as event_log:
         node = NodeLoop(name, data, root, root_pid, show_tree, out, event_log, cookie)
         return uvloop.run(node.main(hub_sock, metrics_port, metrics_host))
 

@@ -117,7 +117,7 @@ def _lowest(keep: tuple[int, ...]) -> int:
 def _gaps(keep: tuple[int, ...]) -> list[tuple[int, int]]:
     """Ranges strictly between and above the kept fds, for closerange."""
     ks = sorted(keep)
-    gaps = [(a + 1, b) for a, b in zip(ks, ks[1:]) if b > a + 1]
+    gaps = [(a + 1, b) for a, b in zip(ks, ks[1:], strict=False) if b > a + 1]
     if ks:
         gaps.append((ks[-1] + 1, 1 << 20))
     return gaps

@@ -79,7 +79,7 @@ class TreeView:
             if p:
                 kids.setdefault(p[:-1], []).append(p)
         out: list[TreeEntry] = []
-        stack = [()]
+        stack: list[tuple[str, ...]] = [()]
         while stack:
             p = stack.pop()
             out.append(self.entries[p])

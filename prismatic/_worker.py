@@ -18,6 +18,7 @@ A normal stop is explicit: raise :class:`Stop` (default reason ``Normal()``).
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from typing import Any
 
 from ._errors import EventLogError
@@ -56,21 +57,21 @@ class Worker:
     #: senders then block until their timeout and get :class:`~prismatic.MailboxFull`).
     mailbox_limit: int = 10_000
 
-    def init(self, *args: Any) -> None:
+    def init(self, *args: Any) -> Awaitable[None] | None:
         """Set up state; return to report the process started."""
 
     def handle_call(self, msg: Any, caller: Any) -> Any:
         """Answer a call; the return value is the reply."""
         raise NotImplementedError(f"{type(self).__name__} does not handle calls: {msg!r}")
 
-    def handle_cast(self, msg: Any) -> None:
+    def handle_cast(self, msg: Any) -> Awaitable[None] | None:
         """Handle a one-way request."""
 
-    def handle_info(self, msg: Any) -> None:
+    def handle_info(self, msg: Any) -> Awaitable[None] | None:
         """Handle any other message: timers from ``send_after``, DOWN and EXIT notices,
         :class:`~prismatic.Event` from :meth:`subscribe`."""
 
-    def terminate(self, reason: ExitReason) -> None:
+    def terminate(self, reason: ExitReason) -> Awaitable[None] | None:
         """Clean up before the process exits with ``reason``."""
 
     # Services the runtime provides to a running worker.

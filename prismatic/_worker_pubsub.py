@@ -47,6 +47,8 @@ if TYPE_CHECKING:
 
     import zmq
 
+    from ._reactor import Reactor
+
 __all__ = ["WorkerPubSub", "CLOSE_LINGER_MS", "DRAIN_BUDGET"]
 
 log = logging.getLogger(__name__)
@@ -62,7 +64,7 @@ class WorkerPubSub:
     def __init__(self, deliver: Callable[[Any], None]) -> None:
         self._deliver = deliver
         self._pid = os.getpid()
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop: asyncio.AbstractEventLoop | Reactor | None = None
         self._ctx: zmq.Context | None = None
         self._push: zmq.Socket | None = None
         self._sub: zmq.Socket | None = None
@@ -203,7 +205,7 @@ class WorkerPubSub:
 
     # ---- the runtime's hooks ------------------------------------------------------------------
 
-    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+    def attach(self, loop: asyncio.AbstractEventLoop | Reactor) -> None:
         """The worker's loop exists now: arm the reader, send what ``init`` published."""
         self._loop = loop
         if self._sub is not None:

@@ -48,6 +48,8 @@ from .transports._messages import (
 if TYPE_CHECKING:
     import asyncio
 
+    from ._reactor import TimerHandle as ReactorTimerHandle
+
 __all__ = ["run_worker", "exit_code_for", "WorkerContext"]
 
 _HANDLERS = ("init", "handle_call", "handle_cast", "handle_info", "terminate")
@@ -140,7 +142,7 @@ class WorkerContext:
         self.mailbox.loop = loop
         if self._pubsub is not None:
             self._pubsub.move_to(loop)
-        if self.stop_reason is not None:
+        if self.stop_reason is not None and self.stopped is not None:  # set by use_asyncio
             self.stopped.set()
         return loop
 
@@ -169,12 +171,14 @@ class WorkerContext:
             return
         self.received += 1
         self.queue.append((conn, frame))
+        assert self.worker is not None  # run_worker sets it before serve()
         if len(self.queue) >= self.worker.mailbox_limit:
             self.mailbox.pause()
         self.pump()
 
     def pump(self) -> None:
         queue = self.queue
+        assert self.worker is not None
         while queue and not self.busy and self.stop_reason is None:
             conn, frame = queue.popleft()
             if self.mailbox.paused and len(queue) < self.worker.mailbox_limit // 2:
@@ -189,7 +193,9 @@ class WorkerContext:
 
     def dispatch(self, conn: Inbound | None, frame: Any) -> None:
         worker = self.worker
+        assert worker is not None
         if isinstance(frame, CallFrame):
+            assert conn is not None  # a call arrives on a connection
             if frame.to_name is not None and frame.to_name not in self.names:
                 conn.reply(CallRefused(frame.ref, "not_registered"))
                 return
@@ -221,7 +227,7 @@ class WorkerContext:
         async def finish() -> None:
             try:
                 value = await pending
-                if conn is not None:
+                if conn is not None and ref is not None:
                     conn.reply(CallReply(ref, value))
             except Stop as stop:
                 self.stop(stop.reason)
@@ -234,7 +240,8 @@ class WorkerContext:
 
         loop.create_task(finish())
 
-    def send_after(self, delay: float, msg: Any) -> asyncio.TimerHandle | None:
+    def send_after(self, delay: float,
+                   msg: Any) -> asyncio.TimerHandle | ReactorTimerHandle | None:
         if self.loop is None:
             # Armed when the loop starts, right after ready: late by well under a millisecond.
             self.timers.append((delay, msg))

@@ -65,7 +65,7 @@ def rehearse_start(specs: dict[str, ChildSpec]) -> None:
         if isinstance(start, str):
             continue  # resolving it may import: done by the child it is meant for
         if isinstance(start, type) and issubclass(start, Worker):
-            (start.init, start.handle_call, start.handle_cast, start.handle_info)
+            _ = (start.init, start.handle_call, start.handle_cast, start.handle_info)
         inspect.isawaitable(start)
 
 

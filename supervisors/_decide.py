@@ -26,8 +26,8 @@ from .._errors import ChildSpecError
 from .._exit import ExitReason, Killed, Normal, Shutdown, describe, is_abnormal
 from ._events import (
     Child, ChildInfo, ChildStatus, CountChildren, DeleteChild, Err, Exit, ExitStep, Exited,
-    FailMode, Ignored, Init, Job, LifecycleKind, Ok, Phase, Ready, ReadyStep, Reply, ReplyStep, Report,
-    Request, RestartChild, ShutdownRequested, StartChild, StartDynamic, StartFailed,
+    FailMode, Ignored, Init, Job, LifecycleKind, Ok, Phase, Ready, ReadyStep, Reply, ReplyStep,
+    Report, Request, RestartChild, ShutdownRequested, StartChild, StartDynamic, StartFailed,
     StartProc, StartStep, Started, StopAllStep, StopMany, StopProc, StopStep,
     SupervisorState, TerminateChild, TryAgain, WhichChildren,
 )
@@ -260,6 +260,7 @@ class _Draft:
             self.shut_down(Shutdown(detail))
 
     def report(self, kind: LifecycleKind, c: Child, reason: ExitReason | None) -> None:
+        assert c.spec.type is not None  # ChildSpec.__post_init__ resolved it
         self.actions.append(Report(kind, c.key, c.pid, reason, c.spec.type))
 
     # ---- events when idle -------------------------------------------------------------------

@@ -21,14 +21,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import prismatic as p
+
 # A fixed example sequence by default, so a CI run is reproducible and a merge is never
 # blocked by a fresh random find; PRISMATIC_HYPOTHESIS=explore draws new examples (run it
 # locally and pin whatever it finds as a plain test).
 settings.register_profile("fixed", derandomize=True)
 settings.register_profile("explore", derandomize=False)
 settings.load_profile(os.environ.get("PRISMATIC_HYPOTHESIS", "fixed"))
-
-import prismatic as p
 
 REPO = Path(__file__).resolve().parent.parent
 SESSION_TAG = f"prismatic-test-{uuid.uuid4().hex[:12]}"

@@ -49,7 +49,7 @@ def test_acknowledged_emits_survive_sigkill_of_the_node(tmp_path):
                        data_dir=tmp_path / "data")
         stop = threading.Event()
 
-        def emitter() -> None:
+        def emitter(n=n, stop=stop, round_=round_) -> None:
             while not stop.is_set():
                 try:
                     acked.append(n.conn.emit("stress.tick", {"round": round_}))
@@ -58,7 +58,8 @@ def test_acknowledged_emits_survive_sigkill_of_the_node(tmp_path):
 
         t = threading.Thread(target=emitter)
         t.start()
-        wait_until(lambda: len(acked) > 50 * (round_ + 1), 20, "some acknowledged emits")
+        wait_until(lambda round_=round_: len(acked) > 50 * (round_ + 1), 20,
+                   "some acknowledged emits")
         with p.connect(n.data_dir) as own:  # n.conn belongs to the emitter thread
             root = own.status().root_pid
         os.killpg(os.getpgid(root), signal.SIGKILL)

@@ -140,7 +140,7 @@ def bad_bodies(union: str) -> st.SearchStrategy[bytes]:
 
 def split(data: bytes, cuts: list[int]) -> list[bytes]:
     points = sorted({c % (len(data) + 1) for c in cuts})
-    return [data[a:b] for a, b in zip([0, *points], [*points, len(data)])]
+    return [data[a:b] for a, b in zip([0, *points], [*points, len(data)], strict=True)]
 
 
 def feed_all(fb: FrameBuffer, chunks: list[bytes]) -> list[Any]:

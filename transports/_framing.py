@@ -49,7 +49,7 @@ class FrameBuffer:
 
     __slots__ = ("buf", "decoder", "bad_frames", "broken", "what", "_warning")
 
-    def __init__(self, decoder: msgspec.msgpack.Decoder, what: str) -> None:
+    def __init__(self, decoder: msgspec.msgpack.Decoder[Any], what: str) -> None:
         self.buf = bytearray()
         self.decoder = decoder
         self.bad_frames = 0
