@@ -185,3 +185,21 @@ def test_doc_blocks_run(doc: Path, scratch: Scratch) -> None:
     for b in blocks(doc):
         if b.action:
             scratch.run(b)
+
+
+def test_systemd_unit_starts_the_node_with_real_options() -> None:
+    """examples/prismatic.service runs the node in the foreground with options it has."""
+    unit = (REPO / "examples" / "prismatic.service").read_text()
+    exec_start = next(line.split("=", 1)[1] for line in unit.splitlines()
+                      if line.startswith("ExecStart="))
+    args = shlex.split(exec_start)
+    assert args[1:3] == ["-m", "prismatic.node"] and "--detach" not in args
+    options = [a for a in args if a.startswith("--")]
+    assert "--quiet" in options
+    helped = subprocess.run([sys.executable, "-m", "prismatic.node", "--help"], cwd=REPO,
+                            capture_output=True, text=True, timeout=30)
+    assert helped.returncode == 0, helped.stderr
+    unknown = [o for o in options if not re.search(rf"^\s+{re.escape(o)}\b", helped.stdout,
+                                                   re.MULTILINE)]
+    assert not unknown, f"options the node does not have: {unknown}"
+    assert "KillMode=mixed" in unit  # SIGTERM to the node alone: the tree stops in order
