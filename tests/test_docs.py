@@ -38,7 +38,7 @@ import pytest
 from tests.conftest import REPO, SESSION_TAG, tagged_pids, wait_until
 
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
-FENCE = re.compile(r"^(`{3,})(.*)$")
+FENCE = re.compile(r"^(\s*)(`{3,}|~{3,})(.*)$")
 MARK = re.compile(r"^<!--\s*(not run:.+|doc-test:.+?)\s*-->$")
 RUN_KINDS = ("file", "node", "run")
 
@@ -72,13 +72,14 @@ def blocks(doc: Path) -> list[Block]:
         if not m:
             i += 1
             continue
-        fence, info = m.group(1), m.group(2).strip()
+        indent, fence, info = len(m.group(1)), m.group(2), m.group(3).strip()
         end = next((j for j in range(i + 1, len(lines)) if lines[j].strip() == fence), None)
         assert end is not None, f"{doc.name}:{i + 1}: fence never closed"
         prev = next((lines[j].strip() for j in range(i - 1, -1, -1) if lines[j].strip()), "")
         mark = MARK.match(prev)
+        text = "".join(line[indent:] + "\n" for line in lines[i + 1:end])  # a fence in a list
         found.append(Block(doc, i + 1, info.split()[0] if info else "",
-                           mark.group(1) if mark else None, "\n".join(lines[i + 1:end]) + "\n"))
+                           mark.group(1) if mark else None, text))
         i = end + 1
     return found
 
