@@ -4,8 +4,14 @@ Nested supervisors with different strategies, and workers that crash now and the
 printed tree shows restarts (and, every so often, a one_for_all / rest_for_one restart).
 The pipeline passes messages: ``source`` casts a number to the process registered as
 ``transform`` twice a second, which casts its double to ``sink``; ask the sink from a shell
-with ``prismatic call sink total``. While ``transform`` restarts, ``source``'s casts become
-dead letters (counted, logged, kept in the event log).
+with ``prismatic call sink total``.
+
+``transform`` crashes now and then and takes a second to warm up before it registers its
+name (as a worker that loads a model or fills a cache would). The pipeline is
+``rest_for_one`` in the order sink, source, transform: a crashed ``transform`` is restarted
+alone, ``source`` keeps casting, and its casts during the warm-up become dead letters
+(``deadletter.not_registered``: counted, logged, kept in the event log; watch them with
+``prismatic subscribe 'deadletter.#'``). A ``sink`` crash would restart all three.
 """
 
 from __future__ import annotations
@@ -63,11 +69,18 @@ class Source(Worker):
 
 
 class Transform(Flaky):
-    """Registered as ``transform``: doubles what it gets, for ``sink``; crashes now and then."""
+    """Registered as ``transform`` once warmed up (``warmup`` seconds after it started):
+    doubles what it gets, for ``sink``; crashes now and then."""
 
-    def init(self, low: float = 2.0, high: float = 8.0) -> None:
-        super().init(low, high)
-        self.register("transform")
+    def init(self, low: float = 2.0, high: float = 8.0, warmup: float = 1.0) -> None:
+        super().init(low + warmup, high + warmup)
+        self.send_after(warmup, "warm")
+
+    def handle_info(self, msg: object) -> None:
+        if msg == "warm":
+            self.register("transform")
+        else:
+            super().handle_info(msg)
 
     def handle_cast(self, msg: object) -> None:
         self.cast("sink", msg * 2 if isinstance(msg, int) else msg)
@@ -98,8 +111,8 @@ def demo_tree() -> SupervisorSpec:
     pipeline = SupervisorSpec(
         flags=SupFlags(strategy="rest_for_one", intensity=5, period=30),
         children=[ChildSpec(id="sink", start=Sink),
-                  ChildSpec(id="transform", start=Transform),
-                  ChildSpec(id="source", start=Source)])
+                  ChildSpec(id="source", start=Source),
+                  ChildSpec(id="transform", start=Transform)])
     return SupervisorSpec(
         flags=SupFlags(strategy="one_for_one", intensity=10, period=60),
         children=[ChildSpec(id="frontends", start=frontends),

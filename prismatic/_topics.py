@@ -1,6 +1,6 @@
 """Topic names and topic patterns, shared by pub/sub and the event log.
 
-A *topic* is one or more dot-separated words, e.g. ``supervisor.root.worker1.restarted``.
+A *topic* is one or more dot-separated words, e.g. ``supervisor.root.worker1.child_exited``.
 A word is 1+ characters from ``A-Z a-z 0-9 _ - : @ / + = $``; topics are at most
 :data:`MAX_TOPIC_LENGTH` characters (the event log stores them inside LMDB keys).
 
