@@ -13,8 +13,9 @@ is not one frame, is dropped (there is no ref to answer), logged (throttled, nod
 counted as a bad frame (``prismatic_bad_frames_control_total``).
 
 Limits: the node's ROUTER refuses a frame over :data:`CONTROL_MAX_BYTES` (``ZMQ_MAXMSGSIZE``:
-libzmq drops that peer's connection before the frame is buffered, let alone checked), and
-queues at most :data:`CONTROL_HWM` requests per peer (beyond that the peer's sends wait).
+libzmq drops that peer's connection before the frame is buffered, let alone checked); the
+client refuses to send one (``ControlError``). No ``ZMQ_RCVHWM`` below libzmq's default is
+set: on a ROUTER a lower one made libzmq drop messages uncounted.
 
 =============  =====================================  ===========================================
 call (tag)     fields                                 Ok value
@@ -35,12 +36,11 @@ import msgspec
 
 __all__ = ["SupervisorCall", "TreeCall", "StatusCall", "MetricsCall", "ControlCall",
            "ControlReply", "TreeRow", "NodeStatus", "ProcessState", "UNAUTHORIZED",
-           "METRICS_FAILED", "CONTROL_MAX_BYTES", "CONTROL_HWM"]
+           "METRICS_FAILED", "CONTROL_MAX_BYTES"]
 
 UNAUTHORIZED = "unauthorized"  # the Err reason of a refused cookie
 METRICS_FAILED = "metrics_failed"  # the node could not produce its metrics (logged there)
-CONTROL_MAX_BYTES = 4 * 1024 * 1024  # a start_child with large args fits; 100 MiB does not
-CONTROL_HWM = 64  # requests queued per client before its sends wait
+CONTROL_MAX_BYTES = 1024 * 1024  # a start_child with large args fits; 100 MiB does not
 
 
 class SupervisorCall(msgspec.Struct, frozen=True, tag="supervisor"):

@@ -39,7 +39,7 @@ import zmq.asyncio
 
 from ._address import Pid
 from ._control import (
-    CONTROL_HWM, CONTROL_MAX_BYTES, METRICS_FAILED, UNAUTHORIZED, ControlCall, ControlReply,
+    CONTROL_MAX_BYTES, METRICS_FAILED, UNAUTHORIZED, ControlCall, ControlReply,
     MetricsCall, NodeStatus, StatusCall, SupervisorCall, TreeCall, TreeRow,
 )
 from ._cookie import cookie_matches
@@ -120,9 +120,8 @@ class NodeLoop:
         ctx = zmq.asyncio.Context()
         self.control = ctx.socket(zmq.ROUTER)
         # Capped before the cookie is checked: libzmq drops a peer whose frame is larger
-        # (its connection, not the node), and a slow reader pushes back on the sender.
+        # (its connection, not the node) as soon as the frame's header arrives.
         self.control.setsockopt(zmq.MAXMSGSIZE, CONTROL_MAX_BYTES)
-        self.control.setsockopt(zmq.RCVHWM, CONTROL_HWM)
         (self.data / "control.sock").unlink(missing_ok=True)  # stale: we hold the node lock
         self.control.bind(control_address(self.data))
         self.forwarder = Forwarder(zmq.Context(shadow=ctx), self.data, self.tasks.caught)

@@ -8,8 +8,6 @@ import logging
 import urllib.error
 import urllib.request
 
-import pytest
-
 from prismatic._metrics import NodeMetrics, serve_metrics
 from prismatic._node_tasks import NodeTasks
 
