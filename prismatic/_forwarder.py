@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -87,6 +88,8 @@ class Forwarder:
         self.pull.setsockopt(zmq.LINGER, 0)
         self.pull.setsockopt(zmq.MAXMSGSIZE, PUBLISH_MAX_BYTES)
         self.pull.bind(publish_address(data))
+        for name in ("events.sock", "publish.sock"):  # no cookie here: the file mode is the lock
+            os.chmod(data / name, 0o600)
 
     def start(self, loop: asyncio.AbstractEventLoop,
               guarded: Callable[[str, Callable[[], None]], Callable[[], None]] = lambda n, f: f,

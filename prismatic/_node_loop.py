@@ -124,6 +124,9 @@ class NodeLoop:
         self.control.setsockopt(zmq.MAXMSGSIZE, CONTROL_MAX_BYTES)
         (self.data / "control.sock").unlink(missing_ok=True)  # stale: we hold the node lock
         self.control.bind(control_address(self.data))
+        # Only the node's user may connect (connect needs write permission on the file),
+        # whatever the umask: the cookie is the second lock, not the only one.
+        os.chmod(self.data / "control.sock", 0o600)
         self.forwarder = Forwarder(zmq.Context(shadow=ctx), self.data, self.tasks.caught)
         self.forwarder.start(loop, self.tasks.guarded)
         loop.add_reader(self.root.fileno(), self.tasks.guarded("root channel", self.on_root))

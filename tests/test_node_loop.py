@@ -35,6 +35,11 @@ def vm_kib(pid: int, field: str) -> int:
         return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
 
 
+def test_only_the_nodes_user_may_connect_to_its_zeromq_sockets(node):
+    for name in ("control.sock", "publish.sock", "events.sock"):
+        assert (node.data_dir / name).stat().st_mode & 0o777 == 0o600, name
+
+
 def test_a_two_frame_message_does_not_end_the_control_task(node):
     """Issue 11.1: a DEALER sending ``[b"a", b"b"]`` ended the control task (every later
     request timed out); now it is dropped, counted and logged, once per interval, however
