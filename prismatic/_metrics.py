@@ -44,6 +44,7 @@ from prometheus_client.utils import floatToGoString
 
 from ._latency import BUCKETS
 from ._mailbox_stats import MailboxStats
+from ._throttle import throttle_for
 
 from ._process import uss_bytes
 from .transports._frames import LifecycleFrame
@@ -273,7 +274,13 @@ def serve_metrics(metrics: NodeMetrics, port: int, host: str = "127.0.0.1") -> M
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
         path = environ.get("PATH_INFO", "")
         if path == "/metrics":
-            return prom(environ, start_response)
+            try:
+                return prom(environ, start_response)
+            except Exception as exc:  # noqa: BLE001 - a failed scrape must not go unseen
+                metrics.task_errors.labels("metrics http").inc()
+                throttle_for(log, "metrics http").warn("metrics http: a scrape failed: %r",
+                                                       exc, exc_info=exc)
+                return _plain(start_response, "500 Internal Server Error", repr(exc))
         if path in ("/health", "/ready"):
             problem = metrics.health_problem()
             if not problem and path == "/ready" and not metrics.ready:

@@ -149,3 +149,27 @@ def test_metrics_that_cannot_be_produced_are_an_error_reply_not_a_silence(node_f
         resource.prlimit(n.proc.pid, resource.RLIMIT_NOFILE, (soft, hard))
     assert "prismatic_control_errors_total 1.0" in n.conn.metrics()
     assert "control: metrics failed" in n.log.with_name("node.out").read_text()
+
+
+def test_a_scrape_that_fails_is_a_500_logged_and_counted(caplog):
+    calls = []
+
+    def broken() -> dict[str, float]:  # fails the first scrape only
+        calls.append(1)
+        if len(calls) == 1:
+            raise OSError("cannot read /proc")
+        return {}
+
+    from prismatic._metrics import NodeMetrics, serve_metrics
+
+    metrics = NodeMetrics("unit", lambda: [], broken, lambda: {})
+    server = serve_metrics(metrics, 0)
+    try:
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(server.url, timeout=5)
+        assert info.value.code == 500 and "cannot read /proc" in info.value.read().decode()
+    finally:
+        server.close()
+    assert metrics.registry.get_sample_value("prismatic_node_task_errors_total",
+                                             {"task": "metrics http"}) == 1
+    assert any("a scrape failed" in r.getMessage() for r in caplog.records)
