@@ -130,7 +130,7 @@ class NodeLoop:
         self.forwarder = Forwarder(zmq.Context(shadow=ctx), self.data, self.tasks.caught)
         self.forwarder.start(loop, self.tasks.guarded)
         loop.add_reader(self.root.fileno(), self.tasks.guarded("root channel", self.on_root))
-        loop.add_reader(self.root_pidfd, self.tasks.guarded("root exit", self.on_root_exit))
+        loop.add_reader(self.root_pidfd, self.on_root_exit)
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self.stop)
         self.tasks.start("control", self.serve_control())
@@ -266,6 +266,14 @@ class NodeLoop:
             log.error("event log append failed (%d so far): %s", self.log_errors, exc)
 
     def on_root_exit(self) -> None:
+        try:
+            self.root_exited()
+        except Exception as exc:  # noqa: BLE001 - the node must still end: a hang would hide it
+            self.tasks.died("root exit", repr(exc), exc)
+            if not self.done.done():
+                self.done.set_result(1)
+
+    def root_exited(self) -> None:
         loop = asyncio.get_running_loop()
         loop.remove_reader(self.root_pidfd)
         _, status = os.waitpid(self.root_pid, 0)
