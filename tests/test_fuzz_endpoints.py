@@ -271,6 +271,6 @@ def test_every_endpoint_survives_a_fuzzing(node):
     grown = vm_kib(pid, "VmHWM") - peak_before
     assert grown < 64 * 1024, f"the node's peak RSS grew by {grown} KiB"
     lines = node.log.with_name("node.out").read_text().splitlines()[lines_before:]
-    assert len(lines) < 60, "the log was flooded:\n" + "\n".join(lines[:80])
+    assert len(lines) < 20, "the log was flooded:\n" + "\n".join(lines[:40])
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:  # the hub still accepts
         s.connect(hub_address(alpha.node))
