@@ -256,7 +256,8 @@ class NodeLoop:
         self.log.submit(topic, body, source=str(note.sender or "client")).add_done_callback(
             self.logged)
         throttle_for(log, "dead letter").warn("dead letter: a %s to %s from %s: %s", note.kind,
-                                      note.dest, note.sender or "a client", note.reason)
+                                              note.dest, note.sender or "a client",
+                                              note.reason)
 
     def logged(self, done: Future[int]) -> None:
         # Runs on the writer thread: only count and log here.
