@@ -44,7 +44,10 @@ def node_options(f: Callable[..., Any]) -> Callable[..., Any]:
                           "~/.prismatic/<name>)."),
         click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
                      help="Serve Prometheus metrics, /health and /ready on "
-                          "127.0.0.1:PORT (0: off, the default)."),
+                          "ADDR:PORT (0: off, the default)."),
+        click.option("--metrics-bind", metavar="ADDR", default=None,
+                     help="Address the metrics endpoint listens on (default 127.0.0.1; "
+                          "0.0.0.0 or :: for every interface)."),
         click.option("--log-format", type=click.Choice([f.value for f in LogFormat]),
                      default=None, help="Log line format (default text)."),
         click.option("--log-file", type=click.Path(dir_okay=False),
@@ -59,7 +62,7 @@ def node_options(f: Callable[..., Any]) -> Callable[..., Any]:
 class _Settings:
     def __init__(self, app: str | None, config_file: str | None, name: str | None,
                  data_dir: str | None, metrics_port: int | None, log_format: str | None,
-                 log_file: str | None) -> None:
+                 log_file: str | None, metrics_bind: str | None = None) -> None:
         from ._address import default_node_name
         from ._node import default_data_dir
 
@@ -72,6 +75,7 @@ class _Settings:
         self.data_dir = Path(chosen) if chosen else default_data_dir(self.name)
         self.metrics_port = metrics_port if metrics_port is not None else (
             section.metrics_port if section else 0)
+        self.metrics_bind = metrics_bind or (section.metrics_bind if section else "127.0.0.1")
         self.log_format = LogFormat(log_format) if log_format else (
             section.log_format if section else LogFormat.TEXT)
         self.log_file = log_file or (section.log_file if section else None)
@@ -89,17 +93,19 @@ class _Settings:
 
 def start_node(app: str | None, config_file: str | None, name: str | None,
                data_dir: str | None, metrics_port: int | None, log_format: str | None,
-               log_file: str | None, quiet: bool, prog: str) -> None:
+               log_file: str | None, quiet: bool, prog: str,
+               metrics_bind: str | None = None) -> None:
     """Run a node in this process; exits with the node's exit code."""
     from ._cli_logging import setup_logging
     from ._node import run_node
 
     try:
-        s = _Settings(app, config_file, name, data_dir, metrics_port, log_format, log_file)
+        s = _Settings(app, config_file, name, data_dir, metrics_port, log_format, log_file,
+                      metrics_bind)
         spec = s.tree()
         setup_logging(s.name, s.log_format, s.log_file)
         code = run_node(spec, name=s.name, data_dir=s.data_dir, show_tree=not quiet,
-                        metrics_port=s.metrics_port)
+                        metrics_port=s.metrics_port, metrics_host=s.metrics_bind)
     except NodeError as exc:
         click.echo(f"{prog}: error: {exc}", err=True)
         sys.exit(2)

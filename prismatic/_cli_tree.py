@@ -296,4 +296,6 @@ def metrics(state: CliState, raw: bool, prefix: str, as_json: bool) -> None:
         return
     print_table(["metric", "value"],
                 [(s.name + ("{" + ",".join(f"{k}={v}" for k, v in s.labels.items()) + "}"
-                            if s.labels else ""), f"{s.value:g}") for s in samples])
+                            if s.labels else ""),
+                 f"{s.value:.0f}" if s.value.is_integer() else f"{s.value:g}")  # no 1.9e+06
+                for s in samples])

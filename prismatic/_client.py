@@ -26,8 +26,8 @@ import zmq
 from ._address import Pid
 from ._childspec import ChildSpec
 from ._control import (
-    METRICS_FAILED, UNAUTHORIZED, ControlReply, MetricsCall, NodeStatus, StatusCall,
-    SupervisorCall, TreeCall, TreeRow,
+    CONTROL_MAX_BYTES, METRICS_FAILED, UNAUTHORIZED, ControlReply, MetricsCall, NodeStatus,
+    StatusCall, SupervisorCall, TreeCall, TreeRow,
 )
 from ._cookie import CookieRefused, read_cookie
 from ._errors import ChildSpecError, ControlError, PubSubError, StartError, SupervisorError
@@ -96,7 +96,11 @@ class NodeConnection:
 
     def _call(self, make: Callable[[int, str], Any], timeout: float | None = None) -> Any:
         ref = next(self._refs)
-        self._sock.send(_encoder.encode(make(ref, self._cookie)))
+        request = _encoder.encode(make(ref, self._cookie))
+        if len(request) > CONTROL_MAX_BYTES:  # the node would drop the connection unanswered
+            raise ControlError(f"request of {len(request)} bytes, over the control limit of "
+                               f"{CONTROL_MAX_BYTES}")
+        self._sock.send(request)
         deadline = time.monotonic() + (timeout or self.timeout)
         while True:
             left = deadline - time.monotonic()

@@ -6,6 +6,7 @@ Layout (every key optional except each child's ``id`` and a worker's ``start``):
     name = "demo"              # node name
     data_dir = "./data"        # relative paths are relative to the config file
     metrics_port = 9100        # 0: no HTTP metrics endpoint
+    metrics_bind = "127.0.0.1" # the metrics endpoint's address ("0.0.0.0": every interface)
     log_format = "text"        # text | json
     log_file = "node.log"
 
@@ -91,6 +92,7 @@ class NodeSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     name: str | None = None
     data_dir: str | None = None
     metrics_port: int = 0
+    metrics_bind: str = "127.0.0.1"
     log_format: LogFormat = LogFormat.TEXT
     log_file: str | None = None
 

@@ -8,8 +8,14 @@ node itself. Every request gets exactly one :class:`ControlReply` carrying ``Ok`
 Authentication: every call carries ``cookie``, the contents of ``<data dir>/cookie`` (see
 :mod:`._cookie`). The node checks it first, in constant time; a missing or wrong cookie is
 answered ``Err("unauthorized", ...)`` and nothing else happens (logged, rate-limited, and
-counted in ``prismatic_control_refusals_total``). A request that does not decode at all is
-dropped (there is no ref to answer), logged and counted as a bad frame.
+counted in ``prismatic_control_refusals_total``). A request that does not decode at all, or
+is not one frame, is dropped (there is no ref to answer), logged (throttled, node-wide) and
+counted as a bad frame (``prismatic_bad_frames_control_total``).
+
+Limits: the node's ROUTER refuses a frame over :data:`CONTROL_MAX_BYTES` (``ZMQ_MAXMSGSIZE``:
+libzmq drops that peer's connection before the frame is buffered, let alone checked); the
+client refuses to send one (``ControlError``). No ``ZMQ_RCVHWM`` below libzmq's default is
+set: on a ROUTER a lower one made libzmq drop messages uncounted.
 
 =============  =====================================  ===========================================
 call (tag)     fields                                 Ok value
@@ -30,10 +36,11 @@ import msgspec
 
 __all__ = ["SupervisorCall", "TreeCall", "StatusCall", "MetricsCall", "ControlCall",
            "ControlReply", "TreeRow", "NodeStatus", "ProcessState", "UNAUTHORIZED",
-           "METRICS_FAILED"]
+           "METRICS_FAILED", "CONTROL_MAX_BYTES"]
 
 UNAUTHORIZED = "unauthorized"  # the Err reason of a refused cookie
 METRICS_FAILED = "metrics_failed"  # the node could not produce its metrics (logged there)
+CONTROL_MAX_BYTES = 1024 * 1024  # a start_child with large args fits; 100 MiB does not
 
 
 class SupervisorCall(msgspec.Struct, frozen=True, tag="supervisor"):
@@ -96,3 +103,4 @@ class NodeStatus(msgspec.Struct, frozen=True):
     workers: int = 0
     restarts: int = 0
     metrics_url: str | None = None
+    dead_tasks: tuple[str, ...] = ()  # long-lived node tasks that ended: restart the node

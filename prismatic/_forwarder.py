@@ -7,7 +7,15 @@ fans it out to every SUB whose prefix matches. Payloads are never decoded here: 
 frame count, the topic and the msgpack array header are checked. A message that fails the
 check is dropped, counted (:attr:`Forwarder.dropped_bad_frames`,
 :attr:`Forwarder.dropped_bad_topic`, exported as Prometheus counters by the node) and logged
-at most once per ten seconds (:mod:`._throttle`); nothing here raises into the node's loop.
+at most once per ten seconds, node-wide (:mod:`._throttle`); an exception while handling one
+message is handed to the node's ``caught`` (logged, counted) and the next message is served:
+nothing here raises into the node's loop.
+
+Limits: ``publish.sock`` refuses a frame over :data:`PUBLISH_MAX_BYTES` and ``events.sock``
+an inbound (subscription) frame over :data:`SUBSCRIBE_MAX_BYTES` (``ZMQ_MAXMSGSIZE``: libzmq
+drops that peer's connection before buffering the frame). Publishers refuse a payload over
+:data:`~._pubsub_wire.PAYLOAD_MAX_BYTES` at the call, so a well-behaved run never reaches
+the cap.
 
 The node's own lifecycle events go out on the same XPUB through :meth:`Forwarder.send`.
 
@@ -29,31 +37,44 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+from collections.abc import Callable
 from pathlib import Path
 
 import zmq
 
 from ._errors import TopicError
-from ._pubsub_wire import HELLO_PREFIX, array_length, events_address, publish_address
-from ._throttle import ThrottledWarning
+from ._pubsub_wire import (
+    HELLO_PREFIX, PAYLOAD_MAX_BYTES, RUN_MAX_BYTES, array_length, events_address, publish_address,
+)
+from ._throttle import throttle_for
 from ._topics import validate_topic
 
-__all__ = ["Forwarder", "DRAIN_BUDGET"]
+__all__ = ["Forwarder", "DRAIN_BUDGET", "PUBLISH_MAX_BYTES", "SUBSCRIBE_MAX_BYTES"]
 
 log = logging.getLogger(__name__)
 DRAIN_BUDGET = 2000  # messages per loop turn: keeps control requests and lifecycle moving
+# A run is sent once it holds RUN_MAX_BYTES, so the largest one a publisher makes is just
+# under that plus one payload at its limit.
+PUBLISH_MAX_BYTES = PAYLOAD_MAX_BYTES + 2 * RUN_MAX_BYTES
+SUBSCRIBE_MAX_BYTES = 4096  # a subscription is one byte and a topic prefix (<= 255 chars)
+
+
+def _log_caught(task: str, exc: BaseException) -> None:
+    log.error("%s: a message raised, dropped: %r", task, exc, exc_info=exc)
 
 
 class Forwarder:
     """Binds ``publish.sock`` and ``events.sock`` in ``data`` and forwards between them."""
 
-    def __init__(self, ctx: zmq.Context, data: Path) -> None:
+    def __init__(self, ctx: zmq.Context, data: Path,
+                 caught: Callable[[str, BaseException], None] = _log_caught) -> None:
+        self.caught = caught
         self.messages_forwarded = 0
         self.events_forwarded = 0
         self.dropped_bad_frames = 0
         self.dropped_bad_topic = 0
         self.hellos = 0
-        self._drop_warning = ThrottledWarning(log)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pending_drain = False
         for name in ("events.sock", "publish.sock"):
@@ -61,15 +82,23 @@ class Forwarder:
         self.pub = ctx.socket(zmq.XPUB)
         self.pub.setsockopt(zmq.SNDHWM, 0)  # never drop for a slow subscriber
         self.pub.setsockopt(zmq.LINGER, 0)
+        self.pub.setsockopt(zmq.MAXMSGSIZE, SUBSCRIBE_MAX_BYTES)
         self.pub.bind(events_address(data))
         self.pull = ctx.socket(zmq.PULL)
         self.pull.setsockopt(zmq.LINGER, 0)
+        self.pull.setsockopt(zmq.MAXMSGSIZE, PUBLISH_MAX_BYTES)
         self.pull.bind(publish_address(data))
+        for name in ("events.sock", "publish.sock"):  # no cookie here: the file mode is the lock
+            os.chmod(data / name, 0o600)
 
-    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+    def start(self, loop: asyncio.AbstractEventLoop,
+              guarded: Callable[[str, Callable[[], None]], Callable[[], None]] = lambda n, f: f,
+              ) -> None:
+        """Read both sockets from ``loop``; ``guarded`` wraps each reader (the node's
+        :meth:`~._node_tasks.NodeTasks.guarded`)."""
         self._loop = loop
-        loop.add_reader(self.pull.FD, self._forward)
-        loop.add_reader(self.pub.FD, self._greet)
+        loop.add_reader(self.pull.FD, guarded("pub/sub forwarder", self._forward))
+        loop.add_reader(self.pub.FD, guarded("pub/sub subscriptions", self._greet))
         self._forward()  # edge-triggered: anything already queued raised no edge for us
         self._greet()
 
@@ -102,10 +131,14 @@ class Forwarder:
             except zmq.ZMQError as exc:
                 log.error("pub/sub forwarder: receive failed: %s", exc)
                 break
-            n = self._check(frames)
-            if n < 0:
+            try:
+                n = self._check(frames)
+                if n < 0:
+                    continue
+                send(frames, copy=False)
+            except Exception as exc:  # noqa: BLE001 - one message must not stop the forwarder
+                self.caught("pub/sub forwarder", exc)
                 continue
-            send(frames, copy=False)
             self.messages_forwarded += 1
             self.events_forwarded += n
         else:
@@ -138,7 +171,8 @@ class Forwarder:
         return n
 
     def _log_drop(self, why: str) -> None:
-        self._drop_warning.warn("pub/sub forwarder: dropped a malformed message (%s)", why)
+        throttle_for(log, "pub/sub").warn("pub/sub forwarder: dropped a malformed message (%s)",
+                                          why)
 
     def _greet(self) -> None:
         pub = self.pub

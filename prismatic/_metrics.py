@@ -12,15 +12,20 @@ of series:
   a snapshot callable, so a scrape never walks a dict the loop is changing.
 
 Protocol: :func:`serve_metrics` runs a WSGI server in a daemon thread of the node process,
-started after the node's fork like everything else in it. ``/health`` is 200 while the node's
-loop beats (it stamps :attr:`NodeMetrics.heartbeat` every second), ``/ready`` is 200 once the
-tree has started, else 503. The exposition text comes from ``prometheus_client`` only.
+started after the node's fork like everything else in it, on ``--metrics-bind`` (default
+loopback). ``/health`` is 200 while the node's loop beats (it stamps
+:attr:`NodeMetrics.heartbeat` every second) and none of its long-lived tasks has died
+(:attr:`NodeMetrics.dead_tasks`, see :mod:`._node_tasks`); ``/ready`` is 200 once the tree
+has started and the node is healthy; else 503, with the reason in the body. Any other path
+is 404. The exposition text comes from ``prometheus_client`` only, without the ``*_created``
+series (a counter's creation time is noise to a scraper and doubles the series count).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -29,7 +34,9 @@ from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import msgspec
-from prometheus_client import CollectorRegistry, Counter, generate_latest, make_wsgi_app
+from prometheus_client import (
+    CollectorRegistry, Counter, disable_created_metrics, generate_latest, make_wsgi_app,
+)
 from prometheus_client.core import (
     CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric,
 )
@@ -37,6 +44,7 @@ from prometheus_client.utils import floatToGoString
 
 from ._latency import BUCKETS
 from ._mailbox_stats import MailboxStats
+from ._throttle import throttle_for
 
 from ._process import uss_bytes
 from .transports._frames import LifecycleFrame
@@ -82,6 +90,8 @@ class NodeMetrics:
         self.node = node
         self.heartbeat = time.monotonic()
         self.ready = False
+        self.dead_tasks: tuple[str, ...] = ()  # replaced whole, never mutated: thread-safe
+        disable_created_metrics()  # process-wide; the node's is the only registry served
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.restarts = Counter("prismatic_restarts", "Child restarts (a start after the first)",
@@ -103,6 +113,13 @@ class NodeMetrics:
         self.hub_requests = Counter("prismatic_hub_requests",
                                     "Registry, monitor and link requests to the hub, by type",
                                     ["type"], registry=r)
+        self.task_errors = Counter("prismatic_node_task_errors",
+                                   "Exceptions a long-lived task of the node caught while "
+                                   "handling one message (dropped, logged)", ["task"],
+                                   registry=r)
+        self.task_deaths = Counter("prismatic_node_task_deaths",
+                                   "Long-lived tasks of the node that ended (the node is then "
+                                   "unhealthy)", ["task"], registry=r)
         r.register(_SnapshotCollector(processes, gauges, counters))
         r.register(_MailboxCollector(mailboxes))
 
@@ -120,7 +137,16 @@ class NodeMetrics:
         return generate_latest(self.registry)
 
     def alive(self) -> bool:
-        return time.monotonic() - self.heartbeat < HEALTH_STALE_S
+        return not self.health_problem()
+
+    def health_problem(self) -> str:
+        """Why the node is unhealthy, or "" if it is healthy."""
+        if self.dead_tasks:
+            return "dead node tasks: " + ", ".join(self.dead_tasks)
+        stale = time.monotonic() - self.heartbeat
+        if stale >= HEALTH_STALE_S:
+            return f"the node's loop has not beaten for {stale:.0f} s"
+        return ""
 
 
 class _SnapshotCollector:
@@ -216,6 +242,10 @@ class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
     daemon_threads = True
 
 
+class _ThreadingWSGIServer6(_ThreadingWSGIServer):
+    address_family = socket.AF_INET6
+
+
 class _QuietHandler(WSGIRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib's name
         log.debug("metrics http: " + format, *args)
@@ -230,7 +260,7 @@ class MetricsServer:
         host, port = server.server_address[:2]
         assert isinstance(host, str)  # an AF_INET(6) address
         self.port = port
-        self.url = f"http://{host}:{port}/metrics"
+        self.url = f"http://{f'[{host}]' if ':' in host else host}:{port}/metrics"
 
     def close(self) -> None:
         self._server.shutdown()
@@ -239,20 +269,35 @@ class MetricsServer:
 
 
 def serve_metrics(metrics: NodeMetrics, port: int, host: str = "127.0.0.1") -> MetricsServer:
-    """Serve ``/metrics``, ``/health`` and ``/ready`` from a daemon thread."""
+    """Serve ``/metrics``, ``/health`` and ``/ready`` from a daemon thread (404 elsewhere)."""
     prom = make_wsgi_app(metrics.registry)
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
         path = environ.get("PATH_INFO", "")
+        if path == "/metrics":
+            try:
+                return prom(environ, start_response)
+            except Exception as exc:  # noqa: BLE001 - a failed scrape must not go unseen
+                metrics.task_errors.labels("metrics http").inc()
+                throttle_for(log, "metrics http").warn("metrics http: a scrape failed: %r",
+                                                       exc, exc_info=exc)
+                return _plain(start_response, "500 Internal Server Error", repr(exc))
         if path in ("/health", "/ready"):
-            ok = metrics.alive() if path == "/health" else metrics.ready and metrics.alive()
-            status = "200 OK" if ok else "503 Service Unavailable"
-            start_response(status, [("Content-Type", "text/plain; charset=utf-8")])
-            return [(status + "\n").encode()]
-        return prom(environ, start_response)
+            problem = metrics.health_problem()
+            if not problem and path == "/ready" and not metrics.ready:
+                problem = "the tree has not started"
+            status = "503 Service Unavailable" if problem else "200 OK"
+            return _plain(start_response, status, problem)
+        return _plain(start_response, "404 Not Found", "only /metrics, /health and /ready")
 
-    server = make_server(host, port, app, _ThreadingWSGIServer, handler_class=_QuietHandler)
+    server_class = _ThreadingWSGIServer6 if ":" in host else _ThreadingWSGIServer
+    server = make_server(host, port, app, server_class, handler_class=_QuietHandler)
     thread = threading.Thread(target=server.serve_forever, name=f"metrics:{metrics.node}",
                               daemon=True)
     thread.start()
     return MetricsServer(server, thread)
+
+
+def _plain(start_response: Callable[..., Any], status: str, detail: str) -> list[bytes]:
+    start_response(status, [("Content-Type", "text/plain; charset=utf-8")])
+    return [(status + ("\n" + detail if detail else "") + "\n").encode()]

@@ -10,6 +10,9 @@ The loop (uvloop) serves:
 * the control endpoint ``ipc://<data dir>/control.sock`` (see :mod:`._control`), every
   request authenticated by the cookie in ``<data dir>/cookie`` (:mod:`._cookie`);
 * optionally, Prometheus metrics and health over HTTP (:mod:`._metrics`, from a thread);
+* every long-lived task and reader above handles each message under a guard
+  (:mod:`._node_tasks`): an exception is logged (throttled), counted and dropped, and a task
+  that ends anyway turns ``/health`` and ``/ready`` to 503 and is named in ``status``;
 * the event log ``<data dir>/eventlog`` (LMDB, :mod:`._eventlog`): every lifecycle event is
   appended under the same topic, group-committed and synced;
 * SIGINT/SIGTERM: stop the tree in order (SIGTERM to the root, which stops its children in
@@ -36,8 +39,8 @@ import zmq.asyncio
 
 from ._address import Pid
 from ._control import (
-    METRICS_FAILED, UNAUTHORIZED, ControlCall, ControlReply, MetricsCall, NodeStatus, StatusCall,
-    SupervisorCall, TreeCall, TreeRow,
+    CONTROL_MAX_BYTES, METRICS_FAILED, UNAUTHORIZED, ControlCall, ControlReply,
+    MetricsCall, NodeStatus, StatusCall, SupervisorCall, TreeCall, TreeRow,
 )
 from ._cookie import cookie_matches
 from ._errors import PrismaticError
@@ -49,8 +52,9 @@ from ._hub import Hub
 from ._mailbox_stats import MailboxStats, collect_stats
 from ._metrics import MetricsServer, NodeMetrics, ProcessSample, serve_metrics
 from ._node import control_address
+from ._node_tasks import NodeTasks
 from ._process import send_signal
-from ._throttle import ThrottledWarning
+from ._throttle import throttle_for
 from ._topics import validate_topic
 from ._tree import TreeView
 from .supervisors._events import Err, Ok
@@ -99,33 +103,40 @@ class NodeLoop:
         self.cookie = cookie
         self.bad_requests = 0
         self.control_errors = 0
-        self.refusal_warning = ThrottledWarning(log)
         self.metrics = NodeMetrics(name, self.process_samples, self.gauges, self.counters,
                                    self.mailbox_stats)
+        self.tasks = NodeTasks(self.on_task_error, self.on_task_death)
         self.metrics_server: MetricsServer | None = None
         self.hub = Hub(name, self.on_dead_letter,
                        lambda tag: self.metrics.hub_requests.labels(tag).inc(), self.on_emit)
         self.hub.process_started(root_pid)
-        self.dead_letter_warning = ThrottledWarning(log)
 
     async def main(self, hub_sock: socket.socket, metrics_port: int = 0,
                    metrics_host: str = "127.0.0.1") -> int:
         loop = asyncio.get_running_loop()
+        loop.set_exception_handler(self.on_loop_exception)
         await self.hub.start(hub_sock)
         self.done: asyncio.Future[int] = loop.create_future()
         ctx = zmq.asyncio.Context()
         self.control = ctx.socket(zmq.ROUTER)
+        # Capped before the cookie is checked: libzmq drops a peer whose frame is larger
+        # (its connection, not the node) as soon as the frame's header arrives.
+        self.control.setsockopt(zmq.MAXMSGSIZE, CONTROL_MAX_BYTES)
         (self.data / "control.sock").unlink(missing_ok=True)  # stale: we hold the node lock
         self.control.bind(control_address(self.data))
-        self.forwarder = Forwarder(zmq.Context(shadow=ctx), self.data)
-        self.forwarder.start(loop)
-        loop.add_reader(self.root.fileno(), self.on_root)
+        # Only the node's user may connect (connect needs write permission on the file),
+        # whatever the umask: the cookie is the second lock, not the only one.
+        os.chmod(self.data / "control.sock", 0o600)
+        self.forwarder = Forwarder(zmq.Context(shadow=ctx), self.data, self.tasks.caught)
+        self.forwarder.start(loop, self.tasks.guarded)
+        loop.add_reader(self.root.fileno(), self.tasks.guarded("root channel", self.on_root))
         loop.add_reader(self.root_pidfd, self.on_root_exit)
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self.stop)
-        server = loop.create_task(self.serve_control())
-        printer = loop.create_task(self.print_tree()) if self.show_tree else None
-        beat = loop.create_task(self.beat())
+        self.tasks.start("control", self.serve_control())
+        if self.show_tree:
+            self.tasks.start("tree printer", self.print_tree())
+        self.tasks.start("heartbeat", self.beat())
         if metrics_port:
             try:
                 self.metrics_server = serve_metrics(self.metrics, metrics_port, metrics_host)
@@ -138,10 +149,7 @@ class NodeLoop:
         try:
             return await self.done
         finally:
-            server.cancel()
-            beat.cancel()
-            if printer:
-                printer.cancel()
+            self.tasks.close()
             if self.metrics_server is not None:
                 self.metrics_server.close()
             self.hub.close()
@@ -170,7 +178,8 @@ class NodeLoop:
 
     def on_root(self) -> None:
         for frame in self.root.receive():
-            self.on_frame(frame)
+            with self.tasks.guard("root channel"):
+                self.on_frame(frame)
         if self.root.closed:
             asyncio.get_running_loop().remove_reader(self.root.fileno())
 
@@ -246,8 +255,9 @@ class NodeLoop:
         self.forwarder.send(topic.encode(), _encoder.encode((body,)))
         self.log.submit(topic, body, source=str(note.sender or "client")).add_done_callback(
             self.logged)
-        self.dead_letter_warning.warn("dead letter: a %s to %s from %s: %s", note.kind,
-                                      note.dest, note.sender or "a client", note.reason)
+        throttle_for(log, "dead letter").warn("dead letter: a %s to %s from %s: %s", note.kind,
+                                              note.dest, note.sender or "a client",
+                                              note.reason)
 
     def logged(self, done: Future[int]) -> None:
         # Runs on the writer thread: only count and log here.
@@ -257,11 +267,20 @@ class NodeLoop:
             log.error("event log append failed (%d so far): %s", self.log_errors, exc)
 
     def on_root_exit(self) -> None:
+        try:
+            self.root_exited()
+        except Exception as exc:  # noqa: BLE001 - the node must still end: a hang would hide it
+            self.tasks.died("root exit", repr(exc), exc)
+            if not self.done.done():
+                self.done.set_result(1)
+
+    def root_exited(self) -> None:
         loop = asyncio.get_running_loop()
         loop.remove_reader(self.root_pidfd)
         _, status = os.waitpid(self.root_pid, 0)
         for frame in self.root.drain():
-            self.on_frame(frame)
+            with self.tasks.guard("root channel"):
+                self.on_frame(frame)
         reason = self.root_reason or reason_from_wait_status(status)
         self.hub.process_exited(self.root_pid, reason)
         for ref in list(self.pending):
@@ -277,21 +296,26 @@ class NodeLoop:
     # ---- control endpoint -------------------------------------------------------------------
 
     async def serve_control(self) -> None:
+        recv = self.control.recv_multipart
         while True:
-            ident, body = await self.control.recv_multipart()
-            try:
-                self.on_control(ident, body)
-            except Exception:  # noqa: BLE001 - one request must not end the control endpoint
-                self.control_errors += 1
-                log.exception("control: a request failed (%d so far)", self.control_errors)
+            frames = await recv()  # [the ROUTER's peer identity, the client's frames...]
+            with self.tasks.guard("control"):
+                if len(frames) != 2:
+                    self.drop_request(f"{len(frames) - 1} frames instead of 1")
+                else:
+                    self.on_control(frames[0], frames[1])
+
+    def drop_request(self, why: str) -> None:
+        """A request without a ref to answer: counted and logged (throttled, node-wide)."""
+        self.bad_requests += 1
+        throttle_for(log, "control").warn("control: dropped a malformed request (%d so far): "
+                                          "%s", self.bad_requests, why)
 
     def on_control(self, ident: bytes, body: bytes) -> None:
         try:
             call = _call_decoder.decode(body)
         except (ValueError, RecursionError) as exc:  # undecodable, bad UTF-8, bottomless
-            self.bad_requests += 1
-            log.warning("control: dropped malformed request (%d so far): %s",
-                        self.bad_requests, exc)
+            self.drop_request(str(exc))
             return
         self.metrics.control_requests.labels(type(call).__struct_config__.tag).inc()
         if not cookie_matches(self.cookie, call.cookie):
@@ -326,7 +350,8 @@ class NodeLoop:
         self.metrics.control_refusals.labels(f"{why}_cookie").inc()
         self.reply(ident, ref, Err(UNAUTHORIZED, f"{why} cookie: the request must carry the "
                                                  f"contents of {self.data / 'cookie'}"))
-        self.refusal_warning.warn("control: refused a request with a %s cookie", why)
+        throttle_for(log, "control refusal").warn("control: refused a request with a %s cookie",
+                                                  why)
 
     def status(self) -> NodeStatus:
         entries = [e for e in self.tree.entries.values() if e.running]
@@ -337,7 +362,27 @@ class NodeLoop:
             supervisors=sum(1 for e in entries if e.type == "supervisor"),
             workers=sum(1 for e in entries if e.type != "supervisor"),
             restarts=sum(e.restarts for e in self.tree.entries.values()),
-            metrics_url=self.metrics_server.url if self.metrics_server else None)
+            metrics_url=self.metrics_server.url if self.metrics_server else None,
+            dead_tasks=tuple(self.tasks.dead))
+
+    # ---- the node's own tasks (see ._node_tasks) --------------------------------------------
+
+    def on_task_error(self, task: str) -> None:
+        self.metrics.task_errors.labels(task).inc()
+        if task == "control":
+            self.control_errors += 1
+
+    def on_task_death(self, task: str) -> None:
+        self.metrics.task_deaths.labels(task).inc()
+        self.metrics.dead_tasks = tuple(self.tasks.dead)
+
+    def on_loop_exception(self, loop: asyncio.AbstractEventLoop,
+                          context: dict[str, Any]) -> None:
+        """What escaped every guard (a callback of the hub's server, a task nobody awaits):
+        logged and counted like a guarded message, never silent."""
+        exc = context.get("exception")
+        self.tasks.caught("loop", exc if exc is not None else
+                          RuntimeError(context.get("message", "unknown loop error")))
 
     # ---- metrics (read from the metrics thread at scrape time) ------------------------------
 
@@ -384,6 +429,9 @@ class NodeLoop:
     async def beat(self) -> None:
         while True:  # /health answers 200 while this keeps stamping
             self.metrics.heartbeat = time.monotonic()
+            server = self.hub.server
+            if server is not None and not server.is_serving():
+                self.tasks.died("hub", "its server stopped serving")
             await asyncio.sleep(1.0)
 
     def tree_rows(self) -> list[TreeRow]:
@@ -408,6 +456,7 @@ class NodeLoop:
             await asyncio.sleep(0.25)
             if self.dirty and not self.stopping:
                 self.dirty = False
-                stamp = time.strftime("%H:%M:%S")
-                self.say(f"--- {stamp} {self.name}: {self.tree.last_event}\n"
-                         f"{self.tree.render()}")
+                with self.tasks.guard("tree printer"):
+                    stamp = time.strftime("%H:%M:%S")
+                    self.say(f"--- {stamp} {self.name}: {self.tree.last_event}\n"
+                             f"{self.tree.render()}")

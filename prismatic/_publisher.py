@@ -31,7 +31,8 @@ import zmq
 
 from ._errors import PubSubError
 from ._pubsub_wire import (
-    RunBuffer, array_length, check_publish_topic, encode_batch, encode_payload,
+    RunBuffer, array_length, check_payload_size, check_publish_topic, encode_batch,
+    encode_payload,
 )
 
 __all__ = ["BackgroundPublisher", "QUEUE_LIMIT", "CLOSE_LINGER_MS"]
@@ -70,7 +71,7 @@ class BackgroundPublisher:
             encoded = _encode(payload)
         except (TypeError, ValueError, OverflowError, msgspec.EncodeError):
             encoded = encode_payload(topic, payload)  # raises PubSubError naming the topic
-        self._put(check_publish_topic(topic), encoded, 1)
+        self._put(check_publish_topic(topic), check_payload_size(topic, encoded), 1)
 
     def publish_many(self, topic: str, payloads: Iterable[Any]) -> None:
         """Publish several events under one topic, in order: one wire message, encoded by

@@ -31,7 +31,7 @@ from ._topics import validate_topic
 
 __all__ = ["Event", "RunBuffer", "HELLO_PREFIX", "array_length", "check_publish_topic",
            "encode_payload", "encode_batch", "events_address", "publish_address", "RUN_MAX_EVENTS",
-           "RUN_MAX_BYTES"]
+           "RUN_MAX_BYTES", "PAYLOAD_MAX_BYTES", "check_payload_size"]
 
 HELLO_PREFIX = b"_hello."
 # A run is sent once it holds RUN_MAX_EVENTS events or RUN_MAX_BYTES payload bytes, and
@@ -45,6 +45,9 @@ HELLO_PREFIX = b"_hello."
 # 500 ~4 ns.
 RUN_MAX_EVENTS = 512
 RUN_MAX_BYTES = 64 * 1024
+# The largest payload (or publish_many batch) a publisher sends: the node's publish.sock
+# drops a connection that sends a bigger frame (ZMQ_MAXMSGSIZE), so it is refused at the call.
+PAYLOAD_MAX_BYTES = 16 * 1024 * 1024
 
 _encode = msgspec.msgpack.Encoder().encode
 
@@ -81,19 +84,27 @@ def check_publish_topic(topic: str) -> bytes:
     return topic.encode()
 
 
+def check_payload_size(topic: str, encoded: bytes) -> bytes:
+    if len(encoded) > PAYLOAD_MAX_BYTES:
+        raise PubSubError(f"publish {topic!r}: {len(encoded)} bytes encoded, over the limit "
+                          f"of {PAYLOAD_MAX_BYTES}")
+    return encoded
+
+
 def encode_payload(topic: str, payload: Any) -> bytes:
     try:
-        return _encode(payload)
+        encoded = _encode(payload)
     except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:
         raise PubSubError(f"publish {topic!r}: payload {type(payload).__name__} cannot be "
                           f"encoded as msgpack: {exc}") from None
+    return check_payload_size(topic, encoded)
 
 
 def encode_batch(topic: str, payloads: Any) -> tuple[list[Any] | tuple[Any, ...], bytes]:
     """The payloads as a sequence and as one msgpack array (one msgspec call for all)."""
     batch = payloads if isinstance(payloads, (list, tuple)) else list(payloads)
     try:
-        return batch, _encode(batch)
+        return batch, check_payload_size(topic, _encode(batch))
     except (TypeError, ValueError, OverflowError, msgspec.EncodeError):
         for payload in batch:
             encode_payload(topic, payload)  # raises PubSubError naming the topic

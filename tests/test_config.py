@@ -19,9 +19,12 @@ def test_demo_toml_is_the_demo_tree():
 
 def test_node_section_and_relative_data_dir(tmp_path):
     f = tmp_path / "n.toml"
-    f.write_text('[node]\nname = "x"\ndata_dir = "d"\nmetrics_port = 9\nlog_format = "json"\n')
+    f.write_text('[node]\nname = "x"\ndata_dir = "d"\nmetrics_port = 9\nlog_format = "json"\n'
+                 'metrics_bind = "0.0.0.0"\n')
     config = load_config(f)
     assert config.node.data_dir == str(tmp_path / "d")
+    assert config.node.metrics_bind == "0.0.0.0"
+    assert load_config(REPO / "examples" / "demo.toml").node.metrics_bind == "127.0.0.1"
     assert config.node.log_format is LogFormat.JSON and config.tree is None
 
 

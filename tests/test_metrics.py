@@ -34,9 +34,10 @@ def metrics_node(tmp_path):
     with open(tmp_path / "node.out", "w") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "prismatic.node", "--app", "tests.apps:one_for_one",
-             "--data-dir", str(data), "--name", "metrics-test", "--metrics-port", str(port),
-             "--quiet"], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
+             "--data-dir", str(data), "--name", f"metrics-{tag[-6:]}", "--metrics-port",
+             str(port), "--metrics-bind", "127.0.0.2", "--quiet"],
+            cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.2:{port}"  # loopback too, but not the default address
 
     def ready() -> bool:
         assert proc.poll() is None, (tmp_path / "node.out").read_text()
@@ -91,6 +92,31 @@ def test_metrics_health_and_restarts_over_http(metrics_node):
         assert "prismatic_restarts_total" in conn.metrics()
 
 
+def test_only_its_three_paths_no_created_series_and_the_bind_address(metrics_node):
+    """Issue 12.9: any path answered the metrics, ``*_created`` series doubled them, the
+    address was fixed, and ``prismatic metrics`` printed bytes as ``1.97837e+06``."""
+    from click.testing import CliRunner
+
+    from prismatic.cli import cli
+
+    proc, data, base = metrics_node
+    for path in ("/", "/nosuch", "/metrics/extra", "/healthz"):
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(base + path, timeout=5)
+        assert info.value.code == 404, path
+    assert "_created" not in urllib.request.urlopen(base + "/metrics", timeout=5).read().decode()
+    with p.connect(data) as conn:
+        assert "_created" not in conn.metrics()
+        assert conn.status().metrics_url == base + "/metrics"
+    port = int(base.rsplit(":", 1)[1])
+    with pytest.raises(ConnectionRefusedError):  # --metrics-bind 127.0.0.2: not the default
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+    out = CliRunner().invoke(cli, ["--node", str(data), "metrics", "--filter",
+                                   "prismatic_process_memory_uss_bytes"]).stdout
+    values = [line.split()[-1] for line in out.splitlines()[1:] if line.strip()]
+    assert values and all(v.isdigit() and int(v) > 100_000 for v in values), out
+
+
 def test_ready_is_503_before_the_tree_started(tmp_path):
     from prismatic._metrics import NodeMetrics, serve_metrics
 
@@ -123,3 +149,27 @@ def test_metrics_that_cannot_be_produced_are_an_error_reply_not_a_silence(node_f
         resource.prlimit(n.proc.pid, resource.RLIMIT_NOFILE, (soft, hard))
     assert "prismatic_control_errors_total 1.0" in n.conn.metrics()
     assert "control: metrics failed" in n.log.with_name("node.out").read_text()
+
+
+def test_a_scrape_that_fails_is_a_500_logged_and_counted(caplog):
+    calls = []
+
+    def broken() -> dict[str, float]:  # fails the first scrape only
+        calls.append(1)
+        if len(calls) == 1:
+            raise OSError("cannot read /proc")
+        return {}
+
+    from prismatic._metrics import NodeMetrics, serve_metrics
+
+    metrics = NodeMetrics("unit", lambda: [], broken, lambda: {})
+    server = serve_metrics(metrics, 0)
+    try:
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(server.url, timeout=5)
+        assert info.value.code == 500 and "cannot read /proc" in info.value.read().decode()
+    finally:
+        server.close()
+    assert metrics.registry.get_sample_value("prismatic_node_task_errors_total",
+                                             {"task": "metrics http"}) == 1
+    assert any("a scrape failed" in r.getMessage() for r in caplog.records)

@@ -9,7 +9,7 @@ import pytest
 import zmq
 
 import prismatic as p
-from prismatic._pubsub_wire import publish_address
+from prismatic._pubsub_wire import PAYLOAD_MAX_BYTES, publish_address
 from tests.conftest import wait_until
 
 APP = "tests.apps:pubsub"
@@ -166,6 +166,11 @@ def test_bad_publishes_raise_at_the_call(node_factory) -> None:
         node.conn.subscribe("_hello.#")
     with pytest.raises(p.TopicError):
         node.conn.subscribe("a*b")
+    # the node's publish.sock drops a connection that sends more (ZMQ_MAXMSGSIZE): refused here
+    with pytest.raises(p.PubSubError, match="'big'.*over the limit"):
+        node.conn.publish("big", b"x" * PAYLOAD_MAX_BYTES)
+    with pytest.raises(p.PubSubError, match="'big'.*over the limit"):
+        node.conn.publish_many("big", [b"x" * (PAYLOAD_MAX_BYTES // 2)] * 2)
     with node.conn.subscribe("still.works") as sub:  # the failed calls left nothing behind
         node.conn.publish("still.works", 1)
         assert next_event(sub).payload == 1

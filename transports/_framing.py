@@ -6,9 +6,9 @@ the messaging plane (:mod:`._messages`) use the same framing with different tagg
 
 :class:`FrameBuffer` is the receiving half, loop-free: feed it bytes, get decoded frames. A
 frame with an unknown version or an undecodable body is dropped, counted and logged (at most
-once per ten seconds per buffer, see :mod:`prismatic._throttle`); a length out of range
-breaks the stream beyond resynchronisation, so the buffer marks itself ``broken`` and the
-owner closes the connection. Nothing here raises on bad input.
+once per ten seconds per kind of buffer, node-wide, see :mod:`prismatic._throttle`); a
+length out of range breaks the stream beyond resynchronisation, so the buffer marks itself
+``broken`` and the owner closes the connection. Nothing here raises on bad input.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any
 
 import msgspec
 
-from .._throttle import ThrottledWarning
+from .._throttle import ThrottledWarning, throttle_for
 
 __all__ = ["FrameBuffer", "encode_frame", "MAX_FRAME", "WIRE_VERSION", "HEADER"]
 
@@ -93,6 +93,6 @@ class FrameBuffer:
 
     def dropped(self, why: str) -> None:
         self.bad_frames += 1
-        if self._warning is None:
-            self._warning = ThrottledWarning(log)
+        if self._warning is None:  # one throttle per kind, node-wide: new connections share it
+            self._warning = throttle_for(log, self.what)
         self._warning.warn("%s: dropped a %s", self.what, why)
