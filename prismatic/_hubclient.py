@@ -3,12 +3,16 @@
 Used from worker processes and from external clients alike: one request at a time, answered
 by ``ref``; a reply to an earlier request that timed out is dropped. Opened lazily, so a
 process that never registers, monitors or links never connects.
+
+The hub's address is abstract, so any local user could bind it: the client trusts the hub
+only if ``SO_PEERCRED`` says it runs under the client's own uid, and else says who holds it.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
+import os
 import socket
 import time
 from collections.abc import Callable
@@ -17,7 +21,7 @@ from typing import Any
 import msgspec
 
 from ._errors import EventLogError, NodeError
-from ._nodeinfo import hub_address
+from ._nodeinfo import hub_address, peer_creds
 from ._topics import validate_topic
 from .transports._framing import FrameBuffer, encode_frame
 from .transports._messages import EmitReq, HubReply
@@ -48,6 +52,11 @@ class HubClient:
                 sock.close()
                 raise NodeError(f"node {self.node!r} is not running on this host "
                                 f"(its hub refused: {exc.strerror})") from None
+            pid, uid = peer_creds(sock)
+            if uid != os.getuid():
+                sock.close()
+                raise NodeError(f"the hub address of node {self.node!r} is held by uid {uid}, "
+                                f"pid {pid}, another user: not the node's hub (not trusted)")
             self.sock = sock
         return self.sock
 
