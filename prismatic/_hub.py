@@ -96,6 +96,9 @@ class Hub:
 
     async def start(self, sock: socket.socket) -> None:
         loop = asyncio.get_running_loop()
+        # The loop accepts every queued connection before the hub can refuse any: a backlog
+        # under half the descriptor reserve keeps such a burst from eating the reserve.
+        sock.listen(max(8, min(1024, self.limits.fd_reserve // 2)))
         self.server = await loop.create_unix_server(lambda: _HubConnection(self), sock=sock)
 
     def close(self) -> None:

@@ -7,6 +7,7 @@ held open to grow its memory. Real sockets and pidfds throughout."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import os
 import resource
@@ -255,14 +256,17 @@ def test_a_connection_flood_leaves_the_node_its_reserve_of_descriptors(node_fact
                                                                         monkeypatch):
     """~25,000 connections used to exhaust the node's descriptors, and libzmq then aborted
     the node (and its tree). With the node's limit lowered to what it uses + 300 and no
-    per-process cap, a flood of 600 connections is refused once 256 descriptors are left;
+    per-process cap, a flood of 600 connections (from six threads at once) is refused once
+    256 descriptors are left;
     a new control connection (ZeroMQ) still opens, and the node answers."""
     monkeypatch.setenv("PRISMATIC_MAX_CONNECTIONS_PER_PID", "100000")
     n = node_factory("tests.apps:one_for_one")
     name = n.conn.status().node
     limit = node_fds(n.proc.pid) + 300
     resource.prlimit(n.proc.pid, resource.RLIMIT_NOFILE, (limit, limit))
-    held = hold_connections(hub_address(name), 600)
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:  # in bursts, from six threads
+        held = [s for part in pool.map(lambda _: hold_connections(hub_address(name), 100),
+                                       range(6)) for s in part]
     try:
         got = answered(held, WhereisReq(1, "nobody"))  # the others were refused (closed)
         assert got < 300
