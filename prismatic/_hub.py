@@ -78,7 +78,7 @@ class Hub:
         self.limits = limits if limits is not None else hub_limits()
         self.admissions = Admissions(self.limits)
         self.budget = ByteBudget(self.limits.max_buffered_bytes)
-        self.refusals = ThrottledWarning(log)  # one throttle for every refusal of the hub
+        self.refusals: dict[str, ThrottledWarning] = {}  # a throttle per kind of refusal
         self.frame_warning = ThrottledWarning(log)  # and one for every dropped frame
         self.on_emit = on_emit
         self.on_request = on_request
@@ -152,7 +152,10 @@ class Hub:
 
     def refuse(self, counter: str, msg: str, *args: object) -> None:
         self.counters[counter] += 1
-        self.refusals.warn("hub: " + msg, *args)
+        warning = self.refusals.get(counter)
+        if warning is None:
+            warning = self.refusals[counter] = ThrottledWarning(log)
+        warning.warn("hub: " + msg, *args)
 
     # ---- requests --------------------------------------------------------------------------------
 

@@ -116,7 +116,7 @@ class Mailbox:
         self.paused = False
         self.bad_frames = 0
         self.refused = 0
-        self.refusals = ThrottledWarning(log)  # one throttle for every refusal of this mailbox
+        self.refusals: dict[str, ThrottledWarning] = {}  # a throttle per kind of refusal
         self.frame_warning = ThrottledWarning(log)  # and one for every dropped frame
         self.accepting = False
 
@@ -132,9 +132,15 @@ class Mailbox:
             self.accepting = True
             self.loop.add_reader(self.listener.fileno(), self.accept)
 
-    def refuse(self, msg: str, *args: object) -> None:
+    def refuse(self, kind: str, msg: str, *args: object) -> None:
         self.refused += 1
-        self.refusals.warn("mailbox: " + msg, *args)
+        self.warn(kind, msg, *args)
+
+    def warn(self, kind: str, msg: str, *args: object) -> None:
+        warning = self.refusals.get(kind)
+        if warning is None:
+            warning = self.refusals[kind] = ThrottledWarning(log)
+        warning.warn("mailbox: " + msg, *args)
 
     def accept(self) -> None:
         while True:
@@ -145,20 +151,21 @@ class Mailbox:
             except OSError as exc:
                 if exc.errno in (errno.EMFILE, errno.ENFILE) and self.loop is not None:
                     # The listener stays readable: without a pause this would spin.
-                    self.refuse("cannot accept a sender: %s; pausing accepts for %.1fs", exc,
-                                ACCEPT_BACKOFF_S)
+                    self.refuse("descriptors", "cannot accept a sender: %s; pausing accepts "
+                                "for %.1fs", exc, ACCEPT_BACKOFF_S)
                     self.loop.remove_reader(self.listener.fileno())
                     self.accepting = False
                     self.loop.call_later(ACCEPT_BACKOFF_S, self.start_accepting)
                 return
             pid, uid = peer_creds(sock)
             if uid != os.getuid():
-                self.refuse("refused a connection from uid %d, pid %d (another user)", uid, pid)
+                self.refuse("uid", "refused a connection from uid %d, pid %d (another user)",
+                            uid, pid)
                 sock.close()
                 continue
             refused = self.admissions.admit(pid, sock.fileno())
             if refused is not None:
-                self.refuse("refused a connection from pid %d: %s", pid, refused)
+                self.refuse("capacity", "refused a connection from pid %d: %s", pid, refused)
                 sock.close()
                 continue
             sock.setblocking(False)
@@ -223,8 +230,8 @@ class Mailbox:
         if self.hub_pid is None or conn.peer_pid == self.hub_pid:
             return False
         self.bad_frames += 1
-        self.refusals.warn("mailbox: dropped a %s notice from pid %d (only the node, pid %d, "
-                           "sends them)", type(notice).__name__, conn.peer_pid, self.hub_pid)
+        self.warn("forged", "dropped a %s notice from pid %d (only the node, pid %d, sends "
+                  "them)", type(notice).__name__, conn.peer_pid, self.hub_pid)
         return True
 
     def close_conn(self, conn: Inbound) -> None:
