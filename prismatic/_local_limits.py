@@ -93,8 +93,10 @@ def mailbox_limits(env: Mapping[str, str] | None = None) -> LocalLimits:
 
 def fd_within_reserve(fd: int, reserve: int) -> bool:
     """Whether descriptor ``fd``, just handed out, leaves fewer than ``reserve`` free (every
-    lower number is in use: the kernel gives out the lowest free one)."""
-    return fd >= os.sysconf("SC_OPEN_MAX") - reserve
+    lower number is in use: the kernel gives out the lowest free one). The reserve is at most
+    a quarter of the soft limit, so that a process started with a low limit still accepts."""
+    limit = os.sysconf("SC_OPEN_MAX")
+    return fd >= limit - min(reserve, limit // 4)
 
 
 class Admissions:
@@ -118,8 +120,8 @@ class Admissions:
         if self.by_pid.get(pid, 0) >= limits.max_connections_per_pid:
             return f"pid {pid} holds {self.by_pid[pid]} connections (the per-process cap)"
         if fd_within_reserve(fd, limits.fd_reserve):
-            return (f"descriptor {fd} is within the reserve of {limits.fd_reserve} below "
-                    f"the limit of {os.sysconf('SC_OPEN_MAX')}")
+            return (f"descriptor {fd} is within the reserve kept below the limit of "
+                    f"{os.sysconf('SC_OPEN_MAX')}")
         self.open += 1
         self.by_pid[pid] = self.by_pid.get(pid, 0) + 1
         return None

@@ -256,10 +256,11 @@ def test_a_connection_flood_leaves_the_node_its_reserve_of_descriptors(node_fact
                                                                         monkeypatch):
     """~25,000 connections used to exhaust the node's descriptors, and libzmq then aborted
     the node (and its tree). With the node's limit lowered to what it uses + 300 and no
-    per-process cap, a flood of 600 connections (from six threads at once) is refused once
-    256 descriptors are left;
+    per-process cap and a reserve of 64, a flood of 600 connections (from six threads at
+    once) is refused once 64 descriptors are left;
     a new control connection (ZeroMQ) still opens, and the node answers."""
     monkeypatch.setenv("PRISMATIC_MAX_CONNECTIONS_PER_PID", "100000")
+    monkeypatch.setenv("PRISMATIC_FD_RESERVE", "64")
     n = node_factory("tests.apps:one_for_one")
     name = n.conn.status().node
     limit = node_fds(n.proc.pid) + 300
@@ -270,7 +271,7 @@ def test_a_connection_flood_leaves_the_node_its_reserve_of_descriptors(node_fact
     try:
         got = answered(held, WhereisReq(1, "nobody"))  # the others were refused (closed)
         assert got < 300
-        assert limit - node_fds(n.proc.pid) >= 200
+        assert limit - node_fds(n.proc.pid) >= 60
         with p.connect(n.data_dir) as fresh:  # a new ZeroMQ connection to the node
             assert fresh.status().node == name
         assert n.proc.poll() is None

@@ -5,6 +5,7 @@ work against a real node are in tests/test_hub.py and tests/test_mailbox.py."""
 from __future__ import annotations
 
 import os
+import resource
 
 import pytest
 from hypothesis import given
@@ -61,3 +62,15 @@ def test_a_descriptor_within_the_reserve_is_refused():
     assert adm.admit(1, limit - 11) is None
     assert "reserve" in (adm.admit(1, limit - 10) or "")
     assert adm.open == 1
+
+
+def test_the_reserve_is_at_most_a_quarter_of_the_limit():
+    """A process started with a low descriptor limit still accepts connections."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (200, hard))
+    try:
+        adm = Admissions(LocalLimits(100, 100, fd_reserve=256))
+        assert adm.admit(1, 149) is None
+        assert adm.admit(1, 150) is not None
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

@@ -93,10 +93,11 @@ def test_one_process_gets_at_most_its_share_of_a_mailbox(node):
 
 def test_a_connection_flood_leaves_a_worker_its_reserve_of_descriptors(node_factory,
                                                                         monkeypatch):
-    """With the worker's limit lowered to what it uses + 300 and no per-process cap, a flood
-    of 600 connections is refused once 256 descriptors are left: the worker can still open
-    its own (it calls another worker on a new connection)."""
+    """With the worker's limit lowered to what it uses + 300, no per-process cap and a
+    reserve of 64, a flood of 600 connections is refused once 64 descriptors are left: the
+    worker can still open its own (it calls another worker on a new connection)."""
     monkeypatch.setenv("PRISMATIC_MAX_CONNECTIONS_PER_PID", "100000")
+    monkeypatch.setenv("PRISMATIC_FD_RESERVE", "64")
     n = node_factory("tests.messaging_apps:agents")
     alpha, address = mailbox_of(n, "a")
     assert n.conn.call(alpha, ["echo", 0]) == 0  # the test's own connection, before the flood
@@ -106,7 +107,7 @@ def test_a_connection_flood_leaves_a_worker_its_reserve_of_descriptors(node_fact
     try:
         got = answered(held, CallFrame(1, ["echo", 1]))
         assert 0 < got < 300
-        assert limit - node_fds(alpha.ospid) >= 200
+        assert limit - node_fds(alpha.ospid) >= 60
         assert n.conn.call(alpha, ["call", "beta", ["echo", 3], 5]) == ["ok", 3]
     finally:
         for s in held:
