@@ -71,8 +71,9 @@ class HubClient:
             while True:
                 sock.settimeout(max(deadline - time.monotonic(), 0.0001))
                 data = sock.recv(1 << 16)
-                if not data:
-                    raise OSError("connection closed")
+                if not data:  # the node stopped, or its hub refused this connection (caps)
+                    raise OSError("connection closed (the node stopped, or its hub refused "
+                                  "the connection: see the node's log)")
                 for reply in self.frames.feed(data):
                     if reply.ref == ref:
                         return reply
