@@ -5,6 +5,15 @@ Processes reach it over ``AF_UNIX`` at ``\\0prismatic/<node>/hub`` (request/repl
 keeps no policy of its own: :mod:`._registry` and :mod:`._links` decide, the hub carries out
 their actions.
 
+Credentials are checked here, at the edge, with ``SO_PEERCRED``: a connection from another
+uid is refused; a request that acts for a process (``register``, ``unregister``,
+``monitor``, ``demonitor``, ``link``, ``unlink``, a dead letter's sender) is carried out only
+if that process is the connection's own (the pid the kernel recorded when it connected),
+else refused with ``not_permitted``. Only the node itself (``caller=None``) acts for others.
+The listener is capped (connections in all and per process, a descriptor reserve, frame
+size, bytes of unfinished frames: :mod:`._local_limits`); every refusal is counted and
+logged, throttled.
+
 It learns of starts and exits from the tree's lifecycle events (:meth:`Hub.process_started`,
 :meth:`Hub.process_exited`), which carry the authoritative exit reason (a supervisor reaps
 its children). A process whose exit is not known yet is alive if its mailbox accepts a
@@ -39,8 +48,10 @@ import msgspec
 from . import _links, _registry
 from ._address import Pid
 from ._exit import ExitReason, Killed, NoProc
-from ._nodeinfo import mailbox_address, peer_uid
-from .transports._framing import FrameBuffer, encode_frame
+from ._local_limits import Admissions, LocalLimits, hub_limits
+from ._nodeinfo import mailbox_address, peer_creds
+from ._throttle import ThrottledWarning
+from .transports._framing import ByteBudget, FrameBuffer, encode_frame
 from .transports._messages import (
     DeadLetterNote, DemonitorReq, EmitReq, ExitOfReq, HubReply, HubRequest, LinkReq, MonitorReq,
     RegisterReq, UnlinkReq, UnregisterReq, WhereisReq,
@@ -63,7 +74,12 @@ class Hub:
     def __init__(self, node: str, on_dead_letter: Callable[[DeadLetterNote], None],
                  on_request: Callable[[str], None] = lambda tag: None,
                  on_emit: Callable[[EmitReq, Callable[[HubReply], None]], None] | None = None,
-                 ) -> None:
+                 limits: LocalLimits | None = None) -> None:
+        self.limits = limits if limits is not None else hub_limits()
+        self.admissions = Admissions(self.limits)
+        self.budget = ByteBudget(self.limits.max_buffered_bytes)
+        self.refusals: dict[str, ThrottledWarning] = {}  # a throttle per kind of refusal
+        self.frame_warning = ThrottledWarning(log)  # and one for every dropped frame
         self.on_emit = on_emit
         self.on_request = on_request
         self.node = node
@@ -80,6 +96,9 @@ class Hub:
 
     async def start(self, sock: socket.socket) -> None:
         loop = asyncio.get_running_loop()
+        # The loop accepts every queued connection before the hub can refuse any: a backlog
+        # under half the descriptor reserve keeps such a burst from eating the reserve.
+        sock.listen(max(8, min(1024, self.limits.fd_reserve // 2)))
         self.server = await loop.create_unix_server(lambda: _HubConnection(self), sock=sock)
 
     def close(self) -> None:
@@ -122,10 +141,36 @@ class Hub:
             return None
         return NoProc()
 
+    def counted(self) -> dict[str, int]:
+        """Refusals and drops, for the node's metrics (``prismatic_<key>_total``)."""
+        c = self.counters
+        return {"hub_refused_capacity": c["refused_capacity"],
+                "hub_not_permitted": c["not_permitted"],
+                "hub_frames_too_big": c["frames_too_big"],
+                "hub_frames_over_budget": c["frames_over_budget"],
+                "hub_untrusted_mailboxes": c["untrusted_mailbox"]}
+
+    def refuse(self, counter: str, msg: str, *args: object) -> None:
+        self.counters[counter] += 1
+        warning = self.refusals.get(counter)
+        if warning is None:
+            warning = self.refusals[counter] = ThrottledWarning(log)
+        warning.warn("hub: " + msg, *args)
+
     # ---- requests --------------------------------------------------------------------------------
 
-    def handle(self, conn: _HubConnection, req: Any) -> None:
+    def handle(self, conn: _HubConnection, req: Any, caller: Pid | None) -> None:
+        """Carry out ``req`` for ``caller``, the process at the other end of ``conn`` (None:
+        the node itself, which may act for any process)."""
         self.on_request(type(req).__struct_config__.tag)
+        acting = _acting_for(req)
+        if caller is not None and acting is not None and acting != caller:
+            self.refuse("not_permitted", "refused %s for %s from %s: a process acts only as "
+                        "itself", type(req).__struct_config__.tag, acting, caller)
+            if not isinstance(req, DeadLetterNote):
+                conn.reply(HubReply(req.ref, None, "not_permitted",
+                                    f"this connection is {caller}'s; it cannot act for {acting}"))
+            return
         if isinstance(req, WhereisReq):
             conn.reply(HubReply(req.ref, self.registry.names.get(req.name)))
         elif isinstance(req, RegisterReq):
@@ -194,7 +239,7 @@ class Hub:
         try:
             s.setblocking(False)  # never wait on the node's loop for a busy process
             s.connect(mailbox_address(pid.node, pid.ospid))
-            return True
+            return self.trusted_mailbox(s, pid)
         except (ConnectionRefusedError, FileNotFoundError):
             return False
         except BlockingIOError:
@@ -203,6 +248,17 @@ class Hub:
             return self.cannot_probe(pid, exc)
         finally:
             s.close()
+
+    def trusted_mailbox(self, sock: socket.socket, pid: Pid) -> bool:
+        """Whether a mailbox the hub connected to runs under the node's uid: another user
+        may bind a dead process's abstract address, and must not make it look alive or
+        receive its notices."""
+        holder, uid = peer_creds(sock)
+        if uid == os.getuid():
+            return True
+        self.refuse("untrusted_mailbox", "the mailbox address of %s is held by uid %d, pid "
+                    "%d (another user): taken as dead", pid, uid, holder)
+        return False
 
     def cannot_probe(self, pid: Pid, exc: OSError) -> bool:
         self.counters["probe_failed"] += 1
@@ -265,35 +321,82 @@ class Hub:
     def deliver(self, to: Pid, frame: Any) -> None:
         box = self.outboxes.get(to)
         if box is None or box.closed:
-            box = self.outboxes[to] = _MailboxWriter(to, self.counters)
+            box = self.outboxes[to] = _MailboxWriter(self, to)
         box.write(encode_frame(frame))
+
+
+def _acting_for(req: Any) -> Pid | None:
+    """The process a request acts for (which must be its sender's own), if any."""
+    if isinstance(req, (RegisterReq, UnregisterReq)):
+        return req.pid
+    if isinstance(req, (MonitorReq, DemonitorReq)):
+        return req.watcher
+    if isinstance(req, (LinkReq, UnlinkReq)):
+        return req.a
+    if isinstance(req, DeadLetterNote):
+        return req.sender
+    return None
 
 
 class _HubConnection(asyncio.Protocol):
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
-        self.frames = FrameBuffer(_decoder, "hub")
+        self.frames = FrameBuffer(_decoder, "hub", hub.limits.max_frame_bytes, hub.budget,
+                                  hub.frame_warning)
         self.transport: asyncio.Transport | None = None
+        self.caller: Pid | None = None  # set once admitted
+        self.admitted = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        hub = self.hub
         sock = transport.get_extra_info("socket")
-        if peer_uid(sock) != os.getuid():
-            self.hub.counters["refused_uid"] += 1
-            log.warning("hub: refused a connection from another user")
+        pid, uid = peer_creds(sock)
+        if uid != os.getuid():
+            hub.refuse("refused_uid", "refused a connection from uid %d, pid %d (another "
+                       "user)", uid, pid)
             transport.close()
+            return
+        refused = hub.admissions.admit(pid, sock.fileno())
+        if refused is not None:
+            hub.refuse("refused_capacity", "refused a connection from pid %d: %s", pid, refused)
+            transport.close()
+            return
+        self.admitted = True
+        self.caller = Pid(hub.node, pid)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.frames.release()
+        if self.admitted and self.caller is not None:
+            self.admitted = False
+            self.hub.admissions.release(self.caller.ospid)
+
+    def pause_writing(self) -> None:
+        # A client that sends requests without reading the replies: stop reading its
+        # requests until it does, rather than buffer replies without bound.
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
-        bad = self.frames.bad_frames
-        requests = self.frames.feed(data)
-        self.hub.counters["bad_frames"] += self.frames.bad_frames - bad
+        if not self.admitted:
+            return  # refused: closing
+        frames, hub = self.frames, self.hub
+        bad, too_big, over = frames.bad_frames, frames.too_big, frames.over_budget
+        requests = frames.feed(data)
+        hub.counters["bad_frames"] += frames.bad_frames - bad
+        hub.counters["frames_too_big"] += frames.too_big - too_big
+        hub.counters["frames_over_budget"] += frames.over_budget - over
         for req in requests:
             try:
-                self.hub.handle(self, req)
+                hub.handle(self, req, self.caller)
             except Exception:  # noqa: BLE001 - one bad request must not take the node down
-                self.hub.counters["errors"] += 1
+                hub.counters["errors"] += 1
                 log.exception("hub: request %r failed", req)
-        if self.frames.broken and self.transport is not None:
+        if frames.broken and self.transport is not None:
             self.transport.close()
 
     def reply(self, reply: HubReply) -> None:
@@ -310,9 +413,9 @@ class _HubConnection(asyncio.Protocol):
 class _MailboxWriter:
     """A non-blocking connection from the hub to one process's mailbox."""
 
-    def __init__(self, to: Pid, counters: collections.Counter[str]) -> None:
+    def __init__(self, hub: Hub, to: Pid) -> None:
         self.to = to
-        self.counters = counters
+        self.counters = hub.counters
         self.pending = bytearray()
         self.closed = False
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -320,6 +423,10 @@ class _MailboxWriter:
             self.sock.connect(mailbox_address(to.node, to.ospid))
         except OSError:
             self.counters["notice_undeliverable"] += 1  # the watcher died too: nobody to tell
+            self.close()
+            return
+        if not hub.trusted_mailbox(self.sock, to):
+            self.counters["notice_undeliverable"] += 1
             self.close()
             return
         self.sock.setblocking(False)

@@ -3,12 +3,16 @@
 Used from worker processes and from external clients alike: one request at a time, answered
 by ``ref``; a reply to an earlier request that timed out is dropped. Opened lazily, so a
 process that never registers, monitors or links never connects.
+
+The hub's address is abstract, so any local user could bind it: the client trusts the hub
+only if ``SO_PEERCRED`` says it runs under the client's own uid, and else says who holds it.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
+import os
 import socket
 import time
 from collections.abc import Callable
@@ -17,7 +21,7 @@ from typing import Any
 import msgspec
 
 from ._errors import EventLogError, NodeError
-from ._nodeinfo import hub_address
+from ._nodeinfo import hub_address, peer_creds
 from ._topics import validate_topic
 from .transports._framing import FrameBuffer, encode_frame
 from .transports._messages import EmitReq, HubReply
@@ -48,6 +52,11 @@ class HubClient:
                 sock.close()
                 raise NodeError(f"node {self.node!r} is not running on this host "
                                 f"(its hub refused: {exc.strerror})") from None
+            pid, uid = peer_creds(sock)
+            if uid != os.getuid():
+                sock.close()
+                raise NodeError(f"the hub address of node {self.node!r} is held by uid {uid}, "
+                                f"pid {pid}, another user: not the node's hub (not trusted)")
             self.sock = sock
         return self.sock
 
@@ -62,8 +71,9 @@ class HubClient:
             while True:
                 sock.settimeout(max(deadline - time.monotonic(), 0.0001))
                 data = sock.recv(1 << 16)
-                if not data:
-                    raise OSError("connection closed")
+                if not data:  # the node stopped, or its hub refused this connection (caps)
+                    raise OSError("connection closed (the node stopped, or its hub refused "
+                                  "the connection: see the node's log)")
                 for reply in self.frames.feed(data):
                     if reply.ref == ref:
                         return reply

@@ -2,7 +2,12 @@
 
 The socket is bound at ``\\0prismatic/<node>/<ospid>`` as the process starts, before
 ``init``: messages sent meanwhile wait in the kernel, as they wait in an Erlang mailbox
-before the process first receives. Only peers of the node's own uid are accepted.
+before the process first receives. Only peers of the node's own uid are accepted
+(``SO_PEERCRED``), within the caps of :mod:`._local_limits` (connections in all and per
+process, a descriptor reserve, frame size, bytes of unfinished frames); ``Down`` and
+``Exit`` notices are taken only from the node's own process (the hub), so no other process
+can forge a DOWN or kill a process with a forged EXIT. Every refusal and drop is counted
+(``refused``, ``bad_frames``) and logged, throttled.
 
 Reading is loop-driven (:meth:`Mailbox.attach`), one reader per sender connection. Each
 decoded frame goes to ``on_frame(conn, frame)``; the owner queues it. Backpressure is the
@@ -26,9 +31,12 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from ._nodeinfo import mailbox_address, peer_uid
+from ._errors import NodeError
+from ._local_limits import Admissions, LocalLimits, mailbox_limits
+from ._nodeinfo import describe_holder, mailbox_address, node_pid, peer_creds
 from ._notices import Down, Exit
-from .transports._framing import FrameBuffer, encode_frame
+from ._throttle import ThrottledWarning
+from .transports._framing import ByteBudget, FrameBuffer, encode_frame
 from .transports._messages import MailboxFrame
 
 if TYPE_CHECKING:
@@ -41,17 +49,19 @@ __all__ = ["Mailbox", "Inbound"]
 log = logging.getLogger(__name__)
 _decoder = msgspec.msgpack.Decoder(MailboxFrame)
 READ_SIZE = 1 << 16  # below malloc's mmap threshold: a bigger read buffer costs an mmap per read
+ACCEPT_BACKOFF_S = 0.1  # out of descriptors: stop accepting this long (the listener stays ready)
 
 
 class Inbound:
     """One sender's connection; replies to its calls go back on it."""
 
-    __slots__ = ("sock", "frames", "fd", "batch")
+    __slots__ = ("sock", "frames", "fd", "batch", "peer_pid")
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, peer_pid: int, frames: FrameBuffer) -> None:
         self.sock = sock
         self.fd = sock.fileno()
-        self.frames = FrameBuffer(_decoder, "mailbox")
+        self.peer_pid = peer_pid
+        self.frames = frames
         self.batch: bytearray | None = None  # replies held while one read is handled
 
     def reply(self, frame: Any) -> None:
@@ -76,24 +86,63 @@ class Inbound:
 
 
 class Mailbox:
-    def __init__(self, node: str, ospid: int) -> None:
+    """``hub_pid``: the only process whose ``Down``/``Exit`` notices are taken (default: this
+    process's node; None takes them from any peer of the uid)."""
+
+    def __init__(self, node: str, ospid: int, limits: LocalLimits | None = None,
+                 hub_pid: int | None = -1) -> None:
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.listener.bind(mailbox_address(node, ospid))
+        try:
+            self.listener.bind(mailbox_address(node, ospid))
+        except OSError as exc:
+            self.listener.close()
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            raise NodeError(f"the mailbox address of pid {ospid} on node {node!r} is held by "
+                            f"{describe_holder(mailbox_address(node, ospid))}") from None
         self.listener.listen(4096)
         self.listener.setblocking(False)
+        if limits is None:
+            try:
+                limits = mailbox_limits()
+            except NodeError as exc:  # the node refuses to start on it; defaults all the same
+                log.error("mailbox: %s; using the default caps", exc)
+                limits = mailbox_limits({})
+        self.limits = limits
+        self.admissions = Admissions(limits)
+        self.budget = ByteBudget(limits.max_buffered_bytes)
+        self.hub_pid = node_pid() if hub_pid == -1 else hub_pid
         self.conns: dict[int, Inbound] = {}
         self.loop: asyncio.AbstractEventLoop | Reactor | None = None
         self.on_frame: Callable[[Inbound, Any], None] = lambda conn, frame: None
         self.paused = False
         self.bad_frames = 0
         self.refused = 0
+        self.refusals: dict[str, ThrottledWarning] = {}  # a throttle per kind of refusal
+        self.frame_warning = ThrottledWarning(log)  # and one for every dropped frame
+        self.accepting = False
 
     def attach(self, loop: asyncio.AbstractEventLoop | Reactor,
                on_frame: Callable[[Inbound, Any], None]) -> None:
         self.loop = loop
         self.on_frame = on_frame
-        loop.add_reader(self.listener.fileno(), self.accept)
+        self.start_accepting()
         self.accept()
+
+    def start_accepting(self) -> None:
+        if self.loop is not None and not self.accepting and self.listener.fileno() >= 0:
+            self.accepting = True
+            self.loop.add_reader(self.listener.fileno(), self.accept)
+
+    def refuse(self, kind: str, msg: str, *args: object) -> None:
+        self.refused += 1
+        self.warn(kind, msg, *args)
+
+    def warn(self, kind: str, msg: str, *args: object) -> None:
+        warning = self.refusals.get(kind)
+        if warning is None:
+            warning = self.refusals[kind] = ThrottledWarning(log)
+        warning.warn("mailbox: " + msg, *args)
 
     def accept(self) -> None:
         while True:
@@ -102,16 +151,29 @@ class Mailbox:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
-                if exc.errno in (errno.EMFILE, errno.ENFILE):
-                    log.error("mailbox: cannot accept a sender: %s", exc)
+                if exc.errno in (errno.EMFILE, errno.ENFILE) and self.loop is not None:
+                    # The listener stays readable: without a pause this would spin.
+                    self.refuse("descriptors", "cannot accept a sender: %s; pausing accepts "
+                                "for %.1fs", exc, ACCEPT_BACKOFF_S)
+                    self.loop.remove_reader(self.listener.fileno())
+                    self.accepting = False
+                    self.loop.call_later(ACCEPT_BACKOFF_S, self.start_accepting)
                 return
-            if peer_uid(sock) != os.getuid():
-                self.refused += 1
-                log.warning("mailbox: refused a connection from another user")
+            pid, uid = peer_creds(sock)
+            if uid != os.getuid():
+                self.refuse("uid", "refused a connection from uid %d, pid %d (another user)",
+                            uid, pid)
+                sock.close()
+                continue
+            refused = self.admissions.admit(pid, sock.fileno())
+            if refused is not None:
+                self.refuse("capacity", "refused a connection from pid %d: %s", pid, refused)
                 sock.close()
                 continue
             sock.setblocking(False)
-            conn = Inbound(sock)
+            conn = Inbound(sock, pid, FrameBuffer(_decoder, "mailbox",
+                                                  self.limits.max_frame_bytes, self.budget,
+                                                  self.frame_warning))
             self.conns[conn.fd] = conn
             if not self.paused and self.loop is not None:
                 self.loop.add_reader(conn.fd, self.read, conn)
@@ -145,6 +207,8 @@ class Mailbox:
         try:
             for frame in frames:
                 if isinstance(frame, (Down, Exit)):
+                    if self.forged(conn, frame):
+                        continue
                     self.drain_except(conn)
                 self.on_frame(conn, frame)
         finally:
@@ -160,13 +224,25 @@ class Mailbox:
                 if frames is None:
                     break
                 for frame in frames:
-                    self.on_frame(conn, frame)
+                    if not (isinstance(frame, (Down, Exit)) and self.forged(conn, frame)):
+                        self.on_frame(conn, frame)
+
+    def forged(self, conn: Inbound, notice: Down | Exit) -> bool:
+        """A DOWN or EXIT that did not come from the node's hub: dropped, counted, logged."""
+        if self.hub_pid is None or conn.peer_pid == self.hub_pid:
+            return False
+        self.bad_frames += 1
+        self.warn("forged", "dropped a %s notice from pid %d (only the node, pid %d, sends "
+                  "them)", type(notice).__name__, conn.peer_pid, self.hub_pid)
+        return True
 
     def close_conn(self, conn: Inbound) -> None:
         if self.conns.pop(conn.fd, None) is not None:
             if self.loop is not None and not self.paused:
                 self.loop.remove_reader(conn.fd)
             conn.sock.close()
+            conn.frames.release()
+            self.admissions.release(conn.peer_pid)
 
     def pause(self) -> None:
         """Stop reading: the owner's queue is at its high-water mark."""
@@ -182,7 +258,8 @@ class Mailbox:
                 self.loop.add_reader(conn.fd, self.read, conn)
 
     def close(self) -> None:
-        if self.loop is not None:
+        if self.loop is not None and self.accepting:
+            self.accepting = False
             self.loop.remove_reader(self.listener.fileno())
         for conn in list(self.conns.values()):
             self.close_conn(conn)

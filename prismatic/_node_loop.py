@@ -421,6 +421,7 @@ class NodeLoop:
                 "hub_unreported_exits": self.hub.counters["unreported_exits"],
                 "hub_watch_failed": self.hub.counters["watch_failed"],
                 "hub_probe_failed": self.hub.counters["probe_failed"],
+                **self.hub.counted(),
                 "pubsub_messages_forwarded": self.forwarder.messages_forwarded,
                 "pubsub_events_forwarded": self.forwarder.events_forwarded,
                 "pubsub_dropped_bad_frames": self.forwarder.dropped_bad_frames,

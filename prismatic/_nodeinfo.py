@@ -8,6 +8,8 @@ returns None there, and the messaging API asks for an explicit connection instea
 
 from __future__ import annotations
 
+import errno
+import os
 import socket
 import struct
 from pathlib import Path
@@ -15,9 +17,10 @@ from pathlib import Path
 import msgspec
 
 from ._errors import NodeError
+from ._local_limits import hub_limits, mailbox_limits
 
-__all__ = ["NodeInfo", "current", "set_current", "hub_address", "mailbox_address", "peer_uid",
-           "open_hub_socket"]
+__all__ = ["NodeInfo", "current", "set_current", "node_pid", "hub_address", "mailbox_address",
+           "peer_uid", "peer_creds", "describe_holder", "open_hub_socket"]
 
 _CREDS = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
@@ -31,15 +34,24 @@ class NodeInfo(msgspec.Struct, frozen=True):
 
 
 _current: NodeInfo | None = None
+_node_pid: int | None = None
 
 
 def set_current(info: NodeInfo) -> None:
-    global _current
+    """Called in the node process itself, so its pid is the hub's (see :func:`node_pid`)."""
+    global _current, _node_pid
     _current = info
+    _node_pid = os.getpid()
 
 
 def current() -> NodeInfo | None:
     return _current
+
+
+def node_pid() -> int | None:
+    """The pid of this process's node (the only process that sends DOWN and EXIT notices to
+    mailboxes), or None outside a node."""
+    return _node_pid
 
 
 def hub_address(node: str) -> bytes:
@@ -53,20 +65,55 @@ def mailbox_address(node: str, ospid: int) -> bytes:
     return f"\0prismatic/{node}/{ospid}".encode()
 
 
+def peer_creds(sock: socket.socket) -> tuple[int, int]:
+    """``(pid, uid)`` of the process at the other end of a connected ``AF_UNIX`` socket, as
+    the kernel recorded them when the connection was made (pid 0: a process in another pid
+    namespace). The hub and every mailbox accept only the node's own uid, and a client
+    trusts a hub or a mailbox only if it runs under its own uid."""
+    pid, uid, _ = _CREDS.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                _CREDS.size))
+    return pid, uid
+
+
 def peer_uid(sock: socket.socket) -> int:
-    """The uid of the process at the other end of a connected ``AF_UNIX`` socket: the hub
-    and every mailbox accept only the node's own uid."""
-    return _CREDS.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
-                                         _CREDS.size))[1]
+    return peer_creds(sock)[1]
+
+
+def describe_holder(address: bytes) -> str:
+    """Who holds an abstract address that could not be bound: "uid U, pid P" of the process
+    listening on it, asked of the kernel by connecting to it."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(1.0)
+        probe.connect(address)
+        pid, uid = peer_creds(probe)
+    except OSError as exc:
+        if exc.errno == errno.ECONNREFUSED:
+            return "a socket that accepts no connections (bound by a process not listening)"
+        return f"a process that could not be asked ({exc.strerror or exc})"
+    finally:
+        probe.close()
+    mine = "this user" if uid == os.getuid() else "ANOTHER USER"
+    return f"uid {uid} ({mine}), pid {pid or 'unknown (another pid namespace)'}"
 
 
 def open_hub_socket(node: str) -> socket.socket:
+    """The hub's listening socket, bound before the node forks its tree. The caps of the
+    hub and of the mailboxes are checked here too, so that a bad value is one line before
+    anything starts (NodeError), not a failure in every worker."""
+    hub_limits()
+    mailbox_limits()
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.bind(hub_address(node))
-    except OSError:
+    except OSError as exc:
         sock.close()
-        raise NodeError(f"a node named {node!r} is already running on this host "
-                        f"(give this one another --name)") from None
+        if exc.errno != errno.EADDRINUSE:
+            raise NodeError(f"cannot bind the hub address of node {node!r}: "
+                            f"{exc.strerror}") from None
+        raise NodeError(f"the hub address of node {node!r} is held by "
+                        f"{describe_holder(hub_address(node))}: a node of that name is already "
+                        f"running on this host, or another process took its name (give this "
+                        f"one another --name)") from None
     sock.listen(1024)
     return sock

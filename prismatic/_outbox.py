@@ -37,7 +37,8 @@ from ._errors import CallTimeout, MailboxFull, NodeError, NoProcError, ProcessDo
 from ._exit import ExitReason, NoProc
 from ._hubclient import HubClient
 from ._latency import LatencyHistogram
-from ._nodeinfo import mailbox_address
+from ._nodeinfo import mailbox_address, peer_creds
+from ._throttle import ThrottledWarning
 from .transports._framing import FrameBuffer, encode_frame
 from .transports._messages import (
     CallFrame, CallRefused, CallReply, CastFrame, DeadLetterNote, ExitOfReq, InfoFrame,
@@ -55,6 +56,7 @@ EXIT_REASON_WAIT_S = 1.0  # how long a failed call waits for the tree to report 
 # Busy-poll for a reply this long before blocking (see _spin_recv); never on one CPU, where
 # spinning would only delay the callee.
 SPIN_S = 50e-6 if len(os.sched_getaffinity(0)) > 1 else 0.0
+_untrusted = ThrottledWarning(log)  # squatted mailbox addresses (each becomes a dead letter)
 
 
 class _Peer:
@@ -68,6 +70,11 @@ class _Peer:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             self.sock.connect(mailbox_address(pid.node, pid.ospid))
+            holder, uid = peer_creds(self.sock)
+            if uid != os.getuid():  # another user bound a dead process's address: no process
+                _untrusted.warn("the mailbox address of %s is held by uid %d, pid %d (another "
+                                "user): taken as no process", pid, uid, holder)
+                raise ConnectionRefusedError(f"{pid}'s mailbox address is another user's")
         except OSError:
             self.sock.close()
             raise

@@ -6,8 +6,10 @@ processes inherit it, so any process of any tree can be found in /proc afterward
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -192,3 +194,62 @@ def no_orphans() -> Iterator[None]:
             except ProcessLookupError:
                 pass
         pytest.fail(f"processes left behind by the tests: {left}")
+
+
+# ---- another local user (tests run as root; the child drops to nobody) ------------------------
+
+NOBODY = 65534
+
+
+def _become_nobody() -> None:
+    os.setgroups([])
+    os.setgid(NOBODY)
+    os.setuid(NOBODY)
+
+
+def run_as_nobody(fn: typing.Callable[[], int]) -> int:
+    """Run ``fn`` in a forked child as user nobody; its return value is the exit code."""
+    if os.getuid() != 0:
+        pytest.skip("needs root, to act as another user")
+    child = os.fork()
+    if child == 0:
+        code = 70
+        try:
+            _become_nobody()
+            code = fn()
+        except BaseException as exc:  # noqa: BLE001 - the child must exit, saying why
+            sys.stderr.write(f"run_as_nobody: {exc!r}\n")
+        finally:
+            os._exit(code)
+    return os.waitstatus_to_exitcode(os.waitpid(child, 0)[1])
+
+
+@contextlib.contextmanager
+def squatted_by_nobody(address: bytes) -> Iterator[int]:
+    """A process of user nobody listening on abstract ``address`` (its pid) until exit."""
+    if os.getuid() != 0:
+        pytest.skip("needs root, to act as another user")
+    ready_r, ready_w = os.pipe()
+    done_r, done_w = os.pipe()
+    child = os.fork()
+    if child == 0:
+        try:
+            os.close(ready_r)
+            os.close(done_w)
+            _become_nobody()
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.bind(address)
+            s.listen(64)
+            os.write(ready_w, b"1")
+            os.read(done_r, 1)  # until the test closes its end
+        finally:
+            os._exit(0)
+    os.close(ready_w)
+    os.close(done_r)
+    try:
+        assert os.read(ready_r, 1) == b"1", "the squatter did not bind"
+        yield child
+    finally:
+        os.close(done_w)
+        os.close(ready_r)
+        os.waitpid(child, 0)

@@ -24,7 +24,7 @@ from prismatic._notices import Down, Exit
 from prismatic.transports import _frames as F
 from prismatic.transports import _messages as M
 from prismatic.transports._framing import (
-    HEADER, MAX_FRAME, WIRE_VERSION, FrameBuffer, encode_frame,
+    HEADER, MAX_FRAME, WIRE_VERSION, ByteBudget, FrameBuffer, encode_frame,
 )
 from tests.conftest import assert_builds_every_member
 
@@ -288,3 +288,42 @@ def test_a_string_that_is_not_utf8_is_a_bad_frame(union: str) -> None:
     body = b"\x91\xa1\x80"  # [<a one-byte string that is not UTF-8>]
     assert buf.feed(HEADER.pack(len(body) + 1, WIRE_VERSION) + body) == []
     assert buf.bad_frames == 1 and not buf.broken
+
+
+# ---- caps: one frame's size, and the bytes of unfinished frames a listener holds ------------
+
+
+def test_a_frame_over_the_buffers_cap_breaks_the_stream_and_is_counted() -> None:
+    fb = FrameBuffer(msgspec.msgpack.Decoder(M.HubRequest), "test", max_frame=1000)
+    assert fb.feed(encode_frame(M.WhereisReq(1, "x" * 900))) != []
+    assert fb.feed(HEADER.pack(1001, WIRE_VERSION)) == []
+    assert fb.broken and fb.too_big == 1 and fb.bad_frames == 1
+    assert fb.feed(encode_frame(M.WhereisReq(2, "x"))) == []  # broken: the owner closes it
+
+
+@SETTINGS
+@given(sizes=st.lists(st.integers(1, 3000), min_size=1, max_size=12),
+       limit=st.integers(0, 12000), complete=st.lists(st.booleans(), min_size=12, max_size=12))
+def test_a_shared_budget_bounds_the_unfinished_bytes_of_all_buffers(
+        sizes: list[int], limit: int, complete: list[bool]) -> None:
+    """Each buffer gets a partial frame of ``size`` bytes (some then complete it, some close);
+    together they never hold more than the limit, and every byte is given back."""
+    budget = ByteBudget(limit)
+    decoder = msgspec.msgpack.Decoder(M.HubRequest)
+    buffers = []
+    for size, done in zip(sizes, complete, strict=False):
+        frame = encode_frame(M.WhereisReq(1, "x" * size))
+        fb = FrameBuffer(decoder, "test", budget=budget)
+        room = limit - budget.used
+        fb.feed(frame[:-1])
+        assert budget.used <= limit
+        assert budget.used == sum(b.charged for b in buffers + [fb])
+        assert fb.broken == (len(frame) - 1 > room)
+        if fb.broken:
+            assert fb.over_budget == 1 and fb.charged == 0
+        elif done:
+            assert len(fb.feed(frame[-1:])) == 1 and fb.charged == 0
+        buffers.append(fb)
+    for fb in buffers:
+        fb.release()
+    assert budget.used == 0

@@ -7,9 +7,10 @@ other plane, and well-formed frames with odd fields. The sender half-closes its 
 for the receiver to close too (so every byte has been read and handled), then the node and
 the worker must still answer, and the hub's bad frames must be counted exactly.
 
-A well-formed frame a worker's handler cannot take (an unknown op, a forged ``Exit``) makes
-the worker crash and be restarted, by design: that is the handler's crash, not the
-receiver's; the test then waits for the supervisor to bring ``alpha`` back.
+A well-formed frame a worker's handler cannot take (an unknown op) makes the worker crash
+and be restarted, by design: that is the handler's crash, not the receiver's; the test then
+waits for the supervisor to bring ``alpha`` back. (A forged ``Down`` or ``Exit`` is dropped
+by the mailbox: only the node sends those.)
 
 Pids in generated frames are never real processes (ospids above the kernel's limit) and names
 never the registered ones, so a well-formed request cannot legitimately unregister ``alpha``.
