@@ -50,7 +50,7 @@ from ._address import Pid
 from ._exit import ExitReason, Killed, NoProc
 from ._local_limits import Admissions, LocalLimits, hub_limits
 from ._nodeinfo import mailbox_address, peer_creds
-from ._throttle import ThrottledWarning
+from ._throttle import ThrottledWarning, throttle_for
 from .transports._framing import ByteBudget, FrameBuffer, encode_frame
 from .transports._messages import (
     DeadLetterNote, DemonitorReq, EmitReq, ExitOfReq, HubReply, HubRequest, LinkReq, MonitorReq,
@@ -163,6 +163,14 @@ class Hub:
         """Carry out ``req`` for ``caller``, the process at the other end of ``conn`` (None:
         the node itself, which may act for any process)."""
         self.on_request(type(req).__struct_config__.tag)
+        if isinstance(req, DeadLetterNote) and (req.reason not in DEAD_LETTER_REASONS
+                                                or req.kind not in DEAD_LETTER_KINDS):
+            # Outside the protocol (it would name a topic and a metric label): a malformed
+            # frame, whoever it claims to come from.
+            self.counters["bad_frames"] += 1
+            self.frame_warning.warn("hub: dropped a dead-letter note with reason %r, kind %r",
+                                    req.reason[:40], req.kind[:40])
+            return
         acting = _acting_for(req)
         if caller is not None and acting is not None and acting != caller:
             self.refuse("not_permitted", "refused %s for %s from %s: a process acts only as "
@@ -219,12 +227,6 @@ class Hub:
             else:
                 self.on_emit(req, conn.reply)
         elif isinstance(req, DeadLetterNote):
-            if req.reason not in DEAD_LETTER_REASONS or req.kind not in DEAD_LETTER_KINDS:
-                # Outside the protocol: it would name a topic and a metric label; dropped.
-                self.counters["bad_frames"] += 1
-                log.warning("hub: dropped a dead-letter note with reason %r, kind %r",
-                            req.reason[:40], req.kind[:40])
-                return
             self.on_dead_letter(req)
 
     def probe_alive(self, pid: Pid) -> bool:
@@ -393,9 +395,10 @@ class _HubConnection(asyncio.Protocol):
         for req in requests:
             try:
                 hub.handle(self, req, self.caller)
-            except Exception:  # noqa: BLE001 - one bad request must not take the node down
+            except Exception as exc:  # noqa: BLE001 - one bad request must not take the node down
                 hub.counters["errors"] += 1
-                log.exception("hub: request %r failed", req)
+                throttle_for(log, "hub request failed").warn(
+                    "hub: request %r failed", req, exc_info=exc)
         if frames.broken and self.transport is not None:
             self.transport.close()
 
