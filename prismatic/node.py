@@ -1,5 +1,5 @@
 """``python -m prismatic.node``: start a node (see :mod:`prismatic._node`); the same command
-as ``prismatic node start`` (both in :mod:`prismatic._cli_node`).
+as ``prismatic node start`` (both in :mod:`prismatic.cli._node`).
 
 Exit codes: 0 stopped on request; 1 the root supervisor failed or exited; 2 bad usage
 (an ``--app`` or ``--config`` that cannot be loaded, a data directory in use).
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import click
 
-from ._cli_node import node_options, start_node
+from .cli._node import node_options, start_node
 
 __all__ = ["main"]
 

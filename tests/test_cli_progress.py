@@ -1,4 +1,4 @@
-"""The CLI's spinner (``prismatic._cli_progress``) against a pseudo-terminal."""
+"""The CLI's spinner (``prismatic.cli._progress``) against a pseudo-terminal."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import pytest
 from click.testing import CliRunner
 
-from prismatic._cli_progress import progress
+from prismatic.cli._progress import progress
 from prismatic.cli import cli
 
 

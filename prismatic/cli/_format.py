@@ -3,7 +3,7 @@
 Role: :class:`CliError` carries an :class:`ExitCode` and prints one line on stderr (click
 shows it; the group in :mod:`.cli` turns Prismatic's own errors into it). Read commands print
 aligned tables for people, or ``--json`` for programs (msgspec encodes Structs and Enums).
-Slow operations show a spinner on stderr (:mod:`._cli_progress`).
+Slow operations show a spinner on stderr (:mod:`._progress`).
 """
 
 from __future__ import annotations
@@ -48,9 +48,9 @@ def print_json(value: Any) -> None:
 def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     cells = [[("-" if v is None else str(v)) for v in row] for row in rows]
     widths = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(headers)]
-    click.echo("  ".join(h.upper().ljust(w) for h, w in zip(headers, widths)).rstrip())
+    click.echo("  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
     for r in cells:
-        click.echo("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
+        click.echo("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
 
 
 def human_bytes(n: int | None) -> str | None:

@@ -15,14 +15,14 @@ from typing import Any
 import click
 import msgspec
 
-from ._childspec import ChildSpec
-from ._cli_format import (
+from .._childspec import ChildSpec
+from ._format import (
     CliError, ExitCode, human_bytes, human_seconds, print_json, print_table,
 )
-from ._cli_node import detach_node, node_options, start_node, stop_node
-from ._control import ProcessState
-from ._exit import describe
-from .cli import CliState, cli, json_option
+from ._node import detach_node, node_options, start_node, stop_node
+from .._control import ProcessState
+from .._exit import describe
+from ._main import CliState, cli, json_option
 
 __all__ = ["TreeLine", "sup_path", "child_path"]
 
@@ -74,7 +74,7 @@ def node_start(state: CliState, detach: bool, wait_s: float, **options: Any) -> 
     if not detach:
         start_node(**options, prog="prismatic node start")
         return
-    from ._cli_node import _Settings
+    from ._node import _Settings
 
     s = _Settings(options["app"], options["config_file"], options["name"],
                   options["data_dir"], options["metrics_port"], options["log_format"],
@@ -107,7 +107,7 @@ def node_stop(state: CliState, wait_s: float) -> None:
 @click.pass_obj
 def tree(state: CliState, as_json: bool) -> None:
     """The live supervision tree: path, pid, type, state, restarts, uptime, memory (USS)."""
-    from ._process import uss_bytes
+    from .._process import uss_bytes
 
     with state.connect() as conn:
         rows = conn.tree()
@@ -124,10 +124,10 @@ def tree(state: CliState, as_json: bool) -> None:
         print_json(lines)
         return
     print_table(["path", "pid", "type", "state", "restarts", "uptime", "uss", "last exit"],
-                [(("  " * l.path.count("/") + l.path.rsplit("/", 1)[-1]) if l.path != "root"
-                  else "root", l.pid, l.type, l.state.value, l.restarts,
-                  human_seconds(l.uptime), human_bytes(l.uss_bytes), l.last_exit)
-                 for l in lines])
+                [(("  " * ln.path.count("/") + ln.path.rsplit("/", 1)[-1])
+                  if ln.path != "root" else "root", ln.pid, ln.type, ln.state.value,
+                  ln.restarts, human_seconds(ln.uptime), human_bytes(ln.uss_bytes), ln.last_exit)
+                 for ln in lines])
 
 
 # ---- children -----------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ anything else that starts with ``<`` is a usage error (exit 2). ``MSG`` and ``PA
 JSON; an argument that is not JSON is sent as a plain string (``ping`` is ``"ping"``; the
 string ``"42"`` must be written ``'"42"'``).
 
-Exit codes (as :class:`~prismatic._cli_format.ExitCode`): 1 no such process or name, the
+Exit codes (as :class:`~prismatic.cli._format.ExitCode`): 1 no such process or name, the
 callee exited before replying (its exit reason is printed), or a cast/send became a dead
 letter; 5 no reply within ``--timeout``, or the mailbox stayed full that long; 3 the node
 (or its hub) did not answer; 2 bad DEST, topic or pattern.
@@ -25,11 +25,11 @@ from typing import Any
 import click
 import msgspec
 
-from ._address import Pid
-from ._cli_format import CliError, ExitCode, print_json
-from ._errors import CallError, CallTimeout, MailboxFull, NodeError, NoProcError, ProcessDown
-from ._exit import describe
-from .cli import CliState, cli, json_option
+from .._address import Pid
+from ._format import CliError, ExitCode, print_json
+from .._errors import CallError, CallTimeout, MailboxFull, NodeError, NoProcError, ProcessDown
+from .._exit import describe
+from ._main import CliState, cli, json_option
 
 __all__ = ["parse_dest", "parse_message", "CallResult", "Delivery"]
 

@@ -8,7 +8,7 @@ Commands (``prismatic COMMAND --help`` for each): ``node start|stop``, ``status`
 Node selection, first that is given: ``--node NAME_OR_DATA_DIR``, ``$PRISMATIC_NODE``, else
 the one running node under ``$PRISMATIC_HOME`` (default ``~/.prismatic``). Errors are one
 line on stderr (a traceback only with ``--debug``) and an exit code from
-:class:`~prismatic._cli_format.ExitCode`: 0 ok, 1 refused by the supervisor (or no such
+:class:`~prismatic.cli._format.ExitCode`: 0 ok, 1 refused by the supervisor (or no such
 process, callee exited, dead letter), 2 usage, 3 node unreachable, 4 cookie refused,
 5 timed out (no reply, mailbox full), 70 internal error. Anything slower than a second shows
 a spinner on stderr if it is a terminal (not with ``--json``; none with ``--no-progress`` or
@@ -20,16 +20,15 @@ from __future__ import annotations
 
 import fcntl
 import os
-import sys
 import traceback
 from pathlib import Path
 from typing import Any
 
 import click
 
-from ._cli_format import CliError, ExitCode, print_json
-from ._cookie import CookieRefused
-from ._errors import (
+from ._format import CliError, ExitCode, print_json
+from .._cookie import CookieRefused
+from .._errors import (
     CallError, CallTimeout, ChildSpecError, ControlError, EventLogError, MailboxFull, NodeError,
     PrismaticError, PubSubError, SupervisorError, TopicError,
 )
@@ -83,7 +82,7 @@ class CliState:
     def progress(self, label: str, show: bool = True) -> Any:
         """A spinner on stderr if this takes over a second (terminal only; ``show=False``
         for ``--json``)."""
-        from ._cli_progress import progress
+        from ._progress import progress
 
         return progress(label, enabled=show and not self.no_progress)
 
@@ -91,7 +90,7 @@ class CliState:
         return select_node(self.node_arg)
 
     def connect(self, timeout: float = 10.0) -> Any:
-        from ._client import connect
+        from .._client import connect
 
         return connect(self.data_dir(), timeout=timeout)
 
@@ -115,7 +114,7 @@ def running(data_dir: Path) -> bool:
 
 
 def select_node(node: str | None) -> Path:
-    from ._client import resolve_node
+    from .._client import resolve_node
 
     if node:
         return resolve_node(node)
@@ -161,7 +160,7 @@ def json_option(f: Any) -> Any:
 @click.pass_obj
 def status(state: CliState, as_json: bool) -> None:
     """Node health, uptime and process counts."""
-    from ._cli_format import human_seconds
+    from ._format import human_seconds
 
     with state.connect() as conn:
         st = conn.status()
@@ -185,7 +184,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 # Subcommands register themselves on ``cli`` when imported.
-from . import _cli_events, _cli_messaging, _cli_tree  # noqa: E402,F401  (after cli exists)
-
-if __name__ == "__main__":
-    main(sys.argv[1:])
+from . import _events, _messaging, _tree  # noqa: E402,F401  (after cli exists)

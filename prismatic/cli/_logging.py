@@ -19,7 +19,7 @@ from pathlib import Path
 
 import msgspec
 
-from ._config import LogFormat
+from .._config import LogFormat
 
 __all__ = ["setup_logging"]
 

@@ -23,9 +23,9 @@ from typing import Any
 
 import click
 
-from ._config import LogFormat, NodeConfig, load_config
-from ._errors import NodeError, PrismaticError
-from ._process import send_signal
+from .._config import LogFormat, NodeConfig, load_config
+from .._errors import NodeError, PrismaticError
+from .._process import send_signal
 
 __all__ = ["node_options", "start_node", "detach_node", "stop_node"]
 
@@ -60,8 +60,8 @@ class _Settings:
     def __init__(self, app: str | None, config_file: str | None, name: str | None,
                  data_dir: str | None, metrics_port: int | None, log_format: str | None,
                  log_file: str | None) -> None:
-        from ._address import default_node_name
-        from ._node import default_data_dir
+        from .._address import default_node_name
+        from .._node import default_data_dir
 
         config = load_config(config_file) if config_file else None
         section = config.node if config else None
@@ -77,8 +77,8 @@ class _Settings:
         self.log_file = log_file or (section.log_file if section else None)
 
     def tree(self) -> Any:
-        from ._demo import demo_tree
-        from ._node import load_app
+        from .._demo import demo_tree
+        from .._node import load_app
 
         if self.app:
             return load_app(self.app)
@@ -91,8 +91,8 @@ def start_node(app: str | None, config_file: str | None, name: str | None,
                data_dir: str | None, metrics_port: int | None, log_format: str | None,
                log_file: str | None, quiet: bool, prog: str) -> None:
     """Run a node in this process; exits with the node's exit code."""
-    from ._cli_logging import setup_logging
-    from ._node import run_node
+    from ._logging import setup_logging
+    from .._node import run_node
 
     try:
         s = _Settings(app, config_file, name, data_dir, metrics_port, log_format, log_file)
@@ -111,7 +111,7 @@ def detach_node(argv: list[str], data_dir: Path, wait_s: float) -> Path:
     ``<data dir>/node.out``) and return once its tree started; NodeError if it did not."""
     import subprocess  # noqa: PLC0415 - kept out of the tree's image (see prismatic._node)
 
-    from ._client import connect
+    from .._client import connect
 
     data_dir.mkdir(parents=True, exist_ok=True)
     out_path = data_dir / "node.out"
@@ -138,7 +138,7 @@ def detach_node(argv: list[str], data_dir: Path, wait_s: float) -> Path:
 
 def stop_node(data_dir: Path, wait_s: float) -> int:
     """SIGTERM the node in ``data_dir`` (orderly stop of its tree); wait until it is gone."""
-    from ._client import connect
+    from .._client import connect
 
     with connect(data_dir, timeout=5.0) as conn:
         pid = conn.status().pid

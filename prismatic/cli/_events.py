@@ -21,12 +21,12 @@ from typing import Any
 import click
 import msgspec
 
-from ._cli_format import CliError, ExitCode, print_json
-from ._eventlog import EventLog
-from ._eventlog_record import EventRecord
-from ._replay import open_log_reader
-from ._topics import compile_pattern
-from .cli import CliState, cli, json_option
+from ._format import CliError, ExitCode, print_json
+from .._eventlog import EventLog
+from .._eventlog_record import EventRecord
+from .._replay import open_log_reader
+from .._topics import compile_pattern
+from ._main import CliState, cli, json_option
 
 __all__ = ["parse_time"]
 
