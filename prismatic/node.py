@@ -2,7 +2,8 @@
 as ``prismatic node start`` (both in :mod:`prismatic.cli._node`).
 
 Exit codes: 0 stopped on request; 1 the root supervisor failed or exited; 2 bad usage
-(an ``--app`` or ``--config`` that cannot be loaded, a data directory in use).
+(an ``--app`` or ``--config`` that cannot be loaded, a data directory in use). Errors are
+one line, ``prismatic: error: ...``, as the ``prismatic`` command's.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from .cli._node import node_options, start_node
 __all__ = ["main"]
 
 
-@click.command(name="prismatic.node")
+@click.command(name="prismatic.node", context_settings={"help_option_names": ["-h", "--help"]})
 @node_options
 def main(**options: object) -> None:
     """Start a Prismatic node and run its supervision tree until SIGINT/SIGTERM."""

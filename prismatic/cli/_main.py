@@ -7,7 +7,8 @@ Commands (``prismatic COMMAND --help`` for each): ``node start|stop``, ``status`
 
 Node selection, first that is given: ``--node NAME_OR_DATA_DIR``, ``$PRISMATIC_NODE``, else
 the one running node under ``$PRISMATIC_HOME`` (default ``~/.prismatic``). Errors are one
-line on stderr (a traceback only with ``--debug``) and an exit code from
+line on stderr, ``prismatic: error: ...`` (a traceback only with ``--verbose``); a closed
+stdout (``prismatic status | head -2``) is a normal end and an exit code from
 :class:`~prismatic.cli._format.ExitCode`: 0 ok, 1 refused by the supervisor (or no such
 process, callee exited, dead letter), 2 usage, 3 node unreachable, 4 cookie refused,
 5 timed out (no reply, mailbox full), 70 internal error. Anything slower than a second shows
@@ -18,8 +19,8 @@ a spinner on stderr if it is a terminal (not with ``--json``; none with ``--no-p
 
 from __future__ import annotations
 
-import fcntl
 import os
+import sys
 import traceback
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ import click
 
 from ._format import CliError, ExitCode, print_json
 from .._cookie import CookieRefused
+from .._nodelock import lock_holder
 from .._errors import (
     CallError, CallTimeout, ChildSpecError, ControlError, EventLogError, MailboxFull, NodeError,
     PrismaticError, PubSubError, SupervisorError, TopicError,
@@ -50,25 +52,43 @@ def _exit_code_of(exc: PrismaticError) -> ExitCode:
     return ExitCode.INTERNAL
 
 
+def _one_line(message: str) -> str:
+    """An error as one short line: the first line of a longer text (the rest is what
+    ``--verbose`` shows)."""
+    first, _, rest = message.strip().partition("\n")
+    return f"{first} (more with --verbose)" if rest.strip() else first
+
+
+def _stdout_closed() -> None:
+    """``prismatic status | head -2``: the reader left, which is a normal end. Point stdout
+    at /dev/null so the interpreter's final flush cannot fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
 class _Group(click.Group):
     """Turns Prismatic's errors into a :class:`CliError` with its exit code."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except BrokenPipeError:
+            _stdout_closed()
+            raise click.exceptions.Exit(0) from None
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
         except PrismaticError as exc:
             if ctx.params.get("debug"):
                 traceback.print_exc()
-            raise CliError(str(exc), _exit_code_of(exc)) from None
+            raise CliError(_one_line(str(exc)), _exit_code_of(exc)) from None
         except KeyboardInterrupt:
             raise click.Abort() from None
         except Exception as exc:
             if ctx.params.get("debug"):
                 traceback.print_exc()
-            raise CliError(f"internal error: {exc!r} (rerun with --debug for the traceback)",
-                           ExitCode.INTERNAL) from None
+            raise CliError(f"internal error: {_one_line(repr(exc))} (rerun with --verbose for "
+                           f"the traceback)", ExitCode.INTERNAL) from None
 
 
 class CliState:
@@ -101,16 +121,7 @@ def prismatic_home() -> Path:
 
 def running(data_dir: Path) -> bool:
     """Whether a node holds the lock of ``data_dir`` (not merely left its files behind)."""
-    try:
-        with open(data_dir / "node.lock") as f:
-            try:
-                fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return True
-            fcntl.flock(f, fcntl.LOCK_UN)
-            return False
-    except OSError:
-        return False
+    return lock_holder(data_dir) is not None
 
 
 def select_node(node: str | None) -> Path:
@@ -134,7 +145,8 @@ def select_node(node: str | None) -> Path:
 @click.option("--node", envvar="PRISMATIC_NODE", metavar="NAME_OR_DATA_DIR",
               help="The node to talk to (default: $PRISMATIC_NODE, else the only running node "
                    "under $PRISMATIC_HOME).")
-@click.option("--debug", is_flag=True, help="Show tracebacks of errors.")
+@click.option("-v", "--verbose", "--debug", "debug", is_flag=True,
+              help="Show the whole error, with its traceback.")
 @click.option("--no-progress", is_flag=True, envvar="PRISMATIC_NO_PROGRESS",
               help="No spinner on stderr for slow operations (also $PRISMATIC_NO_PROGRESS=1).")
 @click.version_option(package_name="prismatic")
@@ -180,7 +192,14 @@ def status(state: CliState, as_json: bool) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """The console script ``prismatic``."""
-    cli.main(args=argv, prog_name="prismatic")
+    try:
+        cli.main(args=argv, prog_name="prismatic")
+    except SystemExit:
+        try:
+            sys.stdout.flush()  # what is still buffered; the reader may have left meanwhile
+        except BrokenPipeError:
+            _stdout_closed()
+        raise
 
 
 # Subcommands register themselves on ``cli`` when imported.

@@ -28,7 +28,7 @@ import msgspec
 from .._address import Pid
 from ._format import CliError, ExitCode, print_json
 from .._errors import CallError, CallTimeout, MailboxFull, NodeError, NoProcError, ProcessDown
-from .._exit import describe
+from .._exit import ExitReason, describe
 from ._main import CliState, cli, json_option
 
 __all__ = ["parse_dest", "parse_message", "CallResult", "Delivery"]
@@ -61,7 +61,7 @@ def parse_message(value: str) -> Any:
         return value
 
 
-def _label(dest: Pid | str) -> str:
+def _label(dest: object) -> str:
     return str(dest) if isinstance(dest, Pid) else repr(dest)
 
 
@@ -69,7 +69,7 @@ def _target(conn: Any, dest: Pid | int | str) -> Pid | str:
     return Pid(conn.node, dest) if isinstance(dest, int) else dest
 
 
-def _no_such(dest: Pid | str) -> str:
+def _no_such(dest: object) -> str:
     return f"no process registered as {dest!r}" if isinstance(dest, str) \
         else f"no such process {dest}"
 
@@ -86,7 +86,8 @@ def _delivery_errors(state: CliState, timeout: float) -> Iterator[None]:
         if isinstance(exc, NoProcError):
             raise CliError(_no_such(exc.dest), ExitCode.REFUSED) from None
         if isinstance(exc, ProcessDown):
-            raise CliError(f"{label} exited before replying: {describe(exc.reason)}",
+            why = describe(exc.reason) if isinstance(exc.reason, ExitReason) else exc.reason
+            raise CliError(f"{label} exited before replying: {why}",
                            ExitCode.REFUSED) from None
         if isinstance(exc, CallTimeout):
             raise CliError(f"{label}: no reply within {timeout:g}s", ExitCode.TIMEOUT) from None
