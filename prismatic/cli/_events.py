@@ -34,7 +34,17 @@ _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)(s|m|h|d)$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
+_MAX_NS = (1 << 63) - 1  # the log's timestamps are 64-bit nanoseconds (till 2262)
+
+
 def parse_time(value: str, option: str) -> int:
+    ns = _parse_time(value, option)
+    if not 0 <= ns <= _MAX_NS:
+        raise CliError(f"{option} {value!r} is out of range (1970 to 2262)", ExitCode.USAGE)
+    return ns
+
+
+def _parse_time(value: str, option: str) -> int:
     """Nanoseconds since the epoch from ``10m`` (ago), an ISO date/time (local time unless
     it has an offset), or epoch seconds."""
     if m := _RELATIVE.match(value):

@@ -137,7 +137,7 @@ def tree(state: CliState, as_json: bool) -> None:
         print_json(lines)
         return
     print_table(["path", "pid", "type", "state", "restarts", "uptime", "uss", "last exit"],
-                [(("  " * ln.path.count("/") + ln.path.rsplit("/", 1)[-1])
+                [(("  " * (ln.path.count("/") + 1) + ln.path.rsplit("/", 1)[-1])
                   if ln.path != "root" else "root", ln.pid, ln.type, ln.state.value,
                   ln.restarts, human_seconds(ln.uptime), human_bytes(ln.uss_bytes), ln.last_exit)
                  for ln in lines])
@@ -316,4 +316,9 @@ def metrics(state: CliState, raw: bool, prefix: str, as_json: bool) -> None:
         return
     print_table(["metric", "value"],
                 [(s.name + ("{" + ",".join(f"{k}={v}" for k, v in s.labels.items()) + "}"
-                            if s.labels else ""), f"{s.value:g}") for s in samples])
+                            if s.labels else ""), _number(s.value)) for s in samples])
+
+
+def _number(value: float) -> str:
+    """Whole numbers in full (bytes: 1978370, not 1.97837e+06), others to 6 digits."""
+    return str(int(value)) if value.is_integer() and abs(value) < 1e18 else f"{value:g}"
