@@ -59,3 +59,11 @@ def golden() -> p.SupervisorSpec:
         p.ChildSpec(id="pool", start=pool),
         p.ChildSpec(id="sub", start=sub),
     ])
+
+
+def doomed() -> p.SupervisorSpec:
+    """A root that gives up: its only child crash-loops past intensity 1."""
+    from tests.apps import CrashSoon
+
+    return p.SupervisorSpec(flags=p.SupFlags(intensity=1, period=5),
+                            children=[p.ChildSpec(id="crasher", start=CrashSoon)])
