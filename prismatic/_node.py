@@ -35,8 +35,10 @@ from .transports._channel import Channel, open_channel_pair
 
 log = logging.getLogger(__name__)
 
-__all__ = ["run_node", "load_app", "default_data_dir", "control_address", "events_address",
-           "publish_address"]
+METRICS_PORT_AUTO = -1  # run_node's metrics_port for "any free port" (read back from status)
+
+__all__ = ["run_node", "METRICS_PORT_AUTO", "load_app", "default_data_dir", "control_address",
+           "events_address", "publish_address"]
 
 
 def default_data_dir(name: str) -> Path:
@@ -71,7 +73,8 @@ def run_node(spec: SupervisorSpec, *, name: str | None = None,
     """Run a node until it is told to stop (exit code 0) or its root supervisor dies (1).
 
     ``metrics_port`` > 0 serves Prometheus metrics on ``http://<metrics_host>:<port>/metrics``
-    (0: no HTTP endpoint; the metrics stay readable over the control endpoint).
+    (0: no HTTP endpoint, the metrics stay readable over the control endpoint;
+    :data:`METRICS_PORT_AUTO`: a port the kernel picks, in ``NodeStatus.metrics_url``).
     ``eventlog_max_bytes`` / ``eventlog_max_age_s``: the event log's retention (None: no
     bound; the command line's default is 1 GiB).
     """

@@ -132,7 +132,8 @@ class NodeLoop:
         beat = loop.create_task(self.beat())
         if metrics_port:
             try:
-                self.metrics_server = serve_metrics(self.metrics, metrics_port, metrics_host)
+                self.metrics_server = serve_metrics(self.metrics, max(metrics_port, 0),
+                                                    metrics_host)  # -1: any free port
             except OSError as exc:
                 # Loud, but the tree keeps running: metrics observe it, they are no dependency.
                 log.error("metrics endpoint on %s:%d not started: %s", metrics_host,

@@ -12,6 +12,7 @@ import time
 import uuid
 from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner
 
@@ -220,3 +221,13 @@ def test_python_m_node_help_and_error_prefix(tmp_path):
                           "--data-dir", str(tmp_path / "d")], env=full, capture_output=True,
                          text=True, timeout=30)
     assert bad.returncode == 2 and bad.stderr.startswith("prismatic: error: --app 'nosuch:x'")
+
+
+def test_metrics_port_takes_a_port_0_or_auto():
+    from prismatic.cli._node import _MetricsPort
+
+    t = _MetricsPort()
+    assert [t.convert(v, None, None) for v in ("9100", "0", "auto", "AUTO")] == [9100, 0, -1, -1]
+    for bad in ("70000", "-1", "http"):
+        with pytest.raises(click.BadParameter):
+            t.convert(bad, None, None)

@@ -25,6 +25,7 @@ import click
 
 from .._config import LOG_LEVELS, LogFormat, NodeConfig, load_config
 from .._errors import NodeError, PrismaticError
+from .._node import METRICS_PORT_AUTO
 from .._process import send_signal
 
 __all__ = ["node_options", "start_node", "detach_node", "stop_node", "DetachFailed",
@@ -34,6 +35,25 @@ __all__ = ["node_options", "start_node", "detach_node", "stop_node", "DetachFail
 
 GIB = 1 << 30
 DEFAULT_EVENTLOG_MAX_BYTES = GIB  # the log never grows past this by default
+
+
+class _MetricsPort(click.ParamType):
+    """A port number, 0 for off, or ``auto`` (:data:`METRICS_PORT_AUTO`: any free port)."""
+
+    name = "port"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> int:
+        if isinstance(value, int):
+            return value
+        if str(value).strip().lower() == "auto":
+            return METRICS_PORT_AUTO
+        try:
+            port = int(value)
+        except ValueError:
+            port = -2
+        if not 0 <= port <= 65535:
+            self.fail(f"{value!r} is not a port (0-65535) or 'auto'", param, ctx)
+        return port
 
 
 def node_options(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -54,9 +74,11 @@ def node_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--data-dir", type=click.Path(file_okay=False),
                      help="Data directory (default $PRISMATIC_HOME/<name>, "
                           "~/.prismatic/<name>)."),
-        click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
+        click.option("--metrics-port", type=_MetricsPort(), default=None,
+                     metavar="PORT|auto",
                      help="Serve Prometheus metrics, /health and /ready on "
-                          "127.0.0.1:PORT (0: off, the default)."),
+                          "127.0.0.1:PORT (0: off, the default; auto: a free port the "
+                          "kernel picks, shown by prismatic status and in the log)."),
         click.option("--log-format", type=click.Choice([f.value for f in LogFormat]),
                      default=None, help="Log line format (default text)."),
         click.option("--log-file", type=click.Path(dir_okay=False),
