@@ -52,11 +52,22 @@ def test_children_lifecycle_and_exit_codes(node_factory):
     bad = run(n, "children", "delete", "extra", code=1)
     assert bad.stderr.startswith("prismatic: error: running") and "Traceback" not in bad.output
     run(n, "children", "terminate", "extra")
+    assert "extra" in {r.path for r in n.conn.tree()}  # terminated: its spec is kept
     run(n, "children", "delete", "extra")
     assert "extra" not in {c.id for c in n.conn.which_children()}
+    # the node's picture follows the supervisor's table (issue 12.5)
+    wait_until(lambda: "extra" not in {r.path for r in n.conn.tree()}, 5, "extra to go")
+    assert "extra" not in run(n, "tree").stdout
     assert run(n, "children", "which", "no/such", code=1).stderr.count("\n") == 1
     run(n, "children", "start", "--args", "not json", code=2)
     run(n, "children", "start", "--id", "x", "--start", "tests.apps:FailInit", code=1)
+    # a child that cannot start: one short line; the traceback only with --verbose
+    bad = run(n, "children", "start", "--id", "bad", "--start", "nosuch:thing", code=1)
+    assert bad.stderr.count("\n") == 1 and len(bad.stderr) < 200, bad.stderr
+    assert "No module named 'nosuch'" in bad.stderr
+    verbose = run(n, "--verbose", "children", "start", "--id", "bad", "--start",
+                  "nosuch:thing", code=1)
+    assert "Traceback" in verbose.stderr and "the child's traceback" in verbose.stderr
 
 
 def test_events_and_metrics(node_factory):

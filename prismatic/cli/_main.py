@@ -81,6 +81,9 @@ class _Group(click.Group):
         except PrismaticError as exc:
             if ctx.params.get("debug"):
                 traceback.print_exc()
+                child_tb = getattr(getattr(exc, "exit_reason", None), "traceback", "")
+                if child_tb:  # a child that failed to start: where it failed, over there
+                    click.echo(f"the child's traceback:\n{child_tb}", err=True)
             raise CliError(_one_line(str(exc)), _exit_code_of(exc)) from None
         except KeyboardInterrupt:
             raise click.Abort() from None
