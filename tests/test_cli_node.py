@@ -231,3 +231,11 @@ def test_metrics_port_takes_a_port_0_or_auto():
     for bad in ("70000", "-1", "http"):
         with pytest.raises(click.BadParameter):
             t.convert(bad, None, None)
+
+
+def test_node_given_as_a_relative_path_that_does_not_exist(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    out = CliRunner().invoke(cli, ["--node", "./data", "status"])
+    assert out.exit_code == 3
+    assert out.stderr == (f"prismatic: error: no node is running in {tmp_path / 'data'} "
+                          f"(no such directory)\n")
