@@ -10,12 +10,18 @@ from __future__ import annotations
 
 import click
 
+from .cli._format import OneLineErrors
 from .cli._node import node_options, start_node
 
 __all__ = ["main"]
 
 
-@click.command(name="prismatic.node", context_settings={"help_option_names": ["-h", "--help"]})
+class _Command(OneLineErrors, click.Command):
+    pass
+
+
+@click.command(name="prismatic.node", cls=_Command,
+               context_settings={"help_option_names": ["-h", "--help"]})
 @node_options
 def main(**options: object) -> None:
     """Start a Prismatic node and run its supervision tree until SIGINT/SIGTERM."""

@@ -221,6 +221,16 @@ def test_python_m_node_help_and_error_prefix(tmp_path):
                           "--data-dir", str(tmp_path / "d")], env=full, capture_output=True,
                          text=True, timeout=30)
     assert bad.returncode == 2 and bad.stderr.startswith("prismatic: error: --app 'nosuch:x'")
+    usage = subprocess.run([sys.executable, "-m", "prismatic.node", "--nosuch"], env=full,
+                           capture_output=True, text=True, timeout=30)
+    assert usage.returncode == 2 and usage.stderr == (
+        "prismatic: error: No such option '--nosuch'. (see 'python -m prismatic.node --help')\n")
+    # the same one line for the prismatic command's usage errors
+    out = CliRunner().invoke(cli, ["children", "start", "--restart", "sometimes"],
+                             prog_name="prismatic")
+    assert out.exit_code == 2 and out.stderr.startswith("prismatic: error: Invalid value for "
+                                                        "'--restart'")
+    assert out.stderr.count("\n") == 1 and "(see 'prismatic children start --help')" in out.stderr
 
 
 def test_metrics_port_takes_a_port_0_or_auto():

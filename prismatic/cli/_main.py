@@ -27,7 +27,7 @@ from typing import Any
 
 import click
 
-from ._format import CliError, ExitCode, print_json
+from ._format import CliError, ExitCode, OneLineErrors, print_json
 from .._cookie import CookieRefused
 from .._nodelock import lock_holder
 from .._errors import (
@@ -67,7 +67,7 @@ def _stdout_closed() -> None:
     os.close(devnull)
 
 
-class _Group(click.Group):
+class _Group(OneLineErrors, click.Group):
     """Turns Prismatic's errors into a :class:`CliError` with its exit code."""
 
     def invoke(self, ctx: click.Context) -> Any:
