@@ -47,14 +47,15 @@ def test_detach_start_refuse_second_stop_and_no_node(tmp_path):
     data = tmp_path / "data"
     name = f"detach-{tag[-8:]}"
     start = ["node", "start", "--detach", "--app", "tests.apps:one_for_one", "--name", name,
-             "--data-dir", str(data)]
+             "--data-dir", str(data), "--metrics-port", "auto"]
     try:
         first = cli_run(env, *start)
         assert first.exit_code == 0, first.output
         pid = lock_holder(data)
         assert pid and f"node {name} started (pid {pid}," in first.stdout
         with p.connect(data) as conn:
-            assert conn.status().pid == pid and conn.status().ready
+            st = conn.status()
+            assert st.pid == pid and st.ready and st.metrics_url  # options reach the node
         # a second start on the running node's data dir: its own error, exit 2, no false
         # "started", and the first node untouched
         second = cli_run(env, *start)

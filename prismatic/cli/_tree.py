@@ -22,6 +22,7 @@ from ._format import (
 from ._node import detach_node, node_options, start_node, stop_node
 from .._control import ProcessState
 from .._exit import describe
+from .._node import METRICS_PORT_AUTO
 from ._main import CliState, cli, json_option
 
 __all__ = ["TreeLine", "sup_path", "child_path"]
@@ -85,6 +86,8 @@ def node_start(state: CliState, detach: bool, wait_s: float, **options: Any) -> 
     for key, value in options.items():
         flag = "--config" if key == "config_file" else f"--{key.replace('_', '-')}"
         for v in (value if isinstance(value, tuple) else (value,)):
+            if key == "metrics_port" and v == METRICS_PORT_AUTO:
+                v = "auto"
             if v is True:
                 argv.append(flag)
             elif v not in (None, False):
