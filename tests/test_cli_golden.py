@@ -189,3 +189,22 @@ def test_events_since_forms(settled):
                                        "--since", bad_since])
         assert bad.exit_code == 2 and bad.stderr.startswith("prismatic: error: --since")
         assert bad.stderr.count("\n") == 1
+
+
+def test_the_node_output_names_every_exit(settled):
+    """The node's own output: the live tree's headers list every exit (not only the last
+    event of a batch), and the log has each crash with its path and summary."""
+    out_file = settled.log.parent / "node.out"
+
+    def headers() -> str:
+        return "\n".join(ln for ln in out_file.read_text().splitlines() if ln.startswith("---"))
+
+    for exit_ in ("crashy: child_exited (RuntimeError: golden crash)",
+                  "killy: child_exited (killed by SIGKILL)", "coded: child_exited (exit code 3)",
+                  "finished: child_exited (normal)", "temp: child_exited (normal)"):
+        wait_until(lambda e=exit_: e in headers(), 5, exit_)
+    text = out_file.read_text()
+    for line in ("crashy crashed: RuntimeError: golden crash", "killy crashed: killed by SIGKILL",
+                 "coded crashed: exit code 3"):
+        assert line in text
+    assert "finished crashed" not in text  # a normal exit is no crash
