@@ -25,7 +25,7 @@ class _Command(OneLineErrors, click.Command):
 @node_options
 def main(**options: object) -> None:
     """Start a Prismatic node and run its supervision tree until SIGINT/SIGTERM."""
-    start_node(**options, prog="prismatic.node")  # type: ignore[arg-type]
+    start_node(**options)  # type: ignore[arg-type]
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ class ExitCode(enum.IntEnum):
     UNREACHABLE = 3  # no node there, or it did not answer in time
     AUTH = 4  # the node refused our cookie
     TIMEOUT = 5  # a process did not reply, or its mailbox stayed full, within the timeout
-    INTERNAL = 70  # a bug (EX_SOFTWARE): rerun with --debug for the traceback
+    INTERNAL = 70  # a bug (EX_SOFTWARE): rerun with --verbose for the traceback
 
 
 class CliError(click.ClickException):

@@ -153,7 +153,7 @@ class _Settings:
 
 def start_node(app: str | None, config_file: str | None, name: str | None,
                data_dir: str | None, metrics_port: int | None, log_format: str | None,
-               log_file: str | None, quiet: bool, prog: str, app_path: tuple[str, ...] = (),
+               log_file: str | None, quiet: bool, app_path: tuple[str, ...] = (),
                log_level: str | None = None, eventlog_max_bytes: int | None = None,
                eventlog_max_age: float | None = None) -> None:
     """Run a node in this process; exits with the node's exit code."""

@@ -73,7 +73,7 @@ def node_start(state: CliState, detach: bool, wait_s: float, **options: Any) -> 
     failed or exited; 2 bad usage (--app/--config cannot be loaded, data directory in use).
     """
     if not detach:
-        start_node(**options, prog="prismatic node start")
+        start_node(**options)
         return
     from ._node import DetachFailed, _Settings
 
