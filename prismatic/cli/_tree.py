@@ -77,10 +77,7 @@ def node_start(state: CliState, detach: bool, wait_s: float, **options: Any) -> 
         return
     from ._node import DetachFailed, _Settings
 
-    s = _Settings(options["app"], options["config_file"], options["name"],
-                  options["data_dir"], options["metrics_port"], options["log_format"],
-                  options["log_file"], options["app_path"], options["log_level"],
-                  options["eventlog_max_bytes"], options["eventlog_max_age"])
+    s = _Settings(**{k: v for k, v in options.items() if k != "quiet"})
     s.tree()  # load --app/--config here: a bad one is exit 2 now, not a dead background node
     argv: list[str] = []
     for key, value in options.items():
