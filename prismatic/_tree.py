@@ -14,7 +14,7 @@ import time
 
 import msgspec
 
-from ._exit import ExitReason, describe
+from ._exit import ExitReason, describe, is_abnormal
 from .transports._frames import LifecycleFrame
 
 __all__ = ["TreeEntry", "TreeView"]
@@ -39,7 +39,8 @@ class TreeView:
             (): TreeEntry(path=(), type="supervisor", pid=root_pid, started_mono=time.monotonic())
         }
         self.last_event = ""
-        self.batch: list[str] = []  # notable events since take_header(), oldest first
+        # exits and errors since take_header(), oldest first: (abnormal?, line)
+        self.batch: list[tuple[bool, str]] = []
 
     def apply(self, ev: LifecycleFrame) -> list[int]:
         """Fold one event in; return the pids of the running processes that died with an
@@ -48,7 +49,7 @@ class TreeView:
         self.last_event = f"{'/'.join(path)}: {ev.kind}" + (
             f" ({describe(ev.reason)})" if ev.reason is not None else "")
         if ev.kind not in ("child_started", "child_deleted"):
-            self.batch.append(self.last_event)
+            self.batch.append((ev.reason is None or is_abnormal(ev.reason), self.last_event))
         entry = self.entries.get(path)
         if ev.kind == "child_started":
             if entry is None:
@@ -69,14 +70,20 @@ class TreeView:
             return self._drop_below(path)
         return []
 
-    def take_header(self, limit: int = 5) -> str:
-        """What happened since the last call, for the live tree's header: every exit and
-        error of the batch (up to ``limit``, then how many more), not only the last event."""
+    def take_header(self, limit: int = 5, crash_limit: int = 20) -> str:
+        """What happened since the last call, for the live tree's header: every crash or
+        error of the batch (up to ``crash_limit``) and normal exits up to ``limit`` in all,
+        then how many more; not only the last event, which would hide a crash followed by
+        its restart."""
         batch, self.batch = self.batch, []
         if not batch:
             return self.last_event
-        shown = "; ".join(batch[-limit:])
-        return shown if len(batch) <= limit else f"{shown} (+{len(batch) - limit} earlier)"
+        bad = [i for i, (abnormal, _) in enumerate(batch) if abnormal][:crash_limit]
+        fine = [i for i, (abnormal, _) in enumerate(batch) if not abnormal]
+        shown = sorted(bad + fine[:max(0, limit - len(bad))])  # in the order they happened
+        lines = [batch[i][1] for i in shown]
+        more = len(batch) - len(lines)
+        return "; ".join(lines) + (f" (+{more} more)" if more else "")
 
     def _drop_below(self, path: tuple[str, ...]) -> list[int]:
         n = len(path)

@@ -52,7 +52,12 @@ def test_the_header_shows_every_exit_of_a_batch():
     header = view.take_header()
     assert "t: child_exited (RuntimeError: boom)" in header  # not hidden by the restart
     assert view.take_header() == "t: child_started"  # nothing new: the last event
+    view.apply(frame("early", "child_exited", None, p.Crashed("builtins.ValueError", "x")))
     for i in range(8):
-        view.apply(frame(f"w{i}", "child_exited", None, p.Killed(9)))
+        view.apply(frame(f"n{i}", "child_exited", None, p.Normal()))
+    view.apply(frame("late", "child_exited", None, p.Killed(9)))
     header = view.take_header()
-    assert "w7: child_exited" in header and "(+3 earlier)" in header
+    # crashes are never the ones left out; normal exits fill up to the limit
+    assert header == ("early: child_exited (ValueError: x); n0: child_exited (normal); "
+                      "n1: child_exited (normal); n2: child_exited (normal); "
+                      "late: child_exited (killed by SIGKILL) (+5 more)")
