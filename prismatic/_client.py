@@ -33,6 +33,7 @@ from ._cookie import CookieRefused, read_cookie
 from ._errors import ChildSpecError, ControlError, PubSubError, StartError, SupervisorError
 from ._hubclient import EMIT_TIMEOUT_S, HubClient
 from ._node import control_address, default_data_dir
+from ._nodelock import lock_holder
 from ._outbox import Outbox, RequestId
 from ._publisher import BackgroundPublisher
 from ._replay import replay_log, republish_log
@@ -44,7 +45,8 @@ from .supervisors._events import (
 )
 from .transports._frames import LifecycleFrame
 
-__all__ = ["connect", "NodeConnection", "open_event_stream", "EventStream", "resolve_node"]
+__all__ = ["connect", "NodeConnection", "open_event_stream", "EventStream", "resolve_node",
+           "check_running"]
 
 log = logging.getLogger(__name__)
 _encoder = msgspec.msgpack.Encoder()
@@ -53,11 +55,24 @@ _result_decoder = msgspec.msgpack.Decoder(Ok | Err)
 
 
 def resolve_node(node: str | Path) -> Path:
-    """A node's data directory, from the directory itself or the node's name."""
-    p = Path(node)
-    if p.is_dir() or "/" in str(node):
+    """A node's data directory, from the directory itself or the node's name: anything that
+    looks like a path (``./data``, ``a/b``, ``~/x``, ``.``) or is a directory here is one."""
+    text = str(node)
+    p = Path(text).expanduser()
+    if isinstance(node, Path) or p.is_dir() or "/" in text or text.startswith((".", "~")):
         return p
-    return default_data_dir(str(node))
+    return default_data_dir(text)
+
+
+def check_running(data_dir: Path) -> int:
+    """The pid of the node running in ``data_dir``; ControlError at once if none is (told
+    by the data directory's lock, see :mod:`._nodelock`: no waiting for an answer)."""
+    if not data_dir.is_dir():
+        raise ControlError(f"no node is running in {data_dir.resolve()} (no such directory)")
+    pid = lock_holder(data_dir)
+    if pid is None or not (data_dir / "control.sock").exists():
+        raise ControlError(f"no node is running in {data_dir.resolve()}")
+    return pid
 
 
 class NodeConnection:
@@ -66,8 +81,7 @@ class NodeConnection:
     def __init__(self, node: str | Path, *, timeout: float = 10.0,
                  cookie: str | None = None) -> None:
         self.data_dir = resolve_node(node)
-        if not (self.data_dir / "control.sock").exists():
-            raise ControlError(f"no node is running in {self.data_dir}")
+        check_running(self.data_dir)
         self._cookie = cookie if cookie is not None else read_cookie(self.data_dir)
         self.timeout = timeout
         self._ctx = zmq.Context()
@@ -134,21 +148,23 @@ class NodeConnection:
         return msgspec.convert(self._sup(sup, WhichChildren()), list[ChildInfo])
 
     def count_children(self, sup: str = "") -> dict[str, int]:
-        return self._sup(sup, CountChildren())
+        return msgspec.convert(self._sup(sup, CountChildren()), dict[str, int])
 
     def start_child(self, sup: str, spec_or_args: ChildSpec | tuple[Any, ...] | list[Any],
                     timeout: float | None = None) -> int | None:
         """Start a child from a spec, or (simple_one_for_one) from extra args; its pid, or
         None if its ``init`` raised Ignore."""
         if isinstance(spec_or_args, ChildSpec):
-            return self._sup(sup, StartChild(_wire_spec(spec_or_args)), timeout)
-        return self._sup(sup, StartDynamic(tuple(spec_or_args)), timeout)
+            pid = self._sup(sup, StartChild(_wire_spec(spec_or_args)), timeout)
+        else:
+            pid = self._sup(sup, StartDynamic(tuple(spec_or_args)), timeout)
+        return msgspec.convert(pid, int | None)
 
     def terminate_child(self, sup: str, child: str | int, timeout: float | None = None) -> None:
         self._sup(sup, TerminateChild(child), timeout)
 
     def restart_child(self, sup: str, child: str, timeout: float | None = None) -> int | None:
-        return self._sup(sup, RestartChild(child), timeout)
+        return msgspec.convert(self._sup(sup, RestartChild(child), timeout), int | None)
 
     def delete_child(self, sup: str, child: str) -> None:
         self._sup(sup, DeleteChild(child))
@@ -156,6 +172,8 @@ class NodeConnection:
     # ---- the node -----------------------------------------------------------------------------
 
     def tree(self) -> list[TreeRow]:
+        """The node's picture of the tree, depth-first; ``last_exit`` decoded to a typed
+        exit reason (never the wire's dict)."""
         return msgspec.convert(self._call(TreeCall), list[TreeRow])
 
     def status(self) -> NodeStatus:

@@ -8,7 +8,12 @@ Layout (every key optional except each child's ``id`` and a worker's ``start``):
     metrics_port = 9100        # 0: no HTTP metrics endpoint
     metrics_bind = "127.0.0.1" # the metrics endpoint's address ("0.0.0.0": every interface)
     log_format = "text"        # text | json
-    log_file = "node.log"
+    log_file = "node.log"      # reopened on SIGHUP (logrotate)
+    log_level = "info"         # debug | info | warning | error | critical
+
+    [eventlog]                 # retention: the oldest events go first
+    max_bytes = 1073741824     # default 1 GiB
+    max_age_s = 604800         # default none: kept until max_bytes
 
     [tree]                     # the root supervisor
     flags = { strategy = "one_for_one", intensity = 10, period = 60 }
@@ -45,7 +50,8 @@ from ._childspec import (
 )
 from ._errors import ChildSpecError, NodeError
 
-__all__ = ["ConfigError", "NodeConfig", "NodeSection", "load_config", "LogFormat"]
+__all__ = ["ConfigError", "NodeConfig", "NodeSection", "EventLogSection", "load_config",
+           "LogFormat", "LOG_LEVELS"]
 
 
 class ConfigError(NodeError):
@@ -95,10 +101,19 @@ class NodeSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     metrics_bind: str = "127.0.0.1"
     log_format: LogFormat = LogFormat.TEXT
     log_file: str | None = None
+    log_level: str | None = None
+
+
+class EventLogSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Event-log retention; None: the node's default (max_bytes 1 GiB, max_age_s none)."""
+
+    max_bytes: int | None = None
+    max_age_s: float | None = None
 
 
 class ConfigFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     node: NodeSection = NodeSection()
+    eventlog: EventLogSection = EventLogSection()
     tree: TreeTable | None = None
 
 
@@ -108,6 +123,10 @@ class NodeConfig(msgspec.Struct, frozen=True):
     path: str
     node: NodeSection
     tree: SupervisorSpec | None
+    eventlog: EventLogSection = EventLogSection()
+
+
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
 def load_config(path: Path | str) -> NodeConfig:
@@ -134,9 +153,16 @@ def load_config(path: Path | str) -> NodeConfig:
     if not 0 <= section.metrics_port <= 65535:
         raise ConfigError(file, "node.metrics_port", f"{section.metrics_port} is not a port "
                                                      "(0 disables the endpoint)")
+    if section.log_level is not None and section.log_level.lower() not in LOG_LEVELS:
+        raise ConfigError(file, "node.log_level", f"{section.log_level!r} is not a level "
+                                                  f"(one of {' | '.join(LOG_LEVELS)})")
+    for key, value in (("max_bytes", doc.eventlog.max_bytes),
+                       ("max_age_s", doc.eventlog.max_age_s)):
+        if value is not None and not value > 0:
+            raise ConfigError(file, f"eventlog.{key}", f"{value!r} must be positive")
     tree = None if doc.tree is None else _supervisor(file, "tree", doc.tree.flags,
                                                       doc.tree.children)
-    return NodeConfig(path=str(file), node=section, tree=tree)
+    return NodeConfig(path=str(file), node=section, tree=tree, eventlog=doc.eventlog)
 
 
 def _problem(msg: str) -> str:

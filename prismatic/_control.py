@@ -30,9 +30,10 @@ call (tag)     fields                                 Ok value
 from __future__ import annotations
 
 import enum
-from typing import Any
 
 import msgspec
+
+from ._exit import ExitReason
 
 __all__ = ["SupervisorCall", "TreeCall", "StatusCall", "MetricsCall", "ControlCall",
            "ControlReply", "TreeRow", "NodeStatus", "ProcessState", "UNAUTHORIZED",
@@ -84,7 +85,7 @@ class TreeRow(msgspec.Struct, frozen=True):
     pid: int | None
     restarts: int
     uptime: float | None
-    last_exit: Any = None
+    last_exit: ExitReason | None = None  # typed: decoded (and validated) at the client
 
     @property
     def state(self) -> ProcessState:

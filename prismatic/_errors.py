@@ -9,7 +9,7 @@ and the value, so a one-line report is enough to fix the input.
 from __future__ import annotations
 
 from ._address import Pid
-from ._exit import ExitReason, NoProc
+from ._exit import ExitReason, NoProc, describe
 
 __all__ = [
     "PrismaticError",
@@ -60,7 +60,10 @@ class StartError(SupervisorError):
     def __init__(self, child_id: str, exit_reason: object) -> None:
         self.child_id = child_id
         self.exit_reason = exit_reason
-        super().__init__("failed_to_start_child", f"child {child_id!r}: {exit_reason}")
+        # One line: the reason's summary; its traceback stays in exit_reason and the logs.
+        summary = describe(exit_reason) if isinstance(exit_reason, ExitReason) \
+            else str(exit_reason)
+        super().__init__("failed_to_start_child", f"child {child_id!r}: {summary}")
 
 
 class NodeError(PrismaticError):

@@ -35,8 +35,10 @@ from .transports._channel import Channel, open_channel_pair
 
 log = logging.getLogger(__name__)
 
-__all__ = ["run_node", "load_app", "default_data_dir", "control_address", "events_address",
-           "publish_address"]
+METRICS_PORT_AUTO = -1  # run_node's metrics_port for "any free port" (read back from status)
+
+__all__ = ["run_node", "METRICS_PORT_AUTO", "load_app", "default_data_dir", "control_address",
+           "events_address", "publish_address"]
 
 
 def default_data_dir(name: str) -> Path:
@@ -66,11 +68,15 @@ def load_app(ref: str) -> SupervisorSpec:
 def run_node(spec: SupervisorSpec, *, name: str | None = None,
              data_dir: Path | str | None = None, show_tree: bool = True,
              out: TextIO = sys.stdout, metrics_port: int = 0,
-             metrics_host: str = "127.0.0.1") -> int:
+             metrics_host: str = "127.0.0.1", eventlog_max_bytes: int | None = None,
+             eventlog_max_age_s: float | None = None) -> int:
     """Run a node until it is told to stop (exit code 0) or its root supervisor dies (1).
 
     ``metrics_port`` > 0 serves Prometheus metrics on ``http://<metrics_host>:<port>/metrics``
-    (0: no HTTP endpoint; the metrics stay readable over the control endpoint).
+    (0: no HTTP endpoint, the metrics stay readable over the control endpoint;
+    :data:`METRICS_PORT_AUTO`: a port the kernel picks, in ``NodeStatus.metrics_url``).
+    ``eventlog_max_bytes`` / ``eventlog_max_age_s``: the event log's retention (None: no
+    bound; the command line's default is 1 GiB).
     """
     name = name or default_node_name()
     data = Path(data_dir) if data_dir is not None else default_data_dir(name)
@@ -93,7 +99,7 @@ def run_node(spec: SupervisorSpec, *, name: str | None = None,
         from ._node_loop import serve  # noqa: PLC0415 - after the fork, by design
 
         return serve(name, data, mine, root_pid, show_tree, out, cookie, hub_sock,
-                     metrics_port, metrics_host)
+                     metrics_port, metrics_host, eventlog_max_bytes, eventlog_max_age_s)
     except EventLogError as exc:  # a log that is not ours, corrupt, or newer: never touch it
         os.kill(root_pid, signal.SIGKILL)  # the tree must not run without its node
         os.waitpid(root_pid, 0)

@@ -43,6 +43,7 @@ from ._control import (
     MetricsCall, NodeStatus, StatusCall, SupervisorCall, TreeCall, TreeRow,
 )
 from ._cookie import cookie_matches
+from ._crash_log import CrashLog
 from ._errors import PrismaticError
 from ._eventlog import EventLog, open_event_log
 from ._eventlog_record import EventDraft
@@ -73,9 +74,11 @@ _call_decoder = msgspec.msgpack.Decoder(ControlCall)
 
 
 def serve(name: str, data: Path, root: Channel, root_pid: int, show_tree: bool, out: TextIO,
-          cookie: str, hub_sock: socket.socket, metrics_port: int, metrics_host: str) -> int:
+          cookie: str, hub_sock: socket.socket, metrics_port: int, metrics_host: str,
+          eventlog_max_bytes: int | None = None, eventlog_max_age_s: float | None = None) -> int:
     # Opened only now, after the node's one fork (LMDB must never cross a fork).
-    with open_event_log(str(data / "eventlog"), node=name) as event_log:
+    with open_event_log(str(data / "eventlog"), node=name, max_bytes=eventlog_max_bytes,
+                        max_age_s=eventlog_max_age_s) as event_log:
         node = NodeLoop(name, data, root, root_pid, show_tree, out, event_log, cookie)
         return uvloop.run(node.main(hub_sock, metrics_port, metrics_host))
 
@@ -93,6 +96,7 @@ class NodeLoop:
         self.show_tree = show_tree
         self.out: TextIO | None = out
         self.tree = TreeView(root_pid)
+        self.crashes = CrashLog(log)
         self.ready = False
         self.stopping = False
         self.root_reason: ExitReason | None = None
@@ -139,7 +143,8 @@ class NodeLoop:
         self.tasks.start("heartbeat", self.beat())
         if metrics_port:
             try:
-                self.metrics_server = serve_metrics(self.metrics, metrics_port, metrics_host)
+                self.metrics_server = serve_metrics(self.metrics, max(metrics_port, 0),
+                                                    metrics_host)  # -1: any free port
             except OSError as exc:
                 # Loud, but the tree keeps running: metrics observe it, they are no dependency.
                 log.error("metrics endpoint on %s:%d not started: %s", metrics_host,
@@ -186,6 +191,7 @@ class NodeLoop:
     def on_frame(self, frame: Any) -> None:
         if isinstance(frame, LifecycleFrame):
             self.metrics.observe(frame, (*frame.path, frame.key) not in self.tree.entries)
+            self.crashes.observe(frame)
             self.tell_hub(frame, self.tree.apply(frame))
             self.dirty = True
             topic = ".".join(("supervisor", *(frame.path or ("root",)), frame.key, frame.kind))
@@ -290,7 +296,10 @@ class NodeLoop:
             self.done.set_result(0)
             return
         what = "failed to start" if not self.ready else "exited"
-        self.say(f"node {self.name}: root supervisor {what}: {describe(reason)}")
+        culprit = self.crashes.culprit("root")
+        line = f"root supervisor {what}: {describe(reason)}" + (f"; {culprit}" if culprit else "")
+        log.error("%s", line)
+        self.say(f"node {self.name}: {line}")
         self.done.set_result(1)
 
     # ---- control endpoint -------------------------------------------------------------------
@@ -358,7 +367,7 @@ class NodeLoop:
         return NodeStatus(
             node=self.name, pid=os.getpid(), root_pid=self.root_pid, ready=self.ready,
             uptime=time.monotonic() - self.started, processes=len(entries),
-            data_dir=str(self.data),
+            data_dir=str(self.data.resolve()),
             supervisors=sum(1 for e in entries if e.type == "supervisor"),
             workers=sum(1 for e in entries if e.type != "supervisor"),
             restarts=sum(e.restarts for e in self.tree.entries.values()),
@@ -459,5 +468,5 @@ class NodeLoop:
                 self.dirty = False
                 with self.tasks.guard("tree printer"):
                     stamp = time.strftime("%H:%M:%S")
-                    self.say(f"--- {stamp} {self.name}: {self.tree.last_event}\n"
+                    self.say(f"--- {stamp} {self.name}: {self.tree.take_header()}\n"
                              f"{self.tree.render()}")

@@ -1,9 +1,11 @@
 """The node's live picture of its supervision tree, built only from lifecycle events.
 
 Every supervisor reports each child start and exit up the tree; the node folds them into a
-:class:`TreeView`. Invariant: an entry exists for every child that has started at least once
-and whose supervisor is alive; when a supervisor exits its whole subtree is dropped (its
-children are dead: they never outlive it).
+:class:`TreeView`. Invariant: an entry exists for every child that has started at least once,
+whose supervisor still holds its row (``child_deleted`` removes it: a temporary or dynamic
+child that ended, or ``delete_child``), and whose supervisor is alive; when a supervisor
+exits its whole subtree is dropped (its children are dead: they never outlive it). So the
+picture matches the supervisors' own tables and does not grow with every job a pool ran.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import time
 
 import msgspec
 
-from ._exit import ExitReason, describe
+from ._exit import ExitReason, describe, is_abnormal
 from .transports._frames import LifecycleFrame
 
 __all__ = ["TreeEntry", "TreeView"]
@@ -36,8 +38,9 @@ class TreeView:
         self.entries: dict[tuple[str, ...], TreeEntry] = {
             (): TreeEntry(path=(), type="supervisor", pid=root_pid, started_mono=time.monotonic())
         }
-        self.order: list[tuple[str, ...]] = [()]
         self.last_event = ""
+        # exits and errors since take_header(), oldest first: (abnormal?, line)
+        self.batch: list[tuple[bool, str]] = []
 
     def apply(self, ev: LifecycleFrame) -> list[int]:
         """Fold one event in; return the pids of the running processes that died with an
@@ -45,12 +48,13 @@ class TreeView:
         path = (*ev.path, ev.key)
         self.last_event = f"{'/'.join(path)}: {ev.kind}" + (
             f" ({describe(ev.reason)})" if ev.reason is not None else "")
+        if ev.kind not in ("child_started", "child_deleted"):
+            self.batch.append((ev.reason is None or is_abnormal(ev.reason), self.last_event))
         entry = self.entries.get(path)
         if ev.kind == "child_started":
             if entry is None:
                 self.entries[path] = TreeEntry(path=path, type=ev.child_type, pid=ev.pid,
                                                started_mono=ev.mono)
-                self.order.append(path)
             else:
                 entry.restarts += 1
                 entry.pid = ev.pid
@@ -61,21 +65,35 @@ class TreeView:
                 entry.last_exit = ev.reason
                 if entry.type == "supervisor":  # a worker has nothing below it
                     return self._drop_below(path)
+        elif ev.kind == "child_deleted" and entry is not None:
+            del self.entries[path]  # a row is deleted only once its process is gone
+            return self._drop_below(path)
         return []
+
+    def take_header(self, limit: int = 5, crash_limit: int = 20) -> str:
+        """What happened since the last call, for the live tree's header: every crash or
+        error of the batch (up to ``crash_limit``) and normal exits up to ``limit`` in all,
+        then how many more; not only the last event, which would hide a crash followed by
+        its restart."""
+        batch, self.batch = self.batch, []
+        if not batch:
+            return self.last_event
+        bad = [i for i, (abnormal, _) in enumerate(batch) if abnormal][:crash_limit]
+        fine = [i for i, (abnormal, _) in enumerate(batch) if not abnormal]
+        shown = sorted(bad + fine[:max(0, limit - len(bad))])  # in the order they happened
+        lines = [batch[i][1] for i in shown]
+        more = len(batch) - len(lines)
+        return "; ".join(lines) + (f" (+{more} more)" if more else "")
 
     def _drop_below(self, path: tuple[str, ...]) -> list[int]:
         n = len(path)
         dead = [p for p in self.entries if len(p) > n and p[:n] == path]
-        pids = [pid for p in dead if (pid := self.entries.pop(p).pid) is not None]
-        if dead:
-            gone = set(dead)
-            self.order = [p for p in self.order if p not in gone]
-        return pids
+        return [pid for p in dead if (pid := self.entries.pop(p).pid) is not None]
 
     def rows(self) -> list[TreeEntry]:
         """Entries depth-first, siblings in first-start order."""
         kids: dict[tuple[str, ...], list[tuple[str, ...]]] = {}
-        for p in self.order:
+        for p in self.entries:  # a dict keeps first-insertion order
             if p:
                 kids.setdefault(p[:-1], []).append(p)
         out: list[TreeEntry] = []

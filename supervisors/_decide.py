@@ -106,6 +106,7 @@ class _Draft:
             self.rows.by_key[c.key] = len(self.children) - 1
 
     def drop_row(self, i: int) -> None:
+        self.report(LifecycleKind.CHILD_DELETED, self.children[i], None)
         del self.children[i]
         self.rows = None  # the rows after it moved up: rebuilt when next needed
 

@@ -231,6 +231,9 @@ class LifecycleKind(enum.Enum):
     SHUTDOWN_ERROR = "shutdown_error"  # a stopped child gave an unexpected reason
     INTENSITY_EXCEEDED = "intensity_exceeded"
     AUTO_SHUTDOWN = "auto_shutdown"
+    # The row is gone from the supervisor (a temporary or dynamic child that ended, or
+    # delete_child): whoever mirrors the tree forgets it (see prismatic._tree).
+    CHILD_DELETED = "child_deleted"
 
 
 class StartProc(msgspec.Struct, frozen=True):

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 from click.testing import CliRunner
 
+import prismatic as p
 from prismatic.cli import cli
 from tests.conftest import wait_until
 
@@ -48,11 +52,22 @@ def test_children_lifecycle_and_exit_codes(node_factory):
     bad = run(n, "children", "delete", "extra", code=1)
     assert bad.stderr.startswith("prismatic: error: running") and "Traceback" not in bad.output
     run(n, "children", "terminate", "extra")
+    assert "extra" in {r.path for r in n.conn.tree()}  # terminated: its spec is kept
     run(n, "children", "delete", "extra")
     assert "extra" not in {c.id for c in n.conn.which_children()}
+    # the node's picture follows the supervisor's table (issue 12.5)
+    wait_until(lambda: "extra" not in {r.path for r in n.conn.tree()}, 5, "extra to go")
+    assert "extra" not in run(n, "tree").stdout
     assert run(n, "children", "which", "no/such", code=1).stderr.count("\n") == 1
     run(n, "children", "start", "--args", "not json", code=2)
     run(n, "children", "start", "--id", "x", "--start", "tests.apps:FailInit", code=1)
+    # a child that cannot start: one short line; the traceback only with --verbose
+    bad = run(n, "children", "start", "--id", "bad", "--start", "nosuch:thing", code=1)
+    assert bad.stderr.count("\n") == 1 and len(bad.stderr) < 200, bad.stderr
+    assert "No module named 'nosuch'" in bad.stderr
+    verbose = run(n, "--verbose", "children", "start", "--id", "bad", "--start",
+                  "nosuch:thing", code=1)
+    assert "Traceback" in verbose.stderr and "the child's traceback" in verbose.stderr
 
 
 def test_events_and_metrics(node_factory):
@@ -72,30 +87,36 @@ def test_events_and_metrics(node_factory):
                "--limit", "1").stdout.count("\n") == 1
     replay = run(n, "events", "replay", "--from", "1", "--to", "2")
     assert replay.stdout.count("#") == 2 and '"kind": "child_started"' in replay.stdout
-    followed = run(n, "events", "tail", "-n", "0", "-f", "--max-events", "1",
-                   "--pattern", "supervisor.root.w1.child_started") if _restart_soon(n) else None
-    assert followed is not None and "w1.child_started" in followed.stdout
+    with _restarting(n) as restarts:
+        followed = run(n, "events", "tail", "-n", "0", "-f", "--max-events", "1",
+                       "--pattern", "supervisor.root.w1.child_started")
+    assert "w1.child_started" in followed.stdout and restarts
     run(n, "events", "query", "--pattern", "a*b", code=2)
     samples = as_json(n, "metrics", "--filter", "prismatic_processes_up")
     assert {s["labels"]["type"]: s["value"] for s in samples} == {"supervisor": 1, "worker": 3}
 
 
-def _restart_soon(n) -> bool:
-    """Restart w1 from another thread shortly, so that ``tail -f`` has something to see."""
-    import threading
+@contextmanager
+def _restarting(n) -> Iterator[list[int]]:
+    """Restart w1 over and over from another thread until the block ends: ``tail -f``
+    snapshots the log's last seq when it starts, so only a restart after that is seen, and
+    no fixed delay can promise one lands after it. Yields the restarts' pids so far."""
+    stop = threading.Event()
+    pids: list[int] = []
 
-    def later() -> None:
-        import time
-
-        import prismatic as p
-
-        time.sleep(0.3)
+    def loop() -> None:
         with p.connect(n.data_dir) as conn:
-            conn.terminate_child("", "w1")
-            conn.restart_child("", "w1")
+            while not stop.wait(0.05):
+                conn.terminate_child("", "w1")
+                pids.append(conn.restart_child("", "w1"))
 
-    threading.Thread(target=later, daemon=True).start()
-    return True
+    t = threading.Thread(target=loop, daemon=True)
+    t.start()
+    try:
+        yield pids
+    finally:
+        stop.set()
+        t.join(10)
 
 
 def test_unreachable_and_auth_exit_codes(node_factory, tmp_path):

@@ -1,4 +1,4 @@
-"""The CLI's spinner (``prismatic._cli_progress``) against a pseudo-terminal."""
+"""The CLI's spinner (``prismatic.cli._progress``) against a pseudo-terminal."""
 
 from __future__ import annotations
 
@@ -10,13 +10,14 @@ import select
 import struct
 import termios
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
 from click.testing import CliRunner
 
-from prismatic._cli_progress import progress
 from prismatic.cli import cli
+from prismatic.cli._progress import progress
 
 
 @pytest.fixture
@@ -59,15 +60,27 @@ def test_fast_block_writes_nothing(pty):
     assert drain(master) == "" and _no_spinner_thread()
 
 
+def read_until(master: int, pred, timeout: float = 10.0) -> str:
+    """What the spinner drew, read until ``pred`` holds for it (a deadline, no fixed wait)."""
+    out = ""
+    deadline = time.monotonic() + timeout
+    while not pred(out):
+        left = deadline - time.monotonic()
+        assert left > 0, f"timed out; drawn so far: {out!r}"
+        if select.select([master], [], [], left)[0]:
+            out += os.read(master, 4096).decode()
+    return out
+
+
 def test_slow_block_draws_the_label_then_erases_it(pty):
     master, stream = pty
-    with progress("starting child 'pool'", stream=stream) as p:
-        threading.Event().wait(1.5)  # the work being timed
+    # delay=0: "slow" from the start, so the test waits for what is drawn, not for a second
+    with progress("starting child 'pool'", stream=stream, delay=0) as p:
+        out = read_until(master, lambda o: "starting child 'pool'" in o)
         p.count = 7
-        threading.Event().wait(0.5)  # several refresh periods: the count is drawn
+        out += read_until(master, lambda o: "7 records" in o)  # the next refresh shows it
     assert _no_spinner_thread()  # joined before the block returned
-    out = drain(master)
-    assert "starting child 'pool'" in out and "7 records" in out
+    out += drain(master)
     assert re.search(r"[|/\-\\] starting child 'pool' \d+\.\ds", out)  # elapsed seconds
     assert out.endswith("\r\x1b[K")  # erased: the line is left empty
     assert "\n" not in out
@@ -75,45 +88,45 @@ def test_slow_block_draws_the_label_then_erases_it(pty):
 
 def test_erased_on_error_and_nothing_after(pty):
     master, stream = pty
-    with pytest.raises(RuntimeError), progress("failing", stream=stream):
-        threading.Event().wait(1.5)
+    with pytest.raises(RuntimeError), progress("failing", stream=stream, delay=0):
+        read_until(master, lambda o: "failing" in o)
         raise RuntimeError("boom")
-    out = drain(master)
-    assert "failing" in out and out.endswith("\r\x1b[K")
-    threading.Event().wait(0.25)  # more than a refresh period: the thread is gone
+    assert _no_spinner_thread()  # so nothing can be drawn after this
+    assert drain(master).endswith("\r\x1b[K")
     assert drain(master) == ""
 
 
 def test_stop_ends_the_spinner_early(pty):
     master, stream = pty
-    with progress("streaming", stream=stream) as p:
-        threading.Event().wait(1.5)
+    with progress("streaming", stream=stream, delay=0) as p:
+        drawn = read_until(master, lambda o: "streaming" in o)
         p.stop()
-        drawn = drain(master)
-        threading.Event().wait(0.3)
-    assert "streaming" in drawn and drawn.endswith("\r\x1b[K") and drain(master) == ""
+        assert _no_spinner_thread()
+        drawn += drain(master)
+        assert drawn.endswith("\r\x1b[K") and drain(master) == ""
 
 
 def test_nothing_unless_a_terminal_and_enabled(pty, monkeypatch):
-    not_tty = io.StringIO()
-    with progress("piped", stream=not_tty):
-        threading.Event().wait(1.5)
-    assert not_tty.getvalue() == ""
+    """Off: no spinner thread is even started, so there is nothing to wait for."""
     master, stream = pty
-    with progress("json output", stream=stream, enabled=False):
-        threading.Event().wait(1.5)
+    not_tty = io.StringIO()
+    with progress("piped", stream=not_tty, delay=0):
+        assert _no_spinner_thread()
+    assert not_tty.getvalue() == ""
+    with progress("json output", stream=stream, enabled=False, delay=0):
+        assert _no_spinner_thread()
     monkeypatch.setenv("PRISMATIC_NO_PROGRESS", "1")
-    with progress("switched off", stream=stream):
-        threading.Event().wait(1.5)
-    assert drain(master) == "" and _no_spinner_thread()
+    with progress("switched off", stream=stream, delay=0):
+        assert _no_spinner_thread()
+    assert drain(master) == ""
 
 
 def test_long_label_is_cut_to_the_terminal_width(pty):
     master, stream = pty
     fcntl.ioctl(stream.fileno(), termios.TIOCSWINSZ, struct.pack("HHHH", 24, 40, 0, 0))
-    with progress("x" * 100, stream=stream):
-        threading.Event().wait(1.5)
-    lines = [s for s in drain(master).split("\r") if s and s != "\x1b[K"]
+    with progress("x" * 100, stream=stream, delay=0):
+        out = read_until(master, lambda o: "\x1b[K" in o)
+    lines = [s for s in (out + drain(master)).split("\r") if s and s != "\x1b[K"]
     assert lines and all(len(s.removesuffix("\x1b[K")) < 40 for s in lines)
 
 

@@ -63,3 +63,35 @@ def test_unreadable_and_invalid_toml(tmp_path):
     (tmp_path / "x.toml").write_text("tree = [")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_config(tmp_path / "x.toml")
+
+
+def test_eventlog_retention_and_log_level(tmp_path):
+    from prismatic.cli._node import DEFAULT_EVENTLOG_MAX_BYTES, _Settings
+
+    f = tmp_path / "n.toml"
+    f.write_text('[node]\nlog_level = "warning"\n[eventlog]\nmax_bytes = 1000\n'
+                 'max_age_s = 3600\n')
+    config = load_config(f)
+    assert (config.eventlog.max_bytes, config.eventlog.max_age_s) == (1000, 3600)
+    s = _Settings(None, str(f), "x", str(tmp_path / "d"), None, None, None)
+    assert (s.eventlog_max_bytes, s.eventlog_max_age_s, s.log_level) == (1000, 3600, "WARNING")
+    # the command line wins; without either, 1 GiB and no age limit
+    s = _Settings(None, str(f), "x", None, None, None, None, (), "debug", 5, 7.5)
+    assert (s.eventlog_max_bytes, s.eventlog_max_age_s, s.log_level) == (5, 7.5, "DEBUG")
+    s = _Settings(None, None, "x", str(tmp_path / "d"), None, None, None)
+    assert (s.eventlog_max_bytes, s.eventlog_max_age_s) == (DEFAULT_EVENTLOG_MAX_BYTES, None)
+    assert DEFAULT_EVENTLOG_MAX_BYTES == 1 << 30
+
+
+@pytest.mark.parametrize(("body", "key"), [
+    ("[eventlog]\nmax_bytes = 0\n", "eventlog.max_bytes"),
+    ("[eventlog]\nmax_age_s = -1\n", "eventlog.max_age_s"),
+    ("[eventlog]\nmax_files = 3\n", ""),
+    ('[node]\nlog_level = "loud"\n', "node.log_level"),
+])
+def test_bad_eventlog_and_log_level_keys(tmp_path, body, key):
+    f = tmp_path / "n.toml"
+    f.write_text(body)
+    with pytest.raises(ConfigError) as err:
+        load_config(f)
+    assert err.value.key == key or (not key and "max_files" in str(err.value))

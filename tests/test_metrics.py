@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import resource
 import signal
-import socket
 import subprocess
 import sys
 import urllib.error
@@ -19,28 +18,33 @@ import prismatic as p
 from tests.conftest import REPO, SESSION_TAG, tagged_pids, wait_until
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def metrics_node(tmp_path):
     tag = f"{SESSION_TAG}-{uuid.uuid4().hex[:8]}"
-    port = free_port()
     data = tmp_path / "data"
     env = dict(os.environ, PRISMATIC_TEST_TAG=tag, PYTHONPATH=str(REPO))
     with open(tmp_path / "node.out", "w") as out:
+        # auto: the node binds port 0 and says which port it got: no port picked here that
+        # someone else could take before the node binds it
         proc = subprocess.Popen(
             [sys.executable, "-m", "prismatic.node", "--app", "tests.apps:one_for_one",
-             "--data-dir", str(data), "--name", f"metrics-{tag[-6:]}", "--metrics-port",
-             str(port), "--metrics-bind", "127.0.0.2", "--quiet"],
+             "--data-dir", str(data), "--name", f"metrics-{tag[-8:]}", "--metrics-port",
+             "auto", "--metrics-bind", "127.0.0.2", "--quiet"],
             cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.2:{port}"  # loopback too, but not the default address
+
+    def metrics_url() -> str | None:
+        assert proc.poll() is None, (tmp_path / "node.out").read_text()
+        try:
+            with p.connect(data, timeout=1) as conn:
+                return conn.status().metrics_url
+        except p.PrismaticError:
+            return None
+
+    base = str(wait_until(metrics_url, 20, "the node's metrics endpoint")).removesuffix(
+        "/metrics")
+    assert base.startswith("http://127.0.0.2:")  # loopback too, but not the default address
 
     def ready() -> bool:
-        assert proc.poll() is None, (tmp_path / "node.out").read_text()
         try:
             return urllib.request.urlopen(base + "/ready", timeout=1).status == 200
         except (urllib.error.URLError, ConnectionError):
@@ -121,7 +125,7 @@ def test_ready_is_503_before_the_tree_started(tmp_path):
     from prismatic._metrics import NodeMetrics, serve_metrics
 
     metrics = NodeMetrics("unit", lambda: [], lambda: {}, lambda: {})
-    server = serve_metrics(metrics, free_port())
+    server = serve_metrics(metrics, 0)  # the kernel picks the port; server.url says it
     try:
         base = server.url.removesuffix("/metrics")
         with pytest.raises(urllib.error.HTTPError) as info:

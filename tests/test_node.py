@@ -7,14 +7,23 @@ import resource
 import signal
 import subprocess
 import sys
+import uuid
 
 import pytest
 
 import prismatic as p
 from prismatic._eventlog import open_event_log
 from prismatic._replay import open_log_reader
-from tests.conftest import REPO, alive, wait_until
+from tests.conftest import REPO, SESSION_TAG, alive, wait_until
 
+
+
+def tagged_env() -> tuple[dict[str, str], str]:
+    """The environment and a unique name for a node a test runs by hand: tagged under the
+    session's tag, so the orphan sweep sees whatever it leaves, and never the default name,
+    which another run on this machine may be using."""
+    tag = f"{SESSION_TAG}-{uuid.uuid4().hex[:8]}"
+    return dict(os.environ, PYTHONPATH=str(REPO), PRISMATIC_TEST_TAG=tag), f"t{tag[-8:]}"
 
 def started(path: str, key: str):
     def match(ev) -> bool:
@@ -129,10 +138,10 @@ def test_init_failure_is_a_start_error_and_node_keeps_running(node_factory):
 
 
 def test_supervisor_start_failure_fails_the_node(tmp_path):
-    env = dict(os.environ, PYTHONPATH=str(REPO), PRISMATIC_TEST_TAG=f"x-{os.getpid()}")
+    env, name = tagged_env()
     out = subprocess.run(
         [sys.executable, "-m", "prismatic.node", "--app", "tests.apps:failing_start",
-         "--data-dir", str(tmp_path / "d"), "--quiet"],
+         "--data-dir", str(tmp_path / "d"), "--quiet", "--name", name],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=30)
     assert out.returncode == 1
     assert "failed to start" in out.stdout and "failed_to_start_child bad" in out.stdout
@@ -144,9 +153,10 @@ def test_supervisor_start_failure_fails_the_node(tmp_path):
     ("tests.apps", "must be 'module:attr'"),
 ])
 def test_bad_app_is_one_line_and_exit_2(tmp_path, app, message):
+    env, name = tagged_env()
     out = subprocess.run([sys.executable, "-m", "prismatic.node", "--app", app, "--data-dir",
-                          str(tmp_path / "d")], cwd=REPO, capture_output=True, text=True,
-                         env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=30)
+                          str(tmp_path / "d"), "--name", name], cwd=REPO, capture_output=True,
+                         text=True, env=env, timeout=30)
     assert out.returncode == 2
     assert out.stderr.count("\n") == 1 and message in out.stderr
     assert "Traceback" not in out.stderr
@@ -249,11 +259,11 @@ def test_an_event_log_of_another_node_is_one_clear_line(tmp_path):
     with open_event_log(str(data / "eventlog"), node="someone-else") as log:
         log.append("x.y", 1, source="test")
     before = (data / "eventlog" / "data.mdb").read_bytes()
+    env, name = tagged_env()
     proc = subprocess.run([sys.executable, "-m", "prismatic.node", "--app",
                            "tests.apps:one_for_one", "--data-dir", str(data),
-                           "--name", f"clash{os.getpid()}"],
-                          cwd=REPO, capture_output=True, text=True, timeout=60,
-                          env=dict(os.environ, PYTHONPATH=str(REPO)))
+                           "--name", name],
+                          cwd=REPO, capture_output=True, text=True, timeout=60, env=env)
     assert proc.returncode == 2, proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(errors) == 1 and "someone-else" in errors[0], proc.stderr

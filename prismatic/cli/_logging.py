@@ -6,20 +6,22 @@ extra if the emitter gave one, else the process name the framework gives every s
 and worker (``prism-sup:<path>``), read once per process. Formats: ``text`` (one line) or
 ``json`` (one object per line). The destination is stderr by default or ``--log-file``,
 opened with ``O_APPEND`` and reopened in each forked process (fork closes inherited
-descriptors, see :mod:`._process`), so every process appends whole lines to the same file.
+descriptors, see :mod:`._process`), so every process appends whole lines to the same file;
+reopened on SIGHUP and when the file was renamed (log rotation).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 import time
 from pathlib import Path
 
 import msgspec
 
-from ._config import LogFormat
+from .._config import LogFormat
 
 __all__ = ["setup_logging"]
 
@@ -69,28 +71,49 @@ class _JsonFormatter(logging.Formatter):
 
 
 class _AppendFileHandler(logging.Handler):
-    """Appends whole lines to a file; reopens after fork (the old fd was closed there)."""
+    """Appends whole lines to a file; reopens after fork (the old fd was closed there), on
+    :meth:`reopen` (the node's SIGHUP) and, as ``WatchedFileHandler`` does, when the path no
+    longer names the open file (logrotate renamed it): every process of the tree follows a
+    rotation, not only the one that got the signal."""
 
     def __init__(self, path: Path) -> None:
         super().__init__()
         self.path = path
         self._pid = -1
         self._fd = -1
+        self._ident: tuple[int, int] = (-1, -1)
+
+    def reopen(self) -> None:
+        self._pid = -1  # the next line opens the path again
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
+            if self._pid == os.getpid() and self._moved():
+                os.close(self._fd)  # ours (opened in this process): safe to close
+                self._pid = -1
             if self._pid != os.getpid():
-                # Never close the inherited number: fork_child closed it, it may be reused.
+                # Never close an inherited number: fork_child closed it, it may be reused.
                 self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT
                                    | os.O_CLOEXEC, 0o644)
+                st = os.fstat(self._fd)
+                self._ident = (st.st_dev, st.st_ino)
                 self._pid = os.getpid()
             os.write(self._fd, (self.format(record) + "\n").encode())
         except Exception:  # noqa: BLE001 - logging's own contract: report, don't raise
             self.handleError(record)
 
+    def _moved(self) -> bool:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return True
+        return (st.st_dev, st.st_ino) != self._ident
+
 
 def setup_logging(node: str, fmt: LogFormat = LogFormat.TEXT, file: str | None = None,
-                  level: int = logging.INFO) -> None:
+                  level: int | str = logging.INFO) -> None:
+    """Configure the root logger for a node (``level``: a number or a name like ``"INFO"``).
+    With ``file``, SIGHUP makes this process reopen it (logrotate's ``postrotate``)."""
     handler: logging.Handler = (_AppendFileHandler(Path(file)) if file
                                 else logging.StreamHandler(sys.stderr))
     handler.addFilter(_Context(node))
@@ -99,4 +122,7 @@ def setup_logging(node: str, fmt: LogFormat = LogFormat.TEXT, file: str | None =
     for old in list(root.handlers):
         root.removeHandler(old)
     root.addHandler(handler)
-    root.setLevel(level)
+    root.setLevel(level.upper() if isinstance(level, str) else level)
+    if isinstance(handler, _AppendFileHandler):
+        reopen = handler.reopen
+        signal.signal(signal.SIGHUP, lambda _sig, _frame: reopen())

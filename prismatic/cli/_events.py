@@ -21,12 +21,12 @@ from typing import Any
 import click
 import msgspec
 
-from ._cli_format import CliError, ExitCode, print_json
-from ._eventlog import EventLog
-from ._eventlog_record import EventRecord
-from ._replay import open_log_reader
-from ._topics import compile_pattern
-from .cli import CliState, cli, json_option
+from ._format import CliError, ExitCode, print_json
+from .._eventlog import EventLog
+from .._eventlog_record import EventRecord
+from .._replay import open_log_reader
+from .._topics import compile_pattern
+from ._main import CliState, cli, json_option
 
 __all__ = ["parse_time"]
 
@@ -34,8 +34,19 @@ _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)(s|m|h|d)$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
+_MAX_NS = (1 << 63) - 1  # the log's timestamps are 64-bit nanoseconds (till 2262)
+
+
 def parse_time(value: str, option: str) -> int:
-    """Nanoseconds since the epoch from ``10m`` (ago), an ISO date/time, or epoch seconds."""
+    ns = _parse_time(value, option)
+    if not 0 <= ns <= _MAX_NS:
+        raise CliError(f"{option} {value!r} is out of range (1970 to 2262)", ExitCode.USAGE)
+    return ns
+
+
+def _parse_time(value: str, option: str) -> int:
+    """Nanoseconds since the epoch from ``10m`` (ago), an ISO date/time (local time unless
+    it has an offset), or epoch seconds."""
     if m := _RELATIVE.match(value):
         return time.time_ns() - int(float(m[1]) * _UNIT_S[m[2]] * 1e9)
     try:
@@ -70,7 +81,9 @@ def _summary(rec: EventRecord) -> str:
 
 
 def _stamp(rec: EventRecord) -> str:
-    return dt.datetime.fromtimestamp(rec.wall_ns / 1e9).isoformat(timespec="milliseconds")
+    # Local time with its UTC offset: unambiguous when pasted elsewhere.
+    return dt.datetime.fromtimestamp(rec.wall_ns / 1e9).astimezone().isoformat(
+        timespec="milliseconds")
 
 
 def _print(rec: EventRecord, as_json: bool, full: bool = False) -> None:
@@ -170,8 +183,10 @@ def events_query(state: CliState, as_json: bool, **filters: Any) -> None:
 @click.pass_obj
 def events_replay(state: CliState, as_json: bool, republish: bool, prefix: str,
                   **filters: Any) -> None:
-    """Whole records (payload included) of a range, e.g. --from 100 --to 200; or, with
-    --republish, those events put back on pub/sub."""
+    """Whole records of a range, with payloads.
+
+    Select a range as for query (for instance --from 100 --to 200); with --republish the
+    events are published again under PREFIX.<topic> instead of printed."""
     if republish:
         with state.progress("republishing events", not as_json), state.connect() as conn:
             n = conn.republish(prefix=prefix, **_query_kwargs(**filters))

@@ -3,19 +3,21 @@
 Role: :class:`CliError` carries an :class:`ExitCode` and prints one line on stderr (click
 shows it; the group in :mod:`.cli` turns Prismatic's own errors into it). Read commands print
 aligned tables for people, or ``--json`` for programs (msgspec encodes Structs and Enums).
-Slow operations show a spinner on stderr (:mod:`._cli_progress`).
+Slow operations show a spinner on stderr (:mod:`._progress`).
 """
 
 from __future__ import annotations
 
 import enum
+import sys
 from collections.abc import Sequence
 from typing import Any
 
 import click
 import msgspec
 
-__all__ = ["ExitCode", "CliError", "print_table", "print_json", "human_bytes", "human_seconds"]
+__all__ = ["ExitCode", "CliError", "OneLineErrors", "print_table", "print_json", "human_bytes",
+           "human_seconds"]
 
 
 class ExitCode(enum.IntEnum):
@@ -27,7 +29,7 @@ class ExitCode(enum.IntEnum):
     UNREACHABLE = 3  # no node there, or it did not answer in time
     AUTH = 4  # the node refused our cookie
     TIMEOUT = 5  # a process did not reply, or its mailbox stayed full, within the timeout
-    INTERNAL = 70  # a bug (EX_SOFTWARE): rerun with --debug for the traceback
+    INTERNAL = 70  # a bug (EX_SOFTWARE): rerun with --verbose for the traceback
 
 
 class CliError(click.ClickException):
@@ -39,6 +41,39 @@ class CliError(click.ClickException):
 
     def show(self, file: Any = None) -> None:
         click.echo(f"prismatic: error: {self.format_message()}", err=True)
+
+
+_NO_ARGS_HELP: type[click.UsageError] = getattr(click.exceptions, "NoArgsIsHelpError",
+                                                type("_Never", (click.UsageError,), {}))
+
+
+class OneLineErrors:
+    """A click command mixin: usage errors too are one line with the one prefix,
+    ``prismatic: error: ...``, pointing at ``--help`` (click's own format is a usage
+    block and ``Error: ...``)."""
+
+    def main(self, args: Any = None, prog_name: str | None = None,
+             complete_var: str | None = None, standalone_mode: bool = True,
+             **extra: Any) -> Any:
+        main = super().main  # type: ignore[misc]
+        if not standalone_mode:
+            return main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            code = main(args, prog_name, complete_var, False, **extra)
+        except _NO_ARGS_HELP as exc:  # no command given: the help, as click shows it
+            click.echo(exc.format_message(), err=True)
+            sys.exit(exc.exit_code)
+        except click.UsageError as exc:
+            where = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+            click.echo(f"prismatic: error: {exc.format_message()}{where}", err=True)
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            exc.show()
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo("prismatic: aborted", err=True)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
 
 
 def print_json(value: Any) -> None:

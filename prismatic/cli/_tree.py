@@ -15,14 +15,15 @@ from typing import Any
 import click
 import msgspec
 
-from ._childspec import ChildSpec
-from ._cli_format import (
+from .._childspec import ChildSpec
+from ._format import (
     CliError, ExitCode, human_bytes, human_seconds, print_json, print_table,
 )
-from ._cli_node import detach_node, node_options, start_node, stop_node
-from ._control import ProcessState
-from ._exit import describe
-from .cli import CliState, cli, json_option
+from ._node import detach_node, node_options, start_node, stop_node
+from .._control import ProcessState
+from .._exit import describe
+from .._node import METRICS_PORT_AUTO
+from ._main import CliState, cli, json_option
 
 __all__ = ["TreeLine", "sup_path", "child_path"]
 
@@ -72,25 +73,37 @@ def node_start(state: CliState, detach: bool, wait_s: float, **options: Any) -> 
     failed or exited; 2 bad usage (--app/--config cannot be loaded, data directory in use).
     """
     if not detach:
-        start_node(**options, prog="prismatic node start")
+        start_node(**options)
         return
-    from ._cli_node import _Settings
+    from ._node import DetachFailed, _Settings
 
-    s = _Settings(options["app"], options["config_file"], options["name"],
-                  options["data_dir"], options["metrics_port"], options["log_format"],
-                  options["log_file"])
+    s = _Settings(**{k: v for k, v in options.items() if k != "quiet"})
     s.tree()  # load --app/--config here: a bad one is exit 2 now, not a dead background node
-    argv = [arg for key, value in options.items() if value not in (None, False)
-            for arg in ([f"--{key.replace('_', '-')}".replace("config-file", "config")]
-                        + ([] if value is True else [str(value)]))]
+    argv: list[str] = []
+    for key, value in options.items():
+        flag = "--config" if key == "config_file" else f"--{key.replace('_', '-')}"
+        for v in (value if isinstance(value, tuple) else (value,)):
+            if key == "metrics_port" and v == METRICS_PORT_AUTO:
+                v = "auto"
+            if v is True:
+                argv.append(flag)
+            elif v not in (None, False):
+                # paths as given are relative to here; the node starts in the same directory
+                argv += [flag, str(v)]
     argv += ["--name", s.name, "--data-dir", str(s.data_dir)]
-    with state.progress(f"starting node {s.name}"):
-        out = detach_node(argv, s.data_dir, wait_s)
-    click.echo(f"node {s.name} started (data {s.data_dir}, output {out})")
+    try:
+        with state.progress(f"starting node {s.name}"):
+            out, pid = detach_node(argv, s.data_dir, wait_s)
+    except DetachFailed as exc:
+        code = ExitCode(exc.code) if exc.code in (1, 2) else ExitCode.REFUSED
+        raise CliError(f"node {s.name} did not start: {exc}", code) from None
+    click.echo(f"node {s.name} started (pid {pid}, data {s.data_dir.resolve()}, "
+               f"output {out.resolve()})")
 
 
 @node.command("stop")
-@click.option("--wait", "wait_s", type=float, default=30.0, show_default=True)
+@click.option("--wait", "wait_s", type=float, default=30.0, show_default=True,
+              help="Seconds to wait for the node to exit.")
 @click.pass_obj
 def node_stop(state: CliState, wait_s: float) -> None:
     """Stop the node: its tree stops in reverse start order, then the node exits."""
@@ -107,7 +120,7 @@ def node_stop(state: CliState, wait_s: float) -> None:
 @click.pass_obj
 def tree(state: CliState, as_json: bool) -> None:
     """The live supervision tree: path, pid, type, state, restarts, uptime, memory (USS)."""
-    from ._process import uss_bytes
+    from .._process import uss_bytes
 
     with state.connect() as conn:
         rows = conn.tree()
@@ -124,10 +137,10 @@ def tree(state: CliState, as_json: bool) -> None:
         print_json(lines)
         return
     print_table(["path", "pid", "type", "state", "restarts", "uptime", "uss", "last exit"],
-                [(("  " * r.path.count("/") + r.path.rsplit("/", 1)[-1]) if r.path != "root"
-                  else "root", r.pid, r.type, r.state.value, r.restarts,
-                  human_seconds(r.uptime), human_bytes(r.uss_bytes), r.last_exit)
-                 for r in lines])
+                [(("  " * (ln.path.count("/") + 1) + ln.path.rsplit("/", 1)[-1])
+                  if ln.path != "root" else "root", ln.pid, ln.type, ln.state.value,
+                  ln.restarts, human_seconds(ln.uptime), human_bytes(ln.uss_bytes), ln.last_exit)
+                 for ln in lines])
 
 
 # ---- children -----------------------------------------------------------------------------------
@@ -183,10 +196,14 @@ def _json_args(value: str | None) -> tuple[Any, ...] | None:
 @click.option("--id", "child_id", help="Child id (not for simple_one_for_one).")
 @click.option("--start", "start_ref", metavar="MODULE:ATTR", help="What the child runs.")
 @click.option("--args", "args_json", metavar="JSON", help="Arguments, a JSON array.")
-@click.option("--restart", type=click.Choice(["permanent", "transient", "temporary"]))
+@click.option("--restart", type=click.Choice(["permanent", "transient", "temporary"]),
+              help="When to restart it: always (permanent, the default), after an abnormal "
+                   "exit (transient), never (temporary).")
 @click.option("--shutdown", help="brutal_kill, infinity or seconds.")
-@click.option("--type", "child_type", type=click.Choice(["worker", "supervisor"]))
-@click.option("--significant", is_flag=True)
+@click.option("--type", "child_type", type=click.Choice(["worker", "supervisor"]),
+              help="What --start returns: a worker (the default) or a supervisor's spec.")
+@click.option("--significant", is_flag=True,
+              help="Its exit may stop the supervisor (auto_shutdown).")
 @click.option("--timeout", type=float, default=30.0, show_default=True,
               help="How long to wait for the child's init.")
 @json_option
@@ -232,7 +249,9 @@ def children_start(state: CliState, supervisor: str, child_id: str | None,
 @click.argument("path")
 @click.option("--pid", type=int, help="Terminate this pid; PATH is then its supervisor "
                                       "(simple_one_for_one children have no id).")
-@click.option("--timeout", type=float, default=60.0, show_default=True)
+@click.option("--timeout", type=float, default=60.0, show_default=True,
+              help="Seconds to wait for the supervisor's answer (the child's shutdown "
+                   "included).")
 @click.pass_obj
 def children_terminate(state: CliState, path: str, pid: int | None, timeout: float) -> None:
     """Stop a child (its spec is kept unless temporary): PATH = SUPERVISOR/CHILD_ID."""
@@ -245,7 +264,8 @@ def children_terminate(state: CliState, path: str, pid: int | None, timeout: flo
 
 @children.command("restart")
 @click.argument("path")
-@click.option("--timeout", type=float, default=60.0, show_default=True)
+@click.option("--timeout", type=float, default=60.0, show_default=True,
+              help="Seconds to wait for the supervisor's answer (the child's init included).")
 @click.pass_obj
 def children_restart(state: CliState, path: str, timeout: float) -> None:
     """Start a terminated child again from its kept spec: PATH = SUPERVISOR/CHILD_ID."""
@@ -296,6 +316,9 @@ def metrics(state: CliState, raw: bool, prefix: str, as_json: bool) -> None:
         return
     print_table(["metric", "value"],
                 [(s.name + ("{" + ",".join(f"{k}={v}" for k, v in s.labels.items()) + "}"
-                            if s.labels else ""),
-                 f"{s.value:.0f}" if s.value.is_integer() else f"{s.value:g}")  # no 1.9e+06
-                for s in samples])
+                            if s.labels else ""), _number(s.value)) for s in samples])
+
+
+def _number(value: float) -> str:
+    """Whole numbers in full (bytes: 1978370, not 1.97837e+06), others to 6 digits."""
+    return str(int(value)) if value.is_integer() and abs(value) < 1e18 else f"{value:g}"

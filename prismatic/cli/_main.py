@@ -7,8 +7,9 @@ Commands (``prismatic COMMAND --help`` for each): ``node start|stop``, ``status`
 
 Node selection, first that is given: ``--node NAME_OR_DATA_DIR``, ``$PRISMATIC_NODE``, else
 the one running node under ``$PRISMATIC_HOME`` (default ``~/.prismatic``). Errors are one
-line on stderr (a traceback only with ``--debug``) and an exit code from
-:class:`~prismatic._cli_format.ExitCode`: 0 ok, 1 refused by the supervisor (or no such
+line on stderr, ``prismatic: error: ...`` (a traceback only with ``--verbose``); a closed
+stdout (``prismatic status | head -2``) is a normal end and an exit code from
+:class:`~prismatic.cli._format.ExitCode`: 0 ok, 1 refused by the supervisor (or no such
 process, callee exited, dead letter), 2 usage, 3 node unreachable, 4 cookie refused,
 5 timed out (no reply, mailbox full), 70 internal error. Anything slower than a second shows
 a spinner on stderr if it is a terminal (not with ``--json``; none with ``--no-progress`` or
@@ -18,7 +19,6 @@ a spinner on stderr if it is a terminal (not with ``--json``; none with ``--no-p
 
 from __future__ import annotations
 
-import fcntl
 import os
 import sys
 import traceback
@@ -27,9 +27,10 @@ from typing import Any
 
 import click
 
-from ._cli_format import CliError, ExitCode, print_json
-from ._cookie import CookieRefused
-from ._errors import (
+from ._format import CliError, ExitCode, OneLineErrors, print_json
+from .._cookie import CookieRefused
+from .._nodelock import lock_holder
+from .._errors import (
     CallError, CallTimeout, ChildSpecError, ControlError, EventLogError, MailboxFull, NodeError,
     PrismaticError, PubSubError, SupervisorError, TopicError,
 )
@@ -51,25 +52,46 @@ def _exit_code_of(exc: PrismaticError) -> ExitCode:
     return ExitCode.INTERNAL
 
 
-class _Group(click.Group):
+def _one_line(message: str) -> str:
+    """An error as one short line: the first line of a longer text (the rest is what
+    ``--verbose`` shows)."""
+    first, _, rest = message.strip().partition("\n")
+    return f"{first} (more with --verbose)" if rest.strip() else first
+
+
+def _stdout_closed() -> None:
+    """``prismatic status | head -2``: the reader left, which is a normal end. Point stdout
+    at /dev/null so the interpreter's final flush cannot fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
+class _Group(OneLineErrors, click.Group):
     """Turns Prismatic's errors into a :class:`CliError` with its exit code."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except BrokenPipeError:
+            _stdout_closed()
+            raise click.exceptions.Exit(0) from None
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
         except PrismaticError as exc:
             if ctx.params.get("debug"):
                 traceback.print_exc()
-            raise CliError(str(exc), _exit_code_of(exc)) from None
+                child_tb = getattr(getattr(exc, "exit_reason", None), "traceback", "")
+                if child_tb:  # a child that failed to start: where it failed, over there
+                    click.echo(f"the child's traceback:\n{child_tb}", err=True)
+            raise CliError(_one_line(str(exc)), _exit_code_of(exc)) from None
         except KeyboardInterrupt:
             raise click.Abort() from None
         except Exception as exc:
             if ctx.params.get("debug"):
                 traceback.print_exc()
-            raise CliError(f"internal error: {exc!r} (rerun with --debug for the traceback)",
-                           ExitCode.INTERNAL) from None
+            raise CliError(f"internal error: {_one_line(repr(exc))} (rerun with --verbose for "
+                           f"the traceback)", ExitCode.INTERNAL) from None
 
 
 class CliState:
@@ -83,7 +105,7 @@ class CliState:
     def progress(self, label: str, show: bool = True) -> Any:
         """A spinner on stderr if this takes over a second (terminal only; ``show=False``
         for ``--json``)."""
-        from ._cli_progress import progress
+        from ._progress import progress
 
         return progress(label, enabled=show and not self.no_progress)
 
@@ -91,7 +113,7 @@ class CliState:
         return select_node(self.node_arg)
 
     def connect(self, timeout: float = 10.0) -> Any:
-        from ._client import connect
+        from .._client import connect
 
         return connect(self.data_dir(), timeout=timeout)
 
@@ -102,20 +124,11 @@ def prismatic_home() -> Path:
 
 def running(data_dir: Path) -> bool:
     """Whether a node holds the lock of ``data_dir`` (not merely left its files behind)."""
-    try:
-        with open(data_dir / "node.lock") as f:
-            try:
-                fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return True
-            fcntl.flock(f, fcntl.LOCK_UN)
-            return False
-    except OSError:
-        return False
+    return lock_holder(data_dir) is not None
 
 
 def select_node(node: str | None) -> Path:
-    from ._client import resolve_node
+    from .._client import resolve_node
 
     if node:
         return resolve_node(node)
@@ -135,7 +148,8 @@ def select_node(node: str | None) -> Path:
 @click.option("--node", envvar="PRISMATIC_NODE", metavar="NAME_OR_DATA_DIR",
               help="The node to talk to (default: $PRISMATIC_NODE, else the only running node "
                    "under $PRISMATIC_HOME).")
-@click.option("--debug", is_flag=True, help="Show tracebacks of errors.")
+@click.option("-v", "--verbose", "--debug", "debug", is_flag=True,
+              help="Show the whole error, with its traceback.")
 @click.option("--no-progress", is_flag=True, envvar="PRISMATIC_NO_PROGRESS",
               help="No spinner on stderr for slow operations (also $PRISMATIC_NO_PROGRESS=1).")
 @click.version_option(package_name="prismatic")
@@ -161,7 +175,7 @@ def json_option(f: Any) -> Any:
 @click.pass_obj
 def status(state: CliState, as_json: bool) -> None:
     """Node health, uptime and process counts."""
-    from ._cli_format import human_seconds
+    from ._format import human_seconds
 
     with state.connect() as conn:
         st = conn.status()
@@ -181,11 +195,15 @@ def status(state: CliState, as_json: bool) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """The console script ``prismatic``."""
-    cli.main(args=argv, prog_name="prismatic")
+    try:
+        cli.main(args=argv, prog_name="prismatic")
+    except SystemExit:
+        try:
+            sys.stdout.flush()  # what is still buffered; the reader may have left meanwhile
+        except BrokenPipeError:
+            _stdout_closed()
+        raise
 
 
 # Subcommands register themselves on ``cli`` when imported.
-from . import _cli_events, _cli_messaging, _cli_tree  # noqa: E402,F401  (after cli exists)
-
-if __name__ == "__main__":
-    main(sys.argv[1:])
+from . import _events, _messaging, _tree  # noqa: E402,F401  (after cli exists)

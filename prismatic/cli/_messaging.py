@@ -7,7 +7,7 @@ anything else that starts with ``<`` is a usage error (exit 2). ``MSG`` and ``PA
 JSON; an argument that is not JSON is sent as a plain string (``ping`` is ``"ping"``; the
 string ``"42"`` must be written ``'"42"'``).
 
-Exit codes (as :class:`~prismatic._cli_format.ExitCode`): 1 no such process or name, the
+Exit codes (as :class:`~prismatic.cli._format.ExitCode`): 1 no such process or name, the
 callee exited before replying (its exit reason is printed), or a cast/send became a dead
 letter; 5 no reply within ``--timeout``, or the mailbox stayed full that long; 3 the node
 (or its hub) did not answer; 2 bad DEST, topic or pattern.
@@ -25,11 +25,11 @@ from typing import Any
 import click
 import msgspec
 
-from ._address import Pid
-from ._cli_format import CliError, ExitCode, print_json
-from ._errors import CallError, CallTimeout, MailboxFull, NodeError, NoProcError, ProcessDown
-from ._exit import describe
-from .cli import CliState, cli, json_option
+from .._address import Pid
+from ._format import CliError, ExitCode, print_json
+from .._errors import CallError, CallTimeout, MailboxFull, NodeError, NoProcError, ProcessDown
+from .._exit import ExitReason, describe
+from ._main import CliState, cli, json_option
 
 __all__ = ["parse_dest", "parse_message", "CallResult", "Delivery"]
 
@@ -61,7 +61,7 @@ def parse_message(value: str) -> Any:
         return value
 
 
-def _label(dest: Pid | str) -> str:
+def _label(dest: object) -> str:
     return str(dest) if isinstance(dest, Pid) else repr(dest)
 
 
@@ -69,7 +69,7 @@ def _target(conn: Any, dest: Pid | int | str) -> Pid | str:
     return Pid(conn.node, dest) if isinstance(dest, int) else dest
 
 
-def _no_such(dest: Pid | str) -> str:
+def _no_such(dest: object) -> str:
     return f"no process registered as {dest!r}" if isinstance(dest, str) \
         else f"no such process {dest}"
 
@@ -86,7 +86,8 @@ def _delivery_errors(state: CliState, timeout: float) -> Iterator[None]:
         if isinstance(exc, NoProcError):
             raise CliError(_no_such(exc.dest), ExitCode.REFUSED) from None
         if isinstance(exc, ProcessDown):
-            raise CliError(f"{label} exited before replying: {describe(exc.reason)}",
+            why = describe(exc.reason) if isinstance(exc.reason, ExitReason) else exc.reason
+            raise CliError(f"{label} exited before replying: {why}",
                            ExitCode.REFUSED) from None
         if isinstance(exc, CallTimeout):
             raise CliError(f"{label}: no reply within {timeout:g}s", ExitCode.TIMEOUT) from None

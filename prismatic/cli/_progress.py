@@ -87,9 +87,11 @@ class Progress:
             return False
 
 
-def progress(label: str, *, stream: IO[str] | None = None, enabled: bool = True) -> Progress:
-    """A spinner with ``label`` on ``stream`` (default stderr) for a block that is slow."""
-    return Progress(label, stream, enabled)
+def progress(label: str, *, stream: IO[str] | None = None, enabled: bool = True,
+             delay: float = DELAY_S) -> Progress:
+    """A spinner with ``label`` on ``stream`` (default stderr) for a block slower than
+    ``delay`` seconds."""
+    return Progress(label, stream, enabled, delay)
 
 
 def _isatty(stream: Any) -> bool:

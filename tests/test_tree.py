@@ -1,0 +1,63 @@
+"""The node's tree picture (prismatic/_tree.py), fed lifecycle frames as a node would be."""
+
+from __future__ import annotations
+
+import prismatic as p
+from prismatic._tree import TreeView
+from prismatic.transports._frames import LifecycleFrame
+
+
+def frame(path: str, kind: str, pid: int | None = None, reason=None,
+          child_type: str = "worker") -> LifecycleFrame:
+    *sup, key = path.split("/")
+    return LifecycleFrame(path=tuple(sup), kind=kind, key=key, pid=pid, reason=reason,
+                          child_type=child_type, mono=0.0, wall=0.0)
+
+
+def paths(view: TreeView) -> list[str]:
+    return ["/".join(e.path) for e in view.rows()]
+
+
+def test_a_job_pool_leaves_no_rows_behind():
+    view = TreeView(1)
+    view.apply(frame("pool", "child_started", 2, child_type="supervisor"))
+    for i in range(100):
+        view.apply(frame(f"pool/job-{i}", "child_started", 100 + i))
+        view.apply(frame(f"pool/job-{i}", "child_exited", 100 + i, p.Normal()))
+        view.apply(frame(f"pool/job-{i}", "child_deleted", 100 + i))
+    assert paths(view) == ["", "pool"]
+    assert len(view.entries) == 2
+
+
+def test_delete_forgets_a_row_and_everything_below_it_keeps_order():
+    view = TreeView(1)
+    for path, t in (("a", "worker"), ("sub", "supervisor"), ("sub/x", "worker"),
+                    ("b", "worker")):
+        view.apply(frame(path, "child_started", hash(path) % 1000 + 10, child_type=t))
+    view.apply(frame("a", "child_stopped", hash("a") % 1000 + 10, p.Shutdown()))
+    assert view.entries[("a",)].last_exit == p.Shutdown()  # stopped: kept with its reason
+    assert paths(view) == ["", "a", "sub", "sub/x", "b"]
+    view.apply(frame("a", "child_deleted"))
+    assert paths(view) == ["", "sub", "sub/x", "b"]
+    view.apply(frame("a", "child_started", 77))  # started again later: a new row, at the end
+    assert paths(view) == ["", "sub", "sub/x", "b", "a"]
+    assert view.entries[("a",)].restarts == 0
+
+
+def test_the_header_shows_every_exit_of_a_batch():
+    view = TreeView(1)
+    view.apply(frame("t", "child_started", 5))
+    view.apply(frame("t", "child_exited", 5, p.Crashed("builtins.RuntimeError", "boom")))
+    view.apply(frame("t", "child_started", 6))
+    header = view.take_header()
+    assert "t: child_exited (RuntimeError: boom)" in header  # not hidden by the restart
+    assert view.take_header() == "t: child_started"  # nothing new: the last event
+    view.apply(frame("early", "child_exited", None, p.Crashed("builtins.ValueError", "x")))
+    for i in range(8):
+        view.apply(frame(f"n{i}", "child_exited", None, p.Normal()))
+    view.apply(frame("late", "child_exited", None, p.Killed(9)))
+    header = view.take_header()
+    # crashes are never the ones left out; normal exits fill up to the limit
+    assert header == ("early: child_exited (ValueError: x); n0: child_exited (normal); "
+                      "n1: child_exited (normal); n2: child_exited (normal); "
+                      "late: child_exited (killed by SIGKILL) (+5 more)")
