@@ -1,6 +1,6 @@
 """``prismatic events tail|query|replay``: the node's durable lifecycle event log.
 
-Reads ``<data dir>/eventlog`` through a read-only handle (:mod:`._eventlog`), so it works
+Reads ``<data dir>/eventlog`` through a read-only handle (:mod:`.eventlog`), so it works
 while the node runs (and after it stopped). Topics are ``supervisor.<path>.<child>.<kind>``
 (``root`` for the root's path); ``--pattern`` takes topic patterns (``*`` one word, ``#``
 any words), e.g. ``supervisor.#.child_exited``. ``--json`` prints one JSON object per line.
@@ -22,8 +22,7 @@ import click
 import msgspec
 
 from ._cli_format import CliError, ExitCode, print_json
-from ._eventlog import EventLog
-from ._eventlog_record import EventRecord
+from .eventlog import EventLog, EventRecord
 from ._replay import open_log_reader
 from ._topics import compile_pattern
 from .cli import CliState, cli, json_option

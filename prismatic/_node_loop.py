@@ -10,7 +10,7 @@ The loop (uvloop) serves:
 * the control endpoint ``ipc://<data dir>/control.sock`` (see :mod:`._control`), every
   request authenticated by the cookie in ``<data dir>/cookie`` (:mod:`._cookie`);
 * optionally, Prometheus metrics and health over HTTP (:mod:`._metrics`, from a thread);
-* the event log ``<data dir>/eventlog`` (LMDB, :mod:`._eventlog`): every lifecycle event is
+* the event log ``<data dir>/eventlog`` (LMDB, :mod:`.eventlog`): every lifecycle event is
   appended under the same topic, group-committed and synced;
 * SIGINT/SIGTERM: stop the tree in order (SIGTERM to the root, which stops its children in
   reverse start order), then exit 0.
@@ -41,8 +41,7 @@ from ._control import (
 )
 from ._cookie import cookie_matches
 from ._errors import PrismaticError
-from ._eventlog import EventLog, open_event_log
-from ._eventlog_record import EventDraft
+from .eventlog import EventDraft, EventLog, open_event_log
 from ._exit import ExitReason, Killed, Normal, Shutdown, describe, reason_from_wait_status
 from ._forwarder import Forwarder
 from ._hub import Hub

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 import prismatic as p
-from prismatic._eventlog import open_event_log
+from prismatic.eventlog import open_event_log
 from prismatic._replay import open_log_reader
 from tests.conftest import REPO, alive, wait_until
 

@@ -13,8 +13,8 @@ import time
 import lmdb
 import msgspec
 
-from prismatic._eventlog_record import NUL, RecordHead, pack_u64, posting_last_seq, unpack_u64
-from prismatic._eventlog_store import LogStore
+from prismatic.eventlog._record import NUL, RecordHead, pack_u64, posting_last_seq, unpack_u64
+from prismatic.eventlog._store import LogStore
 
 __all__ = ["RETENTION_BATCH", "retention_pass", "used_bytes"]
 

@@ -21,7 +21,8 @@ from typing import Any
 import msgspec
 
 from prismatic._errors import EventLogFormatError
-from prismatic._eventlog_record import (
+from prismatic._topics import PatternKind, TopicPattern, compile_pattern
+from prismatic.eventlog._record import (
     NUL,
     EventRecord,
     RawEventRecord,
@@ -30,8 +31,7 @@ from prismatic._eventlog_record import (
     posting_last_seq,
     unpack_u64,
 )
-from prismatic._eventlog_store import LogStore
-from prismatic._topics import PatternKind, TopicPattern, compile_pattern
+from prismatic.eventlog._store import LogStore
 
 __all__ = ["EventFilter", "first_seq", "follow_records", "last_seq", "query_records"]
 

@@ -30,14 +30,15 @@ import lmdb
 import msgspec
 
 from prismatic._errors import EventLogError, EventLogFullError
-from prismatic._eventlog_query import (
+from prismatic._topics import MAX_TOPIC_LENGTH, TopicPattern, validate_topic
+from prismatic.eventlog._query import (
     first_seq,
     follow_records,
     last_seq,
     make_filter,
     query_records,
 )
-from prismatic._eventlog_record import (
+from prismatic.eventlog._record import (
     NUL,
     RECORD_HEAD,
     SINGLE_OFFSET,
@@ -48,9 +49,8 @@ from prismatic._eventlog_record import (
     pack_u64,
     unpack_u64,
 )
-from prismatic._eventlog_retention import RETENTION_BATCH, retention_pass, used_bytes
-from prismatic._eventlog_store import LogStore, open_store, release_store
-from prismatic._topics import MAX_TOPIC_LENGTH, TopicPattern, validate_topic
+from prismatic.eventlog._retention import RETENTION_BATCH, retention_pass, used_bytes
+from prismatic.eventlog._store import LogStore, open_store, release_store
 
 __all__ = ["EventLog", "EventLogCounters", "open_event_log"]
 

@@ -28,7 +28,7 @@ import lmdb
 import msgspec
 
 from prismatic._errors import EventLogError, EventLogFormatError
-from prismatic._eventlog_record import FORMAT_VERSION, MAGIC, EventRecord
+from prismatic.eventlog._record import FORMAT_VERSION, MAGIC, EventRecord
 
 __all__ = ["LogStore", "MapResizeLock", "open_store", "release_store"]
 
