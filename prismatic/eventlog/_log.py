@@ -143,7 +143,8 @@ class EventLog:
     def _name_key(self, cache: dict[str, bytes], field: str, name: object) -> bytes:
         if field == "topic":
             validate_topic(name)  # type: ignore[arg-type]
-        elif not isinstance(name, str) or not name or "\x00" in name or len(name) > MAX_TOPIC_LENGTH:
+        elif (not isinstance(name, str) or not name or "\x00" in name
+              or len(name) > MAX_TOPIC_LENGTH):
             raise EventLogError(
                 f"invalid {field}={name!r}: must be a non-empty str without NUL, "
                 f"at most {MAX_TOPIC_LENGTH} characters"
@@ -218,7 +219,9 @@ class EventLog:
                 sources[key] = [index]
             else:
                 group.append(index)
-            bodies.append(encode_body(wall, mono, source, topic, draft.correlation_id, draft.payload))
+            bodies.append(
+                encode_body(wall, mono, source, topic, draft.correlation_id, draft.payload)
+            )
         self._enqueue(
             _QueuedCall(
                 len(bodies), pack_u64(wall), bodies,
@@ -315,7 +318,8 @@ class EventLog:
             first = seq
             seq += call.count
             keys = list(map(pack_u64, range(first, seq)))
-            events_items.extend(zip(keys, [RECORD_HEAD + k + b for k, b in zip(keys, call.bodies)]))
+            values = [RECORD_HEAD + k + b for k, b in zip(keys, call.bodies, strict=True)]
+            events_items.extend(zip(keys, values, strict=True))
             time_items.append((call.wall_be + keys[0], keys[-1]))
             base = keys[0]
             for name, at, offsets in call.topic_postings:
@@ -336,7 +340,9 @@ class EventLog:
                     f"event log {self.path}: disk full, {count} events not acknowledged: {exc}"
                 )
             else:
-                error = EventLogError(f"event log {self.path}: commit of {count} events failed: {exc}")
+                error = EventLogError(
+                    f"event log {self.path}: commit of {count} events failed: {exc}"
+                )
             self.counters.errors += 1
             log.error("%s", error)
             for call in batch:
@@ -351,7 +357,7 @@ class EventLog:
         with store.commit_cond:
             store.committed_seq = seq - 1
             store.commit_cond.notify_all()
-        for call, first in zip(batch, firsts):
+        for call, first in zip(batch, firsts, strict=True):
             call.future.set_result(first if call.single else list(range(first, first + call.count)))
 
     def _disk_is_full(self, exc: lmdb.Error, batch_bytes: int) -> bool:
@@ -364,7 +370,8 @@ class EventLog:
             return False
         return fs.f_bavail * fs.f_frsize < max(1 << 20, 4 * batch_bytes)
 
-    def _write_with_growth(self, events_items: list, time_items: list, topic_items: list, source_items: list) -> None:
+    def _write_with_growth(self, events_items: list, time_items: list, topic_items: list,
+                           source_items: list) -> None:
         store = self._store
         while True:
             txn = store.env.begin(write=True)

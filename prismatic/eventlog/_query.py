@@ -88,7 +88,9 @@ def _decode(store: LogStore, value: bytes, decode: Any = _decode_record) -> Even
     try:
         return decode(value)
     except (ValueError, RecursionError) as exc:  # DecodeError, bad UTF-8, bottomless
-        raise EventLogFormatError(f"event log {store.path} holds a corrupted record: {exc}") from exc
+        raise EventLogFormatError(
+            f"event log {store.path} holds a corrupted record: {exc}"
+        ) from exc
 
 
 def _decode_all(store: LogStore, values: list[bytes], raw: bool = False) -> list[EventRecord]:
@@ -188,7 +190,8 @@ def _fetch(store: LogStore, seqs: list[int], flt: EventFilter,
             get = txn.get
             events = store.events
             # A candidate may have been deleted by retention since planning: skip it.
-            values = [v for v in (get(pack_u64(s), db=events) for s in seqs[at : at + _FETCH_CHUNK]) if v]
+            chunk = seqs[at : at + _FETCH_CHUNK]
+            values = [v for v in (get(pack_u64(s), db=events) for s in chunk) if v]
         yield from filter(flt.accepts, _decode_all(store, values, raw))
 
 

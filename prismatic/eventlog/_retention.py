@@ -81,5 +81,8 @@ def retention_pass(store: LogStore, max_age_s: float | None, max_bytes: int | No
                     by_time.delete()
                 elif not by_time.next():
                     break
-        txn.put(b"deleted_through", pack_u64(new_first - 1), db=store.meta)
+        # Never lower it: a salvaged log records there the seqs its lost tail had taken.
+        stored = txn.get(b"deleted_through", db=store.meta)
+        if not stored or unpack_u64(stored)[0] < new_first - 1:
+            txn.put(b"deleted_through", pack_u64(new_first - 1), db=store.meta)
     return len(heads)
