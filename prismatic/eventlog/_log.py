@@ -57,6 +57,7 @@ __all__ = ["EventLog", "EventLogCounters", "open_event_log"]
 log = logging.getLogger(__name__)
 
 _RETENTION_INTERVAL_S = 0.05
+_RETENTION_RETRY_S = 10.0
 
 
 class EventLogCounters:
@@ -332,11 +333,13 @@ class EventLog:
         source_items.sort()
         try:
             self._write_with_growth(events_items, time_items, topic_items, source_items)
-        except lmdb.Error as exc:
+        except (lmdb.Error, EventLogError) as exc:
             count = seq - self._next_seq
-            if self._disk_is_full(exc, sum(len(v) for _, v in events_items)):
+            if isinstance(exc, EventLogError):  # a seq collision: says all there is
+                error: EventLogError = exc
+            elif self._disk_is_full(exc, sum(len(v) for _, v in events_items)):
                 self.counters.full_errors += 1
-                error: EventLogError = EventLogFullError(
+                error = EventLogFullError(
                     f"event log {self.path}: disk full, {count} events not acknowledged: {exc}"
                 )
             else:
@@ -415,11 +418,15 @@ class EventLog:
         except lmdb.MapFullError:
             self._grow_map()
             return
-        except lmdb.Error as exc:
+        except Exception as exc:  # noqa: BLE001 - counted and logged, and retried later
             self.counters.errors += 1
             if isinstance(exc, lmdb.DiskError):
                 self.counters.full_errors += 1
-            log.error("event log %s: retention pass failed: %s", self.path, exc)
+            # Not every 50 ms: a failure that persists (a corrupted oldest record) would
+            # flood the log.
+            self._next_retention_at = now + _RETENTION_RETRY_S
+            log.error("event log %s: retention pass failed (next try in %.0f s): %r",
+                      self.path, _RETENTION_RETRY_S, exc)
             return
         if deleted >= RETENTION_BATCH:
             self._next_retention_at = now  # more is due: continue after the next batch
