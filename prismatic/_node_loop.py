@@ -362,7 +362,9 @@ class NodeLoop:
         c = self.log.counters
         return {"eventlog_appends": c.appends, "eventlog_commits": c.commits,
                 "eventlog_bytes_written": c.bytes_written,
-                "eventlog_errors": c.errors + self.log_errors,
+                # The writer counts each failed commit; the futures it failed are no more
+                # failures (adding self.log_errors counted every failure twice).
+                "eventlog_errors": c.errors,
                 "eventlog_full_errors": c.full_errors,
                 "bad_frames_root_channel": self.root.bad_frames,
                 "bad_frames_control": self.bad_requests,
