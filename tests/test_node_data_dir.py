@@ -28,7 +28,7 @@ APP = "tests.apps:one_for_one"
 
 
 def run_node(data: Path, name: str, *, wrap: list[str] | None = None,
-             timeout: float = 60) -> subprocess.CompletedProcess[str]:
+             timeout: float = 30) -> subprocess.CompletedProcess[str]:
     """A node start that is expected to fail at once: its exit code and output."""
     env = dict(os.environ, PYTHONPATH=str(REPO),
                PRISMATIC_TEST_TAG=f"{SESSION_TAG}-{uuid.uuid4().hex[:8]}")
@@ -149,6 +149,17 @@ def _unwritable(tmp_path: Path, kind: str) -> tuple[Path, list[str] | None, str]
         data.mkdir()
         os.chmod(data, 0o1777)
         return data, None, "shared directory"
+    if kind == "read-only event log":  # the data dir is fine, its eventlog/ is not
+        data = tmp_path / "data"
+        ro = data / "eventlog"
+        ro.mkdir(parents=True, mode=0o700)
+        os.chmod(data, 0o700)
+        os.chmod(ro, 0o700)
+        says = "Read-only file system" if os.geteuid() == 0 else "ermission denied"
+        if os.geteuid() != 0:
+            os.chmod(ro, 0o500)
+            return data, None, says
+        return data, _read_only_mount(ro), says
     ro = tmp_path / "ro"
     (ro / "existing").mkdir(parents=True, mode=0o700)
     os.chmod(ro / "existing", 0o700)
@@ -157,14 +168,20 @@ def _unwritable(tmp_path: Path, kind: str) -> tuple[Path, list[str] | None, str]
         os.chmod(ro, 0o500)
         os.chmod(ro / "existing", 0o500)
         return data, None, "ermission denied" if kind.endswith("new") else "not writable"
+    return data, _read_only_mount(ro), ("Read-only file system" if kind.endswith("new")
+                                        else "not writable")
+
+
+def _read_only_mount(ro: Path) -> list[str]:
+    """A command prefix: run in a mount namespace of its own where ``ro`` is read-only."""
     if shutil.which("unshare") is None:
         pytest.skip("unshare is not installed")
-    wrap = ["unshare", "-m", "sh", "-c", f'mount --bind -o ro "{ro}" "{ro}" && exec "$@"', "-"]
-    return data, wrap, "Read-only file system" if kind.endswith("new") else "not writable"
+    return ["unshare", "-m", "sh", "-c", f'mount --bind -o ro "{ro}" "{ro}" && exec "$@"', "-"]
 
 
 @pytest.mark.parametrize("kind", ["under a file", "another user's", "shared",
-                                  "read-only, existing", "read-only, new"])
+                                  "read-only, existing", "read-only, new",
+                                  "read-only event log"])
 def test_an_unusable_data_dir_is_one_line_and_exit_2(tmp_path: Path, kind: str) -> None:
     data, wrap, says = _unwritable(tmp_path, kind)
     try:
@@ -173,6 +190,6 @@ def test_an_unusable_data_dir_is_one_line_and_exit_2(tmp_path: Path, kind: str) 
             pytest.skip(f"no read-only bind mount here: {run.stderr.strip()}")
         one_line_exit_2(run, says)
     finally:
-        for p in (tmp_path / "ro", tmp_path / "ro" / "existing"):
+        for p in (tmp_path / "ro", tmp_path / "ro" / "existing", tmp_path / "data" / "eventlog"):
             if p.exists():
                 os.chmod(p, 0o700)
