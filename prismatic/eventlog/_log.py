@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import lmdb
 import msgspec
@@ -81,7 +81,7 @@ class EventLogCounters:
 class _QueuedCall(NamedTuple):
     """One submit call's encoded records; postings are (name + NUL, first offset, offsets)."""
 
-    count: int
+    size: int  # records (not ``count``: a tuple's method)
     wall_be: bytes
     bodies: list[bytes]
     topic_postings: list[tuple[bytes, int, bytes]]
@@ -152,7 +152,8 @@ class EventLog:
             )
         if len(cache) > 65536:
             cache.clear()  # bounded: names are meant to be few
-        key = cache[name] = name.encode() + NUL  # type: ignore[union-attr]
+        text = cast(str, name)  # checked above (validate_topic checks topics)
+        key = cache[text] = text.encode() + NUL
         return key
 
     def _encode_body(
@@ -244,7 +245,7 @@ class EventLog:
             if self._closing:
                 raise EventLogError(f"event log {self.path} is closed")
             self._queue.append(call)
-            self._queued += call.count
+            self._queued += call.size
             if self._queued >= self._wake_at:
                 self._queue_cond.notify()
 
@@ -280,7 +281,7 @@ class EventLog:
             taken = 0
             while self._queue and taken < self._max_batch:
                 call = self._queue.popleft()
-                taken += call.count
+                taken += call.size
                 batch.append(call)
             self._queued -= taken
         return [call for call in batch if call.future.set_running_or_notify_cancel()]
@@ -317,7 +318,7 @@ class EventLog:
         firsts = []
         for call in batch:
             first = seq
-            seq += call.count
+            seq += call.size
             keys = list(map(pack_u64, range(first, seq)))
             values = [RECORD_HEAD + k + b for k, b in zip(keys, call.bodies, strict=True)]
             events_items.extend(zip(keys, values, strict=True))
@@ -361,7 +362,7 @@ class EventLog:
             store.committed_seq = seq - 1
             store.commit_cond.notify_all()
         for call, first in zip(batch, firsts, strict=True):
-            call.future.set_result(first if call.single else list(range(first, first + call.count)))
+            call.future.set_result(first if call.single else list(range(first, first + call.size)))
 
     def _disk_is_full(self, exc: lmdb.Error, batch_bytes: int) -> bool:
         """ENOSPC, or an I/O error (LMDB reports a short write as EIO) on a full disk."""

@@ -93,8 +93,9 @@ def _decode(store: LogStore, value: bytes, decode: Any = _decode_record) -> Even
         ) from exc
 
 
-def _decode_all(store: LogStore, values: list[bytes], raw: bool = False) -> list[EventRecord]:
-    decode = _decode_raw_record if raw else _decode_record
+def _decode_all(store: LogStore, values: list[Any], raw: bool = False) -> list[Any]:
+    """Records (RawEventRecords if ``raw``) of LMDB values (bytes)."""
+    decode: Callable[[Any], Any] = _decode_raw_record if raw else _decode_record
     try:
         return list(map(decode, values))
     except (ValueError, RecursionError):
@@ -144,11 +145,11 @@ def _scan_events(store: LogStore, flt: EventFilter, raw: bool = False) -> Iterat
 
 
 def _posting_seqs(
-    store: LogStore, db: object, prefix: bytes, flt: EventFilter, name_ok: Callable[[bytes], bool]
+    store: LogStore, db: Any, prefix: bytes, flt: EventFilter, name_ok: Callable[[bytes], bool]
 ) -> list[int]:
     seqs: list[int] = []
     with store.read_txn() as txn:
-        cursor = txn.cursor(db)
+        cursor: Any = txn.cursor(db)  # yields bytes: the store's transactions copy values
         if not cursor.set_range(prefix):
             return seqs
         for key, value in cursor:
