@@ -129,7 +129,8 @@ def test_a_damaged_log_is_one_line_and_exit_2_never_sigbus(stopped_log: Path, tm
     (data / "eventlog").rename(tmp_path / "damaged")
     (tmp_path / "new").rename(data / "eventlog")
     assert events(data, "verify").exit_code == 0
-    start_node(tmp_path, APP, data_dir=data, name="damaged").stop()
+    if damage == "scribbled":  # one restart shows it (each costs a node start)
+        assert start_node(tmp_path, APP, data_dir=data, name="damaged").stop() == 0
 
 
 def _unwritable(tmp_path: Path, kind: str) -> tuple[Path, list[str] | None, str]:
