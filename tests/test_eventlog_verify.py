@@ -119,6 +119,15 @@ def test_salvage_of_a_truncated_log_searches_every_page(sound_log, tmp_path: Pat
         assert seqs == sorted(set(seqs)) and len(seqs) == report.copied
 
 
+def test_salvage_without_meta_pages_searches_every_page(sound_log, tmp_path: Path) -> None:
+    path = copy_of(sound_log, tmp_path)
+    with open(path / "data.mdb", "r+b") as f:
+        f.write(os.urandom(8192))  # both meta pages
+    report = salvage_log(str(path), str(tmp_path / "new"))
+    assert report.scanned and report.node == "n1"
+    assert (report.copied, report.first_seq, report.last_seq) == (sound_log[1], 1, sound_log[1])
+
+
 def _hold_writer(path: str, ready, done) -> None:
     with open_event_log(path, node="n1"):
         ready.set()

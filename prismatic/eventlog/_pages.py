@@ -29,8 +29,8 @@ import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-__all__ = ["NOT_A_DB", "DbRecord", "LmdbFile", "PageError", "TreeWalk", "named_dbs",
-           "open_lmdb_file"]
+__all__ = ["NOT_A_DB", "DbRecord", "LmdbFile", "PageError", "RawPages", "TreeWalk",
+           "named_dbs", "open_lmdb_file", "scan_leaf_entries"]
 
 MAGIC = 0xBEEFC0DE
 DATA_VERSION = 1
@@ -317,7 +317,22 @@ def free_list_pages(file: LmdbFile, seen: set[int]) -> Iterator[int]:
     yield from freed
 
 
-def scan_leaf_entries(file: LmdbFile, chunk_pages: int = 256) -> Iterator[tuple[bytes, bytes]]:
+class RawPages:
+    """A data file whose meta pages are lost: only its pages, at the system's page size
+    (LMDB's default), for :func:`scan_leaf_entries`."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        self.size = os.fstat(self._fd).st_size
+        self.page_size = os.sysconf("SC_PAGESIZE")
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+def scan_leaf_entries(file: LmdbFile | RawPages, chunk_pages: int = 256,
+                      ) -> Iterator[tuple[bytes, bytes]]:
     """Every (key, value) of every page in the file that looks like a leaf page, live or
     freed, reachable or not: the last resort of salvage when the trees are broken (a
     truncated file loses its newest pages, and with them the roots). Damaged nodes are

@@ -20,7 +20,7 @@ import msgspec
 
 from prismatic._errors import EventLogError, EventLogFormatError
 from prismatic.eventlog._pages import (
-    NOT_A_DB, DbRecord, LmdbFile, PageError, TreeWalk, named_dbs, open_lmdb_file,
+    NOT_A_DB, DbRecord, LmdbFile, PageError, RawPages, TreeWalk, named_dbs, open_lmdb_file,
     scan_leaf_entries,
 )
 from prismatic.eventlog._record import EventRecord, pack_u64, unpack_u64
@@ -81,20 +81,17 @@ def _read_records(file: LmdbFile, damage: list[str],
     records: dict[int, EventRecordEntry] = {}
     undecodable = 0
 
-    def keep(key: bytes, value: bytes) -> bool:
+    def keep_from_tree(key: bytes, value: bytes) -> None:
+        nonlocal undecodable
         try:
             rec = _decode_record(value)
         except (ValueError, RecursionError):
-            return False
-        if len(key) != 8 or unpack_u64(key)[0] != rec.seq:
-            return False
-        records[rec.seq] = (key, value, rec)
-        return True
-
-    def keep_from_tree(key: bytes, value: bytes) -> None:
-        nonlocal undecodable
-        if not keep(key, value):
             undecodable += 1
+            return
+        if len(key) != 8 or unpack_u64(key)[0] != rec.seq:
+            undecodable += 1
+            return
+        records[rec.seq] = (key, value, rec)
 
     events = dbs.get(b"events")
     if events is not None and events is not NOT_A_DB:
@@ -105,12 +102,25 @@ def _read_records(file: LmdbFile, damage: list[str],
         damage.append("the events DB cannot be found")
     if damage:
         floor = _u64_or_zero(meta.get(b"deleted_through", b""))
-        for key, value in scan_leaf_entries(file):
-            if len(key) == 8 and unpack_u64(key)[0] > floor and \
-                    unpack_u64(key)[0] not in records:
-                keep(key, value)  # other DBs' leaves do not decode: not counted
+        _scan_records(file, records, floor)
     meta[b"highest indexed"] = pack_u64(_highest_indexed_seq(file, dbs))
     return [records[seq] for seq in sorted(records)], undecodable, meta
+
+
+def _scan_records(file: LmdbFile | RawPages, records: dict[int, EventRecordEntry],
+                  floor: int) -> list[EventRecordEntry]:
+    """Add the records of every leaf page (above seq ``floor``) that ``records`` lacks; all
+    of them, sorted. Other DBs' leaves do not decode as records: they are not counted."""
+    for key, value in scan_leaf_entries(file):
+        if len(key) != 8 or unpack_u64(key)[0] <= floor or unpack_u64(key)[0] in records:
+            continue
+        try:
+            rec = _decode_record(value)
+        except (ValueError, RecursionError):
+            continue
+        if unpack_u64(key)[0] == rec.seq:
+            records[rec.seq] = (key, value, rec)
+    return [records[seq] for seq in sorted(records)]
 
 
 def _u64_or_zero(raw: bytes) -> int:
@@ -130,12 +140,18 @@ def salvage_log(log_dir: str, target: str, *, node: str | None = None) -> Salvag
     damage: list[str] = []
     with hold_log(log_dir):
         try:
-            file = open_lmdb_file(path, truncated_ok=True)
-        except (PageError, OSError) as exc:
-            raise EventLogFormatError(f"event log {path}: nothing can be salvaged: {exc}"
-                                      ) from None
+            file: LmdbFile | RawPages = open_lmdb_file(path, truncated_ok=True)
+        except PageError as exc:  # the meta pages are lost: search every page
+            damage.append(str(exc))
+            file = RawPages(path)
+        except OSError as exc:
+            raise EventLogFormatError(f"event log {path}: nothing can be salvaged: "
+                                      f"{exc.strerror}") from None
         try:
-            records, undecodable, meta = _read_records(file, damage)
+            if isinstance(file, LmdbFile):
+                records, undecodable, meta = _read_records(file, damage)
+            else:
+                records, undecodable, meta = _scan_records(file, {}, 0), 0, {}
         finally:
             file.close()
     stored = meta.get(b"node", b"").decode(errors="replace")
@@ -143,7 +159,7 @@ def salvage_log(log_dir: str, target: str, *, node: str | None = None) -> Salvag
         names = collections.Counter(r[2].node for r in records)
         stored = names.most_common(1)[0][0] if names else "unknown"
     node = node or stored
-    highest = max(_u64_or_zero(meta[b"highest indexed"]),
+    highest = max(_u64_or_zero(meta.get(b"highest indexed", b"")),
                   _u64_or_zero(meta.get(b"deleted_through", b"")))
     store = open_store(target, node=node, readonly=False,
                        map_size=max(64 << 20, 4 * file.size))
