@@ -128,6 +128,55 @@ def test_salvage_without_meta_pages_searches_every_page(sound_log, tmp_path: Pat
     assert (report.copied, report.first_seq, report.last_seq) == (sound_log[1], 1, sound_log[1])
 
 
+def _flip_in_payload(path: Path, seq: int, env: lmdb.Environment | None = None) -> None:
+    """Change one byte of a record's payload so that it still decodes."""
+    own = env is None
+    env = env or lmdb.open(str(path), max_dbs=8)
+    try:
+        with env.begin(write=True) as txn:
+            db = env.open_db(b"events", txn=txn)
+            key = seq.to_bytes(8, "big")
+            value = bytearray(txn.get(key, db=db))
+            at = value.rindex(b"xx")  # inside the pad string
+            value[at] = ord("y")
+            txn.put(key, bytes(value), db=db)
+    finally:
+        if own:
+            env.close()
+
+
+def test_a_record_that_still_decodes_fails_its_checksum(sound_log, tmp_path: Path) -> None:
+    path = copy_of(sound_log, tmp_path)
+    last = sound_log[1]
+    _flip_in_payload(path, last // 2)  # a leaf in the middle: verify finds it, not open
+    assert f"record {last // 2} does not match its checksum" in (
+        verify_log(str(path)).problem or "")
+    report = salvage_log(str(path), str(tmp_path / "new"))
+    assert (report.copied, report.undecodable) == (last - 1, 1)
+    _flip_in_payload(path, last)  # the newest record: in a leaf every open reads
+    with pytest.raises(EventLogFormatError, match="does not match its checksum"):
+        with open_event_log(str(path), node="n1"):
+            pass
+
+
+def test_records_without_a_checksum_are_still_read(tmp_path: Path) -> None:
+    """Records written before checksums (9 elements) read, verify and salvage as before."""
+    path = tmp_path / "log"
+    build_log(path, batches=1, per_batch=3)
+    env = lmdb.open(str(path), max_dbs=8)
+    with env.begin(write=True) as txn:
+        db = env.open_db(b"events", txn=txn)
+        for key, value in list(txn.cursor(db)):
+            assert value[:1] == b"\x9a" and value[-5] == 0xCE
+            txn.put(key, b"\x99" + value[1:-5], db=db)  # as the older format stored it
+    env.close()
+    with open_event_log(str(path), node="n1") as log:
+        assert [r.payload["i"] for r in log.query()] == [0, 1, 2]
+        assert log.append("new.one", 3, source="s") == 4
+    assert verify_log(str(path)).records == 4
+    assert salvage_log(str(path), str(tmp_path / "new")).copied == 4
+
+
 def _hold_writer(path: str, ready, done) -> None:
     with open_event_log(path, node="n1"):
         ready.set()
@@ -192,11 +241,13 @@ def test_a_failed_retention_pass_is_counted_and_logged(tmp_path: Path, caplog) -
 
 def test_a_corrupted_record_is_a_format_error_on_the_read_side(tmp_path: Path) -> None:
     path = tmp_path / "log"
-    build_log(path, batches=1, per_batch=20)
-    _put_raw(path, (7).to_bytes(8, "big"), b"\xc1")  # a record in the middle, structure sound
-    with open_event_log(str(path), node="", readonly=True) as log:
-        with pytest.raises(EventLogFormatError, match=f"{path}.*corrupted record"):
-            list(log.query())
+    with open_event_log(str(path), node="n1") as log:
+        log.submit_many([EventDraft("a.b", i, "s") for i in range(20)]).result(10)
+        # Damaged while open (a reader beside a running writer checks only the meta pages).
+        _put_raw(path, (7).to_bytes(8, "big"), b"\xc1", log._store.env)
+        with open_event_log(str(path), node="", readonly=True) as reader:
+            with pytest.raises(EventLogFormatError, match=f"{path}.*corrupted record"):
+                list(reader.query())
     assert "record 7 does not decode" in (verify_log(str(path)).problem or "")
 
 

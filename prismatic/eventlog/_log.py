@@ -47,6 +47,7 @@ from prismatic.eventlog._record import (
     EventRecord,
     offsets_bytes,
     pack_u64,
+    seal_body,
     unpack_u64,
 )
 from prismatic.eventlog._retention import RETENTION_BATCH, retention_pass, used_bytes
@@ -163,7 +164,9 @@ class EventLog:
             raise EventLogError(f"invalid correlation_id={corr!r}: must be a str or None")
         try:
             # Strip the 7-array header: the writer prepends RECORD_HEAD + seq.
-            return self._encode((wall, mono, self.node, source, topic, corr, payload))[1:]
+            return seal_body(
+                self._encode((wall, mono, self.node, source, topic, corr, payload))[1:]
+            )
         except (TypeError, msgspec.EncodeError) as exc:
             raise EventLogError(
                 f"payload of event topic={topic!r} is not msgspec-encodable: {exc}"

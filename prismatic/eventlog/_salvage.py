@@ -5,10 +5,10 @@
 skipping damaged subtrees; when any tree is damaged (or, truncated, its root is gone), every
 leaf page of the file, live or freed, is searched too: a record never changes once written,
 so any copy of a seq is that record, and records retention deleted stay deleted (below the
-meta DB's ``deleted_through``, when it can be read). A kept record decodes and is stored
-under its own seq. The new log keeps every seq, gets its indexes rebuilt (one entry per
-record), and never reuses a seq the damaged log had given out (``deleted_through`` covers a
-lost tail that the time index still knew of).
+meta DB's ``deleted_through``, when it can be read). A kept record decodes, is stored
+under its own seq and matches its checksum (if it has one). The new log keeps every seq,
+gets its indexes rebuilt (one entry per record), and never reuses a seq the damaged log had
+given out (``deleted_through`` covers a lost tail that the time index still knew of).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from prismatic.eventlog._pages import (
     NOT_A_DB, DbRecord, LmdbFile, PageError, RawPages, TreeWalk, named_dbs, open_lmdb_file,
     scan_leaf_entries,
 )
-from prismatic.eventlog._record import EventRecord, pack_u64, unpack_u64
+from prismatic.eventlog._record import EventRecord, checksum_ok, pack_u64, unpack_u64
 from prismatic.eventlog._verify import DATA_FILE, hold_log
 
 __all__ = ["SalvageReport", "salvage_log"]
@@ -41,7 +41,7 @@ class SalvageReport(msgspec.Struct, frozen=True):
     target: str
     node: str
     copied: int
-    undecodable: int  # entries of the events tree that are not a record under its own seq
+    undecodable: int  # events entries that are no sound record (decode, seq, checksum)
     first_seq: int | None
     last_seq: int | None
     scanned: bool  # a tree was damaged: every leaf page of the file was searched too
@@ -88,7 +88,7 @@ def _read_records(file: LmdbFile, damage: list[str],
         except (ValueError, RecursionError):
             undecodable += 1
             return
-        if len(key) != 8 or unpack_u64(key)[0] != rec.seq:
+        if len(key) != 8 or unpack_u64(key)[0] != rec.seq or checksum_ok(value) is False:
             undecodable += 1
             return
         records[rec.seq] = (key, value, rec)
@@ -118,7 +118,7 @@ def _scan_records(file: LmdbFile | RawPages, records: dict[int, EventRecordEntry
             rec = _decode_record(value)
         except (ValueError, RecursionError):
             continue
-        if unpack_u64(key)[0] == rec.seq:
+        if unpack_u64(key)[0] == rec.seq and checksum_ok(value) is not False:
             records[rec.seq] = (key, value, rec)
     return [records[seq] for seq in sorted(records)]
 

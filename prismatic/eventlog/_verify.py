@@ -1,17 +1,15 @@
-"""Checking an event log's file before LMDB touches it, verifying it whole, salvaging it.
+"""Checking an event log's file before LMDB touches it, and verifying it whole.
 
-Three depths, all reading ``data.mdb`` with ``pread`` through :mod:`._pages` (never LMDB, so
-a damaged file cannot crash the checking process):
+Both read ``data.mdb`` with ``pread`` through :mod:`._pages` (never LMDB, so a damaged file
+cannot crash the checking process); :mod:`._salvage` builds on them.
 
 * :func:`check_at_open` -- what every open does before LMDB maps the file: the meta pages and
   the file size (a truncated file), every branch page of every tree, and the leaves at
-  both ends of each tree (the pages appends and retention rewrite), bounded so that an open
-  costs a fraction of a second whatever the log's size. Raises EventLogFormatError.
+  both ends of each tree (the pages appends and retention rewrite), whose records must
+  match their checksums; bounded so that an open costs a fraction of a second whatever the
+  log's size. Raises EventLogFormatError naming the file and the recovery commands.
 * :func:`verify_log` -- ``prismatic events verify``: every page of every tree, every record
-  decoded and stored under its own seq, every index entry well formed.
-* :func:`salvage_log` -- ``prismatic events salvage``: every record that can still be read
-  (skipping damaged subtrees) copied, seq and all, into a fresh log whose indexes are
-  rebuilt. The damaged log is only read.
+  decoded, stored under its own seq and matching its checksum, every index entry well formed.
 """
 
 from __future__ import annotations
@@ -27,7 +25,7 @@ from prismatic._errors import EventLogError, EventLogFormatError
 from prismatic.eventlog._pages import (
     NOT_A_DB, LmdbFile, PageError, TreeWalk, free_list_pages, named_dbs, open_lmdb_file,
 )
-from prismatic.eventlog._record import EventRecord, unpack_u64
+from prismatic.eventlog._record import EventRecord, checksum_ok, unpack_u64
 
 __all__ = ["VerifyReport", "check_at_open", "hold_log", "verify_log"]
 
@@ -78,6 +76,13 @@ def _walk_all(file: LmdbFile, edge_leaves: int | None,
     return {"pages": len(seen), "skipped": skipped, "free": len(freed), "entries": entries}
 
 
+def _check_sum(key: bytes, value: bytes) -> None:
+    """At open: the records of the leaves read (those at both ends) match their checksum."""
+    if checksum_ok(value) is False:
+        seq = unpack_u64(key)[0] if len(key) == 8 else key.hex()
+        raise PageError(f"record {seq} does not match its checksum")
+
+
 class NotALogError(PageError):
     """A sound LMDB file, but not one of Prismatic's event logs."""
 
@@ -100,7 +105,7 @@ def check_at_open(log_dir: str, *, structure: bool = True) -> None:
         raise EventLogError(f"event log {path}: cannot read it: {exc.strerror}") from None
     try:
         if structure:
-            _walk_all(file, EDGE_LEAVES, {})
+            _walk_all(file, EDGE_LEAVES, {b"events": _check_sum})
     except NotALogError as exc:
         raise EventLogFormatError(f"{log_dir}: not a Prismatic event log ({exc}); left "
                                   "untouched") from None
@@ -157,6 +162,8 @@ def verify_log(log_dir: str) -> VerifyReport:
             raise PageError(f"record {seq} does not decode: {exc}") from None
         if rec.seq != seq:
             raise PageError(f"record stored under seq {seq} says seq {rec.seq}")
+        if checksum_ok(value) is False:
+            raise PageError(f"record {seq} does not match its checksum")
         if not seqs:
             seqs.append(seq)
         seqs[1:] = [seq]
