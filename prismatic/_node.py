@@ -1,9 +1,10 @@
 """A node: the process that owns the root supervisor and serves the tree to the outside.
 
 Start-up order is what keeps forks clean and cheap: the node resolves the app (so every
-module the tree needs is imported into the image all processes are forked from), takes the
-data directory's lock, binds its hub address (a second node of the same name fails here),
-forks the root supervisor, and only then imports and starts what serves the outside
+module the tree needs is imported into the image all processes are forked from), makes sure
+the data directory is its own and private (:func:`prepare_data_dir`), takes its lock,
+binds its hub address (a second node of the same name fails here), forks the root
+supervisor, and only then imports and starts what serves the outside
 (:mod:`._node_loop`: ZeroMQ, LMDB, Prometheus). None of those is in the tree's image, so
 no ZeroMQ context or LMDB environment can cross a fork, and every fork and every exit in
 the tree has fewer pages to copy and free. From then on the node never forks again.

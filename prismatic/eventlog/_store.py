@@ -1,9 +1,12 @@
 """Opening, validating and sharing the LMDB environment behind an event log.
 
-Protocol: an existing directory is first validated through a *read-only, lock-free* LMDB
-handle that cannot create or modify any file; only a valid log (or an empty or missing
-directory, which becomes a new log) is then opened for writing. Anything else raises
-:class:`EventLogFormatError` naming the path and leaves every byte untouched.
+Protocol: an existing ``data.mdb`` is first checked page by page without LMDB
+(:mod:`._verify`: a truncated or damaged file would crash or be written through by LMDB),
+then validated through a *read-only, lock-free* LMDB handle that cannot create or modify any
+file; only a valid log (or an empty or missing directory, which becomes a new log) is then
+opened for writing. Anything else raises :class:`EventLogFormatError` naming the path and
+leaves every byte untouched. A writer keeps the directory 0700 and its files 0600 (only the
+node's user may read events) and refuses an environment that would not sync each commit.
 
 LMDB forbids opening one environment twice in a process, so open handles are shared per
 real path and per process (read-only handles join a writer's environment). An environment
