@@ -82,7 +82,7 @@ def filled(tmp_path: Path) -> Iterator[tuple[str, list[int]]]:
     path = str(tmp_path / "log")
     marks = []
     with open_event_log(path, node="n1") as log:
-        for batch in range(3):
+        for _batch in range(3):
             marks.append(time.time_ns())
             drafts = [
                 EventDraft(f"sup.root.w{i % 3}.{'up' if i % 2 else 'down'}", i, f"s{i % 2}")
@@ -257,7 +257,7 @@ def test_retention_by_age_while_writing(tmp_path: Path) -> None:
 def test_retention_by_size_while_writing(tmp_path: Path) -> None:
     limit = 1 << 20
     with open_event_log(str(tmp_path / "log"), node="n1", max_bytes=limit) as log:
-        for i in range(60):
+        for _ in range(60):
             log.submit_many([EventDraft("t.big", "x" * 200, "s") for _ in range(200)]).result(10)
         wait_until(lambda: log.stats().used_bytes <= limit * 1.2, what="size retention")
         stats = log.stats()
@@ -381,7 +381,7 @@ def test_handle_used_after_fork_is_refused(tmp_path: Path) -> None:
         pid = os.fork()
         if pid == 0:  # child: must refuse, then leave without running any teardown
             try:
-                log.last_seq
+                _ = log.last_seq  # the use the child must be refused
                 os.write(write, b"used")
             except EventLogError as exc:
                 os.write(write, b"refused" if "after fork" in str(exc) else b"other")
