@@ -22,8 +22,7 @@ import msgspec  # noqa: E402
 
 import prismatic as p  # noqa: E402
 from bench._harness import print_table, start_node, stop_node  # noqa: E402
-from prismatic._eventlog import open_event_log  # noqa: E402
-from prismatic._eventlog_record import EventDraft  # noqa: E402
+from prismatic.eventlog import EventDraft, open_event_log  # noqa: E402
 
 PAYLOAD = {"child": "worker1", "reason": "normal", "restarts": 3, "pid": 12345}
 TOPICS = [f"supervisor.root.worker{i}.restarted" for i in range(8)]
@@ -117,7 +116,7 @@ def bench_replay(root: Path, total: int, raw_payloads: bool = False) -> float:
 def raw_scan(root: Path, decode: bool) -> float:
     """Baseline for replay: py-lmdb's cursor over the same log's records, decoding each with
     msgspec into the same record type (or not at all)."""
-    from prismatic._eventlog_record import EventRecord
+    from prismatic.eventlog import EventRecord
 
     decoder = msgspec.msgpack.Decoder(EventRecord).decode
     env = lmdb.open(str(root / "replay"), readonly=True, lock=False, max_dbs=8)

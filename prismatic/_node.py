@@ -1,9 +1,10 @@
 """A node: the process that owns the root supervisor and serves the tree to the outside.
 
 Start-up order is what keeps forks clean and cheap: the node resolves the app (so every
-module the tree needs is imported into the image all processes are forked from), takes the
-data directory's lock, binds its hub address (a second node of the same name fails here),
-forks the root supervisor, and only then imports and starts what serves the outside
+module the tree needs is imported into the image all processes are forked from), makes sure
+the data directory is its own and private (:func:`prepare_data_dir`), takes its lock,
+binds its hub address (a second node of the same name fails here), forks the root
+supervisor, and only then imports and starts what serves the outside
 (:mod:`._node_loop`: ZeroMQ, LMDB, Prometheus). None of those is in the tree's image, so
 no ZeroMQ context or LMDB environment can cross a fork, and every fork and every exit in
 the tree has fewer pages to copy and free. From then on the node never forks again.
@@ -19,6 +20,7 @@ import fcntl
 import logging
 import os
 import signal
+import stat
 import sys
 from pathlib import Path
 from typing import TextIO
@@ -38,7 +40,7 @@ log = logging.getLogger(__name__)
 METRICS_PORT_AUTO = -1  # run_node's metrics_port for "any free port" (read back from status)
 
 __all__ = ["run_node", "METRICS_PORT_AUTO", "load_app", "default_data_dir", "control_address",
-           "events_address", "publish_address"]
+           "events_address", "publish_address", "prepare_data_dir"]
 
 
 def default_data_dir(name: str) -> Path:
@@ -80,13 +82,23 @@ def run_node(spec: SupervisorSpec, *, name: str | None = None,
     """
     name = name or default_node_name()
     data = Path(data_dir) if data_dir is not None else default_data_dir(name)
-    data.mkdir(parents=True, exist_ok=True)
-    lock = open(data / "node.lock", "w")
     try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        raise NodeError(f"another node is running with data directory {data}") from None
-    cookie = ensure_cookie(data)
+        prepare_data_dir(data)
+        lock = os.fdopen(os.open(data / "node.lock", os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC,
+                                 DATA_FILE_MODE), "w")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            raise NodeError(f"another node is running with data directory {data}") from None
+        try:
+            cookie = ensure_cookie(data)
+        except BaseException:
+            lock.close()
+            raise
+    except OSError as exc:  # read-only filesystem, another user's directory...
+        raise NodeError(f"data directory {data}: cannot use {exc.filename or data}: "
+                        f"{exc.strerror}") from None
     hub_sock = open_hub_socket(name)  # before the fork: a second node of this name fails here
     set_current(NodeInfo(name, data.resolve()))  # inherited by every process of the tree
     # Fork the root before any ZeroMQ context exists in this process.
@@ -107,6 +119,41 @@ def run_node(spec: SupervisorSpec, *, name: str | None = None,
     finally:
         hub_sock.close()
         lock.close()
+
+
+DATA_DIR_MODE = 0o700
+DATA_FILE_MODE = 0o600
+
+
+def prepare_data_dir(data: Path) -> None:
+    """Create the data directory 0700 (its parents too, if missing), or check an existing
+    one: it holds the event log, the cookie and the sockets, so no other user may read it.
+
+    An existing directory of the node's user that others may enter is tightened to 0700,
+    with a warning (older versions created it 0755); one owned by another user, or a
+    shared directory (sticky bit, as /tmp), is refused: it is not the node's to change."""
+    try:
+        data.mkdir(mode=DATA_DIR_MODE, parents=True, exist_ok=False)
+        os.chmod(data, DATA_DIR_MODE)  # mkdir's mode is masked by the umask
+        return
+    except FileExistsError:
+        pass
+    st = os.stat(data)
+    if not stat.S_ISDIR(st.st_mode):
+        raise NodeError(f"data directory {data} is not a directory")
+    if st.st_uid != os.geteuid():
+        raise NodeError(f"data directory {data} belongs to uid {st.st_uid}, not to this "
+                        f"node's uid {os.geteuid()}: use a directory of your own (--data-dir)")
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & stat.S_ISVTX:
+        raise NodeError(f"data directory {data} is a shared directory (mode {mode:04o}, "
+                        "sticky): use a directory of its own (--data-dir)")
+    if mode & 0o077:
+        os.chmod(data, DATA_DIR_MODE)
+        log.warning("node: data directory %s was mode %04o, now %04o (it holds the event "
+                    "log, the cookie and the sockets)", data, mode, DATA_DIR_MODE)
+    if not os.access(data, os.W_OK | os.X_OK):
+        raise NodeError(f"data directory {data} is not writable by this node's user")
 
 
 def _raise_fd_limit() -> None:

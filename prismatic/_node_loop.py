@@ -13,7 +13,7 @@ The loop (uvloop) serves:
 * every long-lived task and reader above handles each message under a guard
   (:mod:`._node_tasks`): an exception is logged (throttled), counted and dropped, and a task
   that ends anyway turns ``/health`` and ``/ready`` to 503 and is named in ``status``;
-* the event log ``<data dir>/eventlog`` (LMDB, :mod:`._eventlog`): every lifecycle event is
+* the event log ``<data dir>/eventlog`` (LMDB, :mod:`.eventlog`): every lifecycle event is
   appended under the same topic, group-committed and synced;
 * SIGINT/SIGTERM: stop the tree in order (SIGTERM to the root, which stops its children in
   reverse start order), then exit 0.
@@ -45,8 +45,7 @@ from ._control import (
 from ._cookie import cookie_matches
 from ._crash_log import CrashLog
 from ._errors import PrismaticError
-from ._eventlog import EventLog, open_event_log
-from ._eventlog_record import EventDraft
+from .eventlog import EventDraft, EventLog, open_event_log
 from ._exit import ExitReason, Killed, Normal, Shutdown, describe, reason_from_wait_status
 from ._forwarder import Forwarder
 from ._hub import Hub
@@ -417,7 +416,9 @@ class NodeLoop:
         c = self.log.counters
         return {"eventlog_appends": c.appends, "eventlog_commits": c.commits,
                 "eventlog_bytes_written": c.bytes_written,
-                "eventlog_errors": c.errors + self.log_errors,
+                # The writer counts each failed commit; the futures it failed are no more
+                # failures (adding self.log_errors counted every failure twice).
+                "eventlog_errors": c.errors,
                 "eventlog_full_errors": c.full_errors,
                 "bad_frames_root_channel": self.root.bad_frames,
                 "bad_frames_control": self.bad_requests,

@@ -26,7 +26,7 @@ DEFAULT_PREFIX = "replay"
 
 @contextmanager
 def open_log_reader(data_dir: Path | str) -> Iterator[Any]:
-    from ._eventlog import open_event_log  # noqa: PLC0415 - LMDB only in processes that read
+    from .eventlog import open_event_log  # noqa: PLC0415 - LMDB only in processes that read
 
     with open_event_log(str(Path(data_dir) / "eventlog"), node="", readonly=True) as log:
         yield log

@@ -18,8 +18,7 @@ import lmdb
 import pytest
 
 from prismatic._errors import EventLogError, EventLogFormatError, EventLogFullError, TopicError
-from prismatic._eventlog import open_event_log
-from prismatic._eventlog_record import EventDraft, EventRecord
+from prismatic.eventlog import EventDraft, EventRecord, open_event_log
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -130,7 +129,7 @@ def test_topic_query_uses_the_index_not_a_full_scan(tmp_path: Path) -> None:
         log.append("rare.event", "needle", source="s")
         log.submit_many([EventDraft("bulk.event", i, "s") for i in range(20000)]).result(10)
         # Count records decoded: the index plan decodes only candidates.
-        import prismatic._eventlog_query as query_module
+        import prismatic.eventlog._query as query_module
 
         decoded = 0
         real = query_module._decode_record
@@ -169,7 +168,7 @@ def test_follow_in_process_and_from_a_read_only_process(tmp_path: Path) -> None:
         reader = run_python(
             """
             import os, sys, threading
-            from prismatic._eventlog import open_event_log
+            from prismatic.eventlog import open_event_log
             watchdog = threading.Timer(20, os._exit, (3,))  # never outlive a stuck test
             watchdog.daemon = True
             watchdog.start()
@@ -221,7 +220,7 @@ def test_second_writer_process_is_refused(tmp_path: Path) -> None:
         child = run_python(
             """
             import sys
-            from prismatic._eventlog import open_event_log
+            from prismatic.eventlog import open_event_log
             from prismatic._errors import EventLogError
             try:
                 with open_event_log(sys.argv[1], node="n1"):
@@ -382,7 +381,7 @@ def test_handle_used_after_fork_is_refused(tmp_path: Path) -> None:
         pid = os.fork()
         if pid == 0:  # child: must refuse, then leave without running any teardown
             try:
-                _ = log.last_seq
+                _ = log.last_seq  # the use the child must be refused
                 os.write(write, b"used")
             except EventLogError as exc:
                 os.write(write, b"refused" if "after fork" in str(exc) else b"other")
@@ -429,8 +428,7 @@ def test_disk_full_fails_appends_then_recovers(tiny_fs: Path) -> None:
 
 DURABILITY_CHILD = """
 import sys, collections
-from prismatic._eventlog import open_event_log
-from prismatic._eventlog_record import EventDraft
+from prismatic.eventlog import EventDraft, open_event_log
 round_no = int(sys.argv[2])
 out = sys.stdout
 with open_event_log(sys.argv[1], node="n1", initial_map_size=1 << 20) as log:
@@ -483,7 +481,7 @@ def test_acknowledged_events_survive_sigkill(tmp_path: Path) -> None:
 def test_replay_with_raw_payloads(tmp_path: Path) -> None:
     import msgspec
 
-    from prismatic._eventlog_record import RawEventRecord
+    from prismatic.eventlog import RawEventRecord
 
     with open_event_log(str(tmp_path / "log"), node="n@h") as log:
         log.append("a.b", {"k": [1, 2]}, source="s", correlation_id="c")

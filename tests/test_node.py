@@ -12,7 +12,7 @@ import uuid
 import pytest
 
 import prismatic as p
-from prismatic._eventlog import open_event_log
+from prismatic.eventlog import open_event_log
 from prismatic._replay import open_log_reader
 from tests.conftest import REPO, SESSION_TAG, alive, wait_until
 
@@ -256,6 +256,7 @@ def test_an_event_log_of_another_node_is_one_clear_line(tmp_path):
     """The node refuses a data directory whose log belongs to another node: exit 2, one
     line, the log untouched, no tree left running."""
     data = tmp_path / "data"
+    data.mkdir(mode=0o700)  # private, as the node makes it (a looser one is tightened, logged)
     with open_event_log(str(data / "eventlog"), node="someone-else") as log:
         log.append("x.y", 1, source="test")
     before = (data / "eventlog" / "data.mdb").read_bytes()

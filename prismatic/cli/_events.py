@@ -1,9 +1,10 @@
-"""``prismatic events tail|query|replay``: the node's durable lifecycle event log.
+"""``prismatic events tail|query|replay|verify|salvage``: the node's durable event log.
 
-Reads ``<data dir>/eventlog`` through a read-only handle (:mod:`._eventlog`), so it works
+Reads ``<data dir>/eventlog`` through a read-only handle (:mod:`.eventlog`), so it works
 while the node runs (and after it stopped). Topics are ``supervisor.<path>.<child>.<kind>``
 (``root`` for the root's path); ``--pattern`` takes topic patterns (``*`` one word, ``#``
 any words), e.g. ``supervisor.#.child_exited``. ``--json`` prints one JSON object per line.
+``verify`` and ``salvage`` (implemented in :mod:`.eventlog`) read a stopped node's log.
 """
 
 from __future__ import annotations
@@ -22,10 +23,9 @@ import click
 import msgspec
 
 from ._format import CliError, ExitCode, print_json
-from .._eventlog import EventLog
-from .._eventlog_record import EventRecord
 from .._replay import open_log_reader
 from .._topics import compile_pattern
+from ..eventlog import EventLog, EventRecord, salvage_log, verify_log
 from ._main import CliState, cli, json_option
 
 __all__ = ["parse_time"]
@@ -221,3 +221,43 @@ def _query_kwargs(pattern: str | None, since: str | None, until: str | None,
                 since_ns=parse_time(since, "--since") if since else None,
                 until_ns=parse_time(until, "--until") if until else None,
                 pattern=_pattern(pattern), source=source, limit=limit)
+
+
+@events.command("verify")
+@json_option
+@click.pass_obj
+def events_verify(state: CliState, as_json: bool) -> None:
+    """Check every page and every record of a stopped node's log: exit 0 sound, 1 damaged."""
+    path = state.data_dir() / "eventlog"
+    with state.progress("verifying the event log", not as_json):
+        report = verify_log(str(path))
+    if as_json:
+        print_json(report)
+    elif report.problem is None:
+        click.echo(f"{report.path}: sound, {report.records} records (seqs "
+                   f"{report.first_seq}..{report.last_seq}), {report.pages} pages")
+    if report.problem is not None:
+        raise CliError(f"event log {report.path} is damaged: {report.problem}; copy what is "
+                       f"readable with `prismatic --node {path.parent} events salvage --to "
+                       "NEWDIR`", ExitCode.REFUSED)
+
+
+@events.command("salvage")
+@click.option("--to", "target", required=True, type=click.Path(file_okay=False),
+              help="A new directory for the salvaged log (missing or empty).")
+@json_option
+@click.pass_obj
+def events_salvage(state: CliState, target: str, as_json: bool) -> None:
+    """Copy every readable record of a stopped node's log into a fresh log at --to."""
+    path = state.data_dir() / "eventlog"
+    with state.progress("salvaging the event log", not as_json):
+        report = salvage_log(str(path), target)
+    if as_json:
+        print_json(report)
+        return
+    click.echo(f"salvaged {report.copied} records (seqs {report.first_seq}..{report.last_seq})"
+               f" of node {report.node} into {report.target}; {report.undecodable} unreadable"
+               f" records, {len(report.damage)} damaged subtrees skipped")
+    for problem in report.damage:
+        click.echo(f"  damaged: {problem}")
+    click.echo(f"to use it: mv {path} {path}.damaged && mv {report.target} {path}")

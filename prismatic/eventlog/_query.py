@@ -21,7 +21,8 @@ from typing import Any
 import msgspec
 
 from prismatic._errors import EventLogFormatError
-from prismatic._eventlog_record import (
+from prismatic._topics import PatternKind, TopicPattern, compile_pattern
+from prismatic.eventlog._record import (
     NUL,
     EventRecord,
     RawEventRecord,
@@ -30,8 +31,7 @@ from prismatic._eventlog_record import (
     posting_last_seq,
     unpack_u64,
 )
-from prismatic._eventlog_store import LogStore
-from prismatic._topics import PatternKind, TopicPattern, compile_pattern
+from prismatic.eventlog._store import LogStore
 
 __all__ = ["EventFilter", "first_seq", "follow_records", "last_seq", "query_records"]
 
@@ -89,11 +89,13 @@ def _decode(store: LogStore, value: bytes, decode: Any = _decode_record) -> Even
         return decode(value)
     except (ValueError, RecursionError) as exc:  # DecodeError, bad UTF-8, bottomless
         raise EventLogFormatError(
-            f"event log {store.path} holds a corrupted record: {exc}") from exc
+            f"event log {store.path} holds a corrupted record: {exc}"
+        ) from exc
 
 
-def _decode_all(store: LogStore, values: list[bytes], raw: bool = False) -> list[EventRecord]:
-    decode: Any = _decode_raw_record if raw else _decode_record  # raw: RawEventRecord
+def _decode_all(store: LogStore, values: list[Any], raw: bool = False) -> list[Any]:
+    """Records (RawEventRecords if ``raw``) of LMDB values (bytes)."""
+    decode: Callable[[Any], Any] = _decode_raw_record if raw else _decode_record
     try:
         return list(map(decode, values))
     except (ValueError, RecursionError):
@@ -147,7 +149,7 @@ def _posting_seqs(
 ) -> list[int]:
     seqs: list[int] = []
     with store.read_txn() as txn:
-        cursor = txn.cursor(db)
+        cursor: Any = txn.cursor(db)  # yields bytes: the store's transactions copy values
         if not cursor.set_range(prefix):
             return seqs
         for key, value in cursor:
@@ -189,8 +191,8 @@ def _fetch(store: LogStore, seqs: list[int], flt: EventFilter,
             get = txn.get
             events = store.events
             # A candidate may have been deleted by retention since planning: skip it.
-            values = [v for v in (get(pack_u64(s), db=events)
-                                  for s in seqs[at : at + _FETCH_CHUNK]) if v]
+            chunk = seqs[at : at + _FETCH_CHUNK]
+            values = [v for v in (get(pack_u64(s), db=events) for s in chunk) if v]
         yield from filter(flt.accepts, _decode_all(store, values, raw))
 
 

@@ -13,8 +13,8 @@ import time
 import lmdb
 import msgspec
 
-from prismatic._eventlog_record import NUL, RecordHead, pack_u64, posting_last_seq, unpack_u64
-from prismatic._eventlog_store import LogStore
+from prismatic.eventlog._record import NUL, RecordHead, pack_u64, posting_last_seq, unpack_u64
+from prismatic.eventlog._store import LogStore
 
 __all__ = ["RETENTION_BATCH", "retention_pass", "used_bytes"]
 
@@ -81,5 +81,8 @@ def retention_pass(store: LogStore, max_age_s: float | None, max_bytes: int | No
                     by_time.delete()
                 elif not by_time.next():
                     break
-        txn.put(b"deleted_through", pack_u64(new_first - 1), db=store.meta)
+        # Never lower it: a salvaged log records there the seqs its lost tail had taken.
+        stored = txn.get(b"deleted_through", db=store.meta)
+        if not stored or unpack_u64(stored)[0] < new_first - 1:
+            txn.put(b"deleted_through", pack_u64(new_first - 1), db=store.meta)
     return len(heads)

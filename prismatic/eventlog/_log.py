@@ -24,20 +24,21 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import lmdb
 import msgspec
 
 from prismatic._errors import EventLogError, EventLogFullError
-from prismatic._eventlog_query import (
+from prismatic._topics import MAX_TOPIC_LENGTH, TopicPattern, validate_topic
+from prismatic.eventlog._query import (
     first_seq,
     follow_records,
     last_seq,
     make_filter,
     query_records,
 )
-from prismatic._eventlog_record import (
+from prismatic.eventlog._record import (
     NUL,
     RECORD_HEAD,
     SINGLE_OFFSET,
@@ -46,17 +47,18 @@ from prismatic._eventlog_record import (
     EventRecord,
     offsets_bytes,
     pack_u64,
+    seal_body,
     unpack_u64,
 )
-from prismatic._eventlog_retention import RETENTION_BATCH, retention_pass, used_bytes
-from prismatic._eventlog_store import LogStore, open_store, release_store
-from prismatic._topics import MAX_TOPIC_LENGTH, TopicPattern, validate_topic
+from prismatic.eventlog._retention import RETENTION_BATCH, retention_pass, used_bytes
+from prismatic.eventlog._store import LogStore, open_store, release_store
 
 __all__ = ["EventLog", "EventLogCounters", "open_event_log"]
 
 log = logging.getLogger(__name__)
 
 _RETENTION_INTERVAL_S = 0.05
+_RETENTION_RETRY_S = 10.0
 
 
 class EventLogCounters:
@@ -80,7 +82,7 @@ class EventLogCounters:
 class _QueuedCall(NamedTuple):
     """One submit call's encoded records; postings are (name + NUL, first offset, offsets)."""
 
-    count: int  # type: ignore[assignment]  # shadows tuple.count, never called here
+    size: int  # records (not ``count``: a tuple's method)
     wall_be: bytes
     bodies: list[bytes]
     topic_postings: list[tuple[bytes, int, bytes]]
@@ -142,7 +144,7 @@ class EventLog:
 
     def _name_key(self, cache: dict[str, bytes], field: str, name: object) -> bytes:
         if field == "topic":
-            name = validate_topic(name)  # type: ignore[arg-type]
+            validate_topic(name)  # type: ignore[arg-type]
         elif (not isinstance(name, str) or not name or "\x00" in name
               or len(name) > MAX_TOPIC_LENGTH):
             raise EventLogError(
@@ -151,7 +153,8 @@ class EventLog:
             )
         if len(cache) > 65536:
             cache.clear()  # bounded: names are meant to be few
-        key = cache[name] = name.encode() + NUL
+        text = cast(str, name)  # checked above (validate_topic checks topics)
+        key = cache[text] = text.encode() + NUL
         return key
 
     def _encode_body(
@@ -161,7 +164,9 @@ class EventLog:
             raise EventLogError(f"invalid correlation_id={corr!r}: must be a str or None")
         try:
             # Strip the 7-array header: the writer prepends RECORD_HEAD + seq.
-            return self._encode((wall, mono, self.node, source, topic, corr, payload))[1:]
+            return seal_body(
+                self._encode((wall, mono, self.node, source, topic, corr, payload))[1:]
+            )
         except (TypeError, msgspec.EncodeError) as exc:
             raise EventLogError(
                 f"payload of event topic={topic!r} is not msgspec-encodable: {exc}"
@@ -219,8 +224,9 @@ class EventLog:
                 sources[key] = [index]
             else:
                 group.append(index)
-            bodies.append(encode_body(wall, mono, source, topic, draft.correlation_id,
-                                      draft.payload))
+            bodies.append(
+                encode_body(wall, mono, source, topic, draft.correlation_id, draft.payload)
+            )
         self._enqueue(
             _QueuedCall(
                 len(bodies), pack_u64(wall), bodies,
@@ -242,7 +248,7 @@ class EventLog:
             if self._closing:
                 raise EventLogError(f"event log {self.path} is closed")
             self._queue.append(call)
-            self._queued += call.count
+            self._queued += call.size
             if self._queued >= self._wake_at:
                 self._queue_cond.notify()
 
@@ -278,7 +284,7 @@ class EventLog:
             taken = 0
             while self._queue and taken < self._max_batch:
                 call = self._queue.popleft()
-                taken += call.count
+                taken += call.size
                 batch.append(call)
             self._queued -= taken
         return [call for call in batch if call.future.set_running_or_notify_cancel()]
@@ -315,10 +321,10 @@ class EventLog:
         firsts = []
         for call in batch:
             first = seq
-            seq += call.count
+            seq += call.size
             keys = list(map(pack_u64, range(first, seq)))
-            events_items.extend(zip(keys, [RECORD_HEAD + k + b for k, b in
-                                            zip(keys, call.bodies, strict=True)], strict=True))
+            values = [RECORD_HEAD + k + b for k, b in zip(keys, call.bodies, strict=True)]
+            events_items.extend(zip(keys, values, strict=True))
             time_items.append((call.wall_be + keys[0], keys[-1]))
             base = keys[0]
             for name, at, offsets in call.topic_postings:
@@ -331,16 +337,19 @@ class EventLog:
         source_items.sort()
         try:
             self._write_with_growth(events_items, time_items, topic_items, source_items)
-        except lmdb.Error as exc:
+        except (lmdb.Error, EventLogError) as exc:
             count = seq - self._next_seq
-            if self._disk_is_full(exc, sum(len(v) for _, v in events_items)):
+            if isinstance(exc, EventLogError):  # a seq collision: says all there is
+                error: EventLogError = exc
+            elif self._disk_is_full(exc, sum(len(v) for _, v in events_items)):
                 self.counters.full_errors += 1
-                error: EventLogError = EventLogFullError(
+                error = EventLogFullError(
                     f"event log {self.path}: disk full, {count} events not acknowledged: {exc}"
                 )
             else:
                 error = EventLogError(
-                    f"event log {self.path}: commit of {count} events failed: {exc}")
+                    f"event log {self.path}: commit of {count} events failed: {exc}"
+                )
             self.counters.errors += 1
             log.error("%s", error)
             for call in batch:
@@ -356,7 +365,7 @@ class EventLog:
             store.committed_seq = seq - 1
             store.commit_cond.notify_all()
         for call, first in zip(batch, firsts, strict=True):
-            call.future.set_result(first if call.single else list(range(first, first + call.count)))
+            call.future.set_result(first if call.single else list(range(first, first + call.size)))
 
     def _disk_is_full(self, exc: lmdb.Error, batch_bytes: int) -> bool:
         """ENOSPC, or an I/O error (LMDB reports a short write as EIO) on a full disk."""
@@ -413,11 +422,15 @@ class EventLog:
         except lmdb.MapFullError:
             self._grow_map()
             return
-        except lmdb.Error as exc:
+        except Exception as exc:  # noqa: BLE001 - counted and logged, and retried later
             self.counters.errors += 1
             if isinstance(exc, lmdb.DiskError):
                 self.counters.full_errors += 1
-            log.error("event log %s: retention pass failed: %s", self.path, exc)
+            # Not every 50 ms: a failure that persists (a corrupted oldest record) would
+            # flood the log.
+            self._next_retention_at = now + _RETENTION_RETRY_S
+            log.error("event log %s: retention pass failed (next try in %.0f s): %r",
+                      self.path, _RETENTION_RETRY_S, exc)
             return
         if deleted >= RETENTION_BATCH:
             self._next_retention_at = now  # more is due: continue after the next batch

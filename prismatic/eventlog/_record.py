@@ -4,12 +4,17 @@ Records are msgpack arrays tagged with their format version (a tagged union, so 
 ``EventRecordV2`` with ``tag=2`` can be added next to :class:`EventRecord` and both decoded).
 Version 1, stored as the value of the ``events`` DB under key ``seq`` (u64 big-endian)::
 
-    [1, seq, wall_ns, mono_ns, node, source, topic, correlation_id, payload]
+    [1, seq, wall_ns, mono_ns, node, source, topic, correlation_id, payload, crc32]
 
 ``seq`` is always written as a msgpack uint64 (``0xcf`` + 8 bytes), which lets the writer
 thread splice the seq into a body pre-encoded by the emitting thread: the value is
-``RECORD_HEAD + seq_be + body`` where ``body`` is the encoding of the last seven fields
-without its array header. Index layouts (all keys sort bytewise):
+``RECORD_HEAD + seq_be + body + 0xce + crc32_be`` where ``body`` is the encoding of the seven
+fields from ``wall_ns`` to ``payload`` without an array header, and ``crc32`` (a msgpack
+uint32) is ``zlib.crc32(body)``: damage to a record's bytes is found by ``verify`` even where
+it still decodes (the key already pins the seq). Records written before the checksum are the
+same array without it (9 elements, ``0x99``); both are read alike, because msgspec ignores
+trailing elements of an ``array_like`` struct -- which is also why older code reads records
+with a checksum and ``FORMAT_VERSION`` stays 1. Index layouts (all keys sort bytewise):
 
 * ``by_time``:   ``wall_ns_be + first_seq_be`` -> ``last_seq_be``; one entry per submit call,
   whose records share one ``wall_ns`` and have contiguous seqs.
@@ -22,6 +27,7 @@ from __future__ import annotations
 import array
 import struct
 import sys
+import zlib
 from typing import Any
 
 import msgspec
@@ -38,7 +44,23 @@ __all__ = [
 FORMAT_VERSION = 1
 MAGIC = b"prismatic.eventlog"
 
-RECORD_HEAD = b"\x99\x01\xcf"  # fixarray(9), tag 1, uint64 marker for seq
+RECORD_HEAD = b"\x9a\x01\xcf"  # fixarray(10), tag 1, uint64 marker for seq
+_CHECKSUM = struct.Struct(">BI")  # msgpack uint32 marker 0xce, crc32
+
+
+def seal_body(body: bytes) -> bytes:
+    """``body`` (see the module docstring) followed by its checksum field."""
+    return body + _CHECKSUM.pack(0xCE, zlib.crc32(body))
+
+
+def checksum_ok(value: bytes) -> bool | None:
+    """Whether a stored record's bytes match its checksum; None if it has none (written
+    before records carried one)."""
+    if value[:1] == b"\x99":
+        return None
+    if value[:3] != RECORD_HEAD or len(value) < 16 or value[-5] != 0xCE:
+        return False
+    return zlib.crc32(value[11:-5]) == _CHECKSUM.unpack_from(value, len(value) - 5)[1]
 _U64 = struct.Struct(">Q")
 pack_u64 = _U64.pack
 unpack_u64 = _U64.unpack

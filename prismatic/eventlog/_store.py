@@ -1,9 +1,12 @@
 """Opening, validating and sharing the LMDB environment behind an event log.
 
-Protocol: an existing directory is first validated through a *read-only, lock-free* LMDB
-handle that cannot create or modify any file; only a valid log (or an empty or missing
-directory, which becomes a new log) is then opened for writing. Anything else raises
-:class:`EventLogFormatError` naming the path and leaves every byte untouched.
+Protocol: an existing ``data.mdb`` is first checked page by page without LMDB
+(:mod:`._verify`: a truncated or damaged file would crash or be written through by LMDB),
+then validated through a *read-only, lock-free* LMDB handle that cannot create or modify any
+file; only a valid log (or an empty or missing directory, which becomes a new log) is then
+opened for writing. Anything else raises :class:`EventLogFormatError` naming the path and
+leaves every byte untouched. A writer keeps the directory 0700 and its files 0600 (only the
+node's user may read events) and refuses an environment that would not sync each commit.
 
 LMDB forbids opening one environment twice in a process, so open handles are shared per
 real path and per process (read-only handles join a writer's environment). An environment
@@ -21,6 +24,7 @@ import errno
 import fcntl
 import logging
 import os
+import stat
 import threading
 from collections.abc import Iterator
 
@@ -28,7 +32,8 @@ import lmdb
 import msgspec
 
 from prismatic._errors import EventLogError, EventLogFormatError
-from prismatic._eventlog_record import FORMAT_VERSION, MAGIC, EventRecord
+from prismatic.eventlog._record import FORMAT_VERSION, MAGIC, EventRecord
+from prismatic.eventlog._verify import check_at_open
 
 __all__ = ["LogStore", "MapResizeLock", "open_store", "release_store"]
 
@@ -37,6 +42,8 @@ log = logging.getLogger(__name__)
 MAX_DBS = 8
 DB_NAMES = (b"meta", b"events", b"by_time", b"by_topic", b"by_source")
 WRITER_LOCK_FILE = "writer.lock"
+DIR_MODE = 0o700
+FILE_MODE = 0o600
 
 
 class MapResizeLock:
@@ -163,7 +170,8 @@ def _read_meta(path: str, env: lmdb.Environment) -> dict[bytes, bytes]:
                     msgspec.msgpack.decode(cursor.value(), type=EventRecord)
                 except (ValueError, RecursionError) as exc:  # DecodeError, bad UTF-8...
                     raise _format_error(
-                        path, f"corrupted record at key {cursor.key()!r}: {exc}") from exc
+                        path, f"corrupted record at key {cursor.key()!r}: {exc}"
+                    ) from None
     return meta
 
 
@@ -196,8 +204,59 @@ def _check_existing(path: str) -> str:
         env.close()
 
 
+def _writer_is_running(path: str) -> bool:
+    """Whether another process holds the log's writer lock (without creating the file)."""
+    try:
+        fd = os.open(os.path.join(path, WRITER_LOCK_FILE), os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)  # also drops the shared lock
+    return False
+
+
+def _check_file(path: str, readonly: bool) -> None:
+    """Check ``data.mdb`` with pread before LMDB maps it (see :mod:`._verify`). A file that
+    another process is writing can only have its meta pages and size checked: its pages
+    change under the reader."""
+    if readonly and _writer_is_running(path):
+        check_at_open(path, structure=False)
+        return
+    try:
+        check_at_open(path)
+    except EventLogFormatError:
+        if not _writer_is_running(path):
+            raise
+        if not readonly:  # a writer started meanwhile: what the page walk saw was its work
+            raise EventLogError(
+                f"{path}: event log already open for writing by another process"
+            ) from None
+
+
+def _tighten_modes(path: str) -> None:
+    """Make the log's directory 0700 and its files 0600 (only the node's user reads the
+    events); a log written by an older version may have been left readable by others."""
+    uid = os.geteuid()
+    for name, mode in ((".", DIR_MODE), ("data.mdb", FILE_MODE), ("lock.mdb", FILE_MODE),
+                       (WRITER_LOCK_FILE, FILE_MODE)):
+        target = os.path.normpath(os.path.join(path, name))
+        try:
+            st = os.stat(target)
+        except FileNotFoundError:
+            continue
+        if st.st_uid == uid and stat.S_IMODE(st.st_mode) & 0o077:
+            os.chmod(target, mode)
+            log.warning("event log: %s was mode %04o, now %04o (others must not read events)",
+                        target, stat.S_IMODE(st.st_mode), mode)
+
+
 def _acquire_writer_lock(path: str) -> int:
-    fd = os.open(os.path.join(path, WRITER_LOCK_FILE), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC)
+    fd = os.open(os.path.join(path, WRITER_LOCK_FILE), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
+                 FILE_MODE)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:
@@ -211,11 +270,27 @@ def _acquire_writer_lock(path: str) -> int:
 
 
 def _open_new_store(path: str, *, node: str, readonly: bool, map_size: int) -> LogStore:
+    try:
+        return _open_environment(path, node=node, readonly=readonly, map_size=map_size)
+    except OSError as exc:  # unwritable or unreadable directory: one line, not a traceback
+        where = exc.filename or path
+        raise EventLogError(f"event log {path}: cannot use {where}: {exc.strerror}") from None
+
+
+def _check_durable(path: str, env: lmdb.Environment) -> None:
+    """Acknowledged means synced: refuse an environment that would not sync each commit."""
+    flags = env.flags()
+    if not (flags["sync"] and flags["metasync"]) or flags.get("map_async"):
+        raise EventLogError(f"event log {path}: environment opened without synced commits "
+                            f"({flags}); acknowledgements would not be durable")
+
+
+def _open_environment(path: str, *, node: str, readonly: bool, map_size: int) -> LogStore:
     fresh = False
     if not os.path.exists(path):
         if readonly:
             raise EventLogFormatError(f"{path}: no event log here (missing directory)")
-        os.makedirs(path, exist_ok=True)
+        os.makedirs(path, mode=DIR_MODE, exist_ok=True)
         fresh = True
     elif not os.path.isdir(path):
         raise _format_error(path, "not a directory, so not a Prismatic event log")
@@ -229,6 +304,7 @@ def _open_new_store(path: str, *, node: str, readonly: bool, map_size: int) -> L
             shown = ", ".join(sorted(entries)[:5])
             raise _format_error(path, f"not a Prismatic event log (no data.mdb; holds {shown})")
         else:
+            _check_file(path, readonly)
             stored_node = _check_existing(path)
             if not readonly and stored_node != node:
                 raise EventLogError(
@@ -241,9 +317,19 @@ def _open_new_store(path: str, *, node: str, readonly: bool, map_size: int) -> L
         except lmdb.Error as exc:
             raise _format_error(path, f"cannot open read-only: {exc}") from exc
         return LogStore(path, env, False, node)
+    _tighten_modes(path)
     lock_fd = _acquire_writer_lock(path)
     try:
-        env = lmdb.open(path, map_size=map_size, max_dbs=MAX_DBS, sync=True, metasync=True)
+        try:
+            env = lmdb.open(path, map_size=map_size, max_dbs=MAX_DBS, sync=True,
+                            metasync=True, mode=FILE_MODE)
+        except lmdb.Error as exc:  # EACCES, EROFS...: LMDB says which in its message
+            raise EventLogError(f"event log {path}: cannot open it for writing: {exc}") from None
+        try:
+            _check_durable(path, env)
+        except EventLogError:
+            env.close()
+            raise
         if fresh:
             with env.begin(write=True) as txn:
                 for name in DB_NAMES:
