@@ -274,3 +274,28 @@ def test_a_reader_adopts_a_map_grown_by_the_writer_process(tmp_path: Path) -> No
         # The reader's map is now smaller than the file's: LMDB says MapResizedError.
         records = list(reader.query())
         assert len(records) == reader.last_seq > 10_000
+
+
+def test_a_free_list_past_txn_255_is_sound(tmp_path):
+    """The free list's keys are native integers (MDB_INTEGERKEY): bytewise, txn 256 sorts
+    before 255, and a check that compared bytes refused every log whose free list had grown
+    across such a boundary (a reader held open while the writer went on: any node after a
+    while, and one SIGKILLed mid-write). The walk must order them as numbers."""
+    from prismatic.eventlog._pages import free_list_pages, open_lmdb_file
+
+    env = lmdb.open(str(tmp_path), map_size=1 << 26, max_dbs=4)
+    db = env.open_db(b"events")
+    reader = None
+    for i in range(600):
+        if i == 200:
+            reader = env.begin()  # pins txn 200: every later free stays on the list
+        with env.begin(write=True, db=db) as txn:
+            txn.put(i.to_bytes(8, "big"), os.urandom(300))
+            if i > 5:
+                txn.delete((i - 5).to_bytes(8, "big"))
+    file = open_lmdb_file(str(tmp_path / "data.mdb"))
+    assert file.meta.free.entries > 300  # keys from ~200 to ~600: across 256 and 512
+    assert len(list(free_list_pages(file, set()))) > 1000
+    assert reader is not None
+    reader.abort()
+    env.close()

@@ -40,7 +40,7 @@ def run_node(data: Path, name: str, *, wrap: list[str] | None = None,
 def one_line_exit_2(run: subprocess.CompletedProcess[str], *needles: str) -> str:
     out = (run.stdout + run.stderr).strip()
     assert run.returncode == 2, f"exit {run.returncode}: {out}"
-    assert len(out.splitlines()) == 1 and out.startswith("prismatic.node: error: "), out
+    assert len(out.splitlines()) == 1 and out.startswith("prismatic: error: "), out
     for needle in needles:
         assert needle in out, out
     return out

@@ -28,6 +28,7 @@ import os
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 __all__ = ["NOT_A_DB", "DbRecord", "LmdbFile", "PageError", "RawPages", "TreeWalk",
            "named_dbs", "open_lmdb_file", "scan_leaf_entries"]
@@ -39,12 +40,17 @@ NODE_HEADER = 8
 INVALID_PGNO = (1 << 64) - 1
 P_BRANCH, P_LEAF, P_OVERFLOW, P_META, P_LEAF2 = 0x01, 0x02, 0x04, 0x08, 0x20
 F_BIGDATA, F_SUBDATA, F_DUPDATA = 0x01, 0x02, 0x04
+MDB_INTEGERKEY = 0x08  # a DB flag: keys are native unsigned integers
 
 _HEADER = struct.Struct("<QHHHH")
 _NODE = struct.Struct("<HHHH")
 _DB = struct.Struct("<IHHQQQQQ")
 _META_HEAD = struct.Struct("<IIQQ")
 _U64 = struct.Struct("<Q")
+
+
+def _native_int(key: bytes) -> int:
+    return int.from_bytes(key, "little")  # x86-64 and arm64: the only kinds the node runs on
 
 
 class PageError(Exception):
@@ -176,6 +182,7 @@ class TreeWalk:
         self.damage: list[str] = []
         self.counts = {"branch": 0, "leaf": 0, "overflow": 0, "entries": 0}
         self._claimed_leaves = 0
+        self._integer_keys = False
 
     def walk(self, db: DbRecord, visit: Visit) -> None:
         if db.root == INVALID_PGNO:
@@ -183,6 +190,9 @@ class TreeWalk:
                 self._fail(f"has no root page but claims {db.entries} entries")
             return
         self._claimed_leaves = db.leaf_pages
+        # MDB_INTEGERKEY (the free list's txn ids): native unsigned integers, ordered as
+        # numbers, not as bytes (a little-endian 256 sorts before 255 bytewise).
+        self._integer_keys = bool(db.flags & MDB_INTEGERKEY)
         self._subtree(db.root, 1, db.depth, None, None, visit)
         if not self.damage:
             claimed = {"branch": db.branch_pages, "leaf": db.leaf_pages,
@@ -247,8 +257,7 @@ class TreeWalk:
             key = raw[at + NODE_HEADER:key_end]
             if not (leaf or index):
                 key = low or b""  # a branch's first key is implicit: the lower bound
-            elif (previous is not None and key <= previous) or (low is not None and key < low) \
-                    or (high is not None and key >= high):
+            elif self._out_of_order(key, previous, low, high):
                 # A child holds [its separator, the next separator): LMDB descends so.
                 raise PageError(f"page {pgno}: key of node {index} is out of order")
             previous = key
@@ -261,6 +270,14 @@ class TreeWalk:
                 child_high = nodes[index + 1][3] if index + 1 < len(nodes) else high
                 self._subtree(lo | hi << 16 | node_flags << 32, level + 1, depth,
                               key if index else low, child_high, visit)
+
+    def _out_of_order(self, key: bytes, previous: bytes | None, low: bytes | None,
+                      high: bytes | None) -> bool:
+        order: Callable[[bytes], Any] = _native_int if self._integer_keys else bytes
+        k = order(key)
+        return bool((previous is not None and k <= order(previous))
+                    or (low is not None and k < order(low))
+                    or (high is not None and k >= order(high)))
 
     def _value(self, pgno: int, raw: bytes, dsize: int, flags: int, at: int) -> bytes:
         if flags & F_DUPDATA:
