@@ -145,3 +145,11 @@ class PubSubError(PrismaticError):
     """Publishing or subscribing failed: a payload msgpack cannot encode, no node to talk
     to (``Worker.publish`` outside a node's tree), or the node did not answer a subscription.
     """
+
+
+class ChaosError(PrismaticError):
+    """The chaos runner could not set up or reach the node it was to break (a failed
+    invariant is a finding in the report, not this error)."""
+
+
+__all__ += ["ChaosError"]

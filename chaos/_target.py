@@ -1,0 +1,161 @@
+"""The node under test: one the runner starts and reaps (:class:`OwnedNode`), or one that
+already runs and that the runner may break but not restart (:class:`ExistingNode`).
+
+An owned node runs ``python -m prismatic.node`` in a private data directory, in the
+runner's working directory (so ``--app myapp:tree`` imports as the node would for the
+user), with ``PRISMATIC_CHAOS_TAG`` in its environment so that every process of its tree can
+be found in /proc (:mod:`._observe`). The runner owns it: it is stopped, or killed, and its
+processes checked gone, before the runner returns.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from .._client import NodeConnection, connect
+from .._errors import ChaosError, PrismaticError
+from ._observe import TAG_VAR, boot_ticks, tagged_processes, tree_named_processes
+
+__all__ = ["ChaosError", "OwnedNode", "ExistingNode", "Target"]
+
+
+class OwnedNode:
+    """A node the runner started and will reap."""
+
+    owned = True
+
+    def __init__(self, app: str | None, workdir: Path, name: str) -> None:
+        self.app = app
+        self.workdir = workdir
+        self.data_dir = workdir / "data"
+        self.name = name
+        self.tag = f"chaos-{uuid.uuid4().hex[:12]}"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    def describe(self) -> str:
+        return f"app {self.app or 'demo'} (node {self.name} in {self.data_dir})"
+
+    def start(self, timeout: float = 30.0) -> None:
+        cmd = [sys.executable, "-m", "prismatic.node", "--data-dir", str(self.data_dir),
+               "--name", self.name, "--quiet"]
+        if self.app:
+            cmd += ["--app", self.app]
+        env = dict(os.environ, **{TAG_VAR: self.tag})
+        log = open(self.workdir / "node.out", "ab")
+        self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, cwd=os.getcwd())
+        log.close()
+        self.starts += 1
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                tail = (self.workdir / "node.out").read_text(errors="replace")[-600:]
+                raise ChaosError(f"the node exited with {self.proc.returncode} while "
+                                 f"starting: {tail.strip().splitlines()[-1:]}")
+            try:
+                with connect(self.data_dir, timeout=2.0) as conn:
+                    if conn.status().ready:
+                        return
+            except PrismaticError:
+                pass
+            if time.monotonic() > deadline:
+                self.kill()
+                raise ChaosError(f"the node did not become ready within {timeout:.0f}s")
+            time.sleep(0.05)
+
+    @property
+    def node_pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def exit_code(self) -> int | None:
+        return None if self.proc is None else self.proc.poll()
+
+    def connect(self, timeout: float = 5.0) -> NodeConnection:
+        return connect(self.data_dir, timeout=timeout)
+
+    def processes(self) -> dict[int, int]:
+        return tagged_processes(self.tag)
+
+    def kill(self) -> None:
+        """SIGKILL the node process itself (its tree dies by PDEATHSIG)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+        if self.proc is not None:
+            self.proc.wait()
+
+    def stop(self, timeout: float = 20.0) -> int | None:
+        """Stop in order (SIGTERM); SIGKILL if that takes over ``timeout``."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def reap_leftovers(self, timeout: float = 10.0) -> dict[int, int]:
+        """Wait for the tree's processes to go; SIGKILL what is still there after
+        ``timeout`` and return it (what was left behind, for the report)."""
+        deadline = time.monotonic() + timeout
+        while (left := self.processes()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for pid in left:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        return left
+
+
+class ExistingNode:
+    """A node that already runs (``--node``): broken, never restarted or stopped."""
+
+    owned = False
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.since = boot_ticks()
+        with connect(data_dir) as conn:
+            st = conn.status()
+        self.name = st.node
+        self.pid = st.pid
+
+    def describe(self) -> str:
+        return f"node {self.name} ({self.data_dir})"
+
+    @property
+    def node_pid(self) -> int:
+        return self.pid
+
+    def running(self) -> bool:
+        try:
+            os.kill(self.pid, 0)
+            return True
+        except ProcessLookupError:
+            return False
+
+    def exit_code(self) -> int | None:
+        return None
+
+    def connect(self, timeout: float = 5.0) -> NodeConnection:
+        return connect(self.data_dir, timeout=timeout)
+
+    def processes(self) -> dict[int, int]:
+        return tree_named_processes(self.pid, self.since)
+
+
+Target = OwnedNode | ExistingNode
