@@ -146,7 +146,7 @@ class ScenarioContext:
     def exits_since(self, since_ns: int) -> list[ExitSeen]:
         return exits_in_log(self.log("supervisor.#", since_ns))
 
-    def check_orphans(self, grace_s: float = 3.0) -> int:
+    def check_orphans(self, grace_s: float = 1.0) -> int:
         """Look for processes of the node outside its tree; one is an orphan only if it is
         still there ``grace_s`` later (a killed supervisor's children die by PDEATHSIG a
         moment after it). Returns how many were found."""
@@ -291,7 +291,7 @@ def run(settings: RunSettings, *, stop: threading.Event | None = None,
         except PrismaticError as exc:
             raise ChaosError(f"--node {settings.node}: {exc}") from None
     reports = []
-    with tempfile.TemporaryDirectory(prefix="prismatic-chaos-",
+    with tempfile.TemporaryDirectory(prefix="chaos-",
                                      dir=settings.workdir) as tmp:
         for scenario in chosen:
             if stop.is_set():

@@ -43,10 +43,15 @@ def scenario_rng(seed: int, scenario: str) -> random.Random:
 
 
 def arrivals(rng: random.Random, duration: float, rate: float) -> Iterator[float]:
-    """Offsets in [0, duration) of a Poisson process at ``rate`` per second."""
+    """Offsets in [0, duration) of a Poisson process at ``rate`` per second; at least one
+    (uniform in the duration) even when the process draws none, so that a short run of a
+    slow scenario still injects something."""
     if rate <= 0 or duration <= 0:
         return
     t = rng.expovariate(rate)
+    if t >= duration:
+        yield rng.uniform(0, duration)
+        return
     while t < duration:
         yield t
         t += rng.expovariate(rate)

@@ -107,7 +107,7 @@ class OwnedNode:
                 self.proc.wait()
         return self.proc.returncode
 
-    def reap_leftovers(self, timeout: float = 10.0) -> dict[int, int]:
+    def reap_leftovers(self, timeout: float = 3.0) -> dict[int, int]:
         """Wait for the tree's processes to go; SIGKILL what is still there after
         ``timeout`` and return it (what was left behind, for the report)."""
         deadline = time.monotonic() + timeout

@@ -94,7 +94,7 @@ def run(ctx: ScenarioContext, faults: list[Fault]) -> None:
             killed_at = time.monotonic()
             target.kill()
             ctx.injected(fault)
-            ctx.tally.check("nothing_left", nothing_left(target.reap_leftovers(5.0)))
+            ctx.tally.check("nothing_left", nothing_left(target.reap_leftovers(2.0)))
             target.start()
             ctx.reconnect()
             ctx.probe.resume()

@@ -1,0 +1,40 @@
+"""Trees the chaos tests break: one that leaks a process outside the tree on purpose."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import prismatic as p
+
+
+class Leaker(p.Worker):
+    """Leaves a daemon behind (a double fork into a new session, no PDEATHSIG): a process
+    the chaos runner must report when the node dies and it lives on."""
+
+    def init(self) -> None:
+        if os.fork() == 0:
+            os.setsid()
+            if os.fork() == 0:
+                deadline = time.monotonic() + 60  # bounded, whatever happens to the test
+                while time.monotonic() < deadline:
+                    time.sleep(0.5)
+            os._exit(0)
+
+
+def leaky_tree() -> p.SupervisorSpec:
+    return p.SupervisorSpec(children=[p.ChildSpec(id="leaker", start=Leaker)])
+
+
+class Idle(p.Worker):
+    pass
+
+
+def wide_tree() -> p.SupervisorSpec:
+    """Restart intensity for a storm: 50 restarts a second at each level."""
+    flags = p.SupFlags(intensity=50, period=1)
+    inner = p.SupervisorSpec(flags=flags, children=[p.ChildSpec(id=f"w{i}", start=Idle)
+                                                    for i in range(3)])
+    return p.SupervisorSpec(flags=flags, children=[
+        p.ChildSpec(id="a", start=inner), p.ChildSpec(id="b", start=inner),
+        p.ChildSpec(id="solo", start=Idle)])

@@ -1,0 +1,105 @@
+"""``prismatic chaos``: a short fixed-seed run of every single-node scenario through the
+CLI, on real nodes the runner starts and reaps; a broken invariant is reported with exit
+code 1 (a tree that leaks a process outside itself); ``--node`` breaks a running node."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import REPO, SESSION_TAG, wait_until
+
+SCENARIOS = ("kill-storm", "crash-loop", "hang", "durability")
+
+
+def chaos(tmp_path: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, PRISMATIC_TEST_TAG=f"{SESSION_TAG}-{uuid.uuid4().hex[:8]}",
+               PYTHONPATH=str(REPO), PRISMATIC_HOME=str(tmp_path / "home"))
+    env.pop("PRISMATIC_NODE", None)
+    return subprocess.run([sys.executable, "-m", "prismatic.cli", "chaos", *args], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def every_scenario(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """One run of every scenario on the demo tree, 1.5 s of faults each, seed 3."""
+    tmp = tmp_path_factory.mktemp("chaos")
+    out = chaos(tmp, "run", "--duration", "1.5", "--seed", "3", "--rate", "8", "--json",
+                "--report", str(tmp / "report.json"))
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+    report = json.loads(out.stdout)
+    assert json.loads((tmp / "report.json").read_text()) == report
+    return {s["scenario"]: s for s in report["scenarios"]} | {"_report": report}
+
+
+def test_list_names_every_scenario(tmp_path: Path) -> None:
+    out = chaos(tmp_path, "list")
+    assert out.returncode == 0, out.stderr
+    names = [line.split()[0] for line in out.stdout.splitlines()]
+    assert names == list(SCENARIOS)
+    assert all(len(line.split(None, 1)[1]) > 40 for line in out.stdout.splitlines())
+
+
+@pytest.mark.parametrize("name", SCENARIOS)
+def test_every_scenario_runs_and_holds(every_scenario: dict[str, Any], name: str) -> None:
+    s = every_scenario[name]
+    assert s["ok"] and not s["violations"], s
+    assert s["faults_injected"] >= 1, s
+    assert sum(s["checks_passed"].values()) > s["faults_injected"], s
+    assert not s["checks_failed"], s
+    assert s["orphans_found"] == 0
+    assert s["control_requests"] > 0 and s["max_control_latency_ms"] > 0
+    assert every_scenario["_report"]["seed"] == 3 and every_scenario["_report"]["ok"]
+
+
+def test_scenario_specific_figures(every_scenario: dict[str, Any]) -> None:
+    storm = every_scenario["kill-storm"]
+    assert storm["checks_passed"]["kills_accounted"] == 1
+    assert storm["checks_passed"]["restarts_consistent"] == 1
+    assert storm["convergence_ms"]["n"] == storm["faults_injected"]
+    assert every_scenario["crash-loop"]["checks_passed"]["escalation_level"] >= 1
+    assert every_scenario["hang"]["checks_passed"]["shutdown_escalated"] >= 1
+    dur = every_scenario["durability"]
+    assert dur["acked_events_written"] > 0
+    assert dur["acked_events_verified"] == dur["acked_events_written"]
+
+
+def test_a_process_left_outside_the_tree_fails_the_run(tmp_path: Path) -> None:
+    """The leaky app's daemon outlives its node: the run says so, with the seed, and exits
+    1; the runner still reaps it."""
+    out = chaos(tmp_path, "run", "--app", "tests.chaos_apps:leaky_tree", "--scenario",
+                "durability", "--duration", "0.5", "--rate", "0.1", "--seed", "11")
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "VIOLATION" in out.stdout
+    assert "no_orphans" in out.stdout or "nothing_left" in out.stdout
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("prismatic: error: ") and "--seed 11" in last, out.stderr
+
+
+def test_node_option_breaks_a_running_node(tmp_path: Path, node_factory: Any) -> None:
+    node = node_factory("tests.chaos_apps:wide_tree")
+    before = {r.path: r.pid for r in node.conn.tree()}
+    out = chaos(tmp_path, "run", "--node", str(node.data_dir), "--scenario", "kill-storm",
+                "--duration", "1", "--rate", "10", "--seed", "5", "--json")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+    (storm,) = json.loads(out.stdout)["scenarios"]
+    assert storm["faults_injected"] >= 3 and storm["ok"]
+    after = {r.path: r.pid for r in node.conn.tree()}
+    assert after.keys() == before.keys()
+    assert after != before  # it did break something, and the node is still there
+    wait_until(lambda: node.proc.poll() is None, 1, "the node to keep running")
+
+
+def test_bad_usage_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    out = chaos(tmp_path, "run", "--scenario", "no-such")
+    assert out.returncode == 2
+    assert out.stderr.strip().startswith("prismatic: error: no scenario 'no-such'")
+    out = chaos(tmp_path, "run", "--app", "x:y", "--node", "z")
+    assert out.returncode == 2

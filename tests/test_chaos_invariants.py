@@ -1,0 +1,204 @@
+"""Each invariant of the chaos runner on its own (``prismatic.chaos._invariants``): the ones
+that look at processes against real processes, the others on the records the runner
+would have read. Each test has a case where the invariant holds and one where it breaks."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import uuid
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from prismatic._control import TreeRow
+from prismatic.chaos._invariants import (
+    ExitSeen, Kill, acked_events_intact, call_timed_out, control_answered, escalation_stopped_at,
+    expected_escalation, kills_accounted, no_orphans, nothing_left, process_alive,
+    restarts_consistent, shutdown_escalated, tree_converged,
+)
+from prismatic.chaos._observe import TAG_VAR, exits_in_log, metric_sum, tagged_processes
+from prismatic.chaos._shape import Slot, TreeShape
+from tests.conftest import SESSION_TAG, wait_until
+
+SHAPE = TreeShape((Slot("", "supervisor", True), Slot("a", "supervisor", True),
+                   Slot("a/w", "worker", True), Slot("t", "worker", False)))
+
+
+def _row(path: str, pid: int | None) -> TreeRow:
+    return TreeRow(path=path, type="worker", pid=pid, restarts=0, uptime=None)
+
+
+@pytest.fixture
+def live_pid():
+    proc = subprocess.Popen(["sleep", "30"], env=dict(os.environ, PRISMATIC_TEST_TAG=SESSION_TAG))
+    yield proc.pid
+    proc.kill()
+    proc.wait()
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+def test_tree_converged_wants_every_permanent_path_alive(live_pid: int) -> None:
+    rows = [_row("", live_pid), _row("a", live_pid), _row("a/w", live_pid)]
+    assert tree_converged(SHAPE, rows) is None  # "t" is transient: it may be gone
+    dead = _dead_pid()
+    problem = tree_converged(SHAPE, [*rows[:2], _row("a/w", dead)])
+    assert problem is not None and f"a/w (pid {dead} dead)" in problem
+    assert "a/w" in (tree_converged(SHAPE, rows[:2]) or "")
+
+
+def test_a_stopped_or_zombie_process_is_alive_or_dead_as_the_kernel_says(live_pid: int) -> None:
+    os.kill(live_pid, signal.SIGSTOP)
+    assert process_alive(live_pid)  # frozen is not dead: the hang scenario relies on it
+    os.kill(live_pid, signal.SIGKILL)
+    wait_until(lambda: not process_alive(live_pid), 5, "the zombie to count as dead")
+
+
+def test_permanent_paths_exclude_a_permanent_child_of_a_transient_supervisor() -> None:
+    shape = TreeShape((Slot("", "supervisor", True), Slot("t", "supervisor", False),
+                       Slot("t/w", "worker", True)))
+    assert shape.permanent_paths() == {""}
+    assert shape.killable() == ()
+
+
+def test_no_orphans_finds_a_tagged_process_outside_the_tree() -> None:
+    """A real double fork escapes its parent; the walk of /proc by tag finds it."""
+    tag = f"t-{uuid.uuid4().hex[:8]}"
+    env = dict(os.environ, **{TAG_VAR: tag, "PRISMATIC_TEST_TAG": SESSION_TAG})
+    code = ("import os, time\n"
+            "if os.fork() == 0:\n"
+            "    os.setsid()\n"
+            "    if os.fork() == 0:\n"
+            "        time.sleep(30)\n"
+            "    os._exit(0)\n"
+            "time.sleep(30)\n")
+    parent = subprocess.Popen([sys.executable, "-c", code], env=env)
+    try:
+        procs = wait_until(lambda: len(tagged_processes(tag)) == 2 and tagged_processes(tag),
+                           10, "the parent and its escaped grandchild")
+        problem, orphans = no_orphans(procs, parent.pid)
+        assert orphans and parent.pid not in orphans
+        assert problem is not None and str(orphans[0]) in problem
+        assert no_orphans({parent.pid: 1}, parent.pid) == (None, [])
+        assert nothing_left(procs) is not None
+    finally:
+        for pid in tagged_processes(tag):
+            os.kill(pid, signal.SIGKILL)
+        parent.wait()
+    wait_until(lambda: not tagged_processes(tag), 5, "the test's processes to go")
+    assert nothing_left(tagged_processes(tag)) is None
+
+
+def test_no_orphans_follows_the_chain_to_the_node() -> None:
+    assert no_orphans({10: 1, 11: 10, 12: 11}, 10)[1] == []
+    assert no_orphans({10: 1, 11: 10, 12: 99}, 10)[1] == [12]
+    assert no_orphans({11: 12, 12: 11}, 10)[1] == [11, 12]  # a cycle is not the node
+
+
+def test_acked_events_intact() -> None:
+    acked = {"0-0": 5, "0-1": 6}
+    assert acked_events_intact(acked, [("0-0", 5), ("0-1", 6), ("0-2", 7)]) is None
+    assert "missing" in (acked_events_intact(acked, [("0-0", 5)]) or "")
+    assert "more than once" in (acked_events_intact(acked, [("0-0", 5), ("0-1", 6),
+                                                            ("0-1", 9)]) or "")
+    assert "another seq" in (acked_events_intact(acked, [("0-0", 5), ("0-1", 8)]) or "")
+    # an unacked emit that reached the log twice is a duplicate too
+    assert acked_events_intact({}, [("1-0", 1), ("1-0", 2)]) is not None
+
+
+def test_control_answered() -> None:
+    assert control_answered([], 0.01, 2.0) is None
+    assert "failed" in (control_answered(["ControlError: x"], 0.01, 2.0) or "")
+    assert "3000 ms" in (control_answered([], 3.0, 2.0) or "")
+
+
+def _exit(pid: int | None, path: str, kind: str = "child_exited", reason: str | None = "killed",
+          mono: float = 10.0) -> ExitSeen:
+    return ExitSeen(pid=pid, path=path, kind=kind, reason=reason, mono=mono)
+
+
+def test_kills_accounted() -> None:
+    kills = [Kill(101, "a/w", 10.0), Kill(102, "a", 10.5)]
+    exits = [_exit(101, "a/w"), _exit(102, "a")]
+    assert kills_accounted(kills, exits) is None
+    # a kill nobody reported, with no ancestor dying near it
+    assert "never reported" in (kills_accounted(kills, exits[:1]) or "")
+    # ... excused when its supervisor died within the window (PDEATHSIG took it)
+    crashed = _exit(102, "a", reason="crashed")
+    assert kills_accounted([Kill(103, "a/w", 10.4)], [crashed]) is None
+    assert kills_accounted([Kill(103, "a/w", 20.0)], [crashed]) is not None
+    # ... or gave up (intensity exceeded on a child of its own supervisor)
+    assert kills_accounted([Kill(103, "a/w", 10.0)],
+                           [_exit(104, "a/x", "intensity_exceeded", None)]) is None
+    # a SIGKILL exit nobody sent; one reported twice
+    assert "nobody sent" in (kills_accounted(kills, [*exits, _exit(999, "a/v")]) or "")
+    assert "twice" in (kills_accounted(kills, [*exits, _exit(101, "a/w")]) or "")
+
+
+def test_restarts_consistent() -> None:
+    exits = [_exit(1, "a/w"), _exit(2, "a/v", reason="crashed"),
+             _exit(None, "a/v", "intensity_exceeded", None)]
+    assert restarts_consistent(exits, killed_metric=1, restarts_metric=1,
+                               escalations_metric=1) is None
+    assert "killed" in (restarts_consistent(exits, 2, 1, 1) or "")
+    assert "escalations" in (restarts_consistent(exits, 1, 1, 0) or "")
+    assert "restarts" in (restarts_consistent(exits, 1, 0, 1) or "")
+
+
+def test_expected_escalation_follows_otp_counting() -> None:
+    # the crash loop's supervisors: inner (intensity 1) under outer (intensity 3)
+    assert expected_escalation((1, 3), 0) == -1  # a plain restart
+    assert [expected_escalation((1, 3), n) for n in (1, 2, 3)] == [0, 0, 0]
+    assert [expected_escalation((1, 3), n) for n in (4, 8, 100)] == [1, 1, 1]
+    assert expected_escalation((5,), 5) == 0 and expected_escalation((5,), 4) == -1
+
+
+@given(st.lists(st.integers(0, 6), min_size=1, max_size=4), st.integers(0, 40))
+def test_expected_escalation_grows_with_failing_starts(intensities: list[int], n: int) -> None:
+    level = expected_escalation(intensities, n)
+    assert -1 <= level < len(intensities)
+    assert expected_escalation(intensities, n + 1) >= level
+
+
+def test_escalation_stopped_at() -> None:
+    chain = ["x/inner", "x", ""]
+    assert escalation_stopped_at(chain, 0, {"x/inner"}) is None
+    assert escalation_stopped_at(chain, -1, set()) is None
+    assert "past" in (escalation_stopped_at(chain, 0, {"x/inner", "x"}) or "")
+    assert "to give up" in (escalation_stopped_at(chain, 1, {"x/inner"}) or "")
+
+
+def test_shutdown_escalated_and_call_timed_out() -> None:
+    assert shutdown_escalated(1.05, 1.0, "killed") is None
+    assert "not killed" in (shutdown_escalated(1.05, 1.0, "shutdown") or "")
+    assert "before" in (shutdown_escalated(0.2, 1.0, "killed") or "")
+    assert "past" in (shutdown_escalated(5.0, 1.0, "killed") or "")
+    assert call_timed_out("timeout") is None
+    assert call_timed_out("a reply") is not None
+
+
+def test_metric_sum_and_exits_in_log() -> None:
+    text = ('# TYPE prismatic_child_exits_total counter\n'
+            'prismatic_child_exits_total{reason="killed"} 3.0\n'
+            'prismatic_child_exits_total{reason="crashed"} 2.0\n'
+            'prismatic_child_exits_totally 7.0\n')
+    assert metric_sum(text, "prismatic_child_exits_total") == 5.0
+    assert metric_sum(text, "prismatic_child_exits_total", 'reason="killed"') == 3.0
+
+    class Rec:
+        def __init__(self, payload: object) -> None:
+            self.payload = payload
+
+    recs = [Rec({"path": ["a"], "key": "w", "kind": "child_exited", "pid": 5,
+                 "reason": {"kind": "killed", "signal": 9}, "mono": 1.5}),
+            Rec({"path": [], "key": "a", "kind": "child_started", "pid": 6, "mono": 2.0})]
+    assert exits_in_log(recs) == [ExitSeen(5, "a/w", "child_exited", "killed", 1.5)]
+
