@@ -6,7 +6,8 @@ latencies) and decide; reading those is the runner's job (:mod:`._observe`). The
 exception is :func:`tree_converged`, which asks the kernel whether each pid is alive unless
 told otherwise: a row that names a dead pid is exactly what it must catch.
 
-* :func:`tree_converged`: every permanent child of the spec runs again, with a live pid;
+* :func:`tree_converged`: every permanent child of the spec (of the subtree a fault hit)
+  runs again, with a live pid;
 * :func:`no_orphans`: every process of the node descends from the node process (a process
   reparented away from it outlived its supervisor); :func:`nothing_left` after a stop;
 * :func:`acked_events_intact`: every acknowledged emit is in the log exactly once, at the
@@ -68,13 +69,20 @@ def process_alive(pid: int) -> bool:
 
 
 def tree_converged(shape: TreeShape, rows: Iterable[TreeRow],
-                   alive: Callable[[int], bool] = process_alive) -> str | None:
-    """Every permanent path of ``shape`` has a row with a live pid."""
+                   alive: Callable[[int], bool] = process_alive, *, under: str = "",
+                   replaced: int | None = None) -> str | None:
+    """Every permanent path of ``shape`` (at or below ``under``: the subtree a fault hit)
+    has a row with a live pid, and the process at ``under`` is no longer ``replaced`` (the
+    pid the fault killed: a row that still names it is not converged, whatever the kernel
+    says yet)."""
     running = {r.path: r.pid for r in rows}
     missing = []
+    prefix = under + "/"
     for path in sorted(shape.permanent_paths()):
+        if under and path != under and not path.startswith(prefix):
+            continue
         pid = running.get(path)
-        if pid is None or not alive(pid):
+        if pid is None or not alive(pid) or (path == under and pid == replaced):
             missing.append(f"{path or 'root'}" + ("" if pid is None else f" (pid {pid} dead)"))
     if missing:
         more = f" (+{len(missing) - 5} more)" if len(missing) > 5 else ""

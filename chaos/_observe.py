@@ -17,7 +17,7 @@ from typing import Any
 
 from ._invariants import ExitSeen
 
-__all__ = ["TAG_VAR", "tagged_processes", "tree_named_processes", "exits_in_log",
+__all__ = ["TAG_VAR", "tagged_processes", "tree_named_processes", "exits_in_log", "starts_in_log",
            "metric_sum", "boot_ticks"]
 
 TAG_VAR = "PRISMATIC_CHAOS_TAG"
@@ -102,6 +102,21 @@ def exits_in_log(records: Iterable[Any]) -> list[ExitSeen]:
         out.append(ExitSeen(pid=p.get("pid"), path=path, kind=str(p.get("kind")),
                             reason=reason.get("kind") if isinstance(reason, dict) else None,
                             mono=float(p.get("mono", 0.0))))
+    return out
+
+
+def starts_in_log(records: Iterable[Any]) -> dict[str, list[float]]:
+    """When each path was started (``child_started``, monotonic seconds), oldest first. A
+    supervisor's start is logged once its own children have started (OTP: a supervisor is
+    started when its ``init`` has started them all)."""
+    out: dict[str, list[float]] = {}
+    for r in records:
+        p = r.payload
+        if isinstance(p, dict) and p.get("kind") == "child_started":
+            path = "/".join([*p.get("path", []), p.get("key", "")])
+            out.setdefault(path, []).append(float(p.get("mono", 0.0)))
+    for times in out.values():
+        times.sort()
     return out
 
 

@@ -33,7 +33,8 @@ class Probe:
         self.shape = shape
         self.deadline_s = deadline_s
         self.lock = threading.Lock()
-        self.pending: list[tuple[str, float]] = []  # (fault description, injected at)
+        # (fault description, injected at, the path it hit, the pid it killed there)
+        self.pending: list[tuple[str, float, str, int | None]] = []
         self.converged: list[float] = []  # seconds, per fault
         self.late: list[tuple[str, str]] = []  # (fault, what was not running)
         self.failures: list[str] = []
@@ -65,9 +66,12 @@ class Probe:
         self._epoch += 1
         self._paused.clear()
 
-    def expect(self, fault: str, injected_at: float) -> None:
+    def expect(self, fault: str, injected_at: float, path: str = "",
+               killed: int | None = None) -> None:
+        """Time how long the subtree at ``path`` takes to run again in full (``killed``
+        replaced) after ``injected_at``."""
         with self.lock:
-            self.pending.append((fault, injected_at))
+            self.pending.append((fault, injected_at, path, killed))
 
     def in_shape(self) -> bool:
         return self.last_problem is None
@@ -116,13 +120,16 @@ class Probe:
             self.last_problem = problem
             with self.lock:
                 keep = []
-                for fault, at in self.pending:
-                    if problem is None and t0 >= at:
+                for item in self.pending:
+                    fault, at, path, killed = item
+                    left = problem if not path else tree_converged(
+                        self.shape, rows, under=path, replaced=killed)
+                    if left is None and t0 >= at:
                         self.converged.append(t2 - at)
                     elif t2 - at > self.deadline_s:
-                        self.late.append((fault, problem or "?"))
+                        self.late.append((fault, left or "?"))
                     else:
-                        keep.append((fault, at))
+                        keep.append(item)
                 self.pending = keep
             time.sleep(_INTERVAL_S)
         if conn is not None:

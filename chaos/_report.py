@@ -31,6 +31,7 @@ class ScenarioReport(msgspec.Struct, frozen=True):
     duration_s: float
     faults_planned: int
     faults_injected: int
+    faults_skipped: int  # nothing ran at the fault's path then (it was being restarted)
     checks_passed: dict[str, int]
     checks_failed: dict[str, int]
     violations: tuple[Violation, ...]
@@ -73,6 +74,7 @@ class ScenarioTally:
         self.seed = seed
         self.faults_planned = 0
         self.faults_injected = 0
+        self.skipped = 0
         self.passed: dict[str, int] = {}
         self.failed: dict[str, int] = {}
         self.violations: list[Violation] = []
@@ -104,6 +106,7 @@ class ScenarioTally:
         return ScenarioReport(
             scenario=self.scenario, seed=self.seed, duration_s=round(duration_s, 2),
             faults_planned=self.faults_planned, faults_injected=self.faults_injected,
+            faults_skipped=self.skipped,
             checks_passed=dict(self.passed), checks_failed=dict(self.failed),
             violations=tuple(self.violations), convergence_ms=figures,
             max_control_latency_ms=round(self.max_latency_s * 1000, 2),
@@ -123,8 +126,10 @@ def render_text(report: RunReport) -> str:
         verdict = "ok" if s.ok else f"FAILED ({len(s.violations)} violations)"
         early = " (stopped early)" if s.stopped_early else ""
         lines.append(f"\n{s.scenario}: {verdict}{early}")
+        skipped = (f" ({s.faults_skipped} found nothing running at their path)"
+                   if s.faults_skipped else "")
         lines.append(f"  faults injected     {s.faults_injected} of {s.faults_planned} planned"
-                     f" in {s.duration_s:.1f}s")
+                     f" in {s.duration_s:.1f}s{skipped}")
         names = sorted(set(s.checks_passed) | set(s.checks_failed))
         for name in names:
             ok, bad = s.checks_passed.get(name, 0), s.checks_failed.get(name, 0)

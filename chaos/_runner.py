@@ -87,6 +87,7 @@ class ScenarioContext:
         self.started_ns = time.time_ns()
         self.kills: list[Kill] = []
         self._suspects: set[int] = set()
+        self._orphans: set[int] = set()
         self.conn: NodeConnection = target.connect()
 
     # ---- time -------------------------------------------------------------------------------
@@ -119,15 +120,17 @@ class ScenarioContext:
         runs there now (the fault is then not injected)."""
         pid = self.probe.rows.get(fault.target)
         if pid is None:
+            self.tally.skipped += 1
             return None
         try:
             os.kill(pid, sig)
         except ProcessLookupError:
+            self.tally.skipped += 1
             return None
         k = Kill(pid=pid, path=fault.target, mono=time.monotonic())
         if sig == signal.SIGKILL:
             self.kills.append(k)
-            self.probe.expect(fault.describe(), k.mono)
+            self.probe.expect(fault.describe(), k.mono, fault.target, pid)
         self.injected(fault)
         return k
 
@@ -166,8 +169,9 @@ class ScenarioContext:
         now that was already outside at the previous look (a second ago, far past any
         PDEATHSIG) is an orphan; one seen outside for the first time is only a suspect."""
         _, pids = no_orphans(self.target.processes(), self.target.node_pid)
-        confirmed = sorted(set(pids) & self._suspects)
-        self._suspects = set(pids) - set(confirmed)
+        confirmed = sorted(set(pids) & self._suspects - self._orphans)
+        self._suspects = set(pids)
+        self._orphans.update(confirmed)  # each reported once, however long it lives
         self.tally.check("no_orphans", f"{len(confirmed)} process(es) outside the node's "
                                        f"tree for over a second: {confirmed[:10]}"
                          if confirmed else None)
@@ -253,7 +257,8 @@ def _run_one(scenario: Scenario, settings: RunSettings, workdir: Path,
         for fault, what in probe.late:
             tally.check("converged", f"not converged {settings.deadline:.0f}s after the "
                                      f"fault: {what}", fault)
-        tally.convergence_s.extend(probe.converged)
+        if not tally.convergence_s:  # a scenario may time convergence more finely itself
+            tally.convergence_s.extend(probe.converged)
         ctx.check_orphans()
         probe.close()
         tally.check("control_answered",

@@ -55,6 +55,16 @@ def test_tree_converged_wants_every_permanent_path_alive(live_pid: int) -> None:
     assert "a/w" in (tree_converged(SHAPE, rows[:2]) or "")
 
 
+def test_tree_converged_on_the_subtree_a_fault_hit(live_pid: int) -> None:
+    dead = _dead_pid()
+    rows = [_row("", dead), _row("a", live_pid), _row("a/w", live_pid)]
+    assert tree_converged(SHAPE, rows, under="a") is None  # the root is not a's business
+    assert tree_converged(SHAPE, rows) is not None
+    # the row still names the killed pid (alive a moment longer): not converged yet
+    assert "a/w" in (tree_converged(SHAPE, rows, under="a/w", replaced=live_pid) or "")
+    assert tree_converged(SHAPE, rows, under="a/w", replaced=dead) is None
+
+
 def test_a_stopped_or_zombie_process_is_alive_or_dead_as_the_kernel_says(live_pid: int) -> None:
     os.kill(live_pid, signal.SIGSTOP)
     assert process_alive(live_pid)  # frozen is not dead: the hang scenario relies on it
