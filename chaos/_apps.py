@@ -76,7 +76,7 @@ def _leaf(strategy: str, prefix: str) -> SupervisorSpec:
 
 def storm_tree() -> SupervisorSpec:
     """root (one_for_one) > 3 branches (one_for_one, one_for_all, rest_for_one) > 2 leaf
-    supervisors each > 3 workers each, plus a worker on every level: 34 processes."""
+    supervisors each > 3 workers each, plus a worker on the two upper levels: 32 processes."""
     branches = []
     for b, strategy in enumerate(("one_for_one", "one_for_all", "rest_for_one")):
         branches.append(ChildSpec(id=f"b{b}", start=SupervisorSpec(
