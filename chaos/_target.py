@@ -49,8 +49,11 @@ class OwnedNode:
             cmd += ["--app", self.app]
         env = dict(os.environ, **{TAG_VAR: self.tag})
         log = open(self.workdir / "node.out", "ab")
+        # A process group of its own: a Ctrl-C at the terminal is the runner's to handle
+        # (stop injecting, settle, check), not a stop request to the node under test.
         self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, cwd=os.getcwd())
+                                     stdin=subprocess.DEVNULL, cwd=os.getcwd(),
+                                     process_group=0)
         log.close()
         self.starts += 1
         deadline = time.monotonic() + timeout
