@@ -15,7 +15,7 @@ from pathlib import Path
 from .._childspec import ChildSpec, SupervisorSpec, SupFlags
 from .._worker import Worker
 
-__all__ = ["Crasher", "Sleeper", "Idle", "crash_loop_tree", "CRASH_LOOP_INTENSITIES",
+__all__ = ["Crasher", "Sleeper", "Slowpoke", "Idle", "crash_loop_tree", "CRASH_LOOP_INTENSITIES",
            "storm_tree"]
 
 # The crash loop's supervisors, bottom-up: the crasher's own supervisor, then the one above.
@@ -86,3 +86,22 @@ def storm_tree() -> SupervisorSpec:
                       ChildSpec(id="solo", start=Idle)])))
     return SupervisorSpec(flags=SupFlags(intensity=500, period=1.0),
                           children=[*branches, ChildSpec(id="solo", start=Idle)])
+
+
+class Slowpoke(Worker):
+    """Registered as ``name``; a small mailbox (``mailbox_limit`` 50) and a slow
+    ``handle_cast`` (10 ms): a flood fills it. ``call(name, "handled")`` says how many casts
+    it handled."""
+
+    mailbox_limit = 50
+
+    def init(self, name: str) -> None:
+        self.handled = 0
+        self.register(name)
+
+    def handle_cast(self, msg: object) -> None:
+        time.sleep(0.01)
+        self.handled += 1
+
+    def handle_call(self, msg: object, caller: object) -> object:
+        return self.handled

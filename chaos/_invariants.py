@@ -19,7 +19,9 @@ told otherwise: a row that names a dead pid is exactly what it must catch.
 * :func:`escalation_stopped_at`: a crash loop escalated to the level
   :func:`expected_escalation` computes from the intensities, and no further;
 * :func:`shutdown_escalated`, :func:`call_timed_out`: a hung worker's call times out and
-  its shutdown becomes a SIGKILL once its shutdown time has passed.
+  its shutdown becomes a SIGKILL once its shutdown time has passed;
+* :func:`flood_accounted`, :func:`memory_bounded`: a flooded mailbox pushes back, loses
+  nothing, counts each refusal, and its memory stays bounded.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ __all__ = [
     "Kill", "ExitSeen", "process_alive", "tree_converged", "no_orphans", "nothing_left",
     "acked_events_intact", "control_answered", "kills_accounted", "restarts_consistent",
     "expected_escalation", "escalation_stopped_at", "shutdown_escalated", "call_timed_out",
+    "flood_accounted", "memory_bounded",
 ]
 
 
@@ -279,3 +282,29 @@ def shutdown_escalated(elapsed_s: float, shutdown_s: float, reason: str | None,
 def call_timed_out(outcome: str) -> str | None:
     """A call to a hung worker ends in ``CallTimeout`` (not a reply, not a hang)."""
     return None if outcome == "timeout" else f"a call to the hung worker ended {outcome!r}"
+
+
+def flood_accounted(accepted: int, refused: int, other: int, handled: int,
+                    refusals_counted: float, wanted_refusals: int) -> str | None:
+    """A flooded mailbox pushed back (``MailboxFull``) instead of queueing without end;
+    every cast handed over was handled, none lost; each refusal counted by the node as a
+    ``mailbox_full`` dead letter; no cast ended any other way."""
+    problems = []
+    if refused < wanted_refusals:
+        problems.append(f"only {refused} of {wanted_refusals} refusals after {accepted} "
+                        f"casts: no back-pressure")
+    if handled != accepted:
+        problems.append(f"{accepted} casts handed over, {handled} handled")
+    if refusals_counted != refused:
+        problems.append(f"{refused} casts refused, {refusals_counted:.0f} counted as "
+                        f"mailbox_full dead letters")
+    if other:
+        problems.append(f"{other} casts ended otherwise (dead letter or error)")
+    return "; ".join(problems) or None
+
+
+def memory_bounded(before: int, peak: int, bound: int) -> str | None:
+    """A process's private memory grew by less than ``bound`` bytes under the fault."""
+    if peak - before >= bound:
+        return f"memory grew by {(peak - before) >> 20} MiB (bound {bound >> 20} MiB)"
+    return None

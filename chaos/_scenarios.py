@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Protocol
 
-from . import crash_loop, durability, hang, kill_storm
+from . import crash_loop, durability, flood, hang, kill_storm
 
 if TYPE_CHECKING:
     from ._runner import ScenarioContext
@@ -35,4 +35,5 @@ class Scenario(Protocol):
     def run(self, ctx: ScenarioContext, faults: list[Fault]) -> None: ...
 
 
-SCENARIOS: dict[str, Scenario] = {m.NAME: m for m in (kill_storm, crash_loop, hang, durability)}
+SCENARIOS: dict[str, Scenario] = {m.NAME: m for m in (kill_storm, crash_loop, hang, flood,
+                                                      durability)}

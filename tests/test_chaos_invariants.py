@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 from prismatic._control import TreeRow
 from prismatic.chaos._invariants import (
     ExitSeen, Kill, acked_events_intact, call_timed_out, control_answered, escalation_stopped_at,
-    expected_escalation, kills_accounted, no_orphans, nothing_left, process_alive,
-    restarts_consistent, shutdown_escalated, tree_converged,
+    expected_escalation, flood_accounted, kills_accounted, memory_bounded, no_orphans,
+    nothing_left, process_alive, restarts_consistent, shutdown_escalated, tree_converged,
 )
 from prismatic.chaos._observe import TAG_VAR, exits_in_log, metric_sum, tagged_processes
 from prismatic.chaos._shape import Slot, TreeShape
@@ -212,3 +212,16 @@ def test_metric_sum_and_exits_in_log() -> None:
             Rec({"path": [], "key": "a", "kind": "child_started", "pid": 6, "mono": 2.0})]
     assert exits_in_log(recs) == [ExitSeen(5, "a/w", "child_exited", "killed", 1.5)]
 
+
+
+def test_flood_accounted() -> None:
+    assert flood_accounted(200, 5, 0, 200, 5, 5) is None
+    assert "no back-pressure" in (flood_accounted(5000, 0, 0, 5000, 0, 5) or "")
+    assert "handled" in (flood_accounted(200, 5, 0, 199, 5, 5) or "")  # one lost
+    assert "dead letters" in (flood_accounted(200, 5, 0, 200, 4, 5) or "")  # one silent
+    assert "otherwise" in (flood_accounted(200, 5, 1, 200, 5, 5) or "")
+
+
+def test_memory_bounded() -> None:
+    assert memory_bounded(8 << 20, 9 << 20, 32 << 20) is None
+    assert "40 MiB" in (memory_bounded(8 << 20, 48 << 20, 32 << 20) or "")
