@@ -1,0 +1,8 @@
+"""The node mesh: nodes on several hosts form one authenticated cluster.
+
+* :mod:`._membership`: the failure detector and membership protocol (SWIM with Lifeguard),
+  a pure ``decide(state, event) -> (state, actions)``; its vocabulary in :mod:`._events`;
+* :mod:`._secret`: the cluster secret file and the CurveZMQ keys derived from it;
+* :mod:`._loop`: the node's mesh loop (asyncio + pyzmq), which only carries out actions;
+* wire frames: :mod:`prismatic.transports._mesh_frames`. Operator's guide: docs/cluster.md.
+"""
