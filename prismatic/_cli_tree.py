@@ -80,9 +80,10 @@ def node_start(state: CliState, detach: bool, wait_s: float, **options: Any) -> 
                   options["data_dir"], options["metrics_port"], options["log_format"],
                   options["log_file"])
     s.tree()  # load --app/--config here: a bad one is exit 2 now, not a dead background node
-    argv = [arg for key, value in options.items() if value not in (None, False)
+    argv = [arg for key, value in options.items() if value not in (None, False, ())
+            for one in (value if isinstance(value, tuple) else (value,))  # --join is repeatable
             for arg in ([f"--{key.replace('_', '-')}".replace("config-file", "config")]
-                        + ([] if value is True else [str(value)]))]
+                        + ([] if one is True else [str(one)]))]
     argv += ["--name", s.name, "--data-dir", str(s.data_dir)]
     with state.progress(f"starting node {s.name}"):
         out = detach_node(argv, s.data_dir, wait_s)

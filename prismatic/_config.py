@@ -8,6 +8,8 @@ Layout (every key optional except each child's ``id`` and a worker's ``start``):
     metrics_port = 9100        # 0: no HTTP metrics endpoint
     log_format = "text"        # text | json
     log_file = "node.log"
+    listen = "0.0.0.0:4370"    # cluster mesh: listen for other nodes, join these seeds
+    join = ["10.0.0.5:4370"]   # (with the cluster secret: cluster_secret = "path")
 
     [tree]                     # the root supervisor
     flags = { strategy = "one_for_one", intensity = 10, period = 60 }
@@ -93,6 +95,9 @@ class NodeSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     metrics_port: int = 0
     log_format: LogFormat = LogFormat.TEXT
     log_file: str | None = None
+    listen: str | None = None  # the cluster mesh (docs/cluster.md)
+    join: tuple[str, ...] = ()
+    cluster_secret: str | None = None
 
 
 class ConfigFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

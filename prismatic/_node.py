@@ -21,7 +21,7 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from ._address import default_node_name
 from ._childspec import SupervisorSpec, import_ref
@@ -66,13 +66,19 @@ def load_app(ref: str) -> SupervisorSpec:
 def run_node(spec: SupervisorSpec, *, name: str | None = None,
              data_dir: Path | str | None = None, show_tree: bool = True,
              out: TextIO = sys.stdout, metrics_port: int = 0,
-             metrics_host: str = "127.0.0.1") -> int:
+             metrics_host: str = "127.0.0.1", mesh: Any = None) -> int:
     """Run a node until it is told to stop (exit code 0) or its root supervisor dies (1).
 
     ``metrics_port`` > 0 serves Prometheus metrics on ``http://<metrics_host>:<port>/metrics``
     (0: no HTTP endpoint; the metrics stay readable over the control endpoint).
+    ``mesh`` (a :class:`prismatic.mesh.MeshSettings`) makes the node a cluster member; its
+    secret is checked here, before anything starts.
     """
     name = name or default_node_name()
+    if mesh is not None:
+        from .mesh import check_settings  # noqa: PLC0415 - only a clustered node needs it
+
+        check_settings(name, mesh)  # a bad secret, address or name: fail before the fork
     data = Path(data_dir) if data_dir is not None else default_data_dir(name)
     data.mkdir(parents=True, exist_ok=True)
     lock = open(data / "node.lock", "w")
@@ -93,7 +99,7 @@ def run_node(spec: SupervisorSpec, *, name: str | None = None,
         from ._node_loop import serve  # noqa: PLC0415 - after the fork, by design
 
         return serve(name, data, mine, root_pid, show_tree, out, cookie, hub_sock,
-                     metrics_port, metrics_host)
+                     metrics_port, metrics_host, mesh)
     except EventLogError as exc:  # a log that is not ours, corrupt, or newer: never touch it
         os.kill(root_pid, signal.SIGKILL)  # the tree must not run without its node
         os.waitpid(root_pid, 0)

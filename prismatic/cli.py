@@ -186,6 +186,7 @@ def main(argv: list[str] | None = None) -> None:
 
 # Subcommands register themselves on ``cli`` when imported.
 from . import _cli_events, _cli_messaging, _cli_tree  # noqa: E402,F401  (after cli exists)
+from . import _cli_cluster  # noqa: E402,F401  (the node mesh)
 
 if __name__ == "__main__":
     main(sys.argv[1:])

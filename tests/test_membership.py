@@ -412,3 +412,10 @@ def test_state_round_trips_through_msgspec() -> None:
     c = Cluster(3)
     s = c.nodes[1]
     assert msgspec.msgpack.decode(msgspec.msgpack.encode(s), type=MeshState) == s
+
+
+def test_a_node_that_left_comes_back_as_a_new_incarnation() -> None:
+    s = with_member(node(1, inc=4), 2)
+    s, _ = decide(s, LeaveRequested(0.1))
+    s, acts = decide(s, JoinRequested(0.2, (addr(2),)))
+    assert s.me.state is ALIVE and s.me.inc == 5 and sends(acts, Join)

@@ -116,6 +116,8 @@ def suspicion_timeout(cfg: DetectorConfig, n: int, confirmations: int) -> float:
 def decide(state: MeshState, event: Any) -> tuple[MeshState, list[Any]]:
     """Consume one event; return the next state and the actions to carry out, in order."""
     d = _Draft(state, event.now)
+    if d.me.state is LEFT and isinstance(event, JoinRequested):  # back, as a new incarnation
+        d.me = Member(d.me.name, d.me.addr, d.me.inc + 1, ALIVE, event.now)
     if d.me.state is LEFT:  # gone for good: only answer pings, so nobody waits on us
         if isinstance(event, Received) and isinstance(event.frame, Ping):
             d.on_frame(event.frame)
