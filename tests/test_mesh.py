@@ -199,7 +199,8 @@ def test_a_killed_node_is_declared_down_and_its_restart_rejoins(cluster: Cluster
         event = events.next(5)
     c.proc.wait()
     c.conn.close()
-    assert took < 1.0, f"a SIGKILLed node took {took:.3f}s to be declared down"
+    print(f"SIGKILL declared down in {took * 1000:.1f} ms")
+    assert took < 0.3, f"a SIGKILLed node took {took:.3f}s to be declared down"
     assert event is not None and event.topic == f"cluster.node.{name_c}.down"
     assert event.payload["node"] == name_c and event.payload["incarnation"] == old_inc
     wait_until(lambda: not c.pids(), 10, "the killed node's tree to die with it")
