@@ -246,6 +246,7 @@ class MeshLoop:
             self.link_warning.warn("mesh: send to %s failed: %s", addr, exc)
             return
         self.sent_bytes[addr] += len(data)
+        self.counts["frames_sent"] += 1
 
     def open_link(self, addr: str) -> _Link:
         sock = self.sync_ctx.socket(zmq.DEALER)
@@ -314,6 +315,7 @@ class MeshLoop:
             self.bad_frame(parts[1], why)
             return
         self.received_bytes[frame.addr] += len(data)
+        self.counts["frames_received"] += 1
         self.feed(Received(time.monotonic(), frame))
 
     def bad_frame(self, part: Any, why: str) -> None:
@@ -397,7 +399,9 @@ class _MeshCollector:
                 ("bad_frames", "Frames from peers dropped as malformed"),
                 ("frames_dropped", "Frames dropped because a peer's queue was full"),
                 ("handshake_failures", "Our handshakes a peer refused"),
-                ("errors", "Frames whose handling raised (a bug; logged)")):
+                ("errors", "Frames whose handling raised (a bug; logged)"),
+                ("frames_sent", "Frames sent to peers"),
+                ("frames_received", "Frames received from peers (well-formed)")):
             c = CounterMetricFamily(f"prismatic_cluster_{what}", help_)
             c.add_metric([], m.counts[what])
             yield c
