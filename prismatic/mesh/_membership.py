@@ -388,7 +388,8 @@ class _Draft:
                                      and cur.addr != f.addr and cur.inc != f.inc):
             holder = self.me.addr if f.src == self.me.name else cur.addr  # type: ignore[union-attr]
             self.send(f.addr, JoinNack(*self.head(), reason=(
-                f"node name {f.src!r} is taken by a live node at {holder}")))
+                f"node name {f.src!r} is taken by a live node at "
+                f"{holder.removeprefix('tcp://')}")))
             return
         self.merge(Update(f.src, f.addr, f.inc, ALIVE))
         self.set(joining=False)  # someone joined us: we are in a cluster
