@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import subprocess
 import time
 import uuid
@@ -147,7 +148,7 @@ def test_a_live_name_claimed_from_another_host_is_refused(net: Net, tmp_path: Pa
         sub.mkdir()
         proc = subprocess.run(
             ["ip", "netns", "exec", net.hosts[3], "env", f"PYTHONPATH={Path.cwd()}",
-             os.sys.executable, "-m", "prismatic.node", "--app", APP, "--name", name(1),
+             sys.executable, "-m", "prismatic.node", "--app", APP, "--name", name(1),
              "--data-dir", str(sub / "data"), "--quiet", "--cluster-secret", str(secret),
              "--listen", f"{SUBNET}.4:4370", "--join", f"{SUBNET}.1:4370"],
             capture_output=True, text=True, timeout=30,

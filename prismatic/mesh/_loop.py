@@ -12,7 +12,7 @@ Transport (asyncio + pyzmq, in the node's loop, on a ZeroMQ context of its own):
   what matters). The link's socket monitor is the fast failure signal: ``DISCONNECTED``
   (the peer's kernel reset the connection) becomes :class:`LinkDown`, and the next failed
   reconnect (``CLOSED``: refused, nothing listens there) :class:`LinkRefused`. Reconnects
-  start 1-2 ms after a loss and back off to 1 s.
+  start 1-2 ms after a loss and back off to 0.1 s.
 
 Time: one timer, set after every decision to :func:`._membership.next_wake`; every event
 carries the loop's monotonic time. The loop reports member changes to the node through
@@ -253,7 +253,7 @@ class MeshLoop:
         sock.linger = 0
         sock.sndhwm = LINK_QUEUE
         sock.reconnect_ivl = 1  # the refused reconnect after a loss confirms a death: soon
-        sock.reconnect_ivl_max = 1000
+        sock.reconnect_ivl_max = 100  # a seed that comes up late is reached within 0.1 s
         sock.curve_serverkey = self.keys.public
         sock.curve_publickey = self.keys.public
         sock.curve_secretkey = self.keys.secret
