@@ -28,8 +28,11 @@ same run.
   against one node (decode, decide, encode, CURVE both ways, through the node's uvloop).
   Baseline: a bare pyzmq DEALER -> ROUTER echo over TCP loopback with CURVE in a subprocess.
 
-Not measured here (they need network namespaces): silent loss (a link taken down) and
-partitions.
+* Silent loss (root only, ``--losses N``): five nodes, each in a network namespace of its
+  own with a veth on one bridge; ``N`` times one node's link is taken down (nothing resets,
+  packets vanish): until every other node's ``down`` event; then the link comes back: until
+  every node lists all five alive again (the partition healed, no restart). Baselines from
+  the issue: Akka ~10 s, memberlist 5*log(N+1) probe periods, Erlang 64-69 s by default.
 """
 
 from __future__ import annotations
@@ -66,11 +69,12 @@ TAG = f"mb{os.getpid()}"
 
 
 class Node:
-    def __init__(self, tmp: Path, short: str, secret: Path, args: list[str]) -> None:
+    def __init__(self, tmp: Path, short: str, secret: Path, args: list[str],
+                 prefix: tuple[str, ...] = ()) -> None:
         self.name = f"{short}{TAG}"
         self.data = tmp / self.name
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "prismatic.node", "--app", APP, "--name", self.name,
+            [*prefix, sys.executable, "-m", "prismatic.node", "--app", APP, "--name", self.name,
              "--data-dir", str(self.data), "--cluster-secret", str(secret), *args],
             cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)), stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL, text=True)
@@ -212,6 +216,75 @@ def soak(nodes: list[Node], seconds: float) -> tuple[int, int, int]:
     return false_downs, pauses, int(after - before)
 
 
+class Net:
+    """Network namespaces ``<tag>h<i>`` (address ``10.<a>.<b>.<i>``), veths on a bridge in
+    ``<tag>br``: a link taken down on the bridge's side is a silent loss."""
+
+    def __init__(self, hosts: int) -> None:
+        self.tag = f"pmb{os.getpid() % 100000}"
+        self.subnet = f"10.{200 + os.getpid() % 50}.{os.getpid() % 250}"
+        self.br = f"{self.tag}br"
+        self.hosts = [f"{self.tag}h{i}" for i in range(1, hosts + 1)]
+        run = lambda *c: subprocess.run(c, check=True, capture_output=True)  # noqa: E731
+        run("ip", "netns", "add", self.br)
+        run("ip", "-n", self.br, "link", "add", "br0", "type", "bridge")
+        run("ip", "-n", self.br, "link", "set", "br0", "up")
+        for i, ns in enumerate(self.hosts, 1):
+            run("ip", "netns", "add", ns)
+            run("ip", "-n", ns, "link", "set", "lo", "up")
+            run("ip", "-n", ns, "link", "add", "eth0", "type", "veth", "peer", "name",
+                f"v{i}", "netns", self.br)
+            run("ip", "-n", ns, "addr", "add", f"{self.subnet}.{i}/24", "dev", "eth0")
+            run("ip", "-n", ns, "link", "set", "eth0", "up")
+            run("ip", "-n", self.br, "link", "set", f"v{i}", "master", "br0")
+            run("ip", "-n", self.br, "link", "set", f"v{i}", "up")
+
+    def link(self, i: int, up: bool) -> None:
+        subprocess.run(["ip", "-n", self.br, "link", "set", f"v{i}", "up" if up else "down"],
+                       check=True, capture_output=True)
+
+    def close(self) -> None:
+        for ns in (*self.hosts, self.br):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+def silent_losses(tmp: Path, secret: Path, n: int) -> tuple[list[float], list[float]]:
+    """Five nodes in namespaces; ``n`` times a node's link goes down: until every other
+    node's ``down`` event, then (link up) until all five list all five alive again."""
+    net = Net(5)
+    nodes: list[Node] = []
+    detect, heal = [], []
+    try:
+        for i in range(1, 6):
+            args = ["--listen", f"{net.subnet}.{i}:4370", "--quiet"]
+            if i > 1:
+                args += ["--join", f"{net.subnet}.1:4370"]
+            nodes.append(Node(tmp / "netns", f"s{i}", secret, args,
+                              prefix=("ip", "netns", "exec", net.hosts[i - 1])))
+        wait(lambda: all_alive(nodes, 5), 30, "five namespaced nodes to form a cluster")
+        for k in range(n):
+            lost = 1 + k % 5
+            victim = nodes[lost - 1]
+            others = [x for x in nodes if x is not victim]
+            subs = [x.connect().subscribe(f"cluster.node.{victim.name}.down") for x in others]
+            t0 = time.monotonic()
+            net.link(lost, up=False)
+            for sub in subs:
+                if sub.next(10) is None:
+                    raise SystemExit("bench: a silently lost node was never declared dead")
+                sub.close()
+            detect.append(time.monotonic() - t0)
+            net.link(lost, up=True)
+            t1 = time.monotonic()
+            wait(lambda: all_alive(nodes, 5), 60, "the partition to heal")
+            heal.append(time.monotonic() - t1)
+    finally:
+        for x in nodes:
+            x.stop()
+        net.close()
+    return detect, heal
+
+
 def traffic(nodes: list[Node], seconds: float) -> tuple[float, float]:
     def totals() -> tuple[float, float]:
         frames = byts = 0.0
@@ -323,6 +396,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--kills", type=int, default=50)
     ap.add_argument("--pings", type=int, default=5000)
+    ap.add_argument("--losses", type=int, default=20,
+                    help="silent losses in network namespaces (0: skip; needs root)")
     ap.add_argument("--soak", type=float, default=60.0,
                     help="seconds of CPU saturation with a 200 ms SIGSTOP every 10 s")
     args = ap.parse_args()
@@ -339,6 +414,9 @@ def main() -> None:
     finally:
         for x in nodes:
             x.stop()
+    (tmp / "netns").mkdir()
+    losses, heals = silent_losses(tmp, secret, args.losses) \
+        if args.losses and os.geteuid() == 0 else ([], [])
     ping_bytes = len(encode_mesh_frame(Ack("n1" + TAG, "tcp://127.0.0.1:40000",
                                            1796166265013, 1234)))
     update_bytes = len(msgspec.msgpack.encode(Update("n1" + TAG, "tcp://10.0.0.1:40000",
@@ -350,6 +428,12 @@ def main() -> None:
         (f"SIGKILL -> down at all 4 others, p99 ({len(detect)} kills)",
          f"{pct(detect, .99) * 1000:.1f} ms", "<= 20 ms p99",
          f"node process torn down: {pct(gone, .99) * 1000:.1f} ms; Erlang: 14 ms max"),
+        *([(f"silent loss -> dead at all 4 others, p50 / p99 ({len(losses)} link cuts)",
+            f"{pct(losses, .5) * 1000:.0f} / {pct(losses, .99) * 1000:.0f} ms",
+            "<= 1 s p99", "Akka: ~10 s; memberlist: 5*log(N+1) s; Erlang: 64-69 s"),
+           ("partition healed, link up -> all 5 list all 5 alive, p50 / p99",
+            f"{pct(heals, .5) * 1000:.0f} / {pct(heals, .99) * 1000:.0f} ms", "<= 2 s",
+            "")] if losses else []),
         ("5 nodes formed, from launch", f"{from_launch * 1000:.0f} ms", "<= 1 s",
          "Erlang: 1.55 s p50 (issue)"),
         ("5 nodes formed, from last mesh up", f"{from_up * 1000:.0f} ms", "<= 100 ms",
