@@ -31,7 +31,8 @@ same run.
 * Silent loss (root only, ``--losses N``): five nodes, each in a network namespace of its
   own with a veth on one bridge; ``N`` times one node's link is taken down (nothing resets,
   packets vanish): until every other node's ``down`` event; then the link comes back: until
-  every node lists all five alive again (the partition healed, no restart). Baselines from
+  every node lists all five alive again (the partition healed, no restart). The next cut
+  waits until every node's local health multiplier is back to 0. Baselines from
   the issue: Akka ~10 s, memberlist 5*log(N+1) probe periods, Erlang 64-69 s by default.
 """
 
@@ -278,6 +279,11 @@ def silent_losses(tmp: Path, secret: Path, n: int) -> tuple[list[float], list[fl
             t1 = time.monotonic()
             wait(lambda: all_alive(nodes, 5), 60, "the partition to heal")
             heal.append(time.monotonic() - t1)
+            # The next cut hits a healthy cluster: the partition raised Lifeguard's local
+            # health multiplier (missed nacks), which stretches probe periods until enough
+            # probes succeed again.
+            wait(lambda: all(x.counters().get("prismatic_cluster_local_health", 0) == 0
+                             for x in nodes), 30, "local health to recover")
     finally:
         for x in nodes:
             x.stop()
