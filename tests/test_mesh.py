@@ -236,6 +236,17 @@ def test_leave_marks_a_node_left_at_once_and_join_brings_it_back(cluster: Cluste
     assert states(c)[name_b] == "left"
 
 
+def test_a_seed_given_by_name_is_resolved(cluster: Cluster) -> None:
+    port = cluster.address("a").rsplit(":", 1)[1]
+    d = cluster.start("d", "--join", f"localhost:{port}")  # every A/AAAA record is a seed
+    try:
+        wait_until(lambda: all_alive(cluster, tuple(cluster.nodes)), 5, "d to join by name")
+        assert "seeds from DNS: tcp://127.0.0.1:" in cluster.outputs()
+    finally:
+        d.stop()
+        del cluster.nodes["d"]
+
+
 def test_no_key_or_secret_in_any_output(cluster: Cluster) -> None:
     secret = read_secret(cluster.secret)
     keys = derive_keys(secret)

@@ -7,6 +7,7 @@ Transport (asyncio + pyzmq, in the node's loop, on a ZeroMQ context of its own):
   and the refusal count are :mod:`._auth`. Every frame a peer sends arrives here; it is
   decoded at the edge (:mod:`prismatic.transports._mesh_frames`), and one that does not
   decode is dropped, counted and logged (throttled) with the peer's address;
+* seeds given by name are resolved every 10 s; each A/AAAA record is a seed;
 * one DEALER per peer address (a *link*), a CURVE client, used only to send. Sends never
   block: a link whose queue is full drops the frame and counts it (the protocol repeats
   what matters). The link's socket monitor is the fast failure signal: ``DISCONNECTED``
@@ -54,6 +55,7 @@ log = logging.getLogger(__name__)
 LINK_EVENTS = zmq.EVENT_DISCONNECTED | zmq.EVENT_CLOSED | zmq.EVENT_HANDSHAKE_SUCCEEDED \
     | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL \
     | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+DNS_INTERVAL_S = 10.0  # seeds given by name are resolved again this often
 LINK_QUEUE = 64  # frames waiting for a peer; beyond this they are dropped (and counted)
 CLOSE_LINGER_MS = 300  # a leaving node's last frames get this long to go out
 
@@ -145,6 +147,7 @@ class MeshLoop:
                                             self.refusal_warning)),
             self.loop.create_task(self.watch_admission(admission, watch)),
             self.loop.create_task(self.receive()),
+            self.loop.create_task(self.resolve_seeds()),
         ]
         log.info("mesh: %s listening on %s (incarnation %d)%s", self.name, self.addr, inc,
                  f", joining via {', '.join(self.seeds)}" if self.seeds else "")
@@ -161,6 +164,37 @@ class MeshLoop:
     def join(self, seeds: tuple[str, ...]) -> None:
         self.feed(JoinRequested(time.monotonic(),
                                 tuple(parse_hostport(s, "join") for s in seeds)))
+
+    async def resolve_seeds(self) -> None:
+        """Seeds given by name: every A/AAAA record is a seed (a Kubernetes headless
+        service's names), resolved again every DNS_INTERVAL_S; a new record is asked at
+        once. Seeds given as addresses need none of this."""
+        named = []
+        for seed in self.settings.join:
+            host, _, port = parse_hostport(seed, "--join")[6:].rpartition(":")
+            if not _is_ip(host.strip("[]")):
+                named.append((host, int(port)))
+        known: set[str] = set()
+        warn = ThrottledWarning(log, 60.0)
+        while named:
+            found: set[str] = set()
+            for host, port in named:
+                try:
+                    infos = await self.loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+                except OSError as exc:
+                    self.counts["dns_failures"] += 1
+                    warn.warn("mesh: cannot resolve seed %s: %s", host, exc)
+                    continue
+                for family, *_, sockaddr in infos:
+                    ip = str(sockaddr[0])
+                    found.add(f"tcp://[{ip}]:{port}" if family == socket.AF_INET6
+                              else f"tcp://{ip}:{port}")
+            new = found - known
+            if new:
+                known |= new
+                log.info("mesh: seeds from DNS: %s", ", ".join(sorted(new)))
+                self.feed(JoinRequested(time.monotonic(), tuple(sorted(new))))
+            await asyncio.sleep(DNS_INTERVAL_S)
 
     async def close(self) -> None:
         if self.closed:
@@ -426,6 +460,16 @@ class _MeshCollector:
 
 def _hostport(addr: str) -> str:
     return addr[6:] if addr.startswith("tcp://") else addr
+
+
+def _is_ip(host: str) -> bool:
+    import ipaddress  # noqa: PLC0415
+
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _advertised(endpoint: str) -> str:
