@@ -169,11 +169,11 @@ class MeshLoop:
         """Seeds given by name: every A/AAAA record is a seed (a Kubernetes headless
         service's names), resolved again every DNS_INTERVAL_S; a new record is asked at
         once. Seeds given as addresses need none of this."""
-        named = []
+        named: list[tuple[str, int]] = []
         for seed in self.settings.join:
-            host, _, port = parse_hostport(seed, "--join")[6:].rpartition(":")
+            host, _, digits = parse_hostport(seed, "--join")[6:].rpartition(":")
             if not _is_ip(host.strip("[]")):
-                named.append((host, int(port)))
+                named.append((host, int(digits)))
         known: set[str] = set()
         warn = ThrottledWarning(log, 60.0)
         while named:
