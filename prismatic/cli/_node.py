@@ -151,7 +151,8 @@ class _Settings:
                  log_file: str | None, app_path: tuple[str, ...] = (),
                  log_level: str | None = None, eventlog_max_bytes: int | None = None,
                  eventlog_max_age: float | None = None,
-                 metrics_bind: str | None = None) -> None:
+                 metrics_bind: str | None = None, listen: str | None = None,
+                 join: tuple[str, ...] = (), cluster_secret: str | None = None) -> None:
         from .._address import default_node_name
         from .._node import default_data_dir
 
@@ -176,6 +177,7 @@ class _Settings:
             retention.max_bytes if retention else DEFAULT_EVENTLOG_MAX_BYTES)
         self.eventlog_max_age_s = eventlog_max_age or (
             retention.max_age_s if retention else None)
+        self.mesh = _mesh_settings(listen, join, cluster_secret, config)
 
     def tree(self) -> Any:
         from .._demo import demo_tree
@@ -202,13 +204,12 @@ def start_node(app: str | None, config_file: str | None, name: str | None,
     try:
         s = _Settings(app, config_file, name, data_dir, metrics_port, log_format, log_file,
                       app_path, log_level, eventlog_max_bytes, eventlog_max_age,
-                      metrics_bind)
+                      metrics_bind, listen, join, cluster_secret)
         spec = s.tree()
         setup_logging(s.name, s.log_format, s.log_file, level=s.log_level)
-        mesh = _mesh_settings(listen, join, cluster_secret, s.config)
         code = run_node(spec, name=s.name, data_dir=s.data_dir, show_tree=not quiet,
                         metrics_port=s.metrics_port, metrics_host=s.metrics_bind,
-                        eventlog_max_bytes=s.eventlog_max_bytes, mesh=mesh,
+                        eventlog_max_bytes=s.eventlog_max_bytes, mesh=s.mesh,
                         eventlog_max_age_s=s.eventlog_max_age_s)
     except NodeError as exc:
         click.echo(f"prismatic: error: {exc}", err=True)
