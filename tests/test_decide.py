@@ -393,11 +393,24 @@ def test_otp_default_intensity_second_restart_within_period_shuts_down():
 def test_otp_default_intensity_restarts_spread_out_are_fine():
     s = Sup(spec("a"))
     s.boot()
-    for t in (0.0, 5.0, 10.0, 15.5):
+    for t in (0.0, 5.25, 10.5, 16.0):
         s.now = t
         assert trace(s.exited("a", BOOM)) == ["start:a"]
         s.started("a")
     assert s.state.phase is Phase.RUNNING
+
+
+def test_otp_default_intensity_restart_exactly_period_later_shuts_down():
+    """OTP's boundary (R >= Now - Period): the restart exactly 5 s ago still counts."""
+    s = Sup(spec("a"))
+    s.boot()
+    s.now = 10.0
+    assert trace(s.exited("a", BOOM)) == ["start:a"]
+    s.started("a")
+    s.now = 15.0
+    acts = s.exited("a", BOOM)
+    assert (K.INTENSITY_EXCEEDED, "a") in [(r.kind, r.key) for r in reports(acts)]
+    assert acts[-1] == Exit(Shutdown("reached_max_restart_intensity"))
 
 
 def test_intensity_zero_never_restarts():
@@ -961,8 +974,14 @@ class Model:
         yield from self.terminate_and_exit(Shutdown("auto_shutdown"))
 
     def restart(self, c: MChild, now: float):
+        # OTP's supervisor.erl, add_restart/3 (times newest first, then counted against I):
+        #     Threshold = Now - Period,
+        #     Restarts1 = lists:takewhile(fun (R) -> R >= Threshold end, Restarts0),
+        #     [Now | Restarts1].
+        # so a restart exactly Period seconds ago still counts.
         self.restart_times.append(now)
-        window = [t for t in self.restart_times if now - t < self.flags.period]
+        threshold = now - self.flags.period
+        window = [t for t in self.restart_times if t >= threshold]
         if len(window) > self.flags.intensity:
             self.report(K.INTENSITY_EXCEEDED, c)
             self.del_child(c)
