@@ -14,6 +14,13 @@ supervisor. The runtime calls, in order:
 
 An exception escaping a handler crashes the process with that exception as the exit reason.
 A normal stop is explicit: raise :class:`Stop` (default reason ``Normal()``).
+
+Child processes a worker makes (``os.fork``, ``subprocess``, ``multiprocessing``) die with
+it, however it ends: they stay in its process group, which its supervisor kills, and the
+worker is a child subreaper, so a descendant orphaned while it lives (a daemon's double
+fork) becomes its child, and dies with it too. Such an adopted process that exits first
+stays a zombie until the worker reaps it (``os.waitpid(pid, 0)``) or exits. A forked child
+does not inherit the worker's mailbox: messages to a dead worker are dead letters at once.
 """
 
 from __future__ import annotations

@@ -10,6 +10,18 @@ lone restart asks for its successor only once it is done (made during the restar
 take a CPU from the replacement's ``init``); a start waits at most ``PARK_MAX_S`` for a spare
 in the making; a zygote that no longer knows every static spec is renewed once the supervisor
 is idle; a zygote that keeps dying is given up, with a log line.
+
+Orphans: every process of the tree is a child subreaper (``prismatic/_process.py``), so a
+process orphaned below a live child is reparented to that child, and one whose child is
+gone (a worker's own child processes when the worker died, the children of a child
+supervisor that was killed) is reparented to the supervisor. So the supervisor's children
+are the tree's children, its zygote, the zygote's spares in the making (which stay in the
+zygote's process group until they become a child), and orphans, which it kills:
+:meth:`SpareKeeping.sweep_orphans`, on every SIGCHLD (a death of any child, known or
+adopted: a death reparents the dead process's children before it is reported). Each child
+also leads its own process group, killed whole the moment the child is found dead, so its
+descendants that stayed in the group die at once. "No process outlives its supervisor"
+holds for the whole subtree of each child, not just the processes the supervisor forked.
 """
 
 from __future__ import annotations
@@ -27,12 +39,12 @@ import msgspec
 from .._childspec import ChildSpec, ChildType
 from .._clone import sibling_support
 from .._exit import ExitReason
-from .._process import fork_child, send_signal
+from .._process import child_pids, fork_child, process_name, send_signal
 from ..transports._channel import Channel, open_channel_pair
 from ..transports._frames import Become
 from ._child import knows, spare_main
 from ._events import Phase, StartStep
-from ._zygote import Zygote, strays
+from ._zygote import Zygote
 
 __all__ = ["Proc", "SpareKeeping", "PARK_MAX_S", "fork_with_channel"]
 
@@ -195,10 +207,7 @@ class SpareKeeping:
         self.zygote_deaths += 1
         log.warning("supervisor %s: zygote %d died (%d so far)", self.name(), zygote.pid,
                     self.zygote_deaths)
-        for pid in strays(set(self.procs)):
-            log.warning("supervisor %s: killing spare %d of the dead zygote", self.name(), pid)
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
+        self.sweep_orphans()  # the spares it made but never answered for
         if self.zygote_deaths >= _ZYGOTE_DEATHS_TOLERATED:
             log.error("supervisor %s: zygote died %d times; forking spares here from now on",
                       self.name(), self.zygote_deaths)
@@ -256,6 +265,41 @@ class SpareKeeping:
         send_signal(spare.pidfd, signal.SIGKILL)
         os.waitpid(spare.pid, 0)
         self.forget(spare)
+
+    def sweep_orphans(self) -> None:
+        """Kill and reap this process's children that are neither a child of the tree, nor
+        the zygote, nor a spare in the making (the module doc says why every other one is an
+        orphan). Never blocks: one killed now is reaped on the SIGCHLD of its death."""
+        try:
+            kids = child_pids(os.getpid())
+        except OSError as exc:
+            log.error("supervisor %s: cannot list its child processes to sweep orphans: %s",
+                      self.name(), exc)
+            return
+        live = set(self.procs)
+        if self.zygote is not None:
+            live.add(self.zygote.pid)
+        killed = []
+        for pid in kids:
+            if pid in live:
+                continue  # reaped through its pidfd
+            try:
+                group = os.getpgid(pid)
+            except ProcessLookupError:
+                continue
+            if group in live:
+                continue  # a spare in the making: the zygote answers for it
+            try:
+                if os.waitpid(pid, os.WNOHANG)[0]:
+                    continue  # it had died: reaped now
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+            except (ChildProcessError, ProcessLookupError):
+                pass
+        if killed:
+            log.warning("supervisor %s: killed %d orphan process(es) of children that are "
+                        "gone: %s", self.name(), len(killed),
+                        ", ".join(f"{k} ({process_name(k) or '?'})" for k in killed[:5]))
 
     def kill_spares(self) -> None:
         """On the way out: spares and the zygote go first (spares the zygote has not
