@@ -60,7 +60,10 @@ class Worker:
     #: ``handle_info`` as :class:`~prismatic.Exit` instead of stopping this process.
     trap_exit: bool = False
     #: Messages queued in the process before its mailbox stops reading (the high-water mark;
-    #: senders then block until their timeout and get :class:`~prismatic.MailboxFull`).
+    #: senders then block until their timeout and get :class:`~prismatic.MailboxFull`); it
+    #: reads again once half of them are handled. Only a worker with ``async`` handlers
+    #: queues: a plain handler holds the whole process, so nothing is read while it runs
+    #: and the kernel's socket buffers are the only queue.
     mailbox_limit: int = 10_000
 
     def init(self, *args: Any) -> None:

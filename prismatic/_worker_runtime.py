@@ -179,7 +179,7 @@ class WorkerContext:
         queue = self.queue
         while queue and not self.busy and self.stop_reason is None:
             conn, frame = queue.popleft()
-            if self.mailbox.paused and len(queue) < self.worker.mailbox_limit // 2:
+            if self.mailbox.paused and len(queue) <= self.worker.mailbox_limit // 2:
                 self.mailbox.resume()
             try:
                 self.dispatch(conn, frame)
