@@ -279,8 +279,8 @@ def test_monitors_and_links_fire_for_a_death_no_supervisor_reports(node_factory)
                                   if process_name(c) == "prism-sup:s"], 10, "the supervisor")
         os.kill(sup[0], signal.SIGKILL)
         for who, kind in (("alpha", "Down"), (pid(n, "t"), "Exit")):
-            notes = wait_until(lambda: [x for x in n.conn.call(who, ["notices"])
-                                        if x[1] == L(target)], 10, f"the {kind}")
+            notes = wait_until(lambda who=who: [x for x in n.conn.call(who, ["notices"])
+                                                if x[1] == L(target)], 10, f"the {kind}")
             assert notes == [[kind, L(target), "killed by SIGKILL"]]
         assert "was never reported" in n.log.with_name("node.out").read_text()
     finally:
@@ -305,8 +305,9 @@ def test_monitor_and_link_of_impossible_pids_answer_noproc(node):
         node.conn.call(c, ["monitor", L(ghost)])
         node.conn.call(t, ["link", L(ghost)])
         for who, kind in ((c, "Down"), (t, "Exit")):
-            notes = wait_until(lambda: [n for n in node.conn.call(who, ["notices"])
-                                        if n[1] == L(ghost)], 10, f"the {kind}")
+            notes = wait_until(lambda who=who, ghost=ghost: [
+                n for n in node.conn.call(who, ["notices"]) if n[1] == L(ghost)],
+                10, f"the {kind}")
             assert notes == [[kind, L(ghost), "noproc"]]
     assert node.conn.call(c, ["echo", 1]) == 1
 
