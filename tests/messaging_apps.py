@@ -48,6 +48,8 @@ class Agent(p.Worker):
             return self._later(args[0])
         if op == "crash":
             raise ValueError("asked to crash")
+        if op == "stop":  # exit with reason Normal (a permanent child is restarted)
+            raise p.Stop()
         if op == "die":
             os.kill(os.getpid(), signal.SIGKILL)
         if op == "monitor":

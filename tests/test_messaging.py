@@ -147,6 +147,23 @@ def test_link_kills_a_process_that_does_not_trap_exits(node):
     restarted(node, "a", a)
 
 
+def test_a_linked_process_that_does_not_trap_exits_ignores_a_normal_exit(node):
+    """OTP: an exit signal with reason normal does not kill a process that does not trap
+    exits; one that traps gets it as a message. Both c and t are linked to a."""
+    c, t, a = pid(node, "c"), pid(node, "t"), pid(node, "a")
+    node.conn.call(c, ["link", L(a)])
+    node.conn.call(t, ["link", L(a)])
+    with pytest.raises(p.ProcessDown) as info:
+        node.conn.call(a, ["stop"])
+    assert info.value.reason == p.Normal()
+    exits = wait_until(lambda: [n for n in node.conn.call(t, ["notices"]) if n[1] == L(a)],
+                       10, "t's EXIT message")
+    assert exits == [["Exit", L(a), "normal"]]  # so the hub sent the exit signal out
+    assert node.conn.call(c, ["echo", "alive"]) == "alive"
+    assert node.conn.pid_of("c") == c.ospid
+    restarted(node, "a", a)
+
+
 def test_trap_exit_turns_the_exit_into_a_message(node):
     t, a = pid(node, "t"), pid(node, "a")
     node.conn.call(t, ["link", L(a)])
