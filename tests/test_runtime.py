@@ -65,3 +65,16 @@ def test_a_stopped_nested_supervisor_is_not_found_until_restarted(node):
     assert [i.id for i in c.which_children(LEAF)] == ["b", "a"]
     assert c.count_children("mid") == {"specs": 2, "active": 2, "supervisors": 1,
                                        "workers": 1}
+
+
+def test_a_supervisor_whose_parent_is_gone_takes_its_subtree_down(node_factory):
+    """The supervisor gave up its PDEATHSIG (in its start callable): when its parent is
+    SIGKILLed, the parent channel's EOF alone must make it kill its children and exit."""
+    import os
+    import signal
+
+    n = node_factory("tests.failure_apps:orphaned")
+    sup, worker = n.conn.pid_of("s"), n.conn.pid_of("s/w")
+    assert f"outliving supervisor {sup}" in n.lines()
+    os.kill(n.conn.status().root_pid, signal.SIGKILL)
+    wait_until(lambda: not alive(sup) and not alive(worker), 10, "s and its worker to exit")

@@ -3,10 +3,13 @@
 
 from __future__ import annotations
 
+import os
+import signal
+
 import pytest
 
 import prismatic as p
-from tests.conftest import module_node, wait_until
+from tests.conftest import alive, module_node, wait_until
 
 node = module_node("tests.messaging_apps:queues")
 
@@ -87,3 +90,69 @@ def test_a_mailbox_limit_of_one_still_reads_every_message(node):
     one = _pid(node, "one")
     for i in range(5):
         assert node.conn.call(one, ["x", i], timeout=5) == ["x", i]
+
+
+# ---- failure paths -----------------------------------------------------------------------------
+
+failing = module_node("tests.failure_apps:failing")
+
+
+def test_a_crash_in_an_async_call_handler_is_the_exit_reason(failing):
+    ac = _pid(failing, "ac")
+    with failing.events() as ev:
+        with pytest.raises(p.ProcessDown) as info:
+            failing.conn.call(ac, "crash")
+        exited = ev.wait_for(lambda e: e.key == "ac" and e.kind == "child_exited", 10)
+    reason = info.value.reason
+    assert isinstance(reason, p.Crashed) and reason.type == "builtins.ValueError"
+    assert reason.message == "async handler failed" and "handle_call" in reason.traceback
+    assert exited.reason == reason and exited.pid == ac.ospid
+    assert failing.conn.call(_pid(failing, "ac"), "still") == "still"  # restarted
+
+
+def test_a_crash_in_an_async_cast_handler_is_the_exit_reason(failing):
+    ac = _pid(failing, "ac")
+    with failing.events() as ev:
+        assert failing.conn.cast(ac, "crash")
+        exited = ev.wait_for(lambda e: e.key == "ac" and e.kind == "child_exited", 10)
+    assert exited.pid == ac.ospid
+    assert isinstance(exited.reason, p.Crashed)
+    assert (exited.reason.type, exited.reason.message) == ("builtins.KeyError",
+                                                          "'async cast failed'")
+
+
+@pytest.mark.parametrize("key,message", [("bt", "terminate failed"),
+                                         ("abt", "async terminate failed")])
+def test_a_crash_inside_terminate_becomes_the_exit_reason(failing, key, message):
+    """As in gen_server: terminate raising on an orderly stop turns the stop into a crash,
+    which the supervisor reports as a shutdown error."""
+    before = _pid(failing, key)
+    with failing.events() as ev:
+        failing.conn.terminate_child("", key)
+        error = ev.wait_for(lambda e: e.key == key and e.kind == "shutdown_error", 10)
+        stopped = ev.wait_for(lambda e: e.key == key and e.kind == "child_stopped", 10)
+    for e in (error, stopped):
+        assert e.pid == before.ospid and isinstance(e.reason, p.Crashed)
+        assert (e.reason.type, e.reason.message) == ("builtins.RuntimeError", message)
+    assert failing.conn.restart_child("", key) not in (None, before.ospid)
+
+
+def test_a_start_callable_that_returns_no_worker_fails_the_start(failing):
+    with pytest.raises(p.StartError) as info:
+        failing.conn.start_child("", p.ChildSpec(id="nw",
+                                                 start="tests.failure_apps:not_a_worker"))
+    reason = info.value.exit_reason
+    assert isinstance(reason, p.Crashed) and reason.type == "builtins.TypeError"
+    assert "returned a dict, not a prismatic.Worker" in reason.message
+    assert "nw" not in [c.id for c in failing.conn.which_children()]
+
+
+def test_a_worker_whose_supervisor_is_gone_stops_in_order(node_factory):
+    """The worker gave up its PDEATHSIG: when its supervisor is SIGKILLed, the channel's EOF
+    alone must stop it, through terminate, with reason shutdown (supervisor gone)."""
+    n = node_factory("tests.failure_apps:orphaned")
+    o = n.conn.pid_of("o")
+    os.kill(n.conn.status().root_pid, signal.SIGKILL)
+    wait_until(lambda: "terminate outliving shutdown (supervisor gone)" in n.lines(), 10,
+               "the worker's terminate")
+    wait_until(lambda: not alive(o), 10, "the worker to exit")
