@@ -9,7 +9,9 @@ while starts follow one another (the next is made while the current child runs `
 lone restart asks for its successor only once it is done (made during the restart it would
 take a CPU from the replacement's ``init``); a start waits at most ``PARK_MAX_S`` for a spare
 in the making; a zygote that no longer knows every static spec is renewed once the supervisor
-is idle; a zygote that keeps dying is given up, with a log line.
+is idle; a zygote that keeps dying is given up, with a log line; a clone that fails (the
+process limit, a pids cgroup) is asked for again only after a backoff (0.1 s doubling to
+5 s), one log line each time, starts meanwhile forking their child directly.
 
 Orphans: every process of the tree is a child subreaper (``prismatic/_process.py``), so a
 process orphaned below a live child is reparented to that child, and one whose child is
@@ -31,6 +33,7 @@ import logging
 import os
 import selectors
 import signal
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -51,6 +54,7 @@ __all__ = ["Proc", "SpareKeeping", "PARK_MAX_S", "fork_with_channel"]
 log = logging.getLogger(__name__)
 
 _ZYGOTE_DEATHS_TOLERATED = 3  # then the supervisor forks its spares itself, and says so
+_CLONE_BACKOFF_S = (0.1, 5.0)  # after a failed clone, ask again after this, doubling to max
 PARK_MAX_S = 0.05  # a start waits this long at most for a spare in the making, then forks
 _AHEAD = 2  # spares in the making while starts follow one another
 
@@ -100,6 +104,8 @@ class SpareKeeping:
     parked_until: float
     starting: Proc | None
     exit_reason: ExitReason | None
+    spares_after: float  # monotonic time before which no spare is asked for (0: none)
+    clone_backoff: float
     state: Any
     path: tuple[str, ...]
     node: str
@@ -160,6 +166,10 @@ class SpareKeeping:
     def request_spares(self) -> None:
         """Keep one spare waiting, two while starts follow one another (the next is made
         while the current one runs ``init``)."""
+        if self.spares_after:
+            if time.monotonic() < self.spares_after:
+                return  # the last clone failed: not again before the backoff is over
+            self.spares_after = 0.0
         zygote = self.zygote
         if zygote is None or self.exit_reason is not None \
                 or self.state.phase in (Phase.STOPPING, Phase.STOPPED):
@@ -184,10 +194,17 @@ class SpareKeeping:
     def adopt(self, answers: list[tuple[Channel, int]], specs: dict[str, ChildSpec]) -> None:
         for channel, pid in answers:
             if pid < 0:
-                log.error("supervisor %s: its zygote could not make a spare: %s",
-                          self.name(), os.strerror(-pid))
                 channel.close()
+                if self.spares_after:
+                    continue  # one line per backoff: the others failed alike
+                lo, hi = _CLONE_BACKOFF_S
+                self.clone_backoff = min(max(lo, self.clone_backoff * 2), hi)
+                self.spares_after = time.monotonic() + self.clone_backoff
+                log.error("supervisor %s: its zygote could not make a spare: %s (children "
+                          "are forked directly; asking again in %.1f s)", self.name(),
+                          os.strerror(-pid), self.clone_backoff)
                 continue
+            self.clone_backoff = 0.0
             self.add_spare(pid, channel, specs)
         if self.parked is not None and (self.spares or not self.zygote
                                         or not self.zygote.pending):

@@ -89,6 +89,8 @@ class SupervisorRuntime(SpareKeeping):
         self.exit_reason: ExitReason | None = None
         self.inbox: list[Any] = []
         self.sweep_due = False  # a SIGCHLD came: orphans may wait to be killed or reaped
+        self.spares_after = 0.0
+        self.clone_backoff = 0.0
 
     # ---- the loop ---------------------------------------------------------------------------
 
@@ -113,6 +115,9 @@ class SupervisorRuntime(SpareKeeping):
                 timeout = max(0.0, self.next_deadline() - time.monotonic())
             elif self.wants_fork_spare() or self.wants_new_zygote():
                 timeout = 0.0
+            if self.spares_after:  # a clone failed: ask for a spare again when it is time
+                wait = max(0.0, self.spares_after - time.monotonic())
+                timeout = wait if timeout is None else min(timeout, wait)
             ready = self.sel.select(timeout)
             for key, _ in ready:
                 kind, obj = key.data
@@ -124,7 +129,7 @@ class SupervisorRuntime(SpareKeeping):
             self.fire_deadlines()
             if self.exit_reason is not None:
                 break
-            if ready:
+            if ready or (self.spares_after and time.monotonic() >= self.spares_after):
                 self.request_spares()
             if self.sweep_due:
                 self.sweep_due = False
