@@ -39,6 +39,7 @@ __all__ = ["Mailbox", "Inbound"]
 log = logging.getLogger(__name__)
 _decoder = msgspec.msgpack.Decoder(MailboxFrame)
 READ_SIZE = 1 << 16  # below malloc's mmap threshold: a bigger read buffer costs an mmap per read
+ACCEPT_RETRY_S = 0.1  # out of descriptors: how long before accept is tried again
 
 
 class Inbound:
@@ -85,6 +86,9 @@ class Mailbox:
         self.paused = False
         self.bad_frames = 0
         self.refused = 0
+        self.accept_errors = 0
+        self.starved = False  # out of descriptors to accept with (EMFILE/ENFILE)
+        self.accept_waiting = False  # the listener is unwatched until a retry
 
     def attach(self, loop: asyncio.AbstractEventLoop,
                on_frame: Callable[[Inbound, Any], None]) -> None:
@@ -100,9 +104,16 @@ class Mailbox:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
+                self.accept_errors += 1
                 if exc.errno in (errno.EMFILE, errno.ENFILE):
-                    log.error("mailbox: cannot accept a sender: %s", exc)
+                    self.wait_for_descriptors(exc)
+                else:  # the sender gave up before we took it (ECONNABORTED...): next one
+                    log.warning("mailbox: a connection failed before it was accepted: %s", exc)
                 return
+            if self.starved:
+                self.starved = False
+                log.warning("mailbox: accepting senders again (%d attempts failed)",
+                            self.accept_errors)
             if peer_uid(sock) != os.getuid():
                 self.refused += 1
                 log.warning("mailbox: refused a connection from another user")
@@ -113,6 +124,24 @@ class Mailbox:
             self.conns[conn.fd] = conn
             if not self.paused and self.loop is not None:
                 self.loop.add_reader(conn.fd, self.read, conn)
+
+    def wait_for_descriptors(self, exc: OSError) -> None:
+        """Out of descriptors: the waiting sender keeps the listener readable, so watching
+        it would spin. Look again in ``ACCEPT_RETRY_S``; one log line per shortage."""
+        if not self.starved:
+            self.starved = True
+            log.error("mailbox: cannot accept a sender: %s (trying again every %.1f s)",
+                      exc, ACCEPT_RETRY_S)
+        if self.loop is not None and not self.accept_waiting:
+            self.accept_waiting = True
+            self.loop.remove_reader(self.listener.fileno())
+            self.loop.call_later(ACCEPT_RETRY_S, self.accept_again)
+
+    def accept_again(self) -> None:
+        self.accept_waiting = False
+        if self.loop is not None and self.listener.fileno() >= 0:
+            self.loop.add_reader(self.listener.fileno(), self.accept)
+            self.accept()
 
     def receive(self, conn: Inbound) -> list[Any] | None:
         """The frames one read brings (counting bad ones); None if nothing was waiting.
@@ -191,7 +220,7 @@ class Mailbox:
         self.conns.clear()
 
     def close(self) -> None:
-        if self.loop is not None:
+        if self.loop is not None and not self.accept_waiting:
             self.loop.remove_reader(self.listener.fileno())
         for conn in list(self.conns.values()):
             self.close_conn(conn)

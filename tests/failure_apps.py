@@ -45,6 +45,31 @@ class AsyncBadTerminate(p.Worker):
         raise RuntimeError("async terminate failed")
 
 
+class FdStarved(p.Worker):
+    """``["starve"]`` lowers its descriptor limit to what it has open, so its mailbox can
+    accept no sender; ``["feed"]`` restores it; ``["cpu"]`` its CPU seconds so far."""
+
+    def init(self) -> None:
+        import resource
+
+        self.limits = resource.getrlimit(resource.RLIMIT_NOFILE)
+
+    def handle_call(self, msg: Any, caller: p.Caller) -> Any:
+        import resource
+
+        if msg == "starve":
+            open_now = len(os.listdir("/proc/self/fd")) - 1  # less the listing's own
+            resource.setrlimit(resource.RLIMIT_NOFILE, (open_now, self.limits[1]))
+            return open_now
+        if msg == "feed":
+            resource.setrlimit(resource.RLIMIT_NOFILE, self.limits)
+            return "fed"
+        if msg == "cpu":
+            t = os.times()
+            return t.user + t.system
+        return msg
+
+
 def not_a_worker(*args: Any) -> Any:
     return {"a": "dict"}
 
@@ -69,7 +94,8 @@ def failing() -> p.SupervisorSpec:
         flags=p.SupFlags(intensity=20, period=5),
         children=[p.ChildSpec(id="ac", start=AsyncCrasher),
                   p.ChildSpec(id="bt", start=BadTerminate),
-                  p.ChildSpec(id="abt", start=AsyncBadTerminate)])
+                  p.ChildSpec(id="abt", start=AsyncBadTerminate),
+                  p.ChildSpec(id="fd", start=FdStarved)])
 
 
 def orphaned() -> p.SupervisorSpec:

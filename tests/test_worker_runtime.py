@@ -156,3 +156,22 @@ def test_a_worker_whose_supervisor_is_gone_stops_in_order(node_factory):
     wait_until(lambda: "terminate outliving shutdown (supervisor gone)" in n.lines(), 10,
                "the worker's terminate")
     wait_until(lambda: not alive(o), 10, "the worker to exit")
+
+
+def test_a_mailbox_that_cannot_accept_recovers_without_spinning(failing, tmp_path):
+    """Out of descriptors (EMFILE), a worker's mailbox cannot accept a new sender: the
+    sender waits, the worker neither spins on the readable listener nor floods its log,
+    and once descriptors are free again the waiting sender is accepted and answered."""
+    fd = _pid(failing, "fd")
+    assert failing.conn.call(fd, "starve") > 0
+    cpu = failing.conn.call(fd, "cpu")
+    with p.connect(failing.data_dir) as other:  # a new sender: a new connection to accept
+        with pytest.raises(p.CallTimeout):
+            other.call(fd, "hello", timeout=0.5)
+        spent = failing.conn.call(fd, "cpu") - cpu
+        assert failing.conn.call(fd, "feed") == "fed"
+        assert other.call(fd, "again", timeout=5) == "again"
+    assert spent < 0.2, f"{spent:.2f} s of CPU in 0.5 s: spinning on accept"
+    out = failing.log.with_name("node.out").read_text()
+    assert 1 <= out.count("mailbox: cannot accept a sender") <= 3
+    assert _pid(failing, "fd") == fd
