@@ -1334,6 +1334,7 @@ class SupervisorWorld(RuleBasedStateMachine):
         menu = self.menu()
         move = data.draw(st.sampled_from(menu), label="move")
         event(f"move: {move}")
+        self.counts[f"move: {move}"] += 1
         getattr(self, f"do_{move}")(data)
 
     def menu(self) -> list[str]:
@@ -1546,7 +1547,7 @@ def test_supervisor_world(strategy: Strategy) -> None:
     world = _world_for(strategy)
     run_state_machine_as_test(world, settings=SETTINGS)
     totals = dict(world.totals)
-    print(f"{strategy.value}: {totals}")
+    print(f"\n{strategy.value}: " + ", ".join(f"{k} {v}" for k, v in sorted(totals.items())))
     for key, floor in FLOORS.items():
         assert totals.get(key, 0) >= floor, (key, totals)
 
