@@ -10,6 +10,8 @@ Layout (every key optional except each child's ``id`` and a worker's ``start``):
     log_format = "text"        # text | json
     log_file = "node.log"      # reopened on SIGHUP (logrotate)
     log_level = "info"         # debug | info | warning | error | critical
+    listen = "0.0.0.0:4370"    # cluster mesh: listen for other nodes, join these seeds
+    join = ["10.0.0.5:4370"]   # (with the cluster secret: cluster_secret = "path")
 
     [eventlog]                 # retention: the oldest events go first
     max_bytes = 1073741824     # default 1 GiB
@@ -102,6 +104,9 @@ class NodeSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     log_format: LogFormat = LogFormat.TEXT
     log_file: str | None = None
     log_level: str | None = None
+    listen: str | None = None  # the cluster mesh (docs/cluster.md)
+    join: tuple[str, ...] = ()
+    cluster_secret: str | None = None
 
 
 class EventLogSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -24,7 +24,13 @@ call (tag)     fields                                 Ok value
 ``tree``       ref, cookie                            ``list[TreeRow]``
 ``status``     ref, cookie                            :class:`NodeStatus`
 ``metrics``    ref, cookie                            Prometheus text exposition (``str``)
+``cl_members`` ref, cookie                            ``list[MemberRow]`` (prismatic.mesh._loop)
+``cl_join``    ref, seeds (``HOST:PORT``), cookie     ``None``: the join was asked (retried)
+``cl_leave``   ref, cookie                            ``None``: the leave was announced
 =============  =====================================  ===========================================
+
+The ``cl_*`` calls are answered ``Err("no_mesh", ...)`` by a node started without
+``--listen``/``--join``.
 """
 
 from __future__ import annotations
@@ -37,11 +43,13 @@ from ._exit import ExitReason
 
 __all__ = ["SupervisorCall", "TreeCall", "StatusCall", "MetricsCall", "ControlCall",
            "ControlReply", "TreeRow", "NodeStatus", "ProcessState", "UNAUTHORIZED",
-           "METRICS_FAILED", "CONTROL_MAX_BYTES"]
+           "METRICS_FAILED", "CONTROL_MAX_BYTES", "ClusterMembersCall", "ClusterJoinCall",
+           "ClusterLeaveCall", "NO_MESH"]
 
 UNAUTHORIZED = "unauthorized"  # the Err reason of a refused cookie
 METRICS_FAILED = "metrics_failed"  # the node could not produce its metrics (logged there)
 CONTROL_MAX_BYTES = 1024 * 1024  # a start_child with large args fits; 100 MiB does not
+NO_MESH = "no_mesh"  # a cluster call to a node that runs without the mesh
 
 
 class SupervisorCall(msgspec.Struct, frozen=True, tag="supervisor"):
@@ -66,7 +74,24 @@ class MetricsCall(msgspec.Struct, frozen=True, tag="metrics"):
     cookie: str = ""
 
 
-ControlCall = SupervisorCall | TreeCall | StatusCall | MetricsCall
+class ClusterMembersCall(msgspec.Struct, frozen=True, tag="cl_members"):
+    ref: int
+    cookie: str = ""
+
+
+class ClusterJoinCall(msgspec.Struct, frozen=True, tag="cl_join"):
+    ref: int
+    seeds: tuple[str, ...] = ()
+    cookie: str = ""
+
+
+class ClusterLeaveCall(msgspec.Struct, frozen=True, tag="cl_leave"):
+    ref: int
+    cookie: str = ""
+
+
+ControlCall = SupervisorCall | TreeCall | StatusCall | MetricsCall | ClusterMembersCall \
+    | ClusterJoinCall | ClusterLeaveCall
 
 
 class ControlReply(msgspec.Struct, frozen=True):

@@ -257,6 +257,17 @@ class Mailbox:
             for conn in list(self.conns.values()):
                 self.loop.add_reader(conn.fd, self.read, conn)
 
+    def close_in_fork(self) -> None:
+        """In a process forked from the owner (a worker's own ``os.fork``): drop the owner's
+        listening socket and sender connections. A forked child holding them would keep the
+        address alive after the owner died: senders would connect, a cast be lost without a
+        dead letter and a call wait for its timeout. Only descriptors are closed: the loop's
+        epoll set is shared with the owner, whose registrations must stay."""
+        self.listener.close()
+        for conn in self.conns.values():
+            conn.sock.close()
+        self.conns.clear()
+
     def close(self) -> None:
         if self.loop is not None and self.accepting:
             self.accepting = False

@@ -23,7 +23,7 @@ import signal
 import stat
 import sys
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from ._address import default_node_name
 from ._childspec import SupervisorSpec, import_ref
@@ -71,7 +71,7 @@ def run_node(spec: SupervisorSpec, *, name: str | None = None,
              data_dir: Path | str | None = None, show_tree: bool = True,
              out: TextIO = sys.stdout, metrics_port: int = 0,
              metrics_host: str = "127.0.0.1", eventlog_max_bytes: int | None = None,
-             eventlog_max_age_s: float | None = None) -> int:
+             eventlog_max_age_s: float | None = None, mesh: Any = None) -> int:
     """Run a node until it is told to stop (exit code 0) or its root supervisor dies (1).
 
     ``metrics_port`` > 0 serves Prometheus metrics on ``http://<metrics_host>:<port>/metrics``
@@ -79,8 +79,14 @@ def run_node(spec: SupervisorSpec, *, name: str | None = None,
     :data:`METRICS_PORT_AUTO`: a port the kernel picks, in ``NodeStatus.metrics_url``).
     ``eventlog_max_bytes`` / ``eventlog_max_age_s``: the event log's retention (None: no
     bound; the command line's default is 1 GiB).
+    ``mesh`` (a :class:`prismatic.mesh.MeshSettings`) makes the node a cluster member; its
+    secret is checked here, before anything starts.
     """
     name = name or default_node_name()
+    if mesh is not None:
+        from .mesh import check_settings  # noqa: PLC0415 - only a clustered node needs it
+
+        check_settings(name, mesh)  # a bad secret, address or name: fail before the fork
     data = Path(data_dir) if data_dir is not None else default_data_dir(name)
     try:
         prepare_data_dir(data)
@@ -111,7 +117,7 @@ def run_node(spec: SupervisorSpec, *, name: str | None = None,
         from ._node_loop import serve  # noqa: PLC0415 - after the fork, by design
 
         return serve(name, data, mine, root_pid, show_tree, out, cookie, hub_sock,
-                     metrics_port, metrics_host, eventlog_max_bytes, eventlog_max_age_s)
+                     metrics_port, metrics_host, eventlog_max_bytes, eventlog_max_age_s, mesh)
     except EventLogError as exc:  # a log that is not ours, corrupt, or newer: never touch it
         os.kill(root_pid, signal.SIGKILL)  # the tree must not run without its node
         os.waitpid(root_pid, 0)

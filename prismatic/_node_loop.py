@@ -16,7 +16,10 @@ The loop (uvloop) serves:
 * the event log ``<data dir>/eventlog`` (LMDB, :mod:`.eventlog`): every lifecycle event is
   appended under the same topic, group-committed and synced;
 * SIGINT/SIGTERM: stop the tree in order (SIGTERM to the root, which stops its children in
-  reverse start order), then exit 0.
+  reverse start order), then exit 0;
+* with ``--listen``/``--join``, the node mesh (:mod:`prismatic.mesh`): member changes are
+  published and logged as ``cluster.node.<name>.up|down|left``; SIGTERM first announces
+  the node's departure to the cluster.
 """
 
 from __future__ import annotations
@@ -39,8 +42,9 @@ import zmq.asyncio
 
 from ._address import Pid
 from ._control import (
-    CONTROL_MAX_BYTES, METRICS_FAILED, UNAUTHORIZED, ControlCall, ControlReply,
-    MetricsCall, NodeStatus, StatusCall, SupervisorCall, TreeCall, TreeRow,
+    CONTROL_MAX_BYTES, METRICS_FAILED, NO_MESH, UNAUTHORIZED, ClusterJoinCall,
+    ClusterLeaveCall, ClusterMembersCall, ControlCall, ControlReply, MetricsCall, NodeStatus,
+    StatusCall, SupervisorCall, TreeCall, TreeRow,
 )
 from ._cookie import cookie_matches
 from ._crash_log import CrashLog
@@ -74,11 +78,13 @@ _call_decoder = msgspec.msgpack.Decoder(ControlCall)
 
 def serve(name: str, data: Path, root: Channel, root_pid: int, show_tree: bool, out: TextIO,
           cookie: str, hub_sock: socket.socket, metrics_port: int, metrics_host: str,
-          eventlog_max_bytes: int | None = None, eventlog_max_age_s: float | None = None) -> int:
+          eventlog_max_bytes: int | None = None, eventlog_max_age_s: float | None = None,
+          mesh: Any = None) -> int:
     # Opened only now, after the node's one fork (LMDB must never cross a fork).
     with open_event_log(str(data / "eventlog"), node=name, max_bytes=eventlog_max_bytes,
                         max_age_s=eventlog_max_age_s) as event_log:
         node = NodeLoop(name, data, root, root_pid, show_tree, out, event_log, cookie)
+        node.mesh_settings = mesh
         return uvloop.run(node.main(hub_sock, metrics_port, metrics_host))
 
 
@@ -113,6 +119,9 @@ class NodeLoop:
         self.hub = Hub(name, self.on_dead_letter,
                        lambda tag: self.metrics.hub_requests.labels(tag).inc(), self.on_emit)
         self.hub.process_started(root_pid)
+        self.mesh_settings: Any = None  # prismatic.mesh.MeshSettings: run the mesh
+        self.mesh: Any = None
+        self.exit_code = 0  # what an orderly stop exits with (2: the mesh refused our name)
 
     async def main(self, hub_sock: socket.socket, metrics_port: int = 0,
                    metrics_host: str = "127.0.0.1") -> int:
@@ -140,6 +149,8 @@ class NodeLoop:
         if self.show_tree:
             self.tasks.start("tree printer", self.print_tree())
         self.tasks.start("heartbeat", self.beat())
+        if self.mesh_settings is not None:
+            await self.start_mesh()
         if metrics_port:
             try:
                 self.metrics_server = serve_metrics(self.metrics, max(metrics_port, 0),
@@ -156,6 +167,8 @@ class NodeLoop:
             self.tasks.close()
             if self.metrics_server is not None:
                 self.metrics_server.close()
+            if self.mesh is not None:
+                await self.mesh.close()
             self.hub.close()
             self.control.close(0)
             self.forwarder.close()
@@ -175,6 +188,8 @@ class NodeLoop:
             send_signal(self.root_pidfd, signal.SIGKILL)  # second Ctrl-C: no more waiting
             return
         self.stopping = True
+        if self.mesh is not None:
+            self.mesh.leave()  # others mark us left at once, not dead after a timeout
         self.say(f"node {self.name}: stopping the tree")
         send_signal(self.root_pidfd, signal.SIGTERM)
 
@@ -292,7 +307,7 @@ class NodeLoop:
             self.answer(ref, msgspec.Raw(_encoder.encode(Err("noproc", "root supervisor exited"))))
         if self.stopping and isinstance(reason, (Normal, Shutdown)):
             self.say(f"node {self.name}: stopped")
-            self.done.set_result(0)
+            self.done.set_result(self.exit_code)
             return
         what = "failed to start" if not self.ready else "exited"
         culprit = self.crashes.culprit("root")
@@ -338,9 +353,55 @@ class NodeLoop:
             self.reply(ident, call.ref, Ok(self.tree_rows()))
         elif isinstance(call, StatusCall):
             self.reply(ident, call.ref, Ok(self.status()))
+        elif isinstance(call, (ClusterMembersCall, ClusterJoinCall, ClusterLeaveCall)):
+            self.on_cluster_call(ident, call)
         elif isinstance(call, MetricsCall):
             # Off the loop: a scrape asks every worker for its mailbox statistics.
             asyncio.get_running_loop().create_task(self.reply_metrics(ident, call.ref))
+
+    # ---- the mesh (prismatic.mesh) -----------------------------------------------------------
+
+    async def start_mesh(self) -> None:
+        from .mesh._loop import MeshLoop  # noqa: PLC0415 - only a clustered node needs it
+
+        try:
+            self.mesh = MeshLoop(self.name, self.mesh_settings, self.on_cluster_event,
+                                 self.mesh_fatal)
+            addr = await self.mesh.start()
+        except PrismaticError as exc:
+            self.mesh = None
+            self.mesh_fatal(str(exc))
+            return
+        self.metrics.registry.register(self.mesh.collector())
+        self.say(f"node {self.name}: cluster address {addr.removeprefix('tcp://')}")
+
+    def mesh_fatal(self, reason: str) -> None:
+        self.say(f"node {self.name}: error: {reason}")
+        log.error("node: %s; stopping", reason)
+        self.exit_code = 2
+        self.stop()
+
+    def on_cluster_event(self, topic: str, body: dict[str, Any]) -> None:
+        self.forwarder.send(topic.encode(), _encoder.encode((body,)))
+        self.log.submit(topic, body, source="mesh").add_done_callback(self.logged)
+
+    def on_cluster_call(self, ident: bytes, call: Any) -> None:
+        if self.mesh is None:
+            self.reply(ident, call.ref, Err(NO_MESH, f"node {self.name} runs without the "
+                                                     "cluster mesh (start it with --listen "
+                                                     "or --join)"))
+        elif isinstance(call, ClusterMembersCall):
+            self.reply(ident, call.ref, Ok(self.mesh.members()))
+        elif isinstance(call, ClusterJoinCall):
+            try:
+                self.mesh.join(call.seeds)
+            except PrismaticError as exc:
+                self.reply(ident, call.ref, Err("badarg", str(exc)))
+                return
+            self.reply(ident, call.ref, Ok(None))
+        else:
+            self.mesh.leave()
+            self.reply(ident, call.ref, Ok(None))
 
     async def reply_metrics(self, ident: bytes, ref: int) -> None:
         try:

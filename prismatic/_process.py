@@ -5,6 +5,15 @@ Every process Prismatic starts comes from :func:`fork_child`, which makes these 
 * the child dies with its parent: ``PR_SET_PDEATHSIG(SIGKILL)`` is set first thing, and the
   child exits at once if its parent already died in between (so SIGKILL on any supervisor, or
   on the node, takes its whole subtree down, level by level, with no orphans);
+* the child's own child processes die with it. It leads a process group of its own (a
+  zygote's sibling once it becomes a child, see ``supervisors/_child.py``), and whatever it
+  forks or spawns stays in that group unless it leaves it; its supervisor kills the group
+  when the child exits (:func:`kill_group`). PDEATHSIG cannot cover this (the kernel clears
+  it in a fork, and user code forks). For what leaves the group (``setsid``, a daemon's
+  double fork) every process of the tree is a child subreaper (:func:`become_subreaper`):
+  a descendant orphaned while the child lives is reparented to the child, and once the
+  child is gone, to its supervisor, which kills every process it adopts (a supervisor's
+  own children are only the tree's children, its zygote and the zygote's spares);
 * the child keeps only the file descriptors it is given: every inherited descriptor (the
   parent's sockets, ZeroMQ's internal fds, LMDB's files) is closed, so no ZeroMQ context or
   LMDB environment is carried across a fork in any usable form; the child never touches the
@@ -29,10 +38,11 @@ from typing import Any, NoReturn
 from ._clone import clone_sibling
 
 __all__ = ["fork_child", "fork_sibling", "set_process_name", "process_name", "child_pids",
-           "uss_bytes", "send_signal"]
+           "uss_bytes", "send_signal", "kill_group", "become_subreaper", "lead_own_group"]
 
 _PR_SET_NAME = 15
 _PR_SET_PDEATHSIG = 1
+_PR_SET_CHILD_SUBREAPER = 36
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -48,6 +58,29 @@ def send_signal(pidfd: int, sig: int) -> bool:
         return True
     except ProcessLookupError:
         return False
+
+
+def kill_group(pgid: int) -> None:
+    """SIGKILL every process of the group ``pgid`` (a child's, led by it). Safe from pid reuse
+    while the leader is our unreaped child or any member lives: a group id stays allocated as
+    long as the group has a member, zombie or not. Quiet if the group is already empty."""
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def become_subreaper() -> None:
+    """Make this process a child subreaper: orphans of its descendants are reparented to it
+    (not to init), so it can kill and reap them. Raises OSError if the kernel refuses."""
+    if _libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"PR_SET_CHILD_SUBREAPER: {os.strerror(err)}")
+
+
+def lead_own_group() -> None:
+    """Put this process in a new process group of its own (its pid is the group id)."""
+    os.setpgid(0, 0)
 
 
 def fork_child(keep_fds: tuple[int, ...], main: Callable[[], int], name: str) -> int:
@@ -88,6 +121,9 @@ def _child_body(parent: int, keep_fds: tuple[int, ...], main: Callable[[], int],
         _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         if os.getppid() != parent:
             os._exit(0)  # the parent died before PDEATHSIG was armed
+        if set_signals:  # a sibling (a spare) stays in its zygote's group until it becomes
+            lead_own_group()  # a child: the supervisor tells spares in the making by it
+        become_subreaper()  # not inherited: each process of the tree sets it
         os.closerange(3, _lowest(keep_fds))
         for lo, hi in _gaps(keep_fds):
             os.closerange(lo, hi)

@@ -14,6 +14,13 @@ supervisor. The runtime calls, in order:
 
 An exception escaping a handler crashes the process with that exception as the exit reason.
 A normal stop is explicit: raise :class:`Stop` (default reason ``Normal()``).
+
+Child processes a worker makes (``os.fork``, ``subprocess``, ``multiprocessing``) die with
+it, however it ends: they stay in its process group, which its supervisor kills, and the
+worker is a child subreaper, so a descendant orphaned while it lives (a daemon's double
+fork) becomes its child, and dies with it too. Such an adopted process that exits first
+stays a zombie until the worker reaps it (``os.waitpid(pid, 0)``) or exits. A forked child
+does not inherit the worker's mailbox: messages to a dead worker are dead letters at once.
 """
 
 from __future__ import annotations
@@ -54,7 +61,10 @@ class Worker:
     #: ``handle_info`` as :class:`~prismatic.Exit` instead of stopping this process.
     trap_exit: bool = False
     #: Messages queued in the process before its mailbox stops reading (the high-water mark;
-    #: senders then block until their timeout and get :class:`~prismatic.MailboxFull`).
+    #: senders then block until their timeout and get :class:`~prismatic.MailboxFull`); it
+    #: reads again once half of them are handled. Only a worker with ``async`` handlers
+    #: queues: a plain handler holds the whole process, so nothing is read while it runs
+    #: and the kernel's socket buffers are the only queue.
     mailbox_limit: int = 10_000
 
     def init(self, *args: Any) -> Awaitable[None] | None:

@@ -83,6 +83,8 @@ class WorkerContext:
         self.received = 0
         self.names: set[str] = set()
         self.mailbox = Mailbox(pid.node, pid.ospid)
+        # O_CLOEXEC covers exec, not fork: a child the worker forks must not hold the mailbox.
+        os.register_at_fork(after_in_child=self.mailbox.close_in_fork)
         self._pubsub: WorkerPubSub | None = None  # made on first publish/subscribe
         self._outbox: Outbox | None = None  # made on first send
 
@@ -181,7 +183,7 @@ class WorkerContext:
         assert self.worker is not None
         while queue and not self.busy and self.stop_reason is None:
             conn, frame = queue.popleft()
-            if self.mailbox.paused and len(queue) < self.worker.mailbox_limit // 2:
+            if self.mailbox.paused and len(queue) <= self.worker.mailbox_limit // 2:
                 self.mailbox.resume()
             try:
                 self.dispatch(conn, frame)

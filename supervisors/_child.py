@@ -20,7 +20,7 @@ from .._address import Pid
 from .._childspec import ChildSpec, ChildType, SupervisorSpec, resolve_start
 from .._errors import ChildSpecError
 from .._exit import reason_from_exception
-from .._process import set_process_name
+from .._process import lead_own_group, set_process_name
 from .._worker import Worker
 from .._worker_runtime import WorkerContext, run_worker
 from ..transports._channel import Channel
@@ -45,6 +45,9 @@ def spare_main(channel: Channel, specs: dict[str, ChildSpec], path: tuple[str, .
     frame = channel.receive_one()
     if not isinstance(frame, Become):
         return 0
+    # Until now this spare was in its zygote's process group, which is how the supervisor
+    # tells spares in the making from orphans (see _procs.SpareKeeping.sweep_orphans).
+    lead_own_group()
     spec = specs[frame.spec_id]
     if frame.key != frame.spec_id:  # a dynamic child: the template with its own args
         spec = msgspec.structs.replace(spec, args=tuple(frame.args))

@@ -1,8 +1,11 @@
 """Restart intensity: OTP's ``add_restart/1`` as a pure function.
 
 A supervisor may restart children at most ``intensity`` times in any window of ``period``
-seconds. One deliberate difference from OTP: times are float seconds of the monotonic clock,
-where OTP truncates to whole seconds, so the window is exact rather than rounded.
+seconds. The window is OTP's, boundary included: ``supervisor.erl`` keeps every restart
+``R`` with ``R >= Now - Period``, so a restart exactly ``period`` seconds ago still counts.
+One deliberate difference from OTP: times are float seconds of the monotonic clock, where
+OTP truncates to whole seconds (``erlang:monotonic_time(1)``), so the window is exact rather
+than rounded.
 """
 
 from __future__ import annotations
@@ -16,11 +19,12 @@ def add_restart(restarts: tuple[float, ...], now: float, intensity: int,
     intensity is exceeded.
 
     ``restarts`` is newest first. Invariant of the result: every kept time ``t`` has
-    ``now - t < period``, and exceeded is ``len(kept) > intensity``.
+    ``t >= now - period`` (OTP's threshold), and exceeded is ``len(kept) > intensity``.
     """
+    threshold = now - period
     kept = [now]
     for t in restarts:
-        if now - t < period:
+        if t >= threshold:
             kept.append(t)
         else:
             break  # newest first: everything after this one is older still

@@ -9,7 +9,21 @@ while starts follow one another (the next is made while the current child runs `
 lone restart asks for its successor only once it is done (made during the restart it would
 take a CPU from the replacement's ``init``); a start waits at most ``PARK_MAX_S`` for a spare
 in the making; a zygote that no longer knows every static spec is renewed once the supervisor
-is idle; a zygote that keeps dying is given up, with a log line.
+is idle; a zygote that keeps dying is given up, with a log line; a clone that fails (the
+process limit, a pids cgroup) is asked for again only after a backoff (0.1 s doubling to
+5 s), one log line each time, starts meanwhile forking their child directly.
+
+Orphans: every process of the tree is a child subreaper (``prismatic/_process.py``), so a
+process orphaned below a live child is reparented to that child, and one whose child is
+gone (a worker's own child processes when the worker died, the children of a child
+supervisor that was killed) is reparented to the supervisor. So the supervisor's children
+are the tree's children, its zygote, the zygote's spares in the making (which stay in the
+zygote's process group until they become a child), and orphans, which it kills:
+:meth:`SpareKeeping.sweep_orphans`, on every SIGCHLD (a death of any child, known or
+adopted: a death reparents the dead process's children before it is reported). Each child
+also leads its own process group, killed whole the moment the child is found dead, so its
+descendants that stayed in the group die at once. "No process outlives its supervisor"
+holds for the whole subtree of each child, not just the processes the supervisor forked.
 """
 
 from __future__ import annotations
@@ -19,6 +33,7 @@ import logging
 import os
 import selectors
 import signal
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -27,18 +42,19 @@ import msgspec
 from .._childspec import ChildSpec, ChildType
 from .._clone import sibling_support
 from .._exit import ExitReason
-from .._process import fork_child, send_signal
+from .._process import child_pids, fork_child, process_name, send_signal
 from ..transports._channel import Channel, open_channel_pair
 from ..transports._frames import Become
 from ._child import knows, spare_main
 from ._events import Phase, StartStep
-from ._zygote import Zygote, strays
+from ._zygote import Zygote
 
 __all__ = ["Proc", "SpareKeeping", "PARK_MAX_S", "fork_with_channel"]
 
 log = logging.getLogger(__name__)
 
 _ZYGOTE_DEATHS_TOLERATED = 3  # then the supervisor forks its spares itself, and says so
+_CLONE_BACKOFF_S = (0.1, 5.0)  # after a failed clone, ask again after this, doubling to max
 PARK_MAX_S = 0.05  # a start waits this long at most for a spare in the making, then forks
 _AHEAD = 2  # spares in the making while starts follow one another
 
@@ -88,6 +104,8 @@ class SpareKeeping:
     parked_until: float
     starting: Proc | None
     exit_reason: ExitReason | None
+    spares_after: float  # monotonic time before which no spare is asked for (0: none)
+    clone_backoff: float
     state: Any
     path: tuple[str, ...]
     node: str
@@ -148,6 +166,10 @@ class SpareKeeping:
     def request_spares(self) -> None:
         """Keep one spare waiting, two while starts follow one another (the next is made
         while the current one runs ``init``)."""
+        if self.spares_after:
+            if time.monotonic() < self.spares_after:
+                return  # the last clone failed: not again before the backoff is over
+            self.spares_after = 0.0
         zygote = self.zygote
         if zygote is None or self.exit_reason is not None \
                 or self.state.phase in (Phase.STOPPING, Phase.STOPPED):
@@ -172,10 +194,17 @@ class SpareKeeping:
     def adopt(self, answers: list[tuple[Channel, int]], specs: dict[str, ChildSpec]) -> None:
         for channel, pid in answers:
             if pid < 0:
-                log.error("supervisor %s: its zygote could not make a spare: %s",
-                          self.name(), os.strerror(-pid))
                 channel.close()
+                if self.spares_after:
+                    continue  # one line per backoff: the others failed alike
+                lo, hi = _CLONE_BACKOFF_S
+                self.clone_backoff = min(max(lo, self.clone_backoff * 2), hi)
+                self.spares_after = time.monotonic() + self.clone_backoff
+                log.error("supervisor %s: its zygote could not make a spare: %s (children "
+                          "are forked directly; asking again in %.1f s)", self.name(),
+                          os.strerror(-pid), self.clone_backoff)
                 continue
+            self.clone_backoff = 0.0
             self.add_spare(pid, channel, specs)
         if self.parked is not None and (self.spares or not self.zygote
                                         or not self.zygote.pending):
@@ -195,10 +224,7 @@ class SpareKeeping:
         self.zygote_deaths += 1
         log.warning("supervisor %s: zygote %d died (%d so far)", self.name(), zygote.pid,
                     self.zygote_deaths)
-        for pid in strays(set(self.procs)):
-            log.warning("supervisor %s: killing spare %d of the dead zygote", self.name(), pid)
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
+        self.sweep_orphans()  # the spares it made but never answered for
         if self.zygote_deaths >= _ZYGOTE_DEATHS_TOLERATED:
             log.error("supervisor %s: zygote died %d times; forking spares here from now on",
                       self.name(), self.zygote_deaths)
@@ -256,6 +282,43 @@ class SpareKeeping:
         send_signal(spare.pidfd, signal.SIGKILL)
         os.waitpid(spare.pid, 0)
         self.forget(spare)
+
+    def sweep_orphans(self) -> None:
+        """Kill and reap this process's children that are neither a child of the tree, nor
+        the zygote, nor a spare in the making (the module doc says why every other one is an
+        orphan). Never blocks: one killed now is reaped on the SIGCHLD of its death."""
+        try:
+            kids = child_pids(os.getpid())
+        except OSError as exc:
+            log.error("supervisor %s: cannot list its child processes to sweep orphans: %s",
+                      self.name(), exc)
+            return
+        zygote = self.zygote.pid if self.zygote is not None else 0
+        # Usually every one is known (reaped through its pidfd): a dict lookup each, so a
+        # supervisor of 1,000 children stopping them pays little for each SIGCHLD.
+        unknown = [k for k in kids if k not in self.procs and k != zygote]
+        if not unknown:
+            return
+        live = {*self.procs, zygote}
+        killed = []
+        for pid in unknown:
+            try:
+                group = os.getpgid(pid)
+            except ProcessLookupError:
+                continue
+            if zygote and group == zygote:
+                continue  # a spare in the making: the zygote answers for it
+            try:
+                if os.waitpid(pid, os.WNOHANG)[0] or group in live:
+                    continue  # it had died: reaped now; or a live child's own (defensive)
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+            except (ChildProcessError, ProcessLookupError):
+                pass
+        if killed:
+            log.warning("supervisor %s: killed %d orphan process(es) of children that are "
+                        "gone: %s", self.name(), len(killed),
+                        ", ".join(f"{k} ({process_name(k) or '?'})" for k in killed[:5]))
 
     def kill_spares(self) -> None:
         """On the way out: spares and the zygote go first (spares the zygote has not

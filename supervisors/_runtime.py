@@ -8,7 +8,9 @@ epoll loop (no asyncio: it only waits on fds and one timer) over
   lifecycle events and replies up through it),
 * each child's pidfd, which becomes readable when the child dies: exits are reaped at once,
   never polled for,
-* a wakeup fd for SIGTERM (an orderly shutdown request from the parent),
+* a wakeup fd for SIGTERM (an orderly shutdown request from the parent) and SIGCHLD (a
+  death among its children, including processes it adopted as a child subreaper: orphans
+  are swept once the batch of events is handled, off the restart's path; see :mod:`._procs`),
 * the earliest SIGKILL deadline of a child being stopped.
 
 Fast starts and restarts: children are made ahead of need as *spares*, idle processes that
@@ -35,7 +37,7 @@ import msgspec
 
 from .._childspec import ChildSpec, ChildType, ShutdownKind, SupervisorSpec
 from .._exit import ExitReason, reason_from_wait_status
-from .._process import send_signal
+from .._process import become_subreaper, kill_group, send_signal
 from .._reactor import open_signal_wakeup
 from .._worker_runtime import exit_code_for
 from ..transports._channel import Channel
@@ -86,12 +88,21 @@ class SupervisorRuntime(SpareKeeping):
         self.next_ref = 1
         self.exit_reason: ExitReason | None = None
         self.inbox: list[Any] = []
+        self.sweep_due = False  # a SIGCHLD came: orphans may wait to be killed or reaped
+        self.spares_after = 0.0
+        self.clone_backoff = 0.0
 
     # ---- the loop ---------------------------------------------------------------------------
 
     def run(self) -> int:
         wake_r, _wake_w = open_signal_wakeup()  # both ends live as long as this loop
         signal.signal(signal.SIGTERM, lambda *_: None)  # the wakeup fd carries it
+        signal.signal(signal.SIGCHLD, lambda *_: None)  # and this one
+        try:
+            become_subreaper()
+        except OSError as exc:
+            log.error("supervisor %s: orphans of its children will go to init: %s",
+                      self.name(), exc)
         self.sel.register(wake_r, selectors.EVENT_READ, ("signal", wake_r))
         self.sel.register(self.parent.sock, selectors.EVENT_READ, ("parent", None))
         if self.use_spares:
@@ -104,6 +115,9 @@ class SupervisorRuntime(SpareKeeping):
                 timeout = max(0.0, self.next_deadline() - time.monotonic())
             elif self.wants_fork_spare() or self.wants_new_zygote():
                 timeout = 0.0
+            if self.spares_after:  # a clone failed: ask for a spare again when it is time
+                wait = max(0.0, self.spares_after - time.monotonic())
+                timeout = wait if timeout is None else min(timeout, wait)
             ready = self.sel.select(timeout)
             for key, _ in ready:
                 kind, obj = key.data
@@ -115,8 +129,11 @@ class SupervisorRuntime(SpareKeeping):
             self.fire_deadlines()
             if self.exit_reason is not None:
                 break
-            if ready:
+            if ready or (self.spares_after and time.monotonic() >= self.spares_after):
                 self.request_spares()
+            if self.sweep_due:
+                self.sweep_due = False
+                self.sweep_orphans()
             elif self.wants_new_zygote():
                 self.renew_zygote()
             elif self.wants_fork_spare():
@@ -165,6 +182,7 @@ class SupervisorRuntime(SpareKeeping):
             self.parent.try_send(ReadyFrame(pid=os.getpid(), mono=time.monotonic()))
         elif isinstance(a, Exit):
             self.kill_spares()
+            self.sweep_orphans()  # every child is gone: whatever is left is an orphan
             self.parent.try_send(ExitingFrame(a.reason))
             self.exit_reason = a.reason
 
@@ -243,10 +261,15 @@ class SupervisorRuntime(SpareKeeping):
             sigs = sock.recv(64)
         except BlockingIOError:
             return
+        if signal.SIGCHLD in sigs:
+            self.sweep_due = True
         if signal.SIGTERM in sigs:
             self.feed(ShutdownRequested(time.monotonic()))
 
     def on_exit(self, proc: Proc) -> None:
+        # The child is dead but not reaped, so its group id cannot have been reused: whatever
+        # it forked or spawned dies with it (reaped here when its SIGCHLD comes).
+        kill_group(proc.pid)
         try:
             _, status = os.waitpid(proc.pid, 0)
         except ChildProcessError:
@@ -307,6 +330,10 @@ class SupervisorRuntime(SpareKeeping):
             # The parent is gone; PDEATHSIG is killing us. Take the subtree down now.
             for proc in list(self.procs.values()):
                 send_signal(proc.pidfd, signal.SIGKILL)
+                kill_group(proc.pid)
+            self.procs.clear()
+            self.zygote = None
+            self.sweep_orphans()  # with nothing live, every other child is killed
             os._exit(1)
 
     def on_request(self, frame: RequestFrame) -> None:

@@ -18,7 +18,9 @@ Protocol on the zygote socket (``AF_UNIX`` stream, private to the pair):
 * EOF from the supervisor: the zygote answers what it has read, then exits 0.
 
 Invariant: every spare the zygote made is answered for before the zygote exits, except when
-it is killed; then the supervisor sweeps its own children for unknown pids (:func:`strays`).
+it is killed; then the supervisor kills the spares it never heard of: they are its children
+still in the dead zygote's process group (a spare leads a group of its own only once it
+becomes a child; ``_procs.SpareKeeping.sweep_orphans``).
 """
 
 from __future__ import annotations
@@ -32,10 +34,10 @@ import socket
 import struct
 from collections.abc import Callable
 
-from .._process import child_pids, fork_child, fork_sibling, send_signal
+from .._process import fork_child, fork_sibling, send_signal
 from ..transports._channel import Channel, open_channel_pair
 
-__all__ = ["Zygote", "strays"]
+__all__ = ["Zygote"]
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +111,7 @@ class Zygote:
 
     def kill(self) -> None:
         """Kill and reap the zygote. Requests it never answered are unknown: the caller
-        sweeps for the spares they may have made (:func:`strays`)."""
+        sweeps for the spares they may have made (``sweep_orphans``)."""
         send_signal(self.pidfd, signal.SIGKILL)
         try:
             os.waitpid(self.pid, 0)
@@ -120,17 +122,6 @@ class Zygote:
         for channel in self.pending:
             channel.close()
         self.pending.clear()
-
-
-def strays(known: set[int]) -> list[int]:
-    """This process's children that are not in ``known``: spares a killed zygote made but
-    never answered for. The caller kills and reaps them."""
-    try:
-        kids = child_pids(os.getpid())
-    except OSError as exc:
-        log.error("cannot list child processes to sweep a dead zygote's spares: %s", exc)
-        return []
-    return [k for k in kids if k not in known]
 
 
 def _zygote_main(sock: socket.socket, spare_main: Callable[[Channel], int]) -> int:

@@ -126,7 +126,8 @@ class RunningNode:
 
 
 def start_node(tmp_path: Path, app: str, *, tag_suffix: str = "", name: str | None = None,
-               data_dir: Path | None = None, args: tuple[str, ...] = ()) -> RunningNode:
+               data_dir: Path | None = None, args: tuple[str, ...] = (),
+               prefix: tuple[str, ...] = ()) -> RunningNode:
     tag = f"{SESSION_TAG}-{uuid.uuid4().hex[:8]}"
     data_dir = data_dir or tmp_path / "data"
     log = tmp_path / "test.log"
@@ -134,7 +135,8 @@ def start_node(tmp_path: Path, app: str, *, tag_suffix: str = "", name: str | No
                PYTHONPATH=str(REPO))
     out = open(tmp_path / "node.out", "w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "prismatic.node", "--app", app, "--data-dir", str(data_dir),
+        [*prefix, sys.executable, "-m", "prismatic.node", "--app", app,
+         "--data-dir", str(data_dir),
          "--name", name or f"test{tag[-6:]}", *args],
         cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
     out.close()

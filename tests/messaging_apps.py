@@ -48,6 +48,8 @@ class Agent(p.Worker):
             return self._later(args[0])
         if op == "crash":
             raise ValueError("asked to crash")
+        if op == "stop":  # exit with reason Normal (a permanent child is restarted)
+            raise p.Stop()
         if op == "die":
             os.kill(os.getpid(), signal.SIGKILL)
         if op == "monitor":
@@ -97,7 +99,7 @@ class AsyncAgent(p.Worker):
 
 
 class SmallMailbox(Agent):
-    mailbox_limit = 10
+    mailbox_limit = 10  # never reached: a plain worker queues one message at a time
 
 
 def _dest(x: Any) -> Any:
@@ -131,3 +133,69 @@ class GatedAgent(Agent):
 
 def gated() -> p.SupervisorSpec:
     return p.SupervisorSpec(children=[p.ChildSpec(id="g", start=GatedAgent, args=("gated",))])
+
+
+class Recorder(p.Worker):
+    """Logs every message it handles, in order, as ``[kind, msg]``. A ``["block", s]`` cast
+    holds it up in a plain handler (nothing is read meanwhile: the kernel buffers)."""
+
+    def init(self) -> None:
+        self.log: list[Any] = []
+
+    def handle_call(self, msg: Any, caller: p.Caller) -> Any:
+        if msg == "log":
+            return self.log
+        self.log.append(["call", msg])
+        return msg
+
+    def handle_cast(self, msg: Any) -> None:
+        if isinstance(msg, list) and msg[:1] == ["block"]:
+            time.sleep(msg[1])
+            return
+        self.log.append(["cast", msg])
+
+    def handle_info(self, msg: Any) -> None:
+        self.log.append(["info", msg])
+
+
+class AsyncRecorder(p.Worker):
+    """As :class:`Recorder` with ``async`` handlers: while one awaits, the worker keeps
+    reading and the queue grows (up to ``mailbox_limit``, then its mailbox pauses).
+    ``["hold", path]`` awaits until ``path`` exists (the test opens the gate)."""
+
+    mailbox_limit = 50
+
+    def init(self) -> None:
+        self.log: list[Any] = []
+
+    async def handle_call(self, msg: Any, caller: p.Caller) -> Any:
+        if msg == "log":
+            return self.log
+        await asyncio.sleep(0)
+        self.log.append(["call", msg])
+        return msg
+
+    async def handle_cast(self, msg: Any) -> None:
+        if isinstance(msg, list) and msg[:1] == ["hold"]:
+            while not os.path.exists(msg[1]):
+                await asyncio.sleep(0.005)
+            return
+        await asyncio.sleep(0)
+        self.log.append(["cast", msg])
+
+    async def handle_info(self, msg: Any) -> None:
+        self.log.append(["info", msg])
+
+
+class OneAtATime(Recorder):
+    """The smallest mailbox: it pauses at every message it queues."""
+
+    mailbox_limit = 1
+
+
+def queues() -> p.SupervisorSpec:
+    return p.SupervisorSpec(
+        flags=p.SupFlags(intensity=20, period=5),
+        children=[p.ChildSpec(id="rec", start=Recorder),
+                  p.ChildSpec(id="arec", start=AsyncRecorder),
+                  p.ChildSpec(id="one", start=OneAtATime)])

@@ -10,13 +10,15 @@ everything else waits in a mailbox, read in order, with a selective receive for 
 
 from __future__ import annotations
 
+import collections
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, event, settings, target
+from hypothesis import Phase as Phase_
 from hypothesis import strategies as st
 from hypothesis.stateful import (
-    RuleBasedStateMachine, initialize, invariant, precondition, rule,
+    RuleBasedStateMachine, initialize, invariant, rule, run_state_machine_as_test,
 )
 
 from prismatic._childspec import (
@@ -32,6 +34,7 @@ from prismatic.supervisors._events import (
 )
 
 BOOM = Crashed("builtins.RuntimeError", "boom")
+SHUTDOWN = Shutdown()
 K = LifecycleKind
 
 
@@ -73,7 +76,7 @@ class Sup:
     def ignored(self, key: str) -> list[Any]:
         return self.feed(Ignored(key, self.now))
 
-    def exited(self, who: str | int, reason: Any = Shutdown()) -> list[Any]:
+    def exited(self, who: str | int, reason: Any = SHUTDOWN) -> list[Any]:
         pid = self.pid[who] if isinstance(who, str) else who
         return self.feed(Exited(pid, reason, self.now))
 
@@ -395,11 +398,24 @@ def test_otp_default_intensity_second_restart_within_period_shuts_down():
 def test_otp_default_intensity_restarts_spread_out_are_fine():
     s = Sup(spec("a"))
     s.boot()
-    for t in (0.0, 5.0, 10.0, 15.5):
+    for t in (0.0, 5.25, 10.5, 16.0):
         s.now = t
         assert trace(s.exited("a", BOOM)) == ["start:a"]
         s.started("a")
     assert s.state.phase is Phase.RUNNING
+
+
+def test_otp_default_intensity_restart_exactly_period_later_shuts_down():
+    """OTP's boundary (R >= Now - Period): the restart exactly 5 s ago still counts."""
+    s = Sup(spec("a"))
+    s.boot()
+    s.now = 10.0
+    assert trace(s.exited("a", BOOM)) == ["start:a"]
+    s.started("a")
+    s.now = 15.0
+    acts = s.exited("a", BOOM)
+    assert (K.INTENSITY_EXCEEDED, "a") in [(r.kind, r.key) for r in reports(acts)]
+    assert acts[-1] == Exit(Shutdown("reached_max_restart_intensity"))
 
 
 def test_intensity_zero_never_restarts():
@@ -963,8 +979,14 @@ class Model:
         yield from self.terminate_and_exit(Shutdown("auto_shutdown"))
 
     def restart(self, c: MChild, now: float):
+        # OTP's supervisor.erl, add_restart/3 (times newest first, then counted against I):
+        #     Threshold = Now - Period,
+        #     Restarts1 = lists:takewhile(fun (R) -> R >= Threshold end, Restarts0),
+        #     [Now | Restarts1].
+        # so a restart exactly Period seconds ago still counts.
         self.restart_times.append(now)
-        window = [t for t in self.restart_times if now - t < self.flags.period]
+        threshold = now - self.flags.period
+        window = [t for t in self.restart_times if t >= threshold]
         if len(window) > self.flags.intensity:
             self.report(K.INTENSITY_EXCEEDED, c)
             self.del_child(c)
@@ -1179,7 +1201,8 @@ TICKS = st.sampled_from([0.0, 0.5, 1.0, 2.0, 4.0, 5.0, 11.0])
 
 @st.composite
 def configs(draw, strategy: Strategy) -> tuple[SupFlags, tuple[ChildSpec, ...]]:
-    auto = draw(st.sampled_from(list(AutoShutdown)))
+    # never half the time: an auto shutdown ends the supervisor before crashes pile up
+    auto = draw(st.sampled_from([AutoShutdown.NEVER, *AutoShutdown]))
     flags = SupFlags(strategy=strategy, intensity=draw(st.integers(0, 4)),
                      period=draw(st.sampled_from([1.0, 3.0, 5.0, 10.0])), auto_shutdown=auto)
     n = 1 if strategy is Strategy.SIMPLE_ONE_FOR_ONE else draw(st.integers(0, 4))
@@ -1205,6 +1228,7 @@ class SupervisorWorld(RuleBasedStateMachine):
     """Drives ``decide`` like the I/O loop does, and the model alongside."""
 
     def setup(self, cfg) -> None:
+        self.cfg = cfg
         flags, specs = cfg
         self.flags = flags
         self.specs = specs
@@ -1242,6 +1266,14 @@ class SupervisorWorld(RuleBasedStateMachine):
                if not (isinstance(a, Report) and a.kind is K.CHILD_DELETED)]
         want = self.model.take()
         assert got == want, f"\nevent {ev}\nmachine {got}\nmodel   {want}"
+        for a in actions:
+            if isinstance(a, Report) and a.kind in COUNTED:
+                self.counts[COUNTED[a.kind]] += 1
+                event(f"decided: {COUNTED[a.kind]}")
+            elif isinstance(a, Exit):
+                why = a.reason.detail.split(" ")[0] if isinstance(a.reason, Shutdown) \
+                    else type(a.reason).__name__
+                self.counts[f"exit: {why or 'shutdown'}"] += 1
         self.apply(prev, actions)
 
     def apply(self, prev, actions: list[Any]) -> None:
@@ -1298,11 +1330,40 @@ class SupervisorWorld(RuleBasedStateMachine):
         if self.state.phase is not Phase.STARTING:
             assert is_subsequence(self.init_starts, [s.id for s in self.specs])
 
-    # ---- rules ------------------------------------------------------------------------------
+    # ---- the world's moves -----------------------------------------------------------------
+    # One rule draws the next move from a weighted menu of those possible now: hypothesis
+    # picks among enabled rules uniformly, which left ~85% of the moves to API requests and
+    # almost no crash near another (issue 19 item 6). The weights put crashes first; ticks
+    # are mostly short, so crashes cluster inside the intensity window and escalate; after
+    # the supervisor exits, a new one starts from the same specs, as its parent would.
 
-    @precondition(lambda self: self.pending_start is not None)
-    @rule(outcome=st.integers(0, 19), reason=START_FAIL_REASONS)
-    def answer_start(self, outcome, reason):
+    @rule(data=st.data())
+    def step(self, data):
+        menu = self.menu()
+        move = data.draw(st.sampled_from(menu), label="move")
+        event(f"move: {move}")
+        self.counts[f"move: {move}"] += 1
+        getattr(self, f"do_{move}")(data)
+
+    def menu(self) -> list[str]:
+        if self.exited:
+            return ["request_after_exit"] if not self.asked_after_exit else ["reincarnate"]
+        menu = ["tick"] * 2 + ["request"] * (4 if not self.alive else 1) + ["shutdown"]
+        if self.pending_start is not None:
+            menu += ["answer_start"] * 6
+        if self.alive:
+            menu += ["crash"] * 8
+            if not self.pending_start and not self.outbox:
+                menu += ["crash_when_idle"] * 4
+        if self.to_stop:
+            menu += ["obey_stop"] * 5
+        if self.outbox:
+            menu += ["deliver_exit"] * 4
+        return menu
+
+    def do_answer_start(self, data):
+        outcome = data.draw(st.integers(0, 19), label="outcome")
+        reason = data.draw(START_FAIL_REASONS, label="reason")
         key, self.pending_start = self.pending_start, None
         # failures are rarer at init, where one ends the supervisor's life
         init = self.state.phase is Phase.STARTING
@@ -1326,44 +1387,37 @@ class SupervisorWorld(RuleBasedStateMachine):
         if at_once:
             self.deliver(len(self.outbox) - 1)
 
-    @precondition(lambda self: self.alive)
-    @rule(i=st.integers(0, 7), reason=CRASH_REASONS, at_once=st.booleans())
-    def crash(self, i, reason, at_once):
-        self.kill(i, reason, at_once)
+    def do_crash(self, data):
+        self.kill(data.draw(st.integers(0, 7), label="i"),
+                  data.draw(CRASH_REASONS, label="reason"),
+                  data.draw(st.booleans(), label="at_once"))
 
-    @precondition(lambda self: self.alive and not self.pending_start and not self.outbox)
-    @rule(i=st.integers(0, 7), reason=CRASH_REASONS)
-    def crash_when_idle(self, i, reason):
-        self.kill(i, reason, True)
+    def do_crash_when_idle(self, data):
+        self.kill(data.draw(st.integers(0, 7), label="i"),
+                  data.draw(CRASH_REASONS, label="reason"), True)
 
-    @precondition(lambda self: self.to_stop)
-    @rule(i=st.integers(0, 7), reason=STOP_REASONS, at_once=st.booleans())
-    def obey_stop(self, i, reason, at_once):
+    def do_obey_stop(self, data):
+        i = data.draw(st.integers(0, 7), label="i")
+        reason = data.draw(STOP_REASONS, label="reason")
         pid = sorted(self.to_stop)[i % len(self.to_stop)]
         self.to_stop.discard(pid)
         del self.alive[pid]
         self.outbox.append((pid, reason))
-        if at_once:
+        if data.draw(st.booleans(), label="at_once"):
             self.deliver(len(self.outbox) - 1)
 
-    @precondition(lambda self: self.outbox)
-    @rule(i=st.integers(0, 7))
-    def deliver_exit(self, i):
-        self.deliver(i % len(self.outbox))
+    def do_deliver_exit(self, data):
+        self.deliver(data.draw(st.integers(0, 7), label="i") % len(self.outbox))
 
     def deliver(self, i: int) -> None:
         pid, reason = self.outbox.pop(i)
         self.delivered.add(pid)
         self.feed(Exited(pid, reason, self.clock))
 
-    @precondition(lambda self: not self.exited)
-    @rule(dt=TICKS)
-    def tick(self, dt):
-        self.clock += dt
+    def do_tick(self, data):
+        self.clock += data.draw(TICKS, label="dt")
 
-    @precondition(lambda self: not self.exited)
-    @rule(data=st.data())
-    def request(self, data):
+    def do_request(self, data):
         ids = [s.id for s in self.specs] + ["x", "y"]
         pids = sorted(self.known) + [4242]
         if self.simple:
@@ -1392,24 +1446,29 @@ class SupervisorWorld(RuleBasedStateMachine):
         self.next_ref += 1
         self.feed(Request(ref, op, self.clock))
 
-    @precondition(lambda self: not self.exited)
-    @rule(go=st.integers(0, 15))
-    def shutdown(self, go):
-        if go == 0:
+    def do_shutdown(self, data):
+        if data.draw(st.integers(0, 7), label="go") == 0:
             self.feed(ShutdownRequested(self.clock))
 
-    @precondition(lambda self: self.exited)
-    @rule()
-    def after_exit(self):
-        """The supervisor is gone: nothing more to do (keeps hypothesis going)."""
-
-    @precondition(lambda self: self.exited and not self.asked_after_exit)
-    @rule()
-    def request_after_exit(self):
+    def do_request_after_exit(self, data):
         self.asked_after_exit = True
         ref = self.next_ref
         self.next_ref += 1
         self.feed(Request(ref, WhichChildren(), self.clock))
+
+    def do_reincarnate(self, data):
+        """The supervisor is gone: its parent starts a new one from the same specs."""
+        self.counts["incarnations"] += 1
+        self.setup(self.cfg)
+
+    def teardown(self):
+        counts = getattr(self, "counts", None)
+        if counts is None:
+            return
+        for key in COUNTED.values():
+            target(float(counts[key]), label=key)
+        for key, n in counts.items():
+            type(self).totals[key] += n
 
     # ---- invariants -------------------------------------------------------------------------
 
@@ -1461,27 +1520,44 @@ class SupervisorWorld(RuleBasedStateMachine):
         assert mine == model
 
 
-SETTINGS = settings(max_examples=100, stateful_step_count=60, deadline=None,
+# No explain phase: its line tracing (Python < 3.12) made shrinking a found failure outlast
+# the test timeout.
+SETTINGS = settings(max_examples=100, stateful_step_count=60, deadline=None, database=None,
+                    phases=[Phase_.explicit, Phase_.reuse, Phase_.generate, Phase_.target,
+                            Phase_.shrink],
                     suppress_health_check=[HealthCheck.too_slow])
+COUNTED = {K.CHILD_EXITED: "crashes handled", K.INTENSITY_EXCEEDED: "intensity escalations",
+           K.CHILD_STARTED: "starts"}
 
 
 def _world_for(strategy: Strategy) -> type[SupervisorWorld]:
-    cls = type(f"World_{strategy.value}", (SupervisorWorld,), {"strategy": strategy})
+    cls = type(f"World_{strategy.value}", (SupervisorWorld,),
+               {"strategy": strategy, "totals": collections.Counter()})
 
     @initialize(cfg=configs(strategy))
     def boot(self, cfg):
+        self.counts = collections.Counter()
         self.setup(cfg)
 
     cls.boot = boot  # type: ignore[attr-defined]
     return cls
 
 
-TestOneForOne = _world_for(Strategy.ONE_FOR_ONE).TestCase
-TestOneForAll = _world_for(Strategy.ONE_FOR_ALL).TestCase
-TestRestForOne = _world_for(Strategy.REST_FOR_ONE).TestCase
-TestSimpleOneForOne = _world_for(Strategy.SIMPLE_ONE_FOR_ONE).TestCase
-TestOneForOne.settings = TestOneForAll.settings = SETTINGS
-TestRestForOne.settings = TestSimpleOneForOne.settings = SETTINGS
+# What each strategy's run must at least exercise: a change to the moves' weights or the
+# configs that starves the machine of crashes or escalations fails here, not silently. The
+# fixed example sequence gave 650-920 crashes handled and 59-89 escalations per strategy,
+# explore runs 646-770 and 25-190 (print them with -s).
+FLOORS = {"crashes handled": 400, "intensity escalations": 20}
+
+
+@pytest.mark.parametrize("strategy", list(Strategy), ids=lambda s: s.value)
+def test_supervisor_world(strategy: Strategy) -> None:
+    world = _world_for(strategy)
+    run_state_machine_as_test(world, settings=SETTINGS)
+    totals = dict(world.totals)
+    print(f"\n{strategy.value}: " + ", ".join(f"{k} {v}" for k, v in sorted(totals.items())))
+    for key, floor in FLOORS.items():
+        assert totals.get(key, 0) >= floor, (key, totals)
 
 
 def test_decisions_do_not_depend_on_the_row_memo():

@@ -36,7 +36,6 @@ from prismatic.transports._framing import HEADER, MAX_FRAME, encode_frame
 from tests import zmtp
 from tests.conftest import RunningNode, start_node, wait_until
 from tests.test_fuzz_receivers import send_and_wait_for_close
-from tests.test_metrics import free_port
 
 SEED = 11
 enc = msgspec.msgpack.encode
@@ -45,10 +44,10 @@ _call_decoder = msgspec.msgpack.Decoder(ControlCall)
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RunningNode, str]]:
-    port = free_port()
     n = start_node(tmp_path_factory.mktemp("fuzz_endpoints"), "tests.messaging_apps:agents",
-                   args=("--metrics-port", str(port), "--quiet"))
-    yield n, f"http://127.0.0.1:{port}"
+                   args=("--metrics-port", "auto", "--quiet"))
+    url = wait_until(lambda: n.conn.status().metrics_url, 10, "the metrics endpoint")
+    yield n, str(url).removesuffix("/metrics")
     n.stop()
     wait_until(lambda: not n.pids(), 10, "the node's processes to exit")
 

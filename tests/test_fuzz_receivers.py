@@ -30,6 +30,7 @@ from hypothesis import strategies as st
 import prismatic as p
 from prismatic._exit import Crashed, ExitCode, Killed, Normal, NoProc, Shutdown
 from prismatic._hub import DEAD_LETTER_KINDS, DEAD_LETTER_REASONS
+from prismatic._mailbox_stats import collect_stats
 from prismatic._nodeinfo import hub_address, mailbox_address
 from prismatic._notices import Down, Exit
 from prismatic.transports import _messages as M
@@ -219,21 +220,50 @@ def expected_bad(data: bytes) -> int:
 # ---- the tests ---------------------------------------------------------------------------------
 
 
+def mailbox_stats(pid: p.Pid) -> Any:
+    got, missed = collect_stats({"a": pid}, 5.0)
+    assert not missed, f"{pid} did not answer its stats request"
+    return got["a"]
+
+
+def may_stop_alpha(frame: Any) -> bool:
+    """Whether a decoded frame reaches a handler of alpha's that may raise (any call it
+    answers but an ``echo``), or is an EXIT that kills a process not trapping exits."""
+    if isinstance(frame, M.CallFrame):
+        answered = frame.to_name is None or frame.to_name == "alpha"
+        echo = isinstance(frame.msg, list) and len(frame.msg) == 2 and frame.msg[0] == "echo"
+        return answered and not echo
+    return isinstance(frame, Exit) and not isinstance(frame.reason, Normal)
+
+
 def test_fuzz_a_workers_mailbox(node):
     survives(node)
     frames, others = mailbox_frames(node.name), hub_requests(node.name)
+    seen = {"dropped": 0, "same_process": 0}
 
     @FUZZ
     @given(data=stream(wire_pieces(frames, others)))
     def fuzz(data: bytes) -> None:
         target = alpha_pid(node)
+        before = mailbox_stats(target).bad_frames
+        fb = FrameBuffer(msgspec.msgpack.Decoder(M.MailboxFrame), "expected")
+        decoded = fb.feed(data)
         send_and_wait_for_close(mailbox_address(node.name, target.ospid), data)
         survives(node)
+        if any(may_stop_alpha(f) for f in decoded):
+            return  # its handler's crash (or a forged EXIT), by design: restarted
+        # The receiver dropped what it could not decode, counted each, and the process
+        # that took it is the one that answers now: no crash hidden behind a restart.
+        assert alpha_pid(node) == target
+        assert mailbox_stats(target).bad_frames - before == fb.bad_frames
+        seen["same_process"] += 1
+        seen["dropped"] += fb.bad_frames
 
     fuzz()
     # the worker's handler crashed on some frames, by design; never too often for its
     # supervisor (intensity 50 in 5 s), and the receiver itself never
     assert node.conn.call("alpha", ["echo", "still here"]) == "still here"
+    assert seen["same_process"] >= 50 and seen["dropped"] >= 50, seen
 
 
 def test_fuzz_the_hub(node):

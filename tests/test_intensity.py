@@ -1,7 +1,15 @@
 """Property tests of ``add_restart``: OTP's restart intensity (``add_restart/1``), pure.
 
 A supervisor may restart at most ``intensity`` times in any ``period`` seconds; the
-``(intensity + 1)``-th restart within the window exceeds it.
+``(intensity + 1)``-th restart within the window exceeds it. The window is OTP's, written
+down here from ``supervisor.erl`` rather than from the code under test::
+
+    add_restart(Restarts0, Now, Period) ->
+        Threshold = Now - Period,
+        Restarts1 = lists:takewhile(fun (R) -> R >= Threshold end, Restarts0),
+        [Now | Restarts1].
+
+so a restart exactly ``period`` seconds before ``now`` is still inside the window.
 """
 
 from __future__ import annotations
@@ -29,10 +37,16 @@ def times_from(start: float, deltas: list[float]) -> list[float]:
     return out
 
 
+def in_otp_window(t: float, now: float, period: float) -> bool:
+    """OTP's test: ``R >= Threshold`` with ``Threshold = Now - Period``."""
+    threshold = now - period
+    return t >= threshold
+
+
 def reference(history: list[float], now: float, period: float) -> tuple[float, ...]:
-    """Brute force: every restart so far (oldest first) plus ``now``, keep those inside the
-    window, newest first."""
-    return tuple(t for t in reversed([*history, now]) if now - t < period)
+    """Brute force: every restart so far (oldest first) plus ``now``, keep those inside
+    OTP's window, newest first."""
+    return tuple(t for t in reversed([*history, now]) if in_otp_window(t, now, period))
 
 
 # ---- single call ----------------------------------------------------------------------------
@@ -45,12 +59,12 @@ def test_single_call_contract(start, deltas, extra, intensity, period):
     now = (history[-1] if history else start) + extra
     kept, exceeded = add_restart(restarts, now, intensity, period)
     assert kept[0] == now  # the new restart is recorded, newest first
-    assert all(now - t < period for t in kept)  # every kept time is inside the window
+    assert all(in_otp_window(t, now, period) for t in kept)  # every kept one is inside
     assert list(kept) == sorted(kept, reverse=True)  # newest first
     assert kept[1:] == restarts[:len(kept) - 1]  # a prefix of the old ones: nothing reordered
     # nothing inside the window was dropped
     dropped = restarts[len(kept) - 1:]
-    assert all(not (now - t < period) for t in dropped)
+    assert all(not in_otp_window(t, now, period) for t in dropped)
     assert exceeded == (len(kept) > intensity)
     assert kept == reference(history, now, period)
 
@@ -107,13 +121,27 @@ def test_burst_at_one_instant(start, intensity, period, n):
 @given(intensity=intensities, period=st.integers(min_value=1, max_value=20).map(float),
        n=st.integers(min_value=1, max_value=30))
 def test_evenly_spaced_slower_than_period_never_exceeds(intensity, period, n):
-    """Restarts spaced by at least ``period`` each see an empty window: only intensity 0
+    """Restarts spaced by more than ``period`` each see an empty window: only intensity 0
     (no restart allowed at all) is ever exceeded."""
     restarts: tuple[float, ...] = ()
     for k in range(n):
-        restarts, exceeded = add_restart(restarts, k * period, intensity, period)
-        assert restarts == (k * period,)
+        now = k * (period + 0.5)
+        restarts, exceeded = add_restart(restarts, now, intensity, period)
+        assert restarts == (now,)
         assert exceeded == (intensity == 0)
+
+
+@given(intensity=intensities, period=st.integers(min_value=1, max_value=20).map(float),
+       n=st.integers(min_value=2, max_value=30))
+def test_evenly_spaced_by_exactly_period_keeps_two(intensity, period, n):
+    """OTP's boundary: the restart exactly ``period`` ago is still in the window (the one
+    before it is not), so each restart after the first sees two."""
+    restarts: tuple[float, ...] = ()
+    for k in range(n):
+        restarts, exceeded = add_restart(restarts, k * period, intensity, period)
+        want = (k * period,) if k == 0 else (k * period, (k - 1) * period)
+        assert restarts == want
+        assert exceeded == (len(want) > intensity)
 
 
 @given(restarts=st.lists(st.floats(min_value=0, max_value=50), max_size=10),
@@ -137,10 +165,17 @@ def test_otp_default_second_restart_within_period_exceeds():
     assert (r, exceeded) == ((104.9, 100.0), True)
 
 
+def test_otp_default_second_restart_exactly_period_later_exceeds():
+    # OTP keeps R >= Now - Period: 100.0 >= 105.0 - 5.0, so two restarts in the window.
+    r, _ = add_restart((), 100.0, 1, 5.0)
+    r, exceeded = add_restart(r, 105.0, 1, 5.0)
+    assert (r, exceeded) == ((105.0, 100.0), True)
+
+
 def test_otp_default_second_restart_after_period_is_fine():
     r, _ = add_restart((), 100.0, 1, 5.0)
-    r, exceeded = add_restart(r, 105.0, 1, 5.0)  # exactly period later: out of the window
-    assert (r, exceeded) == ((105.0,), False)
+    r, exceeded = add_restart(r, 105.25, 1, 5.0)  # just past the window
+    assert (r, exceeded) == ((105.25,), False)
     r, exceeded = add_restart(r, 111.0, 1, 5.0)
     assert (r, exceeded) == ((111.0,), False)
 

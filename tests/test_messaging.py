@@ -147,6 +147,23 @@ def test_link_kills_a_process_that_does_not_trap_exits(node):
     restarted(node, "a", a)
 
 
+def test_a_linked_process_that_does_not_trap_exits_ignores_a_normal_exit(node):
+    """OTP: an exit signal with reason normal does not kill a process that does not trap
+    exits; one that traps gets it as a message. Both c and t are linked to a."""
+    c, t, a = pid(node, "c"), pid(node, "t"), pid(node, "a")
+    node.conn.call(c, ["link", L(a)])
+    node.conn.call(t, ["link", L(a)])
+    with pytest.raises(p.ProcessDown) as info:
+        node.conn.call(a, ["stop"])
+    assert info.value.reason == p.Normal()
+    exits = wait_until(lambda: [n for n in node.conn.call(t, ["notices"]) if n[1] == L(a)],
+                       10, "t's EXIT message")
+    assert exits == [["Exit", L(a), "normal"]]  # so the hub sent the exit signal out
+    assert node.conn.call(c, ["echo", "alive"]) == "alive"
+    assert node.conn.pid_of("c") == c.ospid
+    restarted(node, "a", a)
+
+
 def test_trap_exit_turns_the_exit_into_a_message(node):
     t, a = pid(node, "t"), pid(node, "a")
     node.conn.call(t, ["link", L(a)])
@@ -178,9 +195,12 @@ def test_dead_letters_are_counted_published_and_logged(node):
 
 def test_a_full_mailbox_pushes_back_on_the_sender(node):
     small = pid(node, "small")
-    node.conn.cast(small, ["block", 1.5])  # its only handler sleeps: nothing is taken
+    node.conn.cast(small, ["block", 1.5])  # its plain handler sleeps: nothing is read
     with pytest.raises(p.MailboxFull):
-        for i in range(100_000):  # bounded: the kernel buffer and 10 queued messages
+        # Bounded by the kernel's socket buffers alone: a plain handler holds the whole
+        # process, so no message is even read, let alone queued (the mailbox_limit pause
+        # is an async worker's: tests/test_worker_runtime.py).
+        for i in range(100_000):
             node.conn.cast(small, ["x" * 1000, i], timeout=0.2)
     # once it drains, it answers again
     assert node.conn.call(small, ["echo", "back"], timeout=10) == "back"

@@ -3,12 +3,19 @@ zygote dies or hangs, and that a child added later gets fast restarts too."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
 
 import prismatic as p
 from prismatic._process import child_pids, process_name
 from tests.conftest import alive, process_state, wait_until
+
 
 def _of_kind(sup: int, comm: str) -> list[int]:
     return [c for c in child_pids(sup) if process_name(c) == comm]
@@ -84,3 +91,52 @@ def test_without_a_zygote_the_supervisor_forks_its_own_spares(node_factory, monk
     assert _restart(n, "w1") == spare
     wait_until(lambda: (s := _of_kind(root, "prism:spare")) and s != [spare], 10,
                "the next spare")
+
+
+PIDS_CGROUP = Path("/sys/fs/cgroup/pids")
+
+
+@contextlib.contextmanager
+def _pids_limited(pid: int, limit: int) -> Iterator[None]:
+    """Put ``pid`` alone in a new pids cgroup (v1) allowing ``limit`` processes: its forks
+    and clones beyond that fail with EAGAIN, for real. Skips where no such cgroup can be
+    made (not root, no writable pids controller)."""
+    group = PIDS_CGROUP / f"prismatic-test-{uuid.uuid4().hex[:8]}"
+    try:
+        home = next(line.split(":", 2)[2] for line in
+                    Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+                    if line.split(":")[1] == "pids")
+        group.mkdir()
+    except (OSError, StopIteration) as exc:
+        pytest.skip(f"no writable pids cgroup here: {exc}")
+    try:
+        (group / "pids.max").write_text(str(limit))
+        (group / "cgroup.procs").write_text(str(pid))
+        yield
+    finally:
+        for left in (group / "cgroup.procs").read_text().split():
+            try:
+                (PIDS_CGROUP / home.lstrip("/") / "cgroup.procs").write_text(left)
+            except OSError:
+                pass  # it exited meanwhile
+        group.rmdir()
+
+
+def test_a_zygote_that_cannot_clone_does_not_stop_restarts(node_factory):
+    """The zygote's clones fail for real (a pids cgroup of one process): the supervisor
+    logs each failure, forks the replacement itself, and does not spin asking again."""
+    n = node_factory("tests.apps:one_for_one")
+    root = n.conn.status().root_pid
+    zygote = _zygote_of(root)
+    wait_until(lambda: _of_kind(root, "prism:spare"), 10, "a spare")
+    out = n.log.with_name("node.out")
+    with _pids_limited(zygote, 1):
+        _restart(n, "w1")  # takes the spare; the supervisor asks the zygote for the next
+        wait_until(lambda: "its zygote could not make a spare: Resource temporarily "
+                           "unavailable" in out.read_text(), 10, "the clone failure logged")
+        for key in ("w2", "w1", "w3"):  # no spare now: forked directly, promptly
+            _restart(n, key)
+        failures = out.read_text().count("could not make a spare")
+        assert failures <= 10, f"{failures} failed clone requests: asking in a loop"
+        assert alive(zygote)
+    assert {c.id for c in n.conn.which_children()} == {"w1", "w2", "w3"}

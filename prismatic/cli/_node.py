@@ -97,10 +97,42 @@ def node_options(f: Callable[..., Any]) -> Callable[..., Any]:
                      help="Delete events older than this (default: kept until "
                           "--eventlog-max-bytes)."),
         click.option("--quiet", is_flag=True, help="Do not print the tree as it changes."),
+        *mesh_options(),
     ]
     for option in reversed(options):
         f = option(f)
     return f
+
+
+def mesh_options() -> list[Callable[[Any], Any]]:
+    """The cluster options (see docs/cluster.md); the node joins a cluster when either of
+    ``--listen`` / ``--join`` is given (here or in the config's [node])."""
+    return [
+        click.option("--listen", metavar="HOST:PORT", default=None,
+                     help="Join the cluster mesh, listening for other nodes on HOST:PORT "
+                          "(default 127.0.0.1:0: loopback, any port)."),
+        click.option("--join", "join", metavar="HOST:PORT", multiple=True,
+                     help="A seed node of the cluster to join (repeatable; retried "
+                          "until one answers)."),
+        click.option("--cluster-secret", type=click.Path(dir_okay=False), default=None,
+                     help="The cluster secret file (default $PRISMATIC_HOME/cluster.secret; "
+                          "create it with `prismatic cluster init-secret`)."),
+    ]
+
+
+def _mesh_settings(listen: str | None, join: tuple[str, ...], secret: str | None,
+                   config: NodeConfig | None) -> Any:
+    section = config.node if config else None
+    listen = listen or (section.listen if section else None)
+    join = join or (section.join if section else ())
+    secret = secret or (section.cluster_secret if section else None)
+    if not listen and not join:
+        return None
+    from ..mesh import MeshSettings
+    from ..mesh._secret import default_secret_path
+
+    return MeshSettings(listen=listen or "127.0.0.1:0", join=tuple(join),
+                        secret_file=str(secret or default_secret_path()))
 
 
 def add_import_paths(app_path: tuple[str, ...] = ()) -> None:
@@ -119,7 +151,8 @@ class _Settings:
                  log_file: str | None, app_path: tuple[str, ...] = (),
                  log_level: str | None = None, eventlog_max_bytes: int | None = None,
                  eventlog_max_age: float | None = None,
-                 metrics_bind: str | None = None) -> None:
+                 metrics_bind: str | None = None, listen: str | None = None,
+                 join: tuple[str, ...] = (), cluster_secret: str | None = None) -> None:
         from .._address import default_node_name
         from .._node import default_data_dir
 
@@ -144,6 +177,7 @@ class _Settings:
             retention.max_bytes if retention else DEFAULT_EVENTLOG_MAX_BYTES)
         self.eventlog_max_age_s = eventlog_max_age or (
             retention.max_age_s if retention else None)
+        self.mesh = _mesh_settings(listen, join, cluster_secret, config)
 
     def tree(self) -> Any:
         from .._demo import demo_tree
@@ -161,7 +195,8 @@ def start_node(app: str | None, config_file: str | None, name: str | None,
                log_file: str | None, quiet: bool, app_path: tuple[str, ...] = (),
                log_level: str | None = None, eventlog_max_bytes: int | None = None,
                eventlog_max_age: float | None = None,
-               metrics_bind: str | None = None) -> None:
+               metrics_bind: str | None = None, listen: str | None = None,
+               join: tuple[str, ...] = (), cluster_secret: str | None = None) -> None:
     """Run a node in this process; exits with the node's exit code."""
     from ._logging import setup_logging
     from .._node import run_node
@@ -169,12 +204,12 @@ def start_node(app: str | None, config_file: str | None, name: str | None,
     try:
         s = _Settings(app, config_file, name, data_dir, metrics_port, log_format, log_file,
                       app_path, log_level, eventlog_max_bytes, eventlog_max_age,
-                      metrics_bind)
+                      metrics_bind, listen, join, cluster_secret)
         spec = s.tree()
         setup_logging(s.name, s.log_format, s.log_file, level=s.log_level)
         code = run_node(spec, name=s.name, data_dir=s.data_dir, show_tree=not quiet,
                         metrics_port=s.metrics_port, metrics_host=s.metrics_bind,
-                        eventlog_max_bytes=s.eventlog_max_bytes,
+                        eventlog_max_bytes=s.eventlog_max_bytes, mesh=s.mesh,
                         eventlog_max_age_s=s.eventlog_max_age_s)
     except NodeError as exc:
         click.echo(f"prismatic: error: {exc}", err=True)

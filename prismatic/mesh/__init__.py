@@ -1,0 +1,14 @@
+"""The node mesh: nodes on several hosts form one authenticated cluster.
+
+* :mod:`._membership`: the failure detector and membership protocol (SWIM with Lifeguard),
+  a pure ``decide(state, event) -> (state, actions)``; its vocabulary in :mod:`._events`;
+* :mod:`._secret`: the cluster secret file and the CurveZMQ keys derived from it;
+  :mod:`._auth`: who is admitted to a node's mesh endpoint;
+* :mod:`._settings`: ``--listen``, ``--join``, ``--cluster-secret``, checked before the fork;
+* :mod:`._loop`: the node's mesh loop (asyncio + pyzmq), which only carries out actions;
+* wire frames: :mod:`prismatic.transports._mesh_frames`. Operator's guide: docs/cluster.md.
+"""
+
+from ._settings import MeshSettings, check_settings
+
+__all__ = ["MeshSettings", "check_settings"]

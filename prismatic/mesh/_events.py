@@ -1,0 +1,186 @@
+"""The vocabulary of the membership state machine: its state, what goes in, what comes out.
+
+``decide(state, event) -> (state, actions)`` (:mod:`._membership`) consumes the *events*
+below and returns *actions* for the mesh loop (:mod:`._loop`) to carry out. Times are the
+node's monotonic clock in float seconds, carried by every event (``now``), so the machine
+never reads a clock and a test can drive it through any schedule.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from ..transports._mesh_frames import MemberState, MeshFrame, Update
+
+__all__ = [
+    "MemberState", "Update", "DetectorConfig", "Member", "Probe", "Relay", "Rumor",
+    "MeshState", "Tick", "Received", "LinkDown", "LinkRefused", "JoinRequested",
+    "LeaveRequested", "Send", "Changed", "Count", "Joined", "NameConflict", "Event", "Action",
+]
+
+
+class DetectorConfig(msgspec.Struct, frozen=True):
+    """The failure detector's parameters (defaults: a LAN cluster that notices a silently
+    lost node within about a second; see docs/cluster.md for the arithmetic)."""
+
+    probe_interval: float = 0.1  # one probe per member per interval (SWIM's protocol period)
+    probe_timeout: float = 0.06  # direct ack deadline; then k indirect probes
+    indirect_probes: int = 3  # SWIM's k
+    suspicion_alpha: float = 3.0  # min suspicion = alpha * log10(N) * interval (memberlist)
+    suspicion_min: float = 0.5  # never shorter: a node stopped for 200 ms can still refute
+    suspicion_beta: float = 6.0  # max suspicion = beta * min (Lifeguard: with no confirmation)
+    retransmit_mult: int = 4  # each rumour rides on retransmit_mult * ceil(log10(N+1)) frames
+    sync_interval: float = 1.0  # full push-pull state sync with one random member
+    max_health: int = 8  # Lifeguard's local health multiplier caps here
+    lag_limit: float = 0.1  # a tick this late means this node was not running (stopped, starved)
+    join_backoff_min: float = 0.05
+    join_backoff_max: float = 2.0
+    name_claim_grace: float = 3.0  # keep asking while a seed says our name is live, then give up
+
+
+class Member(msgspec.Struct, frozen=True):
+    """One row of the member table as this node sees it. ``since`` is when ``state`` began
+    (local monotonic); ``rtt`` the last direct probe's round trip."""
+
+    name: str
+    addr: str
+    inc: int
+    state: MemberState
+    since: float
+    suspected_by: frozenset[str] = frozenset()
+    suspect_deadline: float = 0.0
+    rtt: float | None = None
+    link_lost: bool = False  # the transport saw the connection close; a refusal confirms
+
+    def update(self, by: str = "") -> Update:
+        return Update(self.name, self.addr, self.inc, self.state, by)
+
+
+class Probe(msgspec.Struct, frozen=True):
+    """The probe in flight: direct until ``direct_deadline``, then indirect until
+    ``deadline``; ``nacks_expected`` helpers were asked, ``nacks`` answered."""
+
+    target: str
+    seq: int
+    started: float
+    direct_deadline: float
+    deadline: float
+    indirect: bool = False
+    nacks_expected: int = 0
+    nacks: int = 0
+
+
+class Relay(msgspec.Struct, frozen=True):
+    """An indirect probe this node runs for ``requester``: our ping ``seq`` to ``target``."""
+
+    seq: int
+    requester: str
+    requester_addr: str
+    orig_seq: int
+    target: str
+    deadline: float
+
+
+class Rumor(msgspec.Struct, frozen=True):
+    """An update still being piggybacked; ``left`` transmissions to go."""
+
+    update: Update
+    left: int
+
+
+class MeshState(msgspec.Struct, frozen=True):
+    config: DetectorConfig
+    me: Member
+    members: dict[str, Member]  # every other node ever heard of; never mutated in place
+    seeds: tuple[str, ...] = ()
+    joining: bool = False  # still asking the seeds to let us in
+    join_attempts: int = 0
+    next_join_at: float = 0.0
+    refused_since: float | None = None  # a seed says a live node has our name
+    probe: Probe | None = None
+    next_probe_at: float = 0.0
+    order: tuple[str, ...] = ()  # round-robin probe order, reshuffled each round
+    seq: int = 0
+    relays: tuple[Relay, ...] = ()
+    rumors: tuple[Rumor, ...] = ()
+    health: int = 0  # Lifeguard's local health multiplier: 0 healthy, larger = slower timeouts
+    next_sync_at: float = 0.0
+    rng: int = 1
+
+
+# ---- events (all carry ``now``) -----------------------------------------------------------
+
+
+class Tick(msgspec.Struct, frozen=True):
+    now: float
+
+
+class Received(msgspec.Struct, frozen=True):
+    now: float
+    frame: MeshFrame
+
+
+class LinkDown(msgspec.Struct, frozen=True):
+    """The transport saw our connection to ``addr`` close (the peer's socket went away)."""
+
+    now: float
+    addr: str
+
+
+class LinkRefused(msgspec.Struct, frozen=True):
+    """Reconnecting to ``addr`` failed: nobody listens there any more."""
+
+    now: float
+    addr: str
+
+
+class JoinRequested(msgspec.Struct, frozen=True):
+    now: float
+    seeds: tuple[str, ...]
+
+
+class LeaveRequested(msgspec.Struct, frozen=True):
+    now: float
+
+
+Event = Tick | Received | LinkDown | LinkRefused | JoinRequested | LeaveRequested
+
+
+# ---- actions --------------------------------------------------------------------------------
+
+
+class Send(msgspec.Struct, frozen=True):
+    addr: str
+    frame: Any  # a MeshFrame
+
+
+class Changed(msgspec.Struct, frozen=True):
+    """A member's state changed in this node's table (``old`` None: first heard of)."""
+
+    name: str
+    addr: str
+    inc: int
+    old: MemberState | None
+    new: MemberState
+
+
+class Count(msgspec.Struct, frozen=True):
+    """Bump a counter: probes_sent, probes_failed, indirect_probes, suspicions_raised,
+    suspicions_refuted, refutations (suspicions of this node it refuted)."""
+
+    what: str
+
+
+class Joined(msgspec.Struct, frozen=True):
+    seed: str  # who let us in
+
+
+class NameConflict(msgspec.Struct, frozen=True):
+    """Seeds kept saying a live node has our name for longer than the grace: give up."""
+
+    reason: str
+
+
+Action = Send | Changed | Count | Joined | NameConflict

@@ -1,0 +1,481 @@
+"""The node's mesh loop: carries out what :func:`._membership.decide` decides, nothing more.
+
+Transport (asyncio + pyzmq, in the node's loop, on a ZeroMQ context of its own):
+
+* one ROUTER bound on ``--listen`` (TCP, default ``127.0.0.1:0``: a new node is never
+  exposed beyond its host), a CurveZMQ server with the cluster's keypair; the ZAP handler
+  and the refusal count are :mod:`._auth`. Every frame a peer sends arrives here; it is
+  decoded at the edge (:mod:`prismatic.transports._mesh_frames`), and one that does not
+  decode is dropped, counted and logged (throttled) with the peer's address;
+* seeds given by name are resolved every 10 s; each A/AAAA record is a seed;
+* one DEALER per peer address (a *link*), a CURVE client, used only to send. Sends never
+  block: a link whose queue is full drops the frame and counts it (the protocol repeats
+  what matters). The link's socket monitor is the fast failure signal: ``DISCONNECTED``
+  (the peer's kernel reset the connection) becomes :class:`LinkDown`, and the next failed
+  reconnect (``CLOSED``: refused, nothing listens there) :class:`LinkRefused`. Reconnects
+  start 1-2 ms after a loss and back off to 0.1 s.
+
+Time: one timer, set after every decision to :func:`._membership.next_wake`; every event
+carries the loop's monotonic time. The loop reports member changes to the node through
+``publish(topic, body)`` (``cluster.node.<name>.up|down|left``), a name conflict through
+``fatal(reason)``, and its counters to Prometheus (:meth:`MeshLoop.collector`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import zmq
+import zmq.asyncio
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from .._errors import NodeError
+from .._throttle import ThrottledWarning
+from ..transports._mesh_frames import MemberState, decode_mesh_frame, encode_mesh_frame
+from ._auth import WATCHED_EVENTS, ZAP_ENDPOINT, AdmissionWatch, parse_event, serve_zap
+from ._events import (
+    Changed, Count, Joined, JoinRequested, LeaveRequested, LinkDown, LinkRefused, MeshState,
+    NameConflict, Received, Send, Tick,
+)
+from ._membership import decide, initial_state, next_wake, table
+from ._secret import derive_keys, read_secret
+from ._settings import MeshSettings, parse_hostport
+
+__all__ = ["MeshLoop", "MemberRow"]
+
+log = logging.getLogger(__name__)
+LINK_EVENTS = zmq.EVENT_DISCONNECTED | zmq.EVENT_CLOSED | zmq.EVENT_HANDSHAKE_SUCCEEDED \
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL \
+    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+DNS_INTERVAL_S = 10.0  # seeds given by name are resolved again this often
+LINK_QUEUE = 64  # frames waiting for a peer; beyond this they are dropped (and counted)
+CLOSE_LINGER_MS = 300  # a leaving node's last frames get this long to go out
+
+
+class MemberRow(msgspec.Struct, frozen=True):
+    """One line of ``prismatic cluster members``: ``since`` is wall-clock (Unix seconds),
+    ``rtt_ms`` the last direct probe's round trip as seen from this node."""
+
+    name: str
+    address: str
+    state: MemberState
+    incarnation: int
+    rtt_ms: float | None
+    since: float
+    this_node: bool = False
+
+
+class _Link:
+    __slots__ = ("addr", "sock", "monitor", "task", "lost")
+
+    def __init__(self, addr: str, sock: zmq.Socket, monitor: zmq.asyncio.Socket) -> None:
+        self.addr = addr
+        self.sock = sock
+        self.monitor = monitor
+        self.task: asyncio.Task[None] | None = None
+        self.lost = False  # saw DISCONNECTED; the next CLOSED is a refused reconnect
+
+
+class MeshLoop:
+    def __init__(self, name: str, settings: MeshSettings,
+                 publish: Callable[[str, dict[str, Any]], None],
+                 fatal: Callable[[str], None]) -> None:
+        self.name = name
+        self.settings = settings
+        self.publish = publish
+        self.fatal = fatal
+        self.keys = derive_keys(read_secret(Path(settings.secret_file)))
+        self.listen = parse_hostport(settings.listen, "--listen")
+        self.seeds = tuple(parse_hostport(s, "--join") for s in settings.join)
+        self.counts: Counter[str] = Counter()
+        self.refusals: Counter[str] = Counter()
+        self.sent_bytes: Counter[str] = Counter()
+        self.received_bytes: Counter[str] = Counter()
+        self.bad_frame_warning = ThrottledWarning(log)
+        self.refusal_warning = ThrottledWarning(log)
+        self.link_warning = ThrottledWarning(log)
+        self.links: dict[str, _Link] = {}
+        self.link_serial = 0
+        self.closing: set[asyncio.Task[None]] = set()
+        self.tasks: list[asyncio.Task[None]] = []
+        self.timer: asyncio.TimerHandle | None = None
+        self.state: MeshState | None = None
+        self.closed = False
+
+    # ---- start and stop ---------------------------------------------------------------------
+
+    async def start(self) -> str:
+        """Bind, start serving, ask the seeds; returns the advertised address."""
+        self.loop = asyncio.get_running_loop()
+        self.ctx = zmq.asyncio.Context()
+        self.sync_ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.shadow(self.ctx.underlying)
+        zap = self.ctx.socket(zmq.REP)
+        zap.linger = 0
+        zap.bind(ZAP_ENDPOINT)  # before any CURVE server exists in this context
+        self.zap = zap
+        router = self.ctx.socket(zmq.ROUTER)
+        router.linger = 0
+        router.curve_server = True
+        router.curve_publickey = self.keys.public
+        router.curve_secretkey = self.keys.secret
+        router.zap_domain = b"prismatic-mesh"
+        router.maxmsgsize = 8 * 1024 * 1024
+        try:
+            router.bind(self.listen)
+        except zmq.ZMQError as exc:
+            router.close(0)
+            zap.close(0)
+            self.ctx.term()
+            raise NodeError(f"--listen {self.settings.listen}: cannot bind: {exc}") from None
+        self.router = router
+        self.addr = _advertised(router.get_string(zmq.LAST_ENDPOINT))
+        watch = AdmissionWatch(self.refusals, self.refusal_warning)
+        admission = router.get_monitor_socket(WATCHED_EVENTS)
+        inc = time.time_ns() // 1_000_000  # a restart always outranks its predecessor
+        self.state = initial_state(self.name, self.addr, inc, time.monotonic(), self.seeds,
+                                   seed=inc ^ hash(self.addr))
+        self.tasks = [
+            self.loop.create_task(serve_zap(zap, self.keys.public, self.refusals,
+                                            self.refusal_warning)),
+            self.loop.create_task(self.watch_admission(admission, watch)),
+            self.loop.create_task(self.receive()),
+            self.loop.create_task(self.resolve_seeds()),
+        ]
+        log.info("mesh: %s listening on %s (incarnation %d)%s", self.name, self.addr, inc,
+                 f", joining via {', '.join(self.seeds)}" if self.seeds else "")
+        self.feed(Tick(time.monotonic()))
+        return self.addr
+
+    def leave(self) -> None:
+        """Announce our departure to every member (SIGTERM, ``cluster leave``)."""
+        if self.state is not None and not self.closed \
+                and self.state.me.state is not MemberState.LEFT:
+            log.info("mesh: %s leaving the cluster", self.name)
+            self.feed(LeaveRequested(time.monotonic()))
+
+    def join(self, seeds: tuple[str, ...]) -> None:
+        self.feed(JoinRequested(time.monotonic(),
+                                tuple(parse_hostport(s, "join") for s in seeds)))
+
+    async def resolve_seeds(self) -> None:
+        """Seeds given by name: every A/AAAA record is a seed (a Kubernetes headless
+        service's names), resolved again every DNS_INTERVAL_S; a new record is asked at
+        once. Seeds given as addresses need none of this."""
+        named: list[tuple[str, int]] = []
+        for seed in self.settings.join:
+            host, _, digits = parse_hostport(seed, "--join")[6:].rpartition(":")
+            if not _is_ip(host.strip("[]")):
+                named.append((host, int(digits)))
+        known: set[str] = set()
+        warn = ThrottledWarning(log, 60.0)
+        while named:
+            found: set[str] = set()
+            for host, port in named:
+                try:
+                    infos = await self.loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+                except OSError as exc:
+                    self.counts["dns_failures"] += 1
+                    warn.warn("mesh: cannot resolve seed %s: %s", host, exc)
+                    continue
+                for family, *_, sockaddr in infos:
+                    ip = str(sockaddr[0])
+                    found.add(f"tcp://[{ip}]:{port}" if family == socket.AF_INET6
+                              else f"tcp://{ip}:{port}")
+            new = found - known
+            if new:
+                known |= new
+                log.info("mesh: seeds from DNS: %s", ", ".join(sorted(new)))
+                self.feed(JoinRequested(time.monotonic(), tuple(sorted(new))))
+            await asyncio.sleep(DNS_INTERVAL_S)
+
+    async def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self.timer is not None:
+            self.timer.cancel()
+        for t in self.tasks:
+            t.cancel()
+        for link in self.links.values():
+            if link.task is not None:
+                link.task.cancel()
+        await asyncio.gather(*self.tasks, *self.closing,
+                             *(lk.task for lk in self.links.values() if lk.task),
+                             return_exceptions=True)
+        for link in self.links.values():
+            link.sock.close(CLOSE_LINGER_MS)  # a Leave still queued goes out
+            link.monitor.close(0)
+        self.router.close(0)
+        self.zap.close(0)
+        await self.loop.run_in_executor(None, self.ctx.term)  # waits out the linger
+
+    # ---- the state machine -------------------------------------------------------------------
+
+    def feed(self, event: Any) -> None:
+        if self.closed or self.state is None:
+            return
+        self.state, actions = decide(self.state, event)
+        changed = False
+        for a in actions:
+            if isinstance(a, Send):
+                self.send(a.addr, a.frame)
+            elif isinstance(a, Changed):
+                changed = True
+                self.on_changed(a)
+            elif isinstance(a, Count):
+                self.counts[a.what] += 1
+            elif isinstance(a, Joined):
+                log.info("mesh: %s joined the cluster via %s", self.name, a.seed)
+            elif isinstance(a, NameConflict):
+                log.error("mesh: cannot join: %s", a.reason)
+                self.fatal(f"cannot join the cluster: {a.reason}")
+        if changed:
+            self.reconcile_links()
+        self.schedule()
+
+    def schedule(self) -> None:
+        assert self.state is not None
+        if self.timer is not None:
+            self.timer.cancel()
+        # Event times are time.monotonic() (uvloop's loop.time() has millisecond steps).
+        delay = max(0.0, next_wake(self.state) - time.monotonic())
+        self.timer = self.loop.call_later(delay, self.on_timer)
+
+    def on_timer(self) -> None:
+        self.timer = None
+        self.feed(Tick(time.monotonic()))
+
+    def on_changed(self, c: Changed) -> None:
+        kind = {MemberState.DEAD: "down", MemberState.LEFT: "left"}.get(c.new)
+        if c.new is MemberState.ALIVE and c.old in (None, MemberState.DEAD, MemberState.LEFT):
+            kind = "up"
+        if kind is None:
+            return
+        log.info("mesh: node %s is %s (%s, incarnation %d)", c.name, kind, c.addr, c.inc)
+        self.publish(f"cluster.node.{c.name}.{kind}", {
+            "node": c.name, "address": _hostport(c.addr), "incarnation": c.inc,
+            "state": c.new.value, "previous": c.old.value if c.old else None,
+            "seen_by": self.name})
+
+    # ---- sending -----------------------------------------------------------------------------
+
+    def send(self, addr: str, frame: Any) -> None:
+        link = self.links.get(addr) or self.open_link(addr)
+        data = encode_mesh_frame(frame)
+        try:
+            link.sock.send(data, zmq.NOBLOCK)
+        except zmq.Again:
+            self.counts["frames_dropped"] += 1  # queue full: the peer is gone or far behind
+            return
+        except zmq.ZMQError as exc:
+            self.counts["send_errors"] += 1
+            self.link_warning.warn("mesh: send to %s failed: %s", addr, exc)
+            return
+        self.sent_bytes[addr] += len(data)
+        self.counts["frames_sent"] += 1
+
+    def open_link(self, addr: str) -> _Link:
+        sock = self.sync_ctx.socket(zmq.DEALER)
+        sock.linger = 0
+        sock.sndhwm = LINK_QUEUE
+        sock.reconnect_ivl = 1  # the refused reconnect after a loss confirms a death: soon
+        sock.reconnect_ivl_max = 100  # a seed that comes up late is reached within 0.1 s
+        sock.curve_serverkey = self.keys.public
+        sock.curve_publickey = self.keys.public
+        sock.curve_secretkey = self.keys.secret
+        self.link_serial += 1
+        monitor_addr = f"inproc://mesh-link-{self.link_serial}"
+        sock.monitor(monitor_addr, LINK_EVENTS)
+        monitor = self.ctx.socket(zmq.PAIR)
+        monitor.connect(monitor_addr)
+        sock.connect(addr)
+        link = _Link(addr, sock, monitor)
+        link.task = self.loop.create_task(self.watch_link(link))
+        self.links[addr] = link
+        return link
+
+    def reconcile_links(self) -> None:
+        """A link to every member not ``left`` (dead ones too: the periodic sync asks them,
+        which is how a healed partition merges); a left member's link goes."""
+        assert self.state is not None
+        keep = {m.addr for m in self.state.members.values() if m.state is not MemberState.LEFT}
+        keep.update(self.state.seeds)
+        for addr in keep - self.links.keys():
+            self.open_link(addr)
+        for addr in [a for a in self.links if a not in keep]:
+            self.closing.add(self.loop.create_task(self.close_link(self.links.pop(addr))))
+
+    async def close_link(self, link: _Link) -> None:
+        # In this order: the monitor's reader must be gone (its task finished) before its
+        # socket closes, or the loop keeps polling a descriptor libzmq then reuses, and
+        # stops hearing the sockets that get it (found the hard way: a node went deaf).
+        try:
+            link.sock.disable_monitor()
+            if link.task is not None:
+                link.task.cancel()
+                await asyncio.gather(link.task, return_exceptions=True)
+            link.monitor.close(0)
+            link.sock.close(CLOSE_LINGER_MS)
+        finally:
+            self.closing.discard(asyncio.current_task())  # type: ignore[arg-type]
+
+    # ---- receiving ---------------------------------------------------------------------------
+
+    async def receive(self) -> None:
+        while True:
+            parts = await self.router.recv_multipart(copy=False)
+            try:
+                self.on_message(parts)
+            except Exception:  # noqa: BLE001 - one frame must never end the mesh
+                self.counts["errors"] += 1
+                log.exception("mesh: handling a frame failed (%d so far)",
+                              self.counts["errors"])
+
+    def on_message(self, parts: list[Any]) -> None:
+        if len(parts) != 2:
+            self.bad_frame(parts[-1], f"{len(parts) - 1} message parts, expected 1")
+            return
+        data = parts[1].bytes
+        frame, why = decode_mesh_frame(data)
+        if frame is None:
+            self.bad_frame(parts[1], why)
+            return
+        self.received_bytes[frame.addr] += len(data)
+        self.counts["frames_received"] += 1
+        self.feed(Received(time.monotonic(), frame))
+
+    def bad_frame(self, part: Any, why: str) -> None:
+        self.counts["bad_frames"] += 1
+        try:
+            peer = part.get("Peer-Address")
+        except (zmq.ZMQError, AttributeError):
+            peer = "an unknown address"
+        self.bad_frame_warning.warn("mesh: dropped a malformed frame from %s (%d so far): %s",
+                                    peer, self.counts["bad_frames"], why)
+
+    async def watch_link(self, link: _Link) -> None:
+        while True:
+            event, _ = parse_event(await link.monitor.recv_multipart())
+            if event == zmq.EVENT_DISCONNECTED:
+                link.lost = True
+                self.feed(LinkDown(time.monotonic(), link.addr))
+            elif event == zmq.EVENT_CLOSED and link.lost:
+                link.lost = False
+                self.feed(LinkRefused(time.monotonic(), link.addr))
+            elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                link.lost = False
+            elif event in (zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL, zmq.EVENT_HANDSHAKE_FAILED_AUTH,
+                           zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL):
+                self.counts["handshake_failures"] += 1
+                self.link_warning.warn("mesh: %s refused our handshake: it holds another "
+                                       "cluster secret, or is not a Prismatic node", link.addr)
+
+    async def watch_admission(self, monitor: zmq.asyncio.Socket, watch: AdmissionWatch) -> None:
+        try:
+            while True:
+                watch.on_event(*parse_event(await monitor.recv_multipart()))
+        finally:
+            monitor.close(0)
+
+    # ---- what the outside reads --------------------------------------------------------------
+
+    def members(self) -> list[MemberRow]:
+        assert self.state is not None
+        mono, wall = time.monotonic(), time.time()
+        return [MemberRow(m.name, _hostport(m.addr), m.state, m.inc,
+                          None if m.rtt is None else round(m.rtt * 1000, 3),
+                          wall - (mono - m.since), this_node=(m is self.state.me))
+                for m in table(self.state)]
+
+    def collector(self) -> _MeshCollector:
+        return _MeshCollector(self)
+
+
+class _MeshCollector:
+    """The mesh's Prometheus series, read at scrape time (from the metrics thread: it only
+    reads counters and one reference to the frozen state)."""
+
+    def __init__(self, mesh: MeshLoop) -> None:
+        self.mesh = mesh
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        m = self.mesh
+        state = m.state
+        members = GaugeMetricFamily("prismatic_cluster_members",
+                                    "Cluster members as this node sees them, by state",
+                                    labels=["state"])
+        rows = table(state) if state is not None else []
+        for s in MemberState:
+            members.add_metric([s.value], sum(1 for r in rows if r.state is s))
+        yield members
+        health = GaugeMetricFamily("prismatic_cluster_local_health",
+                                   "Lifeguard's local health multiplier (0: healthy)")
+        health.add_metric([], state.health if state is not None else 0)
+        yield health
+        for what, help_ in (
+                ("probes_sent", "Direct probes started"),
+                ("probes_failed", "Probes without any ack, direct or indirect"),
+                ("indirect_probes", "Probes that needed indirect probes through k members"),
+                ("suspicions_raised", "Members this node came to suspect"),
+                ("suspicions_refuted", "Suspicions of others cleared by their refutation"),
+                ("refutations", "Suspicions of this node it refuted (false positives)"),
+                ("bad_frames", "Frames from peers dropped as malformed"),
+                ("frames_dropped", "Frames dropped because a peer's queue was full"),
+                ("handshake_failures", "Our handshakes a peer refused"),
+                ("errors", "Frames whose handling raised (a bug; logged)"),
+                ("frames_sent", "Frames sent to peers"),
+                ("frames_received", "Frames received from peers (well-formed)")):
+            c = CounterMetricFamily(f"prismatic_cluster_{what}", help_)
+            c.add_metric([], m.counts[what])
+            yield c
+        refusals = CounterMetricFamily("prismatic_cluster_auth_refusals",
+                                       "Connections refused admission, by reason",
+                                       labels=["reason"])
+        for reason in ("bad_handshake", "unknown_key"):
+            refusals.add_metric([reason], m.refusals[reason])
+        yield refusals
+        names = {r.addr: r.name for r in rows}
+        sent = CounterMetricFamily("prismatic_cluster_bytes_sent", "Bytes sent to each peer",
+                                   labels=["peer"])
+        for addr, n in list(m.sent_bytes.items()):
+            sent.add_metric([names.get(addr, _hostport(addr))], n)
+        yield sent
+        received = CounterMetricFamily("prismatic_cluster_bytes_received",
+                                       "Bytes received from each peer", labels=["peer"])
+        for addr, n in list(m.received_bytes.items()):
+            received.add_metric([names.get(addr, _hostport(addr))], n)
+        yield received
+
+
+def _hostport(addr: str) -> str:
+    return addr[6:] if addr.startswith("tcp://") else addr
+
+
+def _is_ip(host: str) -> bool:
+    import ipaddress  # noqa: PLC0415
+
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _advertised(endpoint: str) -> str:
+    """The address peers reach us at: the bound one, unless bound to every interface (then
+    this host's name resolved, as Erlang's long names do)."""
+    host, _, port = endpoint[6:].rpartition(":")
+    if host in ("0.0.0.0", "*", "[::]", "::"):
+        host = socket.gethostbyname(socket.gethostname())
+    return f"tcp://{host}:{port}"

@@ -1,0 +1,50 @@
+"""What a node needs to be a cluster member, checked before the node forks its tree.
+
+``--listen HOST:PORT`` (default ``127.0.0.1:0``: loopback, any port), ``--join HOST:PORT``
+(repeatable seeds) and ``--cluster-secret FILE`` (default ``$PRISMATIC_HOME/cluster.secret``)
+become a :class:`MeshSettings`; :func:`check_settings` fails with one clear line on a bad
+address, an unsafe or missing secret, or a node name that cannot be a topic word (member
+events are published as ``cluster.node.<name>.up``). Nothing here imports ZeroMQ.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from .._errors import NodeError, TopicError
+from .._topics import validate_topic
+from ._secret import read_secret
+
+__all__ = ["MeshSettings", "parse_hostport", "check_settings"]
+
+
+class MeshSettings(msgspec.Struct, frozen=True):
+    listen: str = "127.0.0.1:0"
+    join: tuple[str, ...] = ()
+    secret_file: str = ""
+
+
+def parse_hostport(text: str, what: str) -> str:
+    """``HOST:PORT`` (``[v6]:PORT``, or already ``tcp://...``) as a ZeroMQ TCP endpoint;
+    NodeError if malformed."""
+    text = text.strip()
+    if text.startswith("tcp://"):
+        text = text[6:]
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise NodeError(f"{what} {text!r}: expected HOST:PORT (e.g. 10.0.0.5:4370)")
+    return f"tcp://{host}:{int(port)}"
+
+
+def check_settings(name: str, settings: MeshSettings) -> None:
+    try:
+        validate_topic(f"cluster.node.{name}.up")
+    except TopicError:
+        raise NodeError(f"node name {name!r} cannot join a cluster: a member's name must be "
+                        f"one topic word (letters, digits and _-:@/+=$, no dots)") from None
+    parse_hostport(settings.listen, "--listen")
+    for seed in settings.join:
+        parse_hostport(seed, "--join")
+    from pathlib import Path  # noqa: PLC0415
+
+    read_secret(Path(settings.secret_file))

@@ -1,0 +1,421 @@
+"""The membership state machine (:mod:`prismatic.mesh._membership`): unit cases for each
+rule, and hypothesis stateful runs of whole simulated clusters.
+
+The simulation keeps a virtual clock and a network of per-node inboxes: it ticks every node
+when ``next_wake`` says so and delivers every ``Send`` (in order per receiver), so it drives
+the real ``decide`` through kills (the transport's signals: the link closes, reconnecting is
+refused), restarts under the same name (a new, higher incarnation), graceful leaves and
+pauses of up to 200 ms (a SIGSTOPped or CPU-starved node). Invariants after every step:
+no node believes itself suspect or dead; a member's incarnation never goes down in anyone's
+table; ``left`` is final for its incarnation; and a node that runs (paused at most 200 ms at
+a time) is never declared dead at its current incarnation: no false declarations.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from prismatic.mesh._events import (
+    Changed, Count, DetectorConfig, Joined, JoinRequested, LeaveRequested, LinkDown,
+    LinkRefused, MeshState, NameConflict, Received, Send, Tick,
+)
+from prismatic.mesh._membership import (
+    decide, initial_state, next_wake, suspicion_timeout, table,
+)
+from prismatic.transports._mesh_frames import (
+    Ack, Gossip, Join, JoinNack, JoinReply, Leave, MemberState, Ping, PingReq, SyncReq,
+    Update,
+)
+
+ALIVE, SUSPECT, DEAD, LEFT = (MemberState.ALIVE, MemberState.SUSPECT, MemberState.DEAD,
+                              MemberState.LEFT)
+CFG = DetectorConfig()
+
+
+def addr(i: int) -> str:
+    return f"tcp://10.0.0.{i}:7000"
+
+
+def node(i: int, inc: int = 1, seeds: tuple[str, ...] = (), now: float = 0.0) -> MeshState:
+    return initial_state(f"n{i}", addr(i), inc, now, seeds, seed=i)
+
+
+def sends(actions: list[Any], kind: type | None = None) -> list[Send]:
+    return [a for a in actions if isinstance(a, Send) and (kind is None
+                                                          or isinstance(a.frame, kind))]
+
+
+def state_of(s: MeshState, name: str) -> MemberState | None:
+    m = s.members.get(name)
+    return m.state if m else None
+
+
+def with_member(s: MeshState, i: int, inc: int = 1, now: float = 0.0) -> MeshState:
+    s, _ = decide(s, Received(now, Gossip(f"n{i}", addr(i), inc)))
+    return s
+
+
+# ---- one rule at a time -----------------------------------------------------------------------
+
+def test_a_suspicion_of_myself_is_refuted_with_a_higher_incarnation() -> None:
+    s = with_member(node(1, inc=5), 2)
+    s, actions = decide(s, Received(0.1, Ping("n2", addr(2), 1, 9, "n1",
+                                              (Update("n1", addr(1), 5, SUSPECT, "n2"),))))
+    assert s.me.inc == 6 and s.me.state is ALIVE
+    assert Count("refutations") in actions
+    acks = sends(actions, Ack)
+    assert acks and Update("n1", addr(1), 6, ALIVE) in acks[0].frame.updates
+    pushed = sends(actions, Gossip)
+    assert pushed and pushed[0].frame.updates == (Update("n1", addr(1), 6, ALIVE),)
+
+
+def test_a_higher_incarnation_clears_a_suspicion_and_a_lower_one_does_not() -> None:
+    s = with_member(with_member(node(1), 2, inc=3), 3)
+    s, acts = decide(s, Received(0.1, Gossip("n3", addr(3), 1,
+                                             (Update("n2", addr(2), 3, SUSPECT, "n3"),))))
+    assert state_of(s, "n2") is SUSPECT and Count("suspicions_raised") in acts
+    s, _ = decide(s, Received(0.2, Gossip("n3", addr(3), 1, (Update("n2", addr(2), 3, ALIVE),))))
+    assert state_of(s, "n2") is SUSPECT  # the same incarnation is no refutation
+    s, acts = decide(s, Received(0.3, Gossip("n3", addr(3), 1,
+                                             (Update("n2", addr(2), 4, ALIVE),))))
+    assert state_of(s, "n2") is ALIVE and s.members["n2"].inc == 4
+    assert Count("suspicions_refuted") in acts
+
+
+def test_left_is_final_for_its_incarnation_and_a_new_one_rejoins() -> None:
+    s = with_member(node(1), 2, inc=7)
+    s, acts = decide(s, Received(0.1, Leave("n2", addr(2), 7)))
+    assert state_of(s, "n2") is LEFT
+    assert Changed("n2", addr(2), 7, ALIVE, LEFT) in acts
+    for st_ in (ALIVE, SUSPECT, DEAD):
+        s, _ = decide(s, Received(0.2, Gossip("n3", addr(3), 1,
+                                              (Update("n2", addr(2), 7, st_, "n3"),))))
+        assert state_of(s, "n2") is LEFT
+    s, _ = decide(s, Received(0.3, Ping("n2", addr(2), 7, 1, "n1")))
+    assert state_of(s, "n2") is LEFT
+    s, acts = decide(s, Received(0.4, Join("n2", "tcp://10.0.0.2:7001", 8)))
+    assert state_of(s, "n2") is ALIVE and s.members["n2"].inc == 8
+    assert sends(acts, JoinReply)
+
+
+def test_the_transport_signal_declares_dead_at_once_only_after_a_closed_link() -> None:
+    s = with_member(node(1), 2)
+    s, acts = decide(s, LinkRefused(0.1, addr(2)))
+    assert state_of(s, "n2") is ALIVE  # a refusal without a closed link proves nothing
+    s, acts = decide(s, LinkDown(0.1, addr(2)))
+    assert state_of(s, "n2") is ALIVE and sends(acts, Ping)  # probed at once
+    s, acts = decide(s, LinkRefused(0.105, addr(2)))
+    assert state_of(s, "n2") is DEAD
+    assert Changed("n2", addr(2), 1, ALIVE, DEAD) in acts
+
+
+def test_a_link_that_comes_back_is_no_death() -> None:
+    s = with_member(node(1), 2)
+    s, _ = decide(s, LinkDown(0.1, addr(2)))
+    s, _ = decide(s, Received(0.11, Ack("n2", addr(2), 1, 99)))
+    s, _ = decide(s, LinkRefused(0.2, addr(2)))
+    assert state_of(s, "n2") is ALIVE
+
+
+def test_a_probe_without_any_answer_raises_a_suspicion_then_death() -> None:
+    s = with_member(with_member(node(1), 2), 3)
+    now, dead_at = 0.0, None
+    while now < 10 and dead_at is None:
+        now = next_wake(s)
+        s, acts = decide(s, Tick(now))
+        for a in sends(acts, PingReq):  # n3 helps, but n2 never answers: n3 nacks
+            if a.addr == addr(3):
+                pass
+        if state_of(s, "n2") is DEAD:
+            dead_at = now
+        # n3 answers every ping so only n2 is ever suspected
+        for a in sends(acts, Ping):
+            if a.addr == addr(3):
+                s, _ = decide(s, Received(now, Ack("n3", addr(3), 1, a.frame.seq)))
+    assert dead_at is not None and state_of(s, "n3") is ALIVE
+    # one suspector, no confirmation: Lifeguard's long timeout
+    assert dead_at >= suspicion_timeout(CFG, 3, 0)
+
+
+def test_confirmations_shorten_the_suspicion() -> None:
+    assert suspicion_timeout(CFG, 5, 0) > suspicion_timeout(CFG, 5, 1) \
+        > suspicion_timeout(CFG, 5, 3) == suspicion_timeout(CFG, 5, 9)
+
+
+def test_a_late_tick_restarts_the_probe_instead_of_judging() -> None:
+    s = with_member(node(1), 2)
+    s, acts = decide(s, Tick(next_wake(s)))
+    assert sends(acts, Ping) and s.probe is not None
+    s, acts = decide(s, Tick(s.probe.deadline + 0.5))  # we were stopped for half a second
+    assert state_of(s, "n2") is ALIVE and s.health == 1 and s.probe is not None
+    assert not sends(acts, PingReq)
+
+
+def test_a_live_name_is_refused_and_the_refusal_becomes_fatal_after_the_grace() -> None:
+    seed = with_member(node(1), 2, inc=1)
+    seed, acts = decide(seed, Received(0.1, Join("n2", "tcp://10.0.0.9:7000", 2)))
+    nack = sends(acts, JoinNack)
+    assert nack and "taken by a live node at 10.0.0.2:7000" in nack[0].frame.reason
+    assert seed.members["n2"].addr == addr(2)
+    newcomer = initial_state("n2", "tcp://10.0.0.9:7000", 2, 0.0, (addr(1),))
+    newcomer, _ = decide(newcomer, Received(0.1, nack[0].frame))
+    newcomer, acts = decide(newcomer, Received(0.1 + CFG.name_claim_grace,
+                                               nack[0].frame))
+    assert any(isinstance(a, NameConflict) for a in acts)
+
+
+def test_join_retries_back_off_until_a_seed_answers() -> None:
+    s = node(1, seeds=(addr(2),))
+    times = []
+    now = 0.0
+    for _ in range(6):
+        now = next_wake(s)
+        s, acts = decide(s, Tick(now))
+        if sends(acts, Join):
+            times.append(now)
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    assert gaps == sorted(gaps) and gaps[-1] > gaps[0]
+    s, acts = decide(s, Received(now, JoinReply("n2", addr(2), 1, (
+        Update("n2", addr(2), 1, ALIVE), Update("n3", addr(3), 1, ALIVE)))))
+    assert not s.joining and Joined(addr(2)) in acts
+    assert {a.addr for a in sends(acts, Gossip)} >= {addr(3)}  # announced to everyone
+
+
+def test_a_join_asked_at_run_time_is_sent_at_once_and_idempotent() -> None:
+    s = with_member(node(1), 2)
+    s, acts = decide(s, JoinRequested(0.1, (addr(3), addr(3))))
+    assert [a.addr for a in sends(acts, Join)] == [addr(3)] and s.joining
+    s, acts = decide(s, JoinRequested(0.2, (addr(3),)))
+    assert [a.addr for a in sends(acts, Join)] == [addr(3)]
+
+
+def test_a_full_sync_does_not_overrule_what_i_saw_myself() -> None:
+    s = with_member(node(1), 2, inc=3)
+    s, acts = decide(s, Received(0.1, SyncReq("n3", addr(3), 1,
+                                              (Update("n2", addr(2), 3, DEAD),))))
+    assert state_of(s, "n2") is ALIVE
+    s, _ = decide(s, Received(0.1, SyncReq("n3", addr(3), 1,
+                                           (Update("n2", addr(2), 4, DEAD),))))
+    assert state_of(s, "n2") is DEAD
+
+
+def test_a_leaving_node_tells_everyone_and_never_probes_again() -> None:
+    s = with_member(with_member(node(1), 2), 3)
+    s, acts = decide(s, LeaveRequested(0.1))
+    assert {a.addr for a in sends(acts, Leave)} == {addr(2), addr(3)}
+    assert s.me.state is LEFT
+    s, acts = decide(s, Tick(5.0))
+    assert acts == []
+
+
+# ---- whole clusters ---------------------------------------------------------------------------
+
+class Cluster:
+    """N simulated nodes on a virtual clock; delivery is reliable and in order, a paused
+    node's frames wait in its inbox (as in its socket buffer)."""
+
+    def __init__(self, n: int) -> None:
+        self.now = 0.0
+        self.nodes: dict[int, MeshState] = {}
+        self.inbox: dict[str, list[Any]] = {}
+        self.running: dict[int, bool] = {}
+        self.paused_until: dict[int, float] = {}
+        self.incs: dict[int, int] = {}
+        self.seen_inc: dict[tuple[int, str], int] = {}
+        self.left_at: dict[tuple[int, str], int] = {}
+        for i in range(n):
+            self.start(i, seeds=(addr(0),) if i else ())
+        self.settle(1.0)
+
+    def start(self, i: int, seeds: tuple[str, ...]) -> None:
+        self.incs[i] = self.incs.get(i, 0) + 1000
+        self.nodes[i] = initial_state(f"n{i}", addr(i), self.incs[i], self.now, seeds,
+                                      seed=i + self.incs[i])
+        self.inbox[addr(i)] = []
+        self.running[i] = True
+        self.paused_until[i] = 0.0
+
+    def active(self, i: int) -> bool:
+        return self.running[i] and self.paused_until[i] <= self.now
+
+    def feed(self, i: int, event: Any) -> None:
+        self.nodes[i], actions = decide(self.nodes[i], event)
+        for a in actions:
+            if isinstance(a, Send) and a.addr in self.inbox:
+                target = int(a.addr.rsplit(".", 1)[1].split(":")[0])
+                if self.running[target]:
+                    self.inbox[a.addr].append(a.frame)
+
+    def step(self) -> None:
+        """Advance to the next wake-up of any active node; deliver until quiet."""
+        active = [i for i in self.nodes if self.active(i)]
+        resumes = [t for i, t in self.paused_until.items() if self.running[i] and t > self.now]
+        wakes = [next_wake(self.nodes[i]) for i in active] + resumes
+        self.now = max(self.now, min(wakes)) if wakes else self.now + 0.1
+        self.deliver()
+        for i in list(self.nodes):
+            if self.active(i) and next_wake(self.nodes[i]) <= self.now:
+                self.feed(i, Tick(self.now))
+        self.deliver()
+
+    def deliver(self) -> None:
+        busy = True
+        while busy:
+            busy = False
+            for i in list(self.nodes):
+                box = self.inbox[addr(i)]
+                if self.active(i) and box:
+                    busy = True
+                    item = box.pop(0)
+                    if isinstance(item, (LinkDown, LinkRefused)):  # queued while paused
+                        self.feed(i, type(item)(self.now, item.addr))
+                    else:
+                        self.feed(i, Received(self.now, item))
+
+    def settle(self, seconds: float) -> None:
+        end = self.now + seconds
+        while self.now < end:
+            self.step()
+            self.check()
+
+    def kill(self, i: int) -> None:
+        self.running[i] = False
+        self.inbox[addr(i)] = []
+        for j in self.nodes:  # the peers' kernels see the reset, then a refused reconnect
+            if self.running[j]:
+                self.inbox[addr(j)] += [LinkDown(self.now, addr(i)),
+                                        LinkRefused(self.now, addr(i))]
+        self.deliver()
+
+    def views(self, name: str, active_only: bool = False) -> list[MemberState | None]:
+        return [state_of(self.nodes[j], name) for j in self.nodes
+                if self.running[j] and self.nodes[j].me.name != name
+                and (self.active(j) or not active_only)]
+
+    def check(self) -> None:
+        for i, s in self.nodes.items():
+            assert s.me.state in (ALIVE, LEFT), f"n{i} believes itself {s.me.state}"
+            for m in s.members.values():
+                key = (i, m.name)
+                assert m.inc >= self.seen_inc.get(key, 0), "an incarnation went down"
+                self.seen_inc[key] = m.inc
+                if key in self.left_at and self.left_at[key] == m.inc:
+                    assert m.state is LEFT, f"n{i} revived {m.name} after it left"
+                if m.state is LEFT:
+                    self.left_at[key] = m.inc
+            if not self.running[i]:
+                continue
+            for j, other in self.nodes.items():
+                if j != i and self.running[j] and other.me.state is ALIVE:
+                    m = other.members.get(f"n{i}")
+                    if m is not None and m.inc == s.me.inc:
+                        assert m.state is not DEAD, \
+                            f"false positive: n{j} declared running n{i} dead at {self.now:.3f}"
+
+
+SIM = settings(max_examples=25, stateful_step_count=15, deadline=None,
+               suppress_health_check=list(HealthCheck))
+
+
+class ClusterMachine(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.c = Cluster(4)
+
+    @rule(dt=st.floats(0.05, 1.0))
+    def wait(self, dt: float) -> None:
+        self.c.settle(dt)
+
+    @rule(i=st.integers(1, 3), pause=st.floats(0.01, 0.2))
+    def pause(self, i: int, pause: float) -> None:
+        if self.c.active(i):
+            self.c.paused_until[i] = self.c.now + pause
+
+    @precondition(lambda self: sum(self.c.running.values()) > 2)
+    @rule(i=st.integers(1, 3))
+    def kill(self, i: int) -> None:
+        if self.c.running[i]:
+            self.c.kill(i)
+            self.c.deliver()
+            views = self.c.views(f"n{i}", active_only=True)
+            assert all(v in (DEAD, None) for v in views), views
+            self.c.settle(0.25)  # a paused node resumes and reads its queued signals
+            assert all(v in (DEAD, None) for v in self.c.views(f"n{i}")), self.c.views(f"n{i}")
+
+    @rule(i=st.integers(1, 3))
+    def restart(self, i: int) -> None:
+        if not self.c.running[i]:
+            self.c.start(i, seeds=(addr(0),))
+            self.c.settle(2.0)
+            assert all(v is ALIVE for v in self.c.views(f"n{i}")), self.c.views(f"n{i}")
+
+    @rule(i=st.integers(1, 3))
+    def leave(self, i: int) -> None:
+        if self.c.active(i) and self.c.nodes[i].me.state is ALIVE:
+            self.c.feed(i, LeaveRequested(self.c.now))
+            self.c.deliver()
+            self.c.running[i] = False
+            views = self.c.views(f"n{i}", active_only=True)
+            assert all(v is LEFT for v in views), views
+            self.c.settle(0.25)
+            assert all(v is LEFT for v in self.c.views(f"n{i}")), self.c.views(f"n{i}")
+
+    @invariant()
+    def formed(self) -> None:
+        live = [i for i in self.c.nodes if self.c.running[i]]
+        for i in live:
+            for j in live:
+                if i != j and self.c.paused_until[j] <= self.c.now - 3:
+                    # everyone who runs and was not just paused is known alive or suspect
+                    assert state_of(self.c.nodes[i], f"n{j}") in (ALIVE, SUSPECT, None)
+
+
+TestCluster = ClusterMachine.TestCase
+TestCluster.settings = SIM
+
+
+def test_a_cluster_forms_and_stays_formed() -> None:
+    c = Cluster(5)
+    for i in c.nodes:
+        assert [m.state for m in table(c.nodes[i])] == [ALIVE] * 5
+    c.settle(5.0)
+    for i in c.nodes:
+        assert [m.state for m in table(c.nodes[i])] == [ALIVE] * 5
+
+
+def test_a_silently_lost_node_is_declared_dead_by_all_within_a_second() -> None:
+    c = Cluster(5)
+    lost_at = c.now
+    c.running[3] = False  # no transport signal: a lost host, a pulled cable
+    c.inbox[addr(3)] = []
+    while not all(v is DEAD for v in c.views("n3")):
+        c.step()
+        assert c.now - lost_at < 1.0, c.views("n3")
+
+
+def test_a_paused_node_is_suspected_and_refutes_without_being_declared_dead() -> None:
+    c = Cluster(5)
+    refuted = 0
+    for _ in range(10):
+        c.paused_until[2] = c.now + 0.2
+        c.settle(1.0)
+        refuted = max(refuted, c.nodes[2].me.inc - c.incs[2])
+    assert all(v is ALIVE for v in c.views("n2"))
+
+
+def test_state_round_trips_through_msgspec() -> None:
+    c = Cluster(3)
+    s = c.nodes[1]
+    assert msgspec.msgpack.decode(msgspec.msgpack.encode(s), type=MeshState) == s
+
+
+def test_a_node_that_left_comes_back_as_a_new_incarnation() -> None:
+    s = with_member(node(1, inc=4), 2)
+    s, _ = decide(s, LeaveRequested(0.1))
+    s, acts = decide(s, JoinRequested(0.2, (addr(2),)))
+    assert s.me.state is ALIVE and s.me.inc == 5 and sends(acts, Join)
