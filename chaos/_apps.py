@@ -1,6 +1,6 @@
 """Processes the chaos scenarios add to the tree under test, and a tree built for storms.
 
-The crash-loop and hang scenarios do not need the user's app to contain anything special:
+The crash-loop, hang, flood and resources scenarios need nothing special in the user's app:
 they add what they break with ``start_child`` under the root (as ``temporary`` children,
 whose exit costs the root no restart) and take it away afterwards. ``storm_tree`` is a tree
 for long kill storms (``--app prismatic.chaos._apps:storm_tree``): three levels of
@@ -15,8 +15,8 @@ from pathlib import Path
 from .._childspec import ChildSpec, SupervisorSpec, SupFlags
 from .._worker import Worker
 
-__all__ = ["Crasher", "Sleeper", "Slowpoke", "Idle", "crash_loop_tree", "CRASH_LOOP_INTENSITIES",
-           "storm_tree"]
+__all__ = ["Crasher", "Sleeper", "Slowpoke", "Glutton", "Idle", "crash_loop_tree",
+           "CRASH_LOOP_INTENSITIES", "storm_tree"]
 
 # The crash loop's supervisors, bottom-up: the crasher's own supervisor, then the one above.
 CRASH_LOOP_INTENSITIES = (1, 3)
@@ -105,3 +105,60 @@ class Slowpoke(Worker):
 
     def handle_call(self, msg: object, caller: object) -> object:
         return self.handled
+
+
+class Glutton(Worker):
+    """Registered as ``name``; exhausts a resource on request (a request is a list over the
+    wire: msgpack has no tuples).
+
+    * call ``("fds", limit)``: lowers its descriptor limit to ``limit`` and opens /dev/null
+      until EMFILE, keeping them all; returns how many it holds;
+    * call ``("fork", n)``: forks ``n`` children that sleep (a minute at most); their pids;
+    * cast ``("memory", headroom)``: caps its address space (``RLIMIT_AS``) at what it maps
+      now plus ``headroom`` bytes, then allocates until ``MemoryError``, which it lets
+      through: it crashes;
+    * call ``"ping"``: ``"pong"``.
+    """
+
+    def init(self, name: str) -> None:
+        self.held: list[object] = []
+        self.register(name)
+
+    def handle_call(self, msg: object, caller: object) -> object:
+        import os
+        import resource
+
+        if msg == "ping":
+            return "pong"
+        if isinstance(msg, (list, tuple)) and msg[0] == "fds":
+            soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (min(int(msg[1]), soft), hard))
+            try:
+                while True:
+                    self.held.append(os.open(os.devnull, os.O_RDONLY))
+            except OSError:
+                pass
+            return len(self.held)
+        if isinstance(msg, (list, tuple)) and msg[0] == "fork":
+            pids = []
+            for _ in range(int(msg[1])):
+                pid = os.fork()
+                if pid == 0:
+                    deadline = time.monotonic() + 60
+                    while time.monotonic() < deadline:
+                        time.sleep(0.2)
+                    os._exit(0)
+                pids.append(pid)
+            return pids
+        raise ValueError(f"unknown request {msg!r}")
+
+    def handle_cast(self, msg: object) -> None:
+        import resource
+
+        if isinstance(msg, (list, tuple)) and msg[0] == "memory":
+            with open("/proc/self/statm") as f:
+                mapped = int(f.read().split()[0]) * resource.getpagesize()
+            limit = mapped + int(msg[1])
+            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+            while True:
+                self.held.append(bytearray(1 << 20))

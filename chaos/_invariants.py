@@ -21,7 +21,8 @@ told otherwise: a row that names a dead pid is exactly what it must catch.
 * :func:`shutdown_escalated`, :func:`call_timed_out`: a hung worker's call times out and
   its shutdown becomes a SIGKILL once its shutdown time has passed;
 * :func:`flood_accounted`, :func:`memory_bounded`: a flooded mailbox pushes back, loses
-  nothing, counts each refusal, and its memory stays bounded.
+  nothing, counts each refusal, and its memory stays bounded;
+* :func:`descendants_gone`: what a killed worker forked died with it.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ __all__ = [
     "Kill", "ExitSeen", "process_alive", "tree_converged", "no_orphans", "nothing_left",
     "acked_events_intact", "control_answered", "kills_accounted", "restarts_consistent",
     "expected_escalation", "escalation_stopped_at", "shutdown_escalated", "call_timed_out",
-    "flood_accounted", "memory_bounded",
+    "flood_accounted", "memory_bounded", "descendants_gone",
 ]
 
 
@@ -307,4 +308,13 @@ def memory_bounded(before: int, peak: int, bound: int) -> str | None:
     """A process's private memory grew by less than ``bound`` bytes under the fault."""
     if peak - before >= bound:
         return f"memory grew by {(peak - before) >> 20} MiB (bound {bound >> 20} MiB)"
+    return None
+
+
+def descendants_gone(still_alive: Sequence[int]) -> str | None:
+    """The children a worker forked died with it (its process group, and the subreaper
+    sweep for those that left the group)."""
+    if still_alive:
+        return f"{len(still_alive)} child process(es) of a killed worker still run: " \
+               f"{sorted(still_alive)[:10]}"
     return None

@@ -133,7 +133,8 @@ def render_text(report: RunReport) -> str:
         names = sorted(set(s.checks_passed) | set(s.checks_failed))
         for name in names:
             ok, bad = s.checks_passed.get(name, 0), s.checks_failed.get(name, 0)
-            lines.append(f"  {name:<20}{ok} passed, {bad} failed")
+            pad = "" if len(name) < 20 else " "
+            lines.append(f"  {name:<20}{pad}{ok} passed, {bad} failed")
         c = s.convergence_ms
         lines.append(f"  convergence (ms)    p50 {_ms(c, 'p50')}  p99 {_ms(c, 'p99')}  "
                      f"max {_ms(c, 'max')}  (n={int(c.get('n', 0))})")

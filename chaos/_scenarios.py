@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Protocol
 
-from . import crash_loop, durability, flood, hang, kill_storm
+from . import crash_loop, durability, flood, hang, kill_storm, resources
 
 if TYPE_CHECKING:
     from ._runner import ScenarioContext
@@ -36,4 +36,4 @@ class Scenario(Protocol):
 
 
 SCENARIOS: dict[str, Scenario] = {m.NAME: m for m in (kill_storm, crash_loop, hang, flood,
-                                                      durability)}
+                                                      resources, durability)}

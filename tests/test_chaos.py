@@ -16,7 +16,7 @@ import pytest
 
 from tests.conftest import REPO, SESSION_TAG, wait_until
 
-SCENARIOS = ("kill-storm", "crash-loop", "hang", "flood", "durability")
+SCENARIOS = ("kill-storm", "crash-loop", "hang", "flood", "resources", "durability")
 
 
 def chaos(tmp_path: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -67,6 +67,8 @@ def test_scenario_specific_figures(every_scenario: dict[str, Any]) -> None:
     assert every_scenario["crash-loop"]["checks_passed"]["escalation_level"] >= 1
     assert every_scenario["hang"]["checks_passed"]["shutdown_escalated"] >= 1
     assert every_scenario["flood"]["checks_passed"]["flood_accounted"] >= 1
+    res = every_scenario["resources"]["checks_passed"]  # seed 3 tries every resource
+    assert {"memory_limit_crash", "fd_exhaustion_answers", "children_die_with_it"} <= set(res)
     dur = every_scenario["durability"]
     assert dur["acked_events_written"] > 0
     assert dur["acked_events_verified"] == dur["acked_events_written"]

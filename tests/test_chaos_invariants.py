@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 
 from prismatic._control import TreeRow
 from prismatic.chaos._invariants import (
-    ExitSeen, Kill, acked_events_intact, call_timed_out, control_answered, escalation_stopped_at,
+    ExitSeen, Kill, acked_events_intact, call_timed_out, control_answered, descendants_gone,
+    escalation_stopped_at,
     expected_escalation, flood_accounted, kills_accounted, memory_bounded, no_orphans,
     nothing_left, process_alive, restarts_consistent, shutdown_escalated, tree_converged,
 )
@@ -225,3 +226,8 @@ def test_flood_accounted() -> None:
 def test_memory_bounded() -> None:
     assert memory_bounded(8 << 20, 9 << 20, 32 << 20) is None
     assert "40 MiB" in (memory_bounded(8 << 20, 48 << 20, 32 << 20) or "")
+
+
+def test_descendants_gone(live_pid: int) -> None:
+    assert "1 child process" in (descendants_gone([live_pid]) or "")
+    assert descendants_gone([]) is None
