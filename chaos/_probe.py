@@ -28,8 +28,9 @@ _INTERVAL_S = 0.01
 
 class Probe:
     def __init__(self, connect: Callable[[], NodeConnection], shape: TreeShape,
-                 deadline_s: float) -> None:
+                 deadline_s: float, alive: Callable[[], bool] = lambda: True) -> None:
         self._connect = connect
+        self._alive = alive  # whether the node process still runs: no point waiting if not
         self.shape = shape
         self.deadline_s = deadline_s
         self.lock = threading.Lock()
@@ -79,7 +80,7 @@ class Probe:
     def wait_converged(self, timeout: float, stop: threading.Event | None = None) -> bool:
         """Until nothing is pending and the last look found the tree in shape."""
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and self._alive():
             with self.lock:
                 idle = not self.pending
             if idle and self.last_problem is None:

@@ -50,7 +50,7 @@ class RunSettings(msgspec.Struct, frozen=True, kw_only=True):
     seed: int = 0
     rate: float = 5.0  # faults per second (each scenario scales it to what it does)
     deadline: float = 10.0  # seconds a fault's tree may take to converge
-    latency_limit: float = 2.0  # seconds a control request may take
+    latency_limit: float = 5.0  # seconds a control request may take (a loaded machine: seconds)
     workdir: str | None = None  # where owned nodes' data dirs go (default: a temp dir)
 
 
@@ -88,15 +88,16 @@ class ScenarioContext:
         self.kills: list[Kill] = []
         self._suspects: set[int] = set()
         self._orphans: set[int] = set()
-        self.conn: NodeConnection = target.connect()
+        self.conn: NodeConnection = target.connect(timeout=settings.latency_limit + 1.0)
 
     # ---- time -------------------------------------------------------------------------------
 
     def wait_offset(self, offset: float) -> bool:
-        """Sleep until ``offset`` seconds after the scenario started; False on Ctrl-C."""
+        """Sleep until ``offset`` seconds after the scenario started; False on Ctrl-C, or
+        once the node has exited (nothing left to break: the runner reports it)."""
         while True:
             left = self.started + offset - time.monotonic()
-            if self.stop.is_set():
+            if self.stop.is_set() or not self.target.running():
                 return False
             if left <= 0:
                 return True
@@ -180,7 +181,7 @@ class ScenarioContext:
     def reconnect(self) -> None:
         """After the scenario restarted the node."""
         self.conn.close()
-        self.conn = self.target.connect()
+        self.conn = self.target.connect(timeout=self.settings.latency_limit + 1.0)
 
     def exits_until(self, since_ns: int, done: Callable[[list[ExitSeen]], object],
                     timeout: float = 3.0) -> list[ExitSeen]:
@@ -216,6 +217,28 @@ def _load_shape(settings: RunSettings, target: OwnedNode | ExistingNode,
     return shape_of_spec(spec)
 
 
+def _settle_and_check(ctx: ScenarioContext, probe: Probe) -> None:
+    """What every scenario checks once its faults are over: the tree settles into its
+    shape, each fault converged within the deadline, no orphan, the node kept answering."""
+    tally, settings = ctx.tally, ctx.settings
+    settled = probe.wait_converged(settings.deadline)
+    with ctx.target.connect() as conn:
+        tally.check("converged", None if settled else
+                    f"the tree did not settle within {settings.deadline:.0f}s: "
+                    f"{tree_converged(ctx.shape, conn.tree())}")
+    for _ in probe.converged:
+        tally.check("converged", None)
+    for fault, what in probe.late:
+        tally.check("converged", f"not converged {settings.deadline:.0f}s after the "
+                                 f"fault: {what}", fault)
+    if not tally.convergence_s:  # a scenario may time convergence more finely itself
+        tally.convergence_s.extend(probe.converged)
+    ctx.check_orphans()
+    probe.close()
+    tally.check("control_answered",
+                control_answered(probe.failures, probe.max_latency_s, settings.latency_limit))
+
+
 def _run_one(scenario: Scenario, settings: RunSettings, workdir: Path,
              existing: ExistingNode | None, stop: threading.Event,
              progress: Callable[[str], None]) -> ScenarioReport:
@@ -238,45 +261,41 @@ def _run_one(scenario: Scenario, settings: RunSettings, workdir: Path,
         faults = scenario.plan(settings.seed, settings.duration, settings.rate, shape)
         tally.faults_planned = len(faults)
         probe = Probe(lambda: target.connect(timeout=settings.latency_limit + 1.0), shape,
-                      settings.deadline).start()
+                      settings.deadline, alive=target.running).start()
         if not probe.wait_converged(settings.deadline):
             raise ChaosError(f"the tree is not in its spec shape before any fault: "
                              f"{probe.last_problem}")
         ctx = ScenarioContext(target, shape, tally, probe, settings, stop, progress)
         ctx.show()
-        scenario.run(ctx, faults)
+        try:
+            scenario.run(ctx, faults)
+        except PrismaticError as exc:
+            # The node stopped answering, or refused what the scenario asked: a finding.
+            tally.check("scenario_completed", f"{type(exc).__name__}: {exc}")
         tally.stopped_early = stop.is_set()
-        # Settle, then what every scenario checks.
-        settled = probe.wait_converged(settings.deadline)
-        with ctx.target.connect() as conn:
-            tally.check("converged", None if settled else
-                        f"the tree did not settle within {settings.deadline:.0f}s: "
-                        f"{tree_converged(shape, conn.tree())}")
-        for _ in probe.converged:
-            tally.check("converged", None)
-        for fault, what in probe.late:
-            tally.check("converged", f"not converged {settings.deadline:.0f}s after the "
-                                     f"fault: {what}", fault)
-        if not tally.convergence_s:  # a scenario may time convergence more finely itself
-            tally.convergence_s.extend(probe.converged)
-        ctx.check_orphans()
-        probe.close()
-        tally.check("control_answered",
-                    control_answered(probe.failures, probe.max_latency_s,
-                                     settings.latency_limit))
-        tally.max_latency_s = probe.max_latency_s
-        tally.control_requests = probe.requests
+        try:
+            if target.running():
+                _settle_and_check(ctx, probe)
+        except PrismaticError as exc:
+            if target.running():
+                tally.check("checks_completed", f"{type(exc).__name__}: {exc}")
+        if not target.running():
+            tally.check("node_alive", f"the node exited ({target.exit_code()}) under the "
+                                      f"faults")
     finally:
         if probe is not None:
             probe.close()
+            tally.max_latency_s = probe.max_latency_s
+            tally.control_requests = probe.requests
         if ctx is not None:
             ctx.close()
         if isinstance(target, OwnedNode):
+            was_running = target.running()  # if not, node_alive has said so already
             code = target.stop()
             left = target.reap_leftovers()
             tally.check("nothing_left", nothing_left(left))
             tally.orphans += len(left)
-            if code not in (0, None):
+            if was_running and code not in (0, None):
                 tally.check("node_stopped", f"the node exited {code} when stopped")
     return tally.freeze(time.monotonic() - began)
 

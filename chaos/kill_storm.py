@@ -84,9 +84,14 @@ def run(ctx: ScenarioContext, faults: list[Fault]) -> None:
             next_look = time.monotonic() + 1.0
     ctx.wait_offset(ctx.settings.duration)
     ctx.probe.wait_converged(ctx.settings.deadline)
-    time.sleep(0.2)  # the last exits' log records are group-committed a moment later
-    records = ctx.log("supervisor.#")
-    exits = exits_in_log(records)
+    # The last exits reach the log a group commit after they happened.
+    deadline = time.monotonic() + 2.0
+    while True:
+        records = ctx.log("supervisor.#")
+        exits = exits_in_log(records)
+        if kills_accounted(ctx.kills, exits) is None or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     ctx.tally.convergence_s.extend(restart_times(ctx.kills, starts_in_log(records)))
     after = _counters(ctx.conn.metrics())
     ctx.tally.check("kills_accounted", kills_accounted(ctx.kills, exits))

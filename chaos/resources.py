@@ -20,12 +20,12 @@ from __future__ import annotations
 import os
 import signal
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .._childspec import ChildSpec
 from .._client import connect
 from .._errors import CallTimeout, MailboxFull, PrismaticError
-from ._invariants import ExitSeen, descendants_gone, process_alive
+from ._invariants import descendants_gone, process_alive
 from ._schedule import Fault, arrivals, scenario_rng
 
 if TYPE_CHECKING:
@@ -49,17 +49,14 @@ def plan(seed: int, duration: float, rate: float, shape: TreeShape) -> list[Faul
             for i, t in enumerate(arrivals(rng, duration, min(rate, _MAX_RATE)))]
 
 
-def _crash_of(pid: int, exits: list[ExitSeen]) -> list[ExitSeen]:
-    return [e for e in exits if e.pid == pid and e.kind == "child_exited"]
-
-
 def _memory(ctx: ScenarioContext, name: str, pid: int, since: int) -> None:
     ctx.conn.cast(name, ["memory", 64 << 20])
     deadline = time.monotonic() + ctx.settings.deadline
-    while process_alive(pid) and time.monotonic() < deadline:
+    records: list[Any] = []
+    while not records and time.monotonic() < deadline:  # dead, and its exit logged
         time.sleep(0.02)
-    records = [r for r in ctx.log(f"supervisor.root.{name}.child_exited", since)
-               if isinstance(r.payload, dict) and r.payload.get("pid") == pid]
+        records = [r for r in ctx.log(f"supervisor.root.{name}.child_exited", since)
+                   if isinstance(r.payload, dict) and r.payload.get("pid") == pid]
     reason = records[0].payload.get("reason") if records else None
     kind = reason.get("type") if isinstance(reason, dict) else None
     ctx.tally.check("memory_limit_crash", None if kind == "builtins.MemoryError" else

@@ -38,3 +38,19 @@ def wide_tree() -> p.SupervisorSpec:
     return p.SupervisorSpec(flags=flags, children=[
         p.ChildSpec(id="a", start=inner), p.ChildSpec(id="b", start=inner),
         p.ChildSpec(id="solo", start=Idle)])
+
+
+class Doomed(p.Worker):
+    """Crashes 1 s after it starts: under OTP's default intensity (1 in 5 s) the root gives
+    up at the second crash, about 2 s after the node started."""
+
+    def init(self) -> None:
+        self.send_after(1.0, "crash")
+
+    def handle_info(self, msg: object) -> None:
+        raise RuntimeError("doomed")
+
+
+def doomed_tree() -> p.SupervisorSpec:
+    return p.SupervisorSpec(children=[p.ChildSpec(id="doomed", start=Doomed),
+                                      p.ChildSpec(id="idle", start=Idle)])

@@ -86,6 +86,16 @@ def test_a_process_left_outside_the_tree_fails_the_run(tmp_path: Path) -> None:
     assert last.startswith("prismatic: error: ") and "--seed 11" in last, out.stderr
 
 
+def test_a_node_that_dies_under_the_run_is_a_violation_not_a_crash(tmp_path: Path) -> None:
+    """The root gives up (the app's own crash loop) mid-scenario: the run still reports,
+    says the node exited, and exits 1."""
+    out = chaos(tmp_path, "run", "--app", "tests.chaos_apps:doomed_tree", "--scenario",
+                "hang", "--duration", "3", "--seed", "1")
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "hang: FAILED" in out.stdout
+    assert "VIOLATION node_alive: the node exited (1)" in out.stdout, out.stdout
+
+
 def test_node_option_breaks_a_running_node(tmp_path: Path, node_factory: Any) -> None:
     node = node_factory("tests.chaos_apps:wide_tree")
     before = {r.path: r.pid for r in node.conn.tree()}
