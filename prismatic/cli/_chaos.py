@@ -80,7 +80,8 @@ class _Progress:
                    "dir (default: the demo tree).")
 @click.option("--node", "node_arg", metavar="NAME_OR_DIR",
               help="Break this already running node instead (scenarios that restart the node "
-                   "are skipped).")
+                   "are skipped). Only this option picks it: the group's --node and "
+                   "$PRISMATIC_NODE do not, so a run never breaks a node by accident.")
 @click.option("--scenario", "scenarios", multiple=True, metavar="NAME",
               help="A scenario to run (repeatable; default: all that apply). "
                    "See 'prismatic chaos list'.")
