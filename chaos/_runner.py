@@ -55,19 +55,22 @@ class RunSettings(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def scenarios_for(settings: RunSettings) -> list[Scenario]:
-    """The scenarios to run, in the registry's order; an unknown name is a ChaosError."""
+    """The scenarios to run, in the registry's order: those named (an unknown name is a
+    ChaosError, and so is one the target cannot host), else every one the target can host
+    (:data:`Scenario.REQUIRES` within what the target offers)."""
     unknown = [n for n in settings.scenarios if n not in SCENARIOS]
     if unknown:
         raise ChaosError(f"no scenario {unknown[0]!r} (known: {', '.join(SCENARIOS)})")
-    chosen = [SCENARIOS[n] for n in SCENARIOS if not settings.scenarios or n in settings.scenarios]
-    if settings.node:
-        named = set(settings.scenarios)
-        refused = [s.NAME for s in chosen if s.NEEDS_OWNED_NODE and s.NAME in named]
+    offers = ExistingNode.OFFERS if settings.node else OwnedNode.OFFERS
+    if settings.scenarios:
+        chosen = [SCENARIOS[n] for n in SCENARIOS if n in settings.scenarios]
+        refused = [s for s in chosen if not s.REQUIRES <= offers]
         if refused:
-            raise ChaosError(f"scenario {refused[0]} restarts the node: it runs on a node "
-                             f"the runner starts (--app), not on --node")
-        chosen = [s for s in chosen if not s.NEEDS_OWNED_NODE]
-    return chosen
+            lack = ", ".join(sorted(refused[0].REQUIRES - offers))
+            raise ChaosError(f"scenario {refused[0].NAME} needs a target that is {lack} "
+                             f"(owned: a node the runner starts with --app, not --node)")
+        return chosen
+    return [s for s in SCENARIOS.values() if s.REQUIRES <= offers]
 
 
 class ScenarioContext:

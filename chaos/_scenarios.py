@@ -1,13 +1,16 @@
 """The scenario registry: each scenario is a module of this package with
 
-* ``NAME``, ``SUMMARY`` (one line: what it does and what it checks), ``NEEDS_OWNED_NODE``
-  (it restarts the node, so it runs only on a node the runner starts);
+* ``NAME``, ``SUMMARY`` (one line: what it does and what it checks), ``REQUIRES``: what the
+  target must offer (``{"node"}``: any single node; ``{"node", "owned"}``: one the runner
+  started, because the scenario restarts it; the cluster scenarios will want
+  ``{"cluster"}``, offered by a target made of several nodes);
 * ``plan(seed, duration, rate, shape) -> list[Fault]``: pure, the whole schedule;
 * ``run(ctx, faults)``: inject them through the :class:`~._runner.ScenarioContext` and
   record the scenario's own checks in ``ctx.tally``.
 
-A new scenario (the cluster ones, once nodes form a mesh) is one more module and one more
-line below; the runner and the CLI need no change.
+A new scenario (the cluster ones, now that nodes form a mesh) is one more module and one
+more line below; a new kind of target (a cluster) is one more class in :mod:`._target`
+with its ``OFFERS``; the CLI needs no change beyond an option to name that target.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ __all__ = ["Scenario", "SCENARIOS"]
 class Scenario(Protocol):
     NAME: str
     SUMMARY: str
-    NEEDS_OWNED_NODE: bool
+    REQUIRES: frozenset[str]
 
     def plan(self, seed: int, duration: float, rate: float,
              shape: TreeShape) -> list[Fault]: ...

@@ -28,7 +28,9 @@ __all__ = ["ChaosError", "OwnedNode", "ExistingNode", "Target"]
 class OwnedNode:
     """A node the runner started and will reap."""
 
-    owned = True
+    # What a scenario may require of its target (Scenario.REQUIRES): a cluster target (a
+    # set of nodes in a mesh) would offer {"cluster", ...} and host the cluster scenarios.
+    OFFERS = frozenset({"node", "owned"})
 
     def __init__(self, app: str | None, workdir: Path, name: str) -> None:
         self.app = app
@@ -127,7 +129,7 @@ class OwnedNode:
 class ExistingNode:
     """A node that already runs (``--node``): broken, never restarted or stopped."""
 
-    owned = False
+    OFFERS = frozenset({"node"})
 
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir

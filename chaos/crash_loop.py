@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 NAME = "crash-loop"
 SUMMARY = ("a child fails on start N times in a row; checks escalation reaches the level the "
            "intensities give and no further, the tree converges")
-NEEDS_OWNED_NODE = False
+REQUIRES = frozenset({"node"})  # any single node, owned or not
 
 _FAILING_STARTS = (0, 1, 2, 3, 4, 8)  # 0: a plain restart; 1-3: inner gives up; 4+: outer
 _MAX_RATE = 2.0  # each fault takes a few hundred ms to play out

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 NAME = "durability"
 SUMMARY = ("SIGKILLs the node while clients emit acked events, restarts it on the same data "
            "dir; checks no acked event lost or duplicated, no process left")
-NEEDS_OWNED_NODE = True
+REQUIRES = frozenset({"node", "owned"})  # it restarts the node
 
 TOPIC = "chaos.durability"
 _CLIENTS = 2

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 NAME = "flood"
 SUMMARY = ("floods a 50-message mailbox with casts; checks back-pressure (MailboxFull), "
            "every cast handled or refused and counted, memory bounded")
-NEEDS_OWNED_NODE = False
+REQUIRES = frozenset({"node"})  # any single node, owned or not
 
 REFUSALS = 5
 MEMORY_BOUND = 32 << 20

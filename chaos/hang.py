@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 NAME = "hang"
 SUMMARY = ("SIGSTOPs a worker mid-call, or sticks it in a handler; checks the call times out "
            "and shutdown escalates to SIGKILL after its shutdown time")
-NEEDS_OWNED_NODE = False
+REQUIRES = frozenset({"node"})  # any single node, owned or not
 
 SHUTDOWN_S = 1.0
 _CALL_TIMEOUT_S = 0.5

@@ -30,7 +30,7 @@ NAME = "kill-storm"
 SUMMARY = ("SIGKILLs random workers and supervisors at every depth at --rate, within each "
            "supervisor's intensity; checks convergence, each kill reported once, metrics = "
            "log, no orphans")
-NEEDS_OWNED_NODE = False
+REQUIRES = frozenset({"node"})  # any single node, owned or not
 
 _COUNTERS = ("prismatic_child_exits_total", "prismatic_restarts_total",
              "prismatic_intensity_exceeded_total")

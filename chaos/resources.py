@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 NAME = "resources"
 SUMMARY = ("a worker leaks memory to RLIMIT_AS, one runs out of fds, one forks and is "
            "killed; checks MemoryError crash, still answering, children die with it")
-NEEDS_OWNED_NODE = False
+REQUIRES = frozenset({"node"})  # any single node, owned or not
 
 _KINDS = ("memory", "fds", "fork")
 _MAX_RATE = 2.0

@@ -116,3 +116,17 @@ def test_bad_usage_is_one_line_and_exit_2(tmp_path: Path) -> None:
     assert out.stderr.strip().startswith("prismatic: error: no scenario 'no-such'")
     out = chaos(tmp_path, "run", "--app", "x:y", "--node", "z")
     assert out.returncode == 2
+
+
+def test_scenarios_for_a_target_offer_what_they_require() -> None:
+    from prismatic._errors import ChaosError
+    from prismatic.chaos import RunSettings
+    from prismatic.chaos._runner import scenarios_for
+
+    assert [s.NAME for s in scenarios_for(RunSettings())] == list(SCENARIOS)
+    on_node = [s.NAME for s in scenarios_for(RunSettings(node="n"))]
+    assert "durability" not in on_node and "kill-storm" in on_node
+    with pytest.raises(ChaosError, match="durability needs a target that is owned"):
+        scenarios_for(RunSettings(node="n", scenarios=("durability",)))
+    assert [s.NAME for s in scenarios_for(RunSettings(scenarios=("hang", "kill-storm")))] \
+        == ["kill-storm", "hang"]

@@ -44,8 +44,8 @@ def list_scenarios(as_json: bool) -> None:
     from ..chaos import SCENARIOS
 
     if as_json:
-        print_json([{"name": s.NAME, "summary": s.SUMMARY, "needs_owned_node":
-                     s.NEEDS_OWNED_NODE} for s in SCENARIOS.values()])
+        print_json([{"name": s.NAME, "summary": s.SUMMARY, "requires": sorted(s.REQUIRES)}
+                    for s in SCENARIOS.values()])
         return
     width = max(len(n) for n in SCENARIOS)
     for name, s in SCENARIOS.items():
