@@ -103,7 +103,7 @@ def test_node_option_breaks_a_running_node(tmp_path: Path, node_factory: Any) ->
                 "--duration", "1", "--rate", "10", "--seed", "5", "--json")
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
     (storm,) = json.loads(out.stdout)["scenarios"]
-    assert storm["faults_injected"] >= 3 and storm["ok"]
+    assert storm["faults_injected"] >= 1 and storm["ok"]  # OTP's default budget: see shape_of_rows
     after = {r.path: r.pid for r in node.conn.tree()}
     assert after.keys() == before.keys()
     assert after != before  # it did break something, and the node is still there
