@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import uuid
@@ -130,3 +131,39 @@ def test_scenarios_for_a_target_offer_what_they_require() -> None:
         scenarios_for(RunSettings(node="n", scenarios=("durability",)))
     assert [s.NAME for s in scenarios_for(RunSettings(scenarios=("hang", "kill-storm")))] \
         == ["kill-storm", "hang"]
+
+
+def test_ctrl_c_stops_injecting_then_checks_and_reports(tmp_path: Path) -> None:
+    """SIGINT to the whole process group, as a terminal's Ctrl-C: the node under test (in a
+    group of its own) keeps running until the runner stops it; the report comes out."""
+    env = dict(os.environ, PRISMATIC_TEST_TAG=f"{SESSION_TAG}-{uuid.uuid4().hex[:8]}",
+               PYTHONPATH=str(REPO), PRISMATIC_HOME=str(tmp_path / "home"))
+    env.pop("PRISMATIC_NODE", None)
+    proc = subprocess.Popen([sys.executable, "-m", "prismatic.cli", "chaos", "run",
+                             "--scenario", "kill-storm", "--scenario", "hang", "--duration",
+                             "60", "--seed", "2"], cwd=REPO, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            process_group=0)
+    try:
+        assert "seed 2" in proc.stderr.readline()  # type: ignore[union-attr]
+        wait_until(lambda: any("chaos-" in (open(f"/proc/{p}/cmdline").read())
+                               for p in os.listdir("/proc") if p.isdigit()
+                               and _child_of(int(p), proc.pid)), 20, "the runner's node")
+        os.killpg(proc.pid, signal.SIGINT)
+        out, rest = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, out + rest
+    assert "kill-storm: ok (stopped early)" in out
+    assert "hang:" not in out  # no scenario starts after Ctrl-C
+    assert "stopping: no more faults" in rest
+
+
+def _child_of(pid: int, parent: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1]) == parent
+    except (OSError, ValueError, IndexError):
+        return False
