@@ -22,12 +22,14 @@ told otherwise: a row that names a dead pid is exactly what it must catch.
   its shutdown becomes a SIGKILL once its shutdown time has passed;
 * :func:`flood_accounted`, :func:`memory_bounded`: a flooded mailbox pushes back, loses
   nothing, counts each refusal, and its memory stays bounded;
-* :func:`descendants_gone`: what a killed worker forked died with it.
+* :func:`descendants_gone`: what a killed worker forked died with it;
+* :func:`membership_converged`: every node of a mesh sees every member as it is (alive, or
+  down), a restarted one at a newer incarnation.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 
 import msgspec
 
@@ -38,7 +40,7 @@ __all__ = [
     "Kill", "ExitSeen", "process_alive", "tree_converged", "no_orphans", "nothing_left",
     "acked_events_intact", "control_answered", "kills_accounted", "restarts_consistent",
     "expected_escalation", "escalation_stopped_at", "shutdown_escalated", "call_timed_out",
-    "flood_accounted", "memory_bounded", "descendants_gone",
+    "flood_accounted", "memory_bounded", "descendants_gone", "membership_converged",
 ]
 
 
@@ -94,19 +96,21 @@ def tree_converged(shape: TreeShape, rows: Iterable[TreeRow],
     return None
 
 
-def no_orphans(procs: Mapping[int, int], node_pid: int) -> tuple[str | None, list[int]]:
-    """``procs`` maps each process of the node (found by its tag) to its parent pid. Each
-    must descend from ``node_pid``; the others are orphans (returned too, for a re-check:
-    a process whose supervisor was just killed is reparented for the instant before its
-    PDEATHSIG lands)."""
+def no_orphans(procs: Mapping[int, int],
+               node_pids: Collection[int]) -> tuple[str | None, list[int]]:
+    """``procs`` maps each process of the node(s) (found by tag) to its parent pid. Each
+    must descend from a node process in ``node_pids``; the others are orphans (returned
+    too, for a re-check: a process whose supervisor was just killed is reparented for the
+    instant before its PDEATHSIG lands)."""
+    roots = set(node_pids)
     orphans = []
     for pid in procs:
         seen = set()
         cur = pid
-        while cur != node_pid and cur in procs and cur not in seen:
+        while cur not in roots and cur in procs and cur not in seen:
             seen.add(cur)
             cur = procs[cur]
-        if cur != node_pid:
+        if cur not in roots:
             orphans.append(pid)
     if orphans:
         return f"{len(orphans)} process(es) outside the node's tree: {sorted(orphans)[:10]}", \
@@ -317,4 +321,28 @@ def descendants_gone(still_alive: Sequence[int]) -> str | None:
     if still_alive:
         return f"{len(still_alive)} child process(es) of a killed worker still run: " \
                f"{sorted(still_alive)[:10]}"
+    return None
+
+
+def membership_converged(views: Mapping[str, Mapping[str, tuple[str, int]]],
+                         expected: Mapping[str, str],
+                         newer_than: Mapping[str, int] | None = None) -> str | None:
+    """Every observer's view (observer -> member -> (state, incarnation)) agrees with
+    ``expected`` (member -> ``alive``, or ``down``: ``dead`` or ``left``); a member in
+    ``newer_than`` must be seen at a higher incarnation than that (it was restarted)."""
+    problems = []
+    for observer, view in sorted(views.items()):
+        for member, want in sorted(expected.items()):
+            if member == observer:
+                continue
+            state, incarnation = view.get(member, ("absent", 0))
+            ok = state == "alive" if want == "alive" else state in ("dead", "left")
+            if ok and newer_than and member in newer_than and want == "alive":
+                ok = incarnation > newer_than[member]
+            if not ok:
+                problems.append(f"{observer} sees {member} {state} (incarnation "
+                                f"{incarnation}), not {want}")
+    if problems:
+        more = f" (+{len(problems) - 3} more)" if len(problems) > 3 else ""
+        return "; ".join(problems[:3]) + more
     return None

@@ -17,8 +17,8 @@ from typing import Any
 
 from ._invariants import ExitSeen
 
-__all__ = ["TAG_VAR", "tagged_processes", "tree_named_processes", "exits_in_log", "starts_in_log",
-           "metric_sum", "boot_ticks"]
+__all__ = ["TAG_VAR", "tagged_processes", "tree_named_processes", "exits_in_log",
+           "starts_in_log", "members", "metric_sum", "boot_ticks"]
 
 TAG_VAR = "PRISMATIC_CHAOS_TAG"
 _TICKS = os.sysconf("SC_CLK_TCK")
@@ -136,3 +136,15 @@ def metric_sum(text: str, name: str, label: str | None = None) -> float:
         except ValueError:
             continue
     return total
+
+
+def members(conn: Any) -> dict[str, tuple[str, int]]:
+    """What a meshed node believes of each member: name -> (state, incarnation)."""
+    import msgspec
+
+    from .._control import ClusterMembersCall
+    from ..mesh._loop import MemberRow
+
+    rows = msgspec.convert(conn._call(lambda ref, cookie: ClusterMembersCall(ref, cookie)),
+                           list[MemberRow])
+    return {r.name: (r.state.value, r.incarnation) for r in rows}

@@ -35,7 +35,7 @@ from ._report import RunReport, ScenarioReport, ScenarioTally
 from ._scenarios import SCENARIOS, Scenario
 from ._schedule import Fault
 from ._shape import TreeShape, shape_of_rows, shape_of_spec
-from ._target import ExistingNode, OwnedNode
+from ._target import ClusterTarget, ExistingNode, OwnedNode, Target
 
 __all__ = ["RunSettings", "ScenarioContext", "run", "scenarios_for"]
 
@@ -52,6 +52,7 @@ class RunSettings(msgspec.Struct, frozen=True, kw_only=True):
     deadline: float = 10.0  # seconds a fault's tree may take to converge
     latency_limit: float = 5.0  # seconds a control request may take (a loaded machine: seconds)
     workdir: str | None = None  # where owned nodes' data dirs go (default: a temp dir)
+    cluster: int = 0  # > 1: each scenario runs on that many owned nodes in one mesh
 
 
 def scenarios_for(settings: RunSettings) -> list[Scenario]:
@@ -61,7 +62,8 @@ def scenarios_for(settings: RunSettings) -> list[Scenario]:
     unknown = [n for n in settings.scenarios if n not in SCENARIOS]
     if unknown:
         raise ChaosError(f"no scenario {unknown[0]!r} (known: {', '.join(SCENARIOS)})")
-    offers = ExistingNode.OFFERS if settings.node else OwnedNode.OFFERS
+    offers = ClusterTarget.OFFERS if settings.cluster else \
+        ExistingNode.OFFERS if settings.node else OwnedNode.OFFERS
     if settings.scenarios:
         chosen = [SCENARIOS[n] for n in SCENARIOS if n in settings.scenarios]
         refused = [s for s in chosen if not s.REQUIRES <= offers]
@@ -76,7 +78,7 @@ def scenarios_for(settings: RunSettings) -> list[Scenario]:
 class ScenarioContext:
     """What a scenario may do to the node, and where it records what it found."""
 
-    def __init__(self, target: OwnedNode | ExistingNode, shape: TreeShape, tally: ScenarioTally,
+    def __init__(self, target: Target, shape: TreeShape, tally: ScenarioTally,
                  probe: Probe, settings: RunSettings, stop: threading.Event,
                  progress: Callable[[str], None]) -> None:
         self.target = target
@@ -157,13 +159,13 @@ class ScenarioContext:
         """Look for processes of the node outside its tree; one is an orphan only if it is
         still there ``grace_s`` later (a killed supervisor's children die by PDEATHSIG a
         moment after it). Returns how many were found."""
-        problem, pids = no_orphans(self.target.processes(), self.target.node_pid)
+        problem, pids = no_orphans(self.target.processes(), self.target.node_pids())
         deadline = time.monotonic() + grace_s
         while pids and time.monotonic() < deadline:
             time.sleep(0.05)
             procs = self.target.processes()
             problem, pids = no_orphans({p: procs[p] for p in pids if p in procs},
-                                       self.target.node_pid)
+                                       self.target.node_pids())
         self.tally.check("no_orphans", problem)
         self.tally.orphans += len(pids)
         return len(pids)
@@ -172,7 +174,7 @@ class ScenarioContext:
         """The non-blocking look a storm takes every second: a process outside the tree
         now that was already outside at the previous look (a second ago, far past any
         PDEATHSIG) is an orphan; one seen outside for the first time is only a suspect."""
-        _, pids = no_orphans(self.target.processes(), self.target.node_pid)
+        _, pids = no_orphans(self.target.processes(), self.target.node_pids())
         confirmed = sorted(set(pids) & self._suspects - self._orphans)
         self._suspects = set(pids)
         self._orphans.update(confirmed)  # each reported once, however long it lives
@@ -202,7 +204,7 @@ class ScenarioContext:
         self.conn.close()
 
 
-def _load_shape(settings: RunSettings, target: OwnedNode | ExistingNode,
+def _load_shape(settings: RunSettings, target: Target,
                 conn: NodeConnection) -> TreeShape:
     if isinstance(target, ExistingNode):
         return shape_of_rows(conn.tree())
@@ -247,14 +249,15 @@ def _run_one(scenario: Scenario, settings: RunSettings, workdir: Path,
              progress: Callable[[str], None]) -> ScenarioReport:
     tally = ScenarioTally(scenario.NAME, settings.seed)
     began = time.monotonic()
-    target: OwnedNode | ExistingNode
+    target: Target
     if existing is not None:
         target = existing
     else:
         sub = workdir / scenario.NAME
         sub.mkdir(parents=True, exist_ok=True)
-        target = OwnedNode(settings.app, sub, f"chaos-{uuid.uuid4().hex[:8]}")
-        progress(f"[{scenario.NAME}] starting a node ({target.describe()})")
+        target = ClusterTarget(settings.app, sub, settings.cluster) if settings.cluster \
+            else OwnedNode(settings.app, sub, f"chaos-{uuid.uuid4().hex[:8]}")
+        progress(f"[{scenario.NAME}] starting {target.describe()}")
         target.start()
     probe: Probe | None = None
     ctx: ScenarioContext | None = None
@@ -292,7 +295,7 @@ def _run_one(scenario: Scenario, settings: RunSettings, workdir: Path,
             tally.control_requests = probe.requests
         if ctx is not None:
             ctx.close()
-        if isinstance(target, OwnedNode):
+        if not isinstance(target, ExistingNode):
             was_running = target.running()  # if not, node_alive has said so already
             code = target.stop()
             left = target.reap_leftovers()
@@ -324,5 +327,6 @@ def run(settings: RunSettings, *, stop: threading.Event | None = None,
             if stop.is_set():
                 break
             reports.append(_run_one(scenario, settings, Path(tmp), existing, stop, progress))
-    target = existing.describe() if existing else f"app {settings.app or DEMO_APP}"
+    target = existing.describe() if existing else f"app {settings.app or DEMO_APP}" + (
+        f" on a cluster of {settings.cluster} nodes" if settings.cluster else "")
     return RunReport.of(settings.seed, target, tuple(reports))

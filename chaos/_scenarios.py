@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Protocol
 
-from . import crash_loop, durability, flood, hang, kill_storm, resources
+from . import crash_loop, durability, flood, hang, kill_storm, node_loss, resources
 
 if TYPE_CHECKING:
     from ._runner import ScenarioContext
@@ -39,4 +39,4 @@ class Scenario(Protocol):
 
 
 SCENARIOS: dict[str, Scenario] = {m.NAME: m for m in (kill_storm, crash_loop, hang, flood,
-                                                      resources, durability)}
+                                                      resources, durability, node_loss)}

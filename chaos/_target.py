@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -22,7 +23,7 @@ from .._client import NodeConnection, connect
 from .._errors import ChaosError, PrismaticError
 from ._observe import TAG_VAR, boot_ticks, tagged_processes, tree_named_processes
 
-__all__ = ["ChaosError", "OwnedNode", "ExistingNode", "Target"]
+__all__ = ["OwnedNode", "ExistingNode", "ClusterTarget", "Target"]
 
 
 class OwnedNode:
@@ -32,8 +33,10 @@ class OwnedNode:
     # set of nodes in a mesh) would offer {"cluster", ...} and host the cluster scenarios.
     OFFERS = frozenset({"node", "owned"})
 
-    def __init__(self, app: str | None, workdir: Path, name: str) -> None:
+    def __init__(self, app: str | None, workdir: Path, name: str,
+                 extra: tuple[str, ...] = ()) -> None:
         self.app = app
+        self.extra = extra  # more node options (a cluster member's --listen, --join...)
         self.workdir = workdir
         self.data_dir = workdir / "data"
         self.name = name
@@ -49,6 +52,7 @@ class OwnedNode:
                "--name", self.name, "--quiet"]
         if self.app:
             cmd += ["--app", self.app]
+        cmd += self.extra
         env = dict(os.environ, **{TAG_VAR: self.tag})
         log = open(self.workdir / "node.out", "ab")
         # A process group of its own: a Ctrl-C at the terminal is the runner's to handle
@@ -92,6 +96,9 @@ class OwnedNode:
     def processes(self) -> dict[int, int]:
         return tagged_processes(self.tag)
 
+    def node_pids(self) -> list[int]:
+        return [self.node_pid]
+
     def kill(self) -> None:
         """SIGKILL the node process itself (its tree dies by PDEATHSIG)."""
         if self.proc is not None and self.proc.poll() is None:
@@ -112,7 +119,7 @@ class OwnedNode:
                 self.proc.wait()
         return self.proc.returncode
 
-    def reap_leftovers(self, timeout: float = 3.0) -> dict[int, int]:
+    def reap_leftovers(self, timeout: float = 1.0) -> dict[int, int]:
         """Wait for the tree's processes to go; SIGKILL what is still there after
         ``timeout`` and return it (what was left behind, for the report)."""
         deadline = time.monotonic() + timeout
@@ -162,5 +169,77 @@ class ExistingNode:
     def processes(self) -> dict[int, int]:
         return tree_named_processes(self.pid, self.since)
 
+    def node_pids(self) -> list[int]:
+        return [self.pid]
 
-Target = OwnedNode | ExistingNode
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ClusterTarget:
+    """``size`` nodes the runner starts, one mesh: node 0 listens on a fixed loopback port
+    (the seed), the others join it; one cluster secret in the work directory. The generic
+    checks (probe, shape) look at node 0; the cluster scenarios look at every node."""
+
+    OFFERS = frozenset({"cluster"})
+
+    def __init__(self, app: str | None, workdir: Path, size: int) -> None:
+        from ..mesh._secret import init_secret
+
+        self.secret = init_secret(workdir / "cluster.secret")
+        self.seed = f"127.0.0.1:{_free_port()}"
+        run = uuid.uuid4().hex[:6]
+        self.nodes: list[OwnedNode] = []
+        for i in range(size):
+            sub = workdir / f"n{i}"
+            sub.mkdir(parents=True, exist_ok=True)
+            mesh = ("--listen", self.seed) if i == 0 else \
+                ("--listen", "127.0.0.1:0", "--join", self.seed)
+            self.nodes.append(OwnedNode(app, sub, f"chaos{run}n{i}",
+                                        (*mesh, "--cluster-secret", str(self.secret))))
+        self.data_dir = self.nodes[0].data_dir
+
+    def describe(self) -> str:
+        return f"a cluster of {len(self.nodes)} nodes of {self.nodes[0].describe()}"
+
+    def start(self) -> None:
+        for n in self.nodes:
+            n.start()
+
+    @property
+    def node_pid(self) -> int:
+        return self.nodes[0].node_pid
+
+    def node_pids(self) -> list[int]:
+        return [n.node_pid for n in self.nodes if n.proc is not None]
+
+    def running(self) -> bool:
+        return all(n.running() for n in self.nodes)
+
+    def exit_code(self) -> int | None:
+        return next((c for n in self.nodes if (c := n.exit_code()) is not None), None)
+
+    def connect(self, timeout: float = 5.0) -> NodeConnection:
+        return self.nodes[0].connect(timeout)
+
+    def processes(self) -> dict[int, int]:
+        out: dict[int, int] = {}
+        for n in self.nodes:
+            out.update(n.processes())
+        return out
+
+    def stop(self, timeout: float = 20.0) -> int | None:
+        codes = [n.stop(timeout) for n in self.nodes]
+        return next((c for c in codes if c not in (0, None)), codes[0] if codes else None)
+
+    def reap_leftovers(self, timeout: float = 1.0) -> dict[int, int]:
+        out: dict[int, int] = {}
+        for n in self.nodes:
+            out.update(n.reap_leftovers(timeout))
+        return out
+
+
+Target = OwnedNode | ExistingNode | ClusterTarget

@@ -5,7 +5,7 @@ Two client threads emit ``chaos.durability`` events, each with a key of its own
 (``<client>-<n>``), and remember the sequence number each acknowledgement returned. An
 emit that fails (the node died under it) is never retried under the same key, so a key
 logged twice is a duplicate the node made. Each fault SIGKILLs the node process; its tree
-must die with it (nothing of it left after a few seconds: PDEATHSIG), and the node is
+must die with it (nothing of it left a second later: PDEATHSIG), and the node is
 started again on the same data directory.
 
 Checks: nothing left of the killed node's tree (:func:`~._invariants.nothing_left`); the
@@ -94,7 +94,7 @@ def run(ctx: ScenarioContext, faults: list[Fault]) -> None:
             killed_at = time.monotonic()
             target.kill()
             ctx.injected(fault)
-            ctx.tally.check("nothing_left", nothing_left(target.reap_leftovers(2.0)))
+            ctx.tally.check("nothing_left", nothing_left(target.reap_leftovers(1.0)))
             target.start()
             ctx.reconnect()
             ctx.probe.resume()

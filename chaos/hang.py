@@ -42,12 +42,10 @@ _MAX_RATE = 1.0  # each fault takes about 1.5 s (a call timeout, then the shutdo
 
 def plan(seed: int, duration: float, rate: float, shape: TreeShape) -> list[Fault]:
     rng = scenario_rng(seed, NAME)
-    faults: list[Fault] = []
-    for t in arrivals(rng, duration, min(rate, _MAX_RATE)):
-        seq = len(faults) + 1
-        faults.append(Fault(seq, round(t, 4), "hang", f"chaos_hang_{seq}",
-                            rng.choice(("sigstop", "stuck"))))
-    return faults
+    first = rng.randrange(2)  # then in turn: two faults try both ways of hanging
+    return [Fault(i + 1, round(t, 4), "hang", f"chaos_hang_{i + 1}",
+                  ("sigstop", "stuck")[(first + i) % 2])
+            for i, t in enumerate(arrivals(rng, duration, min(rate, _MAX_RATE)))]
 
 
 def _call_outcome(call: object) -> str:

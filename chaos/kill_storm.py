@@ -83,6 +83,8 @@ def run(ctx: ScenarioContext, faults: list[Fault]) -> None:
             ctx.look_for_orphans()
             next_look = time.monotonic() + 1.0
     ctx.wait_offset(ctx.settings.duration)
+    if not ctx.target.running():
+        return  # the runner reports the node's exit; its counters went with it
     ctx.probe.wait_converged(ctx.settings.deadline)
     # The last exits reach the log a group commit after they happened.
     deadline = time.monotonic() + 2.0

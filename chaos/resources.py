@@ -38,7 +38,7 @@ SUMMARY = ("a worker leaks memory to RLIMIT_AS, one runs out of fds, one forks a
 REQUIRES = frozenset({"node"})  # any single node, owned or not
 
 _KINDS = ("memory", "fds", "fork")
-_MAX_RATE = 2.0
+_MAX_RATE = 3.0
 
 
 def plan(seed: int, duration: float, rate: float, shape: TreeShape) -> list[Fault]:

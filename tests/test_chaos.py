@@ -30,9 +30,11 @@ def chaos(tmp_path: Path, *args: str, timeout: float = 120) -> subprocess.Comple
 
 @pytest.fixture(scope="module")
 def every_scenario(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """One run of every scenario on the demo tree, 1.5 s of faults each, seed 3."""
+    """One run of every scenario on the demo tree, 1 s of faults each. Seed 293 plans a
+    crash loop of every depth (no escalation, inner, outer), both ways of hanging, and every
+    resource exhausted (tests/test_chaos_schedule.py pins that)."""
     tmp = tmp_path_factory.mktemp("chaos")
-    out = chaos(tmp, "run", "--duration", "1.5", "--seed", "3", "--rate", "8", "--json",
+    out = chaos(tmp, "run", "--duration", "1", "--seed", "293", "--rate", "8", "--json",
                 "--report", str(tmp / "report.json"))
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
     report = json.loads(out.stdout)
@@ -44,7 +46,7 @@ def test_list_names_every_scenario(tmp_path: Path) -> None:
     out = chaos(tmp_path, "list")
     assert out.returncode == 0, out.stderr
     names = [line.split()[0] for line in out.stdout.splitlines()]
-    assert names == list(SCENARIOS)
+    assert names == [*SCENARIOS, "node-loss"]
     assert all(len(line.split(None, 1)[1]) > 40 for line in out.stdout.splitlines())
 
 
@@ -57,7 +59,7 @@ def test_every_scenario_runs_and_holds(every_scenario: dict[str, Any], name: str
     assert not s["checks_failed"], s
     assert s["orphans_found"] == 0
     assert s["control_requests"] > 0 and s["max_control_latency_ms"] > 0
-    assert every_scenario["_report"]["seed"] == 3 and every_scenario["_report"]["ok"]
+    assert every_scenario["_report"]["seed"] == 293 and every_scenario["_report"]["ok"]
 
 
 def test_scenario_specific_figures(every_scenario: dict[str, Any]) -> None:
@@ -65,10 +67,10 @@ def test_scenario_specific_figures(every_scenario: dict[str, Any]) -> None:
     assert storm["checks_passed"]["kills_accounted"] == 1
     assert storm["checks_passed"]["restarts_consistent"] == 1
     assert storm["convergence_ms"]["n"] == storm["faults_injected"]
-    assert every_scenario["crash-loop"]["checks_passed"]["escalation_level"] >= 1
-    assert every_scenario["hang"]["checks_passed"]["shutdown_escalated"] >= 1
+    assert every_scenario["crash-loop"]["checks_passed"]["escalation_level"] == 4
+    assert every_scenario["hang"]["checks_passed"]["shutdown_escalated"] == 2
     assert every_scenario["flood"]["checks_passed"]["flood_accounted"] >= 1
-    res = every_scenario["resources"]["checks_passed"]  # seed 3 tries every resource
+    res = every_scenario["resources"]["checks_passed"]
     assert {"memory_limit_crash", "fd_exhaustion_answers", "children_die_with_it"} <= set(res)
     dur = every_scenario["durability"]
     assert dur["acked_events_written"] > 0
@@ -91,9 +93,9 @@ def test_a_node_that_dies_under_the_run_is_a_violation_not_a_crash(tmp_path: Pat
     """The root gives up (the app's own crash loop) mid-scenario: the run still reports,
     says the node exited, and exits 1."""
     out = chaos(tmp_path, "run", "--app", "tests.chaos_apps:doomed_tree", "--scenario",
-                "hang", "--duration", "3", "--seed", "1")
+                "kill-storm", "--duration", "4", "--seed", "1")
     assert out.returncode == 1, out.stdout + out.stderr
-    assert "hang: FAILED" in out.stdout
+    assert "kill-storm: FAILED" in out.stdout
     assert "VIOLATION node_alive: the node exited (1)" in out.stdout, out.stdout
 
 
@@ -131,6 +133,21 @@ def test_scenarios_for_a_target_offer_what_they_require() -> None:
         scenarios_for(RunSettings(node="n", scenarios=("durability",)))
     assert [s.NAME for s in scenarios_for(RunSettings(scenarios=("hang", "kill-storm")))] \
         == ["kill-storm", "hang"]
+    assert [s.NAME for s in scenarios_for(RunSettings(cluster=3))] == ["node-loss"]
+    with pytest.raises(ChaosError, match="node-loss needs a target that is cluster"):
+        scenarios_for(RunSettings(scenarios=("node-loss",)))
+
+
+def test_node_loss_on_a_cluster(tmp_path: Path) -> None:
+    """Three meshed nodes; one SIGKILLed and restarted: every survivor saw it dead, then
+    all saw all alive again, the restarted one as a newer incarnation."""
+    out = chaos(tmp_path, "run", "--cluster", "3", "--duration", "1", "--seed", "1",
+                "--json")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+    (loss,) = json.loads(out.stdout)["scenarios"]
+    assert loss["scenario"] == "node-loss" and loss["ok"] and loss["faults_injected"] == 1
+    assert loss["checks_passed"]["membership_converged"] == 3  # before, down, back
+    assert loss["checks_passed"]["nothing_left"] == 2  # the victim's tree, then everyone's
 
 
 def test_ctrl_c_stops_injecting_then_checks_and_reports(tmp_path: Path) -> None:

@@ -18,7 +18,8 @@ from prismatic._control import TreeRow
 from prismatic.chaos._invariants import (
     ExitSeen, Kill, acked_events_intact, call_timed_out, control_answered, descendants_gone,
     escalation_stopped_at,
-    expected_escalation, flood_accounted, kills_accounted, memory_bounded, no_orphans,
+    expected_escalation, flood_accounted, kills_accounted, memory_bounded,
+    membership_converged, no_orphans,
     nothing_left, process_alive, restarts_consistent, shutdown_escalated, tree_converged,
 )
 from prismatic.chaos._observe import TAG_VAR, exits_in_log, metric_sum, tagged_processes
@@ -95,10 +96,10 @@ def test_no_orphans_finds_a_tagged_process_outside_the_tree() -> None:
     try:
         procs = wait_until(lambda: len(tagged_processes(tag)) == 2 and tagged_processes(tag),
                            10, "the parent and its escaped grandchild")
-        problem, orphans = no_orphans(procs, parent.pid)
+        problem, orphans = no_orphans(procs, [parent.pid])
         assert orphans and parent.pid not in orphans
         assert problem is not None and str(orphans[0]) in problem
-        assert no_orphans({parent.pid: 1}, parent.pid) == (None, [])
+        assert no_orphans({parent.pid: 1}, [parent.pid]) == (None, [])
         assert nothing_left(procs) is not None
     finally:
         for pid in tagged_processes(tag):
@@ -109,9 +110,10 @@ def test_no_orphans_finds_a_tagged_process_outside_the_tree() -> None:
 
 
 def test_no_orphans_follows_the_chain_to_the_node() -> None:
-    assert no_orphans({10: 1, 11: 10, 12: 11}, 10)[1] == []
-    assert no_orphans({10: 1, 11: 10, 12: 99}, 10)[1] == [12]
-    assert no_orphans({11: 12, 12: 11}, 10)[1] == [11, 12]  # a cycle is not the node
+    assert no_orphans({10: 1, 11: 10, 12: 11}, [10])[1] == []
+    assert no_orphans({10: 1, 11: 10, 12: 99}, [10])[1] == [12]
+    assert no_orphans({11: 12, 12: 11}, [10])[1] == [11, 12]  # a cycle is not the node
+    assert no_orphans({10: 1, 11: 10, 20: 1, 21: 20}, [10, 20])[1] == []  # a cluster
 
 
 def test_acked_events_intact() -> None:
@@ -231,3 +233,14 @@ def test_memory_bounded() -> None:
 def test_descendants_gone(live_pid: int) -> None:
     assert "1 child process" in (descendants_gone([live_pid]) or "")
     assert descendants_gone([]) is None
+
+
+def test_membership_converged() -> None:
+    views = {"a": {"a": ("alive", 1), "b": ("alive", 5), "c": ("dead", 3)},
+             "b": {"a": ("alive", 1), "b": ("alive", 5), "c": ("left", 3)}}
+    assert membership_converged(views, {"a": "alive", "b": "alive", "c": "down"}) is None
+    assert "a sees c dead" in (membership_converged(views, {"c": "alive"}) or "")
+    assert "b sees a alive" in (membership_converged(views, {"a": "down"}) or "")
+    assert membership_converged(views, {"b": "alive"}, {"b": 4}) is None
+    assert "not alive" in (membership_converged(views, {"b": "alive"}, {"b": 5}) or "")
+    assert "absent" in (membership_converged(views, {"d": "alive"}) or "")

@@ -69,3 +69,17 @@ def test_budget_unknown_supervisor_gets_otp_defaults() -> None:
     assert b.allow("x", 0.0)
     b.spend("x", 0.0)
     assert not b.allow("x", 4.9) and b.allow("x", 5.1)
+
+
+def test_the_ci_seed_covers_every_case() -> None:
+    """tests/test_chaos.py runs every scenario for 1 s at --rate 8 with seed 293: a crash
+    loop of each depth, both hangs, every resource."""
+    from prismatic.chaos import crash_loop, hang, resources
+    from prismatic.chaos._apps import CRASH_LOOP_INTENSITIES
+    from prismatic.chaos._invariants import expected_escalation
+
+    levels = {expected_escalation(CRASH_LOOP_INTENSITIES, int(f.arg or 0))
+              for f in crash_loop.plan(293, 1.0, 8, DEMO)}
+    assert levels == {-1, 0, 1}
+    assert {f.arg for f in hang.plan(293, 1.0, 8, DEMO)} == {"sigstop", "stuck"}
+    assert {f.arg for f in resources.plan(293, 1.0, 8, DEMO)} == {"memory", "fds", "fork"}

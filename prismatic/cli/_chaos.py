@@ -82,6 +82,9 @@ class _Progress:
               help="Break this already running node instead (scenarios that restart the node "
                    "are skipped). Only this option picks it: the group's --node and "
                    "$PRISMATIC_NODE do not, so a run never breaks a node by accident.")
+@click.option("--cluster", type=click.IntRange(min=0), default=0, metavar="N",
+              help="Run on N nodes of the app the runner starts in one mesh (N >= 2): the "
+                   "cluster scenarios (node-loss) apply then, the single-node ones not.")
 @click.option("--scenario", "scenarios", multiple=True, metavar="NAME",
               help="A scenario to run (repeatable; default: all that apply). "
                    "See 'prismatic chaos list'.")
@@ -97,7 +100,7 @@ class _Progress:
 @click.option("--report", "report_file", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write the report as JSON to this file.")
 @click.pass_obj
-def run_chaos(state: CliState, app: str | None, node_arg: str | None,
+def run_chaos(state: CliState, app: str | None, node_arg: str | None, cluster: int,
               scenarios: tuple[str, ...], duration: float, seed: int | None, rate: float,
               deadline: float, as_json: bool, report_file: Path | None) -> None:
     """Run chaos scenarios and report; exit 1 if any invariant failed."""
@@ -112,9 +115,13 @@ def run_chaos(state: CliState, app: str | None, node_arg: str | None,
     if app and node_arg:
         raise CliError("give --app (a node the runner starts) or --node (one that runs), "
                        "not both", ExitCode.USAGE)
+    if cluster == 1 or (cluster and node_arg):
+        raise CliError("--cluster N needs N >= 2 nodes the runner starts (not --node)",
+                       ExitCode.USAGE)
     if seed is None:
         seed = random.SystemRandom().randrange(1 << 31)
-    settings = RunSettings(app=app, node=node_arg, scenarios=scenarios, duration=duration,
+    settings = RunSettings(app=app, node=node_arg, cluster=cluster, scenarios=scenarios,
+                           duration=duration,
                            seed=seed, rate=rate, deadline=deadline)
     show = _Progress(sys.stderr.isatty() and not as_json and not state.no_progress)
     stop = threading.Event()
