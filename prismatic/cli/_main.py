@@ -3,7 +3,9 @@
 Commands (``prismatic COMMAND --help`` for each): ``node start|stop``, ``status``, ``tree``,
 ``children which|count|start|terminate|restart|delete``, ``events tail|query|replay``,
 ``metrics``, and ad-hoc messages: ``call``, ``cast``, ``send``, ``whereis``, ``publish``,
-``subscribe``, and ``emit`` (durable events). Read commands print tables, or JSON with ``--json``.
+``subscribe``, and ``emit`` (durable events); ``chaos list|run`` breaks a node on purpose and
+checks the invariants held (:mod:`prismatic.chaos`). Read commands print tables, or JSON with
+``--json``.
 
 Node selection, first that is given: ``--node NAME_OR_DATA_DIR``, ``$PRISMATIC_NODE``, else
 the one running node under ``$PRISMATIC_HOME`` (default ``~/.prismatic``). Errors are one
