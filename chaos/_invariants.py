@@ -169,11 +169,14 @@ def _ancestors(path: str) -> list[str]:
 
 
 def kills_accounted(kills: Sequence[Kill], exits: Sequence[ExitSeen],
-                    window_s: float = 2.0) -> str | None:
-    """Each kill is reported by its supervisor (an exit of that pid) exactly once as
-    ``child_exited``, unless an ancestor supervisor exited within ``window_s`` around it
-    (then the whole subtree died by PDEATHSIG and nobody is left to report it); and every
-    ``killed`` (signal 9) ``child_exited`` is a pid the runner killed."""
+                    window_s: float = 2.0, report_s: float = 30.0) -> str | None:
+    """Each kill is reported by its supervisor (an exit of that pid within ``report_s``
+    after it) exactly once as ``child_exited``, unless an ancestor supervisor exited
+    within ``window_s`` around it (then the whole subtree died by PDEATHSIG and nobody is
+    left to report it); and every ``killed`` (signal 9) ``child_exited`` is a pid the
+    runner killed shortly before. Pids are matched with times, not alone: over a long storm
+    the kernel hands the same pid to another process (pid_max is often 32768)."""
+    skew = 0.05  # the supervisor may stamp the exit before the runner stamps its kill
     by_pid: dict[int, list[ExitSeen]] = {}
     for e in exits:
         if e.pid is not None and e.kind in _EXIT_KINDS:
@@ -184,7 +187,7 @@ def kills_accounted(kills: Sequence[Kill], exits: Sequence[ExitSeen],
              if e.kind == "intensity_exceeded"]
     unreported, twice = [], []
     for k in kills:
-        seen = by_pid.get(k.pid, [])
+        seen = [e for e in by_pid.get(k.pid, []) if k.mono - skew <= e.mono <= k.mono + report_s]
         if len([e for e in seen if e.kind == "child_exited"]) > 1:
             twice.append(k)
         if seen:
@@ -192,9 +195,12 @@ def kills_accounted(kills: Sequence[Kill], exits: Sequence[ExitSeen],
         anc = set(_ancestors(k.path))
         if not any(p in anc and abs(m - k.mono) <= window_s for p, m in died):
             unreported.append(k)
-    killed = {k.pid for k in kills}
+    kill_times: dict[int, list[float]] = {}
+    for k in kills:
+        kill_times.setdefault(k.pid, []).append(k.mono)
     phantom = [e for e in exits if e.kind == "child_exited" and e.reason == "killed"
-               and e.pid not in killed]
+               and not any(e.mono - report_s <= t <= e.mono + skew
+                           for t in kill_times.get(e.pid or -1, []))]
     problems = []
     if unreported:
         problems.append(f"{len(unreported)} kill(s) never reported, e.g. {unreported[0].path} "

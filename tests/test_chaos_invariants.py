@@ -140,7 +140,7 @@ def _exit(pid: int | None, path: str, kind: str = "child_exited", reason: str | 
 
 def test_kills_accounted() -> None:
     kills = [Kill(101, "a/w", 10.0), Kill(102, "a", 10.5)]
-    exits = [_exit(101, "a/w"), _exit(102, "a")]
+    exits = [_exit(101, "a/w"), _exit(102, "a", mono=10.51)]
     assert kills_accounted(kills, exits) is None
     # a kill nobody reported, with no ancestor dying near it
     assert "never reported" in (kills_accounted(kills, exits[:1]) or "")
@@ -151,9 +151,18 @@ def test_kills_accounted() -> None:
     # ... or gave up (intensity exceeded on a child of its own supervisor)
     assert kills_accounted([Kill(103, "a/w", 10.0)],
                            [_exit(104, "a/x", "intensity_exceeded", None)]) is None
+    assert kills_accounted([Kill(103, "a/w", 10.0)], [_exit(104, "b/x", "intensity_exceeded",
+                                                            None)]) is not None
     # a SIGKILL exit nobody sent; one reported twice
     assert "nobody sent" in (kills_accounted(kills, [*exits, _exit(999, "a/v")]) or "")
     assert "twice" in (kills_accounted(kills, [*exits, _exit(101, "a/w")]) or "")
+    # the same pid, handed to another process later and killed again: two kills, two reports
+    reused = [Kill(101, "a/w", 10.0), Kill(101, "b/w", 200.0)]
+    assert kills_accounted(reused, [_exit(101, "a/w"), _exit(101, "b/w", mono=200.01)]) is None
+    assert "never reported" in (kills_accounted(reused, [_exit(101, "a/w")]) or "")
+    # a report long before the kill is not its report; a kill long before an exit not its cause
+    assert "nobody sent" in (kills_accounted([Kill(101, "a/w", 100.0)],
+                                             [_exit(101, "a/w", mono=10.0)]) or "")
 
 
 def test_restarts_consistent() -> None:
