@@ -77,7 +77,7 @@ reasons = st.one_of(st.builds(Normal), st.builds(Shutdown, text),
 
 def mailbox_frames(node_name: str) -> st.SearchStrategy[Any]:
     """Well-formed mailbox frames with odd fields; the ones that crash ``alpha`` (an op it
-    does not know, a forged Exit) are a minority, to stay within its restart intensity."""
+    does not know) are a minority, to stay within its restart intensity."""
     pids = ghost_pids(node_name)
     refs = ints
     return st.one_of(
