@@ -159,15 +159,20 @@ class Hub:
             return None
         return Pid(self.node, ospid, self.creation)
 
-    def complete(self, pid: Pid) -> Pid:
+    def complete(self, pid: Pid, probe: bool = True) -> Pid:
         """``pid`` with what the hub knows filled in: a Pid given without its discriminators
-        names the process holding that ospid now, or else the last one that held it."""
+        names the process holding that ospid now (asked of its mailbox if ``probe``), or
+        else the last one that held it."""
         if pid.exact or pid.node != self.node:
             return pid
-        for known in (self.live.get(pid.ospid), self.last_exit.get(pid.ospid)):
-            if known is not None and pid.names(known):
-                return known
-        return pid
+        live = self.live.get(pid.ospid)
+        if live is not None and pid.names(live):
+            return live
+        found = self.identify(pid) if probe else None
+        if found is not None:
+            return found
+        last = self.last_exit.get(pid.ospid)
+        return last if last is not None and pid.names(last) else pid
 
     def status(self, pid: Pid) -> tuple[Pid, ExitReason | None]:
         """``pid`` completed, and None if it lives, else its exit reason (NoProc() if
