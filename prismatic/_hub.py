@@ -261,10 +261,10 @@ class Hub:
                 self.watch(b)
             conn.reply(HubReply(req.ref, None))
         elif isinstance(req, UnlinkReq):
-            self.apply_links(_links.Unlink(req.a, self.complete(req.b)))
+            self.apply_links(_links.Unlink(req.a, self.complete(req.b, probe=False)))
             conn.reply(HubReply(req.ref, None))
         elif isinstance(req, ExitOfReq):
-            pid = self.complete(req.pid)
+            pid = self.complete(req.pid, probe=False)  # waited_out probes, if it comes to that
             reason = self.exits.get(pid)
             if reason is not None or not req.wait > 0:  # NaN too: call_later refuses it
                 conn.reply(HubReply(req.ref, reason or NoProc()))
