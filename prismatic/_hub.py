@@ -295,12 +295,11 @@ class Hub:
             return None
         if holder == 0:  # alive, but it could not be asked who it is
             return pid
+        # Not kept in ``live``: only the tree's reports are (a process outside the tree
+        # would never be reported gone); a Pid stored from here is retired by ``dying``.
         local = pid.node == self.node
-        found = Pid(pid.node, pid.ospid, (pid.creation or self.creation) if local else pid.creation,
-                    pid.start or process_start(holder))
-        if local and found.exact:
-            self.live[pid.ospid] = found
-        return found
+        return Pid(pid.node, pid.ospid, (pid.creation or self.creation) if local else pid.creation,
+                   pid.start or process_start(holder))
 
     def probe_alive(self, pid: Pid) -> bool:
         return self.probe(pid) is not None
