@@ -325,8 +325,9 @@ class Hub:
             return None
         except BlockingIOError:
             # Alive, its accept queue full: the kernel records the listener's credentials
-            # only on a connection, so ask /proc whether its ospid is still that process.
-            return 0 if not pid.start or process_start(pid.ospid) == pid.start else None
+            # only on a connection, so check the process that has the ospid (an address is
+            # held by its own process unless squatted, which an exact Pid never was).
+            return 0 if self.holds(pid, pid.ospid) else None
         except OSError as exc:
             return 0 if self.cannot_probe(pid, exc) else None
         finally:
