@@ -6,7 +6,7 @@ node restarted under the same name starts over. Two more fields make a Pid uniqu
 *creation* does for a node:
 
 * ``creation``: the node's incarnation, its start time in ms since the epoch (a node restarted
-  under the same name gets a new one; the mesh announces the same value as its incarnation);
+  under the same name gets a new one, as OTP's creation);
 * ``start``: the kernel's start time of the process, in clock ticks since boot
   (``/proc/<pid>/stat`` field 22): two processes that held one ospid in turn differ in it
   unless the pid space wrapped within one tick (10 ms), which a busy tree cannot do.
