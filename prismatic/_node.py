@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from ._address import default_node_name
+from ._address import default_node_name, new_creation
 from ._childspec import SupervisorSpec, import_ref
 from ._cookie import ensure_cookie
 from ._errors import ChildSpecError, EventLogError, NodeError
@@ -136,7 +136,8 @@ def run_node(spec: SupervisorSpec, *, name: str | None = None,
                         f"{exc.strerror}") from None
     _check_event_log(data / "eventlog", name)  # a log the node would refuse: before the tree
     hub_sock = open_hub_socket(name)  # before the fork: a second node of this name fails here
-    set_current(NodeInfo(name, data.resolve()))  # inherited by every process of the tree
+    # inherited by every process of the tree; a new creation per start (see _address)
+    set_current(NodeInfo(name, data.resolve(), new_creation()))
     # Fork the root before any ZeroMQ context exists in this process.
     mine, theirs = open_channel_pair()
     root_pid = fork_child((theirs.fileno(),), lambda: _root_main(spec, theirs, name),
