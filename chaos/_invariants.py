@@ -45,7 +45,8 @@ __all__ = [
 
 
 class Kill(msgspec.Struct, frozen=True):
-    """A SIGKILL the runner sent: to ``pid``, the process at ``path``, at monotonic ``mono``."""
+    """A SIGKILL the runner sent: to ``pid``, the process at ``path``; ``mono`` is the
+    monotonic time just *before* the signal was sent (no exit it caused can be earlier)."""
 
     pid: int
     path: str
@@ -174,9 +175,9 @@ def kills_accounted(kills: Sequence[Kill], exits: Sequence[ExitSeen],
     after it) exactly once as ``child_exited``, unless an ancestor supervisor exited
     within ``window_s`` around it (then the whole subtree died by PDEATHSIG and nobody is
     left to report it); and every ``killed`` (signal 9) ``child_exited`` is a pid the
-    runner killed shortly before. Pids are matched with times, not alone: over a long storm
-    the kernel hands the same pid to another process (pid_max is often 32768)."""
-    skew = 0.05  # the supervisor may stamp the exit before the runner stamps its kill
+    runner killed shortly before. An exit is matched to a kill by pid, path and time, not
+    by pid alone: over a long storm on a busy machine the kernel hands the same pid to
+    another process within seconds (pid_max is often 32768)."""
     by_pid: dict[int, list[ExitSeen]] = {}
     for e in exits:
         if e.pid is not None and e.kind in _EXIT_KINDS:
@@ -185,31 +186,41 @@ def kills_accounted(kills: Sequence[Kill], exits: Sequence[ExitSeen],
     died = [(e.path, e.mono) for e in exits if e.kind in _EXIT_KINDS]
     died += [(e.path.rpartition("/")[0], e.mono) for e in exits
              if e.kind == "intensity_exceeded"]
-    unreported, twice = [], []
+    unreported: list[Kill] = []
+    twice: list[tuple[Kill, list[ExitSeen]]] = []
     for k in kills:
-        seen = [e for e in by_pid.get(k.pid, []) if k.mono - skew <= e.mono <= k.mono + report_s]
-        if len([e for e in seen if e.kind == "child_exited"]) > 1:
-            twice.append(k)
+        seen = [e for e in by_pid.get(k.pid, [])
+                if e.path == k.path and k.mono <= e.mono <= k.mono + report_s]
+        exited = [e for e in seen if e.kind == "child_exited"]
+        if len(exited) > 1:
+            twice.append((k, exited))
         if seen:
             continue
         anc = set(_ancestors(k.path))
         if not any(p in anc and abs(m - k.mono) <= window_s for p, m in died):
             unreported.append(k)
-    kill_times: dict[int, list[float]] = {}
+    kill_times: dict[tuple[int, str], list[float]] = {}
     for k in kills:
-        kill_times.setdefault(k.pid, []).append(k.mono)
+        kill_times.setdefault((k.pid, k.path), []).append(k.mono)
     phantom = [e for e in exits if e.kind == "child_exited" and e.reason == "killed"
-               and not any(e.mono - report_s <= t <= e.mono + skew
-                           for t in kill_times.get(e.pid or -1, []))]
+               and not any(e.mono - report_s <= t <= e.mono
+                           for t in kill_times.get((e.pid or -1, e.path), []))]
     problems = []
     if unreported:
         problems.append(f"{len(unreported)} kill(s) never reported, e.g. {unreported[0].path} "
                         f"pid {unreported[0].pid}")
     if twice:
-        problems.append(f"{len(twice)} kill(s) reported twice, e.g. {twice[0].path}")
+        k, exited = twice[0]
+        problems.append(f"{len(twice)} kill(s) reported twice, e.g. {k.path} pid {k.pid} "
+                        f"killed at {k.mono:.3f}: " + ", ".join(
+                            f"{e.path} {e.reason} at {e.mono:.3f}" for e in exited))
     if phantom:
-        problems.append(f"{len(phantom)} SIGKILL exit(s) nobody sent, e.g. {phantom[0].path} "
-                        f"pid {phantom[0].pid}")
+        e = phantom[0]
+        near = sorted(kill_times.get((e.pid or -1, e.path), []),
+                      key=lambda t: abs(t - e.mono))[:2]
+        problems.append(f"{len(phantom)} SIGKILL exit(s) nobody sent, e.g. {e.path} pid "
+                        f"{e.pid} at {e.mono:.3f} (kills of that pid at "
+                        f"{', '.join(f'{t:.3f}' for t in near) or 'none'})")
     return "; ".join(problems) or None
 
 

@@ -128,12 +128,13 @@ class ScenarioContext:
         if pid is None:
             self.tally.skipped += 1
             return None
+        sent_at = time.monotonic()  # before the signal: its exit cannot be stamped earlier
         try:
             os.kill(pid, sig)
         except ProcessLookupError:
             self.tally.skipped += 1
             return None
-        k = Kill(pid=pid, path=fault.target, mono=time.monotonic())
+        k = Kill(pid=pid, path=fault.target, mono=sent_at)
         if sig == signal.SIGKILL:
             self.kills.append(k)
             self.probe.expect(fault.describe(), k.mono, fault.target, pid)

@@ -157,9 +157,12 @@ def test_kills_accounted() -> None:
     assert "nobody sent" in (kills_accounted(kills, [*exits, _exit(999, "a/v")]) or "")
     assert "twice" in (kills_accounted(kills, [*exits, _exit(101, "a/w")]) or "")
     # the same pid, handed to another process later and killed again: two kills, two reports
-    reused = [Kill(101, "a/w", 10.0), Kill(101, "b/w", 200.0)]
-    assert kills_accounted(reused, [_exit(101, "a/w"), _exit(101, "b/w", mono=200.01)]) is None
+    reused = [Kill(101, "a/w", 10.0), Kill(101, "b/w", 20.0)]
+    assert kills_accounted(reused, [_exit(101, "a/w"), _exit(101, "b/w", mono=20.01)]) is None
     assert "never reported" in (kills_accounted(reused, [_exit(101, "a/w")]) or "")
+    # ... and an exit at another path is another process: not this kill's report
+    assert "never reported" in (kills_accounted([Kill(101, "a/w", 10.0)],
+                                                [_exit(101, "b/w", mono=10.01)]) or "")
     # a report long before the kill is not its report; a kill long before an exit not its cause
     assert "nobody sent" in (kills_accounted([Kill(101, "a/w", 100.0)],
                                              [_exit(101, "a/w", mono=10.0)]) or "")
