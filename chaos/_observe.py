@@ -18,7 +18,7 @@ from typing import Any
 from ._invariants import ExitSeen
 
 __all__ = ["TAG_VAR", "tagged_processes", "tree_named_processes", "exits_in_log",
-           "starts_in_log", "members", "metric_sum", "boot_ticks"]
+           "starts_in_log", "members", "metric_sum", "boot_ticks", "parent_pid"]
 
 TAG_VAR = "PRISMATIC_CHAOS_TAG"
 _TICKS = os.sysconf("SC_CLK_TCK")
@@ -50,6 +50,12 @@ def tagged_processes(tag: str) -> dict[int, int]:
         if st is not None and st[0] not in ("Z", "X"):
             found[int(entry)] = int(st[1])
     return found
+
+
+def parent_pid(pid: int) -> int | None:
+    """``pid``'s parent, from /proc; None if it is gone."""
+    st = _stat(str(pid))
+    return int(st[1]) if st is not None else None
 
 
 def boot_ticks() -> int:

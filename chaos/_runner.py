@@ -29,11 +29,11 @@ from .._childspec import SupervisorSpec
 from .._client import NodeConnection
 from .._errors import ChaosError, PrismaticError
 from ._invariants import ExitSeen, Kill, control_answered, no_orphans, nothing_left, tree_converged
-from ._observe import exits_in_log
+from ._observe import exits_in_log, parent_pid
 from ._probe import Probe
 from ._report import RunReport, ScenarioReport, ScenarioTally
 from ._scenarios import SCENARIOS, Scenario
-from ._schedule import Fault
+from ._schedule import Fault, parent_path
 from ._shape import TreeShape, shape_of_rows, shape_of_spec
 from ._target import ClusterTarget, ExistingNode, OwnedNode, Target
 
@@ -123,17 +123,32 @@ class ScenarioContext:
 
     def kill(self, fault: Fault, sig: int = signal.SIGKILL) -> Kill | None:
         """Signal the process at the fault's path (as the probe last saw it); None if nothing
-        runs there now (the fault is then not injected)."""
+        runs there now (the fault is then not injected).
+
+        The pid is pinned with a pidfd and checked to be a child of the supervisor above the
+        path before the signal goes: the probe's view is a few ms old, and on a busy machine
+        a dead worker's pid can belong to an unrelated process moments later."""
         pid = self.probe.rows.get(fault.target)
-        if pid is None:
+        parent = self.probe.rows.get(parent_path(fault.target))
+        if pid is None or parent is None:
             self.tally.skipped += 1
             return None
-        sent_at = time.monotonic()  # before the signal: its exit cannot be stamped earlier
         try:
-            os.kill(pid, sig)
+            fd = os.pidfd_open(pid)
         except ProcessLookupError:
             self.tally.skipped += 1
             return None
+        try:
+            if parent_pid(pid) != parent:  # not the process the probe saw there any more
+                self.tally.skipped += 1
+                return None
+            sent_at = time.monotonic()  # before the signal: its exit cannot be stamped earlier
+            signal.pidfd_send_signal(fd, sig)
+        except ProcessLookupError:
+            self.tally.skipped += 1
+            return None
+        finally:
+            os.close(fd)
         k = Kill(pid=pid, path=fault.target, mono=sent_at)
         if sig == signal.SIGKILL:
             self.kills.append(k)
