@@ -17,7 +17,8 @@ from typing import Any
 
 from ._invariants import ExitSeen
 
-__all__ = ["TAG_VAR", "tagged_processes", "tree_named_processes", "exits_in_log",
+__all__ = ["TAG_VAR", "tagged_processes", "tagged_processes_of", "tree_named_processes",
+           "exits_in_log",
            "starts_in_log", "members", "metric_sum", "boot_ticks", "parent_pid"]
 
 TAG_VAR = "PRISMATIC_CHAOS_TAG"
@@ -34,11 +35,14 @@ def _stat(pid: str) -> list[str] | None:
 
 def tagged_processes(tag: str) -> dict[int, int]:
     """Live processes whose environment holds ``PRISMATIC_CHAOS_TAG=<tag>``: pid -> ppid."""
+    return tagged_processes_of((int(e) for e in os.listdir("/proc") if e.isdigit()), tag)
+
+
+def tagged_processes_of(pids: Iterable[int], tag: str) -> dict[int, int]:
+    """Those of ``pids`` that are live and carry the tag: pid -> ppid."""
     needle = f"{TAG_VAR}={tag}\0".encode()
     found: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
+    for entry in map(str, pids):
         try:
             with open(f"/proc/{entry}/environ", "rb") as f:
                 env = f.read() + b"\0"

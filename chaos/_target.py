@@ -21,9 +21,27 @@ from pathlib import Path
 
 from .._client import NodeConnection, connect
 from .._errors import ChaosError, PrismaticError
-from ._observe import TAG_VAR, boot_ticks, tagged_processes, tree_named_processes
+from ._observe import (
+    TAG_VAR, boot_ticks, tagged_processes, tagged_processes_of, tree_named_processes,
+)
 
 __all__ = ["OwnedNode", "ExistingNode", "ClusterTarget", "Target"]
+
+
+def _kill_if_tagged(pid: int, tag: str) -> None:
+    """SIGKILL ``pid`` if it still carries the tag: pinned by a pidfd first, so a pid
+    handed to another process meanwhile is never signalled."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    try:
+        if pid in tagged_processes_of([pid], tag):
+            signal.pidfd_send_signal(fd, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    finally:
+        os.close(fd)
 
 
 class OwnedNode:
@@ -126,10 +144,7 @@ class OwnedNode:
         while (left := self.processes()) and time.monotonic() < deadline:
             time.sleep(0.05)
         for pid in left:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            _kill_if_tagged(pid, self.tag)
         return left
 
 
