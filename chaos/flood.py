@@ -1,10 +1,10 @@
 """Flood: a mailbox flooded past its limit.
 
 Each fault adds a worker under the root (``chaos_flood_<n>``, temporary,
-:class:`~._apps.Slowpoke`: a 50-message mailbox, 2 ms per cast) and casts 4 KiB messages at
-it as fast as it takes them, each with a 50 ms timeout, until ``REFUSALS`` casts have been
+:class:`~._apps.Slowpoke`: a 50-message mailbox, 10 ms per cast) and casts 16 KiB messages
+at it as fast as it takes them, each with a 2 ms timeout, until ``REFUSALS`` casts have been
 refused (``MailboxFull``). The queue stops reading at its limit, the kernel's socket buffers
-fill, and senders are held back: back-pressure.
+fill, and a sender is held back, then refused once its timeout passes: back-pressure.
 
 Checks (:func:`~._invariants.flood_accounted`): every cast was either handed over or
 refused with ``MailboxFull``, none silently lost: once the worker drained its mailbox it
@@ -38,7 +38,7 @@ REQUIRES = frozenset({"node"})  # any single node, owned or not
 
 REFUSALS = 5
 MEMORY_BOUND = 32 << 20
-_PAYLOAD = b"x" * 4096
+_PAYLOAD = b"x" * 16384
 _CAST_TIMEOUT_S = 0.002
 _MAX_CASTS = 5_000
 _MAX_RATE = 1.0

@@ -1,6 +1,6 @@
 """Hangs: a worker frozen mid-call (SIGSTOP) or stuck in a handler that never returns.
 
-Each fault adds a worker under the root (``chaos_hang_<n>``, temporary, shutdown 1 s,
+Each fault adds a worker under the root (``chaos_hang_<n>``, temporary, shutdown 0.5 s,
 :class:`~._apps.Sleeper`), checks it answers, then hangs it one of two ways:
 
 * ``sigstop``: a slow call is sent and the worker is SIGSTOPped while handling it;
@@ -35,7 +35,7 @@ SUMMARY = ("SIGSTOPs a worker mid-call, or sticks it in a handler; checks the ca
            "and shutdown escalates to SIGKILL after its shutdown time")
 REQUIRES = frozenset({"node"})  # any single node, owned or not
 
-SHUTDOWN_S = 1.0
+SHUTDOWN_S = 0.5
 _CALL_TIMEOUT_S = 0.5
 _MAX_RATE = 1.0  # each fault takes about 1.5 s (a call timeout, then the shutdown time)
 
