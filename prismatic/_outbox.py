@@ -84,6 +84,8 @@ class _Peer:
         self.replies: dict[int, Any] = {}  # replies read while waiting for another one
 
     def set_timeouts(self, timeout: float, rcv: bool = True, snd: bool = True) -> None:
+        if timeout == self.rcv_timeout and timeout == self.snd_timeout:
+            return  # the same timeout call after call: the hot path, no system call
         timeout = max(timeout, 0.000001)  # 0 would mean "wait forever" to the kernel
         value = _TIMEVAL.pack(int(timeout), int(timeout % 1 * 1e6))
         if rcv and timeout != self.rcv_timeout:
@@ -217,12 +219,13 @@ class Outbox:
         started = time.monotonic()
         deadline = started + timeout
         for attempt in (0, 1):
-            req = self.send_request(dest, msg, timeout, fresh=attempt == 1)
-            result = self._collect(req, timeout, deadline)
+            pid, ref = self._request(dest, msg, timeout, attempt == 1)
+            result = self._collect(pid, ref, dest, timeout, deadline)
             if isinstance(result, CallReply):
                 self.latency.observe(time.monotonic() - started)
+                return result.value
             if not isinstance(result, CallRefused):
-                return self._outcome(req, result, deadline)
+                return self._outcome(dest, pid, result, deadline)
             timeout = max(deadline - time.monotonic(), 0.0001)
             # the name moved to another process since we cached it: resolve it afresh once
         raise NoProcError(dest)
@@ -231,6 +234,11 @@ class Outbox:
                      fresh: bool = False) -> RequestId:
         """OTP's ``gen_server:send_request``: send a call without waiting; collect the reply
         with :meth:`receive_response`. Many may be in flight to one process."""
+        pid, ref = self._request(dest, msg, timeout, fresh)
+        return RequestId(dest, pid, ref)
+
+    def _request(self, dest: Dest, msg: Any, timeout: float, fresh: bool) -> tuple[Pid, int]:
+        """Send a call frame; the callee's Pid and the call's ref (awaited on its peer)."""
         ref = next(self.refs)
         name = dest if isinstance(dest, str) else None
         where = self._post(dest, encode_frame(CallFrame(ref, msg, self.me, name)), timeout,
@@ -238,31 +246,31 @@ class Outbox:
         if isinstance(where, str):
             raise NoProcError(dest)
         self.peers[where].waiting.add(ref)
-        return RequestId(dest, where, ref)
+        return where, ref
 
     def receive_response(self, req: RequestId, timeout: float = 5.0) -> Any:
         """OTP's ``gen_server:receive_response``: the reply to ``req``, raising as
         :meth:`call` does. After a timeout the request is abandoned (its reply dropped)."""
         deadline = time.monotonic() + timeout
-        result = self._collect(req, timeout, deadline)
+        result = self._collect(req.pid, req.ref, req.dest, timeout, deadline)
         if isinstance(result, CallRefused):
             raise NoProcError(req.dest)
-        return self._outcome(req, result, deadline)
+        return self._outcome(req.dest, req.pid, result, deadline)
 
-    def _outcome(self, req: RequestId, result: CallReply | None, deadline: float) -> Any:
+    def _outcome(self, dest: Dest, pid: Pid, result: CallReply | None, deadline: float) -> Any:
         if result is not None:
             return result.value
-        self.drop(req.pid)
-        raise ProcessDown(req.dest, self.exit_reason(req.pid, deadline))
+        self.drop(pid)
+        raise ProcessDown(dest, self.exit_reason(pid, deadline))
 
-    def _collect(self, req: RequestId, timeout: float,
+    def _collect(self, pid: Pid, ref: int, dest: Dest, timeout: float,
                  deadline: float) -> CallReply | CallRefused | None:
-        """The reply to ``req``; None if the callee's connection broke first. Replies to
-        other requests in flight are kept for them; replies nobody awaits are late: dropped."""
-        peer = self.peers.get(req.pid)
+        """The reply to call ``ref`` to ``pid``; None if the callee's connection broke first.
+        Replies to other requests in flight are kept for them; replies nobody awaits are
+        late: dropped."""
+        peer = self.peers.get(pid)
         if peer is None:
             return None
-        ref = req.ref
         found = peer.replies.pop(ref, None)
         if found is not None:
             peer.waiting.discard(ref)
@@ -275,7 +283,7 @@ class Outbox:
                 data = _spin_recv(sock, spin) if spin else sock.recv(1 << 16)
             except BlockingIOError:  # SO_RCVTIMEO expired
                 peer.waiting.discard(ref)
-                raise CallTimeout(req.dest, "no reply in time") from None
+                raise CallTimeout(dest, "no reply in time") from None
             except OSError:
                 data = b""
             if not data:
@@ -295,7 +303,7 @@ class Outbox:
             left = deadline - time.monotonic()
             if left <= 0:
                 peer.waiting.discard(ref)
-                raise CallTimeout(req.dest, "no reply in time")
+                raise CallTimeout(dest, "no reply in time")
             peer.set_timeouts(left, snd=False)
             spin = 0.0
 

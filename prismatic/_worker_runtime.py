@@ -53,6 +53,13 @@ if TYPE_CHECKING:
 __all__ = ["run_worker", "exit_code_for", "WorkerContext"]
 
 _HANDLERS = ("init", "handle_call", "handle_cast", "handle_info", "terminate")
+# What a plain handler returns is almost always one of these, and none is awaitable:
+# checking the type first spares the hot path inspect.isawaitable's ABC check (~0.5 us).
+_PLAIN_RESULTS = frozenset({type(None), dict, list, tuple, str, int, float, bool, bytes})
+
+
+def _is_awaitable(value: object) -> bool:
+    return type(value) not in _PLAIN_RESULTS and inspect.isawaitable(value)
 
 
 def exit_code_for(reason: ExitReason) -> int:
@@ -202,7 +209,7 @@ class WorkerContext:
                 conn.reply(CallRefused(frame.ref, "not_registered"))
                 return
             result = worker.handle_call(frame.msg, Caller(frame.sender, frame.ref))
-            if inspect.isawaitable(result):
+            if _is_awaitable(result):
                 self.run_async(result, conn, frame.ref)
             else:
                 conn.reply(CallReply(frame.ref, result))
@@ -219,7 +226,7 @@ class WorkerContext:
             result = worker.handle_info(frame)
         else:
             return  # a reply on an inbound connection: nothing of ours awaits it
-        if inspect.isawaitable(result):
+        if _is_awaitable(result):
             self.run_async(result, None, None)
 
     def run_async(self, pending: Any, conn: Inbound | None, ref: int | None) -> None:
