@@ -24,7 +24,7 @@ from prismatic._notices import Down, Exit
 from prismatic.transports import _frames as F
 from prismatic.transports import _messages as M
 from prismatic.transports._framing import (
-    HEADER, MAX_FRAME, WIRE_VERSION, ByteBudget, FrameBuffer, encode_frame,
+    HEADER, MAX_FRAME, SMALL_FRAME, WIRE_VERSION, ByteBudget, FrameBuffer, encode_frame,
 )
 from tests.conftest import assert_builds_every_member
 
@@ -327,3 +327,14 @@ def test_a_shared_budget_bounds_the_unfinished_bytes_of_all_buffers(
     for fb in buffers:
         fb.release()
     assert budget.used == 0
+
+
+@pytest.mark.parametrize("size", [0, SMALL_FRAME - 20, SMALL_FRAME, 4 * SMALL_FRAME])
+def test_a_whole_frame_in_one_read_decodes_from_a_copy_or_a_view(size: int) -> None:
+    """Frames under SMALL_FRAME are decoded from a slice, larger ones from a memoryview of
+    the read: both give the frame back whole."""
+    decoder = msgspec.msgpack.Decoder(M.MailboxFrame)
+    frame = M.CallReply(7, b"x" * size)
+    fb = FrameBuffer(decoder, "test")
+    assert fb.feed(encode_frame(frame)) == [frame]
+    assert not fb.buf and fb.bad_frames == 0
