@@ -261,6 +261,21 @@ class LinksMachine(RuleBasedStateMachine):
             assert len(pair) == 2 and not pair & self.exits.keys()
 
     @invariant()
+    def indexes_match(self) -> None:
+        """``refs`` and ``partners`` index exactly the monitors and links (what makes an exit
+        cost only the dead process's own monitors and links)."""
+        refs: dict[Pid, set[int]] = {}
+        for mref, (w, t) in self.state.monitors.items():
+            refs.setdefault(w, set()).add(mref)
+            refs.setdefault(t, set()).add(mref)
+        partners: dict[Pid, set[Pid]] = {}
+        for pair in self.state.links:
+            a, b = tuple(pair)
+            partners.setdefault(a, set()).add(b)
+            partners.setdefault(b, set()).add(a)
+        assert self.state.refs == refs and self.state.partners == partners
+
+    @invariant()
     def refs_are_fresh(self) -> None:
         assert all(mref < self.state.next_ref for mref in self.refs)
         assert all(mref not in self.fired for mref in self.state.monitors)
