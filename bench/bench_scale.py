@@ -30,6 +30,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -41,7 +43,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import prismatic as p  # noqa: E402
-from bench._harness import pct, print_table, start_node, stop_node  # noqa: E402
+from bench._harness import pct, print_table, start_node  # noqa: E402
 from prismatic import _links, _registry  # noqa: E402
 from prismatic._address import Pid  # noqa: E402
 from prismatic._exit import Normal  # noqa: E402
@@ -172,9 +174,15 @@ def pure_ops(size: int, n: int) -> dict[str, list[float]]:
                 links, _links.ProcessExited(nobody, Normal())), n)}
 
 
+STOP_WAIT_S = 180.0
+STOPS: dict[str, str] = {}  # what each node took to stop (SIGTERM -> exited)
+
+
 @contextlib.contextmanager
 def open_node(app: str, workers: int) -> Iterator[tuple[p.NodeConnection, float]]:
-    """A node running ``app`` with ``workers`` children, and how long it took to start."""
+    """A node running ``app`` with ``workers`` children, and how long it took to start. Its
+    stop is timed into ``STOPS``; one that takes over ``STOP_WAIT_S`` is killed (SIGKILL:
+    its tree dies with it) and recorded as such."""
     os.environ["PRISMATIC_BENCH_WORKERS"] = str(workers)
     with tempfile.TemporaryDirectory() as tmp:
         t = time.monotonic()
@@ -184,7 +192,16 @@ def open_node(app: str, workers: int) -> Iterator[tuple[p.NodeConnection, float]
             with p.connect(Path(tmp) / "d") as conn:
                 yield conn, started
         finally:
-            stop_node(proc)
+            t = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=STOP_WAIT_S)
+                took = f"{time.monotonic() - t:.1f}"
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+                took = f"> {STOP_WAIT_S:.0f} (killed)"
+            STOPS[f"{app.rsplit(':', 1)[-1]} {workers:,}"] = took
 
 
 def alternate(sides: dict[str, Callable[[int], dict[str, list[float]]]], rounds: int,
@@ -289,6 +306,7 @@ def main() -> None:
     for note in notes:
         print(f"note: {note}")
     print_table(("figure", "value", "target", "baseline (same run)"), rows)
+    print("node stop, SIGTERM -> exited (s): " + "; ".join(f"{k}: {v}" for k, v in STOPS.items()))
 
 
 if __name__ == "__main__":
