@@ -163,15 +163,23 @@ def pure_ops(size: int, n: int) -> dict[str, list[float]]:
         reg, _ = _registry.decide(reg, _registry.Register(f"w{i}", pid))
         links, _ = _links.decide(links, _links.Monitor(pid, anchor, None))
 
-    def register() -> None:
-        after, _ = _registry.decide(reg, _registry.Register("new", other))
-        _registry.decide(after, _registry.Exited(other))
+    box = {"registry": reg, "links": links}
+
+    def register() -> None:  # decide updates the state in place: keep the one it returns
+        box["registry"], _ = _registry.decide(box["registry"], _registry.Register("new", other))
+        box["registry"], _ = _registry.decide(box["registry"], _registry.Exited(other))
+
+    def monitor() -> None:
+        box["links"], actions = _links.decide(box["links"], _links.Monitor(other, anchor, None))
+        mref = actions[0].mref  # type: ignore[union-attr]
+        box["links"], _ = _links.decide(box["links"], _links.Demonitor(other, mref))
+
+    def exit_of_nobody() -> None:
+        box["links"], _ = _links.decide(box["links"], _links.ProcessExited(nobody, Normal()))
 
     return {"registry: register + exit": timed(register, n),
-            "links: monitor": timed(lambda: _links.decide(links, _links.Monitor(
-                other, anchor, None)), n),
-            "links: exit of a process with none": timed(lambda: _links.decide(
-                links, _links.ProcessExited(nobody, Normal())), n)}
+            "links: monitor + demonitor": timed(monitor, n),
+            "links: exit of a process with none": timed(exit_of_nobody, n)}
 
 
 STOP_WAIT_S = 180.0
