@@ -219,13 +219,12 @@ class Outbox:
         started = time.monotonic()
         deadline = started + timeout
         for attempt in (0, 1):
-            pid, ref = self._request(dest, msg, timeout, attempt == 1)
-            result = self._collect(pid, ref, dest, timeout, deadline)
+            req = self.send_request(dest, msg, timeout, fresh=attempt == 1)
+            result = self._collect(req, timeout, deadline)
             if isinstance(result, CallReply):
                 self.latency.observe(time.monotonic() - started)
-                return result.value
             if not isinstance(result, CallRefused):
-                return self._outcome(dest, pid, result, deadline)
+                return self._outcome(req, result, deadline)
             timeout = max(deadline - time.monotonic(), 0.0001)
             # the name moved to another process since we cached it: resolve it afresh once
         raise NoProcError(dest)
@@ -234,11 +233,6 @@ class Outbox:
                      fresh: bool = False) -> RequestId:
         """OTP's ``gen_server:send_request``: send a call without waiting; collect the reply
         with :meth:`receive_response`. Many may be in flight to one process."""
-        pid, ref = self._request(dest, msg, timeout, fresh)
-        return RequestId(dest, pid, ref)
-
-    def _request(self, dest: Dest, msg: Any, timeout: float, fresh: bool) -> tuple[Pid, int]:
-        """Send a call frame; the callee's Pid and the call's ref (awaited on its peer)."""
         ref = next(self.refs)
         name = dest if isinstance(dest, str) else None
         where = self._post(dest, encode_frame(CallFrame(ref, msg, self.me, name)), timeout,
@@ -246,31 +240,31 @@ class Outbox:
         if isinstance(where, str):
             raise NoProcError(dest)
         self.peers[where].waiting.add(ref)
-        return where, ref
+        return RequestId(dest, where, ref)
 
     def receive_response(self, req: RequestId, timeout: float = 5.0) -> Any:
         """OTP's ``gen_server:receive_response``: the reply to ``req``, raising as
         :meth:`call` does. After a timeout the request is abandoned (its reply dropped)."""
         deadline = time.monotonic() + timeout
-        result = self._collect(req.pid, req.ref, req.dest, timeout, deadline)
+        result = self._collect(req, timeout, deadline)
         if isinstance(result, CallRefused):
             raise NoProcError(req.dest)
-        return self._outcome(req.dest, req.pid, result, deadline)
+        return self._outcome(req, result, deadline)
 
-    def _outcome(self, dest: Dest, pid: Pid, result: CallReply | None, deadline: float) -> Any:
+    def _outcome(self, req: RequestId, result: CallReply | None, deadline: float) -> Any:
         if result is not None:
             return result.value
-        self.drop(pid)
-        raise ProcessDown(dest, self.exit_reason(pid, deadline))
+        self.drop(req.pid)
+        raise ProcessDown(req.dest, self.exit_reason(req.pid, deadline))
 
-    def _collect(self, pid: Pid, ref: int, dest: Dest, timeout: float,
+    def _collect(self, req: RequestId, timeout: float,
                  deadline: float) -> CallReply | CallRefused | None:
-        """The reply to call ``ref`` to ``pid``; None if the callee's connection broke first.
-        Replies to other requests in flight are kept for them; replies nobody awaits are
-        late: dropped."""
-        peer = self.peers.get(pid)
+        """The reply to ``req``; None if the callee's connection broke first. Replies to
+        other requests in flight are kept for them; replies nobody awaits are late: dropped."""
+        peer = self.peers.get(req.pid)
         if peer is None:
             return None
+        ref = req.ref
         found = peer.replies.pop(ref, None)
         if found is not None:
             peer.waiting.discard(ref)
@@ -283,7 +277,7 @@ class Outbox:
                 data = _spin_recv(sock, spin) if spin else sock.recv(1 << 16)
             except BlockingIOError:  # SO_RCVTIMEO expired
                 peer.waiting.discard(ref)
-                raise CallTimeout(dest, "no reply in time") from None
+                raise CallTimeout(req.dest, "no reply in time") from None
             except OSError:
                 data = b""
             if not data:
@@ -303,7 +297,7 @@ class Outbox:
             left = deadline - time.monotonic()
             if left <= 0:
                 peer.waiting.discard(ref)
-                raise CallTimeout(dest, "no reply in time")
+                raise CallTimeout(req.dest, "no reply in time")
             peer.set_timeouts(left, snd=False)
             spin = 0.0
 
