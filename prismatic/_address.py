@@ -10,7 +10,7 @@ import socket
 
 import msgspec
 
-__all__ = ["Pid", "default_node_name"]
+__all__ = ["Pid", "Global", "default_node_name"]
 
 
 class Pid(msgspec.Struct, frozen=True, order=True, array_like=True):
@@ -21,6 +21,16 @@ class Pid(msgspec.Struct, frozen=True, order=True, array_like=True):
 
     def __str__(self) -> str:
         return f"<{self.node}.{self.ospid}>"
+
+
+class Global(msgspec.Struct, frozen=True, array_like=True):
+    """A destination by global name (OTP's ``{global, Name}``): resolved cluster-wide at each
+    send or call (see :meth:`Worker.register_global`)."""
+
+    name: str
+
+    def __str__(self) -> str:
+        return f"{{global, {self.name}}}"
 
 
 def default_node_name() -> str:

@@ -52,7 +52,8 @@ def test_alone_a_node_registers_at_once_and_frees_on_exit() -> None:
     s, acts = decide(s, Register(0.0, 1, "x", p, 100))
     assert acts == [Reply(1)] and whereis(s, "x") == p
     s, acts = decide(s, Register(0.0, 2, "x", Pid("n0", 11), 101))
-    assert isinstance(acts[0], Reply) and acts[0].error == "taken" and acts[0].holder == p
+    assert isinstance(acts[0], Reply) and acts[0].error == "already_registered"
+    assert acts[0].holder == p
     s, acts = decide(s, ProcessExited(0.1, p))
     assert whereis(s, "x") is None
 
@@ -95,7 +96,7 @@ def test_frames_round_trip_through_the_mesh_union() -> None:
 @given(st.randoms(use_true_random=False))
 def test_concurrent_claims_in_one_view_exactly_one_wins(rnd: Any) -> None:
     """Three nodes that agree on who is alive each register "x" at once; the frames arrive
-    in any order: exactly one registrant is answered ok, the others ``taken``."""
+    in any order: exactly one registrant is answered ok, the others ``already_registered``."""
     nodes = ["n0", "n1", "n2"]
     states = {n: initial_state(n, addr(n), 0.0) for n in nodes}
     for n in nodes:
@@ -117,7 +118,8 @@ def test_concurrent_claims_in_one_view_exactly_one_wins(rnd: Any) -> None:
     while queue:
         to, frame = queue.pop(rnd.randrange(len(queue)))
         run(to, Received(0.0, frame))
-    assert sorted(r.error or "ok" for r in replies.values()) == ["ok", "taken", "taken"]
+    assert sorted(r.error or "ok" for r in replies.values()) == [
+        "already_registered", "already_registered", "ok"]
     winner = next(Pid(n, 1) for n, r in replies.items() if r.error is None)
     assert all(whereis(s, "x") == winner for s in states.values())
 

@@ -26,7 +26,7 @@ import msgspec
 from .._address import Pid
 
 __all__ = ["GlobalReg", "GlobalClaim", "GlobalVerdict", "GlobalAdd", "GlobalRemove",
-           "GlobalSync", "GlobalFrame"]
+           "GlobalSync", "GlobalFrame", "GLOBAL_FRAMES"]
 
 
 class GlobalReg(msgspec.Struct, frozen=True, array_like=True):
@@ -76,3 +76,4 @@ class GlobalSync(msgspec.Struct, frozen=True, tag="g_sync"):
 
 
 GlobalFrame = GlobalClaim | GlobalVerdict | GlobalAdd | GlobalRemove | GlobalSync
+GLOBAL_FRAMES = (GlobalClaim, GlobalVerdict, GlobalAdd, GlobalRemove, GlobalSync)

@@ -21,7 +21,8 @@ whole table (``name -> (pid, owner node, stamp)``) so ``whereis_global`` is a lo
   stamp), tells every member (``g_add``), and only then answers the process ``ok``. A claim
   whose leader is declared dead is sent to the new leader; one unanswered for
   ``CLAIM_TIMEOUT_S`` fails (``no_answer``). Of concurrent claims for one name from any
-  number of nodes that share a view, exactly one wins; the others are refused ``taken``.
+  number of nodes that share a view, exactly one wins; the others are refused
+  (``already_registered``).
 * **Joins and heals.** When a member comes up (first seen, back from dead, or a new
   incarnation) each side sends it its own names (``g_sync`` with ``reply``: the other answers
   with its own), and every ``SYNC_S`` each node restates its names to every live member
@@ -161,8 +162,8 @@ class SendTo(msgspec.Struct, frozen=True):
 
 
 class Reply(msgspec.Struct, frozen=True):
-    """The answer to local request ``ref``: ``error`` None is ok; else ``taken`` (``holder``
-    has it), ``not_holder``, ``no_answer``."""
+    """The answer to local request ``ref``: ``error`` None is ok; else
+    ``already_registered`` (``holder`` has it), ``not_registered``, ``no_answer``."""
 
     ref: int
     error: str | None = None
@@ -273,8 +274,8 @@ class _Draft:
         self.ask(c)
 
     def refuse_taken(self, ref: int, name: str, holder: Any) -> None:
-        self.actions.append(Reply(ref, "taken", f"global name {name!r} is held by {holder}",
-                                  holder))
+        self.actions.append(Reply(ref, "already_registered",
+                                  f"global name {name!r} is held by {holder}", holder))
 
     def ask(self, c: Claim) -> None:
         if c.leader == self.me:
@@ -286,7 +287,7 @@ class _Draft:
     def unregister(self, e: Unregister) -> None:
         cur = self.table.get(e.name)
         if cur is None or cur.pid != e.pid or cur.node != self.me:
-            self.actions.append(Reply(e.ref, "not_holder",
+            self.actions.append(Reply(e.ref, "not_registered",
                                       f"this process does not hold global name {e.name!r}"))
             return
         del self.table[e.name]
