@@ -111,7 +111,7 @@ def _spin_recv(sock: socket.socket, spin: float) -> bytes:
 class RequestId(msgspec.Struct, frozen=True):
     """A call in flight, from :meth:`Outbox.send_request`."""
 
-    dest: Pid | str
+    dest: Pid | str | Global
     pid: Pid
     ref: int
 
