@@ -3,6 +3,7 @@ names on command and remember the notices they get."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import prismatic as p
@@ -10,7 +11,8 @@ from tests.messaging_apps import Agent
 
 
 class GlobalAgent(Agent):
-    """An :class:`Agent` with ``["g_register", name]``, ``["g_unregister", name]``,
+    """An :class:`Agent` with ``["g_register", name, at]`` (``at``: a wall-clock time to
+    wait for, optional), ``["g_unregister", name]``,
     ``["g_whereis", name]``, ``["g_conflicts"]`` and ``["g_echo", name, x]`` (a call to
     ``Global(name)``)."""
 
@@ -22,6 +24,8 @@ class GlobalAgent(Agent):
         op, *args = msg
         try:
             if op == "g_register":
+                if len(args) > 1:  # at this wall-clock time (concurrent claims)
+                    time.sleep(max(0.0, args[1] - time.time()))
                 self.register_global(args[0])
                 return "ok"
             if op == "g_unregister":

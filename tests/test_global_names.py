@@ -8,6 +8,7 @@ node's names are freed on the survivors. A node without the mesh keeps global na
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -64,7 +65,8 @@ def whereis_everywhere(c: Nodes, name: str, shorts: str = "abc") -> set[p.Pid | 
 def test_one_name_from_three_nodes_at_once_has_one_winner(nodes: Nodes) -> None:
     name = f"x-{uuid.uuid4().hex[:6]}"
     conns = [nodes.nodes[s].conn for s in "abc"]
-    requests = [conn.send_request("g1", ["g_register", name], 10) for conn in conns]
+    at = time.time() + 0.3  # all three claim within a millisecond or so of each other
+    requests = [conn.send_request("g1", ["g_register", name, at], 10) for conn in conns]
     answers = [conn.receive_response(r, 10) for conn, r in zip(conns, requests, strict=True)]
     assert sorted(map(str, answers)) == ["['error', 'already_registered']"] * 2 + ["ok"], answers
     winner_conn = conns[answers.index("ok")]
