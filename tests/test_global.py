@@ -124,6 +124,33 @@ def test_concurrent_claims_in_one_view_exactly_one_wins(rnd: Any) -> None:
     assert all(whereis(s, "x") == winner for s in states.values())
 
 
+def test_a_claim_goes_to_the_new_leader_when_its_leader_dies_and_times_out() -> None:
+    s = initial_state("n0", addr("n0"), 0.0)
+    for m in ("n1", "n2"):
+        s, _ = decide(s, NodeUp(0.0, m, 1))
+    name = next(n for n in (f"x{i}" for i in range(100))
+                if leader(n, ["n0", "n1", "n2"]) == "n1"
+                and leader(n, ["n0", "n2"]) == "n2")
+    s, acts = decide(s, Register(0.0, 1, name, Pid("n0", 1), 5))
+    assert [a.node for a in acts if isinstance(a, SendTo)] == ["n1"]
+    s, acts = decide(s, NodeDown(0.1, "n1"))
+    assert [a.node for a in acts if isinstance(a, SendTo)] == ["n2"]
+    s, acts = decide(s, Tick(0.1 + CLAIM_TIMEOUT_S))
+    assert [a.error for a in acts if isinstance(a, Reply)] == ["no_answer"]
+    assert not s.claims and whereis(s, name) is None
+
+
+def test_a_new_incarnation_drops_the_old_ones_names() -> None:
+    s = initial_state("n0", addr("n0"), 0.0)
+    s, _ = decide(s, NodeUp(0.0, "n1", 1))
+    s, _ = decide(s, Received(0.0, GlobalAdd("n1", addr("n1"),
+                                              GlobalReg("x", Pid("n1", 7), 1))))
+    assert whereis(s, "x") == Pid("n1", 7)
+    s, acts = decide(s, NodeUp(1.0, "n1", 2))  # restarted before anyone declared it dead
+    assert whereis(s, "x") is None
+    assert [type(a.frame) for a in acts if isinstance(a, SendTo)] == [GlobalSync]
+
+
 def test_the_leader_is_the_same_for_every_view_order() -> None:
     assert leader("x", ["n0", "n1", "n2"]) == leader("x", ["n2", "n0", "n1"])
 

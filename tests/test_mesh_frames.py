@@ -32,9 +32,10 @@ pids = st.builds(Pid, names, st.integers(0, 2 ** 22))
 regs = st.builds(G.GlobalReg, names, pids, incs)
 global_frames = (  # the global registry's (prismatic.mesh._global)
     st.builds(G.GlobalClaim, names, addrs, seqs, names, pids),
-    st.builds(G.GlobalVerdict, names, addrs, seqs, names, st.booleans(), st.none() | pids),
+    st.builds(G.GlobalVerdict, names, addrs, seqs, names, pids, st.booleans(),
+              st.none() | pids),
     st.builds(G.GlobalAdd, names, addrs, regs),
-    st.builds(G.GlobalRemove, names, addrs, names, st.none() | pids),
+    st.builds(G.GlobalRemove, names, addrs, names, pids),
     st.builds(G.GlobalSync, names, addrs, st.lists(regs, max_size=4).map(tuple),
               st.booleans()))
 frames = st.one_of(

@@ -51,6 +51,7 @@ class GlobalVerdict(msgspec.Struct, frozen=True, tag="g_verdict"):
     addr: str
     ref: int
     name: str
+    pid: Pid  # the claimant, as in the claim
     granted: bool
     holder: Pid | None = None
 
@@ -65,7 +66,7 @@ class GlobalRemove(msgspec.Struct, frozen=True, tag="g_remove"):
     src: str
     addr: str
     name: str
-    pid: Pid | None  # None: whatever pid of src's the name is reserved for
+    pid: Pid
 
 
 class GlobalSync(msgspec.Struct, frozen=True, tag="g_sync"):

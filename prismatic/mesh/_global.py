@@ -383,14 +383,16 @@ class _Draft:
             return
         if isinstance(f, GlobalClaim):
             granted, holder = self.arbitrate(f.name, f.pid, f.src)
-            self.send(f.src, GlobalVerdict(self.me, self.s.addr, f.ref, f.name, granted,
-                                           holder))
+            self.send(f.src, GlobalVerdict(self.me, self.s.addr, f.ref, f.name, f.pid,
+                                           granted, holder))
         elif isinstance(f, GlobalVerdict):
             c = self.claims.get(f.ref)
             if c is not None and c.name == f.name:
                 self.verdict(f.ref, f.granted, f.holder)
-            elif f.granted:  # our process exited while it waited: free the reservation
-                self.send(f.src, GlobalRemove(self.me, self.s.addr, f.name, None))
+            elif f.granted and getattr(self.table.get(f.name), "pid", None) != f.pid:
+                # Our process exited while it waited (or an earlier leader's grant was
+                # used): free this leader's reservation.
+                self.send(f.src, GlobalRemove(self.me, self.s.addr, f.name, f.pid))
         elif isinstance(f, GlobalAdd):
             self.merge(Reg(f.reg.name, f.reg.pid, f.src, f.reg.stamp))
         elif isinstance(f, GlobalRemove):
@@ -406,11 +408,12 @@ class _Draft:
                 self.send(f.src, self.sync_frame(reply=False))
 
     def removed(self, src: str, name: str, pid: Any) -> None:
+        """``src`` says ``pid`` no longer holds (or claims) ``name``."""
         cur = self.table.get(name)
-        if cur is not None and cur.node == src and (pid is None or cur.pid == pid):
+        if cur is not None and cur.node == src and cur.pid == pid:
             del self.table[name]
         res = self.reserved.get(name)
-        if res is not None and res.node == src and (pid is None or res.pid == pid):
+        if res is not None and res.node == src and res.pid == pid:
             del self.reserved[name]
 
     def merge(self, new: Reg) -> None:
