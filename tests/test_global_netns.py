@@ -25,6 +25,7 @@ import pytest
 
 from prismatic.mesh._secret import init_secret
 from tests.conftest import REPO, RunningNode, start_node, wait_until
+from tests.test_mesh import metric
 from tests.test_mesh_netns import netns_unavailable, sh, states
 
 APP = "tests.global_apps:tree"
@@ -134,6 +135,7 @@ def test_a_name_held_on_both_sides_of_a_partition_keeps_the_older(net: Net,
         got = ask(net, 3, h3, ["call", "g1", ["g_conflicts"]], ["whereis", "g1"])
         assert got == [[[gname, winner]], loser], got  # told once, the same process
         assert ask(net, 1, h1, ["call", "g1", ["g_conflicts"]]) == [[]]
+        assert all(metric(n, "prismatic_global_conflicts") >= 1 for n in nodes)
     finally:
         net.link(3, up=True)
         for n in nodes:
