@@ -19,7 +19,9 @@ The loop (uvloop) serves:
   reverse start order), then exit 0;
 * with ``--listen``/``--join``, the node mesh (:mod:`prismatic.mesh`): member changes are
   published and logged as ``cluster.node.<name>.up|down|left``; SIGTERM first announces
-  the node's departure to the cluster.
+  the node's departure to the cluster;
+* global names (:mod:`prismatic.mesh._global_names`), between the hub and the mesh (a node
+  without the mesh is a cluster of one).
 """
 
 from __future__ import annotations
@@ -174,9 +176,9 @@ class NodeLoop:
             self.tasks.close()
             if self.metrics_server is not None:
                 self.metrics_server.close()
+            self.global_names.close()  # first: its timer sends on the mesh
             if self.mesh is not None:
                 await self.mesh.close()
-            self.global_names.close()
             self.hub.close()
             self.control.close(0)
             self.forwarder.close()
