@@ -60,8 +60,9 @@ from ._nodeinfo import creation_of, mailbox_address, peer_creds
 from ._throttle import ThrottledWarning, throttle_for
 from .transports._framing import ByteBudget, FrameBuffer, encode_frame
 from .transports._messages import (
-    DeadLetterNote, DemonitorReq, EmitReq, ExitOfReq, HubReply, HubRequest, LinkReq, MonitorReq,
-    RegisterReq, UnlinkReq, UnregisterReq, WhereisReq,
+    GLOBAL_REQUESTS, DeadLetterNote, DemonitorReq, EmitReq, ExitOfReq, GlobalRegisterReq,
+    GlobalUnregisterReq, HubReply, HubRequest, LinkReq, MonitorReq, RegisterReq, UnlinkReq,
+    UnregisterReq, WhereisReq,
 )
 
 __all__ = ["Hub"]
@@ -102,6 +103,9 @@ class Hub:
         self.on_dead_letter = on_dead_letter
         self.counters = collections.Counter[str]()
         self.server: asyncio.AbstractServer | None = None
+        # The global registry's hooks (prismatic.mesh._global_names), set by the node.
+        self.on_global: Callable[[Any, Callable[[HubReply], None]], None] | None = None
+        self.on_exit: Callable[[Pid], None] | None = None
 
     async def start(self, sock: socket.socket) -> None:
         loop = asyncio.get_running_loop()
@@ -137,6 +141,8 @@ class Hub:
             if self.last_exit.get(old.ospid) == old:
                 del self.last_exit[old.ospid]
         self.registry, _ = _registry.decide(self.registry, _registry.Exited(pid))
+        if self.on_exit is not None:
+            self.on_exit(pid)  # its global names go too
         self.apply_links(_links.ProcessExited(pid, reason))
         box = self.outboxes.pop(pid, None)
         if box is not None:
@@ -283,6 +289,11 @@ class Hub:
                 self.on_emit(req, conn.reply)
         elif isinstance(req, DeadLetterNote):
             self.on_dead_letter(req)
+        elif isinstance(req, GLOBAL_REQUESTS):
+            if self.on_global is None:
+                conn.reply(HubReply(req.ref, None, "no_global", "this hub keeps no global names"))
+            else:
+                self.on_global(req, conn.reply)
 
     def identify(self, pid: Pid) -> Pid | None:
         """The exact Pid of the live process ``pid`` names, or None if there is none."""
@@ -419,7 +430,7 @@ class Hub:
 def _acting_for(req: Any) -> tuple[str, Pid | None]:
     """The field naming the process a request acts for (which must be its sender's own) and
     that process, if any."""
-    if isinstance(req, (RegisterReq, UnregisterReq)):
+    if isinstance(req, (RegisterReq, UnregisterReq, GlobalRegisterReq, GlobalUnregisterReq)):
         return "pid", req.pid
     if isinstance(req, (MonitorReq, DemonitorReq)):
         return "watcher", req.watcher

@@ -32,7 +32,7 @@ from typing import Any
 
 import msgspec
 
-from ._address import Pid, holder_matches
+from ._address import Global, Pid, holder_matches
 from ._errors import CallTimeout, MailboxFull, NodeError, NoProcError, ProcessDown
 from ._exit import ExitReason, NoProc
 from ._hubclient import HubClient
@@ -41,15 +41,15 @@ from ._nodeinfo import creation_of, mailbox_address, peer_creds
 from ._throttle import ThrottledWarning
 from .transports._framing import FrameBuffer, encode_frame
 from .transports._messages import (
-    CallFrame, CallRefused, CallReply, CastFrame, DeadLetterNote, ExitOfReq, InfoFrame,
-    MailboxFrame, WhereisReq,
+    CallFrame, CallRefused, CallReply, CastFrame, DeadLetterNote, ExitOfReq,
+    GlobalWhereisReq, InfoFrame, MailboxFrame, WhereisReq,
 )
 
 __all__ = ["Outbox", "Dest", "RequestId"]
 
 log = logging.getLogger(__name__)
 
-Dest = Pid | str
+Dest = Pid | str | Global
 _decoder = msgspec.msgpack.Decoder(MailboxFrame)
 _TIMEVAL = struct.Struct("ll")
 EXIT_REASON_WAIT_S = 1.0  # how long a failed call waits for the tree to report the exit
@@ -114,7 +114,7 @@ def _spin_recv(sock: socket.socket, spin: float) -> bytes:
 class RequestId(msgspec.Struct, frozen=True):
     """A call in flight, from :meth:`Outbox.send_request`."""
 
-    dest: Pid | str
+    dest: Pid | str | Global
     pid: Pid
     ref: int
 
@@ -138,6 +138,8 @@ class Outbox:
     def resolve(self, dest: Dest, fresh: bool = False) -> Pid | None:
         if isinstance(dest, Pid):
             return dest
+        if isinstance(dest, Global):
+            return self.whereis_global(dest.name)  # never cached: it may move nodes
         if not isinstance(dest, str):
             if isinstance(dest, (list, tuple)) and 2 <= len(dest) <= 4:
                 return Pid(*dest)  # a Pid that travelled inside a message
@@ -154,6 +156,10 @@ class Outbox:
 
     def whereis(self, name: str) -> Pid | None:
         return self.resolve(name, fresh=True)
+
+    def whereis_global(self, name: str) -> Pid | None:
+        reply = self.hub.request(lambda ref: GlobalWhereisReq(ref, name))
+        return msgspec.convert(reply.value, Pid | None) if reply.error is None else None
 
     def peer(self, pid: Pid) -> _Peer:
         peer = self.peers.get(pid)
