@@ -6,7 +6,7 @@ processes, forked from an image that imported ``prismatic``, do not carry it: ev
 every exit then has fewer pages to copy and free.
 """
 
-from ._address import Pid
+from ._address import Global, Pid
 from ._childspec import (
     AutoShutdown, ChildSpec, ChildType, RestartType, ShutdownKind, Strategy, SupervisorSpec,
     SupFlags, check_child_specs,
@@ -19,7 +19,7 @@ from ._errors import (
 from ._exit import (
     Crashed, ExitCode, ExitReason, Killed, NoProc, Normal, Shutdown, describe, is_abnormal,
 )
-from ._notices import Caller, Down, Exit
+from ._notices import Caller, Down, Exit, GlobalNameConflict
 from ._pubsub_wire import Event
 from ._worker import Ignore, Stop, Worker
 from .supervisors._events import ChildInfo
@@ -34,7 +34,7 @@ __all__ = [
     "connect", "NodeConnection", "open_event_stream", "EventStream",
     "PrismaticError", "ChildSpecError", "SupervisorError", "StartError", "NodeError",
     "ControlError", "EventLogError", "EventLogFormatError", "EventLogFullError",
-    "Caller", "Down", "Exit",
+    "Caller", "Down", "Exit", "GlobalNameConflict", "Global",
     "CallError", "CallTimeout", "ProcessDown", "NoProcError", "MailboxFull", "RegistryError",
     "Event", "Subscription", "open_subscription", "PubSubError", "TopicError",
 ]

@@ -212,6 +212,10 @@ class NodeConnection:
     def whereis(self, name: str) -> Pid | None:
         return self._messaging().whereis(name)
 
+    def whereis_global(self, name: str) -> Pid | None:
+        """The Pid holding global name ``name`` anywhere in the cluster, or None."""
+        return self._messaging().whereis_global(name)
+
     def replay(self, handler: Callable[[Any], object], **filters: Any) -> int:
         """Re-deliver the node's logged events matching ``filters`` (``start_seq``,
         ``end_seq``, ``since_ns``, ``until_ns``, ``pattern``, ``source``, ``limit``) to

@@ -19,7 +19,9 @@ The loop (uvloop) serves:
   reverse start order), then exit 0;
 * with ``--listen``/``--join``, the node mesh (:mod:`prismatic.mesh`): member changes are
   published and logged as ``cluster.node.<name>.up|down|left``; SIGTERM first announces
-  the node's departure to the cluster.
+  the node's departure to the cluster;
+* global names (:mod:`prismatic.mesh._global_names`), between the hub and the mesh (a node
+  without the mesh is a cluster of one).
 """
 
 from __future__ import annotations
@@ -119,6 +121,13 @@ class NodeLoop:
         self.hub = Hub(name, self.on_dead_letter,
                        lambda tag: self.metrics.hub_requests.labels(tag).inc(), self.on_emit)
         self.hub.process_started(root_pid)
+        # Global names (prismatic.mesh._global_names): kept alone until the mesh is up.
+        from .mesh._global_names import GlobalNames  # noqa: PLC0415
+
+        self.global_names = GlobalNames(name, self.hub.deliver,
+                                        lambda pid: self.hub.exit_of(pid) is not None)
+        self.hub.on_global = self.global_names.on_request
+        self.hub.on_exit = self.global_names.process_exited
         self.mesh_settings: Any = None  # prismatic.mesh.MeshSettings: run the mesh
         self.mesh: Any = None
         self.exit_code = 0  # what an orderly stop exits with (2: the mesh refused our name)
@@ -167,6 +176,7 @@ class NodeLoop:
             self.tasks.close()
             if self.metrics_server is not None:
                 self.metrics_server.close()
+            self.global_names.close()  # first: its timer sends on the mesh
             if self.mesh is not None:
                 await self.mesh.close()
             self.hub.close()
@@ -373,6 +383,9 @@ class NodeLoop:
             self.mesh_fatal(str(exc))
             return
         self.metrics.registry.register(self.mesh.collector())
+        self.global_names.attach(addr, self.mesh.send_to)
+        self.mesh.on_global_frame = self.global_names.received
+        self.mesh.on_members = self.global_names.members
         self.say(f"node {self.name}: cluster address {addr.removeprefix('tcp://')}")
 
     def mesh_fatal(self, reason: str) -> None:
@@ -496,7 +509,9 @@ class NodeLoop:
                 "pubsub_messages_forwarded": self.forwarder.messages_forwarded,
                 "pubsub_events_forwarded": self.forwarder.events_forwarded,
                 "pubsub_dropped_bad_frames": self.forwarder.dropped_bad_frames,
-                "pubsub_dropped_bad_topic": self.forwarder.dropped_bad_topic}
+                "pubsub_dropped_bad_topic": self.forwarder.dropped_bad_topic,
+                "global_conflicts": self.global_names.counts["global_conflicts"],
+                "global_stale_frames": self.global_names.counts["global_stale_frames"]}
 
     async def beat(self) -> None:
         while True:  # /health answers 200 while this keeps stamping

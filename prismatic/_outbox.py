@@ -32,24 +32,24 @@ from typing import Any
 
 import msgspec
 
-from ._address import Pid
+from ._address import Global, Pid, holder_matches
 from ._errors import CallTimeout, MailboxFull, NodeError, NoProcError, ProcessDown
 from ._exit import ExitReason, NoProc
 from ._hubclient import HubClient
 from ._latency import LatencyHistogram
-from ._nodeinfo import mailbox_address, peer_creds
+from ._nodeinfo import creation_of, mailbox_address, peer_creds
 from ._throttle import ThrottledWarning
 from .transports._framing import FrameBuffer, encode_frame
 from .transports._messages import (
-    CallFrame, CallRefused, CallReply, CastFrame, DeadLetterNote, ExitOfReq, InfoFrame,
-    MailboxFrame, WhereisReq,
+    CallFrame, CallRefused, CallReply, CastFrame, DeadLetterNote, ExitOfReq,
+    GlobalWhereisReq, InfoFrame, MailboxFrame, WhereisReq,
 )
 
 __all__ = ["Outbox", "Dest", "RequestId"]
 
 log = logging.getLogger(__name__)
 
-Dest = Pid | str
+Dest = Pid | str | Global
 _decoder = msgspec.msgpack.Decoder(MailboxFrame)
 _TIMEVAL = struct.Struct("ll")
 EXIT_REASON_WAIT_S = 1.0  # how long a failed call waits for the tree to report the exit
@@ -75,6 +75,9 @@ class _Peer:
                 _untrusted.warn("the mailbox address of %s is held by uid %d, pid %d (another "
                                 "user): taken as no process", pid, uid, holder)
                 raise ConnectionRefusedError(f"{pid}'s mailbox address is another user's")
+            if not holder_matches(pid, holder, creation_of(pid.node)):
+                # the ospid (or the node's name) was reused: the process pid named is gone
+                raise ConnectionRefusedError(f"{pid} is gone (its ospid now names another)")
         except OSError:
             self.sock.close()
             raise
@@ -113,7 +116,7 @@ def _spin_recv(sock: socket.socket, spin: float) -> bytes:
 class RequestId(msgspec.Struct, frozen=True):
     """A call in flight, from :meth:`Outbox.send_request`."""
 
-    dest: Pid | str
+    dest: Pid | str | Global
     pid: Pid
     ref: int
 
@@ -137,8 +140,10 @@ class Outbox:
     def resolve(self, dest: Dest, fresh: bool = False) -> Pid | None:
         if isinstance(dest, Pid):
             return dest
+        if isinstance(dest, Global):
+            return self.whereis_global(dest.name)  # never cached: it may move nodes
         if not isinstance(dest, str):
-            if isinstance(dest, (list, tuple)) and len(dest) == 2:
+            if isinstance(dest, (list, tuple)) and 2 <= len(dest) <= 4:
                 return Pid(*dest)  # a Pid that travelled inside a message
             raise TypeError(f"dest must be a Pid or a registered name, not {dest!r}")
         if not fresh and dest in self.names:
@@ -153,6 +158,10 @@ class Outbox:
 
     def whereis(self, name: str) -> Pid | None:
         return self.resolve(name, fresh=True)
+
+    def whereis_global(self, name: str) -> Pid | None:
+        reply = self.hub.request(lambda ref: GlobalWhereisReq(ref, name))
+        return msgspec.convert(reply.value, Pid | None) if reply.error is None else None
 
     def peer(self, pid: Pid) -> _Peer:
         peer = self.peers.get(pid)

@@ -188,6 +188,24 @@ class Worker:
         """The Pid registered as ``name``, or None."""
         return self.context.outbox.whereis(name)
 
+    def register_global(self, name: str) -> None:
+        """Register this process as ``name`` across the cluster (OTP's
+        ``global:register_name/2``): unique cluster-wide, dropped when the process exits or
+        its node is lost. A process may hold several global names. Blocks for one round
+        trip to the name's arbiter node. Raises :class:`~prismatic.RegistryError`
+        (``already_registered``: another process holds it). After a partition heals with the
+        name held on both sides, the loser gets a :class:`~prismatic.GlobalNameConflict` in
+        ``handle_info`` (docs/cluster.md, "Global names")."""
+        self.context.register_global(name)
+
+    def unregister_global(self, name: str) -> None:
+        self.context.register_global(name, drop=True)
+
+    def whereis_global(self, name: str) -> Any:
+        """The Pid holding global name ``name`` on any node, or None. Address it with
+        ``Global(name)`` to resolve at each send."""
+        return self.context.outbox.whereis_global(name)
+
     def monitor(self, dest: Any) -> int:
         """Monitor ``dest`` (a Pid or a name, resolved now): one :class:`~prismatic.Down`
         with its exit reason reaches ``handle_info`` when it exits, at once (``NoProc()``)

@@ -27,13 +27,14 @@ import signal
 import time
 from typing import TYPE_CHECKING, Any
 
-from ._address import Pid
+from ._address import Pid, own_pid
 from ._errors import RegistryError
 from ._exit import ExitCode, ExitReason, Normal, Shutdown, reason_from_exception
 from ._hubclient import HubClient
 from ._mailbox import Inbound, Mailbox
 from ._mailbox_stats import stats_of
-from ._notices import Caller, Down, Exit
+from ._nodeinfo import creation_of
+from ._notices import Caller, Down, Exit, GlobalNameConflict
 from ._outbox import Outbox
 from ._reactor import Reactor
 from ._worker import Ignore, Stop, Worker
@@ -41,8 +42,9 @@ from ._worker_pubsub import WorkerPubSub
 from .transports._channel import Channel
 from .transports._frames import ExitingFrame, IgnoredFrame, ReadyFrame
 from .transports._messages import (
-    CallFrame, CallRefused, CallReply, CastFrame, DemonitorReq, InfoFrame, LinkReq,
-    MonitorReq, RegisterReq, StatsReq, UnlinkReq, UnregisterReq,
+    CallFrame, CallRefused, CallReply, CastFrame, DemonitorReq, GlobalRegisterReq,
+    GlobalUnregisterReq, InfoFrame, LinkReq, MonitorReq, RegisterReq, StatsReq, UnlinkReq,
+    UnregisterReq,
 )
 
 if TYPE_CHECKING:
@@ -222,7 +224,7 @@ class WorkerContext:
             if not isinstance(frame.reason, Normal):
                 self.stop(frame.reason)  # OTP: a linked process's death is ours too
             return
-        elif isinstance(frame, (Down, Exit)):
+        elif isinstance(frame, (Down, Exit, GlobalNameConflict)):
             result = worker.handle_info(frame)
         else:
             return  # a reply on an inbound connection: nothing of ours awaits it
@@ -281,6 +283,14 @@ class WorkerContext:
         self.names.discard(name)
         self.outbox.names.pop(name, None)
 
+    def register_global(self, name: str, drop: bool = False) -> None:
+        if not isinstance(name, str) or not name:
+            raise RegistryError(str(name), "badarg", "a global name is a non-empty string")
+        make = GlobalUnregisterReq if drop else GlobalRegisterReq
+        reply = self.hub.request(lambda ref: make(ref, name, self.pid))
+        if reply.error:
+            raise RegistryError(name, reply.error, reply.detail)
+
     def emit(self, topic: str, payloads: list[Any], correlation_id: str | None) -> int:
         return self.hub.emit(topic, payloads, str(self.pid), correlation_id)
 
@@ -324,7 +334,7 @@ def run_worker(start: Any, args: tuple[Any, ...], channel: Channel, node: str,
     loop: Any = None
     # The mailbox exists from the start: messages sent during init wait in the kernel.
     if ctx is None:
-        ctx = WorkerContext(None, Pid(node, os.getpid()), name)
+        ctx = WorkerContext(None, own_pid(node, creation_of(node)), name)
     ctx.name = name
     try:
         worker, init_args = _instantiate(start, args)

@@ -16,7 +16,7 @@ EXPECTED = {
     "connect", "NodeConnection", "open_event_stream", "EventStream",
     "PrismaticError", "ChildSpecError", "SupervisorError", "StartError", "NodeError",
     "ControlError", "EventLogError", "EventLogFormatError", "EventLogFullError",
-    "Caller", "Down", "Exit",
+    "Caller", "Down", "Exit", "GlobalNameConflict", "Global",
     "CallError", "CallTimeout", "ProcessDown", "NoProcError", "MailboxFull", "RegistryError",
     "Event", "Subscription", "open_subscription", "PubSubError", "TopicError",
 }

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from prismatic._address import Pid
 from prismatic._exit import Crashed, ExitCode, Killed, Normal, NoProc, Shutdown
-from prismatic._notices import Down, Exit
+from prismatic._notices import Down, Exit, GlobalNameConflict
 from prismatic.transports import _frames as F
 from prismatic.transports import _messages as M
 from prismatic.transports._framing import (
@@ -56,7 +56,7 @@ mailbox_frames = st.one_of(
     st.builds(M.CallRefused, small_ints, text),
     st.builds(M.CastFrame, values), st.builds(M.InfoFrame, values),
     st.builds(Down, small_ints, pids, reasons), st.builds(Exit, pids, reasons),
-    st.builds(M.StatsReq, small_ints))
+    st.builds(M.StatsReq, small_ints), st.builds(GlobalNameConflict, text, pids))
 hub_requests = st.one_of(
     st.builds(M.RegisterReq, small_ints, text, pids),
     st.builds(M.UnregisterReq, small_ints, text, pids),
@@ -68,7 +68,10 @@ hub_requests = st.one_of(
     st.builds(M.ExitOfReq, small_ints, pids, st.floats(0, 10)),
     st.builds(M.DeadLetterNote, text, text, text, st.none() | pids, small_ints),
     st.builds(M.EmitReq, small_ints, text, st.lists(values, max_size=3), text,
-              st.none() | text))
+              st.none() | text),
+    st.builds(M.GlobalRegisterReq, small_ints, text, pids),
+    st.builds(M.GlobalUnregisterReq, small_ints, text, pids),
+    st.builds(M.GlobalWhereisReq, small_ints, text))
 supervision_frames = st.one_of(
     st.builds(F.Become, text, text, st.lists(values, max_size=3).map(tuple)),
     st.builds(F.ReadyFrame, small_ints, st.floats(0, 1e9)),

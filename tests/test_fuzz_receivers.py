@@ -32,7 +32,7 @@ from prismatic._exit import Crashed, ExitCode, Killed, Normal, NoProc, Shutdown
 from prismatic._hub import DEAD_LETTER_KINDS, DEAD_LETTER_REASONS
 from prismatic._mailbox_stats import collect_stats
 from prismatic._nodeinfo import hub_address, mailbox_address
-from prismatic._notices import Down, Exit
+from prismatic._notices import Down, Exit, GlobalNameConflict
 from prismatic.transports import _messages as M
 from prismatic.transports._framing import HEADER, MAX_FRAME, FrameBuffer, encode_frame
 from tests.conftest import assert_builds_every_member, module_node, wait_until
@@ -77,7 +77,7 @@ reasons = st.one_of(st.builds(Normal), st.builds(Shutdown, text),
 
 def mailbox_frames(node_name: str) -> st.SearchStrategy[Any]:
     """Well-formed mailbox frames with odd fields; the ones that crash ``alpha`` (an op it
-    does not know, a forged Exit) are a minority, to stay within its restart intensity."""
+    does not know) are a minority, to stay within its restart intensity."""
     pids = ghost_pids(node_name)
     refs = ints
     return st.one_of(
@@ -91,7 +91,8 @@ def mailbox_frames(node_name: str) -> st.SearchStrategy[Any]:
         st.builds(M.InfoFrame, values),
         st.builds(Down, refs, pids, reasons),
         st.builds(Exit, pids, reasons | st.builds(Normal)),
-        st.builds(M.StatsReq, refs))
+        st.builds(M.StatsReq, refs),
+        st.builds(GlobalNameConflict, text, pids))
 
 
 def hub_requests(node_name: str) -> st.SearchStrategy[Any]:
@@ -110,7 +111,10 @@ def hub_requests(node_name: str) -> st.SearchStrategy[Any]:
                                                            "mailbox_full"]) | text,
                   st.sampled_from(["cast", "info"]) | text, st.none() | pids, ints),
         st.builds(M.EmitReq, refs, st.just("fuzz.emit") | text, st.lists(values, max_size=3),
-                  text, st.none() | text))
+                  text, st.none() | text),
+        st.builds(M.GlobalRegisterReq, refs, names, pids),
+        st.builds(M.GlobalUnregisterReq, refs, names, pids),
+        st.builds(M.GlobalWhereisReq, refs, text))
 
 
 def test_the_strategies_build_every_member_of_their_unions() -> None:
@@ -228,12 +232,20 @@ def mailbox_stats(pid: p.Pid) -> Any:
 
 def may_stop_alpha(frame: Any) -> bool:
     """Whether a decoded frame reaches a handler of alpha's that may raise (any call it
-    answers but an ``echo``), or is an EXIT that kills a process not trapping exits."""
+    answers but an ``echo``). A ``Down`` or ``Exit`` from this process is forged (only the
+    node may send them): dropped and counted, see :func:`dropped_by_alpha`."""
     if isinstance(frame, M.CallFrame):
         answered = frame.to_name is None or frame.to_name == "alpha"
         echo = isinstance(frame.msg, list) and len(frame.msg) == 2 and frame.msg[0] == "echo"
         return answered and not echo
-    return isinstance(frame, Exit) and not isinstance(frame.reason, Normal)
+    return False
+
+
+def dropped_by_alpha(fb: FrameBuffer, decoded: list[Any]) -> int:
+    """What alpha's mailbox must count as bad: what it cannot decode, and the notices it
+    refuses because they do not come from the node (Down, Exit, a lost global name)."""
+    return fb.bad_frames + sum(1 for f in decoded
+                               if isinstance(f, (Down, Exit, GlobalNameConflict)))
 
 
 def test_fuzz_a_workers_mailbox(node):
@@ -251,13 +263,15 @@ def test_fuzz_a_workers_mailbox(node):
         send_and_wait_for_close(mailbox_address(node.name, target.ospid), data)
         survives(node)
         if any(may_stop_alpha(f) for f in decoded):
-            return  # its handler's crash (or a forged EXIT), by design: restarted
-        # The receiver dropped what it could not decode, counted each, and the process
-        # that took it is the one that answers now: no crash hidden behind a restart.
+            return  # its handler's crash, by design: restarted
+        # The receiver dropped what it could not decode or would not take (a forged notice),
+        # counted each, and the process that took it is the one that answers now: no crash
+        # hidden behind a restart.
         assert alpha_pid(node) == target
-        assert mailbox_stats(target).bad_frames - before == fb.bad_frames
+        want = dropped_by_alpha(fb, decoded)
+        assert mailbox_stats(target).bad_frames - before == want
         seen["same_process"] += 1
-        seen["dropped"] += fb.bad_frames
+        seen["dropped"] += want
 
     fuzz()
     # the worker's handler crashed on some frames, by design; never too often for its

@@ -13,6 +13,8 @@ import msgspec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from prismatic._address import Pid
+from prismatic.transports import _global_frames as G
 from prismatic.transports import _mesh_frames as M
 from tests.conftest import assert_builds_every_member
 
@@ -26,6 +28,16 @@ seqs = st.integers(0, 2 ** 32)
 updates = st.lists(st.builds(M.Update, names, addrs, incs, st.sampled_from(M.MemberState),
                              st.text(max_size=8)), max_size=M.MAX_PIGGYBACK).map(tuple)
 head = (names, addrs, incs)
+pids = st.builds(Pid, names, st.integers(0, 2 ** 22))
+regs = st.builds(G.GlobalReg, names, pids, incs)
+global_frames = (  # the global registry's (prismatic.mesh._global)
+    st.builds(G.GlobalClaim, names, addrs, seqs, names, pids),
+    st.builds(G.GlobalVerdict, names, addrs, seqs, names, pids, st.booleans(),
+              st.none() | pids),
+    st.builds(G.GlobalAdd, names, addrs, regs),
+    st.builds(G.GlobalRemove, names, addrs, names, pids),
+    st.builds(G.GlobalSync, names, addrs, st.lists(regs, max_size=4).map(tuple),
+              st.booleans()))
 frames = st.one_of(
     st.builds(M.Ping, *head, seqs, names, updates),
     st.builds(M.Ack, *head, seqs, updates),
@@ -38,7 +50,8 @@ frames = st.one_of(
     st.builds(M.Join, *head),
     st.builds(M.JoinReply, *head, updates),
     st.builds(M.JoinNack, *head, st.text(max_size=30)),
-    st.builds(M.Leave, *head))
+    st.builds(M.Leave, *head),
+    *global_frames)
 
 
 def test_the_strategy_builds_every_frame() -> None:

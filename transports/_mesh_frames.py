@@ -24,6 +24,7 @@ tag            direction          meaning
 ``join_reply`` seed -> newcomer   welcome: the whole table
 ``join_nack``  seed -> newcomer   refused (a live node has that name), with the reason
 ``leave``      leaver -> all      I am leaving for good (this incarnation)
+``g_*``        (global registry)  :mod:`._global_frames`
 =============  =================  ============================================================
 """
 
@@ -32,6 +33,8 @@ from __future__ import annotations
 import enum
 
 import msgspec
+
+from ._global_frames import GlobalFrame
 
 __all__ = [
     "MESH_WIRE_VERSION", "MAX_PIGGYBACK", "MemberState", "Update", "Ping", "Ack", "PingReq",
@@ -156,7 +159,8 @@ class Leave(msgspec.Struct, frozen=True, tag="leave"):
 
 
 MeshFrame = Ping | Ack | PingReq | IndirectAck | Nack | Gossip | SyncReq | Sync | Join \
-    | JoinReply | JoinNack | Leave
+    | JoinReply | JoinNack | Leave \
+    | GlobalFrame  # the global registry's (prismatic.mesh._global)
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(MeshFrame)

@@ -19,6 +19,11 @@ Time: one timer, set after every decision to :func:`._membership.next_wake`; eve
 carries the loop's monotonic time. The loop reports member changes to the node through
 ``publish(topic, body)`` (``cluster.node.<name>.up|down|left``), a name conflict through
 ``fatal(reason)``, and its counters to Prometheus (:meth:`MeshLoop.collector`).
+
+The global registry (:mod:`._global_names`) rides on the mesh through two hooks: its frames
+(``g_*``) go to ``on_global_frame`` instead of the membership machine, and ``on_members``
+hears the members believed alive (name -> incarnation) whenever that set changes;
+:meth:`MeshLoop.send_to` sends it a frame by member name.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from .._errors import NodeError
 from .._throttle import ThrottledWarning
+from ..transports._global_frames import GLOBAL_FRAMES
 from ..transports._mesh_frames import MemberState, decode_mesh_frame, encode_mesh_frame
 from ._auth import WATCHED_EVENTS, ZAP_ENDPOINT, AdmissionWatch, parse_event, serve_zap
 from ._events import (
@@ -109,6 +115,10 @@ class MeshLoop:
         self.timer: asyncio.TimerHandle | None = None
         self.state: MeshState | None = None
         self.closed = False
+        # The global registry's hooks (set by the node; see the module docstring).
+        self.on_global_frame: Callable[[Any], None] | None = None
+        self.on_members: Callable[[dict[str, int]], None] | None = None
+        self.reported_members: dict[str, int] = {}
 
     # ---- start and stop ---------------------------------------------------------------------
 
@@ -239,7 +249,26 @@ class MeshLoop:
                 self.fatal(f"cannot join the cluster: {a.reason}")
         if changed:
             self.reconcile_links()
+        if self.on_members is not None:
+            self.report_members()
         self.schedule()
+
+    def report_members(self) -> None:
+        assert self.state is not None and self.on_members is not None
+        live = (MemberState.ALIVE, MemberState.SUSPECT)
+        alive = {} if self.state.me.state is MemberState.LEFT else {
+            m.name: m.inc for m in self.state.members.values() if m.state in live}
+        if alive != self.reported_members:
+            self.reported_members = alive
+            self.on_members(alive)
+
+    def send_to(self, name: str, frame: Any) -> None:
+        """Send ``frame`` to member ``name`` (the global registry's frames)."""
+        member = self.state.members.get(name) if self.state is not None else None
+        if member is None:
+            self.counts["frames_dropped"] += 1
+            return
+        self.send(member.addr, frame)
 
     def schedule(self) -> None:
         assert self.state is not None
@@ -350,6 +379,10 @@ class MeshLoop:
             return
         self.received_bytes[frame.addr] += len(data)
         self.counts["frames_received"] += 1
+        if isinstance(frame, GLOBAL_FRAMES):
+            if self.on_global_frame is not None:
+                self.on_global_frame(frame)
+            return
         self.feed(Received(time.monotonic(), frame))
 
     def bad_frame(self, part: Any, why: str) -> None:
