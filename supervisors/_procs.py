@@ -47,6 +47,7 @@ from ..transports._channel import Channel, open_channel_pair
 from ..transports._frames import Become
 from ._child import knows, spare_main
 from ._events import Phase, StartStep
+from ._program_run import ProgramRun
 from ._zygote import Zygote
 
 __all__ = ["Proc", "SpareKeeping", "PARK_MAX_S", "fork_with_channel"]
@@ -59,11 +60,13 @@ PARK_MAX_S = 0.05  # a start waits this long at most for a spare in the making, 
 _AHEAD = 2  # spares in the making while starts follow one another
 
 
-def fork_with_channel(main: Callable[[Channel], int], name: str) -> tuple[int, Channel]:
-    """Fork a child that runs ``main(its end of a new channel)``; return its pid and our end
-    (the child's end is closed here, so its EOF means the child is gone)."""
+def fork_with_channel(main: Callable[[Channel], int], name: str,
+                      keep: tuple[int, ...] = ()) -> tuple[int, Channel]:
+    """Fork a child that runs ``main(its end of a new channel)``, keeping ``keep`` open in
+    it too; return its pid and our end (the child's end is closed here, so its EOF means
+    the child is gone, or for a program, that it exec'd)."""
     mine, theirs = open_channel_pair()
-    pid = fork_child((theirs.fileno(),), lambda: main(theirs), name)
+    pid = fork_child((theirs.fileno(), *keep), lambda: main(theirs), name)
     theirs.close()
     return pid, mine
 
@@ -72,7 +75,7 @@ class Proc:
     """A child process as the loop sees it. ``key`` is None for an unassigned spare."""
 
     __slots__ = ("pid", "pidfd", "channel", "key", "ctype", "ready", "ignored", "reason",
-                 "specs", "reading")
+                 "specs", "reading", "program")
 
     def __init__(self, pid: int, channel: Channel, key: str | None, ctype: ChildType) -> None:
         self.pid = pid
@@ -85,6 +88,7 @@ class Proc:
         self.reason: ExitReason | None = None
         self.specs: dict[str, ChildSpec] = {}
         self.reading = True  # the channel is registered with the selector
+        self.program: ProgramRun | None = None  # a program child's pipes, checks, stop
 
 
 class SpareKeeping:
@@ -93,6 +97,7 @@ class SpareKeeping:
 
     sel: selectors.BaseSelector
     procs: dict[int, Proc]
+    probes: dict[int, Proc]  # a program's readiness probe process -> the program's Proc
     spares: collections.deque[Proc]
     zygote: Zygote | None
     zygote_specs: dict[str, ChildSpec]
@@ -296,10 +301,11 @@ class SpareKeeping:
         zygote = self.zygote.pid if self.zygote is not None else 0
         # Usually every one is known (reaped through its pidfd): a dict lookup each, so a
         # supervisor of 1,000 children stopping them pays little for each SIGCHLD.
-        unknown = [k for k in kids if k not in self.procs and k != zygote]
+        unknown = [k for k in kids
+                   if k not in self.procs and k != zygote and k not in self.probes]
         if not unknown:
             return
-        live = {*self.procs, zygote}
+        live = {*self.procs, *self.probes, zygote}
         killed = []
         for pid in unknown:
             try:

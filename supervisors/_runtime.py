@@ -36,6 +36,7 @@ from typing import Any
 import msgspec
 
 from .._childspec import ChildSpec, ChildType, ShutdownKind, SupervisorSpec
+from .._program import Program
 from .._exit import ExitReason, reason_from_wait_status
 from .._process import become_subreaper, kill_group, send_signal
 from .._reactor import open_signal_wakeup
@@ -51,6 +52,7 @@ from ._events import (
     StartFailed, StartProc, Started, StopMany, StopProc,
 )
 from ._procs import PARK_MAX_S, Proc, SpareKeeping, fork_with_channel
+from ._program_run import ProgramRun, exec_program
 from ._zygote import Zygote
 
 __all__ = ["SupervisorRuntime"]
@@ -74,6 +76,7 @@ class SupervisorRuntime(SpareKeeping):
         self.use_spares = spares > 0
         self.sel = selectors.DefaultSelector()
         self.procs: dict[int, Proc] = {}
+        self.probes: dict[int, Proc] = {}
         self.starting: Proc | None = None
         self.parked: tuple[str, ChildSpec] | None = None  # a start waiting for a spare
         self.parked_until = 0.0
@@ -192,6 +195,9 @@ class SupervisorRuntime(SpareKeeping):
     # ---- starting ---------------------------------------------------------------------------
 
     def start_proc(self, key: str, spec: ChildSpec) -> None:
+        if isinstance(spec.start, Program):  # never a spare: see _program_run
+            self.starting = self.fork_program(key, spec.start)
+            return
         proc = self.take_spare(key, spec)
         if proc is None and self.zygote is not None and self.zygote.pending \
                 and knows(self.zygote_specs, key, spec):
@@ -210,6 +216,81 @@ class SupervisorRuntime(SpareKeeping):
         self.watch(proc)
         return proc
 
+    def fork_program(self, key: str, program: Program) -> Proc:
+        path = (*self.path, key)
+        run = ProgramRun(program, path)
+        try:
+            pid, mine = fork_with_channel(
+                lambda theirs: exec_program(program, theirs, run.out_w, run.err_w,
+                                            run.notify_address),
+                "prism:" + key, keep=run.child_fds())
+        finally:
+            run.forked()
+        proc = Proc(pid, mine, key, ChildType.WORKER)
+        proc.program = run
+        self.watch(proc)
+        self.sel.register(run.out_r, selectors.EVENT_READ, ("output", (proc, run.out_r)))
+        self.sel.register(run.err_r, selectors.EVENT_READ, ("output", (proc, run.err_r)))
+        if run.notify is not None:
+            self.sel.register(run.notify, selectors.EVENT_READ, ("notify", proc))
+        return proc
+
+    def on_output(self, what: tuple[Proc, int]) -> None:
+        proc, fd = what
+        run = proc.program
+        if run is None or fd not in run.open_fds:
+            return  # its program was forgotten earlier in this batch
+        ready, eof = run.read(fd)  # one chunk per event: a loud program cannot starve others
+        if eof:
+            self.sel.unregister(fd)
+            os.close(fd)
+        if ready:
+            self.program_ready(proc)
+
+    def on_notify(self, proc: Proc) -> None:
+        if proc.program is not None and proc.program.notified_ready():
+            self.program_ready(proc)
+
+    def on_probe(self, proc: Proc) -> None:
+        run = proc.program
+        assert run is not None
+        self.sel.unregister(run.probe_fd)
+        self.probes.pop(run.probe_pid, None)
+        if run.probe_passed():
+            self.program_ready(proc)
+        else:
+            log.error("supervisor %s: the readiness probe of %r died; the start fails at its "
+                      "timeout", self.name(), proc.key)
+
+    def program_exec_done(self, proc: Proc) -> None:
+        """A program child's channel closed without a reason: exec succeeded."""
+        run = proc.program
+        assert run is not None
+        if run.exec_done or proc is not self.starting:
+            return
+        run.exec_done = True
+        if run.program.ready is None:
+            self.program_ready(proc)
+        elif run.needs_probe():
+            fd = run.start_probe()
+            self.probes[run.probe_pid] = proc
+            self.sel.register(fd, selectors.EVENT_READ, ("probe", proc))
+
+    def program_ready(self, proc: Proc) -> None:
+        run = proc.program
+        assert run is not None
+        self.end_program_checks(run)
+        if proc is self.starting:
+            proc.ready = True
+            self.starting = None
+            self.feed(Started(proc.key, proc.pid, time.monotonic()))  # type: ignore[arg-type]
+
+    def end_program_checks(self, run: ProgramRun) -> None:
+        self.probes.pop(run.probe_pid, None)
+        for fd in run.end_checks():
+            self.sel.unregister(fd)
+        run.close_checks()
+
     # ---- stopping ---------------------------------------------------------------------------
 
     def stop_proc(self, pid: int, shutdown: Any) -> None:
@@ -218,13 +299,29 @@ class SupervisorRuntime(SpareKeeping):
             return  # already reaped; its exit is in the machine's deferred events
         if shutdown is ShutdownKind.BRUTAL_KILL:
             send_signal(proc.pidfd, signal.SIGKILL)
+            kill_group(proc.pid)
             return
-        send_signal(proc.pidfd, signal.SIGTERM)
+        run = proc.program
+        if run is None:
+            send_signal(proc.pidfd, signal.SIGTERM)
+        else:
+            run.stopping = True
+            sig = int(run.program.stop_signal)
+            if run.program.stop_group:
+                try:
+                    os.killpg(proc.pid, sig)
+                except ProcessLookupError:
+                    pass
+            else:
+                send_signal(proc.pidfd, sig)
         if isinstance(shutdown, float):
             heapq.heappush(self.deadlines, (time.monotonic() + shutdown, pid))
 
     def next_deadline(self) -> float:
         due = self.deadlines[0][0] if self.deadlines else float("inf")
+        starting = self.starting
+        if starting is not None and starting.program is not None:
+            due = min(due, starting.program.deadline)
         return min(due, self.parked_until) if self.parked is not None else due
 
     def fire_deadlines(self) -> None:
@@ -235,11 +332,20 @@ class SupervisorRuntime(SpareKeeping):
             log.warning("supervisor %s: no spare from the zygote within %.0f ms; forking %r "
                         "directly", self.name(), PARK_MAX_S * 1000, key)
             self.starting = self.fork_for(key, spec)
+        starting = self.starting
+        if starting is not None and starting.program is not None \
+                and starting.program.deadline <= now and starting.reason is None:
+            # Not ready in time: a start failure naming the check (reported at its exit).
+            starting.reason = starting.program.timeout_reason()
+            self.end_program_checks(starting.program)
+            send_signal(starting.pidfd, signal.SIGKILL)
+            kill_group(starting.pid)
         while self.deadlines and self.deadlines[0][0] <= now:
             _, pid = heapq.heappop(self.deadlines)
             proc = self.procs.get(pid)
             if proc is not None:
                 send_signal(proc.pidfd, signal.SIGKILL)
+                kill_group(pid)  # a program's own children too: shutdown kills the group
 
     # ---- fd events --------------------------------------------------------------------------
 
@@ -250,6 +356,12 @@ class SupervisorRuntime(SpareKeeping):
 
     def forget(self, proc: Proc) -> None:
         self.procs.pop(proc.pid, None)
+        run = proc.program
+        if run is not None:
+            self.end_program_checks(run)
+            for fd in run.open_fds:
+                self.sel.unregister(fd)
+            run.close()
         self.sel.unregister(proc.pidfd)
         os.close(proc.pidfd)
         if proc.reading:
@@ -276,8 +388,13 @@ class SupervisorRuntime(SpareKeeping):
             status = 0
         for frame in proc.channel.drain():  # its exiting frame, if any, is buffered
             self.on_frame(proc, frame)
+        run = proc.program
+        if run is not None and proc.reason is None and proc.channel.closed:
+            self.program_exec_done(proc)  # exec'd and died before its EOF was handled
         self.forget(proc)
         reason = proc.reason or reason_from_wait_status(status)
+        if run is not None:
+            reason = run.exit_reason(reason)
         now = time.monotonic()
         if proc.key is None:
             # Not a child of the tree: nothing to restart. Another is made when wanted.
@@ -299,6 +416,8 @@ class SupervisorRuntime(SpareKeeping):
         if proc.channel.closed and proc.reading:
             self.sel.unregister(proc.channel.sock)
             proc.reading = False
+            if proc.program is not None and proc.reason is None:
+                self.program_exec_done(proc)
 
     def on_frame(self, proc: Proc, frame: Any) -> None:
         if isinstance(frame, LifecycleFrame):
@@ -360,3 +479,4 @@ class SupervisorRuntime(SpareKeeping):
         ref, self.next_ref = self.next_ref, self.next_ref + 1
         self.forwarded[ref] = frame.ref
         target.channel.try_send(RequestFrame(ref, frame.path[1:], frame.op))
+

@@ -1,0 +1,229 @@
+"""Program children: real executables under a real node (readiness, stop, exit reasons,
+process groups, captured output), and the Program spec's validation."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+import urllib.request
+from pathlib import Path
+
+import msgspec
+import pytest
+from click.testing import CliRunner
+
+import prismatic as p
+from prismatic._config import ConfigError, load_config
+from prismatic.cli import cli
+from prismatic.supervisors._events import Op, StartChild
+from prismatic.supervisors._logfile import RotatingLog, log_path
+from tests.conftest import alive, module_node, wait_until
+from tests.program_apps import HTTP_SERVER, NOTIFIER, PY
+
+node = module_node("tests.program_apps:basic")
+
+
+# ---- the spec ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("fields", "named"), [
+    ({"argv": []}, "program.argv"),
+    ({"argv": ["x"], "env": {"A=B": "1"}}, "program.env"),
+    ({"argv": ["x"], "umask": 0o1000}, "program.umask"),
+    ({"argv": ["x"], "stop_signal": "NOPE"}, "program.stop_signal"),
+    ({"argv": ["x"], "start_timeout": 0}, "program.start_timeout"),
+    ({"argv": ["x"], "ready": {"check": "tcp"}}, "program.ready.check"),
+    ({"argv": ["x"], "ready": {"check": "port", "port": 70000}}, "program.ready.port"),
+    ({"argv": ["x"], "ready": {"check": "line", "pattern": "("}}, "program.ready.pattern"),
+    ({"argv": ["x"], "ready": {"check": "http", "url": "ftp://x"}}, "program.ready.url"),
+])
+def test_a_bad_program_names_its_field(fields, named):
+    with pytest.raises(p.ChildSpecError) as info:
+        p.Program(**fields)
+    assert info.value.field == named
+
+
+def test_a_program_spec_crosses_the_wire_and_reads_from_toml(tmp_path):
+    spec = p.ChildSpec(id="web", start=p.Program(
+        argv=["sleep", "1"], env={"A": "1"}, stop_signal="INT",
+        ready=p.PortCheck(port=8000)), restart="transient")
+    assert spec.start.stop_signal == signal.SIGINT
+    wire = msgspec.msgpack.encode(StartChild(spec))
+    assert msgspec.msgpack.Decoder(Op).decode(wire) == StartChild(spec)
+    with pytest.raises(p.ChildSpecError, match="type must be worker"):
+        p.ChildSpec(id="web", start=spec.start, type="supervisor")
+    toml = tmp_path / "node.toml"
+    toml.write_text('[[tree.children]]\nid = "web"\nrestart = "transient"\n'
+                    '[tree.children.program]\nargv = ["sleep", "1"]\nenv = { A = "1" }\n'
+                    'stop_signal = "INT"\nready = { check = "port", port = 8000 }\n')
+    assert load_config(toml).tree.children == (spec,)
+    toml.write_text('[[tree.children]]\nid = "web"\n[tree.children.program]\n'
+                    'argv = ["x"]\nready = { check = "port", port = 0 }\n')
+    with pytest.raises(ConfigError, match=r"tree.children\[0\].program.ready.port: 0"):
+        load_config(toml)
+
+
+def test_the_log_rotates_by_size_and_keeps_n(tmp_path):
+    file = log_path(tmp_path, ("sup", "web"))
+    assert file == tmp_path / "logs" / "sup.web.log"
+    rl = RotatingLog(file, max_bytes=1024, keep=2)
+    for i in range(10):
+        rl.write(bytes([65 + i]) * 600)
+    rl.close()
+    names = sorted(f.name for f in file.parent.iterdir())
+    assert names == ["sup.web.log", "sup.web.log.1", "sup.web.log.2"]
+    assert file.read_bytes() == b"J" * 600  # the newest chunk
+    assert file.with_name("sup.web.log.2").read_bytes() == b"H" * 600
+
+
+# ---- readiness --------------------------------------------------------------------------------
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _start(node, cid: str, program: p.Program, **kw):
+    return node.conn.start_child("", p.ChildSpec(id=cid, start=program, **kw), timeout=15)
+
+
+def _drop(node, cid: str) -> None:
+    node.conn.terminate_child("", cid)
+    node.conn.delete_child("", cid)
+
+
+def test_ready_when_the_port_accepts_and_the_url_answers(node):
+    for cid, check in (("by-port", lambda port: p.PortCheck(port=port)),
+                       ("by-http", lambda port: p.HttpCheck(url=f"http://127.0.0.1:{port}/"))):
+        port = _free_port()
+        pid = _start(node, cid, p.Program(argv=[PY, "-c", HTTP_SERVER, str(port), "0.3"],
+                                          ready=check(port), start_timeout=10))
+        # Started only now: the server listens 0.3 s after exec, so a start at exec would
+        # have returned before it.
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as answer:
+            assert answer.status == 200
+        assert alive(pid)
+        _drop(node, cid)
+        wait_until(lambda pid=pid: not alive(pid), 5, "the program to stop")
+
+
+def test_ready_when_a_file_appears_or_sd_notify_says_so(node, tmp_path):
+    marker = tmp_path / "warm"
+    _start(node, "by-file", p.Program(
+        argv=["sh", "-c", f"sleep 0.3; touch {marker}; exec sleep 300"],
+        ready=p.FileCheck(path="warm"), cwd=str(tmp_path), start_timeout=10))
+    assert marker.exists()
+    _drop(node, "by-file")
+    marker2 = tmp_path / "notified"
+    _start(node, "by-notify", p.Program(argv=[PY, "-c", NOTIFIER, str(marker2)],
+                                        ready=p.NotifyCheck(), start_timeout=10))
+    assert marker2.exists()  # written just before READY=1
+    _drop(node, "by-notify")
+
+
+def test_ready_on_a_stdout_line_which_goes_to_its_log(node):
+    _start(node, "by-line", p.Program(argv=[PY, "-c", HTTP_SERVER, "0", "0.3"],
+                                      ready=p.LineCheck(pattern=r"listening on (\d+)"),
+                                      start_timeout=10))
+    file = log_path(node.data_dir, ("by-line",))
+    line = file.read_text().strip()  # written before the start was reported
+    assert line.startswith("listening on ")
+    port = int(line.split()[-1])
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as answer:
+        assert answer.status == 200
+    wait_until(lambda: "GET / HTTP" in file.read_text(), 5, "stderr in the log too")
+    out = CliRunner().invoke(cli, ["--node", str(node.data_dir), "logs", "by-line",
+                                   "--lines", "1"])
+    assert out.exit_code == 0, out.output
+    assert out.output.count("\n") == 1 and "GET / HTTP" in out.output
+    _drop(node, "by-line")
+
+
+def test_a_check_that_never_passes_or_an_exec_that_fails_is_a_start_failure(node, tmp_path):
+    t0 = time.monotonic()
+    with pytest.raises(p.StartError, match=r"readiness check file never did not pass "
+                                           r"within 0.5 s"):
+        _start(node, "never", p.Program(argv=["sleep", "300"], ready=p.FileCheck(
+            path="never"), cwd=str(tmp_path), start_timeout=0.5))
+    assert 0.5 <= time.monotonic() - t0 < 5
+    assert not [pid for pid in node.pids() if _cmdline(pid) == "sleep\x00300\x00"
+                and pid not in _children_pids(node)]
+    with pytest.raises(p.StartError, match="FileNotFoundError"):
+        _start(node, "nothing", p.Program(argv=["/nonexistent/program"]))
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_text()
+    except OSError:
+        return ""
+
+
+def _children_pids(node) -> set[int]:
+    return {c.pid for c in node.conn.which_children("") if c.pid}
+
+
+# ---- exit reasons, stop -----------------------------------------------------------------------
+
+def test_exit_codes_are_reasons_under_transient(node, tmp_path):
+    runs = tmp_path / "runs"
+    script = f"echo x >> {runs}; [ $(wc -l < {runs}) -ge 3 ] && exit 0; exit 3"
+    with node.events() as events:
+        _start(node, "counter", p.Program(argv=["sh", "-c", script]), restart="transient")
+        exits = [events.wait_for(lambda e: e.key == "counter" and e.kind == "child_exited",
+                                 10).reason for _ in range(3)]
+    assert exits == [p.ExitCode(3), p.ExitCode(3), p.Normal()]
+    kid = next(c for c in node.conn.which_children("") if c.id == "counter")
+    assert kid.pid is None  # transient, normal exit: not restarted, spec kept
+    assert runs.read_text().count("x") == 3
+    node.conn.delete_child("", "counter")
+
+
+def test_the_stop_signal_then_sigkill_of_the_group_after_the_shutdown_time(node, tmp_path):
+    polite = "trap 'echo got INT; exit 0' INT; echo up; while :; do sleep 0.05; done"
+    _start(node, "polite", p.Program(argv=["sh", "-c", polite], stop_signal="INT",
+                                     ready=p.LineCheck(pattern="up")))
+    t0 = time.monotonic()
+    node.conn.terminate_child("", "polite")
+    assert time.monotonic() - t0 < 2
+    assert "got INT" in log_path(node.data_dir, ("polite",)).read_text()
+    node.conn.delete_child("", "polite")
+
+    # Ignores SIGTERM and has a child of its own: both are SIGKILLed at 0.5 s.
+    stubborn = "trap '' TERM; sleep 300 & echo up; while :; do sleep 0.05; done"
+    with node.events() as events:
+        pid = _start(node, "stubborn", p.Program(argv=["sh", "-c", stubborn],
+                                                 ready=p.LineCheck(pattern="up")),
+                     shutdown=0.5)
+        group = [q for q in node.pids() if os.getpgid(q) == pid]
+        assert len(group) >= 2
+        t0 = time.monotonic()
+        node.conn.terminate_child("", "stubborn")
+        took = time.monotonic() - t0
+        stopped = events.wait_for(lambda e: e.key == "stubborn" and e.kind == "shutdown_error",
+                                  5)
+    assert 0.5 <= took < 3
+    assert stopped.reason == p.Killed(signal.SIGKILL)
+    wait_until(lambda: not any(alive(q) for q in group), 5, "the whole group to die")
+    node.conn.delete_child("", "stubborn")
+
+
+# ---- no orphans -------------------------------------------------------------------------------
+
+def test_a_programs_children_die_when_its_supervisor_is_sigkilled(node_factory):
+    n = node_factory("tests.program_apps:nested")
+    mid = next(c.pid for c in n.conn.which_children("") if c.id == "mid")
+    forker = next(c.pid for c in n.conn.which_children("mid") if c.id == "forker")
+    sleeps = wait_until(lambda: [q for q in n.pids() if _cmdline(q) == "sleep\x00300\x00"]
+                        if len([q for q in n.pids() if _cmdline(q) == "sleep\x00300\x00"]) == 3
+                        else None, 5, "three grandchildren")
+    os.kill(mid, signal.SIGKILL)
+    # The program dies by PDEATHSIG (armed before exec); its children, the one in a session
+    # of its own too, are orphans the root supervisor adopts and kills.
+    wait_until(lambda: not alive(forker) and not any(alive(q) for q in sleeps), 5,
+               "the program and its children to die")
+    # mid is restarted, with a new program and new grandchildren
+    wait_until(lambda: len([q for q in n.pids() if _cmdline(q) == "sleep\x00300\x00"]) == 3,
+               10, "the restarted program's children")
