@@ -158,9 +158,11 @@ class Program(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind", tag="
     and ``umask`` are set before exec. ``stop_signal`` starts an orderly stop (then SIGKILL
     of the whole process group once the child's ``shutdown`` time is over);
     ``stop_group`` sends it to the whole process group (supervisord's ``stopasgroup``).
-    ``ready`` is the readiness check (None: started once exec succeeds), which must pass
-    within ``start_timeout`` seconds. Output goes to ``logs/<path>.log`` in the data
-    directory, rotated at ``log_max_bytes`` with ``log_keep`` old files kept.
+    The child spec's ``args`` (a ``simple_one_for_one`` child's extra args too) are
+    appended to ``argv`` as strings. ``ready`` is the readiness check (None: started
+    once exec succeeds), which must pass within ``start_timeout`` seconds. Output goes to
+    ``logs/<path>.log`` in the data directory, rotated at ``log_max_bytes`` with
+    ``log_keep`` old files kept.
     """
 
     argv: tuple[str, ...]

@@ -196,7 +196,7 @@ class SupervisorRuntime(SpareKeeping):
 
     def start_proc(self, key: str, spec: ChildSpec) -> None:
         if isinstance(spec.start, Program):  # never a spare: see _program_run
-            self.starting = self.fork_program(key, spec.start)
+            self.starting = self.fork_program(key, spec.start, spec.args)
             return
         proc = self.take_spare(key, spec)
         if proc is None and self.zygote is not None and self.zygote.pending \
@@ -216,8 +216,11 @@ class SupervisorRuntime(SpareKeeping):
         self.watch(proc)
         return proc
 
-    def fork_program(self, key: str, program: Program) -> Proc:
+    def fork_program(self, key: str, program: Program, args: tuple[Any, ...]) -> Proc:
         path = (*self.path, key)
+        if args:  # a child's args (a pool's per-child args) follow the program's argv
+            program = msgspec.structs.replace(program,
+                                              argv=(*program.argv, *map(str, args)))
         run = ProgramRun(program, path)
         try:
             pid, mine = fork_with_channel(

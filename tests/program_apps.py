@@ -36,12 +36,12 @@ FORKER = "sleep 300 & sleep 300 & setsid sleep 300 & echo forked; wait"
 
 basic = p.SupervisorSpec(
     flags=p.SupFlags(intensity=20, period=10),
-    children=[p.ChildSpec(id="sleeper", start=p.Program(argv=["sleep", "300"]))],
-)
-
-nested = p.SupervisorSpec(
-    flags=p.SupFlags(intensity=20, period=10),
     children=[
+        p.ChildSpec(id="sleeper", start=p.Program(argv=["sleep", "300"])),
+        p.ChildSpec(id="pool", start=p.SupervisorSpec(
+            flags=p.SupFlags(strategy="simple_one_for_one", intensity=5),
+            children=[p.ChildSpec(id="worker", start=p.Program(argv=["sleep"]),
+                                  args=("300",))])),
         p.ChildSpec(id="mid", start=p.SupervisorSpec(children=[
             p.ChildSpec(id="forker", start=p.Program(
                 argv=["sh", "-c", FORKER], ready=p.LineCheck(pattern="^forked$"))),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -145,11 +146,10 @@ def test_a_check_that_never_passes_or_an_exec_that_fails_is_a_start_failure(node
     t0 = time.monotonic()
     with pytest.raises(p.StartError, match=r"readiness check file never did not pass "
                                            r"within 0.5 s"):
-        _start(node, "never", p.Program(argv=["sleep", "300"], ready=p.FileCheck(
+        _start(node, "never", p.Program(argv=["sleep", "301"], ready=p.FileCheck(
             path="never"), cwd=str(tmp_path), start_timeout=0.5))
     assert 0.5 <= time.monotonic() - t0 < 5
-    assert not [pid for pid in node.pids() if _cmdline(pid) == "sleep\x00300\x00"
-                and pid not in _children_pids(node)]
+    assert not [pid for pid in node.pids() if _cmdline(pid) == "sleep\x00301\x00"]
     with pytest.raises(p.StartError, match="FileNotFoundError"):
         _start(node, "nothing", p.Program(argv=["/nonexistent/program"]))
 
@@ -161,8 +161,11 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
-def _children_pids(node) -> set[int]:
-    return {c.pid for c in node.conn.which_children("") if c.pid}
+def _ppid(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
 
 
 # ---- exit reasons, stop -----------------------------------------------------------------------
@@ -212,18 +215,73 @@ def test_the_stop_signal_then_sigkill_of_the_group_after_the_shutdown_time(node,
 
 # ---- no orphans -------------------------------------------------------------------------------
 
-def test_a_programs_children_die_when_its_supervisor_is_sigkilled(node_factory):
-    n = node_factory("tests.program_apps:nested")
-    mid = next(c.pid for c in n.conn.which_children("") if c.id == "mid")
-    forker = next(c.pid for c in n.conn.which_children("mid") if c.id == "forker")
-    sleeps = wait_until(lambda: [q for q in n.pids() if _cmdline(q) == "sleep\x00300\x00"]
-                        if len([q for q in n.pids() if _cmdline(q) == "sleep\x00300\x00"]) == 3
-                        else None, 5, "three grandchildren")
+def test_a_programs_children_die_when_its_supervisor_is_sigkilled(node):
+    def grandchildren() -> list[int]:
+        return [q for q in node.pids() if _cmdline(q) == "sleep\x00300\x00"
+                and _cmdline(_ppid(q)).startswith("sh\x00-c\x00sleep")]  # the forker's
+
+    mid = next(c.pid for c in node.conn.which_children("") if c.id == "mid")
+    forker = next(c.pid for c in node.conn.which_children("mid") if c.id == "forker")
+    sleeps = wait_until(lambda: len(grandchildren()) == 3 and grandchildren(), 5,
+                        "three grandchildren")
     os.kill(mid, signal.SIGKILL)
     # The program dies by PDEATHSIG (armed before exec); its children, the one in a session
     # of its own too, are orphans the root supervisor adopts and kills.
     wait_until(lambda: not alive(forker) and not any(alive(q) for q in sleeps), 5,
                "the program and its children to die")
     # mid is restarted, with a new program and new grandchildren
-    wait_until(lambda: len([q for q in n.pids() if _cmdline(q) == "sleep\x00300\x00"]) == 3,
-               10, "the restarted program's children")
+    wait_until(lambda: len(grandchildren()) == 3, 10, "the restarted program's children")
+
+
+# ---- operator verbs ---------------------------------------------------------------------------
+
+def _cli(node, *args: str, code: int = 0) -> str:
+    result = CliRunner().invoke(cli, ["--node", str(node.data_dir), *args])
+    assert result.exit_code == code, (result.exit_code, result.output)
+    return result.output
+
+
+def test_signal_restart_and_scale_from_the_cli(node):
+    script = "trap 'echo got USR1' USR1; echo up; while :; do sleep 0.05; done"
+    out = _cli(node, "children", "start", "--id", "sig", "--program", f"sh -c \"{script}\"",
+               "--ready", "line:^up$")
+    pid = int(out.split()[-1])
+    assert "sent SIGUSR1" in _cli(node, "children", "signal", "sig", "USR1")
+    wait_until(lambda: "got USR1" in log_path(node.data_dir, ("sig",)).read_text(), 5,
+               "the program to get SIGUSR1")
+    assert "not a signal" in _cli(node, "children", "signal", "sig", "NOPE", code=2)
+    # restart of a running child: terminated, then started again
+    new = int(_cli(node, "children", "restart", "sig", "--timeout", "10").split()[-1])
+    assert new != pid and not alive(pid) and alive(new)
+    _drop(node, "sig")
+    # a simple_one_for_one pool of programs, each `sleep` + the template's args
+    assert "started 3" in _cli(node, "children", "scale", "pool", "3")
+    pids = [c.pid for c in node.conn.which_children("pool")]
+    assert len(pids) == 3 and all(_cmdline(q) == "sleep\x00300\x00" for q in pids)
+    assert "stopped 2" in _cli(node, "children", "scale", "pool", "1")
+    assert [c.pid for c in node.conn.which_children("pool")] == [pids[-1]]  # oldest kept
+    _cli(node, "children", "scale", "pool", "0")
+
+
+def test_logs_follow_prints_what_the_program_writes_next(node):
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    _start(node, "ticker", p.Program(argv=["sh", "-c", "i=0; while :; do i=$((i+1)); "
+                                                       "echo tick $i; sleep 0.05; done"]))
+    wait_until(lambda: "tick 3" in log_path(node.data_dir, ("ticker",)).read_text(), 5,
+               "a few ticks")
+    follow = subprocess.Popen([sys.executable, "-m", "prismatic.cli", "--node",
+                               str(node.data_dir), "logs", "ticker", "-f", "-n", "1"],
+                              stdout=subprocess.PIPE, text=True)
+    guard = threading.Timer(10, follow.kill)  # a read that never comes fails, not hangs
+    guard.start()
+    try:
+        first = int(follow.stdout.readline().split()[-1])
+        later = [int(follow.stdout.readline().split()[-1]) for _ in range(5)]
+        assert later == list(range(first + 1, first + 6))  # followed, nothing lost
+    finally:
+        guard.cancel()
+        follow.kill()
+        follow.wait()
+    _drop(node, "ticker")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from pathlib import Path
+from typing import BinaryIO
 
 import click
 
@@ -22,18 +22,18 @@ from ._main import CliState, cli
 _FOLLOW_POLL_S = 0.1
 
 
-def tail_bytes(file: Path, lines: int) -> bytes:
-    """The last ``lines`` lines of ``file`` (read from its end, in blocks)."""
-    with open(file, "rb") as f:
-        f.seek(0, os.SEEK_END)
-        end = f.tell()
-        data = b""
-        pos = end
-        while pos > 0 and data.count(b"\n") <= lines:
-            step = min(65536, pos)
-            pos -= step
-            f.seek(pos)
-            data = f.read(step) + data
+def tail_bytes(f: BinaryIO, lines: int) -> bytes:
+    """The last ``lines`` lines of the open file ``f`` (read from its end, in blocks); ``f``
+    is left at the end it saw, where following goes on from."""
+    end = f.seek(0, os.SEEK_END)
+    data = b""
+    pos = end
+    while pos > 0 and data.count(b"\n") <= lines:
+        step = min(65536, pos)
+        pos -= step
+        f.seek(pos)
+        data = f.read(step) + data
+    f.seek(end)
     kept = data.split(b"\n")
     trailing = kept[-1] == b""
     body = kept[:-1] if trailing else kept
@@ -54,12 +54,12 @@ def logs(state: CliState, child_path: str, follow: bool, lines: int) -> None:
         raise CliError(f"no output captured for {child_path!r} (looked for {file}; only "
                        "program children's output is captured)", ExitCode.REFUSED)
     out = sys.stdout.buffer
-    out.write(tail_bytes(file, lines))
+    f = open(file, "rb")  # noqa: SIM115 - reopened on rotation
+    out.write(tail_bytes(f, lines))
     out.flush()
     if not follow:
+        f.close()
         return
-    f = open(file, "rb")  # noqa: SIM115 - reopened on rotation
-    f.seek(0, os.SEEK_END)
     try:
         while True:
             chunk = f.read(65536)

@@ -342,9 +342,12 @@ def children_terminate(state: CliState, path: str, pid: int | None, timeout: flo
               help="Seconds to wait for the supervisor's answer (the child's init included).")
 @click.pass_obj
 def children_restart(state: CliState, path: str, timeout: float) -> None:
-    """Start a terminated child again from its kept spec: PATH = SUPERVISOR/CHILD_ID."""
+    """Restart a child from its kept spec, a running one terminated first (supervisorctl's
+    restart): PATH = SUPERVISOR/CHILD_ID."""
     sup, child = child_path(path)
     with state.progress(f"restarting {path}"), state.connect(timeout=timeout) as conn:
+        if any(c.id == child and c.pid for c in conn.which_children(sup)):
+            conn.terminate_child(sup, child, timeout=timeout)
         pid = conn.restart_child(sup, child, timeout=timeout)
     click.echo(f"restarted {path}, pid {pid}" if pid else f"{path}: ignored")
 
