@@ -41,7 +41,7 @@ from .._exit import ExitReason, reason_from_wait_status
 from .._process import become_subreaper, kill_group, send_signal
 from .._reactor import open_signal_wakeup
 from .._worker_runtime import exit_code_for
-from ..transports._channel import Channel
+from ..transports._channel import Channel, open_channel_pair
 from ..transports._frames import (
     ExitingFrame, IgnoredFrame, LifecycleFrame, ReadyFrame, ReplyFrame, RequestFrame,
 )
@@ -52,7 +52,7 @@ from ._events import (
     StartFailed, StartProc, Started, StopMany, StopProc,
 )
 from ._procs import PARK_MAX_S, Proc, SpareKeeping, fork_with_channel
-from ._program_run import ProgramRun, exec_program
+from ._program_run import ProgramRun, exec_program, spawn_program
 from ._zygote import Zygote
 
 __all__ = ["SupervisorRuntime"]
@@ -114,7 +114,8 @@ class SupervisorRuntime(SpareKeeping):
         self.feed(Init(time.monotonic()))
         while self.exit_reason is None:
             timeout = None
-            if self.deadlines or self.parked is not None:
+            if self.deadlines or self.parked is not None or (
+                    self.starting is not None and self.starting.program is not None):
                 timeout = max(0.0, self.next_deadline() - time.monotonic())
             elif self.wants_fork_spare() or self.wants_new_zygote():
                 timeout = 0.0
@@ -223,10 +224,15 @@ class SupervisorRuntime(SpareKeeping):
                                               argv=(*program.argv, *map(str, args)))
         run = ProgramRun(program, path)
         try:
-            pid, mine = fork_with_channel(
-                lambda theirs: exec_program(program, theirs, run.out_w, run.err_w,
-                                            run.notify_address),
-                "prism:" + key, keep=run.child_fds())
+            pid = spawn_program(program, run.out_w, run.err_w, run.notify_address)
+            if pid is None:
+                pid, mine = fork_with_channel(
+                    lambda theirs: exec_program(program, theirs, run.out_w, run.err_w,
+                                                run.notify_address),
+                    "prism:" + key, keep=run.child_fds())
+            else:  # exec'd already: the channel's EOF (theirs closed) says so, as for a fork
+                mine, theirs = open_channel_pair()
+                theirs.close()
         finally:
             run.forked()
         proc = Proc(pid, mine, key, ChildType.WORKER)

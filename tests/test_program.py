@@ -285,3 +285,18 @@ def test_logs_follow_prints_what_the_program_writes_next(node):
         follow.kill()
         follow.wait()
     _drop(node, "ticker")
+
+
+def test_a_program_with_a_user_is_forked_and_runs_as_that_user(node):
+    import pwd  # noqa: PLC0415
+
+    me = pwd.getpwuid(os.getuid())
+    # A user switch takes the fork+exec path (posix_spawn cannot switch users here).
+    pid = _start(node, "as-me", p.Program(argv=["sh", "-c", "echo $USER $HOME; exec sleep 300"],
+                                          user=me.pw_name, umask=0o077))
+    wait_until(lambda: log_path(node.data_dir, ("as-me",)).read_text().strip()
+               == f"{me.pw_name} {me.pw_dir}", 5, "the program's line")
+    status = Path(f"/proc/{pid}/status").read_text()
+    assert "Umask:\t0077" in status
+    assert os.getpgid(pid) == pid  # leads its own group
+    _drop(node, "as-me")
