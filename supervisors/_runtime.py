@@ -280,10 +280,29 @@ class SupervisorRuntime(SpareKeeping):
         run.exec_done = True
         if run.program.ready is None:
             self.program_ready(proc)
+        elif run.checks_port_here():
+            self.try_port(proc)
         elif run.needs_probe():
             fd = run.start_probe()
             self.probes[run.probe_pid] = proc
             self.sel.register(fd, selectors.EVENT_READ, ("probe", proc))
+
+    def try_port(self, proc: Proc) -> None:
+        run = proc.program
+        assert run is not None
+        run.retry_at = 0.0
+        outcome = run.connect()
+        if outcome is True:
+            self.program_ready(proc)
+        elif outcome is not False:
+            self.sel.register(outcome, selectors.EVENT_WRITE, ("connect", proc))
+
+    def on_connect(self, proc: Proc) -> None:
+        run = proc.program
+        assert run is not None and run.conn is not None
+        self.sel.unregister(run.conn)
+        if run.connected():
+            self.program_ready(proc)
 
     def program_ready(self, proc: Proc) -> None:
         run = proc.program
@@ -331,6 +350,8 @@ class SupervisorRuntime(SpareKeeping):
         starting = self.starting
         if starting is not None and starting.program is not None:
             due = min(due, starting.program.deadline)
+            if starting.program.retry_at:
+                due = min(due, starting.program.retry_at)
         return min(due, self.parked_until) if self.parked is not None else due
 
     def fire_deadlines(self) -> None:
@@ -349,6 +370,9 @@ class SupervisorRuntime(SpareKeeping):
             self.end_program_checks(starting.program)
             send_signal(starting.pidfd, signal.SIGKILL)
             kill_group(starting.pid)
+        elif starting is not None and starting.program is not None \
+                and starting.program.retry_at and starting.program.retry_at <= now:
+            self.try_port(starting)  # a port check that was refused: again
         while self.deadlines and self.deadlines[0][0] <= now:
             _, pid = heapq.heappop(self.deadlines)
             proc = self.procs.get(pid)
