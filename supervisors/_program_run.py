@@ -193,7 +193,10 @@ def spawn_program(program: Program, out_fd: int, err_fd: int, notify: str | None
     found = shutil.which(exe, path=env.get("PATH", os.defpath))
     if found is None or (program.cwd is not None and not os.path.isdir(program.cwd)):
         return None  # the fork path fails it with the exec's own error
-    here = os.getcwd() if program.cwd is not None else None
+    try:
+        here = os.getcwd() if program.cwd is not None else None
+    except OSError:
+        return None  # our own directory is gone: the fork path needs none
     mask = os.umask(program.umask) if program.umask is not None else None
     try:
         if program.cwd is not None:

@@ -300,3 +300,25 @@ def test_a_program_with_a_user_is_forked_and_runs_as_that_user(node):
     assert "Umask:\t0077" in status
     assert os.getpgid(pid) == pid  # leads its own group
     _drop(node, "as-me")
+
+
+def test_a_loud_program_is_logged_and_rotated_without_stalling_the_supervisor(node):
+    # 3 MiB as fast as the pipe takes it, in 1 KiB lines, into a 1 MiB log keeping 3 more.
+    loud = "yes $(head -c 1023 /dev/zero | tr '\\0' x) | head -c 3145728; exec sleep 300"
+    _start(node, "loud", p.Program(argv=["sh", "-c", loud], log_max_bytes=1 << 20,
+                                   log_keep=3))
+    t0 = time.monotonic()
+    _start(node, "after", p.Program(argv=["sleep", "300"]))  # served meanwhile
+    assert time.monotonic() - t0 < 5
+    file = log_path(node.data_dir, ("loud",))
+    olds = [file.with_name(f"loud.log.{i}") for i in (1, 2, 3)]
+
+    def total() -> int:
+        return sum(f.stat().st_size for f in (file, *olds) if f.exists())
+
+    wait_until(lambda: total() == 3 << 20, 10, "all 3 MiB logged")
+    assert all(f.stat().st_size <= 1 << 20 for f in (file, *olds))
+    assert olds[1].exists() and not file.with_name("loud.log.4").exists()
+    assert set(file.read_bytes()) == {ord("x"), ord("\n")}
+    _drop(node, "loud")
+    _drop(node, "after")
