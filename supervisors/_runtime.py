@@ -19,6 +19,12 @@ for the replacement's ``init``. Which spares exist and where they come from (the
 this process when the zygote's clone is unsupported) is :mod:`._procs`'s business; this loop
 adds the zygote's socket and pidfd to what it waits on, and a deadline for a start that waits
 for a spare in the making.
+
+Program children (``start=Program(...)``, :mod:`._program_loop`) add, while they run, their
+stdout/stderr pipes, and while they start, their readiness check's descriptors (a notify
+socket, a connect in progress, a probe's pidfd) and timers (the start deadline, a port
+check's retry). Their stop sends the program's own stop signal; SIGKILL at the deadline
+goes to the whole process group.
 """
 
 from __future__ import annotations
@@ -41,7 +47,7 @@ from .._exit import ExitReason, reason_from_wait_status
 from .._process import become_subreaper, kill_group, send_signal
 from .._reactor import open_signal_wakeup
 from .._worker_runtime import exit_code_for
-from ..transports._channel import Channel, open_channel_pair
+from ..transports._channel import Channel
 from ..transports._frames import (
     ExitingFrame, IgnoredFrame, LifecycleFrame, ReadyFrame, ReplyFrame, RequestFrame,
 )
@@ -52,7 +58,7 @@ from ._events import (
     StartFailed, StartProc, Started, StopMany, StopProc,
 )
 from ._procs import PARK_MAX_S, Proc, SpareKeeping, fork_with_channel
-from ._program_run import ProgramRun, exec_program, spawn_program
+from ._program_loop import ProgramKeeping
 from ._zygote import Zygote
 
 __all__ = ["SupervisorRuntime"]
@@ -63,7 +69,7 @@ _op_decoder = msgspec.msgpack.Decoder(Op)
 _encoder = msgspec.msgpack.Encoder()
 
 
-class SupervisorRuntime(SpareKeeping):
+class SupervisorRuntime(SpareKeeping, ProgramKeeping):
     """Runs one supervisor in the current process until it exits; see the module doc."""
 
     def __init__(self, spec: SupervisorSpec, parent: Channel, path: tuple[str, ...],
@@ -216,108 +222,6 @@ class SupervisorRuntime(SpareKeeping):
         proc = Proc(pid, mine, key, spec.type)  # type: ignore[arg-type]
         self.watch(proc)
         return proc
-
-    def fork_program(self, key: str, program: Program, args: tuple[Any, ...]) -> Proc:
-        path = (*self.path, key)
-        if args:  # a child's args (a pool's per-child args) follow the program's argv
-            program = msgspec.structs.replace(program,
-                                              argv=(*program.argv, *map(str, args)))
-        run = ProgramRun(program, path)
-        try:
-            pid = spawn_program(program, run.out_w, run.err_w, run.notify_address)
-            if pid is None:
-                pid, mine = fork_with_channel(
-                    lambda theirs: exec_program(program, theirs, run.out_w, run.err_w,
-                                                run.notify_address),
-                    "prism:" + key, keep=run.child_fds())
-            else:  # exec'd already: the channel's EOF (theirs closed) says so, as for a fork
-                mine, theirs = open_channel_pair()
-                theirs.close()
-        finally:
-            run.forked()
-        proc = Proc(pid, mine, key, ChildType.WORKER)
-        proc.program = run
-        self.watch(proc)
-        self.sel.register(run.out_r, selectors.EVENT_READ, ("output", (proc, run.out_r)))
-        self.sel.register(run.err_r, selectors.EVENT_READ, ("output", (proc, run.err_r)))
-        if run.notify is not None:
-            self.sel.register(run.notify, selectors.EVENT_READ, ("notify", proc))
-        return proc
-
-    def on_output(self, what: tuple[Proc, int]) -> None:
-        proc, fd = what
-        run = proc.program
-        if run is None or fd not in run.open_fds:
-            return  # its program was forgotten earlier in this batch
-        ready, eof = run.read(fd)  # one chunk per event: a loud program cannot starve others
-        if eof:
-            self.sel.unregister(fd)
-            os.close(fd)
-        if ready:
-            self.program_ready(proc)
-
-    def on_notify(self, proc: Proc) -> None:
-        if proc.program is not None and proc.program.notified_ready():
-            self.program_ready(proc)
-
-    def on_probe(self, proc: Proc) -> None:
-        run = proc.program
-        assert run is not None
-        self.sel.unregister(run.probe_fd)
-        self.probes.pop(run.probe_pid, None)
-        if run.probe_passed():
-            self.program_ready(proc)
-        else:
-            log.error("supervisor %s: the readiness probe of %r died; the start fails at its "
-                      "timeout", self.name(), proc.key)
-
-    def program_exec_done(self, proc: Proc) -> None:
-        """A program child's channel closed without a reason: exec succeeded."""
-        run = proc.program
-        assert run is not None
-        if run.exec_done or proc is not self.starting:
-            return
-        run.exec_done = True
-        if run.program.ready is None:
-            self.program_ready(proc)
-        elif run.checks_port_here():
-            self.try_port(proc)
-        elif run.needs_probe():
-            fd = run.start_probe()
-            self.probes[run.probe_pid] = proc
-            self.sel.register(fd, selectors.EVENT_READ, ("probe", proc))
-
-    def try_port(self, proc: Proc) -> None:
-        run = proc.program
-        assert run is not None
-        run.retry_at = 0.0
-        outcome = run.connect()
-        if outcome is True:
-            self.program_ready(proc)
-        elif outcome is not False:
-            self.sel.register(outcome, selectors.EVENT_WRITE, ("connect", proc))
-
-    def on_connect(self, proc: Proc) -> None:
-        run = proc.program
-        assert run is not None and run.conn is not None
-        self.sel.unregister(run.conn)
-        if run.connected():
-            self.program_ready(proc)
-
-    def program_ready(self, proc: Proc) -> None:
-        run = proc.program
-        assert run is not None
-        self.end_program_checks(run)
-        if proc is self.starting:
-            proc.ready = True
-            self.starting = None
-            self.feed(Started(proc.key, proc.pid, time.monotonic()))  # type: ignore[arg-type]
-
-    def end_program_checks(self, run: ProgramRun) -> None:
-        self.probes.pop(run.probe_pid, None)
-        for fd in run.end_checks():
-            self.sel.unregister(fd)
-        run.close_checks()
 
     # ---- stopping ---------------------------------------------------------------------------
 
