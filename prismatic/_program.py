@@ -124,7 +124,7 @@ def parse_signal(value: object, field: str = "stop_signal") -> int:
     raise _bad(field, value, "must be a signal: a number, TERM or SIGTERM")
 
 
-def _check(value: object) -> ReadyCheck | None:
+def _check(value: object, field: str) -> ReadyCheck | None:
     if value is None or isinstance(value, (PortCheck, HttpCheck, FileCheck, LineCheck,
                                            NotifyCheck)):
         return value
@@ -134,13 +134,14 @@ def _check(value: object) -> ReadyCheck | None:
                  "notify": NotifyCheck}
         cls = kinds.get(fields.pop("check", None))  # type: ignore[arg-type]
         if cls is None:
-            raise _bad("ready.check", value.get("check"), f"must be one of {' | '.join(kinds)}")
+            raise _bad(f"{field}.check", value.get("check"),
+                       f"must be one of {' | '.join(kinds)}")
         try:
             return cls(**fields)  # type: ignore[no-any-return]
         except TypeError as exc:  # an unknown or missing key
-            raise _bad("ready", value, str(exc)) from None
-    raise _bad("ready", value, "must be a PortCheck, HttpCheck, FileCheck, LineCheck or "
-                               "NotifyCheck")
+            raise _bad(field, value, str(exc)) from None
+    raise _bad(field, value, "must be a PortCheck, HttpCheck, FileCheck, LineCheck or "
+                             "NotifyCheck")
 
 
 def _positive(field: str, value: object) -> float:
@@ -162,7 +163,9 @@ class Program(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind", tag="
     appended to ``argv`` as strings. ``ready`` is the readiness check (None: started
     once exec succeeds), which must pass within ``start_timeout`` seconds. Output goes to
     ``logs/<path>.log`` in the data directory, rotated at ``log_max_bytes`` with
-    ``log_keep`` old files kept.
+    ``log_keep`` old files kept. ``alive`` (a port, http or file check) is tried every
+    ``alive_every`` seconds once the program is ready; ``alive_failures`` failures in a row
+    kill it (reason ``LivenessFailed``), then its restart type decides.
     """
 
     argv: tuple[str, ...]
@@ -176,6 +179,9 @@ class Program(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind", tag="
     start_timeout: float = 30.0
     log_max_bytes: int = 10 * 1024 * 1024
     log_keep: int = 5
+    alive: ReadyCheck | None = None
+    alive_every: float = 10.0
+    alive_failures: int = 3
 
     if TYPE_CHECKING:  # what the constructor accepts; __post_init__ normalizes it
         def __init__(self, *, argv: tuple[str, ...] | list[str],
@@ -184,7 +190,8 @@ class Program(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind", tag="
                      stop_signal: int | str = ..., stop_group: bool = ...,
                      ready: ReadyCheck | dict[str, Any] | None = ...,
                      start_timeout: float = ..., log_max_bytes: int = ...,
-                     log_keep: int = ...) -> None: ...
+                     log_keep: int = ..., alive: ReadyCheck | dict[str, Any] | None = ...,
+                     alive_every: float = ..., alive_failures: int = ...) -> None: ...
 
     def __post_init__(self) -> None:
         argv = self.argv
@@ -209,7 +216,7 @@ class Program(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind", tag="
         force_setattr(self, "stop_signal", parse_signal(self.stop_signal))
         if not isinstance(self.stop_group, bool):
             raise _bad("stop_group", self.stop_group, "must be true or false")
-        force_setattr(self, "ready", _check(self.ready))
+        force_setattr(self, "ready", _check(self.ready, "ready"))
         force_setattr(self, "start_timeout", _positive("start_timeout", self.start_timeout))
         if isinstance(self.log_max_bytes, bool) or not isinstance(self.log_max_bytes, int) \
                 or self.log_max_bytes < 1024:
@@ -217,6 +224,14 @@ class Program(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind", tag="
         if isinstance(self.log_keep, bool) or not isinstance(self.log_keep, int) \
                 or self.log_keep < 0:
             raise _bad("log_keep", self.log_keep, "must be an integer >= 0")
+        alive = _check(self.alive, "alive")
+        if isinstance(alive, (LineCheck, NotifyCheck)):
+            raise _bad("alive", self.alive, "a liveness check is port, http or file")
+        force_setattr(self, "alive", alive)
+        force_setattr(self, "alive_every", _positive("alive_every", self.alive_every))
+        if isinstance(self.alive_failures, bool) or not isinstance(self.alive_failures, int) \
+                or self.alive_failures < 1:
+            raise _bad("alive_failures", self.alive_failures, "must be an integer >= 1")
 
 
 def program_from(value: object) -> Program:

@@ -6,15 +6,18 @@ the checks run where they do, is :mod:`._program_run`'s doc.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import os
 import selectors
+import signal
 import time
 from typing import Any
 
 import msgspec
 
 from .._childspec import ChildType
+from .._process import kill_group, send_signal
 from .._program import Program
 from ..transports._channel import open_channel_pair
 from ._events import Started
@@ -34,6 +37,7 @@ class ProgramKeeping:
     probes: dict[int, Proc]
     starting: Proc | None
     path: tuple[str, ...]
+    alive_timers: list[tuple[float, int, int]]  # (due, pid, generation): liveness rounds
 
     def name(self) -> str:
         raise NotImplementedError
@@ -138,7 +142,68 @@ class ProgramKeeping:
         if proc is self.starting:
             proc.ready = True
             self.starting = None
+            if run.liveness is not None:
+                self.alive_after(proc, run.liveness.every)
             self.feed(Started(proc.key, proc.pid, time.monotonic()))  # type: ignore[arg-type]
+
+    # ---- liveness (see _liveness) -----------------------------------------------------------
+
+    def alive_after(self, proc: Proc, delay: float) -> None:
+        live = proc.program.liveness  # type: ignore[union-attr]
+        assert live is not None
+        live.gen += 1
+        heapq.heappush(self.alive_timers, (time.monotonic() + delay, proc.pid, live.gen))
+
+    def fire_alive(self, now: float) -> None:
+        while self.alive_timers and self.alive_timers[0][0] <= now:
+            _, pid, gen = heapq.heappop(self.alive_timers)
+            proc = self.procs.get(pid)
+            run = proc.program if proc is not None else None
+            live = run.liveness if run is not None else None
+            if proc is None or live is None or live.gen != gen or proc.reason is not None:
+                continue  # gone, or a stale timer
+            if live.busy:  # no answer by the round's deadline
+                self.end_alive_round(proc)
+                self.alive_outcome(proc, False)
+                continue
+            outcome = live.begin()
+            if isinstance(outcome, bool):
+                self.alive_outcome(proc, outcome)
+                continue
+            if live.probe_pid:
+                self.probes[live.probe_pid] = proc
+            self.sel.register(outcome, selectors.EVENT_READ if isinstance(outcome, int)
+                              else selectors.EVENT_WRITE, ("alive", proc))
+            self.alive_after(proc, live.round_time())
+
+    def on_alive(self, proc: Proc) -> None:
+        live = proc.program.liveness  # type: ignore[union-attr]
+        assert live is not None
+        for fd in live.watched():
+            self.sel.unregister(fd)
+        self.probes.pop(live.probe_pid, None)
+        self.alive_outcome(proc, live.finish())
+
+    def end_alive_round(self, proc: Proc) -> None:
+        live = proc.program.liveness  # type: ignore[union-attr]
+        if live is None:
+            return
+        for fd in live.watched():
+            self.sel.unregister(fd)
+        self.probes.pop(live.probe_pid, None)
+        live.abandon()
+
+    def alive_outcome(self, proc: Proc, ok: bool) -> None:
+        live = proc.program.liveness  # type: ignore[union-attr]
+        assert live is not None
+        if not live.outcome(ok):
+            self.alive_after(proc, live.every)
+            return
+        proc.reason = live.reason()
+        log.error("supervisor %s: child %r: %s; killing it", self.name(), proc.key,
+                  proc.reason.message)  # type: ignore[union-attr]
+        send_signal(proc.pidfd, signal.SIGKILL)
+        kill_group(proc.pid)
 
     def end_program_checks(self, run: ProgramRun) -> None:
         self.probes.pop(run.probe_pid, None)

@@ -78,6 +78,7 @@ from .._program import (
 )
 from ..transports._channel import Channel
 from ..transports._frames import ExitingFrame
+from ._liveness import Liveness
 from ._logfile import RotatingLog, log_path
 
 __all__ = ["exec_program", "ProgramRun", "READ_CHUNK"]
@@ -249,6 +250,11 @@ def probe_main(check: ReadyCheck, cwd: str | None) -> int:
     return 0
 
 
+def probe_once(check: ReadyCheck, cwd: str | None) -> int:
+    """Runs in a liveness probe process: one try; exit 0 if it passes."""
+    return 0 if _passes(check, cwd) else 1
+
+
 # ---- the supervisor's side ------------------------------------------------------------------
 
 class ProgramRun:
@@ -283,6 +289,7 @@ class ProgramRun:
             self.notify.bind(b"\0" + name.encode())
             self.notify.setblocking(False)
             self.notify_address = "@" + name
+        self.liveness = Liveness(program) if program.alive is not None else None
         info = current()
         self.log: RotatingLog | None = None
         if info is not None:

@@ -83,6 +83,7 @@ class SupervisorRuntime(SpareKeeping, ProgramKeeping):
         self.sel = selectors.DefaultSelector()
         self.procs: dict[int, Proc] = {}
         self.probes: dict[int, Proc] = {}
+        self.alive_timers: list[tuple[float, int, int]] = []
         self.starting: Proc | None = None
         self.parked: tuple[str, ChildSpec] | None = None  # a start waiting for a spare
         self.parked_until = 0.0
@@ -120,7 +121,7 @@ class SupervisorRuntime(SpareKeeping, ProgramKeeping):
         self.feed(Init(time.monotonic()))
         while self.exit_reason is None:
             timeout = None
-            if self.deadlines or self.parked is not None or (
+            if self.deadlines or self.parked is not None or self.alive_timers or (
                     self.starting is not None and self.starting.program is not None):
                 timeout = max(0.0, self.next_deadline() - time.monotonic())
             elif self.wants_fork_spare() or self.wants_new_zygote():
@@ -256,10 +257,13 @@ class SupervisorRuntime(SpareKeeping, ProgramKeeping):
             due = min(due, starting.program.deadline)
             if starting.program.retry_at:
                 due = min(due, starting.program.retry_at)
+        if self.alive_timers:
+            due = min(due, self.alive_timers[0][0])
         return min(due, self.parked_until) if self.parked is not None else due
 
     def fire_deadlines(self) -> None:
         now = time.monotonic()
+        self.fire_alive(now)
         if self.parked is not None and self.parked_until <= now:
             key, spec = self.parked
             self.parked = None
@@ -296,6 +300,7 @@ class SupervisorRuntime(SpareKeeping, ProgramKeeping):
         run = proc.program
         if run is not None:
             self.end_program_checks(run)
+            self.end_alive_round(proc)
             for fd in run.open_fds:
                 self.sel.unregister(fd)
             run.close()

@@ -48,7 +48,8 @@ def test_a_bad_program_names_its_field(fields, named):
 def test_a_program_spec_crosses_the_wire_and_reads_from_toml(tmp_path):
     spec = p.ChildSpec(id="web", start=p.Program(
         argv=["sleep", "1"], env={"A": "1"}, stop_signal="INT",
-        ready=p.PortCheck(port=8000)), restart="transient")
+        ready=p.PortCheck(port=8000), alive=p.HttpCheck(url="http://127.0.0.1:8000/health"),
+        alive_every=5), restart="transient")
     assert spec.start.stop_signal == signal.SIGINT
     wire = msgspec.msgpack.encode(StartChild(spec))
     assert msgspec.msgpack.Decoder(Op).decode(wire) == StartChild(spec)
@@ -57,7 +58,9 @@ def test_a_program_spec_crosses_the_wire_and_reads_from_toml(tmp_path):
     toml = tmp_path / "node.toml"
     toml.write_text('[[tree.children]]\nid = "web"\nrestart = "transient"\n'
                     '[tree.children.program]\nargv = ["sleep", "1"]\nenv = { A = "1" }\n'
-                    'stop_signal = "INT"\nready = { check = "port", port = 8000 }\n')
+                    'stop_signal = "INT"\nready = { check = "port", port = 8000 }\n'
+                    'alive = { check = "http", url = "http://127.0.0.1:8000/health" }\n'
+                    'alive_every = 5\n')
     assert load_config(toml).tree.children == (spec,)
     toml.write_text('[[tree.children]]\nid = "web"\n[tree.children.program]\n'
                     'argv = ["x"]\nready = { check = "port", port = 0 }\n')
@@ -322,3 +325,34 @@ def test_a_loud_program_is_logged_and_rotated_without_stalling_the_supervisor(no
     assert set(file.read_bytes()) == {ord("x"), ord("\n")}
     _drop(node, "loud")
     _drop(node, "after")
+
+
+def test_a_failing_liveness_check_kills_and_restarts_the_program(node, tmp_path):
+    # Listens for 0.4 s, then stops listening but keeps running (a hung server).
+    port = _free_port()
+    hangs = ("import socket, time\n"
+             "s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+             f"s.bind(('127.0.0.1', {port})); s.listen(); print('up', flush=True)\n"
+             "time.sleep(0.4); s.close(); time.sleep(300)\n")
+    file_gone = f"touch {tmp_path}/ok; echo up; sleep 0.4; rm {tmp_path}/ok; exec sleep 300"
+    cases = [("alive-port", [PY, "-c", hangs], p.PortCheck(port=port),
+              f"port 127.0.0.1:{port}"),
+             ("alive-file", ["sh", "-c", file_gone], p.FileCheck(path="ok"), "file ok")]
+    with node.events() as events:
+        for cid, argv, check, what in cases:
+            pid = _start(node, cid, p.Program(argv=argv, ready=p.LineCheck(pattern="up"),
+                                              cwd=str(tmp_path), alive=check,
+                                              alive_every=0.1, alive_failures=2))
+            t0 = time.monotonic()
+            exit_ = events.wait_for(lambda e, cid=cid: e.key == cid
+                                    and e.kind == "child_exited", 10)
+            assert 0.4 < time.monotonic() - t0 < 3
+            assert exit_.pid == pid and exit_.reason == p.Crashed(
+                type="prismatic.LivenessFailed",
+                message=f"liveness check {what} failed 2 times in a row")
+            restarted = events.wait_for(lambda e, cid=cid: e.key == cid
+                                        and e.kind == "child_started", 10)
+            assert restarted.pid != pid  # permanent: restarted as after any crash
+            _drop(node, cid)
+    with pytest.raises(p.ChildSpecError, match="program.alive"):
+        p.Program(argv=["x"], alive=p.LineCheck(pattern="x"))
