@@ -160,8 +160,9 @@ class ProgramKeeping:
             proc = self.procs.get(pid)
             run = proc.program if proc is not None else None
             live = run.liveness if run is not None else None
-            if proc is None or live is None or live.gen != gen or proc.reason is not None:
-                continue  # gone, or a stale timer
+            if proc is None or live is None or live.gen != gen or proc.reason is not None \
+                    or run.stopping:  # type: ignore[union-attr]
+                continue  # gone, being stopped, or a stale timer
             if live.busy:  # no answer by the round's deadline
                 self.end_alive_round(proc)
                 self.alive_outcome(proc, False)
