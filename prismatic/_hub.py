@@ -27,6 +27,13 @@ pidfd; when one dies and its exit has not been reported ``UNREPORTED_GRACE_S`` l
 hub takes it as killed by SIGKILL (the only way a process dies unreported), logs it and
 counts it (``unreported_exits``).
 
+Every Pid the hub keeps is exact (:mod:`._address`): it learns a process's start time when
+the tree reports the start, when the process connects (``SO_PEERCRED``) or when a probe
+finds it, and completes a Pid given without one (``Pid(node, ospid)``) to the process that
+holds that ospid. A Pid that names an earlier holder of a reused ospid, or an earlier
+incarnation of the node, is dead: a monitor of it fires ``Down(NoProc)`` at once, a link
+to it sends ``Exit(NoProc)``.
+
 ``Down`` and ``Exit`` go to the watcher's mailbox over a connection the hub keeps per
 process, written without blocking the loop (a full mailbox buffers in the hub, counted).
 """
@@ -46,10 +53,10 @@ from typing import Any
 import msgspec
 
 from . import _links, _registry
-from ._address import Pid
+from ._address import Pid, holder_matches, process_start
 from ._exit import ExitReason, Killed, NoProc
 from ._local_limits import Admissions, LocalLimits, hub_limits
-from ._nodeinfo import mailbox_address, peer_creds
+from ._nodeinfo import creation_of, mailbox_address, peer_creds
 from ._throttle import ThrottledWarning, throttle_for
 from .transports._framing import ByteBudget, FrameBuffer, encode_frame
 from .transports._messages import (
@@ -83,10 +90,12 @@ class Hub:
         self.on_emit = on_emit
         self.on_request = on_request
         self.node = node
+        self.creation = creation_of(node)  # this node's incarnation (0 outside a node)
         self.registry = _registry.Registry()
         self.links = _links.Links()
         self.exits: collections.OrderedDict[Pid, ExitReason] = collections.OrderedDict()
-        self.alive: set[Pid] = set()
+        self.live: dict[int, Pid] = {}  # ospid -> the process that holds it now, if known
+        self.last_exit: dict[int, Pid] = {}  # ospid -> its latest holder whose exit is known
         self.waiters: dict[Pid, list[tuple[_HubConnection, int, asyncio.TimerHandle]]] = {}
         self.outboxes: dict[Pid, _MailboxWriter] = {}
         self.watched: dict[Pid, int] = {}  # monitored or linked processes: their pidfds
@@ -112,17 +121,21 @@ class Hub:
     # ---- what the tree tells the hub ----------------------------------------------------------
 
     def process_started(self, ospid: int) -> None:
-        self.alive.add(Pid(self.node, ospid))
+        start = process_start(ospid)
+        if start:  # else it is gone already: its exit report follows
+            self.live[ospid] = Pid(self.node, ospid, self.creation, start)
 
     def process_exited(self, ospid: int, reason: ExitReason) -> None:
-        pid = Pid(self.node, ospid)
-        if pid in self.exits:
+        pid = self.dying(ospid)
+        if pid is None or pid in self.exits:
             return
-        self.alive.discard(pid)
         self.unwatch(pid)
         self.exits[pid] = reason
+        self.last_exit[ospid] = pid
         if len(self.exits) > RECENT_EXITS:
-            self.exits.popitem(last=False)
+            old, _ = self.exits.popitem(last=False)
+            if self.last_exit.get(old.ospid) == old:
+                del self.last_exit[old.ospid]
         self.registry, _ = _registry.decide(self.registry, _registry.Exited(pid))
         self.apply_links(_links.ProcessExited(pid, reason))
         box = self.outboxes.pop(pid, None)
@@ -132,14 +145,50 @@ class Hub:
             timer.cancel()
             conn.reply(HubReply(ref, reason))
 
-    def exit_of(self, pid: Pid) -> ExitReason | None:
-        """None if ``pid`` lives, else its exit reason (NoProc() if unknown)."""
+    def dying(self, ospid: int) -> Pid | None:
+        """The process at ``ospid`` whose exit is being reported: the one known to hold it,
+        else one the hub keeps (watched or named) whose exit it does not know; None for a
+        second report of a known exit."""
+        pid = self.live.pop(ospid, None)
+        if pid is not None:
+            return pid
+        for kept in (*self.watched, *self.registry.by_pid):
+            if kept.ospid == ospid and kept.node == self.node and kept not in self.exits:
+                return kept
+        if ospid in self.last_exit:
+            return None
+        return Pid(self.node, ospid, self.creation)
+
+    def complete(self, pid: Pid, probe: bool = True) -> Pid:
+        """``pid`` with what the hub knows filled in: a Pid given without its discriminators
+        names the process holding that ospid now (asked of its mailbox if ``probe``), or
+        else the last one that held it."""
+        if pid.exact or pid.node != self.node:
+            return pid
+        live = self.live.get(pid.ospid)
+        if live is not None and pid.names(live):
+            return live
+        found = self.identify(pid) if probe else None
+        if found is not None:
+            return found
+        last = self.last_exit.get(pid.ospid)
+        return last if last is not None and pid.names(last) else pid
+
+    def status(self, pid: Pid) -> tuple[Pid, ExitReason | None]:
+        """``pid`` completed, and None if it lives, else its exit reason (NoProc() if
+        unknown: a stale Pid is dead whatever now holds its ospid)."""
+        pid = self.complete(pid)
         reason = self.exits.get(pid)
         if reason is not None:
-            return reason
-        if pid in self.alive or self.probe_alive(pid):
-            return None
-        return NoProc()
+            return pid, reason
+        found = self.identify(pid)
+        if found is not None:
+            return found, None
+        return pid, NoProc()
+
+    def exit_of(self, pid: Pid) -> ExitReason | None:
+        """None if ``pid`` lives, else its exit reason (NoProc() if unknown)."""
+        return self.status(pid)[1]
 
     def counted(self) -> dict[str, int]:
         """Refusals and drops, for the node's metrics (``prismatic_<key>_total``)."""
@@ -171,19 +220,21 @@ class Hub:
             self.frame_warning.warn("hub: dropped a dead-letter note with reason %r, kind %r",
                                     req.reason[:40], req.kind[:40])
             return
-        acting = _acting_for(req)
-        if caller is not None and acting is not None and acting != caller:
+        field, acting = _acting_for(req)
+        if caller is not None and acting is not None and not acting.names(caller):
             self.refuse("not_permitted", "refused %s for %s from %s: a process acts only as "
                         "itself", type(req).__struct_config__.tag, acting, caller)
             if not isinstance(req, DeadLetterNote):
                 conn.reply(HubReply(req.ref, None, "not_permitted",
                                     f"this connection is {caller}'s; it cannot act for {acting}"))
             return
+        if acting is not None and not acting.exact:  # keep only exact Pids
+            req = msgspec.structs.replace(req, **{field: caller or self.complete(acting)})
         if isinstance(req, WhereisReq):
             conn.reply(HubReply(req.ref, self.registry.names.get(req.name)))
         elif isinstance(req, RegisterReq):
             holder = self.registry.names.get(req.name)
-            if holder is not None and holder != req.pid and not self.probe_alive(holder):
+            if holder is not None and holder != req.pid and self.identify(holder) is None:
                 # Its replacement is registering before the old exit came up the tree.
                 self.registry, _ = _registry.decide(self.registry, _registry.Exited(holder))
             self.registry, answer = _registry.decide(self.registry,
@@ -194,33 +245,37 @@ class Hub:
                                                      _registry.Unregister(req.name, req.pid))
             conn.answer(req.ref, answer)
         elif isinstance(req, MonitorReq):
-            exited = self.exit_of(req.target)
-            actions = self.apply_links(_links.Monitor(req.watcher, req.target, exited))
+            target, exited = self.status(req.target)
+            actions = self.apply_links(_links.Monitor(req.watcher, target, exited))
             if exited is None:
-                self.watch(req.target)
+                self.watch(target)
             conn.reply(HubReply(req.ref, actions[0].mref))
         elif isinstance(req, DemonitorReq):
             self.apply_links(_links.Demonitor(req.watcher, req.mref))
             conn.reply(HubReply(req.ref, None))
         elif isinstance(req, LinkReq):
-            exited = self.exit_of(req.b)
-            self.apply_links(_links.Link(req.a, req.b, exited))
+            b, exited = self.status(req.b)
+            self.apply_links(_links.Link(req.a, b, exited))
             if exited is None:
                 self.watch(req.a)
-                self.watch(req.b)
+                self.watch(b)
             conn.reply(HubReply(req.ref, None))
         elif isinstance(req, UnlinkReq):
-            self.apply_links(_links.Unlink(req.a, req.b))
+            self.apply_links(_links.Unlink(req.a, self.complete(req.b, probe=False)))
             conn.reply(HubReply(req.ref, None))
         elif isinstance(req, ExitOfReq):
-            reason = self.exits.get(req.pid)
+            pid = self.complete(req.pid, probe=False)  # waited_out probes, if it comes to that
+            reason = self.exits.get(pid)
             if reason is not None or not req.wait > 0:  # NaN too: call_later refuses it
                 conn.reply(HubReply(req.ref, reason or NoProc()))
                 return
+            if pid.exact and self.live.get(pid.ospid, pid) != pid:
+                conn.reply(HubReply(req.ref, NoProc()))  # stale: its ospid has a new holder
+                return
             # Dead (or dying) but not reported yet: answer when the tree reports it.
             timer = asyncio.get_running_loop().call_later(
-                req.wait, self.waited_out, req.pid, conn, req.ref)
-            self.waiters.setdefault(req.pid, []).append((conn, req.ref, timer))
+                req.wait, self.waited_out, pid, conn, req.ref)
+            self.waiters.setdefault(pid, []).append((conn, req.ref, timer))
         elif isinstance(req, EmitReq):
             if self.on_emit is None:
                 conn.reply(HubReply(req.ref, None, "no_event_log", "this hub keeps no log"))
@@ -229,27 +284,58 @@ class Hub:
         elif isinstance(req, DeadLetterNote):
             self.on_dead_letter(req)
 
+    def identify(self, pid: Pid) -> Pid | None:
+        """The exact Pid of the live process ``pid`` names, or None if there is none."""
+        if pid.node == self.node:
+            live = self.live.get(pid.ospid)
+            if live is not None and pid.names(live):
+                return live
+        holder = self.probe(pid)
+        if holder is None:
+            return None
+        if holder == 0:  # alive, but it could not be asked who it is
+            return pid
+        # Not kept in ``live``: only the tree's reports are (a process outside the tree
+        # would never be reported gone); a Pid stored from here is retired by ``dying``.
+        local = pid.node == self.node
+        return Pid(pid.node, pid.ospid, (pid.creation or self.creation) if local else pid.creation,
+                   pid.start or process_start(holder))
+
     def probe_alive(self, pid: Pid) -> bool:
-        """Whether ``pid``'s mailbox accepts connections (the process lives). Only a refused
-        connection means dead (a full accept queue is a live process); when the probe itself
+        return self.probe(pid) is not None
+
+    def probe(self, pid: Pid) -> int | None:
+        """The OS pid listening at ``pid``'s mailbox if that is the process ``pid`` names
+        (0: alive, but not known which), or None: dead. Only a refused connection or another
+        holder means dead (a full accept queue is a live process); when the probe itself
         fails (out of file descriptors, say) the process is taken as alive, with a log line
         and a count: a wrong "dead" would fire a false DOWN or give its name away."""
         try:
             s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         except OSError as exc:
-            return self.cannot_probe(pid, exc)
+            return 0 if self.cannot_probe(pid, exc) else None
         try:
             s.setblocking(False)  # never wait on the node's loop for a busy process
             s.connect(mailbox_address(pid.node, pid.ospid))
-            return self.trusted_mailbox(s, pid)
+            if not self.trusted_mailbox(s, pid):
+                return None
+            holder = peer_creds(s)[0]
+            return holder if self.holds(pid, holder) else None
         except (ConnectionRefusedError, FileNotFoundError):
-            return False
+            return None
         except BlockingIOError:
-            return True
+            # Alive, its accept queue full: the kernel records the listener's credentials
+            # only on a connection, so check the process that has the ospid (an address is
+            # held by its own process unless squatted, which an exact Pid never was).
+            return 0 if self.holds(pid, pid.ospid) else None
         except OSError as exc:
-            return self.cannot_probe(pid, exc)
+            return 0 if self.cannot_probe(pid, exc) else None
         finally:
             s.close()
+
+    def holds(self, pid: Pid, holder: int) -> bool:
+        """Whether ``holder``, listening at ``pid``'s mailbox, is the process ``pid`` names."""
+        return holder_matches(pid, holder, self.creation if pid.node == self.node else 0)
 
     def trusted_mailbox(self, sock: socket.socket, pid: Pid) -> bool:
         """Whether a mailbox the hub connected to runs under the node's uid: another user
@@ -275,6 +361,9 @@ class Hub:
             return
         try:
             fd = os.pidfd_open(pid.ospid)
+            if pid.start and process_start(pid.ospid) != pid.start:
+                os.close(fd)  # the pidfd holds another process: pid is gone already
+                return
         except OverflowError:
             return  # no process can have this pid
         except OSError as exc:
@@ -309,7 +398,7 @@ class Hub:
         self.waiters[pid] = [w for w in waiting if w[1] != ref or w[0] is not conn]
         if not self.waiters[pid]:
             del self.waiters[pid]
-        conn.reply(HubReply(ref, NoProc() if not self.probe_alive(pid) else None))
+        conn.reply(HubReply(ref, NoProc() if self.identify(pid) is None else None))
 
     def apply_links(self, event: Any) -> list[Any]:
         self.links, actions = _links.decide(self.links, event)
@@ -327,17 +416,18 @@ class Hub:
         box.write(encode_frame(frame))
 
 
-def _acting_for(req: Any) -> Pid | None:
-    """The process a request acts for (which must be its sender's own), if any."""
+def _acting_for(req: Any) -> tuple[str, Pid | None]:
+    """The field naming the process a request acts for (which must be its sender's own) and
+    that process, if any."""
     if isinstance(req, (RegisterReq, UnregisterReq)):
-        return req.pid
+        return "pid", req.pid
     if isinstance(req, (MonitorReq, DemonitorReq)):
-        return req.watcher
+        return "watcher", req.watcher
     if isinstance(req, (LinkReq, UnlinkReq)):
-        return req.a
+        return "a", req.a
     if isinstance(req, DeadLetterNote):
-        return req.sender
-    return None
+        return "sender", req.sender
+    return "", None
 
 
 class _HubConnection(asyncio.Protocol):
@@ -365,7 +455,7 @@ class _HubConnection(asyncio.Protocol):
             transport.close()
             return
         self.admitted = True
-        self.caller = Pid(hub.node, pid)
+        self.caller = Pid(hub.node, pid, hub.creation, process_start(pid))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.frames.release()
@@ -428,8 +518,8 @@ class _MailboxWriter:
             self.counters["notice_undeliverable"] += 1  # the watcher died too: nobody to tell
             self.close()
             return
-        if not hub.trusted_mailbox(self.sock, to):
-            self.counters["notice_undeliverable"] += 1
+        if not hub.trusted_mailbox(self.sock, to) or not hub.holds(to, peer_creds(self.sock)[0]):
+            self.counters["notice_undeliverable"] += 1  # or its ospid has a new holder now
             self.close()
             return
         self.sock.setblocking(False)

@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from ._address import default_node_name
+from ._address import default_node_name, new_creation
 from ._childspec import SupervisorSpec, import_ref
 from ._cookie import ensure_cookie
 from ._errors import ChildSpecError, EventLogError, NodeError
@@ -67,6 +67,35 @@ def load_app(ref: str) -> SupervisorSpec:
     return obj
 
 
+def _check_event_log(log_dir: Path, node: str) -> None:
+    """Refuse, before any process of the tree exists, an event log the node's writer would
+    refuse after the fork (damaged, truncated, another node's). The check reads the file
+    with LMDB, so it runs in a throwaway child: the node's own image, which every process of
+    the tree shares, stays free of LMDB."""
+    if not (log_dir / "data.mdb").is_file():
+        return
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through the pipe and its exit code
+        code = 0
+        try:
+            os.close(r)
+            from .eventlog._store import check_before_start  # noqa: PLC0415 - see above
+
+            check_before_start(str(log_dir), node)
+        except BaseException as exc:  # noqa: BLE001 - every failure is reported, then _exit
+            os.write(w, (str(exc) or repr(exc)).encode()[:8192])
+            code = 2
+        os._exit(code)
+    os.close(w)
+    with os.fdopen(r, "rb") as pipe:
+        message = pipe.read().decode(errors="replace")
+    _, status = os.waitpid(pid, 0)
+    if status != 0:
+        raise NodeError(message or f"event log {log_dir}: the check before start failed "
+                                   f"(wait status {status})")
+
+
 def run_node(spec: SupervisorSpec, *, name: str | None = None,
              data_dir: Path | str | None = None, show_tree: bool = True,
              out: TextIO = sys.stdout, metrics_port: int = 0,
@@ -105,8 +134,10 @@ def run_node(spec: SupervisorSpec, *, name: str | None = None,
     except OSError as exc:  # read-only filesystem, another user's directory...
         raise NodeError(f"data directory {data}: cannot use {exc.filename or data}: "
                         f"{exc.strerror}") from None
+    _check_event_log(data / "eventlog", name)  # a log the node would refuse: before the tree
     hub_sock = open_hub_socket(name)  # before the fork: a second node of this name fails here
-    set_current(NodeInfo(name, data.resolve()))  # inherited by every process of the tree
+    # inherited by every process of the tree; a new creation per start (see _address)
+    set_current(NodeInfo(name, data.resolve(), new_creation()))
     # Fork the root before any ZeroMQ context exists in this process.
     mine, theirs = open_channel_pair()
     root_pid = fork_child((theirs.fileno(),), lambda: _root_main(spec, theirs, name),

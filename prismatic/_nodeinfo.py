@@ -19,18 +19,20 @@ import msgspec
 from ._errors import NodeError
 from ._local_limits import hub_limits, mailbox_limits
 
-__all__ = ["NodeInfo", "current", "set_current", "node_pid", "hub_address", "mailbox_address",
-           "peer_uid", "peer_creds", "describe_holder", "open_hub_socket"]
+__all__ = ["NodeInfo", "current", "set_current", "creation_of", "node_pid", "hub_address",
+           "mailbox_address", "peer_uid", "peer_creds", "describe_holder", "open_hub_socket"]
 
 _CREDS = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
 
 class NodeInfo(msgspec.Struct, frozen=True):
     """``name`` is the node's name (the ``node`` of every :class:`~prismatic.Pid` on it);
-    ``data_dir`` its data directory (ZeroMQ endpoints, cookie, event log)."""
+    ``data_dir`` its data directory (ZeroMQ endpoints, cookie, event log); ``creation`` its
+    incarnation (start time in ms, the ``creation`` of every Pid on it; 0: unknown)."""
 
     name: str
     data_dir: Path
+    creation: int = 0
 
 
 _current: NodeInfo | None = None
@@ -46,6 +48,12 @@ def set_current(info: NodeInfo) -> None:
 
 def current() -> NodeInfo | None:
     return _current
+
+
+def creation_of(node: str) -> int:
+    """The incarnation of ``node`` if it is this process's own node, else 0 (unknown)."""
+    info = _current
+    return info.creation if info is not None and info.name == node else 0
 
 
 def node_pid() -> int | None:

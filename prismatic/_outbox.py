@@ -32,12 +32,12 @@ from typing import Any
 
 import msgspec
 
-from ._address import Pid
+from ._address import Pid, holder_matches
 from ._errors import CallTimeout, MailboxFull, NodeError, NoProcError, ProcessDown
 from ._exit import ExitReason, NoProc
 from ._hubclient import HubClient
 from ._latency import LatencyHistogram
-from ._nodeinfo import mailbox_address, peer_creds
+from ._nodeinfo import creation_of, mailbox_address, peer_creds
 from ._throttle import ThrottledWarning
 from .transports._framing import FrameBuffer, encode_frame
 from .transports._messages import (
@@ -75,6 +75,9 @@ class _Peer:
                 _untrusted.warn("the mailbox address of %s is held by uid %d, pid %d (another "
                                 "user): taken as no process", pid, uid, holder)
                 raise ConnectionRefusedError(f"{pid}'s mailbox address is another user's")
+            if not holder_matches(pid, holder, creation_of(pid.node)):
+                # the ospid (or the node's name) was reused: the process pid named is gone
+                raise ConnectionRefusedError(f"{pid} is gone (its ospid now names another)")
         except OSError:
             self.sock.close()
             raise
@@ -136,7 +139,7 @@ class Outbox:
         if isinstance(dest, Pid):
             return dest
         if not isinstance(dest, str):
-            if isinstance(dest, (list, tuple)) and len(dest) == 2:
+            if isinstance(dest, (list, tuple)) and 2 <= len(dest) <= 4:
                 return Pid(*dest)  # a Pid that travelled inside a message
             raise TypeError(f"dest must be a Pid or a registered name, not {dest!r}")
         if not fresh and dest in self.names:

@@ -27,12 +27,13 @@ import signal
 import time
 from typing import TYPE_CHECKING, Any
 
-from ._address import Pid
+from ._address import Pid, own_pid
 from ._errors import RegistryError
 from ._exit import ExitCode, ExitReason, Normal, Shutdown, reason_from_exception
 from ._hubclient import HubClient
 from ._mailbox import Inbound, Mailbox
 from ._mailbox_stats import stats_of
+from ._nodeinfo import creation_of
 from ._notices import Caller, Down, Exit
 from ._outbox import Outbox
 from ._reactor import Reactor
@@ -317,7 +318,7 @@ def run_worker(start: Any, args: tuple[Any, ...], channel: Channel, node: str,
     loop: Any = None
     # The mailbox exists from the start: messages sent during init wait in the kernel.
     if ctx is None:
-        ctx = WorkerContext(None, Pid(node, os.getpid()), name)
+        ctx = WorkerContext(None, own_pid(node, creation_of(node)), name)
     ctx.name = name
     try:
         worker, init_args = _instantiate(start, args)

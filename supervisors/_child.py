@@ -16,10 +16,11 @@ import time
 
 import msgspec
 
-from .._address import Pid
+from .._address import own_pid
 from .._childspec import ChildSpec, ChildType, SupervisorSpec, resolve_start
 from .._errors import ChildSpecError
 from .._exit import reason_from_exception
+from .._nodeinfo import creation_of
 from .._process import lead_own_group, set_process_name
 from .._worker import Worker
 from .._worker_runtime import WorkerContext, run_worker
@@ -40,7 +41,7 @@ def spare_main(channel: Channel, specs: dict[str, ChildSpec], path: tuple[str, .
     What every worker needs whoever it becomes (its mailbox, the runtime's state) is made
     while waiting: a fresh fork pays a copy-on-write fault for each page it first writes,
     and paying them now takes them off the restart's critical path."""
-    prepared = WorkerContext(None, Pid(node, os.getpid()), "")
+    prepared = WorkerContext(None, own_pid(node, creation_of(node)), "")
     rehearse_start(specs)
     frame = channel.receive_one()
     if not isinstance(frame, Become):

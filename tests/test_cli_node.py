@@ -53,6 +53,9 @@ def test_detach_start_refuse_second_stop_and_no_node(tmp_path):
         assert first.exit_code == 0, first.output
         pid = lock_holder(data)
         assert pid and f"node {name} started (pid {pid}," in first.stdout
+        # the node's output is as private as its data directory
+        assert (data.stat().st_mode & 0o777, (data / "node.out").stat().st_mode & 0o777) \
+            == (0o700, 0o600)
         with p.connect(data) as conn:
             st = conn.status()
             assert st.pid == pid and st.ready and st.metrics_url  # options reach the node

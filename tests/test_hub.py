@@ -19,7 +19,8 @@ from collections.abc import Iterator
 import pytest
 
 import prismatic as p
-from prismatic._address import Pid
+from prismatic import _registry
+from prismatic._address import Pid, own_pid
 from prismatic._errors import NodeError
 from prismatic._hub import Hub
 from prismatic._hubclient import HubClient
@@ -66,6 +67,33 @@ def test_a_probe_says_dead_only_when_the_mailbox_refuses():
         assert h.probe_alive(Pid(NODE, 4242))
     assert not h.probe_alive(Pid(NODE, 4242))  # closed: refused
     assert not h.probe_alive(Pid(NODE, 2 ** 22 + 7))  # never existed
+
+
+def test_a_probe_asks_the_holder_of_the_address_who_it_is():
+    """An exact Pid is alive only if the process listening at its address is the one it
+    names: same ospid, same start time, same node incarnation (see _address)."""
+    h = hub()
+    h.creation = 77
+    me = own_pid(NODE, 77)
+    with mailbox(me.ospid):  # bound by this very process: the holder is me
+        assert h.probe_alive(me)
+        assert h.identify(Pid(NODE, me.ospid)) == me  # a loose Pid is completed
+        assert not h.probe_alive(Pid(NODE, me.ospid, 77, me.start + 1))  # an earlier holder
+        assert not h.probe_alive(Pid(NODE, me.ospid, 76, me.start))  # an earlier incarnation
+    with mailbox(4244):  # bound by this process, not by pid 4244
+        assert h.probe_alive(Pid(NODE, 4244))  # loose: whoever holds the address
+        assert not h.probe_alive(Pid(NODE, 4244, 77, 5))
+
+
+def test_an_exit_retires_the_exact_pid_even_when_its_start_was_never_reported():
+    h = hub()
+    pid = Pid(NODE, 4245, 0, 123)
+    h.registry, _ = _registry.decide(h.registry, _registry.Register("n", pid))
+    h.process_exited(4245, p.Killed(9))  # killed in init: no start report came first
+    assert h.exits[pid] == p.Killed(9) and not h.registry.names
+    h.process_exited(4245, p.Normal())  # a second report of the same exit: ignored
+    assert h.exits[pid] == p.Killed(9) and len(h.exits) == 1
+    assert h.exit_of(Pid(NODE, 4245)) == p.Killed(9)  # a loose Pid: its last holder
 
 
 def test_a_mailbox_with_a_full_accept_queue_is_alive():

@@ -188,6 +188,8 @@ def status(state: CliState, as_json: bool) -> None:
                           f"{st.workers} workers)"),
             ("restarts", st.restarts), ("data dir", st.data_dir),
             ("metrics", st.metrics_url or "off (prismatic metrics)")]
+    if st.dead_tasks:  # /health is 503 too: the node needs a restart
+        rows.append(("dead tasks", ", ".join(st.dead_tasks) + " (restart the node)"))
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         click.echo(f"{key:<{width}}  {value}")

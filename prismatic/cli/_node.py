@@ -236,13 +236,13 @@ def detach_node(argv: list[str], data_dir: Path, wait_s: float) -> tuple[Path, i
     from .._client import connect
     from .._nodelock import UNKNOWN_HOLDER, lock_holder
 
-    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # private, as the node makes it
     holder = lock_holder(data_dir)
     if holder is not None:
         raise DetachFailed(f"another node is running with data directory {data_dir.resolve()}"
                            + (f" (pid {holder})" if holder > 0 else ""), 2)
     out_path = data_dir / "node.out"
-    with open(out_path, "ab") as out:
+    with open(os.open(out_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "ab") as out:
         offset = out.tell()
         proc = subprocess.Popen([sys.executable, "-m", "prismatic.node", *argv, "--quiet"],
                                 stdin=subprocess.DEVNULL, stdout=out, stderr=out,

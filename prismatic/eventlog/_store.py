@@ -35,7 +35,7 @@ from prismatic._errors import EventLogError, EventLogFormatError
 from prismatic.eventlog._record import FORMAT_VERSION, MAGIC, EventRecord
 from prismatic.eventlog._verify import check_at_open
 
-__all__ = ["LogStore", "MapResizeLock", "open_store", "release_store"]
+__all__ = ["LogStore", "MapResizeLock", "check_before_start", "open_store", "release_store"]
 
 log = logging.getLogger(__name__)
 
@@ -235,6 +235,19 @@ def _check_file(path: str, readonly: bool) -> None:
             raise EventLogError(
                 f"{path}: event log already open for writing by another process"
             ) from None
+
+
+def check_before_start(path: str, node: str) -> None:
+    """What the node's writer would refuse at open, checked before the node starts its tree
+    (nothing is created or written): a truncated or damaged ``data.mdb``, or a log of
+    another node. Nothing to check where there is no log yet."""
+    if not os.path.isfile(os.path.join(path, "data.mdb")):
+        return
+    _check_file(path, readonly=False)
+    stored_node = _check_existing(path)
+    if stored_node != node:
+        raise EventLogError(f"{path}: event log belongs to node {stored_node!r}, not "
+                            f"node={node!r}")
 
 
 def _tighten_modes(path: str) -> None:
