@@ -253,6 +253,10 @@ def test_signal_restart_and_scale_from_the_cli(node):
     wait_until(lambda: "got USR1" in log_path(node.data_dir, ("sig",)).read_text(), 5,
                "the program to get SIGUSR1")
     assert "not a signal" in _cli(node, "children", "signal", "sig", "NOPE", code=2)
+    assert "a liveness check is port, http or file" in _cli(
+        node, "children", "start", "--id", "x", "--program", "sleep 1", "--alive", "line:x",
+        code=2)
+    assert "need --program" in _cli(node, "children", "start", "--alive", "port:1", code=2)
     # restart of a running child: terminated, then started again
     new = int(_cli(node, "children", "restart", "sig", "--timeout", "10").split()[-1])
     assert new != pid and not alive(pid) and alive(new)

@@ -216,6 +216,10 @@ def _json_args(value: str | None) -> tuple[Any, ...] | None:
               help="A program's readiness check: port:PORT, port:HOST:PORT, http://URL, "
                    "file:PATH, line:REGEX or notify (default: ready at exec).")
 @click.option("--start-timeout", type=float, help="Seconds for the readiness check to pass.")
+@click.option("--alive", "alive_spec", metavar="CHECK",
+              help="A program's liveness check, tried every --alive-every seconds: port:PORT, "
+                   "port:HOST:PORT, http://URL or file:PATH.")
+@click.option("--alive-every", type=float, help="Seconds between liveness checks (10).")
 @click.option("--stop-signal", help="A program's stop signal (default TERM).")
 @click.option("--timeout", type=float, default=30.0, show_default=True,
               help="How long to wait for the child's init.")
@@ -226,18 +230,21 @@ def children_start(state: CliState, supervisor: str, child_id: str | None,
                    shutdown: str | None, child_type: str | None, significant: bool,
                    command: str | None, env_pairs: tuple[str, ...], cwd: str | None,
                    ready_spec: str | None, start_timeout: float | None,
+                   alive_spec: str | None, alive_every: float | None,
                    stop_signal: str | None, timeout: float, as_json: bool) -> None:
     """Start a child: --id and --start (a new spec), --id and --program (a program), or
     only --args (simple_one_for_one)."""
     args = _json_args(args_json)
-    program_opts = env_pairs or cwd or ready_spec or start_timeout or stop_signal
+    program_opts = env_pairs or cwd or ready_spec or start_timeout or stop_signal \
+        or alive_spec or alive_every
     if command is not None:
         if start_ref is not None:
             raise CliError("give --start or --program, not both", ExitCode.USAGE)
         start_ref = _program(command, env_pairs, cwd, ready_spec, start_timeout,
-                             stop_signal)  # type: ignore[assignment]
+                             stop_signal, alive_spec, alive_every)  # type: ignore[assignment]
     elif program_opts:
-        raise CliError("--env/--cwd/--ready/--start-timeout/--stop-signal need --program",
+        raise CliError("--env/--cwd/--ready/--start-timeout/--stop-signal/--alive need "
+                       "--program",
                        ExitCode.USAGE)
     if (child_id is None) != (start_ref is None):
         raise CliError("give --id with --start or --program, or neither (simple_one_for_one: "
@@ -273,7 +280,8 @@ def children_start(state: CliState, supervisor: str, child_id: str | None,
 
 def _program(command: str, env_pairs: tuple[str, ...], cwd: str | None,
              ready_spec: str | None, start_timeout: float | None,
-             stop_signal: str | None) -> Program:
+             stop_signal: str | None, alive_spec: str | None = None,
+             alive_every: float | None = None) -> Program:
     import shlex  # noqa: PLC0415 - only this command needs it
 
     try:
@@ -292,13 +300,17 @@ def _program(command: str, env_pairs: tuple[str, ...], cwd: str | None,
         fields["start_timeout"] = start_timeout
     if stop_signal is not None:
         fields["stop_signal"] = stop_signal
+    if alive_spec is not None:
+        fields["alive"] = _ready(alive_spec, "--alive")
+    if alive_every is not None:
+        fields["alive_every"] = alive_every
     try:
         return Program(**fields)
     except ChildSpecError as exc:
         raise CliError(f"--program: {exc}", ExitCode.USAGE) from None
 
 
-def _ready(spec: str | None) -> dict[str, Any] | None:
+def _ready(spec: str | None, option: str = "--ready") -> dict[str, Any] | None:
     if spec is None:
         return None
     kind, _, rest = spec.partition(":")
@@ -307,7 +319,7 @@ def _ready(spec: str | None) -> dict[str, Any] | None:
     if kind == "port" and rest:
         host, _, port = rest.rpartition(":")
         if not port.isdigit():
-            raise CliError(f"--ready {spec!r}: the port must be a number", ExitCode.USAGE)
+            raise CliError(f"{option} {spec!r}: the port must be a number", ExitCode.USAGE)
         return {"check": "port", "port": int(port), **({"host": host} if host else {})}
     if kind == "http" and rest:
         return {"check": "http", "url": spec}
@@ -315,7 +327,7 @@ def _ready(spec: str | None) -> dict[str, Any] | None:
         return {"check": "file", "path": rest}
     if kind == "line" and rest:
         return {"check": "line", "pattern": rest}
-    raise CliError(f"--ready {spec!r}: one of port:PORT, port:HOST:PORT, http://..., "
+    raise CliError(f"{option} {spec!r}: one of port:PORT, port:HOST:PORT, http://..., "
                    "file:PATH, line:REGEX, notify", ExitCode.USAGE)
 
 
