@@ -18,7 +18,8 @@ process orphaned below a live child is reparented to that child, and one whose c
 gone (a worker's own child processes when the worker died, the children of a child
 supervisor that was killed) is reparented to the supervisor. So the supervisor's children
 are the tree's children, its zygote, the zygote's spares in the making (which stay in the
-zygote's process group until they become a child), and orphans, which it kills:
+zygote's process group until they become a child), the probe processes of its program
+children's checks (``probes``), and orphans, which it kills:
 :meth:`SpareKeeping.sweep_orphans`, on every SIGCHLD (a death of any child, known or
 adopted: a death reparents the dead process's children before it is reported). Each child
 also leads its own process group, killed whole the moment the child is found dead, so its
