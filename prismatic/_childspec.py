@@ -8,7 +8,8 @@ worker and ``infinity`` for a supervisor, ``intensity=1`` restart in ``period=5`
 ``auto_shutdown=never``.
 
 ``start`` is what the child process runs: a :class:`Worker` subclass, a
-:class:`SupervisorSpec`, a callable returning either (called with ``args`` inside the child),
+:class:`SupervisorSpec`, a :class:`~prismatic.Program` (an executable, see ``_program.py``),
+a callable returning either (called with ``args`` inside the child),
 or a ``"module:attr"`` string naming one of those (resolved inside the child, which is how a
 spec crosses the wire).
 """
@@ -25,6 +26,7 @@ import msgspec
 from msgspec.structs import force_setattr
 
 from ._errors import ChildSpecError
+from ._program import Program, program_from
 from ._worker import Worker
 
 __all__ = [
@@ -91,6 +93,10 @@ def _valid_id(value: object) -> str:
 
 
 def _valid_start(value: object) -> object:
+    if isinstance(value, Program):
+        return value
+    if isinstance(value, dict) and value.get("kind") == "program":  # from the wire
+        return program_from(value)
     if isinstance(value, str):
         module, sep, attr = value.partition(":")
         if not (sep and module and attr):
@@ -105,7 +111,8 @@ def _valid_start(value: object) -> object:
     if callable(value):
         return value
     raise ChildSpecError(
-        "start", value, "must be a Worker subclass, a SupervisorSpec, a callable or 'module:attr'"
+        "start", value,
+        "must be a Worker subclass, a SupervisorSpec, a Program, a callable or 'module:attr'"
     )
 
 
@@ -133,6 +140,8 @@ def _valid_type(value: object, start: object) -> ChildType:
     ctype = _as_enum(ChildType, "type", value)
     if isinstance(start, SupervisorSpec) and ctype is not ChildType.SUPERVISOR:
         raise ChildSpecError("type", value, "start is a SupervisorSpec, so type must be supervisor")
+    if isinstance(start, Program) and ctype is not ChildType.WORKER:
+        raise ChildSpecError("type", value, "start is a Program, so type must be worker")
     if isinstance(start, type) and ctype is not ChildType.WORKER:
         raise ChildSpecError("type", value, "start is a Worker class, so type must be worker")
     return ctype
@@ -166,6 +175,8 @@ class ChildSpec(msgspec.Struct, frozen=True, kw_only=True):
     def __post_init__(self) -> None:
         _valid_id(self.id)
         start = _valid_start(self.start)
+        if isinstance(start, Program):
+            force_setattr(self, "start", start)
         force_setattr(self, "args", _valid_args(self.args))
         restart = _as_enum(RestartType, "restart", self.restart)
         force_setattr(self, "restart", restart)

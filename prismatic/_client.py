@@ -25,6 +25,7 @@ import zmq
 
 from ._address import Pid
 from ._childspec import ChildSpec
+from ._program import Program
 from ._control import (
     CONTROL_MAX_BYTES, METRICS_FAILED, UNAUTHORIZED, ControlReply, MetricsCall, NodeStatus,
     StatusCall, SupervisorCall, TreeCall, TreeRow,
@@ -293,6 +294,8 @@ def connect(node: str | Path, *, timeout: float = 10.0,
 
 def _wire_spec(spec: ChildSpec) -> ChildSpec:
     start = spec.start
+    if isinstance(start, Program):
+        return spec  # plain data: it crosses the wire as it is
     if not isinstance(start, str):
         module = getattr(start, "__module__", None)
         qualname = getattr(start, "__qualname__", None)

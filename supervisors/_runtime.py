@@ -19,6 +19,12 @@ for the replacement's ``init``. Which spares exist and where they come from (the
 this process when the zygote's clone is unsupported) is :mod:`._procs`'s business; this loop
 adds the zygote's socket and pidfd to what it waits on, and a deadline for a start that waits
 for a spare in the making.
+
+Program children (``start=Program(...)``, :mod:`._program_loop`) add, while they run, their
+stdout/stderr pipes, and while they start, their readiness check's descriptors (a notify
+socket, a connect in progress, a probe's pidfd) and timers (the start deadline, a port
+check's retry). Their stop sends the program's own stop signal; SIGKILL at the deadline
+goes to the whole process group.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from typing import Any
 import msgspec
 
 from .._childspec import ChildSpec, ChildType, ShutdownKind, SupervisorSpec
+from .._program import Program
 from .._exit import ExitReason, reason_from_wait_status
 from .._process import become_subreaper, kill_group, send_signal
 from .._reactor import open_signal_wakeup
@@ -51,6 +58,7 @@ from ._events import (
     StartFailed, StartProc, Started, StopMany, StopProc,
 )
 from ._procs import PARK_MAX_S, Proc, SpareKeeping, fork_with_channel
+from ._program_loop import ProgramKeeping
 from ._zygote import Zygote
 
 __all__ = ["SupervisorRuntime"]
@@ -61,7 +69,7 @@ _op_decoder = msgspec.msgpack.Decoder(Op)
 _encoder = msgspec.msgpack.Encoder()
 
 
-class SupervisorRuntime(SpareKeeping):
+class SupervisorRuntime(SpareKeeping, ProgramKeeping):
     """Runs one supervisor in the current process until it exits; see the module doc."""
 
     def __init__(self, spec: SupervisorSpec, parent: Channel, path: tuple[str, ...],
@@ -74,6 +82,8 @@ class SupervisorRuntime(SpareKeeping):
         self.use_spares = spares > 0
         self.sel = selectors.DefaultSelector()
         self.procs: dict[int, Proc] = {}
+        self.probes: dict[int, Proc] = {}
+        self.alive_timers: list[tuple[float, int, int]] = []
         self.starting: Proc | None = None
         self.parked: tuple[str, ChildSpec] | None = None  # a start waiting for a spare
         self.parked_until = 0.0
@@ -111,7 +121,8 @@ class SupervisorRuntime(SpareKeeping):
         self.feed(Init(time.monotonic()))
         while self.exit_reason is None:
             timeout = None
-            if self.deadlines or self.parked is not None:
+            if self.deadlines or self.parked is not None or self.alive_timers or (
+                    self.starting is not None and self.starting.program is not None):
                 timeout = max(0.0, self.next_deadline() - time.monotonic())
             elif self.wants_fork_spare() or self.wants_new_zygote():
                 timeout = 0.0
@@ -192,6 +203,9 @@ class SupervisorRuntime(SpareKeeping):
     # ---- starting ---------------------------------------------------------------------------
 
     def start_proc(self, key: str, spec: ChildSpec) -> None:
+        if isinstance(spec.start, Program):  # never a spare: see _program_run
+            self.starting = self.fork_program(key, spec.start, spec.args)
+            return
         proc = self.take_spare(key, spec)
         if proc is None and self.zygote is not None and self.zygote.pending \
                 and knows(self.zygote_specs, key, spec):
@@ -218,28 +232,61 @@ class SupervisorRuntime(SpareKeeping):
             return  # already reaped; its exit is in the machine's deferred events
         if shutdown is ShutdownKind.BRUTAL_KILL:
             send_signal(proc.pidfd, signal.SIGKILL)
+            kill_group(proc.pid)
             return
-        send_signal(proc.pidfd, signal.SIGTERM)
+        run = proc.program
+        if run is None:
+            send_signal(proc.pidfd, signal.SIGTERM)
+        else:
+            run.stopping = True
+            sig = int(run.program.stop_signal)
+            if run.program.stop_group:
+                try:
+                    os.killpg(proc.pid, sig)
+                except ProcessLookupError:
+                    pass
+            else:
+                send_signal(proc.pidfd, sig)
         if isinstance(shutdown, float):
             heapq.heappush(self.deadlines, (time.monotonic() + shutdown, pid))
 
     def next_deadline(self) -> float:
         due = self.deadlines[0][0] if self.deadlines else float("inf")
+        starting = self.starting
+        if starting is not None and starting.program is not None:
+            due = min(due, starting.program.deadline)
+            if starting.program.retry_at:
+                due = min(due, starting.program.retry_at)
+        if self.alive_timers:
+            due = min(due, self.alive_timers[0][0])
         return min(due, self.parked_until) if self.parked is not None else due
 
     def fire_deadlines(self) -> None:
         now = time.monotonic()
+        self.fire_alive(now)
         if self.parked is not None and self.parked_until <= now:
             key, spec = self.parked
             self.parked = None
             log.warning("supervisor %s: no spare from the zygote within %.0f ms; forking %r "
                         "directly", self.name(), PARK_MAX_S * 1000, key)
             self.starting = self.fork_for(key, spec)
+        starting = self.starting
+        if starting is not None and starting.program is not None \
+                and starting.program.deadline <= now and starting.reason is None:
+            # Not ready in time: a start failure naming the check (reported at its exit).
+            starting.reason = starting.program.timeout_reason()
+            self.end_program_checks(starting.program)
+            send_signal(starting.pidfd, signal.SIGKILL)
+            kill_group(starting.pid)
+        elif starting is not None and starting.program is not None \
+                and starting.program.retry_at and starting.program.retry_at <= now:
+            self.try_port(starting)  # a port check that was refused: again
         while self.deadlines and self.deadlines[0][0] <= now:
             _, pid = heapq.heappop(self.deadlines)
             proc = self.procs.get(pid)
             if proc is not None:
                 send_signal(proc.pidfd, signal.SIGKILL)
+                kill_group(pid)  # a program's own children too: shutdown kills the group
 
     # ---- fd events --------------------------------------------------------------------------
 
@@ -250,6 +297,13 @@ class SupervisorRuntime(SpareKeeping):
 
     def forget(self, proc: Proc) -> None:
         self.procs.pop(proc.pid, None)
+        run = proc.program
+        if run is not None:
+            self.end_program_checks(run)
+            self.end_alive_round(proc)
+            for fd in run.open_fds:
+                self.sel.unregister(fd)
+            run.close()
         self.sel.unregister(proc.pidfd)
         os.close(proc.pidfd)
         if proc.reading:
@@ -276,8 +330,13 @@ class SupervisorRuntime(SpareKeeping):
             status = 0
         for frame in proc.channel.drain():  # its exiting frame, if any, is buffered
             self.on_frame(proc, frame)
+        run = proc.program
+        if run is not None and proc.reason is None and proc.channel.closed:
+            self.program_exec_done(proc)  # exec'd and died before its EOF was handled
         self.forget(proc)
         reason = proc.reason or reason_from_wait_status(status)
+        if run is not None:
+            reason = run.exit_reason(reason)
         now = time.monotonic()
         if proc.key is None:
             # Not a child of the tree: nothing to restart. Another is made when wanted.
@@ -299,6 +358,8 @@ class SupervisorRuntime(SpareKeeping):
         if proc.channel.closed and proc.reading:
             self.sel.unregister(proc.channel.sock)
             proc.reading = False
+            if proc.program is not None and proc.reason is None:
+                self.program_exec_done(proc)
 
     def on_frame(self, proc: Proc, frame: Any) -> None:
         if isinstance(frame, LifecycleFrame):
@@ -360,3 +421,4 @@ class SupervisorRuntime(SpareKeeping):
         ref, self.next_ref = self.next_ref, self.next_ref + 1
         self.forwarded[ref] = frame.ref
         target.channel.try_send(RequestFrame(ref, frame.path[1:], frame.op))
+

@@ -8,6 +8,7 @@ import prismatic.transports
 
 EXPECTED = {
     "Worker", "Stop", "Ignore",
+    "Program", "PortCheck", "HttpCheck", "FileCheck", "LineCheck", "NotifyCheck",
     "ChildSpec", "SupFlags", "SupervisorSpec", "check_child_specs",
     "RestartType", "ChildType", "ShutdownKind", "Strategy", "AutoShutdown",
     "ExitReason", "Normal", "Shutdown", "Crashed", "Killed", "ExitCode", "NoProc",

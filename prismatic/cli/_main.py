@@ -208,4 +208,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 # Subcommands register themselves on ``cli`` when imported.
-from . import _cluster, _events, _messaging, _tree  # noqa: E402,F401  (after cli exists)
+from . import _cluster, _events, _logs, _messaging, _operate, _tree  # noqa: E402,F401,I001

@@ -16,6 +16,8 @@ import click
 import msgspec
 
 from .._childspec import ChildSpec
+from .._errors import ChildSpecError
+from .._program import Program
 from ._format import (
     CliError, ExitCode, human_bytes, human_seconds, print_json, print_table,
 )
@@ -204,6 +206,21 @@ def _json_args(value: str | None) -> tuple[Any, ...] | None:
               help="What --start returns: a worker (the default) or a supervisor's spec.")
 @click.option("--significant", is_flag=True,
               help="Its exit may stop the supervisor (auto_shutdown).")
+@click.option("--program", "command", metavar="COMMAND",
+              help="Run this executable instead of --start (split as a shell would, not run "
+                   "by one): a program child.")
+@click.option("--env", "env_pairs", multiple=True, metavar="NAME=VALUE",
+              help="A program's environment variable (repeatable).")
+@click.option("--cwd", help="A program's working directory.")
+@click.option("--ready", "ready_spec", metavar="CHECK",
+              help="A program's readiness check: port:PORT, port:HOST:PORT, http://URL, "
+                   "file:PATH, line:REGEX or notify (default: ready at exec).")
+@click.option("--start-timeout", type=float, help="Seconds for the readiness check to pass.")
+@click.option("--alive", "alive_spec", metavar="CHECK",
+              help="A program's liveness check, tried every --alive-every seconds: port:PORT, "
+                   "port:HOST:PORT, http://URL or file:PATH.")
+@click.option("--alive-every", type=float, help="Seconds between liveness checks (10).")
+@click.option("--stop-signal", help="A program's stop signal (default TERM).")
 @click.option("--timeout", type=float, default=30.0, show_default=True,
               help="How long to wait for the child's init.")
 @json_option
@@ -211,11 +228,27 @@ def _json_args(value: str | None) -> tuple[Any, ...] | None:
 def children_start(state: CliState, supervisor: str, child_id: str | None,
                    start_ref: str | None, args_json: str | None, restart: str | None,
                    shutdown: str | None, child_type: str | None, significant: bool,
-                   timeout: float, as_json: bool) -> None:
-    """Start a child: --id and --start (a new spec), or only --args (simple_one_for_one)."""
+                   command: str | None, env_pairs: tuple[str, ...], cwd: str | None,
+                   ready_spec: str | None, start_timeout: float | None,
+                   alive_spec: str | None, alive_every: float | None,
+                   stop_signal: str | None, timeout: float, as_json: bool) -> None:
+    """Start a child: --id and --start (a new spec), --id and --program (a program), or
+    only --args (simple_one_for_one)."""
     args = _json_args(args_json)
+    program_opts = env_pairs or cwd or ready_spec or start_timeout or stop_signal \
+        or alive_spec or alive_every
+    if command is not None:
+        if start_ref is not None:
+            raise CliError("give --start or --program, not both", ExitCode.USAGE)
+        start_ref = _program(command, env_pairs, cwd, ready_spec, start_timeout,
+                             stop_signal, alive_spec, alive_every)  # type: ignore[assignment]
+    elif program_opts:
+        raise CliError("--env/--cwd/--ready/--start-timeout/--stop-signal/--alive need "
+                       "--program",
+                       ExitCode.USAGE)
     if (child_id is None) != (start_ref is None):
-        raise CliError("give both --id and --start, or neither (simple_one_for_one: --args)",
+        raise CliError("give --id with --start or --program, or neither (simple_one_for_one: "
+                       "--args)",
                        ExitCode.USAGE)
     if child_id is None:
         if restart or shutdown or child_type or significant:
@@ -245,6 +278,59 @@ def children_start(state: CliState, supervisor: str, child_id: str | None,
         click.echo(f"started, pid {pid}" if pid else "ignored (init raised Ignore)")
 
 
+def _program(command: str, env_pairs: tuple[str, ...], cwd: str | None,
+             ready_spec: str | None, start_timeout: float | None,
+             stop_signal: str | None, alive_spec: str | None = None,
+             alive_every: float | None = None) -> Program:
+    import shlex  # noqa: PLC0415 - only this command needs it
+
+    try:
+        argv = shlex.split(command)
+    except ValueError as exc:
+        raise CliError(f"--program: {exc}", ExitCode.USAGE) from None
+    env = {}
+    for pair in env_pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise CliError(f"--env {pair!r}: must be NAME=VALUE", ExitCode.USAGE)
+        env[name] = value
+    fields: dict[str, Any] = {"argv": argv, "env": env, "cwd": cwd,
+                              "ready": _ready(ready_spec)}
+    if start_timeout is not None:
+        fields["start_timeout"] = start_timeout
+    if stop_signal is not None:
+        fields["stop_signal"] = stop_signal
+    if alive_spec is not None:
+        fields["alive"] = _ready(alive_spec, "--alive")
+    if alive_every is not None:
+        fields["alive_every"] = alive_every
+    try:
+        return Program(**fields)
+    except ChildSpecError as exc:
+        raise CliError(f"--program: {exc}", ExitCode.USAGE) from None
+
+
+def _ready(spec: str | None, option: str = "--ready") -> dict[str, Any] | None:
+    if spec is None:
+        return None
+    kind, _, rest = spec.partition(":")
+    if kind == "notify" and not rest:
+        return {"check": "notify"}
+    if kind == "port" and rest:
+        host, _, port = rest.rpartition(":")
+        if not port.isdigit():
+            raise CliError(f"{option} {spec!r}: the port must be a number", ExitCode.USAGE)
+        return {"check": "port", "port": int(port), **({"host": host} if host else {})}
+    if kind == "http" and rest:
+        return {"check": "http", "url": spec}
+    if kind == "file" and rest:
+        return {"check": "file", "path": rest}
+    if kind == "line" and rest:
+        return {"check": "line", "pattern": rest}
+    raise CliError(f"{option} {spec!r}: one of port:PORT, port:HOST:PORT, http://..., "
+                   "file:PATH, line:REGEX, notify", ExitCode.USAGE)
+
+
 @children.command("terminate")
 @click.argument("path")
 @click.option("--pid", type=int, help="Terminate this pid; PATH is then its supervisor "
@@ -268,9 +354,12 @@ def children_terminate(state: CliState, path: str, pid: int | None, timeout: flo
               help="Seconds to wait for the supervisor's answer (the child's init included).")
 @click.pass_obj
 def children_restart(state: CliState, path: str, timeout: float) -> None:
-    """Start a terminated child again from its kept spec: PATH = SUPERVISOR/CHILD_ID."""
+    """Restart a child from its kept spec, a running one terminated first (supervisorctl's
+    restart): PATH = SUPERVISOR/CHILD_ID."""
     sup, child = child_path(path)
     with state.progress(f"restarting {path}"), state.connect(timeout=timeout) as conn:
+        if any(c.id == child and c.pid for c in conn.which_children(sup)):
+            conn.terminate_child(sup, child, timeout=timeout)
         pid = conn.restart_child(sup, child, timeout=timeout)
     click.echo(f"restarted {path}, pid {pid}" if pid else f"{path}: ignored")
 
