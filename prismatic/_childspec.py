@@ -119,10 +119,11 @@ def _valid_shutdown(value: object, ctype: ChildType) -> float | ShutdownKind:
     if value is None:
         return ShutdownKind.INFINITY if ctype is ChildType.SUPERVISOR else 5.0
     if isinstance(value, bool):
-        raise ChildSpecError("shutdown", value, "must be brutal_kill, infinity or seconds > 0")
+        raise ChildSpecError("shutdown", value, "must be brutal_kill, infinity or seconds >= 0")
     if isinstance(value, (int, float)):
-        if not (value > 0 and math.isfinite(value)):
-            raise ChildSpecError("shutdown", value, "seconds must be finite and > 0")
+        # 0 is valid, as in OTP: SIGTERM, then SIGKILL at once (see the README)
+        if not (value >= 0 and math.isfinite(value)):
+            raise ChildSpecError("shutdown", value, "seconds must be finite and >= 0")
         return float(value)
     return _as_enum(ShutdownKind, "shutdown", value)
 
@@ -189,6 +190,19 @@ def _valid_period(value: object) -> float:
     return float(value)
 
 
+def _valid_auto_shutdown(value: object, strategy: Strategy) -> AutoShutdown:
+    mode: AutoShutdown = _as_enum(AutoShutdown, "auto_shutdown", value)
+    _check_combination(strategy, mode)
+    return mode
+
+
+def _check_combination(strategy: Strategy, mode: AutoShutdown) -> None:
+    # OTP refuses it too ({bad_combination, ...}): a dynamic pool is not a unit that ends
+    if strategy is Strategy.SIMPLE_ONE_FOR_ONE and mode is not AutoShutdown.NEVER:
+        raise ChildSpecError("auto_shutdown", mode.value,
+                             "bad_combination: simple_one_for_one needs auto_shutdown=never")
+
+
 class SupFlags(msgspec.Struct, frozen=True, kw_only=True):
     """A supervisor's flags (OTP's ``sup_flags()``); ``period`` is in seconds."""
 
@@ -202,11 +216,11 @@ class SupFlags(msgspec.Struct, frozen=True, kw_only=True):
                      period: float = ..., auto_shutdown: AutoShutdown | str = ...) -> None: ...
 
     def __post_init__(self) -> None:
-        force_setattr(self, "strategy", _as_enum(Strategy, "strategy", self.strategy))
+        strategy = _as_enum(Strategy, "strategy", self.strategy)
+        force_setattr(self, "strategy", strategy)
         _valid_intensity(self.intensity)
         force_setattr(self, "period", _valid_period(self.period))
-        force_setattr(self, "auto_shutdown",
-                      _as_enum(AutoShutdown, "auto_shutdown", self.auto_shutdown))
+        force_setattr(self, "auto_shutdown", _valid_auto_shutdown(self.auto_shutdown, strategy))
 
 
 class SupervisorSpec(msgspec.Struct, frozen=True, kw_only=True):
@@ -230,21 +244,26 @@ class SupervisorSpec(msgspec.Struct, frozen=True, kw_only=True):
         if children is None:
             raise ChildSpecError("children", self.children, "must be a list of ChildSpec")
         force_setattr(self, "children", children)
-        check_child_specs(children, self.flags.auto_shutdown)
+        check_child_specs(children, self.flags.auto_shutdown, strategy=self.flags.strategy)
         if self.flags.strategy is Strategy.SIMPLE_ONE_FOR_ONE and len(children) != 1:
             raise ChildSpecError("children", len(children),
                                  "simple_one_for_one needs exactly one template child spec")
 
 
 def check_child_specs(specs: Iterable[object],
-                      auto_shutdown: AutoShutdown | str | None = None) -> None:
+                      auto_shutdown: AutoShutdown | str | None = None, *,
+                      strategy: Strategy | str | None = None) -> None:
     """Validate child specs without starting anything (OTP's ``check_childspecs/2``).
 
-    Raises :class:`ChildSpecError` for a non-ChildSpec item, a duplicate id, or a significant
-    child under ``auto_shutdown=never``.
+    Raises :class:`ChildSpecError` for a non-ChildSpec item, a duplicate id, a significant
+    child under ``auto_shutdown=never``, or (given the supervisor's ``strategy``)
+    ``simple_one_for_one`` with an ``auto_shutdown`` other than ``never`` (OTP's
+    ``bad_combination``).
     """
     mode = None if auto_shutdown is None else _as_enum(AutoShutdown, "auto_shutdown",
                                                        auto_shutdown)
+    if strategy is not None and mode is not None:
+        _check_combination(_as_enum(Strategy, "strategy", strategy), mode)
     seen: set[str] = set()
     for spec in specs:
         if not isinstance(spec, ChildSpec):

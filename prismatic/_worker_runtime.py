@@ -358,6 +358,8 @@ def run_worker(start: Any, args: tuple[Any, ...], channel: Channel, node: str,
         result = worker.terminate(reason)
         if inspect.isawaitable(result):
             ctx.upgrade().run_until_complete(result)
+    except Stop as stop:  # Stop means the same here as in every other handler
+        reason = stop.reason
     except BaseException as exc:  # noqa: BLE001 - as in gen_server, a crash in terminate
         reason = reason_from_exception(exc)  # becomes the exit reason
     return _finish(channel, reason, ctx)

@@ -309,13 +309,11 @@ class _Draft:
         mode = self.flags.auto_shutdown
         if mode is AutoShutdown.NEVER or not c.spec.significant:
             return
-        if mode is AutoShutdown.ALL_SIGNIFICANT:
-            if self.simple:
-                if any(x.dynamic for x in self.children):
-                    return
-            elif any(x.spec.significant and x.status is not ChildStatus.UNDEFINED
-                     for x in self.children):
-                return
+        # simple_one_for_one never gets here: it cannot auto_shutdown (SupFlags refuses it)
+        if mode is AutoShutdown.ALL_SIGNIFICANT and any(
+                x.spec.significant and x.status is not ChildStatus.UNDEFINED
+                for x in self.children):
+            return
         self.report(LifecycleKind.AUTO_SHUTDOWN, c, None)
         self.shut_down(Shutdown("auto_shutdown"))
 

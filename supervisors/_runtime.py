@@ -220,7 +220,9 @@ class SupervisorRuntime(SpareKeeping):
             send_signal(proc.pidfd, signal.SIGKILL)
             return
         send_signal(proc.pidfd, signal.SIGTERM)
-        if isinstance(shutdown, float):
+        if shutdown == 0:  # OTP's timeout 0: exit(Child, shutdown), then kill at once
+            send_signal(proc.pidfd, signal.SIGKILL)
+        elif isinstance(shutdown, float):
             heapq.heappush(self.deadlines, (time.monotonic() + shutdown, pid))
 
     def next_deadline(self) -> float:

@@ -34,7 +34,7 @@ def test_strings_normalize_to_enums():
     (dict(id="w", start=42), "start"),
     (dict(id="w", start="nocolon"), "start"),
     (dict(id="w", start=W, restart="sometimes"), "restart"),
-    (dict(id="w", start=W, shutdown=0), "shutdown"),
+    (dict(id="w", start=W, shutdown=-0.001), "shutdown"),
     (dict(id="w", start=W, shutdown=-1.5), "shutdown"),
     (dict(id="w", start=W, shutdown=float("inf")), "shutdown"),
     (dict(id="w", start=W, shutdown="later"), "shutdown"),

@@ -25,6 +25,7 @@ from prismatic._childspec import (
     AutoShutdown, ChildSpec, ChildType, RestartType, ShutdownKind, Strategy, SupFlags,
 )
 from prismatic._exit import Crashed, ExitCode, Killed, Normal, NoProc, Shutdown
+from prismatic._errors import ChildSpecError
 from prismatic.supervisors import decide, initial_state
 from prismatic.supervisors._events import (
     ChildInfo, ChildStatus, CountChildren, DeleteChild, Err, Exit, Exited, Ignored, Init,
@@ -497,16 +498,11 @@ def test_all_significant_counts_a_restarting_significant_child_as_alive():
     assert reports(acts, K.AUTO_SHUTDOWN) and trace(acts) == ["stop:p"]
 
 
-def test_all_significant_simple_one_for_one_when_no_child_is_left():
-    s = Sup(spec("w", restart="temporary", significant=True), strategy="simple_one_for_one",
-            auto_shutdown="all_significant")
-    s.boot()
-    for _ in range(2):
-        s.request(StartDynamic(()))
-        s.started(f"w-{s.state.next_dynamic - 1}")
-    assert trace(s.exited("w-0", Normal())) == []
-    acts = s.exited("w-1", BOOM)
-    assert acts[-1] == Exit(Shutdown("auto_shutdown"))  # nothing left to stop
+def test_simple_one_for_one_cannot_auto_shutdown():
+    """OTP's bad_combination: refused when the flags are built, so no machine ever has it."""
+    for mode in ("any_significant", "all_significant"):
+        with pytest.raises(ChildSpecError, match="bad_combination"):
+            SupFlags(strategy="simple_one_for_one", auto_shutdown=mode)
 
 
 # ---- try_again ------------------------------------------------------------------------------
@@ -969,12 +965,9 @@ class Model:
         mode = self.flags.auto_shutdown
         if mode is AutoShutdown.NEVER or not c.spec.significant:
             return
-        if mode is AutoShutdown.ALL_SIGNIFICANT:
-            if self.simple:
-                if self.children:
-                    return
-            elif any(x.spec.significant and x.status != "undefined" for x in self.children):
-                return
+        if mode is AutoShutdown.ALL_SIGNIFICANT and any(
+                x.spec.significant and x.status != "undefined" for x in self.children):
+            return
         self.report(K.AUTO_SHUTDOWN, c)
         yield from self.terminate_and_exit(Shutdown("auto_shutdown"))
 
@@ -1203,6 +1196,8 @@ TICKS = st.sampled_from([0.0, 0.5, 1.0, 2.0, 4.0, 5.0, 11.0])
 def configs(draw, strategy: Strategy) -> tuple[SupFlags, tuple[ChildSpec, ...]]:
     # never half the time: an auto shutdown ends the supervisor before crashes pile up
     auto = draw(st.sampled_from([AutoShutdown.NEVER, *AutoShutdown]))
+    if strategy is Strategy.SIMPLE_ONE_FOR_ONE:
+        auto = AutoShutdown.NEVER  # any other is OTP's bad_combination, refused by SupFlags
     flags = SupFlags(strategy=strategy, intensity=draw(st.integers(0, 4)),
                      period=draw(st.sampled_from([1.0, 3.0, 5.0, 10.0])), auto_shutdown=auto)
     n = 1 if strategy is Strategy.SIMPLE_ONE_FOR_ONE else draw(st.integers(0, 4))
@@ -1213,7 +1208,7 @@ def configs(draw, strategy: Strategy) -> tuple[SupFlags, tuple[ChildSpec, ...]]:
                        and draw(st.booleans()))
         specs.append(ChildSpec(
             id=f"c{i}", start="tests.apps:nothing", args=(i,), restart=restart,
-            shutdown=draw(st.sampled_from([None, 2.0, ShutdownKind.BRUTAL_KILL,
+            shutdown=draw(st.sampled_from([None, 0.0, 2.0, ShutdownKind.BRUTAL_KILL,
                                            ShutdownKind.INFINITY])),
             type=draw(st.sampled_from(list(ChildType))), significant=significant))
     return flags, tuple(specs)

@@ -1,0 +1,93 @@
+"""OTP conformance against a real node: the cases of OTP's supervisor_SUITE where Prismatic
+used to diverge, and the supervisor API OTP users reach for (issue 15)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+import prismatic as p
+from tests.conftest import alive, module_node
+
+node = module_node("tests.otp_apps:tree")
+
+
+def _stopped(ev, key: str) -> p.ExitReason | None:
+    frame = ev.wait_for(lambda f: f.key == key and f.kind in ("child_stopped",
+                                                              "shutdown_error"), 10)
+    assert frame.kind == "child_stopped", frame  # no shutdown_error before it
+    return frame.reason
+
+
+def test_a_supervisor_that_ignores_starts_as_ignore(node):
+    """OTP: init returning ignore gives {ok, undefined}: the parent keeps the spec with no
+    process, and the tree around it starts."""
+    c = node.conn
+    quiet = [i for i in c.which_children() if i.id == "quiet"]
+    assert quiet == [p.ChildInfo("quiet", None, False, "supervisor")]
+    assert c.pid_of("quiet") is None
+    assert not any("prism-sup:quiet" in _cmdline(pid) for pid in node.pids())
+    assert c.restart_child("", "quiet") is None  # ignores again: ok, no pid
+    spec = p.ChildSpec(id="quiet2", start="tests.otp_apps:ignoring_sup", type="supervisor")
+    assert c.start_child("", spec) is None
+    assert c.which_children()[0] == p.ChildInfo("quiet2", None, False, "supervisor")
+    c.delete_child("", "quiet2")
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def test_every_restart_shutdown_and_type_combination_is_valid():
+    for restart in p.RestartType:
+        for shutdown in (0, 1.0, "infinity", "brutal_kill"):
+            for ctype in ("worker", "supervisor"):
+                spec = p.ChildSpec(id="c", start="m:f", restart=restart, shutdown=shutdown,
+                                   type=ctype)
+                assert spec.shutdown == (shutdown if isinstance(shutdown, float) or
+                                         shutdown == 0 else p.ShutdownKind(shutdown))
+
+
+def test_shutdown_0_is_sigterm_then_sigkill_at_once(node):
+    """OTP's timeout 0: exit(Child, shutdown), then kill at once; a child that takes its
+    time over terminate is killed, reported as a timed-out shutdown is."""
+    c = node.conn
+    pid = c.pid_of("sudden")
+    with node.events() as ev:
+        began = time.monotonic()
+        c.terminate_child("", "sudden")
+        took = time.monotonic() - began
+        frame = ev.wait_for(lambda f: f.key == "sudden" and f.kind == "child_stopped", 10)
+    assert took < 5 and not alive(pid)  # its terminate sleeps 30 s
+    assert frame.reason == p.Killed(9)
+    assert c.restart_child("", "sudden") == c.pid_of("sudden")
+
+
+def test_stop_in_terminate_sets_the_exit_reason(node):
+    """supervisor_SUITE: a child may exit {shutdown, test} from terminate; Stop means the
+    same there as in every other handler."""
+    c = node.conn
+    with node.events() as ev:
+        c.terminate_child("", "polite")
+        assert _stopped(ev, "polite") == p.Shutdown("test")
+    assert c.restart_child("", "polite") == c.pid_of("polite")
+
+
+def test_simple_one_for_one_with_auto_shutdown_is_refused(node):
+    for mode in ("any_significant", "all_significant"):
+        with pytest.raises(p.ChildSpecError, match="bad_combination"):
+            p.SupFlags(strategy="simple_one_for_one", auto_shutdown=mode)
+        with pytest.raises(p.ChildSpecError, match="bad_combination"):
+            p.check_child_specs([], mode, strategy="simple_one_for_one")
+    p.check_child_specs([], "never", strategy="simple_one_for_one")
+    # a start callable that builds one fails to start, never runs a supervisor
+    spec = p.ChildSpec(id="pool", start="tests.otp_apps:auto_shutdown_pool", type="supervisor")
+    with pytest.raises(p.StartError) as info:
+        node.conn.start_child("", spec)
+    assert "bad_combination" in p.describe(info.value.exit_reason)
+    assert "pool" not in [i.id for i in node.conn.which_children()]
