@@ -39,6 +39,8 @@ __all__ = [
     "check_child_specs",
     "resolve_start",
     "import_ref",
+    "spec_to_wire",
+    "spec_from_wire",
 ]
 
 
@@ -84,9 +86,11 @@ def _as_enum(cls: type[enum.Enum], field: str, value: object) -> Any:
 def _valid_id(value: object) -> str:
     if not isinstance(value, str) or not value:
         raise ChildSpecError("id", value, "must be a non-empty string")
-    if any(c in "/.#*" or c.isspace() for c in value):
-        # '/' separates tree paths, '.' topic words; '#' marks dynamic children, '*' wildcards
-        raise ChildSpecError("id", value, "must not contain '/', '.', '#', '*' or white space")
+    if any(c in "/.#*@" or c.isspace() for c in value):
+        # '/' separates tree paths, '.' topic words; '#' marks dynamic children, '*' wildcards,
+        # '@' a registered supervisor name where a path is expected (``@my_sup/child``)
+        raise ChildSpecError("id", value,
+                             "must not contain '/', '.', '#', '*', '@' or white space")
     return value
 
 
@@ -223,21 +227,40 @@ class SupFlags(msgspec.Struct, frozen=True, kw_only=True):
         force_setattr(self, "auto_shutdown", _valid_auto_shutdown(self.auto_shutdown, strategy))
 
 
+NAME_MAX = 64  # a registered supervisor name, in bytes (it is part of an AF_UNIX address)
+
+
+def _valid_name(value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise ChildSpecError("name", value, "must be a non-empty string or None")
+    if any(c in "/@" or c.isspace() for c in value) or len(value.encode()) > NAME_MAX:
+        raise ChildSpecError("name", value, f"must be at most {NAME_MAX} bytes, without '/', "
+                                            "'@' or white space")
+    return value
+
+
 class SupervisorSpec(msgspec.Struct, frozen=True, kw_only=True):
     """A supervisor: its flags and its children in start order.
 
     For ``simple_one_for_one`` ``children`` holds exactly one template spec; its children are
-    started later with ``start_child(args)``.
+    started later with ``start_child(args)``. ``name`` registers the running supervisor on
+    its node (OTP's ``{local, Name}``): clients address it as ``@name`` instead of a path,
+    and a second supervisor with the same name fails to start (``already_started``).
     """
 
     flags: SupFlags = SupFlags()
     children: tuple[ChildSpec, ...] = ()
+    name: str | None = None
 
     if TYPE_CHECKING:  # what the constructor accepts; __post_init__ normalizes it
         def __init__(self, *, flags: SupFlags = ...,
-                     children: tuple[ChildSpec, ...] | list[ChildSpec] = ...) -> None: ...
+                     children: tuple[ChildSpec, ...] | list[ChildSpec] = ...,
+                     name: str | None = ...) -> None: ...
 
     def __post_init__(self) -> None:
+        _valid_name(self.name)
         if not isinstance(self.flags, SupFlags):
             raise ChildSpecError("flags", self.flags, "must be a SupFlags")
         children = tuple(self.children) if isinstance(self.children, (list, tuple)) else None
@@ -295,3 +318,31 @@ def resolve_start(start: object) -> object:
     if not isinstance(start, str):
         return start
     return _valid_start(import_ref(start))
+
+
+def spec_to_wire(spec: ChildSpec) -> ChildSpec:
+    """``spec`` as it can cross the wire (``get_childspec``): a class or function ``start``
+    becomes the ``"module:qualname"`` that names it (informative only for a closure or a
+    lambda), a nested :class:`SupervisorSpec` keeps its shape with its children so converted.
+    """
+    start = spec.start
+    if isinstance(start, SupervisorSpec):
+        start = msgspec.structs.replace(start, children=tuple(
+            spec_to_wire(c) for c in start.children))
+    elif not isinstance(start, str):
+        module = getattr(start, "__module__", None) or "?"
+        start = f"{module}:{getattr(start, '__qualname__', None) or type(start).__name__}"
+    return msgspec.structs.replace(spec, start=start)
+
+
+def spec_from_wire(obj: object) -> ChildSpec:
+    """The :class:`ChildSpec` that :func:`spec_to_wire` sent (decoded as a map), validated
+    again here."""
+    if not isinstance(obj, dict):
+        raise ChildSpecError("spec", obj, "must be a child spec (a map)")
+    start = obj.get("start")
+    if isinstance(start, dict):  # a nested SupervisorSpec
+        start = SupervisorSpec(flags=msgspec.convert(start.get("flags", {}), SupFlags),
+                               children=[spec_from_wire(c) for c in start.get("children", ())],
+                               name=start.get("name"))
+    return ChildSpec(start=start, **{k: v for k, v in obj.items() if k != "start"})

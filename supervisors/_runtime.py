@@ -36,7 +36,8 @@ from typing import Any
 import msgspec
 
 from .._childspec import ChildSpec, ChildType, ShutdownKind, SupervisorSpec
-from .._exit import ExitReason, reason_from_wait_status
+from .._errors import RegistryError
+from .._exit import ExitReason, reason_from_exception, reason_from_wait_status
 from .._process import become_subreaper, kill_group, send_signal
 from .._reactor import open_signal_wakeup
 from .._worker_runtime import exit_code_for
@@ -46,8 +47,9 @@ from ..transports._frames import (
 )
 from ._child import knows, proc_name, run_child
 from ._decide import decide, initial_state
+from ._names import NameSocket
 from ._events import (
-    Err, Exit, Exited, Ignored, Init, Op, Ready, Reply, Report, Request, ShutdownRequested,
+    Err, Exit, Exited, Ignored, Init, Ok, Op, Ready, Reply, Report, Request, ShutdownRequested,
     StartFailed, StartProc, Started, StopMany, StopProc,
 )
 from ._procs import PARK_MAX_S, Proc, SpareKeeping, fork_with_channel
@@ -105,6 +107,13 @@ class SupervisorRuntime(SpareKeeping):
                       self.name(), exc)
         self.sel.register(wake_r, selectors.EVENT_READ, ("signal", wake_r))
         self.sel.register(self.parent.sock, selectors.EVENT_READ, ("parent", None))
+        if self.spec.name is not None:
+            try:
+                names = NameSocket(self.node, self.spec.name)
+            except RegistryError as exc:  # OTP's {error, {already_started, Pid}}
+                self.parent.try_send(ExitingFrame(reason_from_exception(exc)))
+                return 1
+            self.sel.register(names.sock, selectors.EVENT_READ, ("name_lookup", names))
         if self.use_spares:
             self.start_zygote()
             self.request_spares()
@@ -177,7 +186,7 @@ class SupervisorRuntime(SpareKeeping):
             for pid in a.pids:
                 self.stop_proc(pid, a.shutdown)
         elif isinstance(a, Reply):
-            self.parent.try_send(ReplyFrame(a.ref, msgspec.Raw(_encoder.encode(a.result))))
+            self.parent.try_send(ReplyFrame(a.ref, self.encode_result(a.result)))
         elif isinstance(a, Ready):
             self.parent.try_send(ReadyFrame(pid=os.getpid(), mono=time.monotonic()))
         elif isinstance(a, Exit):
@@ -188,6 +197,15 @@ class SupervisorRuntime(SpareKeeping):
 
     def name(self) -> str:
         return "/".join(self.path) or "root"
+
+    def encode_result(self, result: Ok | Err) -> msgspec.Raw:
+        """A reply as it goes up; one that does not encode (a static child's args or a
+        start's info that msgpack cannot carry) is answered ``unencodable``, and logged."""
+        try:
+            return msgspec.Raw(_encoder.encode(result))
+        except (TypeError, ValueError, msgspec.EncodeError) as exc:
+            log.error("supervisor %s: a reply does not encode: %s", self.name(), exc)
+            return msgspec.Raw(_encoder.encode(Err("unencodable", str(exc))))
 
     # ---- starting ---------------------------------------------------------------------------
 
@@ -295,6 +313,9 @@ class SupervisorRuntime(SpareKeeping):
         else:
             self.feed(Exited(proc.pid, reason, now))
 
+    def on_name_lookup(self, names: NameSocket) -> None:
+        names.drain()
+
     def on_child(self, proc: Proc) -> None:
         for frame in proc.channel.receive():
             self.on_frame(proc, frame)
@@ -309,7 +330,8 @@ class SupervisorRuntime(SpareKeeping):
             if proc is self.starting:
                 proc.ready = True
                 self.starting = None
-                self.feed(Started(proc.key, proc.pid, time.monotonic()))  # type: ignore
+                self.feed(Started(proc.key, proc.pid, time.monotonic(),  # type: ignore
+                                  frame.info))
         elif isinstance(frame, ExitingFrame):
             proc.reason = frame.reason
         elif isinstance(frame, IgnoredFrame):

@@ -48,9 +48,27 @@ def auto_shutdown_pool() -> p.SupervisorSpec:
         children=[p.ChildSpec(id="w", start=p.Worker, restart="temporary")])
 
 
+class Unsendable(p.Worker):
+    def init(self) -> object:
+        return object()  # cannot cross the wire: the start fails, saying why
+
+
+def named_pool() -> p.SupervisorSpec:
+    """A supervisor registered as ``pool_sup`` (OTP's ``{local, pool_sup}``)."""
+    return p.SupervisorSpec(name="pool_sup", children=[
+        p.ChildSpec(id="w", start=WithInfo, args=("static",))])
+
+
+def jobs() -> p.SupervisorSpec:
+    return p.SupervisorSpec(flags=p.SupFlags(strategy="simple_one_for_one"), children=[
+        p.ChildSpec(id="job", start=WithInfo, restart="temporary", shutdown="brutal_kill")])
+
+
 def tree() -> p.SupervisorSpec:
     return p.SupervisorSpec(flags=p.SupFlags(intensity=100, period=5), children=[
         p.ChildSpec(id="quiet", start=ignoring_sup, type="supervisor"),
         p.ChildSpec(id="sudden", start=Sleepy, shutdown=0),
         p.ChildSpec(id="polite", start=ShutdownTest),
+        p.ChildSpec(id="pool", start=named_pool, type="supervisor"),
+        p.ChildSpec(id="jobs", start=jobs(), restart="transient"),
     ])

@@ -86,8 +86,80 @@ def test_simple_one_for_one_with_auto_shutdown_is_refused(node):
             p.check_child_specs([], mode, strategy="simple_one_for_one")
     p.check_child_specs([], "never", strategy="simple_one_for_one")
     # a start callable that builds one fails to start, never runs a supervisor
-    spec = p.ChildSpec(id="pool", start="tests.otp_apps:auto_shutdown_pool", type="supervisor")
+    spec = p.ChildSpec(id="bad_pool", start="tests.otp_apps:auto_shutdown_pool", type="supervisor")
     with pytest.raises(p.StartError) as info:
         node.conn.start_child("", spec)
     assert "bad_combination" in p.describe(info.value.exit_reason)
-    assert "pool" not in [i.id for i in node.conn.which_children()]
+    assert "bad_pool" not in [i.id for i in node.conn.which_children()]
+
+
+def test_get_childspec_and_which_child(node):
+    c = node.conn
+    assert c.get_childspec("", "polite") == p.ChildSpec(id="polite",
+                                                        start="tests.otp_apps:ShutdownTest")
+    assert c.get_childspec("", "sudden").shutdown == 0
+    jobs = c.get_childspec("", "jobs")  # a nested spec comes back whole
+    assert isinstance(jobs.start, p.SupervisorSpec) and jobs.type is p.ChildType.SUPERVISOR
+    assert jobs.start.flags.strategy is p.Strategy.SIMPLE_ONE_FOR_ONE
+    assert jobs.start.children[0].start == "tests.otp_apps:WithInfo"
+    rows = {i.id: i for i in c.which_children()}
+    for cid in ("quiet", "sudden", "polite", "pool", "jobs"):
+        assert c.which_child("", cid) == rows[cid]
+    for call in (c.get_childspec, c.which_child):
+        with pytest.raises(p.SupervisorError) as info:
+            call("", "nobody")
+        assert info.value.reason == "not_found"
+    # simple_one_for_one children are named by pid, as in OTP
+    pid, info = c.start_child_info("jobs", ["dyn"])
+    assert info == {"started": "dyn"}
+    assert c.which_child("jobs", pid) == p.ChildInfo(None, pid, False, "worker")
+    assert c.get_childspec("jobs", pid).args == ("dyn",)
+    with pytest.raises(p.SupervisorError):
+        c.which_child("jobs", "job")
+    c.terminate_child("jobs", pid)
+
+
+def test_a_start_returns_the_info_init_returned(node):
+    """OTP's {ok, Pid, Info}: start_child_info and restart_child_info give what the
+    worker's init returned (plain or async) beside the pid; start_child gives the pid."""
+    c = node.conn
+    spec = p.ChildSpec(id="informed", start="tests.otp_apps:WithInfo", args=([1, "a"],))
+    pid, info = c.start_child_info("", spec)
+    assert pid == c.pid_of("informed") and info == {"started": [1, "a"]}
+    c.terminate_child("", "informed")
+    pid2, info2 = c.restart_child_info("", "informed")
+    assert pid2 not in (None, pid) and info2 == info
+    c.terminate_child("", "informed")
+    c.delete_child("", "informed")
+    spec = p.ChildSpec(id="async_informed", start="tests.otp_apps:AsyncWithInfo",
+                       restart="temporary")
+    pid, info = c.start_child_info("", spec)
+    assert alive(pid) and info == ["async", 1]
+    assert c.start_child_info("", p.ChildSpec(id="plain", start="tests.apps:Idle",
+                                              restart="temporary"))[1] is None
+    for cid in ("async_informed", "plain"):
+        c.terminate_child("", cid)
+    with pytest.raises(p.StartError) as err:
+        c.start_child("", p.ChildSpec(id="bad_info", start="tests.otp_apps:Unsendable"))
+    assert "cannot be sent as the start's info" in str(err.value)
+
+
+def test_a_supervisor_that_registered_a_name_is_addressed_by_it(node):
+    c = node.conn
+    assert c.which_children("@pool_sup") == c.which_children("pool")
+    assert c.which_child("@pool_sup", "w").pid == c.pid_of("pool/w")
+    with pytest.raises(p.SupervisorError) as info:
+        c.which_children("@nobody")
+    assert info.value.reason == "noproc"
+    # the name is unique on the node: a second holder fails to start, as in OTP
+    spec = p.ChildSpec(id="pool2", start="tests.otp_apps:named_pool", type="supervisor")
+    with pytest.raises(p.StartError) as err:
+        c.start_child("", spec)
+    assert "already_started" in str(err.value) and str(c.pid_of("pool")) in str(err.value)
+    # and it follows the supervisor: gone while stopped, back once restarted
+    c.terminate_child("", "pool")
+    with pytest.raises(p.SupervisorError):
+        c.which_children("@pool_sup")
+    new = c.restart_child("", "pool")
+    assert c.which_child("@pool_sup", "w").pid == c.pid_of("pool/w") != new
+    assert c.count_children("@pool_sup")["active"] == 1
