@@ -26,9 +26,10 @@ from .._errors import ChildSpecError
 from .._exit import ExitReason, Killed, Normal, Shutdown, describe, is_abnormal
 from ._events import (
     Child, ChildInfo, ChildStatus, CountChildren, DeleteChild, Err, Exit, ExitStep, Exited,
-    FailMode, GetChildSpec, Ignored, Init, Job, LifecycleKind, Ok, Phase, Ready, ReadyStep, Reply, ReplyStep,
-    Report, Request, RestartChild, ShutdownRequested, StartChild, StartDynamic, StartFailed,
-    StartProc, StartStep, Started, StopAllStep, StopMany, StopProc, StopStep,
+    FailMode, GetChildSpec, Ignored, Init, Job, LifecycleKind, Ok, Phase, Ready, ReadyStep,
+    Reply, ReplyStep, Report, Request, RestartChild, ShutdownRequested, StartChild,
+    StartDynamic, StartFailed, StartProc, StartStep, Started, StopAllStep, StopMany, StopProc,
+    StopStep,
     SupervisorState, TerminateChild, TryAgain, WhichChild, WhichChildren,
 )
 from ._intensity import add_restart
