@@ -3,11 +3,14 @@ used to diverge, and the supervisor API OTP users reach for (issue 15)."""
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
+from click.testing import CliRunner
 
 import prismatic as p
+from prismatic.cli import cli
 from tests.conftest import alive, module_node
 
 node = module_node("tests.otp_apps:tree")
@@ -163,3 +166,25 @@ def test_a_supervisor_that_registered_a_name_is_addressed_by_it(node):
     new = c.restart_child("", "pool")
     assert c.which_child("@pool_sup", "w").pid == c.pid_of("pool/w") != new
     assert c.count_children("@pool_sup")["active"] == 1
+
+
+def test_the_cli_shows_a_spec_a_child_and_a_start_info(node):
+    def run(*args: str) -> str:
+        result = CliRunner().invoke(cli, ["--node", str(node.data_dir), *args])
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    spec = json.loads(run("children", "spec", "polite", "--json"))
+    assert spec["start"] == "tests.otp_apps:ShutdownTest" and spec["shutdown"] == 5.0
+    assert "shutdown:    0.0" in run("children", "spec", "sudden")
+    assert "start:       tests.otp_apps:named_pool" in run("children", "spec", "pool")
+    assert "supervisor simple_one_for_one, children job" in run("children", "spec", "jobs")
+    row = json.loads(run("children", "which-child", "@pool_sup/w", "--json"))
+    assert row["pid"] == node.conn.pid_of("pool/w")
+    out = json.loads(run("children", "start", "--id", "cli_info", "--start",
+                         "tests.otp_apps:WithInfo", "--restart", "temporary", "--json"))
+    assert out["info"] == {"started": "hello"} and out["pid"] == node.conn.pid_of("cli_info")
+    assert ", info {\"started\": [2]}" in run("children", "start", "jobs", "--args", "[[2]]")
+    run("children", "terminate", "cli_info")
+    bad = CliRunner().invoke(cli, ["--node", str(node.data_dir), "children", "spec", "nobody"])
+    assert bad.exit_code == 1 and "not_found" in bad.output
