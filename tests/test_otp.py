@@ -188,3 +188,19 @@ def test_the_cli_shows_a_spec_a_child_and_a_start_info(node):
     run("children", "terminate", "cli_info")
     bad = CliRunner().invoke(cli, ["--node", str(node.data_dir), "children", "spec", "nobody"])
     assert bad.exit_code == 1 and "not_found" in bad.output
+
+
+def test_unknown_keys_are_an_error_and_an_invalid_spec_never_reaches_a_supervisor(node):
+    """OTP ignores unknown keys of a child spec map; here they are an error. A spec is
+    validated when built, and again when a supervisor decodes one: an invalid spec sent
+    raw is answered badarg and nothing starts."""
+    with pytest.raises(TypeError, match="modules"):
+        p.ChildSpec(id="a", start="tests.apps:Idle", modules=["x"])  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="foo"):
+        p.SupFlags(foo=1)  # type: ignore[call-arg]
+    raw = {"type": "StartChild", "spec": {"id": "raw", "start": "tests.apps:Idle",
+                                          "shutdown": -1}}
+    with pytest.raises(p.SupervisorError) as info:
+        node.conn._sup("", raw)
+    assert info.value.reason == "badarg" and "shutdown" in str(info.value)
+    assert "raw" not in [i.id for i in node.conn.which_children()]
