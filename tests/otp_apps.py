@@ -53,6 +53,15 @@ class Unsendable(p.Worker):
         return object()  # cannot cross the wire: the start fails, saying why
 
 
+class Opaque:
+    pass
+
+
+class Holder(p.Worker):
+    def init(self, thing: object) -> None:
+        self.thing = thing
+
+
 def named_pool() -> p.SupervisorSpec:
     """A supervisor registered as ``pool_sup`` (OTP's ``{local, pool_sup}``)."""
     return p.SupervisorSpec(name="pool_sup", children=[
@@ -71,4 +80,6 @@ def tree() -> p.SupervisorSpec:
         p.ChildSpec(id="polite", start=ShutdownTest),
         p.ChildSpec(id="pool", start=named_pool, type="supervisor"),
         p.ChildSpec(id="jobs", start=jobs(), restart="transient"),
+        # args that msgpack cannot carry: its spec cannot be sent to a client
+        p.ChildSpec(id="opaque", start=Holder, args=(Opaque(),)),
     ])

@@ -106,12 +106,16 @@ def test_get_childspec_and_which_child(node):
     assert jobs.start.flags.strategy is p.Strategy.SIMPLE_ONE_FOR_ONE
     assert jobs.start.children[0].start == "tests.otp_apps:WithInfo"
     rows = {i.id: i for i in c.which_children()}
-    for cid in ("quiet", "sudden", "polite", "pool", "jobs"):
+    for cid in ("quiet", "sudden", "polite", "pool", "jobs", "opaque"):
         assert c.which_child("", cid) == rows[cid]
     for call in (c.get_childspec, c.which_child):
         with pytest.raises(p.SupervisorError) as info:
             call("", "nobody")
         assert info.value.reason == "not_found"
+    # a spec whose args cannot cross the wire is refused with a reason, never lost
+    with pytest.raises(p.SupervisorError) as info:
+        c.get_childspec("", "opaque")
+    assert info.value.reason == "unencodable" and c.which_child("", "opaque").pid
     # simple_one_for_one children are named by pid, as in OTP
     pid, info = c.start_child_info("jobs", ["dyn"])
     assert info == {"started": "dyn"}
