@@ -11,7 +11,10 @@ epoll loop (no asyncio: it only waits on fds and one timer) over
 * a wakeup fd for SIGTERM (an orderly shutdown request from the parent) and SIGCHLD (a
   death among its children, including processes it adopted as a child subreaper: orphans
   are swept once the batch of events is handled, off the restart's path; see :mod:`._procs`),
-* the earliest SIGKILL deadline of a child being stopped.
+* the earliest SIGKILL deadline of a child being stopped (none for ``shutdown=0``: SIGKILL
+  follows SIGTERM at once, OTP's ``exit(Child, shutdown)`` then ``kill`` on timeout 0),
+* its name's listening socket, if its spec registers a name (:mod:`._names`): look-ups are
+  accepted and closed.
 
 Fast starts and restarts: children are made ahead of need as *spares*, idle processes that
 block on their channel until told which child to become (``become``), so a restart only waits
