@@ -20,7 +20,8 @@ set: on a ROUTER a lower one made libzmq drop messages uncounted.
 =============  =====================================  ===========================================
 call (tag)     fields                                 Ok value
 =============  =====================================  ===========================================
-``supervisor`` ref, path, op (a supervisor Op), cookie  the supervisor's reply (OTP's API)
+``supervisor`` ref, path, op (a supervisor Op), cookie, the supervisor's reply (OTP's API)
+               name (registered name, or ``""``)
 ``tree``       ref, cookie                            ``list[TreeRow]``
 ``status``     ref, cookie                            :class:`NodeStatus`
 ``metrics``    ref, cookie                            Prometheus text exposition (``str``)
@@ -57,6 +58,9 @@ class SupervisorCall(msgspec.Struct, frozen=True, tag="supervisor"):
     path: tuple[str, ...]
     op: msgspec.Raw
     cookie: str = ""
+    # A registered supervisor name (``@name`` in the client): the node resolves it to that
+    # supervisor's path, and ``path`` is then below it; ``noproc`` if nobody holds it.
+    name: str = ""
 
 
 class TreeCall(msgspec.Struct, frozen=True, tag="tree"):

@@ -64,6 +64,7 @@ from ._throttle import throttle_for
 from ._topics import validate_topic
 from ._tree import TreeView
 from .supervisors._events import Err, Ok
+from .supervisors._names import resolve_name
 from .transports._channel import Channel
 from .transports._frames import (
     ExitingFrame, LifecycleFrame, ReadyFrame, ReplyFrame, RequestFrame,
@@ -355,9 +356,17 @@ class NodeLoop:
             self.refuse(ident, call.ref, "missing" if not call.cookie else "wrong")
             return
         if isinstance(call, SupervisorCall):
+            path = call.path
+            if call.name:
+                found = self.named_path(call.name)
+                if found is None:
+                    self.reply(ident, call.ref, Err("noproc", f"no running supervisor is "
+                                                              f"registered as {call.name!r}"))
+                    return
+                path = (*found, *path)
             ref, self.next_ref = self.next_ref, self.next_ref + 1
             self.pending[ref] = (ident, call.ref)
-            if not self.root.try_send(RequestFrame(ref, call.path, call.op)):
+            if not self.root.try_send(RequestFrame(ref, path, call.op)):
                 self.answer(ref, msgspec.Raw(_encoder.encode(Err("noproc", "no root"))))
         elif isinstance(call, TreeCall):
             self.reply(ident, call.ref, Ok(self.tree_rows()))
@@ -520,6 +529,14 @@ class NodeLoop:
             if server is not None and not server.is_serving():
                 self.tasks.died("hub", "its server stopped serving")
             await asyncio.sleep(1.0)
+
+    def named_path(self, name: str) -> tuple[str, ...] | None:
+        """The tree path of the supervisor registered as ``name`` (supervisors._names)."""
+        pid = resolve_name(self.name, name)
+        if pid is None:
+            return None
+        return next((e.path for e in self.tree.entries.values()
+                     if e.pid == pid and e.type == "supervisor"), None)
 
     def tree_rows(self) -> list[TreeRow]:
         now = time.monotonic()

@@ -5,12 +5,14 @@ supervisor. The runtime calls, in order:
 
 * ``init(*args)`` once; when it returns the process is *started* and its supervisor is told.
   Raising from ``init`` is a start failure (OTP's ``{error, Reason}``); raising
-  :class:`Ignore` is OTP's ``ignore``.
+  :class:`Ignore` is OTP's ``ignore``; a value it returns is the start's info (OTP's
+  ``{ok, Pid, Info}``).
 * ``handle_call(msg, caller)`` / ``handle_cast(msg)`` / ``handle_info(msg)`` for each message.
   A handler may be a plain function or ``async def`` (run on uvloop).
 * ``terminate(reason)`` when the process is told to stop (SIGTERM from its supervisor) or a
   handler raised. Python workers always get ``terminate`` on an orderly stop, as a
   ``gen_server`` that traps exits does: an OS process has no untrappable ``shutdown`` signal.
+  Raising :class:`Stop` from it ends the process with that reason, as from any handler.
 
 An exception escaping a handler crashes the process with that exception as the exit reason.
 A normal stop is explicit: raise :class:`Stop` (default reason ``Normal()``).
@@ -67,8 +69,10 @@ class Worker:
     #: and the kernel's socket buffers are the only queue.
     mailbox_limit: int = 10_000
 
-    def init(self, *args: Any) -> Awaitable[None] | None:
-        """Set up state; return to report the process started."""
+    def init(self, *args: Any) -> Awaitable[Any] | Any:
+        """Set up state; return to report the process started. A value returned (anything
+        msgpack encodes) is the start's info, which ``start_child_info`` gives beside the
+        pid (OTP's ``{ok, Pid, Info}``)."""
 
     def handle_call(self, msg: Any, caller: Any) -> Any:
         """Answer a call; the return value is the reply."""

@@ -11,7 +11,10 @@ epoll loop (no asyncio: it only waits on fds and one timer) over
 * a wakeup fd for SIGTERM (an orderly shutdown request from the parent) and SIGCHLD (a
   death among its children, including processes it adopted as a child subreaper: orphans
   are swept once the batch of events is handled, off the restart's path; see :mod:`._procs`),
-* the earliest SIGKILL deadline of a child being stopped.
+* the earliest SIGKILL deadline of a child being stopped (none for ``shutdown=0``: SIGKILL
+  follows SIGTERM at once, OTP's ``exit(Child, shutdown)`` then ``kill`` on timeout 0),
+* its name's listening socket, if its spec registers a name (:mod:`._names`): look-ups are
+  accepted and closed.
 
 Fast starts and restarts: children are made ahead of need as *spares*, idle processes that
 block on their channel until told which child to become (``become``), so a restart only waits
@@ -42,8 +45,9 @@ from typing import Any
 import msgspec
 
 from .._childspec import ChildSpec, ChildType, ShutdownKind, SupervisorSpec
+from .._errors import RegistryError
+from .._exit import ExitReason, reason_from_exception, reason_from_wait_status
 from .._program import Program
-from .._exit import ExitReason, reason_from_wait_status
 from .._process import become_subreaper, kill_group, send_signal
 from .._reactor import open_signal_wakeup
 from .._worker_runtime import exit_code_for
@@ -53,8 +57,9 @@ from ..transports._frames import (
 )
 from ._child import knows, proc_name, run_child
 from ._decide import decide, initial_state
+from ._names import NameSocket
 from ._events import (
-    Err, Exit, Exited, Ignored, Init, Op, Ready, Reply, Report, Request, ShutdownRequested,
+    Err, Exit, Exited, Ignored, Init, Ok, Op, Ready, Reply, Report, Request, ShutdownRequested,
     StartFailed, StartProc, Started, StopMany, StopProc,
 )
 from ._procs import PARK_MAX_S, Proc, SpareKeeping, fork_with_channel
@@ -115,6 +120,13 @@ class SupervisorRuntime(SpareKeeping, ProgramKeeping):
                       self.name(), exc)
         self.sel.register(wake_r, selectors.EVENT_READ, ("signal", wake_r))
         self.sel.register(self.parent.sock, selectors.EVENT_READ, ("parent", None))
+        if self.spec.name is not None:
+            try:
+                names = NameSocket(self.node, self.spec.name)
+            except RegistryError as exc:  # OTP's {error, {already_started, Pid}}
+                self.parent.try_send(ExitingFrame(reason_from_exception(exc)))
+                return 1
+            self.sel.register(names.sock, selectors.EVENT_READ, ("name_lookup", names))
         if self.use_spares:
             self.start_zygote()
             self.request_spares()
@@ -188,7 +200,7 @@ class SupervisorRuntime(SpareKeeping, ProgramKeeping):
             for pid in a.pids:
                 self.stop_proc(pid, a.shutdown)
         elif isinstance(a, Reply):
-            self.parent.try_send(ReplyFrame(a.ref, msgspec.Raw(_encoder.encode(a.result))))
+            self.parent.try_send(ReplyFrame(a.ref, self.encode_result(a.result)))
         elif isinstance(a, Ready):
             self.parent.try_send(ReadyFrame(pid=os.getpid(), mono=time.monotonic()))
         elif isinstance(a, Exit):
@@ -199,6 +211,15 @@ class SupervisorRuntime(SpareKeeping, ProgramKeeping):
 
     def name(self) -> str:
         return "/".join(self.path) or "root"
+
+    def encode_result(self, result: Ok | Err) -> msgspec.Raw:
+        """A reply as it goes up; one that does not encode (a static child's args or a
+        start's info that msgpack cannot carry) is answered ``unencodable``, and logged."""
+        try:
+            return msgspec.Raw(_encoder.encode(result))
+        except (TypeError, ValueError, msgspec.EncodeError) as exc:
+            log.error("supervisor %s: a reply does not encode: %s", self.name(), exc)
+            return msgspec.Raw(_encoder.encode(Err("unencodable", str(exc))))
 
     # ---- starting ---------------------------------------------------------------------------
 
@@ -247,7 +268,9 @@ class SupervisorRuntime(SpareKeeping, ProgramKeeping):
                     pass
             else:
                 send_signal(proc.pidfd, sig)
-        if isinstance(shutdown, float):
+        if shutdown == 0:  # OTP's timeout 0: exit(Child, shutdown), then kill at once
+            send_signal(proc.pidfd, signal.SIGKILL)
+        elif isinstance(shutdown, float):
             heapq.heappush(self.deadlines, (time.monotonic() + shutdown, pid))
 
     def next_deadline(self) -> float:
@@ -352,6 +375,9 @@ class SupervisorRuntime(SpareKeeping, ProgramKeeping):
         else:
             self.feed(Exited(proc.pid, reason, now))
 
+    def on_name_lookup(self, names: NameSocket) -> None:
+        names.drain()
+
     def on_child(self, proc: Proc) -> None:
         for frame in proc.channel.receive():
             self.on_frame(proc, frame)
@@ -368,7 +394,8 @@ class SupervisorRuntime(SpareKeeping, ProgramKeeping):
             if proc is self.starting:
                 proc.ready = True
                 self.starting = None
-                self.feed(Started(proc.key, proc.pid, time.monotonic()))  # type: ignore
+                self.feed(Started(proc.key, proc.pid, time.monotonic(),  # type: ignore
+                                  frame.info))
         elif isinstance(frame, ExitingFrame):
             proc.reason = frame.reason
         elif isinstance(frame, IgnoredFrame):

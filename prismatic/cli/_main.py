@@ -1,9 +1,10 @@
 """``prismatic``: the operator's command line for a running node.
 
 Commands (``prismatic COMMAND --help`` for each): ``node start|stop``, ``status``, ``tree``,
-``children which|count|start|terminate|restart|delete``, ``events tail|query|replay``,
-``metrics``, and ad-hoc messages: ``call``, ``cast``, ``send``, ``whereis``, ``publish``,
-``subscribe``, and ``emit`` (durable events). Read commands print tables, or JSON with ``--json``.
+``children which|which-child|spec|count|start|terminate|restart|delete``,
+``events tail|query|replay``, ``metrics``, and ad-hoc messages: ``call``, ``cast``, ``send``,
+``whereis``, ``publish``, ``subscribe``, and ``emit`` (durable events). Read commands print
+tables, or JSON with ``--json``.
 
 Node selection, first that is given: ``--node NAME_OR_DATA_DIR``, ``$PRISMATIC_NODE``, else
 the one running node under ``$PRISMATIC_HOME`` (default ``~/.prismatic``). Errors are one

@@ -2,7 +2,8 @@
 OTP's supervisor API, and its metrics.
 
 Paths name supervisors as in the tree view: ``""`` (or ``root``) is the root, ``a/b`` a nested
-one; a child is addressed as ``SUPERVISOR_PATH/CHILD_ID`` (``pipeline/transform``, or just
+one, ``@name`` the supervisor registered as ``name`` (``@name/sub`` below it); a child is
+addressed as ``SUPERVISOR_PATH/CHILD_ID`` (``pipeline/transform``, ``@pool/w``, or just
 ``clock`` under the root). Supervisor refusals (OTP's ``not_found``, ``running``...) exit 1.
 """
 
@@ -181,6 +182,55 @@ def children_count(state: CliState, supervisor: str, as_json: bool) -> None:
     print_table(list(counts), [list(counts.values())])
 
 
+def _child_target(path: str, pid: int | None) -> tuple[str, str | int]:
+    return (sup_path(path), pid) if pid is not None else child_path(path)
+
+
+@children.command("which-child")
+@click.argument("path")
+@click.option("--pid", type=int, help="The child with this pid; PATH is then its supervisor "
+                                      "(simple_one_for_one children have no id).")
+@json_option
+@click.pass_obj
+def children_which_child(state: CliState, path: str, pid: int | None, as_json: bool) -> None:
+    """One child's row, as in `children which` (OTP's which_child): PATH = SUPERVISOR/CHILD_ID."""
+    sup, target = _child_target(path, pid)
+    with state.connect() as conn:
+        kid = conn.which_child(sup, target)
+    if as_json:
+        print_json(kid)
+        return
+    print_table(["id", "pid", "type", "restarting"],
+                [(kid.id, kid.pid, kid.type, "yes" if kid.restarting else "")])
+
+
+@children.command("spec")
+@click.argument("path")
+@click.option("--pid", type=int, help="The child with this pid; PATH is then its supervisor.")
+@json_option
+@click.pass_obj
+def children_spec(state: CliState, path: str, pid: int | None, as_json: bool) -> None:
+    """The child spec its supervisor holds (OTP's get_childspec): PATH = SUPERVISOR/CHILD_ID."""
+    sup, target = _child_target(path, pid)
+    with state.connect() as conn:
+        spec = conn.get_childspec(sup, target)
+    if as_json:
+        print_json(spec)
+        return
+    start = spec.start
+    if not isinstance(start, str):  # a nested SupervisorSpec: its flags and children's ids
+        start = (f"supervisor {start.flags.strategy.value}, children "
+                 f"{', '.join(c.id for c in start.children) or '-'}"
+                 + (f", name {start.name}" if start.name else ""))
+    shutdown = spec.shutdown
+    for field, value in (("id", spec.id), ("start", start), ("args", json.dumps(spec.args)),
+                         ("restart", spec.restart.value),  # type: ignore[union-attr]
+                         ("shutdown", getattr(shutdown, "value", shutdown)),
+                         ("type", spec.type.value),  # type: ignore[union-attr]
+                         ("significant", str(spec.significant).lower())):
+        click.echo(f"{field + ':':<13}{value}")
+
+
 def _json_args(value: str | None) -> tuple[Any, ...] | None:
     if value is None:
         return None
@@ -271,11 +321,12 @@ def children_start(state: CliState, supervisor: str, child_id: str | None,
     label = f"starting child {child_id!r}" if child_id else "starting a child"
     with state.progress(f"{label} of {supervisor or 'root'}", not as_json), \
             state.connect(timeout=timeout) as conn:
-        pid = conn.start_child(sup_path(supervisor), what, timeout=timeout)
+        pid, info = conn.start_child_info(sup_path(supervisor), what, timeout=timeout)
     if as_json:
-        print_json({"pid": pid})
+        print_json({"pid": pid, "info": info})
     else:
-        click.echo(f"started, pid {pid}" if pid else "ignored (init raised Ignore)")
+        extra = "" if info is None else f", info {json.dumps(info, default=repr)}"
+        click.echo(f"started, pid {pid}{extra}" if pid else "ignored (init raised Ignore)")
 
 
 def _program(command: str, env_pairs: tuple[str, ...], cwd: str | None,
