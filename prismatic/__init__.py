@@ -17,7 +17,8 @@ from ._errors import (
     PubSubError, RegistryError, StartError, SupervisorError, TopicError,
 )
 from ._exit import (
-    Crashed, ExitCode, ExitReason, Killed, NoProc, Normal, Shutdown, describe, is_abnormal,
+    Crashed, ExitCode, ExitReason, Killed, NoConnection, NoProc, Normal, Shutdown, describe,
+    is_abnormal,
 )
 from ._notices import Caller, Down, Exit
 from ._pubsub_wire import Event
@@ -28,7 +29,7 @@ __all__ = [
     "Worker", "Stop", "Ignore",
     "ChildSpec", "SupFlags", "SupervisorSpec", "check_child_specs",
     "RestartType", "ChildType", "ShutdownKind", "Strategy", "AutoShutdown",
-    "ExitReason", "Normal", "Shutdown", "Crashed", "Killed", "ExitCode", "NoProc",
+    "ExitReason", "Normal", "Shutdown", "Crashed", "Killed", "ExitCode", "NoProc", "NoConnection",
     "is_abnormal", "describe",
     "Pid", "ChildInfo",
     "connect", "NodeConnection", "open_event_stream", "EventStream",
