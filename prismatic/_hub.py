@@ -63,7 +63,7 @@ log = logging.getLogger(__name__)
 
 RECENT_EXITS = 10_000  # exit reasons remembered for late monitors and failed calls
 UNREPORTED_GRACE_S = 0.5  # a reported exit (with its real reason) normally comes within ms
-DEAD_LETTER_REASONS = frozenset({"noproc", "not_registered", "mailbox_full"})
+DEAD_LETTER_REASONS = frozenset({"noproc", "not_registered", "mailbox_full", "noconnection"})
 DEAD_LETTER_KINDS = frozenset({"call", "cast", "info"})
 _decoder = msgspec.msgpack.Decoder(HubRequest)
 
@@ -93,6 +93,9 @@ class Hub:
         self.on_dead_letter = on_dead_letter
         self.counters = collections.Counter[str]()
         self.server: asyncio.AbstractServer | None = None
+        # prismatic.mesh._remote.Distribution on a clustered node: monitors and links of
+        # processes of other nodes go through it (None: every pid is taken as local).
+        self.remote: Any = None
 
     async def start(self, sock: socket.socket) -> None:
         loop = asyncio.get_running_loop()
@@ -128,12 +131,16 @@ class Hub:
         box = self.outboxes.pop(pid, None)
         if box is not None:
             box.close()
+        if self.remote is not None:
+            self.remote.exited(pid, reason)
         for conn, ref, timer in self.waiters.pop(pid, ()):
             timer.cancel()
             conn.reply(HubReply(ref, reason))
 
     def exit_of(self, pid: Pid) -> ExitReason | None:
         """None if ``pid`` lives, else its exit reason (NoProc() if unknown)."""
+        if pid.node != self.node and self.remote is not None:
+            return self.remote.exit_of(pid)  # type: ignore[no-any-return]
         reason = self.exits.get(pid)
         if reason is not None:
             return reason
@@ -208,9 +215,13 @@ class Hub:
             if exited is None:
                 self.watch(req.a)
                 self.watch(req.b)
+                if req.b.node != self.node and self.remote is not None:
+                    self.remote.linked(req.a, req.b)
             conn.reply(HubReply(req.ref, None))
         elif isinstance(req, UnlinkReq):
             self.apply_links(_links.Unlink(req.a, req.b))
+            if req.b.node != self.node and self.remote is not None:
+                self.remote.unlinked(req.a, req.b)
             conn.reply(HubReply(req.ref, None))
         elif isinstance(req, ExitOfReq):
             reason = self.exits.get(req.pid)
@@ -270,7 +281,11 @@ class Hub:
     # ---- deaths no supervisor reports ------------------------------------------------------
 
     def watch(self, pid: Pid) -> None:
-        """Watch a live process of this node (once), so its death is never missed."""
+        """Watch a live process of this node (once), so its death is never missed; one of
+        another node is watched by its own node, which tells us of its exit."""
+        if pid.node != self.node and self.remote is not None:
+            self.remote.watch(pid)
+            return
         if pid.node != self.node or pid in self.exits or pid in self.watched:
             return
         try:
@@ -321,6 +336,8 @@ class Hub:
         return actions
 
     def deliver(self, to: Pid, frame: Any) -> None:
+        if to.node != self.node:
+            return  # the remote end's own node holds this link too and delivers its notice
         box = self.outboxes.get(to)
         if box is None or box.closed:
             box = self.outboxes[to] = _MailboxWriter(self, to)

@@ -168,6 +168,8 @@ class NodeLoop:
             if self.metrics_server is not None:
                 self.metrics_server.close()
             if self.mesh is not None:
+                if self.mesh.remote is not None:
+                    self.mesh.remote.close()
                 await self.mesh.close()
             self.hub.close()
             self.control.close(0)
@@ -373,7 +375,18 @@ class NodeLoop:
             self.mesh_fatal(str(exc))
             return
         self.metrics.registry.register(self.mesh.collector())
+        await self.start_distribution()
         self.say(f"node {self.name}: cluster address {addr.removeprefix('tcp://')}")
+
+    async def start_distribution(self) -> None:
+        """Messages, monitors and links to processes of other nodes (mesh._remote)."""
+        from .mesh._remote import Distribution  # noqa: PLC0415
+
+        mesh = self.mesh
+        dist = Distribution(self.name, self.hub, mesh.send_to_node, mesh.node_alive,
+                            self.on_dead_letter)
+        await dist.start()
+        mesh.remote = self.hub.remote = dist
 
     def mesh_fatal(self, reason: str) -> None:
         self.say(f"node {self.name}: error: {reason}")
