@@ -481,6 +481,15 @@ class _MeshCollector:
             c = CounterMetricFamily(f"prismatic_cluster_{what}", help_)
             c.add_metric([], m.counts[what])
             yield c
+        dist = m.remote.counters if m.remote is not None else Counter()
+        for what, help_ in (
+                ("bad_frames", "Malformed frames from this node's processes to its relay"),
+                ("unreachable", "Messages and calls to processes of unreachable nodes"),
+                ("answers_lost", "Call answers whose caller's node was unreachable"),
+                ("errors", "Relay frames whose handling raised (a bug; logged)")):
+            c = CounterMetricFamily(f"prismatic_cluster_relay_{what}", help_)
+            c.add_metric([], dist[what])
+            yield c
         refusals = CounterMetricFamily("prismatic_cluster_auth_refusals",
                                        "Connections refused admission, by reason",
                                        labels=["reason"])

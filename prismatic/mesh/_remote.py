@@ -236,9 +236,19 @@ class Distribution:
         self.send(b.node, LinkDel(self.name, a, b))
 
     def exited(self, pid: Pid, reason: ExitReason) -> None:
-        """Our process ``pid`` exited: tell each node that watches or links it, once."""
-        for node in self.interest.pop(pid, ()):
-            self.send(node, Gone(self.name, pid, reason))
+        """Our process ``pid`` exited: tell each node that watches or links it, once. What
+        it sent to other nodes before dying goes first (OTP's signal order between a pair):
+        while its relay connection still has bytes to read, the notice waits for its end."""
+        nodes = self.interest.pop(pid, ())
+        if not nodes:
+            return
+        gone = [(node, Gone(self.name, pid, reason)) for node in nodes]
+        for conn in self.conns.values():
+            if conn.ospid == pid.ospid and pid.node == self.name:
+                conn.after_close.extend(gone)
+                return
+        for node, frame in gone:
+            self.send(node, frame)
 
     def watched_by(self, src: str, pid: Pid) -> None:
         if pid.node != self.name:
@@ -281,6 +291,8 @@ class _RelayConnection(asyncio.Protocol):
         self.frames = FrameBuffer(_request_decoder, "relay")
         self.transport: asyncio.Transport | None = None
         self.caller: Pid | None = None
+        self.ospid = 0
+        self.after_close: list[tuple[str, Gone]] = []  # its process's exit notices
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -291,11 +303,15 @@ class _RelayConnection(asyncio.Protocol):
             self.transport = None
             return
         self.caller = Pid(self.dist.name, pid)
+        self.ospid = pid
         self.dist.conns[self.id] = self
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.dist.conns.pop(self.id, None)
         self.frames.release()
+        for node, frame in self.after_close:
+            self.dist.send(node, frame)
+        self.after_close.clear()
 
     def data_received(self, data: bytes) -> None:
         if self.transport is None:
