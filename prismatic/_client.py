@@ -137,47 +137,56 @@ class NodeConnection:
                 raise SupervisorError(result.reason, result.detail)
             return result.value
 
-    def _sup(self, sup: str, op: Any, timeout: float | None = None) -> Any:
+    def _sup(self, sup: str, op: Any, timeout: float | None = None,
+             node: str | None = None) -> Any:
         path = tuple(p for p in sup.split("/") if p)
         raw = msgspec.Raw(_encoder.encode(op))
-        return self._call(lambda ref, cookie: SupervisorCall(ref, path, raw, cookie), timeout)
+        return self._call(lambda ref, cookie: SupervisorCall(ref, path, raw, cookie, node or ""),
+                          timeout)
 
     # ---- OTP's supervisor API -----------------------------------------------------------------
+    # ``node=``: a member of this node's cluster, where the operation is carried out (this
+    # node forwards it over the mesh); None is this node.
 
-    def which_children(self, sup: str = "") -> list[ChildInfo]:
-        return msgspec.convert(self._sup(sup, WhichChildren()), list[ChildInfo])
+    def which_children(self, sup: str = "", *, node: str | None = None) -> list[ChildInfo]:
+        return msgspec.convert(self._sup(sup, WhichChildren(), node=node), list[ChildInfo])
 
-    def count_children(self, sup: str = "") -> dict[str, int]:
-        return msgspec.convert(self._sup(sup, CountChildren()), dict[str, int])
+    def count_children(self, sup: str = "", *, node: str | None = None) -> dict[str, int]:
+        return msgspec.convert(self._sup(sup, CountChildren(), node=node), dict[str, int])
 
     def start_child(self, sup: str, spec_or_args: ChildSpec | tuple[Any, ...] | list[Any],
-                    timeout: float | None = None) -> int | None:
+                    timeout: float | None = None, *, node: str | None = None) -> int | None:
         """Start a child from a spec, or (simple_one_for_one) from extra args; its pid, or
-        None if its ``init`` raised Ignore."""
+        None if its ``init`` raised Ignore. With ``node=``, ``start`` must be importable
+        there (a ``module:attr`` reference: code does not travel)."""
         if isinstance(spec_or_args, ChildSpec):
-            pid = self._sup(sup, StartChild(_wire_spec(spec_or_args)), timeout)
+            pid = self._sup(sup, StartChild(_wire_spec(spec_or_args)), timeout, node)
         else:
-            pid = self._sup(sup, StartDynamic(tuple(spec_or_args)), timeout)
+            pid = self._sup(sup, StartDynamic(tuple(spec_or_args)), timeout, node)
         return msgspec.convert(pid, int | None)
 
-    def terminate_child(self, sup: str, child: str | int, timeout: float | None = None) -> None:
-        self._sup(sup, TerminateChild(child), timeout)
+    def terminate_child(self, sup: str, child: str | int, timeout: float | None = None, *,
+                        node: str | None = None) -> None:
+        self._sup(sup, TerminateChild(child), timeout, node)
 
-    def restart_child(self, sup: str, child: str, timeout: float | None = None) -> int | None:
-        return msgspec.convert(self._sup(sup, RestartChild(child), timeout), int | None)
+    def restart_child(self, sup: str, child: str, timeout: float | None = None, *,
+                      node: str | None = None) -> int | None:
+        return msgspec.convert(self._sup(sup, RestartChild(child), timeout, node), int | None)
 
-    def delete_child(self, sup: str, child: str) -> None:
-        self._sup(sup, DeleteChild(child))
+    def delete_child(self, sup: str, child: str, *, node: str | None = None) -> None:
+        self._sup(sup, DeleteChild(child), node=node)
 
     # ---- the node -----------------------------------------------------------------------------
 
-    def tree(self) -> list[TreeRow]:
+    def tree(self, *, node: str | None = None) -> list[TreeRow]:
         """The node's picture of the tree, depth-first; ``last_exit`` decoded to a typed
-        exit reason (never the wire's dict)."""
-        return msgspec.convert(self._call(TreeCall), list[TreeRow])
+        exit reason (never the wire's dict). ``node=``: another member's tree."""
+        return msgspec.convert(self._call(lambda ref, cookie: TreeCall(ref, cookie, node or "")),
+                               list[TreeRow])
 
-    def status(self) -> NodeStatus:
-        return msgspec.convert(self._call(StatusCall), NodeStatus)
+    def status(self, *, node: str | None = None) -> NodeStatus:
+        return msgspec.convert(
+            self._call(lambda ref, cookie: StatusCall(ref, cookie, node or "")), NodeStatus)
 
     def metrics(self) -> str:
         """The node's metrics in Prometheus text format (also without an HTTP endpoint)."""

@@ -14,7 +14,7 @@ import pytest
 import prismatic as p
 from prismatic.mesh._secret import init_secret
 from tests.conftest import RunningNode, start_node, wait_until
-from tests.test_mesh import RUN, members, states
+from tests.test_mesh import RUN, cli, members, states
 
 APP = "tests.messaging_apps:agents"
 
@@ -161,6 +161,30 @@ def test_links_across_nodes(nodes: Nodes) -> None:
     assert notices(a, t_a)[n_a:] == [["Exit", L(u), "ValueError: asked to crash"]]
     assert notices(b, t_b)[n_b:] == [["Exit", L(u_a), "ValueError: asked to crash"]]
     assert a.call(t_a, ["whoami"])[1] == t_a.ospid  # trapped: still the same process
+
+
+def test_remote_supervisor_operations(nodes: Nodes) -> None:
+    a = nodes.nodes["a"].conn
+    nb = nodes.name("b")
+    spec = p.ChildSpec(id="remote1", start="tests.messaging_apps:Agent", args=("remote-one",))
+    ospid = a.start_child("", spec, node=nb)
+    assert ospid is not None and ospid in nodes.nodes["b"].pids()
+    assert "remote1" in {k.id for k in a.which_children(node=nb)}
+    assert "remote1" not in {k.id for k in a.which_children()}
+    assert a.call(p.Pid(nb, ospid), ["echo", "spawned"]) == "spawned"
+    assert a.call(("remote-one", nb), ["echo", "by name"]) == "by name"
+    assert any(r.path == "remote1" for r in a.tree(node=nb))
+    a.terminate_child("", "remote1", node=nb)
+    a.delete_child("", "remote1", node=nb)
+    assert "remote1" not in {k.id for k in a.which_children(node=nb)}
+    with pytest.raises(p.SupervisorError) as info:
+        a.which_children(node="no-such-node")
+    assert info.value.reason == "noconnection"
+    out = cli(nodes.nodes["a"], "children", "which", "--on", nb, "--json")
+    assert out.returncode == 0 and '"u"' in out.stdout, out.stderr
+    out = cli(nodes.nodes["a"], "tree", "--cluster")
+    assert out.returncode == 0, out.stderr
+    assert all(f"node {nodes.name(s)}:" in out.stdout for s in "abc"), out.stdout
 
 
 def test_node_loss_is_noconnection_once(nodes: Nodes) -> None:

@@ -43,6 +43,10 @@ undecodable, counted, and the sender's calls to it time out.
 ``link_del``   node -> node       that link is gone (``unlink``)
 ``gone``       node -> node       process ``pid`` exited with ``reason`` (answers ``watch``
                                   and ``link_add``, once per exit and node)
+``control``    node -> node       a control call (``start_child``, ``tree``...) a client made
+                                  to ``src`` with ``node=`` the receiver; ``call`` is the
+                                  encoded call, answered by ``control_reply`` with ``ref``
+``control_reply`` node -> node    its result (the control plane's ``Ok``/``Err``, encoded)
 =============  =================  ============================================================
 """
 
@@ -60,8 +64,8 @@ from ._remote_frames import CallFailed
 __all__ = [
     "MESH_WIRE_VERSION", "MAX_PIGGYBACK", "MemberState", "Update", "Ping", "Ack", "PingReq",
     "IndirectAck", "Nack", "Gossip", "SyncReq", "Sync", "Join", "JoinReply", "JoinNack",
-    "Leave", "Route", "Answer", "Watch", "LinkAdd", "LinkDel", "Gone", "DIST_FRAMES",
-    "MeshFrame", "encode_mesh_frame", "decode_mesh_frame",
+    "Leave", "Route", "Answer", "Watch", "LinkAdd", "LinkDel", "Gone", "ControlRoute",
+    "ControlAnswer", "DIST_FRAMES", "MeshFrame", "encode_mesh_frame", "decode_mesh_frame",
 ]
 
 MESH_WIRE_VERSION = 1
@@ -216,10 +220,23 @@ class Gone(msgspec.Struct, frozen=True, tag="gone"):
     reason: ExitReason
 
 
-DIST_FRAMES = (Route, Answer, Watch, LinkAdd, LinkDel, Gone)
+class ControlRoute(msgspec.Struct, frozen=True, tag="control"):
+    src: str
+    ref: int
+    call: msgspec.Raw
+
+
+class ControlAnswer(msgspec.Struct, frozen=True, tag="control_reply"):
+    src: str
+    ref: int
+    result: msgspec.Raw
+
+
+DIST_FRAMES = (Route, Answer, Watch, LinkAdd, LinkDel, Gone, ControlRoute, ControlAnswer)
 
 MeshFrame = Ping | Ack | PingReq | IndirectAck | Nack | Gossip | SyncReq | Sync | Join \
-    | JoinReply | JoinNack | Leave | Route | Answer | Watch | LinkAdd | LinkDel | Gone
+    | JoinReply | JoinNack | Leave | Route | Answer | Watch | LinkAdd | LinkDel | Gone \
+    | ControlRoute | ControlAnswer
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(MeshFrame)

@@ -50,7 +50,9 @@ from .._links import Link, ProcessExited, Unlink
 from .._nodeinfo import mailbox_address, peer_creds
 from .._throttle import ThrottledWarning
 from ..transports._framing import FrameBuffer, encode_frame
-from ..transports._mesh_frames import Answer, Gone, LinkAdd, LinkDel, Route, Watch
+from ..transports._mesh_frames import (
+    Answer, ControlAnswer, ControlRoute, Gone, LinkAdd, LinkDel, Route, Watch,
+)
 from ..transports._messages import (
     CallFrame, CallRefused, CallReply, DeadLetterNote, MailboxFrame,
 )
@@ -89,6 +91,10 @@ class Distribution:
         self.counters = collections.Counter[str]()
         self.warning = ThrottledWarning(log)
         self.server: asyncio.AbstractServer | None = None
+        # The node's control plane, for control calls across nodes (ControlRoute/Answer),
+        # and told of each lost node (its calls in flight fail).
+        self.on_control: Callable[[Any], None] = lambda frame: None
+        self.on_lost: Callable[[str], None] = lambda node: None
 
     async def start(self) -> None:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -147,6 +153,8 @@ class Distribution:
         elif isinstance(frame, LinkDel):
             if frame.b.node == self.name:
                 self.hub.apply_links(Unlink(frame.b, frame.a))
+        elif isinstance(frame, (ControlRoute, ControlAnswer)):
+            self.on_control(frame)
         elif isinstance(frame, Gone):
             if frame.pid.node == frame.src:  # a node speaks only for its own processes
                 self.hub.apply_links(ProcessExited(frame.pid, frame.reason))
@@ -269,6 +277,7 @@ class Distribution:
 
     def node_lost(self, node: str) -> None:
         """``node`` was declared dead or left: what waits on it fails, once."""
+        self.on_lost(node)
         for key in [k for k, n in self.pending.items() if n == node]:
             del self.pending[key]
             conn = self.conns.get(key[0])
