@@ -396,10 +396,12 @@ class NodeLoop:
 
         mesh = self.mesh
         dist = Distribution(self.name, self.hub, mesh.send_to_node, mesh.node_alive,
-                            self.on_dead_letter)
+                            self.on_dead_letter, mesh.peers)
         await dist.start()
         dist.on_control = self.on_remote_control
         dist.on_lost = self.control_node_lost
+        dist.publish_local = self.forwarder.send
+        self.forwarder.on_published = dist.published
         mesh.remote = self.hub.remote = dist
 
     def mesh_fatal(self, reason: str) -> None:

@@ -58,7 +58,13 @@ frames = st.one_of(
     st.builds(M.Watch, names, pids),
     st.builds(M.LinkAdd, names, pids, pids),
     st.builds(M.LinkDel, names, pids, pids),
-    st.builds(M.Gone, names, pids, reasons))
+    st.builds(M.Gone, names, pids, reasons),
+    st.builds(M.ControlRoute, names, seqs, values.map(lambda v: msgspec.Raw(
+        msgspec.msgpack.encode(v)))),
+    st.builds(M.ControlAnswer, names, seqs, values.map(lambda v: msgspec.Raw(
+        msgspec.msgpack.encode(v)))),
+    st.builds(M.Events, names, st.lists(st.tuples(st.binary(max_size=8), st.binary(max_size=8)),
+                                        max_size=3).map(tuple)))
 
 
 def test_the_strategy_builds_every_frame() -> None:

@@ -14,7 +14,7 @@ import pytest
 import prismatic as p
 from prismatic.mesh._secret import init_secret
 from tests.conftest import RunningNode, start_node, wait_until
-from tests.test_mesh import RUN, cli, members, states
+from tests.test_mesh import RUN, cli, members, metric, states
 
 APP = "tests.messaging_apps:agents"
 
@@ -187,6 +187,28 @@ def test_remote_supervisor_operations(nodes: Nodes) -> None:
     assert all(f"node {nodes.name(s)}:" in out.stdout for s in "abc"), out.stdout
 
 
+def test_cluster_pubsub_from_every_node_to_every_node(nodes: Nodes) -> None:
+    conns = {s: nodes.nodes[s].conn for s in "abc"}
+    subs = {s: conns[s].subscribe("chat.#") for s in "abc"}
+    try:
+        for s in "abc":
+            for i in range(200):
+                conns[s].publish(f"chat.{s}", [s, i])
+            conns[s].flush()
+        for s, sub in subs.items():
+            got: list[Any] = []
+            while len(got) < 600:
+                event = sub.next(5)
+                assert event is not None, f"{s} saw {len(got)} of 600"
+                got.append(event.payload)
+            for origin in "abc":  # each once, in its publisher's order
+                assert [x[1] for x in got if x[0] == origin] == list(range(200)), (s, origin)
+            assert sub.next(0.2) is None  # and nothing twice
+    finally:
+        for sub in subs.values():
+            sub.close()
+
+
 def test_node_loss_is_noconnection_once(nodes: Nodes) -> None:
     a = nodes.nodes["a"].conn
     cnode = nodes.nodes["c"]
@@ -211,5 +233,11 @@ def test_node_loss_is_noconnection_once(nodes: Nodes) -> None:
         a.call(victim, ["echo", 1])
     assert isinstance(info.value.reason, p.NoConnection)
     assert a.cast(victim, "lost") is True  # the relay took it: a dead letter on this node
+    # pub/sub to a lost member: dropped and counted, never silently
+    a.publish("chat.lost", 1)
+    a.flush()
+    label = f'{{peer="{nodes.name("c")}"}}'
+    wait_until(lambda: metric(nodes.nodes["a"], "prismatic_cluster_events_dropped", label) >= 1,
+               5, "the dropped event to be counted")
     wait_until(lambda: not cnode.pids(), 10, "the killed node's tree to die with it")
     assert len(notices(a, "alpha")) == n_alpha + 2  # once each

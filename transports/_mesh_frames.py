@@ -47,6 +47,8 @@ undecodable, counted, and the sender's calls to it time out.
                                   to ``src`` with ``node=`` the receiver; ``call`` is the
                                   encoded call, answered by ``control_reply`` with ``ref``
 ``control_reply`` node -> node    its result (the control plane's ``Ok``/``Err``, encoded)
+``events``     node -> all        pub/sub messages published on ``src`` (topic, msgpack array
+                                  of payloads: the pub/sub wire's two parts), in order
 =============  =================  ============================================================
 """
 
@@ -65,7 +67,7 @@ __all__ = [
     "MESH_WIRE_VERSION", "MAX_PIGGYBACK", "MemberState", "Update", "Ping", "Ack", "PingReq",
     "IndirectAck", "Nack", "Gossip", "SyncReq", "Sync", "Join", "JoinReply", "JoinNack",
     "Leave", "Route", "Answer", "Watch", "LinkAdd", "LinkDel", "Gone", "ControlRoute",
-    "ControlAnswer", "DIST_FRAMES", "MeshFrame", "encode_mesh_frame", "decode_mesh_frame",
+    "ControlAnswer", "Events", "DIST_FRAMES", "MeshFrame", "encode_mesh_frame", "decode_mesh_frame",
 ]
 
 MESH_WIRE_VERSION = 1
@@ -232,11 +234,17 @@ class ControlAnswer(msgspec.Struct, frozen=True, tag="control_reply"):
     result: msgspec.Raw
 
 
-DIST_FRAMES = (Route, Answer, Watch, LinkAdd, LinkDel, Gone, ControlRoute, ControlAnswer)
+class Events(msgspec.Struct, frozen=True, tag="events"):
+    src: str
+    messages: tuple[tuple[bytes, bytes], ...]
+
+
+DIST_FRAMES = (Route, Answer, Watch, LinkAdd, LinkDel, Gone, ControlRoute, ControlAnswer,
+               Events)
 
 MeshFrame = Ping | Ack | PingReq | IndirectAck | Nack | Gossip | SyncReq | Sync | Join \
     | JoinReply | JoinNack | Leave | Route | Answer | Watch | LinkAdd | LinkDel | Gone \
-    | ControlRoute | ControlAnswer
+    | ControlRoute | ControlAnswer | Events
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(MeshFrame)

@@ -407,6 +407,14 @@ class MeshLoop:
             return None
         return m.addr
 
+    def peers(self) -> list[tuple[str, bool]]:
+        """Every other member not left, and whether it is reachable now."""
+        if self.state is None:
+            return []
+        return [(n, m.state in (MemberState.ALIVE, MemberState.SUSPECT))
+                for n, m in self.state.members.items()
+                if m.state is not MemberState.LEFT and n != self.name]
+
     def node_alive(self, name: str) -> bool:
         return self.member_addr(name) is not None
 
@@ -490,6 +498,18 @@ class _MeshCollector:
             c = CounterMetricFamily(f"prismatic_cluster_relay_{what}", help_)
             c.add_metric([], dist[what])
             yield c
+        received = CounterMetricFamily("prismatic_cluster_events_received",
+                                       "Pub/sub messages from other members, published here")
+        received.add_metric([], dist["events_received"])
+        yield received
+        dropped = CounterMetricFamily("prismatic_cluster_events_dropped",
+                                      "Pub/sub messages not sent to a member (unreachable: "
+                                      "dead or partitioned away; or its link was full)",
+                                      labels=["peer"])
+        if m.remote is not None:
+            for peer, n in list(m.remote.events_dropped.items()):
+                dropped.add_metric([peer], n)
+        yield dropped
         refusals = CounterMetricFamily("prismatic_cluster_auth_refusals",
                                        "Connections refused admission, by reason",
                                        labels=["reason"])

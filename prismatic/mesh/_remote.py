@@ -25,6 +25,12 @@ Runs in the node, on its loop, beside the hub (:mod:`prismatic._hub`) and the me
   leaves, every remote process of it the hub knows of is taken as exited with
   ``NoConnection()``: each monitor fires once, each link once. The links state machine
   forgets a process after its exit, so a ``gone`` arriving after a heal fires nothing more.
+* **Cluster pub/sub**: each message a publisher of this node publishes is sent, batched per
+  loop turn, to every other member (``events``), which publishes it on its own events
+  socket only (never onward): a subscriber anywhere sees it once, in its publisher's order
+  (one node's messages travel one ordered link). Nothing is kept for a member that is
+  unreachable (dead; a partition) or whose link queue is full: those messages are dropped
+  and counted per peer (``prismatic_cluster_events_dropped_total``), with a log line.
 * **Dead letters**: a cast or send that cannot be delivered becomes a dead letter on the
   node that finds out: here when the destination's node is unreachable (``noconnection``),
   there when no such process or name exists (``noproc``, ``not_registered``).
@@ -51,7 +57,7 @@ from .._nodeinfo import mailbox_address, peer_creds
 from .._throttle import ThrottledWarning
 from ..transports._framing import FrameBuffer, encode_frame
 from ..transports._mesh_frames import (
-    Answer, ControlAnswer, ControlRoute, Gone, LinkAdd, LinkDel, Route, Watch,
+    Answer, ControlAnswer, ControlRoute, Events, Gone, LinkAdd, LinkDel, Route, Watch,
 )
 from ..transports._messages import (
     CallFrame, CallRefused, CallReply, DeadLetterNote, MailboxFrame,
@@ -64,6 +70,7 @@ if TYPE_CHECKING:
 __all__ = ["Distribution"]
 
 log = logging.getLogger(__name__)
+EVENTS_FRAME_BYTES = 1 << 20  # a batch of pub/sub messages to a peer is sent at this size
 EXIT_REASON_WAIT_S = 1.0  # a callee died mid-call: how long to wait for its reported reason
 _request_decoder = msgspec.msgpack.Decoder(RelayRequest)
 _mailbox_decoder = msgspec.msgpack.Decoder(MailboxFrame)
@@ -77,12 +84,19 @@ class Distribution:
     ``node`` is a reachable member."""
 
     def __init__(self, name: str, hub: Hub, send: MeshSend, alive: Callable[[str], bool],
-                 dead_letter: Callable[[DeadLetterNote], None]) -> None:
+                 dead_letter: Callable[[DeadLetterNote], None],
+                 peers: Callable[[], list[tuple[str, bool]]] = list) -> None:
         self.name = name
         self.hub = hub
         self.send = send
         self.alive = alive
         self.dead_letter = dead_letter
+        self.peers = peers  # every other member not left: (name, reachable)
+        self.publish_local: Callable[[bytes, bytes], None] = lambda topic, body: None
+        self.outgoing: list[tuple[bytes, bytes]] = []
+        self.outgoing_bytes = 0
+        self.events_dropped = collections.Counter[str]()  # per peer
+        self.events_warning = ThrottledWarning(log)
         self.conns: dict[int, _RelayConnection] = {}
         self.serial = itertools.count(1)
         self.pending: dict[tuple[int, int], str] = {}  # (connection, ref) -> callee's node
@@ -153,6 +167,10 @@ class Distribution:
         elif isinstance(frame, LinkDel):
             if frame.b.node == self.name:
                 self.hub.apply_links(Unlink(frame.b, frame.a))
+        elif isinstance(frame, Events):
+            for topic, body in frame.messages:
+                self.publish_local(topic, body)
+            self.counters["events_received"] += len(frame.messages)
         elif isinstance(frame, (ControlRoute, ControlAnswer)):
             self.on_control(frame)
         elif isinstance(frame, Gone):
@@ -223,6 +241,30 @@ class Distribution:
             reason = self.hub.exits.get(pid)
         for src, link, ref in calls.values():
             self.answer(src, link, CallFailed(ref, reason or NoProc()))
+
+    # ---- cluster pub/sub (called by the forwarder) -------------------------------------------
+
+    def published(self, frames: list[Any]) -> None:
+        """A message a publisher of this node published: to every other member, batched."""
+        topic, body = frames[0].bytes, frames[1].bytes
+        if not self.outgoing:
+            asyncio.get_running_loop().call_soon(self.flush_events)
+        self.outgoing.append((topic, body))
+        self.outgoing_bytes += len(topic) + len(body)
+        if self.outgoing_bytes >= EVENTS_FRAME_BYTES:
+            self.flush_events()
+
+    def flush_events(self) -> None:
+        batch, self.outgoing, self.outgoing_bytes = tuple(self.outgoing), [], 0
+        if not batch:
+            return
+        frame = Events(self.name, batch)
+        for node, reachable in self.peers():
+            if not (reachable and self.send(node, frame)):
+                self.events_dropped[node] += len(batch)
+                self.events_warning.warn("cluster pub/sub: %d message(s) not sent to %s "
+                                         "(unreachable, or its link is full); %d so far",
+                                         len(batch), node, self.events_dropped[node])
 
     # ---- monitors and links (called by the hub) ----------------------------------------------
 
