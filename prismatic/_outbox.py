@@ -146,11 +146,13 @@ class Outbox:
 
     def remote(self, dest: Any) -> tuple[str, Pid | str] | None:
         """``(node, pid or name)`` for a destination on another node, else None."""
+        if isinstance(dest, (list, tuple)) and len(dest) >= 2 and isinstance(dest[0], str):
+            if isinstance(dest[1], str) and len(dest) == 2:
+                return (dest[1], dest[0]) if dest[1] != self.node else None
+            if isinstance(dest[1], int):
+                dest = Pid(*dest)  # a Pid that travelled inside a message
         if isinstance(dest, Pid):
             return (dest.node, dest) if dest.node != self.node else None
-        if isinstance(dest, (list, tuple)) and len(dest) == 2 and isinstance(dest[1], str) \
-                and isinstance(dest[0], str):
-            return (dest[1], dest[0]) if dest[1] != self.node else None
         return None
 
     def resolve(self, dest: Dest, fresh: bool = False) -> Pid | None:
