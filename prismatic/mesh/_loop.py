@@ -341,7 +341,7 @@ class MeshLoop:
     async def receive(self) -> None:
         # After each awaited frame, what else is queued is read without awaiting (one loop
         # wake-up per burst, not per frame: distribution traffic comes in bursts).
-        drain = zmq.Socket.shadow(self.router.underlying)
+        drain: zmq.Socket[bytes] = zmq.Socket.shadow(self.router.underlying)
         while True:
             self.handle(await self.router.recv_multipart(copy=False))
             for _ in range(RECEIVE_BURST):
