@@ -5,6 +5,7 @@ and linking one another (``prismatic.mesh._remote``), and node loss as ``NoConne
 from __future__ import annotations
 
 import signal
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,9 @@ import pytest
 
 import prismatic as p
 from prismatic.mesh._secret import init_secret
+from prismatic.transports._framing import encode_frame
+from prismatic.transports._messages import CastFrame, InfoFrame
+from prismatic.transports._remote_frames import relay_address
 from tests.conftest import RunningNode, start_node, wait_until
 from tests.test_mesh import RUN, cli, members, metric, states
 
@@ -85,6 +89,17 @@ def test_remote_call_cast_send_and_names(nodes: Nodes) -> None:
     assert a.send(b_alpha, "hello")
     wait_until(lambda: "hello" in a.call(b_alpha, ["infos"]), 5, "the send to arrive")
     assert a_alpha.node == nodes.name("a")
+
+
+def test_malformed_relay_frames_are_dropped_and_counted(nodes: Nodes) -> None:
+    node = nodes.nodes["a"]
+    before = metric(node, "prismatic_cluster_relay_bad_frames")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.connect(relay_address(nodes.name("a")))
+        s.sendall(encode_frame(CastFrame("not a forward")) + encode_frame(InfoFrame([1])))
+        wait_until(lambda: metric(node, "prismatic_cluster_relay_bad_frames") >= before + 2,
+                   5, "the bad frames to be counted")
+    assert node.conn.call(nodes.pid("b", "a"), ["echo", "still"]) == "still"
 
 
 def test_remote_order_is_kept_per_sender(nodes: Nodes) -> None:

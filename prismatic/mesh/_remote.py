@@ -360,6 +360,8 @@ class _RelayConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.dist.conns.pop(self.id, None)
         self.frames.release()
+        for key in [k for k in self.dist.pending if k[0] == self.id]:
+            del self.dist.pending[key]  # its process is gone: nobody awaits those answers
         for node, frame in self.after_close:
             self.dist.send(node, frame)
         self.after_close.clear()
