@@ -6,6 +6,8 @@
   :mod:`._auth`: who is admitted to a node's mesh endpoint;
 * :mod:`._settings`: ``--listen``, ``--join``, ``--cluster-secret``, checked before the fork;
 * :mod:`._loop`: the node's mesh loop (asyncio + pyzmq), which only carries out actions;
+* :mod:`._remote`: distribution: messages, monitors, links, control calls and pub/sub
+  between processes of different nodes, over the mesh links;
 * wire frames: :mod:`prismatic.transports._mesh_frames`. Operator's guide: docs/cluster.md.
 """
 
