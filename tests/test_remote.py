@@ -86,6 +86,10 @@ def test_remote_call_cast_send_and_names(nodes: Nodes) -> None:
     assert a.call("alpha", ["call", L(b_alpha), ["whoami"], 5]) == \
         ["ok", [nodes.name("b"), b_alpha.ospid, True]]
     assert a.call("alpha", ["call", ["beta", nodes.name("b")], ["echo", 1], 5]) == ["ok", 1]
+    with pytest.raises(p.CallTimeout):  # its late reply is dropped, not taken for the next
+        a.call(b_alpha, ["sleep", 0.3], timeout=0.05)
+    nodes.nodes["b"].conn.call(b_alpha, ["echo", "sync"])  # the late reply is on its way
+    assert a.call(b_alpha, ["echo", "after"]) == "after"
     assert a.send(b_alpha, "hello")
     wait_until(lambda: "hello" in a.call(b_alpha, ["infos"]), 5, "the send to arrive")
     assert a_alpha.node == nodes.name("a")
