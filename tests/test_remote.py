@@ -116,7 +116,12 @@ def test_remote_order_is_kept_per_sender(nodes: Nodes) -> None:
     for i in range(30):  # a worker of a, then a worker of c (third node), interleaved
         assert a.call("alpha", ["cast", L(c), ["from-a", i]])
         assert nodes.nodes["c"].conn.call("beta", ["cast", L(c), ["from-c", i]])
-    got = a.call(c, ["casts"])[before + 300:]
+    # Each sender's casts in its order; the two senders' relative order is not defined.
+    def arrived() -> list[Any] | None:
+        got = a.call(c, ["casts"])[before + 300:]
+        return got if len(got) >= 60 else None
+
+    got = wait_until(arrived, 5, "every cast to arrive")
     assert [x for x in got if x[0] == "from-a"] == [["from-a", i] for i in range(30)]
     assert [x for x in got if x[0] == "from-c"] == [["from-c", i] for i in range(30)]
 
