@@ -61,7 +61,6 @@ DNS_INTERVAL_S = 10.0  # seeds given by name are resolved again this often
 # Frames waiting for a peer; beyond this they are dropped (and counted). Membership repeats
 # what matters; a dropped distribution frame fails its call or becomes a dead letter.
 LINK_QUEUE = 4096
-RECEIVE_BURST = 256  # frames read per wake-up before yielding to the loop
 CLOSE_LINGER_MS = 300  # a leaving node's last frames get this long to go out
 
 
@@ -339,24 +338,14 @@ class MeshLoop:
     # ---- receiving ---------------------------------------------------------------------------
 
     async def receive(self) -> None:
-        # After each awaited frame, what else is queued is read without awaiting (one loop
-        # wake-up per burst, not per frame: distribution traffic comes in bursts).
-        drain: zmq.Socket[bytes] = zmq.Socket.shadow(self.router.underlying)
         while True:
-            self.handle(await self.router.recv_multipart(copy=False))
-            for _ in range(RECEIVE_BURST):
-                try:
-                    parts = drain.recv_multipart(zmq.NOBLOCK, copy=False)
-                except zmq.Again:
-                    break
-                self.handle(parts)
-
-    def handle(self, parts: list[Any]) -> None:
-        try:
-            self.on_message(parts)
-        except Exception:  # noqa: BLE001 - one frame must never end the mesh
-            self.counts["errors"] += 1
-            log.exception("mesh: handling a frame failed (%d so far)", self.counts["errors"])
+            parts = await self.router.recv_multipart(copy=False)
+            try:
+                self.on_message(parts)
+            except Exception:  # noqa: BLE001 - one frame must never end the mesh
+                self.counts["errors"] += 1
+                log.exception("mesh: handling a frame failed (%d so far)",
+                              self.counts["errors"])
 
     def on_message(self, parts: list[Any]) -> None:
         if len(parts) != 2:
