@@ -142,12 +142,15 @@ class NodeConnection:
                 raise SupervisorError(result.reason, result.detail)
             return result
 
-    def _sup(self, sup: str, op: Any, timeout: float | None = None) -> Any:
-        return self._sup_ok(sup, op, timeout).value
+    def _sup(self, sup: str, op: Any, timeout: float | None = None,
+             node: str | None = None) -> Any:
+        return self._sup_ok(sup, op, timeout, node).value
 
-    def _sup_ok(self, sup: str, op: Any, timeout: float | None = None) -> Ok:
+    def _sup_ok(self, sup: str, op: Any, timeout: float | None = None,
+                node: str | None = None) -> Ok:
         """``sup`` is a path (``"a/b"``, ``""`` the root) or ``"@name"``, optionally with a
-        path below the named supervisor (``"@pool/sub"``)."""
+        path below the named supervisor (``"@pool/sub"``); ``node``: another member of the
+        cluster, where the request is carried out."""
         name = ""
         if sup.startswith("@"):
             name, _, sup = sup[1:].partition("/")
@@ -155,16 +158,19 @@ class NodeConnection:
                 raise SupervisorError("badarg", "'@' must be followed by a supervisor name")
         path = tuple(p for p in sup.split("/") if p)
         raw = msgspec.Raw(_encoder.encode(op))
-        return self._call_ok(lambda ref, cookie: SupervisorCall(ref, path, raw, cookie, name),
+        return self._call_ok(lambda ref, cookie: SupervisorCall(ref, path, raw, cookie,
+                                                                name=name, node=node or ""),
                              timeout)
 
     # ---- OTP's supervisor API -----------------------------------------------------------------
+    # ``node=``: a member of this node's cluster, where the operation is carried out (this
+    # node forwards it over the mesh); None is this node.
 
-    def which_children(self, sup: str = "") -> list[ChildInfo]:
-        return msgspec.convert(self._sup(sup, WhichChildren()), list[ChildInfo])
+    def which_children(self, sup: str = "", *, node: str | None = None) -> list[ChildInfo]:
+        return msgspec.convert(self._sup(sup, WhichChildren(), node=node), list[ChildInfo])
 
-    def count_children(self, sup: str = "") -> dict[str, int]:
-        return msgspec.convert(self._sup(sup, CountChildren()), dict[str, int])
+    def count_children(self, sup: str = "", *, node: str | None = None) -> dict[str, int]:
+        return msgspec.convert(self._sup(sup, CountChildren(), node=node), dict[str, int])
 
     def which_child(self, sup: str, child: str | int) -> ChildInfo:
         """OTP 26's ``which_child``: the row ``which_children`` has for ``child`` (an id, or
@@ -178,47 +184,53 @@ class NodeConnection:
         return spec_from_wire(self._sup(sup, GetChildSpec(child)))
 
     def start_child(self, sup: str, spec_or_args: ChildSpec | tuple[Any, ...] | list[Any],
-                    timeout: float | None = None) -> int | None:
+                    timeout: float | None = None, *, node: str | None = None) -> int | None:
         """Start a child from a spec, or (simple_one_for_one) from extra args; its pid, or
-        None if its ``init`` raised Ignore."""
-        return self.start_child_info(sup, spec_or_args, timeout)[0]
+        None if its ``init`` raised Ignore. With ``node=``, ``start`` must be importable
+        there (a ``module:attr`` reference: code does not travel)."""
+        return self.start_child_info(sup, spec_or_args, timeout, node=node)[0]
 
     def start_child_info(self, sup: str,
                          spec_or_args: ChildSpec | tuple[Any, ...] | list[Any],
-                         timeout: float | None = None) -> tuple[int | None, Any]:
+                         timeout: float | None = None, *,
+                         node: str | None = None) -> tuple[int | None, Any]:
         """As :meth:`start_child`, with what the worker's ``init`` returned beside the pid
         (OTP's ``{ok, Pid, Info}``; None when it returned nothing)."""
         if isinstance(spec_or_args, ChildSpec):
-            ok = self._sup_ok(sup, StartChild(_wire_spec(spec_or_args)), timeout)
+            ok = self._sup_ok(sup, StartChild(_wire_spec(spec_or_args)), timeout, node)
         else:
-            ok = self._sup_ok(sup, StartDynamic(tuple(spec_or_args)), timeout)
+            ok = self._sup_ok(sup, StartDynamic(tuple(spec_or_args)), timeout, node)
         return msgspec.convert(ok.value, int | None), ok.info
 
-    def terminate_child(self, sup: str, child: str | int, timeout: float | None = None) -> None:
-        self._sup(sup, TerminateChild(child), timeout)
+    def terminate_child(self, sup: str, child: str | int, timeout: float | None = None, *,
+                        node: str | None = None) -> None:
+        self._sup(sup, TerminateChild(child), timeout, node)
 
-    def restart_child(self, sup: str, child: str, timeout: float | None = None) -> int | None:
-        return self.restart_child_info(sup, child, timeout)[0]
+    def restart_child(self, sup: str, child: str, timeout: float | None = None, *,
+                      node: str | None = None) -> int | None:
+        return self.restart_child_info(sup, child, timeout, node=node)[0]
 
-    def restart_child_info(self, sup: str, child: str,
-                           timeout: float | None = None) -> tuple[int | None, Any]:
+    def restart_child_info(self, sup: str, child: str, timeout: float | None = None, *,
+                           node: str | None = None) -> tuple[int | None, Any]:
         """As :meth:`restart_child`, with the new process's start info (as
         :meth:`start_child_info`)."""
-        ok = self._sup_ok(sup, RestartChild(child), timeout)
+        ok = self._sup_ok(sup, RestartChild(child), timeout, node)
         return msgspec.convert(ok.value, int | None), ok.info
 
-    def delete_child(self, sup: str, child: str) -> None:
-        self._sup(sup, DeleteChild(child))
+    def delete_child(self, sup: str, child: str, *, node: str | None = None) -> None:
+        self._sup(sup, DeleteChild(child), node=node)
 
     # ---- the node -----------------------------------------------------------------------------
 
-    def tree(self) -> list[TreeRow]:
+    def tree(self, *, node: str | None = None) -> list[TreeRow]:
         """The node's picture of the tree, depth-first; ``last_exit`` decoded to a typed
-        exit reason (never the wire's dict)."""
-        return msgspec.convert(self._call(TreeCall), list[TreeRow])
+        exit reason (never the wire's dict). ``node=``: another member's tree."""
+        return msgspec.convert(self._call(lambda ref, cookie: TreeCall(ref, cookie, node or "")),
+                               list[TreeRow])
 
-    def status(self) -> NodeStatus:
-        return msgspec.convert(self._call(StatusCall), NodeStatus)
+    def status(self, *, node: str | None = None) -> NodeStatus:
+        return msgspec.convert(
+            self._call(lambda ref, cookie: StatusCall(ref, cookie, node or "")), NodeStatus)
 
     def metrics(self) -> str:
         """The node's metrics in Prometheus text format (also without an HTTP endpoint)."""

@@ -126,7 +126,8 @@ class Worker:
         """This process's :class:`~prismatic.Pid`."""
         return self.context.pid
 
-    # Messaging (see docs/messaging.md). ``dest`` is a Pid or a name registered on the node.
+    # Messaging (see docs/messaging.md). ``dest`` is a Pid (of this node or any member of
+    # its cluster: docs/cluster.md), a name registered on this node, or ``(name, node)``.
 
     def call(self, dest: Any, msg: Any, timeout: float = 5.0) -> Any:
         """``gen_server:call``: block this process until ``dest`` replies; the reply.
@@ -213,7 +214,8 @@ class Worker:
     def monitor(self, dest: Any) -> int:
         """Monitor ``dest`` (a Pid or a name, resolved now): one :class:`~prismatic.Down`
         with its exit reason reaches ``handle_info`` when it exits, at once (``NoProc()``)
-        if it is not alive. Returns the monitor's ref."""
+        if it is not alive. A process of another node: ``NoConnection()`` when that node
+        becomes unreachable. Returns the monitor's ref."""
         return self.context.monitor(dest)
 
     def demonitor(self, ref: int) -> None:

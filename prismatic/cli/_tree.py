@@ -118,32 +118,59 @@ def node_stop(state: CliState, wait_s: float) -> None:
 
 # ---- tree ---------------------------------------------------------------------------------------
 
+def on_option(f: Any) -> Any:
+    return click.option("--on", "on_node", metavar="NODE", default=None,
+                        help="Carry it out on NODE, another member of this node's cluster.")(f)
+
+
 @cli.command()
 @json_option
+@on_option
+@click.option("--cluster", "whole", is_flag=True,
+              help="Every reachable member's tree, one after the other (needs the mesh).")
 @click.pass_obj
-def tree(state: CliState, as_json: bool) -> None:
+def tree(state: CliState, as_json: bool, on_node: str | None, whole: bool) -> None:
     """The live supervision tree: path, pid, type, state, restarts, uptime, memory (USS)."""
+    with state.connect() as conn:
+        if whole:
+            from ._cluster import _members
+
+            names = [m.name for m in _members(conn) if m.state.value in ("alive", "suspect")]
+            here = next((m.name for m in _members(conn) if m.this_node), None)
+            trees = {n: (conn.tree(node=None if n == here else n), n == here) for n in names}
+        else:
+            trees = {on_node or "": (conn.tree(node=on_node), on_node is None)}
+    every: dict[str, list[TreeLine]] = {n: _lines(rows, local) for n, (rows, local)
+                                        in trees.items()}
+    if as_json:
+        print_json(every if whole else every[on_node or ""])
+        return
+    for n, lines in every.items():
+        if whole:
+            click.echo(f"node {n}:")
+        print_table(["path", "pid", "type", "state", "restarts", "uptime", "uss", "last exit"],
+                    [(("  " * (ln.path.count("/") + 1) + ln.path.rsplit("/", 1)[-1])
+                      if ln.path != "root" else "root", ln.pid, ln.type, ln.state.value,
+                      ln.restarts, human_seconds(ln.uptime), human_bytes(ln.uss_bytes),
+                      ln.last_exit) for ln in lines])
+
+
+def _lines(rows: list[Any], local: bool) -> list[TreeLine]:
+    """The rows as printed; memory only for this node's processes (read from /proc here)."""
     from .._process import uss_bytes
 
-    with state.connect() as conn:
-        rows = conn.tree()
     lines = []
     for r in rows:
-        try:
-            uss = uss_bytes(r.pid) if r.pid is not None else None
-        except OSError:
-            uss = None  # exited since the node answered
+        uss = None
+        if local and r.pid is not None:
+            try:
+                uss = uss_bytes(r.pid)
+            except OSError:
+                uss = None  # exited since the node answered
         lines.append(TreeLine(path=r.path or "root", pid=r.pid, type=r.type, state=r.state,
                               restarts=r.restarts, uptime=r.uptime, uss_bytes=uss,
                               last_exit=describe(r.last_exit) if r.last_exit else None))
-    if as_json:
-        print_json(lines)
-        return
-    print_table(["path", "pid", "type", "state", "restarts", "uptime", "uss", "last exit"],
-                [(("  " * (ln.path.count("/") + 1) + ln.path.rsplit("/", 1)[-1])
-                  if ln.path != "root" else "root", ln.pid, ln.type, ln.state.value,
-                  ln.restarts, human_seconds(ln.uptime), human_bytes(ln.uss_bytes), ln.last_exit)
-                 for ln in lines])
+    return lines
 
 
 # ---- children -----------------------------------------------------------------------------------
@@ -156,11 +183,12 @@ def children() -> None:
 @children.command("which")
 @click.argument("supervisor", default="")
 @json_option
+@on_option
 @click.pass_obj
-def children_which(state: CliState, supervisor: str, as_json: bool) -> None:
+def children_which(state: CliState, on_node: str | None, supervisor: str, as_json: bool) -> None:
     """A supervisor's children (last started first, as OTP's which_children)."""
     with state.connect() as conn:
-        kids = conn.which_children(sup_path(supervisor))
+        kids = conn.which_children(sup_path(supervisor), node=on_node)
     if as_json:
         print_json(kids)
         return
@@ -171,11 +199,12 @@ def children_which(state: CliState, supervisor: str, as_json: bool) -> None:
 @children.command("count")
 @click.argument("supervisor", default="")
 @json_option
+@on_option
 @click.pass_obj
-def children_count(state: CliState, supervisor: str, as_json: bool) -> None:
+def children_count(state: CliState, on_node: str | None, supervisor: str, as_json: bool) -> None:
     """A supervisor's child counts: specs, active, supervisors, workers."""
     with state.connect() as conn:
-        counts = conn.count_children(sup_path(supervisor))
+        counts = conn.count_children(sup_path(supervisor), node=on_node)
     if as_json:
         print_json(counts)
         return
@@ -274,8 +303,10 @@ def _json_args(value: str | None) -> tuple[Any, ...] | None:
 @click.option("--timeout", type=float, default=30.0, show_default=True,
               help="How long to wait for the child's init.")
 @json_option
+@on_option
 @click.pass_obj
-def children_start(state: CliState, supervisor: str, child_id: str | None,
+def children_start(state: CliState, on_node: str | None, supervisor: str,
+                   child_id: str | None,
                    start_ref: str | None, args_json: str | None, restart: str | None,
                    shutdown: str | None, child_type: str | None, significant: bool,
                    command: str | None, env_pairs: tuple[str, ...], cwd: str | None,
@@ -321,7 +352,8 @@ def children_start(state: CliState, supervisor: str, child_id: str | None,
     label = f"starting child {child_id!r}" if child_id else "starting a child"
     with state.progress(f"{label} of {supervisor or 'root'}", not as_json), \
             state.connect(timeout=timeout) as conn:
-        pid, info = conn.start_child_info(sup_path(supervisor), what, timeout=timeout)
+        pid, info = conn.start_child_info(sup_path(supervisor), what, timeout=timeout,
+                                          node=on_node)
     if as_json:
         print_json({"pid": pid, "info": info})
     else:
@@ -389,13 +421,15 @@ def _ready(spec: str | None, option: str = "--ready") -> dict[str, Any] | None:
 @click.option("--timeout", type=float, default=60.0, show_default=True,
               help="Seconds to wait for the supervisor's answer (the child's shutdown "
                    "included).")
+@on_option
 @click.pass_obj
-def children_terminate(state: CliState, path: str, pid: int | None, timeout: float) -> None:
+def children_terminate(state: CliState, on_node: str | None, path: str, pid: int | None,
+                       timeout: float) -> None:
     """Stop a child (its spec is kept unless temporary): PATH = SUPERVISOR/CHILD_ID."""
     sup, target = (sup_path(path), pid) if pid is not None else child_path(path)
     with state.progress(f"terminating {path if pid is None else pid}"), \
             state.connect(timeout=timeout) as conn:
-        conn.terminate_child(sup, target, timeout=timeout)
+        conn.terminate_child(sup, target, timeout=timeout, node=on_node)
     click.echo(f"terminated {path if pid is None else pid}")
 
 
@@ -403,26 +437,28 @@ def children_terminate(state: CliState, path: str, pid: int | None, timeout: flo
 @click.argument("path")
 @click.option("--timeout", type=float, default=60.0, show_default=True,
               help="Seconds to wait for the supervisor's answer (the child's init included).")
+@on_option
 @click.pass_obj
-def children_restart(state: CliState, path: str, timeout: float) -> None:
+def children_restart(state: CliState, on_node: str | None, path: str, timeout: float) -> None:
     """Restart a child from its kept spec, a running one terminated first (supervisorctl's
     restart): PATH = SUPERVISOR/CHILD_ID."""
     sup, child = child_path(path)
     with state.progress(f"restarting {path}"), state.connect(timeout=timeout) as conn:
-        if any(c.id == child and c.pid for c in conn.which_children(sup)):
-            conn.terminate_child(sup, child, timeout=timeout)
-        pid = conn.restart_child(sup, child, timeout=timeout)
+        if any(c.id == child and c.pid for c in conn.which_children(sup, node=on_node)):
+            conn.terminate_child(sup, child, timeout=timeout, node=on_node)
+        pid = conn.restart_child(sup, child, timeout=timeout, node=on_node)
     click.echo(f"restarted {path}, pid {pid}" if pid else f"{path}: ignored")
 
 
 @children.command("delete")
 @click.argument("path")
+@on_option
 @click.pass_obj
-def children_delete(state: CliState, path: str) -> None:
+def children_delete(state: CliState, on_node: str | None, path: str) -> None:
     """Delete a terminated child's spec: PATH = SUPERVISOR/CHILD_ID."""
     sup, child = child_path(path)
     with state.progress(f"deleting {path}"), state.connect() as conn:
-        conn.delete_child(sup, child)
+        conn.delete_child(sup, child, node=on_node)
     click.echo(f"deleted {path}")
 
 
