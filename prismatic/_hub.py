@@ -156,6 +156,35 @@ class Hub:
             timer.cancel()
             conn.reply(HubReply(ref, reason))
 
+    def dying(self, ospid: int) -> Pid | None:
+        """The process at ``ospid`` whose exit is being reported: the one known to hold it,
+        else one the hub keeps (watched or named) whose exit it does not know; None for a
+        second report of a known exit."""
+        pid = self.live.pop(ospid, None)
+        if pid is not None:
+            return pid
+        for kept in (*self.watched, *self.registry.by_pid):
+            if kept.ospid == ospid and kept.node == self.node and kept not in self.exits:
+                return kept
+        if ospid in self.last_exit:
+            return None
+        return Pid(self.node, ospid, self.creation)
+
+    def complete(self, pid: Pid, probe: bool = True) -> Pid:
+        """``pid`` with what the hub knows filled in: a Pid given without its discriminators
+        names the process holding that ospid now (asked of its mailbox if ``probe``), or
+        else the last one that held it."""
+        if pid.exact or pid.node != self.node:
+            return pid
+        live = self.live.get(pid.ospid)
+        if live is not None and pid.names(live):
+            return live
+        found = self.identify(pid) if probe else None
+        if found is not None:
+            return found
+        last = self.last_exit.get(pid.ospid)
+        return last if last is not None and pid.names(last) else pid
+
     def status(self, pid: Pid) -> tuple[Pid, ExitReason | None]:
         """``pid`` completed, and None if it lives, else its exit reason (NoProc() if
         unknown: a stale Pid is dead whatever now holds its ospid). A process of another
