@@ -187,6 +187,7 @@ class Distribution:
             else:
                 self.note_dead_letter(to, self.name, reason, frame, None)
             return
+        pid = self.hub.complete(pid, probe=False)  # a Pid without discriminators: its holder
         dest = self.destination(pid)
         if dest is None:
             if is_call:
@@ -235,10 +236,10 @@ class Distribution:
         reason, once the tree has reported it (as a local caller asks the hub)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + EXIT_REASON_WAIT_S
-        reason: ExitReason | None = self.hub.exits.get(pid)
+        reason: ExitReason | None = self.hub.exits.get(self.hub.complete(pid, probe=False))
         while reason is None and loop.time() < deadline:
             await asyncio.sleep(0.01)
-            reason = self.hub.exits.get(pid)
+            reason = self.hub.exits.get(self.hub.complete(pid, probe=False))
         for src, link, ref in calls.values():
             self.answer(src, link, CallFailed(ref, reason or NoProc()))
 
@@ -289,10 +290,13 @@ class Distribution:
         """Our process ``pid`` exited: tell each node that watches or links it, once. What
         it sent to other nodes before dying goes first (OTP's signal order between a pair):
         while its relay connection still has bytes to read, the notice waits for its end."""
-        nodes = self.interest.pop(pid, ())
-        if not nodes:
+        # Other nodes name the process as they were given it (a Pid without discriminators
+        # too): each such name of it hears of the exit under that name.
+        gone = [(node, Gone(self.name, named, reason))
+                for named in [k for k in self.interest if k.names(pid)]
+                for node in self.interest.pop(named)]
+        if not gone:
             return
-        gone = [(node, Gone(self.name, pid, reason)) for node in nodes]
         for conn in self.conns.values():
             if conn.ospid == pid.ospid and pid.node == self.name:
                 conn.after_close.extend(gone)
