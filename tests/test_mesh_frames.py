@@ -43,7 +43,8 @@ global_frames = (  # the global registry's (prismatic.mesh._global)
     st.builds(G.GlobalRemove, names, addrs, names, pids),
     st.builds(G.GlobalSync, names, addrs, st.lists(regs, max_size=4).map(tuple),
               st.booleans()))
-values = st.none() | st.integers() | st.text(max_size=10) | st.lists(st.integers(), max_size=3)
+values = (st.none() | st.integers(-2**63, 2**63 - 1) | st.text(max_size=10)
+          | st.lists(st.integers(-2**63, 2**63 - 1), max_size=3))  # what msgpack can carry
 reasons = st.sampled_from([NoProc(), NoConnection(), Crashed("ValueError", "x", "tb")])
 payloads = st.one_of(st.builds(CallFrame, seqs, values, st.none() | pids,
                                st.none() | st.text(max_size=5)),
