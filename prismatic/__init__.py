@@ -17,18 +17,21 @@ from ._errors import (
     PubSubError, RegistryError, StartError, SupervisorError, TopicError,
 )
 from ._exit import (
-    Crashed, ExitCode, ExitReason, Killed, NoProc, Normal, Shutdown, describe, is_abnormal,
+    Crashed, ExitCode, ExitReason, Killed, NoConnection, NoProc, Normal, Shutdown, describe,
+    is_abnormal,
 )
 from ._notices import Caller, Down, Exit, GlobalNameConflict
+from ._program import FileCheck, HttpCheck, LineCheck, NotifyCheck, PortCheck, Program
 from ._pubsub_wire import Event
 from ._worker import Ignore, Stop, Worker
 from .supervisors._events import ChildInfo
 
 __all__ = [
     "Worker", "Stop", "Ignore",
+    "Program", "PortCheck", "HttpCheck", "FileCheck", "LineCheck", "NotifyCheck",
     "ChildSpec", "SupFlags", "SupervisorSpec", "check_child_specs",
     "RestartType", "ChildType", "ShutdownKind", "Strategy", "AutoShutdown",
-    "ExitReason", "Normal", "Shutdown", "Crashed", "Killed", "ExitCode", "NoProc",
+    "ExitReason", "Normal", "Shutdown", "Crashed", "Killed", "ExitCode", "NoProc", "NoConnection",
     "is_abnormal", "describe",
     "Pid", "ChildInfo",
     "connect", "NodeConnection", "open_event_stream", "EventStream",

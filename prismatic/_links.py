@@ -27,7 +27,7 @@ from typing import Any
 import msgspec
 
 from ._address import Pid
-from ._exit import ExitReason, NoProc
+from ._exit import ExitReason, NoConnection, NoProc
 from ._notices import Down, Exit
 
 __all__ = [
@@ -114,8 +114,9 @@ def decide(state: Links, event: Event) -> tuple[Links, list[Action]]:
     if isinstance(event, Link):
         if event.a == event.b:
             return state, []  # OTP: linking to self does nothing
-        if event.b_exit is not None:
-            return state, [SendExit(event.a, Exit(event.b, NoProc()))]  # OTP: always noproc
+        if event.b_exit is not None:  # OTP: noproc, or noconnection for an unreachable node
+            reason = event.b_exit if isinstance(event.b_exit, NoConnection) else NoProc()
+            return state, [SendExit(event.a, Exit(event.b, reason))]
         state.links.add(frozenset((event.a, event.b)))
         state.partners.setdefault(event.a, set()).add(event.b)
         state.partners.setdefault(event.b, set()).add(event.a)

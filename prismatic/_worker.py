@@ -5,12 +5,14 @@ supervisor. The runtime calls, in order:
 
 * ``init(*args)`` once; when it returns the process is *started* and its supervisor is told.
   Raising from ``init`` is a start failure (OTP's ``{error, Reason}``); raising
-  :class:`Ignore` is OTP's ``ignore``.
+  :class:`Ignore` is OTP's ``ignore``; a value it returns is the start's info (OTP's
+  ``{ok, Pid, Info}``).
 * ``handle_call(msg, caller)`` / ``handle_cast(msg)`` / ``handle_info(msg)`` for each message.
   A handler may be a plain function or ``async def`` (run on uvloop).
 * ``terminate(reason)`` when the process is told to stop (SIGTERM from its supervisor) or a
   handler raised. Python workers always get ``terminate`` on an orderly stop, as a
   ``gen_server`` that traps exits does: an OS process has no untrappable ``shutdown`` signal.
+  Raising :class:`Stop` from it ends the process with that reason, as from any handler.
 
 An exception escaping a handler crashes the process with that exception as the exit reason.
 A normal stop is explicit: raise :class:`Stop` (default reason ``Normal()``).
@@ -67,8 +69,10 @@ class Worker:
     #: and the kernel's socket buffers are the only queue.
     mailbox_limit: int = 10_000
 
-    def init(self, *args: Any) -> Awaitable[None] | None:
-        """Set up state; return to report the process started."""
+    def init(self, *args: Any) -> Awaitable[Any] | Any:
+        """Set up state; return to report the process started. A value returned (anything
+        msgpack encodes) is the start's info, which ``start_child_info`` gives beside the
+        pid (OTP's ``{ok, Pid, Info}``)."""
 
     def handle_call(self, msg: Any, caller: Any) -> Any:
         """Answer a call; the return value is the reply."""
@@ -122,7 +126,8 @@ class Worker:
         """This process's :class:`~prismatic.Pid`."""
         return self.context.pid
 
-    # Messaging (see docs/messaging.md). ``dest`` is a Pid or a name registered on the node.
+    # Messaging (see docs/messaging.md). ``dest`` is a Pid (of this node or any member of
+    # its cluster: docs/cluster.md), a name registered on this node, or ``(name, node)``.
 
     def call(self, dest: Any, msg: Any, timeout: float = 5.0) -> Any:
         """``gen_server:call``: block this process until ``dest`` replies; the reply.
@@ -209,7 +214,8 @@ class Worker:
     def monitor(self, dest: Any) -> int:
         """Monitor ``dest`` (a Pid or a name, resolved now): one :class:`~prismatic.Down`
         with its exit reason reaches ``handle_info`` when it exits, at once (``NoProc()``)
-        if it is not alive. Returns the monitor's ref."""
+        if it is not alive. A process of another node: ``NoConnection()`` when that node
+        becomes unreachable. Returns the monitor's ref."""
         return self.context.monitor(dest)
 
     def demonitor(self, ref: int) -> None:

@@ -27,6 +27,8 @@ import signal
 import time
 from typing import TYPE_CHECKING, Any
 
+import msgspec
+
 from ._address import Pid, own_pid
 from ._errors import RegistryError
 from ._exit import ExitCode, ExitReason, Normal, Shutdown, reason_from_exception
@@ -40,6 +42,7 @@ from ._reactor import Reactor
 from ._worker import Ignore, Stop, Worker
 from ._worker_pubsub import WorkerPubSub
 from .transports._channel import Channel
+from .transports._framing import encode_frame
 from .transports._frames import ExitingFrame, IgnoredFrame, ReadyFrame
 from .transports._messages import (
     CallFrame, CallRefused, CallReply, CastFrame, DemonitorReq, GlobalRegisterReq,
@@ -340,10 +343,11 @@ def run_worker(start: Any, args: tuple[Any, ...], channel: Channel, node: str,
         worker, init_args = _instantiate(start, args)
         ctx.worker = worker
         worker.context = ctx
-        result = worker.init(*init_args)
-        if inspect.isawaitable(result):
+        info = worker.init(*init_args)
+        if inspect.isawaitable(info):
             loop = ctx.attach(_new_asyncio_loop())
-            loop.run_until_complete(result)
+            info = loop.run_until_complete(info)
+        ready = _ready_frame(info)
     except Ignore:
         ctx.close_pubsub()
         channel.try_send(IgnoredFrame())
@@ -352,7 +356,7 @@ def run_worker(start: Any, args: tuple[Any, ...], channel: Channel, node: str,
         return _finish(channel, stop.reason, ctx)
     except BaseException as exc:  # noqa: BLE001 - a failed init is a start error, as data
         return _finish(channel, reason_from_exception(exc), ctx)
-    channel.send(ReadyFrame(pid=os.getpid(), mono=time.monotonic()))
+    channel.send(ready)
     if loop is None:
         loop = ctx.attach(_new_asyncio_loop() if _has_async_handler(worker) else Reactor())
     loop.add_signal_handler(signal.SIGTERM, ctx.stop, Shutdown())
@@ -375,9 +379,24 @@ def run_worker(start: Any, args: tuple[Any, ...], channel: Channel, node: str,
         result = worker.terminate(reason)
         if inspect.isawaitable(result):
             ctx.upgrade().run_until_complete(result)
+    except Stop as stop:  # Stop means the same here as in every other handler
+        reason = stop.reason
     except BaseException as exc:  # noqa: BLE001 - as in gen_server, a crash in terminate
         reason = reason_from_exception(exc)  # becomes the exit reason
     return _finish(channel, reason, ctx)
+
+
+def _ready_frame(info: Any) -> ReadyFrame:
+    """``ready``, carrying what ``init`` returned (OTP's ``{ok, Pid, Info}``); an ``info``
+    that cannot cross the wire fails the start, saying why."""
+    frame = ReadyFrame(pid=os.getpid(), mono=time.monotonic(), info=info)
+    if info is not None:
+        try:
+            encode_frame(frame)
+        except (TypeError, ValueError, msgspec.EncodeError) as exc:
+            raise TypeError(f"init returned {type(info).__name__} {info!r:.80}, which cannot "
+                            f"be sent as the start's info (msgpack): {exc}") from None
+    return frame
 
 
 def _has_async_handler(worker: Worker) -> bool:

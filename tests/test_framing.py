@@ -19,7 +19,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from prismatic._address import Pid
-from prismatic._exit import Crashed, ExitCode, Killed, Normal, NoProc, Shutdown
+from prismatic._exit import (
+    Crashed, ExitCode, Killed, NoConnection, Normal, NoProc, Shutdown,
+)
 from prismatic._notices import Down, Exit, GlobalNameConflict
 from prismatic.transports import _frames as F
 from prismatic.transports import _messages as M
@@ -46,7 +48,7 @@ pids = st.builds(Pid, st.sampled_from(["n", "prismatic@host"]), st.integers(1, 2
 reasons = st.one_of(
     st.builds(Normal), st.builds(Shutdown, text), st.builds(Crashed, text, text, text),
     st.builds(Killed, st.integers(1, 64)), st.builds(ExitCode, st.integers(-255, 255)),
-    st.builds(NoProc))
+    st.builds(NoProc), st.builds(NoConnection))
 raws = values.map(lambda v: msgspec.Raw(enc(v)))
 paths = st.lists(text, max_size=3).map(tuple)
 

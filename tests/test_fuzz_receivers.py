@@ -28,7 +28,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import prismatic as p
-from prismatic._exit import Crashed, ExitCode, Killed, Normal, NoProc, Shutdown
+from prismatic._exit import (
+    Crashed, ExitCode, Killed, NoConnection, Normal, NoProc, Shutdown,
+)
 from prismatic._hub import DEAD_LETTER_KINDS, DEAD_LETTER_REASONS
 from prismatic._mailbox_stats import collect_stats
 from prismatic._nodeinfo import hub_address, mailbox_address
@@ -72,7 +74,8 @@ def ghost_pids(node_name: str) -> st.SearchStrategy[p.Pid]:
 
 reasons = st.one_of(st.builds(Normal), st.builds(Shutdown, text),
                     st.builds(Crashed, text, text), st.builds(Killed, st.integers(0, 99)),
-                    st.builds(ExitCode, st.integers(-300, 300)), st.builds(NoProc))
+                    st.builds(ExitCode, st.integers(-300, 300)), st.builds(NoProc),
+                    st.builds(NoConnection))
 
 
 def mailbox_frames(node_name: str) -> st.SearchStrategy[Any]:

@@ -15,7 +15,12 @@ from hypothesis import strategies as st
 
 from prismatic._address import Pid
 from prismatic.transports import _global_frames as G
+from prismatic._exit import Crashed, NoConnection, NoProc
 from prismatic.transports import _mesh_frames as M
+from prismatic.transports._messages import (
+    CallFrame, CallRefused, CallReply, CastFrame, InfoFrame,
+)
+from prismatic.transports._remote_frames import CallFailed
 from tests.conftest import assert_builds_every_member
 
 SETTINGS = settings(max_examples=100, deadline=None,
@@ -38,6 +43,14 @@ global_frames = (  # the global registry's (prismatic.mesh._global)
     st.builds(G.GlobalRemove, names, addrs, names, pids),
     st.builds(G.GlobalSync, names, addrs, st.lists(regs, max_size=4).map(tuple),
               st.booleans()))
+values = (st.none() | st.integers(-2**63, 2**63 - 1) | st.text(max_size=10)
+          | st.lists(st.integers(-2**63, 2**63 - 1), max_size=3))  # what msgpack can carry
+reasons = st.sampled_from([NoProc(), NoConnection(), Crashed("ValueError", "x", "tb")])
+payloads = st.one_of(st.builds(CallFrame, seqs, values, st.none() | pids,
+                               st.none() | st.text(max_size=5)),
+                     st.builds(CastFrame, values), st.builds(InfoFrame, values))
+answers = st.one_of(st.builds(CallReply, seqs, values), st.builds(CallRefused, seqs, names),
+                    st.builds(CallFailed, seqs, reasons))
 frames = st.one_of(
     st.builds(M.Ping, *head, seqs, names, updates),
     st.builds(M.Ack, *head, seqs, updates),
@@ -51,7 +64,19 @@ frames = st.one_of(
     st.builds(M.JoinReply, *head, updates),
     st.builds(M.JoinNack, *head, st.text(max_size=30)),
     st.builds(M.Leave, *head),
-    *global_frames)
+    *global_frames,
+    st.builds(M.Route, names, seqs, pids | names, payloads),
+    st.builds(M.Answer, names, seqs, answers),
+    st.builds(M.Watch, names, pids),
+    st.builds(M.LinkAdd, names, pids, pids),
+    st.builds(M.LinkDel, names, pids, pids),
+    st.builds(M.Gone, names, pids, reasons),
+    st.builds(M.ControlRoute, names, seqs, values.map(lambda v: msgspec.Raw(
+        msgspec.msgpack.encode(v)))),
+    st.builds(M.ControlAnswer, names, seqs, values.map(lambda v: msgspec.Raw(
+        msgspec.msgpack.encode(v)))),
+    st.builds(M.Events, names, st.lists(st.tuples(st.binary(max_size=8), st.binary(max_size=8)),
+                                        max_size=3).map(tuple)))
 
 
 def test_the_strategy_builds_every_frame() -> None:
