@@ -133,6 +133,9 @@ def test_remote_noproc_and_callee_death(nodes: Nodes) -> None:
     with pytest.raises(p.NoProcError):
         a.call(("nobody", nodes.name("b")), ["echo", 1], timeout=5)
     u = nodes.pid("b", "u")
+    assert a.call(u, ["echo", 1], timeout=5) == 1
+    with pytest.raises(p.NoProcError):  # a stale Pid: u's ospid, another process's start
+        a.call(p.Pid(u.node, u.ospid, 0, 1), ["echo", 1], timeout=5)
     with pytest.raises(p.ProcessDown) as info:
         a.call(u, ["crash"], timeout=5)
     assert isinstance(info.value.reason, p.Crashed) and "asked to crash" in \

@@ -406,6 +406,10 @@ class _Destination:
             self.sock.connect(mailbox_address(pid.node, pid.ospid))
             if not dist.hub.trusted_mailbox(self.sock, pid):
                 raise ConnectionRefusedError(errno.ECONNREFUSED, "not the node's uid")
+            if not dist.hub.holds(pid, peer_creds(self.sock)[0]):
+                # a stale Pid (its ospid reused, or a Pid of the node's earlier run): the
+                # process it named is gone, whoever holds the address now
+                raise ConnectionRefusedError(errno.ECONNREFUSED, "another process's address")
         except OSError:
             self.sock.close()
             self.closed = True
