@@ -68,3 +68,36 @@ class Driver(p.Worker):
 def messaging() -> p.SupervisorSpec:
     return p.SupervisorSpec(children=[p.ChildSpec(id="echo", start=Echo, args=("echo",)),
                                       p.ChildSpec(id="driver", start=Driver)])
+
+
+class Anchor(p.Worker):
+    """What every ``Named`` worker monitors."""
+
+    def init(self) -> None:
+        self.register("anchor")
+
+
+class Named(p.Worker):
+    """Registers a name and monitors the anchor: the hub's registry and monitors grow with
+    the tree (the scale bench)."""
+
+    def init(self, name: str) -> None:
+        self.register(name)
+        self.monitor("anchor")
+
+
+def named_pool() -> p.SupervisorSpec:
+    """An anchor and ``PRISMATIC_BENCH_WORKERS`` named, monitoring workers under the root."""
+    n = int(os.environ.get("PRISMATIC_BENCH_WORKERS", "1000"))
+    return p.SupervisorSpec(children=[
+        p.ChildSpec(id="anchor", start=Anchor),
+        *(p.ChildSpec(id=f"w{i}", start=Named, args=(f"w{i}",)) for i in range(n))])
+
+
+def supervised_pool() -> p.SupervisorSpec:
+    """``PRISMATIC_BENCH_WORKERS`` supervisors under the root, one idle worker each."""
+    n = int(os.environ.get("PRISMATIC_BENCH_WORKERS", "1000"))
+    return p.SupervisorSpec(children=[
+        p.ChildSpec(id=f"s{i}", type="supervisor",
+                    start=p.SupervisorSpec(children=[p.ChildSpec(id="w", start=Idle)]))
+        for i in range(n)])

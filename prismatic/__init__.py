@@ -6,7 +6,7 @@ processes, forked from an image that imported ``prismatic``, do not carry it: ev
 every exit then has fewer pages to copy and free.
 """
 
-from ._address import Pid
+from ._address import Global, Pid
 from ._childspec import (
     AutoShutdown, ChildSpec, ChildType, RestartType, ShutdownKind, Strategy, SupervisorSpec,
     SupFlags, check_child_specs,
@@ -17,24 +17,27 @@ from ._errors import (
     PubSubError, RegistryError, StartError, SupervisorError, TopicError,
 )
 from ._exit import (
-    Crashed, ExitCode, ExitReason, Killed, NoProc, Normal, Shutdown, describe, is_abnormal,
+    Crashed, ExitCode, ExitReason, Killed, NoConnection, NoProc, Normal, Shutdown, describe,
+    is_abnormal,
 )
-from ._notices import Caller, Down, Exit
+from ._notices import Caller, Down, Exit, GlobalNameConflict
+from ._program import FileCheck, HttpCheck, LineCheck, NotifyCheck, PortCheck, Program
 from ._pubsub_wire import Event
 from ._worker import Ignore, Stop, Worker
 from .supervisors._events import ChildInfo
 
 __all__ = [
     "Worker", "Stop", "Ignore",
+    "Program", "PortCheck", "HttpCheck", "FileCheck", "LineCheck", "NotifyCheck",
     "ChildSpec", "SupFlags", "SupervisorSpec", "check_child_specs",
     "RestartType", "ChildType", "ShutdownKind", "Strategy", "AutoShutdown",
-    "ExitReason", "Normal", "Shutdown", "Crashed", "Killed", "ExitCode", "NoProc",
+    "ExitReason", "Normal", "Shutdown", "Crashed", "Killed", "ExitCode", "NoProc", "NoConnection",
     "is_abnormal", "describe",
     "Pid", "ChildInfo",
     "connect", "NodeConnection", "open_event_stream", "EventStream",
     "PrismaticError", "ChildSpecError", "SupervisorError", "StartError", "NodeError",
     "ControlError", "EventLogError", "EventLogFormatError", "EventLogFullError",
-    "Caller", "Down", "Exit",
+    "Caller", "Down", "Exit", "GlobalNameConflict", "Global",
     "CallError", "CallTimeout", "ProcessDown", "NoProcError", "MailboxFull", "RegistryError",
     "Event", "Subscription", "open_subscription", "PubSubError", "TopicError",
 ]

@@ -28,8 +28,8 @@ import time
 
 import msgspec
 
-__all__ = ["Pid", "default_node_name", "process_start", "boot_ms", "own_pid", "holder_matches",
-           "new_creation"]
+__all__ = ["Pid", "Global", "default_node_name", "process_start", "boot_ms", "own_pid",
+           "holder_matches", "new_creation"]
 
 
 class Pid(msgspec.Struct, frozen=True, order=True, array_like=True):
@@ -52,6 +52,16 @@ class Pid(msgspec.Struct, frozen=True, order=True, array_like=True):
         """Whether this Pid addresses the process ``other`` (a field 0 here: any value)."""
         return (self.node == other.node and self.ospid == other.ospid
                 and self.creation in (0, other.creation) and self.start in (0, other.start))
+
+
+class Global(msgspec.Struct, frozen=True, array_like=True):
+    """A destination by global name (OTP's ``{global, Name}``): resolved cluster-wide at each
+    send or call (see :meth:`Worker.register_global`)."""
+
+    name: str
+
+    def __str__(self) -> str:
+        return f"{{global, {self.name}}}"
 
 
 def default_node_name() -> str:

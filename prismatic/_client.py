@@ -2,7 +2,8 @@
 
 :func:`connect` gives a :class:`NodeConnection` for OTP's supervisor API on any supervisor in
 the node's tree, addressed by path (``""`` is the root, ``"pipeline/workers"`` a nested
-one). :func:`open_event_stream` subscribes to the node's lifecycle events;
+one) or by the name a supervisor registered (``"@pool"``, ``"@pool/sub"`` below it).
+:func:`open_event_stream` subscribes to the node's lifecycle events;
 :meth:`NodeConnection.publish` and :meth:`NodeConnection.subscribe` are pub/sub
 (:mod:`._publisher`, :mod:`._subscription`, ``docs/pubsub.md``). All speak ZeroMQ to the
 node's endpoints in its data directory; nothing here forks. Control requests carry the
@@ -24,7 +25,8 @@ import msgspec
 import zmq
 
 from ._address import Pid
-from ._childspec import ChildSpec
+from ._childspec import ChildSpec, spec_from_wire
+from ._program import Program
 from ._control import (
     CONTROL_MAX_BYTES, METRICS_FAILED, UNAUTHORIZED, ControlReply, MetricsCall, NodeStatus,
     StatusCall, SupervisorCall, TreeCall, TreeRow,
@@ -40,8 +42,8 @@ from ._replay import replay_log, republish_log
 from ._pubsub_wire import HELLO_PREFIX, events_address, publish_address
 from ._subscription import Subscription, await_hello
 from .supervisors._events import (
-    ChildInfo, CountChildren, DeleteChild, Err, Ok, RestartChild, StartChild, StartDynamic,
-    TerminateChild, WhichChildren,
+    ChildInfo, CountChildren, DeleteChild, Err, GetChildSpec, Ok, RestartChild, StartChild,
+    StartDynamic, TerminateChild, WhichChild, WhichChildren,
 )
 from .transports._frames import LifecycleFrame
 
@@ -109,6 +111,9 @@ class NodeConnection:
         self.close()
 
     def _call(self, make: Callable[[int, str], Any], timeout: float | None = None) -> Any:
+        return self._call_ok(make, timeout).value
+
+    def _call_ok(self, make: Callable[[int, str], Any], timeout: float | None = None) -> Ok:
         ref = next(self._refs)
         request = _encoder.encode(make(ref, self._cookie))
         if len(request) > CONTROL_MAX_BYTES:  # the node would drop the connection unanswered
@@ -135,49 +140,97 @@ class NodeConnection:
                     raise ControlError(f"node at {self.data_dir} could not produce its "
                                        f"metrics: {result.detail}")
                 raise SupervisorError(result.reason, result.detail)
-            return result.value
+            return result
 
-    def _sup(self, sup: str, op: Any, timeout: float | None = None) -> Any:
+    def _sup(self, sup: str, op: Any, timeout: float | None = None,
+             node: str | None = None) -> Any:
+        return self._sup_ok(sup, op, timeout, node).value
+
+    def _sup_ok(self, sup: str, op: Any, timeout: float | None = None,
+                node: str | None = None) -> Ok:
+        """``sup`` is a path (``"a/b"``, ``""`` the root) or ``"@name"``, optionally with a
+        path below the named supervisor (``"@pool/sub"``); ``node``: another member of the
+        cluster, where the request is carried out."""
+        name = ""
+        if sup.startswith("@"):
+            name, _, sup = sup[1:].partition("/")
+            if not name:
+                raise SupervisorError("badarg", "'@' must be followed by a supervisor name")
         path = tuple(p for p in sup.split("/") if p)
         raw = msgspec.Raw(_encoder.encode(op))
-        return self._call(lambda ref, cookie: SupervisorCall(ref, path, raw, cookie), timeout)
+        return self._call_ok(lambda ref, cookie: SupervisorCall(ref, path, raw, cookie,
+                                                                name=name, node=node or ""),
+                             timeout)
 
     # ---- OTP's supervisor API -----------------------------------------------------------------
+    # ``node=``: a member of this node's cluster, where the operation is carried out (this
+    # node forwards it over the mesh); None is this node.
 
-    def which_children(self, sup: str = "") -> list[ChildInfo]:
-        return msgspec.convert(self._sup(sup, WhichChildren()), list[ChildInfo])
+    def which_children(self, sup: str = "", *, node: str | None = None) -> list[ChildInfo]:
+        return msgspec.convert(self._sup(sup, WhichChildren(), node=node), list[ChildInfo])
 
-    def count_children(self, sup: str = "") -> dict[str, int]:
-        return msgspec.convert(self._sup(sup, CountChildren()), dict[str, int])
+    def count_children(self, sup: str = "", *, node: str | None = None) -> dict[str, int]:
+        return msgspec.convert(self._sup(sup, CountChildren(), node=node), dict[str, int])
+
+    def which_child(self, sup: str, child: str | int) -> ChildInfo:
+        """OTP 26's ``which_child``: the row ``which_children`` has for ``child`` (an id, or
+        the pid of a simple_one_for_one child); ``SupervisorError('not_found')`` if none."""
+        return msgspec.convert(self._sup(sup, WhichChild(child)), ChildInfo)
+
+    def get_childspec(self, sup: str, child: str | int) -> ChildSpec:
+        """OTP's ``get_childspec``: the validated spec the supervisor holds for ``child``
+        (an id, or a simple_one_for_one child's pid). A ``start`` that was a class or a
+        function comes back as the ``"module:qualname"`` naming it."""
+        return spec_from_wire(self._sup(sup, GetChildSpec(child)))
 
     def start_child(self, sup: str, spec_or_args: ChildSpec | tuple[Any, ...] | list[Any],
-                    timeout: float | None = None) -> int | None:
+                    timeout: float | None = None, *, node: str | None = None) -> int | None:
         """Start a child from a spec, or (simple_one_for_one) from extra args; its pid, or
-        None if its ``init`` raised Ignore."""
+        None if its ``init`` raised Ignore. With ``node=``, ``start`` must be importable
+        there (a ``module:attr`` reference: code does not travel)."""
+        return self.start_child_info(sup, spec_or_args, timeout, node=node)[0]
+
+    def start_child_info(self, sup: str,
+                         spec_or_args: ChildSpec | tuple[Any, ...] | list[Any],
+                         timeout: float | None = None, *,
+                         node: str | None = None) -> tuple[int | None, Any]:
+        """As :meth:`start_child`, with what the worker's ``init`` returned beside the pid
+        (OTP's ``{ok, Pid, Info}``; None when it returned nothing)."""
         if isinstance(spec_or_args, ChildSpec):
-            pid = self._sup(sup, StartChild(_wire_spec(spec_or_args)), timeout)
+            ok = self._sup_ok(sup, StartChild(_wire_spec(spec_or_args)), timeout, node)
         else:
-            pid = self._sup(sup, StartDynamic(tuple(spec_or_args)), timeout)
-        return msgspec.convert(pid, int | None)
+            ok = self._sup_ok(sup, StartDynamic(tuple(spec_or_args)), timeout, node)
+        return msgspec.convert(ok.value, int | None), ok.info
 
-    def terminate_child(self, sup: str, child: str | int, timeout: float | None = None) -> None:
-        self._sup(sup, TerminateChild(child), timeout)
+    def terminate_child(self, sup: str, child: str | int, timeout: float | None = None, *,
+                        node: str | None = None) -> None:
+        self._sup(sup, TerminateChild(child), timeout, node)
 
-    def restart_child(self, sup: str, child: str, timeout: float | None = None) -> int | None:
-        return msgspec.convert(self._sup(sup, RestartChild(child), timeout), int | None)
+    def restart_child(self, sup: str, child: str, timeout: float | None = None, *,
+                      node: str | None = None) -> int | None:
+        return self.restart_child_info(sup, child, timeout, node=node)[0]
 
-    def delete_child(self, sup: str, child: str) -> None:
-        self._sup(sup, DeleteChild(child))
+    def restart_child_info(self, sup: str, child: str, timeout: float | None = None, *,
+                           node: str | None = None) -> tuple[int | None, Any]:
+        """As :meth:`restart_child`, with the new process's start info (as
+        :meth:`start_child_info`)."""
+        ok = self._sup_ok(sup, RestartChild(child), timeout, node)
+        return msgspec.convert(ok.value, int | None), ok.info
+
+    def delete_child(self, sup: str, child: str, *, node: str | None = None) -> None:
+        self._sup(sup, DeleteChild(child), node=node)
 
     # ---- the node -----------------------------------------------------------------------------
 
-    def tree(self) -> list[TreeRow]:
+    def tree(self, *, node: str | None = None) -> list[TreeRow]:
         """The node's picture of the tree, depth-first; ``last_exit`` decoded to a typed
-        exit reason (never the wire's dict)."""
-        return msgspec.convert(self._call(TreeCall), list[TreeRow])
+        exit reason (never the wire's dict). ``node=``: another member's tree."""
+        return msgspec.convert(self._call(lambda ref, cookie: TreeCall(ref, cookie, node or "")),
+                               list[TreeRow])
 
-    def status(self) -> NodeStatus:
-        return msgspec.convert(self._call(StatusCall), NodeStatus)
+    def status(self, *, node: str | None = None) -> NodeStatus:
+        return msgspec.convert(
+            self._call(lambda ref, cookie: StatusCall(ref, cookie, node or "")), NodeStatus)
 
     def metrics(self) -> str:
         """The node's metrics in Prometheus text format (also without an HTTP endpoint)."""
@@ -211,6 +264,10 @@ class NodeConnection:
 
     def whereis(self, name: str) -> Pid | None:
         return self._messaging().whereis(name)
+
+    def whereis_global(self, name: str) -> Pid | None:
+        """The Pid holding global name ``name`` anywhere in the cluster, or None."""
+        return self._messaging().whereis_global(name)
 
     def replay(self, handler: Callable[[Any], object], **filters: Any) -> int:
         """Re-deliver the node's logged events matching ``filters`` (``start_seq``,
@@ -289,6 +346,8 @@ def connect(node: str | Path, *, timeout: float = 10.0,
 
 def _wire_spec(spec: ChildSpec) -> ChildSpec:
     start = spec.start
+    if isinstance(start, Program):
+        return spec  # plain data: it crosses the wire as it is
     if not isinstance(start, str):
         module = getattr(start, "__module__", None)
         qualname = getattr(start, "__qualname__", None)

@@ -27,6 +27,13 @@ Layout (every key optional except each child's ``id`` and a worker's ``start``):
     restart = "permanent"      # permanent | transient | temporary
     shutdown = 5               # seconds | "brutal_kill" | "infinity"
 
+    [[tree.children]]          # a program (any executable): a program table instead of start
+    id = "web"
+    shutdown = 10
+    [tree.children.program]    # fields of prismatic.Program; docs/programs.md
+    argv = ["gunicorn", "app:wsgi", "-b", "127.0.0.1:8000"]
+    ready = { check = "port", port = 8000 }
+
     [[tree.children]]          # a nested supervisor: children instead of start
     id = "pipeline"
     flags = { strategy = "rest_for_one" }
@@ -51,6 +58,7 @@ from ._childspec import (
     AutoShutdown, ChildSpec, RestartType, Strategy, SupervisorSpec, SupFlags, import_ref,
 )
 from ._errors import ChildSpecError, NodeError
+from ._program import program_from
 
 __all__ = ["ConfigError", "NodeConfig", "NodeSection", "EventLogSection", "load_config",
            "LogFormat", "LOG_LEVELS"]
@@ -89,6 +97,7 @@ class ChildTable(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     significant: bool = False
     flags: FlagsTable | None = None
     children: tuple[ChildTable, ...] | None = None
+    program: dict[str, Any] | None = None  # a program child (docs/programs.md)
 
 
 class TreeTable(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -205,14 +214,23 @@ def _index_of(children: tuple[ChildTable, ...], exc: ChildSpecError) -> int | No
 
 
 def _child(file: Path, key: str, table: ChildTable) -> ChildSpec:
-    if table.children is not None:
+    if table.program is not None:
+        if table.start is not None or table.children is not None:
+            raise ConfigError(file, f"{key}.program", "a child has one of start (a worker), "
+                                                      "children (a supervisor) or program")
+        try:
+            start: object = program_from(table.program)
+        except ChildSpecError as exc:
+            raise ConfigError(file, f"{key}.{exc.field}", _spec_problem(exc)) from None
+    elif table.children is not None:
         if table.start is not None:
             raise ConfigError(file, f"{key}.start",
                               "a child has either start (a worker) or children (a supervisor)")
-        start: object = _supervisor(file, key, table.flags or FlagsTable(), table.children)
+        start = _supervisor(file, key, table.flags or FlagsTable(), table.children)
     elif table.start is None:
         raise ConfigError(file, f"{key}.start", "missing: a worker needs start = "
-                                                "\"module:attr\" (a supervisor: children)")
+                                                "\"module:attr\" (a supervisor: children, a "
+                                                "program: [...program] argv)")
     elif table.flags is not None:
         raise ConfigError(file, f"{key}.flags", "only a supervisor (a child with children) "
                                                 "has flags")

@@ -20,7 +20,8 @@ set: on a ROUTER a lower one made libzmq drop messages uncounted.
 =============  =====================================  ===========================================
 call (tag)     fields                                 Ok value
 =============  =====================================  ===========================================
-``supervisor`` ref, path, op (a supervisor Op), cookie  the supervisor's reply (OTP's API)
+``supervisor`` ref, path, op (a supervisor Op), cookie, the supervisor's reply (OTP's API)
+               name (registered name, or ``""``)
 ``tree``       ref, cookie                            ``list[TreeRow]``
 ``status``     ref, cookie                            :class:`NodeStatus`
 ``metrics``    ref, cookie                            Prometheus text exposition (``str``)
@@ -44,12 +45,13 @@ from ._exit import ExitReason
 __all__ = ["SupervisorCall", "TreeCall", "StatusCall", "MetricsCall", "ControlCall",
            "ControlReply", "TreeRow", "NodeStatus", "ProcessState", "UNAUTHORIZED",
            "METRICS_FAILED", "CONTROL_MAX_BYTES", "ClusterMembersCall", "ClusterJoinCall",
-           "ClusterLeaveCall", "NO_MESH"]
+           "ClusterLeaveCall", "NO_MESH", "NO_CONNECTION"]
 
 UNAUTHORIZED = "unauthorized"  # the Err reason of a refused cookie
 METRICS_FAILED = "metrics_failed"  # the node could not produce its metrics (logged there)
 CONTROL_MAX_BYTES = 1024 * 1024  # a start_child with large args fits; 100 MiB does not
 NO_MESH = "no_mesh"  # a cluster call to a node that runs without the mesh
+NO_CONNECTION = "noconnection"  # a call for another node that is not a reachable member
 
 
 class SupervisorCall(msgspec.Struct, frozen=True, tag="supervisor"):
@@ -57,16 +59,22 @@ class SupervisorCall(msgspec.Struct, frozen=True, tag="supervisor"):
     path: tuple[str, ...]
     op: msgspec.Raw
     cookie: str = ""
+    # A registered supervisor name (``@name`` in the client): the node resolves it to that
+    # supervisor's path, and ``path`` is then below it; ``noproc`` if nobody holds it.
+    name: str = ""
+    node: str = ""  # another member of the cluster: carried out there, over the mesh
 
 
 class TreeCall(msgspec.Struct, frozen=True, tag="tree"):
     ref: int
     cookie: str = ""
+    node: str = ""
 
 
 class StatusCall(msgspec.Struct, frozen=True, tag="status"):
     ref: int
     cookie: str = ""
+    node: str = ""
 
 
 class MetricsCall(msgspec.Struct, frozen=True, tag="metrics"):

@@ -8,7 +8,7 @@ and the value, so a one-line report is enough to fix the input.
 
 from __future__ import annotations
 
-from ._address import Pid
+from ._address import Global, Pid
 from ._exit import ExitReason, NoProc, describe
 
 __all__ = [
@@ -99,7 +99,7 @@ class TopicError(PrismaticError, ValueError):
 class CallError(PrismaticError):
     """A message could not be delivered or a call got no reply; ``dest`` is the target."""
 
-    def __init__(self, dest: Pid | str, problem: str) -> None:
+    def __init__(self, dest: Pid | str | Global | tuple[str, str], problem: str) -> None:
         self.dest = dest
         super().__init__(f"{dest}: {problem}")
 
@@ -111,7 +111,8 @@ class CallTimeout(CallError):
 class ProcessDown(CallError):
     """The callee exited before replying; ``reason`` is its :data:`ExitReason`."""
 
-    def __init__(self, dest: Pid | str, reason: ExitReason, problem: str | None = None) -> None:
+    def __init__(self, dest: Pid | str | Global | tuple[str, str], reason: ExitReason,
+                 problem: str | None = None) -> None:
         self.reason = reason
         super().__init__(dest, problem or f"exited before replying: {reason}")
 
@@ -119,7 +120,7 @@ class ProcessDown(CallError):
 class NoProcError(ProcessDown):
     """No process by that pid or registered name (OTP's ``noproc``)."""
 
-    def __init__(self, dest: Pid | str) -> None:
+    def __init__(self, dest: Pid | str | Global | tuple[str, str]) -> None:
         super().__init__(dest, NoProc(), "no such process")
 
 

@@ -13,7 +13,12 @@ variant                   OTP equivalent                              abnormal?
 ``Killed(signal)``        ``killed`` (SIGKILL) or another signal      yes
 ``ExitCode(code)``        a process that exited with a non-zero code  yes
 ``NoProc()``              ``noproc``                                  yes
+``NoConnection()``        ``noconnection`` (its node is unreachable)  yes
 ========================  ==========================================  =================
+
+``NoConnection()`` is what a monitor or link of a process on another node reports when that
+node is declared dead, leaves, or is partitioned away: the process may still be running,
+but this side can no longer know (OTP's ``noconnection``).
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ __all__ = [
     "Killed",
     "ExitCode",
     "NoProc",
+    "NoConnection",
     "is_abnormal",
     "reason_from_exception",
     "reason_from_wait_status",
@@ -73,7 +79,11 @@ class NoProc(msgspec.Struct, frozen=True, tag_field="kind", tag="noproc"):
     """There was no such process."""
 
 
-ExitReason = Normal | Shutdown | Crashed | Killed | ExitCode | NoProc
+class NoConnection(msgspec.Struct, frozen=True, tag_field="kind", tag="noconnection"):
+    """The process's node became unreachable (declared dead, left, or partitioned away)."""
+
+
+ExitReason = Normal | Shutdown | Crashed | Killed | ExitCode | NoProc | NoConnection
 
 
 def is_abnormal(reason: ExitReason) -> bool:
@@ -120,4 +130,6 @@ def describe(reason: ExitReason) -> str:
             return f"exit code {c}"
         case NoProc():
             return "noproc"
+        case NoConnection():
+            return "noconnection"
     raise TypeError(f"not an exit reason: {reason!r}")

@@ -19,6 +19,12 @@ the cap.
 
 The node's own lifecycle events go out on the same XPUB through :meth:`Forwarder.send`.
 
+On a clustered node, every message forwarded from a publisher is also handed to
+``on_published`` (the mesh's cluster pub/sub, :mod:`prismatic.mesh._remote`), which sends it
+to the other members; what they send is published here with :meth:`Forwarder.send`, so it
+is never forwarded again. The node's own events (lifecycle, dead letters, member changes)
+stay on their node.
+
 Slow joiners: the XPUB reports subscriptions upstream; a ``_hello.<unique>`` subscription is
 answered at once with ``[that topic, b""]``. A subscriber that sent its real subscriptions
 before its hello (same pipe, so in order) knows, once the echo arrives, that they are in
@@ -75,6 +81,7 @@ class Forwarder:
         self.dropped_bad_frames = 0
         self.dropped_bad_topic = 0
         self.hellos = 0
+        self.on_published: Callable[[list[zmq.Frame]], None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pending_drain = False
         for name in ("events.sock", "publish.sock"):
@@ -135,6 +142,8 @@ class Forwarder:
                 n = self._check(frames)
                 if n < 0:
                     continue
+                if self.on_published is not None:
+                    self.on_published(frames)
                 send(frames, copy=False)
             except Exception as exc:  # noqa: BLE001 - one message must not stop the forwarder
                 self.caught("pub/sub forwarder", exc)

@@ -60,8 +60,9 @@ from ._nodeinfo import creation_of, mailbox_address, peer_creds
 from ._throttle import ThrottledWarning, throttle_for
 from .transports._framing import ByteBudget, FrameBuffer, encode_frame
 from .transports._messages import (
-    DeadLetterNote, DemonitorReq, EmitReq, ExitOfReq, HubReply, HubRequest, LinkReq, MonitorReq,
-    RegisterReq, UnlinkReq, UnregisterReq, WhereisReq,
+    GLOBAL_REQUESTS, DeadLetterNote, DemonitorReq, EmitReq, ExitOfReq, GlobalRegisterReq,
+    GlobalUnregisterReq, HubReply, HubRequest, LinkReq, MonitorReq, RegisterReq, UnlinkReq,
+    UnregisterReq, WhereisReq,
 )
 
 __all__ = ["Hub"]
@@ -70,7 +71,7 @@ log = logging.getLogger(__name__)
 
 RECENT_EXITS = 10_000  # exit reasons remembered for late monitors and failed calls
 UNREPORTED_GRACE_S = 0.5  # a reported exit (with its real reason) normally comes within ms
-DEAD_LETTER_REASONS = frozenset({"noproc", "not_registered", "mailbox_full"})
+DEAD_LETTER_REASONS = frozenset({"noproc", "not_registered", "mailbox_full", "noconnection"})
 DEAD_LETTER_KINDS = frozenset({"call", "cast", "info"})
 _decoder = msgspec.msgpack.Decoder(HubRequest)
 
@@ -102,6 +103,12 @@ class Hub:
         self.on_dead_letter = on_dead_letter
         self.counters = collections.Counter[str]()
         self.server: asyncio.AbstractServer | None = None
+        # The global registry's hooks (prismatic.mesh._global_names), set by the node.
+        self.on_global: Callable[[Any, Callable[[HubReply], None]], None] | None = None
+        self.on_exit: Callable[[Pid], None] | None = None
+        # prismatic.mesh._remote.Distribution on a clustered node: monitors and links of
+        # processes of other nodes go through it (None: every pid is taken as local).
+        self.remote: Any = None
 
     async def start(self, sock: socket.socket) -> None:
         loop = asyncio.get_running_loop()
@@ -137,10 +144,14 @@ class Hub:
             if self.last_exit.get(old.ospid) == old:
                 del self.last_exit[old.ospid]
         self.registry, _ = _registry.decide(self.registry, _registry.Exited(pid))
+        if self.on_exit is not None:
+            self.on_exit(pid)  # its global names go too
         self.apply_links(_links.ProcessExited(pid, reason))
         box = self.outboxes.pop(pid, None)
         if box is not None:
             box.close()
+        if self.remote is not None:
+            self.remote.exited(pid, reason)
         for conn, ref, timer in self.waiters.pop(pid, ()):
             timer.cancel()
             conn.reply(HubReply(ref, reason))
@@ -176,7 +187,10 @@ class Hub:
 
     def status(self, pid: Pid) -> tuple[Pid, ExitReason | None]:
         """``pid`` completed, and None if it lives, else its exit reason (NoProc() if
-        unknown: a stale Pid is dead whatever now holds its ospid)."""
+        unknown: a stale Pid is dead whatever now holds its ospid). A process of another
+        node is asked of the distribution, which hears of its exit from its own node."""
+        if pid.node != self.node and self.remote is not None:
+            return pid, self.remote.exit_of(pid)
         pid = self.complete(pid)
         reason = self.exits.get(pid)
         if reason is not None:
@@ -259,9 +273,14 @@ class Hub:
             if exited is None:
                 self.watch(req.a)
                 self.watch(b)
+                if b.node != self.node and self.remote is not None:
+                    self.remote.linked(req.a, b)
             conn.reply(HubReply(req.ref, None))
         elif isinstance(req, UnlinkReq):
-            self.apply_links(_links.Unlink(req.a, self.complete(req.b, probe=False)))
+            b = self.complete(req.b, probe=False)
+            self.apply_links(_links.Unlink(req.a, b))
+            if b.node != self.node and self.remote is not None:
+                self.remote.unlinked(req.a, b)
             conn.reply(HubReply(req.ref, None))
         elif isinstance(req, ExitOfReq):
             pid = self.complete(req.pid, probe=False)  # waited_out probes, if it comes to that
@@ -283,6 +302,11 @@ class Hub:
                 self.on_emit(req, conn.reply)
         elif isinstance(req, DeadLetterNote):
             self.on_dead_letter(req)
+        elif isinstance(req, GLOBAL_REQUESTS):
+            if self.on_global is None:
+                conn.reply(HubReply(req.ref, None, "no_global", "this hub keeps no global names"))
+            else:
+                self.on_global(req, conn.reply)
 
     def identify(self, pid: Pid) -> Pid | None:
         """The exact Pid of the live process ``pid`` names, or None if there is none."""
@@ -356,7 +380,11 @@ class Hub:
     # ---- deaths no supervisor reports ------------------------------------------------------
 
     def watch(self, pid: Pid) -> None:
-        """Watch a live process of this node (once), so its death is never missed."""
+        """Watch a live process of this node (once), so its death is never missed; one of
+        another node is watched by its own node, which tells us of its exit."""
+        if pid.node != self.node and self.remote is not None:
+            self.remote.watch(pid)
+            return
         if pid.node != self.node or pid in self.exits or pid in self.watched:
             return
         try:
@@ -410,6 +438,8 @@ class Hub:
         return actions
 
     def deliver(self, to: Pid, frame: Any) -> None:
+        if to.node != self.node:
+            return  # the remote end's own node holds this link too and delivers its notice
         box = self.outboxes.get(to)
         if box is None or box.closed:
             box = self.outboxes[to] = _MailboxWriter(self, to)
@@ -419,7 +449,7 @@ class Hub:
 def _acting_for(req: Any) -> tuple[str, Pid | None]:
     """The field naming the process a request acts for (which must be its sender's own) and
     that process, if any."""
-    if isinstance(req, (RegisterReq, UnregisterReq)):
+    if isinstance(req, (RegisterReq, UnregisterReq, GlobalRegisterReq, GlobalUnregisterReq)):
         return "pid", req.pid
     if isinstance(req, (MonitorReq, DemonitorReq)):
         return "watcher", req.watcher

@@ -11,15 +11,23 @@ a live target, else its exit reason. Exits are fed as :class:`ProcessExited` exa
 process (the hub deduplicates).
 
 Invariants: no monitor or link mentions a process after its :class:`ProcessExited`; each
-monitor ref appears in at most one :class:`SendDown`, and never after a :class:`Demonitor`.
+monitor ref appears in at most one :class:`SendDown`, and never after a :class:`Demonitor`;
+``refs`` and ``partners`` index exactly ``monitors`` and ``links`` by process.
+
+Ownership: :func:`decide` updates the state it is given in place and returns it (a node has
+thousands of monitors, and every exit scanned them all: O(n) per exit); the caller keeps only
+the state it gets back. Each event costs O(1) plus the monitors and links of the process
+it names.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 
 from ._address import Pid
-from ._exit import ExitReason, NoProc
+from ._exit import ExitReason, NoConnection, NoProc
 from ._notices import Down, Exit
 
 __all__ = [
@@ -30,8 +38,10 @@ __all__ = [
 
 class Links(msgspec.Struct, frozen=True):
     monitors: dict[int, tuple[Pid, Pid]] = {}  # mref -> (watcher, target)
-    links: frozenset[frozenset[Pid]] = frozenset()
+    links: set[frozenset[Pid]] = set()
     next_ref: int = 1
+    refs: dict[Pid, set[int]] = {}  # pid -> the mrefs it watches with or is watched by
+    partners: dict[Pid, set[Pid]] = {}  # pid -> the pids it is linked to
 
 
 class Monitor(msgspec.Struct, frozen=True):
@@ -82,48 +92,65 @@ Action = SendDown | SendExit | MonitorStarted
 
 
 def decide(state: Links, event: Event) -> tuple[Links, list[Action]]:
+    """The next state (``state`` updated in place, see the module doc) and what to send."""
     if isinstance(event, Monitor):
         mref = state.next_ref
-        after = msgspec.structs.replace(state, next_ref=mref + 1)
+        after = msgspec.structs.replace(state, next_ref=mref + 1)  # shares the dicts
         if event.target_exit is not None:
             return after, [MonitorStarted(mref),
                            SendDown(event.watcher, Down(mref, event.target, event.target_exit))]
-        return msgspec.structs.replace(
-            after, monitors={**state.monitors, mref: (event.watcher, event.target)}), \
-            [MonitorStarted(mref)]
+        state.monitors[mref] = (event.watcher, event.target)
+        state.refs.setdefault(event.watcher, set()).add(mref)
+        state.refs.setdefault(event.target, set()).add(mref)
+        return after, [MonitorStarted(mref)]
     if isinstance(event, Demonitor):
         owner = state.monitors.get(event.mref)
         if owner is None or owner[0] != event.watcher:
             return state, []  # OTP: demonitoring a fired or unknown monitor is a no-op
-        monitors = dict(state.monitors)
-        del monitors[event.mref]
-        return msgspec.structs.replace(state, monitors=monitors), []
+        del state.monitors[event.mref]
+        for pid in owner:
+            _forget(state.refs, pid, event.mref)
+        return state, []
     if isinstance(event, Link):
         if event.a == event.b:
             return state, []  # OTP: linking to self does nothing
-        if event.b_exit is not None:
-            return state, [SendExit(event.a, Exit(event.b, NoProc()))]  # OTP: always noproc
-        return msgspec.structs.replace(
-            state, links=state.links | {frozenset((event.a, event.b))}), []
+        if event.b_exit is not None:  # OTP: noproc, or noconnection for an unreachable node
+            reason = event.b_exit if isinstance(event.b_exit, NoConnection) else NoProc()
+            return state, [SendExit(event.a, Exit(event.b, reason))]
+        state.links.add(frozenset((event.a, event.b)))
+        state.partners.setdefault(event.a, set()).add(event.b)
+        state.partners.setdefault(event.b, set()).add(event.a)
+        return state, []
     if isinstance(event, Unlink):
-        return msgspec.structs.replace(
-            state, links=state.links - {frozenset((event.a, event.b))}), []
-    return _exited(state, event.pid, event.reason)
+        pair = frozenset((event.a, event.b))
+        if pair in state.links:
+            state.links.discard(pair)
+            _forget(state.partners, event.a, event.b)
+            _forget(state.partners, event.b, event.a)
+        return state, []
+    return state, _exited(state, event.pid, event.reason)
 
 
-def _exited(state: Links, pid: Pid, reason: ExitReason) -> tuple[Links, list[Action]]:
+def _forget(index: dict[Pid, set[Any]], pid: Pid, item: Any) -> None:
+    held = index.get(pid)
+    if held is not None:
+        held.discard(item)
+        if not held:
+            del index[pid]
+
+
+def _exited(state: Links, pid: Pid, reason: ExitReason) -> list[Action]:
     actions: list[Action] = []
-    monitors = {}
-    for mref, (watcher, target) in state.monitors.items():
+    for mref in sorted(state.refs.pop(pid, ())):
+        watcher, target = state.monitors.pop(mref)
         if target == pid:
             actions.append(SendDown(watcher, Down(mref, pid, reason)))
-        elif watcher != pid:  # a dead watcher's monitors die with it
-            monitors[mref] = (watcher, target)
-    links = set()
-    for pair in state.links:
-        if pid in pair:
-            (other,) = pair - {pid}
-            actions.append(SendExit(other, Exit(pid, reason)))
-        else:
-            links.add(pair)
-    return Links(monitors, frozenset(links), state.next_ref), actions
+        # else: a dead watcher's monitors die with it
+        for other in (watcher, target):
+            if other != pid:
+                _forget(state.refs, other, mref)
+    for other in state.partners.pop(pid, ()):
+        state.links.discard(frozenset((pid, other)))
+        _forget(state.partners, other, pid)
+        actions.append(SendExit(other, Exit(pid, reason)))
+    return actions

@@ -34,7 +34,7 @@ import msgspec
 from ._errors import NodeError
 from ._local_limits import Admissions, LocalLimits, mailbox_limits
 from ._nodeinfo import describe_holder, mailbox_address, node_pid, peer_creds
-from ._notices import Down, Exit
+from ._notices import Down, Exit, GlobalNameConflict
 from ._throttle import ThrottledWarning
 from .transports._framing import ByteBudget, FrameBuffer, encode_frame
 from .transports._messages import MailboxFrame
@@ -48,6 +48,7 @@ __all__ = ["Mailbox", "Inbound"]
 
 log = logging.getLogger(__name__)
 _decoder = msgspec.msgpack.Decoder(MailboxFrame)
+_NOTICES = (Down, Exit, GlobalNameConflict)  # only the node's hub may send these
 READ_SIZE = 1 << 16  # below malloc's mmap threshold: a bigger read buffer costs an mmap per read
 ACCEPT_BACKOFF_S = 0.1  # out of descriptors: stop accepting this long (the listener stays ready)
 
@@ -206,7 +207,7 @@ class Mailbox:
             conn.batch = bytearray()
         try:
             for frame in frames:
-                if isinstance(frame, (Down, Exit)):
+                if isinstance(frame, _NOTICES):
                     if self.forged(conn, frame):
                         continue
                     self.drain_except(conn)
@@ -224,11 +225,12 @@ class Mailbox:
                 if frames is None:
                     break
                 for frame in frames:
-                    if not (isinstance(frame, (Down, Exit)) and self.forged(conn, frame)):
+                    if not (isinstance(frame, _NOTICES) and self.forged(conn, frame)):
                         self.on_frame(conn, frame)
 
-    def forged(self, conn: Inbound, notice: Down | Exit) -> bool:
-        """A DOWN or EXIT that did not come from the node's hub: dropped, counted, logged."""
+    def forged(self, conn: Inbound, notice: Down | Exit | GlobalNameConflict) -> bool:
+        """A DOWN, EXIT or lost global name that did not come from the node's hub: dropped,
+        counted, logged."""
         if self.hub_pid is None or conn.peer_pid == self.hub_pid:
             return False
         self.bad_frames += 1

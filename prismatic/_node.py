@@ -209,7 +209,8 @@ def _raise_fd_limit() -> None:
 
 
 def _root_main(spec: SupervisorSpec, channel: Channel, name: str) -> int:
-    # The tree gets a process group of its own: a signal sent to the node's group (Ctrl-C in
-    # a terminal, `kill -TERM -PGID`) reaches only the node, which stops the tree in order.
+    # The root leads a process group of its own (as every process of the tree does, see
+    # supervisors/_procs.py): a signal sent to the node's group (Ctrl-C in a terminal,
+    # `kill -TERM -PGID`) reaches only the node, which stops the tree in order.
     os.setpgid(0, 0)
     return SupervisorRuntime(spec, channel, (), name).run()

@@ -19,7 +19,9 @@ The loop (uvloop) serves:
   reverse start order), then exit 0;
 * with ``--listen``/``--join``, the node mesh (:mod:`prismatic.mesh`): member changes are
   published and logged as ``cluster.node.<name>.up|down|left``; SIGTERM first announces
-  the node's departure to the cluster.
+  the node's departure to the cluster;
+* global names (:mod:`prismatic.mesh._global_names`), between the hub and the mesh (a node
+  without the mesh is a cluster of one).
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ import zmq.asyncio
 
 from ._address import Pid
 from ._control import (
-    CONTROL_MAX_BYTES, METRICS_FAILED, NO_MESH, UNAUTHORIZED, ClusterJoinCall,
+    CONTROL_MAX_BYTES, METRICS_FAILED, NO_CONNECTION, NO_MESH, UNAUTHORIZED, ClusterJoinCall,
     ClusterLeaveCall, ClusterMembersCall, ControlCall, ControlReply, MetricsCall, NodeStatus,
     StatusCall, SupervisorCall, TreeCall, TreeRow,
 )
@@ -62,10 +64,12 @@ from ._throttle import throttle_for
 from ._topics import validate_topic
 from ._tree import TreeView
 from .supervisors._events import Err, Ok
+from .supervisors._names import resolve_name
 from .transports._channel import Channel
 from .transports._frames import (
     ExitingFrame, LifecycleFrame, ReadyFrame, ReplyFrame, RequestFrame,
 )
+from .transports._mesh_frames import ControlAnswer, ControlRoute
 from .transports._messages import DeadLetterNote, EmitReq, HubReply
 
 __all__ = ["serve", "NodeLoop"]
@@ -105,7 +109,8 @@ class NodeLoop:
         self.ready = False
         self.stopping = False
         self.root_reason: ExitReason | None = None
-        self.pending: dict[int, tuple[bytes, int]] = {}
+        self.pending: dict[int, tuple[bytes | str, int]] = {}  # str: a node (over the mesh)
+        self.remote_pending: dict[int, tuple[bytes, int, str]] = {}  # to another node's
         self.next_ref = 1
         self.started = time.monotonic()
         self.dirty = False
@@ -119,6 +124,13 @@ class NodeLoop:
         self.hub = Hub(name, self.on_dead_letter,
                        lambda tag: self.metrics.hub_requests.labels(tag).inc(), self.on_emit)
         self.hub.process_started(root_pid)
+        # Global names (prismatic.mesh._global_names): kept alone until the mesh is up.
+        from .mesh._global_names import GlobalNames  # noqa: PLC0415
+
+        self.global_names = GlobalNames(name, self.hub.deliver,
+                                        lambda pid: self.hub.exit_of(pid) is not None)
+        self.hub.on_global = self.global_names.on_request
+        self.hub.on_exit = self.global_names.process_exited
         self.mesh_settings: Any = None  # prismatic.mesh.MeshSettings: run the mesh
         self.mesh: Any = None
         self.exit_code = 0  # what an orderly stop exits with (2: the mesh refused our name)
@@ -167,7 +179,10 @@ class NodeLoop:
             self.tasks.close()
             if self.metrics_server is not None:
                 self.metrics_server.close()
+            self.global_names.close()  # first: its timer sends on the mesh
             if self.mesh is not None:
+                if self.mesh.remote is not None:
+                    self.mesh.remote.close()
                 await self.mesh.close()
             self.hub.close()
             self.control.close(0)
@@ -344,15 +359,33 @@ class NodeLoop:
         if not cookie_matches(self.cookie, call.cookie):
             self.refuse(ident, call.ref, "missing" if not call.cookie else "wrong")
             return
+        if getattr(call, "node", "") not in ("", self.name):
+            self.forward_control(ident, call)
+        else:
+            self.carry_out(ident, call)
+
+    def carry_out(self, ident: bytes | str, call: Any) -> None:
+        """Answer an authorised control call here (``ident``: a client, or a node's name for
+        a call that came over the mesh)."""
         if isinstance(call, SupervisorCall):
+            path = call.path
+            if call.name:
+                found = self.named_path(call.name)
+                if found is None:
+                    self.reply(ident, call.ref, Err("noproc", f"no running supervisor is "
+                                                              f"registered as {call.name!r}"))
+                    return
+                path = (*found, *path)
             ref, self.next_ref = self.next_ref, self.next_ref + 1
             self.pending[ref] = (ident, call.ref)
-            if not self.root.try_send(RequestFrame(ref, call.path, call.op)):
+            if not self.root.try_send(RequestFrame(ref, path, call.op)):
                 self.answer(ref, msgspec.Raw(_encoder.encode(Err("noproc", "no root"))))
         elif isinstance(call, TreeCall):
             self.reply(ident, call.ref, Ok(self.tree_rows()))
         elif isinstance(call, StatusCall):
             self.reply(ident, call.ref, Ok(self.status()))
+        elif isinstance(ident, str):  # the calls below are never carried across nodes
+            self.reply(ident, call.ref, Err("badarg", "not available across nodes"))
         elif isinstance(call, (ClusterMembersCall, ClusterJoinCall, ClusterLeaveCall)):
             self.on_cluster_call(ident, call)
         elif isinstance(call, MetricsCall):
@@ -373,7 +406,25 @@ class NodeLoop:
             self.mesh_fatal(str(exc))
             return
         self.metrics.registry.register(self.mesh.collector())
+        self.global_names.attach(addr, self.mesh.send_to)
+        self.mesh.on_global_frame = self.global_names.received
+        self.mesh.on_members = self.global_names.members
+        await self.start_distribution()
         self.say(f"node {self.name}: cluster address {addr.removeprefix('tcp://')}")
+
+    async def start_distribution(self) -> None:
+        """Messages, monitors and links to processes of other nodes (mesh._remote)."""
+        from .mesh._remote import Distribution  # noqa: PLC0415
+
+        mesh = self.mesh
+        dist = Distribution(self.name, self.hub, mesh.send_to_node, mesh.node_alive,
+                            self.on_dead_letter, mesh.peers)
+        await dist.start()
+        dist.on_control = self.on_remote_control
+        dist.on_lost = self.control_node_lost
+        dist.publish_local = self.forwarder.send
+        self.forwarder.on_published = dist.published
+        mesh.remote = self.hub.remote = dist
 
     def mesh_fatal(self, reason: str) -> None:
         self.say(f"node {self.name}: error: {reason}")
@@ -496,7 +547,9 @@ class NodeLoop:
                 "pubsub_messages_forwarded": self.forwarder.messages_forwarded,
                 "pubsub_events_forwarded": self.forwarder.events_forwarded,
                 "pubsub_dropped_bad_frames": self.forwarder.dropped_bad_frames,
-                "pubsub_dropped_bad_topic": self.forwarder.dropped_bad_topic}
+                "pubsub_dropped_bad_topic": self.forwarder.dropped_bad_topic,
+                "global_conflicts": self.global_names.counts["global_conflicts"],
+                "global_stale_frames": self.global_names.counts["global_stale_frames"]}
 
     async def beat(self) -> None:
         while True:  # /health answers 200 while this keeps stamping
@@ -505,6 +558,14 @@ class NodeLoop:
             if server is not None and not server.is_serving():
                 self.tasks.died("hub", "its server stopped serving")
             await asyncio.sleep(1.0)
+
+    def named_path(self, name: str) -> tuple[str, ...] | None:
+        """The tree path of the supervisor registered as ``name`` (supervisors._names)."""
+        pid = resolve_name(self.name, name)
+        if pid is None:
+            return None
+        return next((e.path for e in self.tree.entries.values()
+                     if e.pid == pid and e.type == "supervisor"), None)
 
     def tree_rows(self) -> list[TreeRow]:
         now = time.monotonic()
@@ -515,13 +576,56 @@ class NodeLoop:
     def answer(self, ref: int, result: msgspec.Raw) -> None:
         target = self.pending.pop(ref, None)
         if target is not None:
-            ident, client_ref = target
-            self.control.send_multipart([ident, _encoder.encode(ControlReply(client_ref,
-                                                                             result))])
+            self.send_reply(*target, result)
 
-    def reply(self, ident: bytes, ref: int, result: Ok | Err) -> None:
-        self.control.send_multipart([ident, _encoder.encode(
-            ControlReply(ref, msgspec.Raw(_encoder.encode(result))))])
+    def reply(self, ident: bytes | str, ref: int, result: Ok | Err) -> None:
+        self.send_reply(ident, ref, msgspec.Raw(_encoder.encode(result)))
+
+    def send_reply(self, ident: bytes | str, ref: int, result: msgspec.Raw) -> None:
+        if isinstance(ident, str):  # a call that came from that node over the mesh
+            if self.mesh is not None:
+                self.mesh.send_to_node(ident, ControlAnswer(self.name, ref, result))
+            return
+        self.control.send_multipart([ident, _encoder.encode(ControlReply(ref, result))])
+
+    # ---- control calls across nodes (``node=``; prismatic.mesh._remote carries them) ------
+
+    def forward_control(self, ident: bytes, call: Any) -> None:
+        if self.mesh is None or self.mesh.remote is None:
+            self.reply(ident, call.ref, Err(NO_MESH, f"node {self.name} runs without the "
+                                                     "cluster mesh: no other nodes to ask"))
+            return
+        ref, self.next_ref = self.next_ref, self.next_ref + 1
+        body = _encoder.encode(msgspec.structs.replace(call, ref=ref, cookie="", node=""))
+        self.remote_pending[ref] = (ident, call.ref, call.node)
+        if not self.mesh.send_to_node(call.node, ControlRoute(self.name, ref,
+                                                              msgspec.Raw(body))):
+            del self.remote_pending[ref]
+            self.reply(ident, call.ref, Err(NO_CONNECTION, f"node {call.node!r} is not a "
+                                                           "reachable member of the cluster"))
+
+    def on_remote_control(self, frame: Any) -> None:
+        if isinstance(frame, ControlRoute):
+            try:
+                call = _call_decoder.decode(frame.call)
+            except (ValueError, RecursionError) as exc:
+                self.drop_request(f"from node {frame.src}: {exc}")
+                return
+            self.metrics.control_requests.labels(type(call).__struct_config__.tag).inc()
+            self.carry_out(frame.src, call)  # authorised by the cluster secret
+            return
+        target = self.remote_pending.pop(frame.ref, None)
+        if target is not None:
+            ident, client_ref, _ = target
+            self.control.send_multipart([ident, _encoder.encode(ControlReply(client_ref,
+                                                                             frame.result))])
+
+    def control_node_lost(self, node: str) -> None:
+        for ref, (ident, client_ref, to) in list(self.remote_pending.items()):
+            if to == node:
+                del self.remote_pending[ref]
+                self.reply(ident, client_ref, Err(NO_CONNECTION, f"node {node!r} became "
+                                                                 "unreachable"))
 
     async def print_tree(self) -> None:
         while True:

@@ -12,7 +12,7 @@ import msgspec
 from ._address import Pid
 from ._exit import ExitReason
 
-__all__ = ["Down", "Exit", "Caller"]
+__all__ = ["Down", "Exit", "Caller", "GlobalNameConflict"]
 
 
 class Down(msgspec.Struct, frozen=True, tag="down", array_like=True):
@@ -29,6 +29,16 @@ class Exit(msgspec.Struct, frozen=True, tag="exit", array_like=True):
 
     pid: Pid
     reason: ExitReason
+
+
+class GlobalNameConflict(msgspec.Struct, frozen=True, tag="global_conflict",
+                         array_like=True):
+    """This process no longer holds global name ``name``: when a partition healed, the same
+    name was held on the other side, and ``winner``'s registration won (the older one; see
+    docs/cluster.md, "Global names"). Delivered once, to ``handle_info``."""
+
+    name: str
+    winner: Pid
 
 
 class Caller(msgspec.Struct, frozen=True):

@@ -18,6 +18,14 @@ mailbox are the high-water mark. A send that cannot complete within its timeout 
 Messages are msgpack data (dict, list, str, int, float, bool, bytes, None; tuples arrive as
 lists, Structs as dicts). Undeliverable casts and sends become dead letters reported to the
 hub, and the call returns False.
+
+A destination on another node (a Pid whose ``node`` is not ours, or ``(name, node)``) is
+reached through this node's relay (:mod:`prismatic.mesh._remote`): one connection for every
+remote destination, so messages leave in send order. A cast or send to one returns True once
+the relay has it; if it turns out undeliverable, the node that finds out records the dead
+letter. A call's reply, refusal (``NoProcError``) or failure (``ProcessDown``, with the
+callee's exit reason, or ``NoConnection()`` when its node became unreachable) comes back on
+the relay connection.
 """
 
 from __future__ import annotations
@@ -32,25 +40,27 @@ from typing import Any
 
 import msgspec
 
-from ._address import Pid, holder_matches
+from ._address import Global, Pid, holder_matches
 from ._errors import CallTimeout, MailboxFull, NodeError, NoProcError, ProcessDown
-from ._exit import ExitReason, NoProc
+from ._exit import ExitReason, NoConnection, NoProc
 from ._hubclient import HubClient
 from ._latency import LatencyHistogram
 from ._nodeinfo import creation_of, mailbox_address, peer_creds
 from ._throttle import ThrottledWarning
 from .transports._framing import FrameBuffer, encode_frame
 from .transports._messages import (
-    CallFrame, CallRefused, CallReply, CastFrame, DeadLetterNote, ExitOfReq, InfoFrame,
-    MailboxFrame, WhereisReq,
+    CallFrame, CallRefused, CallReply, CastFrame, DeadLetterNote, ExitOfReq,
+    GlobalWhereisReq, InfoFrame, MailboxFrame, WhereisReq,
 )
+from .transports._remote_frames import CallFailed, Forward, RelayAnswer, relay_address
 
 __all__ = ["Outbox", "Dest", "RequestId"]
 
 log = logging.getLogger(__name__)
 
-Dest = Pid | str
+Dest = Pid | str | Global | tuple[str, str]  # a Pid, a name on this node, (name, node)
 _decoder = msgspec.msgpack.Decoder(MailboxFrame)
+_relay_decoder = msgspec.msgpack.Decoder(RelayAnswer)
 _TIMEVAL = struct.Struct("ll")
 EXIT_REASON_WAIT_S = 1.0  # how long a failed call waits for the tree to report the exit
 # Busy-poll for a reply this long before blocking (see _spin_recv); never on one CPU, where
@@ -65,11 +75,12 @@ class _Peer:
 
     __slots__ = ("pid", "sock", "frames", "rcv_timeout", "snd_timeout", "waiting", "replies")
 
-    def __init__(self, pid: Pid) -> None:
+    def __init__(self, pid: Pid, address: bytes | None = None,
+                 decoder: msgspec.msgpack.Decoder[Any] = _decoder) -> None:
         self.pid = pid
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            self.sock.connect(mailbox_address(pid.node, pid.ospid))
+            self.sock.connect(address or mailbox_address(pid.node, pid.ospid))
             holder, uid = peer_creds(self.sock)
             if uid != os.getuid():  # another user bound a dead process's address: no process
                 _untrusted.warn("the mailbox address of %s is held by uid %d, pid %d (another "
@@ -81,12 +92,14 @@ class _Peer:
         except OSError:
             self.sock.close()
             raise
-        self.frames = FrameBuffer(_decoder, f"connection to {pid}")
+        self.frames = FrameBuffer(decoder, f"connection to {pid}")
         self.rcv_timeout = self.snd_timeout = 0.0
         self.waiting: set[int] = set()  # refs of calls in flight on this connection
         self.replies: dict[int, Any] = {}  # replies read while waiting for another one
 
     def set_timeouts(self, timeout: float, rcv: bool = True, snd: bool = True) -> None:
+        if timeout == self.rcv_timeout and timeout == self.snd_timeout:
+            return  # the same timeout call after call: the hot path, no system call
         timeout = max(timeout, 0.000001)  # 0 would mean "wait forever" to the kernel
         value = _TIMEVAL.pack(int(timeout), int(timeout % 1 * 1e6))
         if rcv and timeout != self.rcv_timeout:
@@ -114,8 +127,8 @@ def _spin_recv(sock: socket.socket, spin: float) -> bytes:
 class RequestId(msgspec.Struct, frozen=True):
     """A call in flight, from :meth:`Outbox.send_request`."""
 
-    dest: Pid | str
-    pid: Pid
+    dest: Pid | str | Global | tuple[str, str]
+    pid: Pid  # for a remote name: Pid(node, 0)
     ref: int
 
 
@@ -127,6 +140,7 @@ class Outbox:
         self.me = me
         self.hub = hub
         self.peers: dict[Pid, _Peer] = {}
+        self.relay: _Peer | None = None  # to this node's relay, for remote destinations
         self.names: dict[str, Pid] = {}
         self.refs = itertools.count(1)
         self.dead_letters = 0
@@ -135,10 +149,27 @@ class Outbox:
 
     # ---- addressing -------------------------------------------------------------------------
 
+    def remote(self, dest: Any) -> tuple[str, Pid | str] | None:
+        """``(node, pid or name)`` for a destination on another node, else None."""
+        if isinstance(dest, (list, tuple)) and len(dest) >= 2 and isinstance(dest[0], str):
+            if isinstance(dest[1], str) and len(dest) == 2:
+                return (dest[1], dest[0]) if dest[1] != self.node else None
+            if isinstance(dest[1], int):
+                dest = Pid(*dest)  # a Pid that travelled inside a message
+        if isinstance(dest, Pid):
+            return (dest.node, dest) if dest.node != self.node else None
+        return None
+
     def resolve(self, dest: Dest, fresh: bool = False) -> Pid | None:
         if isinstance(dest, Pid):
             return dest
+        if isinstance(dest, Global):
+            return self.whereis_global(dest.name)  # never cached: it may move nodes
         if not isinstance(dest, str):
+            if isinstance(dest, (list, tuple)) and len(dest) == 2 and isinstance(dest[1], str):
+                if dest[1] != self.node:
+                    raise TypeError(f"{dest!r} is a name on another node: use its Pid here")
+                return self.resolve(dest[0], fresh)  # (name, this node)
             if isinstance(dest, (list, tuple)) and 2 <= len(dest) <= 4:
                 return Pid(*dest)  # a Pid that travelled inside a message
             raise TypeError(f"dest must be a Pid or a registered name, not {dest!r}")
@@ -154,6 +185,10 @@ class Outbox:
 
     def whereis(self, name: str) -> Pid | None:
         return self.resolve(name, fresh=True)
+
+    def whereis_global(self, name: str) -> Pid | None:
+        reply = self.hub.request(lambda ref: GlobalWhereisReq(ref, name))
+        return msgspec.convert(reply.value, Pid | None) if reply.error is None else None
 
     def peer(self, pid: Pid) -> _Peer:
         peer = self.peers.get(pid)
@@ -197,9 +232,46 @@ class Outbox:
                     break
         return "noproc"
 
+    def relay_peer(self) -> _Peer:
+        if self.relay is None:
+            self.relay = _Peer(Pid(self.node, 0), relay_address(self.node), _relay_decoder)
+        return self.relay
+
+    def drop_relay(self) -> None:
+        if self.relay is not None:
+            self.relay.sock.close()
+            self.relay = None
+
+    def forward(self, node: str, to: Pid | str, frame: Any, timeout: float, dest: Dest) -> bool:
+        """Hand ``frame`` to this node's relay for ``to`` on ``node``; False if this node is
+        in no cluster (no relay). Raises :class:`MailboxFull` as :meth:`_send` does."""
+        data = encode_frame(Forward(node, to, frame))
+        for _attempt in (0, 1):
+            try:
+                peer = self.relay_peer()
+            except OSError:
+                return False
+            peer.set_timeouts(timeout)
+            self.sent += 1
+            try:
+                peer.sock.sendall(data)
+                return True
+            except BlockingIOError:
+                self.drop_relay()
+                raise MailboxFull(dest, f"the node's relay stayed full for {timeout:.3g}s") \
+                    from None
+            except OSError:
+                self.drop_relay()  # the node restarted: once more, on a new connection
+        return False
+
     def deliver(self, dest: Dest, frame: Any, kind: str, timeout: float) -> bool:
-        """Cast or send: True once handed to the destination's mailbox, False if it became a
-        dead letter (no such process or name)."""
+        """Cast or send: True once handed to the destination's mailbox (or, for a remote
+        destination, to this node's relay), False if it became a dead letter."""
+        remote = self.remote(dest)
+        if remote is not None:
+            if self.forward(remote[0], remote[1], frame, timeout, dest):
+                return True
+            return self._dead_letter(dest, "noconnection", kind, len(encode_frame(frame)))
         data = encode_frame(frame)
         try:
             where = self._post(dest, data, timeout)
@@ -226,6 +298,8 @@ class Outbox:
                 self.latency.observe(time.monotonic() - started)
             if not isinstance(result, CallRefused):
                 return self._outcome(req, result, deadline)
+            if req.pid.node != self.node:
+                break  # the remote node resolved the name itself: refused means gone
             timeout = max(deadline - time.monotonic(), 0.0001)
             # the name moved to another process since we cached it: resolve it afresh once
         raise NoProcError(dest)
@@ -235,6 +309,15 @@ class Outbox:
         """OTP's ``gen_server:send_request``: send a call without waiting; collect the reply
         with :meth:`receive_response`. Many may be in flight to one process."""
         ref = next(self.refs)
+        remote = self.remote(dest)
+        if remote is not None:
+            node, to = remote
+            frame = CallFrame(ref, msg, self.me, None)
+            if not self.forward(node, to, frame, timeout, dest):
+                raise ProcessDown(dest, NoConnection())
+            assert self.relay is not None
+            self.relay.waiting.add(ref)
+            return RequestId(dest, to if isinstance(to, Pid) else Pid(node, 0), ref)
         name = dest if isinstance(dest, str) else None
         where = self._post(dest, encode_frame(CallFrame(ref, msg, self.me, name)), timeout,
                            fresh)
@@ -252,17 +335,23 @@ class Outbox:
             raise NoProcError(req.dest)
         return self._outcome(req, result, deadline)
 
-    def _outcome(self, req: RequestId, result: CallReply | None, deadline: float) -> Any:
-        if result is not None:
+    def _outcome(self, req: RequestId, result: CallReply | CallFailed | None,
+                 deadline: float) -> Any:
+        if isinstance(result, CallReply):
             return result.value
+        if isinstance(result, CallFailed):
+            raise ProcessDown(req.dest, result.reason)
+        if req.pid.node != self.node:
+            self.drop_relay()  # the relay connection broke: the node is stopping
+            raise ProcessDown(req.dest, NoConnection())
         self.drop(req.pid)
         raise ProcessDown(req.dest, self.exit_reason(req.pid, deadline))
 
     def _collect(self, req: RequestId, timeout: float,
-                 deadline: float) -> CallReply | CallRefused | None:
+                 deadline: float) -> CallReply | CallRefused | CallFailed | None:
         """The reply to ``req``; None if the callee's connection broke first. Replies to
         other requests in flight are kept for them; replies nobody awaits are late: dropped."""
-        peer = self.peers.get(req.pid)
+        peer = self.relay if req.pid.node != self.node else self.peers.get(req.pid)
         if peer is None:
             return None
         ref = req.ref
@@ -285,7 +374,7 @@ class Outbox:
                 peer.waiting.discard(ref)
                 return None
             for frame in peer.frames.feed(data):
-                if not isinstance(frame, (CallReply, CallRefused)):
+                if not isinstance(frame, (CallReply, CallRefused, CallFailed)):
                     continue
                 if frame.ref == ref:
                     found = frame
@@ -319,4 +408,5 @@ class Outbox:
     def close(self) -> None:
         for pid in list(self.peers):
             self.drop(pid)
+        self.drop_relay()
 

@@ -7,6 +7,10 @@ the current holder of the name still lives (its exit report may still be on its 
 tree while its replacement already registers), feeding :class:`Exited` first if not.
 
 Invariant: ``names`` and ``by_pid`` are inverse maps of each other.
+
+Ownership: :func:`decide` updates the state it is given in place and returns it (a node has
+thousands of names, and a copy per operation made each one O(n)); the caller keeps only the
+state it gets back. A refused request leaves the state as it was.
 """
 
 from __future__ import annotations
@@ -50,7 +54,8 @@ Event = Register | Unregister | Exited
 
 
 def decide(state: Registry, event: Event) -> tuple[Registry, Accepted | Refused]:
-    """The next registry and the answer to the event (an exit is always accepted)."""
+    """The next registry (``state``, updated in place) and the answer to the event (an exit
+    is always accepted). O(1)."""
     names, by_pid = state.names, state.by_pid
     if isinstance(event, Register):
         holder = names.get(event.name)
@@ -61,22 +66,19 @@ def decide(state: Registry, event: Event) -> tuple[Registry, Accepted | Refused]
         if event.pid in by_pid:
             return state, Refused("already_named", f"{event.pid} is registered as "
                                                    f"{by_pid[event.pid]!r}")
-        return Registry({**names, event.name: event.pid}, {**by_pid, event.pid: event.name}), \
-            Accepted()
+        names[event.name] = event.pid
+        by_pid[event.pid] = event.name
+        return state, Accepted()
     if isinstance(event, Unregister):
         if names.get(event.name) != event.pid:
             return state, Refused("not_registered", f"{event.name!r} is not held by "
                                                     f"{event.pid}")
-        return _without(state, event.pid), Accepted()
+        _remove(state, event.pid)
+        return state, Accepted()
     if event.pid in by_pid:
-        return _without(state, event.pid), Accepted()
+        _remove(state, event.pid)
     return state, Accepted()
 
 
-def _without(state: Registry, pid: Pid) -> Registry:
-    name = state.by_pid[pid]
-    names = dict(state.names)
-    del names[name]
-    by_pid = dict(state.by_pid)
-    del by_pid[pid]
-    return Registry(names, by_pid)
+def _remove(state: Registry, pid: Pid) -> None:
+    del state.names[state.by_pid.pop(pid)]

@@ -5,12 +5,14 @@ supervisor. The runtime calls, in order:
 
 * ``init(*args)`` once; when it returns the process is *started* and its supervisor is told.
   Raising from ``init`` is a start failure (OTP's ``{error, Reason}``); raising
-  :class:`Ignore` is OTP's ``ignore``.
+  :class:`Ignore` is OTP's ``ignore``; a value it returns is the start's info (OTP's
+  ``{ok, Pid, Info}``).
 * ``handle_call(msg, caller)`` / ``handle_cast(msg)`` / ``handle_info(msg)`` for each message.
   A handler may be a plain function or ``async def`` (run on uvloop).
 * ``terminate(reason)`` when the process is told to stop (SIGTERM from its supervisor) or a
   handler raised. Python workers always get ``terminate`` on an orderly stop, as a
   ``gen_server`` that traps exits does: an OS process has no untrappable ``shutdown`` signal.
+  Raising :class:`Stop` from it ends the process with that reason, as from any handler.
 
 An exception escaping a handler crashes the process with that exception as the exit reason.
 A normal stop is explicit: raise :class:`Stop` (default reason ``Normal()``).
@@ -67,8 +69,10 @@ class Worker:
     #: and the kernel's socket buffers are the only queue.
     mailbox_limit: int = 10_000
 
-    def init(self, *args: Any) -> Awaitable[None] | None:
-        """Set up state; return to report the process started."""
+    def init(self, *args: Any) -> Awaitable[Any] | Any:
+        """Set up state; return to report the process started. A value returned (anything
+        msgpack encodes) is the start's info, which ``start_child_info`` gives beside the
+        pid (OTP's ``{ok, Pid, Info}``)."""
 
     def handle_call(self, msg: Any, caller: Any) -> Any:
         """Answer a call; the return value is the reply."""
@@ -122,7 +126,8 @@ class Worker:
         """This process's :class:`~prismatic.Pid`."""
         return self.context.pid
 
-    # Messaging (see docs/messaging.md). ``dest`` is a Pid or a name registered on the node.
+    # Messaging (see docs/messaging.md). ``dest`` is a Pid (of this node or any member of
+    # its cluster: docs/cluster.md), a name registered on this node, or ``(name, node)``.
 
     def call(self, dest: Any, msg: Any, timeout: float = 5.0) -> Any:
         """``gen_server:call``: block this process until ``dest`` replies; the reply.
@@ -188,10 +193,29 @@ class Worker:
         """The Pid registered as ``name``, or None."""
         return self.context.outbox.whereis(name)
 
+    def register_global(self, name: str) -> None:
+        """Register this process as ``name`` across the cluster (OTP's
+        ``global:register_name/2``): unique cluster-wide, dropped when the process exits or
+        its node is lost. A process may hold several global names. Blocks for one round
+        trip to the name's arbiter node. Raises :class:`~prismatic.RegistryError`
+        (``already_registered``: another process holds it). After a partition heals with the
+        name held on both sides, the loser gets a :class:`~prismatic.GlobalNameConflict` in
+        ``handle_info`` (docs/cluster.md, "Global names")."""
+        self.context.register_global(name)
+
+    def unregister_global(self, name: str) -> None:
+        self.context.register_global(name, drop=True)
+
+    def whereis_global(self, name: str) -> Any:
+        """The Pid holding global name ``name`` on any node, or None. Address it with
+        ``Global(name)`` to resolve at each send."""
+        return self.context.outbox.whereis_global(name)
+
     def monitor(self, dest: Any) -> int:
         """Monitor ``dest`` (a Pid or a name, resolved now): one :class:`~prismatic.Down`
         with its exit reason reaches ``handle_info`` when it exits, at once (``NoProc()``)
-        if it is not alive. Returns the monitor's ref."""
+        if it is not alive. A process of another node: ``NoConnection()`` when that node
+        becomes unreachable. Returns the monitor's ref."""
         return self.context.monitor(dest)
 
     def demonitor(self, ref: int) -> None:

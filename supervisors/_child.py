@@ -22,11 +22,11 @@ from .._errors import ChildSpecError
 from .._exit import reason_from_exception
 from .._nodeinfo import creation_of
 from .._process import lead_own_group, set_process_name
-from .._worker import Worker
+from .._worker import Ignore, Worker
 from .._worker_runtime import WorkerContext, run_worker
 from ..transports._channel import Channel
 from ..transports._framing import encode_frame
-from ..transports._frames import Become, ExitingFrame, ReadyFrame
+from ..transports._frames import Become, ExitingFrame, IgnoredFrame, ReadyFrame
 
 __all__ = ["spare_main", "run_child", "knows", "proc_name"]
 
@@ -95,7 +95,11 @@ def run_child(spec: ChildSpec, channel: Channel, path: tuple[str, ...], node: st
         start = resolve_start(spec.start)
         if spec.type is ChildType.SUPERVISOR and not isinstance(start, SupervisorSpec) \
                 and callable(start):
-            start = start(*spec.args)
+            try:
+                start = start(*spec.args)  # a supervisor's init: its Ignore is OTP's ignore
+            except Ignore:
+                channel.try_send(IgnoredFrame())
+                return 0
         if isinstance(start, SupervisorSpec):
             if spec.type is not ChildType.SUPERVISOR:
                 raise ChildSpecError("type", spec.type.value,  # type: ignore[union-attr]

@@ -21,15 +21,16 @@ from typing import Any
 import msgspec
 
 from .._childspec import AutoShutdown, ChildType, RestartType, ShutdownKind, Strategy, SupFlags
-from .._childspec import ChildSpec, check_child_specs
+from .._childspec import ChildSpec, check_child_specs, spec_to_wire
 from .._errors import ChildSpecError
 from .._exit import ExitReason, Killed, Normal, Shutdown, describe, is_abnormal
 from ._events import (
     Child, ChildInfo, ChildStatus, CountChildren, DeleteChild, Err, Exit, ExitStep, Exited,
-    FailMode, Ignored, Init, Job, LifecycleKind, Ok, Phase, Ready, ReadyStep, Reply, ReplyStep,
-    Report, Request, RestartChild, ShutdownRequested, StartChild, StartDynamic, StartFailed,
-    StartProc, StartStep, Started, StopAllStep, StopMany, StopProc, StopStep,
-    SupervisorState, TerminateChild, TryAgain, WhichChildren,
+    FailMode, GetChildSpec, Ignored, Init, Job, LifecycleKind, Ok, Phase, Ready, ReadyStep,
+    Reply, ReplyStep, Report, Request, RestartChild, ShutdownRequested, StartChild,
+    StartDynamic, StartFailed, StartProc, StartStep, Started, StopAllStep, StopMany, StopProc,
+    StopStep,
+    SupervisorState, TerminateChild, TryAgain, WhichChild, WhichChildren,
 )
 from ._intensity import add_restart
 
@@ -225,7 +226,7 @@ class _Draft:
             self.put(i, ChildStatus.RUNNING, event.pid)
             self.report(LifecycleKind.CHILD_STARTED, self.children[i], None)
             if job.ref is not None:
-                self.actions.append(Reply(job.ref, Ok(event.pid)))
+                self.actions.append(Reply(job.ref, Ok(event.pid, event.info)))
         elif isinstance(event, Ignored):
             # OTP: an ignored start keeps the spec with pid undefined (even for start_child),
             # except for temporary children and simple_one_for_one's dynamic children.
@@ -309,13 +310,11 @@ class _Draft:
         mode = self.flags.auto_shutdown
         if mode is AutoShutdown.NEVER or not c.spec.significant:
             return
-        if mode is AutoShutdown.ALL_SIGNIFICANT:
-            if self.simple:
-                if any(x.dynamic for x in self.children):
-                    return
-            elif any(x.spec.significant and x.status is not ChildStatus.UNDEFINED
-                     for x in self.children):
-                return
+        # simple_one_for_one never gets here: it cannot auto_shutdown (SupFlags refuses it)
+        if mode is AutoShutdown.ALL_SIGNIFICANT and any(
+                x.spec.significant and x.status is not ChildStatus.UNDEFINED
+                for x in self.children):
+            return
         self.report(LifecycleKind.AUTO_SHUTDOWN, c, None)
         self.shut_down(Shutdown("auto_shutdown"))
 
@@ -362,6 +361,14 @@ class _Draft:
             self.reply(ref, Ok(self.which_children()))
         elif isinstance(op, CountChildren):
             self.reply(ref, Ok(self.count_children()))
+        elif isinstance(op, (GetChildSpec, WhichChild)):
+            i = self.index_of(op.target)
+            if i is None:
+                self.reply(ref, Err("not_found", str(op.target)))
+            elif isinstance(op, GetChildSpec):
+                self.reply(ref, Ok(spec_to_wire(self.children[i].spec)))
+            else:
+                self.reply(ref, Ok(self.child_info(self.children[i])))
         elif isinstance(op, StartDynamic):
             self.start_dynamic(ref, op)
         elif isinstance(op, StartChild):
@@ -392,15 +399,22 @@ class _Draft:
         self.actions.append(Reply(ref, result))
 
     def which_children(self) -> list[ChildInfo]:
-        rows = []
-        for c in reversed(self.children):  # OTP lists the last started first
-            if self.simple and not c.dynamic:
-                continue
-            restarting = c.status is ChildStatus.RESTARTING
-            pid = c.pid if c.status is ChildStatus.RUNNING else None
-            rows.append(ChildInfo(None if c.dynamic else c.key, pid, restarting,
-                                  c.spec.type.value))  # type: ignore[union-attr]
-        return rows
+        # OTP lists the last started first
+        return [self.child_info(c) for c in reversed(self.children)
+                if c.dynamic or not self.simple]
+
+    def child_info(self, c: Child) -> ChildInfo:
+        restarting = c.status is ChildStatus.RESTARTING
+        pid = c.pid if c.status is ChildStatus.RUNNING else None
+        return ChildInfo(None if c.dynamic else c.key, pid, restarting,
+                         c.spec.type.value)  # type: ignore[union-attr]
+
+    def index_of(self, target: str | int) -> int | None:
+        """The row a request names: a child id, or (simple_one_for_one) a running pid."""
+        if self.simple:
+            i = self.index_running(target) if isinstance(target, int) else None
+            return i if i is not None and self.children[i].dynamic else None
+        return self.index(target) if isinstance(target, str) else None
 
     def count_children(self) -> dict[str, int]:
         rows = [c for c in self.children if c.dynamic] if self.simple else self.children

@@ -23,7 +23,7 @@ __all__ = [
     "Init", "Exited", "Started", "StartFailed", "Ignored", "TryAgain", "ShutdownRequested",
     "Request", "Event",
     "WhichChildren", "CountChildren", "StartChild", "StartDynamic", "TerminateChild",
-    "RestartChild", "DeleteChild", "Op",
+    "RestartChild", "DeleteChild", "GetChildSpec", "WhichChild", "Op",
     "StartProc", "StopProc", "StopMany", "Reply", "Report", "Ready", "Exit", "Action",
     "LifecycleKind", "Ok", "Err", "ChildInfo",
 ]
@@ -131,6 +131,7 @@ class Started(msgspec.Struct, frozen=True, tag=True):
     key: str
     pid: int
     now: float = 0.0
+    info: Any = None  # what the child's init returned (OTP's {ok, Pid, Info})
 
 
 class StartFailed(msgspec.Struct, frozen=True, tag=True):
@@ -185,8 +186,21 @@ class DeleteChild(msgspec.Struct, frozen=True, tag=True):
     id: str
 
 
+class GetChildSpec(msgspec.Struct, frozen=True, tag=True):
+    """OTP's ``get_childspec``: ``target`` is a child id, or an OS pid for a
+    simple_one_for_one child; the reply is the spec as ``spec_to_wire`` sends it."""
+
+    target: str | int
+
+
+class WhichChild(msgspec.Struct, frozen=True, tag=True):
+    """OTP 26's ``which_child``: one :class:`ChildInfo` row, ``target`` as above."""
+
+    target: str | int
+
+
 Op = WhichChildren | CountChildren | StartChild | StartDynamic | TerminateChild | RestartChild \
-    | DeleteChild
+    | DeleteChild | GetChildSpec | WhichChild
 
 
 class Request(msgspec.Struct, frozen=True, tag=True):
@@ -211,6 +225,7 @@ class ChildInfo(msgspec.Struct, frozen=True):
 
 class Ok(msgspec.Struct, frozen=True, tag=True):
     value: Any = None
+    info: Any = None  # a start's extra info (OTP's {ok, Pid, Info}); None for other replies
 
 
 class Err(msgspec.Struct, frozen=True, tag=True):

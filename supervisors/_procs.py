@@ -18,7 +18,8 @@ process orphaned below a live child is reparented to that child, and one whose c
 gone (a worker's own child processes when the worker died, the children of a child
 supervisor that was killed) is reparented to the supervisor. So the supervisor's children
 are the tree's children, its zygote, the zygote's spares in the making (which stay in the
-zygote's process group until they become a child), and orphans, which it kills:
+zygote's process group until they become a child), the probe processes of its program
+children's checks (``probes``), and orphans, which it kills:
 :meth:`SpareKeeping.sweep_orphans`, on every SIGCHLD (a death of any child, known or
 adopted: a death reparents the dead process's children before it is reported). Each child
 also leads its own process group, killed whole the moment the child is found dead, so its
@@ -47,6 +48,7 @@ from ..transports._channel import Channel, open_channel_pair
 from ..transports._frames import Become
 from ._child import knows, spare_main
 from ._events import Phase, StartStep
+from ._program_run import ProgramRun
 from ._zygote import Zygote
 
 __all__ = ["Proc", "SpareKeeping", "PARK_MAX_S", "fork_with_channel"]
@@ -59,11 +61,13 @@ PARK_MAX_S = 0.05  # a start waits this long at most for a spare in the making, 
 _AHEAD = 2  # spares in the making while starts follow one another
 
 
-def fork_with_channel(main: Callable[[Channel], int], name: str) -> tuple[int, Channel]:
-    """Fork a child that runs ``main(its end of a new channel)``; return its pid and our end
-    (the child's end is closed here, so its EOF means the child is gone)."""
+def fork_with_channel(main: Callable[[Channel], int], name: str,
+                      keep: tuple[int, ...] = ()) -> tuple[int, Channel]:
+    """Fork a child that runs ``main(its end of a new channel)``, keeping ``keep`` open in
+    it too; return its pid and our end (the child's end is closed here, so its EOF means
+    the child is gone, or for a program, that it exec'd)."""
     mine, theirs = open_channel_pair()
-    pid = fork_child((theirs.fileno(),), lambda: main(theirs), name)
+    pid = fork_child((theirs.fileno(), *keep), lambda: main(theirs), name)
     theirs.close()
     return pid, mine
 
@@ -72,7 +76,7 @@ class Proc:
     """A child process as the loop sees it. ``key`` is None for an unassigned spare."""
 
     __slots__ = ("pid", "pidfd", "channel", "key", "ctype", "ready", "ignored", "reason",
-                 "specs", "reading")
+                 "specs", "reading", "program")
 
     def __init__(self, pid: int, channel: Channel, key: str | None, ctype: ChildType) -> None:
         self.pid = pid
@@ -85,6 +89,7 @@ class Proc:
         self.reason: ExitReason | None = None
         self.specs: dict[str, ChildSpec] = {}
         self.reading = True  # the channel is registered with the selector
+        self.program: ProgramRun | None = None  # a program child's pipes, checks, stop
 
 
 class SpareKeeping:
@@ -93,6 +98,7 @@ class SpareKeeping:
 
     sel: selectors.BaseSelector
     procs: dict[int, Proc]
+    probes: dict[int, Proc]  # a program's readiness probe process -> the program's Proc
     spares: collections.deque[Proc]
     zygote: Zygote | None
     zygote_specs: dict[str, ChildSpec]
@@ -296,10 +302,11 @@ class SpareKeeping:
         zygote = self.zygote.pid if self.zygote is not None else 0
         # Usually every one is known (reaped through its pidfd): a dict lookup each, so a
         # supervisor of 1,000 children stopping them pays little for each SIGCHLD.
-        unknown = [k for k in kids if k not in self.procs and k != zygote]
+        unknown = [k for k in kids
+                   if k not in self.procs and k != zygote and k not in self.probes]
         if not unknown:
             return
-        live = {*self.procs, zygote}
+        live = {*self.procs, *self.probes, zygote}
         killed = []
         for pid in unknown:
             try:

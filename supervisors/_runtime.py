@@ -11,7 +11,10 @@ epoll loop (no asyncio: it only waits on fds and one timer) over
 * a wakeup fd for SIGTERM (an orderly shutdown request from the parent) and SIGCHLD (a
   death among its children, including processes it adopted as a child subreaper: orphans
   are swept once the batch of events is handled, off the restart's path; see :mod:`._procs`),
-* the earliest SIGKILL deadline of a child being stopped.
+* the earliest SIGKILL deadline of a child being stopped (none for ``shutdown=0``: SIGKILL
+  follows SIGTERM at once, OTP's ``exit(Child, shutdown)`` then ``kill`` on timeout 0),
+* its name's listening socket, if its spec registers a name (:mod:`._names`): look-ups are
+  accepted and closed.
 
 Fast starts and restarts: children are made ahead of need as *spares*, idle processes that
 block on their channel until told which child to become (``become``), so a restart only waits
@@ -19,6 +22,12 @@ for the replacement's ``init``. Which spares exist and where they come from (the
 this process when the zygote's clone is unsupported) is :mod:`._procs`'s business; this loop
 adds the zygote's socket and pidfd to what it waits on, and a deadline for a start that waits
 for a spare in the making.
+
+Program children (``start=Program(...)``, :mod:`._program_loop`) add, while they run, their
+stdout/stderr pipes, and while they start, their readiness check's descriptors (a notify
+socket, a connect in progress, a probe's pidfd) and timers (the start deadline, a port
+check's retry). Their stop sends the program's own stop signal; SIGKILL at the deadline
+goes to the whole process group.
 """
 
 from __future__ import annotations
@@ -36,7 +45,9 @@ from typing import Any
 import msgspec
 
 from .._childspec import ChildSpec, ChildType, ShutdownKind, SupervisorSpec
-from .._exit import ExitReason, reason_from_wait_status
+from .._errors import RegistryError
+from .._exit import ExitReason, reason_from_exception, reason_from_wait_status
+from .._program import Program
 from .._process import become_subreaper, kill_group, send_signal
 from .._reactor import open_signal_wakeup
 from .._worker_runtime import exit_code_for
@@ -46,11 +57,13 @@ from ..transports._frames import (
 )
 from ._child import knows, proc_name, run_child
 from ._decide import decide, initial_state
+from ._names import NameSocket
 from ._events import (
-    Err, Exit, Exited, Ignored, Init, Op, Ready, Reply, Report, Request, ShutdownRequested,
+    Err, Exit, Exited, Ignored, Init, Ok, Op, Ready, Reply, Report, Request, ShutdownRequested,
     StartFailed, StartProc, Started, StopMany, StopProc,
 )
 from ._procs import PARK_MAX_S, Proc, SpareKeeping, fork_with_channel
+from ._program_loop import ProgramKeeping
 from ._zygote import Zygote
 
 __all__ = ["SupervisorRuntime"]
@@ -61,7 +74,7 @@ _op_decoder = msgspec.msgpack.Decoder(Op)
 _encoder = msgspec.msgpack.Encoder()
 
 
-class SupervisorRuntime(SpareKeeping):
+class SupervisorRuntime(SpareKeeping, ProgramKeeping):
     """Runs one supervisor in the current process until it exits; see the module doc."""
 
     def __init__(self, spec: SupervisorSpec, parent: Channel, path: tuple[str, ...],
@@ -74,6 +87,8 @@ class SupervisorRuntime(SpareKeeping):
         self.use_spares = spares > 0
         self.sel = selectors.DefaultSelector()
         self.procs: dict[int, Proc] = {}
+        self.probes: dict[int, Proc] = {}
+        self.alive_timers: list[tuple[float, int, int]] = []
         self.starting: Proc | None = None
         self.parked: tuple[str, ChildSpec] | None = None  # a start waiting for a spare
         self.parked_until = 0.0
@@ -105,13 +120,21 @@ class SupervisorRuntime(SpareKeeping):
                       self.name(), exc)
         self.sel.register(wake_r, selectors.EVENT_READ, ("signal", wake_r))
         self.sel.register(self.parent.sock, selectors.EVENT_READ, ("parent", None))
+        if self.spec.name is not None:
+            try:
+                names = NameSocket(self.node, self.spec.name)
+            except RegistryError as exc:  # OTP's {error, {already_started, Pid}}
+                self.parent.try_send(ExitingFrame(reason_from_exception(exc)))
+                return 1
+            self.sel.register(names.sock, selectors.EVENT_READ, ("name_lookup", names))
         if self.use_spares:
             self.start_zygote()
             self.request_spares()
         self.feed(Init(time.monotonic()))
         while self.exit_reason is None:
             timeout = None
-            if self.deadlines or self.parked is not None:
+            if self.deadlines or self.parked is not None or self.alive_timers or (
+                    self.starting is not None and self.starting.program is not None):
                 timeout = max(0.0, self.next_deadline() - time.monotonic())
             elif self.wants_fork_spare() or self.wants_new_zygote():
                 timeout = 0.0
@@ -177,7 +200,7 @@ class SupervisorRuntime(SpareKeeping):
             for pid in a.pids:
                 self.stop_proc(pid, a.shutdown)
         elif isinstance(a, Reply):
-            self.parent.try_send(ReplyFrame(a.ref, msgspec.Raw(_encoder.encode(a.result))))
+            self.parent.try_send(ReplyFrame(a.ref, self.encode_result(a.result)))
         elif isinstance(a, Ready):
             self.parent.try_send(ReadyFrame(pid=os.getpid(), mono=time.monotonic()))
         elif isinstance(a, Exit):
@@ -189,9 +212,21 @@ class SupervisorRuntime(SpareKeeping):
     def name(self) -> str:
         return "/".join(self.path) or "root"
 
+    def encode_result(self, result: Ok | Err) -> msgspec.Raw:
+        """A reply as it goes up; one that does not encode (a static child's args or a
+        start's info that msgpack cannot carry) is answered ``unencodable``, and logged."""
+        try:
+            return msgspec.Raw(_encoder.encode(result))
+        except (TypeError, ValueError, msgspec.EncodeError) as exc:
+            log.error("supervisor %s: a reply does not encode: %s", self.name(), exc)
+            return msgspec.Raw(_encoder.encode(Err("unencodable", str(exc))))
+
     # ---- starting ---------------------------------------------------------------------------
 
     def start_proc(self, key: str, spec: ChildSpec) -> None:
+        if isinstance(spec.start, Program):  # never a spare: see _program_run
+            self.starting = self.fork_program(key, spec.start, spec.args)
+            return
         proc = self.take_spare(key, spec)
         if proc is None and self.zygote is not None and self.zygote.pending \
                 and knows(self.zygote_specs, key, spec):
@@ -218,28 +253,63 @@ class SupervisorRuntime(SpareKeeping):
             return  # already reaped; its exit is in the machine's deferred events
         if shutdown is ShutdownKind.BRUTAL_KILL:
             send_signal(proc.pidfd, signal.SIGKILL)
+            kill_group(proc.pid)
             return
-        send_signal(proc.pidfd, signal.SIGTERM)
-        if isinstance(shutdown, float):
+        run = proc.program
+        if run is None:
+            send_signal(proc.pidfd, signal.SIGTERM)
+        else:
+            run.stopping = True
+            sig = int(run.program.stop_signal)
+            if run.program.stop_group:
+                try:
+                    os.killpg(proc.pid, sig)
+                except ProcessLookupError:
+                    pass
+            else:
+                send_signal(proc.pidfd, sig)
+        if shutdown == 0:  # OTP's timeout 0: exit(Child, shutdown), then kill at once
+            send_signal(proc.pidfd, signal.SIGKILL)
+        elif isinstance(shutdown, float):
             heapq.heappush(self.deadlines, (time.monotonic() + shutdown, pid))
 
     def next_deadline(self) -> float:
         due = self.deadlines[0][0] if self.deadlines else float("inf")
+        starting = self.starting
+        if starting is not None and starting.program is not None:
+            due = min(due, starting.program.deadline)
+            if starting.program.retry_at:
+                due = min(due, starting.program.retry_at)
+        if self.alive_timers:
+            due = min(due, self.alive_timers[0][0])
         return min(due, self.parked_until) if self.parked is not None else due
 
     def fire_deadlines(self) -> None:
         now = time.monotonic()
+        self.fire_alive(now)
         if self.parked is not None and self.parked_until <= now:
             key, spec = self.parked
             self.parked = None
             log.warning("supervisor %s: no spare from the zygote within %.0f ms; forking %r "
                         "directly", self.name(), PARK_MAX_S * 1000, key)
             self.starting = self.fork_for(key, spec)
+        starting = self.starting
+        if starting is not None and starting.program is not None \
+                and starting.program.deadline <= now and starting.reason is None:
+            # Not ready in time: a start failure naming the check (reported at its exit).
+            starting.reason = starting.program.timeout_reason()
+            self.end_program_checks(starting.program)
+            send_signal(starting.pidfd, signal.SIGKILL)
+            kill_group(starting.pid)
+        elif starting is not None and starting.program is not None \
+                and starting.program.retry_at and starting.program.retry_at <= now:
+            self.try_port(starting)  # a port check that was refused: again
         while self.deadlines and self.deadlines[0][0] <= now:
             _, pid = heapq.heappop(self.deadlines)
             proc = self.procs.get(pid)
             if proc is not None:
                 send_signal(proc.pidfd, signal.SIGKILL)
+                kill_group(pid)  # a program's own children too: shutdown kills the group
 
     # ---- fd events --------------------------------------------------------------------------
 
@@ -250,6 +320,13 @@ class SupervisorRuntime(SpareKeeping):
 
     def forget(self, proc: Proc) -> None:
         self.procs.pop(proc.pid, None)
+        run = proc.program
+        if run is not None:
+            self.end_program_checks(run)
+            self.end_alive_round(proc)
+            for fd in run.open_fds:
+                self.sel.unregister(fd)
+            run.close()
         self.sel.unregister(proc.pidfd)
         os.close(proc.pidfd)
         if proc.reading:
@@ -276,8 +353,13 @@ class SupervisorRuntime(SpareKeeping):
             status = 0
         for frame in proc.channel.drain():  # its exiting frame, if any, is buffered
             self.on_frame(proc, frame)
+        run = proc.program
+        if run is not None and proc.reason is None and proc.channel.closed:
+            self.program_exec_done(proc)  # exec'd and died before its EOF was handled
         self.forget(proc)
         reason = proc.reason or reason_from_wait_status(status)
+        if run is not None:
+            reason = run.exit_reason(reason)
         now = time.monotonic()
         if proc.key is None:
             # Not a child of the tree: nothing to restart. Another is made when wanted.
@@ -293,12 +375,17 @@ class SupervisorRuntime(SpareKeeping):
         else:
             self.feed(Exited(proc.pid, reason, now))
 
+    def on_name_lookup(self, names: NameSocket) -> None:
+        names.drain()
+
     def on_child(self, proc: Proc) -> None:
         for frame in proc.channel.receive():
             self.on_frame(proc, frame)
         if proc.channel.closed and proc.reading:
             self.sel.unregister(proc.channel.sock)
             proc.reading = False
+            if proc.program is not None and proc.reason is None:
+                self.program_exec_done(proc)
 
     def on_frame(self, proc: Proc, frame: Any) -> None:
         if isinstance(frame, LifecycleFrame):
@@ -307,7 +394,8 @@ class SupervisorRuntime(SpareKeeping):
             if proc is self.starting:
                 proc.ready = True
                 self.starting = None
-                self.feed(Started(proc.key, proc.pid, time.monotonic()))  # type: ignore
+                self.feed(Started(proc.key, proc.pid, time.monotonic(),  # type: ignore
+                                  frame.info))
         elif isinstance(frame, ExitingFrame):
             proc.reason = frame.reason
         elif isinstance(frame, IgnoredFrame):
@@ -360,3 +448,4 @@ class SupervisorRuntime(SpareKeeping):
         ref, self.next_ref = self.next_ref, self.next_ref + 1
         self.forwarded[ref] = frame.ref
         target.channel.try_send(RequestFrame(ref, frame.path[1:], frame.op))
+

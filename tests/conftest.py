@@ -58,7 +58,7 @@ def assert_builds_every_member(strategy: st.SearchStrategy[Any], union: Any) -> 
     union but forgotten in the strategy would never be fuzzed."""
     seen: set[type] = set()
 
-    @settings(max_examples=400, database=None, derandomize=True,
+    @settings(max_examples=1500, database=None, derandomize=True,
               suppress_health_check=list(HealthCheck))
     @given(strategy)
     def collect(x: Any) -> None:

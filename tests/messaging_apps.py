@@ -103,7 +103,10 @@ class SmallMailbox(Agent):
 
 
 def _dest(x: Any) -> Any:
-    return p.Pid(*x) if isinstance(x, list) else x
+    """A Pid travels as ``[node, ospid]``; ``[name, node]`` is a name on another node."""
+    if isinstance(x, list):
+        return p.Pid(*x) if isinstance(x[1], int) else tuple(x)
+    return x
 
 
 def agent(id: str, *args: Any, **kw: Any) -> p.ChildSpec:

@@ -8,15 +8,17 @@ import prismatic.transports
 
 EXPECTED = {
     "Worker", "Stop", "Ignore",
+    "Program", "PortCheck", "HttpCheck", "FileCheck", "LineCheck", "NotifyCheck",
     "ChildSpec", "SupFlags", "SupervisorSpec", "check_child_specs",
     "RestartType", "ChildType", "ShutdownKind", "Strategy", "AutoShutdown",
     "ExitReason", "Normal", "Shutdown", "Crashed", "Killed", "ExitCode", "NoProc",
+    "NoConnection",
     "is_abnormal", "describe",
     "Pid", "ChildInfo",
     "connect", "NodeConnection", "open_event_stream", "EventStream",
     "PrismaticError", "ChildSpecError", "SupervisorError", "StartError", "NodeError",
     "ControlError", "EventLogError", "EventLogFormatError", "EventLogFullError",
-    "Caller", "Down", "Exit",
+    "Caller", "Down", "Exit", "GlobalNameConflict", "Global",
     "CallError", "CallTimeout", "ProcessDown", "NoProcError", "MailboxFull", "RegistryError",
     "Event", "Subscription", "open_subscription", "PubSubError", "TopicError",
 }
@@ -31,7 +33,7 @@ def test_public_exports_are_pinned():
     # the exit reason union: exactly the six reasons, each exported too
     assert typing.get_args(prismatic.ExitReason) == (
         prismatic.Normal, prismatic.Shutdown, prismatic.Crashed, prismatic.Killed,
-        prismatic.ExitCode, prismatic.NoProc)
+        prismatic.ExitCode, prismatic.NoProc, prismatic.NoConnection)
 
 
 def test_layers_install_under_prismatic():

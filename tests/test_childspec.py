@@ -34,7 +34,7 @@ def test_strings_normalize_to_enums():
     (dict(id="w", start=42), "start"),
     (dict(id="w", start="nocolon"), "start"),
     (dict(id="w", start=W, restart="sometimes"), "restart"),
-    (dict(id="w", start=W, shutdown=0), "shutdown"),
+    (dict(id="w", start=W, shutdown=-0.001), "shutdown"),
     (dict(id="w", start=W, shutdown=-1.5), "shutdown"),
     (dict(id="w", start=W, shutdown=float("inf")), "shutdown"),
     (dict(id="w", start=W, shutdown="later"), "shutdown"),
@@ -83,3 +83,27 @@ def test_supervisor_spec_validation():
     assert err.value.field == "children"
     with pytest.raises(p.ChildSpecError):
         p.SupervisorSpec(children=[p.ChildSpec(id="a", start=W)] * 2)
+
+
+def test_a_spec_crosses_the_wire_and_comes_back_validated():
+    import msgspec
+
+    from prismatic._childspec import spec_from_wire, spec_to_wire
+
+    inner = p.SupervisorSpec(flags=p.SupFlags(strategy="one_for_all"), name="inner_sup",
+                             children=[p.ChildSpec(id="w", start=W, args=(1, "x"), shutdown=0)])
+    spec = p.ChildSpec(id="s", start=inner, restart="transient")
+    back = spec_from_wire(msgspec.msgpack.decode(msgspec.msgpack.encode(spec_to_wire(spec))))
+    assert back.restart is p.RestartType.TRANSIENT and back.type is p.ChildType.SUPERVISOR
+    assert back.start.name == "inner_sup" and back.start.flags == inner.flags
+    assert back.start.children[0] == p.ChildSpec(id="w", start=f"{__name__}:W", args=(1, "x"),
+                                                 shutdown=0)
+    with pytest.raises(p.ChildSpecError):
+        spec_from_wire({"id": "w", "start": "m:f", "shutdown": -1})
+
+
+@pytest.mark.parametrize("name", ["", "a/b", "@a", "a b", "x" * 65, 3])
+def test_a_supervisor_name_is_validated(name):
+    with pytest.raises(p.ChildSpecError) as err:
+        p.SupervisorSpec(name=name)
+    assert err.value.field == "name"

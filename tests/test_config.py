@@ -40,7 +40,7 @@ def test_node_section_and_relative_data_dir(tmp_path):
      "tree.children[0].significant", "permanent child cannot be significant"),
     ('[[tree.children]]\nid = "s"\n[[tree.children.children]]\nid = "w"\n'
      f'{TICKER}\nshutdown = -1\n',
-     "tree.children[0].children[0].shutdown", "finite and > 0"),
+     "tree.children[0].children[0].shutdown", "finite and >= 0"),
     ('[tree]\nflags = { strategy = "fastest" }\n', "tree.flags.strategy", "one_for_one"),
     ('[[tree.children]]\nid = "a"\nstart = "x:y"\nrestrat = "temporary"\n',
      "tree.children[0]", "unknown key `restrat`"),

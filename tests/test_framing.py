@@ -19,12 +19,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from prismatic._address import Pid
-from prismatic._exit import Crashed, ExitCode, Killed, Normal, NoProc, Shutdown
-from prismatic._notices import Down, Exit
+from prismatic._exit import (
+    Crashed, ExitCode, Killed, NoConnection, Normal, NoProc, Shutdown,
+)
+from prismatic._notices import Down, Exit, GlobalNameConflict
 from prismatic.transports import _frames as F
 from prismatic.transports import _messages as M
 from prismatic.transports._framing import (
-    HEADER, MAX_FRAME, WIRE_VERSION, ByteBudget, FrameBuffer, encode_frame,
+    HEADER, MAX_FRAME, SMALL_FRAME, WIRE_VERSION, ByteBudget, FrameBuffer, encode_frame,
 )
 from tests.conftest import assert_builds_every_member
 
@@ -46,7 +48,7 @@ pids = st.builds(Pid, st.sampled_from(["n", "prismatic@host"]), st.integers(1, 2
 reasons = st.one_of(
     st.builds(Normal), st.builds(Shutdown, text), st.builds(Crashed, text, text, text),
     st.builds(Killed, st.integers(1, 64)), st.builds(ExitCode, st.integers(-255, 255)),
-    st.builds(NoProc))
+    st.builds(NoProc), st.builds(NoConnection))
 raws = values.map(lambda v: msgspec.Raw(enc(v)))
 paths = st.lists(text, max_size=3).map(tuple)
 
@@ -56,7 +58,7 @@ mailbox_frames = st.one_of(
     st.builds(M.CallRefused, small_ints, text),
     st.builds(M.CastFrame, values), st.builds(M.InfoFrame, values),
     st.builds(Down, small_ints, pids, reasons), st.builds(Exit, pids, reasons),
-    st.builds(M.StatsReq, small_ints))
+    st.builds(M.StatsReq, small_ints), st.builds(GlobalNameConflict, text, pids))
 hub_requests = st.one_of(
     st.builds(M.RegisterReq, small_ints, text, pids),
     st.builds(M.UnregisterReq, small_ints, text, pids),
@@ -68,7 +70,10 @@ hub_requests = st.one_of(
     st.builds(M.ExitOfReq, small_ints, pids, st.floats(0, 10)),
     st.builds(M.DeadLetterNote, text, text, text, st.none() | pids, small_ints),
     st.builds(M.EmitReq, small_ints, text, st.lists(values, max_size=3), text,
-              st.none() | text))
+              st.none() | text),
+    st.builds(M.GlobalRegisterReq, small_ints, text, pids),
+    st.builds(M.GlobalUnregisterReq, small_ints, text, pids),
+    st.builds(M.GlobalWhereisReq, small_ints, text))
 supervision_frames = st.one_of(
     st.builds(F.Become, text, text, st.lists(values, max_size=3).map(tuple)),
     st.builds(F.ReadyFrame, small_ints, st.floats(0, 1e9)),
@@ -327,3 +332,14 @@ def test_a_shared_budget_bounds_the_unfinished_bytes_of_all_buffers(
     for fb in buffers:
         fb.release()
     assert budget.used == 0
+
+
+@pytest.mark.parametrize("size", [0, SMALL_FRAME - 20, SMALL_FRAME, 4 * SMALL_FRAME])
+def test_a_whole_frame_in_one_read_decodes_from_a_copy_or_a_view(size: int) -> None:
+    """Frames under SMALL_FRAME are decoded from a slice, larger ones from a memoryview of
+    the read: both give the frame back whole."""
+    decoder = msgspec.msgpack.Decoder(M.MailboxFrame)
+    frame = M.CallReply(7, b"x" * size)
+    fb = FrameBuffer(decoder, "test")
+    assert fb.feed(encode_frame(frame)) == [frame]
+    assert not fb.buf and fb.bad_frames == 0

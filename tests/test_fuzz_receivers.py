@@ -28,11 +28,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import prismatic as p
-from prismatic._exit import Crashed, ExitCode, Killed, Normal, NoProc, Shutdown
+from prismatic._exit import (
+    Crashed, ExitCode, Killed, NoConnection, Normal, NoProc, Shutdown,
+)
 from prismatic._hub import DEAD_LETTER_KINDS, DEAD_LETTER_REASONS
 from prismatic._mailbox_stats import collect_stats
 from prismatic._nodeinfo import hub_address, mailbox_address
-from prismatic._notices import Down, Exit
+from prismatic._notices import Down, Exit, GlobalNameConflict
 from prismatic.transports import _messages as M
 from prismatic.transports._framing import HEADER, MAX_FRAME, FrameBuffer, encode_frame
 from tests.conftest import assert_builds_every_member, module_node, wait_until
@@ -72,7 +74,8 @@ def ghost_pids(node_name: str) -> st.SearchStrategy[p.Pid]:
 
 reasons = st.one_of(st.builds(Normal), st.builds(Shutdown, text),
                     st.builds(Crashed, text, text), st.builds(Killed, st.integers(0, 99)),
-                    st.builds(ExitCode, st.integers(-300, 300)), st.builds(NoProc))
+                    st.builds(ExitCode, st.integers(-300, 300)), st.builds(NoProc),
+                    st.builds(NoConnection))
 
 
 def mailbox_frames(node_name: str) -> st.SearchStrategy[Any]:
@@ -91,7 +94,8 @@ def mailbox_frames(node_name: str) -> st.SearchStrategy[Any]:
         st.builds(M.InfoFrame, values),
         st.builds(Down, refs, pids, reasons),
         st.builds(Exit, pids, reasons | st.builds(Normal)),
-        st.builds(M.StatsReq, refs))
+        st.builds(M.StatsReq, refs),
+        st.builds(GlobalNameConflict, text, pids))
 
 
 def hub_requests(node_name: str) -> st.SearchStrategy[Any]:
@@ -110,7 +114,10 @@ def hub_requests(node_name: str) -> st.SearchStrategy[Any]:
                                                            "mailbox_full"]) | text,
                   st.sampled_from(["cast", "info"]) | text, st.none() | pids, ints),
         st.builds(M.EmitReq, refs, st.just("fuzz.emit") | text, st.lists(values, max_size=3),
-                  text, st.none() | text))
+                  text, st.none() | text),
+        st.builds(M.GlobalRegisterReq, refs, names, pids),
+        st.builds(M.GlobalUnregisterReq, refs, names, pids),
+        st.builds(M.GlobalWhereisReq, refs, text))
 
 
 def test_the_strategies_build_every_member_of_their_unions() -> None:
@@ -239,8 +246,9 @@ def may_stop_alpha(frame: Any) -> bool:
 
 def dropped_by_alpha(fb: FrameBuffer, decoded: list[Any]) -> int:
     """What alpha's mailbox must count as bad: what it cannot decode, and the notices it
-    refuses because they do not come from the node."""
-    return fb.bad_frames + sum(1 for f in decoded if isinstance(f, (Down, Exit)))
+    refuses because they do not come from the node (Down, Exit, a lost global name)."""
+    return fb.bad_frames + sum(1 for f in decoded
+                               if isinstance(f, (Down, Exit, GlobalNameConflict)))
 
 
 def test_fuzz_a_workers_mailbox(node):

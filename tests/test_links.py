@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from prismatic._address import Pid
-from prismatic._exit import Crashed, ExitCode, Killed, Normal, NoProc, Shutdown
+from prismatic._exit import Crashed, ExitCode, Killed, NoConnection, Normal, NoProc, Shutdown
 from prismatic._links import (
     Demonitor, Link, Links, Monitor, MonitorStarted, ProcessExited, SendDown, SendExit, Unlink,
     decide,
@@ -261,6 +261,21 @@ class LinksMachine(RuleBasedStateMachine):
             assert len(pair) == 2 and not pair & self.exits.keys()
 
     @invariant()
+    def indexes_match(self) -> None:
+        """``refs`` and ``partners`` index exactly the monitors and links (what makes an exit
+        cost only the dead process's own monitors and links)."""
+        refs: dict[Pid, set[int]] = {}
+        for mref, (w, t) in self.state.monitors.items():
+            refs.setdefault(w, set()).add(mref)
+            refs.setdefault(t, set()).add(mref)
+        partners: dict[Pid, set[Pid]] = {}
+        for pair in self.state.links:
+            a, b = tuple(pair)
+            partners.setdefault(a, set()).add(b)
+            partners.setdefault(b, set()).add(a)
+        assert self.state.refs == refs and self.state.partners == partners
+
+    @invariant()
     def refs_are_fresh(self) -> None:
         assert all(mref < self.state.next_ref for mref in self.refs)
         assert all(mref not in self.fired for mref in self.state.monitors)
@@ -268,3 +283,17 @@ class LinksMachine(RuleBasedStateMachine):
 
 TestLinksMachine = LinksMachine.TestCase
 TestLinksMachine.settings = settings(max_examples=200, stateful_step_count=50, deadline=None)
+
+
+def test_a_lost_node_fires_each_remote_monitor_and_link_once_also_after_a_heal() -> None:
+    """What the distribution layer relies on: a node's loss is fed as each of its processes
+    exiting with NoConnection; the real exit, arriving after the partition heals, finds
+    nothing left to fire."""
+    remote = Pid("m", 7)
+    state, _ = decide(Links(), Monitor(A, remote, None))
+    state, _ = decide(state, Link(B, remote, None))
+    state, fired = decide(state, ProcessExited(remote, NoConnection()))
+    assert fired == [SendDown(A, Down(1, remote, NoConnection())),
+                     SendExit(B, Exit(remote, NoConnection()))]
+    state, late = decide(state, ProcessExited(remote, BOOM))
+    assert late == []

@@ -13,7 +13,14 @@ import msgspec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from prismatic._address import Pid
+from prismatic.transports import _global_frames as G
+from prismatic._exit import Crashed, NoConnection, NoProc
 from prismatic.transports import _mesh_frames as M
+from prismatic.transports._messages import (
+    CallFrame, CallRefused, CallReply, CastFrame, InfoFrame,
+)
+from prismatic.transports._remote_frames import CallFailed
 from tests.conftest import assert_builds_every_member
 
 SETTINGS = settings(max_examples=100, deadline=None,
@@ -26,6 +33,24 @@ seqs = st.integers(0, 2 ** 32)
 updates = st.lists(st.builds(M.Update, names, addrs, incs, st.sampled_from(M.MemberState),
                              st.text(max_size=8)), max_size=M.MAX_PIGGYBACK).map(tuple)
 head = (names, addrs, incs)
+pids = st.builds(Pid, names, st.integers(0, 2 ** 22))
+regs = st.builds(G.GlobalReg, names, pids, incs)
+global_frames = (  # the global registry's (prismatic.mesh._global)
+    st.builds(G.GlobalClaim, names, addrs, seqs, names, pids),
+    st.builds(G.GlobalVerdict, names, addrs, seqs, names, pids, st.booleans(),
+              st.none() | pids),
+    st.builds(G.GlobalAdd, names, addrs, regs),
+    st.builds(G.GlobalRemove, names, addrs, names, pids),
+    st.builds(G.GlobalSync, names, addrs, st.lists(regs, max_size=4).map(tuple),
+              st.booleans()))
+values = (st.none() | st.integers(-2**63, 2**63 - 1) | st.text(max_size=10)
+          | st.lists(st.integers(-2**63, 2**63 - 1), max_size=3))  # what msgpack can carry
+reasons = st.sampled_from([NoProc(), NoConnection(), Crashed("ValueError", "x", "tb")])
+payloads = st.one_of(st.builds(CallFrame, seqs, values, st.none() | pids,
+                               st.none() | st.text(max_size=5)),
+                     st.builds(CastFrame, values), st.builds(InfoFrame, values))
+answers = st.one_of(st.builds(CallReply, seqs, values), st.builds(CallRefused, seqs, names),
+                    st.builds(CallFailed, seqs, reasons))
 frames = st.one_of(
     st.builds(M.Ping, *head, seqs, names, updates),
     st.builds(M.Ack, *head, seqs, updates),
@@ -38,7 +63,20 @@ frames = st.one_of(
     st.builds(M.Join, *head),
     st.builds(M.JoinReply, *head, updates),
     st.builds(M.JoinNack, *head, st.text(max_size=30)),
-    st.builds(M.Leave, *head))
+    st.builds(M.Leave, *head),
+    *global_frames,
+    st.builds(M.Route, names, seqs, pids | names, payloads),
+    st.builds(M.Answer, names, seqs, answers),
+    st.builds(M.Watch, names, pids),
+    st.builds(M.LinkAdd, names, pids, pids),
+    st.builds(M.LinkDel, names, pids, pids),
+    st.builds(M.Gone, names, pids, reasons),
+    st.builds(M.ControlRoute, names, seqs, values.map(lambda v: msgspec.Raw(
+        msgspec.msgpack.encode(v)))),
+    st.builds(M.ControlAnswer, names, seqs, values.map(lambda v: msgspec.Raw(
+        msgspec.msgpack.encode(v)))),
+    st.builds(M.Events, names, st.lists(st.tuples(st.binary(max_size=8), st.binary(max_size=8)),
+                                        max_size=3).map(tuple)))
 
 
 def test_the_strategy_builds_every_frame() -> None:

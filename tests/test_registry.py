@@ -74,12 +74,19 @@ def test_exit_of_an_unnamed_process_is_accepted_and_changes_nothing():
     assert answer == Accepted() and state2 == state1
 
 
-def test_decide_never_mutates_its_input():
+def snapshot(state: Registry) -> Registry:
+    """A copy: decide updates the state it is given in place (O(1) per operation)."""
+    return Registry(dict(state.names), dict(state.by_pid))
+
+
+def test_decide_updates_in_place_and_a_refusal_changes_nothing():
     state, _ = run(Register("a", P1), Register("b", P2))
-    names, by_pid = dict(state.names), dict(state.by_pid)
-    for ev in (Register("c", P3), Unregister("a", P1), Exited(P2)):
-        decide(state, ev)
-    assert state.names == names and state.by_pid == by_pid
+    before = snapshot(state)
+    for ev in (Register("a", P3), Register("c", P1), Unregister("a", P2)):
+        after, answer = decide(state, ev)
+        assert isinstance(answer, Refused) and after is state and state == before
+    after, answer = decide(state, Register("c", P3))
+    assert answer == Accepted() and after is state and state.names["c"] == P3
 
 
 # ---- (b) the state machine ---------------------------------------------------------------------
@@ -96,7 +103,7 @@ class RegistryMachine(RuleBasedStateMachine):
 
     @rule(name=NAMES, pid=PIDS)
     def register(self, name: str, pid: Pid) -> None:
-        before = self.state
+        before = snapshot(self.state)
         self.state, answer = decide(self.state, Register(name, pid))
         holder = self.model.get(name)
         if holder == pid:
@@ -114,7 +121,7 @@ class RegistryMachine(RuleBasedStateMachine):
 
     @rule(name=NAMES, pid=PIDS)
     def unregister(self, name: str, pid: Pid) -> None:
-        before = self.state
+        before = snapshot(self.state)
         self.state, answer = decide(self.state, Unregister(name, pid))
         if self.model.get(name) == pid:
             assert answer == Accepted()

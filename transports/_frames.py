@@ -7,7 +7,8 @@ version (see :mod:`._framing`). The table:
 tag            direction           meaning
 =============  ==================  ===========================================================
 ``become``     parent -> spare     a pre-forked spare process becomes child ``key``
-``ready``      child -> parent     ``init`` returned (a supervisor: all its children started)
+``ready``      child -> parent     ``init`` returned (``info``: its value), or a supervisor
+                                   started all its children
 ``ignored``    child -> parent     ``init`` declined to start (OTP's ``ignore``)
 ``exiting``    child -> parent     the exit reason, sent just before the process exits
 ``request``    parent -> child     an API operation for the supervisor at ``path``
@@ -42,6 +43,7 @@ class Become(msgspec.Struct, frozen=True, tag="become"):
 class ReadyFrame(msgspec.Struct, frozen=True, tag="ready"):
     pid: int
     mono: float  # CLOCK_MONOTONIC when init returned (system-wide on Linux)
+    info: Any = None  # what a worker's init returned: OTP's {ok, Pid, Info}
 
 
 class IgnoredFrame(msgspec.Struct, frozen=True, tag="ignored"):

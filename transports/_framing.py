@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 WIRE_VERSION = 1
 MAX_FRAME = 64 * 1024 * 1024
+SMALL_FRAME = 8192  # decoded from a copy; larger ones from a view of the read
 HEADER = struct.Struct(">IB")
 _encoder = msgspec.msgpack.Encoder()
 _unpack_length = struct.Struct(">I").unpack_from
@@ -97,7 +98,10 @@ class FrameBuffer:
             if len(data) == 4 + length and data[4] == WIRE_VERSION and 1 < length <= \
                     self.max_frame:
                 try:
-                    return [self.decoder.decode(memoryview(data)[5:])]
+                    # A slice copies, a memoryview does not, but below a few KiB the
+                    # copy is cheaper than making the view (measured ~0.1-0.4 us).
+                    body = data[5:] if length < SMALL_FRAME else memoryview(data)[5:]
+                    return [self.decoder.decode(body)]
                 except _BAD_BODY as exc:
                     self.dropped(f"malformed frame: {exc}")
                     return []

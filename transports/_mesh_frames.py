@@ -24,6 +24,32 @@ tag            direction          meaning
 ``join_reply`` seed -> newcomer   welcome: the whole table
 ``join_nack``  seed -> newcomer   refused (a live node has that name), with the reason
 ``leave``      leaver -> all      I am leaving for good (this incarnation)
+``g_*``        (global registry)  :mod:`._global_frames`
+=============  =================  ============================================================
+
+Distribution frames (processes of one node talking to processes of another; the mesh loop
+hands them to :mod:`prismatic.mesh._remote`, not to the membership state machine). They
+were added to wire version 1 without a bump: a node that predates them drops them as
+undecodable, counted, and the sender's calls to it time out.
+
+=============  =================  ============================================================
+``route``      node -> node       deliver ``frame`` (call/cast/send) to ``to`` (a Pid or a
+                                  registered name); ``link`` names the sending process's
+                                  relay connection on ``src``, where replies go
+``answer``     node -> node       reply/refusal/failure of a call, for relay connection
+                                  ``link`` on the receiving node
+``watch``      node -> node       tell me once when ``pid`` (yours) exits (``gone``)
+``link_add``   node -> node       my process ``a`` is linked to your ``b``: an exit of ``a``
+                                  reaches ``b`` (I send ``gone`` for ``a``), and vice versa
+``link_del``   node -> node       that link is gone (``unlink``)
+``gone``       node -> node       process ``pid`` exited with ``reason`` (answers ``watch``
+                                  and ``link_add``, once per exit and node)
+``control``    node -> node       a control call (``start_child``, ``tree``...) a client made
+                                  to ``src`` with ``node=`` the receiver; ``call`` is the
+                                  encoded call, answered by ``control_reply`` with ``ref``
+``control_reply`` node -> node    its result (the control plane's ``Ok``/``Err``, encoded)
+``events``     node -> all        pub/sub messages published on ``src`` (topic, msgpack array
+                                  of payloads: the pub/sub wire's two parts), in order
 =============  =================  ============================================================
 """
 
@@ -33,10 +59,17 @@ import enum
 
 import msgspec
 
+from ._global_frames import GlobalFrame
+from .._address import Pid
+from .._exit import ExitReason
+from ._messages import CallFrame, CallRefused, CallReply, CastFrame, InfoFrame
+from ._remote_frames import CallFailed
+
 __all__ = [
     "MESH_WIRE_VERSION", "MAX_PIGGYBACK", "MemberState", "Update", "Ping", "Ack", "PingReq",
     "IndirectAck", "Nack", "Gossip", "SyncReq", "Sync", "Join", "JoinReply", "JoinNack",
-    "Leave", "MeshFrame", "encode_mesh_frame", "decode_mesh_frame",
+    "Leave", "Route", "Answer", "Watch", "LinkAdd", "LinkDel", "Gone", "ControlRoute",
+    "ControlAnswer", "Events", "DIST_FRAMES", "MeshFrame", "encode_mesh_frame", "decode_mesh_frame",
 ]
 
 MESH_WIRE_VERSION = 1
@@ -155,8 +188,66 @@ class Leave(msgspec.Struct, frozen=True, tag="leave"):
     inc: int
 
 
+class Route(msgspec.Struct, frozen=True, tag="route"):
+    src: str
+    link: int
+    to: Pid | str
+    frame: CallFrame | CastFrame | InfoFrame
+
+
+class Answer(msgspec.Struct, frozen=True, tag="answer"):
+    src: str
+    link: int
+    frame: CallReply | CallRefused | CallFailed
+
+
+class Watch(msgspec.Struct, frozen=True, tag="watch"):
+    src: str
+    pid: Pid
+
+
+class LinkAdd(msgspec.Struct, frozen=True, tag="link_add"):
+    src: str
+    a: Pid  # the sender's process
+    b: Pid  # the receiver's
+
+
+class LinkDel(msgspec.Struct, frozen=True, tag="link_del"):
+    src: str
+    a: Pid
+    b: Pid
+
+
+class Gone(msgspec.Struct, frozen=True, tag="gone"):
+    src: str
+    pid: Pid
+    reason: ExitReason
+
+
+class ControlRoute(msgspec.Struct, frozen=True, tag="control"):
+    src: str
+    ref: int
+    call: msgspec.Raw
+
+
+class ControlAnswer(msgspec.Struct, frozen=True, tag="control_reply"):
+    src: str
+    ref: int
+    result: msgspec.Raw
+
+
+class Events(msgspec.Struct, frozen=True, tag="events"):
+    src: str
+    messages: tuple[tuple[bytes, bytes], ...]
+
+
+DIST_FRAMES = (Route, Answer, Watch, LinkAdd, LinkDel, Gone, ControlRoute, ControlAnswer,
+               Events)
+
 MeshFrame = Ping | Ack | PingReq | IndirectAck | Nack | Gossip | SyncReq | Sync | Join \
-    | JoinReply | JoinNack | Leave
+    | JoinReply | JoinNack | Leave | Route | Answer | Watch | LinkAdd | LinkDel | Gone \
+    | ControlRoute | ControlAnswer | Events \
+    | GlobalFrame  # the global registry's (prismatic.mesh._global)
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(MeshFrame)

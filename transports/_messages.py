@@ -17,6 +17,7 @@ tag            direction            meaning
 ``info``       sender -> mailbox    ``msg`` for ``handle_info`` (``send``)
 ``down``       hub -> mailbox       a monitor fired (:class:`~prismatic.Down`)
 ``exit``       hub -> mailbox       a linked process exited (:class:`~prismatic.Exit`)
+``global_conflict`` hub -> mailbox  this process lost a global name at a partition's heal
 ``stats``      node -> mailbox      the runtime's counters, answered ahead of the queue
 =============  ===================  =======================================================
 
@@ -35,6 +36,9 @@ tag                meaning
 ``exit_of``        the exit reason of ``pid``, waiting up to ``wait`` s for it to be known
 ``dead_letter``    a message that could not be delivered (no reply)
 ``emit``           append events to the node's event log; replied once durable (the ack)
+``g_register``     global name ``name`` for ``pid`` (cluster-wide; :mod:`prismatic.mesh._global`)
+``g_unregister``   drop global name ``name`` held by ``pid``
+``g_whereis``      the pid holding global name ``name``, or nil
 ``hub_reply``      the answer: ``ok`` and ``value``, or ``error`` (a reason atom) and detail
 =================  ======================================================================
 """
@@ -46,13 +50,14 @@ from typing import Any
 import msgspec
 
 from .._address import Pid
-from .._notices import Down, Exit
+from .._notices import Down, Exit, GlobalNameConflict
 
 __all__ = [
     "CallFrame", "CallReply", "CallRefused", "CastFrame", "InfoFrame", "StatsReq",
     "MailboxFrame",
     "RegisterReq", "UnregisterReq", "WhereisReq", "MonitorReq", "DemonitorReq", "LinkReq",
     "UnlinkReq", "ExitOfReq", "DeadLetterNote", "EmitReq", "HubReply", "HubRequest",
+    "GlobalRegisterReq", "GlobalUnregisterReq", "GlobalWhereisReq", "GLOBAL_REQUESTS",
 ]
 
 
@@ -86,7 +91,8 @@ class StatsReq(msgspec.Struct, frozen=True, tag="stats", array_like=True):
 
 
 MailboxFrame = CallFrame | CallReply | CallRefused | CastFrame | InfoFrame | Down | Exit \
-    | StatsReq
+    | StatsReq \
+    | GlobalNameConflict
 
 
 class RegisterReq(msgspec.Struct, frozen=True, tag="register", array_like=True):
@@ -162,5 +168,25 @@ class HubReply(msgspec.Struct, frozen=True, tag="hub_reply", array_like=True):
     detail: str = ""
 
 
+class GlobalRegisterReq(msgspec.Struct, frozen=True, tag="g_register", array_like=True):
+    ref: int
+    name: str
+    pid: Pid
+
+
+class GlobalUnregisterReq(msgspec.Struct, frozen=True, tag="g_unregister", array_like=True):
+    ref: int
+    name: str
+    pid: Pid
+
+
+class GlobalWhereisReq(msgspec.Struct, frozen=True, tag="g_whereis", array_like=True):
+    ref: int
+    name: str
+
+
+GLOBAL_REQUESTS = (GlobalRegisterReq, GlobalUnregisterReq, GlobalWhereisReq)
+
 HubRequest = RegisterReq | UnregisterReq | WhereisReq | MonitorReq | DemonitorReq | LinkReq \
-    | UnlinkReq | ExitOfReq | DeadLetterNote | EmitReq
+    | UnlinkReq | ExitOfReq | DeadLetterNote | EmitReq \
+    | GlobalRegisterReq | GlobalUnregisterReq | GlobalWhereisReq

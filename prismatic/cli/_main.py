@@ -1,11 +1,11 @@
 """``prismatic``: the operator's command line for a running node.
 
 Commands (``prismatic COMMAND --help`` for each): ``node start|stop``, ``status``, ``tree``,
-``children which|count|start|terminate|restart|delete``, ``events tail|query|replay``,
-``metrics``, and ad-hoc messages: ``call``, ``cast``, ``send``, ``whereis``, ``publish``,
-``subscribe``, and ``emit`` (durable events); ``chaos list|run`` breaks a node on purpose and
-checks the invariants held (:mod:`prismatic.chaos`). Read commands print tables, or JSON with
-``--json``.
+``children which|which-child|spec|count|start|terminate|restart|delete``,
+``events tail|query|replay``, ``metrics``, and ad-hoc messages: ``call``, ``cast``, ``send``,
+``whereis``, ``publish``, ``subscribe``, and ``emit`` (durable events); ``chaos list|run``
+breaks a node on purpose and checks the invariants held (:mod:`prismatic.chaos`). Read
+commands print tables, or JSON with ``--json``.
 
 Node selection, first that is given: ``--node NAME_OR_DATA_DIR``, ``$PRISMATIC_NODE``, else
 the one running node under ``$PRISMATIC_HOME`` (default ``~/.prismatic``). Errors are one
@@ -210,4 +210,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 # Subcommands register themselves on ``cli`` when imported.
-from . import _chaos, _cluster, _events, _messaging, _tree  # noqa: E402,F401  (after cli exists)
+from . import _chaos, _cluster, _events, _logs, _messaging, _operate, _tree  # noqa: E402,F401,I001

@@ -2,7 +2,8 @@
 OTP's supervisor API, and its metrics.
 
 Paths name supervisors as in the tree view: ``""`` (or ``root``) is the root, ``a/b`` a nested
-one; a child is addressed as ``SUPERVISOR_PATH/CHILD_ID`` (``pipeline/transform``, or just
+one, ``@name`` the supervisor registered as ``name`` (``@name/sub`` below it); a child is
+addressed as ``SUPERVISOR_PATH/CHILD_ID`` (``pipeline/transform``, ``@pool/w``, or just
 ``clock`` under the root). Supervisor refusals (OTP's ``not_found``, ``running``...) exit 1.
 """
 
@@ -16,6 +17,8 @@ import click
 import msgspec
 
 from .._childspec import ChildSpec
+from .._errors import ChildSpecError
+from .._program import Program
 from ._format import (
     CliError, ExitCode, human_bytes, human_seconds, print_json, print_table,
 )
@@ -115,32 +118,59 @@ def node_stop(state: CliState, wait_s: float) -> None:
 
 # ---- tree ---------------------------------------------------------------------------------------
 
+def on_option(f: Any) -> Any:
+    return click.option("--on", "on_node", metavar="NODE", default=None,
+                        help="Carry it out on NODE, another member of this node's cluster.")(f)
+
+
 @cli.command()
 @json_option
+@on_option
+@click.option("--cluster", "whole", is_flag=True,
+              help="Every reachable member's tree, one after the other (needs the mesh).")
 @click.pass_obj
-def tree(state: CliState, as_json: bool) -> None:
+def tree(state: CliState, as_json: bool, on_node: str | None, whole: bool) -> None:
     """The live supervision tree: path, pid, type, state, restarts, uptime, memory (USS)."""
+    with state.connect() as conn:
+        if whole:
+            from ._cluster import _members
+
+            names = [m.name for m in _members(conn) if m.state.value in ("alive", "suspect")]
+            here = next((m.name for m in _members(conn) if m.this_node), None)
+            trees = {n: (conn.tree(node=None if n == here else n), n == here) for n in names}
+        else:
+            trees = {on_node or "": (conn.tree(node=on_node), on_node is None)}
+    every: dict[str, list[TreeLine]] = {n: _lines(rows, local) for n, (rows, local)
+                                        in trees.items()}
+    if as_json:
+        print_json(every if whole else every[on_node or ""])
+        return
+    for n, lines in every.items():
+        if whole:
+            click.echo(f"node {n}:")
+        print_table(["path", "pid", "type", "state", "restarts", "uptime", "uss", "last exit"],
+                    [(("  " * (ln.path.count("/") + 1) + ln.path.rsplit("/", 1)[-1])
+                      if ln.path != "root" else "root", ln.pid, ln.type, ln.state.value,
+                      ln.restarts, human_seconds(ln.uptime), human_bytes(ln.uss_bytes),
+                      ln.last_exit) for ln in lines])
+
+
+def _lines(rows: list[Any], local: bool) -> list[TreeLine]:
+    """The rows as printed; memory only for this node's processes (read from /proc here)."""
     from .._process import uss_bytes
 
-    with state.connect() as conn:
-        rows = conn.tree()
     lines = []
     for r in rows:
-        try:
-            uss = uss_bytes(r.pid) if r.pid is not None else None
-        except OSError:
-            uss = None  # exited since the node answered
+        uss = None
+        if local and r.pid is not None:
+            try:
+                uss = uss_bytes(r.pid)
+            except OSError:
+                uss = None  # exited since the node answered
         lines.append(TreeLine(path=r.path or "root", pid=r.pid, type=r.type, state=r.state,
                               restarts=r.restarts, uptime=r.uptime, uss_bytes=uss,
                               last_exit=describe(r.last_exit) if r.last_exit else None))
-    if as_json:
-        print_json(lines)
-        return
-    print_table(["path", "pid", "type", "state", "restarts", "uptime", "uss", "last exit"],
-                [(("  " * (ln.path.count("/") + 1) + ln.path.rsplit("/", 1)[-1])
-                  if ln.path != "root" else "root", ln.pid, ln.type, ln.state.value,
-                  ln.restarts, human_seconds(ln.uptime), human_bytes(ln.uss_bytes), ln.last_exit)
-                 for ln in lines])
+    return lines
 
 
 # ---- children -----------------------------------------------------------------------------------
@@ -153,11 +183,12 @@ def children() -> None:
 @children.command("which")
 @click.argument("supervisor", default="")
 @json_option
+@on_option
 @click.pass_obj
-def children_which(state: CliState, supervisor: str, as_json: bool) -> None:
+def children_which(state: CliState, on_node: str | None, supervisor: str, as_json: bool) -> None:
     """A supervisor's children (last started first, as OTP's which_children)."""
     with state.connect() as conn:
-        kids = conn.which_children(sup_path(supervisor))
+        kids = conn.which_children(sup_path(supervisor), node=on_node)
     if as_json:
         print_json(kids)
         return
@@ -168,15 +199,65 @@ def children_which(state: CliState, supervisor: str, as_json: bool) -> None:
 @children.command("count")
 @click.argument("supervisor", default="")
 @json_option
+@on_option
 @click.pass_obj
-def children_count(state: CliState, supervisor: str, as_json: bool) -> None:
+def children_count(state: CliState, on_node: str | None, supervisor: str, as_json: bool) -> None:
     """A supervisor's child counts: specs, active, supervisors, workers."""
     with state.connect() as conn:
-        counts = conn.count_children(sup_path(supervisor))
+        counts = conn.count_children(sup_path(supervisor), node=on_node)
     if as_json:
         print_json(counts)
         return
     print_table(list(counts), [list(counts.values())])
+
+
+def _child_target(path: str, pid: int | None) -> tuple[str, str | int]:
+    return (sup_path(path), pid) if pid is not None else child_path(path)
+
+
+@children.command("which-child")
+@click.argument("path")
+@click.option("--pid", type=int, help="The child with this pid; PATH is then its supervisor "
+                                      "(simple_one_for_one children have no id).")
+@json_option
+@click.pass_obj
+def children_which_child(state: CliState, path: str, pid: int | None, as_json: bool) -> None:
+    """One child's row, as in `children which` (OTP's which_child): PATH = SUPERVISOR/CHILD_ID."""
+    sup, target = _child_target(path, pid)
+    with state.connect() as conn:
+        kid = conn.which_child(sup, target)
+    if as_json:
+        print_json(kid)
+        return
+    print_table(["id", "pid", "type", "restarting"],
+                [(kid.id, kid.pid, kid.type, "yes" if kid.restarting else "")])
+
+
+@children.command("spec")
+@click.argument("path")
+@click.option("--pid", type=int, help="The child with this pid; PATH is then its supervisor.")
+@json_option
+@click.pass_obj
+def children_spec(state: CliState, path: str, pid: int | None, as_json: bool) -> None:
+    """The child spec its supervisor holds (OTP's get_childspec): PATH = SUPERVISOR/CHILD_ID."""
+    sup, target = _child_target(path, pid)
+    with state.connect() as conn:
+        spec = conn.get_childspec(sup, target)
+    if as_json:
+        print_json(spec)
+        return
+    start = spec.start
+    if not isinstance(start, str):  # a nested SupervisorSpec: its flags and children's ids
+        start = (f"supervisor {start.flags.strategy.value}, children "
+                 f"{', '.join(c.id for c in start.children) or '-'}"
+                 + (f", name {start.name}" if start.name else ""))
+    shutdown = spec.shutdown
+    for field, value in (("id", spec.id), ("start", start), ("args", json.dumps(spec.args)),
+                         ("restart", spec.restart.value),  # type: ignore[union-attr]
+                         ("shutdown", getattr(shutdown, "value", shutdown)),
+                         ("type", spec.type.value),  # type: ignore[union-attr]
+                         ("significant", str(spec.significant).lower())):
+        click.echo(f"{field + ':':<13}{value}")
 
 
 def _json_args(value: str | None) -> tuple[Any, ...] | None:
@@ -204,18 +285,51 @@ def _json_args(value: str | None) -> tuple[Any, ...] | None:
               help="What --start returns: a worker (the default) or a supervisor's spec.")
 @click.option("--significant", is_flag=True,
               help="Its exit may stop the supervisor (auto_shutdown).")
+@click.option("--program", "command", metavar="COMMAND",
+              help="Run this executable instead of --start (split as a shell would, not run "
+                   "by one): a program child.")
+@click.option("--env", "env_pairs", multiple=True, metavar="NAME=VALUE",
+              help="A program's environment variable (repeatable).")
+@click.option("--cwd", help="A program's working directory.")
+@click.option("--ready", "ready_spec", metavar="CHECK",
+              help="A program's readiness check: port:PORT, port:HOST:PORT, http://URL, "
+                   "file:PATH, line:REGEX or notify (default: ready at exec).")
+@click.option("--start-timeout", type=float, help="Seconds for the readiness check to pass.")
+@click.option("--alive", "alive_spec", metavar="CHECK",
+              help="A program's liveness check, tried every --alive-every seconds: port:PORT, "
+                   "port:HOST:PORT, http://URL or file:PATH.")
+@click.option("--alive-every", type=float, help="Seconds between liveness checks (10).")
+@click.option("--stop-signal", help="A program's stop signal (default TERM).")
 @click.option("--timeout", type=float, default=30.0, show_default=True,
               help="How long to wait for the child's init.")
 @json_option
+@on_option
 @click.pass_obj
-def children_start(state: CliState, supervisor: str, child_id: str | None,
+def children_start(state: CliState, on_node: str | None, supervisor: str,
+                   child_id: str | None,
                    start_ref: str | None, args_json: str | None, restart: str | None,
                    shutdown: str | None, child_type: str | None, significant: bool,
-                   timeout: float, as_json: bool) -> None:
-    """Start a child: --id and --start (a new spec), or only --args (simple_one_for_one)."""
+                   command: str | None, env_pairs: tuple[str, ...], cwd: str | None,
+                   ready_spec: str | None, start_timeout: float | None,
+                   alive_spec: str | None, alive_every: float | None,
+                   stop_signal: str | None, timeout: float, as_json: bool) -> None:
+    """Start a child: --id and --start (a new spec), --id and --program (a program), or
+    only --args (simple_one_for_one)."""
     args = _json_args(args_json)
+    program_opts = env_pairs or cwd or ready_spec or start_timeout or stop_signal \
+        or alive_spec or alive_every
+    if command is not None:
+        if start_ref is not None:
+            raise CliError("give --start or --program, not both", ExitCode.USAGE)
+        start_ref = _program(command, env_pairs, cwd, ready_spec, start_timeout,
+                             stop_signal, alive_spec, alive_every)  # type: ignore[assignment]
+    elif program_opts:
+        raise CliError("--env/--cwd/--ready/--start-timeout/--stop-signal/--alive need "
+                       "--program",
+                       ExitCode.USAGE)
     if (child_id is None) != (start_ref is None):
-        raise CliError("give both --id and --start, or neither (simple_one_for_one: --args)",
+        raise CliError("give --id with --start or --program, or neither (simple_one_for_one: "
+                       "--args)",
                        ExitCode.USAGE)
     if child_id is None:
         if restart or shutdown or child_type or significant:
@@ -238,11 +352,66 @@ def children_start(state: CliState, supervisor: str, child_id: str | None,
     label = f"starting child {child_id!r}" if child_id else "starting a child"
     with state.progress(f"{label} of {supervisor or 'root'}", not as_json), \
             state.connect(timeout=timeout) as conn:
-        pid = conn.start_child(sup_path(supervisor), what, timeout=timeout)
+        pid, info = conn.start_child_info(sup_path(supervisor), what, timeout=timeout,
+                                          node=on_node)
     if as_json:
-        print_json({"pid": pid})
+        print_json({"pid": pid, "info": info})
     else:
-        click.echo(f"started, pid {pid}" if pid else "ignored (init raised Ignore)")
+        extra = "" if info is None else f", info {json.dumps(info, default=repr)}"
+        click.echo(f"started, pid {pid}{extra}" if pid else "ignored (init raised Ignore)")
+
+
+def _program(command: str, env_pairs: tuple[str, ...], cwd: str | None,
+             ready_spec: str | None, start_timeout: float | None,
+             stop_signal: str | None, alive_spec: str | None = None,
+             alive_every: float | None = None) -> Program:
+    import shlex  # noqa: PLC0415 - only this command needs it
+
+    try:
+        argv = shlex.split(command)
+    except ValueError as exc:
+        raise CliError(f"--program: {exc}", ExitCode.USAGE) from None
+    env = {}
+    for pair in env_pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise CliError(f"--env {pair!r}: must be NAME=VALUE", ExitCode.USAGE)
+        env[name] = value
+    fields: dict[str, Any] = {"argv": argv, "env": env, "cwd": cwd,
+                              "ready": _ready(ready_spec)}
+    if start_timeout is not None:
+        fields["start_timeout"] = start_timeout
+    if stop_signal is not None:
+        fields["stop_signal"] = stop_signal
+    if alive_spec is not None:
+        fields["alive"] = _ready(alive_spec, "--alive")
+    if alive_every is not None:
+        fields["alive_every"] = alive_every
+    try:
+        return Program(**fields)
+    except ChildSpecError as exc:
+        raise CliError(f"--program: {exc}", ExitCode.USAGE) from None
+
+
+def _ready(spec: str | None, option: str = "--ready") -> dict[str, Any] | None:
+    if spec is None:
+        return None
+    kind, _, rest = spec.partition(":")
+    if kind == "notify" and not rest:
+        return {"check": "notify"}
+    if kind == "port" and rest:
+        host, _, port = rest.rpartition(":")
+        if not port.isdigit():
+            raise CliError(f"{option} {spec!r}: the port must be a number", ExitCode.USAGE)
+        return {"check": "port", "port": int(port), **({"host": host} if host else {})}
+    if kind == "http" and rest:
+        return {"check": "http", "url": spec}
+    if kind == "file" and rest:
+        return {"check": "file", "path": rest}
+    if kind == "line" and rest:
+        return {"check": "line", "pattern": rest}
+    raise CliError(f"{option} {spec!r}: one of port:PORT, port:HOST:PORT, http://..., "
+                   "file:PATH, line:REGEX, notify", ExitCode.USAGE)
 
 
 @children.command("terminate")
@@ -252,13 +421,15 @@ def children_start(state: CliState, supervisor: str, child_id: str | None,
 @click.option("--timeout", type=float, default=60.0, show_default=True,
               help="Seconds to wait for the supervisor's answer (the child's shutdown "
                    "included).")
+@on_option
 @click.pass_obj
-def children_terminate(state: CliState, path: str, pid: int | None, timeout: float) -> None:
+def children_terminate(state: CliState, on_node: str | None, path: str, pid: int | None,
+                       timeout: float) -> None:
     """Stop a child (its spec is kept unless temporary): PATH = SUPERVISOR/CHILD_ID."""
     sup, target = (sup_path(path), pid) if pid is not None else child_path(path)
     with state.progress(f"terminating {path if pid is None else pid}"), \
             state.connect(timeout=timeout) as conn:
-        conn.terminate_child(sup, target, timeout=timeout)
+        conn.terminate_child(sup, target, timeout=timeout, node=on_node)
     click.echo(f"terminated {path if pid is None else pid}")
 
 
@@ -266,23 +437,28 @@ def children_terminate(state: CliState, path: str, pid: int | None, timeout: flo
 @click.argument("path")
 @click.option("--timeout", type=float, default=60.0, show_default=True,
               help="Seconds to wait for the supervisor's answer (the child's init included).")
+@on_option
 @click.pass_obj
-def children_restart(state: CliState, path: str, timeout: float) -> None:
-    """Start a terminated child again from its kept spec: PATH = SUPERVISOR/CHILD_ID."""
+def children_restart(state: CliState, on_node: str | None, path: str, timeout: float) -> None:
+    """Restart a child from its kept spec, a running one terminated first (supervisorctl's
+    restart): PATH = SUPERVISOR/CHILD_ID."""
     sup, child = child_path(path)
     with state.progress(f"restarting {path}"), state.connect(timeout=timeout) as conn:
-        pid = conn.restart_child(sup, child, timeout=timeout)
+        if any(c.id == child and c.pid for c in conn.which_children(sup, node=on_node)):
+            conn.terminate_child(sup, child, timeout=timeout, node=on_node)
+        pid = conn.restart_child(sup, child, timeout=timeout, node=on_node)
     click.echo(f"restarted {path}, pid {pid}" if pid else f"{path}: ignored")
 
 
 @children.command("delete")
 @click.argument("path")
+@on_option
 @click.pass_obj
-def children_delete(state: CliState, path: str) -> None:
+def children_delete(state: CliState, on_node: str | None, path: str) -> None:
     """Delete a terminated child's spec: PATH = SUPERVISOR/CHILD_ID."""
     sup, child = child_path(path)
     with state.progress(f"deleting {path}"), state.connect() as conn:
-        conn.delete_child(sup, child)
+        conn.delete_child(sup, child, node=on_node)
     click.echo(f"deleted {path}")
 
 

@@ -6,7 +6,12 @@
   :mod:`._auth`: who is admitted to a node's mesh endpoint;
 * :mod:`._settings`: ``--listen``, ``--join``, ``--cluster-secret``, checked before the fork;
 * :mod:`._loop`: the node's mesh loop (asyncio + pyzmq), which only carries out actions;
-* wire frames: :mod:`prismatic.transports._mesh_frames`. Operator's guide: docs/cluster.md.
+* :mod:`._global`: the global registry (OTP's ``global``), a pure ``decide``;
+  :mod:`._global_names`: the node's side of it, between the hub and the mesh loop;
+* :mod:`._remote`: distribution: messages, monitors, links, control calls and pub/sub
+  between processes of different nodes, over the mesh links;
+* wire frames: :mod:`prismatic.transports._mesh_frames` (the global registry's in
+  :mod:`prismatic.transports._global_frames`). Operator's guide: docs/cluster.md.
 """
 
 from ._settings import MeshSettings, check_settings

@@ -19,6 +19,11 @@ Time: one timer, set after every decision to :func:`._membership.next_wake`; eve
 carries the loop's monotonic time. The loop reports member changes to the node through
 ``publish(topic, body)`` (``cluster.node.<name>.up|down|left``), a name conflict through
 ``fatal(reason)``, and its counters to Prometheus (:meth:`MeshLoop.collector`).
+
+The global registry (:mod:`._global_names`) rides on the mesh through two hooks: its frames
+(``g_*``) go to ``on_global_frame`` instead of the membership machine, and ``on_members``
+hears the members believed alive (name -> incarnation) whenever that set changes;
+:meth:`MeshLoop.send_to` sends it a frame by member name.
 """
 
 from __future__ import annotations
@@ -39,7 +44,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from .._errors import NodeError
 from .._throttle import ThrottledWarning
-from ..transports._mesh_frames import MemberState, decode_mesh_frame, encode_mesh_frame
+from ..transports._global_frames import GLOBAL_FRAMES
+from ..transports._mesh_frames import (
+    DIST_FRAMES, MemberState, decode_mesh_frame, encode_mesh_frame,
+)
 from ._auth import WATCHED_EVENTS, ZAP_ENDPOINT, AdmissionWatch, parse_event, serve_zap
 from ._events import (
     Changed, Count, Joined, JoinRequested, LeaveRequested, LinkDown, LinkRefused, MeshState,
@@ -56,7 +64,9 @@ LINK_EVENTS = zmq.EVENT_DISCONNECTED | zmq.EVENT_CLOSED | zmq.EVENT_HANDSHAKE_SU
     | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL \
     | zmq.EVENT_HANDSHAKE_FAILED_AUTH
 DNS_INTERVAL_S = 10.0  # seeds given by name are resolved again this often
-LINK_QUEUE = 64  # frames waiting for a peer; beyond this they are dropped (and counted)
+# Frames waiting for a peer; beyond this they are dropped (and counted). Membership repeats
+# what matters; a dropped distribution frame fails its call or becomes a dead letter.
+LINK_QUEUE = 4096
 CLOSE_LINGER_MS = 300  # a leaving node's last frames get this long to go out
 
 
@@ -109,6 +119,11 @@ class MeshLoop:
         self.timer: asyncio.TimerHandle | None = None
         self.state: MeshState | None = None
         self.closed = False
+        # The global registry's hooks (set by the node; see the module docstring).
+        self.on_global_frame: Callable[[Any], None] | None = None
+        self.on_members: Callable[[dict[str, int]], None] | None = None
+        self.reported_members: dict[str, int] = {}
+        self.remote: Any = None  # ._remote.Distribution: frames between processes
 
     # ---- start and stop ---------------------------------------------------------------------
 
@@ -239,7 +254,26 @@ class MeshLoop:
                 self.fatal(f"cannot join the cluster: {a.reason}")
         if changed:
             self.reconcile_links()
+        if self.on_members is not None:
+            self.report_members()
         self.schedule()
+
+    def report_members(self) -> None:
+        assert self.state is not None and self.on_members is not None
+        live = (MemberState.ALIVE, MemberState.SUSPECT)
+        alive = {} if self.state.me.state is MemberState.LEFT else {
+            m.name: m.inc for m in self.state.members.values() if m.state in live}
+        if alive != self.reported_members:
+            self.reported_members = alive
+            self.on_members(alive)
+
+    def send_to(self, name: str, frame: Any) -> None:
+        """Send ``frame`` to member ``name`` (the global registry's frames)."""
+        member = self.state.members.get(name) if self.state is not None else None
+        if member is None:
+            self.counts["frames_dropped"] += 1
+            return
+        self.send(member.addr, frame)
 
     def schedule(self) -> None:
         assert self.state is not None
@@ -259,6 +293,8 @@ class MeshLoop:
             kind = "up"
         if kind is None:
             return
+        if kind != "up":
+            self.on_node_lost(c.name)
         log.info("mesh: node %s is %s (%s, incarnation %d)", c.name, kind, c.addr, c.inc)
         self.publish(f"cluster.node.{c.name}.{kind}", {
             "node": c.name, "address": _hostport(c.addr), "incarnation": c.inc,
@@ -267,20 +303,21 @@ class MeshLoop:
 
     # ---- sending -----------------------------------------------------------------------------
 
-    def send(self, addr: str, frame: Any) -> None:
+    def send(self, addr: str, frame: Any) -> bool:
         link = self.links.get(addr) or self.open_link(addr)
         data = encode_mesh_frame(frame)
         try:
             link.sock.send(data, zmq.NOBLOCK)
         except zmq.Again:
             self.counts["frames_dropped"] += 1  # queue full: the peer is gone or far behind
-            return
+            return False
         except zmq.ZMQError as exc:
             self.counts["send_errors"] += 1
             self.link_warning.warn("mesh: send to %s failed: %s", addr, exc)
-            return
+            return False
         self.sent_bytes[addr] += len(data)
         self.counts["frames_sent"] += 1
+        return True
 
     def open_link(self, addr: str) -> _Link:
         sock = self.sync_ctx.socket(zmq.DEALER)
@@ -348,8 +385,15 @@ class MeshLoop:
         if frame is None:
             self.bad_frame(parts[1], why)
             return
-        self.received_bytes[frame.addr] += len(data)
         self.counts["frames_received"] += 1
+        if isinstance(frame, DIST_FRAMES):
+            self.on_dist_frame(frame, len(data))
+            return
+        self.received_bytes[frame.addr] += len(data)
+        if isinstance(frame, GLOBAL_FRAMES):
+            if self.on_global_frame is not None:
+                self.on_global_frame(frame)
+            return
         self.feed(Received(time.monotonic(), frame))
 
     def bad_frame(self, part: Any, why: str) -> None:
@@ -384,6 +428,44 @@ class MeshLoop:
                 watch.on_event(*parse_event(await monitor.recv_multipart()))
         finally:
             monitor.close(0)
+
+    # ---- distribution (processes of one node talking to those of another: ._remote) -------
+
+    def member_addr(self, name: str) -> str | None:
+        """The address of ``name`` if it is a reachable member (alive or suspect)."""
+        if self.state is None or self.closed:
+            return None
+        m = self.state.members.get(name)
+        if m is None or m.state not in (MemberState.ALIVE, MemberState.SUSPECT):
+            return None
+        return m.addr
+
+    def peers(self) -> list[tuple[str, bool]]:
+        """Every other member not left, and whether it is reachable now."""
+        if self.state is None:
+            return []
+        return [(n, m.state in (MemberState.ALIVE, MemberState.SUSPECT))
+                for n, m in self.state.members.items()
+                if m.state is not MemberState.LEFT and n != self.name]
+
+    def node_alive(self, name: str) -> bool:
+        return self.member_addr(name) is not None
+
+    def send_to_node(self, name: str, frame: Any) -> bool:
+        addr = self.member_addr(name)
+        return addr is not None and self.send(addr, frame)
+
+    def on_dist_frame(self, frame: Any, size: int) -> None:
+        addr = self.member_addr(frame.src)
+        if addr is None or self.remote is None:
+            self.counts["dist_frames_dropped"] += 1  # not (or no longer) a member
+            return
+        self.received_bytes[addr] += size
+        self.remote.on_frame(frame)
+
+    def on_node_lost(self, name: str) -> None:
+        if self.remote is not None:
+            self.remote.node_lost(name)
 
     # ---- what the outside reads --------------------------------------------------------------
 
@@ -432,6 +514,7 @@ class _MeshCollector:
                 ("refutations", "Suspicions of this node it refuted (false positives)"),
                 ("bad_frames", "Frames from peers dropped as malformed"),
                 ("frames_dropped", "Frames dropped because a peer's queue was full"),
+                ("dist_frames_dropped", "Distribution frames from a non-member, dropped"),
                 ("handshake_failures", "Our handshakes a peer refused"),
                 ("errors", "Frames whose handling raised (a bug; logged)"),
                 ("frames_sent", "Frames sent to peers"),
@@ -439,6 +522,27 @@ class _MeshCollector:
             c = CounterMetricFamily(f"prismatic_cluster_{what}", help_)
             c.add_metric([], m.counts[what])
             yield c
+        dist = m.remote.counters if m.remote is not None else Counter()
+        for what, help_ in (
+                ("bad_frames", "Malformed frames from this node's processes to its relay"),
+                ("unreachable", "Messages and calls to processes of unreachable nodes"),
+                ("answers_lost", "Call answers whose caller's node was unreachable"),
+                ("errors", "Relay frames whose handling raised (a bug; logged)")):
+            c = CounterMetricFamily(f"prismatic_cluster_relay_{what}", help_)
+            c.add_metric([], dist[what])
+            yield c
+        received = CounterMetricFamily("prismatic_cluster_events_received",
+                                       "Pub/sub messages from other members, published here")
+        received.add_metric([], dist["events_received"])
+        yield received
+        dropped = CounterMetricFamily("prismatic_cluster_events_dropped",
+                                      "Pub/sub messages not sent to a member (unreachable: "
+                                      "dead or partitioned away; or its link was full)",
+                                      labels=["peer"])
+        if m.remote is not None:
+            for peer, n in list(m.remote.events_dropped.items()):
+                dropped.add_metric([peer], n)
+        yield dropped
         refusals = CounterMetricFamily("prismatic_cluster_auth_refusals",
                                        "Connections refused admission, by reason",
                                        labels=["reason"])

@@ -1,0 +1,132 @@
+"""Distribution benchmarks (issue: distributed processes). Loopback only: two nodes here.
+
+Run: ``python bench/bench_remote.py [--calls N]``. Starts two real nodes in one cluster,
+each running ``bench.apps:messaging`` (an ``echo`` worker and a ``driver`` that calls in a
+loop), and prints, from one run:
+
+* remote call round trip, worker to worker: node a's driver calls node b's echo (worker ->
+  a's relay -> mesh link (CURVE, TCP loopback) -> b -> b's echo mailbox, and back);
+* beside it, a local call (a's driver calls a's echo, the direct AF_UNIX path), and a bare
+  pyzmq DEALER -> ROUTER echo over TCP loopback with CURVE (the mesh bench's baseline);
+* remote calls per second with 64 in flight, from a client of node a to node b's echo
+  (``send_request`` / ``receive_response``);
+* cluster pub/sub: events per second published on a and received by a subscriber on b,
+  one event per publish and 100 per ``publish_many``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import sys
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import prismatic as p  # noqa: E402
+from bench._harness import pct, print_table  # noqa: E402
+from bench.bench_mesh import Node, all_alive, bare_curve_rtt, wait  # noqa: E402
+from prismatic.mesh._secret import init_secret  # noqa: E402
+import bench.bench_mesh as bench_mesh  # noqa: E402
+
+bench_mesh.APP = "bench.apps:messaging"
+
+
+def us(x: float) -> str:
+    return f"{x * 1e6:.0f} µs"
+
+
+def driver_rtts(conn: p.NodeConnection, dest: Any, n: int) -> list[float]:
+    out: list[float] = []
+    while len(out) < n:
+        out += conn.call("driver", ["run", dest, min(2000, n - len(out)), "x" * 64],
+                         timeout=120)
+    return out
+
+
+def in_flight(conn: p.NodeConnection, dest: p.Pid, total: int, window: int = 64) -> float:
+    t0 = time.perf_counter()
+    pending = [conn.send_request(dest, "x" * 64) for _ in range(window)]
+    done = 0
+    while done < total:
+        req = pending.pop(0)
+        conn.receive_response(req, timeout=30)
+        done += 1
+        if done + len(pending) < total:
+            pending.append(conn.send_request(dest, "x" * 64))
+    return total / (time.perf_counter() - t0)
+
+
+def pubsub_rate(pub: p.NodeConnection, sub_conn: p.NodeConnection, total: int,
+                batch: int) -> float:
+    with sub_conn.subscribe("bench.#") as sub:
+        t0 = time.perf_counter()
+        for i in range(0, total, batch):
+            if batch == 1:
+                pub.publish("bench.x", i)
+            else:
+                pub.publish_many("bench.x", list(range(i, i + batch)))
+        pub.flush()
+        got = 0
+        while got < total:
+            events = sub.next_batch(10)
+            if not events:
+                raise SystemExit(f"bench: pub/sub stalled at {got} of {total}")
+            got += len(events)
+        return total / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--calls", type=int, default=5000)
+    ap.add_argument("--events", type=int, default=50_000)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        secret = init_secret(tmp / "cluster.secret")
+        a = Node(tmp, "a", secret, ["--listen", "127.0.0.1:0"])
+        seed = next(iter(a.members().values())).address
+        b = Node(tmp, "b", secret, ["--join", seed])
+        nodes = [a, b]
+        try:
+            wait(lambda: all_alive(nodes, 2), 30, "the two nodes to form a cluster")
+            ca, cb = a.connect(), b.connect()
+            echo_a = [a.name, ca.whereis("echo").ospid]  # type: ignore[union-attr]
+            echo_b = [b.name, cb.whereis("echo").ospid]  # type: ignore[union-attr]
+            driver_rtts(ca, echo_b, 500)  # warm up both paths
+            driver_rtts(ca, echo_a, 500)
+            remote, local = [], []
+            for _ in range(5):  # interleaved: the same machine load for both
+                remote += driver_rtts(ca, echo_b, args.calls // 5)
+                local += driver_rtts(ca, echo_a, args.calls // 5)
+            bare = bare_curve_rtt(args.calls)
+            rate = in_flight(ca, p.Pid(*echo_b), 20_000)
+            ev1 = pubsub_rate(ca, cb, args.events // 5, 1)
+            ev100 = pubsub_rate(ca, cb, args.events, 100)
+        finally:
+            for n in nodes:
+                n.stop()
+    print_table(["figure", "p50", "p99", "note"], [
+        ("remote call, worker a -> worker b", us(pct(remote, 0.5)), us(pct(remote, 0.99)),
+         f"{len(remote)} calls, 64-byte payload"),
+        ("local call, worker a -> worker a", us(pct(local, 0.5)), us(pct(local, 0.99)),
+         "same run, interleaved"),
+        ("bare pyzmq DEALER->ROUTER, TCP+CURVE", us(pct(bare, 0.5)), us(pct(bare, 0.99)),
+         "baseline (subprocess echo)"),
+        ("remote / bare (p50)", f"{pct(remote, 0.5) / pct(bare, 0.5):.2f}x", "",
+         "target <= 1.5x"),
+    ])
+    print()
+    print_table(["throughput", "value", "note"], [
+        ("remote calls/s, 64 in flight (client a -> echo b)", f"{rate:,.0f}/s",
+         "target >= 50,000/s"),
+        ("cluster pub/sub a -> subscriber on b, 1 per publish", f"{ev1:,.0f} events/s", ""),
+        ("cluster pub/sub a -> subscriber on b, 100 per publish", f"{ev100:,.0f} events/s", ""),
+    ])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,476 @@
+"""Distribution: messages, monitors and links between processes of different nodes.
+
+Runs in the node, on its loop, beside the hub (:mod:`prismatic._hub`) and the mesh loop
+(:mod:`._loop`). The path of a message to a process of another node::
+
+    process --AF_UNIX--> this node's relay --mesh link--> the other node --AF_UNIX--> mailbox
+
+* **The relay** listens at ``\\0prismatic/<node>/relay`` (frames of
+  :mod:`prismatic.transports._remote_frames`, only from the node's uid). Each process keeps
+  one connection to it for all its remote destinations, so what it sends leaves in order;
+  the mesh link to a peer is one ordered ZeroMQ stream, and the receiving node keeps one
+  connection per destination mailbox: per sender -> destination order is kept end to end.
+* **Calls**: the receiving node gives each call it delivers a ref of its own (the callers
+  of many nodes share its connection to a mailbox) and maps the reply back. A callee that is
+  not there refuses the call (``noproc``: the caller raises :class:`NoProcError`); one whose
+  connection breaks mid-call fails it with its exit reason as the hub learns it
+  (:class:`ProcessDown`). A call in flight to a node that becomes unreachable fails with
+  ``NoConnection()``; an answer that arrives after that (a healed partition) is dropped.
+* **Monitors and links**: each node's hub keeps the monitors and links of its own processes
+  (:mod:`prismatic._links`), remote ends included, and delivers their notices itself (a
+  mailbox takes ``Down``/``Exit`` only from its own node). For each remote process it
+  watches it sends ``watch``; the remote node answers with one ``gone`` when that process
+  exits (at once if it is not alive). A link also sends ``link_add``, so the other node
+  holds it too and is told (``gone``) when our end exits. When a node is declared dead or
+  leaves, every remote process of it the hub knows of is taken as exited with
+  ``NoConnection()``: each monitor fires once, each link once. The links state machine
+  forgets a process after its exit, so a ``gone`` arriving after a heal fires nothing more.
+* **Cluster pub/sub**: each message a publisher of this node publishes is sent, batched per
+  loop turn, to every other member (``events``), which publishes it on its own events
+  socket only (never onward): a subscriber anywhere sees it once, in its publisher's order
+  (one node's messages travel one ordered link). Nothing is kept for a member that is
+  unreachable (dead; a partition) or whose link queue is full: those messages are dropped
+  and counted per peer (``prismatic_cluster_events_dropped_total``), with a log line.
+* **Dead letters**: a cast or send that cannot be delivered becomes a dead letter on the
+  node that finds out: here when the destination's node is unreachable (``noconnection``),
+  there when no such process or name exists (``noproc``, ``not_registered``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import errno
+import itertools
+import logging
+import os
+import socket
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from .._address import Pid
+from .._exit import ExitReason, NoConnection, NoProc
+from .._links import Link, ProcessExited, Unlink
+from .._nodeinfo import mailbox_address, peer_creds
+from .._throttle import ThrottledWarning
+from ..transports._framing import FrameBuffer, encode_frame
+from ..transports._mesh_frames import (
+    Answer, ControlAnswer, ControlRoute, Events, Gone, LinkAdd, LinkDel, Route, Watch,
+)
+from ..transports._messages import (
+    CallFrame, CallRefused, CallReply, DeadLetterNote, MailboxFrame,
+)
+from ..transports._remote_frames import CallFailed, Forward, RelayRequest, relay_address
+
+if TYPE_CHECKING:
+    from .._hub import Hub
+
+__all__ = ["Distribution"]
+
+log = logging.getLogger(__name__)
+EVENTS_FRAME_BYTES = 1 << 20  # a batch of pub/sub messages to a peer is sent at this size
+EXIT_REASON_WAIT_S = 1.0  # a callee died mid-call: how long to wait for its reported reason
+_request_decoder = msgspec.msgpack.Decoder(RelayRequest)
+_mailbox_decoder = msgspec.msgpack.Decoder(MailboxFrame)
+
+MeshSend = Callable[[str, Any], bool]
+
+
+class Distribution:
+    """``send(node, frame)`` puts a distribution frame on the mesh link to ``node`` (False:
+    not a reachable member, or the link's queue is full); ``alive(node)`` says whether
+    ``node`` is a reachable member."""
+
+    def __init__(self, name: str, hub: Hub, send: MeshSend, alive: Callable[[str], bool],
+                 dead_letter: Callable[[DeadLetterNote], None],
+                 peers: Callable[[], list[tuple[str, bool]]] = list) -> None:
+        self.name = name
+        self.hub = hub
+        self.send = send
+        self.alive = alive
+        self.dead_letter = dead_letter
+        self.peers = peers  # every other member not left: (name, reachable)
+        self.publish_local: Callable[[bytes, bytes], None] = lambda topic, body: None
+        self.outgoing: list[tuple[bytes, bytes]] = []
+        self.outgoing_bytes = 0
+        self.events_dropped = collections.Counter[str]()  # per peer
+        self.events_warning = ThrottledWarning(log)
+        self.conns: dict[int, _RelayConnection] = {}
+        self.serial = itertools.count(1)
+        self.pending: dict[tuple[int, int], str] = {}  # (connection, ref) -> callee's node
+        self.dests: dict[Pid, _Destination] = {}
+        self.interest: dict[Pid, set[str]] = {}  # our process -> nodes to tell of its exit
+        self.counters = collections.Counter[str]()
+        self.warning = ThrottledWarning(log)
+        self.server: asyncio.AbstractServer | None = None
+        # The node's control plane, for control calls across nodes (ControlRoute/Answer),
+        # and told of each lost node (its calls in flight fail).
+        self.on_control: Callable[[Any], None] = lambda frame: None
+        self.on_lost: Callable[[str], None] = lambda node: None
+
+    async def start(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind(relay_address(self.name))
+        except OSError:
+            sock.close()
+            raise
+        sock.listen(1024)
+        self.server = await asyncio.get_running_loop().create_unix_server(
+            lambda: _RelayConnection(self), sock=sock)
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        for dest in list(self.dests.values()):
+            dest.close()
+
+    # ---- from this node's processes --------------------------------------------------------
+
+    def forward(self, conn: _RelayConnection, fw: Forward) -> None:
+        frame = fw.frame
+        if isinstance(frame, CallFrame):
+            self.pending[(conn.id, frame.ref)] = fw.node
+        if fw.node == self.name:  # (name, this node) sent the long way: deliver here
+            self.route(self.name, conn.id, fw.to, frame)
+            return
+        if self.alive(fw.node) and self.send(fw.node, Route(self.name, conn.id, fw.to, frame)):
+            return
+        if isinstance(frame, CallFrame):
+            del self.pending[(conn.id, frame.ref)]
+        self.counters["unreachable"] += 1
+        if isinstance(frame, CallFrame):
+            conn.write(CallFailed(frame.ref, NoConnection()))
+        else:
+            self.note_dead_letter(fw.to, fw.node, "noconnection", frame, conn.caller)
+
+    def note_dead_letter(self, to: Pid | str, node: str, reason: str, frame: Any,
+                         sender: Pid | None) -> None:
+        kind = "cast" if type(frame).__struct_config__.tag == "cast" else "info"
+        dest = str(to) if isinstance(to, Pid) else f"{to}@{node}"
+        self.dead_letter(DeadLetterNote(dest, reason, kind, sender, len(encode_frame(frame))))
+
+    # ---- from other nodes --------------------------------------------------------------------
+
+    def on_frame(self, frame: Any) -> None:
+        """A distribution frame from the mesh (already decoded and validated)."""
+        if isinstance(frame, Route):
+            self.route(frame.src, frame.link, frame.to, frame.frame)
+        elif isinstance(frame, Answer):
+            self.answered(frame.link, frame.frame)
+        elif isinstance(frame, Watch):
+            self.watched_by(frame.src, frame.pid)
+        elif isinstance(frame, LinkAdd):
+            self.link_from(frame.src, frame.a, frame.b)
+        elif isinstance(frame, LinkDel):
+            if frame.b.node == self.name:
+                self.hub.apply_links(Unlink(frame.b, frame.a))
+        elif isinstance(frame, Events):
+            for topic, body in frame.messages:
+                self.publish_local(topic, body)
+            self.counters["events_received"] += len(frame.messages)
+        elif isinstance(frame, (ControlRoute, ControlAnswer)):
+            self.on_control(frame)
+        elif isinstance(frame, Gone):
+            if frame.pid.node == frame.src:  # a node speaks only for its own processes
+                self.hub.apply_links(ProcessExited(frame.pid, frame.reason))
+
+    def route(self, src: str, link: int, to: Pid | str, frame: Any) -> None:
+        pid = self.hub.registry.names.get(to) if isinstance(to, str) else to
+        is_call = isinstance(frame, CallFrame)
+        if pid is None or pid.node != self.name:
+            reason = "not_registered" if pid is None else "noproc"
+            if is_call:
+                self.answer(src, link, CallRefused(frame.ref, reason))
+            else:
+                self.note_dead_letter(to, self.name, reason, frame, None)
+            return
+        pid = self.hub.complete(pid, probe=False)  # a Pid without discriminators: its holder
+        dest = self.destination(pid)
+        if dest is None:
+            if is_call:
+                self.answer(src, link, CallRefused(frame.ref, "noproc"))
+            else:
+                self.note_dead_letter(to, self.name, "noproc", frame, None)
+            return
+        if is_call:
+            ref = next(dest.refs)
+            dest.calls[ref] = (src, link, frame.ref)
+            frame = CallFrame(ref, frame.msg, frame.sender,
+                              to if isinstance(to, str) else frame.to_name)
+        dest.write(encode_frame(frame))
+
+    def destination(self, pid: Pid) -> _Destination | None:
+        dest = self.dests.get(pid)
+        if dest is None or dest.closed:
+            dest = _Destination(self, pid)
+            if dest.closed:
+                return None
+            self.dests[pid] = dest
+        return dest
+
+    def answer(self, src: str, link: int, frame: Any) -> None:
+        if src == self.name:
+            self.answered(link, frame)
+        elif not self.send(src, Answer(self.name, link, frame)):
+            self.counters["answers_lost"] += 1  # the caller's node is gone: its call failed
+
+    def answered(self, link: int, frame: Any) -> None:
+        if self.pending.pop((link, frame.ref), None) is None:
+            return  # the call already failed (its node was lost): a late answer, dropped
+        conn = self.conns.get(link)
+        if conn is not None:
+            conn.write(frame)
+
+    def callee_died(self, dest: _Destination) -> None:
+        calls, dest.calls = dest.calls, {}
+        if self.dests.get(dest.pid) is dest:
+            del self.dests[dest.pid]
+        if calls:
+            asyncio.get_running_loop().create_task(self.fail_calls(dest.pid, calls))
+
+    async def fail_calls(self, pid: Pid, calls: dict[int, tuple[str, int, int]]) -> None:
+        """The callee's connection broke with calls in flight: fail each with its exit
+        reason, once the tree has reported it (as a local caller asks the hub)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + EXIT_REASON_WAIT_S
+        reason: ExitReason | None = self.hub.exits.get(self.hub.complete(pid, probe=False))
+        while reason is None and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+            reason = self.hub.exits.get(self.hub.complete(pid, probe=False))
+        for src, link, ref in calls.values():
+            self.answer(src, link, CallFailed(ref, reason or NoProc()))
+
+    # ---- cluster pub/sub (called by the forwarder) -------------------------------------------
+
+    def published(self, frames: list[Any]) -> None:
+        """A message a publisher of this node published: to every other member, batched."""
+        topic, body = frames[0].bytes, frames[1].bytes
+        if not self.outgoing:
+            asyncio.get_running_loop().call_soon(self.flush_events)
+        self.outgoing.append((topic, body))
+        self.outgoing_bytes += len(topic) + len(body)
+        if self.outgoing_bytes >= EVENTS_FRAME_BYTES:
+            self.flush_events()
+
+    def flush_events(self) -> None:
+        batch, self.outgoing, self.outgoing_bytes = tuple(self.outgoing), [], 0
+        if not batch:
+            return
+        frame = Events(self.name, batch)
+        for node, reachable in self.peers():
+            if not (reachable and self.send(node, frame)):
+                self.events_dropped[node] += len(batch)
+                self.events_warning.warn("cluster pub/sub: %d message(s) not sent to %s "
+                                         "(unreachable, or its link is full); %d so far",
+                                         len(batch), node, self.events_dropped[node])
+
+    # ---- monitors and links (called by the hub) ----------------------------------------------
+
+    def exit_of(self, pid: Pid) -> ExitReason | None:
+        """None while ``pid``'s node is reachable (its own node answers ``watch``)."""
+        return None if self.alive(pid.node) else NoConnection()
+
+    def watch(self, pid: Pid) -> None:
+        if not self.send(pid.node, Watch(self.name, pid)):
+            self.hub.apply_links(ProcessExited(pid, NoConnection()))
+
+    def linked(self, a: Pid, b: Pid) -> None:
+        """Our ``a`` linked to remote ``b``: its node holds the link too, and hears of
+        ``a``'s exit from us."""
+        self.interest.setdefault(a, set()).add(b.node)
+        self.send(b.node, LinkAdd(self.name, a, b))
+
+    def unlinked(self, a: Pid, b: Pid) -> None:
+        self.send(b.node, LinkDel(self.name, a, b))
+
+    def exited(self, pid: Pid, reason: ExitReason) -> None:
+        """Our process ``pid`` exited: tell each node that watches or links it, once. What
+        it sent to other nodes before dying goes first (OTP's signal order between a pair):
+        while its relay connection still has bytes to read, the notice waits for its end."""
+        # Other nodes name the process as they were given it (a Pid without discriminators
+        # too): each such name of it hears of the exit under that name.
+        gone = [(node, Gone(self.name, named, reason))
+                for named in [k for k in self.interest if k.names(pid)]
+                for node in self.interest.pop(named)]
+        if not gone:
+            return
+        for conn in self.conns.values():
+            if conn.ospid == pid.ospid and pid.node == self.name:
+                conn.after_close.extend(gone)
+                return
+        for node, frame in gone:
+            self.send(node, frame)
+
+    def watched_by(self, src: str, pid: Pid) -> None:
+        if pid.node != self.name:
+            return
+        exited = self.hub.exit_of(pid)
+        if exited is not None:
+            self.send(src, Gone(self.name, pid, exited))
+            return
+        self.interest.setdefault(pid, set()).add(src)
+        self.hub.watch(pid)
+
+    def link_from(self, src: str, a: Pid, b: Pid) -> None:
+        if b.node != self.name or a.node != src:
+            return
+        if self.hub.exit_of(b) is None:  # a dead b: the watch that came first answers it
+            self.hub.apply_links(Link(b, a, None))
+            self.interest.setdefault(b, set()).add(src)
+
+    def node_lost(self, node: str) -> None:
+        """``node`` was declared dead or left: what waits on it fails, once."""
+        self.on_lost(node)
+        for key in [k for k, n in self.pending.items() if n == node]:
+            del self.pending[key]
+            conn = self.conns.get(key[0])
+            if conn is not None:
+                conn.write(CallFailed(key[1], NoConnection()))
+        links = self.hub.links
+        theirs = {t for _, t in links.monitors.values() if t.node == node}
+        theirs.update(p for pair in links.links for p in pair if p.node == node)
+        for pid in sorted(theirs):
+            self.hub.apply_links(ProcessExited(pid, NoConnection()))
+        if theirs:
+            log.info("distribution: node %s lost: %d of its processes taken as exited "
+                     "(noconnection)", node, len(theirs))
+
+
+class _RelayConnection(asyncio.Protocol):
+    def __init__(self, dist: Distribution) -> None:
+        self.dist = dist
+        self.id = next(dist.serial)
+        self.frames = FrameBuffer(_request_decoder, "relay")
+        self.transport: asyncio.Transport | None = None
+        self.caller: Pid | None = None
+        self.ospid = 0
+        self.after_close: list[tuple[str, Gone]] = []  # its process's exit notices
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        pid, uid = peer_creds(transport.get_extra_info("socket"))
+        if uid != os.getuid():
+            self.dist.warning.warn("relay: refused a connection from uid %d, pid %d", uid, pid)
+            transport.close()
+            self.transport = None
+            return
+        self.caller = Pid(self.dist.name, pid)
+        self.ospid = pid
+        self.dist.conns[self.id] = self
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.dist.conns.pop(self.id, None)
+        self.frames.release()
+        for key in [k for k in self.dist.pending if k[0] == self.id]:
+            del self.dist.pending[key]  # its process is gone: nobody awaits those answers
+        for node, frame in self.after_close:
+            self.dist.send(node, frame)
+        self.after_close.clear()
+
+    def data_received(self, data: bytes) -> None:
+        if self.transport is None:
+            return
+        bad = self.frames.bad_frames
+        for fw in self.frames.feed(data):
+            try:
+                self.dist.forward(self, fw)
+            except Exception:  # noqa: BLE001 - one frame must never end the relay
+                self.dist.counters["errors"] += 1
+                log.exception("relay: forwarding a frame failed")
+        self.dist.counters["bad_frames"] += self.frames.bad_frames - bad
+        if self.frames.broken:
+            self.transport.close()
+
+    def write(self, frame: Any) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(encode_frame(frame))
+
+
+class _Destination:
+    """The node's connection to one local mailbox, for messages from other nodes: written
+    without blocking the loop (buffered when full), read for the replies to calls."""
+
+    def __init__(self, dist: Distribution, pid: Pid) -> None:
+        self.dist = dist
+        self.pid = pid
+        self.refs = itertools.count(1)
+        self.calls: dict[int, tuple[str, int, int]] = {}  # our ref -> (node, link, its ref)
+        self.pending = bytearray()
+        self.closed = False
+        self.frames = FrameBuffer(_mailbox_decoder, f"mailbox of {pid}")
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self.sock.connect(mailbox_address(pid.node, pid.ospid))
+            if not dist.hub.trusted_mailbox(self.sock, pid):
+                raise ConnectionRefusedError(errno.ECONNREFUSED, "not the node's uid")
+            if not dist.hub.holds(pid, peer_creds(self.sock)[0]):
+                # a stale Pid (its ospid reused, or a Pid of the node's earlier run): the
+                # process it named is gone, whoever holds the address now
+                raise ConnectionRefusedError(errno.ECONNREFUSED, "another process's address")
+        except OSError:
+            self.sock.close()
+            self.closed = True
+            return
+        self.sock.setblocking(False)
+        self.loop = asyncio.get_running_loop()
+        self.loop.add_reader(self.sock.fileno(), self.readable)
+
+    def write(self, data: bytes) -> None:
+        if self.closed:
+            return
+        if self.pending:
+            self.pending += data
+            return
+        try:
+            sent = self.sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self.close()
+            return
+        if sent < len(data):
+            self.dist.counters["buffered"] += 1
+            self.pending += data[sent:]
+            self.loop.add_writer(self.sock.fileno(), self.flush)
+
+    def flush(self) -> None:
+        try:
+            sent = self.sock.send(self.pending)
+        except BlockingIOError:
+            return
+        except OSError:
+            self.close()
+            return
+        del self.pending[:sent]
+        if not self.pending:
+            self.loop.remove_writer(self.sock.fileno())
+
+    def readable(self) -> None:
+        try:
+            data = self.sock.recv(1 << 16)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self.close()
+            return
+        for frame in self.frames.feed(data):
+            if isinstance(frame, (CallReply, CallRefused)):
+                origin = self.calls.pop(frame.ref, None)
+                if origin is not None:
+                    src, link, ref = origin
+                    self.dist.answer(src, link, msgspec.structs.replace(frame, ref=ref))
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.loop.remove_reader(self.sock.fileno())
+        if self.pending:
+            self.loop.remove_writer(self.sock.fileno())
+        self.sock.close()
+        self.dist.callee_died(self)

@@ -1,0 +1,213 @@
+"""The program-children half of :class:`~._runtime.SupervisorRuntime` (a mixin, as
+:class:`~._procs.SpareKeeping` is): starting a program child, reading its output, and
+carrying its readiness check to ``Started``. What each step does to the program, and why
+the checks run where they do, is :mod:`._program_run`'s doc.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import os
+import selectors
+import signal
+import time
+from typing import Any
+
+import msgspec
+
+from .._childspec import ChildType
+from .._process import kill_group, send_signal
+from .._program import Program
+from ..transports._channel import open_channel_pair
+from ._events import Started
+from ._procs import Proc, fork_with_channel
+from ._program_run import ProgramRun, exec_program, spawn_program
+
+__all__ = ["ProgramKeeping"]
+
+log = logging.getLogger(__name__)
+
+
+class ProgramKeeping:
+    """Works on the runtime's selector, process table and ``starting`` child."""
+
+    sel: selectors.BaseSelector
+    procs: dict[int, Proc]
+    probes: dict[int, Proc]
+    starting: Proc | None
+    path: tuple[str, ...]
+    alive_timers: list[tuple[float, int, int]]  # (due, pid, generation): liveness rounds
+
+    def name(self) -> str:
+        raise NotImplementedError
+
+    def watch(self, proc: Proc) -> None:
+        raise NotImplementedError
+
+    def feed(self, event: Any) -> None:
+        raise NotImplementedError
+
+    def fork_program(self, key: str, program: Program, args: tuple[Any, ...]) -> Proc:
+        path = (*self.path, key)
+        if args:  # a child's args (a pool's per-child args) follow the program's argv
+            program = msgspec.structs.replace(program,
+                                              argv=(*program.argv, *map(str, args)))
+        run = ProgramRun(program, path)
+        try:
+            pid = spawn_program(program, run.out_w, run.err_w, run.notify_address)
+            if pid is None:
+                pid, mine = fork_with_channel(
+                    lambda theirs: exec_program(program, theirs, run.out_w, run.err_w,
+                                                run.notify_address),
+                    "prism:" + key, keep=run.child_fds())
+            else:  # exec'd already: the channel's EOF (theirs closed) says so, as for a fork
+                mine, theirs = open_channel_pair()
+                theirs.close()
+        finally:
+            run.forked()
+        proc = Proc(pid, mine, key, ChildType.WORKER)
+        proc.program = run
+        self.watch(proc)
+        self.sel.register(run.out_r, selectors.EVENT_READ, ("output", (proc, run.out_r)))
+        self.sel.register(run.err_r, selectors.EVENT_READ, ("output", (proc, run.err_r)))
+        if run.notify is not None:
+            self.sel.register(run.notify, selectors.EVENT_READ, ("notify", proc))
+        return proc
+
+    def on_output(self, what: tuple[Proc, int]) -> None:
+        proc, fd = what
+        run = proc.program
+        if run is None or fd not in run.open_fds:
+            return  # its program was forgotten earlier in this batch
+        ready, eof = run.read(fd)  # one chunk per event: a loud program cannot starve others
+        if eof:
+            self.sel.unregister(fd)
+            os.close(fd)
+        if ready:
+            self.program_ready(proc)
+
+    def on_notify(self, proc: Proc) -> None:
+        if proc.program is not None and proc.program.notified_ready():
+            self.program_ready(proc)
+
+    def on_probe(self, proc: Proc) -> None:
+        run = proc.program
+        assert run is not None
+        self.sel.unregister(run.probe_fd)
+        self.probes.pop(run.probe_pid, None)
+        if run.probe_passed():
+            self.program_ready(proc)
+        else:
+            log.error("supervisor %s: the readiness probe of %r died; the start fails at its "
+                      "timeout", self.name(), proc.key)
+
+    def program_exec_done(self, proc: Proc) -> None:
+        """A program child's channel closed without a reason: exec succeeded."""
+        run = proc.program
+        assert run is not None
+        if run.exec_done or proc is not self.starting:
+            return
+        run.exec_done = True
+        if run.program.ready is None:
+            self.program_ready(proc)
+        elif run.checks_port_here():
+            self.try_port(proc)
+        elif run.needs_probe():
+            fd = run.start_probe()
+            self.probes[run.probe_pid] = proc
+            self.sel.register(fd, selectors.EVENT_READ, ("probe", proc))
+
+    def try_port(self, proc: Proc) -> None:
+        run = proc.program
+        assert run is not None
+        run.retry_at = 0.0
+        outcome = run.connect()
+        if outcome is True:
+            self.program_ready(proc)
+        elif outcome is not False:
+            self.sel.register(outcome, selectors.EVENT_WRITE, ("connect", proc))
+
+    def on_connect(self, proc: Proc) -> None:
+        run = proc.program
+        assert run is not None and run.conn is not None
+        self.sel.unregister(run.conn)
+        if run.connected():
+            self.program_ready(proc)
+
+    def program_ready(self, proc: Proc) -> None:
+        run = proc.program
+        assert run is not None
+        self.end_program_checks(run)
+        if proc is self.starting:
+            proc.ready = True
+            self.starting = None
+            if run.liveness is not None:
+                self.alive_after(proc, run.liveness.every)
+            self.feed(Started(proc.key, proc.pid, time.monotonic()))  # type: ignore[arg-type]
+
+    # ---- liveness (see _liveness) -----------------------------------------------------------
+
+    def alive_after(self, proc: Proc, delay: float) -> None:
+        live = proc.program.liveness  # type: ignore[union-attr]
+        assert live is not None
+        live.gen += 1
+        heapq.heappush(self.alive_timers, (time.monotonic() + delay, proc.pid, live.gen))
+
+    def fire_alive(self, now: float) -> None:
+        while self.alive_timers and self.alive_timers[0][0] <= now:
+            _, pid, gen = heapq.heappop(self.alive_timers)
+            proc = self.procs.get(pid)
+            run = proc.program if proc is not None else None
+            live = run.liveness if run is not None else None
+            if proc is None or live is None or live.gen != gen or proc.reason is not None \
+                    or run.stopping:  # type: ignore[union-attr]
+                continue  # gone, being stopped, or a stale timer
+            if live.busy:  # no answer by the round's deadline
+                self.end_alive_round(proc)
+                self.alive_outcome(proc, False)
+                continue
+            outcome = live.begin()
+            if isinstance(outcome, bool):
+                self.alive_outcome(proc, outcome)
+                continue
+            if live.probe_pid:
+                self.probes[live.probe_pid] = proc
+            self.sel.register(outcome, selectors.EVENT_READ if isinstance(outcome, int)
+                              else selectors.EVENT_WRITE, ("alive", proc))
+            self.alive_after(proc, live.round_time())
+
+    def on_alive(self, proc: Proc) -> None:
+        live = proc.program.liveness  # type: ignore[union-attr]
+        assert live is not None
+        for fd in live.watched():
+            self.sel.unregister(fd)
+        self.probes.pop(live.probe_pid, None)
+        self.alive_outcome(proc, live.finish())
+
+    def end_alive_round(self, proc: Proc) -> None:
+        live = proc.program.liveness  # type: ignore[union-attr]
+        if live is None:
+            return
+        for fd in live.watched():
+            self.sel.unregister(fd)
+        self.probes.pop(live.probe_pid, None)
+        live.abandon()
+
+    def alive_outcome(self, proc: Proc, ok: bool) -> None:
+        live = proc.program.liveness  # type: ignore[union-attr]
+        assert live is not None
+        if not live.outcome(ok):
+            self.alive_after(proc, live.every)
+            return
+        proc.reason = live.reason()
+        log.error("supervisor %s: child %r: %s; killing it", self.name(), proc.key,
+                  proc.reason.message)  # type: ignore[union-attr]
+        send_signal(proc.pidfd, signal.SIGKILL)
+        kill_group(proc.pid)
+
+    def end_program_checks(self, run: ProgramRun) -> None:
+        self.probes.pop(run.probe_pid, None)
+        for fd in run.end_checks():
+            self.sel.unregister(fd)
+        run.close_checks()
