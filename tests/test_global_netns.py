@@ -26,7 +26,7 @@ import pytest
 from prismatic.mesh._secret import init_secret
 from tests.conftest import REPO, RunningNode, start_node, wait_until
 from tests.test_mesh import metric
-from tests.test_mesh_netns import netns_unavailable, sh, states
+from tests.test_mesh_netns import Net, netns_unavailable, states
 
 APP = "tests.global_apps:tree"
 RUN = uuid.uuid4().hex[:5]
@@ -50,36 +50,9 @@ print(json.dumps(out))
 """
 
 
-class Net:
-    """Namespaces ``pg<RUN>h<i>`` with ``SUBNET.<i>``, veths on a bridge in ``pg<RUN>br``."""
-
-    def __init__(self, hosts: int) -> None:
-        self.br = f"pg{RUN}br"
-        self.hosts = [f"pg{RUN}h{i}" for i in range(1, hosts + 1)]
-        sh("ip", "netns", "add", self.br)
-        sh("ip", "-n", self.br, "link", "add", "br0", "type", "bridge")
-        sh("ip", "-n", self.br, "link", "set", "br0", "up")
-        for i, ns in enumerate(self.hosts, 1):
-            sh("ip", "netns", "add", ns)
-            sh("ip", "-n", ns, "link", "set", "lo", "up")
-            sh("ip", "-n", ns, "link", "add", "eth0", "type", "veth", "peer", "name", f"v{i}",
-               "netns", self.br)
-            sh("ip", "-n", ns, "addr", "add", f"{SUBNET}.{i}/24", "dev", "eth0")
-            sh("ip", "-n", ns, "link", "set", "eth0", "up")
-            sh("ip", "-n", self.br, "link", "set", f"v{i}", "master", "br0")
-            sh("ip", "-n", self.br, "link", "set", f"v{i}", "up")
-
-    def link(self, i: int, up: bool) -> None:
-        sh("ip", "-n", self.br, "link", "set", f"v{i}", "up" if up else "down")
-
-    def close(self) -> None:
-        for ns in (*self.hosts, self.br):
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=10)
-
-
 @pytest.fixture(scope="module")
 def net() -> Iterator[Net]:
-    n = Net(3)
+    n = Net(3, prefix="pg", subnet=SUBNET)
     yield n
     n.close()
 

@@ -56,11 +56,12 @@ pytestmark = pytest.mark.skipif(netns_unavailable() is not None,
 
 
 class Net:
-    """Namespaces ``pm<RUN>h<i>`` with ``SUBNET.<i>``, veths on a bridge in ``pm<RUN>br``."""
+    """Namespaces ``<prefix><RUN>h<i>`` with ``<subnet>.<i>``, veths on a bridge in
+    ``<prefix><RUN>br`` (a module of its own passes its own prefix and subnet)."""
 
-    def __init__(self, hosts: int) -> None:
-        self.br = f"pm{RUN}br"
-        self.hosts = [f"pm{RUN}h{i}" for i in range(1, hosts + 1)]
+    def __init__(self, hosts: int, prefix: str = "pm", subnet: str = SUBNET) -> None:
+        self.br = f"{prefix}{RUN}br"
+        self.hosts = [f"{prefix}{RUN}h{i}" for i in range(1, hosts + 1)]
         sh("ip", "netns", "add", self.br)
         sh("ip", "-n", self.br, "link", "add", "br0", "type", "bridge")
         sh("ip", "-n", self.br, "link", "set", "br0", "up")
@@ -69,7 +70,7 @@ class Net:
             sh("ip", "-n", ns, "link", "set", "lo", "up")
             sh("ip", "-n", ns, "link", "add", "eth0", "type", "veth", "peer", "name", f"v{i}",
                "netns", self.br)
-            sh("ip", "-n", ns, "addr", "add", f"{SUBNET}.{i}/24", "dev", "eth0")
+            sh("ip", "-n", ns, "addr", "add", f"{subnet}.{i}/24", "dev", "eth0")
             sh("ip", "-n", ns, "link", "set", "eth0", "up")
             sh("ip", "-n", self.br, "link", "set", f"v{i}", "master", "br0")
             sh("ip", "-n", self.br, "link", "set", f"v{i}", "up")
