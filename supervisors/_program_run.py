@@ -61,7 +61,6 @@ import errno
 import logging
 import os
 import re
-import secrets
 import signal
 import socket
 import time
@@ -284,7 +283,8 @@ class ProgramRun:
         self.retry_delay = 0.001
         self.port_addr: tuple[int, tuple[Any, ...]] | None = None
         if isinstance(program.ready, NotifyCheck):
-            name = f"prismatic-notify/{os.getpid()}/{secrets.token_hex(8)}"
+            # os.urandom, not secrets: secrets loads OpenSSL into every process of the tree
+            name = f"prismatic-notify/{os.getpid()}/{os.urandom(8).hex()}"
             self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
             self.notify.bind(b"\0" + name.encode())
             self.notify.setblocking(False)

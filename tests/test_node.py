@@ -309,3 +309,18 @@ def test_the_node_raises_its_own_descriptor_limit_and_only_its_own(node_factory)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     assert resource.prlimit(n.proc.pid, resource.RLIMIT_NOFILE) == (hard, hard)
     assert resource.prlimit(n.conn.status().root_pid, resource.RLIMIT_NOFILE) == (low, hard)
+
+
+def test_the_trees_image_stays_light():
+    """Every module imported before the node forks its tree is in every process of it (the
+    README's "Light processes"): none of ZeroMQ, LMDB, uvloop, asyncio, Prometheus, OpenSSL
+    (hashlib, hmac, secrets), TOML, JSON or subprocess may be among them. Checked in a fresh
+    interpreter that imports what the node imports before its fork, and the demo tree."""
+    heavy = ["zmq", "lmdb", "uvloop", "asyncio", "prometheus_client", "_hashlib", "hmac",
+             "_ssl", "tomllib", "json", "subprocess"]
+    code = ("import sys, prismatic._node, prismatic._demo\n"
+            f"print(' '.join(m for m in {heavy!r} if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, cwd="/", env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == [], f"loaded before the fork: {out.stdout}"
