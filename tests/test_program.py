@@ -264,7 +264,11 @@ def test_signal_restart_and_scale_from_the_cli(node):
     # a simple_one_for_one pool of programs, each `sleep` + the template's args
     assert "started 3" in _cli(node, "children", "scale", "pool", "3")
     pids = [c.pid for c in node.conn.which_children("pool")]
-    assert len(pids) == 3 and all(_cmdline(q) == "sleep\x00300\x00" for q in pids)
+    assert len(pids) == 3
+    # spawned through setpriv (which arms PDEATHSIG, then execs the program): the pid is
+    # setpriv's for a moment after the start is reported
+    wait_until(lambda: all(_cmdline(q) == "sleep\x00300\x00" for q in pids), 5,
+               "every pool program to be sleep 300")
     assert "stopped 2" in _cli(node, "children", "scale", "pool", "1")
     assert [c.pid for c in node.conn.which_children("pool")] == [pids[-1]]  # oldest kept
     _cli(node, "children", "scale", "pool", "0")
