@@ -98,7 +98,7 @@ class Hub:
         self.live: dict[int, Pid] = {}  # ospid -> the process that holds it now, if known
         self.last_exit: dict[int, Pid] = {}  # ospid -> its latest holder whose exit is known
         self.waiters: dict[Pid, list[tuple[_HubConnection, int, asyncio.TimerHandle]]] = {}
-        self.outboxes: dict[Pid, _MailboxWriter] = {}
+        self.outboxes: dict[Pid, _NoticeWriter] = {}
         self.watched: dict[Pid, int] = {}  # monitored or linked processes: their pidfds
         self.on_dead_letter = on_dead_letter
         self.counters = collections.Counter[str]()
@@ -442,7 +442,7 @@ class Hub:
             return  # the remote end's own node holds this link too and delivers its notice
         box = self.outboxes.get(to)
         if box is None or box.closed:
-            box = self.outboxes[to] = _MailboxWriter(self, to)
+            box = self.outboxes[to] = _NoticeWriter(self, to)
         box.write(encode_frame(frame))
 
 
@@ -533,30 +533,44 @@ class _HubConnection(asyncio.Protocol):
             self.reply(HubReply(ref, True))
 
 
-class _MailboxWriter:
-    """A non-blocking connection from the hub to one process's mailbox."""
+class MailboxWriter:
+    """A non-blocking connection from the node to the mailbox of one of its processes.
+
+    Invariants: it is connected only if the address's holder runs under the node's uid and
+    is the process ``to`` names (else ``closed`` from the start: the process is gone, or
+    its ospid has a new holder); a write never blocks the loop (what the socket does not
+    take at once waits in ``pending``, in order, until the socket drains). Subclasses count
+    what their callers need in :meth:`undeliverable` and :meth:`buffered`.
+    """
 
     def __init__(self, hub: Hub, to: Pid) -> None:
         self.to = to
-        self.counters = hub.counters
         self.pending = bytearray()
         self.closed = False
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             self.sock.connect(mailbox_address(to.node, to.ospid))
         except OSError:
-            self.counters["notice_undeliverable"] += 1  # the watcher died too: nobody to tell
-            self.close()
+            self.undeliverable()  # it died (for a notice: the watcher too, nobody to tell)
+            self.closed = True
+            self.sock.close()
             return
         if not hub.trusted_mailbox(self.sock, to) or not hub.holds(to, peer_creds(self.sock)[0]):
-            self.counters["notice_undeliverable"] += 1  # or its ospid has a new holder now
-            self.close()
+            self.undeliverable()  # another user's address, or its ospid has a new holder
+            self.closed = True
+            self.sock.close()
             return
         self.sock.setblocking(False)
 
+    def undeliverable(self) -> None:
+        """A write that could not be made (no connection, or it broke)."""
+
+    def buffered(self) -> None:
+        """A write that had to wait for the socket to drain."""
+
     def write(self, data: bytes) -> None:
         if self.closed:
-            self.counters["notice_undeliverable"] += 1
+            self.undeliverable()
             return
         if self.pending:
             self.pending += data
@@ -566,11 +580,11 @@ class _MailboxWriter:
         except BlockingIOError:
             sent = 0
         except OSError:
-            self.counters["notice_undeliverable"] += 1
+            self.undeliverable()
             self.close()
             return
         if sent < len(data):
-            self.counters["notice_buffered"] += 1
+            self.buffered()
             self.pending += data[sent:]
             asyncio.get_running_loop().add_writer(self.sock.fileno(), self.flush)
 
@@ -592,3 +606,17 @@ class _MailboxWriter:
             if self.pending:
                 asyncio.get_running_loop().remove_writer(self.sock.fileno())
             self.sock.close()
+
+
+class _NoticeWriter(MailboxWriter):
+    """The hub's connection to a process it sends DOWN and EXIT notices to."""
+
+    def __init__(self, hub: Hub, to: Pid) -> None:
+        self.counters = hub.counters
+        super().__init__(hub, to)
+
+    def undeliverable(self) -> None:
+        self.counters["notice_undeliverable"] += 1
+
+    def buffered(self) -> None:
+        self.counters["notice_buffered"] += 1

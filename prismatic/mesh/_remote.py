@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import errno
 import itertools
 import logging
 import os
@@ -52,8 +51,9 @@ import msgspec
 
 from .._address import Pid
 from .._exit import ExitReason, NoConnection, NoProc
+from .._hub import MailboxWriter
 from .._links import Link, ProcessExited, Unlink
-from .._nodeinfo import mailbox_address, peer_creds
+from .._nodeinfo import peer_creds
 from .._throttle import ThrottledWarning
 from ..transports._framing import FrameBuffer, encode_frame
 from ..transports._mesh_frames import (
@@ -389,64 +389,23 @@ class _RelayConnection(asyncio.Protocol):
             self.transport.write(encode_frame(frame))
 
 
-class _Destination:
+class _Destination(MailboxWriter):
     """The node's connection to one local mailbox, for messages from other nodes: written
-    without blocking the loop (buffered when full), read for the replies to calls."""
+    without blocking the loop (buffered when full, :class:`MailboxWriter`), read for the
+    replies to calls."""
 
     def __init__(self, dist: Distribution, pid: Pid) -> None:
         self.dist = dist
         self.pid = pid
         self.refs = itertools.count(1)
         self.calls: dict[int, tuple[str, int, int]] = {}  # our ref -> (node, link, its ref)
-        self.pending = bytearray()
-        self.closed = False
         self.frames = FrameBuffer(_mailbox_decoder, f"mailbox of {pid}")
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            self.sock.connect(mailbox_address(pid.node, pid.ospid))
-            if not dist.hub.trusted_mailbox(self.sock, pid):
-                raise ConnectionRefusedError(errno.ECONNREFUSED, "not the node's uid")
-            if not dist.hub.holds(pid, peer_creds(self.sock)[0]):
-                # a stale Pid (its ospid reused, or a Pid of the node's earlier run): the
-                # process it named is gone, whoever holds the address now
-                raise ConnectionRefusedError(errno.ECONNREFUSED, "another process's address")
-        except OSError:
-            self.sock.close()
-            self.closed = True
-            return
-        self.sock.setblocking(False)
-        self.loop = asyncio.get_running_loop()
-        self.loop.add_reader(self.sock.fileno(), self.readable)
+        super().__init__(dist.hub, pid)
+        if not self.closed:
+            asyncio.get_running_loop().add_reader(self.sock.fileno(), self.readable)
 
-    def write(self, data: bytes) -> None:
-        if self.closed:
-            return
-        if self.pending:
-            self.pending += data
-            return
-        try:
-            sent = self.sock.send(data)
-        except BlockingIOError:
-            sent = 0
-        except OSError:
-            self.close()
-            return
-        if sent < len(data):
-            self.dist.counters["buffered"] += 1
-            self.pending += data[sent:]
-            self.loop.add_writer(self.sock.fileno(), self.flush)
-
-    def flush(self) -> None:
-        try:
-            sent = self.sock.send(self.pending)
-        except BlockingIOError:
-            return
-        except OSError:
-            self.close()
-            return
-        del self.pending[:sent]
-        if not self.pending:
-            self.loop.remove_writer(self.sock.fileno())
+    def buffered(self) -> None:
+        self.dist.counters["buffered"] += 1
 
     def readable(self) -> None:
         try:
@@ -468,9 +427,6 @@ class _Destination:
     def close(self) -> None:
         if self.closed:
             return
-        self.closed = True
-        self.loop.remove_reader(self.sock.fileno())
-        if self.pending:
-            self.loop.remove_writer(self.sock.fileno())
-        self.sock.close()
+        asyncio.get_running_loop().remove_reader(self.sock.fileno())
+        super().close()
         self.dist.callee_died(self)
