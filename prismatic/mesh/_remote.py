@@ -63,6 +63,7 @@ from ..transports._messages import (
     CallFrame, CallRefused, CallReply, DeadLetterNote, MailboxFrame,
 )
 from ..transports._remote_frames import CallFailed, Forward, RelayRequest, relay_address
+from ._interest import Interest
 
 if TYPE_CHECKING:
     from .._hub import Hub
@@ -101,7 +102,7 @@ class Distribution:
         self.serial = itertools.count(1)
         self.pending: dict[tuple[int, int], str] = {}  # (connection, ref) -> callee's node
         self.dests: dict[Pid, _Destination] = {}
-        self.interest: dict[Pid, set[str]] = {}  # our process -> nodes to tell of its exit
+        self.interest = Interest()  # our processes -> nodes to tell of their exit
         self.counters = collections.Counter[str]()
         self.warning = ThrottledWarning(log)
         self.server: asyncio.AbstractServer | None = None
@@ -280,7 +281,7 @@ class Distribution:
     def linked(self, a: Pid, b: Pid) -> None:
         """Our ``a`` linked to remote ``b``: its node holds the link too, and hears of
         ``a``'s exit from us."""
-        self.interest.setdefault(a, set()).add(b.node)
+        self.interest.add(a, b.node)
         self.send(b.node, LinkAdd(self.name, a, b))
 
     def unlinked(self, a: Pid, b: Pid) -> None:
@@ -293,8 +294,7 @@ class Distribution:
         # Other nodes name the process as they were given it (a Pid without discriminators
         # too): each such name of it hears of the exit under that name.
         gone = [(node, Gone(self.name, named, reason))
-                for named in [k for k in self.interest if k.names(pid)]
-                for node in self.interest.pop(named)]
+                for node, named in self.interest.pop_exited(pid)]
         if not gone:
             return
         for conn in self.conns.values():
@@ -311,7 +311,7 @@ class Distribution:
         if exited is not None:
             self.send(src, Gone(self.name, pid, exited))
             return
-        self.interest.setdefault(pid, set()).add(src)
+        self.interest.add(pid, src)
         self.hub.watch(pid)
 
     def link_from(self, src: str, a: Pid, b: Pid) -> None:
@@ -319,7 +319,7 @@ class Distribution:
             return
         if self.hub.exit_of(b) is None:  # a dead b: the watch that came first answers it
             self.hub.apply_links(Link(b, a, None))
-            self.interest.setdefault(b, set()).add(src)
+            self.interest.add(b, src)
 
     def node_lost(self, node: str) -> None:
         """``node`` was declared dead or left: what waits on it fails, once."""
