@@ -29,7 +29,7 @@ import time
 import msgspec
 
 __all__ = ["Pid", "Global", "default_node_name", "process_start", "boot_ms", "own_pid",
-           "holder_matches", "new_creation"]
+           "holder_matches", "new_creation", "watch_target"]
 
 
 class Pid(msgspec.Struct, frozen=True, order=True, array_like=True):
@@ -62,6 +62,27 @@ class Global(msgspec.Struct, frozen=True, array_like=True):
 
     def __str__(self) -> str:
         return f"{{global, {self.name}}}"
+
+
+def watch_target(dest: object, node: str) -> tuple[Pid, str | Global | None]:
+    """What a monitor or link of ``dest`` asks the hub of node ``node``: ``(pid, None)`` for
+    a Pid (or one that travelled inside a message as ``[node, ospid, ...]``), else
+    ``(Pid(name's node, 0), name)`` for a name to resolve there: a name registered on this
+    node (``"name"``), on another (``(name, node)``, OTP's ``{Name, Node}``), or a
+    :class:`Global`. TypeError for anything else."""
+    if isinstance(dest, Pid):
+        return dest, None
+    if isinstance(dest, Global):
+        return Pid(node, 0), dest
+    if isinstance(dest, str) and dest:
+        return Pid(node, 0), dest
+    if isinstance(dest, (list, tuple)) and len(dest) >= 2 and isinstance(dest[0], str):
+        if len(dest) == 2 and isinstance(dest[1], str) and dest[0] and dest[1]:
+            return Pid(dest[1], 0), dest[0]
+        if 2 <= len(dest) <= 4 and all(isinstance(x, int) for x in dest[1:]):
+            return Pid(*dest), None
+    raise TypeError(f"a monitor or link takes a Pid, a registered name, (name, node) or a "
+                    f"Global, not {dest!r}")
 
 
 def default_node_name() -> str:

@@ -8,6 +8,14 @@ one) or by the name a supervisor registered (``"@pool"``, ``"@pool/sub"`` below 
 (:mod:`._publisher`, :mod:`._subscription`, ``docs/pubsub.md``). All speak ZeroMQ to the
 node's endpoints in its data directory; nothing here forks. Control requests carry the
 node's cookie, read from ``<data dir>/cookie`` unless given (see :mod:`._cookie`).
+
+A connection monitors and links like a process that traps exits (it is no process of the
+tree: nothing can kill it): :meth:`NodeConnection.monitor` and :meth:`~NodeConnection.link`
+take a Pid of any member or a name, and their ``Down``/``Exit`` notices come back on the
+connection's hub connection, read with :meth:`NodeConnection.receive_notice`. They end
+with the connection (:meth:`~NodeConnection.close`; the linked processes are not
+signalled, as by ``unlink``); if the node itself is lost, each fires once with
+``NoConnection()``.
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ from __future__ import annotations
 import collections
 import itertools
 import logging
+import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -24,7 +33,7 @@ from typing import Any
 import msgspec
 import zmq
 
-from ._address import Pid
+from ._address import Pid, watch_target
 from ._childspec import ChildSpec, spec_from_wire
 from ._program import Program
 from ._control import (
@@ -32,10 +41,14 @@ from ._control import (
     StatusCall, SupervisorCall, TreeCall, TreeRow,
 )
 from ._cookie import CookieRefused, read_cookie
-from ._errors import ChildSpecError, ControlError, PubSubError, StartError, SupervisorError
+from ._errors import (
+    ChildSpecError, ControlError, NodeError, PubSubError, StartError, SupervisorError,
+)
+from ._exit import NoConnection
 from ._hubclient import EMIT_TIMEOUT_S, HubClient
 from ._node import control_address, default_data_dir
 from ._nodelock import lock_holder
+from ._notices import Down, Exit
 from ._outbox import Outbox, RequestId
 from ._publisher import BackgroundPublisher
 from ._replay import replay_log, republish_log
@@ -46,6 +59,7 @@ from .supervisors._events import (
     StartDynamic, TerminateChild, WhichChild, WhichChildren,
 )
 from .transports._frames import LifecycleFrame
+from .transports._messages import DemonitorReq, HubReply, LinkReq, MonitorReq, UnlinkReq
 
 __all__ = ["connect", "NodeConnection", "open_event_stream", "EventStream", "resolve_node",
            "check_running"]
@@ -93,6 +107,10 @@ class NodeConnection:
         self._refs = itertools.count(1)
         self._outbox: Outbox | None = None
         self._publisher: BackgroundPublisher | None = None  # started by the first publish
+        # Monitors and links live in the hub while its connection lasts: mref -> (what was
+        # monitored, its name); the linked pids.
+        self._monitors: dict[int, tuple[Pid, Any]] = {}
+        self._links: set[Pid] = set()
 
     def close(self) -> None:
         """Close the connection; events published so far are delivered first."""
@@ -243,6 +261,7 @@ class NodeConnection:
         if self._outbox is None:
             node = self.status().node
             self._outbox = Outbox(node, None, HubClient(node, self.timeout))
+            self._outbox.hub.on_lost = self._hub_lost
         return self._outbox
 
     def call(self, dest: Pid | str, msg: Any, timeout: float = 5.0) -> Any:
@@ -264,6 +283,77 @@ class NodeConnection:
 
     def whereis(self, name: str) -> Pid | None:
         return self._messaging().whereis(name)
+
+    # ---- monitors and links: this connection acts as a process that traps exits ----------------
+
+    def monitor(self, dest: Any) -> int:
+        """Monitor ``dest`` as :meth:`Worker.monitor` does (a Pid of any member, ``"name"``,
+        ``("name", "node")`` or ``Global("name")``, resolved now): one
+        :class:`~prismatic.Down` comes to :meth:`receive_notice` when it exits, at once if
+        it is not alive (``NoProc()``) or its node is unreachable (``NoConnection()``).
+        Returns the monitor's ref. The monitor ends with this connection."""
+        outbox = self._messaging()
+        target, name = watch_target(dest, outbox.node)
+        me = Pid(outbox.node, os.getpid())  # completed by the hub to this process's Pid
+        reply = self._hub_request(lambda ref: MonitorReq(ref, me, target, name, True))
+        self._monitors[reply.value] = (target, name)
+        return int(reply.value)
+
+    def demonitor(self, ref: int) -> None:
+        """Drop a monitor; a Down already received stays queued (no flush option)."""
+        outbox = self._messaging()
+        self._monitors.pop(ref, None)
+        self._hub_request(lambda r: DemonitorReq(r, Pid(outbox.node, os.getpid()), ref))
+
+    def link(self, dest: Any) -> None:
+        """Link this connection to ``dest`` (a Pid or a name, as :meth:`monitor`).
+
+        A connection is not a process of the tree and cannot be killed by an exit signal:
+        it traps exits. When ``dest`` exits (with any reason, ``NoConnection()`` when its
+        node becomes unreachable) an :class:`~prismatic.Exit` comes to
+        :meth:`receive_notice`, at once with ``NoProc()`` if it is not alive. The other
+        direction: :meth:`close` (or this process's exit) removes the link as
+        :meth:`unlink` does, so ``dest`` is not signalled (a process that does not trap
+        exits ignores a normal exit in OTP too)."""
+        outbox = self._messaging()
+        b, name = watch_target(dest, outbox.node)
+        reply = self._hub_request(lambda ref: LinkReq(ref, Pid(outbox.node, os.getpid()), b,
+                                                      name, True))
+        resolved = msgspec.convert(reply.value, Pid | None) if reply.value is not None else None
+        self._links.add(resolved or b)
+
+    def unlink(self, pid: Pid) -> None:
+        outbox = self._messaging()
+        self._links = {k for k in self._links if not pid.names(k)}
+        self._hub_request(lambda ref: UnlinkReq(ref, Pid(outbox.node, os.getpid()), pid))
+
+    def receive_notice(self, timeout: float = 5.0) -> Down | Exit | None:
+        """The next :class:`~prismatic.Down` or :class:`~prismatic.Exit` of this
+        connection's monitors and links, in the order they fired; None if none comes within
+        ``timeout`` s. If the node is lost, each monitor and link still open fires once with
+        ``NoConnection()``; after those, NodeError."""
+        hub = self._messaging().hub
+        notice = hub.receive_notice(timeout)
+        if isinstance(notice, Down):
+            self._monitors.pop(notice.ref, None)
+        elif isinstance(notice, Exit):
+            self._links = {k for k in self._links if not k.names(notice.pid)}
+        return notice
+
+    def _hub_request(self, make: Callable[[int], Any]) -> HubReply:
+        reply = self._messaging().hub.request(make)
+        if reply.error:
+            raise NodeError(f"the hub of {self.node!r} refused: {reply.error}: {reply.detail}")
+        return reply
+
+    def _hub_lost(self) -> None:
+        """The hub connection broke (the node stopped): what it held fires NoConnection."""
+        hub = self._messaging().hub
+        hub.notices.extend(Down(ref, pid, NoConnection(), name)
+                           for ref, (pid, name) in sorted(self._monitors.items()))
+        hub.notices.extend(Exit(pid, NoConnection()) for pid in sorted(self._links))
+        self._monitors.clear()
+        self._links.clear()
 
     def whereis_global(self, name: str) -> Pid | None:
         """The Pid holding global name ``name`` anywhere in the cluster, or None."""

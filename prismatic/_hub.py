@@ -36,6 +36,16 @@ to it sends ``Exit(NoProc)``.
 
 ``Down`` and ``Exit`` go to the watcher's mailbox over a connection the hub keeps per
 process, written without blocking the loop (a full mailbox buffers in the hub, counted).
+
+A client (a :class:`~prismatic.NodeConnection`: a process outside the tree, with no mailbox)
+monitors and links with ``here``: its notices come back on its hub connection, routed by
+monitor ref and by link, and its monitors and links end with that connection (a link is
+then removed as by ``unlink``: the other end is not signalled).
+
+A monitor or link by name (``(name, node)``, a name of this node, or a global name) is
+resolved by the hub when it is asked, on the name's node (over the mesh, ``whereis``); an
+unregistered name fires the monitor at once with ``NoProc()`` (a link: ``Exit(NoProc())``),
+an unreachable node with ``NoConnection()``. The reply waits for that answer.
 """
 
 from __future__ import annotations
@@ -53,16 +63,17 @@ from typing import Any
 import msgspec
 
 from . import _links, _registry
-from ._address import Pid, holder_matches, process_start
-from ._exit import ExitReason, Killed, NoProc
+from ._address import Global, Pid, holder_matches, process_start
+from ._exit import ExitReason, Killed, NoConnection, NoProc
 from ._local_limits import Admissions, LocalLimits, hub_limits
 from ._nodeinfo import creation_of, mailbox_address, peer_creds
+from ._notices import Down, Exit
 from ._throttle import ThrottledWarning, throttle_for
 from .transports._framing import ByteBudget, FrameBuffer, encode_frame
 from .transports._messages import (
     GLOBAL_REQUESTS, DeadLetterNote, DemonitorReq, EmitReq, ExitOfReq, GlobalRegisterReq,
-    GlobalUnregisterReq, HubReply, HubRequest, LinkReq, MonitorReq, RegisterReq, UnlinkReq,
-    UnregisterReq, WhereisReq,
+    GlobalUnregisterReq, GlobalWhereisReq, HubReply, HubRequest, LinkReq, MonitorReq,
+    RegisterReq, UnlinkReq, UnregisterReq, WhereisReq,
 )
 
 __all__ = ["Hub"]
@@ -100,6 +111,9 @@ class Hub:
         self.waiters: dict[Pid, list[tuple[_HubConnection, int, asyncio.TimerHandle]]] = {}
         self.outboxes: dict[Pid, _NoticeWriter] = {}
         self.watched: dict[Pid, int] = {}  # monitored or linked processes: their pidfds
+        # Clients' monitors and links (``here``): where their notices go.
+        self.client_refs: dict[int, _HubConnection] = {}  # mref -> its client's connection
+        self.client_links: dict[tuple[Pid, Pid], _HubConnection] = {}  # (client, other)
         self.on_dead_letter = on_dead_letter
         self.counters = collections.Counter[str]()
         self.server: asyncio.AbstractServer | None = None
@@ -259,28 +273,28 @@ class Hub:
                                                      _registry.Unregister(req.name, req.pid))
             conn.answer(req.ref, answer)
         elif isinstance(req, MonitorReq):
-            target, exited = self.status(req.target)
-            actions = self.apply_links(_links.Monitor(req.watcher, target, exited))
-            if exited is None:
-                self.watch(target)
-            conn.reply(HubReply(req.ref, actions[0].mref))
+            if req.name is None:
+                self.monitor(conn, req, *self.status(req.target))
+            else:
+                self.resolve_named(req.target, req.name,
+                                   lambda pid, known: self.monitor(conn, req, pid, known))
         elif isinstance(req, DemonitorReq):
             self.apply_links(_links.Demonitor(req.watcher, req.mref))
+            if conn.monitors.pop(req.mref, None) is not None:
+                self.client_refs.pop(req.mref, None)
             conn.reply(HubReply(req.ref, None))
         elif isinstance(req, LinkReq):
-            b, exited = self.status(req.b)
-            self.apply_links(_links.Link(req.a, b, exited))
-            if exited is None:
-                self.watch(req.a)
-                self.watch(b)
-                if b.node != self.node and self.remote is not None:
-                    self.remote.linked(req.a, b)
-            conn.reply(HubReply(req.ref, None))
+            if req.name is None:
+                self.link(conn, req, *self.status(req.b))
+            else:
+                self.resolve_named(req.b, req.name,
+                                   lambda pid, known: self.link(conn, req, pid, known))
         elif isinstance(req, UnlinkReq):
             b = self.complete(req.b, probe=False)
-            self.apply_links(_links.Unlink(req.a, b))
-            if b.node != self.node and self.remote is not None:
-                self.remote.unlinked(req.a, b)
+            self.unlink(req.a, b)
+            if (req.a, b) in conn.links:
+                conn.links.discard((req.a, b))
+                del self.client_links[(req.a, b)]
             conn.reply(HubReply(req.ref, None))
         elif isinstance(req, ExitOfReq):
             pid = self.complete(req.pid, probe=False)  # waited_out probes, if it comes to that
@@ -307,6 +321,79 @@ class Hub:
                 conn.reply(HubReply(req.ref, None, "no_global", "this hub keeps no global names"))
             else:
                 self.on_global(req, conn.reply)
+
+    # ---- monitors and links ----------------------------------------------------------------
+
+    def resolve_named(self, node_of: Pid, name: str | Global,
+                      then: Callable[[Pid, ExitReason | None], None]) -> None:
+        """Resolve ``name`` (registered on ``node_of.node``, or global) now, on its node, and
+        call ``then(pid, exit)``: the holder and its status, or ``Pid(node, 0)`` with
+        ``NoProc()`` (nobody holds it) or ``NoConnection()`` (its node is unreachable)."""
+        def found(pid: Pid | None, known: ExitReason | None = None) -> None:
+            if pid is None:
+                then(Pid(node_of.node, 0), known or NoProc())
+            else:
+                then(*self.status(pid))
+
+        if isinstance(name, Global):
+            if self.on_global is None:
+                found(None)
+            else:
+                self.on_global(GlobalWhereisReq(0, name.name), lambda reply: found(
+                    msgspec.convert(reply.value, Pid | None) if reply.error is None else None))
+        elif node_of.node == self.node or self.remote is None:
+            found(self.registry.names.get(name) if node_of.node == self.node else None,
+                  None if node_of.node == self.node else NoConnection())
+        else:
+            self.remote.whereis(node_of.node, name, found)
+
+    def monitor(self, conn: _HubConnection, req: MonitorReq, target: Pid,
+                exited: ExitReason | None) -> None:
+        if conn.closed:
+            return  # it left while the name was resolved: nobody to tell
+        if req.here:  # a client's: its Down comes back on this connection
+            mref = self.links.next_ref
+            self.client_refs[mref] = conn
+            conn.monitors[mref] = req.watcher
+        actions = self.apply_links(_links.Monitor(req.watcher, target, exited, req.name))
+        if exited is None:
+            self.watch(target)
+        conn.reply(HubReply(req.ref, actions[0].mref))
+
+    def link(self, conn: _HubConnection, req: LinkReq, b: Pid, exited: ExitReason | None) -> None:
+        if conn.closed:
+            return
+        if req.here:  # a client's: its Exit comes back here; a client is not watched (no
+            # supervisor reports its exit: its connection's end does)
+            self.client_links[(req.a, b)] = conn
+            conn.links.add((req.a, b))
+        self.apply_links(_links.Link(req.a, b, exited))
+        if exited is None:
+            if not req.here:
+                self.watch(req.a)
+            self.watch(b)
+            if b.node != self.node and self.remote is not None:
+                self.remote.linked(req.a, b)
+        elif req.here:
+            self.client_links.pop((req.a, b), None)
+            conn.links.discard((req.a, b))
+        conn.reply(HubReply(req.ref, b))  # the process linked (a name: its holder)
+
+    def unlink(self, a: Pid, b: Pid) -> None:
+        self.apply_links(_links.Unlink(a, b))
+        if b.node != self.node and self.remote is not None:
+            self.remote.unlinked(a, b)
+
+    def client_gone(self, conn: _HubConnection) -> None:
+        """A client's hub connection ended: its monitors and links end with it."""
+        for mref, watcher in conn.monitors.items():
+            self.client_refs.pop(mref, None)
+            self.apply_links(_links.Demonitor(watcher, mref))
+        for a, b in conn.links:
+            self.client_links.pop((a, b), None)
+            self.unlink(a, b)
+        conn.monitors.clear()
+        conn.links.clear()
 
     def identify(self, pid: Pid) -> Pid | None:
         """The exact Pid of the live process ``pid`` names, or None if there is none."""
@@ -440,6 +527,13 @@ class Hub:
     def deliver(self, to: Pid, frame: Any) -> None:
         if to.node != self.node:
             return  # the remote end's own node holds this link too and delivers its notice
+        if self.client_refs or self.client_links:
+            client = (self.client_refs.pop(frame.ref, None) if isinstance(frame, Down)
+                      else self.client_links.pop((to, frame.pid), None)
+                      if isinstance(frame, Exit) else None)
+            if client is not None:
+                client.notice(to, frame)
+                return
         box = self.outboxes.get(to)
         if box is None or box.closed:
             box = self.outboxes[to] = _NoticeWriter(self, to)
@@ -468,6 +562,9 @@ class _HubConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.caller: Pid | None = None  # set once admitted
         self.admitted = False
+        self.closed = False
+        self.monitors: dict[int, Pid] = {}  # a client's monitors (``here``): mref -> watcher
+        self.links: set[tuple[Pid, Pid]] = set()  # and its links: (client, other)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -488,7 +585,10 @@ class _HubConnection(asyncio.Protocol):
         self.caller = Pid(hub.node, pid, hub.creation, process_start(pid))
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
         self.frames.release()
+        if self.monitors or self.links:
+            self.hub.client_gone(self)
         if self.admitted and self.caller is not None:
             self.admitted = False
             self.hub.admissions.release(self.caller.ospid)
@@ -525,6 +625,15 @@ class _HubConnection(asyncio.Protocol):
     def reply(self, reply: HubReply) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(encode_frame(reply))
+
+    def notice(self, to: Pid, frame: Down | Exit) -> None:
+        """A client's monitor or link fired (once): the notice goes on its hub connection."""
+        if isinstance(frame, Down):
+            self.monitors.pop(frame.ref, None)
+        else:
+            self.links.discard((to, frame.pid))
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(encode_frame(frame))
 
     def answer(self, ref: int, answer: _registry.Accepted | _registry.Refused) -> None:
         if isinstance(answer, _registry.Refused):

@@ -4,12 +4,18 @@ Used from worker processes and from external clients alike: one request at a tim
 by ``ref``; a reply to an earlier request that timed out is dropped. Opened lazily, so a
 process that never registers, monitors or links never connects.
 
+A client's monitors and links (:class:`~prismatic.NodeConnection`) fire on this connection:
+``Down``/``Exit`` frames the hub sends between replies are kept, in order, in ``notices``
+(:meth:`HubClient.receive_notice`). When the connection is lost, ``on_lost`` is called
+once: the hub has dropped them all.
+
 The hub's address is abstract, so any local user could bind it: the client trusts the hub
 only if ``SO_PEERCRED`` says it runs under the client's own uid, and else says who holds it.
 """
 
 from __future__ import annotations
 
+import collections
 import itertools
 import logging
 import os
@@ -22,6 +28,7 @@ import msgspec
 
 from ._errors import EventLogError, NodeError
 from ._nodeinfo import hub_address, peer_creds
+from ._notices import Down, Exit
 from ._topics import validate_topic
 from .transports._framing import FrameBuffer, encode_frame
 from .transports._messages import EmitReq, HubReply
@@ -31,7 +38,7 @@ __all__ = ["HubClient", "EMIT_TIMEOUT_S"]
 log = logging.getLogger(__name__)
 EMIT_TIMEOUT_S = 30.0  # a synced commit takes ~1 ms; this bounds a disk that stopped answering
 
-_decoder = msgspec.msgpack.Decoder(HubReply)
+_decoder = msgspec.msgpack.Decoder(HubReply | Down | Exit)
 
 
 class HubClient:
@@ -42,6 +49,8 @@ class HubClient:
         self.frames = FrameBuffer(_decoder, f"hub of {node}")
         self.refs = itertools.count(1)
         self.lost_notes = 0
+        self.notices: collections.deque[Down | Exit] = collections.deque()
+        self.on_lost: Callable[[], None] | None = None  # a connection broke (not closed)
 
     def _connect(self) -> socket.socket:
         if self.sock is None:
@@ -74,15 +83,60 @@ class HubClient:
                 if not data:  # the node stopped, or its hub refused this connection (caps)
                     raise OSError("connection closed (the node stopped, or its hub refused "
                                   "the connection: see the node's log)")
-                for reply in self.frames.feed(data):
-                    if reply.ref == ref:
-                        return reply
+                found = self._take(self.frames.feed(data), ref)
+                if found is not None:
+                    return found
         except TimeoutError:
             raise NodeError(f"the hub of node {self.node!r} did not answer within "
                             f"{wait:.1f}s") from None
         except OSError as exc:
-            self.close()
+            self.lost()
             raise NodeError(f"lost the hub of node {self.node!r}: {exc}") from None
+
+    def _take(self, frames: list[Any], ref: int) -> HubReply | None:
+        """Keep the notices among ``frames``; the reply ``ref`` if it is there (replies to
+        requests that timed out are dropped)."""
+        found = None
+        for frame in frames:
+            if isinstance(frame, (Down, Exit)):
+                self.notices.append(frame)
+            elif frame.ref == ref:
+                found = frame
+        return found
+
+    def receive_notice(self, timeout: float) -> Down | Exit | None:
+        """The next notice of a client's monitor or link, None if none came in ``timeout``
+        s (or nothing is connected). NodeError if the connection is lost meanwhile."""
+        if self.notices:
+            return self.notices.popleft()
+        sock = self.sock
+        if sock is None:
+            return None
+        deadline = time.monotonic() + timeout
+        try:
+            while not self.notices:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                sock.settimeout(left)
+                data = sock.recv(1 << 16)
+                if not data:
+                    raise OSError("connection closed (the node stopped)")
+                self._take(self.frames.feed(data), 0)
+        except TimeoutError:
+            return None
+        except OSError as exc:
+            self.lost()
+            if self.notices:
+                return self.notices.popleft()
+            raise NodeError(f"lost the hub of node {self.node!r}: {exc}") from None
+        return self.notices.popleft()
+
+    def lost(self) -> None:
+        """The connection broke: what the hub held for it (a client's monitors) is gone."""
+        self.close()
+        if self.on_lost is not None:
+            self.on_lost()
 
     def emit(self, topic: str, payloads: list[Any], source: str,
              correlation_id: str | None, timeout: float = EMIT_TIMEOUT_S) -> int:
@@ -102,7 +156,7 @@ class HubClient:
             self.lost_notes += 1
             log.warning("hub of node %r: a %s notice was lost (%d so far): %s", self.node,
                         type(frame).__struct_config__.tag, self.lost_notes, exc)
-            self.close()
+            self.lost()
 
     def close(self) -> None:
         if self.sock is not None:

@@ -10,9 +10,14 @@ The I/O side (:mod:`._hub`) resolves liveness before each event: ``target_exit``
 a live target, else its exit reason. Exits are fed as :class:`ProcessExited` exactly once per
 process (the hub deduplicates).
 
+A monitor set up by name (OTP's ``{Name, Node}``; the hub resolved it to ``target``)
+carries the name into its ``Down`` (``Down.name``), as OTP's ``'DOWN'`` names what was
+monitored.
+
 Invariants: no monitor or link mentions a process after its :class:`ProcessExited`; each
 monitor ref appears in at most one :class:`SendDown`, and never after a :class:`Demonitor`;
-``refs`` and ``partners`` index exactly ``monitors`` and ``links`` by process.
+``refs`` and ``partners`` index exactly ``monitors`` and ``links`` by process; ``names``
+holds a name only for a live monitor.
 
 Ownership: :func:`decide` updates the state it is given in place and returns it (a node has
 thousands of monitors, and every exit scanned them all: O(n) per exit); the caller keeps only
@@ -26,7 +31,7 @@ from typing import Any
 
 import msgspec
 
-from ._address import Pid
+from ._address import Global, Pid
 from ._exit import ExitReason, NoConnection, NoProc
 from ._notices import Down, Exit
 
@@ -42,12 +47,14 @@ class Links(msgspec.Struct, frozen=True):
     next_ref: int = 1
     refs: dict[Pid, set[int]] = {}  # pid -> the mrefs it watches with or is watched by
     partners: dict[Pid, set[Pid]] = {}  # pid -> the pids it is linked to
+    names: dict[int, str | Global] = {}  # mref -> the name it was set up with, if any
 
 
 class Monitor(msgspec.Struct, frozen=True):
     watcher: Pid
     target: Pid
     target_exit: ExitReason | None  # None: alive
+    name: str | Global | None = None  # set up by this name (resolved to ``target``)
 
 
 class Demonitor(msgspec.Struct, frozen=True):
@@ -97,9 +104,11 @@ def decide(state: Links, event: Event) -> tuple[Links, list[Action]]:
         mref = state.next_ref
         after = msgspec.structs.replace(state, next_ref=mref + 1)  # shares the dicts
         if event.target_exit is not None:
-            return after, [MonitorStarted(mref),
-                           SendDown(event.watcher, Down(mref, event.target, event.target_exit))]
+            return after, [MonitorStarted(mref), SendDown(event.watcher, Down(
+                mref, event.target, event.target_exit, event.name))]
         state.monitors[mref] = (event.watcher, event.target)
+        if event.name is not None:
+            state.names[mref] = event.name
         state.refs.setdefault(event.watcher, set()).add(mref)
         state.refs.setdefault(event.target, set()).add(mref)
         return after, [MonitorStarted(mref)]
@@ -108,6 +117,7 @@ def decide(state: Links, event: Event) -> tuple[Links, list[Action]]:
         if owner is None or owner[0] != event.watcher:
             return state, []  # OTP: demonitoring a fired or unknown monitor is a no-op
         del state.monitors[event.mref]
+        state.names.pop(event.mref, None)
         for pid in owner:
             _forget(state.refs, pid, event.mref)
         return state, []
@@ -143,8 +153,9 @@ def _exited(state: Links, pid: Pid, reason: ExitReason) -> list[Action]:
     actions: list[Action] = []
     for mref in sorted(state.refs.pop(pid, ())):
         watcher, target = state.monitors.pop(mref)
+        name = state.names.pop(mref, None)
         if target == pid:
-            actions.append(SendDown(watcher, Down(mref, pid, reason)))
+            actions.append(SendDown(watcher, Down(mref, pid, reason, name)))
         # else: a dead watcher's monitors die with it
         for other in (watcher, target):
             if other != pid:

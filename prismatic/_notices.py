@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import msgspec
 
-from ._address import Pid
+from ._address import Global, Pid
 from ._exit import ExitReason
 
 __all__ = ["Down", "Exit", "Caller", "GlobalNameConflict"]
@@ -17,11 +17,18 @@ __all__ = ["Down", "Exit", "Caller", "GlobalNameConflict"]
 
 class Down(msgspec.Struct, frozen=True, tag="down", array_like=True):
     """The monitored process ``pid`` exited with ``reason`` (``NoProc()`` if it never was);
-    ``ref`` is what :meth:`Worker.monitor` returned."""
+    ``ref`` is what :meth:`Worker.monitor` returned.
+
+    ``name``: for a monitor set up by name, what was monitored (OTP's ``{Name, Node}`` in
+    its ``'DOWN'``): the name registered on ``pid.node``, or a :class:`~prismatic.Global`.
+    The name was resolved when the monitor was set up; ``pid`` is the process it named then,
+    ``Pid(node, 0)`` if nobody held it (the Down then comes at once, with ``NoProc()``).
+    None for a monitor of a Pid."""
 
     ref: int
     pid: Pid
     reason: ExitReason
+    name: str | Global | None = None
 
 
 class Exit(msgspec.Struct, frozen=True, tag="exit", array_like=True):

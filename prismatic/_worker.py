@@ -212,10 +212,15 @@ class Worker:
         return self.context.outbox.whereis_global(name)
 
     def monitor(self, dest: Any) -> int:
-        """Monitor ``dest`` (a Pid or a name, resolved now): one :class:`~prismatic.Down`
-        with its exit reason reaches ``handle_info`` when it exits, at once (``NoProc()``)
-        if it is not alive. A process of another node: ``NoConnection()`` when that node
-        becomes unreachable. Returns the monitor's ref."""
+        """Monitor ``dest``: one :class:`~prismatic.Down` with its exit reason reaches
+        ``handle_info`` when it exits, at once (``NoProc()``) if it is not alive. A process
+        of another node: ``NoConnection()`` when that node becomes unreachable. Returns the
+        monitor's ref.
+
+        ``dest`` is a Pid of any node, or a name resolved now, on its node: ``"name"`` (this
+        node), ``("name", "node")`` (OTP's ``{Name, Node}``) or ``Global("name")``; the
+        Down names it (``Down.name``), and an unregistered name fires at once with
+        ``NoProc()``."""
         return self.context.monitor(dest)
 
     def demonitor(self, ref: int) -> None:
@@ -224,7 +229,9 @@ class Worker:
 
     def link(self, pid: Any) -> None:
         """Link this process and ``pid``: when either exits abnormally, the other exits
-        with the same reason, unless it traps exits (then it gets an :class:`~prismatic.Exit`)."""
+        with the same reason, unless it traps exits (then it gets an :class:`~prismatic.Exit`).
+        ``pid`` may be a name as for :meth:`monitor`, resolved now (nobody holds it:
+        ``Exit(Pid(node, 0), NoProc())``)."""
         self.context.link(pid)
 
     def unlink(self, pid: Any) -> None:

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from ._address import Pid, own_pid
+from ._address import Pid, own_pid, watch_target
 from ._errors import RegistryError
 from ._exit import ExitCode, ExitReason, Normal, Shutdown, reason_from_exception
 from ._hubclient import HubClient
@@ -299,17 +299,16 @@ class WorkerContext:
 
     # ---- monitors and links ---------------------------------------------------------------------
 
-    def monitor(self, dest: Pid | str) -> int:
-        target = self.outbox.resolve(dest, fresh=True) if not isinstance(dest, Pid) else dest
-        if target is None:
-            target = Pid(self.pid.node, 0)  # an unregistered name: never alive, so noproc
-        return self.hub.request(lambda ref: MonitorReq(ref, self.pid, target)).value
+    def monitor(self, dest: Any) -> int:
+        target, name = watch_target(dest, self.pid.node)  # a name: the hub resolves it now
+        return self.hub.request(lambda ref: MonitorReq(ref, self.pid, target, name)).value
 
     def demonitor(self, mref: int) -> None:
         self.hub.request(lambda ref: DemonitorReq(ref, self.pid, mref))
 
-    def link(self, pid: Pid) -> None:
-        self.hub.request(lambda ref: LinkReq(ref, self.pid, pid))
+    def link(self, dest: Any) -> None:
+        b, name = watch_target(dest, self.pid.node)
+        self.hub.request(lambda ref: LinkReq(ref, self.pid, b, name))
 
     def unlink(self, pid: Pid) -> None:
         self.hub.request(lambda ref: UnlinkReq(ref, self.pid, pid))

@@ -36,6 +36,9 @@ class Agent(p.Worker):
         if op == "notices":
             return [[type(n).__name__, [n.pid.node, n.pid.ospid], p.describe(n.reason)]
                     for n in self.notices]
+        if op == "named_notices":  # the Downs' names too (a monitor by name)
+            return [[type(n).__name__, [n.pid.node, n.pid.ospid], p.describe(n.reason),
+                     getattr(n, "name", None)] for n in self.notices]
         if op == "whoami":
             return [self.pid.node, self.pid.ospid, caller.pid is not None]
         if op == "sleep":

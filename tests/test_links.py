@@ -15,7 +15,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from prismatic._address import Pid
+from prismatic._address import Global, Pid
 from prismatic._exit import Crashed, ExitCode, Killed, NoConnection, Normal, NoProc, Shutdown
 from prismatic._links import (
     Demonitor, Link, Links, Monitor, MonitorStarted, ProcessExited, SendDown, SendExit, Unlink,
@@ -42,6 +42,15 @@ def test_monitor_fires_once_with_the_reason():
     state, out = run(Monitor(A, B, None), ProcessExited(B, BOOM))
     assert out == [[MonitorStarted(1)], [SendDown(A, Down(1, B, BOOM))]]
     assert state.monitors == {} and state.next_ref == 2
+
+
+def test_a_monitor_by_name_names_it_in_its_down():
+    g = Global("leader")
+    state, out = run(Monitor(A, B, None, "beta"), Monitor(A, Pid("m", 0), NoProc(), "nobody"),
+                     Monitor(A, C, None, g), Demonitor(A, 3), ProcessExited(B, BOOM))
+    assert out[1] == [MonitorStarted(2), SendDown(A, Down(2, Pid("m", 0), NoProc(), "nobody"))]
+    assert out[4] == [SendDown(A, Down(1, B, BOOM, "beta"))]
+    assert state.names == {} and state.monitors == {}  # a name lives as long as its monitor
 
 
 def test_monitor_of_a_dead_process_fires_at_once():

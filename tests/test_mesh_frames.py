@@ -71,6 +71,8 @@ frames = st.one_of(
     st.builds(M.LinkAdd, names, pids, pids),
     st.builds(M.LinkDel, names, pids, pids),
     st.builds(M.Gone, names, pids, reasons),
+    st.builds(M.WhereisName, names, seqs, names),
+    st.builds(M.NameAt, names, seqs, st.none() | pids),
     st.builds(M.ControlRoute, names, seqs, values.map(lambda v: msgspec.Raw(
         msgspec.msgpack.encode(v)))),
     st.builds(M.ControlAnswer, names, seqs, values.map(lambda v: msgspec.Raw(

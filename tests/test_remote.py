@@ -236,6 +236,65 @@ def test_cluster_pubsub_from_every_node_to_every_node(nodes: Nodes) -> None:
             sub.close()
 
 
+def test_a_worker_monitors_and_links_names_on_other_nodes(nodes: Nodes) -> None:
+    a = nodes.nodes["a"].conn
+    nb = nodes.name("b")
+    before = len(notices(a, "alpha"))
+    a.call("alpha", ["monitor", ["nobody", nb]])  # not registered there: at once, noproc
+    a.call("alpha", ["monitor", "nobody"])  # nor here
+    wait_until(lambda: len(notices(a, "alpha")) >= before + 2, 5, "the noproc Downs")
+    assert a.call("alpha", ["named_notices"])[before:] == [
+        ["Down", [nb, 0], "noproc", "nobody"], ["Down", [nodes.name("a"), 0], "noproc", "nobody"]]
+    beta = nodes.pid("b", "b")
+    a.call("alpha", ["monitor", ["beta", nb]])  # resolved on b, now: b's beta
+    t_a = nodes.pid("a", "t")
+    n_t = len(notices(a, t_a))
+    assert a.call(t_a, ["link", ["beta", nb]]) == "linked"
+    with pytest.raises(p.ProcessDown):
+        a.call(beta, ["crash"])
+    wait_until(lambda: len(notices(a, "alpha")) >= before + 3 and len(notices(a, t_a)) > n_t,
+               5, "the Down and the Exit")
+    assert a.call("alpha", ["named_notices"])[before + 2:] == [
+        ["Down", L(beta), "ValueError: asked to crash", "beta"]]
+    assert notices(a, t_a)[n_t:] == [["Exit", L(beta), "ValueError: asked to crash"]]
+    nodes.restarted("b", "b", beta)
+
+
+def test_a_client_monitors_and_links_like_a_trapping_process(nodes: Nodes) -> None:
+    na, nb = nodes.name("a"), nodes.name("b")
+    u_a, u_b, t_b = nodes.pid("a", "u"), nodes.pid("b", "u"), nodes.pid("b", "t")
+    beta = nodes.pid("b", "b")
+    with p.connect(nodes.nodes["a"].data_dir) as conn:
+        assert conn.receive_notice(0.01) is None
+        m_a, m_b = conn.monitor(u_a), conn.monitor(u_b)  # a pid here, a pid on b
+        dropped = conn.monitor(("beta", nb))
+        conn.demonitor(dropped)
+        conn.link(t_b)
+        m_none = conn.monitor(("nobody", nb))
+        m_global = conn.monitor(p.Global("nobody-global"))
+        got = [conn.receive_notice(5), conn.receive_notice(5)]
+        assert got == [p.Down(m_none, p.Pid(nb, 0), p.NoProc(), "nobody"),
+                       p.Down(m_global, p.Pid(na, 0), p.NoProc(), p.Global("nobody-global"))]
+        for pid in (u_a, u_b):
+            with pytest.raises(p.ProcessDown):
+                conn.call(pid, ["crash"])
+        with pytest.raises(p.ProcessDown):
+            conn.call(t_b, ["crash"])
+        with pytest.raises(p.ProcessDown):
+            conn.call(beta, ["crash"])
+        got = [conn.receive_notice(5) for _ in range(3)]
+        assert all(n is not None for n in got), got
+        downs = {n.ref: n for n in got if isinstance(n, p.Down)}
+        assert set(downs) == {m_a, m_b}
+        assert downs[m_a].pid.ospid == u_a.ospid and downs[m_b].pid.ospid == u_b.ospid
+        assert all(isinstance(n.reason, p.Crashed) for n in got)
+        exits = [n for n in got if isinstance(n, p.Exit)]
+        assert len(exits) == 1 and exits[0].pid.ospid == t_b.ospid
+        assert conn.receive_notice(0.2) is None  # the demonitored beta: nothing; once each
+    for short, path, old in (("a", "u", u_a), ("b", "u", u_b), ("b", "t", t_b), ("b", "b", beta)):
+        nodes.restarted(short, path, old)
+
+
 def test_node_loss_is_noconnection_once(nodes: Nodes) -> None:
     a = nodes.nodes["a"].conn
     cnode = nodes.nodes["c"]
@@ -246,8 +305,19 @@ def test_node_loss_is_noconnection_once(nodes: Nodes) -> None:
     t_a = nodes.pid("a", "t")
     assert a.call(t_a, ["link", L(victim)]) == "linked"
     req = a.send_request(sleeper, ["sleep", 20])  # in flight when its node dies
+    client = p.connect(nodes.nodes["a"].data_dir)  # a client's monitor and link too
+    m_victim = client.monitor(victim)
+    client.link(sleeper)
     cnode.proc.send_signal(signal.SIGKILL)
     cnode.proc.wait()
+    with client:
+        got = [client.receive_notice(5), client.receive_notice(5)]
+        assert sorted(got, key=lambda n: type(n).__name__) == [
+            p.Down(m_victim, victim, p.NoConnection()), p.Exit(sleeper, p.NoConnection())]
+        assert client.receive_notice(0.1) is None  # once each
+        m_name = client.monitor(("beta", nodes.name("c")))  # its node is gone: at once
+        assert client.receive_notice(5) == p.Down(m_name, p.Pid(nodes.name("c"), 0),
+                                                  p.NoConnection(), "beta")
     with pytest.raises(p.ProcessDown) as failed:
         a.receive_response(req, timeout=10)
     assert isinstance(failed.value.reason, p.NoConnection)

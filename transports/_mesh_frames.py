@@ -44,6 +44,9 @@ undecodable, counted, and the sender's calls to it time out.
 ``link_del``   node -> node       that link is gone (``unlink``)
 ``gone``       node -> node       process ``pid`` exited with ``reason`` (answers ``watch``
                                   and ``link_add``, once per exit and node)
+``whereis``    node -> node       who holds the name ``name`` on your node? (a monitor or
+                                  link by ``(name, node)`` resolves it there, at once)
+``name_at``    node -> node       answers ``whereis`` ``ref``: the holder's Pid, or nil
 ``control``    node -> node       a control call (``start_child``, ``tree``...) a client made
                                   to ``src`` with ``node=`` the receiver; ``call`` is the
                                   encoded call, answered by ``control_reply`` with ``ref``
@@ -69,7 +72,8 @@ __all__ = [
     "MESH_WIRE_VERSION", "MAX_PIGGYBACK", "MemberState", "Update", "Ping", "Ack", "PingReq",
     "IndirectAck", "Nack", "Gossip", "SyncReq", "Sync", "Join", "JoinReply", "JoinNack",
     "Leave", "Route", "Answer", "Watch", "LinkAdd", "LinkDel", "Gone", "ControlRoute",
-    "ControlAnswer", "Events", "DIST_FRAMES", "MeshFrame", "encode_mesh_frame", "decode_mesh_frame",
+    "ControlAnswer", "Events", "WhereisName", "NameAt", "DIST_FRAMES", "MeshFrame",
+    "encode_mesh_frame", "decode_mesh_frame",
 ]
 
 MESH_WIRE_VERSION = 1
@@ -224,6 +228,18 @@ class Gone(msgspec.Struct, frozen=True, tag="gone"):
     reason: ExitReason
 
 
+class WhereisName(msgspec.Struct, frozen=True, tag="whereis"):
+    src: str
+    ref: int
+    name: str
+
+
+class NameAt(msgspec.Struct, frozen=True, tag="name_at"):
+    src: str
+    ref: int
+    pid: Pid | None
+
+
 class ControlRoute(msgspec.Struct, frozen=True, tag="control"):
     src: str
     ref: int
@@ -242,11 +258,11 @@ class Events(msgspec.Struct, frozen=True, tag="events"):
 
 
 DIST_FRAMES = (Route, Answer, Watch, LinkAdd, LinkDel, Gone, ControlRoute, ControlAnswer,
-               Events)
+               Events, WhereisName, NameAt)
 
 MeshFrame = Ping | Ack | PingReq | IndirectAck | Nack | Gossip | SyncReq | Sync | Join \
     | JoinReply | JoinNack | Leave | Route | Answer | Watch | LinkAdd | LinkDel | Gone \
-    | ControlRoute | ControlAnswer | Events \
+    | ControlRoute | ControlAnswer | Events | WhereisName | NameAt \
     | GlobalFrame  # the global registry's (prismatic.mesh._global)
 
 _encoder = msgspec.msgpack.Encoder()

@@ -29,9 +29,11 @@ tag                meaning
 ``register``       name ``name`` for ``pid`` (unique per node)
 ``unregister``     drop ``name`` held by ``pid``
 ``whereis``        the pid registered as ``name``, or nil
-``monitor``        ``watcher`` monitors ``target``; the reply carries the monitor ref
+``monitor``        ``watcher`` monitors ``target`` (or ``name`` on ``target.node``, or a
+                   global name, resolved now); the reply carries the monitor ref. With
+                   ``here``, its ``down`` comes on this connection (a client's monitor)
 ``demonitor``      drop monitor ``mref`` of ``watcher``
-``link``           link ``a`` and ``b`` (both directions)
+``link``           link ``a`` and ``b`` (both directions; ``name`` and ``here`` as monitor's)
 ``unlink``         remove that link
 ``exit_of``        the exit reason of ``pid``, waiting up to ``wait`` s for it to be known
 ``dead_letter``    a message that could not be delivered (no reply)
@@ -40,6 +42,7 @@ tag                meaning
 ``g_unregister``   drop global name ``name`` held by ``pid``
 ``g_whereis``      the pid holding global name ``name``, or nil
 ``hub_reply``      the answer: ``ok`` and ``value``, or ``error`` (a reason atom) and detail
+``down``, ``exit`` to a client, on its hub connection: its monitor or link fired (``here``)
 =================  ======================================================================
 """
 
@@ -49,7 +52,7 @@ from typing import Any
 
 import msgspec
 
-from .._address import Pid
+from .._address import Global, Pid
 from .._notices import Down, Exit, GlobalNameConflict
 
 __all__ = [
@@ -116,6 +119,12 @@ class MonitorReq(msgspec.Struct, frozen=True, tag="monitor", array_like=True):
     ref: int
     watcher: Pid
     target: Pid
+    # A monitor by name: ``name`` registered on ``target.node`` (``target`` is then
+    # ``Pid(node, 0)``), or a Global; the hub resolves it there, now.
+    name: str | Global | None = None
+    # The watcher is a client (not a process of the tree): its notices come back on this
+    # hub connection, and the monitor ends with the connection.
+    here: bool = False
 
 
 class DemonitorReq(msgspec.Struct, frozen=True, tag="demonitor", array_like=True):
@@ -128,6 +137,8 @@ class LinkReq(msgspec.Struct, frozen=True, tag="link", array_like=True):
     ref: int
     a: Pid
     b: Pid
+    name: str | Global | None = None  # as MonitorReq's: ``b`` is resolved from it
+    here: bool = False  # as MonitorReq's
 
 
 class UnlinkReq(msgspec.Struct, frozen=True, tag="unlink", array_like=True):

@@ -25,6 +25,8 @@ Runs in the node, on its loop, beside the hub (:mod:`prismatic._hub`) and the me
   leaves, every remote process of it the hub knows of is taken as exited with
   ``NoConnection()``: each monitor fires once, each link once. The links state machine
   forgets a process after its exit, so a ``gone`` arriving after a heal fires nothing more.
+  A monitor or link by ``(name, node)`` first asks that node who holds the name
+  (``whereis``, answered by ``name_at``); a node lost meanwhile answers ``NoConnection()``.
 * **Cluster pub/sub**: each message a publisher of this node publishes is sent, batched per
   loop turn, to every other member (``events``), which publishes it on its own events
   socket only (never onward): a subscriber anywhere sees it once, in its publisher's order
@@ -57,7 +59,8 @@ from .._nodeinfo import peer_creds
 from .._throttle import ThrottledWarning
 from ..transports._framing import FrameBuffer, encode_frame
 from ..transports._mesh_frames import (
-    Answer, ControlAnswer, ControlRoute, Events, Gone, LinkAdd, LinkDel, Route, Watch,
+    Answer, ControlAnswer, ControlRoute, Events, Gone, LinkAdd, LinkDel, NameAt, Route, Watch,
+    WhereisName,
 )
 from ..transports._messages import (
     CallFrame, CallRefused, CallReply, DeadLetterNote, MailboxFrame,
@@ -103,6 +106,8 @@ class Distribution:
         self.pending: dict[tuple[int, int], str] = {}  # (connection, ref) -> callee's node
         self.dests: dict[Pid, _Destination] = {}
         self.interest = Interest()  # our processes -> nodes to tell of their exit
+        # Names asked of other nodes (whereis): ref -> (node, what to do with the answer).
+        self.asked: dict[int, tuple[str, Callable[..., None]]] = {}
         self.counters = collections.Counter[str]()
         self.warning = ThrottledWarning(log)
         self.server: asyncio.AbstractServer | None = None
@@ -174,6 +179,15 @@ class Distribution:
             self.counters["events_received"] += len(frame.messages)
         elif isinstance(frame, (ControlRoute, ControlAnswer)):
             self.on_control(frame)
+        elif isinstance(frame, WhereisName):
+            self.send(frame.src, NameAt(self.name, frame.ref,
+                                        self.hub.registry.names.get(frame.name)))
+        elif isinstance(frame, NameAt):
+            asked = self.asked.get(frame.ref)
+            if asked is not None and asked[0] == frame.src:  # a node answers for its own names
+                del self.asked[frame.ref]
+                asked[1](frame.pid if frame.pid is None or frame.pid.node == frame.src
+                         else None)
         elif isinstance(frame, Gone):
             if frame.pid.node == frame.src:  # a node speaks only for its own processes
                 self.hub.apply_links(ProcessExited(frame.pid, frame.reason))
@@ -270,6 +284,16 @@ class Distribution:
 
     # ---- monitors and links (called by the hub) ----------------------------------------------
 
+    def whereis(self, node: str, name: str,
+                then: Callable[[Pid | None, ExitReason | None], None]) -> None:
+        """Ask ``node`` who holds ``name`` there: ``then(pid, None)`` (None: nobody), or
+        ``then(None, NoConnection())`` if ``node`` is or becomes unreachable first."""
+        ref = next(self.serial)
+        self.asked[ref] = (node, then)
+        if not (self.alive(node) and self.send(node, WhereisName(self.name, ref, name))):
+            del self.asked[ref]
+            then(None, NoConnection())
+
     def exit_of(self, pid: Pid) -> ExitReason | None:
         """None while ``pid``'s node is reachable (its own node answers ``watch``)."""
         return None if self.alive(pid.node) else NoConnection()
@@ -324,6 +348,8 @@ class Distribution:
     def node_lost(self, node: str) -> None:
         """``node`` was declared dead or left: what waits on it fails, once."""
         self.on_lost(node)
+        for ref in [r for r, (n, _) in self.asked.items() if n == node]:
+            self.asked.pop(ref)[1](None, NoConnection())
         for key in [k for k, n in self.pending.items() if n == node]:
             del self.pending[key]
             conn = self.conns.get(key[0])
