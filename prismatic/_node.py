@@ -32,6 +32,7 @@ from ._errors import ChildSpecError, EventLogError, NodeError
 from ._nodeinfo import NodeInfo, open_hub_socket, set_current
 from ._process import fork_child
 from ._pubsub_wire import events_address, publish_address
+from ._tree_cgroup import enter_cgroup, open_tree_cgroup, start_sweeper
 from .supervisors._runtime import SupervisorRuntime
 from .transports._channel import Channel, open_channel_pair
 
@@ -135,6 +136,10 @@ def run_node(spec: SupervisorSpec, *, name: str | None = None,
         raise NodeError(f"data directory {data}: cannot use {exc.filename or data}: "
                         f"{exc.strerror}") from None
     _check_event_log(data / "eventlog", name)  # a log the node would refuse: before the tree
+    cgroup = open_tree_cgroup(data)  # nothing of the tree outlives the node (_tree_cgroup)
+    if cgroup is not None:
+        start_sweeper(cgroup)
+        enter_cgroup(cgroup)
     hub_sock = open_hub_socket(name)  # before the fork: a second node of this name fails here
     # inherited by every process of the tree; a new creation per start (see _address)
     set_current(NodeInfo(name, data.resolve(), new_creation()))
