@@ -10,10 +10,12 @@ So a node that can create a cgroup (v2) does three things before it forks its tr
   below its own cgroup and moves itself in: every process of the tree is forked into it and stays
   there however it detaches (leaving a cgroup takes write access to another cgroup's
   ``cgroup.procs``, which only root has by default).
-* **The sweeper.** A small process forked first, outside the cgroup and in a session of
-  its own (no signal to the node's group reaches it), waits for the node to exit (a pidfd),
-  whatever the way, then kills every process left in the cgroup (``cgroup.kill``), waits
-  for it to empty, removes it and exits.
+* **The sweeper.** A child of the node forked first, outside the cgroup, in a session of
+  its own (no signal to the node's group reaches it) and without PDEATHSIG, waits for the
+  node to exit (a pidfd), whatever the way, then kills every process left in the cgroup
+  (``cgroup.kill``), waits for it to empty, removes it and exits. It stays the node's
+  child while the node lives, so it counts among the node's descendants (as the chaos
+  runner's orphan check wants every process of a node to be).
 * **The next start on the same data directory** (holding its lock: the old node is dead)
   kills whatever is still in its predecessors' cgroups (say a sweeper was killed too), logs
   how many, and removes them, before its own tree starts. Each start has a cgroup of its
@@ -148,25 +150,15 @@ def kill_cgroup(path: Path, wait: float = EMPTY_WAIT_S) -> int:
 def start_sweeper(path: Path) -> int:
     """Fork the sweeper of cgroup ``path`` (see the module doc); its pid. Call before this
     process enters the cgroup."""
-    node = os.getpid()
-    pidfd = os.pidfd_open(node)
-    r, w = os.pipe()
-    middle = os.fork()
-    if middle == 0:  # pragma: no cover - runs in the forked processes
+    pidfd = os.pidfd_open(os.getpid())
+    sweeper = os.fork()
+    if sweeper == 0:  # pragma: no cover - runs in the sweeper
         try:
             os.setsid()  # out of the node's session: its group's signals miss us
-            sweeper = os.fork()
-            if sweeper:
-                os.write(w, str(sweeper).encode())
-                os._exit(0)  # the sweeper is nobody's child in the tree
             _sweep_after(pidfd, path)
         finally:
             os._exit(0)
-    os.close(w)
     os.close(pidfd)
-    os.waitpid(middle, 0)
-    sweeper = int(os.read(r, 64) or 0)  # one write, by the middle process
-    os.close(r)
     return sweeper
 
 
