@@ -39,13 +39,13 @@ import time
 from pathlib import Path
 
 __all__ = ["open_tree_cgroup", "enter_cgroup", "kill_cgroup", "start_sweeper",
-           "tree_cgroups"]
+           "tree_cgroups", "own_cgroup_dir"]
 
 log = logging.getLogger(__name__)
 EMPTY_WAIT_S = 5.0  # killed processes leave the cgroup within ms; this bounds a stuck one
 
 
-def _own_cgroup_dir() -> Path | None:
+def own_cgroup_dir() -> Path | None:
     """This process's cgroup v2 directory, or None without a cgroup v2 mount."""
     mount = None
     try:
@@ -74,7 +74,7 @@ def _fnv1a(text: str) -> str:
 def tree_cgroups(data_dir: Path) -> tuple[Path, str] | None:
     """The cgroup directory the nodes of ``data_dir`` make theirs in, and the prefix of
     their names (one per start); None: no cgroup v2."""
-    base = _own_cgroup_dir()
+    base = own_cgroup_dir()
     return None if base is None else (base, f"prismatic-{_fnv1a(str(data_dir.resolve()))}-")
 
 

@@ -6,20 +6,33 @@ import os
 import time
 
 import prismatic as p
+from prismatic._tree_cgroup import own_cgroup_dir
 
 
 class Leaker(p.Worker):
-    """Leaves a daemon behind (a double fork into a new session, no PDEATHSIG): a process
-    the chaos runner must report when the node dies and it lives on."""
+    """Leaves a daemon behind (a double fork into a new session, no PDEATHSIG, and out of
+    the node's cgroup, as root may leave it): a process the chaos runner must report when
+    the node dies and it lives on."""
 
     def init(self) -> None:
         if os.fork() == 0:
             os.setsid()
             if os.fork() == 0:
+                _leave_node_cgroup()
                 deadline = time.monotonic() + 60  # bounded, whatever happens to the test
                 while time.monotonic() < deadline:
                     time.sleep(0.5)
             os._exit(0)
+
+
+def _leave_node_cgroup() -> None:
+    """Move this process out of its node's cgroup (prismatic._tree_cgroup) if it may."""
+    here = own_cgroup_dir()
+    if here is not None and here.name.startswith("prismatic-"):
+        try:
+            (here.parent / "cgroup.procs").write_text(f"{os.getpid()}\n")
+        except OSError:
+            pass  # not root: the node's sweeper will kill it (the run then holds)
 
 
 def leaky_tree() -> p.SupervisorSpec:
