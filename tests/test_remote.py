@@ -291,6 +291,17 @@ def test_a_client_monitors_and_links_like_a_trapping_process(nodes: Nodes) -> No
         exits = [n for n in got if isinstance(n, p.Exit)]
         assert len(exits) == 1 and exits[0].pid.ospid == t_b.ospid
         assert conn.receive_notice(0.2) is None  # the demonitored beta: nothing; once each
+        # What a client holds in the hub ends with its connection.
+        held = metric(nodes.nodes["a"], "prismatic_monitors"), \
+            metric(nodes.nodes["a"], "prismatic_links")
+        c_a = nodes.pid("a", "c")
+        conn.monitor(c_a)
+        conn.link(c_a)
+        assert (metric(nodes.nodes["a"], "prismatic_monitors"),
+                metric(nodes.nodes["a"], "prismatic_links")) == (held[0] + 1, held[1] + 1)
+    wait_until(lambda: (metric(nodes.nodes["a"], "prismatic_monitors"),
+                        metric(nodes.nodes["a"], "prismatic_links")) == held, 5,
+               "the closed client's monitor and link to be dropped")
     for short, path, old in (("a", "u", u_a), ("b", "u", u_b), ("b", "t", t_b), ("b", "b", beta)):
         nodes.restarted(short, path, old)
 
