@@ -111,6 +111,7 @@ class NodeConnection:
         # monitored, its name); the linked pids.
         self._monitors: dict[int, tuple[Pid, Any]] = {}
         self._links: set[Pid] = set()
+        self._losses = 0  # of the hub connection, as far as they were taken into account
 
     def close(self) -> None:
         """Close the connection; events published so far are delivered first."""
@@ -261,7 +262,6 @@ class NodeConnection:
         if self._outbox is None:
             node = self.status().node
             self._outbox = Outbox(node, None, HubClient(node, self.timeout))
-            self._outbox.hub.on_lost = self._hub_lost
         return self._outbox
 
     def call(self, dest: Pid | str, msg: Any, timeout: float = 5.0) -> Any:
@@ -333,7 +333,15 @@ class NodeConnection:
         ``timeout`` s. If the node is lost, each monitor and link still open fires once with
         ``NoConnection()``; after those, NodeError."""
         hub = self._messaging().hub
-        notice = hub.receive_notice(timeout)
+        try:
+            notice = hub.receive_notice(timeout)
+        except NodeError:
+            notice = None
+        self._hub_lost(hub)
+        if notice is None and hub.notices:
+            notice = hub.notices.popleft()
+        if notice is None and hub.sock is None and hub.losses:
+            raise NodeError(f"lost the hub of node {hub.node!r} (the node stopped)")
         if isinstance(notice, Down):
             self._monitors.pop(notice.ref, None)
         elif isinstance(notice, Exit):
@@ -341,14 +349,23 @@ class NodeConnection:
         return notice
 
     def _hub_request(self, make: Callable[[int], Any]) -> HubReply:
-        reply = self._messaging().hub.request(make)
+        hub = self._messaging().hub
+        try:
+            reply = hub.request(make)
+        finally:
+            self._hub_lost(hub)
         if reply.error:
             raise NodeError(f"the hub of {self.node!r} refused: {reply.error}: {reply.detail}")
         return reply
 
-    def _hub_lost(self) -> None:
-        """The hub connection broke (the node stopped): what it held fires NoConnection."""
-        hub = self._messaging().hub
+    def _hub_lost(self, hub: HubClient) -> None:
+        """If the hub connection broke (the node stopped) since the last look, what it held
+        fires NoConnection, once. (Polled, not a callback: a callback from the hub client
+        back to this connection would make a reference cycle, and a zmq context freed by
+        the cyclic collector can hang in its destructor.)"""
+        if hub.losses == self._losses:
+            return
+        self._losses = hub.losses
         hub.notices.extend(Down(ref, pid, NoConnection(), name)
                            for ref, (pid, name) in sorted(self._monitors.items()))
         hub.notices.extend(Exit(pid, NoConnection()) for pid in sorted(self._links))

@@ -6,8 +6,8 @@ process that never registers, monitors or links never connects.
 
 A client's monitors and links (:class:`~prismatic.NodeConnection`) fire on this connection:
 ``Down``/``Exit`` frames the hub sends between replies are kept, in order, in ``notices``
-(:meth:`HubClient.receive_notice`). When the connection is lost, ``on_lost`` is called
-once: the hub has dropped them all.
+(:meth:`HubClient.receive_notice`). Each lost connection counts in ``losses``: the hub
+dropped what it held for it.
 
 The hub's address is abstract, so any local user could bind it: the client trusts the hub
 only if ``SO_PEERCRED`` says it runs under the client's own uid, and else says who holds it.
@@ -50,7 +50,7 @@ class HubClient:
         self.refs = itertools.count(1)
         self.lost_notes = 0
         self.notices: collections.deque[Down | Exit] = collections.deque()
-        self.on_lost: Callable[[], None] | None = None  # a connection broke (not closed)
+        self.losses = 0  # connections that broke (not closed by us)
 
     def _connect(self) -> socket.socket:
         if self.sock is None:
@@ -127,16 +127,13 @@ class HubClient:
             return None
         except OSError as exc:
             self.lost()
-            if self.notices:
-                return self.notices.popleft()
             raise NodeError(f"lost the hub of node {self.node!r}: {exc}") from None
         return self.notices.popleft()
 
     def lost(self) -> None:
         """The connection broke: what the hub held for it (a client's monitors) is gone."""
         self.close()
-        if self.on_lost is not None:
-            self.on_lost()
+        self.losses += 1
 
     def emit(self, topic: str, payloads: list[Any], source: str,
              correlation_id: str | None, timeout: float = EMIT_TIMEOUT_S) -> int:
