@@ -389,9 +389,13 @@ class Hub:
         for mref, watcher in conn.monitors.items():
             self.client_refs.pop(mref, None)
             self.apply_links(_links.Demonitor(watcher, mref))
+        remote = False
         for a, b in conn.links:
             self.client_links.pop((a, b), None)
             self.unlink(a, b)
+            remote = remote or b.node != self.node
+        if remote and conn.caller is not None and self.remote is not None:
+            self.remote.forget(conn.caller)
         conn.monitors.clear()
         conn.links.clear()
 

@@ -311,6 +311,11 @@ class Distribution:
     def unlinked(self, a: Pid, b: Pid) -> None:
         self.send(b.node, LinkDel(self.name, a, b))
 
+    def forget(self, pid: Pid) -> None:
+        """Our ``pid`` (a client, whose connection ended) is watched by nobody any more: no
+        node is to hear of its exit (its links were removed with ``link_del``)."""
+        self.interest.pop_exited(pid)
+
     def exited(self, pid: Pid, reason: ExitReason) -> None:
         """Our process ``pid`` exited: tell each node that watches or links it, once. What
         it sent to other nodes before dying goes first (OTP's signal order between a pair):
