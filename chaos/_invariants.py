@@ -24,7 +24,11 @@ told otherwise: a row that names a dead pid is exactly what it must catch.
   nothing, counts each refusal, and its memory stays bounded;
 * :func:`descendants_gone`: what a killed worker forked died with it;
 * :func:`membership_converged`: every node of a mesh sees every member as it is (alive, or
-  down), a restarted one at a newer incarnation.
+  down), a restarted one at a newer incarnation;
+* :func:`monitors_fired_once`: every monitor fired exactly once per death (or per loss of
+  the link to the monitored process's node: ``noconnection``), and never otherwise;
+* :func:`global_name_resolved`: after a heal a global name has exactly one holder, the
+  same on every node, and each loser was told once.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ __all__ = [
     "acked_events_intact", "control_answered", "kills_accounted", "restarts_consistent",
     "expected_escalation", "escalation_stopped_at", "shutdown_escalated", "call_timed_out",
     "flood_accounted", "memory_bounded", "descendants_gone", "membership_converged",
+    "Monitor", "DownSeen", "monitors_fired_once", "global_name_resolved",
 ]
 
 
@@ -363,3 +368,108 @@ def membership_converged(views: Mapping[str, Mapping[str, tuple[str, int]]],
         more = f" (+{len(problems) - 3} more)" if len(problems) > 3 else ""
         return "; ".join(problems[:3]) + more
     return None
+
+
+class Monitor(msgspec.Struct, frozen=True):
+    """A monitor a watcher process set: the watcher's node, the monitored process (its
+    node and OS pid)."""
+
+    watcher: str
+    node: str
+    ospid: int
+
+
+class DownSeen(msgspec.Struct, frozen=True):
+    """A ``Down`` a watcher received (logged by it as it came): for which monitor, and
+    the reason as :func:`prismatic.describe` puts it (``noconnection``, ``killed by
+    SIGKILL``...)."""
+
+    monitor: Monitor
+    reason: str
+
+
+NO_CONNECTION = "noconnection"
+
+
+def monitors_fired_once(monitors: Collection[Monitor], downs: Sequence[DownSeen],
+                        died: Collection[tuple[str, int]],
+                        lost: Collection[tuple[str, str]]) -> str | None:
+    """Every monitor fired exactly once per death, and only then. ``died``: the monitored
+    processes (node, ospid) that exited; ``lost``: (watcher's node, target's node) pairs
+    where the watcher's node saw the target's node go down (declared dead, left, or cut
+    off by a partition). A monitor of a process in ``died``, or across a pair in ``lost``,
+    must have fired exactly once: with ``noconnection`` across a lost pair (the process
+    itself may live on, on the other side), with the real reason or ``noconnection`` for
+    a death; a late notice after a heal must not fire it again. Any other monitor must not
+    have fired at all (a ``Down`` of a live process on a reachable node is a lie)."""
+    fired: dict[Monitor, list[str]] = {}
+    for d in downs:
+        fired.setdefault(d.monitor, []).append(d.reason)
+    dead, cut = set(died), set(lost)
+    unknown = [m for m in fired if m not in set(monitors)]
+    silent, twice, spurious, wrong = [], [], [], []
+    for m in monitors:
+        reasons = fired.get(m, [])
+        severed = (m.watcher, m.node) in cut
+        if (m.node, m.ospid) in dead or severed:
+            if not reasons:
+                silent.append(m)
+            elif len(reasons) > 1:
+                twice.append((m, reasons))
+            elif severed and (m.node, m.ospid) not in dead and reasons[0] != NO_CONNECTION:
+                wrong.append((m, reasons[0]))
+        elif reasons:
+            spurious.append((m, reasons))
+    problems = []
+    if silent:
+        m = silent[0]
+        problems.append(f"{len(silent)} monitor(s) never fired, e.g. {m.watcher}'s of "
+                        f"{m.ospid}@{m.node}")
+    if twice:
+        m, r = twice[0]
+        problems.append(f"{len(twice)} monitor(s) fired more than once, e.g. {m.watcher}'s "
+                        f"of {m.ospid}@{m.node}: {', '.join(r)}")
+    if wrong:
+        m, reason = wrong[0]
+        problems.append(f"{len(wrong)} monitor(s) across a lost link fired {reason!r}, not "
+                        f"{NO_CONNECTION}, e.g. {m.watcher}'s of {m.ospid}@{m.node}")
+    if spurious:
+        m, r = spurious[0]
+        problems.append(f"{len(spurious)} monitor(s) of a live process on a reachable node "
+                        f"fired, e.g. {m.watcher}'s of {m.ospid}@{m.node}: {', '.join(r)}")
+    if unknown:
+        problems.append(f"{len(unknown)} Down(s) for monitors nobody set")
+    return "; ".join(problems) or None
+
+
+def global_name_resolved(name: str, resolved: Mapping[str, tuple[str, int] | None],
+                         holders: Collection[tuple[str, int]],
+                         conflicts: Mapping[tuple[str, int], Sequence[tuple[str, int]]]
+                         ) -> str | None:
+    """After a heal, global name ``name`` has exactly one holder: every node in
+    ``resolved`` (node -> the pid its ``whereis_global`` gives) names the same process, one
+    of ``holders`` (the live processes whose registration of it succeeded); every other
+    holder was told once that it lost it (``conflicts``: process -> the winners it was
+    told of, one ``GlobalNameConflict`` each), naming that winner; the winner was told
+    nothing."""
+    problems = []
+    answers = set(resolved.values())
+    if len(answers) != 1:
+        shown = ", ".join(f"{n}: {p[1]}@{p[0]}" if p else f"{n}: none"
+                          for n, p in sorted(resolved.items()))
+        return f"{name!r} resolves differently across the cluster ({shown})"
+    winner = answers.pop()
+    if winner is None:
+        return f"{name!r} has no holder although {len(holders)} process(es) registered it" \
+            if holders else None
+    if winner not in set(holders):
+        problems.append(f"{name!r} resolves to {winner[1]}@{winner[0]}, not a live process "
+                        f"that registered it")
+    for h in holders:
+        told = list(conflicts.get(h, ()))
+        if h == winner and told:
+            problems.append(f"the winner {h[1]}@{h[0]} was told it lost {name!r}")
+        elif h != winner and told != [winner]:
+            problems.append(f"the loser {h[1]}@{h[0]} was told {len(told)} time(s) "
+                            f"(winners {told}), not once that {winner[1]}@{winner[0]} won")
+    return "; ".join(problems) or None

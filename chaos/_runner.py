@@ -37,7 +37,7 @@ from ._schedule import Fault, parent_path
 from ._shape import TreeShape, shape_of_rows, shape_of_spec
 from ._target import ClusterTarget, ExistingNode, OwnedNode, Target
 
-__all__ = ["RunSettings", "ScenarioContext", "run", "scenarios_for"]
+__all__ = ["RunSettings", "ScenarioContext", "run", "scenarios_for", "scenarios_skipped"]
 
 DEMO_APP = "prismatic._demo:demo_tree"
 
@@ -55,6 +55,18 @@ class RunSettings(msgspec.Struct, frozen=True, kw_only=True):
     cluster: int = 0  # > 1: each scenario runs on that many owned nodes in one mesh
 
 
+def _offers(settings: RunSettings) -> tuple[frozenset[str], dict[str, str]]:
+    """What the settings' target offers, and why it lacks what it could offer elsewhere
+    (``netns``: network namespaces, where they cannot be made)."""
+    if settings.cluster:
+        offers = ClusterTarget.offers()
+        from ._netns import netns_unavailable
+
+        lacking = {} if "netns" in offers else {"netns": netns_unavailable() or "?"}
+        return offers, lacking
+    return (ExistingNode.OFFERS if settings.node else OwnedNode.OFFERS), {}
+
+
 def scenarios_for(settings: RunSettings) -> list[Scenario]:
     """The scenarios to run, in the registry's order: those named (an unknown name is a
     ChaosError, and so is one the target cannot host), else every one the target can host
@@ -62,17 +74,29 @@ def scenarios_for(settings: RunSettings) -> list[Scenario]:
     unknown = [n for n in settings.scenarios if n not in SCENARIOS]
     if unknown:
         raise ChaosError(f"no scenario {unknown[0]!r} (known: {', '.join(SCENARIOS)})")
-    offers = ClusterTarget.OFFERS if settings.cluster else \
-        ExistingNode.OFFERS if settings.node else OwnedNode.OFFERS
+    offers, lacking = _offers(settings)
     if settings.scenarios:
         chosen = [SCENARIOS[n] for n in SCENARIOS if n in settings.scenarios]
         refused = [s for s in chosen if not s.REQUIRES <= offers]
         if refused:
-            lack = ", ".join(sorted(refused[0].REQUIRES - offers))
-            raise ChaosError(f"scenario {refused[0].NAME} needs a target that is {lack} "
-                             f"(owned: a node the runner starts with --app, not --node)")
+            missing = sorted(refused[0].REQUIRES - offers)
+            why = "; ".join(f"{m}: {lacking[m]}" for m in missing if m in lacking) or \
+                "owned: a node the runner starts with --app, not --node; cluster: --cluster N"
+            raise ChaosError(f"scenario {refused[0].NAME} needs a target that is "
+                             f"{', '.join(missing)} ({why})")
         return chosen
     return [s for s in SCENARIOS.values() if s.REQUIRES <= offers]
+
+
+def scenarios_skipped(settings: RunSettings) -> dict[str, str]:
+    """The scenarios that would apply to the target but cannot run on this machine, each
+    with the reason (a partition needs network namespaces: root and ``ip``)."""
+    if settings.scenarios or not settings.cluster:
+        return {}
+    offers, lacking = _offers(settings)
+    return {s.NAME: "; ".join(lacking.get(m, m) for m in sorted(s.REQUIRES - offers))
+            for s in SCENARIOS.values()
+            if "cluster" in s.REQUIRES and not s.REQUIRES <= offers}
 
 
 class ScenarioContext:
@@ -271,7 +295,8 @@ def _run_one(scenario: Scenario, settings: RunSettings, workdir: Path,
     else:
         sub = workdir / scenario.NAME
         sub.mkdir(parents=True, exist_ok=True)
-        target = ClusterTarget(settings.app, sub, settings.cluster) if settings.cluster \
+        target = ClusterTarget(settings.app, sub, settings.cluster,
+                               netns="netns" in scenario.REQUIRES) if settings.cluster \
             else OwnedNode(settings.app, sub, f"chaos-{uuid.uuid4().hex[:8]}")
         progress(f"[{scenario.NAME}] starting {target.describe()}")
         target.start()
@@ -328,6 +353,7 @@ def run(settings: RunSettings, *, stop: threading.Event | None = None,
     runner owns the node."""
     stop = stop or threading.Event()
     chosen = scenarios_for(settings)
+    skipped = scenarios_skipped(settings)
     existing: ExistingNode | None = None
     if settings.node:
         from .._client import resolve_node
@@ -345,4 +371,4 @@ def run(settings: RunSettings, *, stop: threading.Event | None = None,
             reports.append(_run_one(scenario, settings, Path(tmp), existing, stop, progress))
     target = existing.describe() if existing else f"app {settings.app or DEMO_APP}" + (
         f" on a cluster of {settings.cluster} nodes" if settings.cluster else "")
-    return RunReport.of(settings.seed, target, tuple(reports))
+    return RunReport.of(settings.seed, target, tuple(reports), skipped)
