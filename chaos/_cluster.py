@@ -29,6 +29,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Collection, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from .._childspec import ChildSpec
@@ -46,7 +47,7 @@ if TYPE_CHECKING:
 __all__ = ["ClusterWatch", "views", "wait_membership", "others", "victim_of"]
 
 _APPS = "prismatic.chaos._apps"
-_SETTLE_S = 0.5  # after the checks held: a duplicate Down or a late conflict shows by then
+_SETTLE_S = 0.3  # after the checks held: a duplicate Down or a late conflict shows by then
 
 
 def views(target: ClusterTarget, observers: Collection[int] | None = None,
@@ -106,13 +107,15 @@ class ClusterWatch:
     def plant(self, claim_on: int) -> None:
         """Marks and watchers on every node, then the first claim on node ``claim_on``."""
         nodes = self.target.nodes
-        for i, n in enumerate(nodes):
-            self.marks[n.name] = self._start(i, f"chaos_mark_{self.seq}", "Idle", ())
-        for i, n in enumerate(nodes):
-            theirs = [(m, pid) for m, pid in self.marks.items() if m != n.name]
-            self._start(i, f"chaos_watch_{self.seq}", "Watcher",
-                        (self.seq, [list(t) for t in theirs]))
-            self.monitors += [Monitor(n.name, m, pid) for m, pid in theirs]
+        with ThreadPoolExecutor(len(nodes)) as pool:  # a start is a process spawn: side by side
+            pids = list(pool.map(lambda i: self._start(i, f"chaos_mark_{self.seq}", "Idle", ()),
+                                 range(len(nodes))))
+            self.marks = {n.name: pid for n, pid in zip(nodes, pids, strict=True)}
+            theirs = [[(m, pid) for m, pid in self.marks.items() if m != n.name] for n in nodes]
+            list(pool.map(lambda i: self._start(i, f"chaos_watch_{self.seq}", "Watcher", (
+                self.seq, [list(t) for t in theirs[i]])), range(len(nodes))))
+        for n, mine in zip(nodes, theirs, strict=True):
+            self.monitors += [Monitor(n.name, m, pid) for m, pid in mine]
         # A remote monitor is set up asynchronously (a frame to the other node): give it a
         # moment to arrive before the fault cuts the link.
         time.sleep(0.3)

@@ -18,6 +18,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
@@ -246,8 +247,12 @@ class ClusterTarget:
         return f"a cluster of {len(self.nodes)} nodes{where} of {self.nodes[0].describe()}"
 
     def start(self) -> None:
-        for n in self.nodes:
-            n.start()
+        """The seed first, then the others side by side (each retries its join until the
+        seed answers; the node start is what takes time)."""
+        self.nodes[0].start()
+        with ThreadPoolExecutor(len(self.nodes)) as pool:
+            for f in [pool.submit(n.start) for n in self.nodes[1:]]:
+                f.result()
 
     def index(self, name: str) -> int:
         return next(i for i, n in enumerate(self.nodes) if n.name == name)
@@ -292,7 +297,8 @@ class ClusterTarget:
         for n in self.nodes:  # a stopped node cannot take a SIGTERM
             if n.running():
                 os.kill(n.node_pid, signal.SIGCONT)
-        codes = [n.stop(timeout) for n in self.nodes]
+        with ThreadPoolExecutor(len(self.nodes)) as pool:  # each announces its leave
+            codes = list(pool.map(lambda n: n.stop(timeout), self.nodes))
         return next((c for c in codes if c not in (0, None)), codes[0] if codes else None)
 
     def reap_leftovers(self, timeout: float = 1.0) -> dict[int, int]:

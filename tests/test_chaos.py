@@ -15,17 +15,57 @@ from typing import Any
 
 import pytest
 
+from prismatic.chaos._netns import netns_unavailable
 from tests.conftest import REPO, SESSION_TAG, wait_until
 
 SCENARIOS = ("kill-storm", "crash-loop", "hang", "flood", "resources", "durability")
+CLUSTER_SCENARIOS = ("node-loss", "node-stop", "partition")
 
 
-def chaos(tmp_path: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def _env(tmp_path: Path) -> dict[str, str]:
     env = dict(os.environ, PRISMATIC_TEST_TAG=f"{SESSION_TAG}-{uuid.uuid4().hex[:8]}",
                PYTHONPATH=str(REPO), PRISMATIC_HOME=str(tmp_path / "home"))
     env.pop("PRISMATIC_NODE", None)
+    return env
+
+
+def chaos(tmp_path: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "prismatic.cli", "chaos", *args], cwd=REPO,
-                          env=env, capture_output=True, text=True, timeout=timeout)
+                          env=_env(tmp_path), capture_output=True, text=True, timeout=timeout)
+
+
+CLUSTER_RUNS = {
+    # node-loss: one SIGKILLed and restarted; node-stop (seed 11: a long stop)
+    "loopback": ("--cluster", "3", "--scenario", "node-loss", "--scenario", "node-stop",
+                 "--duration", "1", "--seed", "11", "--json"),
+    "netns": ("--cluster", "3", "--scenario", "partition", "--duration", "1", "--seed", "16",
+              "--json"),
+}
+
+
+@pytest.fixture(scope="module")
+def cluster_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The cluster runs side by side (each mostly waits: for detection, merges, restarts);
+    the partition only where network namespaces can be made."""
+    procs = {}
+    for key, args in CLUSTER_RUNS.items():
+        if key == "netns" and netns_unavailable() is not None:
+            continue
+        tmp = tmp_path_factory.mktemp(f"chaos-{key}")
+        procs[key] = subprocess.Popen([sys.executable, "-m", "prismatic.cli", "chaos", "run",
+                                       *args], cwd=REPO, env=_env(tmp), text=True,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out = {}
+    for key, proc in procs.items():
+        try:
+            stdout, stderr = proc.communicate(timeout=180)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert proc.returncode == 0, stdout[-3000:] + stderr[-2000:]
+        out[key] = {s["scenario"]: s for s in json.loads(stdout)["scenarios"]}
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +86,7 @@ def test_list_names_every_scenario(tmp_path: Path) -> None:
     out = chaos(tmp_path, "list")
     assert out.returncode == 0, out.stderr
     names = [line.split()[0] for line in out.stdout.splitlines()]
-    assert names == [*SCENARIOS, "node-loss"]
+    assert names == [*SCENARIOS, *CLUSTER_SCENARIOS]
     assert all(len(line.split(None, 1)[1]) > 40 for line in out.stdout.splitlines())
 
 
@@ -133,21 +173,72 @@ def test_scenarios_for_a_target_offer_what_they_require() -> None:
         scenarios_for(RunSettings(node="n", scenarios=("durability",)))
     assert [s.NAME for s in scenarios_for(RunSettings(scenarios=("hang", "kill-storm")))] \
         == ["kill-storm", "hang"]
-    assert [s.NAME for s in scenarios_for(RunSettings(cluster=3))] == ["node-loss"]
+    on_cluster = [s.NAME for s in scenarios_for(RunSettings(cluster=3))]
+    assert on_cluster == list(CLUSTER_SCENARIOS if netns_unavailable() is None
+                              else CLUSTER_SCENARIOS[:2])
     with pytest.raises(ChaosError, match="node-loss needs a target that is cluster"):
         scenarios_for(RunSettings(scenarios=("node-loss",)))
 
 
-def test_node_loss_on_a_cluster(tmp_path: Path) -> None:
-    """Three meshed nodes; one SIGKILLed and restarted: every survivor saw it dead, then
-    all saw all alive again, the restarted one as a newer incarnation."""
-    out = chaos(tmp_path, "run", "--cluster", "3", "--duration", "1", "--seed", "1",
-                "--json")
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
-    (loss,) = json.loads(out.stdout)["scenarios"]
+def test_a_partition_without_network_namespaces_is_skipped_with_the_reason(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where namespaces cannot be made (not root), a cluster run leaves the partition out
+    and says why; naming it is a usage error that says why too."""
+    from prismatic._errors import ChaosError
+    from prismatic.chaos import RunSettings, _netns
+    from prismatic.chaos._runner import scenarios_for, scenarios_skipped
+    from prismatic.chaos._target import ClusterTarget
+
+    monkeypatch.setattr(ClusterTarget, "offers", classmethod(lambda cls: cls.BASE_OFFERS))
+    monkeypatch.setattr(_netns, "netns_unavailable", lambda: "network namespaces need root")
+    settings = RunSettings(cluster=3)
+    assert [s.NAME for s in scenarios_for(settings)] == ["node-loss", "node-stop"]
+    assert scenarios_skipped(settings) == {"partition": "network namespaces need root"}
+    with pytest.raises(ChaosError, match=r"partition needs .* netns \(netns: network "
+                                         r"namespaces need root\)"):
+        scenarios_for(RunSettings(cluster=3, scenarios=("partition",)))
+
+
+def test_node_loss_and_a_stopped_node_on_a_loopback_cluster(
+        cluster_runs: dict[str, Any]) -> None:
+    """Three meshed nodes on loopback. node-loss: one SIGKILLed and restarted: every
+    survivor saw it dead, then all saw all alive again, the restarted one as a newer
+    incarnation. node-stop (seed 11: a long stop): SIGSTOPped until declared dead, then
+    resumed. Both: monitors across the nodes fired once, the global name has one holder and
+    the loser was told (node-stop), no orphan."""
+    loss, stop = cluster_runs["loopback"]["node-loss"], cluster_runs["loopback"]["node-stop"]
     assert loss["scenario"] == "node-loss" and loss["ok"] and loss["faults_injected"] == 1
-    assert loss["checks_passed"]["membership_converged"] == 3  # before, down, back
+    assert loss["checks_passed"]["membership_converged"] == 4  # before, down, back, check
     assert loss["checks_passed"]["nothing_left"] == 2  # the victim's tree, then everyone's
+    for s in (loss, stop):
+        assert s["ok"] and not s["checks_failed"], s
+        assert s["checks_passed"]["monitors_fired_once"] == 1
+        assert s["checks_passed"]["global_name_resolved"] == 1
+        assert s["checks_passed"]["no_orphans"] >= 1
+    assert "2 of 6 monitors fired (noconnection" in loss["notes"][0]  # the victim's mark
+    assert stop["faults_injected"] == 1 and stop["checks_passed"]["declared_dead"] == 1
+    assert "1 told they lost" in stop["notes"][0], stop["notes"]
+
+
+@pytest.mark.skipif(netns_unavailable() is not None, reason=str(netns_unavailable()))
+def test_a_partition_in_network_namespaces(cluster_runs: dict[str, Any]) -> None:
+    """Three nodes, each in a network namespace; one cut off (its veth down) until both
+    sides declared each other dead, the name registered on both sides, then healed: merged,
+    the monitors across the cut fired once with noconnection, the older registration kept
+    everywhere and the victim's claimant told once."""
+    part = cluster_runs["netns"]["partition"]
+    assert part["ok"] and part["faults_injected"] == 1 and not part["checks_failed"], part
+    for check in ("declared_dead", "monitors_fired_once", "global_name_resolved"):
+        assert part["checks_passed"][check] == 1
+    # 2 watchers' monitors of the victim's mark and the victim's 2 of theirs
+    assert "4 of 6 monitors fired (noconnection)" in part["notes"][0], part["notes"]
+    assert "2 registered, 0 refused, 1 told they lost" in part["notes"][0]
+    assert not netns_leftovers()
+
+
+def netns_leftovers() -> list[str]:
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if line.startswith("cx")]
 
 
 def test_ctrl_c_stops_injecting_then_checks_and_reports(tmp_path: Path) -> None:

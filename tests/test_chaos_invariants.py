@@ -16,10 +16,10 @@ from hypothesis import strategies as st
 
 from prismatic._control import TreeRow
 from prismatic.chaos._invariants import (
-    ExitSeen, Kill, acked_events_intact, call_timed_out, control_answered, descendants_gone,
+    DownSeen, ExitSeen, Kill, Monitor, acked_events_intact, call_timed_out, control_answered, descendants_gone,
     escalation_stopped_at,
-    expected_escalation, flood_accounted, kills_accounted, memory_bounded,
-    membership_converged, no_orphans,
+    expected_escalation, flood_accounted, global_name_resolved, kills_accounted, memory_bounded,
+    membership_converged, monitors_fired_once, no_orphans,
     nothing_left, process_alive, restarts_consistent, shutdown_escalated, tree_converged,
 )
 from prismatic.chaos._observe import TAG_VAR, exits_in_log, metric_sum, tagged_processes
@@ -256,3 +256,49 @@ def test_membership_converged() -> None:
     assert membership_converged(views, {"b": "alive"}, {"b": 4}) is None
     assert "not alive" in (membership_converged(views, {"b": "alive"}, {"b": 5}) or "")
     assert "absent" in (membership_converged(views, {"d": "alive"}) or "")
+
+
+def test_monitors_fired_once() -> None:
+    """Watchers on a, b, c each monitor the others' marks (1, 2, 3); c is cut off."""
+    marks = {"a": 1, "b": 2, "c": 3}
+    mons = [Monitor(w, n, pid) for w in marks for n, pid in marks.items() if n != w]
+    lost = {("a", "c"), ("b", "c"), ("c", "a"), ("c", "b")}
+    across = [DownSeen(m, "noconnection") for m in mons if (m.watcher, m.node) in lost]
+    assert monitors_fired_once(mons, across, set(), lost) is None
+    assert "never fired" in (monitors_fired_once(mons, across[1:], set(), lost) or "")
+    # a late notice after the heal fires one again
+    assert "more than once" in (monitors_fired_once(mons, [*across, DownSeen(
+        across[0].monitor, "noconnection")], set(), lost) or "")
+    # across a cut the process lives on: the reason can only be noconnection
+    wrong = [DownSeen(across[0].monitor, "killed by SIGKILL"), *across[1:]]
+    assert "not noconnection" in (monitors_fired_once(mons, wrong, set(), lost) or "")
+    # ... unless it died too: then its real reason is as good
+    dead = {(across[0].monitor.node, across[0].monitor.ospid)}
+    assert monitors_fired_once(mons, wrong, dead, lost) is None
+    # within a side nothing may fire
+    ab = next(m for m in mons if (m.watcher, m.node) == ("a", "b"))
+    assert "reachable node fired" in (monitors_fired_once(
+        mons, [*across, DownSeen(ab, "noconnection")], set(), lost) or "")
+    # a death (no lost link) fires the monitors of the dead process, once each
+    deaths = [DownSeen(m, "killed by SIGKILL") for m in mons if m.node == "b"]
+    assert monitors_fired_once(mons, deaths, {("b", 2)}, set()) is None
+    assert "never fired" in (monitors_fired_once(mons, deaths[:1], {("b", 2)}, set()) or "")
+    assert "nobody set" in (monitors_fired_once(
+        mons, [DownSeen(Monitor("a", "z", 9), "noproc")], set(), set()) or "")
+
+
+def test_global_name_resolved() -> None:
+    older, newer = ("a", 10), ("c", 30)
+    everyone = {"a": older, "b": older, "c": older}
+    assert global_name_resolved("g", everyone, [older, newer], {newer: [older]}) is None
+    assert "resolves differently" in (global_name_resolved(
+        "g", everyone | {"c": newer}, [older, newer], {newer: [older]}) or "")
+    assert "told 0 time(s)" in (global_name_resolved("g", everyone, [older, newer], {}) or "")
+    assert "told 2 time(s)" in (global_name_resolved(
+        "g", everyone, [older, newer], {newer: [older, older]}) or "")
+    assert "winner" in (global_name_resolved(
+        "g", everyone, [older, newer], {newer: [older], older: [newer]}) or "")
+    assert "not a live process" in (global_name_resolved(
+        "g", everyone, [newer], {}) or "")  # the holder it names died
+    assert "no holder" in (global_name_resolved("g", dict.fromkeys("abc"), [older], {}) or "")
+    assert global_name_resolved("g", dict.fromkeys("abc"), [], {}) is None  # nobody took it
