@@ -18,7 +18,7 @@ from .._childspec import ChildSpec, SupervisorSpec, SupFlags
 from .._worker import Worker
 
 __all__ = ["Crasher", "Sleeper", "Slowpoke", "Glutton", "Idle", "Watcher", "Claimant",
-           "crash_loop_tree", "CRASH_LOOP_INTENSITIES", "storm_tree"]
+           "Listener", "crash_loop_tree", "CRASH_LOOP_INTENSITIES", "storm_tree"]
 
 # The crash loop's supervisors, bottom-up: the crasher's own supervisor, then the one above.
 CRASH_LOOP_INTENSITIES = (1, 3)
@@ -213,3 +213,31 @@ class Claimant(Worker):
 
         if isinstance(msg, GlobalNameConflict):
             self._log("conflict", winner=[msg.winner.node, msg.winner.ospid])
+
+
+class Listener(Worker):
+    """Registered as ``name``; subscribes to ``pattern`` and counts the events it gets (each
+    payload ``[seq, padding]``), noting any seq out of order; a slow consumer on purpose
+    (1 ms every 64 events). ``call(name, "count")`` -> ``[received, out_of_order,
+    undecodable]``."""
+
+    def init(self, name: str, pattern: str) -> None:
+        self.received = 0
+        self.out_of_order = 0
+        self.next_seq = 0
+        self.register(name)
+        self.subscribe(pattern)
+
+    def handle_info(self, msg: object) -> None:
+        payload = getattr(msg, "payload", None)
+        if not isinstance(payload, list) or not payload:
+            return
+        if payload[0] != self.next_seq:
+            self.out_of_order += 1
+        self.next_seq = int(payload[0]) + 1
+        self.received += 1
+        if self.received % 64 == 0:
+            time.sleep(0.001)
+
+    def handle_call(self, msg: object, caller: object) -> object:
+        return [self.received, self.out_of_order, self.context.pubsub.undecodable]

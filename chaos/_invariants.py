@@ -22,6 +22,8 @@ told otherwise: a row that names a dead pid is exactly what it must catch.
   its shutdown becomes a SIGKILL once its shutdown time has passed;
 * :func:`flood_accounted`, :func:`memory_bounded`: a flooded mailbox pushes back, loses
   nothing, counts each refusal, and its memory stays bounded;
+  :func:`subscriber_flood_accounted`: a flooded subscriber gets every event in order, or
+  the drop is counted;
 * :func:`descendants_gone`: what a killed worker forked died with it;
 * :func:`membership_converged`: every node of a mesh sees every member as it is (alive, or
   down), a restarted one at a newer incarnation;
@@ -46,6 +48,7 @@ __all__ = [
     "expected_escalation", "escalation_stopped_at", "shutdown_escalated", "call_timed_out",
     "flood_accounted", "memory_bounded", "descendants_gone", "membership_converged",
     "Monitor", "DownSeen", "monitors_fired_once", "global_name_resolved",
+    "subscriber_flood_accounted",
 ]
 
 
@@ -472,4 +475,20 @@ def global_name_resolved(name: str, resolved: Mapping[str, tuple[str, int] | Non
         elif h != winner and told != [winner]:
             problems.append(f"the loser {h[1]}@{h[0]} was told {len(told)} time(s) "
                             f"(winners {told}), not once that {winner[1]}@{winner[0]} won")
+    return "; ".join(problems) or None
+
+
+def subscriber_flood_accounted(published: int, received: int, out_of_order: int,
+                               dropped_counted: float) -> str | None:
+    """Every event published to a flooded subscriber either reached it, in publish order,
+    or was counted as dropped (by the forwarder or the subscriber): none lost silently."""
+    problems = []
+    if received + dropped_counted < published:
+        problems.append(f"{published - received - dropped_counted:.0f} of {published} "
+                        f"events lost without being counted ({received} received, "
+                        f"{dropped_counted:.0f} counted dropped)")
+    if received > published:
+        problems.append(f"{received} events received for {published} published")
+    if out_of_order:
+        problems.append(f"{out_of_order} events out of publish order")
     return "; ".join(problems) or None

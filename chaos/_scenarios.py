@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from . import (
     crash_loop, durability, flood, hang, kill_storm, node_loss, node_stop, partition, resources,
+    subscriber_flood,
 )
 
 if TYPE_CHECKING:
@@ -41,5 +42,6 @@ class Scenario(Protocol):
 
 
 SCENARIOS: dict[str, Scenario] = {m.NAME: m for m in (kill_storm, crash_loop, hang, flood,
-                                                      resources, durability, node_loss,
+                                                      subscriber_flood, resources,
+                                                      durability, node_loss,
                                                       node_stop, partition)}

@@ -18,7 +18,8 @@ import pytest
 from prismatic.chaos._netns import netns_unavailable
 from tests.conftest import REPO, SESSION_TAG, wait_until
 
-SCENARIOS = ("kill-storm", "crash-loop", "hang", "flood", "resources", "durability")
+SCENARIOS = ("kill-storm", "crash-loop", "hang", "flood", "subscriber-flood", "resources",
+             "durability")
 CLUSTER_SCENARIOS = ("node-loss", "node-stop", "partition")
 
 
@@ -109,7 +110,10 @@ def test_scenario_specific_figures(every_scenario: dict[str, Any]) -> None:
     assert storm["convergence_ms"]["n"] == storm["faults_injected"]
     assert every_scenario["crash-loop"]["checks_passed"]["escalation_level"] == 4
     assert every_scenario["hang"]["checks_passed"]["shutdown_escalated"] == 2
+    assert storm["checks_passed"]["monitors_fired_once"] == 1
     assert every_scenario["flood"]["checks_passed"]["flood_accounted"] >= 1
+    subs = every_scenario["subscriber-flood"]["checks_passed"]
+    assert subs["subscriber_flood_accounted"] >= 1 and subs["node_memory_bounded"] >= 1
     res = every_scenario["resources"]["checks_passed"]
     assert {"memory_limit_crash", "fd_exhaustion_answers", "children_die_with_it"} <= set(res)
     dur = every_scenario["durability"]

@@ -16,13 +16,15 @@ from hypothesis import strategies as st
 
 from prismatic._control import TreeRow
 from prismatic.chaos._invariants import (
-    DownSeen, ExitSeen, Kill, Monitor, acked_events_intact, call_timed_out, control_answered, descendants_gone,
-    escalation_stopped_at,
-    expected_escalation, flood_accounted, global_name_resolved, kills_accounted, memory_bounded,
-    membership_converged, monitors_fired_once, no_orphans,
-    nothing_left, process_alive, restarts_consistent, shutdown_escalated, tree_converged,
+    DownSeen, ExitSeen, Kill, Monitor, acked_events_intact, call_timed_out, control_answered,
+    descendants_gone, escalation_stopped_at, expected_escalation, flood_accounted,
+    global_name_resolved, kills_accounted, memory_bounded, membership_converged,
+    monitors_fired_once, no_orphans, nothing_left, process_alive, restarts_consistent,
+    shutdown_escalated, subscriber_flood_accounted, tree_converged,
 )
-from prismatic.chaos._observe import TAG_VAR, exits_in_log, metric_sum, tagged_processes
+from prismatic.chaos._observe import (
+    TAG_VAR, exits_in_log, metric_sum, rss_bytes, tagged_processes,
+)
 from prismatic.chaos._shape import Slot, TreeShape
 from tests.conftest import SESSION_TAG, wait_until
 
@@ -302,3 +304,17 @@ def test_global_name_resolved() -> None:
         "g", everyone, [newer], {}) or "")  # the holder it names died
     assert "no holder" in (global_name_resolved("g", dict.fromkeys("abc"), [older], {}) or "")
     assert global_name_resolved("g", dict.fromkeys("abc"), [], {}) is None  # nobody took it
+
+
+def test_subscriber_flood_accounted() -> None:
+    assert subscriber_flood_accounted(1000, 1000, 0, 0) is None
+    assert subscriber_flood_accounted(1000, 990, 0, 10) is None  # dropped, but counted
+    assert "lost without being counted" in (subscriber_flood_accounted(1000, 990, 0, 0) or "")
+    assert "out of publish order" in (subscriber_flood_accounted(1000, 1000, 3, 0) or "")
+    assert "received for" in (subscriber_flood_accounted(1000, 1001, 0, 0) or "")
+
+
+def test_rss_bytes_of_a_live_process(live_pid: int) -> None:
+    assert rss_bytes(live_pid) > 0
+    with pytest.raises(OSError):
+        rss_bytes(_dead_pid())
