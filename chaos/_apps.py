@@ -119,6 +119,8 @@ class Glutton(Worker):
     * cast ``("memory", headroom)``: caps its address space (``RLIMIT_AS``) at what it maps
       now plus ``headroom`` bytes, then allocates until ``MemoryError``, which it lets
       through: it crashes;
+    * cast ``("touch", 0)``: allocates and writes 1 MiB after 1 MiB until something stops
+      it (a cgroup's memory cap: the kernel's OOM killer);
     * call ``"ping"``: ``"pong"``.
     """
 
@@ -157,6 +159,10 @@ class Glutton(Worker):
     def handle_cast(self, msg: object) -> None:
         import resource
 
+        if isinstance(msg, (list, tuple)) and msg[0] == "touch":
+            # Pages written, not just mapped: a cgroup charges what is resident.
+            while True:
+                self.held.append(bytearray(b"\x01") * (1 << 20))
         if isinstance(msg, (list, tuple)) and msg[0] == "memory":
             with open("/proc/self/statm") as f:
                 mapped = int(f.read().split()[0]) * resource.getpagesize()

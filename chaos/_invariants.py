@@ -25,6 +25,7 @@ told otherwise: a row that names a dead pid is exactly what it must catch.
   :func:`subscriber_flood_accounted`: a flooded subscriber gets every event in order, or
   the drop is counted;
 * :func:`descendants_gone`: what a killed worker forked died with it;
+  :func:`memory_cap_enforced`: a worker over its cgroup's memory cap is OOM-killed;
 * :func:`membership_converged`: every node of a mesh sees every member as it is (alive, or
   down), a restarted one at a newer incarnation;
 * :func:`monitors_fired_once`: every monitor fired exactly once per death (or per loss of
@@ -48,7 +49,7 @@ __all__ = [
     "expected_escalation", "escalation_stopped_at", "shutdown_escalated", "call_timed_out",
     "flood_accounted", "memory_bounded", "descendants_gone", "membership_converged",
     "Monitor", "DownSeen", "monitors_fired_once", "global_name_resolved",
-    "subscriber_flood_accounted",
+    "subscriber_flood_accounted", "memory_cap_enforced",
 ]
 
 
@@ -491,4 +492,20 @@ def subscriber_flood_accounted(published: int, received: int, out_of_order: int,
         problems.append(f"{received} events received for {published} published")
     if out_of_order:
         problems.append(f"{out_of_order} events out of publish order")
+    return "; ".join(problems) or None
+
+
+def memory_cap_enforced(reason: str | None, oom_kills: int, peak: int | None,
+                        limit: int) -> str | None:
+    """A worker that allocates past its cgroup's memory cap is SIGKILLed by the kernel's
+    OOM killer (reported ``killed``, counted as an ``oom_kill`` of its cgroup), and the
+    cgroup never held more than the cap."""
+    problems = []
+    if reason != "killed":
+        problems.append(f"the worker over its memory cap ended {reason or 'not at all'!s}, "
+                        f"not killed")
+    if oom_kills < 1:
+        problems.append("its cgroup counts no OOM kill")
+    if peak is not None and peak > limit:
+        problems.append(f"its cgroup held {peak >> 20} MiB, over the {limit >> 20} MiB cap")
     return "; ".join(problems) or None

@@ -18,10 +18,12 @@ from prismatic._control import TreeRow
 from prismatic.chaos._invariants import (
     DownSeen, ExitSeen, Kill, Monitor, acked_events_intact, call_timed_out, control_answered,
     descendants_gone, escalation_stopped_at, expected_escalation, flood_accounted,
-    global_name_resolved, kills_accounted, memory_bounded, membership_converged,
+    global_name_resolved, kills_accounted, memory_bounded, memory_cap_enforced,
+    membership_converged,
     monitors_fired_once, no_orphans, nothing_left, process_alive, restarts_consistent,
     shutdown_escalated, subscriber_flood_accounted, tree_converged,
 )
+from prismatic.chaos._cgroup import cgroup_unavailable, open_memory_cgroup
 from prismatic.chaos._observe import (
     TAG_VAR, exits_in_log, metric_sum, rss_bytes, tagged_processes,
 )
@@ -318,3 +320,21 @@ def test_rss_bytes_of_a_live_process(live_pid: int) -> None:
     assert rss_bytes(live_pid) > 0
     with pytest.raises(OSError):
         rss_bytes(_dead_pid())
+
+
+def test_memory_cap_enforced() -> None:
+    assert memory_cap_enforced("killed", 1, 60 << 20, 64 << 20) is None
+    assert memory_cap_enforced("killed", 1, None, 64 << 20) is None  # no peak reported
+    assert "ended crashed" in (memory_cap_enforced("crashed", 1, None, 64 << 20) or "")
+    assert "no OOM kill" in (memory_cap_enforced("killed", 0, None, 64 << 20) or "")
+    assert "over the 64 MiB cap" in (memory_cap_enforced("killed", 1, 65 << 20, 64 << 20) or "")
+
+
+@pytest.mark.skipif(cgroup_unavailable() is not None, reason=str(cgroup_unavailable()))
+def test_a_memory_cgroup_holds_a_process_and_goes_away(live_pid: int) -> None:
+    with open_memory_cgroup(64 << 20) as group:
+        group.add(live_pid)
+        assert group.procs() == [live_pid] and group.oom_kills() == 0
+        os.kill(live_pid, signal.SIGKILL)
+        wait_until(lambda: not group.procs() or None, 5, "the process to leave its cgroup")
+    assert not group.path.exists()
