@@ -12,6 +12,8 @@ told otherwise: a row that names a dead pid is exactly what it must catch.
   reparented away from it outlived its supervisor); :func:`nothing_left` after a stop;
 * :func:`acked_events_intact`: every acknowledged emit is in the log exactly once, at the
   sequence number its ack gave;
+* :func:`disk_full_reported`: a full disk refuses emits saying so, and emitting resumes
+  once space is freed;
 * :func:`control_answered`: the node answered every ``status``/``tree`` request in time;
 * :func:`kills_accounted`: each SIGKILL was reported once by its supervisor (or its
   supervisor died with it), and the node reported no SIGKILL that nobody sent;
@@ -49,7 +51,7 @@ __all__ = [
     "expected_escalation", "escalation_stopped_at", "shutdown_escalated", "call_timed_out",
     "flood_accounted", "memory_bounded", "descendants_gone", "membership_converged",
     "Monitor", "DownSeen", "monitors_fired_once", "global_name_resolved",
-    "subscriber_flood_accounted", "memory_cap_enforced",
+    "subscriber_flood_accounted", "memory_cap_enforced", "disk_full_reported",
 ]
 
 
@@ -508,4 +510,22 @@ def memory_cap_enforced(reason: str | None, oom_kills: int, peak: int | None,
         problems.append("its cgroup counts no OOM kill")
     if peak is not None and peak > limit:
         problems.append(f"its cgroup held {peak >> 20} MiB, over the {limit >> 20} MiB cap")
+    return "; ".join(problems) or None
+
+
+def disk_full_reported(errors: Sequence[str], recovered_s: float | None,
+                       deadline_s: float) -> str | None:
+    """While the disk under the event log was full, emits were refused (it did fill) and
+    every refusal said so (``disk full``), none a timeout or another error; once space was
+    freed an emit was acknowledged again within ``deadline_s`` (``recovered_s``: the time
+    to the first ack after the space came back, None if none came)."""
+    problems = []
+    if not errors:
+        problems.append("no emit was refused: the disk never filled")
+    unclear = [e for e in errors if "disk full" not in e]
+    if unclear:
+        problems.append(f"{len(unclear)} of {len(errors)} refusals did not say the disk is "
+                        f"full, e.g. {unclear[0][:200]!r}")
+    if recovered_s is None:
+        problems.append(f"no emit acknowledged within {deadline_s:.0f}s after space was freed")
     return "; ".join(problems) or None

@@ -12,6 +12,7 @@ says the run stopped early.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -56,15 +57,18 @@ class RunSettings(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def _offers(settings: RunSettings) -> tuple[frozenset[str], dict[str, str]]:
-    """What the settings' target offers, and why it lacks what it could offer elsewhere
-    (``netns``: network namespaces, where they cannot be made)."""
+    """What the settings' target offers, and why it lacks what it could offer on another
+    machine (``netns``: network namespaces; ``tmpfs``: a disk to fill; both need root)."""
+    from ._netns import netns_unavailable
+    from ._tmpfs import tmpfs_unavailable
+
+    if settings.node:
+        return ExistingNode.OFFERS, {}
     if settings.cluster:
         offers = ClusterTarget.offers()
-        from ._netns import netns_unavailable
-
-        lacking = {} if "netns" in offers else {"netns": netns_unavailable() or "?"}
-        return offers, lacking
-    return (ExistingNode.OFFERS if settings.node else OwnedNode.OFFERS), {}
+        return offers, {} if "netns" in offers else {"netns": netns_unavailable() or "?"}
+    offers = OwnedNode.offers()
+    return offers, {} if "tmpfs" in offers else {"tmpfs": tmpfs_unavailable() or "?"}
 
 
 def scenarios_for(settings: RunSettings) -> list[Scenario]:
@@ -90,13 +94,16 @@ def scenarios_for(settings: RunSettings) -> list[Scenario]:
 
 def scenarios_skipped(settings: RunSettings) -> dict[str, str]:
     """The scenarios that would apply to the target but cannot run on this machine, each
-    with the reason (a partition needs network namespaces: root and ``ip``)."""
-    if settings.scenarios or not settings.cluster:
-        return {}
+    with the reason (a partition needs network namespaces, a full disk a tmpfs: root)."""
+    if settings.scenarios:
+        return {}  # a named one that cannot run is refused instead (scenarios_for)
     offers, lacking = _offers(settings)
-    return {s.NAME: "; ".join(lacking.get(m, m) for m in sorted(s.REQUIRES - offers))
-            for s in SCENARIOS.values()
-            if "cluster" in s.REQUIRES and not s.REQUIRES <= offers}
+    out = {}
+    for s in SCENARIOS.values():
+        missing = s.REQUIRES - offers
+        if missing and missing <= lacking.keys():
+            out[s.NAME] = "; ".join(lacking[m] for m in sorted(missing))
+    return out
 
 
 class ScenarioContext:
@@ -287,6 +294,22 @@ def _settle_and_check(ctx: ScenarioContext, probe: Probe) -> None:
 def _run_one(scenario: Scenario, settings: RunSettings, workdir: Path,
              existing: ExistingNode | None, stop: threading.Event,
              progress: Callable[[str], None]) -> ScenarioReport:
+    """One scenario on a target of its own (unless --node): a fresh node (or cluster),
+    its data directory on a small tmpfs if the scenario fills the disk."""
+    with contextlib.ExitStack() as mounts:
+        data_dir = None
+        if "tmpfs" in scenario.REQUIRES and existing is None:
+            from ._tmpfs import open_tmpfs
+
+            disk = getattr(scenario, "DISK_BYTES", 32 << 20)
+            data_dir = mounts.enter_context(
+                open_tmpfs(workdir / scenario.NAME / "disk", disk)) / "data"
+        return _run_on(scenario, settings, workdir, existing, stop, progress, data_dir)
+
+
+def _run_on(scenario: Scenario, settings: RunSettings, workdir: Path,
+            existing: ExistingNode | None, stop: threading.Event,
+            progress: Callable[[str], None], data_dir: Path | None) -> ScenarioReport:
     tally = ScenarioTally(scenario.NAME, settings.seed)
     began = time.monotonic()
     target: Target
@@ -297,7 +320,8 @@ def _run_one(scenario: Scenario, settings: RunSettings, workdir: Path,
         sub.mkdir(parents=True, exist_ok=True)
         target = ClusterTarget(settings.app, sub, settings.cluster,
                                netns="netns" in scenario.REQUIRES) if settings.cluster \
-            else OwnedNode(settings.app, sub, f"chaos-{uuid.uuid4().hex[:8]}")
+            else OwnedNode(settings.app, sub, f"chaos-{uuid.uuid4().hex[:8]}",
+                           data_dir=data_dir)
         progress(f"[{scenario.NAME}] starting {target.describe()}")
         target.start()
     probe: Probe | None = None

@@ -18,8 +18,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Protocol
 
 from . import (
-    crash_loop, durability, flood, hang, kill_storm, node_loss, node_stop, partition, resources,
-    subscriber_flood,
+    crash_loop, disk_full, durability, flood, hang, kill_storm, node_loss, node_stop, partition,
+    resources, subscriber_flood,
 )
 
 if TYPE_CHECKING:
@@ -43,5 +43,5 @@ class Scenario(Protocol):
 
 SCENARIOS: dict[str, Scenario] = {m.NAME: m for m in (kill_storm, crash_loop, hang, flood,
                                                       subscriber_flood, resources,
-                                                      durability, node_loss,
+                                                      durability, disk_full, node_loss,
                                                       node_stop, partition)}

@@ -53,17 +53,26 @@ def _kill_if_tagged(pid: int, tag: str) -> None:
 class OwnedNode:
     """A node the runner started and will reap."""
 
-    # What a scenario may require of its target (Scenario.REQUIRES): a cluster target (a
-    # set of nodes in a mesh) would offer {"cluster", ...} and host the cluster scenarios.
+    # What a scenario may require of its target (Scenario.REQUIRES); a cluster target (a
+    # set of nodes in a mesh) offers {"cluster", ...} and hosts the cluster scenarios.
     OFFERS = frozenset({"node", "owned"})
 
+    @classmethod
+    def offers(cls) -> frozenset[str]:
+        """What an owned node can host here: ``tmpfs`` (a small disk to fill) only where
+        one can be mounted."""
+        from ._tmpfs import tmpfs_unavailable
+
+        return cls.OFFERS | ({"tmpfs"} if tmpfs_unavailable() is None else set())
+
     def __init__(self, app: str | None, workdir: Path, name: str,
-                 extra: tuple[str, ...] = (), prefix: tuple[str, ...] = ()) -> None:
+                 extra: tuple[str, ...] = (), prefix: tuple[str, ...] = (),
+                 data_dir: Path | None = None) -> None:
         self.app = app
         self.extra = extra  # more node options (a cluster member's --listen, --join...)
         self.prefix = prefix  # what runs the node (``ip netns exec NS``: it execs the node)
         self.workdir = workdir
-        self.data_dir = workdir / "data"
+        self.data_dir = data_dir or workdir / "data"  # (a tmpfs for the disk-full scenario)
         self.name = name
         self.tag = f"chaos-{uuid.uuid4().hex[:12]}"
         self.proc: subprocess.Popen[bytes] | None = None

@@ -15,11 +15,13 @@ from typing import Any
 
 import pytest
 
+from prismatic.chaos._cgroup import cgroup_unavailable
 from prismatic.chaos._netns import netns_unavailable
+from prismatic.chaos._tmpfs import tmpfs_unavailable
 from tests.conftest import REPO, SESSION_TAG, wait_until
 
 SCENARIOS = ("kill-storm", "crash-loop", "hang", "flood", "subscriber-flood", "resources",
-             "durability")
+             "durability", "disk-full")
 CLUSTER_SCENARIOS = ("node-loss", "node-stop", "partition")
 
 
@@ -93,6 +95,9 @@ def test_list_names_every_scenario(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("name", SCENARIOS)
 def test_every_scenario_runs_and_holds(every_scenario: dict[str, Any], name: str) -> None:
+    if name == "disk-full" and tmpfs_unavailable() is not None:
+        assert every_scenario["_report"]["skipped"] == {name: tmpfs_unavailable()}
+        pytest.skip(f"disk-full: {tmpfs_unavailable()}")
     s = every_scenario[name]
     assert s["ok"] and not s["violations"], s
     assert s["faults_injected"] >= 1, s
@@ -116,9 +121,14 @@ def test_scenario_specific_figures(every_scenario: dict[str, Any]) -> None:
     assert subs["subscriber_flood_accounted"] >= 1 and subs["node_memory_bounded"] >= 1
     res = every_scenario["resources"]["checks_passed"]
     assert {"memory_limit_crash", "fd_exhaustion_answers", "children_die_with_it"} <= set(res)
+    assert "memory_cap_enforced" in res or cgroup_unavailable() is not None
     dur = every_scenario["durability"]
     assert dur["acked_events_written"] > 0
     assert dur["acked_events_verified"] == dur["acked_events_written"]
+    if tmpfs_unavailable() is None:
+        full = every_scenario["disk-full"]
+        assert full["checks_passed"]["disk_full_reported"] == full["faults_injected"] >= 1
+        assert full["acked_events_written"] == full["acked_events_verified"] > 0
 
 
 def test_a_process_left_outside_the_tree_fails_the_run(tmp_path: Path) -> None:
@@ -170,7 +180,9 @@ def test_scenarios_for_a_target_offer_what_they_require() -> None:
     from prismatic.chaos import RunSettings
     from prismatic.chaos._runner import scenarios_for
 
-    assert [s.NAME for s in scenarios_for(RunSettings())] == list(SCENARIOS)
+    single = [s.NAME for s in scenarios_for(RunSettings())]
+    assert single == [n for n in SCENARIOS
+                      if n != "disk-full" or tmpfs_unavailable() is None]
     on_node = [s.NAME for s in scenarios_for(RunSettings(node="n"))]
     assert "durability" not in on_node and "kill-storm" in on_node
     with pytest.raises(ChaosError, match="durability needs a target that is owned"):

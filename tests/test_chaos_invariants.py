@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import uuid
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -17,13 +18,13 @@ from hypothesis import strategies as st
 from prismatic._control import TreeRow
 from prismatic.chaos._invariants import (
     DownSeen, ExitSeen, Kill, Monitor, acked_events_intact, call_timed_out, control_answered,
-    descendants_gone, escalation_stopped_at, expected_escalation, flood_accounted,
-    global_name_resolved, kills_accounted, memory_bounded, memory_cap_enforced,
-    membership_converged,
-    monitors_fired_once, no_orphans, nothing_left, process_alive, restarts_consistent,
-    shutdown_escalated, subscriber_flood_accounted, tree_converged,
+    descendants_gone, disk_full_reported, escalation_stopped_at, expected_escalation,
+    flood_accounted, global_name_resolved, kills_accounted, memory_bounded, memory_cap_enforced,
+    membership_converged, monitors_fired_once, no_orphans, nothing_left, process_alive,
+    restarts_consistent, shutdown_escalated, subscriber_flood_accounted, tree_converged,
 )
 from prismatic.chaos._cgroup import cgroup_unavailable, open_memory_cgroup
+from prismatic.chaos._tmpfs import free_bytes, open_tmpfs, tmpfs_unavailable
 from prismatic.chaos._observe import (
     TAG_VAR, exits_in_log, metric_sum, rss_bytes, tagged_processes,
 )
@@ -338,3 +339,21 @@ def test_a_memory_cgroup_holds_a_process_and_goes_away(live_pid: int) -> None:
         os.kill(live_pid, signal.SIGKILL)
         wait_until(lambda: not group.procs() or None, 5, "the process to leave its cgroup")
     assert not group.path.exists()
+
+
+def test_disk_full_reported() -> None:
+    full = "EventLogError: emit refused: EventLogFullError: event log x: disk full, 2 events"
+    assert disk_full_reported([full, full], 0.05, 10) is None
+    assert "never filled" in (disk_full_reported([], 0.05, 10) or "")
+    assert "did not say" in (disk_full_reported(
+        [full, "ControlError: node did not answer within 2.0s"], 0.05, 10) or "")
+    assert "after space was freed" in (disk_full_reported([full], None, 10) or "")
+
+
+@pytest.mark.skipif(tmpfs_unavailable() is not None, reason=str(tmpfs_unavailable()))
+def test_a_tmpfs_fills_and_goes_away(tmp_path: Path) -> None:
+    with open_tmpfs(tmp_path / "disk", 1 << 20) as disk:
+        assert 0 < free_bytes(disk) <= 1 << 20
+        with pytest.raises(OSError):  # ENOSPC: it is a disk that fills
+            (disk / "big").write_bytes(b"x" * (2 << 20))
+    assert not os.path.ismount(tmp_path / "disk")
