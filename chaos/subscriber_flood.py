@@ -2,13 +2,15 @@
 
 Each fault adds a subscriber under the root (``chaos_sub_<n>``, temporary,
 :class:`~._apps.Listener`: a worker subscribed to ``chaos.flood.<n>``, a slow consumer) and
-a client publishes ``FLOOD_EVENTS`` events of 1 KiB (64 MiB) to it as fast as
-``publish_many`` goes, in two phases:
+a client publishes ``FLOOD_EVENTS`` events of 1 KiB (32 MiB) to it at 32 MiB/s, twice what
+the subscriber takes (and well under what a node forwards, so that what piles up is the
+subscriber's backlog, not the node's own lag), in two phases:
 
 * ``slow``: the subscriber runs but consumes slowly. Its SUB socket has no receive limit,
   so the backlog is pulled into the *subscriber's* memory as fast as the node forwards it:
   the node's memory must stay bounded (its RSS, sampled every 10 ms, grows by under
-  ``NODE_MEMORY_BOUND``) and the subscriber must get every event, in order;
+  ``NODE_MEMORY_BOUND``, half the flood: a node that kept the backlog would grow by all of
+  it) and the subscriber must get every event, in order;
 * ``stalled``: the subscriber is SIGSTOPped for the flood (``STALLED_EVENTS``, 16 MiB) and
   resumed. Nothing may be lost: every event arrives once it runs again. The node's XPUB
   keeps a stalled subscriber's backlog without limit by design (docs/pubsub.md: it never
@@ -42,13 +44,14 @@ if TYPE_CHECKING:
     from ._shape import TreeShape
 
 NAME = "subscriber-flood"
-SUMMARY = ("floods a slow pub/sub subscriber with 64 MiB, and a SIGSTOPped one; checks every "
+SUMMARY = ("floods a slow pub/sub subscriber with 32 MiB, and a SIGSTOPped one; checks every "
            "event delivered in order or counted as dropped, node RSS bounded (slow)")
 REQUIRES = frozenset({"node"})  # any single node, owned or not
 
-FLOOD_EVENTS = 65_536  # 1 KiB each
+FLOOD_EVENTS = 32_768  # 1 KiB each
 STALLED_EVENTS = 16_384
-NODE_MEMORY_BOUND = 24 << 20
+PUBLISH_RATE = 32_768.0  # events a second: 32 MiB/s, twice what the subscriber takes
+NODE_MEMORY_BOUND = 16 << 20  # half the flood: a node that kept the backlog grows by all of it
 _PAD = b"x" * 1024
 _BATCH = 512
 _MAX_RATE = 0.5  # each fault floods two phases and drains them: a few seconds
@@ -102,6 +105,12 @@ def _phase(ctx: ScenarioContext, name: str, pid: int, topic: str, first: int, co
     try:
         for i in range(first, first + count, _BATCH):
             conn.publish_many(topic, [[j, _PAD] for j in range(i, min(first + count, i + _BATCH))])
+            # Paced at PUBLISH_RATE: faster than the subscriber takes them, slower than a
+            # node forwards (else the backlog is the node's own lag, held by the publisher
+            # and node queues' high-water marks: bounded, but by ~1,000 messages of 64 KiB).
+            ahead = t0 + (i + _BATCH - first) / PUBLISH_RATE - time.monotonic()
+            if ahead > 0:
+                time.sleep(ahead)
         conn.flush(30.0)
         if stalled:  # let the node take the whole backlog while its subscriber is frozen
             deadline = time.monotonic() + 5.0
