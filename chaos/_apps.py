@@ -224,8 +224,8 @@ class Claimant(Worker):
 class Listener(Worker):
     """Registered as ``name``; subscribes to ``pattern`` and counts the events it gets (each
     payload ``[seq, padding]``), noting any seq out of order; a slow consumer on purpose
-    (1 ms every 16 events: under 16,000 a second). ``call(name, "count")`` -> ``[received, out_of_order,
-    undecodable]``."""
+    (1 ms every 16 events: under 16,000 a second). ``call(name, "count")`` ->
+    ``[received, out_of_order, undecodable]``."""
 
     def init(self, name: str, pattern: str) -> None:
         self.received = 0
