@@ -323,7 +323,12 @@ def _run_on(scenario: Scenario, settings: RunSettings, workdir: Path,
             else OwnedNode(settings.app, sub, f"chaos-{uuid.uuid4().hex[:8]}",
                            data_dir=data_dir)
         progress(f"[{scenario.NAME}] starting {target.describe()}")
-        target.start()
+        try:
+            target.start()
+        except BaseException:  # a cluster half started: its nodes and namespaces go too
+            target.stop()
+            target.reap_leftovers()
+            raise
     probe: Probe | None = None
     ctx: ScenarioContext | None = None
     try:
