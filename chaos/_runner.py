@@ -71,6 +71,13 @@ def _offers(settings: RunSettings) -> tuple[frozenset[str], dict[str, str]]:
     return offers, {} if "tmpfs" in offers else {"tmpfs": tmpfs_unavailable() or "?"}
 
 
+# What each requirement asks of the user, where the machine is not the reason it is missing.
+_MEANS = {"owned": "a node the runner starts with --app, not --node",
+          "cluster": "--cluster N", "node": "a single node, not --cluster",
+          "netns": "a cluster in network namespaces (root)",
+          "tmpfs": "a node the runner starts on a tmpfs (root)"}
+
+
 def scenarios_for(settings: RunSettings) -> list[Scenario]:
     """The scenarios to run, in the registry's order: those named (an unknown name is a
     ChaosError, and so is one the target cannot host), else every one the target can host
@@ -84,8 +91,7 @@ def scenarios_for(settings: RunSettings) -> list[Scenario]:
         refused = [s for s in chosen if not s.REQUIRES <= offers]
         if refused:
             missing = sorted(refused[0].REQUIRES - offers)
-            why = "; ".join(f"{m}: {lacking[m]}" for m in missing if m in lacking) or \
-                "owned: a node the runner starts with --app, not --node; cluster: --cluster N"
+            why = "; ".join(f"{m}: {lacking.get(m) or _MEANS.get(m, '?')}" for m in missing)
             raise ChaosError(f"scenario {refused[0].NAME} needs a target that is "
                              f"{', '.join(missing)} ({why})")
         return chosen
