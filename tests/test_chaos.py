@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -246,9 +247,12 @@ def test_a_partition_in_network_namespaces(cluster_runs: dict[str, Any]) -> None
     assert part["ok"] and part["faults_injected"] == 1 and not part["checks_failed"], part
     for check in ("declared_dead", "monitors_fired_once", "global_name_resolved"):
         assert part["checks_passed"][check] == 1
-    # 2 watchers' monitors of the victim's mark and the victim's 2 of theirs
-    assert "4 of 6 monitors fired (noconnection)" in part["notes"][0], part["notes"]
-    assert "2 registered, 0 refused, 1 told they lost" in part["notes"][0]
+    # at least the 2 watchers' monitors of the victim's mark and the victim's 2 of theirs
+    # (more if a node of the connected side also saw the other go down for a moment: then
+    # its monitor fires too, and monitors_fired_once holds it to that)
+    assert re.search(r"[456] of 6 monitors fired \(noconnection\)", part["notes"][0]), \
+        part["notes"]
+    assert "2 registered, 0 refused, 1 told they lost" in part["notes"][0], part["notes"]
     assert not netns_leftovers()
 
 
