@@ -32,6 +32,7 @@ from ._errors import ChildSpecError, EventLogError, NodeError
 from ._nodeinfo import NodeInfo, open_hub_socket, set_current
 from ._process import fork_child
 from ._pubsub_wire import events_address, publish_address
+from .supervisors._procs import check_spare_idle
 from .supervisors._runtime import SupervisorRuntime
 from .transports._channel import Channel, open_channel_pair
 
@@ -112,6 +113,8 @@ def run_node(spec: SupervisorSpec, *, name: str | None = None,
     secret is checked here, before anything starts.
     """
     name = name or default_node_name()
+    if (why := check_spare_idle()) is not None:
+        raise NodeError(why)
     if mesh is not None:
         from .mesh import check_settings  # noqa: PLC0415 - only a clustered node needs it
 

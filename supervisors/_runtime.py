@@ -62,7 +62,7 @@ from ._events import (
     Err, Exit, Exited, Ignored, Init, Ok, Op, Ready, Reply, Report, Request, ShutdownRequested,
     StartFailed, StartProc, Started, StopMany, StopProc,
 )
-from ._procs import PARK_MAX_S, Proc, SpareKeeping, fork_with_channel
+from ._procs import PARK_MAX_S, Proc, SpareKeeping, fork_with_channel, spare_idle_s
 from ._program_loop import ProgramKeeping
 from ._zygote import Zygote
 
@@ -106,6 +106,9 @@ class SupervisorRuntime(SpareKeeping, ProgramKeeping):
         self.sweep_due = False  # a SIGCHLD came: orphans may wait to be killed or reaped
         self.spares_after = 0.0
         self.clone_backoff = 0.0
+        self.busy_at = time.monotonic()
+        self.dormant = False
+        self.idle_limit = spare_idle_s()
 
     # ---- the loop ---------------------------------------------------------------------------
 
@@ -138,6 +141,10 @@ class SupervisorRuntime(SpareKeeping, ProgramKeeping):
                 timeout = max(0.0, self.next_deadline() - time.monotonic())
             elif self.wants_fork_spare() or self.wants_new_zygote():
                 timeout = 0.0
+            dormant_at = self.dormant_at()
+            if dormant_at != float("inf"):
+                wait = max(0.0, dormant_at - time.monotonic())
+                timeout = wait if timeout is None else min(timeout, wait)
             if self.spares_after:  # a clone failed: ask for a spare again when it is time
                 wait = max(0.0, self.spares_after - time.monotonic())
                 timeout = wait if timeout is None else min(timeout, wait)
@@ -161,6 +168,8 @@ class SupervisorRuntime(SpareKeeping, ProgramKeeping):
                 self.renew_zygote()
             elif self.wants_fork_spare():
                 self.fork_spare()
+            elif time.monotonic() >= self.dormant_at():
+                self.go_dormant()
         return exit_code_for(self.exit_reason)
 
     def feed(self, event: Any) -> None:
@@ -227,6 +236,7 @@ class SupervisorRuntime(SpareKeeping, ProgramKeeping):
         if isinstance(spec.start, Program):  # never a spare: see _program_run
             self.starting = self.fork_program(key, spec.start, spec.args)
             return
+        self.wake()  # a dormant supervisor forks this one; its spares come back after
         proc = self.take_spare(key, spec)
         if proc is None and self.zygote is not None and self.zygote.pending \
                 and knows(self.zygote_specs, key, spec):
