@@ -400,12 +400,12 @@ def computed_traffic(n: int, ping_bytes: float, update_bytes: float) -> tuple[fl
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--kills", type=int, default=50)
-    ap.add_argument("--pings", type=int, default=5000)
+    ap.add_argument("--kills", type=int, default=50, help="node SIGKILLs (0: skip)")
+    ap.add_argument("--pings", type=int, default=5000, help="ping round trips (0: skip)")
     ap.add_argument("--losses", type=int, default=20,
                     help="silent losses in network namespaces (0: skip; needs root)")
     ap.add_argument("--soak", type=float, default=60.0,
-                    help="seconds of CPU saturation with a 200 ms SIGSTOP every 10 s")
+                    help="seconds of CPU saturation with a 200 ms SIGSTOP every 10 s (0: skip)")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-mesh-"))
     secret = init_secret(tmp / "cluster.secret")
@@ -414,9 +414,9 @@ def main() -> None:
     try:
         frames_s, bytes_s = traffic(nodes, 5.0)
         false_downs, pauses, refuted = soak(nodes, args.soak) if args.soak else (0, 0, 0)
-        ping = mesh_ping(nodes[0], secret, args.pings)
-        bare = bare_curve_rtt(args.pings)
-        detect, gone = kills(tmp, secret, nodes, port, args.kills)
+        ping = mesh_ping(nodes[0], secret, args.pings) if args.pings else []
+        bare = bare_curve_rtt(args.pings) if args.pings else []
+        detect, gone = kills(tmp, secret, nodes, port, args.kills) if args.kills else ([], [])
     finally:
         for x in nodes:
             x.stop()
@@ -429,11 +429,12 @@ def main() -> None:
                                                      1796166265013, MemberState.ALIVE)))
     us = 1e6
     rows = [
-        ("SIGKILL -> down at all 4 others, p50", f"{pct(detect, .5) * 1000:.1f} ms",
-         "", f"node process torn down: {pct(gone, .5) * 1000:.1f} ms; Erlang: 4 ms (issue)"),
-        (f"SIGKILL -> down at all 4 others, p99 ({len(detect)} kills)",
-         f"{pct(detect, .99) * 1000:.1f} ms", "<= 20 ms p99",
-         f"node process torn down: {pct(gone, .99) * 1000:.1f} ms; Erlang: 14 ms max"),
+        *([("SIGKILL -> down at all 4 others, p50", f"{pct(detect, .5) * 1000:.1f} ms",
+            "", f"node process torn down: {pct(gone, .5) * 1000:.1f} ms; Erlang: 4 ms (issue)"),
+           (f"SIGKILL -> down at all 4 others, p99 ({len(detect)} kills)",
+            f"{pct(detect, .99) * 1000:.1f} ms", "<= 20 ms p99",
+            f"node process torn down: {pct(gone, .99) * 1000:.1f} ms; Erlang: 14 ms max")]
+          if detect else []),
         *([(f"silent loss -> dead at all 4 others, p50 / p99 ({len(losses)} link cuts)",
             f"{pct(losses, .5) * 1000:.0f} / {pct(losses, .99) * 1000:.0f} ms",
             "<= 1 s p99", "Akka: ~10 s; memberlist: 5*log(N+1) s; Erlang: 64-69 s"),
@@ -444,8 +445,9 @@ def main() -> None:
          "Erlang: 1.55 s p50 (issue)"),
         ("5 nodes formed, from last mesh up", f"{from_up * 1000:.0f} ms", "<= 100 ms",
          "Erlang: 217 ms (issue)"),
-        (f"false down declarations, {args.soak:.0f}s soak", f"{false_downs}", "0",
-         f"CPUs saturated, {pauses} SIGSTOPs of 200 ms, {refuted} suspicions refuted"),
+        *([(f"false down declarations, {args.soak:.0f}s soak", f"{false_downs}", "0",
+            f"CPUs saturated, {pauses} SIGSTOPs of 200 ms, {refuted} suspicions refuted")]
+          if args.soak else []),
         ("background per node, 5 nodes (measured)",
          f"{frames_s:.1f} frames/s, {bytes_s:.0f} B/s", "", ""),
     ]
@@ -453,12 +455,11 @@ def main() -> None:
         f, b = computed_traffic(n, ping_bytes, update_bytes)
         rows.append((f"background per node, {n} nodes (computed)",
                      f"{f:.1f} frames/s, {b / 1024:.1f} KiB/s", "", ""))
-    rows += [
-        ("mesh ping -> ack RTT p50 / p99", f"{pct(ping, .5) * us:.0f} / "
-         f"{pct(ping, .99) * us:.0f} us", "",
-         f"bare pyzmq CURVE DEALER->ROUTER echo: {pct(bare, .5) * us:.0f} / "
-         f"{pct(bare, .99) * us:.0f} us"),
-    ]
+    if ping:
+        rows.append(("mesh ping -> ack RTT p50 / p99", f"{pct(ping, .5) * us:.0f} / "
+                     f"{pct(ping, .99) * us:.0f} us", "",
+                     f"bare pyzmq CURVE DEALER->ROUTER echo: {pct(bare, .5) * us:.0f} / "
+                     f"{pct(bare, .99) * us:.0f} us"))
     print(f"mesh bench: 5 nodes on loopback, {len(detect)} SIGKILLs, {len(ping)} pings; "
           f"detector {json.dumps(msgspec.to_builtins(DetectorConfig()))}")
     print_table(("figure", "value", "target", "baseline (same run)"), rows)

@@ -62,6 +62,7 @@ from ..transports._mesh_frames import (
 from ._events import (
     Changed, Count, DetectorConfig, Joined, JoinRequested, LeaveRequested, LinkDown,
     LinkRefused, Member, MeshState, NameConflict, Probe, Received, Relay, Rumor, Send, Tick,
+    Check,
 )
 
 __all__ = ["decide", "initial_state", "table", "next_wake", "suspicion_timeout"]
@@ -96,6 +97,7 @@ def next_wake(state: MeshState) -> float:
         times.append(state.probe.deadline if state.probe.indirect
                      else state.probe.direct_deadline)
     times.extend(r.deadline for r in state.relays)
+    times.extend(c.deadline for c in state.checks)
     times.extend(m.suspect_deadline for m in state.members.values() if m.state is SUSPECT)
     return min(times)
 
@@ -148,6 +150,7 @@ class _Draft:
         self.members = dict(s.members)
         self.probe = s.probe
         self.relays = list(s.relays)
+        self.checks = list(s.checks)
         self.rumors = list(s.rumors)
         self.health = s.health
         self.seq = s.seq
@@ -159,7 +162,8 @@ class _Draft:
     def freeze(self) -> MeshState:
         return msgspec.structs.replace(
             self.s, me=self.me, members=self.members, probe=self.probe,
-            relays=tuple(self.relays), rumors=tuple(self.rumors), health=self.health,
+            relays=tuple(self.relays), checks=tuple(self.checks), rumors=tuple(self.rumors),
+            health=self.health,
             seq=self.seq, rng=self.rng, order=tuple(self.order), **self.changes)
 
     def get(self, field: str) -> Any:
@@ -304,15 +308,38 @@ class _Draft:
                    self.now + timeout, cur.rtt, cur.link_lost)
         self.put(m, old)
         self.rumor(m.update(by))
-        if by != self.me.name:  # check it ourselves next: an independent confirmation
-            self.order = [cur.name] + [n for n in self.order if n != cur.name]
+        if by == self.me.name:  # everyone hears it now and checks for themselves
+            self.push((m.update(by),))
+        else:
+            self.check(m)
+
+    def check(self, m: Member) -> None:
+        """Ping a member another one suspects, now: an independent confirmation (or not)
+        within one probe period, rather than whenever our round robin reaches it."""
+        if any(c.target == m.name for c in self.checks):
+            return
+        seq = self.next_seq()
+        self.checks.append(Check(m.name, m.inc, seq,
+                                 self.now + self.cfg.probe_interval * self.stretch()))
+        self.send(m.addr, Ping(*self.head(), seq=seq, target=m.name,
+                               updates=self.piggyback(m.name)))
+
+    def check_expired(self, c: Check) -> None:
+        self.checks.remove(c)
+        m = self.members.get(c.target)
+        if m is not None and m.state is SUSPECT and m.inc == c.inc \
+                and self.me.name not in m.suspected_by:
+            self.confirm(m, self.me.name)
 
     def confirm(self, cur: Member, by: str) -> None:
         suspectors = cur.suspected_by | {by}
         timeout = suspicion_timeout(self.cfg, self.n_live(), len(suspectors) - 1)
         self.members[cur.name] = msgspec.structs.replace(
             cur, suspected_by=suspectors, suspect_deadline=cur.since + timeout)
-        self.rumor(Update(cur.name, cur.addr, cur.inc, SUSPECT, by))
+        u = Update(cur.name, cur.addr, cur.inc, SUSPECT, by)
+        self.rumor(u)
+        if by == self.me.name:  # every suspector counts the confirmation at once
+            self.push((u,))
 
     def about_me(self, u: Update) -> None:
         """Nobody but this node decides that it is not alive: refute with a higher
@@ -348,8 +375,10 @@ class _Draft:
             self.on_ack(f)
         elif isinstance(f, PingReq):
             seq = self.next_seq()
-            self.relays.append(Relay(seq, f.src, f.addr, f.seq, f.target,
-                                     self.now + self.cfg.probe_timeout * self.stretch()))
+            # The requester waits (interval - timeout) for the indirect acks: our nack
+            # must reach it before that, or it counts us missing and itself slow.
+            nack_in = 0.8 * (self.cfg.probe_interval - self.cfg.probe_timeout)
+            self.relays.append(Relay(seq, f.src, f.addr, f.seq, f.target, self.now + nack_in))
             self.send(f.target_addr, Ping(*self.head(), seq=seq, target=f.target,
                                           updates=self.piggyback(f.target)))
         elif isinstance(f, IndirectAck):
@@ -373,6 +402,10 @@ class _Draft:
             self.merge(Update(f.src, f.addr, f.inc, LEFT))
 
     def on_ack(self, f: Ack) -> None:
+        check = next((c for c in self.checks if c.seq == f.seq), None)
+        if check is not None:
+            self.checks.remove(check)
+            return
         relay = next((r for r in self.relays if r.seq == f.seq), None)
         if relay is not None:
             self.relays.remove(relay)
@@ -488,8 +521,14 @@ class _Draft:
             self.ask_seeds()
         for r in [r for r in self.relays if now >= r.deadline]:
             self.relays.remove(r)
-            self.send(r.requester_addr, Nack(*self.head(), seq=r.orig_seq, target=r.target,
-                                             updates=self.piggyback(r.requester)))
+            if not r.nacked:  # keep relaying a late ack a while: the probe may still wait
+                self.relays.append(msgspec.structs.replace(
+                    r, nacked=True, deadline=now + cfg.probe_timeout * self.stretch()))
+                self.send(r.requester_addr, Nack(*self.head(), seq=r.orig_seq,
+                                                 target=r.target,
+                                                 updates=self.piggyback(r.requester)))
+        for c in [c for c in self.checks if now >= c.deadline]:
+            self.check_expired(c)
         if self.probe is not None:
             if not self.probe.indirect and now >= self.probe.direct_deadline:
                 self.go_indirect()
@@ -518,6 +557,8 @@ class _Draft:
                 deadline=self.now + self.cfg.probe_interval * k)
         self.relays = [msgspec.structs.replace(r, deadline=r.deadline + lag)
                        for r in self.relays]
+        self.checks = [msgspec.structs.replace(c, deadline=c.deadline + lag)
+                       for c in self.checks]
         for m in list(self.members.values()):
             if m.state is SUSPECT:
                 self.members[m.name] = msgspec.structs.replace(
@@ -572,6 +613,7 @@ class _Draft:
         self.me = msgspec.structs.replace(self.me, state=LEFT, since=self.now)
         self.probe = None
         self.relays = []
+        self.checks = []
         self.set(joining=False)
         for m in self.live():
             self.send(m.addr, Leave(*self.head()))
