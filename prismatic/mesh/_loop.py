@@ -311,7 +311,8 @@ class MeshLoop:
                 log.exception("mesh: handling a frame failed (%d so far)",
                               self.counts["errors"])
         # A flood: the rest is the receive task's; make sure it is woken for it.
-        self.router._schedule_remaining_events()  # type: ignore[attr-defined]
+        router: Any = self.router  # pyzmq's own re-check of an edge-triggered socket
+        router._schedule_remaining_events()
 
     def on_changed(self, c: Changed) -> None:
         kind = {MemberState.DEAD: "down", MemberState.LEFT: "left"}.get(c.new)

@@ -3,8 +3,9 @@
 SWIM (Das, Gupta, Motivala 2002) with the Lifeguard refinements (Dadgar et al. 2018, as in
 hashicorp/memberlist), plus the one signal SWIM does without: the transport's.
 
-* **Probes.** Each protocol period this node pings one member (round robin over a shuffled
-  order). No ack within ``probe_timeout``: it asks ``k`` other members to ping the target for
+* **Probes.** Each protocol period this node pings one member (round robin over the members
+  by name, starting after itself: each member is probed by every other within ``N - 1``
+  periods). No ack within ``probe_timeout``: it asks ``k`` other members to ping the target for
   it (``ping_req``) and pings again itself. No ack (direct or relayed) by the period's end: the
   target becomes *suspect*.
 * **Suspicion and incarnations.** A suspicion names the target's incarnation. The target, on
@@ -25,14 +26,19 @@ hashicorp/memberlist), plus the one signal SWIM does without: the transport's.
   once, and when reconnecting is *refused* (nothing listens there any more: ``LinkRefused``),
   that failed probe confirms it: dead at once, no timeout. A stopped or partitioned process
   resets no connection, so this path never fires for them.
-* **Confirmations.** A member that hears of a suspicion probes the suspect next, so the
-  independent confirmations that shorten the timeout arrive within a protocol period.
+* **Confirmations.** A suspicion is pushed to every member at once, and a member that hears
+  of one pings the suspect at once itself (a *check*, beside its probe round): no ack within
+  a probe period and it confirms the suspicion, pushed to every member too. So the
+  independent confirmations that bring the timeout to its minimum arrive within about one
+  period, and a silently lost node is dead everywhere about ``interval + suspicion_min``
+  after the first probe it missed (docs/cluster.md has the timeline).
 * **Dissemination.** Every change is a *rumour* piggybacked on the next frames
   (``retransmit_mult * ceil(log10(N+1))`` times each); a frame to a member we think suspect or
-  dead leads with that belief, so the member can refute it. Joins, refutations and declarations
-  of death are also pushed to every member at once (``gossip``), and every ``sync_interval``
-  this node swaps its whole table with one random live member and one dead one (``sync_req``/
-  ``sync``): what gossip lost is healed, and a healed partition merges.
+  dead leads with that belief, so the member can refute it. Joins, suspicions, confirmations,
+  refutations and declarations of death are also pushed to every member at once (``gossip``),
+  and every ``sync_interval`` this node swaps its whole table with one random live member and
+  one dead one (``sync_req``/``sync``): what gossip lost is healed, and a healed partition
+  merges.
 * **States.** ``alive`` / ``suspect`` / ``dead`` / ``left``. For updates about another member:
   ``alive`` needs a higher incarnation than known; ``suspect`` applies over ``alive`` at the
   same or a higher incarnation; ``dead`` over ``alive``/``suspect`` at the same or higher;
@@ -461,7 +467,7 @@ class _Draft:
     def start_probe(self) -> None:
         while True:
             if not self.order:
-                self.order = [m.name for m in self.shuffled(self.live())]
+                self.order = self.ring()
                 if not self.order:
                     self.set(next_probe_at=self.now + self.cfg.probe_interval)
                     return
@@ -477,6 +483,15 @@ class _Draft:
         self.actions.append(Count("probes_sent"))
         self.send(target.addr, Ping(*self.head(), seq=seq, target=name,
                                     updates=self.piggyback(name)))
+
+    def ring(self) -> list[str]:
+        """One round's probe order: every live member once, by name, starting after this
+        node. Each member is probed by every other within N-1 periods (SWIM's shuffled
+        rounds allow up to 2N-3), and where rounds line up the members' successors probe
+        each member in successive periods rather than several at once."""
+        names = sorted(m.name for m in self.live())
+        after = [n for n in names if n > self.me.name]
+        return after + names[:len(names) - len(after)]
 
     def go_indirect(self) -> None:
         p = self.probe
