@@ -11,14 +11,18 @@ Transport (asyncio + pyzmq, in the node's loop, on a ZeroMQ context of its own):
 * one DEALER per peer address (a *link*), a CURVE client, used only to send. Sends never
   block: a link whose queue is full drops the frame and counts it (the protocol repeats
   what matters). The link's socket monitor is the fast failure signal: ``DISCONNECTED``
-  (the peer's kernel reset the connection) becomes :class:`LinkDown`, and the next failed
-  reconnect (``CLOSED``: refused, nothing listens there) :class:`LinkRefused`. Reconnects
-  start 1-2 ms after a loss and back off to 0.1 s.
+  (the peer's kernel closed the connection) becomes :class:`LinkDown`, and at once the loop
+  *knocks*: a plain non-blocking TCP connect to the peer's address, refused within the call
+  on this host (a round trip on another) when nothing listens there any more:
+  :class:`LinkRefused`. The link's own next failed reconnect (``CLOSED``, 1-2 ms later on
+  libzmq's thread) says the same if the knock could not. Reconnects back off to 0.1 s.
 
 Time: one timer, set after every decision to :func:`._membership.next_wake`; every event
-carries the loop's monotonic time. The loop reports member changes to the node through
-``publish(topic, body)`` (``cluster.node.<name>.up|down|left``), a name conflict through
-``fatal(reason)``, and its counters to Prometheus (:meth:`MeshLoop.collector`).
+carries the loop's monotonic time. Before a timer's tick, the frames already received are
+handled (:meth:`MeshLoop.drain`): a timeout is never judged with its ack unread. The loop
+reports member changes to the node through ``publish(topic, body)``
+(``cluster.node.<name>.up|down|left``), a name conflict through ``fatal(reason)``, and its
+counters to Prometheus (:meth:`MeshLoop.collector`).
 
 The global registry (:mod:`._global_names`) rides on the mesh through two hooks: its frames
 (``g_*``) go to ``on_global_frame`` instead of the membership machine, and ``on_members``
@@ -29,8 +33,10 @@ hears the members believed alive (name -> incarnation) whenever that set changes
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import socket
+import struct
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -68,6 +74,7 @@ DNS_INTERVAL_S = 10.0  # seeds given by name are resolved again this often
 # what matters; a dropped distribution frame fails its call or becomes a dead letter.
 LINK_QUEUE = 4096
 CLOSE_LINGER_MS = 300  # a leaving node's last frames get this long to go out
+KNOCK_TIMEOUT_S = 1.0  # an unanswered connect after a lost link: give up (the probes decide)
 DRAIN_MAX = 256  # frames read ahead of a timer (see MeshLoop.drain)
 
 
@@ -320,13 +327,13 @@ class MeshLoop:
             kind = "up"
         if kind is None:
             return
-        if kind != "up":
-            self.on_node_lost(c.name)
-        log.info("mesh: node %s is %s (%s, incarnation %d)", c.name, kind, c.addr, c.inc)
-        self.publish(f"cluster.node.{c.name}.{kind}", {
+        self.publish(f"cluster.node.{c.name}.{kind}", {  # first: the event is the news
             "node": c.name, "address": _hostport(c.addr), "incarnation": c.inc,
             "state": c.new.value, "previous": c.old.value if c.old else None,
             "seen_by": self.name})
+        if kind != "up":
+            self.on_node_lost(c.name)
+        log.info("mesh: node %s is %s (%s, incarnation %d)", c.name, kind, c.addr, c.inc)
 
     # ---- sending -----------------------------------------------------------------------------
 
@@ -438,9 +445,9 @@ class MeshLoop:
             if event == zmq.EVENT_DISCONNECTED:
                 link.lost = True
                 self.feed(LinkDown(time.monotonic(), link.addr))
+                self.knock(link)
             elif event == zmq.EVENT_CLOSED and link.lost:
-                link.lost = False
-                self.feed(LinkRefused(time.monotonic(), link.addr))
+                self.refused(link)
             elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 link.lost = False
             elif event in (zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL, zmq.EVENT_HANDSHAKE_FAILED_AUTH,
@@ -448,6 +455,45 @@ class MeshLoop:
                 self.counts["handshake_failures"] += 1
                 self.link_warning.warn("mesh: %s refused our handshake: it holds another "
                                        "cluster secret, or is not a Prismatic node", link.addr)
+
+    def refused(self, link: _Link) -> None:
+        if link.lost and self.links.get(link.addr) is link:
+            link.lost = False
+            self.feed(LinkRefused(time.monotonic(), link.addr))
+
+    def knock(self, link: _Link) -> None:
+        """Ask the peer's kernel at once whether anything still listens there, rather than
+        wait for the link's reconnect (1-2 ms later on libzmq's thread, then one more wake
+        of this loop): a connect to a closed port on this host is refused within the call,
+        on another host within a round trip. A connect that succeeds proves nothing (the
+        dying process may not have closed its listener yet) and is dropped at once."""
+        host, _, port = link.addr[6:].rpartition(":")
+        host = host.strip("[]")
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET,
+                             socket.SOCK_STREAM)
+        sock.setblocking(False)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # RST
+        err = sock.connect_ex((host, int(port)))
+        if err != errno.EINPROGRESS:
+            sock.close()
+            if err == errno.ECONNREFUSED:
+                self.counts["knocks_refused"] += 1
+                self.refused(link)
+            return
+        done = self.loop.call_later(KNOCK_TIMEOUT_S, self.knocked, link, sock, True)
+
+        def writable() -> None:
+            done.cancel()
+            self.knocked(link, sock, False)
+        self.loop.add_writer(sock.fileno(), writable)
+
+    def knocked(self, link: _Link, sock: socket.socket, timed_out: bool) -> None:
+        self.loop.remove_writer(sock.fileno())
+        err = 0 if timed_out else sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        sock.close()
+        if err == errno.ECONNREFUSED:
+            self.counts["knocks_refused"] += 1
+            self.refused(link)
 
     async def watch_admission(self, monitor: zmq.asyncio.Socket, watch: AdmissionWatch) -> None:
         try:
@@ -543,6 +589,8 @@ class _MeshCollector:
                 ("frames_dropped", "Frames dropped because a peer's queue was full"),
                 ("dist_frames_dropped", "Distribution frames from a non-member, dropped"),
                 ("handshake_failures", "Our handshakes a peer refused"),
+                ("knocks_refused", "Lost links whose address refused our connect at once "
+                 "(nothing listens: a dead node, confirmed without a timeout)"),
                 ("errors", "Frames whose handling raised (a bug; logged)"),
                 ("frames_sent", "Frames sent to peers"),
                 ("frames_received", "Frames received from peers (well-formed)")):
