@@ -1,14 +1,15 @@
 """Node mesh benchmarks (issue: node mesh). Loopback only: every node on this host.
 
-Run: ``python bench/bench_mesh.py [--kills N]``. Starts real nodes (empty trees) in a
-5-node cluster and prints one table: figure, value, target, and a baseline measured in this
-same run.
+Run: ``python bench/bench_mesh.py [--kills N] [--losses N] [--soak SECONDS] [--pings N]``
+(each 0 skips that part). Starts real nodes (empty trees) in a 5-node cluster and prints one
+table: figure, value, target, and a baseline measured in this same run.
 
 * SIGKILL -> declared down by every other member: the bench subscribes to
   ``cluster.node.#`` on the four survivors, SIGKILLs the fifth node's process and takes, per
   kill, the time until the last survivor's ``cluster.node.<name>.down`` event reached the
-  bench (so it includes pub/sub delivery). The killed node is then restarted under its
-  name and the next kill waits until every member lists it alive again. Baselines: the
+  bench (so it includes pub/sub delivery; the first survivor's is shown too). The killed
+  node is then restarted under its name and the next kill waits until every member lists
+  it alive again. Baselines: the
   killed node process's own teardown (from the kill until its pidfd is readable: the kernel
   closes its sockets only after unmapping its memory, so no peer can hear of the death
   sooner), and Erlang's 4 ms p50 (OTP 25, same machine kind; from the issue, not measured).
