@@ -9,10 +9,10 @@ table: figure, value, target, and a baseline measured in this same run.
   kill, the time until the last survivor's ``cluster.node.<name>.down`` event reached the
   bench (so it includes pub/sub delivery; the first survivor's is shown too). The killed
   node is then restarted under its name and the next kill waits until every member lists
-  it alive again. Baselines: the
-  killed node process's own teardown (from the kill until its pidfd is readable: the kernel
-  closes its sockets only after unmapping its memory, so no peer can hear of the death
-  sooner), and Erlang's 4 ms p50 (OTP 25, same machine kind; from the issue, not measured).
+  it alive again. Baselines: the killed node process's own teardown (from the kill until its
+  pidfd is readable: the kernel closes its sockets only after unmapping its memory, so no
+  peer can hear of the death sooner), and Erlang's 4 ms p50 (OTP 25, same machine kind;
+  from the issue, not measured).
 * Formation: five nodes launched at once (one listening on a fixed port, four joining it),
   until every node lists all five alive (the latest moment any node saw any member become
   alive, from the nodes' own tables): from launch, and from the moment the last node's mesh
