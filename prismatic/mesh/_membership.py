@@ -66,9 +66,8 @@ from ..transports._mesh_frames import (
     Nack, Ping, PingReq, Sync, SyncReq, Update,
 )
 from ._events import (
-    Changed, Count, DetectorConfig, Joined, JoinRequested, LeaveRequested, LinkDown,
+    Changed, Check, Count, DetectorConfig, Joined, JoinRequested, LeaveRequested, LinkDown,
     LinkRefused, Member, MeshState, NameConflict, Probe, Received, Relay, Rumor, Send, Tick,
-    Check,
 )
 
 __all__ = ["decide", "initial_state", "table", "next_wake", "suspicion_timeout"]
@@ -169,8 +168,8 @@ class _Draft:
         return msgspec.structs.replace(
             self.s, me=self.me, members=self.members, probe=self.probe,
             relays=tuple(self.relays), checks=tuple(self.checks), rumors=tuple(self.rumors),
-            health=self.health,
-            seq=self.seq, rng=self.rng, order=tuple(self.order), **self.changes)
+            health=self.health, seq=self.seq, rng=self.rng, order=tuple(self.order),
+            **self.changes)
 
     def get(self, field: str) -> Any:
         return self.changes.get(field, getattr(self.s, field))
@@ -322,7 +321,7 @@ class _Draft:
     def check(self, m: Member) -> None:
         """Ping a member another one suspects, now: an independent confirmation (or not)
         within one probe period, rather than whenever our round robin reaches it."""
-        if any(c.target == m.name for c in self.checks):
+        if any(c.target == m.name and c.inc == m.inc for c in self.checks):
             return
         seq = self.next_seq()
         self.checks.append(Check(m.name, m.inc, seq,
