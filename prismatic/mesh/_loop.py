@@ -115,6 +115,7 @@ class MeshLoop:
         self.seeds = tuple(parse_hostport(s, "--join") for s in settings.join)
         self.counts: Counter[str] = Counter()
         self.refusals: Counter[str] = Counter()
+        self.links_refused: Counter[str] = Counter()
         self.sent_bytes: Counter[str] = Counter()
         self.received_bytes: Counter[str] = Counter()
         self.bad_frame_warning = ThrottledWarning(log)
@@ -447,7 +448,7 @@ class MeshLoop:
                 self.feed(LinkDown(time.monotonic(), link.addr))
                 self.knock(link)
             elif event == zmq.EVENT_CLOSED and link.lost:
-                self.refused(link)
+                self.refused(link, "reconnect")
             elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 link.lost = False
             elif event in (zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL, zmq.EVENT_HANDSHAKE_FAILED_AUTH,
@@ -456,9 +457,12 @@ class MeshLoop:
                 self.link_warning.warn("mesh: %s refused our handshake: it holds another "
                                        "cluster secret, or is not a Prismatic node", link.addr)
 
-    def refused(self, link: _Link) -> None:
+    def refused(self, link: _Link, by: str) -> None:
+        """Nothing listens at a lost link's address: the first to find out (our knock, or
+        the link's own reconnect) confirms the death, counted by which it was."""
         if link.lost and self.links.get(link.addr) is link:
             link.lost = False
+            self.links_refused[by] += 1
             self.feed(LinkRefused(time.monotonic(), link.addr))
 
     def knock(self, link: _Link) -> None:
@@ -477,8 +481,7 @@ class MeshLoop:
         if err != errno.EINPROGRESS:
             sock.close()
             if err == errno.ECONNREFUSED:
-                self.counts["knocks_refused"] += 1
-                self.refused(link)
+                self.refused(link, "knock")
             return
         done = self.loop.call_later(KNOCK_TIMEOUT_S, self.knocked, link, sock, True)
 
@@ -492,8 +495,7 @@ class MeshLoop:
         err = 0 if timed_out else sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         sock.close()
         if err == errno.ECONNREFUSED:
-            self.counts["knocks_refused"] += 1
-            self.refused(link)
+            self.refused(link, "knock")
 
     async def watch_admission(self, monitor: zmq.asyncio.Socket, watch: AdmissionWatch) -> None:
         try:
@@ -589,8 +591,6 @@ class _MeshCollector:
                 ("frames_dropped", "Frames dropped because a peer's queue was full"),
                 ("dist_frames_dropped", "Distribution frames from a non-member, dropped"),
                 ("handshake_failures", "Our handshakes a peer refused"),
-                ("knocks_refused", "Lost links whose address refused our connect at once "
-                 "(nothing listens: a dead node, confirmed without a timeout)"),
                 ("errors", "Frames whose handling raised (a bug; logged)"),
                 ("frames_sent", "Frames sent to peers"),
                 ("frames_received", "Frames received from peers (well-formed)")):
@@ -618,6 +618,13 @@ class _MeshCollector:
             for peer, n in list(m.remote.events_dropped.items()):
                 dropped.add_metric([peer], n)
         yield dropped
+        links = CounterMetricFamily(
+            "prismatic_cluster_links_refused", "Lost links whose address refused a connect "
+            "(nothing listens: a dead node, confirmed at once), by who found out first: our "
+            "knock or the link's reconnect", labels=["by"])
+        for by in ("knock", "reconnect"):
+            links.add_metric([by], m.links_refused[by])
+        yield links
         refusals = CounterMetricFamily("prismatic_cluster_auth_refusals",
                                        "Connections refused admission, by reason",
                                        labels=["reason"])
