@@ -470,7 +470,9 @@ class MeshLoop:
         wait for the link's reconnect (1-2 ms later on libzmq's thread, then one more wake
         of this loop): a connect to a closed port on this host is refused within the call,
         on another host within a round trip. A connect that succeeds proves nothing (the
-        dying process may not have closed its listener yet) and is dropped at once."""
+        dying process may not have closed its listener yet: its descriptors close in
+        order) and is reset at once; a live peer whose connection to us dropped for another
+        reason counts that one connection as a refused handshake."""
         host, _, port = link.addr[6:].rpartition(":")
         host = host.strip("[]")
         sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET,
