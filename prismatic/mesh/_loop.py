@@ -11,14 +11,18 @@ Transport (asyncio + pyzmq, in the node's loop, on a ZeroMQ context of its own):
 * one DEALER per peer address (a *link*), a CURVE client, used only to send. Sends never
   block: a link whose queue is full drops the frame and counts it (the protocol repeats
   what matters). The link's socket monitor is the fast failure signal: ``DISCONNECTED``
-  (the peer's kernel reset the connection) becomes :class:`LinkDown`, and the next failed
-  reconnect (``CLOSED``: refused, nothing listens there) :class:`LinkRefused`. Reconnects
-  start 1-2 ms after a loss and back off to 0.1 s.
+  (the peer's kernel closed the connection) becomes :class:`LinkDown`, and at once the loop
+  *knocks*: a plain non-blocking TCP connect to the peer's address, refused within the call
+  on this host (a round trip on another) when nothing listens there any more:
+  :class:`LinkRefused`. The link's own next failed reconnect (``CLOSED``, 1-2 ms later on
+  libzmq's thread) says the same if the knock could not. Reconnects back off to 0.1 s.
 
 Time: one timer, set after every decision to :func:`._membership.next_wake`; every event
-carries the loop's monotonic time. The loop reports member changes to the node through
-``publish(topic, body)`` (``cluster.node.<name>.up|down|left``), a name conflict through
-``fatal(reason)``, and its counters to Prometheus (:meth:`MeshLoop.collector`).
+carries the loop's monotonic time. Before a timer's tick, the frames already received are
+handled (:meth:`MeshLoop.drain`): a timeout is never judged with its ack unread. The loop
+reports member changes to the node through ``publish(topic, body)``
+(``cluster.node.<name>.up|down|left``), a name conflict through ``fatal(reason)``, and its
+counters to Prometheus (:meth:`MeshLoop.collector`).
 
 The global registry (:mod:`._global_names`) rides on the mesh through two hooks: its frames
 (``g_*``) go to ``on_global_frame`` instead of the membership machine, and ``on_members``
@@ -29,8 +33,10 @@ hears the members believed alive (name -> incarnation) whenever that set changes
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import socket
+import struct
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -68,6 +74,8 @@ DNS_INTERVAL_S = 10.0  # seeds given by name are resolved again this often
 # what matters; a dropped distribution frame fails its call or becomes a dead letter.
 LINK_QUEUE = 4096
 CLOSE_LINGER_MS = 300  # a leaving node's last frames get this long to go out
+KNOCK_TIMEOUT_S = 1.0  # an unanswered connect after a lost link: give up (the probes decide)
+DRAIN_MAX = 256  # frames read ahead of a timer (see MeshLoop.drain)
 
 
 class MemberRow(msgspec.Struct, frozen=True):
@@ -107,6 +115,7 @@ class MeshLoop:
         self.seeds = tuple(parse_hostport(s, "--join") for s in settings.join)
         self.counts: Counter[str] = Counter()
         self.refusals: Counter[str] = Counter()
+        self.links_refused: Counter[str] = Counter()
         self.sent_bytes: Counter[str] = Counter()
         self.received_bytes: Counter[str] = Counter()
         self.bad_frame_warning = ThrottledWarning(log)
@@ -151,6 +160,7 @@ class MeshLoop:
             self.ctx.term()
             raise NodeError(f"--listen {self.settings.listen}: cannot bind: {exc}") from None
         self.router = router
+        self.router_sync: zmq.Socket[bytes] = zmq.Socket.shadow(router.underlying)
         self.addr = _advertised(router.get_string(zmq.LAST_ENDPOINT))
         watch = AdmissionWatch(self.refusals, self.refusal_warning)
         admission = router.get_monitor_socket(WATCHED_EVENTS)
@@ -285,7 +295,32 @@ class MeshLoop:
 
     def on_timer(self) -> None:
         self.timer = None
+        self.drain()
         self.feed(Tick(time.monotonic()))
+
+    def drain(self) -> None:
+        """Handle the frames already received before a timer judges anyone. On a loaded
+        host the timer and the ack it waits for fall due in the same loop iteration, and
+        the loop runs the timer first (the receive task resumes an iteration later): the
+        probe would fail with its ack waiting. Reads until the socket is empty (so the
+        receive task's pending read is woken by the next frame), at most DRAIN_MAX."""
+        for _ in range(DRAIN_MAX):
+            try:
+                parts = self.router_sync.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            except zmq.ZMQError as exc:
+                self.link_warning.warn("mesh: reading the listening socket failed: %s", exc)
+                return
+            try:
+                self.on_message(parts)
+            except Exception:  # noqa: BLE001 - one frame must never end the mesh
+                self.counts["errors"] += 1
+                log.exception("mesh: handling a frame failed (%d so far)",
+                              self.counts["errors"])
+        # A flood: the rest is the receive task's; make sure it is woken for it.
+        router: Any = self.router  # pyzmq's own re-check of an edge-triggered socket
+        router._schedule_remaining_events()
 
     def on_changed(self, c: Changed) -> None:
         kind = {MemberState.DEAD: "down", MemberState.LEFT: "left"}.get(c.new)
@@ -293,13 +328,13 @@ class MeshLoop:
             kind = "up"
         if kind is None:
             return
-        if kind != "up":
-            self.on_node_lost(c.name)
-        log.info("mesh: node %s is %s (%s, incarnation %d)", c.name, kind, c.addr, c.inc)
-        self.publish(f"cluster.node.{c.name}.{kind}", {
+        self.publish(f"cluster.node.{c.name}.{kind}", {  # first: the event is the news
             "node": c.name, "address": _hostport(c.addr), "incarnation": c.inc,
             "state": c.new.value, "previous": c.old.value if c.old else None,
             "seen_by": self.name})
+        if kind != "up":
+            self.on_node_lost(c.name)
+        log.info("mesh: node %s is %s (%s, incarnation %d)", c.name, kind, c.addr, c.inc)
 
     # ---- sending -----------------------------------------------------------------------------
 
@@ -411,9 +446,9 @@ class MeshLoop:
             if event == zmq.EVENT_DISCONNECTED:
                 link.lost = True
                 self.feed(LinkDown(time.monotonic(), link.addr))
+                self.knock(link)
             elif event == zmq.EVENT_CLOSED and link.lost:
-                link.lost = False
-                self.feed(LinkRefused(time.monotonic(), link.addr))
+                self.refused(link, "reconnect")
             elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 link.lost = False
             elif event in (zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL, zmq.EVENT_HANDSHAKE_FAILED_AUTH,
@@ -421,6 +456,48 @@ class MeshLoop:
                 self.counts["handshake_failures"] += 1
                 self.link_warning.warn("mesh: %s refused our handshake: it holds another "
                                        "cluster secret, or is not a Prismatic node", link.addr)
+
+    def refused(self, link: _Link, by: str) -> None:
+        """Nothing listens at a lost link's address: the first to find out (our knock, or
+        the link's own reconnect) confirms the death, counted by which it was."""
+        if link.lost and self.links.get(link.addr) is link:
+            link.lost = False
+            self.links_refused[by] += 1
+            self.feed(LinkRefused(time.monotonic(), link.addr))
+
+    def knock(self, link: _Link) -> None:
+        """Ask the peer's kernel at once whether anything still listens there, rather than
+        wait for the link's reconnect (1-2 ms later on libzmq's thread, then one more wake
+        of this loop): a connect to a closed port on this host is refused within the call,
+        on another host within a round trip. A connect that succeeds proves nothing (the
+        dying process may not have closed its listener yet: its descriptors close in
+        order) and is reset at once; a live peer whose connection to us dropped for another
+        reason counts that one connection as a refused handshake."""
+        host, _, port = link.addr[6:].rpartition(":")
+        host = host.strip("[]")
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET,
+                             socket.SOCK_STREAM)
+        sock.setblocking(False)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # RST
+        err = sock.connect_ex((host, int(port)))
+        if err != errno.EINPROGRESS:
+            sock.close()
+            if err == errno.ECONNREFUSED:
+                self.refused(link, "knock")
+            return
+        done = self.loop.call_later(KNOCK_TIMEOUT_S, self.knocked, link, sock, True)
+
+        def writable() -> None:
+            done.cancel()
+            self.knocked(link, sock, False)
+        self.loop.add_writer(sock.fileno(), writable)
+
+    def knocked(self, link: _Link, sock: socket.socket, timed_out: bool) -> None:
+        self.loop.remove_writer(sock.fileno())
+        err = 0 if timed_out else sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        sock.close()
+        if err == errno.ECONNREFUSED:
+            self.refused(link, "knock")
 
     async def watch_admission(self, monitor: zmq.asyncio.Socket, watch: AdmissionWatch) -> None:
         try:
@@ -543,6 +620,13 @@ class _MeshCollector:
             for peer, n in list(m.remote.events_dropped.items()):
                 dropped.add_metric([peer], n)
         yield dropped
+        links = CounterMetricFamily(
+            "prismatic_cluster_links_refused", "Lost links whose address refused a connect "
+            "(nothing listens: a dead node, confirmed at once), by who found out first: our "
+            "knock or the link's reconnect", labels=["by"])
+        for by in ("knock", "reconnect"):
+            links.add_metric([by], m.links_refused[by])
+        yield links
         refusals = CounterMetricFamily("prismatic_cluster_auth_refusals",
                                        "Connections refused admission, by reason",
                                        labels=["reason"])
