@@ -48,6 +48,7 @@ from ..transports._global_frames import GLOBAL_FRAMES
 from ..transports._mesh_frames import (
     DIST_FRAMES, MemberState, decode_mesh_frame, encode_mesh_frame,
 )
+from ._direct import DirectPort
 from ._auth import WATCHED_EVENTS, ZAP_ENDPOINT, AdmissionWatch, parse_event, serve_zap
 from ._events import (
     Changed, Count, Joined, JoinRequested, LeaveRequested, LinkDown, LinkRefused, MeshState,
@@ -136,7 +137,8 @@ class MeshLoop:
         zap.linger = 0
         zap.bind(ZAP_ENDPOINT)  # before any CURVE server exists in this context
         self.zap = zap
-        router = self.ctx.socket(zmq.ROUTER)
+        # Read on a thread of its own (._direct), never by the loop: a plain socket.
+        router = self.sync_ctx.socket(zmq.ROUTER)
         router.linger = 0
         router.curve_server = True
         router.curve_publickey = self.keys.public
@@ -153,7 +155,9 @@ class MeshLoop:
         self.router = router
         self.addr = _advertised(router.get_string(zmq.LAST_ENDPOINT))
         watch = AdmissionWatch(self.refusals, self.refusal_warning)
-        admission = router.get_monitor_socket(WATCHED_EVENTS)
+        router.monitor("inproc://mesh-admission", WATCHED_EVENTS)
+        admission = self.ctx.socket(zmq.PAIR)  # read by the loop, as the links' monitors
+        admission.connect("inproc://mesh-admission")
         inc = time.time_ns() // 1_000_000  # a restart always outranks its predecessor
         self.state = initial_state(self.name, self.addr, inc, time.monotonic(), self.seeds,
                                    seed=inc ^ hash(self.addr))
@@ -161,9 +165,10 @@ class MeshLoop:
             self.loop.create_task(serve_zap(zap, self.keys.public, self.refusals,
                                             self.refusal_warning)),
             self.loop.create_task(self.watch_admission(admission, watch)),
-            self.loop.create_task(self.receive()),
             self.loop.create_task(self.resolve_seeds()),
         ]
+        self.port = DirectPort(self.name, router, self.loop, self.on_frames)
+        self.port.start()
         log.info("mesh: %s listening on %s (incarnation %d)%s", self.name, self.addr, inc,
                  f", joining via {', '.join(self.seeds)}" if self.seeds else "")
         self.feed(Tick(time.monotonic()))
@@ -225,6 +230,7 @@ class MeshLoop:
         await asyncio.gather(*self.tasks, *self.closing,
                              *(lk.task for lk in self.links.values() if lk.task),
                              return_exceptions=True)
+        self.port.stop()
         for link in self.links.values():
             link.sock.close(CLOSE_LINGER_MS)  # a Leave still queued goes out
             link.monitor.close(0)
@@ -366,9 +372,11 @@ class MeshLoop:
 
     # ---- receiving ---------------------------------------------------------------------------
 
-    async def receive(self) -> None:
-        while True:
-            parts = await self.router.recv_multipart(copy=False)
+    def on_frames(self, batch: list[list[Any]]) -> None:
+        """Frames the receiving thread (:mod:`._direct`) read, in arrival order."""
+        for parts in batch:
+            if self.closed:
+                return
             try:
                 self.on_message(parts)
             except Exception:  # noqa: BLE001 - one frame must never end the mesh
