@@ -539,6 +539,15 @@ class _MeshCollector:
             c = CounterMetricFamily(f"prismatic_cluster_relay_{what}", help_)
             c.add_metric([], dist[what])
             yield c
+        port = m.port.counters if getattr(m, "port", None) is not None else Counter()
+        for what, help_ in (
+                ("messages", "Messages from other nodes' processes on their direct links"),
+                ("bad_frames", "Direct batches dropped as malformed"),
+                ("answers_lost", "Call answers for a direct link that was gone"),
+                ("errors", "Direct messages whose handling raised (a bug; logged)")):
+            c = CounterMetricFamily(f"prismatic_cluster_direct_{what}", help_)
+            c.add_metric([], port[what])
+            yield c
         received = CounterMetricFamily("prismatic_cluster_events_received",
                                        "Pub/sub messages from other members, published here")
         received.add_metric([], dist["events_received"])
