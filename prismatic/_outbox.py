@@ -71,6 +71,9 @@ EXIT_REASON_WAIT_S = 1.0  # how long a failed call waits for the tree to report 
 # Busy-poll for a reply this long before blocking (see _spin_recv); never on one CPU, where
 # spinning would only delay the callee.
 SPIN_S = 50e-6 if len(os.sched_getaffinity(0)) > 1 else 0.0
+# A process sending on a direct link reads its relay's notices (a lost node) at most this
+# often: a read per message would cost a system call each.
+RELAY_POLL_S = 0.001
 _untrusted = ThrottledWarning(log)  # squatted mailbox addresses (each becomes a dead letter)
 
 
@@ -150,6 +153,7 @@ class Outbox:
         self.located: dict[str, Located] = {}  # the relay's answers to locate
         self.via: dict[int, DirectLink] = {}  # remote calls in flight on a direct link
         self.linked = False  # this process made a direct link (it flushes them at exit)
+        self.relay_read_at = 0.0
         self.names: dict[str, Pid] = {}
         self.refs = itertools.count(1)
         self.dead_letters = 0
@@ -292,11 +296,15 @@ class Outbox:
     def link_to(self, node: str, timeout: float) -> DirectLink | None:
         """The direct link to ``node``; None if the relay does not know it reachable (or
         this node is in no cluster): the relay path then fails what is sent."""
-        if self.links:
-            self.poll_relay()
         link = self.links.get(node)
         if link is not None:
-            return link
+            now = time.monotonic()
+            if now >= self.relay_read_at:  # a lost node is seen within RELAY_POLL_S
+                self.relay_read_at = now + RELAY_POLL_S
+                self.poll_relay()
+                link = self.links.get(node)
+            if link is not None:
+                return link
         try:
             relay = self.relay_peer()
         except OSError:
