@@ -20,12 +20,14 @@ lists, Structs as dicts). Undeliverable casts and sends become dead letters repo
 hub, and the call returns False.
 
 A destination on another node (a Pid whose ``node`` is not ours, or ``(name, node)``) is
-reached through this node's relay (:mod:`prismatic.mesh._remote`): one connection for every
-remote destination, so messages leave in send order. A cast or send to one returns True once
-the relay has it; if it turns out undeliverable, the node that finds out records the dead
-letter. A call's reply, refusal (``NoProcError``) or failure (``ProcessDown``, with the
-callee's exit reason, or ``NoConnection()`` when its node became unreachable) comes back on
-the relay connection.
+reached on this process's direct link to that node (:mod:`._direct_link`, located through
+this node's relay once; pyzmq is imported then, never before): one link per node, so
+messages leave in send order. A cast or send returns True once the link (or, for a node
+that is not reachable, this node's relay, :mod:`prismatic.mesh._remote`) has it; if it
+turns out undeliverable, the node that finds out records the dead letter. A call's reply,
+refusal (``NoProcError``) or failure (``ProcessDown``, with the callee's exit reason, or
+``NoConnection()`` when its node became unreachable: the relay says so) comes back on the
+link it went out on.
 """
 
 from __future__ import annotations

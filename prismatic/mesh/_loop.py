@@ -4,9 +4,11 @@ Transport (asyncio + pyzmq, in the node's loop, on a ZeroMQ context of its own):
 
 * one ROUTER bound on ``--listen`` (TCP, default ``127.0.0.1:0``: a new node is never
   exposed beyond its host), a CurveZMQ server with the cluster's keypair; the ZAP handler
-  and the refusal count are :mod:`._auth`. Every frame a peer sends arrives here; it is
-  decoded at the edge (:mod:`prismatic.transports._mesh_frames`), and one that does not
-  decode is dropped, counted and logged (throttled) with the peer's address;
+  and the refusal count are :mod:`._auth`. Every frame a peer sends arrives here, read by
+  a thread of its own (:mod:`._direct`: it also serves other nodes' processes' direct
+  links) that hands the mesh's frames to the loop in arrival order; each is decoded at the
+  edge (:mod:`prismatic.transports._mesh_frames`), and one that does not decode is
+  dropped, counted and logged (throttled) with the peer's address;
 * seeds given by name are resolved every 10 s; each A/AAAA record is a seed;
 * one DEALER per peer address (a *link*), a CURVE client, used only to send. Sends never
   block: a link whose queue is full drops the frame and counts it (the protocol repeats

@@ -1,17 +1,30 @@
 """Distribution: messages, monitors and links between processes of different nodes.
 
 Runs in the node, on its loop, beside the hub (:mod:`prismatic._hub`) and the mesh loop
-(:mod:`._loop`). The path of a message to a process of another node::
+(:mod:`._loop`). The path of a message to a process of another node reachable now::
+
+    process --direct link (ZeroMQ, CURVE)--> the other node's port thread --AF_UNIX--> mailbox
+
+A process locates the other node through this node's relay once, then sends on a direct
+link of its own (:mod:`prismatic._direct_link`) to that node's mesh ROUTER, whose thread
+(:mod:`._direct`) delivers and answers without a turn of either node's loop: one ordered
+ZeroMQ stream per process and node, one connection per destination mailbox there, so per
+sender -> destination order is kept end to end. What goes to a node this node does not
+know reachable takes the relay path below, which fails it (``NoConnection()``, a dead
+letter) as it always has::
 
     process --AF_UNIX--> this node's relay --mesh link--> the other node --AF_UNIX--> mailbox
 
 * **The relay** listens at ``\\0prismatic/<node>/relay`` (frames of
-  :mod:`prismatic.transports._remote_frames`, only from the node's uid). Each process keeps
-  one connection to it for all its remote destinations, so what it sends leaves in order;
-  the mesh link to a peer is one ordered ZeroMQ stream, and the receiving node keeps one
-  connection per destination mailbox: per sender -> destination order is kept end to end.
-* **Calls**: the receiving node gives each call it delivers a ref of its own (the callers
-  of many nodes share its connection to a mailbox) and maps the reply back. A callee that is
+  :mod:`prismatic.transports._remote_frames`, only from the node's uid). It answers
+  ``locate`` with a reachable member's mesh address and the cluster's keys, and tells each
+  process that located a node when that node is lost (``node_lost``: the process fails its
+  calls in flight on that link with ``NoConnection()`` and closes the link). Each process
+  keeps one connection to it; on the relay path, what it sends leaves in order, the mesh
+  link to a peer is one ordered ZeroMQ stream, and the receiving node keeps one connection
+  per destination mailbox.
+* **Calls** (either path): the receiving node gives each call it delivers a ref of its own
+  (the callers of many nodes share its connection to a mailbox) and maps the reply back. A callee that is
   not there refuses the call (``noproc``: the caller raises :class:`NoProcError`); one whose
   connection breaks mid-call fails it with its exit reason as the hub learns it
   (:class:`ProcessDown`). A call in flight to a node that becomes unreachable fails with
