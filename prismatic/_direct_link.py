@@ -30,6 +30,8 @@ from .transports._remote_frames import (
 
 __all__ = ["DirectLink", "close_all", "LINGER_MS"]
 
+# Plain ints: pyzmq's enum flags cost a conversion on every use.
+_EVENTS, _POLLIN, _NOBLOCK = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.NOBLOCK)
 LINGER_MS = 250  # what a process sent before exiting gets this long to leave
 SEND_HWM = 100_000  # messages queued for one link before a send blocks (then its timeout)
 _context: zmq.Context[Any] | None = None
@@ -94,7 +96,7 @@ class DirectLink:
         return self.sock.getsockopt(zmq.FD)
 
     def readable(self) -> bool:
-        return bool(self.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN)
+        return bool(self.sock.get(_EVENTS) & _POLLIN)
 
     def wait(self, other_fd: int, timeout: float) -> tuple[bool, bool]:
         """Block until an answer or ``other_fd`` is readable: (link readable, fd readable)."""
@@ -110,8 +112,8 @@ class DirectLink:
         global bad_batches
         out: list[Any] = []
         sock = self.sock
-        while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:  # cheaper than a zmq.Again
-            data = sock.recv(zmq.NOBLOCK, copy=False)
+        while sock.get(_EVENTS) & _POLLIN:  # cheaper than a zmq.Again
+            data = sock.recv(_NOBLOCK, copy=False)
             batch, why = decode_answers(data.buffer)
             if batch is None:
                 bad_batches += 1

@@ -60,6 +60,9 @@ log = logging.getLogger(__name__)
 _mailbox_decoder = msgspec.msgpack.Decoder(MailboxFrame)
 _DIRECT = b"PD"
 _IN, _OUT = select.EPOLLIN, select.EPOLLOUT
+# Plain ints: pyzmq's enum flags cost a conversion on every use in the hot loop.
+_EVENTS, _POLLIN, _NOBLOCK = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.NOBLOCK)
+_SNDMORE = int(zmq.SNDMORE) | _NOBLOCK
 READ_SIZE = 1 << 16
 # After handing calls to mailboxes, poll for their replies this long before sleeping (as a
 # local caller does; never on one CPU, where spinning would only delay the callee).
@@ -135,7 +138,7 @@ class DirectPort:
         router, wake, by_fd = self.router, self.wake, self.by_fd
         while not self.stopping:
             self.drain()
-            if int(router.get(zmq.EVENTS)) & zmq.POLLIN:
+            if router.get(_EVENTS) & _POLLIN:  # type: ignore[operator]
                 continue  # sending consumed the descriptor's edge: look again before sleeping
             for fd, ev in self.epoll.poll(1.0):
                 if fd == wake:
@@ -160,10 +163,12 @@ class DirectPort:
         """Everything the ROUTER holds now: direct batches delivered, the rest to the loop."""
         router = self.router
         others: list[list[Any]] = []
-        # EVENTS, not a receive until zmq.Again: that exception costs more than the check.
-        while int(router.get(zmq.EVENTS)) & zmq.POLLIN:
-            # Frames, not bytes: a frame handed to the loop may need its peer's address.
-            parts = router.recv_multipart(zmq.NOBLOCK, copy=False)
+        while True:
+            try:
+                # Frames, not bytes: a frame handed to the loop may need its peer's address.
+                parts = router.recv_multipart(_NOBLOCK, copy=False)
+            except zmq.Again:
+                break
             if len(parts) == 2 and parts[1].buffer[:2] == _DIRECT:
                 self.deliveries(parts[0].bytes, parts[1])
             else:
@@ -286,9 +291,11 @@ class DirectPort:
         if not self.answers:
             return
         answers, self.answers = self.answers, {}
+        send = self.router.send
         for link, batch in answers.items():
             try:
-                self.router.send_multipart((link, encode_answers(batch)), zmq.NOBLOCK)
+                send(link, _SNDMORE)
+                send(encode_answers(batch), _NOBLOCK)
             except zmq.ZMQError:  # the link is gone (its process exited): nobody awaits them
                 self.counters["answers_lost"] += len(batch)
 

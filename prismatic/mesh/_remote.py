@@ -3,7 +3,7 @@
 Runs in the node, on its loop, beside the hub (:mod:`prismatic._hub`) and the mesh loop
 (:mod:`._loop`). The path of a message to a process of another node reachable now::
 
-    process --direct link (ZeroMQ, CURVE)--> the other node's port thread --AF_UNIX--> mailbox
+    process --direct link (ZeroMQ, CURVE)--> the other node's port --AF_UNIX--> mailbox
 
 A process locates the other node through this node's relay once, then sends on a direct
 link of its own (:mod:`prismatic._direct_link`) to that node's mesh ROUTER, whose thread
@@ -24,8 +24,9 @@ letter) as it always has::
   link to a peer is one ordered ZeroMQ stream, and the receiving node keeps one connection
   per destination mailbox.
 * **Calls** (either path): the receiving node gives each call it delivers a ref of its own
-  (the callers of many nodes share its connection to a mailbox) and maps the reply back. A callee that is
-  not there refuses the call (``noproc``: the caller raises :class:`NoProcError`); one whose
+  (the callers of many nodes share its connection to a mailbox) and maps the reply back.
+  A callee that is not there refuses the call (``noproc``: the caller raises
+  :class:`NoProcError`); one whose
   connection breaks mid-call fails it with its exit reason as the hub learns it
   (:class:`ProcessDown`). A call in flight to a node that becomes unreachable fails with
   ``NoConnection()``; an answer that arrives after that (a healed partition) is dropped.
