@@ -33,7 +33,9 @@ __all__ = ["DirectLink", "close_all", "LINGER_MS"]
 # Plain ints: pyzmq's enum flags cost a conversion on every use.
 _EVENTS, _POLLIN, _NOBLOCK = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.NOBLOCK)
 LINGER_MS = 250  # what a process sent before exiting gets this long to leave
-SEND_HWM = 100_000  # messages queued for one link before a send blocks (then its timeout)
+# Messages queued for one link (the node slow or unreachable) before a send blocks, then
+# fails with MailboxFull at its timeout: as many as a mesh link queues.
+SEND_HWM = 4096
 _context: zmq.Context[Any] | None = None
 _links: list[DirectLink] = []
 log = logging.getLogger(__name__)

@@ -232,7 +232,7 @@ class MeshLoop:
         await asyncio.gather(*self.tasks, *self.closing,
                              *(lk.task for lk in self.links.values() if lk.task),
                              return_exceptions=True)
-        self.port.stop()
+        self.port.stop()  # before the ROUTER it reads closes
         for link in self.links.values():
             link.sock.close(CLOSE_LINGER_MS)  # a Leave still queued goes out
             link.monitor.close(0)
