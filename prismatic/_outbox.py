@@ -76,6 +76,9 @@ SPIN_S = 50e-6 if len(os.sched_getaffinity(0)) > 1 else 0.0
 # A process sending on a direct link reads its relay's notices (a lost node) at most this
 # often: a read per message would cost a system call each.
 RELAY_POLL_S = 0.001
+# A process waiting for an answer on a direct link reads its relay's notices this often: a
+# call in flight to a node declared lost fails within this of the notice.
+RELAY_WAIT_S = 0.05
 _untrusted = ThrottledWarning(log)  # squatted mailbox addresses (each becomes a dead letter)
 
 
@@ -509,26 +512,24 @@ class Outbox:
     def _collect_direct(self, link: DirectLink, req: RequestId,
                         deadline: float) -> CallReply | CallRefused | CallFailed:
         """The answer to ``req``, sent on ``link``: read from the link, or a failure when
-        the relay says its node is lost meanwhile."""
+        the relay says its node is lost meanwhile (read between waits of RELAY_WAIT_S)."""
         ref = req.ref
         while True:
             found = link.replies.pop(ref, None)
             if found is not None:
                 link.waiting.discard(ref)
                 return found
-            if not link.readable():
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    link.waiting.discard(ref)
-                    raise CallTimeout(req.dest, "no reply in time")
-                # No busy poll first, as a local call does: spinning on a ZeroMQ socket
-                # measured twice the round trip (it competes with the I/O thread).
-                relay = self.relay
-                _, told = link.wait(relay.sock.fileno() if relay is not None else -1, left)
-                if told:
-                    self.poll_relay()  # a lost node fails the link's calls
-                    continue
-            for frame in link.read():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                link.waiting.discard(ref)
+                raise CallTimeout(req.dest, "no reply in time")
+            # No busy poll first, as a local call does: spinning on a ZeroMQ socket
+            # measured twice the round trip (it competes with the I/O thread).
+            answers = link.receive(min(left, RELAY_WAIT_S))
+            if answers is None:
+                self.poll_relay()  # a lost node fails the link's calls
+                continue
+            for frame in answers:
                 if frame.ref == ref:
                     found = frame
                 elif frame.ref in link.waiting:

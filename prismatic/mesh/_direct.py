@@ -63,6 +63,7 @@ _IN, _OUT = select.EPOLLIN, select.EPOLLOUT
 # Plain ints: pyzmq's enum flags cost a conversion on every use in the hot loop.
 _EVENTS, _POLLIN, _NOBLOCK = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.NOBLOCK)
 _SNDMORE = int(zmq.SNDMORE) | _NOBLOCK
+_RCVMORE = int(zmq.RCVMORE)
 READ_SIZE = 1 << 16
 # After handing calls to mailboxes, poll for their replies this long before sleeping (as a
 # local caller does; never on one CPU, where spinning would only delay the callee).
@@ -162,15 +163,28 @@ class DirectPort:
     def drain(self) -> None:
         """Everything the ROUTER holds now: direct batches delivered, the rest to the loop."""
         router = self.router
+        recv, get = router.recv, router.get
+        events: Any = None
         others: list[list[Any]] = []
+        n = 0
         while True:
+            # One message (a call waiting for its answer): ask EVENTS (~1 us) rather than
+            # end on zmq.Again (~5 us measured here); a burst: end on zmq.Again, once.
+            if n == 1:
+                events = get(_EVENTS)
+                if not events & _POLLIN:
+                    break
             try:
-                # Frames, not bytes: a frame handed to the loop may need its peer's address.
-                parts = router.recv_multipart(_NOBLOCK, copy=False)
+                ident = recv(_NOBLOCK)
             except zmq.Again:
                 break
+            n += 1
+            # Frames, not bytes: a frame handed to the loop may need its peer's address.
+            parts: list[Any] = [ident]
+            while get(_RCVMORE):
+                parts.append(recv(_NOBLOCK, copy=False))
             if len(parts) == 2 and parts[1].buffer[:2] == _DIRECT:
-                self.deliveries(parts[0].bytes, parts[1])
+                self.deliveries(ident, parts[1])
             else:
                 others.append(parts)
         calls = [o for o in self.dirty if o.calls]
