@@ -6,7 +6,11 @@ malformed direct batch is dropped, counted and logged, and the node goes on serv
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -14,15 +18,16 @@ import pytest
 import zmq
 
 import prismatic as p
-from prismatic.mesh._secret import derive_keys, read_secret
+from prismatic.mesh._secret import derive_keys, init_secret, read_secret
 from prismatic.transports._messages import CallFrame, CallReply
 from prismatic.transports._remote_frames import (
     DIRECT_PREFIX, Deliver, decode_answers, decode_deliveries, encode_answers,
     encode_deliveries,
 )
-from tests.conftest import wait_until
+from tests.conftest import REPO, RunningNode, start_node, wait_until
 from tests.test_mesh import members, metric, states
-from tests.test_remote import L, Nodes
+from tests.test_mesh_netns import Net, netns_unavailable
+from tests.test_remote import APP, L, Nodes
 
 
 @pytest.fixture(scope="module")
@@ -128,3 +133,74 @@ def test_direct_batches_decode_what_they_encode_and_refuse_the_rest() -> None:
                 DIRECT_PREFIX + msgspec.msgpack.encode([[1, 2, 3]])):
         assert decode_deliveries(bad)[0] is None
         assert decode_answers(bad)[0] is None
+
+
+# ---- across a real partition (network namespaces; you are root) -------------------------
+
+NET_RUN = uuid.uuid4().hex[:5]
+NET_SUBNET = f"10.{150 + int(NET_RUN[:2], 16) % 50}.{int(NET_RUN[2:4], 16)}"
+
+_CALLER = """
+import sys
+import prismatic as p
+c = p.connect(sys.argv[1])
+pid = p.Pid(sys.argv[2], int(sys.argv[3]))
+req = c.send_request(pid, ["sleep", 6])
+print("sent", flush=True)
+try:
+    print("answer", c.receive_response(req, timeout=20), flush=True)
+except p.ProcessDown as exc:
+    print("down", type(exc.reason).__name__, flush=True)
+sys.stdin.readline()  # healed
+print("again", c.call(pid, ["echo", "again"], timeout=10), flush=True)
+print("after", c.call(pid, ["echo", "after"], timeout=10), flush=True)
+"""
+
+
+@pytest.mark.skipif(netns_unavailable() is not None, reason=str(netns_unavailable()))
+def test_a_partition_fails_the_call_in_flight_and_a_heal_gives_a_new_link(
+        tmp_path: Path) -> None:
+    net = Net(2, prefix="pd", subnet=NET_SUBNET)
+    secret = init_secret(tmp_path / "cluster.secret")
+    names = [f"dh{i}{NET_RUN}" for i in (1, 2)]
+    nodes: list[RunningNode] = []
+    caller: subprocess.Popen[str] | None = None
+    try:
+        for i in (1, 2):
+            sub = tmp_path / f"h{i}"
+            sub.mkdir()
+            join = ("--join", f"{NET_SUBNET}.1:4370") if i > 1 else ()
+            nodes.append(start_node(sub, APP, name=names[i - 1], data_dir=sub / "data",
+                                    prefix=("ip", "netns", "exec", net.hosts[i - 1]),
+                                    args=("--cluster-secret", str(secret), "--listen",
+                                          f"{NET_SUBNET}.{i}:4370", *join)))
+        h1, h2 = nodes
+        everyone = {n: "alive" for n in names}
+        wait_until(lambda: states(h1) == everyone and states(h2) == everyone, 10, "formation")
+        ospid = wait_until(lambda: h2.conn.pid_of("a"), 10, "h2's worker")
+        caller = subprocess.Popen(
+            ["ip", "netns", "exec", net.hosts[0], sys.executable, "-c", _CALLER,
+             str(h1.data_dir), names[1], str(ospid)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO,
+            env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+        assert caller.stdout is not None and caller.stdin is not None
+        assert caller.stdout.readline().strip() == "sent"
+        net.link(2, up=False)
+        # the call in flight fails once h1 declares h2 dead, not when its 20 s run out
+        assert caller.stdout.readline().strip() == "down NoConnection"
+        net.link(2, up=True)
+        wait_until(lambda: states(h1) == everyone and states(h2) == everyone, 15, "the heal")
+        caller.stdin.write("healed\n")
+        caller.stdin.flush()
+        # a new link; the first call's late answer (its sleep ends meanwhile) is dropped
+        assert caller.stdout.readline().strip() == "again again"
+        assert caller.stdout.readline().strip() == "after after"
+        assert caller.wait(10) == 0
+    finally:
+        if caller is not None and caller.poll() is None:
+            caller.kill()
+            caller.wait()
+        net.link(2, up=True)
+        for n in nodes:
+            n.stop()
+        net.close()
