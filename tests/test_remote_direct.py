@@ -6,6 +6,7 @@ malformed direct batch is dropped, counted and logged, and the node goes on serv
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import uuid
@@ -121,6 +122,31 @@ def test_a_malformed_direct_batch_is_dropped_counted_and_logged(nodes: Nodes) ->
     assert nodes.nodes["a"].conn.call(nodes.pid("b", "c"), ["echo", 1]) == 1
     wait_until(lambda: "dropped a malformed direct batch from 127.0.0.1" in
                (node.log.parent / "node.out").read_text(), 5, "the log line")
+
+
+def test_a_node_restarted_under_its_name_fails_the_call_in_flight(nodes: Nodes) -> None:
+    """A node SIGKILLed and started again under its name (a new incarnation at a new
+    address): the call in flight to the old one fails NoConnection, and the new one is
+    reached on a new link (located again)."""
+    a = nodes.nodes["a"].conn
+    old = nodes.nodes["b"]
+    req = a.send_request(nodes.pid("b", "b"), ["sleep", 20])
+    old.proc.send_signal(signal.SIGKILL)
+    old.proc.wait()
+    sub = nodes.tmp / "b-again"
+    sub.mkdir()
+    nodes.nodes["b"] = start_node(
+        sub, APP, name=nodes.name("b"), data_dir=nodes.tmp / "data-b-again",
+        args=("--cluster-secret", str(nodes.secret), "--join",
+              members(nodes.nodes["a"])[nodes.name("a")].address))
+    with pytest.raises(p.ProcessDown) as failed:
+        a.receive_response(req, timeout=15)
+    assert isinstance(failed.value.reason, p.NoConnection)
+    wait_until(lambda: not old.pids(), 10, "the killed node's tree to die with it")
+    fresh = nodes.pid("b", "a")
+    assert wait_until(lambda: states(nodes.nodes["a"]).get(nodes.name("b")) == "alive", 10,
+                      "the new incarnation to be alive")
+    assert a.call(fresh, ["echo", "new"], timeout=5) == "new"
 
 
 def test_direct_batches_decode_what_they_encode_and_refuse_the_rest() -> None:
