@@ -24,8 +24,9 @@ Wake-ups: one epoll over the ROUTER's descriptor (edge-like: the ROUTER is drain
 has nothing, and its ``EVENTS`` checked before sleeping), the mailbox connections and an
 eventfd for what the loop posts. After handing calls to mailboxes the thread polls those
 connections for up to ``SPIN_S`` before sleeping, as a local caller does: a callee that
-answers that fast costs it no wake-up (on two CPUs or more; never on one). A malformed batch is dropped, counted
-(``prismatic_cluster_direct_bad_frames``) and logged (throttled) with the peer's address.
+answers that fast costs it no wake-up (on two CPUs or more; never on one). A malformed
+batch is dropped, counted (``prismatic_cluster_direct_bad_frames``) and logged (throttled)
+with the peer's address.
 """
 
 from __future__ import annotations
