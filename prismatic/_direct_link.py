@@ -10,8 +10,10 @@ process sends to the processes of one node leaves, travels and is delivered in s
 
 The relay stays the process's line to its own node: it says when the other node is lost
 (``node_lost``: calls in flight fail with ``NoConnection()``, the link is closed and its late
-replies never read). A process flushes its links before it exits (:func:`close_all`, within
-``LINGER_MS``), so what it sent before exiting goes out ahead of its exit's notices.
+replies never read; casts and sends it still held are dropped with it, as Erlang drops what
+a broken distribution connection holds: they were never handed to the other node). A
+process flushes its links before it exits (:func:`close_all`, within ``LINGER_MS``), so what
+it sent before exiting goes out ahead of its exit's notices.
 """
 
 from __future__ import annotations
