@@ -423,6 +423,8 @@ class NodeLoop:
         dist.on_control = self.on_remote_control
         dist.on_lost = self.control_node_lost
         dist.publish_local = self.forwarder.send
+        dist.address_of, dist.keys = mesh.member_addr, mesh.keys  # direct links (._direct)
+        dist.attach_port(mesh.port)
         self.forwarder.on_published = dist.published
         mesh.remote = self.hub.remote = dist
 

@@ -4,9 +4,11 @@ Transport (asyncio + pyzmq, in the node's loop, on a ZeroMQ context of its own):
 
 * one ROUTER bound on ``--listen`` (TCP, default ``127.0.0.1:0``: a new node is never
   exposed beyond its host), a CurveZMQ server with the cluster's keypair; the ZAP handler
-  and the refusal count are :mod:`._auth`. Every frame a peer sends arrives here; it is
-  decoded at the edge (:mod:`prismatic.transports._mesh_frames`), and one that does not
-  decode is dropped, counted and logged (throttled) with the peer's address;
+  and the refusal count are :mod:`._auth`. Every frame a peer sends arrives here, read by
+  a thread of its own (:mod:`._direct`: it also serves other nodes' processes' direct
+  links) that hands the mesh's frames to the loop in arrival order; each is decoded at the
+  edge (:mod:`prismatic.transports._mesh_frames`), and one that does not decode is
+  dropped, counted and logged (throttled) with the peer's address;
 * seeds given by name are resolved every 10 s; each A/AAAA record is a seed;
 * one DEALER per peer address (a *link*), a CURVE client, used only to send. Sends never
   block: a link whose queue is full drops the frame and counts it (the protocol repeats
@@ -54,6 +56,7 @@ from ..transports._global_frames import GLOBAL_FRAMES
 from ..transports._mesh_frames import (
     DIST_FRAMES, MemberState, decode_mesh_frame, encode_mesh_frame,
 )
+from ._direct import DirectPort
 from ._auth import WATCHED_EVENTS, ZAP_ENDPOINT, AdmissionWatch, parse_event, serve_zap
 from ._events import (
     Changed, Count, Joined, JoinRequested, LeaveRequested, LinkDown, LinkRefused, MeshState,
@@ -145,7 +148,8 @@ class MeshLoop:
         zap.linger = 0
         zap.bind(ZAP_ENDPOINT)  # before any CURVE server exists in this context
         self.zap = zap
-        router = self.ctx.socket(zmq.ROUTER)
+        # Read on a thread of its own (._direct), never by the loop: a plain socket.
+        router = self.sync_ctx.socket(zmq.ROUTER)
         router.linger = 0
         router.curve_server = True
         router.curve_publickey = self.keys.public
@@ -163,7 +167,9 @@ class MeshLoop:
         self.router_sync: zmq.Socket[bytes] = zmq.Socket.shadow(router.underlying)
         self.addr = _advertised(router.get_string(zmq.LAST_ENDPOINT))
         watch = AdmissionWatch(self.refusals, self.refusal_warning)
-        admission = router.get_monitor_socket(WATCHED_EVENTS)
+        router.monitor("inproc://mesh-admission", WATCHED_EVENTS)
+        admission = self.ctx.socket(zmq.PAIR)  # read by the loop, as the links' monitors
+        admission.connect("inproc://mesh-admission")
         inc = time.time_ns() // 1_000_000  # a restart always outranks its predecessor
         self.state = initial_state(self.name, self.addr, inc, time.monotonic(), self.seeds,
                                    seed=inc ^ hash(self.addr))
@@ -171,9 +177,10 @@ class MeshLoop:
             self.loop.create_task(serve_zap(zap, self.keys.public, self.refusals,
                                             self.refusal_warning)),
             self.loop.create_task(self.watch_admission(admission, watch)),
-            self.loop.create_task(self.receive()),
             self.loop.create_task(self.resolve_seeds()),
         ]
+        self.port = DirectPort(self.name, router, self.loop, self.on_frames)
+        self.port.start()
         log.info("mesh: %s listening on %s (incarnation %d)%s", self.name, self.addr, inc,
                  f", joining via {', '.join(self.seeds)}" if self.seeds else "")
         self.feed(Tick(time.monotonic()))
@@ -235,6 +242,7 @@ class MeshLoop:
         await asyncio.gather(*self.tasks, *self.closing,
                              *(lk.task for lk in self.links.values() if lk.task),
                              return_exceptions=True)
+        self.port.stop()  # before the ROUTER it reads closes
         for link in self.links.values():
             link.sock.close(CLOSE_LINGER_MS)  # a Leave still queued goes out
             link.monitor.close(0)
@@ -401,9 +409,11 @@ class MeshLoop:
 
     # ---- receiving ---------------------------------------------------------------------------
 
-    async def receive(self) -> None:
-        while True:
-            parts = await self.router.recv_multipart(copy=False)
+    def on_frames(self, batch: list[list[Any]]) -> None:
+        """Frames the receiving thread (:mod:`._direct`) read, in arrival order."""
+        for parts in batch:
+            if self.closed:
+                return
             try:
                 self.on_message(parts)
             except Exception:  # noqa: BLE001 - one frame must never end the mesh
@@ -607,6 +617,15 @@ class _MeshCollector:
                 ("errors", "Relay frames whose handling raised (a bug; logged)")):
             c = CounterMetricFamily(f"prismatic_cluster_relay_{what}", help_)
             c.add_metric([], dist[what])
+            yield c
+        port = m.port.counters if getattr(m, "port", None) is not None else Counter()
+        for what, help_ in (
+                ("messages", "Messages from other nodes' processes on their direct links"),
+                ("bad_frames", "Direct batches dropped as malformed"),
+                ("answers_lost", "Call answers for a direct link that was gone"),
+                ("errors", "Direct messages whose handling raised (a bug; logged)")):
+            c = CounterMetricFamily(f"prismatic_cluster_direct_{what}", help_)
+            c.add_metric([], port[what])
             yield c
         received = CounterMetricFamily("prismatic_cluster_events_received",
                                        "Pub/sub messages from other members, published here")
