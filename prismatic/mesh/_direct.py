@@ -79,7 +79,8 @@ Origin = tuple[bytes, int]
 class DirectPort:
     """Reads ``router`` on a thread of its own (see the module docstring).
 
-    ``on_frames(parts_list)`` runs on ``loop`` with the frames that are not direct batches.
+    ``on_frames(parts_list)`` is called on this thread with the frames that are not direct
+    batches, in arrival order: it must only hand them to the loop (thread-safe).
     Until the node's distribution sets ``hub`` (and the hooks below), direct batches are
     dropped and counted (no process was told this node's address yet);
     ``fail_calls(pid, origins)`` runs on ``loop`` when ``pid``'s mailbox connection broke
@@ -195,7 +196,7 @@ class DirectPort:
             outlet.send_out()
         self.dirty.clear()
         if others:
-            self.loop.call_soon_threadsafe(self.on_frames, others)
+            self.on_frames(others)
         self.flush_answers()
         if calls and SPIN_S:
             self.spin(calls)

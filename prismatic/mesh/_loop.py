@@ -35,6 +35,7 @@ hears the members believed alive (name -> incarnation) whenever that set changes
 from __future__ import annotations
 
 import asyncio
+import collections
 import errno
 import logging
 import socket
@@ -78,7 +79,6 @@ DNS_INTERVAL_S = 10.0  # seeds given by name are resolved again this often
 LINK_QUEUE = 4096
 CLOSE_LINGER_MS = 300  # a leaving node's last frames get this long to go out
 KNOCK_TIMEOUT_S = 1.0  # an unanswered connect after a lost link: give up (the probes decide)
-DRAIN_MAX = 256  # frames read ahead of a timer (see MeshLoop.drain)
 
 
 class MemberRow(msgspec.Struct, frozen=True):
@@ -164,7 +164,7 @@ class MeshLoop:
             self.ctx.term()
             raise NodeError(f"--listen {self.settings.listen}: cannot bind: {exc}") from None
         self.router = router
-        self.router_sync: zmq.Socket[bytes] = zmq.Socket.shadow(router.underlying)
+        self.inbox: collections.deque[list[list[Any]]] = collections.deque()
         self.addr = _advertised(router.get_string(zmq.LAST_ENDPOINT))
         watch = AdmissionWatch(self.refusals, self.refusal_warning)
         router.monitor("inproc://mesh-admission", WATCHED_EVENTS)
@@ -179,7 +179,7 @@ class MeshLoop:
             self.loop.create_task(self.watch_admission(admission, watch)),
             self.loop.create_task(self.resolve_seeds()),
         ]
-        self.port = DirectPort(self.name, router, self.loop, self.on_frames)
+        self.port = DirectPort(self.name, router, self.loop, self.post_frames)
         self.port.start()
         log.info("mesh: %s listening on %s (incarnation %d)%s", self.name, self.addr, inc,
                  f", joining via {', '.join(self.seeds)}" if self.seeds else "")
@@ -309,26 +309,22 @@ class MeshLoop:
     def drain(self) -> None:
         """Handle the frames already received before a timer judges anyone. On a loaded
         host the timer and the ack it waits for fall due in the same loop iteration, and
-        the loop runs the timer first (the receive task resumes an iteration later): the
-        probe would fail with its ack waiting. Reads until the socket is empty (so the
-        receive task's pending read is woken by the next frame), at most DRAIN_MAX."""
-        for _ in range(DRAIN_MAX):
-            try:
-                parts = self.router_sync.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                return
-            except zmq.ZMQError as exc:
-                self.link_warning.warn("mesh: reading the listening socket failed: %s", exc)
-                return
-            try:
-                self.on_message(parts)
-            except Exception:  # noqa: BLE001 - one frame must never end the mesh
-                self.counts["errors"] += 1
-                log.exception("mesh: handling a frame failed (%d so far)",
-                              self.counts["errors"])
-        # A flood: the rest is the receive task's; make sure it is woken for it.
-        router: Any = self.router  # pyzmq's own re-check of an edge-triggered socket
-        router._schedule_remaining_events()
+        the loop may run the timer first (the receiving thread's hand-over is a callback
+        that runs later in the iteration): the probe would fail with its ack waiting. The
+        thread queues what it read (``inbox``) before it schedules the callback, so what is
+        queued now is handled now, in arrival order."""
+        inbox = self.inbox
+        while inbox:
+            self.on_frames(inbox.popleft())
+
+    def post_frames(self, batch: list[list[Any]]) -> None:
+        """Called on the receiving thread: queue ``batch`` for the loop (deque appends and
+        pops are atomic), and have the loop take it unless a timer's drain does first."""
+        self.inbox.append(batch)
+        try:
+            self.loop.call_soon_threadsafe(self.drain)
+        except RuntimeError:
+            pass  # the loop is closed: the node is stopping, nothing is judged any more
 
     def on_changed(self, c: Changed) -> None:
         kind = {MemberState.DEAD: "down", MemberState.LEFT: "left"}.get(c.new)
