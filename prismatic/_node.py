@@ -140,7 +140,9 @@ def run_node(spec: SupervisorSpec, *, name: str | None = None,
     _check_event_log(data / "eventlog", name)  # a log the node would refuse: before the tree
     hub_sock = open_hub_socket(name)  # before the fork: a second node of this name fails here
     # inherited by every process of the tree; a new creation per start (see _address)
-    set_current(NodeInfo(name, data.resolve(), new_creation()))
+    info = NodeInfo(name, data.resolve(), new_creation())
+    str(info.data_dir)  # cached in the Path now, not computed (and copied) in every worker
+    set_current(info)
     # Fork the root before any ZeroMQ context exists in this process.
     mine, theirs = open_channel_pair()
     root_pid = fork_child((theirs.fileno(),), lambda: _root_main(spec, theirs, name),
