@@ -27,7 +27,7 @@ from .._worker_runtime import WorkerContext, run_worker
 from ..transports._channel import Channel
 from ..transports._framing import encode_frame
 from ..transports._frames import Become, ExitingFrame, IgnoredFrame, ReadyFrame
-from ._logfile import capture_prints, prepare_prints, settle_prints
+from ._logfile import capture_prints, prepare_prints, settle_prints, unprepare_prints
 
 __all__ = ["spare_main", "run_child", "knows", "proc_name"]
 
@@ -111,6 +111,7 @@ def run_child(spec: ChildSpec, channel: Channel, path: tuple[str, ...], node: st
                                      f"declare type='supervisor'")
             if prepared is not None:
                 prepared.mailbox.close()
+                unprepare_prints()
             from ._runtime import SupervisorRuntime  # noqa: PLC0415 - the two call each other
 
             return SupervisorRuntime(start, channel, path, node).run()

@@ -39,7 +39,8 @@ import os
 import sys
 from pathlib import Path
 
-__all__ = ["RotatingLog", "log_path", "capture_prints", "prepare_prints", "settle_prints",
+__all__ = ["RotatingLog", "log_path", "capture_prints", "prepare_prints", "unprepare_prints",
+           "settle_prints",
            "copy_truncate",
            "WORKER_LOG_MAX_BYTES", "WORKER_LOG_KEEP", "WORKER_LOG_CHECK_S"]
 
@@ -144,11 +145,16 @@ class RotatingLog:
 
 class _Prints:
     """This process's print capture (a worker's): the logs prefix, the spool a spare points
-    descriptor 1 at until it knows its file, and that file."""
+    descriptor 1 at until it knows its file, and that file; ``pid``, the process they are
+    of (a child forked later inherits the values, not the descriptors); what descriptor 1
+    and the streams were before (a spare that becomes a supervisor gets them back)."""
 
+    pid = 0
     prefix = ""
     spool = -1
     file = ""
+    saved = -1
+    streams: tuple[object, object] = (None, None)
 
 
 _prints = _Prints()
@@ -159,15 +165,30 @@ def prepare_prints(data_dir: Path | str) -> None:
     """In a spare, while it waits: sys.stdout line-buffered, sys.stderr the same stream,
     and descriptor 1 an anonymous file (``O_TMPFILE``) that holds what ``init`` prints
     until :func:`settle_prints` moves it to the worker's own file, once ready."""
+    _prints.pid = os.getpid()
     _prints.prefix = f"{os.fspath(data_dir)}/logs/"
+    _prints.streams = (sys.stdout, sys.stderr)
     sys.stdout = sys.stderr = _stdout()
     try:
         os.makedirs(_prints.prefix, mode=0o700, exist_ok=True)
         spool = os.open(_prints.prefix, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
+        _prints.saved = os.dup(1)
     except OSError:
         return  # no O_TMPFILE here: capture_prints opens the file itself
     os.dup2(spool, 1)
     _prints.spool = spool
+
+
+def unprepare_prints() -> None:
+    """A prepared spare that becomes a supervisor: its descriptor 1 and streams back."""
+    if _prints.pid != os.getpid():
+        return
+    if _prints.spool >= 0:
+        os.dup2(_prints.saved, 1)
+        os.close(_prints.saved)
+        os.close(_prints.spool)
+    sys.stdout, sys.stderr = _prints.streams  # type: ignore[assignment]
+    _prints.pid, _prints.prefix, _prints.spool, _prints.saved = 0, "", -1, -1
 
 
 def _stdout() -> io.TextIOWrapper:
@@ -184,7 +205,8 @@ def capture_prints(data_dir: Path | str, path: tuple[str, ...]) -> None:
     """In a worker's process, before its ``init``: its output goes to its log file (see the
     module doc). A spare prepared for it: only the file's name now (its output is spooled
     until :func:`settle_prints`); else the file is opened and made descriptor 1 at once."""
-    if not _prints.prefix:
+    if _prints.pid != os.getpid():  # not prepared here (values a fork inherited)
+        _prints.pid, _prints.spool, _prints.saved = os.getpid(), -1, -1
         _prints.prefix = f"{os.fspath(data_dir)}/logs/"
         sys.stdout = sys.stderr = _stdout()
     _prints.file = _prints.prefix + ".".join(path) + ".log"
@@ -199,9 +221,11 @@ def settle_prints(path: tuple[str, ...]) -> None:
     """Once the worker is ready (or its ``init`` ended it): what it printed so far moves
     from the spool to its log file, which becomes descriptor 1. Off the restart's path."""
     spool = _prints.spool
-    if spool < 0 or not _prints.file:
+    if spool < 0 or not _prints.file or _prints.pid != os.getpid():
         return
     _prints.spool = -1
+    os.close(_prints.saved)
+    _prints.saved = -1
     fd = _open_log(path)
     try:
         if fd >= 0:
