@@ -29,12 +29,17 @@ exits or is stopped.
 The channel as exec's witness: the supervisor learns that exec succeeded from the EOF of
 the program's channel. A forked child's end is close-on-exec, so EOF comes the moment exec
 succeeds; if exec fails the child sends its reason (``exiting``: e.g. ``FileNotFoundError:
-...``) first and exits 127. A spawned child has exec'd when ``posix_spawn`` returns, and
-the supervisor closes the other end itself, so both paths go on the same way.
+...``) first and exits 127. A spawned child has exec'd *setpriv* when ``posix_spawn``
+returns, and the supervisor closes the other end itself, so both paths go on the same
+way; then, for a spawned child, the program's own exec is seen in ``/proc/PID/comm``
+(each exec sets it): looked at on the loop's timer (1 ms, growing to 5 ms) until it is
+neither setpriv's nor the supervisor's (the spawn's clone has the supervisor's name for
+a moment after ``posix_spawn`` returns), and read once more while the process is a zombie
+if it dies first (setpriv that failed to exec the program fails the start).
 
 Readiness, without blocking the supervisor's loop (it serves other children):
 
-* none: ready at exec (the EOF above);
+* none: ready at the program's exec (the EOF above, then its comm for a spawned one);
 * ``line``: the supervisor reads the stdout pipe anyway (for the log) and matches each line
   while the child is starting;
 * ``notify``: the supervisor binds an abstract datagram socket per starting program, passed
