@@ -329,6 +329,24 @@ def test_a_python_workers_print_goes_to_its_log_too(node):
     _drop(node, "printers")
 
 
+def test_a_workers_log_is_rotated_by_its_supervisor(node):
+    from prismatic.supervisors._logfile import WORKER_LOG_MAX_BYTES  # noqa: PLC0415
+
+    pid = _start(node, "flood", "tests.program_apps:Printer")
+    dest = p.Pid(node.conn.status().node, pid)
+    assert node.conn.call(dest, ["flood", WORKER_LOG_MAX_BYTES + (1 << 20)]) == "flooded"
+    file = log_path(node.data_dir, ("flood",))
+    old = file.with_name("flood.log.1")
+    # looked at every WORKER_LOG_CHECK_S (5 s): copied to .1, then truncated under the
+    # worker's open descriptor, which goes on writing at the file's new start
+    wait_until(old.exists, 12, "the worker's log rotated")
+    assert old.stat().st_size > WORKER_LOG_MAX_BYTES
+    assert node.conn.call(dest, "after") == "ok"
+    wait_until(lambda: file.read_text().endswith("called with 'after'\n"), 5, "a new line")
+    assert file.stat().st_size < 1 << 20
+    _drop(node, "flood")
+
+
 def _pid_of(node, sup: str, cid: str) -> int:
     return next(c.pid for c in node.conn.which_children(sup) if c.id == cid)
 
