@@ -68,9 +68,9 @@ class Printer(p.Worker):
         os.system("echo from a subprocess")  # descriptor 1, not sys.stdout
 
     def handle_call(self, msg: object, caller: object) -> object:
-        if isinstance(msg, list) and msg[0] == "flood":  # msg[1] bytes, in 1 KiB lines
-            line = "x" * 1023
-            for _ in range(msg[1] // 1024):
+        if isinstance(msg, list) and msg[0] == "flood":  # msg[1] bytes, in 64 KiB lines
+            line = "x" * 65535
+            for _ in range(msg[1] // 65536):
                 print(line)
             return "flooded"
         print(f"called with {msg!r}")

@@ -334,12 +334,13 @@ def test_a_workers_log_is_rotated_by_its_supervisor(node):
 
     pid = _start(node, "flood", "tests.program_apps:Printer")
     dest = p.Pid(node.conn.status().node, pid)
-    assert node.conn.call(dest, ["flood", WORKER_LOG_MAX_BYTES + (1 << 20)]) == "flooded"
+    assert node.conn.call(dest, ["flood", WORKER_LOG_MAX_BYTES + (1 << 20)],
+                          timeout=30) == "flooded"
     file = log_path(node.data_dir, ("flood",))
     old = file.with_name("flood.log.1")
     # looked at every WORKER_LOG_CHECK_S (5 s): copied to .1, then truncated under the
     # worker's open descriptor, which goes on writing at the file's new start
-    wait_until(old.exists, 12, "the worker's log rotated")
+    wait_until(old.exists, 15, "the worker's log rotated")
     assert old.stat().st_size > WORKER_LOG_MAX_BYTES
     assert node.conn.call(dest, "after") == "ok"
     wait_until(lambda: file.read_text().endswith("called with 'after'\n"), 5, "a new line")
