@@ -25,7 +25,6 @@ import inspect
 import os
 import signal
 import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -328,15 +327,14 @@ def _instantiate(start: Any, args: tuple[Any, ...]) -> tuple[Worker, tuple[Any, 
 
 
 def run_worker(start: Any, args: tuple[Any, ...], channel: Channel, node: str,
-               name: str, ctx: WorkerContext | None = None,
-               after_ready: Callable[[], None] | None = None) -> int:
+               name: str, ctx: WorkerContext | None = None) -> int:
     """Run a worker to completion in this (freshly forked) process; return the exit code.
 
     A plain ``init`` runs before the event loop exists, and ``ready`` goes out as soon as it
     returns: a restart waits only for the user's ``init``, not for loop set-up (creating a
     loop in a fresh fork costs a millisecond of copy-on-write faults).
     """
-    loop: Any = None  # after_ready: work kept off the restart's path (moving its output)
+    loop: Any = None
     # The mailbox exists from the start: messages sent during init wait in the kernel.
     if ctx is None:
         ctx = WorkerContext(None, own_pid(node, creation_of(node)), name)
@@ -359,8 +357,6 @@ def run_worker(start: Any, args: tuple[Any, ...], channel: Channel, node: str,
     except BaseException as exc:  # noqa: BLE001 - a failed init is a start error, as data
         return _finish(channel, reason_from_exception(exc), ctx)
     channel.send(ready)
-    if after_ready is not None:
-        after_ready()
     if loop is None:
         loop = ctx.attach(_new_asyncio_loop() if _has_async_handler(worker) else Reactor())
     loop.add_signal_handler(signal.SIGTERM, ctx.stop, Shutdown())

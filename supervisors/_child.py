@@ -27,7 +27,7 @@ from .._worker_runtime import WorkerContext, run_worker
 from ..transports._channel import Channel
 from ..transports._framing import encode_frame
 from ..transports._frames import Become, ExitingFrame, IgnoredFrame, ReadyFrame
-from ._logfile import capture_prints, prepare_prints, settle_prints, unprepare_prints
+from ._logfile import capture_prints
 
 __all__ = ["spare_main", "run_child", "knows", "proc_name"]
 
@@ -44,9 +44,6 @@ def spare_main(channel: Channel, specs: dict[str, ChildSpec], path: tuple[str, .
     and paying them now takes them off the restart's critical path."""
     prepared = WorkerContext(None, own_pid(node, creation_of(node)), "")
     rehearse_start(specs)
-    info = current()
-    if info is not None:
-        prepare_prints(info.data_dir)
     frame = channel.receive_one()
     if not isinstance(frame, Become):
         return 0
@@ -111,7 +108,6 @@ def run_child(spec: ChildSpec, channel: Channel, path: tuple[str, ...], node: st
                                      f"declare type='supervisor'")
             if prepared is not None:
                 prepared.mailbox.close()
-                unprepare_prints()
             from ._runtime import SupervisorRuntime  # noqa: PLC0415 - the two call each other
 
             return SupervisorRuntime(start, channel, path, node).run()
@@ -119,13 +115,8 @@ def run_child(spec: ChildSpec, channel: Channel, path: tuple[str, ...], node: st
         channel.try_send(ExitingFrame(reason_from_exception(exc)))
         return 1
     info = current()
-    if info is None:
-        return run_worker(start, spec.args, channel, node, path[-1] if path else "", prepared)
-    capture_prints(info.data_dir, path)  # its print() goes to its log, as a program's output
-    try:
-        return run_worker(start, spec.args, channel, node, path[-1] if path else "", prepared,
-                          lambda: settle_prints(path))
-    finally:
-        settle_prints(path)  # an init that failed: what it printed
+    if info is not None:  # its print() goes to its log file, as a program's output does
+        capture_prints(info.data_dir, path)
+    return run_worker(start, spec.args, channel, node, path[-1] if path else "", prepared)
 
 
