@@ -62,6 +62,7 @@ from ._events import (
     Err, Exit, Exited, Ignored, Init, Ok, Op, Ready, Reply, Report, Request, ShutdownRequested,
     StartFailed, StartProc, Started, StopMany, StopProc,
 )
+from ._logfile import WORKER_LOG_CHECK_S
 from ._procs import PARK_MAX_S, Proc, SpareKeeping, fork_with_channel, spare_idle_s
 from ._program_loop import ProgramKeeping
 from ._zygote import Zygote
@@ -89,6 +90,7 @@ class SupervisorRuntime(SpareKeeping, ProgramKeeping):
         self.procs: dict[int, Proc] = {}
         self.probes: dict[int, Proc] = {}
         self.alive_timers: list[tuple[float, int, int]] = []
+        self.log_check_at = 0.0  # when the workers' log sizes are looked at next (0: never)
         self.starting: Proc | None = None
         self.parked: tuple[str, ChildSpec] | None = None  # a start waiting for a spare
         self.parked_until = 0.0
@@ -136,7 +138,8 @@ class SupervisorRuntime(SpareKeeping, ProgramKeeping):
         self.feed(Init(time.monotonic()))
         while self.exit_reason is None:
             timeout = None
-            if self.deadlines or self.parked is not None or self.alive_timers or (
+            if self.deadlines or self.parked is not None or self.alive_timers \
+                    or self.log_check_at or (
                     self.starting is not None and self.starting.program is not None):
                 timeout = max(0.0, self.next_deadline() - time.monotonic())
             elif self.wants_fork_spare() or self.wants_new_zygote():
@@ -292,11 +295,15 @@ class SupervisorRuntime(SpareKeeping, ProgramKeeping):
                 due = min(due, starting.program.retry_at)
         if self.alive_timers:
             due = min(due, self.alive_timers[0][0])
+        if self.log_check_at:
+            due = min(due, self.log_check_at)
         return min(due, self.parked_until) if self.parked is not None else due
 
     def fire_deadlines(self) -> None:
         now = time.monotonic()
         self.fire_alive(now)
+        if self.log_check_at and self.log_check_at <= now:
+            self.check_worker_logs(now)
         if self.parked is not None and self.parked_until <= now:
             key, spec = self.parked
             self.parked = None
@@ -313,7 +320,7 @@ class SupervisorRuntime(SpareKeeping, ProgramKeeping):
             kill_group(starting.pid)
         elif starting is not None and starting.program is not None \
                 and starting.program.retry_at and starting.program.retry_at <= now:
-            self.try_port(starting)  # a port check that was refused: again
+            self.retry_check(starting)  # the program's exec not seen yet, or a refused port
         while self.deadlines and self.deadlines[0][0] <= now:
             _, pid = heapq.heappop(self.deadlines)
             proc = self.procs.get(pid)
@@ -357,6 +364,8 @@ class SupervisorRuntime(SpareKeeping, ProgramKeeping):
         # The child is dead but not reaped, so its group id cannot have been reused: whatever
         # it forked or spawned dies with it (reaped here when its SIGCHLD comes).
         kill_group(proc.pid)
+        if proc.program is not None:
+            proc.program.execed(proc.pid)  # read while it is a zombie (see program_exec_done)
         try:
             _, status = os.waitpid(proc.pid, 0)
         except ChildProcessError:
@@ -404,6 +413,8 @@ class SupervisorRuntime(SpareKeeping, ProgramKeeping):
             if proc is self.starting:
                 proc.ready = True
                 self.starting = None
+                if not self.log_check_at and proc.ctype is ChildType.WORKER:
+                    self.log_check_at = time.monotonic() + WORKER_LOG_CHECK_S
                 self.feed(Started(proc.key, proc.pid, time.monotonic(),  # type: ignore
                                   frame.info))
         elif isinstance(frame, ExitingFrame):

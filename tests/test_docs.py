@@ -16,6 +16,9 @@ when rendered), or the info string ``text`` for a diagram or sample output:
   that starts nodes of its own as written for a reader (``--name a``, ``--node a``,
   ``...:4370``) under names unique to this run and a free port, so parallel runs never
   collide.
+* ``<!-- doc-test: port N -->`` on a line of its own, anywhere in the document: the TCP
+  port N its examples use (readable, fixed) is, in every block that runs, a free port the
+  kernel picks for this run, so parallel runs of the suite never collide on it.
 
 Each document runs in its own scratch directory, top to bottom: a node's data directory is
 ``./data`` there (``$PRISMATIC_NODE`` points at it, ``$PRISMATIC_HOME`` is private), and
@@ -45,6 +48,7 @@ from tests.conftest import REPO, SESSION_TAG, tagged_pids, wait_until
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 FENCE = re.compile(r"^(\s*)(`{3,}|~{3,})(.*)$")
 MARK = re.compile(r"^<!--\s*(not run:.+|doc-test:.+?)\s*-->$")
+PORT_MARK = re.compile(r"^<!--\s*doc-test:\s*port\s+(\d+)\s*-->$", re.MULTILINE)
 RUN_KINDS = ("file", "node", "run")
 
 
@@ -205,9 +209,19 @@ def scratch(tmp_path: Path) -> Iterator[Scratch]:
 @pytest.mark.parametrize("doc", [d for d in DOCS if any(b.action for b in blocks(d))],
                          ids=lambda d: d.name)
 def test_doc_blocks_run(doc: Path, scratch: Scratch) -> None:
+    ports = {m.group(1): str(free_port()) for m in PORT_MARK.finditer(doc.read_text())}
     for b in blocks(doc):
         if b.action:
+            for fixed, free in ports.items():
+                b = Block(b.doc, b.line, b.lang, b.mark,
+                          re.sub(rf"\b{fixed}\b", free, b.text))
             scratch.run(b)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def test_systemd_unit_starts_the_node_with_real_options() -> None:
