@@ -95,9 +95,12 @@ def named_pool() -> p.SupervisorSpec:
 
 
 def supervised_pool() -> p.SupervisorSpec:
-    """``PRISMATIC_BENCH_WORKERS`` supervisors under the root, one idle worker each."""
+    """``PRISMATIC_BENCH_WORKERS`` supervisors under the root, one idle worker each (none
+    gives up: the benches kill their workers)."""
     n = int(os.environ.get("PRISMATIC_BENCH_WORKERS", "1000"))
-    return p.SupervisorSpec(children=[
+    tolerant = p.SupFlags(intensity=10**9, period=1)
+    return p.SupervisorSpec(flags=tolerant, children=[
         p.ChildSpec(id=f"s{i}", type="supervisor",
-                    start=p.SupervisorSpec(children=[p.ChildSpec(id="w", start=Idle)]))
+                    start=p.SupervisorSpec(flags=tolerant,
+                                           children=[p.ChildSpec(id="w", start=Idle)]))
         for i in range(n)])

@@ -1,17 +1,18 @@
 """Node mesh benchmarks (issue: node mesh). Loopback only: every node on this host.
 
-Run: ``python bench/bench_mesh.py [--kills N]``. Starts real nodes (empty trees) in a
-5-node cluster and prints one table: figure, value, target, and a baseline measured in this
-same run.
+Run: ``python bench/bench_mesh.py [--kills N] [--losses N] [--soak SECONDS] [--pings N]``
+(each 0 skips that part). Starts real nodes (empty trees) in a 5-node cluster and prints one
+table: figure, value, target, and a baseline measured in this same run.
 
 * SIGKILL -> declared down by every other member: the bench subscribes to
   ``cluster.node.#`` on the four survivors, SIGKILLs the fifth node's process and takes, per
   kill, the time until the last survivor's ``cluster.node.<name>.down`` event reached the
-  bench (so it includes pub/sub delivery). The killed node is then restarted under its
-  name and the next kill waits until every member lists it alive again. Baselines: the
-  killed node process's own teardown (from the kill until its pidfd is readable: the kernel
-  closes its sockets only after unmapping its memory, so no peer can hear of the death
-  sooner), and Erlang's 4 ms p50 (OTP 25, same machine kind; from the issue, not measured).
+  bench (so it includes pub/sub delivery; the first survivor's is shown too). The killed
+  node is then restarted under its name and the next kill waits until every member lists
+  it alive again. Baselines: the killed node process's own teardown (from the kill until its
+  pidfd is readable: the kernel closes its sockets only after unmapping its memory, so no
+  peer can hear of the death sooner), and Erlang's 4 ms p50 (OTP 25, same machine kind;
+  from the issue, not measured).
 * Formation: five nodes launched at once (one listening on a fixed port, four joining it),
   until every node lists all five alive (the latest moment any node saw any member become
   alive, from the nodes' own tables): from launch, and from the moment the last node's mesh
@@ -150,10 +151,11 @@ def formation(tmp: Path, secret: Path, port: int) -> tuple[list[Node], float, fl
 
 
 def kills(tmp: Path, secret: Path, nodes: list[Node], port: int,
-          n: int) -> tuple[list[float], list[float]]:
-    """Per kill: until the last survivor's ``down`` event, and until the killed node's
-    process was torn down (its pidfd readable: no peer can hear of the death sooner)."""
-    out, gone = [], []
+          n: int) -> tuple[list[float], list[float], list[float]]:
+    """Per kill: until the last survivor's ``down`` event, until the killed node's process
+    was torn down (its pidfd readable: no peer can hear of the death sooner), and until the
+    first survivor's event."""
+    out, gone, first = [], [], []
     for i in range(n):
         victim_i = 1 + i % 4
         victim = nodes[victim_i]
@@ -171,19 +173,29 @@ def kills(tmp: Path, secret: Path, nodes: list[Node], port: int,
         select.select([pidfd], [], [], 5)
         gone.append(time.monotonic() - t0)
         os.close(pidfd)
-        last = 0.0
+        poller = zmq.Poller()
         for s in subs:
-            ev = s.next(5)
-            if ev is None:
+            poller.register(s._sock, zmq.POLLIN)  # each arrival timed as it comes
+        waiting = {s._sock: s for s in subs}
+        arrivals = []
+        while waiting:
+            ready = poller.poll(5000)
+            if not ready:
                 raise SystemExit("bench: a survivor never declared the killed node down")
-            last = max(last, time.monotonic())
+            for sock, _ in ready:
+                if sock in waiting and waiting[sock].next(0) is not None:
+                    arrivals.append(time.monotonic())
+                    poller.unregister(sock)
+                    del waiting[sock]
+        for s in subs:
             s.close()
-        out.append(last - t0)
+        out.append(max(arrivals) - t0)
+        first.append(min(arrivals) - t0)
         victim.proc.wait()
         nodes[victim_i] = Node(tmp, victim.name[:2], secret,
                                ["--join", f"127.0.0.1:{port}", "--quiet"])
         wait(lambda: all_alive(nodes, 5), 30, "the restarted node to rejoin")
-    return out, gone
+    return out, gone, first
 
 
 def soak(nodes: list[Node], seconds: float) -> tuple[int, int, int]:
@@ -400,12 +412,12 @@ def computed_traffic(n: int, ping_bytes: float, update_bytes: float) -> tuple[fl
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--kills", type=int, default=50)
-    ap.add_argument("--pings", type=int, default=5000)
+    ap.add_argument("--kills", type=int, default=50, help="node SIGKILLs (0: skip)")
+    ap.add_argument("--pings", type=int, default=5000, help="ping round trips (0: skip)")
     ap.add_argument("--losses", type=int, default=20,
                     help="silent losses in network namespaces (0: skip; needs root)")
     ap.add_argument("--soak", type=float, default=60.0,
-                    help="seconds of CPU saturation with a 200 ms SIGSTOP every 10 s")
+                    help="seconds of CPU saturation with a 200 ms SIGSTOP every 10 s (0: skip)")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-mesh-"))
     secret = init_secret(tmp / "cluster.secret")
@@ -414,9 +426,10 @@ def main() -> None:
     try:
         frames_s, bytes_s = traffic(nodes, 5.0)
         false_downs, pauses, refuted = soak(nodes, args.soak) if args.soak else (0, 0, 0)
-        ping = mesh_ping(nodes[0], secret, args.pings)
-        bare = bare_curve_rtt(args.pings)
-        detect, gone = kills(tmp, secret, nodes, port, args.kills)
+        ping = mesh_ping(nodes[0], secret, args.pings) if args.pings else []
+        bare = bare_curve_rtt(args.pings) if args.pings else []
+        detect, gone, first = kills(tmp, secret, nodes, port, args.kills) if args.kills \
+            else ([], [], [])
     finally:
         for x in nodes:
             x.stop()
@@ -429,11 +442,14 @@ def main() -> None:
                                                      1796166265013, MemberState.ALIVE)))
     us = 1e6
     rows = [
-        ("SIGKILL -> down at all 4 others, p50", f"{pct(detect, .5) * 1000:.1f} ms",
-         "", f"node process torn down: {pct(gone, .5) * 1000:.1f} ms; Erlang: 4 ms (issue)"),
-        (f"SIGKILL -> down at all 4 others, p99 ({len(detect)} kills)",
-         f"{pct(detect, .99) * 1000:.1f} ms", "<= 20 ms p99",
-         f"node process torn down: {pct(gone, .99) * 1000:.1f} ms; Erlang: 14 ms max"),
+        *([("SIGKILL -> down at all 4 others, p50", f"{pct(detect, .5) * 1000:.1f} ms",
+            "", f"node process torn down: {pct(gone, .5) * 1000:.1f} ms; Erlang: 4 ms (issue)"),
+           (f"SIGKILL -> down at all 4 others, p99 ({len(detect)} kills)",
+            f"{pct(detect, .99) * 1000:.1f} ms", "<= 20 ms p99",
+            f"node process torn down: {pct(gone, .99) * 1000:.1f} ms; Erlang: 14 ms max"),
+           ("SIGKILL -> down at the first of 4 others, p50 / p99",
+            f"{pct(first, .5) * 1000:.1f} / {pct(first, .99) * 1000:.1f} ms", "", "")]
+          if detect else []),
         *([(f"silent loss -> dead at all 4 others, p50 / p99 ({len(losses)} link cuts)",
             f"{pct(losses, .5) * 1000:.0f} / {pct(losses, .99) * 1000:.0f} ms",
             "<= 1 s p99", "Akka: ~10 s; memberlist: 5*log(N+1) s; Erlang: 64-69 s"),
@@ -444,8 +460,9 @@ def main() -> None:
          "Erlang: 1.55 s p50 (issue)"),
         ("5 nodes formed, from last mesh up", f"{from_up * 1000:.0f} ms", "<= 100 ms",
          "Erlang: 217 ms (issue)"),
-        (f"false down declarations, {args.soak:.0f}s soak", f"{false_downs}", "0",
-         f"CPUs saturated, {pauses} SIGSTOPs of 200 ms, {refuted} suspicions refuted"),
+        *([(f"false down declarations, {args.soak:.0f}s soak", f"{false_downs}", "0",
+            f"CPUs saturated, {pauses} SIGSTOPs of 200 ms, {refuted} suspicions refuted")]
+          if args.soak else []),
         ("background per node, 5 nodes (measured)",
          f"{frames_s:.1f} frames/s, {bytes_s:.0f} B/s", "", ""),
     ]
@@ -453,12 +470,11 @@ def main() -> None:
         f, b = computed_traffic(n, ping_bytes, update_bytes)
         rows.append((f"background per node, {n} nodes (computed)",
                      f"{f:.1f} frames/s, {b / 1024:.1f} KiB/s", "", ""))
-    rows += [
-        ("mesh ping -> ack RTT p50 / p99", f"{pct(ping, .5) * us:.0f} / "
-         f"{pct(ping, .99) * us:.0f} us", "",
-         f"bare pyzmq CURVE DEALER->ROUTER echo: {pct(bare, .5) * us:.0f} / "
-         f"{pct(bare, .99) * us:.0f} us"),
-    ]
+    if ping:
+        rows.append(("mesh ping -> ack RTT p50 / p99", f"{pct(ping, .5) * us:.0f} / "
+                     f"{pct(ping, .99) * us:.0f} us", "",
+                     f"bare pyzmq CURVE DEALER->ROUTER echo: {pct(bare, .5) * us:.0f} / "
+                     f"{pct(bare, .99) * us:.0f} us"))
     print(f"mesh bench: 5 nodes on loopback, {len(detect)} SIGKILLs, {len(ping)} pings; "
           f"detector {json.dumps(msgspec.to_builtins(DetectorConfig()))}")
     print_table(("figure", "value", "target", "baseline (same run)"), rows)

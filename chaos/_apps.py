@@ -1,7 +1,8 @@
 """Processes the chaos scenarios add to the tree under test, and a tree built for storms.
 
 The crash-loop, hang, flood and resources scenarios need nothing special in the user's app:
-they add what they break with ``start_child`` under the root (as ``temporary`` children,
+they add what they break with ``start_child`` under the root (the cluster scenarios add
+their watchers and claimants the same way, on every node) (as ``temporary`` children,
 whose exit costs the root no restart) and take it away afterwards. ``storm_tree`` is a tree
 for long kill storms (``--app prismatic.chaos._apps:storm_tree``): three levels of
 supervisors of every strategy, restart intensities high enough for tens of kills a second.
@@ -11,12 +12,13 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 from .._childspec import ChildSpec, SupervisorSpec, SupFlags
 from .._worker import Worker
 
-__all__ = ["Crasher", "Sleeper", "Slowpoke", "Glutton", "Idle", "crash_loop_tree",
-           "CRASH_LOOP_INTENSITIES", "storm_tree"]
+__all__ = ["Crasher", "Sleeper", "Slowpoke", "Glutton", "Idle", "Watcher", "Claimant",
+           "Listener", "crash_loop_tree", "CRASH_LOOP_INTENSITIES", "storm_tree"]
 
 # The crash loop's supervisors, bottom-up: the crasher's own supervisor, then the one above.
 CRASH_LOOP_INTENSITIES = (1, 3)
@@ -117,6 +119,8 @@ class Glutton(Worker):
     * cast ``("memory", headroom)``: caps its address space (``RLIMIT_AS``) at what it maps
       now plus ``headroom`` bytes, then allocates until ``MemoryError``, which it lets
       through: it crashes;
+    * cast ``("touch", 0)``: allocates and writes 1 MiB after 1 MiB until something stops
+      it (a cgroup's memory cap: the kernel's OOM killer);
     * call ``"ping"``: ``"pong"``.
     """
 
@@ -155,6 +159,10 @@ class Glutton(Worker):
     def handle_cast(self, msg: object) -> None:
         import resource
 
+        if isinstance(msg, (list, tuple)) and msg[0] == "touch":
+            # Pages written, not just mapped: a cgroup charges what is resident.
+            while True:
+                self.held.append(bytearray(b"\x01") * (1 << 20))
         if isinstance(msg, (list, tuple)) and msg[0] == "memory":
             with open("/proc/self/statm") as f:
                 mapped = int(f.read().split()[0]) * resource.getpagesize()
@@ -162,3 +170,80 @@ class Glutton(Worker):
             resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
             while True:
                 self.held.append(bytearray(1 << 20))
+
+
+class Watcher(Worker):
+    """Monitors each process in ``targets`` (``[node, ospid]`` lists: other nodes'
+    processes) and logs every ``Down`` it gets as a ``chaos.monitor`` event (``fault``,
+    ``watcher``: its node, ``target``, ``reason`` as :func:`prismatic.describe` says it): the
+    runner reads them back from the log, even after the watcher is gone."""
+
+    def init(self, fault: int, targets: list[list[Any]]) -> None:
+        from .._address import Pid
+
+        self.fault = fault
+        for node, ospid in targets:
+            self.monitor(Pid(node, int(ospid)))
+
+    def handle_info(self, msg: object) -> None:
+        from .._exit import describe
+        from .._notices import Down
+
+        if isinstance(msg, Down):
+            self.emit("chaos.monitor", {"fault": self.fault, "watcher": self.pid.node,
+                                        "target": [msg.pid.node, msg.pid.ospid],
+                                        "reason": describe(msg.reason)})
+
+
+class Claimant(Worker):
+    """Registers the global name ``name`` in ``init`` and logs what came of it as a
+    ``chaos.global`` event (``registered``, or ``refused`` with the reason), and later a
+    ``conflict`` naming the winner if a healed partition kept the other registration."""
+
+    def init(self, name: str, fault: int) -> None:
+        from .._errors import RegistryError
+
+        self.name, self.fault = name, fault
+        try:
+            self.register_global(name)
+            self._log("registered")
+        except RegistryError as exc:
+            self._log("refused", reason=exc.reason)
+
+    def _log(self, event: str, **more: Any) -> None:
+        self.emit("chaos.global", {"fault": self.fault, "name": self.name, "event": event,
+                                   "pid": [self.pid.node, self.pid.ospid], **more})
+
+    def handle_info(self, msg: object) -> None:
+        from .._notices import GlobalNameConflict
+
+        if isinstance(msg, GlobalNameConflict):
+            self._log("conflict", winner=[msg.winner.node, msg.winner.ospid])
+
+
+class Listener(Worker):
+    """Registered as ``name``; subscribes to ``pattern`` and counts the events it gets (each
+    payload ``[seq, padding]``), noting any seq out of order; a slow consumer on purpose
+    (1 ms every 16 events: under 16,000 a second). ``call(name, "count")`` ->
+    ``[received, out_of_order, undecodable]``."""
+
+    def init(self, name: str, pattern: str) -> None:
+        self.received = 0
+        self.out_of_order = 0
+        self.next_seq = 0
+        self.register(name)
+        self.subscribe(pattern)
+
+    def handle_info(self, msg: object) -> None:
+        payload = getattr(msg, "payload", None)
+        if not isinstance(payload, list) or not payload:
+            return
+        if payload[0] != self.next_seq:
+            self.out_of_order += 1
+        self.next_seq = int(payload[0]) + 1
+        self.received += 1
+        if self.received % 16 == 0:
+            time.sleep(0.001)
+
+    def handle_call(self, msg: object, caller: object) -> object:
+        return [self.received, self.out_of_order, self.context.pubsub.undecodable]

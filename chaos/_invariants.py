@@ -12,6 +12,8 @@ told otherwise: a row that names a dead pid is exactly what it must catch.
   reparented away from it outlived its supervisor); :func:`nothing_left` after a stop;
 * :func:`acked_events_intact`: every acknowledged emit is in the log exactly once, at the
   sequence number its ack gave;
+* :func:`disk_full_reported`: a full disk refuses emits saying so, and emitting resumes
+  once space is freed;
 * :func:`control_answered`: the node answered every ``status``/``tree`` request in time;
 * :func:`kills_accounted`: each SIGKILL was reported once by its supervisor (or its
   supervisor died with it), and the node reported no SIGKILL that nobody sent;
@@ -22,9 +24,16 @@ told otherwise: a row that names a dead pid is exactly what it must catch.
   its shutdown becomes a SIGKILL once its shutdown time has passed;
 * :func:`flood_accounted`, :func:`memory_bounded`: a flooded mailbox pushes back, loses
   nothing, counts each refusal, and its memory stays bounded;
+  :func:`subscriber_flood_accounted`: a flooded subscriber gets every event in order, or
+  the drop is counted;
 * :func:`descendants_gone`: what a killed worker forked died with it;
+  :func:`memory_cap_enforced`: a worker over its cgroup's memory cap is OOM-killed;
 * :func:`membership_converged`: every node of a mesh sees every member as it is (alive, or
-  down), a restarted one at a newer incarnation.
+  down), a restarted one at a newer incarnation;
+* :func:`monitors_fired_once`: every monitor fired exactly once per death (or per loss of
+  the link to the monitored process's node: ``noconnection``), and never otherwise;
+* :func:`global_name_resolved`: after a heal a global name has exactly one holder, the
+  same on every node, and each loser was told once.
 """
 
 from __future__ import annotations
@@ -41,6 +50,8 @@ __all__ = [
     "acked_events_intact", "control_answered", "kills_accounted", "restarts_consistent",
     "expected_escalation", "escalation_stopped_at", "shutdown_escalated", "call_timed_out",
     "flood_accounted", "memory_bounded", "descendants_gone", "membership_converged",
+    "Monitor", "DownSeen", "monitors_fired_once", "global_name_resolved",
+    "subscriber_flood_accounted", "memory_cap_enforced", "disk_full_reported",
 ]
 
 
@@ -363,3 +374,158 @@ def membership_converged(views: Mapping[str, Mapping[str, tuple[str, int]]],
         more = f" (+{len(problems) - 3} more)" if len(problems) > 3 else ""
         return "; ".join(problems[:3]) + more
     return None
+
+
+class Monitor(msgspec.Struct, frozen=True):
+    """A monitor a watcher process set: the watcher's node, the monitored process (its
+    node and OS pid)."""
+
+    watcher: str
+    node: str
+    ospid: int
+
+
+class DownSeen(msgspec.Struct, frozen=True):
+    """A ``Down`` a watcher received (logged by it as it came): for which monitor, and
+    the reason as :func:`prismatic.describe` puts it (``noconnection``, ``killed by
+    SIGKILL``...)."""
+
+    monitor: Monitor
+    reason: str
+
+
+NO_CONNECTION = "noconnection"
+
+
+def monitors_fired_once(monitors: Collection[Monitor], downs: Sequence[DownSeen],
+                        died: Collection[tuple[str, int]],
+                        lost: Collection[tuple[str, str]]) -> str | None:
+    """Every monitor fired exactly once per death, and only then. ``died``: the monitored
+    processes (node, ospid) that exited; ``lost``: (watcher's node, target's node) pairs
+    where the watcher's node saw the target's node go down (declared dead, left, or cut
+    off by a partition). A monitor of a process in ``died``, or across a pair in ``lost``,
+    must have fired exactly once: with ``noconnection`` across a lost pair (the process
+    itself may live on, on the other side), with the real reason or ``noconnection`` for
+    a death; a late notice after a heal must not fire it again. Any other monitor must not
+    have fired at all (a ``Down`` of a live process on a reachable node is a lie)."""
+    fired: dict[Monitor, list[str]] = {}
+    for d in downs:
+        fired.setdefault(d.monitor, []).append(d.reason)
+    dead, cut = set(died), set(lost)
+    unknown = [m for m in fired if m not in set(monitors)]
+    silent, twice, spurious, wrong = [], [], [], []
+    for m in monitors:
+        reasons = fired.get(m, [])
+        severed = (m.watcher, m.node) in cut
+        if (m.node, m.ospid) in dead or severed:
+            if not reasons:
+                silent.append(m)
+            elif len(reasons) > 1:
+                twice.append((m, reasons))
+            elif severed and (m.node, m.ospid) not in dead and reasons[0] != NO_CONNECTION:
+                wrong.append((m, reasons[0]))
+        elif reasons:
+            spurious.append((m, reasons))
+    problems = []
+    if silent:
+        m = silent[0]
+        problems.append(f"{len(silent)} monitor(s) never fired, e.g. {m.watcher}'s of "
+                        f"{m.ospid}@{m.node}")
+    if twice:
+        m, r = twice[0]
+        problems.append(f"{len(twice)} monitor(s) fired more than once, e.g. {m.watcher}'s "
+                        f"of {m.ospid}@{m.node}: {', '.join(r)}")
+    if wrong:
+        m, reason = wrong[0]
+        problems.append(f"{len(wrong)} monitor(s) across a lost link fired {reason!r}, not "
+                        f"{NO_CONNECTION}, e.g. {m.watcher}'s of {m.ospid}@{m.node}")
+    if spurious:
+        m, r = spurious[0]
+        problems.append(f"{len(spurious)} monitor(s) of a live process on a reachable node "
+                        f"fired, e.g. {m.watcher}'s of {m.ospid}@{m.node}: {', '.join(r)}")
+    if unknown:
+        problems.append(f"{len(unknown)} Down(s) for monitors nobody set")
+    return "; ".join(problems) or None
+
+
+def global_name_resolved(name: str, resolved: Mapping[str, tuple[str, int] | None],
+                         holders: Collection[tuple[str, int]],
+                         conflicts: Mapping[tuple[str, int], Sequence[tuple[str, int]]]
+                         ) -> str | None:
+    """After a heal, global name ``name`` has exactly one holder: every node in
+    ``resolved`` (node -> the pid its ``whereis_global`` gives) names the same process, one
+    of ``holders`` (the live processes whose registration of it succeeded); every other
+    holder was told once that it lost it (``conflicts``: process -> the winners it was
+    told of, one ``GlobalNameConflict`` each), naming that winner; the winner was told
+    nothing."""
+    problems = []
+    answers = set(resolved.values())
+    if len(answers) != 1:
+        shown = ", ".join(f"{n}: {p[1]}@{p[0]}" if p else f"{n}: none"
+                          for n, p in sorted(resolved.items()))
+        return f"{name!r} resolves differently across the cluster ({shown})"
+    winner = answers.pop()
+    if winner is None:
+        return f"{name!r} has no holder although {len(holders)} process(es) registered it" \
+            if holders else None
+    if winner not in set(holders):
+        problems.append(f"{name!r} resolves to {winner[1]}@{winner[0]}, not a live process "
+                        f"that registered it")
+    for h in holders:
+        told = list(conflicts.get(h, ()))
+        if h == winner and told:
+            problems.append(f"the winner {h[1]}@{h[0]} was told it lost {name!r}")
+        elif h != winner and told != [winner]:
+            problems.append(f"the loser {h[1]}@{h[0]} was told {len(told)} time(s) "
+                            f"(winners {told}), not once that {winner[1]}@{winner[0]} won")
+    return "; ".join(problems) or None
+
+
+def subscriber_flood_accounted(published: int, received: int, out_of_order: int,
+                               dropped_counted: float) -> str | None:
+    """Every event published to a flooded subscriber either reached it, in publish order,
+    or was counted as dropped (by the forwarder or the subscriber): none lost silently."""
+    problems = []
+    if received + dropped_counted < published:
+        problems.append(f"{published - received - dropped_counted:.0f} of {published} "
+                        f"events lost without being counted ({received} received, "
+                        f"{dropped_counted:.0f} counted dropped)")
+    if received > published:
+        problems.append(f"{received} events received for {published} published")
+    if out_of_order:
+        problems.append(f"{out_of_order} events out of publish order")
+    return "; ".join(problems) or None
+
+
+def memory_cap_enforced(reason: str | None, oom_kills: int, peak: int | None,
+                        limit: int) -> str | None:
+    """A worker that allocates past its cgroup's memory cap is SIGKILLed by the kernel's
+    OOM killer (reported ``killed``, counted as an ``oom_kill`` of its cgroup), and the
+    cgroup never held more than the cap."""
+    problems = []
+    if reason != "killed":
+        problems.append(f"the worker over its memory cap ended {reason or 'not at all'!s}, "
+                        f"not killed")
+    if oom_kills < 1:
+        problems.append("its cgroup counts no OOM kill")
+    if peak is not None and peak > limit:
+        problems.append(f"its cgroup held {peak >> 20} MiB, over the {limit >> 20} MiB cap")
+    return "; ".join(problems) or None
+
+
+def disk_full_reported(errors: Sequence[str], recovered_s: float | None,
+                       deadline_s: float) -> str | None:
+    """While the disk under the event log was full, emits were refused (it did fill) and
+    every refusal said so (``disk full``), none a timeout or another error; once space was
+    freed an emit was acknowledged again within ``deadline_s`` (``recovered_s``: the time
+    to the first ack after the space came back, None if none came)."""
+    problems = []
+    if not errors:
+        problems.append("no emit was refused: the disk never filled")
+    unclear = [e for e in errors if "disk full" not in e]
+    if unclear:
+        problems.append(f"{len(unclear)} of {len(errors)} refusals did not say the disk is "
+                        f"full, e.g. {unclear[0][:200]!r}")
+    if recovered_s is None:
+        problems.append(f"no emit acknowledged within {deadline_s:.0f}s after space was freed")
+    return "; ".join(problems) or None

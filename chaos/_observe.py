@@ -19,7 +19,7 @@ from ._invariants import ExitSeen
 
 __all__ = ["TAG_VAR", "tagged_processes", "tagged_processes_of", "tree_named_processes",
            "exits_in_log",
-           "starts_in_log", "members", "metric_sum", "boot_ticks", "parent_pid"]
+           "starts_in_log", "members", "metric_sum", "boot_ticks", "parent_pid", "rss_bytes"]
 
 TAG_VAR = "PRISMATIC_CHAOS_TAG"
 _TICKS = os.sysconf("SC_CLK_TCK")
@@ -158,3 +158,12 @@ def members(conn: Any) -> dict[str, tuple[str, int]]:
     rows = msgspec.convert(conn._call(lambda ref, cookie: ClusterMembersCall(ref, cookie)),
                            list[MemberRow])
     return {r.name: (r.state.value, r.incarnation) for r in rows}
+
+
+def rss_bytes(pid: int) -> int:
+    """``pid``'s resident set size (VmRSS), in bytes; OSError if it is gone."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0

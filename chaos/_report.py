@@ -51,10 +51,14 @@ class RunReport(msgspec.Struct, frozen=True):
     target: str  # "app prismatic._demo:demo_tree", "node /path"
     scenarios: tuple[ScenarioReport, ...]
     ok: bool = True  # every scenario's
+    # Scenarios that apply to the target but could not run here: name -> why (a partition
+    # without network namespaces). Not a failure; said in the report.
+    skipped: dict[str, str] = msgspec.field(default_factory=dict)
 
     @classmethod
-    def of(cls, seed: int, target: str, scenarios: tuple[ScenarioReport, ...]) -> RunReport:
-        return cls(seed, target, scenarios, all(s.ok for s in scenarios))
+    def of(cls, seed: int, target: str, scenarios: tuple[ScenarioReport, ...],
+           skipped: dict[str, str] | None = None) -> RunReport:
+        return cls(seed, target, scenarios, all(s.ok for s in scenarios), dict(skipped or {}))
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -151,6 +155,8 @@ def render_text(report: RunReport) -> str:
                          + (f" [after {v.fault}]" if v.fault else ""))
         if len(s.violations) > 20:
             lines.append(f"  (+{len(s.violations) - 20} more violations)")
+    for name, why in report.skipped.items():
+        lines.append(f"\n{name}: skipped ({why})")
     failed = [s for s in report.scenarios if not s.ok]
     if failed:
         first = failed[0].violations[0]

@@ -12,6 +12,7 @@ says the run stopped early.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -37,7 +38,7 @@ from ._schedule import Fault, parent_path
 from ._shape import TreeShape, shape_of_rows, shape_of_spec
 from ._target import ClusterTarget, ExistingNode, OwnedNode, Target
 
-__all__ = ["RunSettings", "ScenarioContext", "run", "scenarios_for"]
+__all__ = ["RunSettings", "ScenarioContext", "run", "scenarios_for", "scenarios_skipped"]
 
 DEMO_APP = "prismatic._demo:demo_tree"
 
@@ -55,6 +56,28 @@ class RunSettings(msgspec.Struct, frozen=True, kw_only=True):
     cluster: int = 0  # > 1: each scenario runs on that many owned nodes in one mesh
 
 
+def _offers(settings: RunSettings) -> tuple[frozenset[str], dict[str, str]]:
+    """What the settings' target offers, and why it lacks what it could offer on another
+    machine (``netns``: network namespaces; ``tmpfs``: a disk to fill; both need root)."""
+    from ._netns import netns_unavailable
+    from ._tmpfs import tmpfs_unavailable
+
+    if settings.node:
+        return ExistingNode.OFFERS, {}
+    if settings.cluster:
+        offers = ClusterTarget.offers()
+        return offers, {} if "netns" in offers else {"netns": netns_unavailable() or "?"}
+    offers = OwnedNode.offers()
+    return offers, {} if "tmpfs" in offers else {"tmpfs": tmpfs_unavailable() or "?"}
+
+
+# What each requirement asks of the user, where the machine is not the reason it is missing.
+_MEANS = {"owned": "a node the runner starts with --app, not --node",
+          "cluster": "--cluster N", "node": "a single node, not --cluster",
+          "netns": "a cluster in network namespaces (root)",
+          "tmpfs": "a node the runner starts on a tmpfs (root)"}
+
+
 def scenarios_for(settings: RunSettings) -> list[Scenario]:
     """The scenarios to run, in the registry's order: those named (an unknown name is a
     ChaosError, and so is one the target cannot host), else every one the target can host
@@ -62,17 +85,31 @@ def scenarios_for(settings: RunSettings) -> list[Scenario]:
     unknown = [n for n in settings.scenarios if n not in SCENARIOS]
     if unknown:
         raise ChaosError(f"no scenario {unknown[0]!r} (known: {', '.join(SCENARIOS)})")
-    offers = ClusterTarget.OFFERS if settings.cluster else \
-        ExistingNode.OFFERS if settings.node else OwnedNode.OFFERS
+    offers, lacking = _offers(settings)
     if settings.scenarios:
         chosen = [SCENARIOS[n] for n in SCENARIOS if n in settings.scenarios]
         refused = [s for s in chosen if not s.REQUIRES <= offers]
         if refused:
-            lack = ", ".join(sorted(refused[0].REQUIRES - offers))
-            raise ChaosError(f"scenario {refused[0].NAME} needs a target that is {lack} "
-                             f"(owned: a node the runner starts with --app, not --node)")
+            missing = sorted(refused[0].REQUIRES - offers)
+            why = "; ".join(f"{m}: {lacking.get(m) or _MEANS.get(m, '?')}" for m in missing)
+            raise ChaosError(f"scenario {refused[0].NAME} needs a target that is "
+                             f"{', '.join(missing)} ({why})")
         return chosen
     return [s for s in SCENARIOS.values() if s.REQUIRES <= offers]
+
+
+def scenarios_skipped(settings: RunSettings) -> dict[str, str]:
+    """The scenarios that would apply to the target but cannot run on this machine, each
+    with the reason (a partition needs network namespaces, a full disk a tmpfs: root)."""
+    if settings.scenarios:
+        return {}  # a named one that cannot run is refused instead (scenarios_for)
+    offers, lacking = _offers(settings)
+    out = {}
+    for s in SCENARIOS.values():
+        missing = s.REQUIRES - offers
+        if missing and missing <= lacking.keys():
+            out[s.NAME] = "; ".join(lacking[m] for m in sorted(missing))
+    return out
 
 
 class ScenarioContext:
@@ -263,6 +300,22 @@ def _settle_and_check(ctx: ScenarioContext, probe: Probe) -> None:
 def _run_one(scenario: Scenario, settings: RunSettings, workdir: Path,
              existing: ExistingNode | None, stop: threading.Event,
              progress: Callable[[str], None]) -> ScenarioReport:
+    """One scenario on a target of its own (unless --node): a fresh node (or cluster),
+    its data directory on a small tmpfs if the scenario fills the disk."""
+    with contextlib.ExitStack() as mounts:
+        data_dir = None
+        if "tmpfs" in scenario.REQUIRES and existing is None:
+            from ._tmpfs import open_tmpfs
+
+            disk = getattr(scenario, "DISK_BYTES", 32 << 20)
+            data_dir = mounts.enter_context(
+                open_tmpfs(workdir / scenario.NAME / "disk", disk)) / "data"
+        return _run_on(scenario, settings, workdir, existing, stop, progress, data_dir)
+
+
+def _run_on(scenario: Scenario, settings: RunSettings, workdir: Path,
+            existing: ExistingNode | None, stop: threading.Event,
+            progress: Callable[[str], None], data_dir: Path | None) -> ScenarioReport:
     tally = ScenarioTally(scenario.NAME, settings.seed)
     began = time.monotonic()
     target: Target
@@ -271,10 +324,17 @@ def _run_one(scenario: Scenario, settings: RunSettings, workdir: Path,
     else:
         sub = workdir / scenario.NAME
         sub.mkdir(parents=True, exist_ok=True)
-        target = ClusterTarget(settings.app, sub, settings.cluster) if settings.cluster \
-            else OwnedNode(settings.app, sub, f"chaos-{uuid.uuid4().hex[:8]}")
+        target = ClusterTarget(settings.app, sub, settings.cluster,
+                               netns="netns" in scenario.REQUIRES) if settings.cluster \
+            else OwnedNode(settings.app, sub, f"chaos-{uuid.uuid4().hex[:8]}",
+                           data_dir=data_dir)
         progress(f"[{scenario.NAME}] starting {target.describe()}")
-        target.start()
+        try:
+            target.start()
+        except BaseException:  # a cluster half started: its nodes and namespaces go too
+            target.stop()
+            target.reap_leftovers()
+            raise
     probe: Probe | None = None
     ctx: ScenarioContext | None = None
     try:
@@ -328,6 +388,7 @@ def run(settings: RunSettings, *, stop: threading.Event | None = None,
     runner owns the node."""
     stop = stop or threading.Event()
     chosen = scenarios_for(settings)
+    skipped = scenarios_skipped(settings)
     existing: ExistingNode | None = None
     if settings.node:
         from .._client import resolve_node
@@ -345,4 +406,4 @@ def run(settings: RunSettings, *, stop: threading.Event | None = None,
             reports.append(_run_one(scenario, settings, Path(tmp), existing, stop, progress))
     target = existing.describe() if existing else f"app {settings.app or DEMO_APP}" + (
         f" on a cluster of {settings.cluster} nodes" if settings.cluster else "")
-    return RunReport.of(settings.seed, target, tuple(reports))
+    return RunReport.of(settings.seed, target, tuple(reports), skipped)

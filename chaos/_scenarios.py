@@ -17,7 +17,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Protocol
 
-from . import crash_loop, durability, flood, hang, kill_storm, node_loss, resources
+from . import (
+    crash_loop, disk_full, durability, flood, hang, kill_storm, node_loss, node_stop, partition,
+    resources, subscriber_flood,
+)
 
 if TYPE_CHECKING:
     from ._runner import ScenarioContext
@@ -39,4 +42,6 @@ class Scenario(Protocol):
 
 
 SCENARIOS: dict[str, Scenario] = {m.NAME: m for m in (kill_storm, crash_loop, hang, flood,
-                                                      resources, durability, node_loss)}
+                                                      subscriber_flood, resources,
+                                                      durability, disk_full, node_loss,
+                                                      node_stop, partition)}

@@ -17,15 +17,21 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 from .._client import NodeConnection, connect
 from .._errors import ChaosError, PrismaticError
+from ._netns import Namespaces, NamespaceThread, netns_unavailable
 from ._observe import (
     TAG_VAR, boot_ticks, tagged_processes, tagged_processes_of, tree_named_processes,
 )
 
 __all__ = ["OwnedNode", "ExistingNode", "ClusterTarget", "Target"]
+
+T = TypeVar("T")
 
 
 def _kill_if_tagged(pid: int, tag: str) -> None:
@@ -47,16 +53,26 @@ def _kill_if_tagged(pid: int, tag: str) -> None:
 class OwnedNode:
     """A node the runner started and will reap."""
 
-    # What a scenario may require of its target (Scenario.REQUIRES): a cluster target (a
-    # set of nodes in a mesh) would offer {"cluster", ...} and host the cluster scenarios.
+    # What a scenario may require of its target (Scenario.REQUIRES); a cluster target (a
+    # set of nodes in a mesh) offers {"cluster", ...} and hosts the cluster scenarios.
     OFFERS = frozenset({"node", "owned"})
 
+    @classmethod
+    def offers(cls) -> frozenset[str]:
+        """What an owned node can host here: ``tmpfs`` (a small disk to fill) only where
+        one can be mounted."""
+        from ._tmpfs import tmpfs_unavailable
+
+        return cls.OFFERS | ({"tmpfs"} if tmpfs_unavailable() is None else set())
+
     def __init__(self, app: str | None, workdir: Path, name: str,
-                 extra: tuple[str, ...] = ()) -> None:
+                 extra: tuple[str, ...] = (), prefix: tuple[str, ...] = (),
+                 data_dir: Path | None = None) -> None:
         self.app = app
         self.extra = extra  # more node options (a cluster member's --listen, --join...)
+        self.prefix = prefix  # what runs the node (``ip netns exec NS``: it execs the node)
         self.workdir = workdir
-        self.data_dir = workdir / "data"
+        self.data_dir = data_dir or workdir / "data"  # (a tmpfs for the disk-full scenario)
         self.name = name
         self.tag = f"chaos-{uuid.uuid4().hex[:12]}"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -66,8 +82,8 @@ class OwnedNode:
         return f"app {self.app or 'demo'} (node {self.name} in {self.data_dir})"
 
     def start(self, timeout: float = 30.0) -> None:
-        cmd = [sys.executable, "-m", "prismatic.node", "--data-dir", str(self.data_dir),
-               "--name", self.name, "--quiet"]
+        cmd = [*self.prefix, sys.executable, "-m", "prismatic.node", "--data-dir",
+               str(self.data_dir), "--name", self.name, "--quiet"]
         if self.app:
             cmd += ["--app", self.app]
         cmd += self.extra
@@ -195,34 +211,71 @@ def _free_port() -> int:
 
 
 class ClusterTarget:
-    """``size`` nodes the runner starts, one mesh: node 0 listens on a fixed loopback port
-    (the seed), the others join it; one cluster secret in the work directory. The generic
-    checks (probe, shape) look at node 0; the cluster scenarios look at every node."""
+    """``size`` nodes the runner starts, one mesh: node 0 listens on a fixed port (the
+    seed), the others join it; one cluster secret in the work directory. On loopback by
+    default; with ``netns``, each node in a network namespace of its own on one bridge
+    (:mod:`._netns`: links that can be cut, for partitions). The generic checks (probe,
+    shape) look at node 0; the cluster scenarios look at every node."""
 
-    OFFERS = frozenset({"cluster"})
+    BASE_OFFERS = frozenset({"cluster"})
 
-    def __init__(self, app: str | None, workdir: Path, size: int) -> None:
+    def __init__(self, app: str | None, workdir: Path, size: int,
+                 netns: bool = False) -> None:
         from ..mesh._secret import init_secret
 
         self.secret = init_secret(workdir / "cluster.secret")
-        self.seed = f"127.0.0.1:{_free_port()}"
+        self.net = net = Namespaces(size) if netns else None
+        port = 4370 if net else _free_port()
+
+        def host(i: int) -> str:
+            return net.address(i) if net else "127.0.0.1"
+        self.seed = f"{host(0)}:{port}"
         run = uuid.uuid4().hex[:6]
         self.nodes: list[OwnedNode] = []
+        self.threads: list[NamespaceThread] = []
         for i in range(size):
             sub = workdir / f"n{i}"
             sub.mkdir(parents=True, exist_ok=True)
+            listen = f"{host(i)}:{port}" if self.net else "127.0.0.1:0"
             mesh = ("--listen", self.seed) if i == 0 else \
-                ("--listen", "127.0.0.1:0", "--join", self.seed)
+                ("--listen", listen, "--join", self.seed)
             self.nodes.append(OwnedNode(app, sub, f"chaos{run}n{i}",
-                                        (*mesh, "--cluster-secret", str(self.secret))))
+                                        (*mesh, "--cluster-secret", str(self.secret)),
+                                        self.net.prefix(i) if self.net else ()))
+            self.threads.append(NamespaceThread(self.net.hosts[i] if self.net else None))
         self.data_dir = self.nodes[0].data_dir
 
+    @classmethod
+    def offers(cls) -> frozenset[str]:
+        """What a cluster target can host here: ``netns`` (partitions) only where network
+        namespaces can be made."""
+        return cls.BASE_OFFERS | ({"netns"} if netns_unavailable() is None else set())
+
     def describe(self) -> str:
-        return f"a cluster of {len(self.nodes)} nodes of {self.nodes[0].describe()}"
+        where = " in network namespaces" if self.net else ""
+        return f"a cluster of {len(self.nodes)} nodes{where} of {self.nodes[0].describe()}"
 
     def start(self) -> None:
-        for n in self.nodes:
-            n.start()
+        """The seed first, then the others side by side (each retries its join until the
+        seed answers; the node start is what takes time)."""
+        self.nodes[0].start()
+        with ThreadPoolExecutor(len(self.nodes)) as pool:
+            for f in [pool.submit(n.start) for n in self.nodes[1:]]:
+                f.result()
+
+    def index(self, name: str) -> int:
+        return next(i for i, n in enumerate(self.nodes) if n.name == name)
+
+    def on_node(self, index: int, fn: Callable[[NodeConnection], T],
+                timeout: float = 5.0) -> T:
+        """``fn`` applied to a fresh connection to node ``index``, made and used in that
+        node's network namespace (its mailboxes are reachable only from there)."""
+        node = self.nodes[index]
+
+        def call() -> T:
+            with node.connect(timeout) as conn:
+                return fn(conn)
+        return self.threads[index].run(call, timeout * 4)
 
     @property
     def node_pid(self) -> int:
@@ -247,13 +300,24 @@ class ClusterTarget:
         return out
 
     def stop(self, timeout: float = 20.0) -> int | None:
-        codes = [n.stop(timeout) for n in self.nodes]
+        if self.net is not None:  # a node cut off would stop after its peers' timeouts
+            for i in range(len(self.nodes)):
+                self.net.link(i, up=True)
+        for n in self.nodes:  # a stopped node cannot take a SIGTERM
+            if n.running():
+                os.kill(n.node_pid, signal.SIGCONT)
+        with ThreadPoolExecutor(len(self.nodes)) as pool:  # each announces its leave
+            codes = list(pool.map(lambda n: n.stop(timeout), self.nodes))
         return next((c for c in codes if c not in (0, None)), codes[0] if codes else None)
 
     def reap_leftovers(self, timeout: float = 1.0) -> dict[int, int]:
         out: dict[int, int] = {}
         for n in self.nodes:
             out.update(n.reap_leftovers(timeout))
+        for t in self.threads:
+            t.close()
+        if self.net is not None:
+            self.net.close()
         return out
 
 

@@ -47,17 +47,24 @@ def plan(seed: int, duration: float, rate: float, shape: TreeShape) -> list[Faul
             for i, t in enumerate(arrivals(rng, duration, min(rate, _MAX_RATE)))]
 
 
-class _Emitter(threading.Thread):
+class Emitter(threading.Thread):
     """One client: emit, remember the ack; on any error reconnect and go on with the next
-    key (never the same one again)."""
+    key (never the same one again). ``pad`` bytes ride in each event (to fill a disk);
+    ``errors`` keeps the first errors seen (type and message), ``last_ack`` when the latest
+    ack came (monotonic)."""
 
-    def __init__(self, data_dir: Any, client: int, stop: threading.Event) -> None:
+    def __init__(self, data_dir: Any, client: int, stop: threading.Event,
+                 pad: bytes = b"", topic: str = TOPIC) -> None:
         super().__init__(name=f"chaos-emitter-{client}", daemon=True)
         self.data_dir = data_dir
         self.client = client
         self.stop = stop
+        self.pad = pad
+        self.topic = topic
         self.acked: dict[str, int] = {}
         self.failed = 0
+        self.errors: list[tuple[float, str]] = []
+        self.last_ack = 0.0
 
     def run(self) -> None:
         conn = None
@@ -68,9 +75,13 @@ class _Emitter(threading.Thread):
             try:
                 if conn is None:
                     conn = connect(self.data_dir, timeout=2.0)
-                self.acked[key] = conn.emit(TOPIC, {"key": key})
-            except PrismaticError:
+                payload = {"key": key, "pad": self.pad} if self.pad else {"key": key}
+                self.acked[key] = conn.emit(self.topic, payload)
+                self.last_ack = time.monotonic()
+            except PrismaticError as exc:
                 self.failed += 1
+                if len(self.errors) < 1000:
+                    self.errors.append((time.monotonic(), f"{type(exc).__name__}: {exc}"))
                 if conn is not None:
                     conn.close()
                     conn = None
@@ -97,7 +108,7 @@ def run(ctx: ScenarioContext, faults: list[Fault]) -> None:
     if not isinstance(target, OwnedNode):
         raise ChaosError("the durability scenario restarts the node: it needs --app")
     stop_emitting = threading.Event()
-    emitters = [_Emitter(target.data_dir, i, stop_emitting) for i in range(_CLIENTS)]
+    emitters = [Emitter(target.data_dir, i, stop_emitting) for i in range(_CLIENTS)]
     for e in emitters:
         e.start()
     try:

@@ -8,8 +8,11 @@ in full within the deadline (the probe); every kill is reported once by the kill
 process's supervisor, or its supervisor died with it, and no SIGKILL is reported that
 nobody sent (:func:`~._invariants.kills_accounted`); the node's restart, exit and
 escalation counters agree with its event log (:func:`~._invariants.restarts_consistent`);
-no process ends up outside the tree (looked for every second, and at the end). The root is
-not a target: its death ends the node, which is the durability scenario's fault.
+no process ends up outside the tree (looked for every second, and at the end); a watcher
+added under the root monitors every process of the tree as it was before the storm, and
+each monitor fires exactly once if its process died, never if not
+(:func:`~._invariants.monitors_fired_once`). The root is not a target: its death ends the
+node, which is the durability scenario's fault.
 """
 
 from __future__ import annotations
@@ -18,7 +21,11 @@ import bisect
 import time
 from typing import TYPE_CHECKING
 
-from ._invariants import Kill, kills_accounted, restarts_consistent
+from .._childspec import ChildSpec
+from ._invariants import (
+    DownSeen, ExitSeen, Kill, Monitor, kills_accounted, monitors_fired_once, process_alive,
+    restarts_consistent,
+)
 from ._observe import exits_in_log, metric_sum, starts_in_log
 from ._schedule import Fault, IntensityBudget, arrivals, parent_path, scenario_rng
 
@@ -72,8 +79,35 @@ def _counters(text: str) -> dict[str, float]:
             "escalations": metric_sum(text, _COUNTERS[2])}
 
 
+WATCHER = "chaos_storm_watch"
+
+
+def _watch(ctx: ScenarioContext) -> list[Monitor]:
+    """A watcher under the root that monitors every process of the tree as it runs now
+    (each pid once: a restarted one is a new process, not monitored)."""
+    node = ctx.conn.status().node
+    pids = sorted({pid for path, pid in ctx.probe.rows.items() if path and pid})
+    started = ctx.conn.start_child("", ChildSpec(
+        id=WATCHER, start="prismatic.chaos._apps:Watcher", args=(0, [[node, p] for p in pids]),
+        restart="temporary"))
+    return [Monitor(node, node, p) for p in pids] if started else []
+
+
+def _monitors_problem(ctx: ScenarioContext, monitors: list[Monitor],
+                      exits: list[ExitSeen]) -> str | None:
+    exited = {e.pid for e in exits if e.pid is not None and e.kind in
+              ("child_exited", "child_stopped", "shutdown_error")}
+    died = {(m.node, m.ospid) for m in monitors
+            if m.ospid in exited or not process_alive(m.ospid)}
+    downs = [DownSeen(Monitor(str(p["watcher"]), str(p["target"][0]), int(p["target"][1])),
+                      str(p["reason"]))
+             for r in ctx.log("chaos.monitor") if isinstance(p := r.payload, dict)]
+    return monitors_fired_once(monitors, downs, died, ())
+
+
 def run(ctx: ScenarioContext, faults: list[Fault]) -> None:
     before = _counters(ctx.conn.metrics())
+    monitors = _watch(ctx)
     next_look = time.monotonic() + 1.0
     for fault in faults:
         if not ctx.wait_offset(fault.offset):
@@ -100,3 +134,15 @@ def run(ctx: ScenarioContext, faults: list[Fault]) -> None:
     ctx.tally.check("restarts_consistent", restarts_consistent(
         exits, after["killed"] - before["killed"], after["restarts"] - before["restarts"],
         after["escalations"] - before["escalations"]))
+    if not ctx.conn.pid_of(WATCHER):  # a one_for_all root took it away: its monitors went
+        ctx.tally.notes.append(f"{WATCHER} was stopped by its supervisor: monitors unchecked")
+        return
+    deadline = time.monotonic() + 3.0  # a Down is logged a group commit after the exit
+    while (problem := _monitors_problem(ctx, monitors, exits)) and \
+            time.monotonic() < deadline:
+        time.sleep(0.05)
+    ctx.tally.check("monitors_fired_once", problem)
+    fired = len(ctx.log("chaos.monitor"))
+    ctx.tally.notes.append(f"{fired} of {len(monitors)} monitors of the tree's first "
+                           f"processes fired, once each")
+    ctx.conn.terminate_child("", WATCHER)

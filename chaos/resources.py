@@ -1,5 +1,5 @@
-"""Resource exhaustion: a worker that leaks memory to its ``RLIMIT_AS``, one that runs out
-of file descriptors, one that forks children and is then SIGKILLed.
+"""Resource exhaustion: a worker that leaks memory to its ``RLIMIT_AS`` or its cgroup's cap, one
+that runs out of file descriptors, one that forks children and is then SIGKILLed.
 
 Each fault adds a worker under the root (``chaos_res_<n>``, temporary,
 :class:`~._apps.Glutton`) and exhausts one resource:
@@ -10,7 +10,12 @@ Each fault adds a worker under the root (``chaos_res_<n>``, temporary,
   answer over the connection it has, and a new caller's call must end within its timeout
   (a reply or a clear error, never a hang); then it must stop in order;
 * ``fork``: it forks 3 children, then is SIGKILLed; its children must die with it
-  (:func:`~._invariants.descendants_gone`), within 2 s.
+  (:func:`~._invariants.descendants_gone`), within 2 s;
+* ``cgroup``: the runner puts it in a memory cgroup of its own capped at 64 MiB
+  (:mod:`._cgroup`: v2, else v1; root) and it writes memory until something stops it: the
+  kernel's OOM killer must SIGKILL it, within its cgroup only, and its supervisor report it
+  ``killed`` (:func:`~._invariants.memory_cap_enforced`). Where no cgroup can be made the
+  fault is not injected and the report says why.
 
 The rest of the tree keeps converging and the node keeps answering throughout.
 """
@@ -25,7 +30,8 @@ from typing import TYPE_CHECKING, Any
 from .._childspec import ChildSpec
 from .._client import connect
 from .._errors import CallTimeout, MailboxFull, PrismaticError
-from ._invariants import descendants_gone, process_alive
+from ._cgroup import cgroup_unavailable, open_memory_cgroup
+from ._invariants import descendants_gone, memory_cap_enforced, process_alive
 from ._schedule import Fault, arrivals, scenario_rng
 
 if TYPE_CHECKING:
@@ -33,12 +39,13 @@ if TYPE_CHECKING:
     from ._shape import TreeShape
 
 NAME = "resources"
-SUMMARY = ("a worker leaks memory to RLIMIT_AS, one runs out of fds, one forks and is "
-           "killed; checks MemoryError crash, still answering, children die with it")
+SUMMARY = ("a worker leaks memory to RLIMIT_AS or a cgroup cap, one runs out of fds, one forks "
+           "and is killed; checks MemoryError / OOM kill, still answering, children die")
 REQUIRES = frozenset({"node"})  # any single node, owned or not
 
-_KINDS = ("memory", "fds", "fork")
-_MAX_RATE = 3.0
+_KINDS = ("memory", "fds", "fork", "cgroup")
+_MAX_RATE = 4.0
+CGROUP_LIMIT = 64 << 20
 
 
 def plan(seed: int, duration: float, rate: float, shape: TreeShape) -> list[Fault]:
@@ -93,11 +100,34 @@ def _fork(ctx: ScenarioContext, name: str, pid: int) -> None:
                     descendants_gone([c for c in children if process_alive(c)]))
 
 
+def _cgroup(ctx: ScenarioContext, name: str, pid: int, since: int) -> None:
+    with open_memory_cgroup(CGROUP_LIMIT) as group:
+        group.add(pid)
+        ctx.conn.cast(name, ["touch", 0])
+        deadline = time.monotonic() + ctx.settings.deadline
+        records: list[Any] = []
+        while not records and time.monotonic() < deadline:  # dead, and its exit logged
+            time.sleep(0.02)
+            records = [r for r in ctx.log(f"supervisor.root.{name}.child_exited", since)
+                       if isinstance(r.payload, dict) and r.payload.get("pid") == pid]
+        reason = records[0].payload.get("reason") if records else None
+        kind = reason.get("kind") if isinstance(reason, dict) else None
+        ctx.tally.check("memory_cap_enforced", memory_cap_enforced(
+            kind, group.oom_kills(), group.peak(), CGROUP_LIMIT))
+        ctx.tally.notes.append(f"{name} in a cgroup v{group.version} capped at "
+                               f"{CGROUP_LIMIT >> 20} MiB: {kind or 'still running'}, "
+                               f"{group.oom_kills()} OOM kill(s)")
+
+
 def run(ctx: ScenarioContext, faults: list[Fault]) -> None:
+    no_cgroup = cgroup_unavailable()
     for fault in faults:
         if not ctx.wait_offset(fault.offset):
             break
         name = fault.target
+        if fault.arg == "cgroup" and no_cgroup is not None:
+            ctx.tally.notes.append(f"{fault.describe()} not injected: {no_cgroup}")
+            continue
         since = time.time_ns()
         pid = ctx.conn.start_child("", ChildSpec(id=name, start="prismatic.chaos._apps:Glutton",
                                                  args=(name,), restart="temporary"))
@@ -110,7 +140,9 @@ def run(ctx: ScenarioContext, faults: list[Fault]) -> None:
                 _memory(ctx, name, pid, since)
             elif fault.arg == "fds":
                 _fds(ctx, name)
+            elif fault.arg == "cgroup":
+                _cgroup(ctx, name, pid, since)
             else:
                 _fork(ctx, name, pid)
-        except PrismaticError as exc:
+        except PrismaticError as exc:  # ChaosError too: a cgroup that could not be made
             ctx.tally.check(f"resources_{fault.arg}", f"{name}: {type(exc).__name__}: {exc}")

@@ -340,7 +340,7 @@ def spec_to_wire(spec: ChildSpec) -> ChildSpec:
     if isinstance(start, SupervisorSpec):
         start = msgspec.structs.replace(start, children=tuple(
             spec_to_wire(c) for c in start.children))
-    elif not isinstance(start, str):
+    elif not isinstance(start, (str, Program)):  # a Program is plain data: sent as it is
         module = getattr(start, "__module__", None) or "?"
         start = f"{module}:{getattr(start, '__qualname__', None) or type(start).__name__}"
     return msgspec.structs.replace(spec, start=start)
@@ -352,7 +352,7 @@ def spec_from_wire(obj: object) -> ChildSpec:
     if not isinstance(obj, dict):
         raise ChildSpecError("spec", obj, "must be a child spec (a map)")
     start = obj.get("start")
-    if isinstance(start, dict):  # a nested SupervisorSpec
+    if isinstance(start, dict) and start.get("kind") != "program":  # a nested SupervisorSpec
         start = SupervisorSpec(flags=msgspec.convert(start.get("flags", {}), SupFlags),
                                children=[spec_from_wire(c) for c in start.get("children", ())],
                                name=start.get("name"))

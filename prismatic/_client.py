@@ -38,7 +38,7 @@ from ._childspec import ChildSpec, spec_from_wire
 from ._program import Program
 from ._control import (
     CONTROL_MAX_BYTES, METRICS_FAILED, UNAUTHORIZED, ControlReply, MetricsCall, NodeStatus,
-    StatusCall, SupervisorCall, TreeCall, TreeRow,
+    ReloadCall, StatusCall, SupervisorCall, TreeCall, TreeRow,
 )
 from ._cookie import CookieRefused, read_cookie
 from ._errors import (
@@ -250,6 +250,12 @@ class NodeConnection:
     def status(self, *, node: str | None = None) -> NodeStatus:
         return msgspec.convert(
             self._call(lambda ref, cookie: StatusCall(ref, cookie, node or "")), NodeStatus)
+
+    def reload(self, timeout: float | None = None) -> dict[str, Any]:
+        """Re-read the node's config file and apply its tree (``prismatic reload``, see
+        ``prismatic._config_reload``): what was started, stopped, restarted... A file that
+        does not load is refused whole: ``SupervisorError('reload_refused', line)``."""
+        return dict(self._call(lambda ref, cookie: ReloadCall(ref, cookie), timeout))
 
     def metrics(self) -> str:
         """The node's metrics in Prometheus text format (also without an HTTP endpoint)."""

@@ -28,6 +28,7 @@ call (tag)     fields                                 Ok value
 ``cl_members`` ref, cookie                            ``list[MemberRow]`` (prismatic.mesh._loop)
 ``cl_join``    ref, seeds (``HOST:PORT``), cookie     ``None``: the join was asked (retried)
 ``cl_leave``   ref, cookie                            ``None``: the leave was announced
+``reload``     ref, cookie                            what the reload did (:mod:`._config_reload`)
 =============  =====================================  ===========================================
 
 The ``cl_*`` calls are answered ``Err("no_mesh", ...)`` by a node started without
@@ -45,7 +46,7 @@ from ._exit import ExitReason
 __all__ = ["SupervisorCall", "TreeCall", "StatusCall", "MetricsCall", "ControlCall",
            "ControlReply", "TreeRow", "NodeStatus", "ProcessState", "UNAUTHORIZED",
            "METRICS_FAILED", "CONTROL_MAX_BYTES", "ClusterMembersCall", "ClusterJoinCall",
-           "ClusterLeaveCall", "NO_MESH", "NO_CONNECTION"]
+           "ClusterLeaveCall", "NO_MESH", "NO_CONNECTION", "ReloadCall"]
 
 UNAUTHORIZED = "unauthorized"  # the Err reason of a refused cookie
 METRICS_FAILED = "metrics_failed"  # the node could not produce its metrics (logged there)
@@ -98,8 +99,15 @@ class ClusterLeaveCall(msgspec.Struct, frozen=True, tag="cl_leave"):
     cookie: str = ""
 
 
+class ReloadCall(msgspec.Struct, frozen=True, tag="reload"):
+    """Re-read the node's config file and apply its tree (``prismatic reload``)."""
+
+    ref: int
+    cookie: str = ""
+
+
 ControlCall = SupervisorCall | TreeCall | StatusCall | MetricsCall | ClusterMembersCall \
-    | ClusterJoinCall | ClusterLeaveCall
+    | ClusterJoinCall | ClusterLeaveCall | ReloadCall
 
 
 class ControlReply(msgspec.Struct, frozen=True):

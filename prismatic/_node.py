@@ -33,6 +33,7 @@ from ._nodeinfo import NodeInfo, open_hub_socket, set_current
 from ._process import fork_child
 from ._pubsub_wire import events_address, publish_address
 from ._tree_cgroup import enter_cgroup, open_tree_cgroup, start_sweeper
+from .supervisors._procs import check_spare_idle
 from .supervisors._runtime import SupervisorRuntime
 from .transports._channel import Channel, open_channel_pair
 
@@ -101,7 +102,8 @@ def run_node(spec: SupervisorSpec, *, name: str | None = None,
              data_dir: Path | str | None = None, show_tree: bool = True,
              out: TextIO = sys.stdout, metrics_port: int = 0,
              metrics_host: str = "127.0.0.1", eventlog_max_bytes: int | None = None,
-             eventlog_max_age_s: float | None = None, mesh: Any = None) -> int:
+             eventlog_max_age_s: float | None = None, mesh: Any = None,
+             config: Any = None) -> int:
     """Run a node until it is told to stop (exit code 0) or its root supervisor dies (1).
 
     ``metrics_port`` > 0 serves Prometheus metrics on ``http://<metrics_host>:<port>/metrics``
@@ -111,8 +113,12 @@ def run_node(spec: SupervisorSpec, *, name: str | None = None,
     bound; the command line's default is 1 GiB).
     ``mesh`` (a :class:`prismatic.mesh.MeshSettings`) makes the node a cluster member; its
     secret is checked here, before anything starts.
+    ``config`` (a :class:`~._config.NodeConfig` whose tree is ``spec``): ``prismatic
+    reload`` re-reads its file and applies the difference (see :mod:`._config_reload`).
     """
     name = name or default_node_name()
+    if (why := check_spare_idle()) is not None:
+        raise NodeError(why)
     if mesh is not None:
         from .mesh import check_settings  # noqa: PLC0415 - only a clustered node needs it
 
@@ -142,7 +148,9 @@ def run_node(spec: SupervisorSpec, *, name: str | None = None,
         enter_cgroup(cgroup)
     hub_sock = open_hub_socket(name)  # before the fork: a second node of this name fails here
     # inherited by every process of the tree; a new creation per start (see _address)
-    set_current(NodeInfo(name, data.resolve(), new_creation()))
+    info = NodeInfo(name, data.resolve(), new_creation())
+    str(info.data_dir)  # cached in the Path now, not computed (and copied) in every worker
+    set_current(info)
     # Fork the root before any ZeroMQ context exists in this process.
     mine, theirs = open_channel_pair()
     root_pid = fork_child((theirs.fileno(),), lambda: _root_main(spec, theirs, name),
@@ -153,7 +161,8 @@ def run_node(spec: SupervisorSpec, *, name: str | None = None,
         from ._node_loop import serve  # noqa: PLC0415 - after the fork, by design
 
         return serve(name, data, mine, root_pid, show_tree, out, cookie, hub_sock,
-                     metrics_port, metrics_host, eventlog_max_bytes, eventlog_max_age_s, mesh)
+                     metrics_port, metrics_host, eventlog_max_bytes, eventlog_max_age_s, mesh,
+                     config)
     except EventLogError as exc:  # a log that is not ours, corrupt, or newer: never touch it
         os.kill(root_pid, signal.SIGKILL)  # the tree must not run without its node
         os.waitpid(root_pid, 0)

@@ -46,8 +46,9 @@ from ._address import Pid
 from ._control import (
     CONTROL_MAX_BYTES, METRICS_FAILED, NO_CONNECTION, NO_MESH, UNAUTHORIZED, ClusterJoinCall,
     ClusterLeaveCall, ClusterMembersCall, ControlCall, ControlReply, MetricsCall, NodeStatus,
-    StatusCall, SupervisorCall, TreeCall, TreeRow,
+    ReloadCall, StatusCall, SupervisorCall, TreeCall, TreeRow,
 )
+from ._config_reload import ConfigReload
 from ._cookie import cookie_matches
 from ._crash_log import CrashLog
 from ._errors import PrismaticError
@@ -78,17 +79,19 @@ log = logging.getLogger(__name__)
 MAILBOX_STATS_TIMEOUT_S = 0.25  # a worker busy longer than this is left out of a scrape
 _encoder = msgspec.msgpack.Encoder()
 _call_decoder = msgspec.msgpack.Decoder(ControlCall)
+_result_decoder = msgspec.msgpack.Decoder(Ok | Err)
 
 
 def serve(name: str, data: Path, root: Channel, root_pid: int, show_tree: bool, out: TextIO,
           cookie: str, hub_sock: socket.socket, metrics_port: int, metrics_host: str,
           eventlog_max_bytes: int | None = None, eventlog_max_age_s: float | None = None,
-          mesh: Any = None) -> int:
+          mesh: Any = None, config: Any = None) -> int:
     # Opened only now, after the node's one fork (LMDB must never cross a fork).
     with open_event_log(str(data / "eventlog"), node=name, max_bytes=eventlog_max_bytes,
                         max_age_s=eventlog_max_age_s) as event_log:
         node = NodeLoop(name, data, root, root_pid, show_tree, out, event_log, cookie)
         node.mesh_settings = mesh
+        node.reloads = ConfigReload(config, node.ask_supervisor, node.record_event)
         return uvloop.run(node.main(hub_sock, metrics_port, metrics_host))
 
 
@@ -134,6 +137,8 @@ class NodeLoop:
         self.mesh_settings: Any = None  # prismatic.mesh.MeshSettings: run the mesh
         self.mesh: Any = None
         self.exit_code = 0  # what an orderly stop exits with (2: the mesh refused our name)
+        self.asked: dict[int, asyncio.Future[msgspec.Raw]] = {}  # the node's own requests
+        self.reloads = ConfigReload(None, self.ask_supervisor, self.record_event)
 
     async def main(self, hub_sock: socket.socket, metrics_port: int = 0,
                    metrics_host: str = "127.0.0.1") -> int:
@@ -318,7 +323,7 @@ class NodeLoop:
                 self.on_frame(frame)
         reason = self.root_reason or reason_from_wait_status(status)
         self.hub.process_exited(self.root_pid, reason)
-        for ref in list(self.pending):
+        for ref in [*self.pending, *self.asked]:
             self.answer(ref, msgspec.Raw(_encoder.encode(Err("noproc", "root supervisor exited"))))
         if self.stopping and isinstance(reason, (Normal, Shutdown)):
             self.say(f"node {self.name}: stopped")
@@ -388,6 +393,8 @@ class NodeLoop:
             self.reply(ident, call.ref, Err("badarg", "not available across nodes"))
         elif isinstance(call, (ClusterMembersCall, ClusterJoinCall, ClusterLeaveCall)):
             self.on_cluster_call(ident, call)
+        elif isinstance(call, ReloadCall):
+            asyncio.get_running_loop().create_task(self.reload_config(ident, call.ref))
         elif isinstance(call, MetricsCall):
             # Off the loop: a scrape asks every worker for its mailbox statistics.
             asyncio.get_running_loop().create_task(self.reply_metrics(ident, call.ref))
@@ -423,6 +430,8 @@ class NodeLoop:
         dist.on_control = self.on_remote_control
         dist.on_lost = self.control_node_lost
         dist.publish_local = self.forwarder.send
+        dist.address_of, dist.keys = mesh.member_addr, mesh.keys  # direct links (._direct)
+        dist.attach_port(mesh.port)
         self.forwarder.on_published = dist.published
         mesh.remote = self.hub.remote = dist
 
@@ -573,7 +582,35 @@ class NodeLoop:
                         uptime=(now - e.started_mono) if e.pid else None,
                         last_exit=e.last_exit) for e in self.tree.rows()]
 
+    async def reload_config(self, ident: bytes, ref: int) -> None:
+        try:
+            result = await self.reloads.run()
+        except Exception as exc:  # noqa: BLE001 - answered, logged and counted, never lost
+            self.tasks.caught("reload", exc)
+            result = Err("reload_failed", repr(exc))
+        self.reply(ident, ref, result)
+
+    async def ask_supervisor(self, path: tuple[str, ...], op: Any) -> Ok | Err:
+        """A supervisor operation of the node's own (a reload's), answered like a client's."""
+        ref, self.next_ref = self.next_ref, self.next_ref + 1
+        self.asked[ref] = answer = asyncio.get_running_loop().create_future()
+        if not self.root.try_send(RequestFrame(ref, path, msgspec.Raw(_encoder.encode(op)))):
+            del self.asked[ref]
+            return Err("noproc", "no root")
+        result: Ok | Err = _result_decoder.decode(await answer)
+        return result
+
+    def record_event(self, topic: str, body: dict[str, Any]) -> None:
+        """A node event of its own (a reload's): published and logged."""
+        self.forwarder.send(topic.encode(), _encoder.encode((body,)))
+        self.log.submit(topic, body, source="node").add_done_callback(self.logged)
+
     def answer(self, ref: int, result: msgspec.Raw) -> None:
+        asked = self.asked.pop(ref, None)
+        if asked is not None:
+            if not asked.done():
+                asked.set_result(result)
+            return
         target = self.pending.pop(ref, None)
         if target is not None:
             self.send_reply(*target, result)

@@ -20,12 +20,14 @@ lists, Structs as dicts). Undeliverable casts and sends become dead letters repo
 hub, and the call returns False.
 
 A destination on another node (a Pid whose ``node`` is not ours, or ``(name, node)``) is
-reached through this node's relay (:mod:`prismatic.mesh._remote`): one connection for every
-remote destination, so messages leave in send order. A cast or send to one returns True once
-the relay has it; if it turns out undeliverable, the node that finds out records the dead
-letter. A call's reply, refusal (``NoProcError``) or failure (``ProcessDown``, with the
-callee's exit reason, or ``NoConnection()`` when its node became unreachable) comes back on
-the relay connection.
+reached on this process's direct link to that node (:mod:`._direct_link`, located through
+this node's relay once; pyzmq is imported then, never before): one link per node, so
+messages leave in send order. A cast or send returns True once the link (or, for a node
+that is not reachable, this node's relay, :mod:`prismatic.mesh._remote`) has it; if it
+turns out undeliverable, the node that finds out records the dead letter. A call's reply,
+refusal (``NoProcError``) or failure (``ProcessDown``, with the callee's exit reason, or
+``NoConnection()`` when its node became unreachable: the relay says so) comes back on the
+link it went out on.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ import os
 import socket
 import struct
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -52,7 +54,12 @@ from .transports._messages import (
     CallFrame, CallRefused, CallReply, CastFrame, DeadLetterNote, ExitOfReq,
     GlobalWhereisReq, InfoFrame, MailboxFrame, WhereisReq,
 )
-from .transports._remote_frames import CallFailed, Forward, RelayAnswer, relay_address
+from .transports._remote_frames import (
+    CallFailed, Deliver, Forward, Locate, Located, NodeLost, RelayAnswer, relay_address,
+)
+
+if TYPE_CHECKING:
+    from ._direct_link import DirectLink
 
 __all__ = ["Outbox", "Dest", "RequestId"]
 
@@ -66,6 +73,12 @@ EXIT_REASON_WAIT_S = 1.0  # how long a failed call waits for the tree to report 
 # Busy-poll for a reply this long before blocking (see _spin_recv); never on one CPU, where
 # spinning would only delay the callee.
 SPIN_S = 50e-6 if len(os.sched_getaffinity(0)) > 1 else 0.0
+# A process sending on a direct link reads its relay's notices (a lost node) at most this
+# often: a read per message would cost a system call each.
+RELAY_POLL_S = 0.001
+# A process waiting for an answer on a direct link reads its relay's notices this often: a
+# call in flight to a node declared lost fails within this of the notice.
+RELAY_WAIT_S = 0.05
 _untrusted = ThrottledWarning(log)  # squatted mailbox addresses (each becomes a dead letter)
 
 
@@ -141,6 +154,11 @@ class Outbox:
         self.hub = hub
         self.peers: dict[Pid, _Peer] = {}
         self.relay: _Peer | None = None  # to this node's relay, for remote destinations
+        self.links: dict[str, DirectLink] = {}  # direct links, by node (._direct_link)
+        self.located: dict[str, Located] = {}  # the relay's answers to locate
+        self.via: dict[int, DirectLink] = {}  # remote calls in flight on a direct link
+        self.linked = False  # this process made a direct link (it flushes them at exit)
+        self.relay_read_at = 0.0
         self.names: dict[str, Pid] = {}
         self.refs = itertools.count(1)
         self.dead_letters = 0
@@ -241,35 +259,127 @@ class Outbox:
         if self.relay is not None:
             self.relay.sock.close()
             self.relay = None
+            # Nobody tells us of lost nodes any more (our node stopped): links end too.
+            for node in list(self.links):
+                self.node_lost(node)
 
-    def forward(self, node: str, to: Pid | str, frame: Any, timeout: float, dest: Dest) -> bool:
-        """Hand ``frame`` to this node's relay for ``to`` on ``node``; False if this node is
-        in no cluster (no relay). Raises :class:`MailboxFull` as :meth:`_send` does."""
+    def on_relay_frame(self, frame: Any) -> Any:
+        """A frame from the relay: the answer to a relay-path call is returned, the rest
+        handled here."""
+        if isinstance(frame, Located):
+            self.located[frame.node] = frame
+        elif isinstance(frame, NodeLost):
+            self.node_lost(frame.node)
+        elif isinstance(frame, (CallReply, CallRefused, CallFailed)):
+            return frame
+        return None
+
+    def poll_relay(self) -> None:
+        """Read what the relay told us meanwhile (a lost node), without waiting."""
+        relay = self.relay
+        if relay is None:
+            return
+        try:
+            data = relay.sock.recv(1 << 16, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self.drop_relay()
+            return
+        for frame in relay.frames.feed(data):
+            answer = self.on_relay_frame(frame)
+            if answer is not None and answer.ref in relay.waiting:
+                relay.replies[answer.ref] = answer
+
+    def node_lost(self, node: str) -> None:
+        link = self.links.pop(node, None)
+        if link is not None:
+            link.fail_all(NoConnection())
+
+    def link_to(self, node: str, timeout: float) -> DirectLink | None:
+        """The direct link to ``node``; None if the relay does not know it reachable (or
+        this node is in no cluster): the relay path then fails what is sent."""
+        link = self.links.get(node)
+        if link is not None:
+            now = time.monotonic()
+            if now >= self.relay_read_at:  # a lost node is seen within RELAY_POLL_S
+                self.relay_read_at = now + RELAY_POLL_S
+                self.poll_relay()
+                link = self.links.get(node)
+            if link is not None:
+                return link
+        try:
+            relay = self.relay_peer()
+        except OSError:
+            return None
+        self.located.pop(node, None)
+        relay.set_timeouts(timeout)
+        deadline = time.monotonic() + timeout
+        try:
+            relay.sock.sendall(encode_frame(Locate(node)))
+            while node not in self.located:
+                data = relay.sock.recv(1 << 16)
+                if not data:
+                    self.drop_relay()
+                    return None
+                for frame in relay.frames.feed(data):
+                    answer = self.on_relay_frame(frame)
+                    if answer is not None and answer.ref in relay.waiting:
+                        relay.replies[answer.ref] = answer
+                if time.monotonic() > deadline:
+                    return None
+                relay.set_timeouts(max(deadline - time.monotonic(), 0.0001), snd=False)
+        except OSError:  # BlockingIOError: no answer in time (the node is stuck)
+            self.drop_relay()
+            return None
+        located = self.located.pop(node)
+        if located.addr is None:
+            return None
+        from ._direct_link import DirectLink  # noqa: PLC0415 - loads zmq: only when used
+
+        link = self.links[node] = DirectLink(located)
+        self.linked = True
+        return link
+
+    def forward(self, node: str, to: Pid | str, frame: Any, timeout: float,
+                dest: Dest) -> _Peer | DirectLink | None:
+        """Send ``frame`` to ``to`` on ``node``: on the direct link to ``node``, or else to
+        this node's relay; what it went out on, or None if this node is in no cluster (no
+        relay). Raises :class:`MailboxFull` as :meth:`_send` does."""
+        link = self.link_to(node, timeout)
+        if link is not None:
+            self.sent += 1
+            if not link.send([Deliver(to, frame)], timeout):
+                raise MailboxFull(dest, f"the link to node {node} stayed full for "
+                                        f"{timeout:.3g}s")
+            return link
         data = encode_frame(Forward(node, to, frame))
         for _attempt in (0, 1):
             try:
                 peer = self.relay_peer()
             except OSError:
-                return False
+                return None
             peer.set_timeouts(timeout)
             self.sent += 1
             try:
                 peer.sock.sendall(data)
-                return True
+                return peer
             except BlockingIOError:
                 self.drop_relay()
                 raise MailboxFull(dest, f"the node's relay stayed full for {timeout:.3g}s") \
                     from None
             except OSError:
                 self.drop_relay()  # the node restarted: once more, on a new connection
-        return False
+        return None
 
     def deliver(self, dest: Dest, frame: Any, kind: str, timeout: float) -> bool:
         """Cast or send: True once handed to the destination's mailbox (or, for a remote
         destination, to this node's relay), False if it became a dead letter."""
         remote = self.remote(dest)
         if remote is not None:
-            if self.forward(remote[0], remote[1], frame, timeout, dest):
+            if self.forward(remote[0], remote[1], frame, timeout, dest) is not None:
                 return True
             return self._dead_letter(dest, "noconnection", kind, len(encode_frame(frame)))
         data = encode_frame(frame)
@@ -313,10 +423,12 @@ class Outbox:
         if remote is not None:
             node, to = remote
             frame = CallFrame(ref, msg, self.me, None)
-            if not self.forward(node, to, frame, timeout, dest):
+            via = self.forward(node, to, frame, timeout, dest)
+            if via is None:
                 raise ProcessDown(dest, NoConnection())
-            assert self.relay is not None
-            self.relay.waiting.add(ref)
+            via.waiting.add(ref)
+            if via is not self.relay:
+                self.via[ref] = via  # type: ignore[assignment]
             return RequestId(dest, to if isinstance(to, Pid) else Pid(node, 0), ref)
         name = dest if isinstance(dest, str) else None
         where = self._post(dest, encode_frame(CallFrame(ref, msg, self.me, name)), timeout,
@@ -351,10 +463,14 @@ class Outbox:
                  deadline: float) -> CallReply | CallRefused | CallFailed | None:
         """The reply to ``req``; None if the callee's connection broke first. Replies to
         other requests in flight are kept for them; replies nobody awaits are late: dropped."""
+        ref = req.ref
+        if req.pid.node != self.node:
+            link = self.via.pop(ref, None)
+            if link is not None:
+                return self._collect_direct(link, req, deadline)
         peer = self.relay if req.pid.node != self.node else self.peers.get(req.pid)
         if peer is None:
             return None
-        ref = req.ref
         found = peer.replies.pop(ref, None)
         if found is not None:
             peer.waiting.discard(ref)
@@ -374,6 +490,8 @@ class Outbox:
                 peer.waiting.discard(ref)
                 return None
             for frame in peer.frames.feed(data):
+                if peer is self.relay:
+                    frame = self.on_relay_frame(frame)
                 if not isinstance(frame, (CallReply, CallRefused, CallFailed)):
                     continue
                 if frame.ref == ref:
@@ -390,6 +508,36 @@ class Outbox:
                 raise CallTimeout(req.dest, "no reply in time")
             peer.set_timeouts(left, snd=False)
             spin = 0.0
+
+    def _collect_direct(self, link: DirectLink, req: RequestId,
+                        deadline: float) -> CallReply | CallRefused | CallFailed:
+        """The answer to ``req``, sent on ``link``: read from the link, or a failure when
+        the relay says its node is lost meanwhile (read between waits of RELAY_WAIT_S)."""
+        ref = req.ref
+        while True:
+            found = link.replies.pop(ref, None)
+            if found is not None:
+                link.waiting.discard(ref)
+                return found
+            left = deadline - time.monotonic()
+            if left <= 0:
+                link.waiting.discard(ref)
+                raise CallTimeout(req.dest, "no reply in time")
+            # No busy poll first, as a local call does: spinning on a ZeroMQ socket
+            # measured twice the round trip (it competes with the I/O thread).
+            answers = link.receive(min(left, RELAY_WAIT_S))
+            if answers is None:
+                self.poll_relay()  # a lost node fails the link's calls
+                continue
+            for frame in answers:
+                if frame.ref == ref:
+                    found = frame
+                elif frame.ref in link.waiting:
+                    link.replies[frame.ref] = frame
+                # else: a late answer to a call that timed out: dropped
+            if found is not None:
+                link.waiting.discard(ref)
+                return found
 
     def exit_reason(self, pid: Pid, deadline: float) -> ExitReason:
         wait = min(EXIT_REASON_WAIT_S, max(deadline - time.monotonic(), 0.05))
@@ -408,5 +556,16 @@ class Outbox:
     def close(self) -> None:
         for pid in list(self.peers):
             self.drop(pid)
+        for link in self.links.values():
+            link.close()  # what it holds leaves within its linger
+        self.links.clear()
         self.drop_relay()
+
+    def close_links(self) -> None:
+        """Before the process exits: what its direct links hold leaves first."""
+        if self.linked:
+            from ._direct_link import close_all  # noqa: PLC0415
+
+            self.links.clear()
+            close_all()
 

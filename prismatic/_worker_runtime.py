@@ -410,5 +410,7 @@ def _new_asyncio_loop() -> asyncio.AbstractEventLoop:
 
 def _finish(channel: Channel, reason: ExitReason, ctx: WorkerContext) -> int:
     ctx.close_pubsub()
+    if ctx._outbox is not None:  # what it sent to other nodes leaves before its exit
+        ctx._outbox.close_links()
     channel.try_send(ExitingFrame(reason))
     return exit_code_for(reason)

@@ -20,13 +20,14 @@ from .._address import own_pid
 from .._childspec import ChildSpec, ChildType, SupervisorSpec, resolve_start
 from .._errors import ChildSpecError
 from .._exit import reason_from_exception
-from .._nodeinfo import creation_of
+from .._nodeinfo import creation_of, current
 from .._process import lead_own_group, set_process_name
 from .._worker import Ignore, Worker
 from .._worker_runtime import WorkerContext, run_worker
 from ..transports._channel import Channel
 from ..transports._framing import encode_frame
 from ..transports._frames import Become, ExitingFrame, IgnoredFrame, ReadyFrame
+from ._logfile import capture_prints
 
 __all__ = ["spare_main", "run_child", "knows", "proc_name"]
 
@@ -113,6 +114,9 @@ def run_child(spec: ChildSpec, channel: Channel, path: tuple[str, ...], node: st
     except BaseException as exc:  # noqa: BLE001 - a start failure is reported as data
         channel.try_send(ExitingFrame(reason_from_exception(exc)))
         return 1
+    info = current()
+    if info is not None:  # its print() goes to its log file, as a program's output does
+        capture_prints(info.data_dir, path)
     return run_worker(start, spec.args, channel, node, path[-1] if path else "", prepared)
 
 

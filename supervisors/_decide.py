@@ -21,18 +21,21 @@ from typing import Any
 import msgspec
 
 from .._childspec import AutoShutdown, ChildType, RestartType, ShutdownKind, Strategy, SupFlags
-from .._childspec import ChildSpec, check_child_specs, spec_to_wire
+from .._childspec import ChildSpec, SupervisorSpec, check_child_specs, spec_from_wire
+from .._childspec import spec_to_wire
 from .._errors import ChildSpecError
 from .._exit import ExitReason, Killed, Normal, Shutdown, describe, is_abnormal
 from ._events import (
     Child, ChildInfo, ChildStatus, CountChildren, DeleteChild, Err, Exit, ExitStep, Exited,
     FailMode, GetChildSpec, Ignored, Init, Job, LifecycleKind, Ok, Phase, Ready, ReadyStep,
+    Reload, ReloadDoneStep, ReloadTableStep,
     Reply, ReplyStep, Report, Request, RestartChild, ShutdownRequested, StartChild,
     StartDynamic, StartFailed, StartProc, StartStep, Started, StopAllStep, StopMany, StopProc,
     StopStep,
     SupervisorState, TerminateChild, TryAgain, WhichChild, WhichChildren,
 )
 from ._intensity import add_restart
+from ._reload import plan_reload
 
 __all__ = ["decide", "initial_state"]
 
@@ -187,6 +190,12 @@ class _Draft:
             self.actions.append(Ready())
         elif isinstance(step, ReplyStep):
             self.actions.append(Reply(step.ref, Ok()))
+        elif isinstance(step, ReloadTableStep):
+            self.retable(step)
+        elif isinstance(step, ReloadDoneStep):
+            assert self.job is not None
+            self.actions.append(Reply(step.ref, Ok({**step.summary,
+                                                    "failed": list(self.job.failed)})))
         elif isinstance(step, ExitStep):
             self.phase = Phase.STOPPED
             self.job = None
@@ -251,6 +260,12 @@ class _Draft:
             if job.ref is not None:
                 self.actions.append(Reply(job.ref, Err("failed_to_start_child", c.key, reason)))
             self.job = _replace(job, await_start=None)
+        elif job.on_start_fail is FailMode.RELOAD:
+            if c.dynamic:
+                self.drop_row(i)
+            else:
+                self.put(i, ChildStatus.UNDEFINED, None)
+            self.job = _replace(job, await_start=None, failed=(*job.failed, c.key))
         elif job.on_start_fail is FailMode.TRY_AGAIN:
             self.put(i, ChildStatus.RESTARTING, c.pid)
             self.job = None  # the rest of the restart is abandoned, as OTP's children_map abort
@@ -375,6 +390,8 @@ class _Draft:
             self.start_child(ref, op.spec)
         elif isinstance(op, TerminateChild):
             self.terminate_child(ref, op.target)
+        elif isinstance(op, Reload):
+            self.reload(ref, op)
         elif self.simple:
             self.reply(ref, Err("simple_one_for_one"))
         elif isinstance(op, RestartChild):
@@ -472,6 +489,46 @@ class _Draft:
             return
         key = self.children[i].key
         self.job = Job(steps=(StopStep(key), ReplyStep(ref)), on_start_fail=FailMode.REPLY)
+
+
+    def reload(self, ref: int, op: Reload) -> None:
+        """A new spec for this supervisor (see ``_reload``): flags now, children by a job."""
+        try:
+            specs = tuple(c if isinstance(c, ChildSpec) else spec_from_wire(c)
+                          for c in op.children)
+            SupervisorSpec(flags=op.flags, children=specs)  # the checks of a new supervisor
+        except ChildSpecError as exc:
+            self.reply(ref, Err("bad_child_spec", str(exc)))
+            return
+        simple = op.flags.strategy is Strategy.SIMPLE_ONE_FOR_ONE
+        if simple != self.simple:
+            self.reply(ref, Err("badarg", "strategy: to or from simple_one_for_one needs a "
+                                          "restart of the supervisor, not a reload"))
+            return
+        plan = plan_reload(self.children, specs, simple)
+        summary = {**plan.summary(), "flags": op.flags != self.flags}
+        self.flags = op.flags  # OTP's set_flags: the restart history is kept
+        self.job = Job(steps=(*(StopStep(k) for k in plan.stop), ReloadTableStep(plan.table),
+                              *(StartStep(k) for k in plan.start),
+                              ReloadDoneStep(ref, summary)),
+                       on_start_fail=FailMode.RELOAD)
+
+    def retable(self, step: ReloadTableStep) -> None:
+        """The reload's table: rows kept as they are (their spec replaced), fresh rows, and
+        whatever is left of the old table deleted."""
+        old = {c.key: c for c in self.children}
+        rows: list[Child] = []
+        for key, spec, keep, dynamic in step.table:
+            c = old.pop(key, None)
+            if keep and c is not None:
+                rows.append(Child(key=key, spec=spec, status=c.status, pid=c.pid,
+                                  dynamic=c.dynamic))
+            else:
+                rows.append(Child(key=key, spec=spec, dynamic=dynamic))
+        for c in old.values():
+            self.report(LifecycleKind.CHILD_DELETED, c, None)
+        self.children = rows
+        self.rows = None
 
 
 class _Rows:

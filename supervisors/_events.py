@@ -23,7 +23,8 @@ __all__ = [
     "Init", "Exited", "Started", "StartFailed", "Ignored", "TryAgain", "ShutdownRequested",
     "Request", "Event",
     "WhichChildren", "CountChildren", "StartChild", "StartDynamic", "TerminateChild",
-    "RestartChild", "DeleteChild", "GetChildSpec", "WhichChild", "Op",
+    "RestartChild", "DeleteChild", "GetChildSpec", "WhichChild", "Reload", "Op",
+    "ReloadTableStep", "ReloadDoneStep",
     "StartProc", "StopProc", "StopMany", "Reply", "Report", "Ready", "Exit", "Action",
     "LifecycleKind", "Ok", "Err", "ChildInfo",
 ]
@@ -48,6 +49,7 @@ class FailMode(enum.Enum):
     ABORT_INIT = "abort_init"  # the supervisor's own start fails
     TRY_AGAIN = "try_again"  # a restart: mark restarting, retry later (counts to intensity)
     REPLY = "reply"  # an API call: answer the caller with the error
+    RELOAD = "reload"  # a reload: the child keeps its new spec, no process; the job goes on
 
 
 class Child(msgspec.Struct, frozen=True):
@@ -87,7 +89,22 @@ class ReplyStep(msgspec.Struct, frozen=True):
     ref: int
 
 
-Step = StopStep | StopAllStep | StartStep | ExitStep | ReadyStep | ReplyStep
+class ReloadTableStep(msgspec.Struct, frozen=True):
+    """A reload's new child table, taken once its stops are done (see ``_reload``):
+    (key, spec, keep the row's process and status, dynamic)."""
+
+    table: tuple[tuple[str, ChildSpec, bool, bool], ...]
+
+
+class ReloadDoneStep(msgspec.Struct, frozen=True):
+    """Answer the reload ``ref`` with ``summary`` and the keys whose start failed."""
+
+    ref: int
+    summary: dict[str, Any]
+
+
+Step = StopStep | StopAllStep | StartStep | ExitStep | ReadyStep | ReplyStep \
+    | ReloadTableStep | ReloadDoneStep
 
 
 class Job(msgspec.Struct, frozen=True):
@@ -100,6 +117,7 @@ class Job(msgspec.Struct, frozen=True):
     remove_on_fail: bool = False
     await_start: str | None = None
     await_exits: frozenset[int] = frozenset()
+    failed: tuple[str, ...] = ()  # a reload's children whose start failed
 
 
 class SupervisorState(msgspec.Struct, frozen=True):
@@ -199,8 +217,18 @@ class WhichChild(msgspec.Struct, frozen=True, tag=True):
     target: str | int
 
 
+class Reload(msgspec.Struct, frozen=True, tag=True):
+    """Apply a new spec to a running supervisor (``prismatic reload``; see ``_reload``):
+    its new flags, and its children as ``spec_to_wire`` sends them (maps, validated by the
+    supervisor). The reply's value says what was done (``ReloadPlan.summary`` and
+    ``failed``)."""
+
+    flags: SupFlags
+    children: tuple[Any, ...]
+
+
 Op = WhichChildren | CountChildren | StartChild | StartDynamic | TerminateChild | RestartChild \
-    | DeleteChild | GetChildSpec | WhichChild
+    | DeleteChild | GetChildSpec | WhichChild | Reload
 
 
 class Request(msgspec.Struct, frozen=True, tag=True):

@@ -13,6 +13,13 @@ is idle; a zygote that keeps dying is given up, with a log line; a clone that fa
 process limit, a pids cgroup) is asked for again only after a backoff (0.1 s doubling to
 5 s), one log line each time, starts meanwhile forking their child directly.
 
+Dormancy (what a spare costs where nothing restarts): a supervisor that has started nothing
+for :func:`spare_idle_s` (default 60 s, ``PRISMATIC_SPARE_IDLE`` in the node's environment)
+kills its spare and its zygote: two processes and their memory, which a tree of many small
+supervisors would otherwise pay for each of them. Its next start forks the child directly
+(the fork-after-death path, no slower than a plain supervisor's), and once that start is done
+it makes a zygote and a spare again, so restarts that follow within the idle time are fast.
+
 Orphans: every process of the tree is a child subreaper (``prismatic/_process.py``), so a
 process orphaned below a live child is reparented to that child, and one whose child is
 gone (a worker's own child processes when the worker died, the children of a child
@@ -51,7 +58,8 @@ from ._events import Phase, StartStep
 from ._program_run import ProgramRun
 from ._zygote import Zygote
 
-__all__ = ["Proc", "SpareKeeping", "PARK_MAX_S", "fork_with_channel"]
+__all__ = ["Proc", "SpareKeeping", "PARK_MAX_S", "fork_with_channel", "spare_idle_s",
+           "check_spare_idle", "SPARE_IDLE_DEFAULT_S"]
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +67,32 @@ _ZYGOTE_DEATHS_TOLERATED = 3  # then the supervisor forks its spares itself, and
 _CLONE_BACKOFF_S = (0.1, 5.0)  # after a failed clone, ask again after this, doubling to max
 PARK_MAX_S = 0.05  # a start waits this long at most for a spare in the making, then forks
 _AHEAD = 2  # spares in the making while starts follow one another
+SPARE_IDLE_DEFAULT_S = 60.0
+
+
+def spare_idle_s(environ: dict[str, str] | None = None) -> float:
+    """Seconds without a start after which a supervisor lets its spare and zygote go
+    (``PRISMATIC_SPARE_IDLE``: a number of seconds, or ``never``). The node checks the value
+    before it forks its tree (:func:`check_spare_idle`), so a bad one never gets here."""
+    text = (os.environ if environ is None else environ).get("PRISMATIC_SPARE_IDLE", "")
+    if not text.strip():
+        return SPARE_IDLE_DEFAULT_S
+    if text.strip().lower() == "never":
+        return float("inf")
+    return float(text)
+
+
+def check_spare_idle(environ: dict[str, str] | None = None) -> str | None:
+    """None if ``PRISMATIC_SPARE_IDLE`` is usable, else why not (one line)."""
+    try:
+        value = spare_idle_s(environ)
+    except ValueError:
+        value = -1.0
+    if value >= 0 and value == value:  # not NaN
+        return None
+    text = (os.environ if environ is None else environ).get("PRISMATIC_SPARE_IDLE")
+    return (f"PRISMATIC_SPARE_IDLE={text!r}: expected seconds (>= 0) without a start after "
+            f"which a supervisor lets its spare and zygote go, or 'never'")
 
 
 def fork_with_channel(main: Callable[[Channel], int], name: str,
@@ -111,6 +145,9 @@ class SpareKeeping:
     starting: Proc | None
     exit_reason: ExitReason | None
     spares_after: float  # monotonic time before which no spare is asked for (0: none)
+    busy_at: float  # monotonic time of the last start (dormancy counts from it)
+    dormant: bool  # spare and zygote let go after spare_idle of no start
+    idle_limit: float  # spare_idle_s(), read once
     clone_backoff: float
     state: Any
     path: tuple[str, ...]
@@ -177,7 +214,7 @@ class SpareKeeping:
                 return  # the last clone failed: not again before the backoff is over
             self.spares_after = 0.0
         zygote = self.zygote
-        if zygote is None or self.exit_reason is not None \
+        if zygote is None or self.exit_reason is not None or self.dormant \
                 or self.state.phase in (Phase.STOPPING, Phase.STOPPED):
             return
         if self.starting is not None or self.parked is not None:
@@ -250,7 +287,7 @@ class SpareKeeping:
             zygote.kill()
 
     def wants_new_zygote(self) -> bool:
-        return (self.use_spares and self.use_zygote and self.idle()
+        return (self.use_spares and self.use_zygote and not self.dormant and self.idle()
                 and (self.zygote is None or self.zygote_stale))
 
     def renew_zygote(self) -> None:
@@ -269,7 +306,38 @@ class SpareKeeping:
 
     def wants_fork_spare(self) -> bool:
         """Without a zygote, the supervisor forks its one spare itself, when idle."""
-        return self.use_spares and not self.use_zygote and not self.spares and self.idle()
+        return (self.use_spares and not self.use_zygote and not self.dormant
+                and not self.spares and self.idle())
+
+    # ---- dormancy ---------------------------------------------------------------------------
+
+    def dormant_at(self) -> float:
+        """When this supervisor lets its spare and zygote go, if nothing starts before
+        (inf: never, or it has none to let go)."""
+        if self.dormant or not (self.spares or self.zygote is not None):
+            return float("inf")
+        return self.busy_at + self.idle_limit
+
+    def go_dormant(self) -> None:
+        """Let the spares and the zygote go (the module doc says why); a start wakes it."""
+        if not self.idle():
+            self.busy_at = time.monotonic()  # busy now: counted again from its end
+            return
+        for spare in list(self.spares):
+            self.kill_spare(spare)
+        zygote = self.detach_zygote()
+        if zygote is not None:
+            self.adopt(zygote.close(), self.zygote_specs)  # spares answered: killed below
+            for spare in list(self.spares):
+                self.kill_spare(spare)
+        self.dormant = True
+        log.debug("supervisor %s: no start for %.0f s; spare and zygote let go", self.name(),
+                  self.idle_limit)
+
+    def wake(self) -> None:
+        """A start: it forks directly if dormant; spares come back once it is done."""
+        self.busy_at = time.monotonic()
+        self.dormant = False
 
     def fork_spare(self) -> None:
         specs = self.static_specs()

@@ -17,12 +17,16 @@ from typing import Any
 import msgspec
 
 from .._childspec import ChildType
+from .._nodeinfo import current
 from .._process import kill_group, send_signal
 from .._program import Program
 from ..transports._channel import open_channel_pair
 from ._events import Started
+from ._logfile import (
+    WORKER_LOG_CHECK_S, WORKER_LOG_KEEP, WORKER_LOG_MAX_BYTES, copy_truncate, log_path,
+)
 from ._procs import Proc, fork_with_channel
-from ._program_run import ProgramRun, exec_program, spawn_program
+from ._program_run import ProgramRun, exec_program, own_comm, shim_path, spawn_program
 
 __all__ = ["ProgramKeeping"]
 
@@ -38,6 +42,7 @@ class ProgramKeeping:
     starting: Proc | None
     path: tuple[str, ...]
     alive_timers: list[tuple[float, int, int]]  # (due, pid, generation): liveness rounds
+    log_check_at: float
 
     def name(self) -> str:
         raise NotImplementedError
@@ -61,9 +66,12 @@ class ProgramKeeping:
                     lambda theirs: exec_program(program, theirs, run.out_w, run.err_w,
                                                 run.notify_address),
                     "prism:" + key, keep=run.child_fds())
-            else:  # exec'd already: the channel's EOF (theirs closed) says so, as for a fork
+            else:  # setpriv exec'd: the channel's EOF (theirs closed), then the program's comm
                 mine, theirs = open_channel_pair()
                 theirs.close()
+                shim = os.path.basename(shim_path())[:15].encode()  # a comm: 15 bytes
+                if os.path.basename(program.argv[0])[:15].encode() != shim:  # else: setpriv's
+                    run.shim = (shim, own_comm())
         finally:
             run.forked()
         proc = Proc(pid, mine, key, ChildType.WORKER)
@@ -103,11 +111,16 @@ class ProgramKeeping:
                       "timeout", self.name(), proc.key)
 
     def program_exec_done(self, proc: Proc) -> None:
-        """A program child's channel closed without a reason: exec succeeded."""
+        """A program child's channel closed without a reason: exec succeeded (for a program
+        spawned through setpriv, setpriv's; the program's is looked for until it comes)."""
         run = proc.program
         assert run is not None
         if run.exec_done or proc is not self.starting:
             return
+        if not run.execed(proc.pid):
+            run.exec_retry()
+            return
+        run.retry_at = 0.0
         run.exec_done = True
         if run.program.ready is None:
             self.program_ready(proc)
@@ -117,6 +130,15 @@ class ProgramKeeping:
             fd = run.start_probe()
             self.probes[run.probe_pid] = proc
             self.sel.register(fd, selectors.EVENT_READ, ("probe", proc))
+
+    def retry_check(self, proc: Proc) -> None:
+        """The starting program's timer: look for its exec again, or retry its port."""
+        run = proc.program
+        assert run is not None
+        if run.exec_done:
+            self.try_port(proc)
+        else:
+            self.program_exec_done(proc)
 
     def try_port(self, proc: Proc) -> None:
         run = proc.program
@@ -205,6 +227,26 @@ class ProgramKeeping:
                   proc.reason.message)  # type: ignore[union-attr]
         send_signal(proc.pidfd, signal.SIGKILL)
         kill_group(proc.pid)
+
+    # ---- the workers' log files (see _logfile) -------------------------------------------
+
+    def check_worker_logs(self, now: float) -> None:
+        """Rotate a worker's log past its size (the worker appends to it and never rotates);
+        look again in WORKER_LOG_CHECK_S while workers run."""
+        info = current()
+        workers = [p for p in self.procs.values() if p.program is None and p.ready
+                   and p.ctype is ChildType.WORKER and p.key is not None]
+        self.log_check_at = now + WORKER_LOG_CHECK_S if workers else 0.0
+        if info is None:
+            return
+        for proc in workers:
+            file = os.fspath(log_path(info.data_dir, (*self.path, proc.key)))  # type: ignore
+            try:
+                big = os.stat(file).st_size > WORKER_LOG_MAX_BYTES
+            except OSError:
+                continue  # it printed nothing yet
+            if big:
+                copy_truncate(file, WORKER_LOG_KEEP)
 
     def end_program_checks(self, run: ProgramRun) -> None:
         self.probes.pop(run.probe_pid, None)

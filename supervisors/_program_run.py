@@ -29,12 +29,17 @@ exits or is stopped.
 The channel as exec's witness: the supervisor learns that exec succeeded from the EOF of
 the program's channel. A forked child's end is close-on-exec, so EOF comes the moment exec
 succeeds; if exec fails the child sends its reason (``exiting``: e.g. ``FileNotFoundError:
-...``) first and exits 127. A spawned child has exec'd when ``posix_spawn`` returns, and
-the supervisor closes the other end itself, so both paths go on the same way.
+...``) first and exits 127. A spawned child has exec'd *setpriv* when ``posix_spawn``
+returns, and the supervisor closes the other end itself, so both paths go on the same
+way; then, for a spawned child, the program's own exec is seen in ``/proc/PID/comm``
+(each exec sets it): looked at on the loop's timer (1 ms, growing to 5 ms) until it is
+neither setpriv's nor the supervisor's (the spawn's clone has the supervisor's name for
+a moment after ``posix_spawn`` returns), and read once more while the process is a zombie
+if it dies first (setpriv that failed to exec the program fails the start).
 
 Readiness, without blocking the supervisor's loop (it serves other children):
 
-* none: ready at exec (the EOF above);
+* none: ready at the program's exec (the EOF above, then its comm for a spawned one);
 * ``line``: the supervisor reads the stdout pipe anyway (for the log) and matches each line
   while the child is starting;
 * ``notify``: the supervisor binds an abstract datagram socket per starting program, passed
@@ -169,6 +174,17 @@ def _pdeathsig_shim() -> str | None:
     return _setpriv[0]
 
 
+def own_comm() -> bytes:
+    """This process's comm (what a process it spawns is called until its exec)."""
+    with open("/proc/self/comm", "rb") as f:
+        return f.read().rstrip(b"\n")
+
+
+def shim_path() -> str:
+    """The setpriv that :func:`spawn_program` runs programs through (once it has)."""
+    return (_setpriv[0] if _setpriv else None) or ""
+
+
 def spawn_program(program: Program, out_fd: int, err_fd: int, notify: str | None) -> int | None:
     """Start ``program`` with ``posix_spawn`` (vfork: no copy of the supervisor, the child
     runs at once) through ``setpriv --pdeathsig KILL``, which arms PDEATHSIG and execs the
@@ -279,8 +295,12 @@ class ProgramRun:
             if isinstance(program.ready, LineCheck) else None
         self.partial = b""
         self.conn: socket.socket | None = None  # a port check's connect in progress
-        self.retry_at = 0.0  # when a refused port check tries again (0: not waiting)
+        self.retry_at = 0.0  # when a refused port check (or the exec's) looks again (0: no)
         self.retry_delay = 0.001
+        # Spawned through setpriv: the comms it has until it execs the program (the
+        # supervisor's, copied by the spawn's clone, then setpriv's).
+        self.shim: tuple[bytes, ...] | None = None
+        self.past_shim = False
         self.port_addr: tuple[int, tuple[Any, ...]] | None = None
         if isinstance(program.ready, NotifyCheck):
             # os.urandom, not secrets: secrets loads OpenSSL into every process of the tree
@@ -298,6 +318,26 @@ class ProgramRun:
 
     def child_fds(self) -> tuple[int, int]:
         return self.out_w, self.err_w
+
+    def execed(self, pid: int) -> bool:
+        """Whether ``pid`` runs the program itself: for a program spawned through setpriv
+        (``shim``), once its comm (the name of what it last exec'd, readable while it is a
+        zombie too) is neither setpriv's nor the supervisor's (the spawn returns a moment
+        before the kernel renames the new process). A forked program's channel EOF is its
+        exec."""
+        if self.shim is None or self.past_shim:
+            return True
+        try:
+            with open(f"/proc/{pid}/comm", "rb") as f:
+                self.past_shim = f.read().rstrip(b"\n") not in self.shim
+        except OSError:  # reaped: it is past everything
+            return False
+        return self.past_shim
+
+    def exec_retry(self) -> None:
+        """Look for the program's exec again soon (the loop's timer: 1 ms, growing)."""
+        self.retry_at = time.monotonic() + self.retry_delay
+        self.retry_delay = min(self.retry_delay * 1.5, 0.005)
 
     def forked(self) -> None:
         """In the supervisor, once the child has its ends of the pipes."""

@@ -62,7 +62,8 @@ from ._events import (
     Err, Exit, Exited, Ignored, Init, Ok, Op, Ready, Reply, Report, Request, ShutdownRequested,
     StartFailed, StartProc, Started, StopMany, StopProc,
 )
-from ._procs import PARK_MAX_S, Proc, SpareKeeping, fork_with_channel
+from ._logfile import WORKER_LOG_CHECK_S
+from ._procs import PARK_MAX_S, Proc, SpareKeeping, fork_with_channel, spare_idle_s
 from ._program_loop import ProgramKeeping
 from ._zygote import Zygote
 
@@ -89,6 +90,7 @@ class SupervisorRuntime(SpareKeeping, ProgramKeeping):
         self.procs: dict[int, Proc] = {}
         self.probes: dict[int, Proc] = {}
         self.alive_timers: list[tuple[float, int, int]] = []
+        self.log_check_at = 0.0  # when the workers' log sizes are looked at next (0: never)
         self.starting: Proc | None = None
         self.parked: tuple[str, ChildSpec] | None = None  # a start waiting for a spare
         self.parked_until = 0.0
@@ -106,6 +108,9 @@ class SupervisorRuntime(SpareKeeping, ProgramKeeping):
         self.sweep_due = False  # a SIGCHLD came: orphans may wait to be killed or reaped
         self.spares_after = 0.0
         self.clone_backoff = 0.0
+        self.busy_at = time.monotonic()
+        self.dormant = False
+        self.idle_limit = spare_idle_s()
 
     # ---- the loop ---------------------------------------------------------------------------
 
@@ -133,11 +138,16 @@ class SupervisorRuntime(SpareKeeping, ProgramKeeping):
         self.feed(Init(time.monotonic()))
         while self.exit_reason is None:
             timeout = None
-            if self.deadlines or self.parked is not None or self.alive_timers or (
+            if self.deadlines or self.parked is not None or self.alive_timers \
+                    or self.log_check_at or (
                     self.starting is not None and self.starting.program is not None):
                 timeout = max(0.0, self.next_deadline() - time.monotonic())
             elif self.wants_fork_spare() or self.wants_new_zygote():
                 timeout = 0.0
+            dormant_at = self.dormant_at()
+            if dormant_at != float("inf"):
+                wait = max(0.0, dormant_at - time.monotonic())
+                timeout = wait if timeout is None else min(timeout, wait)
             if self.spares_after:  # a clone failed: ask for a spare again when it is time
                 wait = max(0.0, self.spares_after - time.monotonic())
                 timeout = wait if timeout is None else min(timeout, wait)
@@ -161,6 +171,8 @@ class SupervisorRuntime(SpareKeeping, ProgramKeeping):
                 self.renew_zygote()
             elif self.wants_fork_spare():
                 self.fork_spare()
+            elif time.monotonic() >= self.dormant_at():
+                self.go_dormant()
         return exit_code_for(self.exit_reason)
 
     def feed(self, event: Any) -> None:
@@ -227,6 +239,7 @@ class SupervisorRuntime(SpareKeeping, ProgramKeeping):
         if isinstance(spec.start, Program):  # never a spare: see _program_run
             self.starting = self.fork_program(key, spec.start, spec.args)
             return
+        self.wake()  # a dormant supervisor forks this one; its spares come back after
         proc = self.take_spare(key, spec)
         if proc is None and self.zygote is not None and self.zygote.pending \
                 and knows(self.zygote_specs, key, spec):
@@ -282,11 +295,15 @@ class SupervisorRuntime(SpareKeeping, ProgramKeeping):
                 due = min(due, starting.program.retry_at)
         if self.alive_timers:
             due = min(due, self.alive_timers[0][0])
+        if self.log_check_at:
+            due = min(due, self.log_check_at)
         return min(due, self.parked_until) if self.parked is not None else due
 
     def fire_deadlines(self) -> None:
         now = time.monotonic()
         self.fire_alive(now)
+        if self.log_check_at and self.log_check_at <= now:
+            self.check_worker_logs(now)
         if self.parked is not None and self.parked_until <= now:
             key, spec = self.parked
             self.parked = None
@@ -303,7 +320,7 @@ class SupervisorRuntime(SpareKeeping, ProgramKeeping):
             kill_group(starting.pid)
         elif starting is not None and starting.program is not None \
                 and starting.program.retry_at and starting.program.retry_at <= now:
-            self.try_port(starting)  # a port check that was refused: again
+            self.retry_check(starting)  # the program's exec not seen yet, or a refused port
         while self.deadlines and self.deadlines[0][0] <= now:
             _, pid = heapq.heappop(self.deadlines)
             proc = self.procs.get(pid)
@@ -347,6 +364,8 @@ class SupervisorRuntime(SpareKeeping, ProgramKeeping):
         # The child is dead but not reaped, so its group id cannot have been reused: whatever
         # it forked or spawned dies with it (reaped here when its SIGCHLD comes).
         kill_group(proc.pid)
+        if proc.program is not None:
+            proc.program.execed(proc.pid)  # read while it is a zombie (see program_exec_done)
         try:
             _, status = os.waitpid(proc.pid, 0)
         except ChildProcessError:
@@ -394,6 +413,8 @@ class SupervisorRuntime(SpareKeeping, ProgramKeeping):
             if proc is self.starting:
                 proc.ready = True
                 self.starting = None
+                if not self.log_check_at and proc.ctype is ChildType.WORKER:
+                    self.log_check_at = time.monotonic() + WORKER_LOG_CHECK_S
                 self.feed(Started(proc.key, proc.pid, time.monotonic(),  # type: ignore
                                   frame.info))
         elif isinstance(frame, ExitingFrame):

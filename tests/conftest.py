@@ -135,7 +135,7 @@ def start_node(tmp_path: Path, app: str, *, tag_suffix: str = "", name: str | No
                PYTHONPATH=str(REPO))
     out = open(tmp_path / "node.out", "w")
     proc = subprocess.Popen(
-        [*prefix, sys.executable, "-m", "prismatic.node", "--app", app,
+        [*prefix, sys.executable, "-m", "prismatic.node", *(("--app", app) if app else ()),
          "--data-dir", str(data_dir),
          "--name", name or f"test{tag[-6:]}", *args],
         cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)

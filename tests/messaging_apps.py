@@ -77,6 +77,10 @@ class Agent(p.Worker):
             return got
         if op == "cast":
             return self.cast(_dest(args[0]), args[1])
+        if op == "cast_then_stop":  # [dest, n]: n casts, then exit at once (Normal)
+            for i in range(args[1]):
+                self.cast(_dest(args[0]), ["last", i, "x" * 65536])
+            raise p.Stop()
         raise ValueError(f"unknown op {op!r}")
 
     def handle_cast(self, msg: Any) -> None:

@@ -48,3 +48,30 @@ basic = p.SupervisorSpec(
         ])),
     ],
 )
+
+
+def printers() -> p.SupervisorSpec:
+    """A pool of Printers: started from its spares (which know the template)."""
+    return p.SupervisorSpec(flags=p.SupFlags(strategy="simple_one_for_one", intensity=5),
+                            children=[p.ChildSpec(id="printer", start=Printer)])
+
+
+class Printer(p.Worker):
+    """A Python worker that prints (its output goes to its log, as a program's does)."""
+
+    def init(self) -> None:
+        import os  # noqa: PLC0415
+        import sys  # noqa: PLC0415
+
+        print("printed in init")
+        print("to stderr", file=sys.stderr)
+        os.system("echo from a subprocess")  # descriptor 1, not sys.stdout
+
+    def handle_call(self, msg: object, caller: object) -> object:
+        if isinstance(msg, list) and msg[0] == "flood":  # msg[1] bytes, in 64 KiB lines
+            line = "x" * 65535
+            for _ in range(msg[1] // 65536):
+                print(line)
+            return "flooded"
+        print(f"called with {msg!r}")
+        return "ok"

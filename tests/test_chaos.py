@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,17 +16,60 @@ from typing import Any
 
 import pytest
 
+from prismatic.chaos._cgroup import cgroup_unavailable
+from prismatic.chaos._netns import netns_unavailable
+from prismatic.chaos._tmpfs import tmpfs_unavailable
 from tests.conftest import REPO, SESSION_TAG, wait_until
 
-SCENARIOS = ("kill-storm", "crash-loop", "hang", "flood", "resources", "durability")
+SCENARIOS = ("kill-storm", "crash-loop", "hang", "flood", "subscriber-flood", "resources",
+             "durability", "disk-full")
+CLUSTER_SCENARIOS = ("node-loss", "node-stop", "partition")
 
 
-def chaos(tmp_path: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def _env(tmp_path: Path) -> dict[str, str]:
     env = dict(os.environ, PRISMATIC_TEST_TAG=f"{SESSION_TAG}-{uuid.uuid4().hex[:8]}",
                PYTHONPATH=str(REPO), PRISMATIC_HOME=str(tmp_path / "home"))
     env.pop("PRISMATIC_NODE", None)
+    return env
+
+
+def chaos(tmp_path: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "prismatic.cli", "chaos", *args], cwd=REPO,
-                          env=env, capture_output=True, text=True, timeout=timeout)
+                          env=_env(tmp_path), capture_output=True, text=True, timeout=timeout)
+
+
+CLUSTER_RUNS = {
+    # node-loss: one SIGKILLed and restarted; node-stop (seed 11: a long stop)
+    "loopback": ("--cluster", "3", "--scenario", "node-loss", "--scenario", "node-stop",
+                 "--duration", "1", "--seed", "11", "--json"),
+    "netns": ("--cluster", "3", "--scenario", "partition", "--duration", "1", "--seed", "16",
+              "--json"),
+}
+
+
+@pytest.fixture(scope="module")
+def cluster_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The cluster runs side by side (each mostly waits: for detection, merges, restarts);
+    the partition only where network namespaces can be made."""
+    procs = {}
+    for key, args in CLUSTER_RUNS.items():
+        if key == "netns" and netns_unavailable() is not None:
+            continue
+        tmp = tmp_path_factory.mktemp(f"chaos-{key}")
+        procs[key] = subprocess.Popen([sys.executable, "-m", "prismatic.cli", "chaos", "run",
+                                       *args], cwd=REPO, env=_env(tmp), text=True,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out = {}
+    for key, proc in procs.items():
+        try:
+            stdout, stderr = proc.communicate(timeout=180)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert proc.returncode == 0, stdout[-3000:] + stderr[-2000:]
+        out[key] = {s["scenario"]: s for s in json.loads(stdout)["scenarios"]}
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -46,12 +90,15 @@ def test_list_names_every_scenario(tmp_path: Path) -> None:
     out = chaos(tmp_path, "list")
     assert out.returncode == 0, out.stderr
     names = [line.split()[0] for line in out.stdout.splitlines()]
-    assert names == [*SCENARIOS, "node-loss"]
+    assert names == [*SCENARIOS, *CLUSTER_SCENARIOS]
     assert all(len(line.split(None, 1)[1]) > 40 for line in out.stdout.splitlines())
 
 
 @pytest.mark.parametrize("name", SCENARIOS)
 def test_every_scenario_runs_and_holds(every_scenario: dict[str, Any], name: str) -> None:
+    if name == "disk-full" and tmpfs_unavailable() is not None:
+        assert every_scenario["_report"]["skipped"] == {name: tmpfs_unavailable()}
+        pytest.skip(f"disk-full: {tmpfs_unavailable()}")
     s = every_scenario[name]
     assert s["ok"] and not s["violations"], s
     assert s["faults_injected"] >= 1, s
@@ -69,12 +116,20 @@ def test_scenario_specific_figures(every_scenario: dict[str, Any]) -> None:
     assert storm["convergence_ms"]["n"] == storm["faults_injected"]
     assert every_scenario["crash-loop"]["checks_passed"]["escalation_level"] == 4
     assert every_scenario["hang"]["checks_passed"]["shutdown_escalated"] == 2
+    assert storm["checks_passed"]["monitors_fired_once"] == 1
     assert every_scenario["flood"]["checks_passed"]["flood_accounted"] >= 1
+    subs = every_scenario["subscriber-flood"]["checks_passed"]
+    assert subs["subscriber_flood_accounted"] >= 1 and subs["node_memory_bounded"] >= 1
     res = every_scenario["resources"]["checks_passed"]
     assert {"memory_limit_crash", "fd_exhaustion_answers", "children_die_with_it"} <= set(res)
+    assert "memory_cap_enforced" in res or cgroup_unavailable() is not None
     dur = every_scenario["durability"]
     assert dur["acked_events_written"] > 0
     assert dur["acked_events_verified"] == dur["acked_events_written"]
+    if tmpfs_unavailable() is None:
+        full = every_scenario["disk-full"]
+        assert full["checks_passed"]["disk_full_reported"] == full["faults_injected"] >= 1
+        assert full["acked_events_written"] == full["acked_events_verified"] > 0
 
 
 def test_a_process_left_outside_the_tree_fails_the_run(tmp_path: Path) -> None:
@@ -126,28 +181,84 @@ def test_scenarios_for_a_target_offer_what_they_require() -> None:
     from prismatic.chaos import RunSettings
     from prismatic.chaos._runner import scenarios_for
 
-    assert [s.NAME for s in scenarios_for(RunSettings())] == list(SCENARIOS)
+    single = [s.NAME for s in scenarios_for(RunSettings())]
+    assert single == [n for n in SCENARIOS
+                      if n != "disk-full" or tmpfs_unavailable() is None]
     on_node = [s.NAME for s in scenarios_for(RunSettings(node="n"))]
     assert "durability" not in on_node and "kill-storm" in on_node
     with pytest.raises(ChaosError, match="durability needs a target that is owned"):
         scenarios_for(RunSettings(node="n", scenarios=("durability",)))
     assert [s.NAME for s in scenarios_for(RunSettings(scenarios=("hang", "kill-storm")))] \
         == ["kill-storm", "hang"]
-    assert [s.NAME for s in scenarios_for(RunSettings(cluster=3))] == ["node-loss"]
+    on_cluster = [s.NAME for s in scenarios_for(RunSettings(cluster=3))]
+    assert on_cluster == list(CLUSTER_SCENARIOS if netns_unavailable() is None
+                              else CLUSTER_SCENARIOS[:2])
     with pytest.raises(ChaosError, match="node-loss needs a target that is cluster"):
         scenarios_for(RunSettings(scenarios=("node-loss",)))
 
 
-def test_node_loss_on_a_cluster(tmp_path: Path) -> None:
-    """Three meshed nodes; one SIGKILLed and restarted: every survivor saw it dead, then
-    all saw all alive again, the restarted one as a newer incarnation."""
-    out = chaos(tmp_path, "run", "--cluster", "3", "--duration", "1", "--seed", "1",
-                "--json")
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
-    (loss,) = json.loads(out.stdout)["scenarios"]
+def test_a_partition_without_network_namespaces_is_skipped_with_the_reason(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where namespaces cannot be made (not root), a cluster run leaves the partition out
+    and says why; naming it is a usage error that says why too."""
+    from prismatic._errors import ChaosError
+    from prismatic.chaos import RunSettings, _netns
+    from prismatic.chaos._runner import scenarios_for, scenarios_skipped
+    from prismatic.chaos._target import ClusterTarget
+
+    monkeypatch.setattr(ClusterTarget, "offers", classmethod(lambda cls: cls.BASE_OFFERS))
+    monkeypatch.setattr(_netns, "netns_unavailable", lambda: "network namespaces need root")
+    settings = RunSettings(cluster=3)
+    assert [s.NAME for s in scenarios_for(settings)] == ["node-loss", "node-stop"]
+    assert scenarios_skipped(settings) == {"partition": "network namespaces need root"}
+    with pytest.raises(ChaosError, match=r"partition needs .* netns \(netns: network "
+                                         r"namespaces need root\)"):
+        scenarios_for(RunSettings(cluster=3, scenarios=("partition",)))
+
+
+def test_node_loss_and_a_stopped_node_on_a_loopback_cluster(
+        cluster_runs: dict[str, Any]) -> None:
+    """Three meshed nodes on loopback. node-loss: one SIGKILLed and restarted: every
+    survivor saw it dead, then all saw all alive again, the restarted one as a newer
+    incarnation. node-stop (seed 11: a long stop): SIGSTOPped until declared dead, then
+    resumed. Both: monitors across the nodes fired once, the global name has one holder and
+    the loser was told (node-stop), no orphan."""
+    loss, stop = cluster_runs["loopback"]["node-loss"], cluster_runs["loopback"]["node-stop"]
     assert loss["scenario"] == "node-loss" and loss["ok"] and loss["faults_injected"] == 1
-    assert loss["checks_passed"]["membership_converged"] == 3  # before, down, back
+    assert loss["checks_passed"]["membership_converged"] == 4  # before, down, back, check
     assert loss["checks_passed"]["nothing_left"] == 2  # the victim's tree, then everyone's
+    for s in (loss, stop):
+        assert s["ok"] and not s["checks_failed"], s
+        assert s["checks_passed"]["monitors_fired_once"] == 1
+        assert s["checks_passed"]["global_name_resolved"] == 1
+        assert s["checks_passed"]["no_orphans"] >= 1
+    assert "2 of 6 monitors fired (noconnection" in loss["notes"][0]  # the victim's mark
+    assert stop["faults_injected"] == 1 and stop["checks_passed"]["declared_dead"] == 1
+    assert "1 told they lost" in stop["notes"][0], stop["notes"]
+
+
+@pytest.mark.skipif(netns_unavailable() is not None, reason=str(netns_unavailable()))
+def test_a_partition_in_network_namespaces(cluster_runs: dict[str, Any]) -> None:
+    """Three nodes, each in a network namespace; one cut off (its veth down) until both
+    sides declared each other dead, the name registered on both sides, then healed: merged,
+    the monitors across the cut fired once with noconnection, the older registration kept
+    everywhere and the victim's claimant told once."""
+    part = cluster_runs["netns"]["partition"]
+    assert part["ok"] and part["faults_injected"] == 1 and not part["checks_failed"], part
+    for check in ("declared_dead", "monitors_fired_once", "global_name_resolved"):
+        assert part["checks_passed"][check] == 1
+    # at least the 2 watchers' monitors of the victim's mark and the victim's 2 of theirs
+    # (more if a node of the connected side also saw the other go down for a moment: then
+    # its monitor fires too, and monitors_fired_once holds it to that)
+    assert re.search(r"[456] of 6 monitors fired \(noconnection\)", part["notes"][0]), \
+        part["notes"]
+    assert "2 registered, 0 refused, 1 told they lost" in part["notes"][0], part["notes"]
+    assert not netns_leftovers()
+
+
+def netns_leftovers() -> list[str]:
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if line.startswith("cx")]
 
 
 def test_ctrl_c_stops_injecting_then_checks_and_reports(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import uuid
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -16,13 +17,17 @@ from hypothesis import strategies as st
 
 from prismatic._control import TreeRow
 from prismatic.chaos._invariants import (
-    ExitSeen, Kill, acked_events_intact, call_timed_out, control_answered, descendants_gone,
-    escalation_stopped_at,
-    expected_escalation, flood_accounted, kills_accounted, memory_bounded,
-    membership_converged, no_orphans,
-    nothing_left, process_alive, restarts_consistent, shutdown_escalated, tree_converged,
+    DownSeen, ExitSeen, Kill, Monitor, acked_events_intact, call_timed_out, control_answered,
+    descendants_gone, disk_full_reported, escalation_stopped_at, expected_escalation,
+    flood_accounted, global_name_resolved, kills_accounted, memory_bounded, memory_cap_enforced,
+    membership_converged, monitors_fired_once, no_orphans, nothing_left, process_alive,
+    restarts_consistent, shutdown_escalated, subscriber_flood_accounted, tree_converged,
 )
-from prismatic.chaos._observe import TAG_VAR, exits_in_log, metric_sum, tagged_processes
+from prismatic.chaos._cgroup import cgroup_unavailable, open_memory_cgroup
+from prismatic.chaos._tmpfs import free_bytes, open_tmpfs, tmpfs_unavailable
+from prismatic.chaos._observe import (
+    TAG_VAR, exits_in_log, metric_sum, rss_bytes, tagged_processes,
+)
 from prismatic.chaos._shape import Slot, TreeShape
 from tests.conftest import SESSION_TAG, wait_until
 
@@ -256,3 +261,99 @@ def test_membership_converged() -> None:
     assert membership_converged(views, {"b": "alive"}, {"b": 4}) is None
     assert "not alive" in (membership_converged(views, {"b": "alive"}, {"b": 5}) or "")
     assert "absent" in (membership_converged(views, {"d": "alive"}) or "")
+
+
+def test_monitors_fired_once() -> None:
+    """Watchers on a, b, c each monitor the others' marks (1, 2, 3); c is cut off."""
+    marks = {"a": 1, "b": 2, "c": 3}
+    mons = [Monitor(w, n, pid) for w in marks for n, pid in marks.items() if n != w]
+    lost = {("a", "c"), ("b", "c"), ("c", "a"), ("c", "b")}
+    across = [DownSeen(m, "noconnection") for m in mons if (m.watcher, m.node) in lost]
+    assert monitors_fired_once(mons, across, set(), lost) is None
+    assert "never fired" in (monitors_fired_once(mons, across[1:], set(), lost) or "")
+    # a late notice after the heal fires one again
+    assert "more than once" in (monitors_fired_once(mons, [*across, DownSeen(
+        across[0].monitor, "noconnection")], set(), lost) or "")
+    # across a cut the process lives on: the reason can only be noconnection
+    wrong = [DownSeen(across[0].monitor, "killed by SIGKILL"), *across[1:]]
+    assert "not noconnection" in (monitors_fired_once(mons, wrong, set(), lost) or "")
+    # ... unless it died too: then its real reason is as good
+    dead = {(across[0].monitor.node, across[0].monitor.ospid)}
+    assert monitors_fired_once(mons, wrong, dead, lost) is None
+    # within a side nothing may fire
+    ab = next(m for m in mons if (m.watcher, m.node) == ("a", "b"))
+    assert "reachable node fired" in (monitors_fired_once(
+        mons, [*across, DownSeen(ab, "noconnection")], set(), lost) or "")
+    # a death (no lost link) fires the monitors of the dead process, once each
+    deaths = [DownSeen(m, "killed by SIGKILL") for m in mons if m.node == "b"]
+    assert monitors_fired_once(mons, deaths, {("b", 2)}, set()) is None
+    assert "never fired" in (monitors_fired_once(mons, deaths[:1], {("b", 2)}, set()) or "")
+    assert "nobody set" in (monitors_fired_once(
+        mons, [DownSeen(Monitor("a", "z", 9), "noproc")], set(), set()) or "")
+
+
+def test_global_name_resolved() -> None:
+    older, newer = ("a", 10), ("c", 30)
+    everyone = {"a": older, "b": older, "c": older}
+    assert global_name_resolved("g", everyone, [older, newer], {newer: [older]}) is None
+    assert "resolves differently" in (global_name_resolved(
+        "g", everyone | {"c": newer}, [older, newer], {newer: [older]}) or "")
+    assert "told 0 time(s)" in (global_name_resolved("g", everyone, [older, newer], {}) or "")
+    assert "told 2 time(s)" in (global_name_resolved(
+        "g", everyone, [older, newer], {newer: [older, older]}) or "")
+    assert "winner" in (global_name_resolved(
+        "g", everyone, [older, newer], {newer: [older], older: [newer]}) or "")
+    assert "not a live process" in (global_name_resolved(
+        "g", everyone, [newer], {}) or "")  # the holder it names died
+    assert "no holder" in (global_name_resolved("g", dict.fromkeys("abc"), [older], {}) or "")
+    assert global_name_resolved("g", dict.fromkeys("abc"), [], {}) is None  # nobody took it
+
+
+def test_subscriber_flood_accounted() -> None:
+    assert subscriber_flood_accounted(1000, 1000, 0, 0) is None
+    assert subscriber_flood_accounted(1000, 990, 0, 10) is None  # dropped, but counted
+    assert "lost without being counted" in (subscriber_flood_accounted(1000, 990, 0, 0) or "")
+    assert "out of publish order" in (subscriber_flood_accounted(1000, 1000, 3, 0) or "")
+    assert "received for" in (subscriber_flood_accounted(1000, 1001, 0, 0) or "")
+
+
+def test_rss_bytes_of_a_live_process(live_pid: int) -> None:
+    assert rss_bytes(live_pid) > 0
+    with pytest.raises(OSError):
+        rss_bytes(_dead_pid())
+
+
+def test_memory_cap_enforced() -> None:
+    assert memory_cap_enforced("killed", 1, 60 << 20, 64 << 20) is None
+    assert memory_cap_enforced("killed", 1, None, 64 << 20) is None  # no peak reported
+    assert "ended crashed" in (memory_cap_enforced("crashed", 1, None, 64 << 20) or "")
+    assert "no OOM kill" in (memory_cap_enforced("killed", 0, None, 64 << 20) or "")
+    assert "over the 64 MiB cap" in (memory_cap_enforced("killed", 1, 65 << 20, 64 << 20) or "")
+
+
+@pytest.mark.skipif(cgroup_unavailable() is not None, reason=str(cgroup_unavailable()))
+def test_a_memory_cgroup_holds_a_process_and_goes_away(live_pid: int) -> None:
+    with open_memory_cgroup(64 << 20) as group:
+        group.add(live_pid)
+        assert group.procs() == [live_pid] and group.oom_kills() == 0
+        os.kill(live_pid, signal.SIGKILL)
+        wait_until(lambda: not group.procs() or None, 5, "the process to leave its cgroup")
+    assert not group.path.exists()
+
+
+def test_disk_full_reported() -> None:
+    full = "EventLogError: emit refused: EventLogFullError: event log x: disk full, 2 events"
+    assert disk_full_reported([full, full], 0.05, 10) is None
+    assert "never filled" in (disk_full_reported([], 0.05, 10) or "")
+    assert "did not say" in (disk_full_reported(
+        [full, "ControlError: node did not answer within 2.0s"], 0.05, 10) or "")
+    assert "after space was freed" in (disk_full_reported([full], None, 10) or "")
+
+
+@pytest.mark.skipif(tmpfs_unavailable() is not None, reason=str(tmpfs_unavailable()))
+def test_a_tmpfs_fills_and_goes_away(tmp_path: Path) -> None:
+    with open_tmpfs(tmp_path / "disk", 1 << 20) as disk:
+        assert 0 < free_bytes(disk) <= 1 << 20
+        with pytest.raises(OSError):  # ENOSPC: it is a disk that fills
+            (disk / "big").write_bytes(b"x" * (2 << 20))
+    assert not os.path.ismount(tmp_path / "disk")

@@ -82,4 +82,5 @@ def test_the_ci_seed_covers_every_case() -> None:
               for f in crash_loop.plan(293, 1.0, 8, DEMO)}
     assert levels == {-1, 0, 1}
     assert {f.arg for f in hang.plan(293, 1.0, 8, DEMO)} == {"sigstop", "stuck"}
-    assert {f.arg for f in resources.plan(293, 1.0, 8, DEMO)} == {"memory", "fds", "fork"}
+    assert {f.arg for f in resources.plan(293, 1.0, 8, DEMO)} == {"memory", "fds", "fork",
+                                                                 "cgroup"}

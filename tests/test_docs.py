@@ -12,7 +12,13 @@ when rendered), or the info string ``text`` for a diagram or sample output:
   (SIGTERM) at the next ``node`` block or when the document ends;
 * ``<!-- doc-test: run -->``: a ``python`` block is executed, a ``sh`` block is run by bash
   with ``set -e`` (every command must succeed); ``run node APP`` first starts a node
-  running APP unless one runs already.
+  running APP unless one runs already; ``run with-names a,b with-port 4370`` runs a block
+  that starts nodes of its own as written for a reader (``--name a``, ``--node a``,
+  ``...:4370``) under names unique to this run and a free port, so parallel runs never
+  collide.
+* ``<!-- doc-test: port N -->`` on a line of its own, anywhere in the document: the TCP
+  port N its examples use (readable, fixed) is, in every block that runs, a free port the
+  kernel picks for this run, so parallel runs of the suite never collide on it.
 
 Each document runs in its own scratch directory, top to bottom: a node's data directory is
 ``./data`` there (``$PRISMATIC_NODE`` points at it, ``$PRISMATIC_HOME`` is private), and
@@ -22,10 +28,12 @@ Each document runs in its own scratch directory, top to bottom: a node's data di
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import uuid
@@ -40,6 +48,7 @@ from tests.conftest import REPO, SESSION_TAG, tagged_pids, wait_until
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 FENCE = re.compile(r"^(\s*)(`{3,}|~{3,})(.*)$")
 MARK = re.compile(r"^<!--\s*(not run:.+|doc-test:.+?)\s*-->$")
+PORT_MARK = re.compile(r"^<!--\s*doc-test:\s*port\s+(\d+)\s*-->$", re.MULTILINE)
 RUN_KINDS = ("file", "node", "run")
 
 
@@ -149,6 +158,18 @@ class Scratch:
         self.node = None
         wait_until(lambda: not tagged_pids(self.tag), 10, "the document's processes to exit")
 
+    def unique(self, text: str, opts: dict[str, str]) -> str:
+        """The block's own node names (``--name``/``--node``) made unique, its port free."""
+        for name in filter(None, opts.get("with-names", "").split(",")):
+            text = re.sub(rf"(--(?:name|node)[ =]){re.escape(name)}\b",
+                          rf"\g<1>{name}{self.name}", text)
+        if "with-port" in opts:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+            text = re.sub(rf"(?<=:){re.escape(opts['with-port'])}\b", str(port), text)
+        return text
+
     def run(self, b: Block) -> None:
         act = b.action
         if act[0] == "file":
@@ -159,10 +180,11 @@ class Scratch:
             return
         if act[1:2] == ["node"] and self.node is None:
             self.start_node(f"python -m prismatic.node --app {act[2]}", b.where)
+        text = self.unique(b.text, dict(zip(act[1::2], act[2::2], strict=False)))
         if b.lang == "python":
-            args = [sys.executable, "-c", b.text]
+            args = [sys.executable, "-c", text]
         else:
-            args = ["bash", "-e", "-o", "pipefail", "-x", "-c", b.text]
+            args = ["bash", "-e", "-o", "pipefail", "-x", "-c", text]
         done = subprocess.run(args, cwd=self.root, env=self.env, capture_output=True,
                               text=True, timeout=60)
         if done.returncode != 0:
@@ -178,14 +200,28 @@ def scratch(tmp_path: Path) -> Iterator[Scratch]:
         yield s
     finally:
         s.stop_node()
+        for pid in tagged_pids(s.tag):  # nodes a failed block started and never stopped
+            with contextlib.suppress(ProcessLookupError):  # gone meanwhile: what we want
+                os.kill(pid, signal.SIGTERM)
+        wait_until(lambda: not tagged_pids(s.tag), 20, "the document's processes to exit")
 
 
 @pytest.mark.parametrize("doc", [d for d in DOCS if any(b.action for b in blocks(d))],
                          ids=lambda d: d.name)
 def test_doc_blocks_run(doc: Path, scratch: Scratch) -> None:
+    ports = {m.group(1): str(free_port()) for m in PORT_MARK.finditer(doc.read_text())}
     for b in blocks(doc):
         if b.action:
+            for fixed, free in ports.items():
+                b = Block(b.doc, b.line, b.lang, b.mark,
+                          re.sub(rf"\b{fixed}\b", free, b.text))
             scratch.run(b)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def test_systemd_unit_starts_the_node_with_real_options() -> None:

@@ -108,7 +108,9 @@ def test_a_name_held_on_both_sides_of_a_partition_keeps_the_older(net: Net,
         got = ask(net, 3, h3, ["call", "g1", ["g_conflicts"]], ["whereis", "g1"])
         assert got == [[[gname, winner]], loser], got  # told once, the same process
         assert ask(net, 1, h1, ["call", "g1", ["g_conflicts"]]) == [[]]
-        assert all(metric(n, "prismatic_global_conflicts") >= 1 for n in nodes)
+        # The loser's node always meets both registrations (the winner's side restates its
+        # names to it); the others only if its sync reaches them before its g_remove does.
+        assert metric(h3, "prismatic_global_conflicts") >= 1
     finally:
         net.link(3, up=True)
         for n in nodes:

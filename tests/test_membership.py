@@ -2,13 +2,18 @@
 rule, and hypothesis stateful runs of whole simulated clusters.
 
 The simulation keeps a virtual clock and a network of per-node inboxes: it ticks every node
-when ``next_wake`` says so and delivers every ``Send`` (in order per receiver), so it drives
+when ``next_wake`` says so and delivers every ``Send`` (in order per receiver, after a set
+latency; nodes may start out of step, so their probe rounds do not line up), so it drives
 the real ``decide`` through kills (the transport's signals: the link closes, reconnecting is
 refused), restarts under the same name (a new, higher incarnation), graceful leaves and
 pauses of up to 200 ms (a SIGSTOPped or CPU-starved node). Invariants after every step:
 no node believes itself suspect or dead; a member's incarnation never goes down in anyone's
 table; ``left`` is final for its incarnation; and a node that runs (paused at most 200 ms at
-a time) is never declared dead at its current incarnation: no false declarations.
+a time) is never declared dead at its current incarnation: no false declarations. Two
+properties of the issue's targets, over random loss and pause times, start offsets and
+latencies: a silently lost node is dead at every member within a second (the detector's
+timeline bounds it), and a node paused for up to 300 ms (a 200 ms SIGSTOP plus time to be
+scheduled again) is never declared dead.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
@@ -28,8 +33,8 @@ from prismatic.mesh._membership import (
     decide, initial_state, next_wake, suspicion_timeout, table,
 )
 from prismatic.transports._mesh_frames import (
-    Ack, Gossip, Join, JoinNack, JoinReply, Leave, MemberState, Ping, PingReq, SyncReq,
-    Update,
+    Ack, Gossip, IndirectAck, Join, JoinNack, JoinReply, Leave, MemberState, Nack, Ping,
+    PingReq, SyncReq, Update,
 )
 
 ALIVE, SUSPECT, DEAD, LEFT = (MemberState.ALIVE, MemberState.SUSPECT, MemberState.DEAD,
@@ -142,6 +147,63 @@ def test_a_probe_without_any_answer_raises_a_suspicion_then_death() -> None:
     assert dead_at >= suspicion_timeout(CFG, 3, 0)
 
 
+def test_a_suspicion_heard_is_checked_at_once_and_confirmed_to_everyone() -> None:
+    s = with_member(with_member(with_member(node(1), 2), 3), 4)
+    s, acts = decide(s, Received(0.01, Gossip("n3", addr(3), 1,
+                                             (Update("n2", addr(2), 1, SUSPECT, "n3"),))))
+    pings = sends(acts, Ping)
+    assert [p.addr for p in pings] == [addr(2)]  # now, not when the round reaches n2
+    assert pings[0].frame.updates[0] == Update("n2", addr(2), 1, SUSPECT, "n1")  # refute!
+    deadline = s.checks[0].deadline
+    assert deadline <= 0.01 + CFG.probe_interval
+    acts = []
+    while s.checks:
+        s, more = decide(s, Tick(next_wake(s)))
+        acts += more
+    confirmed = Update("n2", addr(2), 1, SUSPECT, "n1")
+    assert {a.addr for a in sends(acts, Gossip) if confirmed in a.frame.updates} \
+        == {addr(2), addr(3), addr(4)}
+    assert s.members["n2"].suspected_by == {"n1", "n3"}
+    # answered in time: no confirmation (judged before this node's own probe round ends)
+    s = with_member(with_member(with_member(node(1), 2), 3), 4)
+    s, acts = decide(s, Received(0.01, Gossip("n3", addr(3), 1,
+                                             (Update("n2", addr(2), 1, SUSPECT, "n3"),))))
+    s, _ = decide(s, Received(0.03, Ack("n2", addr(2), 1, sends(acts, Ping)[0].frame.seq)))
+    acts = []
+    while next_wake(s) <= 0.01 + CFG.probe_interval:
+        s, more = decide(s, Tick(next_wake(s)))
+        acts += more
+    assert not s.checks and s.members["n2"].suspected_by == {"n3"}
+    assert not any(a.frame.updates[0].by == "n1" for a in sends(acts, Gossip))
+
+
+def test_my_own_suspicion_is_pushed_to_every_member() -> None:
+    s = with_member(with_member(with_member(node(1), 2), 3), 4)
+    raised = None
+    while raised is None and s.me.since < 5.0 and next_wake(s) < 5.0:
+        s, acts = decide(s, Tick(next_wake(s)))
+        if s.probe is not None and s.probe.target != "n2":  # everyone but n2 answers
+            target = s.probe.target
+            s, _ = decide(s, Received(s.probe.started, Ack(
+                target, addr(int(target[1:])), 1, s.probe.seq)))
+        raised = next((a for a in sends(acts, Gossip)
+                       if a.frame.updates[0].state is SUSPECT), None)
+    assert {a.addr for a in sends(acts, Gossip) if a.frame.updates[0].state is SUSPECT} \
+        == {addr(2), addr(3), addr(4)}
+
+
+def test_a_helper_nacks_before_the_requester_gives_up_and_still_relays_a_late_ack() -> None:
+    s = with_member(with_member(node(1), 2), 3)
+    s, acts = decide(s, Received(0.01, PingReq("n3", addr(3), 1, 7, "n2", addr(2))))
+    seq = sends(acts, Ping)[0].frame.seq
+    # the requester waits (interval - timeout) for indirect acks: the nack must come first
+    assert next_wake(s) < 0.01 + CFG.probe_interval - CFG.probe_timeout
+    s, acts = decide(s, Tick(next_wake(s)))
+    assert [(a.addr, a.frame.seq) for a in sends(acts, Nack)] == [(addr(3), 7)]
+    s, acts = decide(s, Received(0.07, Ack("n2", addr(2), 1, seq)))
+    assert [(a.addr, a.frame.seq) for a in sends(acts, IndirectAck)] == [(addr(3), 7)]
+
+
 def test_confirmations_shorten_the_suspicion() -> None:
     assert suspicion_timeout(CFG, 5, 0) > suspicion_timeout(CFG, 5, 1) \
         > suspicion_timeout(CFG, 5, 3) == suspicion_timeout(CFG, 5, 9)
@@ -216,20 +278,25 @@ def test_a_leaving_node_tells_everyone_and_never_probes_again() -> None:
 # ---- whole clusters ---------------------------------------------------------------------------
 
 class Cluster:
-    """N simulated nodes on a virtual clock; delivery is reliable and in order, a paused
-    node's frames wait in its inbox (as in its socket buffer)."""
+    """N simulated nodes on a virtual clock; delivery is reliable and in order, ``latency``
+    seconds after the send; a paused node's frames wait in its inbox (as in its socket
+    buffer). Node i > 0 starts ``starts[i - 1]`` seconds after node 0 (the seed), so their
+    probe rounds need not line up."""
 
-    def __init__(self, n: int) -> None:
+    def __init__(self, n: int, latency: float = 0.0, starts: list[float] | None = None) -> None:
         self.now = 0.0
+        self.latency = latency
         self.nodes: dict[int, MeshState] = {}
-        self.inbox: dict[str, list[Any]] = {}
+        self.inbox: dict[str, list[tuple[float, Any]]] = {}
         self.running: dict[int, bool] = {}
         self.paused_until: dict[int, float] = {}
         self.incs: dict[int, int] = {}
         self.seen_inc: dict[tuple[int, str], int] = {}
         self.left_at: dict[tuple[int, str], int] = {}
-        for i in range(n):
-            self.start(i, seeds=(addr(0),) if i else ())
+        self.start(0, seeds=())
+        for at, i in sorted((at, i) for i, at in enumerate(starts or [0.0] * (n - 1), 1)):
+            self.settle(at - self.now)
+            self.start(i, seeds=(addr(0),))
         self.settle(1.0)
 
     def start(self, i: int, seeds: tuple[str, ...]) -> None:
@@ -249,13 +316,15 @@ class Cluster:
             if isinstance(a, Send) and a.addr in self.inbox:
                 target = int(a.addr.rsplit(".", 1)[1].split(":")[0])
                 if self.running[target]:
-                    self.inbox[a.addr].append(a.frame)
+                    self.inbox[a.addr].append((self.now + self.latency, a.frame))
 
     def step(self) -> None:
         """Advance to the next wake-up of any active node; deliver until quiet."""
         active = [i for i in self.nodes if self.active(i)]
         resumes = [t for i, t in self.paused_until.items() if self.running[i] and t > self.now]
-        wakes = [next_wake(self.nodes[i]) for i in active] + resumes
+        arrivals = [box[0][0] for i in active if (box := self.inbox[addr(i)])
+                    and box[0][0] > self.now]
+        wakes = [next_wake(self.nodes[i]) for i in active] + resumes + arrivals
         self.now = max(self.now, min(wakes)) if wakes else self.now + 0.1
         self.deliver()
         for i in list(self.nodes):
@@ -269,9 +338,9 @@ class Cluster:
             busy = False
             for i in list(self.nodes):
                 box = self.inbox[addr(i)]
-                if self.active(i) and box:
+                if self.active(i) and box and box[0][0] <= self.now:
                     busy = True
-                    item = box.pop(0)
+                    _, item = box.pop(0)
                     if isinstance(item, (LinkDown, LinkRefused)):  # queued while paused
                         self.feed(i, type(item)(self.now, item.addr))
                     else:
@@ -288,8 +357,8 @@ class Cluster:
         self.inbox[addr(i)] = []
         for j in self.nodes:  # the peers' kernels see the reset, then a refused reconnect
             if self.running[j]:
-                self.inbox[addr(j)] += [LinkDown(self.now, addr(i)),
-                                        LinkRefused(self.now, addr(i))]
+                self.inbox[addr(j)] += [(self.now, LinkDown(self.now, addr(i))),
+                                        (self.now, LinkRefused(self.now, addr(i)))]
         self.deliver()
 
     def views(self, name: str, active_only: bool = False) -> list[MemberState | None]:
@@ -388,24 +457,42 @@ def test_a_cluster_forms_and_stays_formed() -> None:
         assert [m.state for m in table(c.nodes[i])] == [ALIVE] * 5
 
 
-def test_a_silently_lost_node_is_declared_dead_by_all_within_a_second() -> None:
-    c = Cluster(5)
+SILENT_LOSS_BOUND = 1.0  # the issue's target, on top of which the real network adds little
+TIMELINE = (4 * CFG.probe_interval  # worst phase: every member just probed it (N-1 periods)
+            + CFG.probe_interval  # the probe that fails (direct, then indirect)
+            + CFG.suspicion_min)  # suspected, checked and confirmed by all within a period
+STARTS = st.lists(st.floats(0.0, 0.4), min_size=4, max_size=4)  # probe rounds out of step
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
+@given(victim=st.integers(0, 4), offset=st.floats(0.0, 1.0), starts=STARTS,
+       latency=st.sampled_from([0.0, 0.001, 0.005]))
+def test_a_silently_lost_node_is_dead_everywhere_within_a_second(
+        victim: int, offset: float, starts: list[float], latency: float) -> None:
+    c = Cluster(5, latency=latency, starts=starts)
+    c.settle(offset)
     lost_at = c.now
-    c.running[3] = False  # no transport signal: a lost host, a pulled cable
-    c.inbox[addr(3)] = []
-    while not all(v is DEAD for v in c.views("n3")):
+    c.running[victim] = False  # no transport signal: a lost host, a pulled cable
+    c.inbox[addr(victim)] = []
+    while not all(v is DEAD for v in c.views(f"n{victim}")):
         c.step()
-        assert c.now - lost_at < 1.0, c.views("n3")
+        assert c.now - lost_at <= TIMELINE + 10 * latency, c.views(f"n{victim}")
+    assert TIMELINE + 10 * 0.005 < SILENT_LOSS_BOUND
 
 
-def test_a_paused_node_is_suspected_and_refutes_without_being_declared_dead() -> None:
-    c = Cluster(5)
-    refuted = 0
-    for _ in range(10):
-        c.paused_until[2] = c.now + 0.2
-        c.settle(1.0)
-        refuted = max(refuted, c.nodes[2].me.inc - c.incs[2])
-    assert all(v is ALIVE for v in c.views("n2"))
+@settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
+@given(victim=st.integers(0, 4), offset=st.floats(0.0, 1.0), starts=STARTS,
+       pause=st.floats(0.01, 0.3), latency=st.sampled_from([0.0, 0.001, 0.005]))
+def test_a_paused_node_is_never_declared_dead(victim: int, offset: float, starts: list[float],
+                                               pause: float, latency: float) -> None:
+    """A SIGSTOP of 200 ms, plus up to 100 ms to be scheduled again on a saturated host and
+    read its backlog: suspected maybe, refuted always, never dead (``check`` runs after
+    every step and fails on any declaration of a running node)."""
+    c = Cluster(5, latency=latency, starts=starts)
+    c.settle(offset)
+    c.paused_until[victim] = c.now + pause
+    c.settle(pause + 1.0)
+    assert all(v is ALIVE for v in c.views(f"n{victim}")), c.views(f"n{victim}")
 
 
 def test_state_round_trips_through_msgspec() -> None:

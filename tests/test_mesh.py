@@ -190,6 +190,10 @@ def test_a_killed_node_is_declared_down_and_its_restart_rejoins(cluster: Cluster
     wait_until(lambda: all_alive(cluster), 5, "the cluster to be whole")
     name_c = cluster.name("c")
     old_inc = members(a)[name_c].incarnation
+    def refused(n: RunningNode) -> float:
+        return sum(metric(n, "prismatic_cluster_links_refused", f'{{by="{by}"}}')
+                   for by in ("knock", "reconnect"))
+    before = [refused(n) for n in (a, b)]
     with a.conn.subscribe("cluster.node.#") as events:
         c.proc.send_signal(signal.SIGKILL)
         t0 = time.monotonic()
@@ -201,6 +205,10 @@ def test_a_killed_node_is_declared_down_and_its_restart_rejoins(cluster: Cluster
     c.conn.close()
     print(f"SIGKILL declared down in {took * 1000:.1f} ms")
     assert took < 0.3, f"a SIGKILLed node took {took:.3f}s to be declared down"
+    # each confirmed it by a connect to the lost link's address, refused: not by a timeout
+    # (our knock at once, or the link's reconnect when the dying node's listener was
+    # still open at the knock)
+    assert [refused(n) for n in (a, b)] == [k + 1 for k in before]
     assert event is not None and event.topic == f"cluster.node.{name_c}.down"
     assert event.payload["node"] == name_c and event.payload["incarnation"] == old_inc
     wait_until(lambda: not c.pids(), 10, "the killed node's tree to die with it")

@@ -63,6 +63,9 @@ def test_a_node_keeps_its_data_private_and_counts_a_log_failure_once(tmp_path: P
     try:
         modes = {str(p.relative_to(data)): stat.S_IMODE(p.stat().st_mode)
                  for p in [data, *data.rglob("*")] if not p.is_socket()}
+        # each child's output (logs/<path>.log, see supervisors/_logfile.py) is private too
+        logs = {k: modes.pop(k) for k in list(modes) if k == "logs" or k.startswith("logs/")}
+        assert set(logs.values()) <= {0o700, 0o600} and logs.get("logs", 0o700) == 0o700
         assert modes == {".": 0o700, "node.lock": 0o600, "cookie": 0o600, "eventlog": 0o700,
                          "eventlog/data.mdb": 0o600, "eventlog/lock.mdb": 0o600,
                          "eventlog/writer.lock": 0o600}

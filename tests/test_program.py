@@ -89,7 +89,7 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _start(node, cid: str, program: p.Program, **kw):
+def _start(node, cid: str, program: p.Program | str, **kw):
     return node.conn.start_child("", p.ChildSpec(id=cid, start=program, **kw), timeout=15)
 
 
@@ -143,6 +143,17 @@ def test_ready_on_a_stdout_line_which_goes_to_its_log(node):
     assert out.exit_code == 0, out.output
     assert out.output.count("\n") == 1 and "GET / HTTP" in out.output
     _drop(node, "by-line")
+
+
+def test_ready_at_exec_is_the_programs_own_exec_not_setprivs(node):
+    # setpriv (which arms PDEATHSIG, then execs the program) made slow to start by its
+    # dynamic loader's tracing: a start reported at setpriv's exec would return while the
+    # process is still setpriv
+    for i in range(3):
+        pid = _start(node, f"at-exec-{i}", p.Program(argv=["sleep", "302"],
+                                                     env={"LD_DEBUG": "all"}))
+        assert _cmdline(pid) == "sleep\x00302\x00"
+        _drop(node, f"at-exec-{i}")
 
 
 def test_a_check_that_never_passes_or_an_exec_that_fails_is_a_start_failure(node, tmp_path):
@@ -265,10 +276,9 @@ def test_signal_restart_and_scale_from_the_cli(node):
     assert "started 3" in _cli(node, "children", "scale", "pool", "3")
     pids = [c.pid for c in node.conn.which_children("pool")]
     assert len(pids) == 3
-    # spawned through setpriv (which arms PDEATHSIG, then execs the program): the pid is
-    # setpriv's for a moment after the start is reported
-    wait_until(lambda: all(_cmdline(q) == "sleep\x00300\x00" for q in pids), 5,
-               "every pool program to be sleep 300")
+    # spawned through setpriv (which arms PDEATHSIG, then execs the program): started (at
+    # exec) once the program itself runs, not setpriv
+    assert [_cmdline(q) for q in pids] == ["sleep\x00300\x00"] * 3
     assert "stopped 2" in _cli(node, "children", "scale", "pool", "1")
     assert [c.pid for c in node.conn.which_children("pool")] == [pids[-1]]  # oldest kept
     _cli(node, "children", "scale", "pool", "0")
@@ -298,6 +308,51 @@ def test_logs_follow_prints_what_the_program_writes_next(node):
     _drop(node, "ticker")
 
 
+def test_a_python_workers_print_goes_to_its_log_too(node):
+    init_lines = ["printed in init", "to stderr", "from a subprocess"]
+    # a worker forked for its spec (the file opened before init), and pool workers made
+    # from spares (init's output spooled, then moved to the file once ready)
+    _start(node, "printer", "tests.program_apps:Printer")
+    node.conn.start_child("", p.ChildSpec(id="printers", start="tests.program_apps:printers",
+                                          type="supervisor"))
+    pids = [node.conn.start_child("printers", ()) for _ in range(2)]
+    for path, pid in [(("printer",), _pid_of(node, "", "printer")),
+                      (("printers", "printer-0"), pids[0]),
+                      (("printers", "printer-1"), pids[1])]:
+        assert node.conn.call(p.Pid(node.conn.status().node, pid), "hi") == "ok", path
+        file = log_path(node.data_dir, path)
+        wait_until(lambda file=file: file.exists() and file.read_text().splitlines()
+                   == [*init_lines, "called with 'hi'"], 5, f"{path}'s output in its log")
+    assert _cli(node, "logs", "printers/printer-1", "-n", "2").splitlines() == [
+        "from a subprocess", "called with 'hi'"]
+    _drop(node, "printer")
+    _drop(node, "printers")
+
+
+def test_a_workers_log_is_rotated_by_its_supervisor(node):
+    from prismatic.supervisors._logfile import WORKER_LOG_MAX_BYTES  # noqa: PLC0415
+
+    pid = _start(node, "flood", "tests.program_apps:Printer")
+    dest = p.Pid(node.conn.status().node, pid)
+    assert node.conn.call(dest, ["flood", WORKER_LOG_MAX_BYTES + (1 << 20)],
+                          timeout=30) == "flooded"
+    file = log_path(node.data_dir, ("flood",))
+    old = file.with_name("flood.log.1")
+    # looked at every WORKER_LOG_CHECK_S (5 s): copied to .1, then truncated under the
+    # worker's open descriptor, which goes on writing at the file's new start
+    wait_until(lambda: old.exists() and file.stat().st_size < WORKER_LOG_MAX_BYTES, 15,
+               "the worker's log rotated")  # copied, then truncated: a line between is lost
+    assert old.stat().st_size > WORKER_LOG_MAX_BYTES
+    assert node.conn.call(dest, "after") == "ok"
+    wait_until(lambda: file.read_text().endswith("called with 'after'\n"), 5, "a new line")
+    assert file.stat().st_size < 1 << 20
+    _drop(node, "flood")
+
+
+def _pid_of(node, sup: str, cid: str) -> int:
+    return next(c.pid for c in node.conn.which_children(sup) if c.id == cid)
+
+
 def test_a_program_with_a_user_is_forked_and_runs_as_that_user(node):
     import pwd  # noqa: PLC0415
 
@@ -324,8 +379,14 @@ def test_a_loud_program_is_logged_and_rotated_without_stalling_the_supervisor(no
     file = log_path(node.data_dir, ("loud",))
     olds = [file.with_name(f"loud.log.{i}") for i in (1, 2, 3)]
 
+    def size(f: Path) -> int:
+        try:
+            return f.stat().st_size
+        except FileNotFoundError:  # renamed by a rotation between two looks
+            return 0
+
     def total() -> int:
-        return sum(f.stat().st_size for f in (file, *olds) if f.exists())
+        return sum(size(f) for f in (file, *olds))
 
     wait_until(lambda: total() == 3 << 20, 10, "all 3 MiB logged")
     assert all(f.stat().st_size <= 1 << 20 for f in (file, *olds))
@@ -364,3 +425,21 @@ def test_a_failing_liveness_check_kills_and_restarts_the_program(node, tmp_path)
             _drop(node, cid)
     with pytest.raises(p.ChildSpecError, match="program.alive"):
         p.Program(argv=["x"], alive=p.LineCheck(pattern="x"))
+
+
+def test_a_workers_log_is_rotated_under_its_open_descriptor(tmp_path):
+    from prismatic.supervisors._logfile import copy_truncate  # noqa: PLC0415
+
+    file = tmp_path / "w.log"
+    writer = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_APPEND)  # as a worker's fd 1
+    try:
+        for n in range(3):
+            os.write(writer, f"run {n}\n".encode())
+            assert copy_truncate(str(file), keep=2)
+        os.write(writer, b"after\n")
+        assert file.read_text() == "after\n"  # written at the new end, not after a hole
+        assert [file.with_name(f"w.log.{i}").read_text() for i in (1, 2)] == ["run 2\n",
+                                                                             "run 1\n"]
+        assert not file.with_name("w.log.3").exists()
+    finally:
+        os.close(writer)

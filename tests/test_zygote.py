@@ -140,3 +140,41 @@ def test_a_zygote_that_cannot_clone_does_not_stop_restarts(node_factory):
         assert failures <= 10, f"{failures} failed clone requests: asking in a loop"
         assert alive(zygote)
     assert {c.id for c in n.conn.which_children()} == {"w1", "w2", "w3"}
+
+
+def test_an_idle_supervisor_lets_its_spare_and_zygote_go_and_regains_them(node_factory,
+                                                                          monkeypatch):
+    """Dormancy: after PRISMATIC_SPARE_IDLE seconds without a start the supervisor keeps no
+    spare and no zygote; a restart then forks directly, and brings both back."""
+    monkeypatch.setenv("PRISMATIC_SPARE_IDLE", "0.3")
+    n = node_factory("tests.apps:one_for_one")
+    root = n.conn.status().root_pid
+    wait_until(lambda: not _of_kind(root, "prism:zygote") and not _of_kind(root, "prism:spare"),
+               10, "the zygote and spare let go")
+    assert len(child_pids(root)) == 3  # w1, w2, w3 and nothing else
+    _restart(n, "w1")  # forked by the supervisor itself
+    _zygote_of(root)
+    wait_until(lambda: _of_kind(root, "prism:spare"), 10, "a spare again")
+    wait_until(lambda: not _of_kind(root, "prism:zygote"), 10, "dormant again")
+    assert {c.id for c in n.conn.which_children()} == {"w1", "w2", "w3"}
+
+
+def test_a_bad_spare_idle_setting_stops_the_node_before_it_starts(tmp_path: Path, monkeypatch):
+    from tests.test_node_data_dir import one_line_exit_2, run_node
+
+    monkeypatch.setenv("PRISMATIC_SPARE_IDLE", "soon")
+    run = run_node(tmp_path / "d", f"spareidle{uuid.uuid4().hex[:6]}")
+    one_line_exit_2(run, "PRISMATIC_SPARE_IDLE='soon'")
+
+
+def test_spare_idle_values():
+    from prismatic.supervisors._procs import (
+        SPARE_IDLE_DEFAULT_S, check_spare_idle, spare_idle_s,
+    )
+
+    assert spare_idle_s({}) == SPARE_IDLE_DEFAULT_S
+    assert spare_idle_s({"PRISMATIC_SPARE_IDLE": "never"}) == float("inf")
+    assert spare_idle_s({"PRISMATIC_SPARE_IDLE": "2.5"}) == 2.5
+    for bad in ("-1", "nan", "soon"):
+        assert check_spare_idle({"PRISMATIC_SPARE_IDLE": bad}) is not None
+    assert check_spare_idle({"PRISMATIC_SPARE_IDLE": "0"}) is None

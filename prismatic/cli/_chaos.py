@@ -27,8 +27,9 @@ __all__ = ["chaos"]
 
 @cli.group()
 def chaos() -> None:
-    """Break a node on purpose (kills, crash loops, hangs, node kills) and check that the
-    tree converged, nothing was orphaned, no acked event was lost, the node kept answering.
+    """Break a node on purpose (kills, crash loops, hangs, floods, a full disk; with
+    --cluster, node kills and stops and partitions) and check that the tree converged,
+    nothing was orphaned, no acked event was lost, the node kept answering.
 
     \b
     prismatic chaos list
@@ -49,7 +50,13 @@ def list_scenarios(as_json: bool) -> None:
         return
     width = max(len(n) for n in SCENARIOS)
     for name, s in SCENARIOS.items():
-        click.echo(f"{name:<{width}}  {s.SUMMARY}")
+        needs = [w for r, w in _NEEDS.items() if r in s.REQUIRES]
+        click.echo(f"{name:<{width}}  {s.SUMMARY}" + (f" [{', '.join(needs)}]" if needs else ""))
+
+
+# What a scenario's requirements ask of the user (the others every run has).
+_NEEDS = {"owned": "--app", "cluster": "--cluster N", "netns": "root: network namespaces",
+          "tmpfs": "root: a tmpfs"}
 
 
 class _Progress:
@@ -84,7 +91,8 @@ class _Progress:
                    "$PRISMATIC_NODE do not, so a run never breaks a node by accident.")
 @click.option("--cluster", type=click.IntRange(min=0), default=0, metavar="N",
               help="Run on N nodes of the app the runner starts in one mesh (N >= 2): the "
-                   "cluster scenarios (node-loss) apply then, the single-node ones not.")
+                   "cluster scenarios (node-loss, node-stop, partition) apply then, the "
+                   "single-node ones not.")
 @click.option("--scenario", "scenarios", multiple=True, metavar="NAME",
               help="A scenario to run (repeatable; default: all that apply). "
                    "See 'prismatic chaos list'.")

@@ -1,4 +1,5 @@
-"""``prismatic logs CHILD_PATH [-f] [--lines N]``: a program child's captured output.
+"""``prismatic logs CHILD_PATH [-f] [--lines N]``: a child's captured output (a program's
+stdout and stderr, a Python worker's ``print()``).
 
 Reads ``<data dir>/logs/<path>.log`` (see ``supervisors/_logfile.py``) straight from the
 file, so it works while the node runs and after it stopped (supervisorctl's ``tail``).
@@ -47,12 +48,12 @@ def tail_bytes(f: BinaryIO, lines: int) -> bytes:
               help="How many of the last lines to print first.")
 @click.pass_obj
 def logs(state: CliState, child_path: str, follow: bool, lines: int) -> None:
-    """A program child's stdout and stderr: CHILD_PATH = SUPERVISOR/CHILD_ID (a child of
-    the root: its id)."""
+    """A child's output (a program's stdout and stderr, a worker's print()): CHILD_PATH =
+    SUPERVISOR/CHILD_ID (a child of the root: its id)."""
     file = log_path(state.data_dir(), child_path)
     if not file.exists():
-        raise CliError(f"no output captured for {child_path!r} (looked for {file}; only "
-                       "program children's output is captured)", ExitCode.REFUSED)
+        raise CliError(f"no output captured for {child_path!r} (looked for {file}: no such "
+                       "child, or it wrote nothing yet)", ExitCode.REFUSED)
     out = sys.stdout.buffer
     f = open(file, "rb")  # noqa: SIM115 - reopened on rotation
     out.write(tail_bytes(f, lines))

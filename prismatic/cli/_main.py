@@ -2,8 +2,9 @@
 
 Commands (``prismatic COMMAND --help`` for each): ``node start|stop``, ``status``, ``tree``,
 ``children which|which-child|spec|count|start|terminate|restart|delete``,
-``events tail|query|replay``, ``metrics``, and ad-hoc messages: ``call``, ``cast``, ``send``,
-``whereis``, ``publish``, ``subscribe``, and ``emit`` (durable events); ``chaos list|run``
+``events tail|query|replay``, ``metrics``, ``reload`` (re-read the config file), and
+ad-hoc messages: ``call``, ``cast``, ``send``, ``whereis``, ``publish``, ``subscribe``,
+and ``emit`` (durable events); ``chaos list|run``
 breaks a node on purpose and checks the invariants held (:mod:`prismatic.chaos`). Read
 commands print tables, or JSON with ``--json``.
 

@@ -179,6 +179,12 @@ class _Settings:
             retention.max_age_s if retention else None)
         self.mesh = _mesh_settings(listen, join, cluster_secret, config)
 
+    def reloadable(self) -> NodeConfig | None:
+        """The config ``prismatic reload`` re-reads: the one the tree came from, if it did."""
+        if self.app or self.config is None or self.config.tree is None:
+            return None
+        return self.config
+
     def tree(self) -> Any:
         from .._demo import demo_tree
         from .._node import load_app
@@ -210,7 +216,7 @@ def start_node(app: str | None, config_file: str | None, name: str | None,
         code = run_node(spec, name=s.name, data_dir=s.data_dir, show_tree=not quiet,
                         metrics_port=s.metrics_port, metrics_host=s.metrics_bind,
                         eventlog_max_bytes=s.eventlog_max_bytes, mesh=s.mesh,
-                        eventlog_max_age_s=s.eventlog_max_age_s)
+                        eventlog_max_age_s=s.eventlog_max_age_s, config=s.reloadable())
     except NodeError as exc:
         click.echo(f"prismatic: error: {exc}", err=True)
         sys.exit(2)

@@ -9,6 +9,11 @@ operations (no new supervisor operation: each is a composition the node already 
 * ``scale SUPERVISOR N`` brings a ``simple_one_for_one`` pool to N children (circus's
   ``incr``/``decr``): new ones are started from the template with its own args, extra
   ones are terminated newest first.
+
+And ``prismatic reload`` (supervisorctl's ``update``): the node re-reads its config file
+and applies the difference (``prismatic._config_reload``); this prints what it did in one
+line. Exit codes: 0 applied, 1 applied but a start failed, 2 the file was refused (one
+line naming the key; nothing was touched).
 """
 
 from __future__ import annotations
@@ -19,10 +24,10 @@ from typing import Any
 
 import click
 
-from .._errors import ChildSpecError
+from .._errors import ChildSpecError, SupervisorError
 from .._program import parse_signal
 from ._format import CliError, ExitCode, print_json
-from ._main import CliState, json_option
+from ._main import CliState, cli, json_option
 from ._tree import child_path, children, sup_path
 
 
@@ -101,3 +106,28 @@ def children_scale(state: CliState, supervisor: str, count: int, timeout: float,
     else:
         click.echo(f"{supervisor or 'root'}: {count} children (started {len(started)}, "
                    f"stopped {len(stopped)})")
+
+
+@cli.command("reload")
+@click.option("--timeout", type=float, default=300.0, show_default=True,
+              help="Seconds to wait for the whole reload (stops and readiness included).")
+@json_option
+@click.pass_obj
+def reload_config(state: CliState, timeout: float, as_json: bool) -> None:
+    """Re-read the node's config file and apply its [tree]: new children started, removed
+    ones terminated, changed ones restarted, the others untouched."""
+    from .._config_reload import REFUSED, describe_reload
+
+    with state.progress("reloading", not as_json), state.connect(timeout=timeout) as conn:
+        try:
+            done = conn.reload(timeout=timeout)
+        except SupervisorError as exc:
+            if exc.reason == REFUSED:
+                raise CliError(f"reload refused: {exc.detail}", ExitCode.USAGE) from None
+            raise
+    if as_json:
+        print_json(done)
+    else:
+        click.echo(f"reloaded {done['file']}: {describe_reload(done)}")
+    if done["failed"]:
+        raise SystemExit(int(ExitCode.REFUSED))

@@ -15,7 +15,7 @@ import msgspec
 from ..transports._mesh_frames import MemberState, MeshFrame, Update
 
 __all__ = [
-    "MemberState", "Update", "DetectorConfig", "Member", "Probe", "Relay", "Rumor",
+    "MemberState", "Update", "DetectorConfig", "Member", "Probe", "Relay", "Check", "Rumor",
     "MeshState", "Tick", "Received", "LinkDown", "LinkRefused", "JoinRequested",
     "LeaveRequested", "Send", "Changed", "Count", "Joined", "NameConflict", "Event", "Action",
 ]
@@ -29,7 +29,9 @@ class DetectorConfig(msgspec.Struct, frozen=True):
     probe_timeout: float = 0.06  # direct ack deadline; then k indirect probes
     indirect_probes: int = 3  # SWIM's k
     suspicion_alpha: float = 3.0  # min suspicion = alpha * log10(N) * interval (memberlist)
-    suspicion_min: float = 0.5  # never shorter: a node stopped for 200 ms can still refute
+    # Never shorter: a suspicion starts at least a probe period into a pause, so a node
+    # stopped for 200 ms resumes with 0.3 s left to refute (docs/cluster.md's arithmetic).
+    suspicion_min: float = 0.4
     suspicion_beta: float = 6.0  # max suspicion = beta * min (Lifeguard: with no confirmation)
     retransmit_mult: int = 4  # each rumour rides on retransmit_mult * ceil(log10(N+1)) frames
     sync_interval: float = 1.0  # full push-pull state sync with one random member
@@ -73,13 +75,27 @@ class Probe(msgspec.Struct, frozen=True):
 
 
 class Relay(msgspec.Struct, frozen=True):
-    """An indirect probe this node runs for ``requester``: our ping ``seq`` to ``target``."""
+    """An indirect probe this node runs for ``requester``: our ping ``seq`` to ``target``.
+    At ``deadline`` a nack goes back (before the requester's own deadline, so it hears
+    that its helper is alive); after that, ``nacked``, a late ack is still relayed until
+    the second deadline."""
 
     seq: int
     requester: str
     requester_addr: str
     orig_seq: int
     target: str
+    deadline: float
+    nacked: bool = False
+
+
+class Check(msgspec.Struct, frozen=True):
+    """Our own direct ping ``seq`` to ``target``, suspected at incarnation ``inc`` by
+    another member: no ack by ``deadline`` and this node confirms the suspicion."""
+
+    target: str
+    inc: int
+    seq: int
     deadline: float
 
 
@@ -104,6 +120,7 @@ class MeshState(msgspec.Struct, frozen=True):
     order: tuple[str, ...] = ()  # round-robin probe order, reshuffled each round
     seq: int = 0
     relays: tuple[Relay, ...] = ()
+    checks: tuple[Check, ...] = ()
     rumors: tuple[Rumor, ...] = ()
     health: int = 0  # Lifeguard's local health multiplier: 0 healthy, larger = slower timeouts
     next_sync_at: float = 0.0

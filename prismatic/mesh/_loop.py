@@ -4,21 +4,27 @@ Transport (asyncio + pyzmq, in the node's loop, on a ZeroMQ context of its own):
 
 * one ROUTER bound on ``--listen`` (TCP, default ``127.0.0.1:0``: a new node is never
   exposed beyond its host), a CurveZMQ server with the cluster's keypair; the ZAP handler
-  and the refusal count are :mod:`._auth`. Every frame a peer sends arrives here; it is
-  decoded at the edge (:mod:`prismatic.transports._mesh_frames`), and one that does not
-  decode is dropped, counted and logged (throttled) with the peer's address;
+  and the refusal count are :mod:`._auth`. Every frame a peer sends arrives here, read by
+  a thread of its own (:mod:`._direct`: it also serves other nodes' processes' direct
+  links) that hands the mesh's frames to the loop in arrival order; each is decoded at the
+  edge (:mod:`prismatic.transports._mesh_frames`), and one that does not decode is
+  dropped, counted and logged (throttled) with the peer's address;
 * seeds given by name are resolved every 10 s; each A/AAAA record is a seed;
 * one DEALER per peer address (a *link*), a CURVE client, used only to send. Sends never
   block: a link whose queue is full drops the frame and counts it (the protocol repeats
   what matters). The link's socket monitor is the fast failure signal: ``DISCONNECTED``
-  (the peer's kernel reset the connection) becomes :class:`LinkDown`, and the next failed
-  reconnect (``CLOSED``: refused, nothing listens there) :class:`LinkRefused`. Reconnects
-  start 1-2 ms after a loss and back off to 0.1 s.
+  (the peer's kernel closed the connection) becomes :class:`LinkDown`, and at once the loop
+  *knocks*: a plain non-blocking TCP connect to the peer's address, refused within the call
+  on this host (a round trip on another) when nothing listens there any more:
+  :class:`LinkRefused`. The link's own next failed reconnect (``CLOSED``, 1-2 ms later on
+  libzmq's thread) says the same if the knock could not. Reconnects back off to 0.1 s.
 
 Time: one timer, set after every decision to :func:`._membership.next_wake`; every event
-carries the loop's monotonic time. The loop reports member changes to the node through
-``publish(topic, body)`` (``cluster.node.<name>.up|down|left``), a name conflict through
-``fatal(reason)``, and its counters to Prometheus (:meth:`MeshLoop.collector`).
+carries the loop's monotonic time. Before a timer's tick, the frames already received are
+handled (:meth:`MeshLoop.drain`): a timeout is never judged with its ack unread. The loop
+reports member changes to the node through ``publish(topic, body)``
+(``cluster.node.<name>.up|down|left``), a name conflict through ``fatal(reason)``, and its
+counters to Prometheus (:meth:`MeshLoop.collector`).
 
 The global registry (:mod:`._global_names`) rides on the mesh through two hooks: its frames
 (``g_*``) go to ``on_global_frame`` instead of the membership machine, and ``on_members``
@@ -29,8 +35,11 @@ hears the members believed alive (name -> incarnation) whenever that set changes
 from __future__ import annotations
 
 import asyncio
+import collections
+import errno
 import logging
 import socket
+import struct
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -48,6 +57,7 @@ from ..transports._global_frames import GLOBAL_FRAMES
 from ..transports._mesh_frames import (
     DIST_FRAMES, MemberState, decode_mesh_frame, encode_mesh_frame,
 )
+from ._direct import DirectPort
 from ._auth import WATCHED_EVENTS, ZAP_ENDPOINT, AdmissionWatch, parse_event, serve_zap
 from ._events import (
     Changed, Count, Joined, JoinRequested, LeaveRequested, LinkDown, LinkRefused, MeshState,
@@ -68,6 +78,7 @@ DNS_INTERVAL_S = 10.0  # seeds given by name are resolved again this often
 # what matters; a dropped distribution frame fails its call or becomes a dead letter.
 LINK_QUEUE = 4096
 CLOSE_LINGER_MS = 300  # a leaving node's last frames get this long to go out
+KNOCK_TIMEOUT_S = 1.0  # an unanswered connect after a lost link: give up (the probes decide)
 
 
 class MemberRow(msgspec.Struct, frozen=True):
@@ -107,6 +118,7 @@ class MeshLoop:
         self.seeds = tuple(parse_hostport(s, "--join") for s in settings.join)
         self.counts: Counter[str] = Counter()
         self.refusals: Counter[str] = Counter()
+        self.links_refused: Counter[str] = Counter()
         self.sent_bytes: Counter[str] = Counter()
         self.received_bytes: Counter[str] = Counter()
         self.bad_frame_warning = ThrottledWarning(log)
@@ -136,7 +148,8 @@ class MeshLoop:
         zap.linger = 0
         zap.bind(ZAP_ENDPOINT)  # before any CURVE server exists in this context
         self.zap = zap
-        router = self.ctx.socket(zmq.ROUTER)
+        # Read on a thread of its own (._direct), never by the loop: a plain socket.
+        router = self.sync_ctx.socket(zmq.ROUTER)
         router.linger = 0
         router.curve_server = True
         router.curve_publickey = self.keys.public
@@ -151,9 +164,12 @@ class MeshLoop:
             self.ctx.term()
             raise NodeError(f"--listen {self.settings.listen}: cannot bind: {exc}") from None
         self.router = router
+        self.inbox: collections.deque[list[list[Any]]] = collections.deque()
         self.addr = _advertised(router.get_string(zmq.LAST_ENDPOINT))
         watch = AdmissionWatch(self.refusals, self.refusal_warning)
-        admission = router.get_monitor_socket(WATCHED_EVENTS)
+        router.monitor("inproc://mesh-admission", WATCHED_EVENTS)
+        admission = self.ctx.socket(zmq.PAIR)  # read by the loop, as the links' monitors
+        admission.connect("inproc://mesh-admission")
         inc = time.time_ns() // 1_000_000  # a restart always outranks its predecessor
         self.state = initial_state(self.name, self.addr, inc, time.monotonic(), self.seeds,
                                    seed=inc ^ hash(self.addr))
@@ -161,9 +177,10 @@ class MeshLoop:
             self.loop.create_task(serve_zap(zap, self.keys.public, self.refusals,
                                             self.refusal_warning)),
             self.loop.create_task(self.watch_admission(admission, watch)),
-            self.loop.create_task(self.receive()),
             self.loop.create_task(self.resolve_seeds()),
         ]
+        self.port = DirectPort(self.name, router, self.loop, self.post_frames)
+        self.port.start()
         log.info("mesh: %s listening on %s (incarnation %d)%s", self.name, self.addr, inc,
                  f", joining via {', '.join(self.seeds)}" if self.seeds else "")
         self.feed(Tick(time.monotonic()))
@@ -225,6 +242,7 @@ class MeshLoop:
         await asyncio.gather(*self.tasks, *self.closing,
                              *(lk.task for lk in self.links.values() if lk.task),
                              return_exceptions=True)
+        self.port.stop()  # before the ROUTER it reads closes
         for link in self.links.values():
             link.sock.close(CLOSE_LINGER_MS)  # a Leave still queued goes out
             link.monitor.close(0)
@@ -285,7 +303,28 @@ class MeshLoop:
 
     def on_timer(self) -> None:
         self.timer = None
+        self.drain()
         self.feed(Tick(time.monotonic()))
+
+    def drain(self) -> None:
+        """Handle the frames already received before a timer judges anyone. On a loaded
+        host the timer and the ack it waits for fall due in the same loop iteration, and
+        the loop may run the timer first (the receiving thread's hand-over is a callback
+        that runs later in the iteration): the probe would fail with its ack waiting. The
+        thread queues what it read (``inbox``) before it schedules the callback, so what is
+        queued now is handled now, in arrival order."""
+        inbox = self.inbox
+        while inbox:
+            self.on_frames(inbox.popleft())
+
+    def post_frames(self, batch: list[list[Any]]) -> None:
+        """Called on the receiving thread: queue ``batch`` for the loop (deque appends and
+        pops are atomic), and have the loop take it unless a timer's drain does first."""
+        self.inbox.append(batch)
+        try:
+            self.loop.call_soon_threadsafe(self.drain)
+        except RuntimeError:
+            pass  # the loop is closed: the node is stopping, nothing is judged any more
 
     def on_changed(self, c: Changed) -> None:
         kind = {MemberState.DEAD: "down", MemberState.LEFT: "left"}.get(c.new)
@@ -293,13 +332,13 @@ class MeshLoop:
             kind = "up"
         if kind is None:
             return
-        if kind != "up":
-            self.on_node_lost(c.name)
-        log.info("mesh: node %s is %s (%s, incarnation %d)", c.name, kind, c.addr, c.inc)
-        self.publish(f"cluster.node.{c.name}.{kind}", {
+        self.publish(f"cluster.node.{c.name}.{kind}", {  # first: the event is the news
             "node": c.name, "address": _hostport(c.addr), "incarnation": c.inc,
             "state": c.new.value, "previous": c.old.value if c.old else None,
             "seen_by": self.name})
+        if kind != "up":
+            self.on_node_lost(c.name)
+        log.info("mesh: node %s is %s (%s, incarnation %d)", c.name, kind, c.addr, c.inc)
 
     # ---- sending -----------------------------------------------------------------------------
 
@@ -366,9 +405,11 @@ class MeshLoop:
 
     # ---- receiving ---------------------------------------------------------------------------
 
-    async def receive(self) -> None:
-        while True:
-            parts = await self.router.recv_multipart(copy=False)
+    def on_frames(self, batch: list[list[Any]]) -> None:
+        """Frames the receiving thread (:mod:`._direct`) read, in arrival order."""
+        for parts in batch:
+            if self.closed:
+                return
             try:
                 self.on_message(parts)
             except Exception:  # noqa: BLE001 - one frame must never end the mesh
@@ -411,9 +452,9 @@ class MeshLoop:
             if event == zmq.EVENT_DISCONNECTED:
                 link.lost = True
                 self.feed(LinkDown(time.monotonic(), link.addr))
+                self.knock(link)
             elif event == zmq.EVENT_CLOSED and link.lost:
-                link.lost = False
-                self.feed(LinkRefused(time.monotonic(), link.addr))
+                self.refused(link, "reconnect")
             elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 link.lost = False
             elif event in (zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL, zmq.EVENT_HANDSHAKE_FAILED_AUTH,
@@ -421,6 +462,48 @@ class MeshLoop:
                 self.counts["handshake_failures"] += 1
                 self.link_warning.warn("mesh: %s refused our handshake: it holds another "
                                        "cluster secret, or is not a Prismatic node", link.addr)
+
+    def refused(self, link: _Link, by: str) -> None:
+        """Nothing listens at a lost link's address: the first to find out (our knock, or
+        the link's own reconnect) confirms the death, counted by which it was."""
+        if link.lost and self.links.get(link.addr) is link:
+            link.lost = False
+            self.links_refused[by] += 1
+            self.feed(LinkRefused(time.monotonic(), link.addr))
+
+    def knock(self, link: _Link) -> None:
+        """Ask the peer's kernel at once whether anything still listens there, rather than
+        wait for the link's reconnect (1-2 ms later on libzmq's thread, then one more wake
+        of this loop): a connect to a closed port on this host is refused within the call,
+        on another host within a round trip. A connect that succeeds proves nothing (the
+        dying process may not have closed its listener yet: its descriptors close in
+        order) and is reset at once; a live peer whose connection to us dropped for another
+        reason counts that one connection as a refused handshake."""
+        host, _, port = link.addr[6:].rpartition(":")
+        host = host.strip("[]")
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET,
+                             socket.SOCK_STREAM)
+        sock.setblocking(False)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # RST
+        err = sock.connect_ex((host, int(port)))
+        if err != errno.EINPROGRESS:
+            sock.close()
+            if err == errno.ECONNREFUSED:
+                self.refused(link, "knock")
+            return
+        done = self.loop.call_later(KNOCK_TIMEOUT_S, self.knocked, link, sock, True)
+
+        def writable() -> None:
+            done.cancel()
+            self.knocked(link, sock, False)
+        self.loop.add_writer(sock.fileno(), writable)
+
+    def knocked(self, link: _Link, sock: socket.socket, timed_out: bool) -> None:
+        self.loop.remove_writer(sock.fileno())
+        err = 0 if timed_out else sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        sock.close()
+        if err == errno.ECONNREFUSED:
+            self.refused(link, "knock")
 
     async def watch_admission(self, monitor: zmq.asyncio.Socket, watch: AdmissionWatch) -> None:
         try:
@@ -531,6 +614,15 @@ class _MeshCollector:
             c = CounterMetricFamily(f"prismatic_cluster_relay_{what}", help_)
             c.add_metric([], dist[what])
             yield c
+        port = m.port.counters if getattr(m, "port", None) is not None else Counter()
+        for what, help_ in (
+                ("messages", "Messages from other nodes' processes on their direct links"),
+                ("bad_frames", "Direct batches dropped as malformed"),
+                ("answers_lost", "Call answers for a direct link that was gone"),
+                ("errors", "Direct messages whose handling raised (a bug; logged)")):
+            c = CounterMetricFamily(f"prismatic_cluster_direct_{what}", help_)
+            c.add_metric([], port[what])
+            yield c
         received = CounterMetricFamily("prismatic_cluster_events_received",
                                        "Pub/sub messages from other members, published here")
         received.add_metric([], dist["events_received"])
@@ -543,6 +635,13 @@ class _MeshCollector:
             for peer, n in list(m.remote.events_dropped.items()):
                 dropped.add_metric([peer], n)
         yield dropped
+        links = CounterMetricFamily(
+            "prismatic_cluster_links_refused", "Lost links whose address refused a connect "
+            "(nothing listens: a dead node, confirmed at once), by who found out first: our "
+            "knock or the link's reconnect", labels=["by"])
+        for by in ("knock", "reconnect"):
+            links.add_metric([by], m.links_refused[by])
+        yield links
         refusals = CounterMetricFamily("prismatic_cluster_auth_refusals",
                                        "Connections refused admission, by reason",
                                        labels=["reason"])

@@ -3,8 +3,9 @@
 SWIM (Das, Gupta, Motivala 2002) with the Lifeguard refinements (Dadgar et al. 2018, as in
 hashicorp/memberlist), plus the one signal SWIM does without: the transport's.
 
-* **Probes.** Each protocol period this node pings one member (round robin over a shuffled
-  order). No ack within ``probe_timeout``: it asks ``k`` other members to ping the target for
+* **Probes.** Each protocol period this node pings one member (round robin over the members
+  by name, starting after itself: each member is probed by every other within ``N - 1``
+  periods). No ack within ``probe_timeout``: it asks ``k`` other members to ping the target for
   it (``ping_req``) and pings again itself. No ack (direct or relayed) by the period's end: the
   target becomes *suspect*.
 * **Suspicion and incarnations.** A suspicion names the target's incarnation. The target, on
@@ -25,14 +26,19 @@ hashicorp/memberlist), plus the one signal SWIM does without: the transport's.
   once, and when reconnecting is *refused* (nothing listens there any more: ``LinkRefused``),
   that failed probe confirms it: dead at once, no timeout. A stopped or partitioned process
   resets no connection, so this path never fires for them.
-* **Confirmations.** A member that hears of a suspicion probes the suspect next, so the
-  independent confirmations that shorten the timeout arrive within a protocol period.
+* **Confirmations.** A suspicion is pushed to every member at once, and a member that hears
+  of one pings the suspect at once itself (a *check*, beside its probe round): no ack within
+  a probe period and it confirms the suspicion, pushed to every member too. So the
+  independent confirmations that bring the timeout to its minimum arrive within about one
+  period, and a silently lost node is dead everywhere about ``interval + suspicion_min``
+  after the first probe it missed (docs/cluster.md has the timeline).
 * **Dissemination.** Every change is a *rumour* piggybacked on the next frames
   (``retransmit_mult * ceil(log10(N+1))`` times each); a frame to a member we think suspect or
-  dead leads with that belief, so the member can refute it. Joins, refutations and declarations
-  of death are also pushed to every member at once (``gossip``), and every ``sync_interval``
-  this node swaps its whole table with one random live member and one dead one (``sync_req``/
-  ``sync``): what gossip lost is healed, and a healed partition merges.
+  dead leads with that belief, so the member can refute it. Joins, suspicions, confirmations,
+  refutations and declarations of death are also pushed to every member at once (``gossip``),
+  and every ``sync_interval`` this node swaps its whole table with one random live member and
+  one dead one (``sync_req``/``sync``): what gossip lost is healed, and a healed partition
+  merges.
 * **States.** ``alive`` / ``suspect`` / ``dead`` / ``left``. For updates about another member:
   ``alive`` needs a higher incarnation than known; ``suspect`` applies over ``alive`` at the
   same or a higher incarnation; ``dead`` over ``alive``/``suspect`` at the same or higher;
@@ -60,7 +66,7 @@ from ..transports._mesh_frames import (
     Nack, Ping, PingReq, Sync, SyncReq, Update,
 )
 from ._events import (
-    Changed, Count, DetectorConfig, Joined, JoinRequested, LeaveRequested, LinkDown,
+    Changed, Check, Count, DetectorConfig, Joined, JoinRequested, LeaveRequested, LinkDown,
     LinkRefused, Member, MeshState, NameConflict, Probe, Received, Relay, Rumor, Send, Tick,
 )
 
@@ -96,6 +102,7 @@ def next_wake(state: MeshState) -> float:
         times.append(state.probe.deadline if state.probe.indirect
                      else state.probe.direct_deadline)
     times.extend(r.deadline for r in state.relays)
+    times.extend(c.deadline for c in state.checks)
     times.extend(m.suspect_deadline for m in state.members.values() if m.state is SUSPECT)
     return min(times)
 
@@ -148,6 +155,7 @@ class _Draft:
         self.members = dict(s.members)
         self.probe = s.probe
         self.relays = list(s.relays)
+        self.checks = list(s.checks)
         self.rumors = list(s.rumors)
         self.health = s.health
         self.seq = s.seq
@@ -159,8 +167,9 @@ class _Draft:
     def freeze(self) -> MeshState:
         return msgspec.structs.replace(
             self.s, me=self.me, members=self.members, probe=self.probe,
-            relays=tuple(self.relays), rumors=tuple(self.rumors), health=self.health,
-            seq=self.seq, rng=self.rng, order=tuple(self.order), **self.changes)
+            relays=tuple(self.relays), checks=tuple(self.checks), rumors=tuple(self.rumors),
+            health=self.health, seq=self.seq, rng=self.rng, order=tuple(self.order),
+            **self.changes)
 
     def get(self, field: str) -> Any:
         return self.changes.get(field, getattr(self.s, field))
@@ -304,15 +313,38 @@ class _Draft:
                    self.now + timeout, cur.rtt, cur.link_lost)
         self.put(m, old)
         self.rumor(m.update(by))
-        if by != self.me.name:  # check it ourselves next: an independent confirmation
-            self.order = [cur.name] + [n for n in self.order if n != cur.name]
+        if by == self.me.name:  # everyone hears it now and checks for themselves
+            self.push((m.update(by),))
+        else:
+            self.check(m)
+
+    def check(self, m: Member) -> None:
+        """Ping a member another one suspects, now: an independent confirmation (or not)
+        within one probe period, rather than whenever our round robin reaches it."""
+        if any(c.target == m.name and c.inc == m.inc for c in self.checks):
+            return
+        seq = self.next_seq()
+        self.checks.append(Check(m.name, m.inc, seq,
+                                 self.now + self.cfg.probe_interval * self.stretch()))
+        self.send(m.addr, Ping(*self.head(), seq=seq, target=m.name,
+                               updates=self.piggyback(m.name)))
+
+    def check_expired(self, c: Check) -> None:
+        self.checks.remove(c)
+        m = self.members.get(c.target)
+        if m is not None and m.state is SUSPECT and m.inc == c.inc \
+                and self.me.name not in m.suspected_by:
+            self.confirm(m, self.me.name)
 
     def confirm(self, cur: Member, by: str) -> None:
         suspectors = cur.suspected_by | {by}
         timeout = suspicion_timeout(self.cfg, self.n_live(), len(suspectors) - 1)
         self.members[cur.name] = msgspec.structs.replace(
             cur, suspected_by=suspectors, suspect_deadline=cur.since + timeout)
-        self.rumor(Update(cur.name, cur.addr, cur.inc, SUSPECT, by))
+        u = Update(cur.name, cur.addr, cur.inc, SUSPECT, by)
+        self.rumor(u)
+        if by == self.me.name:  # every suspector counts the confirmation at once
+            self.push((u,))
 
     def about_me(self, u: Update) -> None:
         """Nobody but this node decides that it is not alive: refute with a higher
@@ -348,8 +380,10 @@ class _Draft:
             self.on_ack(f)
         elif isinstance(f, PingReq):
             seq = self.next_seq()
-            self.relays.append(Relay(seq, f.src, f.addr, f.seq, f.target,
-                                     self.now + self.cfg.probe_timeout * self.stretch()))
+            # The requester waits (interval - timeout) for the indirect acks: our nack
+            # must reach it before that, or it counts us missing and itself slow.
+            nack_in = 0.8 * (self.cfg.probe_interval - self.cfg.probe_timeout)
+            self.relays.append(Relay(seq, f.src, f.addr, f.seq, f.target, self.now + nack_in))
             self.send(f.target_addr, Ping(*self.head(), seq=seq, target=f.target,
                                           updates=self.piggyback(f.target)))
         elif isinstance(f, IndirectAck):
@@ -373,6 +407,10 @@ class _Draft:
             self.merge(Update(f.src, f.addr, f.inc, LEFT))
 
     def on_ack(self, f: Ack) -> None:
+        check = next((c for c in self.checks if c.seq == f.seq), None)
+        if check is not None:
+            self.checks.remove(check)
+            return
         relay = next((r for r in self.relays if r.seq == f.seq), None)
         if relay is not None:
             self.relays.remove(relay)
@@ -428,7 +466,7 @@ class _Draft:
     def start_probe(self) -> None:
         while True:
             if not self.order:
-                self.order = [m.name for m in self.shuffled(self.live())]
+                self.order = self.ring()
                 if not self.order:
                     self.set(next_probe_at=self.now + self.cfg.probe_interval)
                     return
@@ -444,6 +482,15 @@ class _Draft:
         self.actions.append(Count("probes_sent"))
         self.send(target.addr, Ping(*self.head(), seq=seq, target=name,
                                     updates=self.piggyback(name)))
+
+    def ring(self) -> list[str]:
+        """One round's probe order: every live member once, by name, starting after this
+        node. Each member is probed by every other within N-1 periods (SWIM's shuffled
+        rounds allow up to 2N-3), and where rounds line up the members' successors probe
+        each member in successive periods rather than several at once."""
+        names = sorted(m.name for m in self.live())
+        after = [n for n in names if n > self.me.name]
+        return after + names[:len(names) - len(after)]
 
     def go_indirect(self) -> None:
         p = self.probe
@@ -488,8 +535,14 @@ class _Draft:
             self.ask_seeds()
         for r in [r for r in self.relays if now >= r.deadline]:
             self.relays.remove(r)
-            self.send(r.requester_addr, Nack(*self.head(), seq=r.orig_seq, target=r.target,
-                                             updates=self.piggyback(r.requester)))
+            if not r.nacked:  # keep relaying a late ack a while: the probe may still wait
+                self.relays.append(msgspec.structs.replace(
+                    r, nacked=True, deadline=now + cfg.probe_timeout * self.stretch()))
+                self.send(r.requester_addr, Nack(*self.head(), seq=r.orig_seq,
+                                                 target=r.target,
+                                                 updates=self.piggyback(r.requester)))
+        for c in [c for c in self.checks if now >= c.deadline]:
+            self.check_expired(c)
         if self.probe is not None:
             if not self.probe.indirect and now >= self.probe.direct_deadline:
                 self.go_indirect()
@@ -518,6 +571,8 @@ class _Draft:
                 deadline=self.now + self.cfg.probe_interval * k)
         self.relays = [msgspec.structs.replace(r, deadline=r.deadline + lag)
                        for r in self.relays]
+        self.checks = [msgspec.structs.replace(c, deadline=c.deadline + lag)
+                       for c in self.checks]
         for m in list(self.members.values()):
             if m.state is SUSPECT:
                 self.members[m.name] = msgspec.structs.replace(
@@ -572,6 +627,7 @@ class _Draft:
         self.me = msgspec.structs.replace(self.me, state=LEFT, since=self.now)
         self.probe = None
         self.relays = []
+        self.checks = []
         self.set(joining=False)
         for m in self.live():
             self.send(m.addr, Leave(*self.head()))

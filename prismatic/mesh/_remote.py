@@ -1,18 +1,32 @@
 """Distribution: messages, monitors and links between processes of different nodes.
 
 Runs in the node, on its loop, beside the hub (:mod:`prismatic._hub`) and the mesh loop
-(:mod:`._loop`). The path of a message to a process of another node::
+(:mod:`._loop`). The path of a message to a process of another node reachable now::
+
+    process --direct link (ZeroMQ, CURVE)--> the other node's port --AF_UNIX--> mailbox
+
+A process locates the other node through this node's relay once, then sends on a direct
+link of its own (:mod:`prismatic._direct_link`) to that node's mesh ROUTER, whose thread
+(:mod:`._direct`) delivers and answers without a turn of either node's loop: one ordered
+ZeroMQ stream per process and node, one connection per destination mailbox there, so per
+sender -> destination order is kept end to end. What goes to a node this node does not
+know reachable takes the relay path below, which fails it (``NoConnection()``, a dead
+letter) as it always has::
 
     process --AF_UNIX--> this node's relay --mesh link--> the other node --AF_UNIX--> mailbox
 
 * **The relay** listens at ``\\0prismatic/<node>/relay`` (frames of
-  :mod:`prismatic.transports._remote_frames`, only from the node's uid). Each process keeps
-  one connection to it for all its remote destinations, so what it sends leaves in order;
-  the mesh link to a peer is one ordered ZeroMQ stream, and the receiving node keeps one
-  connection per destination mailbox: per sender -> destination order is kept end to end.
-* **Calls**: the receiving node gives each call it delivers a ref of its own (the callers
-  of many nodes share its connection to a mailbox) and maps the reply back. A callee that is
-  not there refuses the call (``noproc``: the caller raises :class:`NoProcError`); one whose
+  :mod:`prismatic.transports._remote_frames`, only from the node's uid). It answers
+  ``locate`` with a reachable member's mesh address and the cluster's keys, and tells each
+  process that located a node when that node is lost (``node_lost``: the process fails its
+  calls in flight on that link with ``NoConnection()`` and closes the link). Each process
+  keeps one connection to it; on the relay path, what it sends leaves in order, the mesh
+  link to a peer is one ordered ZeroMQ stream, and the receiving node keeps one connection
+  per destination mailbox.
+* **Calls** (either path): the receiving node gives each call it delivers a ref of its own
+  (the callers of many nodes share its connection to a mailbox) and maps the reply back.
+  A callee that is not there refuses the call (``noproc``: the caller raises
+  :class:`NoProcError`); one whose
   connection breaks mid-call fails it with its exit reason as the hub learns it
   (:class:`ProcessDown`). A call in flight to a node that becomes unreachable fails with
   ``NoConnection()``; an answer that arrives after that (a healed partition) is dropped.
@@ -65,11 +79,14 @@ from ..transports._mesh_frames import (
 from ..transports._messages import (
     CallFrame, CallRefused, CallReply, DeadLetterNote, MailboxFrame,
 )
-from ..transports._remote_frames import CallFailed, Forward, RelayRequest, relay_address
+from ..transports._remote_frames import (
+    CallFailed, Forward, Locate, Located, NodeLost, RelayRequest, relay_address,
+)
 from ._interest import Interest
 
 if TYPE_CHECKING:
     from .._hub import Hub
+    from ._direct import DirectPort
 
 __all__ = ["Distribution"]
 
@@ -115,6 +132,19 @@ class Distribution:
         # and told of each lost node (its calls in flight fail).
         self.on_control: Callable[[Any], None] = lambda frame: None
         self.on_lost: Callable[[str], None] = lambda node: None
+        # Direct links (._direct): where a member takes them, the keys they use, and the
+        # node's end of them (set by the node when the mesh runs).
+        self.address_of: Callable[[str], str | None] = lambda node: None
+        self.keys: Any = None
+        self.port: DirectPort | None = None
+
+    def attach_port(self, port: DirectPort) -> None:
+        """The node's end of direct links: it delivers here, it fails calls through us."""
+        self.port = port
+        port.fail_calls = self.fail_direct
+        port.dead_letter = lambda to, why, frame: self.note_dead_letter(
+            to, self.name, why, frame, getattr(frame, "sender", None))
+        port.hub = self.hub
 
     async def start(self) -> None:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -134,6 +164,16 @@ class Distribution:
             dest.close()
 
     # ---- from this node's processes --------------------------------------------------------
+
+    def locate(self, conn: _RelayConnection, node: str) -> None:
+        """Where ``node`` takes direct links (none: not a reachable member, or this node);
+        ``conn`` is told if ``node`` is lost from now on."""
+        addr = self.address_of(node) if node != self.name and self.keys is not None else None
+        if addr is None:
+            conn.write(Located(node, None))
+            return
+        conn.located.add(node)
+        conn.write(Located(node, addr, self.keys.public, self.keys.secret))
 
     def forward(self, conn: _RelayConnection, fw: Forward) -> None:
         frame = fw.frame
@@ -258,6 +298,21 @@ class Distribution:
         for src, link, ref in calls.values():
             self.answer(src, link, CallFailed(ref, reason or NoProc()))
 
+    def fail_direct(self, pid: Pid, origins: list[tuple[bytes, int]]) -> None:
+        """The direct path's callee ``pid`` died with calls in flight (from the port)."""
+        asyncio.get_running_loop().create_task(self.fail_direct_calls(pid, origins))
+
+    async def fail_direct_calls(self, pid: Pid, origins: list[tuple[bytes, int]]) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + EXIT_REASON_WAIT_S
+        reason: ExitReason | None = self.hub.exits.get(self.hub.complete(pid, probe=False))
+        while reason is None and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+            reason = self.hub.exits.get(self.hub.complete(pid, probe=False))
+        if self.port is not None:
+            for link, ref in origins:
+                self.port.post(link, CallFailed(ref, reason or NoProc()))
+
     # ---- cluster pub/sub (called by the forwarder) -------------------------------------------
 
     def published(self, frames: list[Any]) -> None:
@@ -355,6 +410,10 @@ class Distribution:
         self.on_lost(node)
         for ref in [r for r, (n, _) in self.asked.items() if n == node]:
             self.asked.pop(ref)[1](None, NoConnection())
+        for located in list(self.conns.values()):
+            if node in located.located:  # its process's direct link: calls on it fail there
+                located.located.discard(node)
+                located.write(NodeLost(node))
         for key in [k for k, n in self.pending.items() if n == node]:
             del self.pending[key]
             conn = self.conns.get(key[0])
@@ -379,6 +438,7 @@ class _RelayConnection(asyncio.Protocol):
         self.caller: Pid | None = None
         self.ospid = 0
         self.after_close: list[tuple[str, Gone]] = []  # its process's exit notices
+        self.located: set[str] = set()  # nodes its process has direct links to
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -407,6 +467,9 @@ class _RelayConnection(asyncio.Protocol):
         bad = self.frames.bad_frames
         for fw in self.frames.feed(data):
             try:
+                if isinstance(fw, Locate):
+                    self.dist.locate(self, fw.node)
+                    continue
                 self.dist.forward(self, fw)
             except Exception:  # noqa: BLE001 - one frame must never end the relay
                 self.dist.counters["errors"] += 1

@@ -1,0 +1,178 @@
+"""What a supervisor costs (issue: cost and scale, item 1): many small supervisors beside one
+flat supervisor of the same number of workers, measured in the same run.
+
+Run: ``python bench/bench_supervisors.py [--supervisors N] [--idle S] [--kills K]``.
+
+* Memory and processes: a node of ``N`` supervisors with one idle worker each (dormant: each
+  supervisor has let its spare and zygote go after ``--idle`` seconds without a start,
+  ``PRISMATIC_SPARE_IDLE``; the default in production is 60 s) beside a node of ``N``
+  workers under one supervisor, and, unless ``--no-before``, the same ``N`` supervisors with
+  dormancy turned off (``PRISMATIC_SPARE_IDLE=never``: what every supervisor cost before).
+  Processes and total USS of each tree (node process included).
+* Restarts under a dormant supervisor: SIGKILL its worker; the time until the supervisor
+  reports the replacement started (``child_started``; both clocks CLOCK_MONOTONIC). The
+  first restart is forked by the supervisor itself (it has no spare); baseline: the bare
+  fork-after-death loop of ``bench_restart`` (a process forks a child, waits for it to say
+  ready on a pipe, SIGKILLs it, reaps it through a pidfd, forks the replacement), same run.
+  The second kill waits until the supervisor has its spare again (it restarted something a
+  moment ago): baseline, restarts of the one worker of a node whose supervisor never goes
+  dormant (``bench_restart``'s paced kills).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import prismatic as p  # noqa: E402
+from bench._harness import pct, print_table, start_node  # noqa: E402
+from bench.bench_restart import bench_bare_restarts  # noqa: E402
+from bench.bench_scale import available_mib, descendants  # noqa: E402
+from prismatic._process import child_pids, process_name, uss_bytes  # noqa: E402
+
+MiB = 1024 * 1024
+
+
+@contextlib.contextmanager
+def open_node(app: str, n: int, idle: str) -> Iterator[tuple[p.NodeConnection, Path]]:
+    os.environ["PRISMATIC_BENCH_WORKERS"] = str(n)
+    os.environ["PRISMATIC_SPARE_IDLE"] = idle
+    with tempfile.TemporaryDirectory() as tmp:
+        proc = start_node(app, Path(tmp) / "d")
+        try:
+            with p.connect(Path(tmp) / "d") as conn:
+                yield conn, Path(tmp) / "d"
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=300)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def helpers(node_pid: int) -> list[int]:
+    return [q for q in descendants(node_pid)
+            if process_name(q) in ("prism:spare", "prism:zygote")]
+
+
+def memory(node_pid: int) -> tuple[int, float]:
+    """(processes, total USS in MiB) of the node and its tree."""
+    procs = [node_pid, *descendants(node_pid)]
+    total = 0
+    for q in procs:
+        with contextlib.suppress(OSError):
+            total += uss_bytes(q)
+    return len(procs), total / MiB
+
+
+def wait_for(pred, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"bench: {what} not reached within {timeout:.0f} s")
+        time.sleep(0.05)
+
+
+def restart(conn: p.NodeConnection, ev: p.EventStream, path: str, sup: int,
+            warm: bool) -> float:
+    """Kill the worker ``w`` under supervisor ``path``; kill -> replacement started."""
+    if warm:
+        wait_for(lambda: any(process_name(c) == "prism:spare" for c in child_pids(sup)), 10,
+                 f"a spare under {path}")
+    pid = conn.pid_of(f"{path}/w" if path else "victim")
+    t0 = time.monotonic()
+    os.kill(pid, signal.SIGKILL)
+    while True:
+        e = ev.next(10)
+        if e is None:
+            raise SystemExit(f"bench: no restart under {path or 'root'}")
+        if e.kind == "child_started" and e.pid != pid and \
+                e.path == (tuple(path.split("/")) if path else ()):
+            return e.mono - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--supervisors", type=int, default=1000)
+    ap.add_argument("--idle", type=float, default=5.0)
+    ap.add_argument("--kills", type=int, default=40)
+    ap.add_argument("--no-before", action="store_true")
+    args = ap.parse_args()
+    n, ms = args.supervisors, 1e3
+    before = not args.no_before and available_mib() > 4096 + n * 9
+    bare, _ = bench_bare_restarts(args.kills * 5)
+
+    with open_node("bench.apps:pool", n, "never") as (conn, data):
+        flat = memory(conn.status().pid)
+    with open_node("bench.apps:one_worker", 1, "never") as (conn, data):
+        with p.open_event_stream(data, "supervisor.") as ev:
+            root = conn.status().root_pid
+            flat_warm = [restart(conn, ev, "", root, True) for _ in range(args.kills)]
+    with open_node("bench.apps:supervised_pool", n, str(args.idle)) as (conn, data):
+        node_pid = conn.status().pid
+        wait_for(lambda: not helpers(node_pid), args.idle + 120, "every supervisor dormant")
+        sups = memory(node_pid)
+        kids = {c.id: c.pid for c in conn.which_children()}
+        cold, warm = [], []
+        with p.open_event_stream(data, "supervisor.") as ev:
+            for i in range(args.kills):
+                path = f"s{i}"
+                cold.append(restart(conn, ev, path, kids[path], False))
+                warm.append(restart(conn, ev, path, kids[path], True))
+                # settled (its forks are over) before the next first restart is timed
+                sup = kids[path]
+                wait_for(lambda sup=sup: any(process_name(c) == "prism:spare"
+                                             for c in child_pids(sup)), 10, "a spare")
+    old = None
+    if before:
+        with open_node("bench.apps:supervised_pool", n, "never") as (conn, _):
+            node_pid = conn.status().pid
+            wait_for(lambda: len(helpers(node_pid)) >= 2 * (n + 1), 120, "spares made")
+            old = memory(node_pid)
+
+    rows: list[tuple[object, ...]] = [
+        (f"processes, {n:,} dormant supervisors + 1 worker each",
+         f"{sups[0]:,} ({sups[0] / flat[0]:.2f}x)", "<= 2.2x",
+         f"{n:,} workers under 1 supervisor: {flat[0]:,}"),
+        (f"total USS, {n:,} dormant supervisors + 1 worker each (MiB)",
+         f"{sups[1]:,.0f} ({sups[1] / flat[1]:.2f}x)", "<= 2.2x",
+         f"{n:,} workers under 1 supervisor: {flat[1]:,.0f}"),
+    ]
+    if old is not None:
+        rows += [
+            (f"processes, {n:,} supervisors with spare + zygote (never dormant)",
+             f"{old[0]:,} ({old[0] / flat[0]:.2f}x)", "-", "before this change"),
+            (f"total USS, {n:,} supervisors with spare + zygote (MiB)",
+             f"{old[1]:,.0f} ({old[1] / flat[1]:.2f}x)", "-", "before this change"),
+        ]
+    rows += [
+        ("first restart under a dormant supervisor, p50 / p99 (ms)",
+         f"{pct(cold, .5) * ms:.2f} / {pct(cold, .99) * ms:.2f}", "<= bare p50",
+         f"bare fork after death: {pct(bare, .5) * ms:.2f} / {pct(bare, .99) * ms:.2f}"),
+        ("next restart (spare regained), p50 / p99 (ms)",
+         f"{pct(warm, .5) * ms:.2f} / {pct(warm, .99) * ms:.2f}", "= flat p50",
+         f"flat supervisor with its spare: {pct(flat_warm, .5) * ms:.2f} / "
+         f"{pct(flat_warm, .99) * ms:.2f}"),
+    ]
+    print(f"supervisor cost: {n:,} supervisors, dormant after {args.idle:g} s without a "
+          f"start; {args.kills} restarts per figure ({len(bare)} bare); load "
+          f"{os.getloadavg()[0]:.1f}")
+    if not before and not args.no_before:
+        print("note: not enough memory for the never-dormant node; its rows are left out")
+    print_table(("figure", "value", "target", "baseline (same run)"), rows)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,142 @@
+"""A process's direct link to another node: its messages to that node's processes.
+
+Imported only by a process that addresses a process of another node (it loads pyzmq; a
+tree's image stays without it). The node's relay says where the other node takes direct
+links and gives the cluster's CURVE keys (``locate``, :mod:`.transports._remote_frames`);
+the link is then one ZeroMQ DEALER, a CURVE client connected to that node's mesh address,
+whose receiving thread (:mod:`.mesh._direct`) hands each message to its destination's
+mailbox and sends the replies back on the same link. One link per node and process: what a
+process sends to the processes of one node leaves, travels and is delivered in send order.
+
+The relay stays the process's line to its own node: it says when the other node is lost
+(``node_lost``: calls in flight fail with ``NoConnection()``, the link is closed and its late
+replies never read; casts and sends it still held are dropped with it, as Erlang drops what
+a broken distribution connection holds: they were never handed to the other node). A
+process flushes its links before it exits (:func:`close_all`, within ``LINGER_MS``), so what
+it sent before exiting goes out ahead of its exit's notices.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import zmq
+
+from ._throttle import ThrottledWarning
+
+from .transports._remote_frames import (
+    CallFailed, Deliver, Located, decode_answers, encode_deliveries,
+)
+
+__all__ = ["DirectLink", "close_all", "LINGER_MS"]
+
+LINGER_MS = 250  # what a process sent before exiting gets this long to leave
+# Messages queued for one link (the node slow or unreachable) before a send blocks, then
+# fails with MailboxFull at its timeout: as many as a mesh link queues.
+SEND_HWM = 4096
+_context: zmq.Context[Any] | None = None
+_links: list[DirectLink] = []
+log = logging.getLogger(__name__)
+_bad = ThrottledWarning(log)
+bad_batches = 0  # answers from nodes dropped as malformed, this process
+
+
+def _ctx() -> zmq.Context[Any]:
+    global _context
+    if _context is None:
+        _context = zmq.Context()
+    return _context
+
+
+def _forget_in_child() -> None:
+    """A fork's child must not touch its parent's context or sockets: it starts anew."""
+    global _context
+    _context = None
+    _links.clear()
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
+
+
+class DirectLink:
+    """One process's DEALER to one node. Not thread-safe (one per process/client)."""
+
+    __slots__ = ("node", "sock", "waiting", "replies", "lost", "timeout", "rcv_ms")
+
+    def __init__(self, located: Located) -> None:
+        self.node = located.node
+        sock = _ctx().socket(zmq.DEALER)
+        sock.linger = LINGER_MS
+        sock.sndhwm = SEND_HWM
+        sock.rcvhwm = 0
+        sock.curve_serverkey = located.public
+        sock.curve_publickey = located.public
+        sock.curve_secretkey = located.secret
+        assert located.addr is not None
+        sock.connect(located.addr)
+        self.sock = sock
+        self.waiting: set[int] = set()  # refs of calls in flight on this link
+        self.replies: dict[int, Any] = {}  # answers read while waiting for another one
+        self.lost = False
+        self.timeout = -1.0
+        self.rcv_ms = -1
+        _links.append(self)
+
+    def send(self, batch: list[Deliver], timeout: float) -> bool:
+        """False if the link stayed full for ``timeout`` (the node is far behind or gone)."""
+        if timeout != self.timeout:
+            self.sock.sndtimeo = max(1, int(timeout * 1000))
+            self.timeout = timeout
+        try:
+            self.sock.send(encode_deliveries(batch), copy=True)
+        except zmq.Again:
+            return False
+        return True
+
+    def receive(self, timeout: float) -> list[Any] | None:
+        """The answers of the next batch on the link, waiting ``timeout`` at most (None:
+        nothing came). A blocking receive, not a poll: polling the link and the relay
+        together measured ~9 us more per round trip. A malformed batch is dropped,
+        counted (``bad_batches``) and logged, throttled."""
+        global bad_batches
+        ms = max(1, int(timeout * 1000))
+        if ms != self.rcv_ms:
+            self.sock.rcvtimeo = ms
+            self.rcv_ms = ms
+        try:
+            data = self.sock.recv(copy=False)
+        except zmq.Again:
+            return None
+        batch, why = decode_answers(data.buffer)
+        if batch is None:
+            bad_batches += 1
+            _bad.warn("direct link to %s: dropped a malformed batch (%d so far): %s",
+                      self.node, bad_batches, why)
+            return []
+        return batch
+
+    def fail_all(self, reason: Any) -> None:
+        """The node is lost: every call in flight fails with ``reason``; the link closes
+        without waiting (nothing it still holds is delivered: the node may be gone)."""
+        self.lost = True
+        for ref in self.waiting:
+            self.replies[ref] = CallFailed(ref, reason)
+        self.close(0)
+
+    def close(self, linger: int | None = None) -> None:
+        if not self.sock.closed:
+            self.sock.close(linger)
+        if self in _links:
+            _links.remove(self)
+
+
+def close_all() -> None:
+    """Before the process exits: what its links hold leaves (within LINGER_MS)."""
+    global _context
+    for link in list(_links):
+        link.close()
+    if _context is not None:
+        _context.term()
+        _context = None
