@@ -168,7 +168,13 @@ class Outbox:
     # ---- addressing -------------------------------------------------------------------------
 
     def remote(self, dest: Any) -> tuple[str, Pid | str] | None:
-        """``(node, pid or name)`` for a destination on another node, else None."""
+        """``(node, pid or name)`` for a destination on another node, else None. A
+        ``Global(name)`` is resolved here, at each send (it may move nodes): held on another
+        node, it goes there as its Pid; held here or by nobody, the local path resolves it
+        again and delivers it or says ``noproc``."""
+        if isinstance(dest, Global):
+            pid = self.whereis_global(dest.name)
+            return (pid.node, pid) if pid is not None and pid.node != self.node else None
         if isinstance(dest, (list, tuple)) and len(dest) >= 2 and isinstance(dest[0], str):
             if isinstance(dest[1], str) and len(dest) == 2:
                 return (dest[1], dest[0]) if dest[1] != self.node else None

@@ -76,6 +76,9 @@ def test_one_name_from_three_nodes_at_once_has_one_winner(nodes: Nodes) -> None:
     # Addressed by its global name (resolved at each call), here on the winner's node.
     assert winner_conn.call(p.Global(name), ["echo", 7]) == 7
     assert winner_conn.call("g2", ["g_echo", name, 8]) == 8
+    # From every other node too: a worker's call to Global(name) reaches the holder there.
+    for conn in conns:
+        assert conn.call("g2", ["g_echo", name, 9]) == 9
     # A second name for the same process is fine; unregistering frees it everywhere.
     assert winner_conn.call("g1", ["g_register", name + "-2"]) == "ok"
     wait_until(lambda: whereis_everywhere(nodes, name + "-2") == {winner}, 5, "the 2nd name")
