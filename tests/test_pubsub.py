@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import signal
+import subprocess
+import sys
+import time
 
 import msgspec
 import pytest
@@ -10,7 +16,7 @@ import zmq
 
 import prismatic as p
 from prismatic._pubsub_wire import PAYLOAD_MAX_BYTES, publish_address
-from tests.conftest import wait_until
+from tests.conftest import REPO, start_node, wait_until
 
 APP = "tests.apps:pubsub"
 
@@ -250,3 +256,88 @@ def test_run_buffer_keeps_runs_within_the_limit_and_in_order() -> None:
     assert [len(run) for _, run in runs] == [501, RUN_MAX_EVENTS + 7, RUN_MAX_EVENTS,
                                              RUN_MAX_EVENTS + 3 - (RUN_MAX_EVENTS - 150), 1]
     assert [topic for topic, _ in runs] == [b"t.a"] * 4 + [b"t.b"]
+
+
+# ---- flow control: a bounded node, drops counted exactly ----------------------------------
+
+FLOOD_HWM = 200  # messages per subscriber (the node's --subscriber-hwm)
+FLOOD_MESSAGES = 1280  # runs of 64 events of ~1 KiB: 80 MiB, six times what the HWM holds
+FLOOD_RUN = 64
+FLOOD_RATE = 320.0  # messages a second: 20 MiB/s, a pace the node forwards as it comes
+FLOOD_NODE_BOUND = 36 << 20  # 12.5 MiB queued, ~25 MiB of RSS measured; unbounded: ~80 MiB
+_PAD = "x" * 1010
+
+
+def _rss(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+def _subscriber(data_dir: object, topic: str, total: int,
+                slow_ms: int = 0) -> subprocess.Popen[str]:
+    proc = subprocess.Popen([sys.executable, "-m", "tests.pubsub_apps", str(data_dir), topic,
+                             str(total), str(slow_ms)], cwd=REPO, stdout=subprocess.PIPE,
+                            text=True, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    return proc
+
+
+def test_a_stopped_subscriber_holds_the_node_bounded_and_counts_exactly_what_it_lost(
+        tmp_path) -> None:
+    """A publisher floods 80 MiB at a node whose subscribers' queues hold 200 messages: a
+    SIGSTOPped subscriber costs the node at most its queue (a node that kept its backlog
+    grows by all of it), a healthy and a slow-but-live subscriber get every event, and the
+    stopped one, resumed, reports exactly how many events it lost."""
+    node = start_node(tmp_path, APP, args=("--subscriber-hwm", str(FLOOD_HWM)))
+    total = FLOOD_MESSAGES * FLOOD_RUN
+    subs: list[subprocess.Popen[str]] = []
+    try:
+        subs.append(_subscriber(node.data_dir, "flood", total))  # healthy
+        subs.append(_subscriber(node.data_dir, "flood", total, slow_ms=7))  # ~18k events/s
+        subs.append(_subscriber(node.data_dir, "flood", total))
+        os.kill(subs[2].pid, signal.SIGSTOP)
+        conn = node.conn
+        base = peak = _rss(node.proc.pid)
+        t0 = time.monotonic()
+        for k, i in enumerate(range(0, total, FLOOD_RUN)):
+            conn.publish_many("flood", [[j, _PAD] for j in range(i, i + FLOOD_RUN)])
+            if k % 8 == 0:
+                peak = max(peak, _rss(node.proc.pid))
+                if (ahead := t0 + k / FLOOD_RATE - time.monotonic()) > 0:
+                    time.sleep(ahead)
+        conn.flush(30.0)
+        for _ in range(20):  # what the node still holds
+            peak = max(peak, _rss(node.proc.pid))
+            time.sleep(0.02)
+        os.kill(subs[2].pid, signal.SIGCONT)
+        results = []
+        marker = total
+        for proc in subs:
+            deadline = time.monotonic() + 30
+            while proc.poll() is None and time.monotonic() < deadline:
+                conn.publish("flood", [marker, "end"])  # until it has one: its queue may be full
+                marker += 1
+                conn.flush(5.0)
+                time.sleep(0.2)
+            out, _ = proc.communicate(timeout=10)
+            results.append(json.loads(out.strip().splitlines()[-1]))
+    finally:
+        for proc in subs:
+            if proc.poll() is None:
+                os.kill(proc.pid, signal.SIGCONT)
+                proc.kill()
+                proc.wait()
+        node.stop()
+    grown = peak - base
+    assert grown < FLOOD_NODE_BOUND, f"the node grew by {grown >> 20} MiB under a stopped subscriber"
+    for result in results[:2]:  # healthy and slow-but-live: everything, nothing lost
+        assert result["received"] == total and result["lost"] == result["gaps"] == 0, result
+        assert result["disorder"] == result["dropped"] == 0, result
+    stopped = results[2]
+    assert stopped["lost"] > 0 and stopped["disorder"] == stopped["dropped"] == 0, stopped
+    # every event before its end marker either received or counted lost, exactly where
+    assert stopped["received"] + stopped["lost"] == stopped["last"], stopped
+    assert stopped["gaps"] == stopped["lost"], stopped
