@@ -13,9 +13,14 @@ import time
 import msgspec
 import pytest
 import zmq
+from hypothesis import given
+from hypothesis import strategies as st
 
 import prismatic as p
-from prismatic._pubsub_wire import PAYLOAD_MAX_BYTES, publish_address
+from prismatic._pubsub_wire import (
+    PAYLOAD_MAX_BYTES, WIRE_VERSION, GapCounter, events_address, publish_address, read_stamp,
+)
+from prismatic._subscription import await_hello
 from tests.conftest import REPO, start_node, wait_until
 
 APP = "tests.apps:pubsub"
@@ -332,7 +337,7 @@ def test_a_stopped_subscriber_holds_the_node_bounded_and_counts_exactly_what_it_
                 proc.wait()
         node.stop()
     grown = peak - base
-    assert grown < FLOOD_NODE_BOUND, f"the node grew by {grown >> 20} MiB under a stopped subscriber"
+    assert grown < FLOOD_NODE_BOUND, f"the node grew by {grown >> 20} MiB (stopped subscriber)"
     for result in results[:2]:  # healthy and slow-but-live: everything, nothing lost
         assert result["received"] == total and result["lost"] == result["gaps"] == 0, result
         assert result["disorder"] == result["dropped"] == 0, result
@@ -341,3 +346,71 @@ def test_a_stopped_subscriber_holds_the_node_bounded_and_counts_exactly_what_it_
     # every event before its end marker either received or counted lost, exactly where
     assert stopped["received"] + stopped["lost"] == stopped["last"], stopped
     assert stopped["gaps"] == stopped["lost"], stopped
+
+
+@given(st.lists(st.tuples(st.sampled_from(["a", "b", "a.b"]), st.integers(1, 600),
+                          st.booleans()), max_size=60),
+       st.integers(1, 3))
+def test_gap_counter_counts_exactly_the_events_dropped_before_a_later_message(
+        messages: list[tuple[str, int, bool]], max_topics: int) -> None:
+    """Each message (topic, events, delivered?) stamped as the forwarder does; a subscriber
+    that gets the delivered ones counts as lost exactly the events of the dropped messages
+    that a later delivered message of their topic reveals (a tail loss shows with the
+    topic's next message), unless its topic was evicted from its table (a new baseline)."""
+    gaps = GapCounter(max_topics)
+    sent: dict[str, int] = {}
+    hidden: dict[str, int] = {}  # dropped events since the topic's last delivered message
+    tracked: list[str] = []  # the counter's table, oldest first
+    expected = 0
+    for topic, n, delivered in messages:
+        seq = sent.get(topic, 0)
+        sent[topic] = seq + n
+        if not delivered:
+            hidden[topic] = hidden.get(topic, 0) + n
+            continue
+        if topic in tracked:
+            expected += hidden.get(topic, 0)
+        else:
+            if len(tracked) >= max_topics:
+                tracked.pop(0)
+            tracked.append(topic)
+        hidden[topic] = 0
+        gaps.seen(topic, 7, seq, n)
+    assert gaps.lost == expected and gaps.resets == 0
+
+
+def test_gap_counter_takes_a_backward_sequence_or_a_new_epoch_as_a_reset() -> None:
+    gaps = GapCounter()
+    assert gaps.seen("t", 1, 0, 5) == 0  # baseline
+    assert gaps.seen("t", 1, 8, 2) == 3  # 5, 6, 7 lost
+    assert gaps.seen("t", 1, 0, 1) == 0 and gaps.resets == 1  # the node evicted the topic
+    assert gaps.seen("t", 2, 40, 1) == 0 and gaps.resets == 2  # the node restarted
+    assert gaps.seen("t", 2, 43, 1) == 2
+    gaps.forget("t")  # unsubscribed: the next message is a new baseline
+    assert gaps.seen("t", 2, 90, 1) == 0 and gaps.lost == 5
+
+
+def test_the_node_stamps_each_topic_with_its_events_sent_before(node_factory) -> None:
+    node = node_factory(APP)
+    ctx = zmq.Context()
+    sub = ctx.socket(zmq.SUB)
+    try:
+        sub.setsockopt(zmq.SUBSCRIBE, b"stamp.")
+        sub.connect(events_address(node.data_dir))
+        await_hello(sub, lambda frames: None)
+        node.conn.publish_many("stamp.a", [1, 2, 3])
+        node.conn.flush(5.0)
+        node.conn.publish("stamp.b", 4)
+        node.conn.flush(5.0)
+        node.conn.publish("stamp.a", 5)
+        got = []
+        while len(got) < 3:
+            assert sub.poll(10_000), "no message within 10 s"
+            frames = sub.recv_multipart()
+            assert len(frames) == 3 and frames[2][0] == WIRE_VERSION
+            got.append((frames[0], read_stamp(frames[2])))
+    finally:
+        sub.close(0)
+        ctx.term()
+    epoch = got[0][1][0]  # type: ignore[index]
+    assert got == [(b"stamp.a", (epoch, 0)), (b"stamp.b", (epoch, 0)), (b"stamp.a", (epoch, 3))]
