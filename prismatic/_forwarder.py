@@ -35,7 +35,7 @@ effect: nothing published after that is missed.
 Flow control: the XPUB's SNDHWM is ``subscriber_hwm`` messages (:data:`SUBSCRIBER_HWM` by
 default; the node's ``--subscriber-hwm``, TOML ``[node] subscriber_hwm``): each subscriber
 has its own queue, and libzmq drops a message only for a subscriber whose queue is full, so
-the node holds at most that many messages (each a run of up to 64 KiB, see
+the node holds at most that many messages (each a run of ~64 KiB at most, see
 :mod:`._pubsub_wire`) for a subscriber that stopped reading, and every other subscriber and
 every publisher go on unaffected. A live subscriber never fills it: its SUB socket has no
 receive limit and pulls its backlog into its own memory. Every drop is seen by the
@@ -80,8 +80,9 @@ DRAIN_BUDGET = 2000  # messages per loop turn: keeps control requests and lifecy
 PUBLISH_MAX_BYTES = PAYLOAD_MAX_BYTES + 2 * RUN_MAX_BYTES
 SUBSCRIBE_MAX_BYTES = 4096  # a subscription is one byte and a topic prefix (<= 255 chars)
 # Messages queued in the node per subscriber before it drops for that one: ZeroMQ's own
-# default. A message is a run (at most 512 events or 64 KiB, unless one payload or batch is
-# bigger), so a subscriber that stopped reading holds at most ~64 MiB of the node.
+# default. A message is a run (closed once it holds 512 events or 64 KiB: under 128 KiB,
+# unless one payload or batch alone is bigger), so a subscriber that stopped reading holds
+# 1,000 runs of the node: 64 MiB of full 64 KiB runs.
 SUBSCRIBER_HWM = 1000
 
 

@@ -266,10 +266,12 @@ def test_run_buffer_keeps_runs_within_the_limit_and_in_order() -> None:
 # ---- flow control: a bounded node, drops counted exactly ----------------------------------
 
 FLOOD_HWM = 200  # messages per subscriber (the node's --subscriber-hwm)
-FLOOD_MESSAGES = 1280  # runs of 64 events of ~1 KiB: 80 MiB, six times what the HWM holds
+# 80 MiB in batches of 64 events of ~1 KiB (63.6 KiB): two batches make a run (a run closes
+# once it holds 64 KiB), so 640 messages of 127 KiB, three times what the HWM holds.
+FLOOD_MESSAGES = 1280
 FLOOD_RUN = 64
 FLOOD_RATE = 320.0  # messages a second: 20 MiB/s, a pace the node forwards as it comes
-FLOOD_NODE_BOUND = 36 << 20  # 12.5 MiB queued, ~25 MiB of RSS measured; unbounded: ~80 MiB
+FLOOD_NODE_BOUND = 36 << 20  # 25 MiB queued (measured: +25 MiB); unbounded: +80 MiB
 _PAD = "x" * 1010
 
 
