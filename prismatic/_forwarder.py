@@ -35,7 +35,7 @@ effect: nothing published after that is missed.
 Flow control: the XPUB's SNDHWM is ``subscriber_hwm`` messages (:data:`SUBSCRIBER_HWM` by
 default; the node's ``--subscriber-hwm``, TOML ``[node] subscriber_hwm``): each subscriber
 has its own queue, and libzmq drops a message only for a subscriber whose queue is full, so
-the node holds at most that many messages (each a run of ~64 KiB at most, see
+the node holds at most that many messages (each a run, under 128 KiB, see
 :mod:`._pubsub_wire`) for a subscriber that stopped reading, and every other subscriber and
 every publisher go on unaffected. A live subscriber never fills it: its SUB socket has no
 receive limit and pulls its backlog into its own memory. Every drop is seen by the

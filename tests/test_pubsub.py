@@ -268,7 +268,7 @@ def test_run_buffer_keeps_runs_within_the_limit_and_in_order() -> None:
 FLOOD_HWM = 200  # messages per subscriber (the node's --subscriber-hwm)
 # 80 MiB in batches of 64 events of ~1 KiB (63.6 KiB): two batches make a run (a run closes
 # once it holds 64 KiB), so 640 messages of 127 KiB, three times what the HWM holds.
-FLOOD_MESSAGES = 1280
+FLOOD_BATCHES = 1280
 FLOOD_RUN = 64
 FLOOD_RATE = 320.0  # messages a second: 20 MiB/s, a pace the node forwards as it comes
 FLOOD_NODE_BOUND = 36 << 20  # 25 MiB queued (measured: +25 MiB); unbounded: +80 MiB
@@ -299,7 +299,7 @@ def test_a_stopped_subscriber_holds_the_node_bounded_and_counts_exactly_what_it_
     grows by all of it), a healthy and a slow-but-live subscriber get every event, and the
     stopped one, resumed, reports exactly how many events it lost."""
     node = start_node(tmp_path, APP, args=("--subscriber-hwm", str(FLOOD_HWM)))
-    total = FLOOD_MESSAGES * FLOOD_RUN
+    total = FLOOD_BATCHES * FLOOD_RUN
     subs: list[subprocess.Popen[str]] = []
     try:
         subs.append(_subscriber(node.data_dir, "flood", total))  # healthy
