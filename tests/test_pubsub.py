@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import msgspec
@@ -18,7 +19,7 @@ from hypothesis import strategies as st
 
 import prismatic as p
 from prismatic._pubsub_wire import (
-    PAYLOAD_MAX_BYTES, WIRE_VERSION, GapCounter, events_address, publish_address, read_stamp,
+    PAYLOAD_MAX_BYTES, STAMP, WIRE_VERSION, GapCounter, events_address, publish_address, read_stamp,
 )
 from prismatic._subscription import await_hello
 from tests.conftest import REPO, start_node, wait_until
@@ -416,3 +417,38 @@ def test_the_node_stamps_each_topic_with_its_events_sent_before(node_factory) ->
         ctx.term()
     epoch = got[0][1][0]  # type: ignore[index]
     assert got == [(b"stamp.a", (epoch, 0)), (b"stamp.b", (epoch, 0)), (b"stamp.a", (epoch, 3))]
+
+
+def test_a_subscriber_drops_and_counts_messages_without_a_stamp_of_its_wire_version(
+        tmp_path) -> None:
+    """Validated at the edge: a message from a node of another wire version (no stamp, or
+    another version's) is dropped and counted, and the next good one is delivered."""
+    ctx = zmq.Context()
+    xpub = ctx.socket(zmq.XPUB)  # a stand-in node: only its events.sock
+    xpub.bind(events_address(tmp_path))
+    ready = threading.Event()
+    good = STAMP.pack(WIRE_VERSION, 1, 0)
+
+    def node() -> None:
+        while xpub.poll(10_000):
+            msg = xpub.recv()
+            if msg[1:].startswith(b"_hello."):
+                xpub.send_multipart([msg[1:], b""])
+                break
+        ready.wait(10)
+        xpub.send_multipart([b"t", msgspec.msgpack.encode(["no stamp"])])
+        xpub.send_multipart([b"t", msgspec.msgpack.encode(["v2"]), b"\x02" + good[1:]])
+        xpub.send_multipart([b"t", msgspec.msgpack.encode(["short"]), good[:-1]])
+        xpub.send_multipart([b"t", msgspec.msgpack.encode(["fine"]), good])
+
+    thread = threading.Thread(target=node, daemon=True)
+    thread.start()
+    try:
+        with p.Subscription(tmp_path, "t") as sub:
+            ready.set()
+            assert next_event(sub) == p.Event("t", "fine")
+            assert (sub.dropped, sub.lost) == (3, 0)
+    finally:
+        thread.join(10)
+        xpub.close(0)
+        ctx.term()
