@@ -298,7 +298,8 @@ def test_a_stopped_subscriber_holds_the_node_bounded_and_counts_exactly_what_it_
     """A publisher floods 80 MiB at a node whose subscribers' queues hold 200 messages: a
     SIGSTOPped subscriber costs the node at most its queue (a node that kept its backlog
     grows by all of it), a healthy and a slow-but-live subscriber get every event, and the
-    stopped one, resumed, reports exactly how many events it lost."""
+    stopped one, resumed, reports exactly how many events it lost; so does a worker of the
+    tree stopped alongside (chaos's Listener: its ``pubsub.lost``)."""
     node = start_node(tmp_path, APP, args=("--subscriber-hwm", str(FLOOD_HWM)))
     total = FLOOD_BATCHES * FLOOD_RUN
     subs: list[subprocess.Popen[str]] = []
@@ -306,8 +307,13 @@ def test_a_stopped_subscriber_holds_the_node_bounded_and_counts_exactly_what_it_
         subs.append(_subscriber(node.data_dir, "flood", total))  # healthy
         subs.append(_subscriber(node.data_dir, "flood", total, slow_ms=7))  # ~18k events/s
         subs.append(_subscriber(node.data_dir, "flood", total))
-        os.kill(subs[2].pid, signal.SIGSTOP)
         conn = node.conn
+        worker = conn.start_child("", p.ChildSpec(
+            id="wsub", start="prismatic.chaos._apps:Listener", args=("wsub", "flood"),
+            restart="temporary"))
+        assert worker is not None and conn.call("wsub", "count") == [0, 0, 0, 0, 0, 0]
+        os.kill(subs[2].pid, signal.SIGSTOP)
+        os.kill(worker, signal.SIGSTOP)  # its queue holds the same runs (shared, not copied)
         base = peak = _rss(node.proc.pid)
         t0 = time.monotonic()
         for k, i in enumerate(range(0, total, FLOOD_RUN)):
@@ -321,6 +327,7 @@ def test_a_stopped_subscriber_holds_the_node_bounded_and_counts_exactly_what_it_
             peak = max(peak, _rss(node.proc.pid))
             time.sleep(0.02)
         os.kill(subs[2].pid, signal.SIGCONT)
+        os.kill(worker, signal.SIGCONT)
         results = []
         marker = total
         for proc in subs:
@@ -332,6 +339,15 @@ def test_a_stopped_subscriber_holds_the_node_bounded_and_counts_exactly_what_it_
                 time.sleep(0.2)
             out, _ = proc.communicate(timeout=10)
             results.append(json.loads(out.strip().splitlines()[-1]))
+        deadline = time.monotonic() + 30
+        while conn.call("wsub", "count")[5] <= total and time.monotonic() < deadline:
+            conn.publish("flood", [marker, "end"])
+            marker += 1
+            conn.flush(5.0)
+            time.sleep(0.2)
+        wait_until(lambda: (c := conn.call("wsub", "count"))[5] == marker
+                   and c[0] + c[3] == marker, 30, "the worker to take or count every event")
+        received, out_of_order, undecodable, lost, gaps, _ = conn.call("wsub", "count")
     finally:
         for proc in subs:
             if proc.poll() is None:
@@ -349,6 +365,7 @@ def test_a_stopped_subscriber_holds_the_node_bounded_and_counts_exactly_what_it_
     # every event before its end marker either received or counted lost, exactly where
     assert stopped["received"] + stopped["lost"] == stopped["last"], stopped
     assert stopped["gaps"] == stopped["lost"], stopped
+    assert lost > 0 and out_of_order == undecodable == 0 and gaps == lost, (received, lost)
 
 
 @given(st.lists(st.tuples(st.sampled_from(["a", "b", "a.b"]), st.integers(1, 600),
