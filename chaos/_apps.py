@@ -223,13 +223,16 @@ class Claimant(Worker):
 
 class Listener(Worker):
     """Registered as ``name``; subscribes to ``pattern`` and counts the events it gets (each
-    payload ``[seq, padding]``), noting any seq out of order; a slow consumer on purpose
-    (1 ms every 16 events: under 16,000 a second). ``call(name, "count")`` ->
-    ``[received, out_of_order, undecodable]``."""
+    payload ``[seq, padding]``), noting any seq that goes backwards (``out_of_order``) and the
+    events missing where it jumps forward (``gaps``); a slow consumer on purpose (1 ms every
+    16 events: under 16,000 a second). ``call(name, "count")`` -> ``[received,
+    out_of_order, undecodable, lost, gaps, next_seq]`` (``lost``: the events the node
+    dropped for it, as its pub/sub counted them)."""
 
     def init(self, name: str, pattern: str) -> None:
         self.received = 0
         self.out_of_order = 0
+        self.gaps = 0
         self.next_seq = 0
         self.register(name)
         self.subscribe(pattern)
@@ -238,7 +241,9 @@ class Listener(Worker):
         payload = getattr(msg, "payload", None)
         if not isinstance(payload, list) or not payload:
             return
-        if payload[0] != self.next_seq:
+        if payload[0] > self.next_seq:
+            self.gaps += int(payload[0]) - self.next_seq
+        elif payload[0] < self.next_seq:
             self.out_of_order += 1
         self.next_seq = int(payload[0]) + 1
         self.received += 1
@@ -246,4 +251,6 @@ class Listener(Worker):
             time.sleep(0.001)
 
     def handle_call(self, msg: object, caller: object) -> object:
-        return [self.received, self.out_of_order, self.context.pubsub.undecodable]
+        pubsub = self.context.pubsub
+        return [self.received, self.out_of_order, pubsub.undecodable, pubsub.lost, self.gaps,
+                self.next_seq]

@@ -51,7 +51,8 @@ __all__ = [
     "expected_escalation", "escalation_stopped_at", "shutdown_escalated", "call_timed_out",
     "flood_accounted", "memory_bounded", "descendants_gone", "membership_converged",
     "Monitor", "DownSeen", "monitors_fired_once", "global_name_resolved",
-    "subscriber_flood_accounted", "memory_cap_enforced", "disk_full_reported",
+    "subscriber_flood_accounted", "drops_counted_exactly", "memory_cap_enforced",
+    "disk_full_reported",
 ]
 
 
@@ -494,6 +495,19 @@ def subscriber_flood_accounted(published: int, received: int, out_of_order: int,
         problems.append(f"{received} events received for {published} published")
     if out_of_order:
         problems.append(f"{out_of_order} events out of publish order")
+    return "; ".join(problems) or None
+
+
+def drops_counted_exactly(published: int, received: int, lost: int, gaps: int) -> str | None:
+    """A subscriber the node dropped events for (it fell its high-water mark behind)
+    counted exactly the events it lost: ``received`` + ``lost`` is every event published,
+    and ``lost`` is what the subscriber itself finds missing from the payloads' sequence
+    (``gaps``)."""
+    problems = []
+    if received + lost != published:
+        problems.append(f"{received} received + {lost} counted lost != {published} published")
+    if gaps != lost:
+        problems.append(f"{gaps} events missing from the sequence, {lost} counted lost")
     return "; ".join(problems) or None
 
 

@@ -10,9 +10,8 @@ Checks (:func:`~._invariants.flood_accounted`): every cast was either handed ove
 refused with ``MailboxFull``, none silently lost: once the worker drained its mailbox it
 handled exactly the casts that were handed over; the node counted each refusal as a dead
 letter (``prismatic_dead_letters{reason="mailbox_full"}``); the flooded worker's private
-memory grew by less than ``MEMORY_BOUND`` (the queue is bounded). The subscriber side (a
-stalled subscriber's backlog, which the forwarder keeps without limit by design) is not
-covered yet.
+memory grew by less than ``MEMORY_BOUND`` (the queue is bounded). The subscriber side is
+``subscriber-flood`` (:mod:`.subscriber_flood`).
 """
 
 from __future__ import annotations

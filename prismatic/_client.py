@@ -52,8 +52,11 @@ from ._notices import Down, Exit
 from ._outbox import Outbox, RequestId
 from ._publisher import BackgroundPublisher
 from ._replay import replay_log, republish_log
-from ._pubsub_wire import HELLO_PREFIX, events_address, publish_address
-from ._subscription import Subscription, await_hello
+from ._pubsub_wire import (
+    HELLO_PREFIX, GapCounter, array_length, events_address, publish_address, read_stamp,
+)
+from ._subscription import Subscription, await_hello, warn_lost
+from ._throttle import ThrottledWarning
 from .supervisors._events import (
     ChildInfo, CountChildren, DeleteChild, Err, GetChildSpec, Ok, RestartChild, StartChild,
     StartDynamic, TerminateChild, WhichChild, WhichChildren,
@@ -474,7 +477,10 @@ def _wire_spec(spec: ChildSpec) -> ChildSpec:
 class EventStream:
     """A subscription to a node's lifecycle events (``supervisor.<path>.<child>.<kind>``)
     by topic prefix, decoded as :class:`LifecycleFrame`. Pub/sub on any topic pattern is
-    :class:`~prismatic.Subscription`; both use the same wire format and handshake."""
+    :class:`~prismatic.Subscription`; both use the same wire format and handshake.
+    :attr:`lost`: lifecycle events the node dropped for this stream (it fell the node's
+    high-water mark behind), counted from the topics' sequence stamps; :attr:`skipped`:
+    messages dropped here (not lifecycle events, or malformed)."""
 
     def __init__(self, node: str | Path, prefix: str = "supervisor.") -> None:
         self._ctx = zmq.Context()
@@ -485,6 +491,8 @@ class EventStream:
         self._decoder = msgspec.msgpack.Decoder(list[LifecycleFrame])
         self._pending: collections.deque[LifecycleFrame] = collections.deque()
         self.skipped = 0  # messages under supervisor. that are not lifecycle events
+        self._gaps = GapCounter()
+        self._lost_warning = ThrottledWarning(log)
         # Return only once the node has answered our hello: from then on nothing is missed.
         try:
             await_hello(self._sock, self._take)
@@ -493,15 +501,32 @@ class EventStream:
             raise ControlError(f"the node's event stream did not answer the subscription: "
                                f"{exc}") from None
 
+    @property
+    def lost(self) -> int:
+        return self._gaps.lost
+
     def _take(self, frames: list[bytes]) -> None:
         if not frames[0].startswith(b"supervisor."):
             return  # a short prefix also matches other pub/sub topics
+        stamp = read_stamp(frames[2]) if len(frames) == 3 else None
+        if stamp is None:
+            self.skipped += 1
+            log.warning("event stream: skipped %r, not a message of this wire version (%d so "
+                        "far)", frames[0], self.skipped)
+            return
+        topic = frames[0].decode()
         try:
-            self._pending.extend(self._decoder.decode(frames[1]))
+            events = self._decoder.decode(frames[1])
         except (ValueError, RecursionError) as exc:  # a user's own event under supervisor.
             self.skipped += 1
             log.warning("event stream: skipped %r, not a lifecycle event (%d so far): %s",
                         frames[0], self.skipped, exc)
+            n = array_length(frames[1])
+        else:
+            self._pending.extend(events)
+            n = len(events)
+        if lost := self._gaps.seen(topic, stamp[0], stamp[1], max(n, 1)):
+            warn_lost(self._lost_warning, "event stream", topic, lost, self._gaps.lost)
 
     def next(self, timeout: float) -> LifecycleFrame | None:
         if not self._pending:

@@ -10,6 +10,7 @@ Layout (every key optional except each child's ``id`` and a worker's ``start``):
     log_format = "text"        # text | json
     log_file = "node.log"      # reopened on SIGHUP (logrotate)
     log_level = "info"         # debug | info | warning | error | critical
+    subscriber_hwm = 1000      # pub/sub: messages queued per subscriber (0: unbounded)
     listen = "0.0.0.0:4370"    # cluster mesh: listen for other nodes, join these seeds
     join = ["10.0.0.5:4370"]   # (with the cluster secret: cluster_secret = "path")
 
@@ -116,6 +117,7 @@ class NodeSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     listen: str | None = None  # the cluster mesh (docs/cluster.md)
     join: tuple[str, ...] = ()
     cluster_secret: str | None = None
+    subscriber_hwm: int | None = None  # docs/pubsub.md, flow control; None: the default
 
 
 class EventLogSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -167,6 +169,9 @@ def load_config(path: Path | str) -> NodeConfig:
     if not 0 <= section.metrics_port <= 65535:
         raise ConfigError(file, "node.metrics_port", f"{section.metrics_port} is not a port "
                                                      "(0 disables the endpoint)")
+    if section.subscriber_hwm is not None and section.subscriber_hwm < 0:
+        raise ConfigError(file, "node.subscriber_hwm", f"{section.subscriber_hwm} is negative "
+                                                       "(0: unbounded)")
     if section.log_level is not None and section.log_level.lower() not in LOG_LEVELS:
         raise ConfigError(file, "node.log_level", f"{section.log_level!r} is not a level "
                                                   f"(one of {' | '.join(LOG_LEVELS)})")

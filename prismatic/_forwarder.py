@@ -2,14 +2,15 @@
 
 Role: the one place where every published event passes. Publishers (workers, external
 clients) PUSH wire messages ``[topic, msgpack array of payloads]`` (see
-:mod:`._pubsub_wire`); the forwarder re-sends each one unchanged on the XPUB, where ZeroMQ
-fans it out to every SUB whose prefix matches. Payloads are never decoded here: only the
-frame count, the topic and the msgpack array header are checked. A message that fails the
-check is dropped, counted (:attr:`Forwarder.dropped_bad_frames`,
-:attr:`Forwarder.dropped_bad_topic`, exported as Prometheus counters by the node) and logged
-at most once per ten seconds, node-wide (:mod:`._throttle`); an exception while handling one
-message is handed to the node's ``caught`` (logged, counted) and the next message is served:
-nothing here raises into the node's loop.
+:mod:`._pubsub_wire`); the forwarder re-sends each one on the XPUB with a third frame, the
+topic's sequence stamp, where ZeroMQ fans it out to every SUB whose prefix matches.
+Payloads are never decoded here: only the frame count, the topic and the msgpack array
+header are checked. A message that fails the check is dropped, counted
+(:attr:`Forwarder.dropped_bad_frames`, :attr:`Forwarder.dropped_bad_topic`, exported as
+Prometheus counters by the node) and logged at most once per ten seconds, node-wide
+(:mod:`._throttle`); an exception while handling one message is handed to the node's
+``caught`` (logged, counted) and the next message is served: nothing here raises into the
+node's loop.
 
 Limits: ``publish.sock`` refuses a frame over :data:`PUBLISH_MAX_BYTES` and ``events.sock``
 an inbound (subscription) frame over :data:`SUBSCRIBE_MAX_BYTES` (``ZMQ_MAXMSGSIZE``: libzmq
@@ -17,7 +18,8 @@ drops that peer's connection before buffering the frame). Publishers refuse a pa
 :data:`~._pubsub_wire.PAYLOAD_MAX_BYTES` at the call, so a well-behaved run never reaches
 the cap.
 
-The node's own lifecycle events go out on the same XPUB through :meth:`Forwarder.send`.
+The node's own lifecycle events go out on the same XPUB through :meth:`Forwarder.send`,
+stamped the same way.
 
 On a clustered node, every message forwarded from a publisher is also handed to
 ``on_published`` (the mesh's cluster pub/sub, :mod:`prismatic.mesh._remote`), which sends it
@@ -30,9 +32,19 @@ answered at once with ``[that topic, b""]``. A subscriber that sent its real sub
 before its hello (same pipe, so in order) knows, once the echo arrives, that they are in
 effect: nothing published after that is missed.
 
-Flow control: the XPUB has SNDHWM 0 (no per-subscriber limit), so an event is never dropped
-for a slow subscriber; the price is that a stalled subscriber's backlog grows in the node's
-memory. Publishers are held back by ZeroMQ's PUSH high-water mark when the node lags.
+Flow control: the XPUB's SNDHWM is ``subscriber_hwm`` messages (:data:`SUBSCRIBER_HWM` by
+default; the node's ``--subscriber-hwm``, TOML ``[node] subscriber_hwm``): each subscriber
+has its own queue, and libzmq drops a message only for a subscriber whose queue is full, so
+the node holds at most that many messages (each a run, under 128 KiB, see
+:mod:`._pubsub_wire`) for a subscriber that stopped reading, and every other subscriber and
+every publisher go on unaffected. A live subscriber never fills it: its SUB socket has no
+receive limit and pulls its backlog into its own memory. Every drop is seen by the
+subscriber that suffered it, exactly: the forwarder stamps each message with how many
+events it sent under that topic before (per topic, in a table of at most
+:data:`~._pubsub_wire.TOPICS_TRACKED_MAX` topics, the oldest evicted), and a subscriber
+counts the hole (:class:`~._pubsub_wire.GapCounter`). ``subscriber_hwm`` 0 is unbounded
+(nothing dropped, a stalled subscriber's backlog grows the node without limit). Publishers
+are held back by ZeroMQ's PUSH high-water mark when the node lags.
 
 The sockets are plain (non-asyncio) ZeroMQ sockets read from the node's uvloop through their
 edge-triggered FDs: each wake-up drains until EAGAIN, or for at most :data:`DRAIN_BUDGET`
@@ -44,6 +56,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import random
 from collections.abc import Callable
 from pathlib import Path
 
@@ -51,12 +64,14 @@ import zmq
 
 from ._errors import TopicError
 from ._pubsub_wire import (
-    HELLO_PREFIX, PAYLOAD_MAX_BYTES, RUN_MAX_BYTES, array_length, events_address, publish_address,
+    HELLO_PREFIX, PAYLOAD_MAX_BYTES, RUN_MAX_BYTES, STAMP, TOPICS_TRACKED_MAX, WIRE_VERSION,
+    array_length, events_address, publish_address,
 )
 from ._throttle import throttle_for
 from ._topics import validate_topic
 
-__all__ = ["Forwarder", "DRAIN_BUDGET", "PUBLISH_MAX_BYTES", "SUBSCRIBE_MAX_BYTES"]
+__all__ = ["Forwarder", "DRAIN_BUDGET", "PUBLISH_MAX_BYTES", "SUBSCRIBE_MAX_BYTES",
+           "SUBSCRIBER_HWM"]
 
 log = logging.getLogger(__name__)
 DRAIN_BUDGET = 2000  # messages per loop turn: keeps control requests and lifecycle moving
@@ -64,6 +79,11 @@ DRAIN_BUDGET = 2000  # messages per loop turn: keeps control requests and lifecy
 # under that plus one payload at its limit.
 PUBLISH_MAX_BYTES = PAYLOAD_MAX_BYTES + 2 * RUN_MAX_BYTES
 SUBSCRIBE_MAX_BYTES = 4096  # a subscription is one byte and a topic prefix (<= 255 chars)
+# Messages queued in the node per subscriber before it drops for that one: ZeroMQ's own
+# default. A message is a run (closed once it holds 512 events or 64 KiB: under 128 KiB,
+# unless one payload or batch alone is bigger), so a subscriber that stopped reading holds
+# 1,000 runs of the node: 64 MiB of full 64 KiB runs.
+SUBSCRIBER_HWM = 1000
 
 
 def _log_caught(task: str, exc: BaseException) -> None:
@@ -74,8 +94,15 @@ class Forwarder:
     """Binds ``publish.sock`` and ``events.sock`` in ``data`` and forwards between them."""
 
     def __init__(self, ctx: zmq.Context, data: Path,
-                 caught: Callable[[str, BaseException], None] = _log_caught) -> None:
+                 caught: Callable[[str, BaseException], None] = _log_caught,
+                 subscriber_hwm: int = SUBSCRIBER_HWM) -> None:
+        if subscriber_hwm < 0:
+            raise ValueError(f"subscriber_hwm {subscriber_hwm} is negative (0: unbounded)")
         self.caught = caught
+        self.subscriber_hwm = subscriber_hwm
+        self.epoch = random.getrandbits(32)  # a subscriber that outlived a restart resets
+        self.sequences: dict[bytes, int] = {}  # topic -> events sent under it so far
+        self.topics_evicted = 0
         self.messages_forwarded = 0
         self.events_forwarded = 0
         self.dropped_bad_frames = 0
@@ -87,7 +114,7 @@ class Forwarder:
         for name in ("events.sock", "publish.sock"):
             (data / name).unlink(missing_ok=True)  # stale: the node holds the data dir's lock
         self.pub = ctx.socket(zmq.XPUB)
-        self.pub.setsockopt(zmq.SNDHWM, 0)  # never drop for a slow subscriber
+        self.pub.setsockopt(zmq.SNDHWM, subscriber_hwm)  # per subscriber: see the module
         self.pub.setsockopt(zmq.LINGER, 0)
         self.pub.setsockopt(zmq.MAXMSGSIZE, SUBSCRIBE_MAX_BYTES)
         self.pub.bind(events_address(data))
@@ -117,16 +144,29 @@ class Forwarder:
         self.pub.close(0)
 
     def send(self, topic: bytes, body: bytes) -> None:
-        """Publish one message from the node itself (lifecycle events)."""
-        self.pub.send_multipart([topic, body])
+        """Publish one message from the node itself (lifecycle events, and what other
+        members of a cluster published): ``body`` is a msgpack array of payloads."""
+        self.pub.send_multipart([topic, body, self._stamp(topic, max(array_length(body), 1))])
         self._greet()  # a send can consume the FD's edge for a pending subscription
+
+    def _stamp(self, topic: bytes, n: int) -> bytes:
+        """The next stamp of ``topic``, counting the ``n`` events of its message."""
+        sequences = self.sequences
+        seq = sequences.get(topic)
+        if seq is None:
+            seq = 0
+            if len(sequences) >= TOPICS_TRACKED_MAX:  # bounded: the oldest topic restarts
+                del sequences[next(iter(sequences))]
+                self.topics_evicted += 1
+        sequences[topic] = seq + n
+        return STAMP.pack(WIRE_VERSION, self.epoch, seq)
 
     # ---- the two readers ----------------------------------------------------------------------
 
     def _forward(self) -> None:
         self._pending_drain = False
         pull, pub = self.pull, self.pub
-        recv, send = pull.recv_multipart, pub.send_multipart
+        recv, send, stamp = pull.recv_multipart, pub.send_multipart, self._stamp
         for _ in range(DRAIN_BUDGET):
             try:
                 # Frames, not bytes: a run is up to ~64 KiB, and forwarding the received
@@ -139,11 +179,12 @@ class Forwarder:
                 log.error("pub/sub forwarder: receive failed: %s", exc)
                 break
             try:
-                n = self._check(frames)
+                topic, n = self._check(frames)
                 if n < 0:
                     continue
                 if self.on_published is not None:
                     self.on_published(frames)
+                frames.append(stamp(topic, n))  # type: ignore[arg-type]
                 send(frames, copy=False)
             except Exception as exc:  # noqa: BLE001 - one message must not stop the forwarder
                 self.caught("pub/sub forwarder", exc)
@@ -156,12 +197,13 @@ class Forwarder:
                 self._loop.call_soon(self._forward)
         self._greet()
 
-    def _check(self, frames: list[zmq.Frame]) -> int:
-        """The message's event count, or -1 after counting and logging the drop."""
+    def _check(self, frames: list[zmq.Frame]) -> tuple[bytes, int]:
+        """The message's topic and event count, or count -1 after counting and logging
+        the drop."""
         if len(frames) != 2:
             self.dropped_bad_frames += 1
             self._log_drop(f"{len(frames)} frames instead of 2")
-            return -1
+            return b"", -1
         topic, body = frames[0].bytes, frames[1].buffer[:5]  # the array header is enough
         try:
             text = topic.decode()
@@ -171,13 +213,13 @@ class Forwarder:
         except (UnicodeDecodeError, TopicError) as exc:
             self.dropped_bad_topic += 1
             self._log_drop(f"bad topic: {exc}")
-            return -1
+            return b"", -1
         n = array_length(body)
         if n <= 0:
             self.dropped_bad_frames += 1
             self._log_drop(f"topic {text!r}: body is not a non-empty msgpack array")
-            return -1
-        return n
+            return b"", -1
+        return topic, n
 
     def _log_drop(self, why: str) -> None:
         throttle_for(log, "pub/sub").warn("pub/sub forwarder: dropped a malformed message (%s)",

@@ -103,7 +103,7 @@ def run_node(spec: SupervisorSpec, *, name: str | None = None,
              out: TextIO = sys.stdout, metrics_port: int = 0,
              metrics_host: str = "127.0.0.1", eventlog_max_bytes: int | None = None,
              eventlog_max_age_s: float | None = None, mesh: Any = None,
-             config: Any = None) -> int:
+             config: Any = None, subscriber_hwm: int | None = None) -> int:
     """Run a node until it is told to stop (exit code 0) or its root supervisor dies (1).
 
     ``metrics_port`` > 0 serves Prometheus metrics on ``http://<metrics_host>:<port>/metrics``
@@ -115,6 +115,8 @@ def run_node(spec: SupervisorSpec, *, name: str | None = None,
     secret is checked here, before anything starts.
     ``config`` (a :class:`~._config.NodeConfig` whose tree is ``spec``): ``prismatic
     reload`` re-reads its file and applies the difference (see :mod:`._config_reload`).
+    ``subscriber_hwm``: pub/sub messages queued per subscriber before the node drops for it
+    (None: the default, 1000; 0: unbounded; ``docs/pubsub.md``).
     """
     name = name or default_node_name()
     if (why := check_spare_idle()) is not None:
@@ -162,7 +164,7 @@ def run_node(spec: SupervisorSpec, *, name: str | None = None,
 
         return serve(name, data, mine, root_pid, show_tree, out, cookie, hub_sock,
                      metrics_port, metrics_host, eventlog_max_bytes, eventlog_max_age_s, mesh,
-                     config)
+                     config, subscriber_hwm)
     except EventLogError as exc:  # a log that is not ours, corrupt, or newer: never touch it
         os.kill(root_pid, signal.SIGKILL)  # the tree must not run without its node
         os.waitpid(root_pid, 0)

@@ -54,7 +54,7 @@ from ._crash_log import CrashLog
 from ._errors import PrismaticError
 from .eventlog import EventDraft, EventLog, open_event_log
 from ._exit import ExitReason, Killed, Normal, Shutdown, describe, reason_from_wait_status
-from ._forwarder import Forwarder
+from ._forwarder import SUBSCRIBER_HWM, Forwarder
 from ._hub import Hub
 from ._mailbox_stats import MailboxStats, collect_stats
 from ._metrics import MetricsServer, NodeMetrics, ProcessSample, serve_metrics
@@ -85,12 +85,14 @@ _result_decoder = msgspec.msgpack.Decoder(Ok | Err)
 def serve(name: str, data: Path, root: Channel, root_pid: int, show_tree: bool, out: TextIO,
           cookie: str, hub_sock: socket.socket, metrics_port: int, metrics_host: str,
           eventlog_max_bytes: int | None = None, eventlog_max_age_s: float | None = None,
-          mesh: Any = None, config: Any = None) -> int:
+          mesh: Any = None, config: Any = None, subscriber_hwm: int | None = None) -> int:
     # Opened only now, after the node's one fork (LMDB must never cross a fork).
     with open_event_log(str(data / "eventlog"), node=name, max_bytes=eventlog_max_bytes,
                         max_age_s=eventlog_max_age_s) as event_log:
         node = NodeLoop(name, data, root, root_pid, show_tree, out, event_log, cookie)
         node.mesh_settings = mesh
+        if subscriber_hwm is not None:
+            node.subscriber_hwm = subscriber_hwm
         node.reloads = ConfigReload(config, node.ask_supervisor, node.record_event)
         return uvloop.run(node.main(hub_sock, metrics_port, metrics_host))
 
@@ -135,6 +137,7 @@ class NodeLoop:
         self.hub.on_global = self.global_names.on_request
         self.hub.on_exit = self.global_names.process_exited
         self.mesh_settings: Any = None  # prismatic.mesh.MeshSettings: run the mesh
+        self.subscriber_hwm = SUBSCRIBER_HWM  # the forwarder's, per subscriber (pub/sub)
         self.mesh: Any = None
         self.exit_code = 0  # what an orderly stop exits with (2: the mesh refused our name)
         self.asked: dict[int, asyncio.Future[msgspec.Raw]] = {}  # the node's own requests
@@ -156,7 +159,8 @@ class NodeLoop:
         # Only the node's user may connect (connect needs write permission on the file),
         # whatever the umask: the cookie is the second lock, not the only one.
         os.chmod(self.data / "control.sock", 0o600)
-        self.forwarder = Forwarder(zmq.Context(shadow=ctx), self.data, self.tasks.caught)
+        self.forwarder = Forwarder(zmq.Context(shadow=ctx), self.data, self.tasks.caught,
+                                   self.subscriber_hwm)
         self.forwarder.start(loop, self.tasks.guarded)
         loop.add_reader(self.root.fileno(), self.tasks.guarded("root channel", self.on_root))
         loop.add_reader(self.root_pidfd, self.on_root_exit)
@@ -531,7 +535,8 @@ class NodeLoop:
                 "eventlog_lag_seconds": self.log.lag_seconds(),
                 "registered_names": len(self.hub.registry.names),
                 "monitors": len(self.hub.links.monitors),
-                "links": len(self.hub.links.links)}
+                "links": len(self.hub.links.links),
+                "pubsub_subscriber_hwm": self.forwarder.subscriber_hwm}
 
     def counters(self) -> dict[str, int]:
         c = self.log.counters
@@ -557,6 +562,7 @@ class NodeLoop:
                 "pubsub_events_forwarded": self.forwarder.events_forwarded,
                 "pubsub_dropped_bad_frames": self.forwarder.dropped_bad_frames,
                 "pubsub_dropped_bad_topic": self.forwarder.dropped_bad_topic,
+                "pubsub_topics_evicted": self.forwarder.topics_evicted,
                 "global_conflicts": self.global_names.counts["global_conflicts"],
                 "global_stale_frames": self.global_names.counts["global_stale_frames"]}
 

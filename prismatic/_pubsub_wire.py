@@ -1,9 +1,20 @@
 """The pub/sub wire format, shared by publishers, the node's forwarder and subscribers.
 
-Every pub/sub message, on ``publish.sock`` (publisher -> node, PUSH/PULL) and on
-``events.sock`` (node -> subscribers, XPUB/SUB) alike, is two ZeroMQ frames::
+A pub/sub message on ``publish.sock`` (publisher -> node, PUSH/PULL) is two ZeroMQ
+frames; the node's forwarder adds a third, its *stamp*, before it goes out on
+``events.sock`` (node -> subscribers, XPUB/SUB)::
 
-    [topic (UTF-8), msgpack array of payloads]
+    [topic (UTF-8), msgpack array of payloads]            publisher -> node
+    [topic (UTF-8), msgpack array of payloads, stamp]     node -> subscribers
+
+The stamp (:data:`STAMP`, 13 bytes) is the wire version (:data:`WIRE_VERSION`), the
+forwarder's epoch (random per node start) and the topic's sequence: how many events the
+node sent under that topic before this message. ZeroMQ filters by topic prefix, so a
+subscriber gets all of a topic's messages or none; the node's XPUB drops a message only for
+a subscriber whose queue is full (its high-water mark, :mod:`._forwarder`), and the
+subscriber sees the hole in the sequence and counts exactly the events lost
+(:class:`GapCounter`). A publisher cannot send a stamp: the forwarder drops a message of
+three frames on ``publish.sock``.
 
 The array holds one or more events published consecutively under that one topic (a *run*):
 a publisher coalesces same-topic publishes into one message, and a different topic starts
@@ -21,6 +32,7 @@ that cannot be encoded fails at its ``publish()`` call rather than at a later fl
 from __future__ import annotations
 
 import functools
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +43,8 @@ from ._topics import validate_topic
 
 __all__ = ["Event", "RunBuffer", "HELLO_PREFIX", "array_length", "check_publish_topic",
            "encode_payload", "encode_batch", "events_address", "publish_address", "RUN_MAX_EVENTS",
-           "RUN_MAX_BYTES", "PAYLOAD_MAX_BYTES", "check_payload_size"]
+           "RUN_MAX_BYTES", "PAYLOAD_MAX_BYTES", "check_payload_size", "STAMP", "WIRE_VERSION",
+           "read_stamp", "GapCounter", "TOPICS_TRACKED_MAX"]
 
 HELLO_PREFIX = b"_hello."
 # A run is sent once it holds RUN_MAX_EVENTS events or RUN_MAX_BYTES payload bytes, and
@@ -50,6 +63,62 @@ RUN_MAX_BYTES = 64 * 1024
 PAYLOAD_MAX_BYTES = 16 * 1024 * 1024
 
 _encode = msgspec.msgpack.Encoder().encode
+
+WIRE_VERSION = 1
+STAMP = struct.Struct(">BIQ")  # wire version, forwarder epoch, events sent on the topic before
+# Sequences are kept per topic on both sides, in tables of at most this many topics (the
+# oldest first out): a topic evicted restarts its sequence at 0 (the forwarder), or takes
+# its next message as a fresh baseline (a subscriber).
+TOPICS_TRACKED_MAX = 65_536
+
+
+def read_stamp(frame: bytes) -> tuple[int, int] | None:
+    """(epoch, sequence) of a stamp frame, or None if it is not one of this wire version."""
+    if len(frame) != STAMP.size or frame[0] != WIRE_VERSION:
+        return None
+    _, epoch, seq = STAMP.unpack(frame)
+    return epoch, seq
+
+
+class GapCounter:
+    """Events lost per topic, from the stamps of the messages a subscriber receives.
+
+    Pure: ``seen(topic, epoch, seq, n)`` for each message of ``n`` events, in arrival order,
+    returns how many events were lost just before it (0: none). The first message of a
+    topic sets its baseline; a sequence that goes backwards, or another epoch (the node
+    restarted, or evicted the topic from its table), is a reset (:attr:`resets`), not a
+    loss. ``forget(prefix)`` drops the topics under a prefix the subscriber stopped
+    receiving (unsubscribed), so a later subscription starts them afresh.
+
+    Invariant: ``lost`` is the sum of every value ``seen`` returned."""
+
+    __slots__ = ("expected", "lost", "resets", "max_topics")
+
+    def __init__(self, max_topics: int = TOPICS_TRACKED_MAX) -> None:
+        self.expected: dict[str, tuple[int, int]] = {}  # topic -> (epoch, next seq)
+        self.lost = 0
+        self.resets = 0
+        self.max_topics = max_topics
+
+    def seen(self, topic: str, epoch: int, seq: int, n: int) -> int:
+        expected = self.expected
+        was = expected.get(topic)
+        if was is None:
+            if len(expected) >= self.max_topics:
+                del expected[next(iter(expected))]
+            expected[topic] = (epoch, seq + n)
+            return 0
+        expected[topic] = (epoch, seq + n)
+        if was[0] != epoch or seq < was[1]:
+            self.resets += 1
+            return 0
+        gap = seq - was[1]
+        self.lost += gap
+        return gap
+
+    def forget(self, prefix: str) -> None:
+        for topic in [t for t in self.expected if t.startswith(prefix)]:
+            del self.expected[topic]
 
 
 class Event(msgspec.Struct, frozen=True, gc=False):

@@ -8,6 +8,14 @@ once per message. :func:`await_hello` is the slow-joiner handshake every subscri
 ``_hello.<id>`` topic *after* the real subscriptions and wait for the node's echo; since
 subscriptions travel in order on one pipe, the real ones are then in effect and nothing
 published afterwards is missed. ``_hello`` messages never surface as events.
+
+Losses: the node queues at most its ``subscriber_hwm`` messages for a subscriber that does
+not read and drops the rest for that subscriber only (:mod:`._forwarder`). Each message
+carries its topic's sequence (:mod:`._pubsub_wire`), so a subscriber counts exactly the
+events it lost (:attr:`Subscription.lost`, a throttled warning naming the topic): never
+silent. A message that is malformed (not two frames and a stamp of this wire version, or
+payloads that do not decode) is dropped, counted (:attr:`Subscription.dropped`) and
+logged.
 """
 
 from __future__ import annotations
@@ -27,11 +35,14 @@ import msgspec
 import zmq
 
 from ._errors import PubSubError, TopicError
-from ._pubsub_wire import HELLO_PREFIX, Event, events_address
+from ._pubsub_wire import (
+    HELLO_PREFIX, Event, GapCounter, array_length, events_address, read_stamp,
+)
+from ._throttle import ThrottledWarning
 from ._topics import TopicPattern, compile_pattern
 
 __all__ = ["Subscription", "open_subscription", "await_hello", "compile_subscription",
-           "HELLO_TIMEOUT_S", "BATCH_MAX_EVENTS"]
+           "HELLO_TIMEOUT_S", "BATCH_MAX_EVENTS", "warn_lost"]
 
 log = logging.getLogger(__name__)
 HELLO_TIMEOUT_S = 10.0
@@ -78,11 +89,19 @@ def await_hello(sock: zmq.Socket, on_message: Callable[[list[bytes]], None],
         sock.setsockopt(zmq.UNSUBSCRIBE, hello)
 
 
+def warn_lost(warning: ThrottledWarning, who: str, topic: str, n: int, total: int) -> None:
+    """The throttled warning every subscriber logs when the node dropped events for it."""
+    warning.warn("%s: %d event(s) on %r lost: the node dropped them for this subscriber, "
+                 "which fell its high-water mark behind (%d lost so far)", who, n, topic, total)
+
+
 class Subscription:
     """Events on one topic pattern from one node, from the moment the constructor returns.
 
     ``next(timeout)`` gives the next :class:`~prismatic.Event` or None at the timeout;
     iterating blocks for each next event. Not thread-safe; close it (or use ``with``).
+    :attr:`lost` counts the events the node dropped for this subscriber (it fell the node's
+    high-water mark behind), :attr:`dropped` the malformed messages it dropped itself.
     """
 
     def __init__(self, node: str | Path, pattern: str, *,
@@ -92,7 +111,9 @@ class Subscription:
         self.pattern = compile_subscription(pattern)
         self._matches = self.pattern.matches
         self._pending: collections.deque[Event] = collections.deque()
-        self.dropped = 0  # messages whose payloads did not decode
+        self.dropped = 0  # malformed messages: no valid stamp, or payloads that do not decode
+        self._gaps = GapCounter()
+        self._lost_warning = ThrottledWarning(log)
         self._ctx = zmq.Context()
         self._sock = self._ctx.socket(zmq.SUB)
         self._sock.setsockopt(zmq.LINGER, 0)
@@ -106,23 +127,42 @@ class Subscription:
             self.close()
             raise
 
+    @property
+    def lost(self) -> int:
+        """Events the node dropped for this subscriber, counted from the gaps in their
+        topics' sequences."""
+        return self._gaps.lost
+
     def _decode(self, frames: list[bytes]) -> list[Event]:
         """The events of one received message: [] for a hello, a topic that does not match
-        the pattern, or payloads that do not decode (counted in :attr:`dropped`)."""
-        if len(frames) != 2 or frames[0].startswith(HELLO_PREFIX):
-            return []  # the forwarder only sends two frames; hellos are never events
+        the pattern, or a malformed message (counted in :attr:`dropped`)."""
+        if frames[0].startswith(HELLO_PREFIX):
+            return []  # hellos are never events
+        stamp = read_stamp(frames[2]) if len(frames) == 3 else None
+        if stamp is None:
+            self._drop(frames[0], "not a message of this wire version (two frames and a stamp)")
+            return []
         topic = frames[0].decode()
         if not self._matches(topic):
             return []
         try:
             payloads = _decode_payloads(frames[1])
         except (ValueError, RecursionError) as exc:  # undecodable, bad UTF-8, bottomless
-            self.dropped += 1  # the forwarder checks only the array header
-            log.warning("subscription %s: dropped a message on %r whose payloads do not "
-                        "decode (%d so far): %s", self.pattern.pattern, topic,
-                        self.dropped, exc)
+            self._drop(topic, f"payloads do not decode: {exc}")  # the forwarder checks the header
+            self._gap(topic, stamp, array_length(frames[1]))
             return []
+        self._gap(topic, stamp, len(payloads))
         return list(map(Event, repeat(topic), payloads))  # ~20 ns/event less than [... for]
+
+    def _gap(self, topic: str, stamp: tuple[int, int], n: int) -> None:
+        if lost := self._gaps.seen(topic, stamp[0], stamp[1], max(n, 1)):
+            warn_lost(self._lost_warning, f"subscription {self.pattern.pattern}", topic, lost,
+                      self._gaps.lost)
+
+    def _drop(self, topic: object, why: str) -> None:
+        self.dropped += 1
+        log.warning("subscription %s: dropped a message on %r (%d so far): %s",
+                    self.pattern.pattern, topic, self.dropped, why)
 
     def _take(self, frames: list[bytes]) -> None:
         self._pending.extend(self._decode(frames))

@@ -21,6 +21,12 @@ message is matched exactly against the worker's patterns and each of its events 
 The SUB socket's FD is edge-triggered: every wake-up drains it (bounded per loop turn), and
 so does every subscribe, because a handshake can consume the edge. Subscribing before the
 loop exists (a plain ``init``) works: the reader is armed in :meth:`WorkerPubSub.attach`.
+
+Losses: a worker that stops taking its events (hung, stopped) past the node's
+``subscriber_hwm`` loses the node's further messages for it; it counts them exactly from
+the topics' sequence stamps when it runs again (:attr:`WorkerPubSub.lost`, a throttled
+warning naming the topic). A malformed message is dropped, counted
+(:attr:`WorkerPubSub.undecodable`) and logged.
 """
 
 from __future__ import annotations
@@ -36,10 +42,10 @@ import msgspec
 from ._errors import PubSubError
 from ._nodeinfo import current
 from ._pubsub_wire import (
-    HELLO_PREFIX, Event, RunBuffer, check_publish_topic, encode_batch, encode_payload,
-    events_address,
-    publish_address,
+    HELLO_PREFIX, Event, GapCounter, RunBuffer, array_length, check_publish_topic, encode_batch,
+    encode_payload, events_address, publish_address, read_stamp,
 )
+from ._throttle import ThrottledWarning
 from ._topics import TopicPattern
 
 if TYPE_CHECKING:
@@ -73,7 +79,14 @@ class WorkerPubSub:
         self._patterns: dict[int, TopicPattern] = {}
         self._refs = itertools.count(1)
         self._drain_scheduled = False
-        self.undecodable = 0
+        self.undecodable = 0  # malformed messages: no valid stamp, or payloads do not decode
+        self._gaps = GapCounter()
+        self._lost_warning = ThrottledWarning(log)
+
+    @property
+    def lost(self) -> int:
+        """Events the node dropped for this worker (it fell the high-water mark behind)."""
+        return self._gaps.lost
 
     def _context(self) -> zmq.Context:
         import zmq  # noqa: PLC0415 - first use only; see the module note
@@ -164,6 +177,8 @@ class WorkerPubSub:
         import zmq  # noqa: PLC0415
 
         self._sub.setsockopt(zmq.UNSUBSCRIBE, compiled.literal_prefix.encode())
+        # Its topics' messages stop: a later subscription takes them from a new baseline.
+        self._gaps.forget(compiled.literal_prefix)
         return True
 
     def _drain(self) -> None:
@@ -184,8 +199,12 @@ class WorkerPubSub:
             self._loop.call_soon(self._drain)
 
     def _take(self, frames: list[bytes]) -> None:
-        if len(frames) != 2 or frames[0].startswith(HELLO_PREFIX):
+        if frames[0].startswith(HELLO_PREFIX):
             return  # never an event: another subscriber's handshake
+        stamp = read_stamp(frames[2]) if len(frames) == 3 else None
+        if stamp is None:
+            self._drop(frames[0], "not a message of this wire version (two frames and a stamp)")
+            return
         topic = frames[0].decode()
         for compiled in self._patterns.values():
             if compiled.matches(topic):
@@ -195,13 +214,24 @@ class WorkerPubSub:
         try:
             payloads = _decode_payloads(frames[1])
         except (ValueError, RecursionError) as exc:  # undecodable, bad UTF-8, bottomless
-            self.undecodable += 1
-            log.warning("worker %d: dropped a message on %r whose payloads do not decode "
-                        "(%d so far): %s", os.getpid(), topic, self.undecodable, exc)
+            self._drop(topic, f"payloads do not decode: {exc}")
+            self._gap(topic, stamp, array_length(frames[1]))
             return
+        self._gap(topic, stamp, len(payloads))
         deliver = self._deliver
         for payload in payloads:
             deliver(Event(topic, payload))
+
+    def _gap(self, topic: str, stamp: tuple[int, int], n: int) -> None:
+        if lost := self._gaps.seen(topic, stamp[0], stamp[1], max(n, 1)):
+            from ._subscription import warn_lost  # noqa: PLC0415 - zmq: see the module note
+
+            warn_lost(self._lost_warning, f"worker {os.getpid()}", topic, lost, self._gaps.lost)
+
+    def _drop(self, topic: object, why: str) -> None:
+        self.undecodable += 1
+        log.warning("worker %d: dropped a message on %r (%d so far): %s", os.getpid(), topic,
+                    self.undecodable, why)
 
     # ---- the runtime's hooks ------------------------------------------------------------------
 

@@ -18,10 +18,11 @@ from hypothesis import strategies as st
 from prismatic._control import TreeRow
 from prismatic.chaos._invariants import (
     DownSeen, ExitSeen, Kill, Monitor, acked_events_intact, call_timed_out, control_answered,
-    descendants_gone, disk_full_reported, escalation_stopped_at, expected_escalation,
-    flood_accounted, global_name_resolved, kills_accounted, memory_bounded, memory_cap_enforced,
-    membership_converged, monitors_fired_once, no_orphans, nothing_left, process_alive,
-    restarts_consistent, shutdown_escalated, subscriber_flood_accounted, tree_converged,
+    descendants_gone, disk_full_reported, drops_counted_exactly, escalation_stopped_at,
+    expected_escalation, flood_accounted, global_name_resolved, kills_accounted, memory_bounded,
+    memory_cap_enforced, membership_converged, monitors_fired_once, no_orphans, nothing_left,
+    process_alive, restarts_consistent, shutdown_escalated, subscriber_flood_accounted,
+    tree_converged,
 )
 from prismatic.chaos._cgroup import cgroup_unavailable, open_memory_cgroup
 from prismatic.chaos._tmpfs import free_bytes, open_tmpfs, tmpfs_unavailable
@@ -315,6 +316,13 @@ def test_subscriber_flood_accounted() -> None:
     assert "lost without being counted" in (subscriber_flood_accounted(1000, 990, 0, 0) or "")
     assert "out of publish order" in (subscriber_flood_accounted(1000, 1000, 3, 0) or "")
     assert "received for" in (subscriber_flood_accounted(1000, 1001, 0, 0) or "")
+
+
+def test_drops_counted_exactly() -> None:
+    assert drops_counted_exactly(1000, 1000, 0, 0) is None
+    assert drops_counted_exactly(1000, 700, 300, 300) is None  # dropped, counted exactly
+    assert "!= 1000 published" in (drops_counted_exactly(1000, 700, 250, 300) or "")
+    assert "250 counted lost" in (drops_counted_exactly(1000, 750, 250, 300) or "")
 
 
 def test_rss_bytes_of_a_live_process(live_pid: int) -> None:

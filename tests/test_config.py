@@ -88,6 +88,7 @@ def test_eventlog_retention_and_log_level(tmp_path):
     ("[eventlog]\nmax_age_s = -1\n", "eventlog.max_age_s"),
     ("[eventlog]\nmax_files = 3\n", ""),
     ('[node]\nlog_level = "loud"\n', "node.log_level"),
+    ("[node]\nsubscriber_hwm = -1\n", "node.subscriber_hwm"),
 ])
 def test_bad_eventlog_and_log_level_keys(tmp_path, body, key):
     f = tmp_path / "n.toml"
@@ -95,3 +96,16 @@ def test_bad_eventlog_and_log_level_keys(tmp_path, body, key):
     with pytest.raises(ConfigError) as err:
         load_config(f)
     assert err.value.key == key or (not key and "max_files" in str(err.value))
+
+
+def test_subscriber_hwm_from_the_file_or_the_command_line(tmp_path):
+    from prismatic.cli._node import _Settings
+
+    f = tmp_path / "n.toml"
+    f.write_text("[node]\nsubscriber_hwm = 50\n")
+    assert load_config(f).node.subscriber_hwm == 50
+    assert _Settings(None, str(f), "x", str(tmp_path / "d"), None, None, None).subscriber_hwm == 50
+    s = _Settings(None, str(f), "x", str(tmp_path / "d"), None, None, None, subscriber_hwm=0)
+    assert s.subscriber_hwm == 0  # the command line wins; 0 (unbounded) is a value
+    assert _Settings(None, None, "x", str(tmp_path / "d"), None, None, None).subscriber_hwm \
+        is None  # the node's default

@@ -96,6 +96,10 @@ def node_options(f: Callable[..., Any]) -> Callable[..., Any]:
                      min_open=True), default=None, metavar="SECONDS",
                      help="Delete events older than this (default: kept until "
                           "--eventlog-max-bytes)."),
+        click.option("--subscriber-hwm", type=click.IntRange(min=0), default=None, metavar="N",
+                     help="Pub/sub messages the node queues for a subscriber that does not "
+                          "read, before it drops (counted by that subscriber) (default "
+                          "1000; 0: unbounded)."),
         click.option("--quiet", is_flag=True, help="Do not print the tree as it changes."),
         *mesh_options(),
     ]
@@ -152,7 +156,8 @@ class _Settings:
                  log_level: str | None = None, eventlog_max_bytes: int | None = None,
                  eventlog_max_age: float | None = None,
                  metrics_bind: str | None = None, listen: str | None = None,
-                 join: tuple[str, ...] = (), cluster_secret: str | None = None) -> None:
+                 join: tuple[str, ...] = (), cluster_secret: str | None = None,
+                 subscriber_hwm: int | None = None) -> None:
         from .._address import default_node_name
         from .._node import default_data_dir
 
@@ -178,6 +183,8 @@ class _Settings:
         self.eventlog_max_age_s = eventlog_max_age or (
             retention.max_age_s if retention else None)
         self.mesh = _mesh_settings(listen, join, cluster_secret, config)
+        self.subscriber_hwm = subscriber_hwm if subscriber_hwm is not None else (
+            section.subscriber_hwm if section else None)
 
     def reloadable(self) -> NodeConfig | None:
         """The config ``prismatic reload`` re-reads: the one the tree came from, if it did."""
@@ -202,7 +209,8 @@ def start_node(app: str | None, config_file: str | None, name: str | None,
                log_level: str | None = None, eventlog_max_bytes: int | None = None,
                eventlog_max_age: float | None = None,
                metrics_bind: str | None = None, listen: str | None = None,
-               join: tuple[str, ...] = (), cluster_secret: str | None = None) -> None:
+               join: tuple[str, ...] = (), cluster_secret: str | None = None,
+               subscriber_hwm: int | None = None) -> None:
     """Run a node in this process; exits with the node's exit code."""
     from ._logging import setup_logging
     from .._node import run_node
@@ -210,13 +218,14 @@ def start_node(app: str | None, config_file: str | None, name: str | None,
     try:
         s = _Settings(app, config_file, name, data_dir, metrics_port, log_format, log_file,
                       app_path, log_level, eventlog_max_bytes, eventlog_max_age,
-                      metrics_bind, listen, join, cluster_secret)
+                      metrics_bind, listen, join, cluster_secret, subscriber_hwm)
         spec = s.tree()
         setup_logging(s.name, s.log_format, s.log_file, level=s.log_level)
         code = run_node(spec, name=s.name, data_dir=s.data_dir, show_tree=not quiet,
                         metrics_port=s.metrics_port, metrics_host=s.metrics_bind,
                         eventlog_max_bytes=s.eventlog_max_bytes, mesh=s.mesh,
-                        eventlog_max_age_s=s.eventlog_max_age_s, config=s.reloadable())
+                        eventlog_max_age_s=s.eventlog_max_age_s, config=s.reloadable(),
+                        subscriber_hwm=s.subscriber_hwm)
     except NodeError as exc:
         click.echo(f"prismatic: error: {exc}", err=True)
         sys.exit(2)
