@@ -19,6 +19,11 @@ kills its spare and its zygote: two processes and their memory, which a tree of 
 supervisors would otherwise pay for each of them. Its next start forks the child directly
 (the fork-after-death path, no slower than a plain supervisor's), and once that start is done
 it makes a zygote and a spare again, so restarts that follow within the idle time are fast.
+A child supervisor of at most ``FEW_CHILDREN`` static children (not a ``simple_one_for_one``
+pool) starts dormant: it forks those few itself, and its children then share their pages
+with it rather than with a zygote that would soon go (measured: ~0.45 MiB less private
+memory per supervisor, the difference between the many-small-supervisors tree and a flat
+one of the same workers). The root keeps its zygote from the start.
 
 Orphans: every process of the tree is a child subreaper (``prismatic/_process.py``), so a
 process orphaned below a live child is reparented to that child, and one whose child is
@@ -59,7 +64,7 @@ from ._program_run import ProgramRun
 from ._zygote import Zygote
 
 __all__ = ["Proc", "SpareKeeping", "PARK_MAX_S", "fork_with_channel", "spare_idle_s",
-           "check_spare_idle", "SPARE_IDLE_DEFAULT_S"]
+           "check_spare_idle", "SPARE_IDLE_DEFAULT_S", "FEW_CHILDREN"]
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +73,7 @@ _CLONE_BACKOFF_S = (0.1, 5.0)  # after a failed clone, ask again after this, dou
 PARK_MAX_S = 0.05  # a start waits this long at most for a spare in the making, then forks
 _AHEAD = 2  # spares in the making while starts follow one another
 SPARE_IDLE_DEFAULT_S = 60.0
+FEW_CHILDREN = 4  # a supervisor of at most this many static children starts dormant
 
 
 def spare_idle_s(environ: dict[str, str] | None = None) -> float:

@@ -44,7 +44,7 @@ from typing import Any
 
 import msgspec
 
-from .._childspec import ChildSpec, ChildType, ShutdownKind, SupervisorSpec
+from .._childspec import ChildSpec, ChildType, ShutdownKind, Strategy, SupervisorSpec
 from .._errors import RegistryError
 from .._exit import ExitReason, reason_from_exception, reason_from_wait_status
 from .._program import Program
@@ -59,11 +59,14 @@ from ._child import knows, proc_name, run_child
 from ._decide import decide, initial_state
 from ._names import NameSocket
 from ._events import (
-    Err, Exit, Exited, Ignored, Init, Ok, Op, Ready, Reply, Report, Request, ShutdownRequested,
+    Err, Exit, Exited, Ignored, Init, Ok, Op, Phase, Ready, Reply, Report, Request,
+    ShutdownRequested,
     StartFailed, StartProc, Started, StopMany, StopProc,
 )
 from ._logfile import WORKER_LOG_CHECK_S
-from ._procs import PARK_MAX_S, Proc, SpareKeeping, fork_with_channel, spare_idle_s
+from ._procs import (
+    FEW_CHILDREN, PARK_MAX_S, Proc, SpareKeeping, fork_with_channel, spare_idle_s,
+)
 from ._program_loop import ProgramKeeping
 from ._zygote import Zygote
 
@@ -132,7 +135,10 @@ class SupervisorRuntime(SpareKeeping, ProgramKeeping):
                 self.parent.try_send(ExitingFrame(reason_from_exception(exc)))
                 return 1
             self.sel.register(names.sock, selectors.EVENT_READ, ("name_lookup", names))
-        if self.use_spares:
+        if self.use_spares and self.path and len(self.spec.children) <= FEW_CHILDREN \
+                and self.spec.flags.strategy is not Strategy.SIMPLE_ONE_FOR_ONE:
+            self.dormant = True  # starts its few children itself: see _procs (dormancy)
+        elif self.use_spares:
             self.start_zygote()
             self.request_spares()
         self.feed(Init(time.monotonic()))
@@ -239,7 +245,8 @@ class SupervisorRuntime(SpareKeeping, ProgramKeeping):
         if isinstance(spec.start, Program):  # never a spare: see _program_run
             self.starting = self.fork_program(key, spec.start, spec.args)
             return
-        self.wake()  # a dormant supervisor forks this one; its spares come back after
+        if self.state.phase is not Phase.STARTING:
+            self.wake()  # a dormant supervisor forks this one; its spares come back after
         proc = self.take_spare(key, spec)
         if proc is None and self.zygote is not None and self.zygote.pending \
                 and knows(self.zygote_specs, key, spec):

@@ -178,3 +178,19 @@ def test_spare_idle_values():
     for bad in ("-1", "nan", "soon"):
         assert check_spare_idle({"PRISMATIC_SPARE_IDLE": bad}) is not None
     assert check_spare_idle({"PRISMATIC_SPARE_IDLE": "0"}) is None
+
+
+def test_a_small_child_supervisor_starts_dormant_and_wakes_on_a_restart(node_factory):
+    """A child supervisor of a few children forks them itself (no zygote, no spare: two
+    processes fewer per small supervisor); its first restart brings both."""
+    n = node_factory("tests.apps:nested")
+    mid = n.conn.pid_of("mid")
+    leaf = n.conn.pid_of("mid/leaf")
+    for sup in (mid, leaf):
+        assert not _of_kind(sup, "prism:zygote") and not _of_kind(sup, "prism:spare")
+    old = n.conn.pid_of("mid/m")
+    os.kill(old, signal.SIGKILL)
+    wait_until(lambda: n.conn.pid_of("mid/m") not in (None, old), 10, "m restarted")
+    _zygote_of(mid)
+    wait_until(lambda: _of_kind(mid, "prism:spare"), 10, "a spare under mid")
+    assert not _of_kind(leaf, "prism:zygote")  # leaf restarted nothing: still dormant
