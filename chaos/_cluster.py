@@ -28,12 +28,12 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from .._childspec import ChildSpec
-from .._errors import PrismaticError
+from .._errors import ChaosError, PrismaticError
 from ._invariants import (
     DownSeen, Monitor, global_name_resolved, membership_converged, monitors_fired_once,
     process_alive,
@@ -43,8 +43,9 @@ from ._target import ClusterTarget
 
 if TYPE_CHECKING:
     from ._runner import ScenarioContext
+    from ._schedule import Fault
 
-__all__ = ["ClusterWatch", "views", "wait_membership", "others", "victim_of"]
+__all__ = ["ClusterWatch", "views", "wait_membership", "others", "victim_of", "each_fault"]
 
 _APPS = "prismatic.chaos._apps"
 _SETTLE_S = 0.3  # after the checks held: a duplicate Down or a late conflict shows by then
@@ -245,3 +246,20 @@ def victim_of(target: ClusterTarget, fault_target: str) -> int:
     """A fault's ``member<k>`` as a node index, never the seed (node 0): ``k`` wraps over
     the others, so a plan needs only the seed, not the cluster's size."""
     return 1 + int(fault_target.removeprefix("member")) % (len(target.nodes) - 1)
+
+
+def each_fault(ctx: ScenarioContext, faults: list[Fault],
+               needs: str) -> Iterator[tuple[Fault, int, ClusterTarget]]:
+    """The common frame of a cluster scenario's run: the target must be a cluster (else
+    ChaosError naming ``needs``), every member alive first (checked), then each fault at its
+    offset (until the run is stopped) with its victim's index."""
+    target = ctx.target
+    if not isinstance(target, ClusterTarget):
+        raise ChaosError(needs)
+    names = [n.name for n in target.nodes]
+    ctx.tally.check("membership_converged", wait_membership(
+        target, dict.fromkeys(names, "alive"), ctx.settings.deadline))
+    for fault in faults:
+        if not ctx.wait_offset(fault.offset):
+            return
+        yield fault, victim_of(target, fault.target), target

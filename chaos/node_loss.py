@@ -23,11 +23,9 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from .._errors import ChaosError
-from ._cluster import ClusterWatch, others, victim_of, views, wait_membership
+from ._cluster import ClusterWatch, each_fault, others, views, wait_membership
 from ._invariants import nothing_left
 from ._schedule import Fault, arrivals, scenario_rng
-from ._target import ClusterTarget
 
 if TYPE_CHECKING:
     from ._runner import ScenarioContext
@@ -50,17 +48,9 @@ def plan(seed: int, duration: float, rate: float, shape: TreeShape) -> list[Faul
 
 
 def run(ctx: ScenarioContext, faults: list[Fault]) -> None:
-    target = ctx.target
-    if not isinstance(target, ClusterTarget):
-        raise ChaosError("the node-loss scenario needs --cluster N")
-    names = [n.name for n in target.nodes]
     deadline = ctx.settings.deadline
-    ctx.tally.check("membership_converged",
-                    wait_membership(target, dict.fromkeys(names, "alive"), deadline))
-    for fault in faults:
-        if not ctx.wait_offset(fault.offset):
-            break
-        v = victim_of(target, fault.target)
+    for fault, v, target in each_fault(ctx, faults, "the node-loss scenario needs --cluster N"):
+        names = [n.name for n in target.nodes]
         victim = target.nodes[v]
         watch = ClusterWatch(ctx, fault.seq)
         watch.plant(claim_on=v)

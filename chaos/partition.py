@@ -25,7 +25,7 @@ import time
 from typing import TYPE_CHECKING
 
 from .._errors import ChaosError
-from ._cluster import ClusterWatch, others, victim_of, wait_membership
+from ._cluster import ClusterWatch, each_fault, others, wait_membership
 from ._schedule import Fault, arrivals, scenario_rng
 from ._target import ClusterTarget
 
@@ -52,18 +52,14 @@ def plan(seed: int, duration: float, rate: float, shape: TreeShape) -> list[Faul
 
 
 def run(ctx: ScenarioContext, faults: list[Fault]) -> None:
-    target = ctx.target
-    if not isinstance(target, ClusterTarget) or target.net is None:
-        raise ChaosError("the partition scenario needs --cluster N in network namespaces")
-    net = target.net
-    names = [n.name for n in target.nodes]
+    need = "the partition scenario needs --cluster N in network namespaces"
+    if isinstance(ctx.target, ClusterTarget) and ctx.target.net is None:
+        raise ChaosError(need)
     deadline = ctx.settings.deadline
-    ctx.tally.check("membership_converged",
-                    wait_membership(target, dict.fromkeys(names, "alive"), deadline))
-    for fault in faults:
-        if not ctx.wait_offset(fault.offset):
-            break
-        v = victim_of(target, fault.target)
+    for fault, v, target in each_fault(ctx, faults, need):
+        net = target.net
+        assert net is not None
+        names = [n.name for n in target.nodes]
         victim = target.nodes[v]
         watch = ClusterWatch(ctx, fault.seq)
         watch.plant(claim_on=0)
