@@ -120,7 +120,7 @@ class ProcessState(enum.Enum):
     STOPPED = "stopped"  # no process: exited and not (yet) restarted, or terminated
 
 
-class TreeRow(msgspec.Struct, frozen=True):
+class TreeRow(msgspec.Struct, frozen=True, gc=False):  # thousands per reply: untracked
     path: str
     type: str
     pid: int | None

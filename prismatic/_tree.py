@@ -39,6 +39,7 @@ class TreeView:
             (): TreeEntry(path=(), type="supervisor", pid=root_pid, started_mono=time.monotonic())
         }
         self.last_event = ""
+        self._order: list[TreeEntry] | None = None  # rows(), until an entry comes or goes
         # exits and errors since take_header(), oldest first: (abnormal?, line)
         self.batch: list[tuple[bool, str]] = []
 
@@ -53,6 +54,7 @@ class TreeView:
         entry = self.entries.get(path)
         if ev.kind == "child_started":
             if entry is None:
+                self._order = None
                 self.entries[path] = TreeEntry(path=path, type=ev.child_type, pid=ev.pid,
                                                started_mono=ev.mono)
             else:
@@ -66,6 +68,7 @@ class TreeView:
                 if entry.type == "supervisor":  # a worker has nothing below it
                     return self._drop_below(path)
         elif ev.kind == "child_deleted" and entry is not None:
+            self._order = None
             del self.entries[path]  # a row is deleted only once its process is gone
             return self._drop_below(path)
         return []
@@ -88,10 +91,19 @@ class TreeView:
     def _drop_below(self, path: tuple[str, ...]) -> list[int]:
         n = len(path)
         dead = [p for p in self.entries if len(p) > n and p[:n] == path]
+        if dead:
+            self._order = None
         return [pid for p in dead if (pid := self.entries.pop(p).pid) is not None]
 
     def rows(self) -> list[TreeEntry]:
-        """Entries depth-first, siblings in first-start order."""
+        """Entries depth-first, siblings in first-start order (the caller must not change the
+        list: it is kept until an entry comes or goes, so a ``tree`` of a steady node of
+        thousands does not sort it out again)."""
+        if self._order is None:
+            self._order = self._depth_first()
+        return self._order
+
+    def _depth_first(self) -> list[TreeEntry]:
         kids: dict[tuple[str, ...], list[tuple[str, ...]]] = {}
         for p in self.entries:  # a dict keeps first-insertion order
             if p:

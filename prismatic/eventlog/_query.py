@@ -33,7 +33,8 @@ from prismatic.eventlog._record import (
 )
 from prismatic.eventlog._store import LogStore
 
-__all__ = ["EventFilter", "first_seq", "follow_records", "last_seq", "query_records"]
+__all__ = ["EventFilter", "first_seq", "follow_records", "last_seq", "query_chunks",
+           "query_records"]
 
 _decode_record = msgspec.msgpack.Decoder(EventRecord).decode
 _decode_raw_record = msgspec.msgpack.Decoder(RawEventRecord).decode
@@ -119,6 +120,12 @@ def first_seq(store: LogStore) -> int | None:
 
 
 def _scan_events(store: LogStore, flt: EventFilter, raw: bool = False) -> Iterator[EventRecord]:
+    return itertools.chain.from_iterable(_scan_chunks(store, flt, raw))
+
+
+def _scan_chunks(store: LogStore, flt: EventFilter, raw: bool = False) -> Iterator[list[Any]]:
+    """The ``events`` DB from ``flt.start_seq`` on, a chunk (a list, never empty) per read
+    transaction."""
     next_seq = flt.start_seq or 1
     chunk = _FIRST_CHUNK
     plain = flt == EventFilter(start_seq=flt.start_seq, end_seq=flt.end_seq)
@@ -135,10 +142,10 @@ def _scan_events(store: LogStore, flt: EventFilter, raw: bool = False) -> Iterat
         if flt.end_seq is not None and next_seq > flt.end_seq + 1:
             records = [r for r in records if r.seq <= flt.end_seq]
             next_seq = -1
-        if plain:
-            yield from records
-        else:
-            yield from filter(flt.accepts, records)
+        if not plain:
+            records = list(filter(flt.accepts, records))
+        if records:
+            yield records
         if next_seq < 0 or len(values) < chunk:
             return
         chunk = min(chunk * 4, _MAX_CHUNK)
@@ -185,7 +192,7 @@ def _time_seqs(store: LogStore, flt: EventFilter) -> list[int]:
 
 
 def _fetch(store: LogStore, seqs: list[int], flt: EventFilter,
-           raw: bool = False) -> Iterator[EventRecord]:
+           raw: bool = False) -> Iterator[list[Any]]:
     for at in range(0, len(seqs), _FETCH_CHUNK):
         with store.read_txn() as txn:
             get = txn.get
@@ -193,7 +200,9 @@ def _fetch(store: LogStore, seqs: list[int], flt: EventFilter,
             # A candidate may have been deleted by retention since planning: skip it.
             chunk = seqs[at : at + _FETCH_CHUNK]
             values = [v for v in (get(pack_u64(s), db=events) for s in chunk) if v]
-        yield from filter(flt.accepts, _decode_all(store, values, raw))
+        records = list(filter(flt.accepts, _decode_all(store, values, raw)))
+        if records:
+            yield records
 
 
 def _candidate_seqs(store: LogStore, flt: EventFilter) -> list[int] | None:
@@ -218,19 +227,36 @@ def _candidate_seqs(store: LogStore, flt: EventFilter) -> list[int] | None:
     return None
 
 
+def query_chunks(store: LogStore, flt: EventFilter, limit: int | None = None,
+                 raw_payloads: bool = False) -> Iterator[list[Any]]:
+    """Records accepted by ``flt``, in seq order, at most ``limit`` of them (as
+    :class:`RawEventRecord` if ``raw_payloads``), in lists (one per read transaction, never
+    empty): what replay walks, without a generator step per record."""
+    seqs = _candidate_seqs(store, flt)
+    if seqs is None:
+        chunks = _scan_chunks(store, flt, raw_payloads)
+    else:
+        seqs.sort()
+        chunks = _fetch(store, seqs, flt, raw_payloads)
+    return chunks if limit is None else _limited(chunks, limit)
+
+
+def _limited(chunks: Iterator[list[Any]], limit: int) -> Iterator[list[Any]]:
+    left = limit
+    for records in chunks:
+        if left <= 0:
+            return
+        if len(records) > left:
+            records = records[:left]
+        left -= len(records)
+        yield records
+
+
 def query_records(store: LogStore, flt: EventFilter, limit: int | None = None,
                   raw_payloads: bool = False) -> Iterator[EventRecord]:
     """Records accepted by ``flt``, in seq order, at most ``limit`` of them (as
     :class:`RawEventRecord` if ``raw_payloads``)."""
-    seqs = _candidate_seqs(store, flt)
-    if seqs is None:
-        records = _scan_events(store, flt, raw_payloads)
-    else:
-        seqs.sort()
-        records = _fetch(store, seqs, flt, raw_payloads)
-    if limit is not None:
-        records = itertools.islice(records, limit)
-    return records
+    return itertools.chain.from_iterable(query_chunks(store, flt, limit, raw_payloads))
 
 
 def follow_records(
