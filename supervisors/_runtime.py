@@ -145,7 +145,8 @@ class SupervisorRuntime(SpareKeeping, ProgramKeeping):
                 return 1
             self.sel.register(names.sock, selectors.EVENT_READ, ("name_lookup", names))
         if self.use_spares and self.path and len(self.spec.children) <= FEW_CHILDREN \
-                and self.spec.flags.strategy is not Strategy.SIMPLE_ONE_FOR_ONE:
+                and self.spec.flags.strategy is not Strategy.SIMPLE_ONE_FOR_ONE \
+                and self.idle_limit != float("inf"):  # PRISMATIC_SPARE_IDLE=never: keep them
             self.dormant = True  # starts its few children itself: see _procs (dormancy)
         elif self.use_spares:
             self.start_zygote()
