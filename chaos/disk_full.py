@@ -26,11 +26,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .._errors import ChaosError
-from ._invariants import acked_events_intact, disk_full_reported
+from ._invariants import disk_full_reported
 from ._schedule import Fault, arrivals, scenario_rng
 from ._target import OwnedNode
 from ._tmpfs import free_bytes
-from .durability import Emitter
+from .durability import Emitter, check_acked
 
 if TYPE_CHECKING:
     from ._runner import ScenarioContext
@@ -116,12 +116,4 @@ def run(ctx: ScenarioContext, faults: list[Fault]) -> None:
         stop_emitting.set()
         for e in emitters:
             e.join(timeout=40)
-    acked: dict[str, int] = {}
-    for e in emitters:
-        acked.update(e.acked)
-    logged = [(str(r.payload.get("key")), int(r.seq)) for r in ctx.log(TOPIC)
-              if isinstance(r.payload, dict)]
-    ctx.tally.acked_written = len(acked)
-    where = dict(logged)
-    ctx.tally.acked_verified = sum(1 for k, s in acked.items() if where.get(k) == s)
-    ctx.tally.check("acked_events_intact", acked_events_intact(acked, logged))
+    check_acked(ctx, emitters, TOPIC)

@@ -133,14 +133,20 @@ def run(ctx: ScenarioContext, faults: list[Fault]) -> None:
         stop_emitting.set()
         for e in emitters:
             e.join(timeout=40)
+    check_acked(ctx, emitters, TOPIC)
+    ctx.tally.notes.append(f"{sum(e.failed for e in emitters)} emits failed while the node "
+                           f"was down (not acked, never retried)")
+
+
+def check_acked(ctx: ScenarioContext, emitters: list[Emitter], topic: str) -> None:
+    """Every event an emitter saw acknowledged is in the log under ``topic``, once, at the
+    seq it was acknowledged with (``acked_events_intact``), counted in the report."""
     acked: dict[str, int] = {}
     for e in emitters:
         acked.update(e.acked)
-    logged = [(str(r.payload.get("key")), int(r.seq)) for r in ctx.log(TOPIC)
+    logged = [(str(r.payload.get("key")), int(r.seq)) for r in ctx.log(topic)
               if isinstance(r.payload, dict)]
     ctx.tally.acked_written = len(acked)
     where = dict(logged)
     ctx.tally.acked_verified = sum(1 for k, s in acked.items() if where.get(k) == s)
     ctx.tally.check("acked_events_intact", acked_events_intact(acked, logged))
-    ctx.tally.notes.append(f"{sum(e.failed for e in emitters)} emits failed while the node "
-                           f"was down (not acked, never retried)")
