@@ -653,7 +653,10 @@ class MailboxWriter:
     is the process ``to`` names (else ``closed`` from the start: the process is gone, or
     its ospid has a new holder); a write never blocks the loop (what the socket does not
     take at once waits in ``pending``, in order, until the socket drains). Subclasses count
-    what their callers need in :meth:`undeliverable` and :meth:`buffered`.
+    what their callers need in :meth:`undeliverable` and :meth:`buffered`; one driven by
+    something other than the node's loop says how it waits for the socket to drain
+    (:meth:`watch_writable`, then calls :meth:`flush`) and what a broken connection means
+    (:meth:`broken`).
     """
 
     def __init__(self, hub: Hub, to: Pid) -> None:
@@ -681,6 +684,20 @@ class MailboxWriter:
     def buffered(self) -> None:
         """A write that had to wait for the socket to drain."""
 
+    def watch_writable(self, on: bool) -> None:
+        """Have :meth:`flush` called when the socket can take more (``on``), or no longer."""
+        loop = asyncio.get_running_loop()
+        if on:
+            loop.add_writer(self.sock.fileno(), self.flush)
+        else:
+            loop.remove_writer(self.sock.fileno())
+
+    def broken(self, writing: bool) -> None:
+        """The connection broke, in a :meth:`write` (``writing``) or a :meth:`flush`."""
+        if writing:
+            self.undeliverable()
+        self.close()
+
     def write(self, data: bytes) -> None:
         if self.closed:
             self.undeliverable()
@@ -693,13 +710,12 @@ class MailboxWriter:
         except BlockingIOError:
             sent = 0
         except OSError:
-            self.undeliverable()
-            self.close()
+            self.broken(writing=True)
             return
         if sent < len(data):
             self.buffered()
             self.pending += data[sent:]
-            asyncio.get_running_loop().add_writer(self.sock.fileno(), self.flush)
+            self.watch_writable(True)
 
     def flush(self) -> None:
         try:
@@ -707,17 +723,17 @@ class MailboxWriter:
         except BlockingIOError:
             return
         except OSError:
-            self.close()
+            self.broken(writing=False)
             return
         del self.pending[:sent]
         if not self.pending:
-            asyncio.get_running_loop().remove_writer(self.sock.fileno())
+            self.watch_writable(False)
 
     def close(self) -> None:
         if not self.closed:
             self.closed = True
             if self.pending:
-                asyncio.get_running_loop().remove_writer(self.sock.fileno())
+                self.watch_writable(False)
             self.sock.close()
 
 

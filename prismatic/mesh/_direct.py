@@ -337,37 +337,21 @@ class _Outlet(MailboxWriter):
     def undeliverable(self) -> None:
         self.port.counters["undeliverable"] += 1
 
+    def buffered(self) -> None:
+        self.port.counters["buffered"] += 1
+
+    def watch_writable(self, on: bool) -> None:
+        self.port.epoll.modify(self.fd, _IN | _OUT if on else _IN)
+
+    def broken(self, writing: bool) -> None:
+        self.port.gone(self)  # its calls in flight fail with the callee's exit reason
+
     def send_out(self) -> None:
+        """Write what this wake-up gathered for the mailbox, in one send."""
         data = b"".join(self.out) if len(self.out) > 1 else self.out[0]
         self.out.clear()
-        if self.closed:
-            return
-        if self.pending:
-            self.pending += data
-            return
-        try:
-            sent = self.sock.send(data)
-        except BlockingIOError:
-            sent = 0
-        except OSError:
-            self.port.gone(self)
-            return
-        if sent < len(data):
-            self.port.counters["buffered"] += 1
-            self.pending += data[sent:]
-            self.port.epoll.modify(self.fd, _IN | _OUT)
-
-    def flush(self) -> None:
-        try:
-            sent = self.sock.send(self.pending)
-        except BlockingIOError:
-            return
-        except OSError:
-            self.port.gone(self)
-            return
-        del self.pending[:sent]
-        if not self.pending:
-            self.port.epoll.modify(self.fd, _IN)
+        if not self.closed:  # closed meanwhile: gone() has failed its calls
+            self.write(data)
 
     def close(self) -> None:
         if not self.closed:
