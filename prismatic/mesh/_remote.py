@@ -286,32 +286,33 @@ class Distribution:
         if calls:
             asyncio.get_running_loop().create_task(self.fail_calls(dest.pid, calls))
 
-    async def fail_calls(self, pid: Pid, calls: dict[int, tuple[str, int, int]]) -> None:
-        """The callee's connection broke with calls in flight: fail each with its exit
-        reason, once the tree has reported it (as a local caller asks the hub)."""
+    async def exit_reason(self, pid: Pid) -> ExitReason:
+        """``pid``'s exit reason once the tree has reported it (as a local caller asks the
+        hub), waiting EXIT_REASON_WAIT_S at most; NoProc if it never came."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + EXIT_REASON_WAIT_S
         reason: ExitReason | None = self.hub.exits.get(self.hub.complete(pid, probe=False))
         while reason is None and loop.time() < deadline:
             await asyncio.sleep(0.01)
             reason = self.hub.exits.get(self.hub.complete(pid, probe=False))
+        return reason or NoProc()
+
+    async def fail_calls(self, pid: Pid, calls: dict[int, tuple[str, int, int]]) -> None:
+        """The callee's connection broke with calls in flight: fail each with its exit
+        reason."""
+        reason = await self.exit_reason(pid)
         for src, link, ref in calls.values():
-            self.answer(src, link, CallFailed(ref, reason or NoProc()))
+            self.answer(src, link, CallFailed(ref, reason))
 
     def fail_direct(self, pid: Pid, origins: list[tuple[bytes, int]]) -> None:
         """The direct path's callee ``pid`` died with calls in flight (from the port)."""
         asyncio.get_running_loop().create_task(self.fail_direct_calls(pid, origins))
 
     async def fail_direct_calls(self, pid: Pid, origins: list[tuple[bytes, int]]) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + EXIT_REASON_WAIT_S
-        reason: ExitReason | None = self.hub.exits.get(self.hub.complete(pid, probe=False))
-        while reason is None and loop.time() < deadline:
-            await asyncio.sleep(0.01)
-            reason = self.hub.exits.get(self.hub.complete(pid, probe=False))
+        reason = await self.exit_reason(pid)
         if self.port is not None:
             for link, ref in origins:
-                self.port.post(link, CallFailed(ref, reason or NoProc()))
+                self.port.post(link, CallFailed(ref, reason))
 
     # ---- cluster pub/sub (called by the forwarder) -------------------------------------------
 
