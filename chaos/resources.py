@@ -56,15 +56,21 @@ def plan(seed: int, duration: float, rate: float, shape: TreeShape) -> list[Faul
             for i, t in enumerate(arrivals(rng, duration, min(rate, _MAX_RATE)))]
 
 
-def _memory(ctx: ScenarioContext, name: str, pid: int, since: int) -> None:
-    ctx.conn.cast(name, ["memory", 64 << 20])
+def _logged_exit(ctx: ScenarioContext, name: str, pid: int, since: int) -> Any:
+    """The exit reason the event log holds for worker ``name``'s process ``pid`` (waiting,
+    within the run's deadline, until it is dead and its exit logged), or None."""
     deadline = time.monotonic() + ctx.settings.deadline
     records: list[Any] = []
-    while not records and time.monotonic() < deadline:  # dead, and its exit logged
+    while not records and time.monotonic() < deadline:
         time.sleep(0.02)
         records = [r for r in ctx.log(f"supervisor.root.{name}.child_exited", since)
                    if isinstance(r.payload, dict) and r.payload.get("pid") == pid]
-    reason = records[0].payload.get("reason") if records else None
+    return records[0].payload.get("reason") if records else None
+
+
+def _memory(ctx: ScenarioContext, name: str, pid: int, since: int) -> None:
+    ctx.conn.cast(name, ["memory", 64 << 20])
+    reason = _logged_exit(ctx, name, pid, since)
     kind = reason.get("type") if isinstance(reason, dict) else None
     ctx.tally.check("memory_limit_crash", None if kind == "builtins.MemoryError" else
                     f"{name} ended {kind or 'not at all'}, not with MemoryError at its limit")
@@ -104,13 +110,7 @@ def _cgroup(ctx: ScenarioContext, name: str, pid: int, since: int) -> None:
     with open_memory_cgroup(CGROUP_LIMIT) as group:
         group.add(pid)
         ctx.conn.cast(name, ["touch", 0])
-        deadline = time.monotonic() + ctx.settings.deadline
-        records: list[Any] = []
-        while not records and time.monotonic() < deadline:  # dead, and its exit logged
-            time.sleep(0.02)
-            records = [r for r in ctx.log(f"supervisor.root.{name}.child_exited", since)
-                       if isinstance(r.payload, dict) and r.payload.get("pid") == pid]
-        reason = records[0].payload.get("reason") if records else None
+        reason = _logged_exit(ctx, name, pid, since)
         kind = reason.get("kind") if isinstance(reason, dict) else None
         ctx.tally.check("memory_cap_enforced", memory_cap_enforced(
             kind, group.oom_kills(), group.peak(), CGROUP_LIMIT))
