@@ -48,7 +48,7 @@ from prismatic import _links, _registry  # noqa: E402
 from prismatic._address import Pid  # noqa: E402
 from prismatic._exit import Normal  # noqa: E402
 from prismatic._hubclient import HubClient  # noqa: E402
-from prismatic._process import child_pids, process_name, uss_bytes  # noqa: E402
+from prismatic._process import child_pids, process_name, rss_bytes, uss_bytes  # noqa: E402
 from prismatic.transports._messages import (  # noqa: E402
     DemonitorReq, MonitorReq, RegisterReq, UnregisterReq, WhereisReq,
 )
@@ -74,14 +74,6 @@ def fitting(n: int, each_mib: float, notes: list[str], what: str) -> int:
                      f"available, ~{each_mib} MiB each, {RESERVE_MIB} MiB kept free)")
         return max(room, 100)
     return n
-
-
-def rss_bytes(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
 
 
 def descendants(pid: int) -> list[int]:

@@ -15,6 +15,7 @@ import os
 from collections.abc import Iterable
 from typing import Any
 
+from .._process import rss_bytes
 from ._invariants import ExitSeen
 
 __all__ = ["TAG_VAR", "tagged_processes", "tagged_processes_of", "tree_named_processes",
@@ -158,12 +159,3 @@ def members(conn: Any) -> dict[str, tuple[str, int]]:
     rows = msgspec.convert(conn._call(lambda ref, cookie: ClusterMembersCall(ref, cookie)),
                            list[MemberRow])
     return {r.name: (r.state.value, r.incarnation) for r in rows}
-
-
-def rss_bytes(pid: int) -> int:
-    """``pid``'s resident set size (VmRSS), in bytes; OSError if it is gone."""
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0

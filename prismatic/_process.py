@@ -38,7 +38,8 @@ from typing import Any, NoReturn
 from ._clone import clone_sibling
 
 __all__ = ["fork_child", "fork_sibling", "set_process_name", "process_name", "child_pids",
-           "uss_bytes", "send_signal", "kill_group", "become_subreaper", "lead_own_group"]
+           "uss_bytes", "rss_bytes", "send_signal", "kill_group", "become_subreaper",
+           "lead_own_group"]
 
 _PR_SET_NAME = 15
 _PR_SET_PDEATHSIG = 1
@@ -182,3 +183,13 @@ def uss_bytes(pid: int) -> int:
             if line.startswith(("Private_Clean:", "Private_Dirty:")):
                 total += int(line.split()[1]) * 1024
     return total
+
+
+def rss_bytes(pid: int) -> int:
+    """``pid``'s resident set size (VmRSS), in bytes (0 if it has none: a zombie); OSError
+    if it is gone."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
