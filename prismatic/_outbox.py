@@ -168,13 +168,7 @@ class Outbox:
     # ---- addressing -------------------------------------------------------------------------
 
     def remote(self, dest: Any) -> tuple[str, Pid | str] | None:
-        """``(node, pid or name)`` for a destination on another node, else None. A
-        ``Global(name)`` is resolved here, at each send (it may move nodes): held on another
-        node, it goes there as its Pid; held here or by nobody, the local path resolves it
-        again and delivers it or says ``noproc``."""
-        if isinstance(dest, Global):
-            pid = self.whereis_global(dest.name)
-            return (pid.node, pid) if pid is not None and pid.node != self.node else None
+        """``(node, pid or name)`` for a destination on another node, else None."""
         if isinstance(dest, (list, tuple)) and len(dest) >= 2 and isinstance(dest[0], str):
             if isinstance(dest[1], str) and len(dest) == 2:
                 return (dest[1], dest[0]) if dest[1] != self.node else None
@@ -183,6 +177,16 @@ class Outbox:
         if isinstance(dest, Pid):
             return (dest.node, dest) if dest.node != self.node else None
         return None
+
+    def route(self, dest: Dest) -> tuple[tuple[str, Pid | str] | None, Pid | None]:
+        """Where one send goes: :meth:`remote`'s answer, and for a ``Global(name)`` its
+        holder, looked up once for the whole send (it may move nodes between sends): held
+        on another node, the send goes there as to its Pid; held here, to that Pid."""
+        if isinstance(dest, Global):
+            pid = self.whereis_global(dest.name)
+            return ((pid.node, pid) if pid is not None and pid.node != self.node else None,
+                    pid)
+        return self.remote(dest), None
 
     def resolve(self, dest: Dest, fresh: bool = False) -> Pid | None:
         if isinstance(dest, Pid):
@@ -239,12 +243,18 @@ class Outbox:
             self.drop(peer.pid)
             raise MailboxFull(dest, f"mailbox stayed full for {timeout:.3g}s") from None
 
-    def _post(self, dest: Dest, data: bytes, timeout: float, fresh: bool = False) -> Pid | str:
+    def _post(self, dest: Dest, data: bytes, timeout: float, fresh: bool = False,
+              held: Pid | None = None) -> Pid | str:
         """Hand ``data`` to the mailbox of ``dest``: the Pid it went to, or why it could not
         (``noproc``, ``not_registered``). A name whose cached pid is gone is resolved afresh
-        once. Raises :class:`MailboxFull` if the mailbox stayed full for ``timeout``."""
+        once. ``held``: a ``Global`` destination's holder as :meth:`route` found it, taken
+        for the first attempt. Raises :class:`MailboxFull` if the mailbox stayed full for
+        ``timeout``."""
         for attempt in (0, 1):
-            pid = self.resolve(dest, fresh=fresh or attempt == 1)
+            if attempt == 0 and isinstance(dest, Global):
+                pid = held
+            else:
+                pid = self.resolve(dest, fresh=fresh or attempt == 1)
             if pid is None:
                 return "not_registered"
             try:
@@ -383,14 +393,14 @@ class Outbox:
     def deliver(self, dest: Dest, frame: Any, kind: str, timeout: float) -> bool:
         """Cast or send: True once handed to the destination's mailbox (or, for a remote
         destination, to this node's relay), False if it became a dead letter."""
-        remote = self.remote(dest)
+        remote, held = self.route(dest)
         if remote is not None:
             if self.forward(remote[0], remote[1], frame, timeout, dest) is not None:
                 return True
             return self._dead_letter(dest, "noconnection", kind, len(encode_frame(frame)))
         data = encode_frame(frame)
         try:
-            where = self._post(dest, data, timeout)
+            where = self._post(dest, data, timeout, held=held)
         except MailboxFull:
             self._dead_letter(dest, "mailbox_full", kind, len(data))
             raise
@@ -425,7 +435,7 @@ class Outbox:
         """OTP's ``gen_server:send_request``: send a call without waiting; collect the reply
         with :meth:`receive_response`. Many may be in flight to one process."""
         ref = next(self.refs)
-        remote = self.remote(dest)
+        remote, held = self.route(dest)
         if remote is not None:
             node, to = remote
             frame = CallFrame(ref, msg, self.me, None)
@@ -438,7 +448,7 @@ class Outbox:
             return RequestId(dest, to if isinstance(to, Pid) else Pid(node, 0), ref)
         name = dest if isinstance(dest, str) else None
         where = self._post(dest, encode_frame(CallFrame(ref, msg, self.me, name)), timeout,
-                           fresh)
+                           fresh, held)
         if isinstance(where, str):
             raise NoProcError(dest)
         self.peers[where].waiting.add(ref)
