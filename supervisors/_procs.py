@@ -299,13 +299,18 @@ class SpareKeeping:
 
     def renew_zygote(self) -> None:
         """Replace a zygote whose specs are out of date (or that died): its spares go too."""
+        self.let_spares_go()
+        self.start_zygote()
+        self.request_spares()
+
+    def let_spares_go(self) -> None:
+        """Stop the zygote in order (the spares it answered for are adopted) and kill every
+        spare; the supervisor goes on without them."""
         zygote = self.detach_zygote()
         if zygote is not None:
             self.adopt(zygote.close(), self.zygote_specs)
         for spare in list(self.spares):
             self.kill_spare(spare)
-        self.start_zygote()
-        self.request_spares()
 
     def idle(self) -> bool:
         return (self.state.job is None and self.exit_reason is None and self.parked is None
@@ -330,13 +335,7 @@ class SpareKeeping:
         if not self.idle():
             self.busy_at = time.monotonic()  # busy now: counted again from its end
             return
-        for spare in list(self.spares):
-            self.kill_spare(spare)
-        zygote = self.detach_zygote()
-        if zygote is not None:
-            self.adopt(zygote.close(), self.zygote_specs)  # spares answered: killed below
-            for spare in list(self.spares):
-                self.kill_spare(spare)
+        self.let_spares_go()
         self.dormant = True
         log.debug("supervisor %s: no start for %.0f s; spare and zygote let go", self.name(),
                   self.idle_limit)
