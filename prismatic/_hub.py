@@ -5,27 +5,16 @@ Processes reach it over ``AF_UNIX`` at ``\\0prismatic/<node>/hub`` (request/repl
 keeps no policy of its own: :mod:`._registry` and :mod:`._links` decide, the hub carries out
 their actions.
 
-Credentials are checked here, at the edge, with ``SO_PEERCRED``: a connection from another
-uid is refused; a request that acts for a process (``register``, ``unregister``,
-``monitor``, ``demonitor``, ``link``, ``unlink``, a dead letter's sender) is carried out only
-if that process is the connection's own (the pid the kernel recorded when it connected),
-else refused with ``not_permitted``. Only the node itself (``caller=None``) acts for others.
-The listener is capped (connections in all and per process, a descriptor reserve, frame
-size, bytes of unfinished frames: :mod:`._local_limits`); every refusal is counted and
-logged, throttled.
+Credentials are checked at the edge (:mod:`._hub_connection`): only the node's own uid
+connects, within the listener's caps, and a request that acts for a process is carried out
+only if that process is the connection's own. Only the node itself (``caller=None``) acts
+for others.
 
 It learns of starts and exits from the tree's lifecycle events (:meth:`Hub.process_started`,
 :meth:`Hub.process_exited`), which carry the authoritative exit reason (a supervisor reaps
 its children). A process whose exit is not known yet is alive if its mailbox accepts a
-connection: the mailbox socket closes when the process dies, before its supervisor can
-report it, so the probe is never wrong about a dead process.
-
-Monitors and links must fire even for a death no supervisor reports: a process killed with
-its supervisor (PDEATHSIG) before that supervisor reported it started (it was still in
-``init``) is in no tree. So the hub also watches every process it monitors or links with a
-pidfd; when one dies and its exit has not been reported ``UNREPORTED_GRACE_S`` later, the
-hub takes it as killed by SIGKILL (the only way a process dies unreported), logs it and
-counts it (``unreported_exits``).
+connection; a process it monitors or links is also watched with a pidfd, for a death no
+supervisor reports (:mod:`._hub_liveness`).
 
 Every Pid the hub keeps is exact (:mod:`._address`): it learns a process's start time when
 the tree reports the start, when the process connects (``SO_PEERCRED``) or when a probe
@@ -35,7 +24,8 @@ incarnation of the node, is dead: a monitor of it fires ``Down(NoProc)`` at once
 to it sends ``Exit(NoProc)``.
 
 ``Down`` and ``Exit`` go to the watcher's mailbox over a connection the hub keeps per
-process, written without blocking the loop (a full mailbox buffers in the hub, counted).
+process, written without blocking the loop (:mod:`._mailbox_writer`; a full mailbox buffers
+in the hub, counted).
 
 A client (a :class:`~prismatic.NodeConnection`: a process outside the tree, with no mailbox)
 monitors and links with ``here``: its notices come back on its hub connection, routed by
@@ -52,10 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import errno
 import logging
-import os
-import signal
 import socket
 from collections.abc import Callable
 from typing import Any
@@ -63,17 +50,19 @@ from typing import Any
 import msgspec
 
 from . import _links, _registry
-from ._address import Global, Pid, holder_matches, process_start
-from ._exit import ExitReason, Killed, NoConnection, NoProc
+from ._address import Global, Pid, process_start
+from ._exit import ExitReason, NoConnection, NoProc
+from ._hub_connection import HubConnection, acting_for
+from ._hub_liveness import HubLiveness
 from ._local_limits import Admissions, LocalLimits, hub_limits
-from ._nodeinfo import creation_of, mailbox_address, peer_creds
+from ._mailbox_writer import MailboxWriter
+from ._nodeinfo import creation_of
 from ._notices import Down, Exit
-from ._throttle import ThrottledWarning, throttle_for
-from .transports._framing import ByteBudget, FrameBuffer, encode_frame
+from ._throttle import ThrottledWarning
+from .transports._framing import ByteBudget, encode_frame
 from .transports._messages import (
-    GLOBAL_REQUESTS, DeadLetterNote, DemonitorReq, EmitReq, ExitOfReq, GlobalRegisterReq,
-    GlobalUnregisterReq, GlobalWhereisReq, HubReply, HubRequest, LinkReq, MonitorReq,
-    RegisterReq, UnlinkReq, UnregisterReq, WhereisReq,
+    GLOBAL_REQUESTS, DeadLetterNote, DemonitorReq, EmitReq, ExitOfReq, GlobalWhereisReq,
+    HubReply, LinkReq, MonitorReq, RegisterReq, UnlinkReq, UnregisterReq, WhereisReq,
 )
 
 __all__ = ["Hub"]
@@ -81,13 +70,11 @@ __all__ = ["Hub"]
 log = logging.getLogger(__name__)
 
 RECENT_EXITS = 10_000  # exit reasons remembered for late monitors and failed calls
-UNREPORTED_GRACE_S = 0.5  # a reported exit (with its real reason) normally comes within ms
 DEAD_LETTER_REASONS = frozenset({"noproc", "not_registered", "mailbox_full", "noconnection"})
 DEAD_LETTER_KINDS = frozenset({"call", "cast", "info"})
-_decoder = msgspec.msgpack.Decoder(HubRequest)
 
 
-class Hub:
+class Hub(HubLiveness):
     """Invariant: ``exits`` holds each process's exit at most once, newest last."""
 
     def __init__(self, node: str, on_dead_letter: Callable[[DeadLetterNote], None],
@@ -108,12 +95,12 @@ class Hub:
         self.exits: collections.OrderedDict[Pid, ExitReason] = collections.OrderedDict()
         self.live: dict[int, Pid] = {}  # ospid -> the process that holds it now, if known
         self.last_exit: dict[int, Pid] = {}  # ospid -> its latest holder whose exit is known
-        self.waiters: dict[Pid, list[tuple[_HubConnection, int, asyncio.TimerHandle]]] = {}
+        self.waiters: dict[Pid, list[tuple[HubConnection, int, asyncio.TimerHandle]]] = {}
         self.outboxes: dict[Pid, _NoticeWriter] = {}
         self.watched: dict[Pid, int] = {}  # monitored or linked processes: their pidfds
         # Clients' monitors and links (``here``): where their notices go.
-        self.client_refs: dict[int, _HubConnection] = {}  # mref -> its client's connection
-        self.client_links: dict[tuple[Pid, Pid], _HubConnection] = {}  # (client, other)
+        self.client_refs: dict[int, HubConnection] = {}  # mref -> its client's connection
+        self.client_links: dict[tuple[Pid, Pid], HubConnection] = {}  # (client, other)
         self.on_dead_letter = on_dead_letter
         self.counters = collections.Counter[str]()
         self.server: asyncio.AbstractServer | None = None
@@ -129,7 +116,7 @@ class Hub:
         # The loop accepts every queued connection before the hub can refuse any: a backlog
         # under half the descriptor reserve keeps such a burst from eating the reserve.
         sock.listen(max(8, min(1024, self.limits.fd_reserve // 2)))
-        self.server = await loop.create_unix_server(lambda: _HubConnection(self), sock=sock)
+        self.server = await loop.create_unix_server(lambda: HubConnection(self), sock=sock)
 
     def close(self) -> None:
         if self.server is not None:
@@ -236,7 +223,7 @@ class Hub:
 
     # ---- requests --------------------------------------------------------------------------------
 
-    def handle(self, conn: _HubConnection, req: Any, caller: Pid | None) -> None:
+    def handle(self, conn: HubConnection, req: Any, caller: Pid | None) -> None:
         """Carry out ``req`` for ``caller``, the process at the other end of ``conn`` (None:
         the node itself, which may act for any process)."""
         self.on_request(type(req).__struct_config__.tag)
@@ -248,7 +235,7 @@ class Hub:
             self.frame_warning.warn("hub: dropped a dead-letter note with reason %r, kind %r",
                                     req.reason[:40], req.kind[:40])
             return
-        field, acting = _acting_for(req)
+        field, acting = acting_for(req)
         if caller is not None and acting is not None and not acting.names(caller):
             self.refuse("not_permitted", "refused %s for %s from %s: a process acts only as "
                         "itself", type(req).__struct_config__.tag, acting, caller)
@@ -347,7 +334,7 @@ class Hub:
         else:
             self.remote.whereis(node_of.node, name, found)
 
-    def monitor(self, conn: _HubConnection, req: MonitorReq, target: Pid,
+    def monitor(self, conn: HubConnection, req: MonitorReq, target: Pid,
                 exited: ExitReason | None) -> None:
         if conn.closed:
             return  # it left while the name was resolved: nobody to tell
@@ -360,7 +347,7 @@ class Hub:
             self.watch(target)
         conn.reply(HubReply(req.ref, actions[0].mref))
 
-    def link(self, conn: _HubConnection, req: LinkReq, b: Pid, exited: ExitReason | None) -> None:
+    def link(self, conn: HubConnection, req: LinkReq, b: Pid, exited: ExitReason | None) -> None:
         if conn.closed:
             return
         if req.here:  # a client's: its Exit comes back here; a client is not watched (no
@@ -384,7 +371,7 @@ class Hub:
         if b.node != self.node and self.remote is not None:
             self.remote.unlinked(a, b)
 
-    def client_gone(self, conn: _HubConnection) -> None:
+    def client_gone(self, conn: HubConnection) -> None:
         """A client's hub connection ended: its monitors and links end with it."""
         for mref, watcher in conn.monitors.items():
             self.client_refs.pop(mref, None)
@@ -399,120 +386,8 @@ class Hub:
         conn.monitors.clear()
         conn.links.clear()
 
-    def identify(self, pid: Pid) -> Pid | None:
-        """The exact Pid of the live process ``pid`` names, or None if there is none."""
-        if pid.node == self.node:
-            live = self.live.get(pid.ospid)
-            if live is not None and pid.names(live):
-                return live
-        holder = self.probe(pid)
-        if holder is None:
-            return None
-        if holder == 0:  # alive, but it could not be asked who it is
-            return pid
-        # Not kept in ``live``: only the tree's reports are (a process outside the tree
-        # would never be reported gone); a Pid stored from here is retired by ``dying``.
-        local = pid.node == self.node
-        return Pid(pid.node, pid.ospid, (pid.creation or self.creation) if local else pid.creation,
-                   pid.start or process_start(holder))
 
-    def probe_alive(self, pid: Pid) -> bool:
-        return self.probe(pid) is not None
-
-    def probe(self, pid: Pid) -> int | None:
-        """The OS pid listening at ``pid``'s mailbox if that is the process ``pid`` names
-        (0: alive, but not known which), or None: dead. Only a refused connection or another
-        holder means dead (a full accept queue is a live process); when the probe itself
-        fails (out of file descriptors, say) the process is taken as alive, with a log line
-        and a count: a wrong "dead" would fire a false DOWN or give its name away."""
-        try:
-            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        except OSError as exc:
-            return 0 if self.cannot_probe(pid, exc) else None
-        try:
-            s.setblocking(False)  # never wait on the node's loop for a busy process
-            s.connect(mailbox_address(pid.node, pid.ospid))
-            if not self.trusted_mailbox(s, pid):
-                return None
-            holder = peer_creds(s)[0]
-            return holder if self.holds(pid, holder) else None
-        except (ConnectionRefusedError, FileNotFoundError):
-            return None
-        except BlockingIOError:
-            # Alive, its accept queue full: the kernel records the listener's credentials
-            # only on a connection, so check the process that has the ospid (an address is
-            # held by its own process unless squatted, which an exact Pid never was).
-            return 0 if self.holds(pid, pid.ospid) else None
-        except OSError as exc:
-            return 0 if self.cannot_probe(pid, exc) else None
-        finally:
-            s.close()
-
-    def holds(self, pid: Pid, holder: int) -> bool:
-        """Whether ``holder``, listening at ``pid``'s mailbox, is the process ``pid`` names."""
-        return holder_matches(pid, holder, self.creation if pid.node == self.node else 0)
-
-    def trusted_mailbox(self, sock: socket.socket, pid: Pid) -> bool:
-        """Whether a mailbox the hub connected to runs under the node's uid: another user
-        may bind a dead process's abstract address, and must not make it look alive or
-        receive its notices."""
-        holder, uid = peer_creds(sock)
-        if uid == os.getuid():
-            return True
-        self.refuse("untrusted_mailbox", "the mailbox address of %s is held by uid %d, pid "
-                    "%d (another user): taken as dead", pid, uid, holder)
-        return False
-
-    def cannot_probe(self, pid: Pid, exc: OSError) -> bool:
-        self.counters["probe_failed"] += 1
-        log.error("hub: cannot tell whether %s lives (%s); taken as alive", pid, exc)
-        return True
-
-    # ---- deaths no supervisor reports ------------------------------------------------------
-
-    def watch(self, pid: Pid) -> None:
-        """Watch a live process of this node (once), so its death is never missed; one of
-        another node is watched by its own node, which tells us of its exit."""
-        if pid.node != self.node and self.remote is not None:
-            self.remote.watch(pid)
-            return
-        if pid.node != self.node or pid in self.exits or pid in self.watched:
-            return
-        try:
-            fd = os.pidfd_open(pid.ospid)
-            if pid.start and process_start(pid.ospid) != pid.start:
-                os.close(fd)  # the pidfd holds another process: pid is gone already
-                return
-        except OverflowError:
-            return  # no process can have this pid
-        except OSError as exc:
-            if exc.errno not in (errno.ESRCH, errno.EINVAL):  # not "gone" or "no such pid"
-                self.counters["watch_failed"] += 1
-                log.error("hub: cannot watch %s (an unreported death of it would fire no "
-                          "monitor or link): %s", pid, exc)
-            return
-        self.watched[pid] = fd
-        asyncio.get_running_loop().add_reader(fd, self.watched_died, pid)
-
-    def unwatch(self, pid: Pid) -> None:
-        fd = self.watched.pop(pid, None)
-        if fd is not None:
-            asyncio.get_running_loop().remove_reader(fd)
-            os.close(fd)
-
-    def watched_died(self, pid: Pid) -> None:
-        self.unwatch(pid)
-        asyncio.get_running_loop().call_later(UNREPORTED_GRACE_S, self.unreported, pid)
-
-    def unreported(self, pid: Pid) -> None:
-        if pid in self.exits:
-            return  # reported, with its real reason
-        self.counters["unreported_exits"] += 1
-        log.warning("hub: the exit of %s was never reported (its supervisor died with it?); "
-                    "taken as killed by SIGKILL", pid)
-        self.process_exited(pid.ospid, Killed(signal.SIGKILL))
-
-    def waited_out(self, pid: Pid, conn: _HubConnection, ref: int) -> None:
+    def waited_out(self, pid: Pid, conn: HubConnection, ref: int) -> None:
         waiting = self.waiters.get(pid, [])
         self.waiters[pid] = [w for w in waiting if w[1] != ref or w[0] is not conn]
         if not self.waiters[pid]:
@@ -542,199 +417,6 @@ class Hub:
         if box is None or box.closed:
             box = self.outboxes[to] = _NoticeWriter(self, to)
         box.write(encode_frame(frame))
-
-
-def _acting_for(req: Any) -> tuple[str, Pid | None]:
-    """The field naming the process a request acts for (which must be its sender's own) and
-    that process, if any."""
-    if isinstance(req, (RegisterReq, UnregisterReq, GlobalRegisterReq, GlobalUnregisterReq)):
-        return "pid", req.pid
-    if isinstance(req, (MonitorReq, DemonitorReq)):
-        return "watcher", req.watcher
-    if isinstance(req, (LinkReq, UnlinkReq)):
-        return "a", req.a
-    if isinstance(req, DeadLetterNote):
-        return "sender", req.sender
-    return "", None
-
-
-class _HubConnection(asyncio.Protocol):
-    def __init__(self, hub: Hub) -> None:
-        self.hub = hub
-        self.frames = FrameBuffer(_decoder, "hub", hub.limits.max_frame_bytes, hub.budget,
-                                  hub.frame_warning)
-        self.transport: asyncio.Transport | None = None
-        self.caller: Pid | None = None  # set once admitted
-        self.admitted = False
-        self.closed = False
-        self.monitors: dict[int, Pid] = {}  # a client's monitors (``here``): mref -> watcher
-        self.links: set[tuple[Pid, Pid]] = set()  # and its links: (client, other)
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        hub = self.hub
-        sock = transport.get_extra_info("socket")
-        pid, uid = peer_creds(sock)
-        if uid != os.getuid():
-            hub.refuse("refused_uid", "refused a connection from uid %d, pid %d (another "
-                       "user)", uid, pid)
-            transport.close()
-            return
-        refused = hub.admissions.admit(pid, sock.fileno())
-        if refused is not None:
-            hub.refuse("refused_capacity", "refused a connection from pid %d: %s", pid, refused)
-            transport.close()
-            return
-        self.admitted = True
-        self.caller = Pid(hub.node, pid, hub.creation, process_start(pid))
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        self.frames.release()
-        if self.monitors or self.links:
-            self.hub.client_gone(self)
-        if self.admitted and self.caller is not None:
-            self.admitted = False
-            self.hub.admissions.release(self.caller.ospid)
-
-    def pause_writing(self) -> None:
-        # A client that sends requests without reading the replies: stop reading its
-        # requests until it does, rather than buffer replies without bound.
-        if self.transport is not None:
-            self.transport.pause_reading()
-
-    def resume_writing(self) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.resume_reading()
-
-    def data_received(self, data: bytes) -> None:
-        if not self.admitted:
-            return  # refused: closing
-        frames, hub = self.frames, self.hub
-        bad, too_big, over = frames.bad_frames, frames.too_big, frames.over_budget
-        requests = frames.feed(data)
-        hub.counters["bad_frames"] += frames.bad_frames - bad
-        hub.counters["frames_too_big"] += frames.too_big - too_big
-        hub.counters["frames_over_budget"] += frames.over_budget - over
-        for req in requests:
-            try:
-                hub.handle(self, req, self.caller)
-            except Exception as exc:  # noqa: BLE001 - one bad request must not take the node down
-                hub.counters["errors"] += 1
-                throttle_for(log, "hub request failed").warn(
-                    "hub: request %r failed", req, exc_info=exc)
-        if frames.broken and self.transport is not None:
-            self.transport.close()
-
-    def reply(self, reply: HubReply) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(encode_frame(reply))
-
-    def notice(self, to: Pid, frame: Down | Exit) -> None:
-        """A client's monitor or link fired (once): the notice goes on its hub connection."""
-        if isinstance(frame, Down):
-            self.monitors.pop(frame.ref, None)
-        else:
-            self.links.discard((to, frame.pid))
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(encode_frame(frame))
-
-    def answer(self, ref: int, answer: _registry.Accepted | _registry.Refused) -> None:
-        if isinstance(answer, _registry.Refused):
-            self.reply(HubReply(ref, None, answer.reason, answer.detail))
-        else:
-            self.reply(HubReply(ref, True))
-
-
-class MailboxWriter:
-    """A non-blocking connection from the node to the mailbox of one of its processes.
-
-    Invariants: it is connected only if the address's holder runs under the node's uid and
-    is the process ``to`` names (else ``closed`` from the start: the process is gone, or
-    its ospid has a new holder); a write never blocks the loop (what the socket does not
-    take at once waits in ``pending``, in order, until the socket drains). Subclasses count
-    what their callers need in :meth:`undeliverable` and :meth:`buffered`; one driven by
-    something other than the node's loop says how it waits for the socket to drain
-    (:meth:`watch_writable`, then calls :meth:`flush`) and what a broken connection means
-    (:meth:`broken`).
-    """
-
-    def __init__(self, hub: Hub, to: Pid) -> None:
-        self.to = to
-        self.pending = bytearray()
-        self.closed = False
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            self.sock.connect(mailbox_address(to.node, to.ospid))
-        except OSError:
-            self.undeliverable()  # it died (for a notice: the watcher too, nobody to tell)
-            self.closed = True
-            self.sock.close()
-            return
-        if not hub.trusted_mailbox(self.sock, to) or not hub.holds(to, peer_creds(self.sock)[0]):
-            self.undeliverable()  # another user's address, or its ospid has a new holder
-            self.closed = True
-            self.sock.close()
-            return
-        self.sock.setblocking(False)
-
-    def undeliverable(self) -> None:
-        """A write that could not be made (no connection, or it broke)."""
-
-    def buffered(self) -> None:
-        """A write that had to wait for the socket to drain."""
-
-    def watch_writable(self, on: bool) -> None:
-        """Have :meth:`flush` called when the socket can take more (``on``), or no longer."""
-        loop = asyncio.get_running_loop()
-        if on:
-            loop.add_writer(self.sock.fileno(), self.flush)
-        else:
-            loop.remove_writer(self.sock.fileno())
-
-    def broken(self, writing: bool) -> None:
-        """The connection broke, in a :meth:`write` (``writing``) or a :meth:`flush`."""
-        if writing:
-            self.undeliverable()
-        self.close()
-
-    def write(self, data: bytes) -> None:
-        if self.closed:
-            self.undeliverable()
-            return
-        if self.pending:
-            self.pending += data
-            return
-        try:
-            sent = self.sock.send(data)
-        except BlockingIOError:
-            sent = 0
-        except OSError:
-            self.broken(writing=True)
-            return
-        if sent < len(data):
-            self.buffered()
-            self.pending += data[sent:]
-            self.watch_writable(True)
-
-    def flush(self) -> None:
-        try:
-            sent = self.sock.send(self.pending)
-        except BlockingIOError:
-            return
-        except OSError:
-            self.broken(writing=False)
-            return
-        del self.pending[:sent]
-        if not self.pending:
-            self.watch_writable(False)
-
-    def close(self) -> None:
-        if not self.closed:
-            self.closed = True
-            if self.pending:
-                self.watch_writable(False)
-            self.sock.close()
 
 
 class _NoticeWriter(MailboxWriter):
