@@ -1,7 +1,9 @@
 """The node mesh: nodes on several hosts form one authenticated cluster.
 
 * :mod:`._membership`: the failure detector and membership protocol (SWIM with Lifeguard),
-  a pure ``decide(state, event) -> (state, actions)``; its vocabulary in :mod:`._events`;
+  a pure ``decide(state, event) -> (state, actions)``; its vocabulary in :mod:`._events`,
+  the member table's rules and rumours in :mod:`._member_table`, probes and timers in
+  :mod:`._probing`;
 * :mod:`._secret`: the cluster secret file and the CurveZMQ keys derived from it;
   :mod:`._auth`: who is admitted to a node's mesh endpoint;
 * :mod:`._settings`: ``--listen``, ``--join``, ``--cluster-secret``, checked before the fork;
