@@ -38,6 +38,7 @@ import os
 import socket
 import struct
 import time
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -135,6 +136,23 @@ def _spin_recv(sock: socket.socket, spin: float) -> bytes:
         except BlockingIOError:
             if time.perf_counter() > end:
                 return sock.recv(1 << 16)
+
+
+def _sort_answers(frames: Iterable[Any], ref: int, waiting: set[int],
+                  replies: dict[int, Any]) -> CallReply | CallRefused | CallFailed | None:
+    """The answer to call ``ref`` among ``frames`` (None: not among them). Answers to other
+    calls in flight on the connection (``waiting``) are kept in ``replies`` for them; the
+    rest (not answers, or late answers to calls that timed out) are dropped, as OTP 24+
+    drops a late reply."""
+    found = None
+    for frame in frames:
+        if not isinstance(frame, (CallReply, CallRefused, CallFailed)):
+            continue
+        if frame.ref == ref:
+            found = frame
+        elif frame.ref in waiting:
+            replies[frame.ref] = frame
+    return found
 
 
 class RequestId(msgspec.Struct, frozen=True):
@@ -505,16 +523,10 @@ class Outbox:
             if not data:
                 peer.waiting.discard(ref)
                 return None
-            for frame in peer.frames.feed(data):
-                if peer is self.relay:
-                    frame = self.on_relay_frame(frame)
-                if not isinstance(frame, (CallReply, CallRefused, CallFailed)):
-                    continue
-                if frame.ref == ref:
-                    found = frame
-                elif frame.ref in peer.waiting:
-                    peer.replies[frame.ref] = frame
-                # else: a late reply to a call that timed out (OTP 24+ drops it too)
+            frames: Iterable[Any] = peer.frames.feed(data)
+            if peer is self.relay:  # lazily: each frame handled in turn, as it is sorted
+                frames = (self.on_relay_frame(frame) for frame in frames)
+            found = _sort_answers(frames, ref, peer.waiting, peer.replies)
             if found is not None:
                 peer.waiting.discard(ref)
                 return found
@@ -545,12 +557,7 @@ class Outbox:
             if answers is None:
                 self.poll_relay()  # a lost node fails the link's calls
                 continue
-            for frame in answers:
-                if frame.ref == ref:
-                    found = frame
-                elif frame.ref in link.waiting:
-                    link.replies[frame.ref] = frame
-                # else: a late answer to a call that timed out: dropped
+            found = _sort_answers(answers, ref, link.waiting, link.replies)
             if found is not None:
                 link.waiting.discard(ref)
                 return found
