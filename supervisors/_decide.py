@@ -8,6 +8,12 @@ effect every unrelated event is *deferred*, then handled in arrival order once t
 When a job starts awaiting an exit it first looks in the deferred events (a selective
 receive), so an exit that arrived early is never waited for twice.
 
+This module keeps the policy: the jobs, what an exit means per restart type, restart
+intensity (:mod:`._intensity`), the child set each strategy restarts, shutdown. The draft it
+works on is built in layers below it: the child table and its edits
+(:mod:`._child_table`), the API requests (:mod:`._requests`); the vocabulary of events,
+steps and actions is :mod:`._events`.
+
 Differences from OTP, forced or chosen (documented in the README):
 * times are float monotonic seconds (see :mod:`._intensity`);
 * ``which_children`` lists in OTP's order (last started first) with OS pids;
@@ -20,22 +26,16 @@ from typing import Any
 
 import msgspec
 
-from .._childspec import AutoShutdown, ChildType, RestartType, ShutdownKind, Strategy, SupFlags
-from .._childspec import ChildSpec, SupervisorSpec, check_child_specs, spec_from_wire
-from .._childspec import spec_to_wire
-from .._errors import ChildSpecError
+from .._childspec import AutoShutdown, ChildSpec, RestartType, ShutdownKind, Strategy, SupFlags
 from .._exit import ExitReason, Killed, Normal, Shutdown, describe, is_abnormal
 from ._events import (
-    Child, ChildInfo, ChildStatus, CountChildren, DeleteChild, Err, Exit, ExitStep, Exited,
-    FailMode, GetChildSpec, Ignored, Init, Job, LifecycleKind, Ok, Phase, Ready, ReadyStep,
-    Reload, ReloadDoneStep, ReloadTableStep,
-    Reply, ReplyStep, Report, Request, RestartChild, ShutdownRequested, StartChild,
-    StartDynamic, StartFailed, StartProc, StartStep, Started, StopAllStep, StopMany, StopProc,
-    StopStep,
-    SupervisorState, TerminateChild, TryAgain, WhichChild, WhichChildren,
+    Child, ChildStatus, Err, Exit, Exited, ExitStep, FailMode, Ignored, Init, Job,
+    LifecycleKind, Ok, Phase, Ready, ReadyStep, ReloadDoneStep, ReloadTableStep, Reply,
+    ReplyStep, Request, ShutdownRequested, Started, StartFailed, StartProc, StartStep,
+    StopAllStep, StopMany, StopProc, StopStep, SupervisorState, TryAgain,
 )
 from ._intensity import add_restart
-from ._reload import plan_reload
+from ._requests import RequestDraft
 
 __all__ = ["decide", "initial_state"]
 
@@ -54,73 +54,8 @@ def decide(state: SupervisorState, event: Any) -> tuple[SupervisorState, list[An
     return m.freeze(), m.actions
 
 
-class _Draft:
-    """A mutable working copy of one state for the duration of one ``decide`` call."""
-
-    def __init__(self, s: SupervisorState) -> None:
-        self.flags = s.flags
-        self.children = list(s.children)
-        self.restarts = s.restarts
-        self.phase = s.phase
-        self.job = s.job
-        self.deferred = list(s.deferred)
-        self.next_dynamic = s.next_dynamic
-        self.now = 0.0  # the time of the event being handled; OTP reads the clock instead
-        self.actions: list[Any] = []
-        # Row lookups by key and by live pid, taken over from the decision that made
-        # ``s`` (see _Rows): O(1) instead of a scan, so a start or restart under a
-        # supervisor of N children costs O(1) lookups, not O(N).
-        self.rows = _Rows.take(s.children)
-
-    def freeze(self) -> SupervisorState:
-        children = tuple(self.children)
-        if self.rows is not None:
-            _Rows.keep(children, self.rows)
-        return SupervisorState(flags=self.flags, children=children,
-                               restarts=self.restarts, phase=self.phase, job=self.job,
-                               deferred=tuple(self.deferred), next_dynamic=self.next_dynamic)
-
-    # ---- the table --------------------------------------------------------------------------
-
-    @property
-    def simple(self) -> bool:
-        return self.flags.strategy is Strategy.SIMPLE_ONE_FOR_ONE
-
-    def lookup(self) -> _Rows:
-        if self.rows is None:
-            self.rows = _Rows(self.children)
-        return self.rows
-
-    def index(self, key: str) -> int | None:
-        return self.lookup().by_key.get(key)
-
-    def index_running(self, pid: int) -> int | None:
-        return self.lookup().by_pid.get(pid)
-
-    def put(self, i: int, status: ChildStatus, pid: int | None) -> None:
-        c = self.children[i]
-        self.children[i] = new = Child(key=c.key, spec=c.spec, status=status, pid=pid,
-                                       dynamic=c.dynamic)
-        if self.rows is not None:
-            self.rows.replaced(i, c, new)
-
-    def add_row(self, c: Child) -> None:
-        self.children.append(c)
-        if self.rows is not None:
-            self.rows.by_key[c.key] = len(self.children) - 1
-
-    def drop_row(self, i: int) -> None:
-        self.report(LifecycleKind.CHILD_DELETED, self.children[i], None)
-        del self.children[i]
-        self.rows = None  # the rows after it moved up: rebuilt when next needed
-
-    def del_child(self, i: int) -> None:
-        """OTP's ``del_child``: temporary and dynamic rows go, others keep their spec."""
-        c = self.children[i]
-        if c.dynamic or c.spec.restart is RestartType.TEMPORARY:
-            self.drop_row(i)
-        else:
-            self.put(i, ChildStatus.UNDEFINED, None)
+class _Draft(RequestDraft):
+    """The restart policy and the jobs that carry it out (see the module's docstring)."""
 
     # ---- event intake -----------------------------------------------------------------------
 
@@ -276,10 +211,6 @@ class _Draft:
             self.job = None
             self.shut_down(Shutdown(detail))
 
-    def report(self, kind: LifecycleKind, c: Child, reason: ExitReason | None) -> None:
-        assert c.spec.type is not None  # ChildSpec.__post_init__ resolved it
-        self.actions.append(Report(kind, c.key, c.pid, reason, c.spec.type))
-
     # ---- events when idle -------------------------------------------------------------------
 
     def handle(self, event: Any) -> None:
@@ -365,209 +296,6 @@ class _Draft:
         else:
             steps = [StopStep(c.key) for c in reversed(self.children)]
         self.job = Job(steps=(*steps, ExitStep(reason)), on_start_fail=FailMode.REPLY)
-
-    # ---- API requests -----------------------------------------------------------------------
-
-    def request(self, req: Request) -> None:
-        op, ref = req.op, req.ref
-        if self.phase is Phase.STOPPING:
-            self.reply(ref, Err("noproc", "supervisor is shutting down"))
-        elif isinstance(op, WhichChildren):
-            self.reply(ref, Ok(self.which_children()))
-        elif isinstance(op, CountChildren):
-            self.reply(ref, Ok(self.count_children()))
-        elif isinstance(op, (GetChildSpec, WhichChild)):
-            i = self.index_of(op.target)
-            if i is None:
-                self.reply(ref, Err("not_found", str(op.target)))
-            elif isinstance(op, GetChildSpec):
-                self.reply(ref, Ok(spec_to_wire(self.children[i].spec)))
-            else:
-                self.reply(ref, Ok(self.child_info(self.children[i])))
-        elif isinstance(op, StartDynamic):
-            self.start_dynamic(ref, op)
-        elif isinstance(op, StartChild):
-            self.start_child(ref, op.spec)
-        elif isinstance(op, TerminateChild):
-            self.terminate_child(ref, op.target)
-        elif isinstance(op, Reload):
-            self.reload(ref, op)
-        elif self.simple:
-            self.reply(ref, Err("simple_one_for_one"))
-        elif isinstance(op, RestartChild):
-            i = self.index(op.id)
-            if i is None:
-                self.reply(ref, Err("not_found", op.id))
-            elif self.children[i].status is ChildStatus.UNDEFINED:
-                self.job = Job(steps=(StartStep(op.id),), on_start_fail=FailMode.REPLY, ref=ref)
-            else:
-                self.reply(ref, Err(self.children[i].status.value, op.id))
-        elif isinstance(op, DeleteChild):
-            i = self.index(op.id)
-            if i is None:
-                self.reply(ref, Err("not_found", op.id))
-            elif self.children[i].status is ChildStatus.UNDEFINED:
-                self.drop_row(i)
-                self.reply(ref, Ok())
-            else:
-                self.reply(ref, Err(self.children[i].status.value, op.id))
-
-    def reply(self, ref: int, result: Ok | Err) -> None:
-        self.actions.append(Reply(ref, result))
-
-    def which_children(self) -> list[ChildInfo]:
-        # OTP lists the last started first
-        return [self.child_info(c) for c in reversed(self.children)
-                if c.dynamic or not self.simple]
-
-    def child_info(self, c: Child) -> ChildInfo:
-        restarting = c.status is ChildStatus.RESTARTING
-        pid = c.pid if c.status is ChildStatus.RUNNING else None
-        return ChildInfo(None if c.dynamic else c.key, pid, restarting,
-                         c.spec.type.value)  # type: ignore[union-attr]
-
-    def index_of(self, target: str | int) -> int | None:
-        """The row a request names: a child id, or (simple_one_for_one) a running pid."""
-        if self.simple:
-            i = self.index_running(target) if isinstance(target, int) else None
-            return i if i is not None and self.children[i].dynamic else None
-        return self.index(target) if isinstance(target, str) else None
-
-    def count_children(self) -> dict[str, int]:
-        rows = [c for c in self.children if c.dynamic] if self.simple else self.children
-        sups = sum(1 for c in rows if c.spec.type is ChildType.SUPERVISOR)
-        return {"specs": 1 if self.simple else len(rows),
-                "active": sum(1 for c in rows if c.status is ChildStatus.RUNNING),
-                "supervisors": sups, "workers": len(rows) - sups}
-
-    def start_dynamic(self, ref: int, op: StartDynamic) -> None:
-        if not self.simple:
-            self.reply(ref, Err("badarg", "start_child with args needs simple_one_for_one"))
-            return
-        template = self.children[0].spec
-        key = f"{template.id}-{self.next_dynamic}"  # topic-safe, unique: no static siblings
-        self.next_dynamic += 1
-        spec = ChildSpec(id=template.id, start=template.start, args=(*template.args, *op.args),
-                         restart=template.restart, shutdown=template.shutdown,
-                         type=template.type, significant=template.significant)
-        self.add_row(Child(key=key, spec=spec, dynamic=True))
-        self.job = Job(steps=(StartStep(key),), on_start_fail=FailMode.REPLY, ref=ref,
-                       remove_on_fail=True)
-
-    def start_child(self, ref: int, spec: ChildSpec) -> None:
-        if self.simple:
-            self.reply(ref, Err("badarg", "simple_one_for_one takes start_child(args)"))
-            return
-        try:
-            check_child_specs([spec], self.flags.auto_shutdown)
-        except ChildSpecError as exc:
-            self.reply(ref, Err("bad_child_spec", str(exc)))
-            return
-        i = self.index(spec.id)
-        if i is not None:
-            c = self.children[i]
-            if c.status is ChildStatus.RUNNING:
-                self.reply(ref, Err("already_started", f"{c.key} pid {c.pid}"))
-            else:
-                self.reply(ref, Err("already_present", c.key))
-            return
-        self.add_row(Child(key=spec.id, spec=spec))
-        self.job = Job(steps=(StartStep(spec.id),), on_start_fail=FailMode.REPLY, ref=ref,
-                       remove_on_fail=True)
-
-    def terminate_child(self, ref: int, target: str | int) -> None:
-        if self.simple:
-            if isinstance(target, str):
-                self.reply(ref, Err("simple_one_for_one", "terminate_child needs a pid"))
-                return
-            i = next((n for n, c in enumerate(self.children)
-                      if c.dynamic and c.pid == target), None)
-        else:
-            i = self.index(target) if isinstance(target, str) else None
-        if i is None:
-            self.reply(ref, Err("not_found", str(target)))
-            return
-        key = self.children[i].key
-        self.job = Job(steps=(StopStep(key), ReplyStep(ref)), on_start_fail=FailMode.REPLY)
-
-
-    def reload(self, ref: int, op: Reload) -> None:
-        """A new spec for this supervisor (see ``_reload``): flags now, children by a job."""
-        try:
-            specs = tuple(c if isinstance(c, ChildSpec) else spec_from_wire(c)
-                          for c in op.children)
-            SupervisorSpec(flags=op.flags, children=specs)  # the checks of a new supervisor
-        except ChildSpecError as exc:
-            self.reply(ref, Err("bad_child_spec", str(exc)))
-            return
-        simple = op.flags.strategy is Strategy.SIMPLE_ONE_FOR_ONE
-        if simple != self.simple:
-            self.reply(ref, Err("badarg", "strategy: to or from simple_one_for_one needs a "
-                                          "restart of the supervisor, not a reload"))
-            return
-        plan = plan_reload(self.children, specs, simple)
-        summary = {**plan.summary(), "flags": op.flags != self.flags}
-        self.flags = op.flags  # OTP's set_flags: the restart history is kept
-        self.job = Job(steps=(*(StopStep(k) for k in plan.stop), ReloadTableStep(plan.table),
-                              *(StartStep(k) for k in plan.start),
-                              ReloadDoneStep(ref, summary)),
-                       on_start_fail=FailMode.RELOAD)
-
-    def retable(self, step: ReloadTableStep) -> None:
-        """The reload's table: rows kept as they are (their spec replaced), fresh rows, and
-        whatever is left of the old table deleted."""
-        old = {c.key: c for c in self.children}
-        rows: list[Child] = []
-        for key, spec, keep, dynamic in step.table:
-            c = old.pop(key, None)
-            if keep and c is not None:
-                rows.append(Child(key=key, spec=spec, status=c.status, pid=c.pid,
-                                  dynamic=c.dynamic))
-            else:
-                rows.append(Child(key=key, spec=spec, dynamic=dynamic))
-        for c in old.values():
-            self.report(LifecycleKind.CHILD_DELETED, c, None)
-        self.children = rows
-        self.rows = None
-
-
-class _Rows:
-    """Where each child's row is: ``by_key`` (every row) and ``by_pid`` (rows RUNNING a
-    live pid), for one children tuple.
-
-    Invariant: a _Rows describes exactly one tuple of rows, the one it was made or kept for.
-    The decision that froze a state keeps its _Rows for the next decision on that state
-    (``keep``); the next draft takes it over (``take``) and updates it in place as it edits
-    rows, so no other draft can see it half-edited. A draft of any other state (a test
-    replaying an old state, say) finds nothing to take and builds its own: the memo changes
-    how fast a decision is made, never what is decided.
-    """
-
-    __slots__ = ("by_key", "by_pid")
-    _kept: tuple[tuple[Child, ...], _Rows] | None = None
-
-    def __init__(self, rows: list[Child]) -> None:
-        self.by_key = {c.key: i for i, c in enumerate(rows)}
-        self.by_pid = {c.pid: i for i, c in enumerate(rows)
-                       if c.status is ChildStatus.RUNNING and c.pid is not None}
-
-    def replaced(self, i: int, old: Child, new: Child) -> None:
-        if old.status is ChildStatus.RUNNING and self.by_pid.get(old.pid) == i:  # type: ignore
-            del self.by_pid[old.pid]  # type: ignore[arg-type]
-        if new.status is ChildStatus.RUNNING and new.pid is not None:
-            self.by_pid[new.pid] = i
-
-    @classmethod
-    def take(cls, children: tuple[Child, ...]) -> _Rows | None:
-        kept = cls._kept
-        if kept is None or kept[0] is not children:
-            return None
-        cls._kept = None
-        return kept[1]
-
-    @classmethod
-    def keep(cls, children: tuple[Child, ...], rows: _Rows) -> None:
-        cls._kept = (children, rows)
 
 
 def _clean_stop(c: Child, reason: ExitReason) -> bool:
