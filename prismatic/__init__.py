@@ -43,8 +43,9 @@ __all__ = [
 ]
 
 _LAZY = {
-    "connect": "._client", "NodeConnection": "._client", "open_event_stream": "._client",
-    "EventStream": "._client", "Subscription": "._subscription",
+    "connect": "._client", "NodeConnection": "._client",
+    "open_event_stream": "._event_stream", "EventStream": "._event_stream",
+    "Subscription": "._subscription",
     "open_subscription": "._subscription",
 }
 

@@ -16,17 +16,19 @@ connection's hub connection, read with :meth:`NodeConnection.receive_notice`. Th
 with the connection (:meth:`~NodeConnection.close`; the linked processes are not
 signalled, as by ``unlink``); if the node itself is lost, each fires once with
 ``NoConnection()``.
+
+Its parts: the control endpoint's calls (the supervisor API, tree, status, reload, metrics)
+are :class:`~._control_calls.ControlCalls`, a base of :class:`NodeConnection`; the
+lifecycle event stream is :mod:`._event_stream`; finding the node's data directory is
+:mod:`._node_dir`. This module keeps the connection itself, messaging, monitors and links,
+pub/sub and the event log's emit and replay, and still exports those parts' names.
 """
 
 from __future__ import annotations
 
-import collections
 import itertools
-import logging
 import os
-import time
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -34,67 +36,27 @@ import msgspec
 import zmq
 
 from ._address import Pid, watch_target
-from ._childspec import ChildSpec, spec_from_wire
-from ._program import Program
-from ._control import (
-    CONTROL_MAX_BYTES, METRICS_FAILED, UNAUTHORIZED, ControlReply, MetricsCall, NodeStatus,
-    ReloadCall, StatusCall, SupervisorCall, TreeCall, TreeRow,
-)
-from ._cookie import CookieRefused, read_cookie
-from ._errors import (
-    ChildSpecError, ControlError, NodeError, PubSubError, StartError, SupervisorError,
-)
+from ._control_calls import ControlCalls
+from ._cookie import read_cookie
+from ._errors import NodeError
+from ._event_stream import EventStream, open_event_stream
 from ._exit import NoConnection
 from ._hubclient import EMIT_TIMEOUT_S, HubClient
-from ._node import control_address, default_data_dir
-from ._nodelock import lock_holder
+from ._node import control_address
+from ._node_dir import check_running, resolve_node
 from ._notices import Down, Exit
 from ._outbox import Outbox, RequestId
 from ._publisher import BackgroundPublisher
+from ._pubsub_wire import publish_address
 from ._replay import replay_log, republish_log
-from ._pubsub_wire import (
-    HELLO_PREFIX, GapCounter, array_length, events_address, publish_address, read_stamp,
-)
-from ._subscription import Subscription, await_hello, warn_lost
-from ._throttle import ThrottledWarning
-from .supervisors._events import (
-    ChildInfo, CountChildren, DeleteChild, Err, GetChildSpec, Ok, RestartChild, StartChild,
-    StartDynamic, TerminateChild, WhichChild, WhichChildren,
-)
-from .transports._frames import LifecycleFrame
+from ._subscription import Subscription
 from .transports._messages import DemonitorReq, HubReply, LinkReq, MonitorReq, UnlinkReq
 
 __all__ = ["connect", "NodeConnection", "open_event_stream", "EventStream", "resolve_node",
            "check_running"]
 
-log = logging.getLogger(__name__)
-_encoder = msgspec.msgpack.Encoder()
-_reply_decoder = msgspec.msgpack.Decoder(ControlReply)
-_result_decoder = msgspec.msgpack.Decoder(Ok | Err)
 
-
-def resolve_node(node: str | Path) -> Path:
-    """A node's data directory, from the directory itself or the node's name: anything that
-    looks like a path (``./data``, ``a/b``, ``~/x``, ``.``) or is a directory here is one."""
-    text = str(node)
-    p = Path(text).expanduser()
-    if isinstance(node, Path) or p.is_dir() or "/" in text or text.startswith((".", "~")):
-        return p
-    return default_data_dir(text)
-
-
-def check_running(data_dir: Path) -> int:
-    """The pid of the node running in ``data_dir``; ControlError at once if none is (told
-    by the data directory's lock, see :mod:`._nodelock`: no waiting for an answer)."""
-    if not data_dir.is_dir():
-        raise ControlError(f"no node is running in {data_dir.resolve()} (no such directory)")
-    pid = lock_holder(data_dir)
-    if pid is None or not (data_dir / "control.sock").exists():
-        raise ControlError(f"no node is running in {data_dir.resolve()}")
-    return pid
-
-
-class NodeConnection:
+class NodeConnection(ControlCalls):
     """A synchronous connection to one node's control endpoint. Not thread-safe."""
 
     def __init__(self, node: str | Path, *, timeout: float = 10.0,
@@ -131,138 +93,6 @@ class NodeConnection:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    def _call(self, make: Callable[[int, str], Any], timeout: float | None = None) -> Any:
-        return self._call_ok(make, timeout).value
-
-    def _call_ok(self, make: Callable[[int, str], Any], timeout: float | None = None) -> Ok:
-        ref = next(self._refs)
-        request = _encoder.encode(make(ref, self._cookie))
-        if len(request) > CONTROL_MAX_BYTES:  # the node would drop the connection unanswered
-            raise ControlError(f"request of {len(request)} bytes, over the control limit of "
-                               f"{CONTROL_MAX_BYTES}")
-        self._sock.send(request)
-        deadline = time.monotonic() + (timeout or self.timeout)
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0 or not self._sock.poll(int(left * 1000) + 1):
-                raise ControlError(f"node at {self.data_dir} did not answer within "
-                                   f"{timeout or self.timeout:.1f}s")
-            reply = _reply_decoder.decode(self._sock.recv())
-            if reply.ref != ref:
-                continue  # the answer to an earlier call that timed out
-            result = _result_decoder.decode(reply.result)
-            if isinstance(result, Err):
-                if result.reason == UNAUTHORIZED:
-                    raise CookieRefused(f"node at {self.data_dir} refused the request: "
-                                        f"{result.detail}")
-                if result.reason == "failed_to_start_child":
-                    raise StartError(result.detail, result.exit_reason)
-                if result.reason == METRICS_FAILED:
-                    raise ControlError(f"node at {self.data_dir} could not produce its "
-                                       f"metrics: {result.detail}")
-                raise SupervisorError(result.reason, result.detail)
-            return result
-
-    def _sup(self, sup: str, op: Any, timeout: float | None = None,
-             node: str | None = None) -> Any:
-        return self._sup_ok(sup, op, timeout, node).value
-
-    def _sup_ok(self, sup: str, op: Any, timeout: float | None = None,
-                node: str | None = None) -> Ok:
-        """``sup`` is a path (``"a/b"``, ``""`` the root) or ``"@name"``, optionally with a
-        path below the named supervisor (``"@pool/sub"``); ``node``: another member of the
-        cluster, where the request is carried out."""
-        name = ""
-        if sup.startswith("@"):
-            name, _, sup = sup[1:].partition("/")
-            if not name:
-                raise SupervisorError("badarg", "'@' must be followed by a supervisor name")
-        path = tuple(p for p in sup.split("/") if p)
-        raw = msgspec.Raw(_encoder.encode(op))
-        return self._call_ok(lambda ref, cookie: SupervisorCall(ref, path, raw, cookie,
-                                                                name=name, node=node or ""),
-                             timeout)
-
-    # ---- OTP's supervisor API -----------------------------------------------------------------
-    # ``node=``: a member of this node's cluster, where the operation is carried out (this
-    # node forwards it over the mesh); None is this node.
-
-    def which_children(self, sup: str = "", *, node: str | None = None) -> list[ChildInfo]:
-        return msgspec.convert(self._sup(sup, WhichChildren(), node=node), list[ChildInfo])
-
-    def count_children(self, sup: str = "", *, node: str | None = None) -> dict[str, int]:
-        return msgspec.convert(self._sup(sup, CountChildren(), node=node), dict[str, int])
-
-    def which_child(self, sup: str, child: str | int) -> ChildInfo:
-        """OTP 26's ``which_child``: the row ``which_children`` has for ``child`` (an id, or
-        the pid of a simple_one_for_one child); ``SupervisorError('not_found')`` if none."""
-        return msgspec.convert(self._sup(sup, WhichChild(child)), ChildInfo)
-
-    def get_childspec(self, sup: str, child: str | int) -> ChildSpec:
-        """OTP's ``get_childspec``: the validated spec the supervisor holds for ``child``
-        (an id, or a simple_one_for_one child's pid). A ``start`` that was a class or a
-        function comes back as the ``"module:qualname"`` naming it."""
-        return spec_from_wire(self._sup(sup, GetChildSpec(child)))
-
-    def start_child(self, sup: str, spec_or_args: ChildSpec | tuple[Any, ...] | list[Any],
-                    timeout: float | None = None, *, node: str | None = None) -> int | None:
-        """Start a child from a spec, or (simple_one_for_one) from extra args; its pid, or
-        None if its ``init`` raised Ignore. With ``node=``, ``start`` must be importable
-        there (a ``module:attr`` reference: code does not travel)."""
-        return self.start_child_info(sup, spec_or_args, timeout, node=node)[0]
-
-    def start_child_info(self, sup: str,
-                         spec_or_args: ChildSpec | tuple[Any, ...] | list[Any],
-                         timeout: float | None = None, *,
-                         node: str | None = None) -> tuple[int | None, Any]:
-        """As :meth:`start_child`, with what the worker's ``init`` returned beside the pid
-        (OTP's ``{ok, Pid, Info}``; None when it returned nothing)."""
-        if isinstance(spec_or_args, ChildSpec):
-            ok = self._sup_ok(sup, StartChild(_wire_spec(spec_or_args)), timeout, node)
-        else:
-            ok = self._sup_ok(sup, StartDynamic(tuple(spec_or_args)), timeout, node)
-        return msgspec.convert(ok.value, int | None), ok.info
-
-    def terminate_child(self, sup: str, child: str | int, timeout: float | None = None, *,
-                        node: str | None = None) -> None:
-        self._sup(sup, TerminateChild(child), timeout, node)
-
-    def restart_child(self, sup: str, child: str, timeout: float | None = None, *,
-                      node: str | None = None) -> int | None:
-        return self.restart_child_info(sup, child, timeout, node=node)[0]
-
-    def restart_child_info(self, sup: str, child: str, timeout: float | None = None, *,
-                           node: str | None = None) -> tuple[int | None, Any]:
-        """As :meth:`restart_child`, with the new process's start info (as
-        :meth:`start_child_info`)."""
-        ok = self._sup_ok(sup, RestartChild(child), timeout, node)
-        return msgspec.convert(ok.value, int | None), ok.info
-
-    def delete_child(self, sup: str, child: str, *, node: str | None = None) -> None:
-        self._sup(sup, DeleteChild(child), node=node)
-
-    # ---- the node -----------------------------------------------------------------------------
-
-    def tree(self, *, node: str | None = None) -> list[TreeRow]:
-        """The node's picture of the tree, depth-first; ``last_exit`` decoded to a typed
-        exit reason (never the wire's dict). ``node=``: another member's tree."""
-        return msgspec.convert(self._call(lambda ref, cookie: TreeCall(ref, cookie, node or "")),
-                               list[TreeRow])
-
-    def status(self, *, node: str | None = None) -> NodeStatus:
-        return msgspec.convert(
-            self._call(lambda ref, cookie: StatusCall(ref, cookie, node or "")), NodeStatus)
-
-    def reload(self, timeout: float | None = None) -> dict[str, Any]:
-        """Re-read the node's config file and apply its tree (``prismatic reload``, see
-        ``prismatic._config_reload``): what was started, stopped, restarted... A file that
-        does not load is refused whole: ``SupervisorError('reload_refused', line)``."""
-        return dict(self._call(lambda ref, cookie: ReloadCall(ref, cookie), timeout))
-
-    def metrics(self) -> str:
-        """The node's metrics in Prometheus text format (also without an HTTP endpoint)."""
-        return self._call(MetricsCall)
 
     # ---- messaging: the same call / cast / send a worker has (see docs/messaging.md) ------------
 
@@ -446,116 +276,8 @@ class NodeConnection:
         the moment this returns; close the subscription when done."""
         return Subscription(self.data_dir, pattern, timeout=self.timeout)
 
-    def pid_of(self, path: str) -> int | None:
-        """The pid of the process at ``path`` in the tree (``""`` is the root)."""
-        for row in self.tree():
-            if row.path == path:
-                return row.pid
-        return None
-
 
 def connect(node: str | Path, *, timeout: float = 10.0,
             cookie: str | None = None) -> NodeConnection:
     """Connect to a running node by data directory or node name (cookie read from there)."""
     return NodeConnection(node, timeout=timeout, cookie=cookie)
-
-
-def _wire_spec(spec: ChildSpec) -> ChildSpec:
-    start = spec.start
-    if isinstance(start, Program):
-        return spec  # plain data: it crosses the wire as it is
-    if not isinstance(start, str):
-        module = getattr(start, "__module__", None)
-        qualname = getattr(start, "__qualname__", None)
-        if not module or not qualname or "<" in qualname or module == "__main__":
-            raise ChildSpecError("start", start, "must be importable by the node "
-                                 "(a module-level class or function, or 'module:attr')")
-        start = f"{module}:{qualname}"
-    return msgspec.structs.replace(spec, start=start)
-
-
-class EventStream:
-    """A subscription to a node's lifecycle events (``supervisor.<path>.<child>.<kind>``)
-    by topic prefix, decoded as :class:`LifecycleFrame`. Pub/sub on any topic pattern is
-    :class:`~prismatic.Subscription`; both use the same wire format and handshake.
-    :attr:`lost`: lifecycle events the node dropped for this stream (it fell the node's
-    high-water mark behind), counted from the topics' sequence stamps; :attr:`skipped`:
-    messages dropped here (not lifecycle events, or malformed)."""
-
-    def __init__(self, node: str | Path, prefix: str = "supervisor.") -> None:
-        self._ctx = zmq.Context()
-        self._sock = self._ctx.socket(zmq.SUB)
-        self._sock.setsockopt(zmq.LINGER, 0)
-        self._sock.setsockopt(zmq.SUBSCRIBE, prefix.encode())
-        self._sock.connect(events_address(resolve_node(node)))
-        self._decoder = msgspec.msgpack.Decoder(list[LifecycleFrame])
-        self._pending: collections.deque[LifecycleFrame] = collections.deque()
-        self.skipped = 0  # messages under supervisor. that are not lifecycle events
-        self._gaps = GapCounter()
-        self._lost_warning = ThrottledWarning(log)
-        # Return only once the node has answered our hello: from then on nothing is missed.
-        try:
-            await_hello(self._sock, self._take)
-        except PubSubError as exc:
-            self.close()
-            raise ControlError(f"the node's event stream did not answer the subscription: "
-                               f"{exc}") from None
-
-    @property
-    def lost(self) -> int:
-        return self._gaps.lost
-
-    def _take(self, frames: list[bytes]) -> None:
-        if not frames[0].startswith(b"supervisor."):
-            return  # a short prefix also matches other pub/sub topics
-        stamp = read_stamp(frames[2]) if len(frames) == 3 else None
-        if stamp is None:
-            self.skipped += 1
-            log.warning("event stream: skipped %r, not a message of this wire version (%d so "
-                        "far)", frames[0], self.skipped)
-            return
-        topic = frames[0].decode()
-        try:
-            events = self._decoder.decode(frames[1])
-        except (ValueError, RecursionError) as exc:  # a user's own event under supervisor.
-            self.skipped += 1
-            log.warning("event stream: skipped %r, not a lifecycle event (%d so far): %s",
-                        frames[0], self.skipped, exc)
-            n = array_length(frames[1])
-        else:
-            self._pending.extend(events)
-            n = len(events)
-        if lost := self._gaps.seen(topic, stamp[0], stamp[1], max(n, 1)):
-            warn_lost(self._lost_warning, "event stream", topic, lost, self._gaps.lost)
-
-    def next(self, timeout: float) -> LifecycleFrame | None:
-        if not self._pending:
-            if not self._sock.poll(int(timeout * 1000)):
-                return None
-            frames = self._sock.recv_multipart()
-            if frames[0].startswith(HELLO_PREFIX):
-                return None  # another subscriber's hello that matched our prefix
-            self._take(frames)
-        return self._pending.popleft() if self._pending else None
-
-    def wait_for(self, match: Callable[[LifecycleFrame], bool], timeout: float) -> LifecycleFrame:
-        """The first event that matches, or ControlError at the deadline."""
-        deadline = time.monotonic() + timeout
-        while (left := deadline - time.monotonic()) > 0:
-            ev = self.next(left)
-            if ev is not None and match(ev):
-                return ev
-        raise ControlError(f"no matching lifecycle event within {timeout:.1f}s")
-
-    def close(self) -> None:
-        self._sock.close(0)
-        self._ctx.term()
-
-
-@contextmanager
-def open_event_stream(node: str | Path, prefix: str = "supervisor.") -> Iterator[EventStream]:
-    stream = EventStream(node, prefix)
-    try:
-        yield stream
-    finally:
-        stream.close()

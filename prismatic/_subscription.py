@@ -106,7 +106,7 @@ class Subscription:
 
     def __init__(self, node: str | Path, pattern: str, *,
                  timeout: float = HELLO_TIMEOUT_S) -> None:
-        from ._client import resolve_node  # the client imports this module
+        from ._node_dir import resolve_node  # late: it imports the node's module
 
         self.pattern = compile_subscription(pattern)
         self._matches = self.pattern.matches
