@@ -1,8 +1,9 @@
 """The node's durable event log (LMDB); this module only re-exports.
 
-``_log`` is the handle (group-committed appends, queries, replay, retention), ``_record``
-the on-disk record format, ``_store`` opening the LMDB environment, ``_query`` the read side,
-``_retention`` deletion by age and size; ``_pages`` reads the data file without LMDB, for
+``_log`` is the handle (appends, queries, replay), ``_group_commit`` its writer thread
+(group commit, retention passes), ``_record`` the on-disk record format, ``_store`` opening
+the LMDB environment, ``_query`` the read side, ``_retention`` deletion by age and size;
+``_pages`` reads the data file without LMDB, for
 ``_verify`` (the check at every open, ``prismatic events verify``) and ``_salvage``
 (``prismatic events salvage``).
 """

@@ -1,6 +1,6 @@
 """Retention of the event log: deleting the oldest records by age or by size.
 
-Runs on the log's writer thread between commits (:meth:`EventLog._enforce_retention`), a
+Runs on the log's writer thread between commits (:meth:`GroupCommit._enforce_retention`), a
 bounded batch per write transaction, so writers never wait behind a long deletion. A record
 leaves together with its entries in the time, topic and source indexes; ``deleted_through``
 in the meta table keeps ``last_seq`` right even when every record is gone.
