@@ -6,7 +6,7 @@ usual restart rules apply.
 One round at a time, never blocking the supervisor's loop: a ``port`` check on a numeric
 address is a non-blocking connect from the loop, a ``file`` check a ``stat``; an ``http``
 check (or a port on a host name, whose lookup could block) is a one-shot probe process
-(``_program_run.probe_once``) the loop watches by pidfd. A round that has no answer by its
+(``_probe_process.probe_once``) the loop watches by pidfd. A round that has no answer by its
 deadline (the interval, at most 5 s) counts as a failure and is abandoned.
 """
 
@@ -21,6 +21,7 @@ from typing import Any
 from .._exit import Crashed, ExitReason
 from .._process import fork_child, send_signal
 from .._program import FileCheck, PortCheck, Program, describe_check
+from ._probe_process import probe_once
 
 __all__ = ["Liveness", "ROUND_MAX_S"]
 
@@ -71,8 +72,6 @@ class Liveness:
                 return sock
             sock.close()
             return err == 0
-        from ._program_run import probe_once  # noqa: PLC0415 - the two modules pair up
-
         check, cwd = self.check, self.cwd
         self.probe_pid = fork_child((), lambda: probe_once(check, cwd), "prism:alive")
         self.probe_fd = os.pidfd_open(self.probe_pid)

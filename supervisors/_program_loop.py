@@ -26,7 +26,8 @@ from ._logfile import (
     WORKER_LOG_CHECK_S, WORKER_LOG_KEEP, WORKER_LOG_MAX_BYTES, copy_truncate, log_path,
 )
 from ._procs import Proc, fork_with_channel
-from ._program_run import ProgramRun, exec_program, own_comm, shim_path, spawn_program
+from ._program_exec import exec_program, own_comm, shim_path, spawn_program
+from ._program_run import ProgramRun
 
 __all__ = ["ProgramKeeping"]
 
