@@ -34,6 +34,11 @@ told otherwise: a row that names a dead pid is exactly what it must catch.
   the link to the monitored process's node: ``noconnection``), and never otherwise;
 * :func:`global_name_resolved`: after a heal a global name has exactly one holder, the
   same on every node, and each loser was told once.
+
+This module is their catalogue: it holds the invariants of one node's tree, its processes
+and its control endpoint, and re-exports those of :mod:`._loss_invariants` (nothing lost
+silently, floods bounded: acked events, floods, memory, the full disk) and
+:mod:`._cluster_invariants` (membership, monitors across nodes, global names).
 """
 
 from __future__ import annotations
@@ -43,6 +48,13 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 import msgspec
 
 from .._control import TreeRow
+from ._cluster_invariants import (
+    DownSeen, Monitor, global_name_resolved, membership_converged, monitors_fired_once,
+)
+from ._loss_invariants import (
+    acked_events_intact, disk_full_reported, drops_counted_exactly, flood_accounted,
+    memory_bounded, memory_cap_enforced, subscriber_flood_accounted,
+)
 from ._shape import TreeShape
 
 __all__ = [
@@ -136,30 +148,6 @@ def nothing_left(procs: Mapping[int, int]) -> str | None:
     if procs:
         return f"{len(procs)} process(es) left behind: {sorted(procs)[:10]}"
     return None
-
-
-def acked_events_intact(acked: Mapping[str, int],
-                        logged: Sequence[tuple[str, int]]) -> str | None:
-    """``acked`` maps each acknowledged event's key to the seq its ack returned; ``logged``
-    is every (key, seq) the log holds for the run. Each acked key must be logged once at
-    its seq; an unacknowledged emit may or may not be there (the node died before the ack)
-    but never twice."""
-    seqs: dict[str, list[int]] = {}
-    for key, seq in logged:
-        seqs.setdefault(key, []).append(seq)
-    missing = [k for k in acked if k not in seqs]
-    duplicated = [k for k, s in seqs.items() if len(s) > 1]
-    moved = [k for k, seq in acked.items() if k in seqs and seqs[k][0] != seq]
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} acked event(s) missing (e.g. {sorted(missing)[:3]})")
-    if duplicated:
-        problems.append(f"{len(duplicated)} event(s) logged more than once "
-                        f"(e.g. {sorted(duplicated)[:3]})")
-    if moved:
-        problems.append(f"{len(moved)} acked event(s) logged at another seq than acked "
-                        f"(e.g. {sorted(moved)[:3]})")
-    return "; ".join(problems) or None
 
 
 def control_answered(failures: Sequence[str], max_latency_s: float,
@@ -318,32 +306,6 @@ def call_timed_out(outcome: str) -> str | None:
     return None if outcome == "timeout" else f"a call to the hung worker ended {outcome!r}"
 
 
-def flood_accounted(accepted: int, refused: int, other: int, handled: int,
-                    refusals_counted: float, wanted_refusals: int) -> str | None:
-    """A flooded mailbox pushed back (``MailboxFull``) instead of queueing without end;
-    every cast handed over was handled, none lost; each refusal counted by the node as a
-    ``mailbox_full`` dead letter; no cast ended any other way."""
-    problems = []
-    if refused < wanted_refusals:
-        problems.append(f"only {refused} of {wanted_refusals} refusals after {accepted} "
-                        f"casts: no back-pressure")
-    if handled != accepted:
-        problems.append(f"{accepted} casts handed over, {handled} handled")
-    if refusals_counted != refused:
-        problems.append(f"{refused} casts refused, {refusals_counted:.0f} counted as "
-                        f"mailbox_full dead letters")
-    if other:
-        problems.append(f"{other} casts ended otherwise (dead letter or error)")
-    return "; ".join(problems) or None
-
-
-def memory_bounded(before: int, peak: int, bound: int) -> str | None:
-    """A process's private memory grew by less than ``bound`` bytes under the fault."""
-    if peak - before >= bound:
-        return f"memory grew by {(peak - before) >> 20} MiB (bound {bound >> 20} MiB)"
-    return None
-
-
 def descendants_gone(still_alive: Sequence[int]) -> str | None:
     """The children a worker forked died with it (its process group, and the subreaper
     sweep for those that left the group)."""
@@ -353,193 +315,3 @@ def descendants_gone(still_alive: Sequence[int]) -> str | None:
     return None
 
 
-def membership_converged(views: Mapping[str, Mapping[str, tuple[str, int]]],
-                         expected: Mapping[str, str],
-                         newer_than: Mapping[str, int] | None = None) -> str | None:
-    """Every observer's view (observer -> member -> (state, incarnation)) agrees with
-    ``expected`` (member -> ``alive``, or ``down``: ``dead`` or ``left``); a member in
-    ``newer_than`` must be seen at a higher incarnation than that (it was restarted)."""
-    problems = []
-    for observer, view in sorted(views.items()):
-        for member, want in sorted(expected.items()):
-            if member == observer:
-                continue
-            state, incarnation = view.get(member, ("absent", 0))
-            ok = state == "alive" if want == "alive" else state in ("dead", "left")
-            if ok and newer_than and member in newer_than and want == "alive":
-                ok = incarnation > newer_than[member]
-            if not ok:
-                problems.append(f"{observer} sees {member} {state} (incarnation "
-                                f"{incarnation}), not {want}")
-    if problems:
-        more = f" (+{len(problems) - 3} more)" if len(problems) > 3 else ""
-        return "; ".join(problems[:3]) + more
-    return None
-
-
-class Monitor(msgspec.Struct, frozen=True):
-    """A monitor a watcher process set: the watcher's node, the monitored process (its
-    node and OS pid)."""
-
-    watcher: str
-    node: str
-    ospid: int
-
-
-class DownSeen(msgspec.Struct, frozen=True):
-    """A ``Down`` a watcher received (logged by it as it came): for which monitor, and
-    the reason as :func:`prismatic.describe` puts it (``noconnection``, ``killed by
-    SIGKILL``...)."""
-
-    monitor: Monitor
-    reason: str
-
-
-NO_CONNECTION = "noconnection"
-
-
-def monitors_fired_once(monitors: Collection[Monitor], downs: Sequence[DownSeen],
-                        died: Collection[tuple[str, int]],
-                        lost: Collection[tuple[str, str]]) -> str | None:
-    """Every monitor fired exactly once per death, and only then. ``died``: the monitored
-    processes (node, ospid) that exited; ``lost``: (watcher's node, target's node) pairs
-    where the watcher's node saw the target's node go down (declared dead, left, or cut
-    off by a partition). A monitor of a process in ``died``, or across a pair in ``lost``,
-    must have fired exactly once: with ``noconnection`` across a lost pair (the process
-    itself may live on, on the other side), with the real reason or ``noconnection`` for
-    a death; a late notice after a heal must not fire it again. Any other monitor must not
-    have fired at all (a ``Down`` of a live process on a reachable node is a lie)."""
-    fired: dict[Monitor, list[str]] = {}
-    for d in downs:
-        fired.setdefault(d.monitor, []).append(d.reason)
-    dead, cut = set(died), set(lost)
-    unknown = [m for m in fired if m not in set(monitors)]
-    silent, twice, spurious, wrong = [], [], [], []
-    for m in monitors:
-        reasons = fired.get(m, [])
-        severed = (m.watcher, m.node) in cut
-        if (m.node, m.ospid) in dead or severed:
-            if not reasons:
-                silent.append(m)
-            elif len(reasons) > 1:
-                twice.append((m, reasons))
-            elif severed and (m.node, m.ospid) not in dead and reasons[0] != NO_CONNECTION:
-                wrong.append((m, reasons[0]))
-        elif reasons:
-            spurious.append((m, reasons))
-    problems = []
-    if silent:
-        m = silent[0]
-        problems.append(f"{len(silent)} monitor(s) never fired, e.g. {m.watcher}'s of "
-                        f"{m.ospid}@{m.node}")
-    if twice:
-        m, r = twice[0]
-        problems.append(f"{len(twice)} monitor(s) fired more than once, e.g. {m.watcher}'s "
-                        f"of {m.ospid}@{m.node}: {', '.join(r)}")
-    if wrong:
-        m, reason = wrong[0]
-        problems.append(f"{len(wrong)} monitor(s) across a lost link fired {reason!r}, not "
-                        f"{NO_CONNECTION}, e.g. {m.watcher}'s of {m.ospid}@{m.node}")
-    if spurious:
-        m, r = spurious[0]
-        problems.append(f"{len(spurious)} monitor(s) of a live process on a reachable node "
-                        f"fired, e.g. {m.watcher}'s of {m.ospid}@{m.node}: {', '.join(r)}")
-    if unknown:
-        problems.append(f"{len(unknown)} Down(s) for monitors nobody set")
-    return "; ".join(problems) or None
-
-
-def global_name_resolved(name: str, resolved: Mapping[str, tuple[str, int] | None],
-                         holders: Collection[tuple[str, int]],
-                         conflicts: Mapping[tuple[str, int], Sequence[tuple[str, int]]]
-                         ) -> str | None:
-    """After a heal, global name ``name`` has exactly one holder: every node in
-    ``resolved`` (node -> the pid its ``whereis_global`` gives) names the same process, one
-    of ``holders`` (the live processes whose registration of it succeeded); every other
-    holder was told once that it lost it (``conflicts``: process -> the winners it was
-    told of, one ``GlobalNameConflict`` each), naming that winner; the winner was told
-    nothing."""
-    problems = []
-    answers = set(resolved.values())
-    if len(answers) != 1:
-        shown = ", ".join(f"{n}: {p[1]}@{p[0]}" if p else f"{n}: none"
-                          for n, p in sorted(resolved.items()))
-        return f"{name!r} resolves differently across the cluster ({shown})"
-    winner = answers.pop()
-    if winner is None:
-        return f"{name!r} has no holder although {len(holders)} process(es) registered it" \
-            if holders else None
-    if winner not in set(holders):
-        problems.append(f"{name!r} resolves to {winner[1]}@{winner[0]}, not a live process "
-                        f"that registered it")
-    for h in holders:
-        told = list(conflicts.get(h, ()))
-        if h == winner and told:
-            problems.append(f"the winner {h[1]}@{h[0]} was told it lost {name!r}")
-        elif h != winner and told != [winner]:
-            problems.append(f"the loser {h[1]}@{h[0]} was told {len(told)} time(s) "
-                            f"(winners {told}), not once that {winner[1]}@{winner[0]} won")
-    return "; ".join(problems) or None
-
-
-def subscriber_flood_accounted(published: int, received: int, out_of_order: int,
-                               dropped_counted: float) -> str | None:
-    """Every event published to a flooded subscriber either reached it, in publish order,
-    or was counted as dropped (by the forwarder or the subscriber): none lost silently."""
-    problems = []
-    if received + dropped_counted < published:
-        problems.append(f"{published - received - dropped_counted:.0f} of {published} "
-                        f"events lost without being counted ({received} received, "
-                        f"{dropped_counted:.0f} counted dropped)")
-    if received > published:
-        problems.append(f"{received} events received for {published} published")
-    if out_of_order:
-        problems.append(f"{out_of_order} events out of publish order")
-    return "; ".join(problems) or None
-
-
-def drops_counted_exactly(published: int, received: int, lost: int, gaps: int) -> str | None:
-    """A subscriber the node dropped events for (it fell its high-water mark behind)
-    counted exactly the events it lost: ``received`` + ``lost`` is every event published,
-    and ``lost`` is what the subscriber itself finds missing from the payloads' sequence
-    (``gaps``)."""
-    problems = []
-    if received + lost != published:
-        problems.append(f"{received} received + {lost} counted lost != {published} published")
-    if gaps != lost:
-        problems.append(f"{gaps} events missing from the sequence, {lost} counted lost")
-    return "; ".join(problems) or None
-
-
-def memory_cap_enforced(reason: str | None, oom_kills: int, peak: int | None,
-                        limit: int) -> str | None:
-    """A worker that allocates past its cgroup's memory cap is SIGKILLed by the kernel's
-    OOM killer (reported ``killed``, counted as an ``oom_kill`` of its cgroup), and the
-    cgroup never held more than the cap."""
-    problems = []
-    if reason != "killed":
-        problems.append(f"the worker over its memory cap ended {reason or 'not at all'!s}, "
-                        f"not killed")
-    if oom_kills < 1:
-        problems.append("its cgroup counts no OOM kill")
-    if peak is not None and peak > limit:
-        problems.append(f"its cgroup held {peak >> 20} MiB, over the {limit >> 20} MiB cap")
-    return "; ".join(problems) or None
-
-
-def disk_full_reported(errors: Sequence[str], recovered_s: float | None,
-                       deadline_s: float) -> str | None:
-    """While the disk under the event log was full, emits were refused (it did fill) and
-    every refusal said so (``disk full``), none a timeout or another error; once space was
-    freed an emit was acknowledged again within ``deadline_s`` (``recovered_s``: the time
-    to the first ack after the space came back, None if none came)."""
-    problems = []
-    if not errors:
-        problems.append("no emit was refused: the disk never filled")
-    unclear = [e for e in errors if "disk full" not in e]
-    if unclear:
-        problems.append(f"{len(unclear)} of {len(errors)} refusals did not say the disk is "
-                        f"full, e.g. {unclear[0][:200]!r}")
-    if recovered_s is None:
-        problems.append(f"no emit acknowledged within {deadline_s:.0f}s after space was freed")
-    return "; ".join(problems) or None
