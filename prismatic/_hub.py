@@ -7,9 +7,10 @@ their actions.
 
 Credentials are checked here, at the edge, with ``SO_PEERCRED``: a connection from another
 uid is refused; a request that acts for a process (``register``, ``unregister``,
-``monitor``, ``demonitor``, ``link``, ``unlink``, a dead letter's sender) is carried out only
-if that process is the connection's own (the pid the kernel recorded when it connected),
-else refused with ``not_permitted``. Only the node itself (``caller=None``) acts for others.
+``monitor``, ``demonitor``, ``link``, ``unlink``, a dead letter's sender, an emit's source:
+:mod:`._emit_source`) is carried out only if that process is the connection's own (the pid
+the kernel recorded when it connected), else refused with ``not_permitted``. Only the node
+itself (``caller=None``) acts for others.
 The listener is capped (connections in all and per process, a descriptor reserve, frame
 size, bytes of unfinished frames: :mod:`._local_limits`); every refusal is counted and
 logged, throttled.
@@ -64,6 +65,7 @@ import msgspec
 
 from . import _links, _registry
 from ._address import Global, Pid, holder_matches, process_start
+from ._emit_source import emit_source_permitted
 from ._exit import ExitReason, Killed, NoConnection, NoProc
 from ._local_limits import Admissions, LocalLimits, hub_limits
 from ._nodeinfo import creation_of, mailbox_address, peer_creds
@@ -310,7 +312,13 @@ class Hub:
                 req.wait, self.waited_out, pid, conn, req.ref)
             self.waiters.setdefault(pid, []).append((conn, req.ref, timer))
         elif isinstance(req, EmitReq):
-            if self.on_emit is None:
+            if not emit_source_permitted(req.source, caller, self.live):  # ._emit_source
+                self.refuse("not_permitted", "refused an emit as %r from %s: a process emits "
+                            "only as itself", req.source[:80], caller)
+                conn.reply(HubReply(req.ref, None, "not_permitted",
+                                    f"this connection is {caller}'s; it cannot emit as "
+                                    f"{req.source[:80]!r}"))
+            elif self.on_emit is None:
                 conn.reply(HubReply(req.ref, None, "no_event_log", "this hub keeps no log"))
             else:
                 self.on_emit(req, conn.reply)
