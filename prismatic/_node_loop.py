@@ -50,6 +50,7 @@ from ._control import (
     ReloadCall, StatusCall, SupervisorCall, TreeCall, TreeRow,
 )
 from ._config_reload import ConfigReload
+from ._connection_drops import ConnectionDrops
 from ._cookie import cookie_matches
 from ._crash_log import CrashLog
 from ._errors import PrismaticError
@@ -162,6 +163,12 @@ class NodeLoop:
         os.chmod(self.data / "control.sock", 0o600)
         self.forwarder = Forwarder(zmq.Context(shadow=ctx), self.data, self.tasks.caught,
                                    self.subscriber_hwm)
+        # What libzmq cuts below us (a frame over MAXMSGSIZE): counted, on a thread of its own.
+        self.drops = ConnectionDrops()
+        for sock, endpoint in ((self.control, "control"), (self.forwarder.pull, "publish"),
+                               (self.forwarder.pub, "events")):
+            self.drops.watch(sock, endpoint)
+        self.metrics.registry.register(self.drops)
         self.forwarder.start(loop, self.tasks.guarded)
         loop.add_reader(self.root.fileno(), self.tasks.guarded("root channel", self.on_root))
         loop.add_reader(self.root_pidfd, self.on_root_exit)
@@ -186,6 +193,7 @@ class NodeLoop:
         try:
             return await self.done
         finally:
+            self.drops.close()  # first: closing a socket cuts its peers, not an attack
             self.tasks.close()
             if self.metrics_server is not None:
                 self.metrics_server.close()
@@ -418,7 +426,7 @@ class NodeLoop:
 
         try:
             self.mesh = MeshLoop(self.name, self.mesh_settings, self.on_cluster_event,
-                                 self.mesh_fatal)
+                                 self.mesh_fatal, self.drops)
             addr = await self.mesh.start()
         except PrismaticError as exc:
             self.mesh = None
