@@ -61,6 +61,7 @@ from ._hub import Hub
 from ._mailbox_stats import MailboxStats, collect_stats
 from ._metrics import MetricsServer, NodeMetrics, ProcessSample, serve_metrics
 from ._node import control_address
+from ._multipart import read_rest
 from ._node_tasks import NodeTasks
 from ._process import send_signal
 from ._throttle import throttle_for
@@ -359,12 +360,14 @@ class NodeLoop:
     # ---- control endpoint -------------------------------------------------------------------
 
     async def serve_control(self) -> None:
-        recv = self.control.recv_multipart
+        recv = self.control.recv
+        rest: zmq.Socket[bytes] = zmq.Socket.shadow(self.control.underlying)  # read at once
         while True:
-            frames = await recv()  # [the ROUTER's peer identity, the client's frames...]
+            frames = [await recv()]  # [the ROUTER's peer identity, the client's frame]
+            parts = read_rest(rest, frames, 2)  # never more than that held: ._multipart
             with self.tasks.guard("control"):
-                if len(frames) != 2:
-                    self.drop_request(f"{len(frames) - 1} frames instead of 1")
+                if parts != 2:
+                    self.drop_request(f"{parts - 1} frames instead of 1")
                 else:
                     self.on_control(frames[0], frames[1])
 
