@@ -89,12 +89,13 @@ class _Watched:
     __slots__ = ("label", "monitor", "on_event", "copies", "local", "cap")
 
     def __init__(self, label: str, monitor: zmq.Socket[bytes],
-                 on_event: Callable[[int, int], bool] | None, local: Any, cap: int) -> None:
+                 on_event: Callable[[int, int], bool] | None, local: str | int | None,
+                 cap: int) -> None:
         self.label = label
         self.monitor = monitor
         self.on_event = on_event
         self.copies: dict[int, _Copy] = {}  # libzmq's descriptor -> our copy of it
-        self.local = local  # what getsockname() of an accepted connection gives
+        self.local = local  # what an accepted connection's getsockname() shows
         self.cap = cap
 
 
@@ -267,7 +268,7 @@ class ConnectionDrops:
         except OSError:
             return  # closed already (or no descriptor left): unchecked at its DISCONNECTED
         try:
-            if w.local is not None and sock.getsockname() != w.local:
+            if not _accepted_at(sock, w.local):
                 sock.close()  # the number holds another file by now
                 return
             st = os.fstat(sock.fileno())
@@ -317,12 +318,23 @@ def _released(fd: int, ident: tuple[int, int]) -> bool:
         select.select([], [], [], 0.001)
 
 
-def _local_name(endpoint: str) -> Any:
-    """What ``getsockname()`` gives on a connection accepted at ``endpoint`` (None: not
-    checked)."""
+def _local_name(endpoint: str) -> str | int | None:
+    """What identifies a connection accepted at ``endpoint``: its ``ipc://`` path or its
+    ``tcp://`` port (None: nothing checked)."""
     if endpoint.startswith("ipc://"):
         return endpoint[len("ipc://"):]
+    if endpoint.startswith("tcp://"):
+        return int(endpoint.rsplit(":", 1)[1])
     return None
+
+
+def _accepted_at(sock: socket.socket, local: str | int | None) -> bool:
+    """Whether ``sock`` is a connection accepted at the endpoint ``local`` names."""
+    if isinstance(local, str):
+        return sock.family == socket.AF_UNIX and sock.getsockname() == local
+    if isinstance(local, int):
+        return sock.family in (socket.AF_INET, socket.AF_INET6) and sock.getsockname()[1] == local
+    return True
 
 
 def _peer_of(sock: socket.socket) -> str:
