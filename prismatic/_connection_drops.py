@@ -243,7 +243,10 @@ class ConnectionDrops:
     def _on_event(self, w: _Watched, event: int, fd: int) -> None:
         accounted = False
         if w.on_event is not None:
-            accounted = w.on_event(event, fd)
+            try:
+                accounted = w.on_event(event, fd)
+            except Exception as exc:  # noqa: BLE001 - the hook's failure is not the check's
+                self._caught(w.label, exc)
         if event == zmq.EVENT_ACCEPTED:
             self._take_copy(w, fd)
         elif event == zmq.EVENT_DISCONNECTED:

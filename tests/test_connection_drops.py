@@ -116,6 +116,32 @@ def test_a_descriptor_reused_by_a_live_connection_is_never_taken_for_a_cut(tmp_p
         ctx.term()
 
 
+def test_a_failing_hook_is_counted_and_the_watch_goes_on(tmp_path, caplog):
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.ROUTER)
+    sock.linger = 0
+    sock.maxmsgsize = CAP
+    path = str(tmp_path / "r.sock")
+    sock.bind(f"ipc://{path}")
+    drops = ConnectionDrops()
+
+    def hook(event: int, fd: int) -> bool:
+        raise RuntimeError("a bug in the hook")
+
+    drops.watch(sock, "hooked", on_event=hook)
+    try:
+        with zmtp.connect(path, "DEALER") as s:
+            wait_until(lambda: drops.watching("hooked"), 5, "the connection to be watched")
+            s.sendall(zmtp.frame_header(CAP + 1))
+            wait_until(lambda: drops.dropped["hooked"] == 1, 5, "the cut to be counted")
+        assert drops.errors == 2  # ACCEPTED and DISCONNECTED, each logged
+        assert "a bug in the hook" in caplog.text
+    finally:
+        drops.close()
+        sock.close(0)
+        ctx.term()
+
+
 # ---- a real node ------------------------------------------------------------------------------
 
 node = module_node("tests.messaging_apps:agents")
