@@ -312,7 +312,7 @@ class Hub:
                 req.wait, self.waited_out, pid, conn, req.ref)
             self.waiters.setdefault(pid, []).append((conn, req.ref, timer))
         elif isinstance(req, EmitReq):
-            if not emit_source_permitted(req.source, caller, self.live):  # ._emit_source
+            if not emit_source_permitted(req.source, caller):  # ._emit_source
                 self.refuse("not_permitted", "refused an emit as %r from %s: a process emits "
                             "only as itself", req.source[:80], caller)
                 conn.reply(HubReply(req.ref, None, "not_permitted",
