@@ -13,7 +13,8 @@ is not one frame, is dropped (there is no ref to answer), logged (throttled, nod
 counted as a bad frame (``prismatic_bad_frames_control_total``).
 
 Limits: the node's ROUTER refuses a frame over :data:`CONTROL_MAX_BYTES` (``ZMQ_MAXMSGSIZE``:
-libzmq drops that peer's connection before the frame is buffered, let alone checked); the
+libzmq drops that peer's connection before the frame is buffered, let alone checked; the
+node counts that cut, :mod:`._connection_drops`); the
 client refuses to send one (``ControlError``). No ``ZMQ_RCVHWM`` below libzmq's default is
 set: on a ROUTER a lower one made libzmq drop messages uncounted.
 

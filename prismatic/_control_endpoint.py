@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import msgspec
+import zmq
 
 from ._control import (
     METRICS_FAILED, NO_CONNECTION, NO_MESH, UNAUTHORIZED, ClusterJoinCall, ClusterLeaveCall,
@@ -36,6 +37,7 @@ from ._control import (
 )
 from ._cookie import cookie_matches
 from ._errors import PrismaticError
+from ._multipart import read_rest
 from ._throttle import throttle_for
 from .supervisors._events import Err, Ok
 from .supervisors._names import resolve_name
@@ -87,12 +89,14 @@ class ControlEndpoint:
     # ---- requests from clients ------------------------------------------------------------
 
     async def serve_control(self) -> None:
-        recv = self.control.recv_multipart
+        recv = self.control.recv
+        rest: zmq.Socket[bytes] = zmq.Socket.shadow(self.control.underlying)  # read at once
         while True:
-            frames = await recv()  # [the ROUTER's peer identity, the client's frames...]
+            frames = [await recv()]  # [the ROUTER's peer identity, the client's frame]
+            parts = read_rest(rest, frames, 2)  # never more than that held: ._multipart
             with self.tasks.guard("control"):
-                if len(frames) != 2:
-                    self.drop_request(f"{len(frames) - 1} frames instead of 1")
+                if parts != 2:
+                    self.drop_request(f"{parts - 1} frames instead of 1")
                 else:
                     self.on_control(frames[0], frames[1])
 

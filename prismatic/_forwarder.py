@@ -14,7 +14,9 @@ node's loop.
 
 Limits: ``publish.sock`` refuses a frame over :data:`PUBLISH_MAX_BYTES` and ``events.sock``
 an inbound (subscription) frame over :data:`SUBSCRIBE_MAX_BYTES` (``ZMQ_MAXMSGSIZE``: libzmq
-drops that peer's connection before buffering the frame). Publishers refuse a payload over
+drops that peer's connection before buffering the frame). A message of more frames than
+two is read one frame at a time and dropped (:mod:`._multipart`): the node never holds a
+second copy of what libzmq buffered for it. Publishers refuse a payload over
 :data:`~._pubsub_wire.PAYLOAD_MAX_BYTES` at the call, so a well-behaved run never reaches
 the cap.
 
@@ -63,6 +65,7 @@ from pathlib import Path
 import zmq
 
 from ._errors import TopicError
+from ._multipart import read_rest
 from ._pubsub_wire import (
     HELLO_PREFIX, PAYLOAD_MAX_BYTES, RUN_MAX_BYTES, STAMP, TOPICS_TRACKED_MAX, WIRE_VERSION,
     array_length, events_address, publish_address,
@@ -166,20 +169,21 @@ class Forwarder:
     def _forward(self) -> None:
         self._pending_drain = False
         pull, pub = self.pull, self.pub
-        recv, send, stamp = pull.recv_multipart, pub.send_multipart, self._stamp
+        recv, send, stamp = pull.recv, pub.send_multipart, self._stamp
         for _ in range(DRAIN_BUDGET):
             try:
                 # Frames, not bytes: a run is up to ~64 KiB, and forwarding the received
                 # ZeroMQ message itself (send of a Frame shares its buffer) spares two
-                # copies of it per message.
-                frames = recv(zmq.NOBLOCK, copy=False)
+                # copies of it per message. Never more than two: ._multipart.
+                frames = [recv(zmq.NOBLOCK, copy=False)]
+                parts = read_rest(pull, frames, 2, copy=False)
             except zmq.Again:
                 break
             except zmq.ZMQError as exc:
                 log.error("pub/sub forwarder: receive failed: %s", exc)
                 break
             try:
-                topic, n = self._check(frames)
+                topic, n = self._check(frames, parts)
                 if n < 0:
                     continue
                 if self.on_published is not None:
@@ -197,12 +201,12 @@ class Forwarder:
                 self._loop.call_soon(self._forward)
         self._greet()
 
-    def _check(self, frames: list[zmq.Frame]) -> tuple[bytes, int]:
+    def _check(self, frames: list[zmq.Frame], parts: int) -> tuple[bytes, int]:
         """The message's topic and event count, or count -1 after counting and logging
-        the drop."""
-        if len(frames) != 2:
+        the drop (``parts``: how many the message had; ``frames`` holds at most two)."""
+        if parts != 2:
             self.dropped_bad_frames += 1
-            self._log_drop(f"{len(frames)} frames instead of 2")
+            self._log_drop(f"{parts} frames instead of 2")
             return b"", -1
         topic, body = frames[0].bytes, frames[1].buffer[:5]  # the array header is enough
         try:

@@ -7,7 +7,8 @@ their actions.
 
 Credentials are checked at the edge (:mod:`._hub_connection`): only the node's own uid
 connects, within the listener's caps, and a request that acts for a process is carried out
-only if that process is the connection's own. Only the node itself (``caller=None``) acts
+only if that process is the connection's own (an emit's source too:
+:mod:`._emit_source`). Only the node itself (``caller=None``) acts
 for others.
 
 It learns of starts and exits from the tree's lifecycle events (:meth:`Hub.process_started`,
@@ -51,6 +52,7 @@ import msgspec
 
 from . import _links, _registry
 from ._address import Global, Pid, process_start
+from ._emit_source import emit_source_permitted
 from ._exit import ExitReason, NoConnection, NoProc
 from ._hub_connection import HubConnection, acting_for
 from ._hub_liveness import HubLiveness
@@ -297,7 +299,13 @@ class Hub(HubLiveness):
                 req.wait, self.waited_out, pid, conn, req.ref)
             self.waiters.setdefault(pid, []).append((conn, req.ref, timer))
         elif isinstance(req, EmitReq):
-            if self.on_emit is None:
+            if not emit_source_permitted(req.source, caller):  # ._emit_source
+                self.refuse("not_permitted", "refused an emit as %r from %s: a process emits "
+                            "only as itself", req.source[:80], caller)
+                conn.reply(HubReply(req.ref, None, "not_permitted",
+                                    f"this connection is {caller}'s; it cannot emit as "
+                                    f"{req.source[:80]!r}"))
+            elif self.on_emit is None:
                 conn.reply(HubReply(req.ref, None, "no_event_log", "this hub keeps no log"))
             else:
                 self.on_emit(req, conn.reply)

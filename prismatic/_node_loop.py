@@ -47,6 +47,7 @@ import zmq.asyncio
 from ._address import Pid
 from ._control import CONTROL_MAX_BYTES
 from ._config_reload import ConfigReload
+from ._connection_drops import ConnectionDrops
 from ._control_endpoint import ControlEndpoint
 from ._crash_log import CrashLog
 from ._errors import PrismaticError
@@ -153,6 +154,12 @@ class NodeLoop(ControlEndpoint):
         os.chmod(self.data / "control.sock", 0o600)
         self.forwarder = Forwarder(zmq.Context(shadow=ctx), self.data, self.tasks.caught,
                                    self.subscriber_hwm)
+        # What libzmq cuts below us (a frame over MAXMSGSIZE): counted, on a thread of its own.
+        self.drops = ConnectionDrops()
+        for sock, endpoint in ((self.control, "control"), (self.forwarder.pull, "publish"),
+                               (self.forwarder.pub, "events")):
+            self.drops.watch(sock, endpoint)
+        self.metrics.registry.register(self.drops)
         self.forwarder.start(loop, self.tasks.guarded)
         loop.add_reader(self.root.fileno(), self.tasks.guarded("root channel", self.on_root))
         loop.add_reader(self.root_pidfd, self.on_root_exit)
@@ -177,6 +184,7 @@ class NodeLoop(ControlEndpoint):
         try:
             return await self.done
         finally:
+            self.drops.close()  # first: closing a socket cuts its peers, not an attack
             self.tasks.close()
             if self.metrics_server is not None:
                 self.metrics_server.close()
@@ -346,7 +354,7 @@ class NodeLoop(ControlEndpoint):
 
         try:
             self.mesh = MeshLoop(self.name, self.mesh_settings, self.on_cluster_event,
-                                 self.mesh_fatal)
+                                 self.mesh_fatal, self.drops)
             addr = await self.mesh.start()
         except PrismaticError as exc:
             self.mesh = None

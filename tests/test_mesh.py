@@ -185,6 +185,29 @@ def test_malformed_frames_from_a_member_are_dropped_and_counted(cluster: Cluster
     assert all_alive(cluster)
 
 
+def test_a_members_oversized_frame_is_cut_by_libzmq_and_counted(cluster: Cluster) -> None:
+    """A peer with the secret sends a frame over the listener's 8 MiB cap: libzmq cuts it
+    (prismatic/_connection_drops.py counts it); the members' own links are never counted."""
+    a = cluster.nodes["a"]
+    drops = 'prismatic_zmq_connections_dropped_total{endpoint="mesh"}'
+    before = metric(a, drops)
+    keys = derive_keys(read_secret(cluster.secret))
+    ctx = zmq.Context()
+    peer = ctx.socket(zmq.DEALER)
+    peer.linger = 0
+    peer.curve_serverkey = keys.public
+    peer.curve_publickey = keys.public
+    peer.curve_secretkey = keys.secret
+    peer.connect(f"tcp://{cluster.address('a')}")
+    peer.send(b"PM\x01" + b"\0" * (9 << 20))
+    wait_until(lambda: metric(a, drops) == before + 1, 10, "the cut to be counted")
+    peer.close()
+    ctx.term()
+    assert re.search(r"mesh: libzmq cut a connection from 127\.0\.0\.1:\d+", cluster.outputs())
+    assert all_alive(cluster)
+    assert metric(a, drops) == before + 1
+
+
 def test_a_killed_node_is_declared_down_and_its_restart_rejoins(cluster: Cluster) -> None:
     a, b, c = (cluster.nodes[s] for s in "abc")
     wait_until(lambda: all_alive(cluster), 5, "the cluster to be whole")

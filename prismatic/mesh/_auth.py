@@ -57,6 +57,10 @@ async def serve_zap(sock: zmq.asyncio.Socket, public_key: bytes, refusals: Count
 class AdmissionWatch:
     """Reads the listening socket's monitor events; counts handshakes that never completed.
 
+    It runs on the thread of :class:`prismatic._connection_drops.ConnectionDrops`, which
+    reads the listener's monitor (the reason count it shares with the ZAP handler on the
+    loop is kept under other keys).
+
     Invariant: ``unverified`` holds the descriptors accepted and not yet matched to a
     completed handshake, in accept order (libzmq reports a success without a descriptor;
     handshakes complete roughly in accept order, so the oldest is taken)."""
@@ -67,7 +71,10 @@ class AdmissionWatch:
         self.unverified: dict[int, str] = {}
         self.failed_reason = "bad_handshake"
 
-    def on_event(self, event: int, value: int) -> None:
+    def on_event(self, event: int, value: int) -> bool:
+        """Take one monitor event; True if it closed a connection that never completed its
+        handshake (a refusal, accounted for here: not a connection libzmq cut later, see
+        :mod:`prismatic._connection_drops`)."""
         if event == zmq.EVENT_ACCEPTED:
             self.unverified[value] = _peer_of(value)
         elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
@@ -80,14 +87,16 @@ class AdmissionWatch:
         elif event == zmq.EVENT_DISCONNECTED:
             peer = self.unverified.pop(value, None)
             if peer is None:
-                return
+                return False
             reason, self.failed_reason = self.failed_reason, "bad_handshake"
             if reason == "zap_denied":
-                return
+                return True
             self.refusals[reason] += 1
             self.warn.warn("mesh: refused a connection from %s: it did not complete a "
                            "CurveZMQ handshake with this cluster's key (no or another "
                            "cluster secret, or not a Prismatic node)", peer)
+            return True
+        return False
 
 
 def _peer_of(fd: int) -> str:

@@ -44,12 +44,13 @@ import zmq
 import zmq.asyncio
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from .._connection_drops import ConnectionDrops
 from .._errors import NodeError
 from .._throttle import ThrottledWarning
 from ..transports._global_frames import GLOBAL_FRAMES
 from ..transports._mesh_frames import DIST_FRAMES, MemberState, decode_mesh_frame
 from ._direct import DirectPort
-from ._auth import WATCHED_EVENTS, ZAP_ENDPOINT, AdmissionWatch, parse_event, serve_zap
+from ._auth import WATCHED_EVENTS, ZAP_ENDPOINT, AdmissionWatch, serve_zap
 from ._events import (
     Changed, Count, Joined, JoinRequested, LeaveRequested, MeshState, NameConflict, Received,
     Send, Tick,
@@ -82,11 +83,12 @@ class MemberRow(msgspec.Struct, frozen=True):
 class MeshLoop(PeerLinks):
     def __init__(self, name: str, settings: MeshSettings,
                  publish: Callable[[str, dict[str, Any]], None],
-                 fatal: Callable[[str], None]) -> None:
+                 fatal: Callable[[str], None], drops: ConnectionDrops) -> None:
         self.name = name
         self.settings = settings
         self.publish = publish
         self.fatal = fatal
+        self.drops = drops  # the node's: watches the listener (closed by the node first)
         self.keys = derive_keys(read_secret(Path(settings.secret_file)))
         self.listen = parse_hostport(settings.listen, "--listen")
         self.seeds = tuple(parse_hostport(s, "--join") for s in settings.join)
@@ -140,17 +142,16 @@ class MeshLoop(PeerLinks):
         self.router = router
         self.inbox: collections.deque[list[list[Any]]] = collections.deque()
         self.addr = _advertised(router.get_string(zmq.LAST_ENDPOINT))
-        watch = AdmissionWatch(self.refusals, self.refusal_warning)
-        router.monitor("inproc://mesh-admission", WATCHED_EVENTS)
-        admission = self.ctx.socket(zmq.PAIR)  # read by the loop, as the links' monitors
-        admission.connect("inproc://mesh-admission")
+        # Its monitor is read on the node's connection-drop watcher (._connection_drops),
+        # which hands every event to the admission count first.
+        watch = AdmissionWatch(self.refusals, ThrottledWarning(log))
+        self.drops.watch(router, "mesh", WATCHED_EVENTS, watch.on_event)
         inc = time.time_ns() // 1_000_000  # a restart always outranks its predecessor
         self.state = initial_state(self.name, self.addr, inc, time.monotonic(), self.seeds,
                                    seed=inc ^ hash(self.addr))
         self.tasks = [
             self.loop.create_task(serve_zap(zap, self.keys.public, self.refusals,
                                             self.refusal_warning)),
-            self.loop.create_task(self.watch_admission(admission, watch)),
             self.loop.create_task(self.resolve_seeds()),
         ]
         self.port = DirectPort(self.name, router, self.loop, self.post_frames)
@@ -357,12 +358,6 @@ class MeshLoop(PeerLinks):
         self.bad_frame_warning.warn("mesh: dropped a malformed frame from %s (%d so far): %s",
                                     peer, self.counts["bad_frames"], why)
 
-    async def watch_admission(self, monitor: zmq.asyncio.Socket, watch: AdmissionWatch) -> None:
-        try:
-            while True:
-                watch.on_event(*parse_event(await monitor.recv_multipart()))
-        finally:
-            monitor.close(0)
 
     # ---- distribution (processes of one node talking to those of another: ._remote) -------
 

@@ -1,0 +1,190 @@
+"""Connections libzmq cuts below the node (prismatic/_connection_drops.py): a raw peer that
+sends a frame over an endpoint's ZMQ_MAXMSGSIZE is counted and logged, a peer that hangs up
+is not. Real sockets: a bound ROUTER in this process, then a real node's control, publish
+and events endpoints (the mesh's listener: tests/test_mesh.py)."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import zmq
+
+from prismatic._connection_drops import ConnectionDrops, Verdict, peek_verdict
+from prismatic._control import CONTROL_MAX_BYTES
+from prismatic._forwarder import PUBLISH_MAX_BYTES, SUBSCRIBE_MAX_BYTES
+from tests import zmtp
+from tests.conftest import module_node, wait_until
+
+
+def test_a_peek_tells_a_goodbye_from_a_cut():
+    assert peek_verdict(b"", None) is Verdict.LEFT  # end of stream: the peer hung up
+    assert peek_verdict(b"\x00", None) is Verdict.DROPPED  # it was still sending
+    assert peek_verdict(None, errno.EAGAIN) is Verdict.DROPPED  # open and quiet
+    assert peek_verdict(None, errno.ECONNRESET) is Verdict.LEFT
+    assert peek_verdict(None, errno.EBADF) is Verdict.UNCHECKED
+
+
+# ---- one bound socket, in this process --------------------------------------------------------
+
+CAP = 1000
+
+
+@pytest.fixture
+def router(tmp_path: Path) -> Iterator[tuple[str, ConnectionDrops]]:
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.ROUTER)
+    sock.linger = 0
+    sock.maxmsgsize = CAP
+    path = str(tmp_path / "r.sock")
+    sock.bind(f"ipc://{path}")
+    drops = ConnectionDrops()
+    drops.watch(sock, "test")
+    try:
+        yield path, drops
+    finally:
+        drops.close()
+        sock.close(0)
+        ctx.term()
+
+
+def test_an_oversized_frame_is_counted_and_a_goodbye_is_not(router, caplog):
+    path, drops = router
+    caplog.set_level(logging.WARNING, "prismatic._connection_drops")
+    for _ in range(3):  # well-behaved peers: a message, then they hang up
+        ctx = zmq.Context()
+        peer = ctx.socket(zmq.DEALER)
+        peer.connect(f"ipc://{path}")
+        peer.send(b"x" * CAP)  # at the cap: fine
+        peer.close(1000)
+        ctx.term()
+    with zmtp.connect(path, "DEALER") as s:  # half a frame at the cap, then a hang-up
+        wait_until(lambda: drops.watching("test"), 5, "the watcher to take the connection")
+        s.sendall(zmtp.frame_header(CAP) + b"x" * (CAP // 2))
+    # (a goodbye libzmq saw before the watcher could look is unchecked, never a cut)
+    wait_until(lambda: drops.left["test"] + drops.unchecked["test"] == 4, 5,
+               "the four goodbyes to be seen")
+    assert drops.left["test"] >= 1 and drops.dropped["test"] == 0
+    with zmtp.connect(path, "DEALER") as s:
+        wait_until(lambda: drops.watching("test"), 5, "the watcher to take the connection")
+        s.sendall(zmtp.frame_header(CAP + 1) + b"x" * 10)
+        wait_until(lambda: drops.dropped["test"] == 1, 5, "the cut to be counted")
+        s.settimeout(5)
+        assert s.recv(1 << 16)  # the node's greeting and READY, unread so far
+        assert s.recv(1) == b""  # and then the close, once the watcher let go
+    assert drops.errors == 0
+    assert f"test: libzmq cut a connection from pid {os.getpid()}" in caplog.text
+    assert f"a frame over {CAP} bytes" in caplog.text
+
+
+def test_a_descriptor_reused_by_a_live_connection_is_never_taken_for_a_cut(tmp_path):
+    """The watcher looks late (a hook slows it): each short connection's descriptor number
+    is a live connection's by then, and its copy is of that one, still open. Not a cut."""
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.ROUTER)
+    sock.linger = 0
+    sock.maxmsgsize = CAP
+    path = str(tmp_path / "r.sock")
+    sock.bind(f"ipc://{path}")
+    drops = ConnectionDrops()
+    drops.watch(sock, "slow", on_event=lambda event, fd: time.sleep(0.02) is not None)
+    live = []
+    try:
+        for _ in range(8):
+            with zmtp.connect(path, "DEALER"):
+                pass  # a goodbye right after the handshake
+            live.append(zmtp.connect(path, "DEALER"))  # takes the number it left
+        wait_until(lambda: sum(d["slow"] for d in (drops.left, drops.unchecked, drops.dropped))
+                   >= 8, 10, "the short connections to be judged")
+        for s in live:
+            s.close()
+        wait_until(lambda: sum(d["slow"] for d in (drops.left, drops.unchecked, drops.dropped))
+                   == 16, 10, "every connection to be judged")
+        assert drops.dropped["slow"] == 0
+        assert drops.unchecked["slow"] >= 1  # the race this guards did happen
+    finally:
+        for s in live:
+            s.close()
+        drops.close()
+        sock.close(0)
+        ctx.term()
+
+
+def test_a_failing_hook_is_counted_and_the_watch_goes_on(tmp_path, caplog):
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.ROUTER)
+    sock.linger = 0
+    sock.maxmsgsize = CAP
+    path = str(tmp_path / "r.sock")
+    sock.bind(f"ipc://{path}")
+    drops = ConnectionDrops()
+
+    def hook(event: int, fd: int) -> bool:
+        raise RuntimeError("a bug in the hook")
+
+    drops.watch(sock, "hooked", on_event=hook)
+    try:
+        with zmtp.connect(path, "DEALER") as s:
+            wait_until(lambda: drops.watching("hooked"), 5, "the connection to be watched")
+            s.sendall(zmtp.frame_header(CAP + 1))
+            wait_until(lambda: drops.dropped["hooked"] == 1, 5, "the cut to be counted")
+        assert drops.errors == 2  # ACCEPTED and DISCONNECTED, each logged
+        assert "a bug in the hook" in caplog.text
+    finally:
+        drops.close()
+        sock.close(0)
+        ctx.term()
+
+
+# ---- a real node ------------------------------------------------------------------------------
+
+node = module_node("tests.messaging_apps:agents")
+
+
+def series(n, name: str, endpoint: str) -> float:
+    m = re.search(rf'^prismatic_{name}{{endpoint="{endpoint}"}} (\S+)$', n.conn.metrics(), re.M)
+    assert m, f"no {name} for {endpoint}"
+    return float(m.group(1))
+
+
+def dropped(n, endpoint: str) -> float:
+    return series(n, "zmq_connections_dropped_total", endpoint)
+
+
+def watched(n, endpoint: str) -> float:
+    return series(n, "zmq_connections_watched", endpoint)
+
+
+def test_every_capped_endpoint_of_a_node_counts_the_peers_libzmq_cut(node):
+    data = node.data_dir.resolve()
+    ends = (("control", "DEALER", CONTROL_MAX_BYTES), ("publish", "PUSH", PUBLISH_MAX_BYTES),
+            ("events", "XSUB", SUBSCRIBE_MAX_BYTES))
+    # ordinary traffic first: requests, a subscriber that comes and goes, a publisher
+    node.conn.status()
+    with node.conn.subscribe("nothing.#"):
+        pass
+    node.conn.publish("nothing.here", 1)
+    before = {e: dropped(node, e) for e, _, _ in ends}
+    node.conn.status()
+    assert before == {e: dropped(node, e) for e, _, _ in ends}
+    for endpoint, kind, cap in ends:
+        open_before = watched(node, endpoint)
+        with zmtp.connect(str(data / f"{endpoint}.sock"), kind) as s:
+            wait_until(lambda e=endpoint, n=open_before: watched(node, e) > n, 5,
+                       f"the node to watch the connection to {endpoint}.sock")
+            s.sendall(zmtp.frame_header(cap + 1) + b"x" * 100)
+            wait_until(lambda e=endpoint: dropped(node, e) == before[e] + 1, 5,
+                       f"the cut on {endpoint}.sock to be counted")
+    for endpoint, _, _ in ends:
+        assert dropped(node, endpoint) == before[endpoint] + 1
+    st = node.conn.status()
+    assert st.ready and st.dead_tasks == ()
+    wait_until(lambda: any(f"control: libzmq cut a connection from pid {os.getpid()}" in line
+                           for line in node.log.with_name("node.out").read_text().splitlines()),
+               5, "the node to log the first cut")
