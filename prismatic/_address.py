@@ -111,7 +111,7 @@ def process_start(ospid: int) -> int:
     finally:
         os.close(fd)
     # comm (field 2) may hold spaces and parentheses: fields 3.. follow the last ')'
-    fields = stat[stat.rfind(b")") + 2:].split()
+    fields = stat[stat.rfind(b")") + 2:].split(maxsplit=20)  # fields 3..22 and the rest
     try:
         return int(fields[19])
     except (IndexError, ValueError):
