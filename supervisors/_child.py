@@ -33,6 +33,9 @@ from ._logfile import capture_prints
 __all__ = ["spare_main", "run_child", "knows", "proc_name", "word_waiting"]
 
 _encoder = msgspec.msgpack.Encoder()
+# A plain int, made once: or'ing the socket module's IntFlag members in a fresh fork runs
+# enum code (~20 copy-on-write faults).
+_PEEK_NOW = int(socket.MSG_PEEK | socket.MSG_DONTWAIT)
 _become_decoder = msgspec.msgpack.Decoder(Become)
 
 
@@ -66,7 +69,7 @@ def word_waiting(channel: Channel) -> bool:
     """Whether the supervisor's next frame (or its EOF) is already readable on ``channel``,
     without taking it."""
     try:
-        channel.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        channel.sock.recv(1, _PEEK_NOW)
     except (BlockingIOError, InterruptedError):
         return False
     except OSError:
