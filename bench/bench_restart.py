@@ -158,17 +158,34 @@ def cpu_seconds(pid: int) -> float:
     return total / 1e9
 
 
-def tree_cpu_seconds(pid: int) -> float:
-    """CPU time so far of ``pid`` and every live descendant."""
-    total, todo = 0.0, [pid]
+def tree_cpu_seconds(pid: int) -> dict[int, tuple[str, float]]:
+    """pid -> (process name, CPU seconds so far) of ``pid`` and every live descendant."""
+    got, todo = {}, [pid]
     while todo:
         one = todo.pop()
-        total += cpu_seconds(one)
+        got[one] = (process_name(one), cpu_seconds(one))
         try:
             todo += child_pids(one)
         except OSError:
             pass
-    return total
+    return got
+
+
+def cpu_by_role(before: dict[int, tuple[str, float]],
+                after: dict[int, tuple[str, float]]) -> dict[str, float]:
+    """CPU seconds spent between two snapshots, by the role the process's name says."""
+    roles: dict[str, float] = {}
+    for pid, (name, cpu) in after.items():
+        if name in ("prism:zygote", "prism:spare"):
+            role = name.split(":")[1]
+        elif name.startswith("prism-sup:"):
+            role = "supervisors"
+        elif name.startswith("prism:"):
+            role = "workers"
+        else:
+            role = "node"
+        roles[role] = roles.get(role, 0.0) + cpu - before.get(pid, ("", 0.0))[1]
+    return roles
 
 
 class Start(NamedTuple):
@@ -176,6 +193,7 @@ class Start(NamedTuple):
     uss: float  # mean USS per child
     machine_cpu: float  # busy CPU seconds of the whole machine, per child
     own_cpu: float  # CPU seconds of the processes at work, per child
+    roles: dict[str, float]  # own_cpu by the role of the process (empty for bare forks)
 
 
 def bench_pool(n: int) -> Start:
@@ -191,11 +209,12 @@ def bench_pool(n: int) -> Start:
                                                 type="supervisor"))
                 started = time.monotonic() - t0
                 cpu = busy_cpu_seconds() - cpu0
-                own = tree_cpu_seconds(node.pid) - own0
+                roles = cpu_by_role(own0, tree_cpu_seconds(node.pid))
                 kids = [r.pid for r in conn.which_children("pool") if r.pid]
                 assert len(kids) == n, len(kids)
                 uss = statistics.mean(uss_bytes(k) for k in kids)
-                return Start(started, uss, cpu / n, own / n)
+                return Start(started, uss, cpu / n, sum(roles.values()) / n,
+                             {role: cpu / n for role, cpu in roles.items()})
         finally:
             stop_node(node)
 
@@ -228,7 +247,7 @@ def bench_bare_pool(n: int) -> Start:
     own = cpu_seconds(os.getpid()) - own0 + sum(cpu_seconds(k) for k in pids)
     uss = uss_bytes(pids[0])
     kill_all(pids)
-    return Start(elapsed, uss, cpu / n, own / n)
+    return Start(elapsed, uss, cpu / n, own / n, {})
 
 
 def bench_starts(n: int, rounds: int) -> tuple[list[Start], list[Start]]:
@@ -245,7 +264,13 @@ def bench_starts(n: int, rounds: int) -> tuple[list[Start], list[Start]]:
 
 
 def median_start(starts: list[Start]) -> Start:
-    return Start(*(statistics.median(field) for field in zip(*starts, strict=True)))
+    def median(field: str) -> float:
+        return statistics.median(getattr(s, field) for s in starts)
+
+    roles = {role: statistics.median(s.roles.get(role, 0.0) for s in starts)
+             for role in starts[0].roles}
+    return Start(median("seconds"), median("uss"), median("machine_cpu"), median("own_cpu"),
+                 roles)
 
 
 def _forker(n: int, done: int, go: int) -> None:
@@ -321,6 +346,9 @@ def main() -> None:
          f"{bare_pool.machine_cpu * ms:.2f} ms per bare fork+ready (machine-wide)"),
         ("  CPU per worker, own processes", f"{pool.own_cpu * ms:.2f} ms", "-",
          f"{bare_pool.own_cpu * ms:.2f} ms per bare fork+ready (forker and child)"),
+        ("    of which, by process", f"{pool.own_cpu * ms:.2f} ms", "-",
+         ", ".join(f"{role} {cpu * ms:.2f}" for role, cpu in sorted(
+             pool.roles.items(), key=lambda kv: -kv[1]) if cpu * ms >= 0.005) + " ms"),
         ("USS per idle worker", f"{pool.uss / 2**20:.2f} MiB", "<= 3 MiB",
          f"{bare_pool.uss / 2**20:.2f} MiB bare forked child"),
     ]
