@@ -6,8 +6,13 @@ it runs. Emitting threads encode events and queue them; one writer thread per lo
 everything queued (up to ``max_batch`` records, gathering for at most ``commit_interval_s``)
 and commits it in one synced LMDB write transaction. A submit's future is resolved with its
 seq only after that transaction is synced: that is the acknowledgement, and an acknowledged
-event is never lost. Seqs start at 1, are contiguous in commit order and never reused (a
-failed batch's seqs were never visible, and retention records the highest deleted seq).
+event is never lost. A *lazy* submit (``lazy=True``: nobody waits for its acknowledgement,
+such as the lifecycle events the node logs) may wait up to ``LAZY_COMMIT_S`` for company
+while nothing else is queued, so a burst of them (a supervisor starting 1,000 children, one
+every few ms) is committed in a few transactions rather than one synced commit each; any
+other submit ends the wait at once. Seqs start at 1, are contiguous in commit order and
+never reused (a failed batch's seqs were never visible, and retention records the highest
+deleted seq).
 
 Open the log after any ``fork()``, never before: LMDB environments, the writer thread and
 the writer lock do not survive a fork (a handle used in another pid raises EventLogError).
@@ -80,6 +85,9 @@ class EventLogCounters:
         self.map_growths = 0
 
 
+LAZY_COMMIT_S = 0.02  # the longest a lazy submit waits for company (see the module doc)
+
+
 class _QueuedCall(NamedTuple):
     """One submit call's encoded records; postings are (name + NUL, first offset, offsets)."""
 
@@ -90,6 +98,7 @@ class _QueuedCall(NamedTuple):
     source_postings: list[tuple[bytes, int, bytes]]
     future: Future[Any]
     single: bool
+    lazy_until: float = 0.0  # a lazy submit: monotonic time it waits for company until
 
 
 class EventLog:
@@ -120,7 +129,9 @@ class EventLog:
         self._queue: collections.deque[_QueuedCall] = collections.deque()
         self._inflight_wall: bytes | None = None  # the batch being committed: its oldest
         self._queued = 0
+        self._urgent = 0  # queued calls that are not lazy
         self._wake_at: float = math.inf
+        self._lazy_wait = False  # the writer waits for company of lazy calls only
         self._queue_cond = threading.Condition(threading.Lock())
         self._closing = False
         self._closed = False
@@ -174,9 +185,11 @@ class EventLog:
             ) from exc
 
     def submit(
-        self, topic: str, payload: Any, *, source: str, correlation_id: str | None = None
+        self, topic: str, payload: Any, *, source: str, correlation_id: str | None = None,
+        lazy: bool = False,
     ) -> Future[int]:
-        """Queue one event; the future resolves to its seq once it is durable."""
+        """Queue one event; the future resolves to its seq once it is durable. ``lazy``: it
+        may wait up to ``LAZY_COMMIT_S`` for company (see the module doc)."""
         self._check_writable()
         topic_key = self._topic_keys.get(topic) or self._name_key(self._topic_keys, "topic", topic)
         source_key = self._source_keys.get(source) or self._name_key(
@@ -189,7 +202,7 @@ class EventLog:
             _QueuedCall(
                 1, pack_u64(wall), [body],
                 [(topic_key, 0, SINGLE_OFFSET)], [(source_key, 0, SINGLE_OFFSET)],
-                future, True,
+                future, True, time.monotonic() + LAZY_COMMIT_S if lazy else 0.0,
             )  # fmt: skip
         )
         return future
@@ -250,7 +263,9 @@ class EventLog:
                 raise EventLogError(f"event log {self.path} is closed")
             self._queue.append(call)
             self._queued += call.size
-            if self._queued >= self._wake_at:
+            if not call.lazy_until:
+                self._urgent += 1
+            if self._queued >= self._wake_at or (self._lazy_wait and not call.lazy_until):
                 self._queue_cond.notify()
 
     # ------------------------------------------------------------------ writer thread
@@ -280,15 +295,33 @@ class EventLog:
             if self._queued < self._max_batch and self._commit_interval_s > 0 and not self._closing:
                 self._wake_at = self._max_batch
                 self._queue_cond.wait(self._commit_interval_s)
+            self._wait_for_company()
             self._wake_at = math.inf
             batch = []
             taken = 0
             while self._queue and taken < self._max_batch:
                 call = self._queue.popleft()
                 taken += call.size
+                if not call.lazy_until:
+                    self._urgent -= 1
                 batch.append(call)
             self._queued -= taken
         return [call for call in batch if call.future.set_running_or_notify_cancel()]
+
+    def _wait_for_company(self) -> None:
+        """With the queue lock held: while only lazy calls are queued, wait until the oldest
+        one's time is up, the batch is full, or any other call comes."""
+        self._wake_at = self._max_batch
+        self._lazy_wait = True
+        try:
+            while self._queue and not self._urgent and not self._closing \
+                    and self._queued < self._max_batch:
+                left = self._queue[0].lazy_until - time.monotonic()
+                if left <= 0:
+                    return
+                self._queue_cond.wait(left)
+        finally:
+            self._lazy_wait = False
 
     def _run_writer(self) -> None:
         while True:
