@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from ._errors import NodeError
-from ._local_limits import Admissions, LocalLimits, mailbox_limits
+from ._local_limits import Admissions, LocalLimits, mailbox_limits, tree_mailbox_limits
 from ._nodeinfo import describe_holder, mailbox_address, node_pid, peer_creds
 from ._notices import Down, Exit, GlobalNameConflict
 from ._throttle import ThrottledWarning
@@ -105,7 +105,7 @@ class Mailbox:
         self.listener.setblocking(False)
         if limits is None:
             try:
-                limits = mailbox_limits()
+                limits = tree_mailbox_limits()
             except NodeError as exc:  # the node refuses to start on it; defaults all the same
                 log.error("mailbox: %s; using the default caps", exc)
                 limits = mailbox_limits({})

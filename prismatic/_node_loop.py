@@ -15,7 +15,8 @@ The loop (uvloop) serves:
   (:mod:`._node_tasks`): an exception is logged (throttled), counted and dropped, and a task
   that ends anyway turns ``/health`` and ``/ready`` to 503 and is named in ``status``;
 * the event log ``<data dir>/eventlog`` (LMDB, :mod:`.eventlog`): every lifecycle event is
-  appended under the same topic, group-committed and synced;
+  appended under the same topic, group-committed and synced (lazily: nobody waits for it,
+  so a burst of starts shares commits, each event at most ``LAZY_COMMIT_S`` late);
 * SIGINT/SIGTERM: stop the tree in order (SIGTERM to the root, which stops its children in
   reverse start order), then exit 0;
 * with ``--listen``/``--join``, the node mesh (:mod:`prismatic.mesh`): member changes are
@@ -234,8 +235,8 @@ class NodeLoop(ControlEndpoint):
             self.dirty = True
             topic = ".".join(("supervisor", *(frame.path or ("root",)), frame.key, frame.kind))
             self.forwarder.send(topic.encode(), _encoder.encode((frame,)))  # a run of one
-            self.log.submit(topic, msgspec.to_builtins(frame), source="/".join(
-                frame.path) or "root").add_done_callback(self.logged)
+            self.log.submit(topic, msgspec.to_builtins(frame), source="/".join(  # lazy: no
+                frame.path) or "root", lazy=True).add_done_callback(self.logged)  # one waits
         elif isinstance(frame, ReplyFrame):
             self.answer(frame.ref, frame.result)
         elif isinstance(frame, ReadyFrame):

@@ -17,7 +17,7 @@ from pathlib import Path
 import msgspec
 
 from ._errors import NodeError
-from ._local_limits import hub_limits, mailbox_limits
+from ._local_limits import fix_mailbox_limits, hub_limits
 
 __all__ = ["NodeInfo", "current", "set_current", "creation_of", "node_pid", "hub_address",
            "mailbox_address", "peer_uid", "peer_creds", "describe_holder", "open_hub_socket"]
@@ -108,9 +108,10 @@ def describe_holder(address: bytes) -> str:
 def open_hub_socket(node: str) -> socket.socket:
     """The hub's listening socket, bound before the node forks its tree. The caps of the
     hub and of the mailboxes are checked here too, so that a bad value is one line before
-    anything starts (NodeError), not a failure in every worker."""
+    anything starts (NodeError), not a failure in every worker; the mailboxes' are kept for
+    the tree, which inherits them."""
     hub_limits()
-    mailbox_limits()
+    fix_mailbox_limits()
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.bind(hub_address(node))

@@ -21,6 +21,7 @@ import collections
 import heapq
 import itertools
 import logging
+import os
 import select
 import signal
 import socket
@@ -84,7 +85,7 @@ class Reactor:
         self._timers: list[tuple[float, int, TimerHandle]] = []
         self._seq = itertools.count()
         self._signals: dict[int, Handle] = {}
-        self._wakeup: tuple[socket.socket, socket.socket] | None = None
+        self._wakeup: tuple[int, int] | None = None  # the signal wakeup pipe (read, write)
         self._running = False
         self._closed = False
         self._handed_over = False
@@ -137,8 +138,11 @@ class Reactor:
     def add_signal_handler(self, sig: int, callback: Callable[..., Any], *args: Any) -> None:
         """As asyncio's: ``callback`` runs from the loop, not from the signal handler."""
         if self._wakeup is None:
-            self._wakeup = r, _ = open_signal_wakeup()
-            self.add_reader(r.fileno(), self._on_wakeup)
+            # A pipe, not open_signal_wakeup's socket pair: every worker makes one as it
+            # starts, and two socket objects cost a fresh fork ~50 copy-on-write faults more.
+            self._wakeup = r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+            signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+            self.add_reader(r, self._on_wakeup)
         self._signals[sig] = Handle(callback, args)
         signal.signal(sig, lambda *_: None)  # the wakeup fd carries it
 
@@ -148,8 +152,8 @@ class Reactor:
         self._closed = True
         if self._wakeup is not None:
             signal.set_wakeup_fd(-1)
-            for s in self._wakeup:
-                s.close()
+            for fd in self._wakeup:
+                os.close(fd)
         self._epoll.close()
 
     # ---- running ----------------------------------------------------------------------------
@@ -196,7 +200,7 @@ class Reactor:
     def _on_wakeup(self) -> None:
         assert self._wakeup is not None
         try:
-            signums = self._wakeup[0].recv(64)
+            signums = os.read(self._wakeup[0], 64)
         except BlockingIOError:
             return
         for signum in signums:
@@ -211,7 +215,7 @@ class Reactor:
         (a fresh asyncio loop) and stop; this reactor is closed afterwards."""
         self._handed_over = True
         for fd, handle in self._readers.items():
-            if self._wakeup is None or fd != self._wakeup[0].fileno():
+            if self._wakeup is None or fd != self._wakeup[0]:
                 loop.add_reader(fd, handle.callback, *handle.args)
         now = time.monotonic()
         for _, _, timer in sorted(self._timers):  # the caller may still cancel() its handle

@@ -343,7 +343,7 @@ def run_worker(start: Any, args: tuple[Any, ...], channel: Channel, node: str,
         ctx.worker = worker
         worker.context = ctx
         info = worker.init(*init_args)
-        if inspect.isawaitable(info):
+        if _is_awaitable(info):
             loop = ctx.attach(_new_asyncio_loop())
             info = loop.run_until_complete(info)
         ready = _ready_frame(info)

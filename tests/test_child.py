@@ -1,12 +1,20 @@
-"""The child's side of supervision: which spare may become which child."""
+"""The child's side of supervision: which spare may become which child, and how a spare
+gets ready to become it."""
 
 from __future__ import annotations
+
+import os
+import select
 
 import msgspec
 
 import prismatic as p
-from prismatic.supervisors._child import knows, proc_name
-from tests.apps import Idle
+from prismatic._process import fork_child
+from prismatic.supervisors import _child
+from prismatic.supervisors._child import knows, proc_name, spare_main, word_waiting
+from prismatic.transports._channel import open_channel_pair
+from prismatic.transports._frames import Become, ExitingFrame
+from tests.apps import FailInit, Idle
 
 
 def test_a_spare_serves_the_very_spec_it_was_made_with():
@@ -33,3 +41,69 @@ def test_process_names_say_what_the_process_is():
     assert proc_name(p.ChildSpec(id="db", start=Idle), "db") == "prism:db"
     sup = p.ChildSpec(id="pool", start=p.SupervisorSpec(), type="supervisor")
     assert proc_name(sup, "pool") == "prism-sup:pool"
+
+
+def test_word_waiting_peeks_without_taking():
+    mine, theirs = open_channel_pair()
+    try:
+        assert not word_waiting(theirs)
+        mine.send(Become("w", "w", ()))
+        assert word_waiting(theirs) and word_waiting(theirs)  # still there: only peeked
+        assert theirs.receive_one() == Become("w", "w", ())
+        mine.close()
+        assert word_waiting(theirs)  # EOF is a word too: receive_one returns at once
+    finally:
+        theirs.close()
+
+
+def _spare_run(monkeypatch, told_first: bool) -> tuple[bool, object]:
+    """Run spare_main in a real forked process, told which child to become (a worker whose
+    init fails: it reports and exits) before it exists or once it has rehearsed; return
+    whether it rehearsed and what it answered."""
+    marks_r, marks_w = os.pipe()
+    real = _child.rehearse_start
+
+    def rehearse(specs):  # the spare's own copy, after the fork: it marks, then rehearses
+        os.write(marks_w, b"r")
+        real(specs)
+
+    monkeypatch.setattr(_child, "rehearse_start", rehearse)
+    mine, theirs = open_channel_pair()
+    specs = {"w": p.ChildSpec(id="w", start=FailInit)}
+    if told_first:
+        mine.send(Become("w", "w", ()))
+    pid = fork_child((theirs.fileno(), marks_w),
+                     lambda: spare_main(theirs, specs, (), f"spare-test-{os.getpid()}"),
+                     "prism:spare")
+    theirs.close()
+    os.close(marks_w)
+    try:
+        if not told_first:
+            assert select.select([marks_r], [], [], 10)[0], "the spare never rehearsed"
+            mine.send(Become("w", "w", ()))
+        mine.sock.settimeout(10)
+        frame = mine.receive_one()
+        os.waitpid(pid, 0)
+        os.set_blocking(marks_r, False)
+        try:
+            rehearsed = os.read(marks_r, 16) != b""
+        except BlockingIOError:
+            rehearsed = False
+        return rehearsed, frame
+    finally:
+        os.close(marks_r)
+        mine.close()
+
+
+def test_a_spare_told_at_once_becomes_the_child_without_rehearsing(monkeypatch):
+    # A burst of starts sends Become as soon as the spare exists: rehearsing then only
+    # delays the child the supervisor waits for.
+    rehearsed, frame = _spare_run(monkeypatch, told_first=True)
+    assert isinstance(frame, ExitingFrame) and "init refuses" in p.describe(frame.reason)
+    assert not rehearsed
+
+
+def test_a_waiting_spare_rehearses_then_becomes_the_child(monkeypatch):
+    rehearsed, frame = _spare_run(monkeypatch, told_first=False)
+    assert isinstance(frame, ExitingFrame) and "init refuses" in p.describe(frame.reason)
+    assert rehearsed

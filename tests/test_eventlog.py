@@ -18,7 +18,7 @@ import lmdb
 import pytest
 
 from prismatic._errors import EventLogError, EventLogFormatError, EventLogFullError, TopicError
-from prismatic.eventlog import EventDraft, EventRecord, open_event_log
+from prismatic.eventlog import EventDraft, EventRecord, _log, open_event_log
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -57,6 +57,33 @@ def test_append_ack_and_seq_order(tmp_path: Path) -> None:
         assert stats.appends == 111 and stats.records == 111 and stats.last_seq == 111
     with open_event_log(str(tmp_path / "log"), node="n1") as log:
         assert log.append("a.b", None, source="s") == 112  # seqs continue after reopen
+
+
+def test_a_lazy_event_waits_for_company_and_the_next_one_shares_its_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The node logs lifecycle events lazily: a burst of starts shares a few synced commits.
+    monkeypatch.setattr(_log, "LAZY_COMMIT_S", 0.3)
+    with open_event_log(str(tmp_path / "log"), node="n1") as log:
+        t0 = time.monotonic()
+        first = log.submit("supervisor.a", 1, source="s", lazy=True)
+        second = log.submit("supervisor.b", 2, source="s", lazy=True)
+        assert first.result(timeout=10) == 1 and second.result(timeout=10) == 2
+        assert time.monotonic() - t0 >= 0.29  # never committed before its time was up
+        assert log.stats().commits == 1
+
+
+def test_an_acknowledged_submit_ends_the_wait_of_lazy_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_log, "LAZY_COMMIT_S", 60.0)
+    with open_event_log(str(tmp_path / "log"), node="n1") as log:
+        lazy = log.submit("supervisor.a", 1, source="s", lazy=True)
+        wait_until(lambda: log._lazy_wait, what="the writer waiting for company")
+        assert log.submit("app.x", 2, source="s").result(timeout=10) == 2  # not after 60 s
+        assert lazy.result(timeout=0) == 1
+        late = log.submit("supervisor.b", 3, source="s", lazy=True)
+    assert late.result(timeout=0) == 3  # closing commits what waits, at once
 
 
 def test_invalid_events_are_refused_at_submit(tmp_path: Path) -> None:

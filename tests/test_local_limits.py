@@ -12,7 +12,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from prismatic._errors import NodeError
-from prismatic._local_limits import Admissions, LocalLimits, hub_limits, mailbox_limits
+from prismatic import _local_limits
+from prismatic._local_limits import (
+    Admissions, LocalLimits, fix_mailbox_limits, hub_limits, mailbox_limits, tree_mailbox_limits,
+)
 
 
 def test_defaults_and_overrides_come_from_the_environment():
@@ -24,6 +27,22 @@ def test_defaults_and_overrides_come_from_the_environment():
                           "PRISMATIC_MAX_FRAME_BYTES": "4096",
                           "PRISMATIC_MAX_BUFFERED_BYTES": "8192"})
     assert got == LocalLimits(10, 3, 0, 4096, 8192)
+
+
+def test_a_tree_keeps_the_mailbox_caps_its_node_read_before_the_fork(monkeypatch):
+    # Outside a node, each mailbox reads the environment as it is now.
+    monkeypatch.setattr(_local_limits, "_tree_mailbox", None)
+    monkeypatch.setenv("PRISMATIC_MAILBOX_MAX_CONNECTIONS", "7")
+    assert tree_mailbox_limits().max_connections == 7
+    monkeypatch.setenv("PRISMATIC_MAILBOX_MAX_CONNECTIONS", "8")
+    assert tree_mailbox_limits().max_connections == 8
+    # The node fixes them once before it forks its tree: its workers do not read them again.
+    assert fix_mailbox_limits().max_connections == 8
+    monkeypatch.setenv("PRISMATIC_MAILBOX_MAX_CONNECTIONS", "9")
+    assert tree_mailbox_limits().max_connections == 8
+    monkeypatch.setenv("PRISMATIC_MAILBOX_MAX_CONNECTIONS", "none")
+    with pytest.raises(NodeError, match="PRISMATIC_MAILBOX_MAX_CONNECTIONS"):
+        fix_mailbox_limits()  # the node's check: a bad value is one line before any fork
 
 
 @pytest.mark.parametrize("var,value", [

@@ -31,7 +31,7 @@ from prismatic.eventlog._record import RECORD_HEAD, pack_u64, unpack_u64
 from prismatic.eventlog._retention import RETENTION_BATCH, retention_pass
 from prismatic.eventlog._store import LogStore
 
-__all__ = ["EventLogCounters", "GroupCommit", "QueuedCall"]
+__all__ = ["EventLogCounters", "GroupCommit", "LAZY_COMMIT_S", "QueuedCall"]
 
 log = logging.getLogger("prismatic.eventlog._log")  # the log's lines name the log, not its parts
 
@@ -57,6 +57,9 @@ class EventLogCounters:
         self.map_growths = 0
 
 
+LAZY_COMMIT_S = 0.02  # the longest a lazy submit waits for company (see ._log's doc)
+
+
 class QueuedCall(NamedTuple):
     """One submit call's encoded records; postings are (name + NUL, first offset, offsets)."""
 
@@ -67,7 +70,7 @@ class QueuedCall(NamedTuple):
     source_postings: list[tuple[bytes, int, bytes]]
     future: Future[Any]
     single: bool
-
+    lazy_until: float = 0.0  # a lazy submit: monotonic time it waits for company until
 
 
 class GroupCommit:
@@ -83,7 +86,9 @@ class GroupCommit:
     _queue: collections.deque[QueuedCall]
     _inflight_wall: bytes | None
     _queued: int
+    _urgent: int
     _wake_at: float
+    _lazy_wait: bool
     _queue_cond: threading.Condition
     _closing: bool
     _next_seq: int
@@ -114,15 +119,33 @@ class GroupCommit:
             if self._queued < self._max_batch and self._commit_interval_s > 0 and not self._closing:
                 self._wake_at = self._max_batch
                 self._queue_cond.wait(self._commit_interval_s)
+            self._wait_for_company()
             self._wake_at = math.inf
             batch = []
             taken = 0
             while self._queue and taken < self._max_batch:
                 call = self._queue.popleft()
                 taken += call.size
+                if not call.lazy_until:
+                    self._urgent -= 1
                 batch.append(call)
             self._queued -= taken
         return [call for call in batch if call.future.set_running_or_notify_cancel()]
+
+    def _wait_for_company(self) -> None:
+        """With the queue lock held: while only lazy calls are queued, wait until the oldest
+        one's time is up, the batch is full, or any other call comes."""
+        self._wake_at = self._max_batch
+        self._lazy_wait = True
+        try:
+            while self._queue and not self._urgent and not self._closing \
+                    and self._queued < self._max_batch:
+                left = self._queue[0].lazy_until - time.monotonic()
+                if left <= 0:
+                    return
+                self._queue_cond.wait(left)
+        finally:
+            self._lazy_wait = False
 
     def _run_writer(self) -> None:
         while True:

@@ -6,8 +6,13 @@ it runs. Emitting threads encode events and queue them; one writer thread per lo
 everything queued (up to ``max_batch`` records, gathering for at most ``commit_interval_s``)
 and commits it in one synced LMDB write transaction. A submit's future is resolved with its
 seq only after that transaction is synced: that is the acknowledgement, and an acknowledged
-event is never lost. Seqs start at 1, are contiguous in commit order and never reused (a
-failed batch's seqs were never visible, and retention records the highest deleted seq).
+event is never lost. A *lazy* submit (``lazy=True``: nobody waits for its acknowledgement,
+such as the lifecycle events the node logs) may wait up to ``LAZY_COMMIT_S`` for company
+while nothing else is queued, so a burst of them (a supervisor starting 1,000 children, one
+every few ms) is committed in a few transactions rather than one synced commit each; any
+other submit ends the wait at once. Seqs start at 1, are contiguous in commit order and
+never reused (a failed batch's seqs were never visible, and retention records the highest
+deleted seq).
 
 Open the log after any ``fork()``, never before: LMDB environments, the writer thread and
 the writer lock do not survive a fork (a handle used in another pid raises EventLogError).
@@ -32,7 +37,9 @@ import msgspec
 
 from prismatic._errors import EventLogError
 from prismatic._topics import MAX_TOPIC_LENGTH, TopicPattern, validate_topic
-from prismatic.eventlog._group_commit import EventLogCounters, GroupCommit, QueuedCall
+from prismatic.eventlog._group_commit import (
+    LAZY_COMMIT_S, EventLogCounters, GroupCommit, QueuedCall,
+)
 from prismatic.eventlog._query import (
     first_seq,
     follow_records,
@@ -85,7 +92,9 @@ class EventLog(GroupCommit):
         self._queue: collections.deque[QueuedCall] = collections.deque()
         self._inflight_wall: bytes | None = None  # the batch being committed: its oldest
         self._queued = 0
+        self._urgent = 0  # queued calls that are not lazy
         self._wake_at: float = math.inf
+        self._lazy_wait = False  # the writer waits for company of lazy calls only
         self._queue_cond = threading.Condition(threading.Lock())
         self._closing = False
         self._closed = False
@@ -139,9 +148,11 @@ class EventLog(GroupCommit):
             ) from exc
 
     def submit(
-        self, topic: str, payload: Any, *, source: str, correlation_id: str | None = None
+        self, topic: str, payload: Any, *, source: str, correlation_id: str | None = None,
+        lazy: bool = False,
     ) -> Future[int]:
-        """Queue one event; the future resolves to its seq once it is durable."""
+        """Queue one event; the future resolves to its seq once it is durable. ``lazy``: it
+        may wait up to ``LAZY_COMMIT_S`` for company (see the module doc)."""
         self._check_writable()
         topic_key = self._topic_keys.get(topic) or self._name_key(self._topic_keys, "topic", topic)
         source_key = self._source_keys.get(source) or self._name_key(
@@ -154,7 +165,7 @@ class EventLog(GroupCommit):
             QueuedCall(
                 1, pack_u64(wall), [body],
                 [(topic_key, 0, SINGLE_OFFSET)], [(source_key, 0, SINGLE_OFFSET)],
-                future, True,
+                future, True, time.monotonic() + LAZY_COMMIT_S if lazy else 0.0,
             )  # fmt: skip
         )
         return future
@@ -215,7 +226,9 @@ class EventLog(GroupCommit):
                 raise EventLogError(f"event log {self.path} is closed")
             self._queue.append(call)
             self._queued += call.size
-            if self._queued >= self._wake_at:
+            if not call.lazy_until:
+                self._urgent += 1
+            if self._queued >= self._wake_at or (self._lazy_wait and not call.lazy_until):
                 self._queue_cond.notify()
 
     # ------------------------------------------------------------------ reading
