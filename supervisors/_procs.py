@@ -31,10 +31,13 @@ worker (~2.5 ms), the fork takes ~2.5 ms, the new child's set-up before ``init``
 signals, descriptors, mailbox) ~1.3 ms, the supervisor's own decision and reports ~1 ms. The
 first two are the kernel's, per page mapped and per level of the tree's fork chain, and
 several times a hot process's in one idle for long (cold page tables and page structs); a
-bare watcher of the same image, as idle, pays about half of each. Hence fewer pages: the
-node gives back ``malloc``'s free pages before it forks the tree, and keeps the command line
-out of its image. Tried and measured, no gain: the supervisor waiting for the new child's
-``ready`` before its own post-fork work, or holding its reports until then.
+bare watcher of the same image, as idle, pays about half of each (a shallower fork chain,
+fewer processes sharing its pages). Hence fewer pages: the node gives back ``malloc``'s free
+pages before it forks the tree, and keeps the command line out of its image. And the two
+share a CPU better: the supervisor yields it to the child it has just forked, the child
+yields it back once it has sent ``ready``. Tried and measured, no gain: the supervisor
+waiting for the new child's ``ready`` before its own post-fork work, or holding its reports
+until then.
 
 Orphans: every process of the tree is a child subreaper (``prismatic/_process.py``), so a
 process orphaned below a live child is reparented to that child, and one whose child is
