@@ -14,6 +14,16 @@ Run: ``python bench/bench_supervisors.py [--supervisors N] [--idle S] [--kills K
   first restart is forked by the supervisor itself (it has no spare); baseline: the bare
   fork-after-death loop of ``bench_restart`` (a process forks a child, waits for it to say
   ready on a pipe, SIGKILLs it, reaps it through a pidfd, forks the replacement), same run.
+  A second baseline, beside it, for what "long-idle" costs the kernel: ``--kills`` bare
+  *watchers*, forked by this process (which imports what the tree's processes import, so
+  each watcher has a supervisor's image), each forks a bare child and waits in an epoll loop
+  on its pidfd and its ready pipe, as a supervisor does; each sits idle from before the node
+  starts until its one kill, which alternates with the dormant supervisors' kills: SIGKILL
+  its child -> the watcher reaps it, forks the replacement, reads its ready byte and stamps
+  the time. The bare loop above forks from a process whose pages the loop keeps hot; an
+  idle process's page tables, page structs and code are cold, and its fork and its child's
+  teardown cost several times more (first restart parts, measured: kill -> the supervisor
+  sees the exit, the fork, the child to ready).
   The second kill waits until the supervisor has its spare again (it restarted something a
   moment ago): baseline, restarts of the one worker of a node whose supervisor never goes
   dormant (``bench_restart``'s paced kills).
@@ -24,7 +34,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import selectors
 import signal
+import struct
 import subprocess
 import sys
 import tempfile
@@ -37,9 +49,13 @@ sys.path.insert(0, str(REPO))
 
 import prismatic as p  # noqa: E402
 from bench._harness import pct, print_table, start_node  # noqa: E402
-from bench.bench_restart import bench_bare_restarts  # noqa: E402
+from bench.bench_restart import bare_fork, bench_bare_restarts  # noqa: E402
 from bench.bench_scale import available_mib, descendants  # noqa: E402
 from prismatic._process import child_pids, process_name, uss_bytes  # noqa: E402
+# What a supervisor's image holds (the node's imports before it forks the tree, and the
+# supervisor's own), so the idle watchers fork and tear down an image of the same size.
+import prismatic.node  # noqa: E402, F401
+import prismatic.supervisors._runtime  # noqa: E402, F401
 
 MiB = 1024 * 1024
 
@@ -85,6 +101,76 @@ def wait_for(pred, timeout: float, what: str) -> None:
         time.sleep(0.05)
 
 
+_STAMP = struct.Struct("<id")  # a watcher's report: its child's pid, when it said ready
+
+
+def _watcher(out: int, control: int) -> None:
+    """Runs in a bare watcher: keep one bare child, fork another when it dies, and report
+    each child's ready (pid, CLOCK_MONOTONIC) on ``out``; exit at EOF on ``control``."""
+    ready_r, ready_w = os.pipe()
+    sel = selectors.DefaultSelector()
+    sel.register(ready_r, selectors.EVENT_READ, "ready")
+    sel.register(control, selectors.EVENT_READ, "control")
+    pid = bare_fork(ready_w)
+    pidfd = os.pidfd_open(pid)
+    sel.register(pidfd, selectors.EVENT_READ, "exit")
+    while True:
+        for key, _ in sel.select():
+            if key.data == "exit":
+                os.waitpid(pid, 0)
+                sel.unregister(pidfd)
+                os.close(pidfd)
+                pid = bare_fork(ready_w)
+                pidfd = os.pidfd_open(pid)
+                sel.register(pidfd, selectors.EVENT_READ, "exit")
+            elif key.data == "ready":
+                os.read(ready_r, 1)
+                os.write(out, _STAMP.pack(pid, time.monotonic()))
+            else:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                return
+
+
+class IdleWatchers:
+    """``n`` bare watchers (see the module doc), idle until :meth:`restart` kills a child."""
+
+    def __init__(self, n: int) -> None:
+        self.watchers: list[tuple[int, int, int]] = []  # (watcher pid, its out, control)
+        self.children: list[int] = []
+        for _ in range(n):
+            out_r, out_w = os.pipe()
+            control_r, control_w = os.pipe()
+            pid = os.fork()
+            if pid == 0:
+                try:  # only its own two ends: the others' control pipes must reach EOF
+                    for fd in os.listdir("/proc/self/fd"):
+                        if int(fd) > 2 and int(fd) not in (out_w, control_r):
+                            with contextlib.suppress(OSError):
+                                os.close(int(fd))
+                    _watcher(out_w, control_r)
+                finally:
+                    os._exit(0)
+            os.close(out_w)
+            os.close(control_r)
+            self.watchers.append((pid, out_r, control_w))
+            self.children.append(_STAMP.unpack(os.read(out_r, _STAMP.size))[0])
+
+    def restart(self, i: int) -> float:
+        """Kill watcher ``i``'s child; kill -> the watcher knows its replacement is ready."""
+        _, out, _ = self.watchers[i]
+        t0 = time.monotonic()
+        os.kill(self.children[i], signal.SIGKILL)
+        self.children[i], ready = _STAMP.unpack(os.read(out, _STAMP.size))
+        return ready - t0
+
+    def close(self) -> None:
+        for pid, out, control in self.watchers:
+            os.close(control)
+            os.waitpid(pid, 0)
+            os.close(out)
+
+
 def restart(conn: p.NodeConnection, ev: p.EventStream, path: str, sup: int,
             warm: bool) -> float:
     """Kill the worker ``w`` under supervisor ``path``; kill -> replacement started."""
@@ -120,21 +206,24 @@ def main() -> None:
         with p.open_event_stream(data, "supervisor.") as ev:
             root = conn.status().root_pid
             flat_warm = [restart(conn, ev, "", root, True) for _ in range(args.kills)]
+    idle_bare = IdleWatchers(args.kills)  # idle from now until each one's kill
     with open_node("bench.apps:supervised_pool", n, str(args.idle)) as (conn, data):
         node_pid = conn.status().pid
         wait_for(lambda: not helpers(node_pid), args.idle + 120, "every supervisor dormant")
         sups = memory(node_pid)
         kids = {c.id: c.pid for c in conn.which_children()}
-        cold, warm = [], []
+        cold, warm, idle = [], [], []
         with p.open_event_stream(data, "supervisor.") as ev:
             for i in range(args.kills):
                 path = f"s{i}"
+                idle.append(idle_bare.restart(i))
                 cold.append(restart(conn, ev, path, kids[path], False))
                 warm.append(restart(conn, ev, path, kids[path], True))
                 # settled (its forks are over) before the next first restart is timed
                 sup = kids[path]
                 wait_for(lambda sup=sup: any(process_name(c) == "prism:spare"
                                              for c in child_pids(sup)), 10, "a spare")
+    idle_bare.close()
     old = None
     if before:
         with open_node("bench.apps:supervised_pool", n, "never") as (conn, _):
@@ -161,6 +250,9 @@ def main() -> None:
         ("first restart under a dormant supervisor, p50 / p99 (ms)",
          f"{pct(cold, .5) * ms:.2f} / {pct(cold, .99) * ms:.2f}", "<= bare p50",
          f"bare fork after death: {pct(bare, .5) * ms:.2f} / {pct(bare, .99) * ms:.2f}"),
+        ("  2nd baseline: bare fork after death, long-idle watcher, p50 / p99 (ms)",
+         f"{pct(idle, .5) * ms:.2f} / {pct(idle, .99) * ms:.2f}", "-",
+         f"{len(idle)} idle epoll watchers of a supervisor's image, 1 kill each"),
         ("next restart (spare regained), p50 / p99 (ms)",
          f"{pct(warm, .5) * ms:.2f} / {pct(warm, .99) * ms:.2f}", "= flat p50",
          f"flat supervisor with its spare: {pct(flat_warm, .5) * ms:.2f} / "

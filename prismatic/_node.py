@@ -30,7 +30,7 @@ from ._childspec import SupervisorSpec, import_ref
 from ._cookie import ensure_cookie
 from ._errors import ChildSpecError, EventLogError, NodeError
 from ._nodeinfo import NodeInfo, open_hub_socket, set_current
-from ._process import fork_child
+from ._process import fork_child, trim_heap
 from ._pubsub_wire import events_address, publish_address
 from ._tree_cgroup import enter_cgroup, open_tree_cgroup, start_sweeper
 from .supervisors._procs import check_spare_idle
@@ -153,7 +153,9 @@ def run_node(spec: SupervisorSpec, *, name: str | None = None,
     info = NodeInfo(name, data.resolve(), new_creation())
     str(info.data_dir)  # cached in the Path now, not computed (and copied) in every worker
     set_current(info)
-    # Fork the root before any ZeroMQ context exists in this process.
+    # Fork the root before any ZeroMQ context exists in this process; with the heap's free
+    # pages given back first, so no process of the tree maps them (see _process).
+    trim_heap()
     mine, theirs = open_channel_pair()
     root_pid = fork_child((theirs.fileno(),), lambda: _root_main(spec, theirs, name),
                           "prism-sup:root")

@@ -23,6 +23,13 @@ Every process Prismatic starts comes from :func:`fork_child`, which makes these 
   node acts on it, and shuts the tree down in order);
 * the parent calls ``gc.freeze()`` before forking, so the child's garbage collector never
   writes to the pages it shares with the parent (copy-on-write stays shared).
+
+A fork copies the page-table entry of every page the parent maps, and the child's exit
+unmaps each one again: both grow with the parent's mapped memory, and are several times
+slower in a process that has been idle (its page tables and page structs are cold), which
+is what a dormant supervisor's first restart pays. Pages that C's ``malloc`` holds free are
+mapped all the same, so the node and a supervisor that forks its children itself give them
+back first (:func:`trim_heap`): about 1 MiB less in every process of the tree.
 """
 
 from __future__ import annotations
@@ -39,12 +46,25 @@ from ._clone import clone_sibling
 
 __all__ = ["fork_child", "fork_sibling", "set_process_name", "process_name", "child_pids",
            "uss_bytes", "rss_bytes", "send_signal", "kill_group", "become_subreaper",
-           "lead_own_group"]
+           "lead_own_group", "trim_heap"]
 
 _PR_SET_NAME = 15
 _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
 _libc = ctypes.CDLL(None, use_errno=True)
+
+
+def trim_heap() -> bool:
+    """Collect Python's garbage, then give the pages that ``malloc`` holds free back to the
+    kernel (glibc's ``malloc_trim``; False where the C library has none): fewer pages for
+    each later fork to copy into its child's page tables, and for that child's exit to
+    unmap (see the module doc). Tens of milliseconds at most: for idle moments only."""
+    gc.collect()
+    trim = getattr(_libc, "malloc_trim", None)
+    if trim is None:
+        return False
+    trim(0)
+    return True
 
 
 def set_process_name(name: str) -> None:

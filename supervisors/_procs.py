@@ -25,6 +25,20 @@ with it rather than with a zygote that would soon go (measured: ~0.45 MiB less p
 memory per supervisor, the difference between the many-small-supervisors tree and a flat
 one of the same workers). The root keeps its zygote from the start.
 
+What that first direct fork costs (measured with ``bench/bench_supervisors.py``: 1,000
+dormant supervisors on 2 CPUs, p50): the death is seen once the kernel has unmapped the dead
+worker (~2.5 ms), the fork takes ~2.5 ms, the new child's set-up before ``init`` (its group,
+signals, descriptors, mailbox) ~1.3 ms, the supervisor's own decision and reports ~1 ms. The
+first two are the kernel's, per page mapped and per level of the tree's fork chain, and
+several times a hot process's in one idle for long (cold page tables and page structs); a
+bare watcher of the same image, as idle, pays about half of each (a shallower fork chain,
+fewer processes sharing its pages). Hence fewer pages: the node gives back ``malloc``'s free
+pages before it forks the tree, and keeps the command line out of its image. And the two
+share a CPU better: the supervisor yields it to the child it has just forked, the child
+yields it back once it has sent ``ready``. Tried and measured, no gain: the supervisor
+waiting for the new child's ``ready`` before its own post-fork work, or holding its reports
+until then.
+
 Orphans: every process of the tree is a child subreaper (``prismatic/_process.py``), so a
 process orphaned below a live child is reparented to that child, and one whose child is
 gone (a worker's own child processes when the worker died, the children of a child

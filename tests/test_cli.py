@@ -155,3 +155,36 @@ def test_node_selection_from_prismatic_home(tmp_path, monkeypatch):
 @pytest.mark.parametrize("args", [["--help"], ["children", "--help"], ["events", "--help"]])
 def test_help(args):
     assert CliRunner().invoke(cli, args).exit_code == 0
+
+
+def test_each_command_is_registered_by_the_modules_its_lookup_imports():
+    """A command is looked up by importing only its modules (``_COMMAND_MODULES``), so each
+    registered command, and each of its subcommands, must come from those."""
+    from prismatic.cli import _main
+
+    _main.load_commands()
+    found = {}
+    for name, command in _main.cli.commands.items():
+        parts = [command, *getattr(command, "commands", {}).values()]
+        found[name] = {c.callback.__module__.rsplit(".", 1)[1] for c in parts if c.callback}
+    assert found.pop("status") == {"_main"}
+    assert found == {n: set(ms) for n, ms in _main._COMMAND_MODULES.items()}
+
+
+def test_prismatic_node_start_keeps_the_other_commands_out_of_the_trees_image():
+    """``prismatic node start`` forks the tree from the CLI's process: looking the command up
+    must not import the event log (LMDB) or the other command groups."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import sys, click\nfrom prismatic.cli import cli\n"
+            "cli.get_command(click.Context(cli), 'node')\n"
+            "print(' '.join(m for m in ('lmdb', 'prismatic.eventlog', 'prismatic.cli._chaos',"
+            " 'prismatic.cli._messaging') if m in sys.modules))")
+    repo = Path(__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, cwd="/", env=dict(os.environ, PYTHONPATH=str(repo)))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == [], f"imported with the node command: {out.stdout}"

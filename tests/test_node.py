@@ -315,10 +315,11 @@ def test_the_trees_image_stays_light():
     """Every module imported before the node forks its tree is in every process of it (the
     README's "Light processes"): none of ZeroMQ, LMDB, uvloop, asyncio, Prometheus, OpenSSL
     (hashlib, hmac, secrets), TOML, JSON or subprocess may be among them. Checked in a fresh
-    interpreter that imports what the node imports before its fork, and the demo tree."""
+    interpreter that imports what the node imports before its fork (``python -m
+    prismatic.node`` too: its command-line module), and the demo tree."""
     heavy = ["zmq", "lmdb", "uvloop", "asyncio", "prometheus_client", "_hashlib", "hmac",
              "_ssl", "tomllib", "json", "subprocess"]
-    code = ("import sys, prismatic._node, prismatic._demo\n"
+    code = ("import sys, prismatic._node, prismatic.node, prismatic._demo\n"
             f"print(' '.join(m for m in {heavy!r} if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=60, cwd="/", env=dict(os.environ, PYTHONPATH=str(REPO)))

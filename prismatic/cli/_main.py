@@ -22,6 +22,7 @@ a spinner on stderr if it is a terminal (not with ``--json``; none with ``--no-p
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 import traceback
@@ -70,8 +71,38 @@ def _stdout_closed() -> None:
     os.close(devnull)
 
 
+# The modules that register each command on ``cli``, imported when the command is looked
+# up: ``prismatic node start`` forks the tree from this process, and whatever is imported
+# before that fork is mapped in every process of the tree (the event log's LMDB, chaos and
+# messaging have no business there; see prismatic/_process.py on what a page costs).
+_COMMAND_MODULES: dict[str, tuple[str, ...]] = {
+    "node": ("_tree",), "tree": ("_tree",), "metrics": ("_tree",),
+    "children": ("_tree", "_operate"), "reload": ("_operate",),
+    "events": ("_events",), "logs": ("_logs",), "chaos": ("_chaos",), "cluster": ("_cluster",),
+    **{name: ("_messaging",) for name in ("call", "cast", "send", "whereis", "publish",
+                                           "subscribe", "emit")},
+}
+
+
+def load_commands(names: tuple[str, ...] | None = None) -> None:
+    """Import the modules that register commands ``names`` (every command: None)."""
+    modules = {m for n, ms in _COMMAND_MODULES.items() if names is None or n in names
+               for m in ms}
+    for module in sorted(modules):
+        importlib.import_module(f"{__package__}.{module}")
+
+
 class _Group(OneLineErrors, click.Group):
-    """Turns Prismatic's errors into a :class:`CliError` with its exit code."""
+    """Turns Prismatic's errors into a :class:`CliError` with its exit code; imports a
+    command's module when the command is looked up (``_COMMAND_MODULES``)."""
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        load_commands((cmd_name,))
+        return super().get_command(ctx, cmd_name)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        load_commands()
+        return super().list_commands(ctx)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -209,6 +240,3 @@ def main(argv: list[str] | None = None) -> None:
             _stdout_closed()
         raise
 
-
-# Subcommands register themselves on ``cli`` when imported.
-from . import _chaos, _cluster, _events, _logs, _messaging, _operate, _tree  # noqa: E402,F401,I001
