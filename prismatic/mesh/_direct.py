@@ -51,6 +51,8 @@ from .._throttle import ThrottledWarning
 from ..transports._framing import FrameBuffer, encode_frame
 from ..transports._messages import CallFrame, CallRefused, CallReply, MailboxFrame
 from ..transports._remote_frames import CallFailed, decode_deliveries, encode_answers
+from ._remote import backlog_full
+from ._settings import backlog_limit
 
 if TYPE_CHECKING:
     import asyncio
@@ -99,6 +101,7 @@ class DirectPort:
         self.dead_letter: Callable[[Pid | str, str, Any], None] = lambda to, why, frame: None
         self.counters = collections.Counter[str]()
         self.warning = ThrottledWarning(log)
+        self.backlog_limit = backlog_limit()  # checked when the node started
         self.outlets: dict[Pid, _Outlet] = {}
         self.by_fd: dict[int, _Outlet] = {}
         self.answers: dict[bytes, list[Answer]] = {}
@@ -255,6 +258,10 @@ class DirectPort:
             else:
                 self.loop.call_soon_threadsafe(self.dead_letter, to, reason, frame)
             return
+        outlet.full = backlog_full(outlet.full, outlet.backlog, self.backlog_limit)
+        if outlet.full:
+            self.overflow(link, to, frame)
+            return
         if is_call:
             ref = next(outlet.refs)
             outlet.calls[ref] = (link, frame.ref)
@@ -262,7 +269,22 @@ class DirectPort:
                               to if isinstance(to, str) else frame.to_name)
         if not outlet.out:
             self.dirty.append(outlet)
-        outlet.out.append(encode_frame(frame))
+        data = encode_frame(frame)
+        outlet.out.append(data)
+        outlet.backlog += len(data)
+
+    def overflow(self, link: bytes, to: Pid | str, frame: Any) -> None:
+        """``to``'s backlog here is full (backlog_full): ``frame`` is dropped, counted,
+        logged, and refused (a call) or a dead letter."""
+        self.counters["mailbox_full"] += 1
+        self.warning.warn("mesh: %s takes nothing from its mailbox and its backlog here "
+                          "reached %d bytes: dropped a %s from another node (%d so far)", to,
+                          self.backlog_limit, type(frame).__struct_config__.tag,
+                          self.counters["mailbox_full"])
+        if isinstance(frame, CallFrame):
+            self.answers.setdefault(link, []).append(CallRefused(frame.ref, "mailbox_full"))
+        else:
+            self.loop.call_soon_threadsafe(self.dead_letter, to, "mailbox_full", frame)
 
     def outlet(self, pid: Pid) -> _Outlet | None:
         outlet = self.outlets.get(pid)
@@ -329,6 +351,8 @@ class _Outlet(MailboxWriter):
         self.refs = itertools.count(1)
         self.calls: dict[int, Origin] = {}
         self.out: list[bytes] = []
+        self.backlog = 0  # bytes in ``out`` and ``pending``, known at each send_out
+        self.full = False  # dropping what comes for it (backlog_full)
         self.frames = FrameBuffer(_mailbox_decoder, f"mailbox of {pid}")
         assert port.hub is not None
         super().__init__(port.hub, pid)
@@ -352,6 +376,11 @@ class _Outlet(MailboxWriter):
         self.out.clear()
         if not self.closed:  # closed meanwhile: gone() has failed its calls
             self.write(data)
+        self.backlog = len(self.pending)
+
+    def flush(self) -> None:
+        super().flush()
+        self.backlog = len(self.pending)  # ``out`` is empty between wake-ups
 
     def close(self) -> None:
         if not self.closed:
