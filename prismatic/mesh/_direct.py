@@ -147,7 +147,10 @@ class DirectPort:
         while not self.stopping:
             self.drain()
             if router.get(_EVENTS) & _POLLIN:  # type: ignore[operator]
-                continue  # sending consumed the descriptor's edge: look again before sleeping
+                # More came meanwhile (sending consumed the descriptor's edge: look again
+                # before sleeping): a burst, read whole by the next drain.
+                self.burst = True
+                continue
             for fd, ev in self.epoll.poll(1.0):
                 if fd == wake:
                     try:
@@ -175,9 +178,9 @@ class DirectPort:
         n = 0
         while True:
             # After one message, ask EVENTS (a system call: ~2.5 us here) whether more wait
-            # only if the last wake-up brought more than one (a burst): one call at a time
-            # (a caller waiting for its answer) is answered first, and serve's check of
-            # EVENTS before sleeping finds the next one.
+            # only in a burst (the last drain read more than one, or more came while it was
+            # handled): one call at a time (a caller waiting for its answer) is answered
+            # first, and serve's check of EVENTS before sleeping finds the next one.
             if n == 1 and not (self.burst and get(_EVENTS) & _POLLIN):  # type: ignore[operator]
                 break
             try:
