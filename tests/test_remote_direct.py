@@ -7,6 +7,7 @@ malformed direct batch is dropped, counted and logged, and the node goes on serv
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -21,10 +22,11 @@ import zmq
 
 import prismatic as p
 from prismatic.mesh._secret import derive_keys, init_secret, read_secret
-from prismatic.transports._messages import CallFrame, CallReply
+from prismatic.transports._framing import FrameBuffer, encode_frame
+from prismatic.transports._messages import CallFrame, CallRefused, CallReply, CastFrame
 from prismatic.transports._remote_frames import (
-    DIRECT_PREFIX, Deliver, decode_answers, decode_deliveries, encode_answers,
-    encode_deliveries,
+    DIRECT_PREFIX, Deliver, Forward, RelayAnswer, decode_answers, decode_deliveries,
+    encode_answers, encode_deliveries, relay_address,
 )
 from tests.conftest import REPO, RunningNode, start_node, wait_until
 from tests.test_mesh import members, metric, states
@@ -168,6 +170,35 @@ def test_a_mailbox_that_stops_reading_bounds_what_its_node_holds_for_it(nodes: N
     assert 0 < dropped < n and seen == list(range(n - dropped))
     assert wait_until(lambda: metric(node_b, "prismatic_dead_letters", dead) - dead0, 5,
                       "the dead letters") == dropped
+
+
+def test_the_relay_path_bounds_what_its_node_holds_for_a_mailbox_too(nodes: Nodes) -> None:
+    """The same bound on the relay path (a process's relay forwards over the mesh: the way
+    to a node its process could not locate): past it a cast is a counted dead letter and a
+    call is refused with mailbox_full."""
+    a = nodes.nodes["a"].conn
+    node_b = nodes.nodes["b"]
+    t = nodes.pid("b", "t")
+    full = "prismatic_cluster_relay_mailbox_full"
+    full0 = metric(node_b, full)
+    busy = a.send_request(t, ["sleep", 3])
+    n = (BACKLOG_LIMIT >> 16) + 64
+    big = "x" * 65536
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.connect(relay_address(nodes.name("a")))
+        s.settimeout(10)
+        for i in range(n):
+            s.sendall(encode_frame(Forward(nodes.name("b"), t, CastFrame(["flood", i, big]))))
+        wait_until(lambda: metric(node_b, full) > full0, 10, "casts past the bound dropped")
+        s.sendall(encode_frame(Forward(nodes.name("b"), t, CallFrame(7, ["echo", 1]))))
+        frames = FrameBuffer(msgspec.msgpack.Decoder(RelayAnswer), "relay")
+        got: list[Any] = []
+        while not got:
+            got = frames.feed(s.recv(1 << 16))
+        assert got == [CallRefused(7, "mailbox_full")]
+    assert a.receive_response(busy, timeout=10) == "slept"
+    dropped = int(metric(node_b, full) - full0) - 1  # less the refused call
+    assert 0 < dropped < n
 
 
 def test_a_node_restarted_under_its_name_fails_the_call_in_flight(nodes: Nodes) -> None:
