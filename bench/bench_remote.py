@@ -10,6 +10,9 @@ loop), and prints, from one run:
 * beside it, interleaved with it in five rounds (the same machine load for all three), a
   local call (a's driver calls a's echo, the direct AF_UNIX path), and a bare pyzmq
   DEALER -> ROUTER echo over TCP loopback with CURVE (the mesh bench's baseline);
+* beside those, the same bare echo with one ``AF_UNIX`` hop added: its server hands each
+  message to a second process and sends back what that process answers (no Python of
+  ours on the way: the floor of a path with a hop between the ROUTER and the callee);
 * remote calls per second with 64 in flight, from a client of node a to node b's echo
   (``send_request`` / ``receive_response``);
 * cluster pub/sub: events per second published on a and received by a subscriber on b,
@@ -35,6 +38,52 @@ from prismatic.mesh._secret import init_secret  # noqa: E402
 import bench.bench_mesh as bench_mesh  # noqa: E402
 
 bench_mesh.APP = "bench.apps:messaging"
+
+
+_HOP_ECHO = """
+import os, socket, sys, time, zmq
+pub, sec = sys.argv[1].encode(), sys.argv[2].encode()
+ctx = zmq.Context(); r = ctx.socket(zmq.ROUTER)
+r.curve_server = True; r.curve_publickey = pub; r.curve_secretkey = sec
+port = r.bind_to_random_port("tcp://127.0.0.1")
+a, b = socket.socketpair()
+if os.fork() == 0:
+    a.close()
+    while True:
+        data = b.recv(65536)
+        if not data:
+            os._exit(0)
+        b.send(data)
+b.close()
+print(port, flush=True)
+while True:
+    ident, msg = r.recv_multipart()
+    a.send(msg)
+    end = time.perf_counter() + 50e-6  # as the receiving thread, poll before sleeping
+    a.setblocking(False)
+    while True:
+        try:
+            msg = a.recv(65536)
+            break
+        except BlockingIOError:
+            if time.perf_counter() > end:
+                a.setblocking(True)
+                msg = a.recv(65536)
+                break
+    a.setblocking(True)
+    r.send_multipart([ident, msg])
+"""
+
+
+def hop_rtt(n: int) -> list[float]:
+    """bare_curve_rtt's client against an echo that passes each message through a second
+    process over AF_UNIX."""
+    saved = bench_mesh._ECHO
+    bench_mesh._ECHO = _HOP_ECHO
+    try:
+        return bare_curve_rtt(n)
+    finally:
+        bench_mesh._ECHO = saved
 
 
 def us(x: float) -> str:
@@ -100,11 +149,12 @@ def main() -> None:
             echo_b = [b.name, cb.whereis("echo").ospid]  # type: ignore[union-attr]
             driver_rtts(ca, echo_b, 500)  # warm up both paths
             driver_rtts(ca, echo_a, 500)
-            remote, local, bare = [], [], []
-            for _ in range(5):  # interleaved: the same machine load for all three
+            remote, local, bare, hop = [], [], [], []
+            for _ in range(5):  # interleaved: the same machine load for all four
                 remote += driver_rtts(ca, echo_b, args.calls // 5)
                 local += driver_rtts(ca, echo_a, args.calls // 5)
                 bare += bare_curve_rtt(args.calls // 5)
+                hop += hop_rtt(args.calls // 5)
             rate = in_flight(ca, p.Pid(*echo_b), 20_000)
             ev1 = pubsub_rate(ca, cb, args.events // 5, 1)
             ev100 = pubsub_rate(ca, cb, args.events, 100)
@@ -118,6 +168,8 @@ def main() -> None:
          "same run, interleaved"),
         ("bare pyzmq DEALER->ROUTER, TCP+CURVE", us(pct(bare, 0.5)), us(pct(bare, 0.99)),
          "baseline (subprocess echo), interleaved"),
+        ("bare, plus one AF_UNIX hop to a process", us(pct(hop, 0.5)), us(pct(hop, 0.99)),
+         f"{pct(hop, 0.5) / pct(bare, 0.5):.2f}x bare: the floor of a hop, interleaved"),
         ("remote / bare (p50)", f"{pct(remote, 0.5) / pct(bare, 0.5):.2f}x", "",
          "target <= 1.5x"),
     ])

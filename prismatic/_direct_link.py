@@ -106,10 +106,10 @@ class DirectLink:
             self.sock.rcvtimeo = ms
             self.rcv_ms = ms
         try:
-            data = self.sock.recv(copy=False)
+            data = self.sock.recv()  # bytes: cheaper than a Frame and its memoryview (~1.5 us)
         except zmq.Again:
             return None
-        batch, why = decode_answers(data.buffer)
+        batch, why = decode_answers(data)
         if batch is None:
             bad_batches += 1
             _bad.warn("direct link to %s: dropped a malformed batch (%d so far): %s",

@@ -39,7 +39,7 @@ import socket
 import struct
 import time
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import msgspec
 
@@ -443,7 +443,7 @@ class Outbox:
             if not isinstance(result, CallRefused):
                 return self._outcome(req, result, deadline)
             if req.pid.node != self.node:
-                break  # the remote node resolved the name itself: refused means gone
+                self._refused(req, result)  # the remote node resolved the name itself
             timeout = max(deadline - time.monotonic(), 0.0001)
             # the name moved to another process since we cached it: resolve it afresh once
         raise NoProcError(dest)
@@ -478,8 +478,15 @@ class Outbox:
         deadline = time.monotonic() + timeout
         result = self._collect(req, timeout, deadline)
         if isinstance(result, CallRefused):
-            raise NoProcError(req.dest)
+            self._refused(req, result)
         return self._outcome(req, result, deadline)
+
+    @staticmethod
+    def _refused(req: RequestId, refused: CallRefused) -> NoReturn:
+        if refused.reason == "mailbox_full":  # another node held too much for its mailbox
+            raise MailboxFull(req.dest, "its mailbox takes nothing and its node's backlog "
+                                        "for it is full")
+        raise NoProcError(req.dest)
 
     def _outcome(self, req: RequestId, result: CallReply | CallFailed | None,
                  deadline: float) -> Any:

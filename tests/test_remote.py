@@ -11,9 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import prismatic as p
+from prismatic.mesh._remote import backlog_full
 from prismatic.mesh._secret import init_secret
+from prismatic.mesh._settings import backlog_limit
 from prismatic.transports._framing import encode_frame
 from prismatic.transports._messages import CastFrame, InfoFrame
 from prismatic.transports._remote_frames import relay_address
@@ -349,3 +353,23 @@ def test_node_loss_is_noconnection_once(nodes: Nodes) -> None:
                5, "the dropped event to be counted")
     wait_until(lambda: not cnode.pids(), 10, "the killed node's tree to die with it")
     assert len(notices(a, "alpha")) == n_alpha + 2  # once each
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(2, 1 << 30), st.lists(st.floats(0, 2), max_size=50))
+def test_a_full_backlog_drops_one_run_until_it_is_back_under_half(
+        limit: int, fractions: list[float]) -> None:
+    """Dropping starts at the limit and lasts until the backlog is under half of it: never
+    while under half, always from the limit, and in between as it was."""
+    full = False
+    for backlog in (int(f * limit) for f in fractions):
+        was, full = full, backlog_full(full, backlog, limit)
+        assert full == (backlog >= limit or (was and backlog >= limit // 2))
+
+
+def test_the_backlog_limit_comes_from_the_environment_or_stops_the_node() -> None:
+    assert backlog_limit({}) == 64 << 20
+    assert backlog_limit({"PRISMATIC_REMOTE_BACKLOG_BYTES": "1000"}) == 1000
+    for bad in ("0", "-5", "lots", ""):
+        with pytest.raises(p.NodeError, match="PRISMATIC_REMOTE_BACKLOG_BYTES"):
+            backlog_limit({"PRISMATIC_REMOTE_BACKLOG_BYTES": bad})

@@ -7,8 +7,10 @@ malformed direct batch is dropped, counted and logged, and the node goes on serv
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,10 +22,11 @@ import zmq
 
 import prismatic as p
 from prismatic.mesh._secret import derive_keys, init_secret, read_secret
-from prismatic.transports._messages import CallFrame, CallReply
+from prismatic.transports._framing import FrameBuffer, encode_frame
+from prismatic.transports._messages import CallFrame, CallRefused, CallReply, CastFrame
 from prismatic.transports._remote_frames import (
-    DIRECT_PREFIX, Deliver, decode_answers, decode_deliveries, encode_answers,
-    encode_deliveries,
+    DIRECT_PREFIX, Deliver, Forward, RelayAnswer, decode_answers, decode_deliveries,
+    encode_answers, encode_deliveries, relay_address,
 )
 from tests.conftest import REPO, RunningNode, start_node, wait_until
 from tests.test_mesh import members, metric, states
@@ -31,11 +34,16 @@ from tests.test_mesh_netns import Net, netns_unavailable
 from tests.test_remote import APP, L, Nodes
 
 
+BACKLOG_LIMIT = 16 << 20  # what b holds for one of its mailboxes (default: 64 MiB)
+
+
 @pytest.fixture(scope="module")
 def nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nodes]:
     c = Nodes(tmp_path_factory.mktemp("direct"))
-    c.start("a", "--listen", "127.0.0.1:0")
-    c.start("b", "--join", members(c.nodes["a"])[c.name("a")].address)
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("PRISMATIC_REMOTE_BACKLOG_BYTES", str(BACKLOG_LIMIT))
+        c.start("a", "--listen", "127.0.0.1:0")
+        c.start("b", "--join", members(c.nodes["a"])[c.name("a")].address)
     names = {c.name(s) for s in "ab"}
     wait_until(lambda: all(set(k for k, v in states(n).items() if v == "alive") == names
                            for n in c.nodes.values()), 10, "the two nodes to form a cluster")
@@ -124,6 +132,75 @@ def test_a_malformed_direct_batch_is_dropped_counted_and_logged(nodes: Nodes) ->
                (node.log.parent / "node.out").read_text(), 5, "the log line")
 
 
+def test_a_mailbox_that_stops_reading_bounds_what_its_node_holds_for_it(nodes: Nodes) -> None:
+    """A process busy in a long call takes nothing from its mailbox: what its node holds for
+    it from other nodes stops at BACKLOG_LIMIT. Past it, a cast is a dead letter and a call
+    fails at once with MailboxFull (not at its timeout), each counted; what got through
+    arrives in order, and every cast either arrives or is a counted dead letter."""
+    a = nodes.nodes["a"].conn
+    node_b = nodes.nodes["b"]
+    t = nodes.pid("b", "t")
+    full = "prismatic_cluster_direct_mailbox_full"
+    dead = '{kind="cast",reason="mailbox_full"}'
+    full0 = metric(node_b, full)
+    dead0 = metric(node_b, "prismatic_dead_letters", dead)
+    busy = a.send_request(t, ["sleep", 3])
+    n = (BACKLOG_LIMIT >> 16) + 64  # 64 KiB each: the bound, the kernel's buffers, and more
+    big = "x" * 65536
+    for i in range(n):
+        assert a.cast(t, ["flood", i, big])
+    wait_until(lambda: metric(node_b, full) > full0, 5, "casts past the bound to be dropped")
+    for i in range(n, n + 8):  # still full: dropped too (not let in as the kernel takes some)
+        assert a.cast(t, ["flood", i, big])
+    n += 8
+    started = time.monotonic()
+    with pytest.raises(p.MailboxFull):
+        a.call(t, ["echo", 1], timeout=10)
+    assert time.monotonic() - started < 2, "the call waited behind the backlog"
+    assert a.receive_response(busy, timeout=10) == "slept"
+    dropped = int(metric(node_b, full) - full0) - 1  # less the refused call
+
+    def casts() -> list[Any] | None:  # once it has read half its backlog, b lets calls in
+        try:
+            return a.call(t, ["casts"])
+        except p.MailboxFull:
+            return None
+
+    seen = [x[1] for x in wait_until(casts, 10, "t to read its backlog") if x[:1] == ["flood"]]
+    assert 0 < dropped < n and seen == list(range(n - dropped))
+    assert wait_until(lambda: metric(node_b, "prismatic_dead_letters", dead) - dead0, 5,
+                      "the dead letters") == dropped
+
+
+def test_the_relay_path_bounds_what_its_node_holds_for_a_mailbox_too(nodes: Nodes) -> None:
+    """The same bound on the relay path (a process's relay forwards over the mesh: the way
+    to a node its process could not locate): past it a cast is a counted dead letter and a
+    call is refused with mailbox_full."""
+    a = nodes.nodes["a"].conn
+    node_b = nodes.nodes["b"]
+    t = nodes.pid("b", "t")
+    full = "prismatic_cluster_relay_mailbox_full"
+    full0 = metric(node_b, full)
+    busy = a.send_request(t, ["sleep", 3])
+    n = (BACKLOG_LIMIT >> 16) + 64
+    big = "x" * 65536
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.connect(relay_address(nodes.name("a")))
+        s.settimeout(10)
+        for i in range(n):
+            s.sendall(encode_frame(Forward(nodes.name("b"), t, CastFrame(["flood", i, big]))))
+        wait_until(lambda: metric(node_b, full) > full0, 10, "casts past the bound dropped")
+        s.sendall(encode_frame(Forward(nodes.name("b"), t, CallFrame(7, ["echo", 1]))))
+        frames = FrameBuffer(msgspec.msgpack.Decoder(RelayAnswer), "relay")
+        got: list[Any] = []
+        while not got:
+            got = frames.feed(s.recv(1 << 16))
+        assert got == [CallRefused(7, "mailbox_full")]
+    assert a.receive_response(busy, timeout=10) == "slept"
+    dropped = int(metric(node_b, full) - full0) - 1  # less the refused call
+    assert 0 < dropped < n
+
+
 def test_a_node_restarted_under_its_name_fails_the_call_in_flight(nodes: Nodes) -> None:
     """A node SIGKILLed and started again under its name (a new incarnation at a new
     address): the call in flight to the old one fails NoConnection, and the new one is
@@ -133,6 +210,7 @@ def test_a_node_restarted_under_its_name_fails_the_call_in_flight(nodes: Nodes) 
     req = a.send_request(nodes.pid("b", "b"), ["sleep", 20])
     old.proc.send_signal(signal.SIGKILL)
     old.proc.wait()
+    old.conn.close()  # left to the collector, its context's term hung the test run's exit
     sub = nodes.tmp / "b-again"
     sub.mkdir()
     nodes.nodes["b"] = start_node(

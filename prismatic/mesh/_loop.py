@@ -457,6 +457,7 @@ class _MeshCollector:
                 ("bad_frames", "Malformed frames from this node's processes to its relay"),
                 ("unreachable", "Messages and calls to processes of unreachable nodes"),
                 ("answers_lost", "Call answers whose caller's node was unreachable"),
+                ("mailbox_full", "Messages dropped: their mailbox's backlog here was full"),
                 ("errors", "Relay frames whose handling raised (a bug; logged)")):
             c = CounterMetricFamily(f"prismatic_cluster_relay_{what}", help_)
             c.add_metric([], dist[what])
@@ -466,6 +467,7 @@ class _MeshCollector:
                 ("messages", "Messages from other nodes' processes on their direct links"),
                 ("bad_frames", "Direct batches dropped as malformed"),
                 ("answers_lost", "Call answers for a direct link that was gone"),
+                ("mailbox_full", "Messages dropped: their mailbox's backlog here was full"),
                 ("errors", "Direct messages whose handling raised (a bug; logged)")):
             c = CounterMetricFamily(f"prismatic_cluster_direct_{what}", help_)
             c.add_metric([], port[what])

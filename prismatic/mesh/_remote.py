@@ -83,6 +83,7 @@ from ..transports._remote_frames import (
     CallFailed, Forward, Locate, Located, NodeLost, RelayRequest, relay_address,
 )
 from ._interest import Interest
+from ._settings import backlog_limit
 
 if TYPE_CHECKING:
     from .._hub import Hub
@@ -97,6 +98,20 @@ _request_decoder = msgspec.msgpack.Decoder(RelayRequest)
 _mailbox_decoder = msgspec.msgpack.Decoder(MailboxFrame)
 
 MeshSend = Callable[[str, Any], bool]
+
+
+def backlog_full(was_full: bool, backlog: int, limit: int) -> bool:
+    """Whether messages for a mailbox are dropped, its node holding ``backlog`` bytes for it
+    (written but not taken, and on the direct path gathered to be written): from ``limit``
+    on (``PRISMATIC_REMOTE_BACKLOG_BYTES``, :func:`._settings.backlog_limit`), until it is
+    back under half of it (so a mailbox that stopped reading loses one run of messages, not
+    every other one). A dropped call is refused at
+    once (``mailbox_full``: its caller raises MailboxFull), a dropped cast or send is a
+    dead letter (``mailbox_full``), each counted (``prismatic_cluster_direct_mailbox_full``,
+    ``prismatic_cluster_relay_mailbox_full``) and logged, throttled. Not backpressure, as
+    OTP's busy distribution port is: one socket carries every process's messages from a
+    node and the membership protocol, which must not wait for one mailbox."""
+    return backlog >= (limit // 2 if was_full else limit)
 
 
 class Distribution:
@@ -127,6 +142,7 @@ class Distribution:
         self.asked: dict[int, tuple[str, Callable[..., None]]] = {}
         self.counters = collections.Counter[str]()
         self.warning = ThrottledWarning(log)
+        self.backlog_limit = backlog_limit()  # checked when the node started
         self.server: asyncio.AbstractServer | None = None
         # The node's control plane, for control calls across nodes (ControlRoute/Answer),
         # and told of each lost node (its calls in flight fail).
@@ -249,6 +265,19 @@ class Distribution:
                 self.answer(src, link, CallRefused(frame.ref, "noproc"))
             else:
                 self.note_dead_letter(to, self.name, "noproc", frame, None)
+            return
+        dest.full = backlog_full(dest.full, len(dest.pending), self.backlog_limit)
+        if dest.full:  # its process stopped reading
+            self.counters["mailbox_full"] += 1
+            self.warning.warn("distribution: %s takes nothing from its mailbox and its "
+                              "backlog here reached %d bytes: dropped a %s from node %s (%d so "
+                              "far)", to, self.backlog_limit,
+                              type(frame).__struct_config__.tag, src,
+                              self.counters["mailbox_full"])
+            if is_call:
+                self.answer(src, link, CallRefused(frame.ref, "mailbox_full"))
+            else:
+                self.note_dead_letter(to, self.name, "mailbox_full", frame, None)
             return
         if is_call:
             ref = next(dest.refs)
@@ -494,6 +523,7 @@ class _Destination(MailboxWriter):
         self.pid = pid
         self.refs = itertools.count(1)
         self.calls: dict[int, tuple[str, int, int]] = {}  # our ref -> (node, link, its ref)
+        self.full = False  # dropping what comes for it (backlog_full)
         self.frames = FrameBuffer(_mailbox_decoder, f"mailbox of {pid}")
         super().__init__(dist.hub, pid)
         if not self.closed:

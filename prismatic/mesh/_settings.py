@@ -3,11 +3,15 @@
 ``--listen HOST:PORT`` (default ``127.0.0.1:0``: loopback, any port), ``--join HOST:PORT``
 (repeatable seeds) and ``--cluster-secret FILE`` (default ``$PRISMATIC_HOME/cluster.secret``)
 become a :class:`MeshSettings`; :func:`check_settings` fails with one clear line on a bad
-address, an unsafe or missing secret, or a node name that cannot be a topic word (member
-events are published as ``cluster.node.<name>.up``). Nothing here imports ZeroMQ.
+address, an unsafe or missing secret, a node name that cannot be a topic word (member
+events are published as ``cluster.node.<name>.up``) or a bad
+``PRISMATIC_REMOTE_BACKLOG_BYTES`` (:func:`backlog_limit`). Nothing here imports ZeroMQ.
 """
 
 from __future__ import annotations
+
+import os
+from collections.abc import Mapping
 
 import msgspec
 
@@ -15,7 +19,12 @@ from .._errors import NodeError, TopicError
 from .._topics import validate_topic
 from ._secret import read_secret
 
-__all__ = ["MeshSettings", "parse_hostport", "check_settings"]
+__all__ = ["MeshSettings", "parse_hostport", "check_settings", "backlog_limit"]
+
+# What a node holds for one of its mailboxes, from other nodes' processes, when that mailbox
+# takes nothing (its process stopped reading): see mesh._remote.backlog_full.
+BACKLOG_ENV = "PRISMATIC_REMOTE_BACKLOG_BYTES"
+BACKLOG_DEFAULT = 64 << 20
 
 
 class MeshSettings(msgspec.Struct, frozen=True):
@@ -36,6 +45,21 @@ def parse_hostport(text: str, what: str) -> str:
     return f"tcp://{host}:{int(port)}"
 
 
+def backlog_limit(env: Mapping[str, str] = os.environ) -> int:
+    """``PRISMATIC_REMOTE_BACKLOG_BYTES`` (default 64 MiB); NodeError if not a positive
+    integer."""
+    text = env.get(BACKLOG_ENV)
+    if text is None:
+        return BACKLOG_DEFAULT
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise NodeError(f"{BACKLOG_ENV}={text!r}: expected a positive number of bytes")
+    return value
+
+
 def check_settings(name: str, settings: MeshSettings) -> None:
     try:
         validate_topic(f"cluster.node.{name}.up")
@@ -43,6 +67,7 @@ def check_settings(name: str, settings: MeshSettings) -> None:
         raise NodeError(f"node name {name!r} cannot join a cluster: a member's name must be "
                         f"one topic word (letters, digits and _-:@/+=$, no dots)") from None
     parse_hostport(settings.listen, "--listen")
+    backlog_limit()
     for seed in settings.join:
         parse_hostport(seed, "--join")
     from pathlib import Path  # noqa: PLC0415
