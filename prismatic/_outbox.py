@@ -28,36 +28,37 @@ turns out undeliverable, the node that finds out records the dead letter. A call
 refusal (``NoProcError``) or failure (``ProcessDown``, with the callee's exit reason, or
 ``NoConnection()`` when its node became unreachable: the relay says so) comes back on the
 link it went out on.
+
+Its parts: one connection to a mailbox (its kernel-side timeouts, the check of who holds
+the address, the busy poll for a reply, the sorting of answers among the calls in flight)
+is :class:`~._mailbox_peer.Peer`; the relay and the direct links to other nodes are
+:class:`~._remote_routes.RemoteRoutes`, a base of :class:`Outbox`. This module keeps
+addressing, sending, and the matching of calls to their replies.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
-import os
-import socket
-import struct
 import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import msgspec
 
-from ._address import Global, Pid, holder_matches
+from ._address import Global, Pid
 from ._errors import CallTimeout, MailboxFull, NodeError, NoProcError, ProcessDown
 from ._exit import ExitReason, NoConnection, NoProc
 from ._hubclient import HubClient
 from ._latency import LatencyHistogram
-from ._nodeinfo import creation_of, mailbox_address, peer_creds
-from ._throttle import ThrottledWarning
-from .transports._framing import FrameBuffer, encode_frame
+from ._mailbox_peer import SPIN_S, Peer, sort_answers, spin_recv
+from ._remote_routes import RemoteRoutes
+from .transports._framing import encode_frame
 from .transports._messages import (
     CallFrame, CallRefused, CallReply, CastFrame, DeadLetterNote, ExitOfReq,
-    GlobalWhereisReq, InfoFrame, MailboxFrame, WhereisReq,
+    GlobalWhereisReq, InfoFrame, WhereisReq,
 )
-from .transports._remote_frames import (
-    CallFailed, Deliver, Forward, Locate, Located, NodeLost, RelayAnswer, relay_address,
-)
+from .transports._remote_frames import CallFailed, Located
 
 if TYPE_CHECKING:
     from ._direct_link import DirectLink
@@ -67,92 +68,10 @@ __all__ = ["Outbox", "Dest", "RequestId"]
 log = logging.getLogger(__name__)
 
 Dest = Pid | str | Global | tuple[str, str]  # a Pid, a name on this node, (name, node)
-_decoder = msgspec.msgpack.Decoder(MailboxFrame)
-_relay_decoder = msgspec.msgpack.Decoder(RelayAnswer)
-_TIMEVAL = struct.Struct("ll")
 EXIT_REASON_WAIT_S = 1.0  # how long a failed call waits for the tree to report the exit
-# Busy-poll for a reply this long before blocking (see _spin_recv); never on one CPU, where
-# spinning would only delay the callee.
-SPIN_S = 50e-6 if len(os.sched_getaffinity(0)) > 1 else 0.0
-# A process sending on a direct link reads its relay's notices (a lost node) at most this
-# often: a read per message would cost a system call each.
-RELAY_POLL_S = 0.001
 # A process waiting for an answer on a direct link reads its relay's notices this often: a
 # call in flight to a node declared lost fails within this of the notice.
 RELAY_WAIT_S = 0.05
-_untrusted = ThrottledWarning(log)  # squatted mailbox addresses (each becomes a dead letter)
-
-
-class _Peer:
-    """A blocking connection whose timeouts are kernel-side (SO_RCVTIMEO/SO_SNDTIMEO): each
-    receive is one system call, where a Python-level timeout costs a poll() before it."""
-
-    __slots__ = ("pid", "sock", "frames", "rcv_timeout", "snd_timeout", "waiting", "replies")
-
-    def __init__(self, pid: Pid, address: bytes | None = None,
-                 decoder: msgspec.msgpack.Decoder[Any] = _decoder) -> None:
-        self.pid = pid
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            self.sock.connect(address or mailbox_address(pid.node, pid.ospid))
-            holder, uid = peer_creds(self.sock)
-            if uid != os.getuid():  # another user bound a dead process's address: no process
-                _untrusted.warn("the mailbox address of %s is held by uid %d, pid %d (another "
-                                "user): taken as no process", pid, uid, holder)
-                raise ConnectionRefusedError(f"{pid}'s mailbox address is another user's")
-            if not holder_matches(pid, holder, creation_of(pid.node)):
-                # the ospid (or the node's name) was reused: the process pid named is gone
-                raise ConnectionRefusedError(f"{pid} is gone (its ospid now names another)")
-        except OSError:
-            self.sock.close()
-            raise
-        self.frames = FrameBuffer(decoder, f"connection to {pid}")
-        self.rcv_timeout = self.snd_timeout = 0.0
-        self.waiting: set[int] = set()  # refs of calls in flight on this connection
-        self.replies: dict[int, Any] = {}  # replies read while waiting for another one
-
-    def set_timeouts(self, timeout: float, rcv: bool = True, snd: bool = True) -> None:
-        if timeout == self.rcv_timeout and timeout == self.snd_timeout:
-            return  # the same timeout call after call: the hot path, no system call
-        timeout = max(timeout, 0.000001)  # 0 would mean "wait forever" to the kernel
-        value = _TIMEVAL.pack(int(timeout), int(timeout % 1 * 1e6))
-        if rcv and timeout != self.rcv_timeout:
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, value)
-            self.rcv_timeout = timeout
-        if snd and timeout != self.snd_timeout:
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, value)
-            self.snd_timeout = timeout
-
-
-def _spin_recv(sock: socket.socket, spin: float) -> bytes:
-    """Poll for a reply for up to ``spin`` seconds before sleeping in ``recv``: a reply that
-    comes that fast (the callee runs on another core) then costs the caller no wake-up,
-    which under virtualisation is most of a round trip's latency (measured: -5 to -9 µs
-    at p50 and -10 to -15 µs at p99 of a ~25 µs round trip)."""
-    end = time.perf_counter() + spin
-    while True:
-        try:
-            return sock.recv(1 << 16, socket.MSG_DONTWAIT)
-        except BlockingIOError:
-            if time.perf_counter() > end:
-                return sock.recv(1 << 16)
-
-
-def _sort_answers(frames: Iterable[Any], ref: int, waiting: set[int],
-                  replies: dict[int, Any]) -> CallReply | CallRefused | CallFailed | None:
-    """The answer to call ``ref`` among ``frames`` (None: not among them). Answers to other
-    calls in flight on the connection (``waiting``) are kept in ``replies`` for them; the
-    rest (not answers, or late answers to calls that timed out) are dropped, as OTP 24+
-    drops a late reply."""
-    found = None
-    for frame in frames:
-        if not isinstance(frame, (CallReply, CallRefused, CallFailed)):
-            continue
-        if frame.ref == ref:
-            found = frame
-        elif frame.ref in waiting:
-            replies[frame.ref] = frame
-    return found
 
 
 class RequestId(msgspec.Struct, frozen=True):
@@ -163,15 +82,15 @@ class RequestId(msgspec.Struct, frozen=True):
     ref: int
 
 
-class Outbox:
+class Outbox(RemoteRoutes):
     """All outgoing connections of one process. Not thread-safe (one per process/client)."""
 
     def __init__(self, node: str, me: Pid | None, hub: HubClient) -> None:
         self.node = node
         self.me = me
         self.hub = hub
-        self.peers: dict[Pid, _Peer] = {}
-        self.relay: _Peer | None = None  # to this node's relay, for remote destinations
+        self.peers: dict[Pid, Peer] = {}
+        self.relay: Peer | None = None  # to this node's relay, for remote destinations
         self.links: dict[str, DirectLink] = {}  # direct links, by node (._direct_link)
         self.located: dict[str, Located] = {}  # the relay's answers to locate
         self.via: dict[int, DirectLink] = {}  # remote calls in flight on a direct link
@@ -236,10 +155,10 @@ class Outbox:
         reply = self.hub.request(lambda ref: GlobalWhereisReq(ref, name))
         return msgspec.convert(reply.value, Pid | None) if reply.error is None else None
 
-    def peer(self, pid: Pid) -> _Peer:
+    def peer(self, pid: Pid) -> Peer:
         peer = self.peers.get(pid)
         if peer is None:
-            peer = self.peers[pid] = _Peer(pid)  # OSError: no such process
+            peer = self.peers[pid] = Peer(pid)  # OSError: no such process
         return peer
 
     def drop(self, pid: Pid) -> None:
@@ -252,7 +171,7 @@ class Outbox:
 
     # ---- sending --------------------------------------------------------------------------------
 
-    def _send(self, peer: _Peer, data: bytes, timeout: float, dest: Dest) -> None:
+    def _send(self, peer: Peer, data: bytes, timeout: float, dest: Dest) -> None:
         peer.set_timeouts(timeout)
         self.sent += 1
         try:
@@ -283,130 +202,6 @@ class Outbox:
                 if isinstance(dest, Pid):
                     break
         return "noproc"
-
-    def relay_peer(self) -> _Peer:
-        if self.relay is None:
-            self.relay = _Peer(Pid(self.node, 0), relay_address(self.node), _relay_decoder)
-        return self.relay
-
-    def drop_relay(self) -> None:
-        if self.relay is not None:
-            self.relay.sock.close()
-            self.relay = None
-            # Nobody tells us of lost nodes any more (our node stopped): links end too.
-            for node in list(self.links):
-                self.node_lost(node)
-
-    def on_relay_frame(self, frame: Any) -> Any:
-        """A frame from the relay: the answer to a relay-path call is returned, the rest
-        handled here."""
-        if isinstance(frame, Located):
-            self.located[frame.node] = frame
-        elif isinstance(frame, NodeLost):
-            self.node_lost(frame.node)
-        elif isinstance(frame, (CallReply, CallRefused, CallFailed)):
-            return frame
-        return None
-
-    def poll_relay(self) -> None:
-        """Read what the relay told us meanwhile (a lost node), without waiting."""
-        relay = self.relay
-        if relay is None:
-            return
-        try:
-            data = relay.sock.recv(1 << 16, socket.MSG_DONTWAIT)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        if not data:
-            self.drop_relay()
-            return
-        for frame in relay.frames.feed(data):
-            answer = self.on_relay_frame(frame)
-            if answer is not None and answer.ref in relay.waiting:
-                relay.replies[answer.ref] = answer
-
-    def node_lost(self, node: str) -> None:
-        link = self.links.pop(node, None)
-        if link is not None:
-            link.fail_all(NoConnection())
-
-    def link_to(self, node: str, timeout: float) -> DirectLink | None:
-        """The direct link to ``node``; None if the relay does not know it reachable (or
-        this node is in no cluster): the relay path then fails what is sent."""
-        link = self.links.get(node)
-        if link is not None:
-            now = time.monotonic()
-            if now >= self.relay_read_at:  # a lost node is seen within RELAY_POLL_S
-                self.relay_read_at = now + RELAY_POLL_S
-                self.poll_relay()
-                link = self.links.get(node)
-            if link is not None:
-                return link
-        try:
-            relay = self.relay_peer()
-        except OSError:
-            return None
-        self.located.pop(node, None)
-        relay.set_timeouts(timeout)
-        deadline = time.monotonic() + timeout
-        try:
-            relay.sock.sendall(encode_frame(Locate(node)))
-            while node not in self.located:
-                data = relay.sock.recv(1 << 16)
-                if not data:
-                    self.drop_relay()
-                    return None
-                for frame in relay.frames.feed(data):
-                    answer = self.on_relay_frame(frame)
-                    if answer is not None and answer.ref in relay.waiting:
-                        relay.replies[answer.ref] = answer
-                if time.monotonic() > deadline:
-                    return None
-                relay.set_timeouts(max(deadline - time.monotonic(), 0.0001), snd=False)
-        except OSError:  # BlockingIOError: no answer in time (the node is stuck)
-            self.drop_relay()
-            return None
-        located = self.located.pop(node)
-        if located.addr is None:
-            return None
-        from ._direct_link import DirectLink  # noqa: PLC0415 - loads zmq: only when used
-
-        link = self.links[node] = DirectLink(located)
-        self.linked = True
-        return link
-
-    def forward(self, node: str, to: Pid | str, frame: Any, timeout: float,
-                dest: Dest) -> _Peer | DirectLink | None:
-        """Send ``frame`` to ``to`` on ``node``: on the direct link to ``node``, or else to
-        this node's relay; what it went out on, or None if this node is in no cluster (no
-        relay). Raises :class:`MailboxFull` as :meth:`_send` does."""
-        link = self.link_to(node, timeout)
-        if link is not None:
-            self.sent += 1
-            if not link.send([Deliver(to, frame)], timeout):
-                raise MailboxFull(dest, f"the link to node {node} stayed full for "
-                                        f"{timeout:.3g}s")
-            return link
-        data = encode_frame(Forward(node, to, frame))
-        for _attempt in (0, 1):
-            try:
-                peer = self.relay_peer()
-            except OSError:
-                return None
-            peer.set_timeouts(timeout)
-            self.sent += 1
-            try:
-                peer.sock.sendall(data)
-                return peer
-            except BlockingIOError:
-                self.drop_relay()
-                raise MailboxFull(dest, f"the node's relay stayed full for {timeout:.3g}s") \
-                    from None
-            except OSError:
-                self.drop_relay()  # the node restarted: once more, on a new connection
-        return None
 
     def deliver(self, dest: Dest, frame: Any, kind: str, timeout: float) -> bool:
         """Cast or send: True once handed to the destination's mailbox (or, for a remote
@@ -521,7 +316,7 @@ class Outbox:
         spin = SPIN_S
         while True:
             try:
-                data = _spin_recv(sock, spin) if spin else sock.recv(1 << 16)
+                data = spin_recv(sock, spin) if spin else sock.recv(1 << 16)
             except BlockingIOError:  # SO_RCVTIMEO expired
                 peer.waiting.discard(ref)
                 raise CallTimeout(req.dest, "no reply in time") from None
@@ -533,7 +328,7 @@ class Outbox:
             frames: Iterable[Any] = peer.frames.feed(data)
             if peer is self.relay:  # lazily: each frame handled in turn, as it is sorted
                 frames = (self.on_relay_frame(frame) for frame in frames)
-            found = _sort_answers(frames, ref, peer.waiting, peer.replies)
+            found = sort_answers(frames, ref, peer.waiting, peer.replies)
             if found is not None:
                 peer.waiting.discard(ref)
                 return found
@@ -564,7 +359,7 @@ class Outbox:
             if answers is None:
                 self.poll_relay()  # a lost node fails the link's calls
                 continue
-            found = _sort_answers(answers, ref, link.waiting, link.replies)
+            found = sort_answers(answers, ref, link.waiting, link.replies)
             if found is not None:
                 link.waiting.discard(ref)
                 return found
@@ -590,12 +385,3 @@ class Outbox:
             link.close()  # what it holds leaves within its linger
         self.links.clear()
         self.drop_relay()
-
-    def close_links(self) -> None:
-        """Before the process exits: what its direct links hold leaves first."""
-        if self.linked:
-            from ._direct_link import close_all  # noqa: PLC0415
-
-            self.links.clear()
-            close_all()
-
