@@ -12,7 +12,10 @@
 * :mod:`._global`: the global registry (OTP's ``global``), a pure ``decide``;
   :mod:`._global_names`: the node's side of it, between the hub and the mesh loop;
 * :mod:`._remote`: distribution: messages, monitors, links, control calls and pub/sub
-  between processes of different nodes, over the mesh links;
+  between processes of different nodes, over the mesh links; a process's connection to
+  the relay in :mod:`._relay`, the relay path's connections to mailboxes in
+  :mod:`._remote_mailbox`, the bound on what a node holds for one mailbox in
+  :mod:`._backlog`; the node's end of direct links in :mod:`._direct`;
 * wire frames: :mod:`prismatic.transports._mesh_frames` (the global registry's in
   :mod:`prismatic.transports._global_frames`). Operator's guide: docs/cluster.md.
 """

@@ -46,12 +46,12 @@ import msgspec
 import zmq
 
 from .._address import Pid
-from .._hub import MailboxWriter
+from .._mailbox_writer import MailboxWriter
 from .._throttle import ThrottledWarning
 from ..transports._framing import FrameBuffer, encode_frame
 from ..transports._messages import CallFrame, CallRefused, CallReply, MailboxFrame
 from ..transports._remote_frames import CallFailed, decode_deliveries, encode_answers
-from ._remote import backlog_full
+from ._backlog import backlog_full
 from ._settings import backlog_limit
 
 if TYPE_CHECKING:

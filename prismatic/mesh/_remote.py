@@ -50,6 +50,13 @@ letter) as it always has::
 * **Dead letters**: a cast or send that cannot be delivered becomes a dead letter on the
   node that finds out: here when the destination's node is unreachable (``noconnection``),
   there when no such process or name exists (``noproc``, ``not_registered``).
+
+Its parts: a process's connection to the relay is :class:`~._relay.RelayConnection`; the
+node's connection to one of its mailboxes on the relay path is
+:class:`~._remote_mailbox.Destination`; the rule for a mailbox whose backlog is full is
+:func:`~._backlog.backlog_full` (shared with :mod:`._direct`). This module keeps
+:class:`Distribution`: the relay's routing, calls and their answers, cluster pub/sub,
+monitors and links across nodes, and node loss.
 """
 
 from __future__ import annotations
@@ -58,31 +65,25 @@ import asyncio
 import collections
 import itertools
 import logging
-import os
 import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-import msgspec
-
 from .._address import Pid
 from .._exit import ExitReason, NoConnection, NoProc
-from .._hub import MailboxWriter
 from .._links import Link, ProcessExited, Unlink
-from .._nodeinfo import peer_creds
 from .._throttle import ThrottledWarning
-from ..transports._framing import FrameBuffer, encode_frame
+from ..transports._framing import encode_frame
 from ..transports._mesh_frames import (
     Answer, ControlAnswer, ControlRoute, Events, Gone, LinkAdd, LinkDel, NameAt, Route, Watch,
     WhereisName,
 )
-from ..transports._messages import (
-    CallFrame, CallRefused, CallReply, DeadLetterNote, MailboxFrame,
-)
-from ..transports._remote_frames import (
-    CallFailed, Forward, Locate, Located, NodeLost, RelayRequest, relay_address,
-)
+from ..transports._messages import CallFrame, CallRefused, DeadLetterNote
+from ..transports._remote_frames import CallFailed, Forward, Located, NodeLost, relay_address
+from ._backlog import backlog_full
 from ._interest import Interest
+from ._relay import RelayConnection
+from ._remote_mailbox import Destination
 from ._settings import backlog_limit
 
 if TYPE_CHECKING:
@@ -94,24 +95,8 @@ __all__ = ["Distribution"]
 log = logging.getLogger(__name__)
 EVENTS_FRAME_BYTES = 1 << 20  # a batch of pub/sub messages to a peer is sent at this size
 EXIT_REASON_WAIT_S = 1.0  # a callee died mid-call: how long to wait for its reported reason
-_request_decoder = msgspec.msgpack.Decoder(RelayRequest)
-_mailbox_decoder = msgspec.msgpack.Decoder(MailboxFrame)
 
 MeshSend = Callable[[str, Any], bool]
-
-
-def backlog_full(was_full: bool, backlog: int, limit: int) -> bool:
-    """Whether messages for a mailbox are dropped, its node holding ``backlog`` bytes for it
-    (written but not taken, and on the direct path gathered to be written): from ``limit``
-    on (``PRISMATIC_REMOTE_BACKLOG_BYTES``, :func:`._settings.backlog_limit`), until it is
-    back under half of it (so a mailbox that stopped reading loses one run of messages, not
-    every other one). A dropped call is refused at
-    once (``mailbox_full``: its caller raises MailboxFull), a dropped cast or send is a
-    dead letter (``mailbox_full``), each counted (``prismatic_cluster_direct_mailbox_full``,
-    ``prismatic_cluster_relay_mailbox_full``) and logged, throttled. Not backpressure, as
-    OTP's busy distribution port is: one socket carries every process's messages from a
-    node and the membership protocol, which must not wait for one mailbox."""
-    return backlog >= (limit // 2 if was_full else limit)
 
 
 class Distribution:
@@ -133,10 +118,10 @@ class Distribution:
         self.outgoing_bytes = 0
         self.events_dropped = collections.Counter[str]()  # per peer
         self.events_warning = ThrottledWarning(log)
-        self.conns: dict[int, _RelayConnection] = {}
+        self.conns: dict[int, RelayConnection] = {}
         self.serial = itertools.count(1)
         self.pending: dict[tuple[int, int], str] = {}  # (connection, ref) -> callee's node
-        self.dests: dict[Pid, _Destination] = {}
+        self.dests: dict[Pid, Destination] = {}
         self.interest = Interest()  # our processes -> nodes to tell of their exit
         # Names asked of other nodes (whereis): ref -> (node, what to do with the answer).
         self.asked: dict[int, tuple[str, Callable[..., None]]] = {}
@@ -171,7 +156,7 @@ class Distribution:
             raise
         sock.listen(1024)
         self.server = await asyncio.get_running_loop().create_unix_server(
-            lambda: _RelayConnection(self), sock=sock)
+            lambda: RelayConnection(self), sock=sock)
 
     def close(self) -> None:
         if self.server is not None:
@@ -181,7 +166,7 @@ class Distribution:
 
     # ---- from this node's processes --------------------------------------------------------
 
-    def locate(self, conn: _RelayConnection, node: str) -> None:
+    def locate(self, conn: RelayConnection, node: str) -> None:
         """Where ``node`` takes direct links (none: not a reachable member, or this node);
         ``conn`` is told if ``node`` is lost from now on."""
         addr = self.address_of(node) if node != self.name and self.keys is not None else None
@@ -191,7 +176,7 @@ class Distribution:
         conn.located.add(node)
         conn.write(Located(node, addr, self.keys.public, self.keys.secret))
 
-    def forward(self, conn: _RelayConnection, fw: Forward) -> None:
+    def forward(self, conn: RelayConnection, fw: Forward) -> None:
         frame = fw.frame
         if isinstance(frame, CallFrame):
             self.pending[(conn.id, frame.ref)] = fw.node
@@ -286,10 +271,10 @@ class Distribution:
                               to if isinstance(to, str) else frame.to_name)
         dest.write(encode_frame(frame))
 
-    def destination(self, pid: Pid) -> _Destination | None:
+    def destination(self, pid: Pid) -> Destination | None:
         dest = self.dests.get(pid)
         if dest is None or dest.closed:
-            dest = _Destination(self, pid)
+            dest = Destination(self, pid)
             if dest.closed:
                 return None
             self.dests[pid] = dest
@@ -308,7 +293,7 @@ class Distribution:
         if conn is not None:
             conn.write(frame)
 
-    def callee_died(self, dest: _Destination) -> None:
+    def callee_died(self, dest: Destination) -> None:
         calls, dest.calls = dest.calls, {}
         if self.dests.get(dest.pid) is dest:
             del self.dests[dest.pid]
@@ -457,101 +442,3 @@ class Distribution:
         if theirs:
             log.info("distribution: node %s lost: %d of its processes taken as exited "
                      "(noconnection)", node, len(theirs))
-
-
-class _RelayConnection(asyncio.Protocol):
-    def __init__(self, dist: Distribution) -> None:
-        self.dist = dist
-        self.id = next(dist.serial)
-        self.frames = FrameBuffer(_request_decoder, "relay")
-        self.transport: asyncio.Transport | None = None
-        self.caller: Pid | None = None
-        self.ospid = 0
-        self.after_close: list[tuple[str, Gone]] = []  # its process's exit notices
-        self.located: set[str] = set()  # nodes its process has direct links to
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        pid, uid = peer_creds(transport.get_extra_info("socket"))
-        if uid != os.getuid():
-            self.dist.warning.warn("relay: refused a connection from uid %d, pid %d", uid, pid)
-            transport.close()
-            self.transport = None
-            return
-        self.caller = Pid(self.dist.name, pid)
-        self.ospid = pid
-        self.dist.conns[self.id] = self
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.dist.conns.pop(self.id, None)
-        self.frames.release()
-        for key in [k for k in self.dist.pending if k[0] == self.id]:
-            del self.dist.pending[key]  # its process is gone: nobody awaits those answers
-        for node, frame in self.after_close:
-            self.dist.send(node, frame)
-        self.after_close.clear()
-
-    def data_received(self, data: bytes) -> None:
-        if self.transport is None:
-            return
-        bad = self.frames.bad_frames
-        for fw in self.frames.feed(data):
-            try:
-                if isinstance(fw, Locate):
-                    self.dist.locate(self, fw.node)
-                    continue
-                self.dist.forward(self, fw)
-            except Exception:  # noqa: BLE001 - one frame must never end the relay
-                self.dist.counters["errors"] += 1
-                log.exception("relay: forwarding a frame failed")
-        self.dist.counters["bad_frames"] += self.frames.bad_frames - bad
-        if self.frames.broken:
-            self.transport.close()
-
-    def write(self, frame: Any) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(encode_frame(frame))
-
-
-class _Destination(MailboxWriter):
-    """The node's connection to one local mailbox, for messages from other nodes: written
-    without blocking the loop (buffered when full, :class:`MailboxWriter`), read for the
-    replies to calls."""
-
-    def __init__(self, dist: Distribution, pid: Pid) -> None:
-        self.dist = dist
-        self.pid = pid
-        self.refs = itertools.count(1)
-        self.calls: dict[int, tuple[str, int, int]] = {}  # our ref -> (node, link, its ref)
-        self.full = False  # dropping what comes for it (backlog_full)
-        self.frames = FrameBuffer(_mailbox_decoder, f"mailbox of {pid}")
-        super().__init__(dist.hub, pid)
-        if not self.closed:
-            asyncio.get_running_loop().add_reader(self.sock.fileno(), self.readable)
-
-    def buffered(self) -> None:
-        self.dist.counters["buffered"] += 1
-
-    def readable(self) -> None:
-        try:
-            data = self.sock.recv(1 << 16)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            data = b""
-        if not data:
-            self.close()
-            return
-        for frame in self.frames.feed(data):
-            if isinstance(frame, (CallReply, CallRefused)):
-                origin = self.calls.pop(frame.ref, None)
-                if origin is not None:
-                    src, link, ref = origin
-                    self.dist.answer(src, link, msgspec.structs.replace(frame, ref=ref))
-
-    def close(self) -> None:
-        if self.closed:
-            return
-        asyncio.get_running_loop().remove_reader(self.sock.fileno())
-        super().close()
-        self.dist.callee_died(self)

@@ -22,7 +22,7 @@ from ._secret import read_secret
 __all__ = ["MeshSettings", "parse_hostport", "check_settings", "backlog_limit"]
 
 # What a node holds for one of its mailboxes, from other nodes' processes, when that mailbox
-# takes nothing (its process stopped reading): see mesh._remote.backlog_full.
+# takes nothing (its process stopped reading): see mesh._backlog.backlog_full.
 BACKLOG_ENV = "PRISMATIC_REMOTE_BACKLOG_BYTES"
 BACKLOG_DEFAULT = 64 << 20
 
