@@ -8,7 +8,8 @@
   :mod:`._auth`: who is admitted to a node's mesh endpoint;
 * :mod:`._settings`: ``--listen``, ``--join``, ``--cluster-secret``, checked before the fork;
 * :mod:`._loop`: the node's mesh loop (asyncio + pyzmq), which only carries out actions;
-  its links to peers (sending, the fast failure signal) in :mod:`._peer_links`;
+  its links to peers (sending, the fast failure signal) in :mod:`._peer_links`, its
+  Prometheus series in :mod:`._mesh_metrics`;
 * :mod:`._global`: the global registry (OTP's ``global``), a pure ``decide``;
   :mod:`._global_names`: the node's side of it, between the hub and the mesh loop;
 * :mod:`._remote`: distribution: messages, monitors, links, control calls and pub/sub

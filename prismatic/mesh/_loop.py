@@ -19,7 +19,7 @@ carries the loop's monotonic time. Before a timer's tick, the frames already rec
 handled (:meth:`MeshLoop.drain`): a timeout is never judged with its ack unread. The loop
 reports member changes to the node through ``publish(topic, body)``
 (``cluster.node.<name>.up|down|left``), a name conflict through ``fatal(reason)``, and its
-counters to Prometheus (:meth:`MeshLoop.collector`).
+counters to Prometheus (:meth:`MeshLoop.collector`, the series in :mod:`._mesh_metrics`).
 
 The global registry (:mod:`._global_names`) rides on the mesh through two hooks: its frames
 (``g_*``) go to ``on_global_frame`` instead of the membership machine, and ``on_members``
@@ -35,14 +35,13 @@ import logging
 import socket
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import msgspec
 import zmq
 import zmq.asyncio
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from .._connection_drops import ConnectionDrops
 from .._errors import NodeError
@@ -56,9 +55,10 @@ from ._events import (
     Send, Tick,
 )
 from ._membership import decide, initial_state, next_wake, table
+from ._mesh_metrics import MeshCollector
 from ._peer_links import CLOSE_LINGER_MS, PeerLink, PeerLinks
 from ._secret import derive_keys, read_secret
-from ._settings import MeshSettings, parse_hostport
+from ._settings import MeshSettings, hostport, parse_hostport
 
 __all__ = ["MeshLoop", "MemberRow"]
 
@@ -308,7 +308,7 @@ class MeshLoop(PeerLinks):
         if kind is None:
             return
         self.publish(f"cluster.node.{c.name}.{kind}", {  # first: the event is the news
-            "node": c.name, "address": _hostport(c.addr), "incarnation": c.inc,
+            "node": c.name, "address": hostport(c.addr), "incarnation": c.inc,
             "state": c.new.value, "previous": c.old.value if c.old else None,
             "seen_by": self.name})
         if kind != "up":
@@ -402,116 +402,13 @@ class MeshLoop(PeerLinks):
     def members(self) -> list[MemberRow]:
         assert self.state is not None
         mono, wall = time.monotonic(), time.time()
-        return [MemberRow(m.name, _hostport(m.addr), m.state, m.inc,
+        return [MemberRow(m.name, hostport(m.addr), m.state, m.inc,
                           None if m.rtt is None else round(m.rtt * 1000, 3),
                           wall - (mono - m.since), this_node=(m is self.state.me))
                 for m in table(self.state)]
 
-    def collector(self) -> _MeshCollector:
-        return _MeshCollector(self)
-
-
-class _MeshCollector:
-    """The mesh's Prometheus series, read at scrape time (from the metrics thread: it only
-    reads counters and one reference to the frozen state)."""
-
-    def __init__(self, mesh: MeshLoop) -> None:
-        self.mesh = mesh
-
-    def describe(self) -> list[Metric]:
-        return []
-
-    def collect(self) -> Iterator[Metric]:
-        m = self.mesh
-        state = m.state
-        members = GaugeMetricFamily("prismatic_cluster_members",
-                                    "Cluster members as this node sees them, by state",
-                                    labels=["state"])
-        rows = table(state) if state is not None else []
-        for s in MemberState:
-            members.add_metric([s.value], sum(1 for r in rows if r.state is s))
-        yield members
-        health = GaugeMetricFamily("prismatic_cluster_local_health",
-                                   "Lifeguard's local health multiplier (0: healthy)")
-        health.add_metric([], state.health if state is not None else 0)
-        yield health
-        for what, help_ in (
-                ("probes_sent", "Direct probes started"),
-                ("probes_failed", "Probes without any ack, direct or indirect"),
-                ("indirect_probes", "Probes that needed indirect probes through k members"),
-                ("suspicions_raised", "Members this node came to suspect"),
-                ("suspicions_refuted", "Suspicions of others cleared by their refutation"),
-                ("refutations", "Suspicions of this node it refuted (false positives)"),
-                ("bad_frames", "Frames from peers dropped as malformed"),
-                ("frames_dropped", "Frames dropped because a peer's queue was full"),
-                ("dist_frames_dropped", "Distribution frames from a non-member, dropped"),
-                ("handshake_failures", "Our handshakes a peer refused"),
-                ("errors", "Frames whose handling raised (a bug; logged)"),
-                ("frames_sent", "Frames sent to peers"),
-                ("frames_received", "Frames received from peers (well-formed)")):
-            c = CounterMetricFamily(f"prismatic_cluster_{what}", help_)
-            c.add_metric([], m.counts[what])
-            yield c
-        dist = m.remote.counters if m.remote is not None else Counter()
-        for what, help_ in (
-                ("bad_frames", "Malformed frames from this node's processes to its relay"),
-                ("unreachable", "Messages and calls to processes of unreachable nodes"),
-                ("answers_lost", "Call answers whose caller's node was unreachable"),
-                ("mailbox_full", "Messages dropped: their mailbox's backlog here was full"),
-                ("errors", "Relay frames whose handling raised (a bug; logged)")):
-            c = CounterMetricFamily(f"prismatic_cluster_relay_{what}", help_)
-            c.add_metric([], dist[what])
-            yield c
-        port = m.port.counters if getattr(m, "port", None) is not None else Counter()
-        for what, help_ in (
-                ("messages", "Messages from other nodes' processes on their direct links"),
-                ("bad_frames", "Direct batches dropped as malformed"),
-                ("answers_lost", "Call answers for a direct link that was gone"),
-                ("mailbox_full", "Messages dropped: their mailbox's backlog here was full"),
-                ("errors", "Direct messages whose handling raised (a bug; logged)")):
-            c = CounterMetricFamily(f"prismatic_cluster_direct_{what}", help_)
-            c.add_metric([], port[what])
-            yield c
-        received = CounterMetricFamily("prismatic_cluster_events_received",
-                                       "Pub/sub messages from other members, published here")
-        received.add_metric([], dist["events_received"])
-        yield received
-        dropped = CounterMetricFamily("prismatic_cluster_events_dropped",
-                                      "Pub/sub messages not sent to a member (unreachable: "
-                                      "dead or partitioned away; or its link was full)",
-                                      labels=["peer"])
-        if m.remote is not None:
-            for peer, n in list(m.remote.events_dropped.items()):
-                dropped.add_metric([peer], n)
-        yield dropped
-        links = CounterMetricFamily(
-            "prismatic_cluster_links_refused", "Lost links whose address refused a connect "
-            "(nothing listens: a dead node, confirmed at once), by who found out first: our "
-            "knock or the link's reconnect", labels=["by"])
-        for by in ("knock", "reconnect"):
-            links.add_metric([by], m.links_refused[by])
-        yield links
-        refusals = CounterMetricFamily("prismatic_cluster_auth_refusals",
-                                       "Connections refused admission, by reason",
-                                       labels=["reason"])
-        for reason in ("bad_handshake", "unknown_key"):
-            refusals.add_metric([reason], m.refusals[reason])
-        yield refusals
-        names = {r.addr: r.name for r in rows}
-        sent = CounterMetricFamily("prismatic_cluster_bytes_sent", "Bytes sent to each peer",
-                                   labels=["peer"])
-        for addr, n in list(m.sent_bytes.items()):
-            sent.add_metric([names.get(addr, _hostport(addr))], n)
-        yield sent
-        received = CounterMetricFamily("prismatic_cluster_bytes_received",
-                                       "Bytes received from each peer", labels=["peer"])
-        for addr, n in list(m.received_bytes.items()):
-            received.add_metric([names.get(addr, _hostport(addr))], n)
-        yield received
-
-
-def _hostport(addr: str) -> str:
-    return addr[6:] if addr.startswith("tcp://") else addr
+    def collector(self) -> MeshCollector:
+        return MeshCollector(self)
 
 
 def _is_ip(host: str) -> bool:

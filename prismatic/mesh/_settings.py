@@ -19,7 +19,7 @@ from .._errors import NodeError, TopicError
 from .._topics import validate_topic
 from ._secret import read_secret
 
-__all__ = ["MeshSettings", "parse_hostport", "check_settings", "backlog_limit"]
+__all__ = ["MeshSettings", "parse_hostport", "hostport", "check_settings", "backlog_limit"]
 
 # What a node holds for one of its mailboxes, from other nodes' processes, when that mailbox
 # takes nothing (its process stopped reading): see mesh._backlog.backlog_full.
@@ -43,6 +43,12 @@ def parse_hostport(text: str, what: str) -> str:
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise NodeError(f"{what} {text!r}: expected HOST:PORT (e.g. 10.0.0.5:4370)")
     return f"tcp://{host}:{int(port)}"
+
+
+def hostport(addr: str) -> str:
+    """``HOST:PORT`` of a ZeroMQ TCP endpoint, as members are shown (the inverse of
+    :func:`parse_hostport`); anything else as it is."""
+    return addr[6:] if addr.startswith("tcp://") else addr
 
 
 def backlog_limit(env: Mapping[str, str] = os.environ) -> int:
