@@ -116,17 +116,31 @@ def enter_cgroup(path: Path) -> bool:
         return False
 
 
+def _subtree(path: Path) -> list[Path]:
+    """``path`` and every cgroup below it, deepest first (the order they can be removed in):
+    a process of the tree may have made cgroups of its own (a nested node does)."""
+    found: list[Path] = []
+    for top, dirs, _ in os.walk(path):
+        found.extend(Path(top) / d for d in dirs)
+    return sorted(found, key=lambda d: len(d.parts), reverse=True) + [path]
+
+
 def _procs(path: Path) -> list[int]:
-    try:
-        return [int(x) for x in (path / "cgroup.procs").read_text().split()]
-    except OSError:
-        return []
+    """Every process in ``path`` or a cgroup below it (``cgroup.procs`` lists only its own)."""
+    pids: list[int] = []
+    for group in _subtree(path):
+        try:
+            pids.extend(int(x) for x in (group / "cgroup.procs").read_text().split())
+        except OSError:
+            pass
+    return pids
 
 
 def kill_cgroup(path: Path, wait: float = EMPTY_WAIT_S) -> int:
-    """SIGKILL every process in ``path`` and wait (up to ``wait`` s) until it is empty; how
-    many there were. ``cgroup.kill`` takes them all at once, forks in flight included;
-    without it (kernels before 5.14) each is killed, again until none is left."""
+    """SIGKILL every process in ``path`` and the cgroups below it and wait (up to ``wait``
+    s) until they are empty; how many there were. ``cgroup.kill`` takes them all at once,
+    forks in flight included; without it (kernels before 5.14) each is killed, again until
+    none is left."""
     found = _procs(path)
     if not found:
         return 0
@@ -184,12 +198,16 @@ def _sweep_after(pidfd: int, path: Path) -> None:
 
 
 def _remove(path: Path) -> None:
-    for _ in range(100):
-        try:
-            path.rmdir()
+    """Remove ``path`` and the cgroups below it (a cgroup with a child cannot be removed)."""
+    for group in _subtree(path):
+        for _ in range(100):
+            try:
+                group.rmdir()
+                break
+            except FileNotFoundError:
+                break
+            except OSError:  # EBUSY: a killed process is still leaving
+                time.sleep(0.01)
+        else:
+            log.error("could not remove cgroup %s (still busy)", group)
             return
-        except FileNotFoundError:
-            return
-        except OSError:  # EBUSY: a killed process is still leaving
-            time.sleep(0.01)
-    log.error("could not remove cgroup %s (still busy)", path)
