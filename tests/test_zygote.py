@@ -194,3 +194,23 @@ def test_a_small_child_supervisor_starts_dormant_and_wakes_on_a_restart(node_fac
     _zygote_of(mid)
     wait_until(lambda: _of_kind(mid, "prism:spare"), 10, "a spare under mid")
     assert not _of_kind(leaf, "prism:zygote")  # leaf restarted nothing: still dormant
+
+
+def test_a_hung_zygote_does_not_hang_a_supervisor_going_dormant(node_factory, monkeypatch):
+    """Letting the zygote go stops it in order, waiting for the spares it was asked for: a
+    zygote that never answers (here SIGSTOPped while a spare was asked of it) must not
+    hold the supervisor in that wait, or it restarts nothing ever again."""
+    monkeypatch.setenv("PRISMATIC_SPARE_IDLE", "1.5")
+    n = node_factory("tests.apps:one_for_one")
+    root = n.conn.status().root_pid
+    zygote = _zygote_of(root)
+    wait_until(lambda: _of_kind(root, "prism:spare"), 10, "a spare")
+    os.kill(zygote, signal.SIGSTOP)
+    try:
+        _restart(n, "w1")  # takes the spare; its successor is asked of the hung zygote
+        wait_until(lambda: not alive(zygote), 10, "the hung zygote let go (dormancy)")
+        _restart(n, "w2")  # the supervisor still restarts
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(zygote, signal.SIGCONT)
+    assert {c.id for c in n.conn.which_children()} == {"w1", "w2", "w3"}
