@@ -52,9 +52,14 @@ class Zygote:
 
     def __init__(self, spare_main: Callable[[Channel], int], name: str) -> None:
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.pid = fork_child((theirs.fileno(),), lambda: _zygote_main(theirs, spare_main),
-                              name)
-        theirs.close()
+        try:
+            self.pid = fork_child((theirs.fileno(),), lambda: _zygote_main(theirs, spare_main),
+                                  name)
+        except BaseException:
+            mine.close()  # the fork failed (the process limit): nothing holds the pair
+            raise
+        finally:
+            theirs.close()
         mine.setblocking(False)
         self.sock = mine
         self.pidfd = os.pidfd_open(self.pid)

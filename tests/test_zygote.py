@@ -214,3 +214,23 @@ def test_a_hung_zygote_does_not_hang_a_supervisor_going_dormant(node_factory, mo
         with contextlib.suppress(ProcessLookupError):
             os.kill(zygote, signal.SIGCONT)
     assert {c.id for c in n.conn.which_children()} == {"w1", "w2", "w3"}
+
+
+def test_a_supervisor_that_cannot_fork_its_zygote_back_goes_on(node_factory, monkeypatch):
+    """Waking from dormancy, the supervisor forks the replacement itself, then its zygote
+    again: where the process limit (a pids cgroup, for real) refuses that second fork, the
+    supervisor logs it and goes on with direct forks; it must not die of it (the root's
+    death ends the node)."""
+    monkeypatch.setenv("PRISMATIC_SPARE_IDLE", "0.3")
+    n = node_factory("tests.apps:one_for_one")
+    root = n.conn.status().root_pid
+    wait_until(lambda: not _of_kind(root, "prism:zygote") and not _of_kind(root, "prism:spare"),
+               10, "the zygote and spare let go")
+    with _pids_limited(root, 2):  # the supervisor and the one child it forks
+        _restart(n, "w1")  # forked directly; the zygote's fork then fails
+        wait_until(lambda: "Resource temporarily unavailable" in
+                   n.log.with_name("node.out").read_text(), 10, "the failed fork logged")
+        assert alive(root)
+        assert n.proc.poll() is None
+    _restart(n, "w2")
+    assert {c.id for c in n.conn.which_children()} == {"w1", "w2", "w3"}
