@@ -234,3 +234,23 @@ def test_a_supervisor_that_cannot_fork_its_zygote_back_goes_on(node_factory, mon
         assert n.proc.poll() is None
     _restart(n, "w2")
     assert {c.id for c in n.conn.which_children()} == {"w1", "w2", "w3"}
+
+
+def test_a_start_the_process_limit_refuses_is_a_start_error(node_factory, monkeypatch):
+    """OTP's ``start_child`` answers ``{error, Reason}`` when the child cannot start, and the
+    supervisor and its other children go on. A fork the process limit refuses (a pids
+    cgroup, for real; the pool is dormant, so it forks the child itself) is such a failure:
+    it must not kill the supervisor (and with it every child of the pool)."""
+    monkeypatch.setenv("PRISMATIC_SPARE_IDLE", "0.3")
+    n = node_factory("tests.apps:dynamic")
+    root = n.conn.status().root_pid
+    first = n.conn.start_child("", ("job0",))
+    wait_until(lambda: not _of_kind(root, "prism:zygote") and not _of_kind(root, "prism:spare"),
+               10, "the zygote and spare let go")
+    with _pids_limited(root, 1):  # the supervisor alone: its fork of a child fails
+        with pytest.raises(p.SupervisorError) as e:
+            n.conn.start_child("", ("job1",))
+        assert e.value.reason == "failed_to_start_child"
+        assert alive(root) and alive(first)
+    assert alive(n.conn.start_child("", ("job2",)))
+    assert n.conn.count_children()["active"] == 2
