@@ -63,10 +63,14 @@ class ProgramKeeping:
         try:
             pid = spawn_program(program, run.out_w, run.err_w, run.notify_address)
             if pid is None:
-                pid, mine = fork_with_channel(
-                    lambda theirs: exec_program(program, theirs, run.out_w, run.err_w,
-                                                run.notify_address),
-                    "prism:" + key, keep=run.child_fds())
+                try:
+                    pid, mine = fork_with_channel(
+                        lambda theirs: exec_program(program, theirs, run.out_w, run.err_w,
+                                                    run.notify_address),
+                        "prism:" + key, keep=run.child_fds())
+                except OSError:
+                    run.close()  # no program: its pipes, checks and log go (its ends below)
+                    raise
             else:  # setpriv exec'd: the channel's EOF (theirs closed), then the program's comm
                 mine, theirs = open_channel_pair()
                 theirs.close()

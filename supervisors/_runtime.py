@@ -265,7 +265,11 @@ class SupervisorRuntime(SpareKeeping, ProgramKeeping):
 
     def start_proc(self, key: str, spec: ChildSpec) -> None:
         if isinstance(spec.start, Program):  # never a spare: see _program_run
-            self.starting = self.fork_program(key, spec.start, spec.args)
+            try:
+                self.starting = self.fork_program(key, spec.start, spec.args)
+            except OSError as exc:  # neither spawned nor forked (the process limit)
+                self.starting = None
+                self.not_forked(key, exc)
             return
         if self.state.phase is not Phase.STARTING:
             self.wake()  # a dormant supervisor forks this one; its spares come back after

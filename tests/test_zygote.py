@@ -254,3 +254,22 @@ def test_a_start_the_process_limit_refuses_is_a_start_error(node_factory, monkey
         assert alive(root) and alive(first)
     assert alive(n.conn.start_child("", ("job2",)))
     assert n.conn.count_children()["active"] == 2
+
+
+def test_a_program_the_process_limit_refuses_is_a_start_error(node_factory):
+    """As a worker's, a program child's start that no fork or spawn can make (a pids
+    cgroup of the supervisor alone) answers failed_to_start_child; the supervisor lives."""
+    n = node_factory("tests.apps:one_for_one")
+    root = n.conn.status().root_pid
+    spec = p.ChildSpec(id="prog", start=p.Program(argv=("sleep", "600")), restart="temporary")
+    with _pids_limited(root, 1):
+        with pytest.raises(p.SupervisorError) as e:
+            n.conn.start_child("", spec)
+        assert e.value.reason == "failed_to_start_child"
+        assert alive(root)
+    fds = len(os.listdir(f"/proc/{root}/fd"))
+    for _ in range(3):
+        with _pids_limited(root, 1), pytest.raises(p.SupervisorError):
+            n.conn.start_child("", spec)
+    assert len(os.listdir(f"/proc/{root}/fd")) == fds  # the failed starts' pipes closed
+    assert {c.id for c in n.conn.which_children()} == {"w1", "w2", "w3"}
