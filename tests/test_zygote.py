@@ -273,3 +273,30 @@ def test_a_program_the_process_limit_refuses_is_a_start_error(node_factory):
             n.conn.start_child("", spec)
     assert len(os.listdir(f"/proc/{root}/fd")) == fds  # the failed starts' pipes closed
     assert {c.id for c in n.conn.which_children()} == {"w1", "w2", "w3"}
+
+
+def test_a_probe_the_process_limit_refuses_fails_the_start_or_skips_the_round(node_factory):
+    """A program's readiness probe that cannot be forked fails its start (killed, answered
+    failed_to_start_child); a liveness probe that cannot be forked skips its round (the
+    program is not judged by what the supervisor could not do). Neither kills the
+    supervisor."""
+    n = node_factory("tests.apps:one_for_one")
+    root = n.conn.status().root_pid
+    http = p.HttpCheck(url="http://127.0.0.1:9/")
+    ready = p.ChildSpec(id="ready", start=p.Program(argv=("sleep", "600"), ready=http),
+                        restart="temporary")
+    with _pids_limited(root, 2):  # the supervisor and the program: no probe
+        with pytest.raises(p.SupervisorError) as e:
+            n.conn.start_child("", ready)
+        assert e.value.reason == "failed_to_start_child"
+        assert alive(root)
+    alive_spec = p.ChildSpec(id="alive", restart="temporary", start=p.Program(
+        argv=("sleep", "600"), alive=http, alive_every=0.05, alive_failures=1000))
+    prog = n.conn.start_child("", alive_spec)
+    out = n.log.with_name("node.out")
+    with _pids_limited(root, 1):  # the supervisor alone (the program is elsewhere): no probe
+        wait_until(lambda: "cannot fork its liveness probe" in out.read_text(), 10,
+                   "a round skipped")
+        assert alive(root) and alive(prog)
+    n.conn.terminate_child("", "alive")
+    assert {c.id for c in n.conn.which_children()} >= {"w1", "w2", "w3"}
