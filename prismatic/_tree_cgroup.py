@@ -94,6 +94,7 @@ def open_tree_cgroup(data_dir: Path) -> Path | None:
             log.warning("killed %d process(es) a dead predecessor of this node left "
                         "behind (cgroup %s)", left, old)
         _remove(old)
+    _remove_abandoned(base)
     path = base / f"{prefix}{os.getpid()}"
     try:
         path.mkdir()
@@ -103,6 +104,35 @@ def open_tree_cgroup(data_dir: Path) -> Path | None:
                  path, exc.strerror)
         return None
     return path
+
+
+def _remove_abandoned(base: Path) -> None:
+    """Remove the empty cgroups of dead nodes of any data directory: one whose sweeper was
+    killed too is otherwise left until a node starts on its data directory again, which for
+    a temporary one (a test's, a chaos run's) is never, and they pile up. Only an empty one
+    whose node (the pid in its name) is gone: a live node's holds the node itself."""
+    for old in base.glob("prismatic-*-*"):
+        try:
+            pid = int(old.name.rsplit("-", 1)[1])
+            os.kill(pid, 0)
+            continue  # its node (or a process of that pid) lives: not ours to judge
+        except ValueError:
+            continue  # not a name this module makes
+        except ProcessLookupError:
+            pass
+        except OSError:
+            continue  # EPERM: a live process of another user
+        if _procs(old):
+            continue  # its sweeper, or the next start on its data directory, kills those
+        for group in _subtree(old):
+            try:
+                group.rmdir()
+            except FileNotFoundError:
+                pass
+            except OSError:
+                break  # busy after all: left to its own data directory's next start
+        else:
+            log.info("removed the empty cgroup %s a dead node left", old)
 
 
 def enter_cgroup(path: Path) -> bool:

@@ -133,3 +133,24 @@ def _rmdir(path: Path) -> bool:
     except OSError:  # busy: a killed process is still leaving
         return False
     return True
+
+
+def test_a_start_removes_the_empty_cgroups_dead_nodes_left(tmp_path: Path, made: Made) -> None:
+    """A node SIGKILLed with its sweeper leaves its cgroup (empty, once its tree has died)
+    until a node starts on the same data directory; a temporary data directory never sees
+    one, so any start removes such leftovers, whatever their data directory."""
+    (tmp_path / "1").mkdir()
+    (tmp_path / "2").mkdir()
+    made.append(node := start_node(tmp_path / "1", APP))
+    [cgroup] = _cgroups(node.data_dir)
+    [sweeper] = [pid for pid in node.pids() if process_name(pid) == "prism-sweeper"]
+    os.kill(sweeper, signal.SIGKILL)
+    node.proc.send_signal(signal.SIGKILL)
+    node.proc.wait()
+    try:
+        wait_until(lambda: not (cgroup / "cgroup.procs").read_text().split(), 10,
+                   "the dead node's tree to die")
+        made.append(start_node(tmp_path / "2", APP))  # another data directory
+        assert not cgroup.exists()
+    finally:
+        wait_until(lambda: _rmdir(cgroup), 5, f"{cgroup} removed")
