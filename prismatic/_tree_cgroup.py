@@ -19,7 +19,10 @@ So a node that can create a cgroup (v2) does three things before it forks its tr
 * **The next start on the same data directory** (holding its lock: the old node is dead)
   kills whatever is still in its predecessors' cgroups (say a sweeper was killed too), logs
   how many, and removes them, before its own tree starts. Each start has a cgroup of its
-  own, so a predecessor's sweeper still at work never touches the new tree.
+  own, so a predecessor's sweeper still at work never touches the new tree. Any start also
+  removes the *empty* cgroups of dead nodes of other data directories (a temporary one never
+  sees a next start), and cgroups a process of the tree made below its node's are killed and
+  removed with it.
 
 Where the node cannot create a cgroup (no cgroup v2, or not root and no delegated subtree,
 such as systemd gives a user's session), it runs without all three and says so once in its
