@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +26,21 @@ def _zygote_of(sup: int) -> int:
     """The supervisor's zygote (a clone is named after it until it renames itself)."""
     return wait_until(lambda: len(z := _of_kind(sup, "prism:zygote")) == 1 and z[0], 10,
                       "exactly one zygote")
+
+
+def _dormant(sup: int) -> None:
+    """Wait until ``sup`` keeps no zygote and no spare, and still keeps none 0.2 s later (a
+    zygote being renewed is briefly absent too)."""
+    since: list[float] = []
+
+    def none_for_a_while() -> bool:
+        if _of_kind(sup, "prism:zygote") or _of_kind(sup, "prism:spare"):
+            since.clear()
+            return False
+        since[:] = since or [time.monotonic()]
+        return time.monotonic() - since[0] >= 0.2
+
+    wait_until(none_for_a_while, 10, "the zygote and spare let go (dormancy)")
 
 
 def _restart(n, key: str) -> int:
@@ -224,8 +240,7 @@ def test_a_supervisor_that_cannot_fork_its_zygote_back_goes_on(node_factory, mon
     monkeypatch.setenv("PRISMATIC_SPARE_IDLE", "0.3")
     n = node_factory("tests.apps:one_for_one")
     root = n.conn.status().root_pid
-    wait_until(lambda: not _of_kind(root, "prism:zygote") and not _of_kind(root, "prism:spare"),
-               10, "the zygote and spare let go")
+    _dormant(root)
     with _pids_limited(root, 2):  # the supervisor and the one child it forks
         _restart(n, "w1")  # forked directly; the zygote's fork then fails
         wait_until(lambda: "Resource temporarily unavailable" in
@@ -245,8 +260,7 @@ def test_a_start_the_process_limit_refuses_is_a_start_error(node_factory, monkey
     n = node_factory("tests.apps:dynamic")
     root = n.conn.status().root_pid
     first = n.conn.start_child("", ("job0",))
-    wait_until(lambda: not _of_kind(root, "prism:zygote") and not _of_kind(root, "prism:spare"),
-               10, "the zygote and spare let go")
+    _dormant(root)
     with _pids_limited(root, 1):  # the supervisor alone: its fork of a child fails
         with pytest.raises(p.SupervisorError) as e:
             n.conn.start_child("", ("job1",))
