@@ -19,7 +19,10 @@ So a node that can create a cgroup (v2) does three things before it forks its tr
 * **The next start on the same data directory** (holding its lock: the old node is dead)
   kills whatever is still in its predecessors' cgroups (say a sweeper was killed too), logs
   how many, and removes them, before its own tree starts. Each start has a cgroup of its
-  own, so a predecessor's sweeper still at work never touches the new tree.
+  own, so a predecessor's sweeper still at work never touches the new tree. Any start also
+  removes the *empty* cgroups of dead nodes of other data directories (a temporary one never
+  sees a next start), and cgroups a process of the tree made below its node's are killed and
+  removed with it.
 
 Where the node cannot create a cgroup (no cgroup v2, or not root and no delegated subtree,
 such as systemd gives a user's session), it runs without all three and says so once in its
@@ -94,6 +97,7 @@ def open_tree_cgroup(data_dir: Path) -> Path | None:
             log.warning("killed %d process(es) a dead predecessor of this node left "
                         "behind (cgroup %s)", left, old)
         _remove(old)
+    _remove_abandoned(base)
     path = base / f"{prefix}{os.getpid()}"
     try:
         path.mkdir()
@@ -103,6 +107,35 @@ def open_tree_cgroup(data_dir: Path) -> Path | None:
                  path, exc.strerror)
         return None
     return path
+
+
+def _remove_abandoned(base: Path) -> None:
+    """Remove the empty cgroups of dead nodes of any data directory: one whose sweeper was
+    killed too is otherwise left until a node starts on its data directory again, which for
+    a temporary one (a test's, a chaos run's) is never, and they pile up. Only an empty one
+    whose node (the pid in its name) is gone: a live node's holds the node itself."""
+    for old in base.glob("prismatic-*-*"):
+        try:
+            pid = int(old.name.rsplit("-", 1)[1])
+            os.kill(pid, 0)
+            continue  # its node (or a process of that pid) lives: not ours to judge
+        except ValueError:
+            continue  # not a name this module makes
+        except ProcessLookupError:
+            pass
+        except OSError:
+            continue  # EPERM: a live process of another user
+        if _procs(old):
+            continue  # its sweeper, or the next start on its data directory, kills those
+        for group in _subtree(old):
+            try:
+                group.rmdir()
+            except FileNotFoundError:
+                pass
+            except OSError:
+                break  # busy after all: left to its own data directory's next start
+        else:
+            log.info("removed the empty cgroup %s a dead node left", old)
 
 
 def enter_cgroup(path: Path) -> bool:
@@ -116,17 +149,31 @@ def enter_cgroup(path: Path) -> bool:
         return False
 
 
+def _subtree(path: Path) -> list[Path]:
+    """``path`` and every cgroup below it, deepest first (the order they can be removed in):
+    a process of the tree may have made cgroups of its own (a nested node does)."""
+    found: list[Path] = []
+    for top, dirs, _ in os.walk(path):
+        found.extend(Path(top) / d for d in dirs)
+    return sorted(found, key=lambda d: len(d.parts), reverse=True) + [path]
+
+
 def _procs(path: Path) -> list[int]:
-    try:
-        return [int(x) for x in (path / "cgroup.procs").read_text().split()]
-    except OSError:
-        return []
+    """Every process in ``path`` or a cgroup below it (``cgroup.procs`` lists only its own)."""
+    pids: list[int] = []
+    for group in _subtree(path):
+        try:
+            pids.extend(int(x) for x in (group / "cgroup.procs").read_text().split())
+        except OSError:
+            pass
+    return pids
 
 
 def kill_cgroup(path: Path, wait: float = EMPTY_WAIT_S) -> int:
-    """SIGKILL every process in ``path`` and wait (up to ``wait`` s) until it is empty; how
-    many there were. ``cgroup.kill`` takes them all at once, forks in flight included;
-    without it (kernels before 5.14) each is killed, again until none is left."""
+    """SIGKILL every process in ``path`` and the cgroups below it and wait (up to ``wait``
+    s) until they are empty; how many there were. ``cgroup.kill`` takes them all at once,
+    forks in flight included; without it (kernels before 5.14) each is killed, again until
+    none is left."""
     found = _procs(path)
     if not found:
         return 0
@@ -184,12 +231,16 @@ def _sweep_after(pidfd: int, path: Path) -> None:
 
 
 def _remove(path: Path) -> None:
-    for _ in range(100):
-        try:
-            path.rmdir()
+    """Remove ``path`` and the cgroups below it (a cgroup with a child cannot be removed)."""
+    for group in _subtree(path):
+        for _ in range(100):
+            try:
+                group.rmdir()
+                break
+            except FileNotFoundError:
+                break
+            except OSError:  # EBUSY: a killed process is still leaving
+                time.sleep(0.01)
+        else:
+            log.error("could not remove cgroup %s (still busy)", group)
             return
-        except FileNotFoundError:
-            return
-        except OSError:  # EBUSY: a killed process is still leaving
-            time.sleep(0.01)
-    log.error("could not remove cgroup %s (still busy)", path)

@@ -122,8 +122,13 @@ def fork_with_channel(main: Callable[[Channel], int], name: str,
     it too; return its pid and our end (the child's end is closed here, so its EOF means
     the child is gone, or for a program, that it exec'd)."""
     mine, theirs = open_channel_pair()
-    pid = fork_child((theirs.fileno(), *keep), lambda: main(theirs), name)
-    theirs.close()
+    try:
+        pid = fork_child((theirs.fileno(), *keep), lambda: main(theirs), name)
+    except BaseException:
+        mine.close()
+        raise
+    finally:
+        theirs.close()
     return pid, mine
 
 
@@ -221,8 +226,12 @@ class SpareKeeping:
             return
         self.zygote_specs = self.static_specs()
         specs = self.zygote_specs
-        self.zygote = Zygote(lambda channel: spare_main(channel, specs, self.path, self.node),
-                             "prism:zygote")
+        try:
+            self.zygote = Zygote(lambda channel: spare_main(channel, specs, self.path,
+                                                            self.node), "prism:zygote")
+        except OSError as exc:  # the process limit: go on forking children directly
+            self.fork_failed("its zygote", exc)
+            return
         self.sel.register(self.zygote.sock, selectors.EVENT_READ, ("zygote", None))
         self.sel.register(self.zygote.pidfd, selectors.EVENT_READ, ("zygote_exit", None))
         self.zygote_stale = False
@@ -276,6 +285,21 @@ class SpareKeeping:
             self.parked = None
             self.start_proc(key, spec)
 
+    def fork_failed(self, what: str, exc: OSError) -> None:
+        """A fork of a spare or of the zygote failed (EAGAIN: the process limit, a pids
+        cgroup): children are forked directly until the backoff is over, then it is tried
+        again; one log line each time. The supervisor itself must not die of it."""
+        lo, hi = _CLONE_BACKOFF_S
+        self.clone_backoff = min(max(lo, self.clone_backoff * 2), hi)
+        self.spares_after = time.monotonic() + self.clone_backoff
+        log.error("supervisor %s could not fork %s: %s (children are forked directly; trying "
+                  "again in %.1f s)", self.name(), what, exc.strerror or exc,
+                  self.clone_backoff)
+
+    def backing_off(self) -> bool:
+        """A fork or clone for spares failed not long ago: not again yet."""
+        return bool(self.spares_after) and time.monotonic() < self.spares_after
+
     def on_zygote_exit(self, _: Any) -> None:
         """The zygote died (it never exits by itself while we live): adopt what it answered,
         kill the spares it made but never answered for, and make a new one."""
@@ -309,7 +333,7 @@ class SpareKeeping:
 
     def wants_new_zygote(self) -> bool:
         return (self.use_spares and self.use_zygote and not self.dormant and self.idle()
-                and (self.zygote is None or self.zygote_stale))
+                and (self.zygote is None or self.zygote_stale) and not self.backing_off())
 
     def renew_zygote(self) -> None:
         """Replace a zygote whose specs are out of date (or that died): its spares go too."""
@@ -333,7 +357,7 @@ class SpareKeeping:
     def wants_fork_spare(self) -> bool:
         """Without a zygote, the supervisor forks its one spare itself, when idle."""
         return (self.use_spares and not self.use_zygote and not self.dormant
-                and not self.spares and self.idle())
+                and not self.spares and self.idle() and not self.backing_off())
 
     # ---- dormancy ---------------------------------------------------------------------------
 
@@ -361,8 +385,12 @@ class SpareKeeping:
 
     def fork_spare(self) -> None:
         specs = self.static_specs()
-        pid, mine = fork_with_channel(
-            lambda theirs: spare_main(theirs, specs, self.path, self.node), "prism:spare")
+        try:
+            pid, mine = fork_with_channel(
+                lambda theirs: spare_main(theirs, specs, self.path, self.node), "prism:spare")
+        except OSError as exc:
+            self.fork_failed("a spare", exc)
+            return
         self.add_spare(pid, mine, specs)
 
     def add_spare(self, pid: int, channel: Channel, specs: dict[str, ChildSpec]) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 import msgspec
 
 from .._childspec import ChildType
+from .._exit import reason_from_exception
 from .._nodeinfo import current
 from .._process import kill_group, send_signal
 from .._program import Program
@@ -63,10 +64,14 @@ class ProgramKeeping:
         try:
             pid = spawn_program(program, run.out_w, run.err_w, run.notify_address)
             if pid is None:
-                pid, mine = fork_with_channel(
-                    lambda theirs: exec_program(program, theirs, run.out_w, run.err_w,
-                                                run.notify_address),
-                    "prism:" + key, keep=run.child_fds())
+                try:
+                    pid, mine = fork_with_channel(
+                        lambda theirs: exec_program(program, theirs, run.out_w, run.err_w,
+                                                    run.notify_address),
+                        "prism:" + key, keep=run.child_fds())
+                except OSError:
+                    run.close()  # no program: its pipes, checks and log go (its ends below)
+                    raise
             else:  # setpriv exec'd: the channel's EOF (theirs closed), then the program's comm
                 mine, theirs = open_channel_pair()
                 theirs.close()
@@ -128,7 +133,16 @@ class ProgramKeeping:
         elif run.checks_port_here():
             self.try_port(proc)
         elif run.needs_probe():
-            fd = run.start_probe()
+            try:
+                fd = run.start_probe()
+            except OSError as exc:  # the process limit: the start cannot be checked
+                log.error("supervisor %s: child %r: cannot fork its readiness probe: %s; "
+                          "killing it", self.name(), proc.key, exc)
+                proc.reason = reason_from_exception(exc)  # a start failure, at its exit
+                self.end_program_checks(run)
+                send_signal(proc.pidfd, signal.SIGKILL)
+                kill_group(proc.pid)
+                return
             self.probes[run.probe_pid] = proc
             self.sel.register(fd, selectors.EVENT_READ, ("probe", proc))
 
@@ -190,7 +204,14 @@ class ProgramKeeping:
                 self.end_alive_round(proc)
                 self.alive_outcome(proc, False)
                 continue
-            outcome = live.begin()
+            try:
+                outcome = live.begin()
+            except OSError as exc:  # the process limit: this round is not judged
+                live.busy = False
+                log.error("supervisor %s: child %r: cannot fork its liveness probe: %s; "
+                          "next round in %.1f s", self.name(), proc.key, exc, live.every)
+                self.alive_after(proc, live.every)
+                continue
             if isinstance(outcome, bool):
                 self.alive_outcome(proc, outcome)
                 continue

@@ -179,6 +179,8 @@ class SupervisorRuntime(SpareKeeping, ProgramKeeping):
                 if self.exit_reason is not None:
                     break
             self.fire_deadlines()
+            if self.inbox:  # a start that failed outside a decision (not_forked)
+                self.drain_inbox()
             if self.exit_reason is not None:
                 break
             if ready or (self.spares_after and time.monotonic() >= self.spares_after):
@@ -204,6 +206,10 @@ class SupervisorRuntime(SpareKeeping, ProgramKeeping):
         ``become`` is not queued behind telling the node about the death; everything sent
         to the parent (reports, replies, ready, exiting) keeps the decision's order."""
         self.inbox.append(event)
+        self.drain_inbox()
+
+    def drain_inbox(self) -> None:
+        """Decide on every queued event, in order (see :meth:`feed`)."""
         while self.inbox and self.exit_reason is None:
             self.state, actions = decide(self.state, self.inbox.pop(0))
             reports: list[Report] = []
@@ -259,7 +265,11 @@ class SupervisorRuntime(SpareKeeping, ProgramKeeping):
 
     def start_proc(self, key: str, spec: ChildSpec) -> None:
         if isinstance(spec.start, Program):  # never a spare: see _program_run
-            self.starting = self.fork_program(key, spec.start, spec.args)
+            try:
+                self.starting = self.fork_program(key, spec.start, spec.args)
+            except OSError as exc:  # neither spawned nor forked (the process limit)
+                self.starting = None
+                self.not_forked(key, exc)
             return
         if self.state.phase is not Phase.STARTING:
             self.wake()  # a dormant supervisor forks this one; its spares come back after
@@ -273,10 +283,15 @@ class SupervisorRuntime(SpareKeeping, ProgramKeeping):
             return
         self.starting = proc if proc is not None else self.fork_for(key, spec)
 
-    def fork_for(self, key: str, spec: ChildSpec) -> Proc:
+    def fork_for(self, key: str, spec: ChildSpec) -> Proc | None:
+        """Fork child ``key`` here; None if the fork failed (then it is a start failure)."""
         path = (*self.path, key)
-        pid, mine = fork_with_channel(lambda theirs: run_child(spec, theirs, path, self.node),
-                                      proc_name(spec, key))
+        try:
+            pid, mine = fork_with_channel(
+                lambda theirs: run_child(spec, theirs, path, self.node), proc_name(spec, key))
+        except OSError as exc:  # EAGAIN: the process limit (a pids cgroup), ENOMEM
+            self.not_forked(key, exc)
+            return None
         # The new child often waits for this CPU: let it run first, its start is what the
         # restart waits for (measured, a dormant supervisor's first restart: the child's first
         # instruction 1.2-1.5 -> 0.6-0.8 ms after the fork returns, p50). The worker yields
@@ -285,6 +300,16 @@ class SupervisorRuntime(SpareKeeping, ProgramKeeping):
         proc = Proc(pid, mine, key, spec.type)  # type: ignore[arg-type]
         self.watch(proc)
         return proc
+
+    def not_forked(self, key: str, exc: OSError) -> None:
+        """A child that could not even be forked failed to start, as OTP's ``{error,
+        Reason}`` from its start function: ``start_child`` answers the error, a restart is
+        tried again (within the intensity), the supervisor's own start fails. It must not
+        kill the supervisor (and with it every other child)."""
+        log.error("supervisor %s: cannot fork child %r: %s", self.name(), key, exc)
+        # Decided on after the rest of the decision that started it (or, outside one, by
+        # the loop once its caller has recorded that nothing is starting).
+        self.inbox.append(StartFailed(key, reason_from_exception(exc), time.monotonic()))
 
     # ---- stopping ---------------------------------------------------------------------------
 

@@ -32,6 +32,7 @@ import os
 import signal
 import socket
 import struct
+import time
 from collections.abc import Callable
 
 from .._process import fork_child, fork_sibling, send_signal
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 
 _REQUEST = b"s"
 _MAX_BATCH = 64
+CLOSE_WAIT_S = 1.0  # a zygote's pending clones take ms; one that takes this long is stuck
 
 
 class Zygote:
@@ -50,9 +52,14 @@ class Zygote:
 
     def __init__(self, spare_main: Callable[[Channel], int], name: str) -> None:
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.pid = fork_child((theirs.fileno(),), lambda: _zygote_main(theirs, spare_main),
-                              name)
-        theirs.close()
+        try:
+            self.pid = fork_child((theirs.fileno(),), lambda: _zygote_main(theirs, spare_main),
+                                  name)
+        except BaseException:
+            mine.close()  # the fork failed (the process limit): nothing holds the pair
+            raise
+        finally:
+            theirs.close()
         mine.setblocking(False)
         self.sock = mine
         self.pidfd = os.pidfd_open(self.pid)
@@ -94,17 +101,25 @@ class Zygote:
 
     def close(self) -> list[tuple[Channel, int]]:
         """Stop the zygote in order: it answers what it was asked, then exits. Returns those
-        last answers; blocks for as long as its pending clones take."""
+        last answers; blocks for as long as its pending clones take, at most ``CLOSE_WAIT_S``
+        (a zygote that does not answer, stopped or stuck, is killed then: the supervisor's
+        loop must not wait on it, and the spares it never answered for are swept)."""
         try:
             self.sock.shutdown(socket.SHUT_WR)
         except OSError:
             pass  # already dead: kill() below reaps it
-        self.sock.setblocking(True)
+        deadline = time.monotonic() + CLOSE_WAIT_S
         got: list[tuple[Channel, int]] = []
         while self.pending:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                log.warning("zygote %d did not answer %d spare request(s) within %.1f s of "
+                            "its stop: killed", self.pid, len(self.pending), CLOSE_WAIT_S)
+                break
+            self.sock.settimeout(left)  # a timeout reads as the end: then the check above
             answered, eof = self._read()
             got += answered
-            if eof:
+            if eof and time.monotonic() < deadline:
                 break
         self.kill()
         return got

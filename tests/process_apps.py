@@ -33,8 +33,10 @@ class Spawner(p.Worker):
     ``["fork", n]`` os.fork children; ``["popen", n]`` subprocess children (exec'd
     ``sleep``); ``["session"]`` a subprocess in a new session (it leaves the worker's process
     group); ``["daemon"]`` a double-forked grandchild in a new session whose parent exits
-    (orphaned while the worker lives); ``["mailbox_in_fork"]`` whether a forked child still
-    holds this worker's mailbox descriptors.
+    (orphaned while the worker lives); ``["daemon_in_cgroup"]`` such a daemon moved into a
+    cgroup of its own below the worker's (as a nested node, or a container runtime, puts
+    what it starts); ``["mailbox_in_fork"]`` whether a forked child still holds this
+    worker's mailbox descriptors.
     """
 
     def init(self) -> None:
@@ -54,6 +56,8 @@ class Spawner(p.Worker):
             return c.pid
         if op == "daemon":
             return self._daemon()
+        if op == "daemon_in_cgroup":
+            return self._daemon_in_cgroup()
         if op == "mailbox_in_fork":
             return self._mailbox_in_fork()
         if op == "echo":
@@ -73,6 +77,18 @@ class Spawner(p.Worker):
         os.close(r)
         os.waitpid(mid, 0)
         return pid
+
+    def _daemon_in_cgroup(self) -> list[Any]:
+        """[the daemon's pid, the cgroup it is in now (below this worker's)]."""
+        from prismatic._tree_cgroup import own_cgroup_dir  # noqa: PLC0415
+
+        own = own_cgroup_dir()
+        assert own is not None
+        inner = own / f"inner-{os.getpid()}"
+        inner.mkdir()
+        daemon = self._daemon()
+        (inner / "cgroup.procs").write_text(f"{daemon}\n")
+        return [daemon, str(inner)]
 
     def _mailbox_in_fork(self) -> list[Any]:
         """[fds of the mailbox open in the worker, of those open in a forked child]."""

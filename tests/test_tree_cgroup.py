@@ -100,3 +100,57 @@ def test_the_next_start_kills_what_a_dead_node_left(tmp_path: Path, made: Made) 
                (tmp_path / "2" / "node.out").read_text().splitlines())
     again.stop()
     wait_until(lambda: not again.pids(), 10, "the second node's processes to exit")
+
+
+def test_a_daemon_in_a_cgroup_below_the_trees_dies_with_the_node(tmp_path: Path,
+                                                                 made: Made) -> None:
+    """A process of the tree may sit in a cgroup below the node's (a nested node puts its
+    own tree there, as a container runtime does): the node's cgroup then lists none of it
+    in its own ``cgroup.procs``, yet it is the node's. A clean stop leaves no worker in the
+    node's cgroup itself, so only the nested one holds the daemon."""
+    made.append(node := start_node(tmp_path, APP))
+    w = wait_until(lambda: node.conn.pid_of("s"), 10, "s to run")
+    daemon, inner = node.conn.call(p.Pid(node.conn.status().node, w), ["daemon_in_cgroup"])
+    made.append(daemon)
+    [cgroup] = _cgroups(node.data_dir)
+    assert Path(inner).parent == cgroup
+    try:
+        node.stop()
+        wait_until(lambda: not alive(daemon), 5, "the nested daemon to die with the node")
+        wait_until(lambda: not cgroup.exists(), 5, "the sweeper to remove the node's cgroup")
+    finally:  # what a failure left: not for the next test run to find
+        if alive(daemon):
+            os.kill(daemon, signal.SIGKILL)
+        for left in (Path(inner), cgroup):
+            wait_until(lambda left=left: _rmdir(left), 5, f"{left} removed")
+
+
+def _rmdir(path: Path) -> bool:
+    try:
+        path.rmdir()
+    except FileNotFoundError:
+        pass
+    except OSError:  # busy: a killed process is still leaving
+        return False
+    return True
+
+
+def test_a_start_removes_the_empty_cgroups_dead_nodes_left(tmp_path: Path, made: Made) -> None:
+    """A node SIGKILLed with its sweeper leaves its cgroup (empty, once its tree has died)
+    until a node starts on the same data directory; a temporary data directory never sees
+    one, so any start removes such leftovers, whatever their data directory."""
+    (tmp_path / "1").mkdir()
+    (tmp_path / "2").mkdir()
+    made.append(node := start_node(tmp_path / "1", APP))
+    [cgroup] = _cgroups(node.data_dir)
+    [sweeper] = [pid for pid in node.pids() if process_name(pid) == "prism-sweeper"]
+    os.kill(sweeper, signal.SIGKILL)
+    node.proc.send_signal(signal.SIGKILL)
+    node.proc.wait()
+    try:
+        wait_until(lambda: not (cgroup / "cgroup.procs").read_text().split(), 10,
+                   "the dead node's tree to die")
+        made.append(start_node(tmp_path / "2", APP))  # another data directory
+        assert not cgroup.exists()
+    finally:
+        wait_until(lambda: _rmdir(cgroup), 5, f"{cgroup} removed")

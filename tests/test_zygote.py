@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +26,21 @@ def _zygote_of(sup: int) -> int:
     """The supervisor's zygote (a clone is named after it until it renames itself)."""
     return wait_until(lambda: len(z := _of_kind(sup, "prism:zygote")) == 1 and z[0], 10,
                       "exactly one zygote")
+
+
+def _dormant(sup: int) -> None:
+    """Wait until ``sup`` keeps no zygote and no spare, and still keeps none 0.2 s later (a
+    zygote being renewed is briefly absent too)."""
+    since: list[float] = []
+
+    def none_for_a_while() -> bool:
+        if _of_kind(sup, "prism:zygote") or _of_kind(sup, "prism:spare"):
+            since.clear()
+            return False
+        since[:] = since or [time.monotonic()]
+        return time.monotonic() - since[0] >= 0.2
+
+    wait_until(none_for_a_while, 10, "the zygote and spare let go (dormancy)")
 
 
 def _restart(n, key: str) -> int:
@@ -194,3 +210,107 @@ def test_a_small_child_supervisor_starts_dormant_and_wakes_on_a_restart(node_fac
     _zygote_of(mid)
     wait_until(lambda: _of_kind(mid, "prism:spare"), 10, "a spare under mid")
     assert not _of_kind(leaf, "prism:zygote")  # leaf restarted nothing: still dormant
+
+
+def test_a_hung_zygote_does_not_hang_a_supervisor_going_dormant(node_factory, monkeypatch):
+    """Letting the zygote go stops it in order, waiting for the spares it was asked for: a
+    zygote that never answers (here SIGSTOPped while a spare was asked of it) must not
+    hold the supervisor in that wait, or it restarts nothing ever again."""
+    monkeypatch.setenv("PRISMATIC_SPARE_IDLE", "1.5")
+    n = node_factory("tests.apps:one_for_one")
+    root = n.conn.status().root_pid
+    zygote = _zygote_of(root)
+    wait_until(lambda: _of_kind(root, "prism:spare"), 10, "a spare")
+    os.kill(zygote, signal.SIGSTOP)
+    try:
+        _restart(n, "w1")  # takes the spare; its successor is asked of the hung zygote
+        wait_until(lambda: not alive(zygote), 10, "the hung zygote let go (dormancy)")
+        _restart(n, "w2")  # the supervisor still restarts
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(zygote, signal.SIGCONT)
+    assert {c.id for c in n.conn.which_children()} == {"w1", "w2", "w3"}
+
+
+def test_a_supervisor_that_cannot_fork_its_zygote_back_goes_on(node_factory, monkeypatch):
+    """Waking from dormancy, the supervisor forks the replacement itself, then its zygote
+    again: where the process limit (a pids cgroup, for real) refuses that second fork, the
+    supervisor logs it and goes on with direct forks; it must not die of it (the root's
+    death ends the node)."""
+    monkeypatch.setenv("PRISMATIC_SPARE_IDLE", "0.3")
+    n = node_factory("tests.apps:one_for_one")
+    root = n.conn.status().root_pid
+    _dormant(root)
+    with _pids_limited(root, 2):  # the supervisor and the one child it forks
+        _restart(n, "w1")  # forked directly; the zygote's fork then fails
+        wait_until(lambda: "Resource temporarily unavailable" in
+                   n.log.with_name("node.out").read_text(), 10, "the failed fork logged")
+        assert alive(root)
+        assert n.proc.poll() is None
+    _restart(n, "w2")
+    assert {c.id for c in n.conn.which_children()} == {"w1", "w2", "w3"}
+
+
+def test_a_start_the_process_limit_refuses_is_a_start_error(node_factory, monkeypatch):
+    """OTP's ``start_child`` answers ``{error, Reason}`` when the child cannot start, and the
+    supervisor and its other children go on. A fork the process limit refuses (a pids
+    cgroup, for real; the pool is dormant, so it forks the child itself) is such a failure:
+    it must not kill the supervisor (and with it every child of the pool)."""
+    monkeypatch.setenv("PRISMATIC_SPARE_IDLE", "0.3")
+    n = node_factory("tests.apps:dynamic")
+    root = n.conn.status().root_pid
+    first = n.conn.start_child("", ("job0",))
+    _dormant(root)
+    with _pids_limited(root, 1):  # the supervisor alone: its fork of a child fails
+        with pytest.raises(p.SupervisorError) as e:
+            n.conn.start_child("", ("job1",))
+        assert e.value.reason == "failed_to_start_child"
+        assert alive(root) and alive(first)
+    assert alive(n.conn.start_child("", ("job2",)))
+    assert n.conn.count_children()["active"] == 2
+
+
+def test_a_program_the_process_limit_refuses_is_a_start_error(node_factory):
+    """As a worker's, a program child's start that no fork or spawn can make (a pids
+    cgroup of the supervisor alone) answers failed_to_start_child; the supervisor lives."""
+    n = node_factory("tests.apps:one_for_one")
+    root = n.conn.status().root_pid
+    spec = p.ChildSpec(id="prog", start=p.Program(argv=("sleep", "600")), restart="temporary")
+    with _pids_limited(root, 1):
+        with pytest.raises(p.SupervisorError) as e:
+            n.conn.start_child("", spec)
+        assert e.value.reason == "failed_to_start_child"
+        assert alive(root)
+    fds = len(os.listdir(f"/proc/{root}/fd"))
+    for _ in range(3):
+        with _pids_limited(root, 1), pytest.raises(p.SupervisorError):
+            n.conn.start_child("", spec)
+    assert len(os.listdir(f"/proc/{root}/fd")) == fds  # the failed starts' pipes closed
+    assert {c.id for c in n.conn.which_children()} == {"w1", "w2", "w3"}
+
+
+def test_a_probe_the_process_limit_refuses_fails_the_start_or_skips_the_round(node_factory):
+    """A program's readiness probe that cannot be forked fails its start (killed, answered
+    failed_to_start_child); a liveness probe that cannot be forked skips its round (the
+    program is not judged by what the supervisor could not do). Neither kills the
+    supervisor."""
+    n = node_factory("tests.apps:one_for_one")
+    root = n.conn.status().root_pid
+    http = p.HttpCheck(url="http://127.0.0.1:9/")
+    ready = p.ChildSpec(id="ready", start=p.Program(argv=("sleep", "600"), ready=http),
+                        restart="temporary")
+    with _pids_limited(root, 2):  # the supervisor and the program: no probe
+        with pytest.raises(p.SupervisorError) as e:
+            n.conn.start_child("", ready)
+        assert e.value.reason == "failed_to_start_child"
+        assert alive(root)
+    alive_spec = p.ChildSpec(id="alive", restart="temporary", start=p.Program(
+        argv=("sleep", "600"), alive=http, alive_every=0.05, alive_failures=1000))
+    prog = n.conn.start_child("", alive_spec)
+    out = n.log.with_name("node.out")
+    with _pids_limited(root, 1):  # the supervisor alone (the program is elsewhere): no probe
+        wait_until(lambda: "cannot fork its liveness probe" in out.read_text(), 10,
+                   "a round skipped")
+        assert alive(root) and alive(prog)
+    n.conn.terminate_child("", "alive")
+    assert {c.id for c in n.conn.which_children()} >= {"w1", "w2", "w3"}
