@@ -101,6 +101,11 @@ class NodeMetrics:
         self.escalations = Counter("prismatic_intensity_exceeded",
                                    "Supervisors that gave up: restart intensity exceeded",
                                    ["supervisor"], registry=r)
+        self.supervisor_troubles = Counter(
+            "prismatic_supervisor_troubles",
+            "What supervisors carried on from, degraded (each logged by the supervisor): a "
+            "zygote that died or hung, a failed fork, orphans killed, ...", ["what"],
+            registry=r)
         self.control_requests = Counter("prismatic_control_requests",
                                         "Control requests received, by call", ["call"],
                                         registry=r)

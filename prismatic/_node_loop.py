@@ -66,7 +66,9 @@ from ._topics import validate_topic
 from ._tree import TreeView
 from .supervisors._events import Err
 from .transports._channel import Channel
-from .transports._frames import ExitingFrame, LifecycleFrame, ReadyFrame, ReplyFrame
+from .transports._frames import (
+    ExitingFrame, LifecycleFrame, ReadyFrame, ReplyFrame, TroubleFrame,
+)
 from .transports._messages import DeadLetterNote, EmitReq, HubReply
 
 __all__ = ["serve", "NodeLoop"]
@@ -252,6 +254,8 @@ class NodeLoop(ControlEndpoint):
                      f"data {self.data})")
         elif isinstance(frame, ExitingFrame):
             self.root_reason = frame.reason
+        elif isinstance(frame, TroubleFrame):  # the supervisor logged the detail
+            self.metrics.supervisor_troubles.labels(frame.what[:40]).inc()
 
     def tell_hub(self, frame: LifecycleFrame, died_with: list[int]) -> None:
         """Starts and exits, for the registry, monitors and links. A supervisor that dies

@@ -72,10 +72,11 @@ from .._clone import sibling_support
 from .._exit import ExitReason
 from .._process import child_pids, fork_child, process_name, send_signal
 from ..transports._channel import Channel, open_channel_pair
-from ..transports._frames import Become
+from ..transports._frames import Become, TroubleFrame
 from ._child import knows, spare_main
 from ._events import Phase, StartStep
 from ._program_run import ProgramRun
+from ._trouble import Trouble
 from ._zygote import Zygote
 
 __all__ = ["Proc", "SpareKeeping", "PARK_MAX_S", "fork_with_channel", "spare_idle_s",
@@ -178,9 +179,14 @@ class SpareKeeping:
     state: Any
     path: tuple[str, ...]
     node: str
+    parent: Channel
 
     def name(self) -> str:
         raise NotImplementedError
+
+    def trouble(self, what: Trouble) -> None:
+        """Count what was just logged at the node (sent up the tree; see :mod:`._trouble`)."""
+        self.parent.try_send(TroubleFrame(self.path, what.value))
 
     def watch(self, proc: Proc) -> None:
         raise NotImplementedError
@@ -276,6 +282,7 @@ class SpareKeeping:
                 log.error("supervisor %s: its zygote could not make a spare: %s (children "
                           "are forked directly; asking again in %.1f s)", self.name(),
                           os.strerror(-pid), self.clone_backoff)
+                self.trouble(Trouble.ZYGOTE_SPARE_FAILED)
                 continue
             self.clone_backoff = 0.0
             self.add_spare(pid, channel, specs)
@@ -295,6 +302,7 @@ class SpareKeeping:
         log.error("supervisor %s could not fork %s: %s (children are forked directly; trying "
                   "again in %.1f s)", self.name(), what, exc.strerror or exc,
                   self.clone_backoff)
+        self.trouble(Trouble.FORK_FAILED)
 
     def backing_off(self) -> bool:
         """A fork or clone for spares failed not long ago: not again yet."""
@@ -312,10 +320,12 @@ class SpareKeeping:
         self.zygote_deaths += 1
         log.warning("supervisor %s: zygote %d died (%d so far)", self.name(), zygote.pid,
                     self.zygote_deaths)
+        self.trouble(Trouble.ZYGOTE_DIED)
         self.sweep_orphans()  # the spares it made but never answered for
         if self.zygote_deaths >= _ZYGOTE_DEATHS_TOLERATED:
             log.error("supervisor %s: zygote died %d times; forking spares here from now on",
                       self.name(), self.zygote_deaths)
+            self.trouble(Trouble.ZYGOTE_GIVEN_UP)
             self.use_zygote = False
 
     def detach_zygote(self) -> Zygote | None:
@@ -347,6 +357,8 @@ class SpareKeeping:
         zygote = self.detach_zygote()
         if zygote is not None:
             self.adopt(zygote.close(), self.zygote_specs)
+            if zygote.hung:
+                self.trouble(Trouble.ZYGOTE_HUNG)
         for spare in list(self.spares):
             self.kill_spare(spare)
 
@@ -414,6 +426,7 @@ class SpareKeeping:
         except OSError as exc:
             log.error("supervisor %s: cannot list its child processes to sweep orphans: %s",
                       self.name(), exc)
+            self.trouble(Trouble.SWEEP_FAILED)
             return
         zygote = self.zygote.pid if self.zygote is not None else 0
         # Usually every one is known (reaped through its pidfd): a dict lookup each, so a
@@ -442,6 +455,7 @@ class SpareKeeping:
             log.warning("supervisor %s: killed %d orphan process(es) of children that are "
                         "gone: %s", self.name(), len(killed),
                         ", ".join(f"{k} ({process_name(k) or '?'})" for k in killed[:5]))
+            self.trouble(Trouble.ORPHANS_KILLED)
 
     def kill_spares(self) -> None:
         """On the way out: spares and the zygote go first (spares the zygote has not

@@ -54,10 +54,12 @@ from .._worker_runtime import exit_code_for
 from ..transports._channel import Channel
 from ..transports._frames import (
     ExitingFrame, IgnoredFrame, LifecycleFrame, ReadyFrame, ReplyFrame, RequestFrame,
+    TroubleFrame,
 )
 from ._child import knows, proc_name, run_child
 from ._decide import decide, initial_state
 from ._names import NameSocket
+from ._trouble import Trouble
 from ._events import (
     Err, Exit, Exited, Ignored, Init, Ok, Op, Phase, Ready, Reply, Report, Request,
     ShutdownRequested,
@@ -135,6 +137,7 @@ class SupervisorRuntime(SpareKeeping, ProgramKeeping):
         except OSError as exc:
             log.error("supervisor %s: orphans of its children will go to init: %s",
                       self.name(), exc)
+            self.trouble(Trouble.NO_SUBREAPER)
         self.sel.register(wake_r, selectors.EVENT_READ, ("signal", wake_r))
         self.sel.register(self.parent.sock, selectors.EVENT_READ, ("parent", None))
         if self.spec.name is not None:
@@ -259,6 +262,7 @@ class SupervisorRuntime(SpareKeeping, ProgramKeeping):
             return msgspec.Raw(_encoder.encode(result))
         except (TypeError, ValueError, msgspec.EncodeError) as exc:
             log.error("supervisor %s: a reply does not encode: %s", self.name(), exc)
+            self.trouble(Trouble.UNENCODABLE_REPLY)
             return msgspec.Raw(_encoder.encode(Err("unencodable", str(exc))))
 
     # ---- starting ---------------------------------------------------------------------------
@@ -307,6 +311,7 @@ class SupervisorRuntime(SpareKeeping, ProgramKeeping):
         tried again (within the intensity), the supervisor's own start fails. It must not
         kill the supervisor (and with it every other child)."""
         log.error("supervisor %s: cannot fork child %r: %s", self.name(), key, exc)
+        self.trouble(Trouble.CHILD_FORK_FAILED)
         # Decided on after the rest of the decision that started it (or, outside one, by
         # the loop once its caller has recorded that nothing is starting).
         self.inbox.append(StartFailed(key, reason_from_exception(exc), time.monotonic()))
@@ -362,6 +367,7 @@ class SupervisorRuntime(SpareKeeping, ProgramKeeping):
             self.parked = None
             log.warning("supervisor %s: no spare from the zygote within %.0f ms; forking %r "
                         "directly", self.name(), PARK_MAX_S * 1000, key)
+            self.trouble(Trouble.NO_SPARE_IN_TIME)
             self.starting = self.fork_for(key, spec)
         starting = self.starting
         if starting is not None and starting.program is not None \
@@ -437,6 +443,7 @@ class SupervisorRuntime(SpareKeeping, ProgramKeeping):
             # Not a child of the tree: nothing to restart. Another is made when wanted.
             log.warning("supervisor %s: spare process %d died: %s", self.name(), proc.pid,
                         reason)
+            self.trouble(Trouble.SPARE_DIED)
             self.spares.remove(proc)
         elif proc is self.starting:
             self.starting = None
@@ -460,7 +467,7 @@ class SupervisorRuntime(SpareKeeping, ProgramKeeping):
                 self.program_exec_done(proc)
 
     def on_frame(self, proc: Proc, frame: Any) -> None:
-        if isinstance(frame, LifecycleFrame):
+        if isinstance(frame, (LifecycleFrame, TroubleFrame)):
             self.parent.try_send(frame)  # from a child supervisor: pass it up unchanged
         elif isinstance(frame, ReadyFrame):
             if proc is self.starting:
@@ -481,6 +488,7 @@ class SupervisorRuntime(SpareKeeping, ProgramKeeping):
         else:
             log.warning("supervisor %s: unexpected frame from child %d: %r",
                         "/".join(self.path) or "root", proc.pid, frame)
+            self.trouble(Trouble.UNEXPECTED_FRAME)
 
     def on_parent(self, _: Any) -> None:
         for frame in self.parent.receive():
@@ -488,6 +496,7 @@ class SupervisorRuntime(SpareKeeping, ProgramKeeping):
                 self.on_request(frame)
             else:
                 log.warning("supervisor: unexpected frame from parent: %r", frame)
+                self.trouble(Trouble.UNEXPECTED_FRAME)
         if self.parent.closed:
             # The parent is gone; PDEATHSIG is killing us. Take the subtree down now.
             for proc in list(self.procs.values()):

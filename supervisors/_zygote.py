@@ -51,6 +51,7 @@ class Zygote:
     """The supervisor's handle on its zygote process."""
 
     def __init__(self, spare_main: Callable[[Channel], int], name: str) -> None:
+        self.hung = False  # close() found it not answering and killed it
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             self.pid = fork_child((theirs.fileno(),), lambda: _zygote_main(theirs, spare_main),
@@ -115,6 +116,7 @@ class Zygote:
             if left <= 0:
                 log.warning("zygote %d did not answer %d spare request(s) within %.1f s of "
                             "its stop: killed", self.pid, len(self.pending), CLOSE_WAIT_S)
+                self.hung = True  # the owner counts it (its Trouble.ZYGOTE_HUNG)
                 break
             self.sock.settimeout(left)  # a timeout reads as the end: then the check above
             answered, eof = self._read()

@@ -70,6 +70,14 @@ def test_a_killed_zygote_is_replaced_and_leaves_no_stray(node_factory):
     wait_until(lambda: len(_of_kind(root, "prism:spare")) == 1, 10, "exactly one spare")
     assert not [c for c in child_pids(root) if process_state(c) == "Z"]
     assert {c.id for c in n.conn.which_children()} == {"w1", "w2", "w3"}
+    assert _troubles(n, "zygote_died") == 1  # logged by the supervisor, counted by the node
+
+
+def _troubles(n, what: str) -> float:
+    """The node's ``prismatic_supervisor_troubles_total{what}`` (0 when never counted)."""
+    line = f'prismatic_supervisor_troubles_total{{what="{what}"}} '
+    found = [x for x in n.conn.metrics().splitlines() if x.startswith(line)]
+    return float(found[0].removeprefix(line)) if found else 0.0
 
 
 def test_a_hung_zygote_does_not_hold_up_a_restart(node_factory):
@@ -226,6 +234,7 @@ def test_a_hung_zygote_does_not_hang_a_supervisor_going_dormant(node_factory, mo
         _restart(n, "w1")  # takes the spare; its successor is asked of the hung zygote
         wait_until(lambda: not alive(zygote), 10, "the hung zygote let go (dormancy)")
         _restart(n, "w2")  # the supervisor still restarts
+        wait_until(lambda: _troubles(n, "zygote_hung") == 1, 5, "the hung zygote counted")
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(zygote, signal.SIGCONT)

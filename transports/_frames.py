@@ -15,6 +15,9 @@ tag            direction           meaning
 ``reply``      child -> parent     the answer to ``request`` ``ref``
 ``lifecycle``  child -> parent     a lifecycle event of the supervisor at ``path`` (forwarded
                                    up to the node unchanged)
+``trouble``    child -> parent     the supervisor at ``path`` carried on degraded (``what``:
+                                   a :class:`~prismatic.supervisors._trouble.Trouble` value;
+                                   it logged why): forwarded up, counted by the node
 =============  ==================  ===========================================================
 """
 
@@ -29,7 +32,7 @@ from ._framing import WIRE_VERSION
 
 __all__ = [
     "WIRE_VERSION", "Become", "ReadyFrame", "IgnoredFrame", "ExitingFrame", "RequestFrame",
-    "ReplyFrame", "LifecycleFrame", "Frame",
+    "ReplyFrame", "LifecycleFrame", "TroubleFrame", "Frame",
 ]
 
 
@@ -78,5 +81,13 @@ class LifecycleFrame(msgspec.Struct, frozen=True, tag="lifecycle"):
     wall: float
 
 
+class TroubleFrame(msgspec.Struct, frozen=True, tag="trouble"):
+    """The supervisor at ``path`` met ``what`` and carried on degraded (it logged the detail);
+    the node counts it (``prismatic_supervisor_troubles_total``)."""
+
+    path: tuple[str, ...]
+    what: str
+
+
 Frame = Become | ReadyFrame | IgnoredFrame | ExitingFrame | RequestFrame | ReplyFrame \
-    | LifecycleFrame
+    | LifecycleFrame | TroubleFrame
