@@ -46,6 +46,11 @@ hashicorp/memberlist), plus the one signal SWIM does without: the transport's.
   A full sync applies ``suspect``/``dead`` only for a newer incarnation (hearsay from a table
   does not overrule what this node saw itself). This node never believes itself suspect or
   dead: it refutes.
+* **Forgetting.** A ``dead`` or ``left`` member's row is dropped ``reap_after`` (default ten
+  minutes) after it went, so the table, which every sync sends whole, does not grow with
+  every name ever seen. A tombstone (name, address, incarnation; never sent) stays as long
+  again: an update at that incarnation or older is a late rumour and ignored, a higher one
+  (a restart, a refutation: a frame from the forgotten member leads with its death) is news.
 * **Joining.** A newcomer sends ``join`` to its seeds (retried with backoff until one answers).
   A seed refuses a name held by a live member at another address and incarnation
   (``join_nack``); otherwise it answers with its whole table and announces the newcomer to
