@@ -593,3 +593,30 @@ def test_the_table_holds_the_live_and_the_recently_gone_and_no_ghosts(
             assert all(now - m.since < reap for m in gone), (now, gone)
         assert not s.forgotten.keys() & s.members.keys()
         assert all(t.until <= now + reap for t in s.forgotten.values())
+
+
+def test_two_sides_that_forgot_each_other_merge_again_by_a_join() -> None:
+    """A partition longer than the reap time: each side forgot the other (tombstones, the
+    incarnations unchanged). ``cluster join`` on one side merges them: the seed answers the
+    forgotten joiner with its death, the joiner refutes to the seed, and so on."""
+    cfg = DetectorConfig(reap_after=10.0)
+    s = {i: initial_state(f"n{i}", addr(i), 1, 0.0, config=cfg) for i in (0, 1)}
+    for i, j in ((0, 1), (1, 0)):
+        s[i] = with_member(s[i], j)
+        s[i], _ = decide(s[i], Received(0.1, Gossip("n9", addr(9), 1,
+                                                    (Update(f"n{j}", addr(j), 1, DEAD),))))
+        s[i], _ = decide(s[i], Tick(10.2))
+        assert f"n{j}" in s[i].forgotten and f"n{j}" not in s[i].members
+    s[1], acts = decide(s[1], JoinRequested(10.3, (addr(0),)))
+    queue = [(a.addr, a.frame) for a in sends(acts)]
+    now = 10.3
+    for _ in range(200):
+        now += 0.01
+        to, frame = queue.pop(0) if queue else ("", None)
+        for i in (0, 1):
+            event: Any = Received(now, frame) if to == addr(i) else Tick(now)
+            if to == addr(i) or now >= next_wake(s[i]):
+                s[i], acts = decide(s[i], event)
+                queue += [(a.addr, a.frame) for a in sends(acts) if a.addr in (addr(0),
+                                                                               addr(1))]
+    assert state_of(s[0], "n1") is ALIVE and state_of(s[1], "n0") is ALIVE
