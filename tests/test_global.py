@@ -32,7 +32,9 @@ from prismatic.mesh._global import (
     Reg, ProcessExited, Received, Register, Reply, SendTo, Tick, Unregister, beats, decide,
     initial_state, leader, whereis,
 )
-from prismatic.transports._global_frames import GlobalAdd, GlobalReg, GlobalSync
+from prismatic.transports._global_frames import (
+    GlobalAdd, GlobalReg, GlobalRemove, GlobalSync, GlobalVerdict,
+)
 from prismatic.transports._mesh_frames import decode_mesh_frame, encode_mesh_frame
 
 NODES = ("n0", "n1", "n2", "n3")
@@ -138,6 +140,33 @@ def test_a_claim_goes_to_the_new_leader_when_its_leader_dies_and_times_out() -> 
     s, acts = decide(s, Tick(0.1 + CLAIM_TIMEOUT_S))
     assert [a.error for a in acts if isinstance(a, Reply)] == ["no_answer"]
     assert not s.claims and whereis(s, name) is None
+
+
+def test_only_the_claims_current_leader_decides_it() -> None:
+    """A claim re-sent to a new leader (its first leader was declared dead) is decided by
+    that leader alone: the first one's grant, late (it came back as a new incarnation),
+    must not commit the name that the current leader gives to another process, and the
+    grant's reservation on that node is released."""
+    s = initial_state("n0", addr("n0"), 0.0)
+    for m in ("n1", "n2"):
+        s, _ = decide(s, NodeUp(0.0, m, 1))
+    name = next(n for n in (f"x{i}" for i in range(100))
+                if leader(n, ["n0", "n1", "n2"]) == "n1"
+                and leader(n, ["n0", "n2"]) == "n2")
+    mine, theirs = Pid("n0", 1), Pid("n2", 9)
+    s, _ = decide(s, Register(0.0, 1, name, mine, 5))
+    s, _ = decide(s, NodeDown(0.1, "n1"))  # the claim goes to n2
+    s, _ = decide(s, NodeUp(0.2, "n1", 2))  # n1 was alive after all
+    s, acts = decide(s, Received(0.3, GlobalVerdict("n1", addr("n1"), 1, name, mine, True,
+                                                     None)))
+    assert whereis(s, name) is None and 1 in s.claims  # still waiting for n2
+    assert not [a for a in acts if isinstance(a, Reply)] and Count("stale_frames") in acts
+    assert [(a.node, type(a.frame)) for a in acts if isinstance(a, SendTo)] == [
+        ("n1", GlobalRemove)]
+    s, acts = decide(s, Received(0.4, GlobalVerdict("n2", addr("n2"), 1, name, mine, False,
+                                                     theirs)))
+    assert [a.error for a in acts if isinstance(a, Reply)] == ["already_registered"]
+    assert whereis(s, name) is None and not s.claims
 
 
 def test_a_new_incarnation_drops_the_old_ones_names() -> None:

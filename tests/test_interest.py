@@ -1,6 +1,7 @@
 """The distribution's interest table (:mod:`prismatic.mesh._interest`): who hears of which
-exit. A hypothesis state machine checks it against the plain scan it replaced; a count of
-the names looked at pins the cost of an exit to its own ospid's entries."""
+exit, and what goes when a node is lost. A hypothesis state machine checks it against the
+plain scan it replaced (and lost nodes); a count of the names looked at pins the cost of an
+exit to its own ospid's entries."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from prismatic._address import Pid
+from prismatic._exit import NoConnection
 from prismatic.mesh._interest import Interest
 
 NODES = ("n1", "n2", "n3")
@@ -40,12 +42,24 @@ class InterestMachine(RuleBasedStateMachine):
                       for node in self.model.pop(named))
         assert sorted(self.table.pop_exited(pid)) == want
 
+    @rule(node=st.sampled_from(NODES))
+    def lost(self, node: str) -> None:
+        had = sum(node in nodes for nodes in self.model.values())
+        for named in [k for k, nodes in self.model.items() if node in nodes]:
+            self.model[named].discard(node)
+            if not self.model[named]:
+                del self.model[named]
+        assert self.table.drop_node(node) == had
+
     @invariant()
     def same_entries(self) -> None:
         assert len(self.table) == len(self.model)
         for named, nodes in self.model.items():
             assert self.table.nodes_of(named) == nodes
         assert all(self.table.by_ospid.values())  # no empty bucket left behind
+        assert self.table.by_node == {
+            n: {k for k, nodes in self.model.items() if n in nodes}
+            for n in NODES if any(n in nodes for nodes in self.model.values())}
 
 
 TestInterestMachine = InterestMachine.TestCase
@@ -75,3 +89,27 @@ def test_an_exit_looks_only_at_names_of_its_own_ospid() -> None:
     assert CountingPid.asked[0] == 2  # of 20,001 names: the two that share its ospid
     assert len(table) == 19_999
     assert table.pop_exited(Pid("me", 5_000, 1, 5_000)) == []  # once
+
+
+def test_a_lost_node_is_told_of_no_exit_and_its_entries_go() -> None:
+    """A node that is lost (dead or left) no longer watches or links anything of ours (its
+    side of each link broke with noconnection): its entries go with it. Kept until our
+    process exits, a long-lived process's entries grew with every node that ever linked it,
+    and the node's next incarnation was told of an exit it never asked for."""
+    from prismatic._hub import Hub  # noqa: PLC0415
+    from prismatic.mesh._remote import Distribution  # noqa: PLC0415
+
+    sent: list[tuple[str, Any]] = []
+    dist = Distribution("me", Hub("me", on_dead_letter=lambda note: None),
+                        lambda node, frame: sent.append((node, frame)) or True,
+                        alive=lambda node: True, dead_letter=lambda note: None)
+    ours, kept = Pid("me", 7, 100, 1), Pid("me", 8, 100, 2)
+    for i in range(1000):  # node churn: each node links our long-lived process, then goes
+        dist.linked(ours, Pid(f"n{i}", 40 + i))
+        dist.node_lost(f"n{i}")
+    dist.linked(kept, Pid("stays", 9))
+    dist.linked(ours, Pid("stays", 9))
+    assert dist.interest.nodes_of(ours) == {"stays"} and len(dist.interest) == 2
+    sent.clear()
+    dist.exited(ours, NoConnection())
+    assert [node for node, _ in sent] == ["stays"]

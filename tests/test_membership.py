@@ -21,12 +21,13 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from prismatic.mesh._events import (
-    Changed, Count, DetectorConfig, Joined, JoinRequested, LeaveRequested, LinkDown,
+    Changed, Count, DetectorConfig, Forgotten, Joined, JoinRequested, LeaveRequested, LinkDown,
     LinkRefused, MeshState, NameConflict, Received, Send, Tick,
 )
 from prismatic.mesh._membership import (
@@ -34,7 +35,7 @@ from prismatic.mesh._membership import (
 )
 from prismatic.transports._mesh_frames import (
     Ack, Gossip, IndirectAck, Join, JoinNack, JoinReply, Leave, MemberState, Nack, Ping,
-    PingReq, SyncReq, Update,
+    PingReq, Sync, SyncReq, Update,
 )
 
 ALIVE, SUSPECT, DEAD, LEFT = (MemberState.ALIVE, MemberState.SUSPECT, MemberState.DEAD,
@@ -506,3 +507,116 @@ def test_a_node_that_left_comes_back_as_a_new_incarnation() -> None:
     s, _ = decide(s, LeaveRequested(0.1))
     s, acts = decide(s, JoinRequested(0.2, (addr(2),)))
     assert s.me.state is ALIVE and s.me.inc == 5 and sends(acts, Join)
+
+
+# ---- forgetting members that went -----------------------------------------------------------
+
+def test_members_that_went_are_forgotten_after_the_reap_time() -> None:
+    """2,000 members join and leave: some time after, the table (sent whole by every sync)
+    holds none of them; kept forever, it grew with every name ever seen."""
+    s = node(0)
+    for i in range(2000):
+        name, where = f"m{i}", f"tcp://10.1.{i // 250}.{i % 250}:7000"
+        s, _ = decide(s, Received(i * 0.001, Gossip(name, where, 5)))
+        s, _ = decide(s, Received(i * 0.001, Leave(name, where, 5)))
+    assert len(s.members) == 2000 and all(m.state is LEFT for m in s.members.values())
+    for now in range(100, 3100, 100):
+        s, _ = decide(s, Tick(float(now)))
+    assert s.members == {}
+    assert len(sends(decide(s, Tick(3100.0))[1], SyncReq)) == 0
+
+
+def test_a_forgotten_member_is_told_it_is_dead_and_comes_back_by_a_new_incarnation() -> None:
+    cfg = DetectorConfig(reap_after=10.0)
+    s = initial_state("n1", addr(1), 1, 0.0, config=cfg)
+    s = with_member(s, 2, inc=7)
+    s, _ = decide(s, Received(0.1, Leave("n2", addr(2), 7)))
+    s, acts = decide(s, Tick(10.2))
+    assert "n2" not in s.members and [a for a in acts if isinstance(a, Forgotten)]
+    for f in (Gossip("n3", addr(3), 1, (Update("n2", addr(2), 7, ALIVE),)),
+              Sync("n3", addr(3), 1, (Update("n2", addr(2), 6, ALIVE),)),
+              Ping("n2", addr(2), 7, 4, "n1")):
+        s, acts = decide(s, Received(10.3, f))
+        assert "n2" not in s.members  # a late rumour, or the old incarnation itself
+    assert Update("n2", addr(2), 7, DEAD, "n1") in sends(acts, Ack)[0].frame.updates
+    s, _ = decide(s, Received(10.4, Gossip("n2", addr(2), 8)))  # it refutes: news
+    assert state_of(s, "n2") is ALIVE and s.members["n2"].inc == 8 and not s.forgotten
+
+
+def test_the_reap_time_is_checked() -> None:
+    with pytest.raises(ValueError, match="reap_after"):
+        DetectorConfig(reap_after=0.0)
+
+
+CHURN = st.lists(st.tuples(st.sampled_from(["join", "leave", "die", "stale", "tick"]),
+                           st.integers(0, 3), st.floats(0.0, 25.0)), min_size=20, max_size=100)
+
+
+@given(ops=CHURN)
+@settings(max_examples=60, deadline=None)
+def test_the_table_holds_the_live_and_the_recently_gone_and_no_ghosts(
+        ops: list[tuple[str, int, float]]) -> None:
+    """Over random joins (each a new, higher incarnation), leaves, deaths, late rumours of
+    old incarnations and time: after every tick the table holds only live members and those
+    gone within the reap time, and a forgotten member comes back (within its tombstone's
+    time) only by a higher incarnation."""
+    reap = 30.0
+    s = initial_state("n0", addr(200), 1, 0.0, config=DetectorConfig(reap_after=reap))
+    now, incs = 0.0, dict.fromkeys(range(4), 0)
+    tombs: dict[str, tuple[int, float]] = {}
+    for op, i, dt in ops:
+        name, where = f"m{i}", f"tcp://10.2.0.{i}:7000"
+        if op == "join":
+            incs[i] += 1
+            event: Any = Received(now, Join(name, where, incs[i]))
+        elif op == "leave":
+            event = Received(now, Leave(name, where, incs[i]))
+        elif op == "die":
+            event = Received(now, Gossip(name, where, incs[i],
+                                         (Update(name, where, incs[i], DEAD, "x"),)))
+        elif op == "stale":
+            event = Received(now, Sync("x", "tcp://10.3.0.1:7000", 1,
+                                       (Update(name, where, max(incs[i] - 1, 0), ALIVE),)))
+        else:
+            now += dt
+            event = Tick(now)
+        before = s
+        s, actions = decide(s, event)
+        for a in actions:
+            if isinstance(a, Forgotten):
+                tombs[a.name] = (before.members[a.name].inc, now + reap)
+            elif isinstance(a, Changed) and a.old is None and a.name in tombs:
+                inc, until = tombs.pop(a.name)
+                assert now >= until or a.inc > inc, (a, inc, until)
+        if isinstance(event, Tick):
+            gone = [m for m in s.members.values() if m.state in (DEAD, LEFT)]
+            assert all(now - m.since < reap for m in gone), (now, gone)
+        assert not s.forgotten.keys() & s.members.keys()
+        assert all(t.until <= now + reap for t in s.forgotten.values())
+
+
+def test_two_sides_that_forgot_each_other_merge_again_by_a_join() -> None:
+    """A partition longer than the reap time: each side forgot the other (tombstones, the
+    incarnations unchanged). ``cluster join`` on one side merges them: the seed answers the
+    forgotten joiner with its death, the joiner refutes to the seed, and so on."""
+    cfg = DetectorConfig(reap_after=10.0)
+    s = {i: initial_state(f"n{i}", addr(i), 1, 0.0, config=cfg) for i in (0, 1)}
+    for i, j in ((0, 1), (1, 0)):
+        s[i] = with_member(s[i], j)
+        s[i], _ = decide(s[i], Received(0.1, Gossip("n9", addr(9), 1,
+                                                    (Update(f"n{j}", addr(j), 1, DEAD),))))
+        s[i], _ = decide(s[i], Tick(10.2))
+        assert f"n{j}" in s[i].forgotten and f"n{j}" not in s[i].members
+    s[1], acts = decide(s[1], JoinRequested(10.3, (addr(0),)))
+    queue = [(a.addr, a.frame) for a in sends(acts)]
+    now = 10.3
+    for _ in range(200):
+        now += 0.01
+        to, frame = queue.pop(0) if queue else ("", None)
+        for i in (0, 1):
+            event: Any = Received(now, frame) if to == addr(i) else Tick(now)
+            if to == addr(i) or now >= next_wake(s[i]):
+                s[i], acts = decide(s[i], event)
+                queue += [(a.addr, a.frame) for a in sends(acts) if a.addr in (addr(0),
+                                                                               addr(1))]
+    assert state_of(s[0], "n1") is ALIVE and state_of(s[1], "n0") is ALIVE

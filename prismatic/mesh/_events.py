@@ -16,8 +16,9 @@ from ..transports._mesh_frames import MemberState, MeshFrame, Update
 
 __all__ = [
     "MemberState", "Update", "DetectorConfig", "Member", "Probe", "Relay", "Check", "Rumor",
-    "MeshState", "Tick", "Received", "LinkDown", "LinkRefused", "JoinRequested",
-    "LeaveRequested", "Send", "Changed", "Count", "Joined", "NameConflict", "Event", "Action",
+    "Tombstone", "MeshState", "Tick", "Received", "LinkDown", "LinkRefused", "JoinRequested",
+    "LeaveRequested", "Send", "Changed", "Forgotten", "Count", "Joined", "NameConflict", "Event",
+    "Action",
 ]
 
 
@@ -40,6 +41,17 @@ class DetectorConfig(msgspec.Struct, frozen=True):
     join_backoff_min: float = 0.05
     join_backoff_max: float = 2.0
     name_claim_grace: float = 3.0  # keep asking while a seed says our name is live, then give up
+    # A dead or left member's row is dropped this long after it went (memberlist's
+    # GossipToTheDeadTime), so the table (sent whole by every sync) holds the live members
+    # and the recently gone, not every name ever seen. Its name and incarnation are kept
+    # as long again (a Tombstone, never sent), so a late rumour of that incarnation does
+    # not bring it back. A partition longer than this is no longer healed by the sync.
+    reap_after: float = 600.0
+
+    def __post_init__(self) -> None:
+        if not self.reap_after >= self.sync_interval:
+            raise ValueError(f"DetectorConfig.reap_after={self.reap_after!r}: expected at "
+                             f"least sync_interval ({self.sync_interval} s)")
 
 
 class Member(msgspec.Struct, frozen=True):
@@ -106,10 +118,20 @@ class Rumor(msgspec.Struct, frozen=True):
     left: int
 
 
+class Tombstone(msgspec.Struct, frozen=True):
+    """A member forgotten (its row reaped ``reap_after`` after it went): what it was, and
+    until when an update at that incarnation or older is ignored rather than news."""
+
+    addr: str
+    inc: int
+    until: float
+
+
 class MeshState(msgspec.Struct, frozen=True):
     config: DetectorConfig
     me: Member
-    members: dict[str, Member]  # every other node ever heard of; never mutated in place
+    members: dict[str, Member]  # the other nodes alive, or gone within reap_after; never
+    # mutated in place
     seeds: tuple[str, ...] = ()
     joining: bool = False  # still asking the seeds to let us in
     join_attempts: int = 0
@@ -125,6 +147,7 @@ class MeshState(msgspec.Struct, frozen=True):
     health: int = 0  # Lifeguard's local health multiplier: 0 healthy, larger = slower timeouts
     next_sync_at: float = 0.0
     rng: int = 1
+    forgotten: dict[str, Tombstone] = {}  # members reaped within reap_after; never mutated
 
 
 # ---- events (all carry ``now``) -----------------------------------------------------------
@@ -183,6 +206,13 @@ class Changed(msgspec.Struct, frozen=True):
     new: MemberState
 
 
+class Forgotten(msgspec.Struct, frozen=True):
+    """A dead or left member's row was reaped (``reap_after`` after it went)."""
+
+    name: str
+    addr: str
+
+
 class Count(msgspec.Struct, frozen=True):
     """Bump a counter: probes_sent, probes_failed, indirect_probes, suspicions_raised,
     suspicions_refuted, refutations (suspicions of this node it refuted)."""
@@ -200,4 +230,4 @@ class NameConflict(msgspec.Struct, frozen=True):
     reason: str
 
 
-Action = Send | Changed | Count | Joined | NameConflict
+Action = Send | Changed | Forgotten | Count | Joined | NameConflict

@@ -19,7 +19,8 @@ whole table (``name -> (pid, owner node, stamp)``) so ``whereis_global`` is a lo
   ``g_add`` arrives, or its ``g_remove`` releases it). On a grant the registrant's node
   checks its own table once more, commits (the registration gets the owner's wall-clock
   stamp), tells every member (``g_add``), and only then answers the process ``ok``. A claim
-  whose leader is declared dead is sent to the new leader; one unanswered for
+  whose leader is declared dead is sent to the new leader, and only the leader it was last
+  sent to decides it (a grant from the one before, late, is released); one unanswered for
   ``CLAIM_TIMEOUT_S`` fails (``no_answer``). Of concurrent claims for one name from any
   number of nodes that share a view, exactly one wins; the others are refused
   (``already_registered``).
@@ -387,11 +388,14 @@ class _Draft:
                                            granted, holder))
         elif isinstance(f, GlobalVerdict):
             c = self.claims.get(f.ref)
-            if c is not None and c.name == f.name:
+            if c is not None and c.name == f.name and c.leader == f.src:
                 self.verdict(f.ref, f.granted, f.holder)
-            elif f.granted and getattr(self.table.get(f.name), "pid", None) != f.pid:
-                # Our process exited while it waited (or an earlier leader's grant was
-                # used): free this leader's reservation.
+                return
+            if c is not None:  # a leader's it no longer is (declared dead, then back)
+                self.actions.append(Count("stale_frames"))
+            if f.granted and getattr(self.table.get(f.name), "pid", None) != f.pid:
+                # Our process exited while it waited, an earlier leader's grant was used,
+                # or the claim went to another leader: free this node's reservation.
                 self.send(f.src, GlobalRemove(self.me, self.s.addr, f.name, f.pid))
         elif isinstance(f, GlobalAdd):
             self.merge(Reg(f.reg.name, f.reg.pid, f.src, f.reg.stamp))

@@ -9,7 +9,8 @@ A reply to a process is sent when the machine answers (a registration waits for 
 leader, one round trip on the mesh); a lost name is told to its process as a
 :class:`~prismatic.GlobalNameConflict` in its mailbox. Counters for the node's metrics:
 ``global_conflicts`` (heals that resolved a name twice held), ``global_stale_frames``
-(frames from a member this node believes gone, dropped).
+(frames from a member this node believes gone, and verdicts from a node no longer the claim's
+leader, dropped).
 """
 
 from __future__ import annotations

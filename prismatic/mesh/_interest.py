@@ -11,6 +11,12 @@ process holds that ospid. So the exit of one process answers every recorded name
 :meth:`~prismatic.Pid.names` it, each under that name. Entries are kept per ospid: an exit
 looks only at the names recorded for its own ospid (O(1) per exit however many processes
 are watched; a scan of every entry cost O(n) per exit).
+
+A node that is lost (declared dead or left) watches and links nothing of ours any more (its
+side of every link broke with ``noconnection``, and a new incarnation starts with none):
+:meth:`Interest.drop_node` drops its entries, found through a per-node index (O(its own
+entries)). Kept until our process exited, a long-lived process's entries grew with every
+node that ever watched it.
 """
 
 from __future__ import annotations
@@ -22,14 +28,17 @@ __all__ = ["Interest"]
 
 class Interest:
     """Invariant: ``by_ospid[o]`` holds exactly the recorded names with ospid ``o``, each
-    with a non-empty set of nodes; no empty bucket is kept."""
+    with a non-empty set of nodes; ``by_node[n]`` exactly the names ``n`` is recorded for;
+    no empty bucket is kept."""
 
     def __init__(self) -> None:
         self.by_ospid: dict[int, dict[Pid, set[str]]] = {}
+        self.by_node: dict[str, set[Pid]] = {}
 
     def add(self, named: Pid, node: str) -> None:
         """``node`` hears of the exit of the process ``named`` names."""
         self.by_ospid.setdefault(named.ospid, {}).setdefault(named, set()).add(node)
+        self.by_node.setdefault(node, set()).add(named)
 
     def pop_exited(self, pid: Pid) -> list[tuple[str, Pid]]:
         """The exit of ``pid`` (exact): every ``(node, name)`` to tell, once; forgotten."""
@@ -38,10 +47,28 @@ class Interest:
             return []
         told: list[tuple[str, Pid]] = []
         for named in [k for k in bucket if k.names(pid)]:
-            told.extend((node, named) for node in sorted(bucket.pop(named)))
+            for node in sorted(bucket.pop(named)):
+                told.append((node, named))
+                names = self.by_node[node]
+                names.discard(named)
+                if not names:
+                    del self.by_node[node]
         if not bucket:
             del self.by_ospid[pid.ospid]
         return told
+
+    def drop_node(self, node: str) -> int:
+        """``node`` is lost: it hears of no exit any more. Returns how many entries went."""
+        names = self.by_node.pop(node, set())
+        for named in names:
+            bucket = self.by_ospid[named.ospid]
+            nodes = bucket[named]
+            nodes.discard(node)
+            if not nodes:
+                del bucket[named]
+                if not bucket:
+                    del self.by_ospid[named.ospid]
+        return len(names)
 
     def nodes_of(self, named: Pid) -> set[str]:
         """The nodes recorded for ``named`` (that exact name), for tests and inspection."""

@@ -51,8 +51,8 @@ from ..transports._mesh_frames import DIST_FRAMES, MemberState, decode_mesh_fram
 from ._direct import DirectPort
 from ._auth import WATCHED_EVENTS, ZAP_ENDPOINT, AdmissionWatch, serve_zap
 from ._events import (
-    Changed, Count, Joined, JoinRequested, LeaveRequested, MeshState, NameConflict, Received,
-    Send, Tick,
+    Changed, Count, Forgotten, Joined, JoinRequested, LeaveRequested, MeshState, NameConflict,
+    Received, Send, Tick,
 )
 from ._membership import decide, initial_state, next_wake, table
 from ._mesh_metrics import MeshCollector
@@ -238,6 +238,8 @@ class MeshLoop(PeerLinks):
             elif isinstance(a, Changed):
                 changed = True
                 self.on_changed(a)
+            elif isinstance(a, Forgotten):  # a reaped member's link goes
+                changed = True
             elif isinstance(a, Count):
                 self.counts[a.what] += 1
             elif isinstance(a, Joined):

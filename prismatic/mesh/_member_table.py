@@ -17,7 +17,9 @@ from typing import Any
 import msgspec
 
 from ..transports._mesh_frames import MAX_PIGGYBACK, Gossip, MemberState, Ping, Update
-from ._events import Changed, Check, Count, DetectorConfig, Member, MeshState, Rumor, Send
+from ._events import (
+    Changed, Check, Count, DetectorConfig, Forgotten, Member, MeshState, Rumor, Send, Tombstone,
+)
 
 __all__ = ["Draft", "suspicion_timeout", "ALIVE", "SUSPECT", "DEAD", "LEFT", "LIVE"]
 
@@ -58,6 +60,7 @@ class Draft:
         self.seq = s.seq
         self.rng = s.rng
         self.order = list(s.order)
+        self.forgotten = s.forgotten  # copied before a change (a reap is rare)
         self.changes: dict[str, Any] = {}
         self.actions: list[Any] = []
 
@@ -66,7 +69,7 @@ class Draft:
             self.s, me=self.me, members=self.members, probe=self.probe,
             relays=tuple(self.relays), checks=tuple(self.checks), rumors=tuple(self.rumors),
             health=self.health, seq=self.seq, rng=self.rng, order=tuple(self.order),
-            **self.changes)
+            forgotten=self.forgotten, **self.changes)
 
     def get(self, field: str) -> Any:
         return self.changes.get(field, getattr(self.s, field))
@@ -114,6 +117,9 @@ class Draft:
         target = self.members.get(to) if to else None
         if target is not None and target.state in (SUSPECT, DEAD):
             out.append(target.update(self.me.name))
+        elif target is None and to in self.forgotten:  # it speaks: it may refute
+            t = self.forgotten[to]
+            out.append(Update(to, t.addr, t.inc, DEAD, self.me.name))
         if not self.rumors:
             return tuple(out)
         self.rumors.sort(key=lambda r: -r.left)
@@ -169,6 +175,10 @@ class Draft:
             return
         cur = self.members.get(u.name)
         now = self.now
+        if cur is None and u.name in self.forgotten:
+            if u.inc <= self.forgotten[u.name].inc:
+                return  # a late rumour of a member that went: only a new incarnation is news
+            self.forgotten = {n: t for n, t in self.forgotten.items() if n != u.name}
         if cur is None:
             if u.state is SUSPECT:
                 self.suspect(Member(u.name, u.addr, u.inc, ALIVE, now), u.inc, u.by or "?",
@@ -203,6 +213,24 @@ class Draft:
             if (cur.state is not LEFT and (newer or same)) or (cur.state is LEFT and newer):
                 self.put(Member(u.name, u.addr, u.inc, LEFT, now), cur)
                 self.rumor(u)
+
+    def reap(self) -> None:
+        """Forget the members that went ``reap_after`` ago (keeping a tombstone as long
+        again), and the tombstones that are that old."""
+        now, keep = self.now, self.cfg.reap_after
+        gone = [m for m in self.members.values()
+                if m.state in (DEAD, LEFT) and now - m.since >= keep]
+        expired = [n for n, t in self.forgotten.items() if now >= t.until]
+        if not gone and not expired:
+            return
+        forgotten = {n: t for n, t in self.forgotten.items() if now < t.until}
+        for m in gone:
+            del self.members[m.name]
+            forgotten[m.name] = Tombstone(m.addr, m.inc, now + keep)
+            self.actions.append(Forgotten(m.name, m.addr))
+        self.forgotten = forgotten
+        names = {m.name for m in gone}
+        self.rumors = [r for r in self.rumors if r.update.name not in names]
 
     def suspect(self, cur: Member, inc: int, by: str, old: Member | None) -> None:
         timeout = suspicion_timeout(self.cfg, self.n_live(), 0)

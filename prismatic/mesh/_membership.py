@@ -46,6 +46,11 @@ hashicorp/memberlist), plus the one signal SWIM does without: the transport's.
   A full sync applies ``suspect``/``dead`` only for a newer incarnation (hearsay from a table
   does not overrule what this node saw itself). This node never believes itself suspect or
   dead: it refutes.
+* **Forgetting.** A ``dead`` or ``left`` member's row is dropped ``reap_after`` (default ten
+  minutes) after it went, so the table, which every sync sends whole, does not grow with
+  every name ever seen. A tombstone (name, address, incarnation; never sent) stays as long
+  again: an update at that incarnation or older is a late rumour and ignored, a higher one
+  (a restart, a refutation: a frame from the forgotten member leads with its death) is news.
 * **Joining.** A newcomer sends ``join`` to its seeds (retried with backoff until one answers).
   A seed refuses a name held by a live member at another address and incarnation
   (``join_nack``); otherwise it answers with its whole table and announces the newcomer to
@@ -61,7 +66,7 @@ from typing import Any
 import msgspec
 
 from ..transports._mesh_frames import (
-    Ack, IndirectAck, Join, JoinNack, JoinReply, Leave, Nack, Ping, PingReq, Sync, SyncReq,
+    Ack, Gossip, IndirectAck, Join, JoinNack, JoinReply, Leave, Nack, Ping, PingReq, Sync, SyncReq,
     Update,
 )
 from ._events import (
@@ -192,16 +197,23 @@ class _Draft(ProbingDraft):
             return
         self.merge(Update(f.src, f.addr, f.inc, ALIVE))
         self.set(joining=False)  # someone joined us: we are in a cluster
-        self.send(f.addr, JoinReply(*self.head(), members=self.table_updates()))
+        members = self.table_updates()
+        gone = self.forgotten.get(f.src) if f.src not in self.members else None
+        if gone is not None:  # forgotten at this incarnation (a long partition): it refutes
+            members += (Update(f.src, gone.addr, gone.inc, DEAD, self.me.name),)
+        self.send(f.addr, JoinReply(*self.head(), members=members))
         self.push((Update(f.src, f.addr, f.inc, ALIVE),), skip=f.src)
 
     def on_join_reply(self, f: JoinReply) -> None:
+        inc = self.me.inc
         for u in f.members:
             self.merge(u, from_table=True)
         if self.get("joining") or self.get("refused_since") is not None:
             self.actions.append(Joined(f.addr))
         self.set(joining=False, refused_since=None, join_attempts=0)
         self.push((self.me.update(),), skip=f.src)
+        if self.me.inc != inc and f.src not in self.members:  # refuted to a seed we forgot
+            self.send(f.addr, Gossip(*self.head(), updates=(self.me.update(),)))
 
     def on_join_nack(self, f: JoinNack) -> None:
         if not self.get("joining"):

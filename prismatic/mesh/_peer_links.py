@@ -122,7 +122,7 @@ class PeerLinks:
 
     def reconcile_links(self) -> None:
         """A link to every member not ``left`` (dead ones too: the periodic sync asks them,
-        which is how a healed partition merges); a left member's link goes."""
+        which is how a healed partition merges); a left or forgotten member's link goes."""
         assert self.state is not None
         keep = {m.addr for m in self.state.members.values() if m.state is not MemberState.LEFT}
         keep.update(self.state.seeds)

@@ -141,6 +141,7 @@ class ProbingDraft(Draft):
                 self.put(dead, m)
                 self.rumor(dead.update())
                 self.push((dead.update(),))
+        self.reap()
         if now >= self.get("next_sync_at"):
             self.sync()
 

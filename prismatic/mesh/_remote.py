@@ -423,6 +423,7 @@ class Distribution:
     def node_lost(self, node: str) -> None:
         """``node`` was declared dead or left: what waits on it fails, once."""
         self.on_lost(node)
+        self.interest.drop_node(node)  # it watches nothing of ours any more
         for ref in [r for r, (n, _) in self.asked.items() if n == node]:
             self.asked.pop(ref)[1](None, NoConnection())
         for located in list(self.conns.values()):
