@@ -40,6 +40,12 @@ class TreeView:
         }
         self.last_event = ""
         self._order: list[TreeEntry] | None = None  # rows(), until an entry comes or goes
+        # Each supervisor's path -> the paths of the entries below it (at any depth, in
+        # insertion order), so a supervisor's exit drops its subtree without a scan of every
+        # entry (O(N) per exit: a node stopping 5,000 supervisors paid O(N^2), ~1 s). Kept
+        # under every ancestor, present or not: a child supervisor's children are reported
+        # before it is.
+        self._under: dict[tuple[str, ...], dict[tuple[str, ...], None]] = {}
         # exits and errors since take_header(), oldest first: (abnormal?, line)
         self.batch: list[tuple[bool, str]] = []
 
@@ -57,6 +63,8 @@ class TreeView:
                 self._order = None
                 self.entries[path] = TreeEntry(path=path, type=ev.child_type, pid=ev.pid,
                                                started_mono=ev.mono)
+                for k in range(1, len(path)):
+                    self._under.setdefault(path[:k], {})[path] = None
             else:
                 entry.restarts += 1
                 entry.pid = ev.pid
@@ -69,7 +77,7 @@ class TreeView:
                     return self._drop_below(path)
         elif ev.kind == "child_deleted" and entry is not None:
             self._order = None
-            del self.entries[path]  # a row is deleted only once its process is gone
+            self._remove(path)  # a row is deleted only once its process is gone
             return self._drop_below(path)
         return []
 
@@ -89,11 +97,18 @@ class TreeView:
         return "; ".join(lines) + (f" (+{more} more)" if more else "")
 
     def _drop_below(self, path: tuple[str, ...]) -> list[int]:
-        n = len(path)
-        dead = [p for p in self.entries if len(p) > n and p[:n] == path]
+        dead = list(self._under.get(path, ()))
         if dead:
             self._order = None
-        return [pid for p in dead if (pid := self.entries.pop(p).pid) is not None]
+        return [pid for p in dead if (pid := self._remove(p).pid) is not None]
+
+    def _remove(self, path: tuple[str, ...]) -> TreeEntry:
+        for k in range(1, len(path)):
+            below = self._under[path[:k]]
+            del below[path]
+            if not below:
+                del self._under[path[:k]]
+        return self.entries.pop(path)
 
     def rows(self) -> list[TreeEntry]:
         """Entries depth-first, siblings in first-start order (the caller must not change the

@@ -3,13 +3,15 @@
 :class:`TableDraft` is the working copy of a :class:`~._events.SupervisorState` (frozen again
 at the call's end) with the edits OTP's ``supervisor.erl`` makes to its children (set a row,
 add one, ``del_child``) and the lifecycle reports they make. Rows are found by key and by
-live pid through :class:`_Rows`, an index kept from one decision to the next, so a start or
-restart under a supervisor of N children costs O(1) lookups, not O(N). API requests build on
+live pid through :class:`_Rows`, an index kept from one decision to the next, so a start,
+restart or row deletion under a supervisor of N children costs O(1) lookups (amortized), not
+O(N) in Python (a decision still copies the row tuple once, in C). API requests build on
 it in :mod:`._requests`, the restart policy and the jobs in :mod:`._decide`. Pure: no I/O.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left, insort
 from typing import Any
 
 from .._childspec import RestartType, Strategy
@@ -57,27 +59,33 @@ class TableDraft:
         return self.rows
 
     def index(self, key: str) -> int | None:
-        return self.lookup().by_key.get(key)
+        rows = self.lookup()
+        slot = rows.by_key.get(key)
+        return None if slot is None else rows.at(slot)
 
     def index_running(self, pid: int) -> int | None:
-        return self.lookup().by_pid.get(pid)
+        rows = self.lookup()
+        slot = rows.by_pid.get(pid)
+        return None if slot is None else rows.at(slot)
 
     def put(self, i: int, status: ChildStatus, pid: int | None) -> None:
         c = self.children[i]
         self.children[i] = new = Child(key=c.key, spec=c.spec, status=status, pid=pid,
                                        dynamic=c.dynamic)
         if self.rows is not None:
-            self.rows.replaced(i, c, new)
+            self.rows.replaced(c, new)
 
     def add_row(self, c: Child) -> None:
         self.children.append(c)
         if self.rows is not None:
-            self.rows.by_key[c.key] = len(self.children) - 1
+            self.rows.added(c, len(self.children) - 1)
 
     def drop_row(self, i: int) -> None:
-        self.report(LifecycleKind.CHILD_DELETED, self.children[i], None)
+        c = self.children[i]
+        self.report(LifecycleKind.CHILD_DELETED, c, None)
         del self.children[i]
-        self.rows = None  # the rows after it moved up: rebuilt when next needed
+        if self.rows is not None and not self.rows.dropped(c, len(self.children)):
+            self.rows = None  # many rows went since it was built: rebuilt when next needed
 
     def del_child(self, i: int) -> None:
         """OTP's ``del_child``: temporary and dynamic rows go, others keep their spec."""
@@ -96,6 +104,13 @@ class _Rows:
     """Where each child's row is: ``by_key`` (every row) and ``by_pid`` (rows RUNNING a
     live pid), for one children tuple.
 
+    Both map to a *slot*, the row's index when the index was built (rows added since get the
+    next slots); ``gone`` lists, sorted, the slots of rows deleted since. A row's index is
+    its slot less the deleted slots before it, so a deletion updates no other row (a pool
+    of N dynamic children that all stop, or whose jobs end one by one, would otherwise pay
+    O(N) in Python per exit: O(N^2) in all). Once deletions outnumber a quarter of the
+    rows, the index is rebuilt: O(1) amortized per deletion.
+
     Invariant: a _Rows describes exactly one tuple of rows, the one it was made or kept for.
     The decision that froze a state keeps its _Rows for the next decision on that state
     (``keep``); the next draft takes it over (``take``) and updates it in place as it edits
@@ -104,19 +119,36 @@ class _Rows:
     how fast a decision is made, never what is decided.
     """
 
-    __slots__ = ("by_key", "by_pid")
+    __slots__ = ("by_key", "by_pid", "gone")
     _kept: tuple[tuple[Child, ...], _Rows] | None = None
 
     def __init__(self, rows: list[Child]) -> None:
         self.by_key = {c.key: i for i, c in enumerate(rows)}
         self.by_pid = {c.pid: i for i, c in enumerate(rows)
                        if c.status is ChildStatus.RUNNING and c.pid is not None}
+        self.gone: list[int] = []
 
-    def replaced(self, i: int, old: Child, new: Child) -> None:
-        if old.status is ChildStatus.RUNNING and self.by_pid.get(old.pid) == i:  # type: ignore
+    def at(self, slot: int) -> int:
+        """The row index of a slot that holds a row."""
+        return slot - bisect_left(self.gone, slot) if self.gone else slot
+
+    def replaced(self, old: Child, new: Child) -> None:
+        slot = self.by_key[old.key]
+        if old.status is ChildStatus.RUNNING and self.by_pid.get(old.pid) == slot:  # type: ignore
             del self.by_pid[old.pid]  # type: ignore[arg-type]
         if new.status is ChildStatus.RUNNING and new.pid is not None:
-            self.by_pid[new.pid] = i
+            self.by_pid[new.pid] = slot
+
+    def added(self, c: Child, i: int) -> None:
+        self.by_key[c.key] = i + len(self.gone)  # the next slot: every slot below is taken
+
+    def dropped(self, c: Child, left: int) -> bool:
+        """Row ``c`` was deleted, ``left`` rows remain; False if the index is best rebuilt."""
+        slot = self.by_key.pop(c.key)
+        if self.by_pid.get(c.pid) == slot:  # type: ignore[arg-type]
+            del self.by_pid[c.pid]  # type: ignore[arg-type]
+        insort(self.gone, slot)
+        return len(self.gone) <= max(16, left // 4)
 
     @classmethod
     def take(cls, children: tuple[Child, ...]) -> _Rows | None:

@@ -11,6 +11,7 @@ everything else waits in a mailbox, read in order, with a selective receive for 
 from __future__ import annotations
 
 import collections
+import random
 from typing import Any
 
 import pytest
@@ -1606,5 +1607,42 @@ def test_decisions_do_not_depend_on_the_row_memo():
     s.start_all(s.request(StartChild(spec("late"))))  # a row is added
     s.start_all(s.exited("late", BOOM))
     assert len(recorded) > 35
+    for before, ev, after in reversed(recorded):
+        assert decide(before, ev) == after
+
+
+def test_a_pool_whose_children_go_in_any_order_decides_as_without_the_row_memo():
+    """A simple_one_for_one pool's rows go one by one (temporary jobs that end, then a
+    shutdown's exits in any order): the row index keeps each deletion O(1) and is rebuilt
+    now and then; replayed without the memo, every decision is the same."""
+    s = Sup(spec("w", restart="temporary"), strategy="simple_one_for_one", intensity=10)
+    recorded: list[tuple[Any, Any, Any]] = []
+    feed = s.feed
+
+    def recording_feed(ev: Any) -> list[Any]:
+        before = s.state
+        acts = feed(ev)
+        recorded.append((before, ev, (s.state, acts)))
+        return acts
+
+    s.feed = recording_feed  # type: ignore[method-assign]
+    s.boot()
+    rng = random.Random(7)
+    for _ in range(3):
+        for _ in range(40):
+            s.start_all(s.request(StartDynamic(())))
+        live = [c.key for c in s.state.children if c.dynamic]
+        for key in rng.sample(live, 25):  # jobs that end, rows deleted in any order
+            assert reports(s.exited(key, Normal()), K.CHILD_DELETED)
+        left = [c.key for c in s.state.children if c.dynamic]
+        assert [i.pid for i in s.which()] == [s.pid[k] for k in reversed(left)]
+    acts = s.feed(ShutdownRequested(s.now))
+    (stop,) = [a for a in acts if isinstance(a, StopMany)]
+    pids = list(stop.pids)
+    rng.shuffle(pids)
+    for pid in pids[:-1]:
+        assert not [a for a in s.exited(pid) if isinstance(a, Exit)]
+    assert exit_of(s.exited(pids[-1])).reason == Shutdown()
+    assert len(recorded) > 250
     for before, ev, after in reversed(recorded):
         assert decide(before, ev) == after

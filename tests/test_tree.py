@@ -84,3 +84,30 @@ def test_rows_kept_between_calls_are_the_rows_of_the_entries(events):
         view.apply(frame(path, kind, pid, None if kind == "child_started" else p.Normal(),
                          "supervisor" if path in _SUPS else "worker"))
         assert view.rows() == view._depth_first()
+
+
+class _ScanningView(TreeView):
+    """The reference: a supervisor's exit drops every entry whose path starts with its own,
+    found by a scan of all of them (what the index below each supervisor replaces)."""
+
+    def _drop_below(self, path: tuple[str, ...]) -> list[int]:
+        n = len(path)
+        dead = [q for q in self.entries if len(q) > n and q[:n] == path]
+        if dead:
+            self._order = None
+        return [pid for q in dead if (pid := self.entries.pop(q).pid) is not None]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(_PATHS),
+                          st.sampled_from(["child_started", "child_exited", "child_deleted"]),
+                          st.integers(10, 11)), max_size=40))
+@example([("a/x/k", "child_started", 10), ("a", "child_started", 11),
+          ("a", "child_exited", 11)])  # rows below a supervisor not yet reported go too
+def test_a_supervisors_exit_drops_what_a_scan_of_every_entry_would(events):
+    view, scan = TreeView(1), _ScanningView(1)
+    for path, kind, pid in events:
+        f = frame(path, kind, pid, None if kind == "child_started" else p.Normal(),
+                  "supervisor" if path in _SUPS else "worker")
+        assert view.apply(f) == scan.apply(f)
+        assert list(view.entries) == list(scan.entries)
