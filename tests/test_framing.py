@@ -81,7 +81,8 @@ supervision_frames = st.one_of(
     st.builds(F.RequestFrame, small_ints, paths, raws),
     st.builds(F.ReplyFrame, small_ints, raws),
     st.builds(F.LifecycleFrame, paths, text, text, st.none() | small_ints, st.none() | reasons,
-              text, st.floats(0, 1e9), st.floats(0, 1e9)))
+              text, st.floats(0, 1e9), st.floats(0, 1e9)),
+    st.builds(F.TroubleFrame, paths, text))
 
 UNIONS = {
     "mailbox": (M.MailboxFrame, mailbox_frames),
