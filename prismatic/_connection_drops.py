@@ -218,6 +218,12 @@ class ConnectionDrops:
                     elif not self._stopping:
                         self._drain(by_monitor[sock])
         finally:
+            # Monitors added since the last turn of the loop are closed too: one left open
+            # holds the node's context term() forever (a node whose root failed at once
+            # stops before this thread first ran: it hung on exit).
+            with self._lock:
+                added, self._added = self._added, []
+            self._watched.extend(added)
             for w in self._watched:
                 for copy in w.copies.values():
                     copy.sock.close()

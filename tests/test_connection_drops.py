@@ -9,6 +9,7 @@ import errno
 import logging
 import os
 import re
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -188,3 +189,26 @@ def test_every_capped_endpoint_of_a_node_counts_the_peers_libzmq_cut(node):
     wait_until(lambda: any(f"control: libzmq cut a connection from pid {os.getpid()}" in line
                            for line in node.log.with_name("node.out").read_text().splitlines()),
                5, "the node to log the first cut")
+
+
+def test_a_watcher_closed_at_once_lets_the_context_terminate(tmp_path):
+    """A node whose root fails at once stops before the watcher's thread has taken up the
+    monitors it was given: every monitor must still be closed, or the node's context
+    ``term()`` waits forever (the node hung on exit, its tree long gone)."""
+    hung = 0
+    for i in range(20):
+        ctx = zmq.Context()
+        socks = [ctx.socket(zmq.ROUTER) for _ in range(3)]
+        for j, sock in enumerate(socks):
+            sock.bind(f"ipc://{tmp_path}/s{i}-{j}")
+        drops = ConnectionDrops()
+        for j, sock in enumerate(socks):
+            drops.watch(sock, f"endpoint{j}")
+        drops.close()
+        for sock in socks:
+            sock.close(0)
+        term = threading.Thread(target=ctx.term, daemon=True)
+        term.start()
+        term.join(2.0)
+        hung += term.is_alive()
+    assert hung == 0, f"{hung} of 20 contexts never terminated"
