@@ -49,6 +49,7 @@ from ._address import Pid
 from ._control import CONTROL_MAX_BYTES
 from ._config_reload import ConfigReload
 from ._connection_drops import ConnectionDrops
+from ._context_term import term_within
 from ._control_endpoint import ControlEndpoint
 from ._crash_log import CrashLog
 from ._errors import PrismaticError
@@ -199,7 +200,7 @@ class NodeLoop(ControlEndpoint):
             self.hub.close()
             self.control.close(0)
             self.forwarder.close()
-            ctx.term()
+            term_within(ctx, f"node {self.name}")  # never hangs the exit: ._context_term
 
     def say(self, line: str) -> None:
         if self.out is None:
