@@ -61,7 +61,7 @@ class MeshCollector:
                                    "Lifeguard's local health multiplier (0: healthy)")
         health.add_metric([], state.health if state is not None else 0)
         yield health
-        for what, help_ in (
+        yield from _counters("prismatic_cluster_", m.counts, (
                 ("probes_sent", "Direct probes started"),
                 ("probes_failed", "Probes without any ack, direct or indirect"),
                 ("indirect_probes", "Probes that needed indirect probes through k members"),
@@ -74,30 +74,21 @@ class MeshCollector:
                 ("handshake_failures", "Our handshakes a peer refused"),
                 ("errors", "Frames whose handling raised (a bug; logged)"),
                 ("frames_sent", "Frames sent to peers"),
-                ("frames_received", "Frames received from peers (well-formed)")):
-            c = CounterMetricFamily(f"prismatic_cluster_{what}", help_)
-            c.add_metric([], m.counts[what])
-            yield c
+                ("frames_received", "Frames received from peers (well-formed)")))
         dist = m.remote.counters if m.remote is not None else Counter()
-        for what, help_ in (
+        yield from _counters("prismatic_cluster_relay_", dist, (
                 ("bad_frames", "Malformed frames from this node's processes to its relay"),
                 ("unreachable", "Messages and calls to processes of unreachable nodes"),
                 ("answers_lost", "Call answers whose caller's node was unreachable"),
                 ("mailbox_full", "Messages dropped: their mailbox's backlog here was full"),
-                ("errors", "Relay frames whose handling raised (a bug; logged)")):
-            c = CounterMetricFamily(f"prismatic_cluster_relay_{what}", help_)
-            c.add_metric([], dist[what])
-            yield c
+                ("errors", "Relay frames whose handling raised (a bug; logged)")))
         port = m.port.counters if getattr(m, "port", None) is not None else Counter()
-        for what, help_ in (
+        yield from _counters("prismatic_cluster_direct_", port, (
                 ("messages", "Messages from other nodes' processes on their direct links"),
                 ("bad_frames", "Direct batches dropped as malformed"),
                 ("answers_lost", "Call answers for a direct link that was gone"),
                 ("mailbox_full", "Messages dropped: their mailbox's backlog here was full"),
-                ("errors", "Direct messages whose handling raised (a bug; logged)")):
-            c = CounterMetricFamily(f"prismatic_cluster_direct_{what}", help_)
-            c.add_metric([], port[what])
-            yield c
+                ("errors", "Direct messages whose handling raised (a bug; logged)")))
         received = CounterMetricFamily("prismatic_cluster_events_received",
                                        "Pub/sub messages from other members, published here")
         received.add_metric([], dist["events_received"])
@@ -134,3 +125,12 @@ class MeshCollector:
         for addr, n in list(m.received_bytes.items()):
             received.add_metric([names.get(addr, hostport(addr))], n)
         yield received
+
+
+def _counters(prefix: str, counts: Counter[str],
+              rows: tuple[tuple[str, str], ...]) -> Iterator[Metric]:
+    """One unlabelled counter per (name, help) row, read from ``counts``."""
+    for what, help_ in rows:
+        c = CounterMetricFamily(prefix + what, help_)
+        c.add_metric([], counts[what])
+        yield c
