@@ -5,6 +5,7 @@ and events endpoints (the mesh's listener: tests/test_mesh.py)."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -13,6 +14,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import zmq
@@ -38,8 +40,10 @@ def test_a_peek_tells_a_goodbye_from_a_cut():
 CAP = 1000
 
 
-@pytest.fixture
-def router(tmp_path: Path) -> Iterator[tuple[str, ConnectionDrops]]:
+@contextlib.contextmanager
+def open_watched_router(tmp_path: Path, label: str, on_event: Any = None,
+                        ) -> Iterator[tuple[str, ConnectionDrops]]:
+    """A ROUTER bound at an ipc path, frames capped at CAP, watched as ``label``."""
     ctx = zmq.Context()
     sock = ctx.socket(zmq.ROUTER)
     sock.linger = 0
@@ -47,13 +51,19 @@ def router(tmp_path: Path) -> Iterator[tuple[str, ConnectionDrops]]:
     path = str(tmp_path / "r.sock")
     sock.bind(f"ipc://{path}")
     drops = ConnectionDrops()
-    drops.watch(sock, "test")
+    drops.watch(sock, label, on_event=on_event)
     try:
         yield path, drops
     finally:
         drops.close()
         sock.close(0)
         ctx.term()
+
+
+@pytest.fixture
+def router(tmp_path: Path) -> Iterator[tuple[str, ConnectionDrops]]:
+    with open_watched_router(tmp_path, "test") as watched:
+        yield watched
 
 
 def test_an_oversized_frame_is_counted_and_a_goodbye_is_not(router, caplog):
@@ -88,60 +98,40 @@ def test_an_oversized_frame_is_counted_and_a_goodbye_is_not(router, caplog):
 def test_a_descriptor_reused_by_a_live_connection_is_never_taken_for_a_cut(tmp_path):
     """The watcher looks late (a hook slows it): each short connection's descriptor number
     is a live connection's by then, and its copy is of that one, still open. Not a cut."""
-    ctx = zmq.Context()
-    sock = ctx.socket(zmq.ROUTER)
-    sock.linger = 0
-    sock.maxmsgsize = CAP
-    path = str(tmp_path / "r.sock")
-    sock.bind(f"ipc://{path}")
-    drops = ConnectionDrops()
-    drops.watch(sock, "slow", on_event=lambda event, fd: time.sleep(0.02) is not None)
     live = []
-    try:
-        for _ in range(8):
-            with zmtp.connect(path, "DEALER"):
-                pass  # a goodbye right after the handshake
-            live.append(zmtp.connect(path, "DEALER"))  # takes the number it left
-        wait_until(lambda: sum(d["slow"] for d in (drops.left, drops.unchecked, drops.dropped))
-                   >= 8, 10, "the short connections to be judged")
-        for s in live:
-            s.close()
-        wait_until(lambda: sum(d["slow"] for d in (drops.left, drops.unchecked, drops.dropped))
-                   == 16, 10, "every connection to be judged")
-        assert drops.dropped["slow"] == 0
-        assert drops.unchecked["slow"] >= 1  # the race this guards did happen
-    finally:
-        for s in live:
-            s.close()
-        drops.close()
-        sock.close(0)
-        ctx.term()
+    with open_watched_router(tmp_path, "slow", lambda event, fd: time.sleep(0.02) is not None
+                             ) as (path, drops):
+        try:
+            for _ in range(8):
+                with zmtp.connect(path, "DEALER"):
+                    pass  # a goodbye right after the handshake
+                live.append(zmtp.connect(path, "DEALER"))  # takes the number it left
+            wait_until(lambda: sum(d["slow"] for d in (drops.left, drops.unchecked,
+                                                       drops.dropped)) >= 8, 10,
+                       "the short connections to be judged")
+            for s in live:
+                s.close()
+            wait_until(lambda: sum(d["slow"] for d in (drops.left, drops.unchecked,
+                                                       drops.dropped)) == 16, 10,
+                       "every connection to be judged")
+            assert drops.dropped["slow"] == 0
+            assert drops.unchecked["slow"] >= 1  # the race this guards did happen
+        finally:
+            for s in live:
+                s.close()
 
 
 def test_a_failing_hook_is_counted_and_the_watch_goes_on(tmp_path, caplog):
-    ctx = zmq.Context()
-    sock = ctx.socket(zmq.ROUTER)
-    sock.linger = 0
-    sock.maxmsgsize = CAP
-    path = str(tmp_path / "r.sock")
-    sock.bind(f"ipc://{path}")
-    drops = ConnectionDrops()
-
     def hook(event: int, fd: int) -> bool:
         raise RuntimeError("a bug in the hook")
 
-    drops.watch(sock, "hooked", on_event=hook)
-    try:
+    with open_watched_router(tmp_path, "hooked", hook) as (path, drops):
         with zmtp.connect(path, "DEALER") as s:
             wait_until(lambda: drops.watching("hooked"), 5, "the connection to be watched")
             s.sendall(zmtp.frame_header(CAP + 1))
             wait_until(lambda: drops.dropped["hooked"] == 1, 5, "the cut to be counted")
         assert drops.errors == 2  # ACCEPTED and DISCONNECTED, each logged
         assert "a bug in the hook" in caplog.text
-    finally:
-        drops.close()
-        sock.close(0)
-        ctx.term()
 
 
 # ---- a real node ------------------------------------------------------------------------------
