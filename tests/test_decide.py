@@ -1585,11 +1585,8 @@ def test_supervisor_world(strategy: Strategy) -> None:
         assert totals.get(key, 0) >= floor, (key, totals)
 
 
-def test_decisions_do_not_depend_on_the_row_memo():
-    """Each decision hands its row lookups to the next one (an O(1) memo); replaying every
-    recorded (state, event) out of order, so the memo never applies, decides the same."""
-    s = Sup(*(spec(f"w{i}") for i in range(30)), spec("t", restart="temporary"),
-            intensity=100)
+def _record_decisions(s: Sup) -> list[tuple[Any, Any, Any]]:
+    """Every (state before, event, (state after, actions)) that ``s`` decides from now on."""
     recorded: list[tuple[Any, Any, Any]] = []
     feed = s.feed
 
@@ -1600,6 +1597,15 @@ def test_decisions_do_not_depend_on_the_row_memo():
         return acts
 
     s.feed = recording_feed  # type: ignore[method-assign]
+    return recorded
+
+
+def test_decisions_do_not_depend_on_the_row_memo():
+    """Each decision hands its row lookups to the next one (an O(1) memo); replaying every
+    recorded (state, event) out of order, so the memo never applies, decides the same."""
+    s = Sup(*(spec(f"w{i}") for i in range(30)), spec("t", restart="temporary"),
+            intensity=100)
+    recorded = _record_decisions(s)
     s.boot()
     s.start_all(s.exited("w7", BOOM))  # a restart: a row's pid changes
     s.exited("t", BOOM)  # a temporary child's row goes: the rows after it move up
@@ -1616,16 +1622,7 @@ def test_a_pool_whose_children_go_in_any_order_decides_as_without_the_row_memo()
     shutdown's exits in any order): the row index keeps each deletion O(1) and is rebuilt
     now and then; replayed without the memo, every decision is the same."""
     s = Sup(spec("w", restart="temporary"), strategy="simple_one_for_one", intensity=10)
-    recorded: list[tuple[Any, Any, Any]] = []
-    feed = s.feed
-
-    def recording_feed(ev: Any) -> list[Any]:
-        before = s.state
-        acts = feed(ev)
-        recorded.append((before, ev, (s.state, acts)))
-        return acts
-
-    s.feed = recording_feed  # type: ignore[method-assign]
+    recorded = _record_decisions(s)
     s.boot()
     rng = random.Random(7)
     for _ in range(3):
