@@ -52,6 +52,19 @@ def metric(node: RunningNode, name: str, labels: str = "") -> float:
     return float(m.group(1)) if m else 0.0
 
 
+def member_socket(ctx: zmq.Context, secret: Path, address: str, linger: int) -> zmq.Socket:
+    """A DEALER holding the cluster's keys, connected to a member's mesh address as another
+    member's link would be (what a hostile peer with the secret can send)."""
+    keys = derive_keys(read_secret(secret))
+    sock = ctx.socket(zmq.DEALER)
+    sock.linger = linger
+    sock.curve_serverkey = keys.public
+    sock.curve_publickey = keys.public
+    sock.curve_secretkey = keys.secret
+    sock.connect(f"tcp://{address}")
+    return sock
+
+
 def cli(node: RunningNode, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([PRISMATIC, "--node", str(node.data_dir), *args], cwd=REPO,
                           capture_output=True, text=True, timeout=30,
@@ -164,15 +177,9 @@ def test_a_missing_or_unsafe_secret_stops_the_node_before_it_starts(tmp_path: Pa
 
 def test_malformed_frames_from_a_member_are_dropped_and_counted(cluster: Cluster) -> None:
     a = cluster.nodes["a"]
-    keys = derive_keys(read_secret(cluster.secret))
     before = metric(a, "prismatic_cluster_bad_frames")
     ctx = zmq.Context()
-    peer = ctx.socket(zmq.DEALER)
-    peer.linger = 1000
-    peer.curve_serverkey = keys.public
-    peer.curve_publickey = keys.public
-    peer.curve_secretkey = keys.secret
-    peer.connect(f"tcp://{cluster.address('a')}")
+    peer = member_socket(ctx, cluster.secret, cluster.address("a"), 1000)
     peer.send(b"garbage")
     peer.send(b"PM\x01" + msgspec.msgpack.encode({"tag": "ping", "seq": "x"}))
     peer.send(b"PM\x09whatever")
@@ -191,14 +198,8 @@ def test_a_members_oversized_frame_is_cut_by_libzmq_and_counted(cluster: Cluster
     a = cluster.nodes["a"]
     drops = 'prismatic_zmq_connections_dropped_total{endpoint="mesh"}'
     before = metric(a, drops)
-    keys = derive_keys(read_secret(cluster.secret))
     ctx = zmq.Context()
-    peer = ctx.socket(zmq.DEALER)
-    peer.linger = 0
-    peer.curve_serverkey = keys.public
-    peer.curve_publickey = keys.public
-    peer.curve_secretkey = keys.secret
-    peer.connect(f"tcp://{cluster.address('a')}")
+    peer = member_socket(ctx, cluster.secret, cluster.address("a"), 0)
     peer.send(b"PM\x01" + b"\0" * (9 << 20))
     wait_until(lambda: metric(a, drops) == before + 1, 10, "the cut to be counted")
     peer.close()

@@ -21,7 +21,7 @@ import pytest
 import zmq
 
 import prismatic as p
-from prismatic.mesh._secret import derive_keys, init_secret, read_secret
+from prismatic.mesh._secret import init_secret
 from prismatic.transports._framing import FrameBuffer, encode_frame
 from prismatic.transports._messages import CallFrame, CallRefused, CallReply, CastFrame
 from prismatic.transports._remote_frames import (
@@ -29,7 +29,7 @@ from prismatic.transports._remote_frames import (
     encode_answers, encode_deliveries, relay_address,
 )
 from tests.conftest import REPO, RunningNode, start_node, wait_until
-from tests.test_mesh import members, metric, states
+from tests.test_mesh import member_socket, members, metric, states
 from tests.test_mesh_netns import Net, netns_unavailable
 from tests.test_remote import APP, L, Nodes
 
@@ -105,14 +105,8 @@ def test_what_a_process_sent_before_exiting_arrives(nodes: Nodes) -> None:
 def test_a_malformed_direct_batch_is_dropped_counted_and_logged(nodes: Nodes) -> None:
     node = nodes.nodes["b"]
     before = metric(node, "prismatic_cluster_direct_bad_frames")
-    keys = derive_keys(read_secret(nodes.secret))
     ctx = zmq.Context()
-    s = ctx.socket(zmq.DEALER)
-    s.linger = 0
-    s.curve_serverkey = keys.public
-    s.curve_publickey = keys.public
-    s.curve_secretkey = keys.secret
-    s.connect("tcp://" + members(node)[nodes.name("b")].address)
+    s = member_socket(ctx, nodes.secret, members(node)[nodes.name("b")].address, 0)
     try:
         c = nodes.pid("b", "c")
         s.send(DIRECT_PREFIX + b"\xc1")  # not msgpack
