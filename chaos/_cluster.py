@@ -45,7 +45,8 @@ if TYPE_CHECKING:
     from ._runner import ScenarioContext
     from ._schedule import Fault
 
-__all__ = ["ClusterWatch", "views", "wait_membership", "others", "victim_of", "each_fault"]
+__all__ = ["ClusterWatch", "views", "wait_membership", "others", "victim_of", "each_fault",
+           "settle"]
 
 _APPS = "prismatic.chaos._apps"
 _SETTLE_S = 0.3  # after the checks held: a duplicate Down or a late conflict shows by then
@@ -263,3 +264,16 @@ def each_fault(ctx: ScenarioContext, faults: list[Fault],
         if not ctx.wait_offset(fault.offset):
             return
         yield fault, victim_of(target, fault.target), target
+
+
+def settle(ctx: ScenarioContext, target: ClusterTarget, watch: ClusterWatch, since: float,
+           newer: dict[str, int] | None = None) -> None:
+    """The common end of a fault, once undone: every node lists every node ``alive`` (its
+    convergence timed from ``since``), then the watch's checks, then its children go."""
+    deadline = ctx.settings.deadline
+    problem = wait_membership(target, dict.fromkeys((n.name for n in target.nodes), "alive"),
+                              deadline, newer=newer)
+    if ctx.tally.check("membership_converged", problem):
+        ctx.tally.convergence_s.append(time.monotonic() - since)
+    watch.check(deadline)
+    watch.remove()

@@ -23,7 +23,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from ._cluster import ClusterWatch, each_fault, others, views, wait_membership
+from ._cluster import ClusterWatch, each_fault, others, settle, views, wait_membership
 from ._invariants import nothing_left
 from ._schedule import Fault, arrivals, scenario_rng
 
@@ -65,9 +65,4 @@ def run(ctx: ScenarioContext, faults: list[Fault]) -> None:
         ctx.tally.check("nothing_left", nothing_left(victim.reap_leftovers(1.0)))
         watch.claim(0)  # the dead holder's name is free on the survivors
         victim.start()
-        problem = wait_membership(target, dict.fromkeys(names, "alive"), deadline,
-                                  newer={victim.name: before})
-        if ctx.tally.check("membership_converged", problem):
-            ctx.tally.convergence_s.append(time.monotonic() - killed_at)
-        watch.check(deadline)
-        watch.remove()
+        settle(ctx, target, watch, killed_at, newer={victim.name: before})

@@ -28,7 +28,7 @@ import signal
 import time
 from typing import TYPE_CHECKING
 
-from ._cluster import ClusterWatch, each_fault, others, wait_membership
+from ._cluster import ClusterWatch, each_fault, others, settle, wait_membership
 from ._schedule import Fault, arrivals, scenario_rng
 
 if TYPE_CHECKING:
@@ -79,9 +79,4 @@ def run(ctx: ScenarioContext, faults: list[Fault]) -> None:
                     time.sleep(float(str(fault.arg).split("+")[1].rstrip("s")))
         finally:
             os.kill(victim.node_pid, signal.SIGCONT)
-        resumed = time.monotonic()
-        problem = wait_membership(target, dict.fromkeys(names, "alive"), deadline)
-        if ctx.tally.check("membership_converged", problem):
-            ctx.tally.convergence_s.append(time.monotonic() - resumed)
-        watch.check(deadline)
-        watch.remove()
+        settle(ctx, target, watch, time.monotonic())

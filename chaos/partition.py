@@ -25,7 +25,7 @@ import time
 from typing import TYPE_CHECKING
 
 from .._errors import ChaosError
-from ._cluster import ClusterWatch, each_fault, others, wait_membership
+from ._cluster import ClusterWatch, each_fault, others, settle, wait_membership
 from ._schedule import Fault, arrivals, scenario_rng
 from ._target import ClusterTarget
 
@@ -76,9 +76,4 @@ def run(ctx: ScenarioContext, faults: list[Fault]) -> None:
                 time.sleep(float(str(fault.arg).strip("+s")))
         finally:
             net.link(v, up=True)
-        healed = time.monotonic()
-        problem = wait_membership(target, dict.fromkeys(names, "alive"), deadline)
-        if ctx.tally.check("membership_converged", problem):
-            ctx.tally.convergence_s.append(time.monotonic() - healed)
-        watch.check(deadline)
-        watch.remove()
+        settle(ctx, target, watch, time.monotonic())
