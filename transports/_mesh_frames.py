@@ -100,96 +100,69 @@ class Update(msgspec.Struct, frozen=True, array_like=True):
     by: str = ""
 
 
-class Ping(msgspec.Struct, frozen=True, tag="ping"):
+class _FromMember(msgspec.Struct, frozen=True):
+    """What every membership frame carries: its sender's name, address and incarnation."""
+
     src: str
     addr: str
     inc: int
-    seq: int
+
+
+class _Probe(_FromMember, frozen=True):
+    seq: int  # names the probe that a ping, ack, ping_req, ind_ack or nack belongs to
+
+
+class Ping(_Probe, frozen=True, tag="ping"):
     target: str  # the name the prober thinks it is talking to
     updates: tuple[Update, ...] = ()
 
 
-class Ack(msgspec.Struct, frozen=True, tag="ack"):
-    src: str
-    addr: str
-    inc: int
-    seq: int
+class Ack(_Probe, frozen=True, tag="ack"):
     updates: tuple[Update, ...] = ()
 
 
-class PingReq(msgspec.Struct, frozen=True, tag="ping_req"):
-    src: str
-    addr: str
-    inc: int
-    seq: int
+class PingReq(_Probe, frozen=True, tag="ping_req"):
     target: str
     target_addr: str
     updates: tuple[Update, ...] = ()
 
 
-class IndirectAck(msgspec.Struct, frozen=True, tag="ind_ack"):
-    src: str
-    addr: str
-    inc: int
-    seq: int
+class IndirectAck(_Probe, frozen=True, tag="ind_ack"):
     target: str
     updates: tuple[Update, ...] = ()
 
 
-class Nack(msgspec.Struct, frozen=True, tag="nack"):
-    src: str
-    addr: str
-    inc: int
-    seq: int
+class Nack(_Probe, frozen=True, tag="nack"):
     target: str
     updates: tuple[Update, ...] = ()
 
 
-class Gossip(msgspec.Struct, frozen=True, tag="gossip"):
-    src: str
-    addr: str
-    inc: int
+class Gossip(_FromMember, frozen=True, tag="gossip"):
     updates: tuple[Update, ...] = ()
 
 
-class SyncReq(msgspec.Struct, frozen=True, tag="sync_req"):
-    src: str
-    addr: str
-    inc: int
+class SyncReq(_FromMember, frozen=True, tag="sync_req"):
     members: tuple[Update, ...] = ()
 
 
-class Sync(msgspec.Struct, frozen=True, tag="sync"):
-    src: str
-    addr: str
-    inc: int
+class Sync(_FromMember, frozen=True, tag="sync"):
     members: tuple[Update, ...] = ()
 
 
-class Join(msgspec.Struct, frozen=True, tag="join"):
-    src: str
-    addr: str
-    inc: int
+class Join(_FromMember, frozen=True, tag="join"):
+    pass
 
 
-class JoinReply(msgspec.Struct, frozen=True, tag="join_reply"):
-    src: str
-    addr: str
-    inc: int
+class JoinReply(_FromMember, frozen=True, tag="join_reply"):
     members: tuple[Update, ...] = ()
 
 
-class JoinNack(msgspec.Struct, frozen=True, tag="join_nack"):
-    src: str
-    addr: str
-    inc: int
+class JoinNack(_FromMember, frozen=True, tag="join_nack"):
     reason: str = ""
 
 
-class Leave(msgspec.Struct, frozen=True, tag="leave"):
-    src: str
-    addr: str
-    inc: int
+class Leave(_FromMember, frozen=True, tag="leave"):
+    pass
 
 
 class Route(msgspec.Struct, frozen=True, tag="route"):
