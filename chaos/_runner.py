@@ -26,7 +26,7 @@ from typing import Any
 
 import msgspec
 
-from .._childspec import SupervisorSpec
+from .._childspec import ChildSpec, SupervisorSpec
 from .._client import NodeConnection
 from .._errors import ChaosError, PrismaticError
 from ._invariants import ExitSeen, Kill, control_answered, no_orphans, nothing_left, tree_converged
@@ -157,6 +157,20 @@ class ScenarioContext:
     def injected(self, fault: Fault) -> None:
         self.tally.faults_injected += 1
         self.tally.last_fault = fault.describe()
+
+    def start_subject(self, name: str, app: str, args: tuple[Any, ...],
+                      answers: Callable[[str], bool], **spec: Any) -> int | None:
+        """Start a temporary worker of :mod:`prismatic.chaos._apps` (class ``app``) under the
+        root for one fault; its pid once ``answers(name)`` says it works. A worker that does not
+        start or answer is a ``<scenario>_setup`` violation (and None): a fault injected into
+        it would prove nothing."""
+        pid = self.conn.start_child("", ChildSpec(
+            id=name, start=f"prismatic.chaos._apps:{app}", args=args, restart="temporary",
+            **spec))
+        if pid is None or not answers(name):
+            self.tally.check(f"{self.tally.scenario}_setup", f"{name} did not start and answer")
+            return None
+        return pid
 
     def kill(self, fault: Fault, sig: int = signal.SIGKILL) -> Kill | None:
         """Signal the process at the fault's path (as the probe last saw it); None if nothing

@@ -19,7 +19,6 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from .._childspec import ChildSpec
 from .._errors import MailboxFull, PrismaticError
 from .._process import uss_bytes
 from ._invariants import flood_accounted, memory_bounded
@@ -60,10 +59,9 @@ def run(ctx: ScenarioContext, faults: list[Fault]) -> None:
         if not ctx.wait_offset(fault.offset):
             break
         name = fault.target
-        pid = conn.start_child("", ChildSpec(id=name, start="prismatic.chaos._apps:Slowpoke",
-                                             args=(name,), restart="temporary"))
-        if pid is None or conn.call(name, "handled", timeout=5.0) != 0:
-            ctx.tally.check("flood_setup", f"{name} did not start and answer")
+        pid = ctx.start_subject(name, "Slowpoke", (name,),
+                                lambda n: conn.call(n, "handled", timeout=5.0) == 0)
+        if pid is None:
             continue
         letters_before = _mailbox_full_letters(ctx)
         memory_before = uss_bytes(pid)

@@ -21,7 +21,6 @@ import time
 from functools import partial
 from typing import TYPE_CHECKING
 
-from .._childspec import ChildSpec
 from .._errors import CallTimeout, PrismaticError
 from ._invariants import ExitSeen, call_timed_out, process_alive, shutdown_escalated
 from ._schedule import Fault, arrivals, scenario_rng
@@ -68,11 +67,10 @@ def run(ctx: ScenarioContext, faults: list[Fault]) -> None:
         if not ctx.wait_offset(fault.offset):
             break
         name = fault.target
-        pid = conn.start_child("", ChildSpec(id=name, start="prismatic.chaos._apps:Sleeper",
-                                             args=(name,), restart="temporary",
-                                             shutdown=SHUTDOWN_S))
-        if pid is None or conn.call(name, "ping", timeout=5.0) != "pong":
-            ctx.tally.check("hang_setup", f"{name} did not start and answer")
+        pid = ctx.start_subject(name, "Sleeper", (name,),
+                                lambda n: conn.call(n, "ping", timeout=5.0) == "pong",
+                                shutdown=SHUTDOWN_S)
+        if pid is None:
             continue
         since = time.time_ns()
         if fault.arg == "sigstop":

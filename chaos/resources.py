@@ -27,7 +27,6 @@ import signal
 import time
 from typing import TYPE_CHECKING, Any
 
-from .._childspec import ChildSpec
 from .._client import connect
 from .._errors import CallTimeout, MailboxFull, PrismaticError
 from ._cgroup import cgroup_unavailable, open_memory_cgroup
@@ -129,10 +128,9 @@ def run(ctx: ScenarioContext, faults: list[Fault]) -> None:
             ctx.tally.notes.append(f"{fault.describe()} not injected: {no_cgroup}")
             continue
         since = time.time_ns()
-        pid = ctx.conn.start_child("", ChildSpec(id=name, start="prismatic.chaos._apps:Glutton",
-                                                 args=(name,), restart="temporary"))
-        if pid is None or ctx.conn.call(name, "ping", timeout=5.0) != "pong":
-            ctx.tally.check("resources_setup", f"{name} did not start and answer")
+        pid = ctx.start_subject(name, "Glutton", (name,),
+                                lambda n: ctx.conn.call(n, "ping", timeout=5.0) == "pong")
+        if pid is None:
             continue
         ctx.injected(fault)
         try:

@@ -39,7 +39,6 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
-from .._childspec import ChildSpec
 from .._errors import PrismaticError
 from ._invariants import drops_counted_exactly, memory_bounded, subscriber_flood_accounted
 from ._observe import metric_sum, rss_bytes
@@ -187,10 +186,9 @@ def run(ctx: ScenarioContext, faults: list[Fault]) -> None:
             break
         name = fault.target
         topic = f"chaos.flood.{fault.seq}"
-        pid = conn.start_child("", ChildSpec(id=name, start="prismatic.chaos._apps:Listener",
-                                             args=(name, topic), restart="temporary"))
-        if pid is None or _count(ctx, name) != [0, 0, 0, 0, 0, 0]:
-            ctx.tally.check("subscriber_flood_setup", f"{name} did not start and answer")
+        pid = ctx.start_subject(name, "Listener", (name, topic),
+                                lambda n: _count(ctx, n) == [0, 0, 0, 0, 0, 0])
+        if pid is None:
             continue
         dropped_before = _dropped(ctx)
         try:
