@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-import os
 from typing import Any, Protocol
 
 import msgspec
@@ -95,14 +94,10 @@ class HubConnection(asyncio.Protocol):
         hub = self.hub
         sock = transport.get_extra_info("socket")
         pid, uid = peer_creds(sock)
-        if uid != os.getuid():
-            hub.refuse("refused_uid", "refused a connection from uid %d, pid %d (another "
-                       "user)", uid, pid)
-            transport.close()
-            return
-        refused = hub.admissions.admit(pid, sock.fileno())
+        refused = hub.admissions.admit_peer(pid, uid, sock.fileno())
         if refused is not None:
-            hub.refuse("refused_capacity", "refused a connection from pid %d: %s", pid, refused)
+            hub.refuse(f"refused_{refused[0]}", "refused a connection from pid %d: %s", pid,
+                       refused[1])
             transport.close()
             return
         self.admitted = True

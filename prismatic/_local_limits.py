@@ -133,6 +133,15 @@ class Admissions:
         self.open = 0
         self.by_pid: dict[int, int] = {}
 
+    def admit_peer(self, pid: int, uid: int, fd: int) -> tuple[str, str] | None:
+        """Count in the connection of ``pid`` running as ``uid`` (``SO_PEERCRED``) on ``fd``
+        and return None, or return ``(kind, why)`` it is refused: ``uid`` (not the node's
+        own user) or ``capacity`` (a cap of :meth:`admit`)."""
+        if uid != os.getuid():
+            return "uid", f"uid {uid} (another user)"
+        refused = self.admit(pid, fd)
+        return None if refused is None else ("capacity", refused)
+
     def admit(self, pid: int, fd: int) -> str | None:
         """Count the connection in and return None, or return why it is refused."""
         limits = self.limits

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import os
 import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -161,14 +160,9 @@ class Mailbox:
                     self.loop.call_later(ACCEPT_BACKOFF_S, self.start_accepting)
                 return
             pid, uid = peer_creds(sock)
-            if uid != os.getuid():
-                self.refuse("uid", "refused a connection from uid %d, pid %d (another user)",
-                            uid, pid)
-                sock.close()
-                continue
-            refused = self.admissions.admit(pid, sock.fileno())
+            refused = self.admissions.admit_peer(pid, uid, sock.fileno())
             if refused is not None:
-                self.refuse("capacity", "refused a connection from pid %d: %s", pid, refused)
+                self.refuse(refused[0], "refused a connection from pid %d: %s", pid, refused[1])
                 sock.close()
                 continue
             sock.setblocking(False)

@@ -93,3 +93,14 @@ def test_the_reserve_is_at_most_a_quarter_of_the_limit():
         assert adm.admit(1, 150) is not None
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_a_peer_of_another_user_is_refused_and_not_counted():
+    adm = Admissions(LocalLimits(100, 100, fd_reserve=0))
+    assert adm.admit_peer(7, os.getuid() + 1, 3) == ("uid", f"uid {os.getuid() + 1} (another user)")
+    assert adm.open == 0
+    assert adm.admit_peer(7, os.getuid(), 3) is None and adm.by_pid == {7: 1}
+    full = Admissions(LocalLimits(1, 1, fd_reserve=0))
+    assert full.admit_peer(7, os.getuid(), 3) is None
+    kind, why = full.admit_peer(8, os.getuid(), 3) or ("", "")
+    assert kind == "capacity" and "cap" in why
