@@ -45,7 +45,8 @@ from .transports._channel import Channel
 from .transports._framing import encode_frame
 from .transports._frames import ExitingFrame, IgnoredFrame, ReadyFrame
 from .transports._messages import (
-    CallFrame, CallRefused, CallReply, CastFrame, DemonitorReq, GlobalRegisterReq,
+    CallFrame, CallRefused, CallReply, CastFrame, DemonitorReq, DirectFence, DirectHello,
+    GlobalRegisterReq,
     GlobalUnregisterReq, InfoFrame, LinkReq, MonitorReq, RegisterReq, StatsReq, UnlinkReq,
     UnregisterReq,
 )
@@ -99,6 +100,10 @@ class WorkerContext:
         os.register_at_fork(after_in_child=self.mailbox.close_in_fork)
         self._pubsub: WorkerPubSub | None = None  # made on first publish/subscribe
         self._outbox: Outbox | None = None  # made on first send
+        # Its own listener for other nodes' processes (._direct_listener), made on the
+        # first d_hello; direct_failed: it could not be made (the node path serves them).
+        self._direct: Any = None
+        self.direct_failed = False
 
     # Made on first use: every object a fresh fork allocates costs it copy-on-write pages.
     @functools.cached_property
@@ -182,6 +187,11 @@ class WorkerContext:
     def on_frame(self, conn: Inbound, frame: Any) -> None:
         if isinstance(frame, StatsReq):
             conn.reply(CallReply(frame.ref, stats_of(self)))
+            return
+        if isinstance(frame, (DirectHello, DirectFence)):
+            from ._direct_listener import take_direct_frame  # noqa: PLC0415 - loads zmq
+
+            take_direct_frame(self, conn, frame)
             return
         self.received += 1
         self.queue.append((conn, frame))
@@ -419,5 +429,7 @@ def _finish(channel: Channel, reason: ExitReason, ctx: WorkerContext) -> int:
     ctx.close_pubsub()
     if ctx._outbox is not None:  # what it sent to other nodes leaves before its exit
         ctx._outbox.close_links()
+    if ctx._direct is not None:  # its replies leave, then its listener and context end
+        ctx._direct.close()
     channel.try_send(ExitingFrame(reason))
     return exit_code_for(reason)

@@ -19,6 +19,12 @@ tag            direction            meaning
 ``exit``       hub -> mailbox       a linked process exited (:class:`~prismatic.Exit`)
 ``global_conflict`` hub -> mailbox  this process lost a global name at a partition's heal
 ``stats``      node -> mailbox      the runtime's counters, answered ahead of the queue
+``d_hello``    node -> mailbox      a process of another node asks for this process's own
+                                    direct listener (:mod:`prismatic._direct_listener`);
+                                    replied with its port, or nil; ``token`` names the
+                                    asker's connection to it
+``d_fence``    node -> mailbox      what ``token``'s asker sent on the node path before
+                                    switching is all in: its listener messages may follow
 =============  ===================  =======================================================
 
 To the node's hub (``\\0prismatic/<node>/hub``), request/reply by ``ref``:
@@ -57,7 +63,7 @@ from .._notices import Down, Exit, GlobalNameConflict
 
 __all__ = [
     "CallFrame", "CallReply", "CallRefused", "CastFrame", "InfoFrame", "StatsReq",
-    "MailboxFrame",
+    "DirectHello", "DirectFence", "MailboxFrame",
     "RegisterReq", "UnregisterReq", "WhereisReq", "MonitorReq", "DemonitorReq", "LinkReq",
     "UnlinkReq", "ExitOfReq", "DeadLetterNote", "EmitReq", "HubReply", "HubRequest",
     "GlobalRegisterReq", "GlobalUnregisterReq", "GlobalWhereisReq", "GLOBAL_REQUESTS",
@@ -93,8 +99,27 @@ class StatsReq(msgspec.Struct, frozen=True, tag="stats", array_like=True):
     ref: int
 
 
+class DirectHello(msgspec.Struct, frozen=True, tag="d_hello", array_like=True):
+    """Open (or give) this process's direct listener. The caller sends ``ref`` and ``token``;
+    its node's port fills in where to listen and the cluster's keys (taken only from the
+    node's own process)."""
+
+    ref: int
+    token: bytes
+    host: str = ""
+    public: bytes = b""
+    secret: bytes = b""
+
+    def __repr__(self) -> str:  # the cluster's keys never reach a log line
+        return f"DirectHello({self.ref!r}, {self.host!r})"
+
+
+class DirectFence(msgspec.Struct, frozen=True, tag="d_fence", array_like=True):
+    token: bytes
+
+
 MailboxFrame = CallFrame | CallReply | CallRefused | CastFrame | InfoFrame | Down | Exit \
-    | StatsReq \
+    | StatsReq | DirectHello | DirectFence \
     | GlobalNameConflict
 
 

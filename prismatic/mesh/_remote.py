@@ -79,7 +79,9 @@ from ..transports._mesh_frames import (
     WhereisName,
 )
 from ..transports._messages import CallFrame, CallRefused, DeadLetterNote
-from ..transports._remote_frames import CallFailed, Forward, Located, NodeLost, relay_address
+from ..transports._remote_frames import (
+    CallFailed, Exited, Forward, Located, NodeLost, relay_address,
+)
 from ._backlog import backlog_full
 from ._interest import Interest
 from ._relay import RelayConnection
@@ -145,6 +147,7 @@ class Distribution:
         port.fail_calls = self.fail_direct
         port.dead_letter = lambda to, why, frame: self.note_dead_letter(
             to, self.name, why, frame, getattr(frame, "sender", None))
+        port.keys = self.keys
         port.hub = self.hub
 
     async def start(self) -> None:
@@ -318,15 +321,20 @@ class Distribution:
         for src, link, ref in calls.values():
             self.answer(src, link, CallFailed(ref, reason))
 
-    def fail_direct(self, pid: Pid, origins: list[tuple[bytes, int]]) -> None:
-        """The direct path's callee ``pid`` died with calls in flight (from the port)."""
-        asyncio.get_running_loop().create_task(self.fail_direct_calls(pid, origins))
+    def fail_direct(self, pid: Pid, origins: list[tuple[bytes, int]],
+                    watchers: list[tuple[bytes, bytes]] = []) -> None:  # noqa: B006
+        """The direct path's callee ``pid`` died with calls in flight, or with links that
+        route to its own listener watching it (from the port)."""
+        asyncio.get_running_loop().create_task(self.fail_direct_calls(pid, origins, watchers))
 
-    async def fail_direct_calls(self, pid: Pid, origins: list[tuple[bytes, int]]) -> None:
+    async def fail_direct_calls(self, pid: Pid, origins: list[tuple[bytes, int]],
+                                watchers: list[tuple[bytes, bytes]] = []) -> None:  # noqa: B006
         reason = await self.exit_reason(pid)
         if self.port is not None:
             for link, ref in origins:
                 self.port.post(link, CallFailed(ref, reason))
+            for link, token in watchers:  # its direct routes' calls fail there
+                self.port.post(link, Exited(token, reason))
 
     # ---- cluster pub/sub (called by the forwarder) -------------------------------------------
 
