@@ -54,6 +54,7 @@ import zmq
 from zmq.utils import z85
 
 from ._address import Pid
+from ._direct_counts import counts, report
 from ._mailbox import Inbound
 from ._throttle import ThrottledWarning
 from .mesh._auth import WATCHED_EVENTS, ZAP_ENDPOINT, AdmissionWatch, parse_event
@@ -68,15 +69,13 @@ from .transports._remote_frames import MAX_DIRECT_BATCH, decode_deliveries, enco
 if TYPE_CHECKING:
     from ._worker_runtime import WorkerContext
 
-__all__ = ["DirectListener", "take_direct_frame", "LINGER_MS", "counters"]
+__all__ = ["DirectListener", "take_direct_frame", "LINGER_MS"]
 
 log = logging.getLogger(__name__)
 LINGER_MS = 250  # replies not yet sent when the process exits get this long to leave
 RCV_HWM = 1000  # messages ZeroMQ queues per caller while this process does not read
 _EVENTS, _POLLIN, _NOBLOCK = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.NOBLOCK)
 _SNDMORE = int(zmq.SNDMORE) | _NOBLOCK
-# This process's counts (read by the runtime's stats and sent to its node, see counters()).
-counters: collections.Counter[str] = collections.Counter()
 _warning = ThrottledWarning(log)
 
 
@@ -144,8 +143,12 @@ class DirectListener:
         loop.add_reader(self.fds[0], self.readable)
         loop.add_reader(self.fds[1], self.on_zap)
         loop.add_reader(self.fds[2], self.on_monitor)
+        # A ZMQ_FD signals only once EVENTS has been read: each reader looks once now.
+        for handler in (self.readable, self.on_zap, self.on_monitor):
+            loop.call_soon(handler)
         os.register_at_fork(after_in_child=self.abandon)
-        counters["listeners_opened"] += 1
+        counts["listeners_opened"] += 1
+        report(ctx.hub)
         log.debug("direct listener of %s on %s:%d", self.pid, host, self.port)
 
     # ---- the node path's control frames -------------------------------------------------------
@@ -203,7 +206,7 @@ class DirectListener:
         if batch is None:
             self.bad(part, why)
             return
-        counters["messages"] += len(batch)
+        counts["listener_messages"] += len(batch)
         route = self.route(ident)
         held = self.held.get(ident)
         ctx = self.ctx
@@ -229,10 +232,10 @@ class DirectListener:
     def hold(self, ident: bytes, to: Pid | str, frame: Any, held: list[Any]) -> None:
         self.full = backlog_full(self.full, self.held_bytes, self.limit)
         if self.full:
-            counters["mailbox_full"] += 1
+            counts["listener_mailbox_full"] += 1
             _warning.warn("direct listener of %s: held %d bytes for callers whose fence has "
                           "not come: dropped a %s (%d so far)", self.pid, self.held_bytes,
-                          type(frame).__struct_config__.tag, counters["mailbox_full"])
+                          type(frame).__struct_config__.tag, counts["listener_mailbox_full"])
             self.refuse(ident, to, frame, "mailbox_full")
             return
         size = len(encode_frame(frame))
@@ -243,19 +246,20 @@ class DirectListener:
         if isinstance(frame, CallFrame):
             self.answer(ident, CallRefused(frame.ref, reason))
             return
-        counters["dead_letters"] += 1
+        counts["listener_dead_letters"] += 1
         kind = "cast" if type(frame).__struct_config__.tag == "cast" else "info"
         dest = str(to) if isinstance(to, Pid) else f"{to}@{self.pid.node}"
         self.ctx.hub.note(DeadLetterNote(dest, reason, kind, None, len(encode_frame(frame))))
 
     def bad(self, part: Any, why: str) -> None:
-        counters["bad_frames"] += 1
+        counts["listener_bad_frames"] += 1
         try:
             peer = part.get("Peer-Address")
         except (zmq.ZMQError, AttributeError):
             peer = "an unknown address"
         _warning.warn("direct listener of %s: dropped a malformed batch from %s (%d so far): "
-                      "%s", self.pid, peer, counters["bad_frames"], why)
+                      "%s", self.pid, peer, counts["listener_bad_frames"], why)
+        report(self.ctx.hub)
 
     # ---- answering ----------------------------------------------------------------------------
 
@@ -273,6 +277,7 @@ class DirectListener:
         self.flush_queued = False
         if not self.answers or self.closed:
             return
+        report(self.ctx.hub, force=False)  # the message count, every REPORT_S at most
         answers, self.answers = self.answers, {}
         send = self.router.send
         for ident, batch in answers.items():
@@ -280,7 +285,7 @@ class DirectListener:
                 send(ident, _SNDMORE)
                 send(encode_answers(batch), _NOBLOCK)
             except zmq.ZMQError:  # its caller is gone: nobody awaits them
-                counters["answers_lost"] += len(batch)
+                counts["listener_answers_lost"] += len(batch)
 
     def later(self, callback: Any) -> None:
         loop = self.ctx.loop
@@ -300,20 +305,24 @@ class DirectListener:
             ok = mechanism == b"CURVE" and key == self.allowed
             if not ok:
                 self.refusals["unknown_key"] += 1
-                counters["refused_unknown_key"] += 1
+                counts["listener_refused_unknown_key"] += 1
                 address = msg[3].decode(errors="replace") if len(msg) > 3 else "?"
                 _warning.warn("direct listener of %s: refused a peer at %s: not the cluster's "
                               "key (another cluster secret?)", self.pid, address)
             zap.send_multipart([version, request_id, b"200" if ok else b"400",
                                 b"OK" if ok else b"not a member of this cluster", b"", b""],
                                _NOBLOCK)
+            if not ok:
+                report(self.ctx.hub)
 
     def on_monitor(self) -> None:
         monitor = self.monitor
         while not self.closed and monitor.get(_EVENTS) & _POLLIN:  # type: ignore[operator]
             before = self.refusals["bad_handshake"]
             self.admissions.on_event(*parse_event(monitor.recv_multipart(_NOBLOCK)))
-            counters["refused_bad_handshake"] += self.refusals["bad_handshake"] - before
+            if self.refusals["bad_handshake"] != before:
+                counts["listener_refused_bad_handshake"] += 1
+                report(self.ctx.hub)
 
     # ---- pausing with the mailbox, closing ----------------------------------------------------
 
@@ -340,6 +349,7 @@ class DirectListener:
             return
         self.flush()
         self.closed = True
+        report(self.ctx.hub)
         loop = self.ctx.loop
         if loop is not None and not loop.is_closed():
             for fd in self.fds:
@@ -381,9 +391,10 @@ def take_direct_frame(ctx: WorkerContext, conn: Inbound, frame: DirectHello | Di
             box.extra = listener
         except (zmq.ZMQError, OSError, ValueError) as exc:
             ctx.direct_failed = True  # the node path serves it: not tried again
-            counters["listener_failures"] += 1
+            counts["listener_failures"] += 1
             log.warning("direct listener of %s: cannot open one on %s (%s); other nodes' "
                         "processes reach it through its node", ctx.pid, frame.host or "?", exc)
+            report(ctx.hub)
     if listener is None:
         conn.reply(CallReply(frame.ref, None))
         return

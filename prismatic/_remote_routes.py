@@ -28,7 +28,6 @@ logged and counted.
 
 from __future__ import annotations
 
-import collections
 import enum
 import itertools
 import logging
@@ -40,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from ._address import Global, Pid
+from ._direct_counts import counts, report
 from ._errors import MailboxFull
 from ._exit import NoConnection
 from ._mailbox_peer import Peer
@@ -52,9 +52,9 @@ from .transports._remote_frames import (
 
 if TYPE_CHECKING:
     from ._direct_link import DirectLink
+    from ._hubclient import HubClient
 
-__all__ = ["RemoteRoutes", "RELAY_POLL_S", "PairState", "Pair", "SWITCH_AFTER",
-           "route_counts"]
+__all__ = ["RemoteRoutes", "RELAY_POLL_S", "PairState", "Pair", "SWITCH_AFTER"]
 
 log = logging.getLogger(__name__)
 _relay_decoder = msgspec.msgpack.Decoder(RelayAnswer)
@@ -70,8 +70,6 @@ SWITCH_AFTER = int(os.environ.get("PRISMATIC_DIRECT_SWITCH_AFTER", "16"))
 CONNECT_WAIT_S = 2.0  # a route's connection not up by then: the pair stays on the node path
 EXIT_GRACE_S = 0.005  # a callee exited: answers still on their way get this long
 ROUTE_SEND_STEP_S = 0.05  # a route that takes nothing: look for its callee's exit this often
-# This process's counts of its pairs' switches (see route_counts).
-route_counts: collections.Counter[str] = collections.Counter()
 
 
 class PairState(enum.Enum):
@@ -113,6 +111,7 @@ class RemoteRoutes:
     relay_read_at: float
     pairs: dict[Pid, Pair]  # processes of other nodes this one sent to
     by_token: dict[bytes, Pair]  # pairs with a route, by its token
+    hub: HubClient  # this process's node's hub (counts go there, ._direct_counts)
 
     def relay_peer(self) -> Peer:
         if self.relay is None:
@@ -215,7 +214,8 @@ class RemoteRoutes:
             link.waiting.discard(pair.ref)
             if not (isinstance(answer, CallReply) and isinstance(answer.value, int)):
                 pair.state = PairState.OFF  # no listener there: its process says why
-                route_counts["not_offered"] += 1
+                counts["not_offered"] += 1
+                report(self.hub)
                 return link
             from ._direct_link import DirectRoute  # noqa: PLC0415 - zmq is loaded already
 
@@ -230,11 +230,13 @@ class RemoteRoutes:
             if route.connected():
                 if link.send([Deliver(to, DirectFence(pair.token))], timeout):
                     pair.state = PairState.DIRECT
-                    route_counts["switched"] += 1
+                    counts["switched"] += 1
+                    report(self.hub)
                     return route
             elif time.monotonic() < pair.deadline:
                 return link
-            route_counts["connect_failures"] += 1
+            counts["connect_failures"] += 1
+            report(self.hub)
             log.warning("direct route to %s: no connection in %.1fs; it stays on the node "
                         "path", to, CONNECT_WAIT_S)
             self.by_token.pop(pair.token, None)

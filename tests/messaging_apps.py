@@ -29,6 +29,9 @@ class Agent(p.Worker):
         op, *args = msg
         if op == "echo":
             return args[0]
+        if op == "seq":  # a call kept in the casts' list: one order for calls, casts, sends
+            self.casts.append(msg)
+            return args[0]
         if op == "casts":
             return self.casts
         if op == "infos":
@@ -97,6 +100,8 @@ class Agent(p.Worker):
     def handle_info(self, msg: Any) -> None:
         if isinstance(msg, (p.Down, p.Exit)):
             self.notices.append(msg)
+        elif isinstance(msg, list) and msg[:1] == ["seq"]:  # with the casts, in order
+            self.casts.append(msg)
         else:
             self.infos.append(msg)
 

@@ -43,6 +43,7 @@ tag                meaning
 ``unlink``         remove that link
 ``exit_of``        the exit reason of ``pid``, waiting up to ``wait`` s for it to be known
 ``dead_letter``    a message that could not be delivered (no reply)
+``direct_counts``  what the process counted of its direct routes/listener (no reply)
 ``emit``           append events to the node's event log; replied once durable (the ack)
 ``g_register``     global name ``name`` for ``pid`` (cluster-wide; :mod:`prismatic.mesh._global`)
 ``g_unregister``   drop global name ``name`` held by ``pid``
@@ -65,7 +66,8 @@ __all__ = [
     "CallFrame", "CallReply", "CallRefused", "CastFrame", "InfoFrame", "StatsReq",
     "DirectHello", "DirectFence", "MailboxFrame",
     "RegisterReq", "UnregisterReq", "WhereisReq", "MonitorReq", "DemonitorReq", "LinkReq",
-    "UnlinkReq", "ExitOfReq", "DeadLetterNote", "EmitReq", "HubReply", "HubRequest",
+    "UnlinkReq", "ExitOfReq", "DeadLetterNote", "DirectCountsNote", "EmitReq", "HubReply",
+    "HubRequest",
     "GlobalRegisterReq", "GlobalUnregisterReq", "GlobalWhereisReq", "GLOBAL_REQUESTS",
 ]
 
@@ -197,6 +199,12 @@ class EmitReq(msgspec.Struct, frozen=True, tag="emit", array_like=True):
     correlation_id: str | None = None
 
 
+class DirectCountsNote(msgspec.Struct, frozen=True, tag="direct_counts", array_like=True):
+    """What a process counted of its direct routes and listener since its last note."""
+
+    counts: dict[str, int]
+
+
 class HubReply(msgspec.Struct, frozen=True, tag="hub_reply", array_like=True):
     ref: int
     value: Any = None
@@ -224,5 +232,5 @@ class GlobalWhereisReq(msgspec.Struct, frozen=True, tag="g_whereis", array_like=
 GLOBAL_REQUESTS = (GlobalRegisterReq, GlobalUnregisterReq, GlobalWhereisReq)
 
 HubRequest = RegisterReq | UnregisterReq | WhereisReq | MonitorReq | DemonitorReq | LinkReq \
-    | UnlinkReq | ExitOfReq | DeadLetterNote | EmitReq \
+    | UnlinkReq | ExitOfReq | DeadLetterNote | EmitReq | DirectCountsNote \
     | GlobalRegisterReq | GlobalUnregisterReq | GlobalWhereisReq

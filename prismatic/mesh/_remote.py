@@ -70,6 +70,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .._address import Pid
+from .._direct_counts import KNOWN
 from .._exit import ExitReason, NoConnection, NoProc
 from .._links import Link, ProcessExited, Unlink
 from .._throttle import ThrottledWarning
@@ -335,6 +336,16 @@ class Distribution:
                 self.port.post(link, CallFailed(ref, reason))
             for link, token in watchers:  # its direct routes' calls fail there
                 self.port.post(link, Exited(token, reason))
+
+    def direct_counts(self, counts: dict[str, int]) -> None:
+        """A process's counts of its direct routes and listener (``direct_counts`` note,
+        :mod:`prismatic._direct_counts`), added up under ``direct_<name>``."""
+        for name, n in counts.items():
+            if name in KNOWN and isinstance(n, int) and 0 < n < 1 << 40:
+                self.counters["direct_" + name] += n
+            else:
+                self.counters["bad_frames"] += 1
+                self.warning.warn("distribution: dropped a direct count %r", str(name)[:40])
 
     # ---- cluster pub/sub (called by the forwarder) -------------------------------------------
 
