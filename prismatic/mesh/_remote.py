@@ -15,6 +15,14 @@ letter) as it always has::
 
     process --AF_UNIX--> this node's relay --mesh link--> the other node --AF_UNIX--> mailbox
 
+A pair that keeps talking then leaves the port's hop for a *direct route* to the callee's
+own listener (:mod:`prismatic._direct_listener`; the switch, with its fence that keeps the
+pair's order, is asked for on the direct link): the port fills in the ``d_hello`` and, when
+the callee exits, tells each caller that asked (``exited``, with the exit reason
+:meth:`Distribution.fail_direct_calls` waits for), since the route's calls never pass here::
+
+    process --route (ZeroMQ, CURVE)--> the callee's own ROUTER, read by its loop
+
 * **The relay** listens at ``\\0prismatic/<node>/relay`` (frames of
   :mod:`prismatic.transports._remote_frames`, only from the node's uid). It answers
   ``locate`` with a reachable member's mesh address and the cluster's keys, and tells each
