@@ -135,6 +135,7 @@ class DirectListener:
         self.limit = backlog_limit()
         self.answers: dict[bytes, list[Any]] = {}
         self.draining = False
+        self.burst = False  # the last wake-up read more than one message
         self.flush_queued = False
         self.paused = False
         self.fds = (int(router.get(zmq.FD)), int(zap.get(zmq.FD)), int(monitor.get(zmq.FD)))
@@ -180,14 +181,21 @@ class DirectListener:
         if self.closed or self.paused:
             return
         router = self.router
-        recv = router.recv
+        recv, get = router.recv, router.get
         self.draining = True
+        n = 0
         try:
             while not self.paused:
+                # One message at a time (a caller awaiting its answer) is answered first:
+                # after it, look for more (EVENTS, ~2 us; a recv that finds nothing costs
+                # ~3.5 us) only in a burst; the check after sending finds the next one.
+                if n == 1 and not (self.burst and get(_EVENTS) & _POLLIN):  # type: ignore[operator]
+                    break
                 try:
                     ident = recv(_NOBLOCK)
                 except zmq.Again:
                     break
+                n += 1
                 part = recv(_NOBLOCK, copy=False)
                 if part.more:  # not a batch: [routing id, body] only
                     while part.more:
@@ -197,9 +205,11 @@ class DirectListener:
                 self.take(ident, part)
         finally:
             self.draining = False
+        self.burst = n > 1
         self.flush()
-        if not self.paused and router.get(_EVENTS) & _POLLIN:  # type: ignore[operator]
-            self.later(self.readable)  # the send above may have taken the edge
+        if not self.paused and get(_EVENTS) & _POLLIN:  # type: ignore[operator]
+            self.burst = True  # more came meanwhile (the send above may have taken the edge)
+            self.later(self.readable)
 
     def take(self, ident: bytes, part: Any) -> None:
         batch, why = decode_deliveries(part.bytes)
@@ -341,6 +351,7 @@ class DirectListener:
     def drain(self) -> None:
         """Before a notice is handed on: what callers routed here is queued first."""
         if not self.paused and not self.closed:
+            self.burst = True  # everything it holds, not one message
             self.readable()
 
     def close(self) -> None:
