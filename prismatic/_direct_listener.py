@@ -128,7 +128,6 @@ class DirectListener:
         self.allowed = z85.decode(hello.public)
         self.refusals: collections.Counter[str] = collections.Counter()
         self.admissions = AdmissionWatch(self.refusals, _warning)
-        self.routes: dict[bytes, _Route] = {}
         self.held: dict[bytes, list[Any]] = {}  # tokens whose fence has not come: frames
         self.held_bytes = 0
         self.full = False
@@ -164,18 +163,12 @@ class DirectListener:
         frames = self.held.pop(token, None)
         if not frames:
             return
-        route = self.route(token)
+        route = _Route(self, token)
         for frame, size in frames:
             self.held_bytes -= size
             self.ctx.on_frame(route, frame)
 
     # ---- reading ------------------------------------------------------------------------------
-
-    def route(self, ident: bytes) -> _Route:
-        route = self.routes.get(ident)
-        if route is None:
-            route = self.routes[ident] = _Route(self, ident)
-        return route
 
     def readable(self) -> None:
         if self.closed or self.paused:
@@ -217,7 +210,7 @@ class DirectListener:
             self.bad(part, why)
             return
         counts["listener_messages"] += len(batch)
-        route = self.route(ident)
+        route = _Route(self, ident)  # made per batch: nothing kept per caller that left
         held = self.held.get(ident)
         ctx = self.ctx
         for d in batch:

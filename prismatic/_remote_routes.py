@@ -68,6 +68,7 @@ RELAY_POLL_S = 0.001
 # messages, and one that exchanges a handful never pays it.
 SWITCH_AFTER = int(os.environ.get("PRISMATIC_DIRECT_SWITCH_AFTER", "16"))
 CONNECT_WAIT_S = 2.0  # a route's connection not up by then: the pair stays on the node path
+CONNECT_TRIES = 3  # ... and asks again, this many times in all
 EXIT_GRACE_S = 0.005  # a callee exited: answers still on their way get this long
 ROUTE_SEND_STEP_S = 0.05  # a route that takes nothing: look for its callee's exit this often
 
@@ -83,7 +84,7 @@ class PairState(enum.Enum):
 class Pair:
     """This process's way to one process of another node."""
 
-    __slots__ = ("pid", "state", "sent", "ref", "token", "route", "deadline")
+    __slots__ = ("pid", "state", "sent", "ref", "token", "route", "deadline", "failures")
 
     def __init__(self, pid: Pid) -> None:
         self.pid = pid
@@ -93,6 +94,7 @@ class Pair:
         self.token = b""
         self.route: DirectLink | None = None
         self.deadline = 0.0
+        self.failures = 0  # routes that did not connect in time
 
 
 _hello_refs = itertools.count(1 << 62)  # apart from the process's call refs
@@ -237,10 +239,17 @@ class RemoteRoutes:
                 return link
             counts["connect_failures"] += 1
             report(self.hub)
+            pair.failures += 1
+            # A callee busy in a long handler answers no handshake (its loop admits peers):
+            # asked again after more messages, twice; a route that never connects (a
+            # firewall between hosts) leaves the pair on the node path.
+            again = pair.failures < CONNECT_TRIES
             log.warning("direct route to %s: no connection in %.1fs; it stays on the node "
-                        "path", to, CONNECT_WAIT_S)
+                        "path%s", to, CONNECT_WAIT_S,
+                        " for now" if again else " (counted; given up)")
             self.by_token.pop(pair.token, None)
-            pair.state = PairState.OFF
+            pair.state = PairState.NODE if again else PairState.OFF
+            pair.sent = -SWITCH_AFTER * 64 * pair.failures
             pair.route = None
             route.close(0)
         return link

@@ -254,3 +254,17 @@ def test_the_listener_goes_with_its_process(nodes: Nodes) -> None:
     wait_until(lambda: not os.path.exists(f"/proc/{t.ospid}"), 5, "the worker to exit")
     assert port not in {port for port, _ in listeners()}
     nodes.restarted("b", "t", t)
+
+
+def test_an_async_callee_answers_on_its_route(nodes: Nodes) -> None:
+    """A worker on uvloop reads its listener too; its replies, made after the read that
+    brought their calls, leave on their own."""
+    target = nodes.pid("b", "async")
+    with p.connect(nodes.nodes["a"].data_dir) as conn:
+        for i in range(SWITCH_AFTER + 4):
+            assert conn.call(target, i) == ["async", i]
+        wait_until(lambda: conn.call(target, 0) == ["async", 0] and state(conn, target)
+                   is PairState.DIRECT, 5, "the pair to switch to its route")
+        reqs = [conn.send_request(target, i) for i in range(50)]
+        assert [conn.receive_response(r, timeout=5) for r in reqs] == \
+            [["async", i] for i in range(50)]
