@@ -18,17 +18,16 @@ one Pid of another node, the process asks that process, on the node path, for it
 listener (``d_hello``); once the answer came and the route's connection is up, it sends a
 ``d_fence`` on the node path and everything after on the route (the callee holds what the
 route brings until the fence is out of its mailbox: order is kept across the switch; see
-:mod:`._direct_listener`). The pair's states are :class:`PairState`. A route whose callee
+:mod:`._direct_listener`). When to switch, and when to give up, is the pure
+:class:`~._pair_switch.Switch`. A route whose callee
 exits is told so by the callee's node on the link (``exited``, with the exit reason): its
 calls in flight fail with that reason, but for those whose answer the route already holds;
 the pair then stays on the node path. A pair that cannot switch (the callee gives no port,
-or the connection does not come up within ``CONNECT_WAIT_S``) stays on the node path,
-logged and counted.
+or the connection does not come up in time) stays on the node path, logged and counted.
 """
 
 from __future__ import annotations
 
-import enum
 import itertools
 import logging
 import os
@@ -43,6 +42,7 @@ from ._direct_counts import counts, report
 from ._errors import MailboxFull
 from ._exit import NoConnection
 from ._mailbox_peer import Peer
+from ._pair_switch import SWITCH_AFTER, Hop, PairState, Switch
 from .transports._framing import encode_frame
 from .transports._messages import CallRefused, CallReply, DirectFence, DirectHello
 from .transports._remote_frames import (
@@ -54,47 +54,29 @@ if TYPE_CHECKING:
     from ._direct_link import DirectLink
     from ._hubclient import HubClient
 
-__all__ = ["RemoteRoutes", "RELAY_POLL_S", "PairState", "Pair", "SWITCH_AFTER"]
+__all__ = ["RemoteRoutes", "RELAY_POLL_S", "Pair", "SWITCH_AFTER"]
 
 log = logging.getLogger(__name__)
 _relay_decoder = msgspec.msgpack.Decoder(RelayAnswer)
 # A process sending on a direct link reads its relay's notices (a lost node) at most this
 # often: a read per message would cost a system call each.
 RELAY_POLL_S = 0.001
-# Messages to one Pid of another node before the pair asks for a direct route (0: never).
-# A route costs a TCP connection and a CurveZMQ handshake (~1-2 ms of CPU on both sides),
-# and the callee a listener (a ZeroMQ context and its I/O thread); each message on it saves
-# the node's hop (~50-100 us of round trip here): a pair pays that back after ~10-20
-# messages, and one that exchanges a handful never pays it.
-SWITCH_AFTER = int(os.environ.get("PRISMATIC_DIRECT_SWITCH_AFTER", "16"))
-CONNECT_WAIT_S = 2.0  # a route's connection not up by then: the pair stays on the node path
-CONNECT_TRIES = 3  # ... and asks again, this many times in all
 EXIT_GRACE_S = 0.005  # a callee exited: answers still on their way get this long
 ROUTE_SEND_STEP_S = 0.05  # a route that takes nothing: look for its callee's exit this often
 
 
-class PairState(enum.Enum):
-    NODE = "node"  # on the node path, counting messages
-    ASKED = "asked"  # d_hello sent, its answer not read yet
-    CONNECTING = "connecting"  # the route's handshake is under way
-    DIRECT = "direct"  # d_fence sent: everything goes on the route
-    OFF = "off"  # stays on the node path (no listener, no connection, callee gone)
+class Pair(Switch):
+    """This process's way to one process of another node: its :class:`Switch` and the
+    route it made."""
 
-
-class Pair:
-    """This process's way to one process of another node."""
-
-    __slots__ = ("pid", "state", "sent", "ref", "token", "route", "deadline", "failures")
+    __slots__ = ("pid", "ref", "token", "route")
 
     def __init__(self, pid: Pid) -> None:
+        super().__init__()
         self.pid = pid
-        self.state = PairState.NODE
-        self.sent = 0
         self.ref = 0
         self.token = b""
         self.route: DirectLink | None = None
-        self.deadline = 0.0
-        self.failures = 0  # routes that did not connect in time
 
 
 _hello_refs = itertools.count(1 << 62)  # apart from the process's call refs
@@ -177,7 +159,7 @@ class RemoteRoutes:
         pair = self.by_token.pop(exited.token, None)
         if pair is None:
             return
-        pair.state = PairState.OFF
+        pair.failed()
         if pair.route is not None:
             pair.route.fail_all(exited.reason, EXIT_GRACE_S)
             pair.route = None
@@ -191,67 +173,62 @@ class RemoteRoutes:
 
     def pick(self, link: DirectLink, to: Pid, timeout: float) -> DirectLink:
         """Where the next message to ``to`` goes: ``link`` (the node path) or the pair's
-        route, moving the pair on (see :class:`PairState`)."""
+        route, as the pair's :class:`Switch` says (its answer read, its route opened)."""
         pair = self.pairs.get(to)
         if pair is None:
             pair = self.pairs[to] = Pair(to)
-        state = pair.state
-        if state is PairState.NODE:
-            pair.sent += 1
-            if pair.sent >= SWITCH_AFTER:
-                pair.ref = next(_hello_refs)
-                pair.token = b"\x01" + os.urandom(15)  # routing ids may not start with 0
-                link.waiting.add(pair.ref)
-                pair.state = PairState.ASKED
-                if not link.send([Deliver(to, DirectHello(pair.ref, pair.token))], timeout):
-                    pair.state = PairState.OFF
-            return link
-        if state is PairState.ASKED:
+        now = 0.0
+        if pair.state is PairState.ASKED:
             answer = link.replies.pop(pair.ref, None)
             if answer is None:
                 link.keep(link.drain())
                 answer = link.replies.pop(pair.ref, None)
-            if answer is None:
-                return link
-            link.waiting.discard(pair.ref)
-            if not (isinstance(answer, CallReply) and isinstance(answer.value, int)):
-                pair.state = PairState.OFF  # no listener there: its process says why
-                counts["not_offered"] += 1
-                report(self.hub)
-                return link
-            from ._direct_link import DirectRoute  # noqa: PLC0415 - zmq is loaded already
+            if answer is not None:
+                link.waiting.discard(pair.ref)
+                now = time.monotonic()
+                offered = isinstance(answer, CallReply) and isinstance(answer.value, int)
+                if pair.answered(offered, now):
+                    from ._direct_link import DirectRoute  # noqa: PLC0415 - zmq is loaded
 
-            pair.route = DirectRoute(link.located, answer.value, pair.token)
-            pair.route.on_exited = self.callee_exited
-            pair.state = PairState.CONNECTING
-            pair.deadline = time.monotonic() + CONNECT_WAIT_S
-            self.by_token[pair.token] = pair
-        if pair.state is PairState.CONNECTING:
-            route = pair.route
-            assert route is not None
-            if route.connected():
-                if link.send([Deliver(to, DirectFence(pair.token))], timeout):
-                    pair.state = PairState.DIRECT
-                    counts["switched"] += 1
+                    pair.route = DirectRoute(link.located, answer.value, pair.token)
+                    pair.route.on_exited = self.callee_exited
+                    self.by_token[pair.token] = pair
+                else:
+                    counts["not_offered"] += 1  # no listener there: its process says why
                     report(self.hub)
-                    return route
-            elif time.monotonic() < pair.deadline:
-                return link
+        route = pair.route
+        if pair.state is PairState.CONNECTING:
+            assert route is not None
+            hop = pair.hop(now or time.monotonic(), route.connected())
+        else:
+            hop = pair.hop(now, False)
+        if hop is Hop.NODE:
+            return link
+        if hop is Hop.HELLO:
+            pair.ref = next(_hello_refs)
+            pair.token = b"\x01" + os.urandom(15)  # routing ids may not start with 0
+            link.waiting.add(pair.ref)
+            if not link.send([Deliver(to, DirectHello(pair.ref, pair.token))], timeout):
+                pair.failed()
+            return link
+        assert route is not None
+        if hop is Hop.FENCE:
+            if link.send([Deliver(to, DirectFence(pair.token))], timeout):
+                counts["switched"] += 1
+                report(self.hub)
+                return route
+            pair.failed()  # the node path is full: no route for this pair
+        elif hop is Hop.GIVE_UP:
             counts["connect_failures"] += 1
             report(self.hub)
-            pair.failures += 1
-            # A callee busy in a long handler answers no handshake (its loop admits peers):
-            # asked again after more messages, twice; a route that never connects (a
-            # firewall between hosts) leaves the pair on the node path.
-            again = pair.failures < CONNECT_TRIES
             log.warning("direct route to %s: no connection in %.1fs; it stays on the node "
-                        "path%s", to, CONNECT_WAIT_S,
-                        " for now" if again else " (counted; given up)")
-            self.by_token.pop(pair.token, None)
-            pair.state = PairState.NODE if again else PairState.OFF
-            pair.sent = -SWITCH_AFTER * 64 * pair.failures
-            pair.route = None
-            route.close(0)
+                        "path%s", to, pair.connect_wait,
+                        " for now" if pair.state is PairState.NODE else " (given up)")
+        else:
+            return route
+        self.by_token.pop(pair.token, None)
+        pair.route = None
+        route.close(0)
         return link
 
     def send_routed(self, pair: Pair, link: DirectLink, batch: list[Deliver],

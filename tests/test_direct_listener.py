@@ -19,7 +19,7 @@ import pytest
 import zmq
 
 import prismatic as p
-from prismatic._remote_routes import SWITCH_AFTER, PairState
+from prismatic._pair_switch import SWITCH_AFTER, PairState
 from prismatic.mesh._secret import derive_keys, read_secret
 from prismatic.transports._messages import CallFrame, CallRefused, CallReply, CastFrame
 from prismatic.transports._remote_frames import (
