@@ -200,6 +200,7 @@ class DirectListener:
             self.draining = False
         self.burst = n > 1
         self.flush()
+        report(self.ctx.hub, force=False)  # the message count, every REPORT_S at most
         if not self.paused and get(_EVENTS) & _POLLIN:  # type: ignore[operator]
             self.burst = True  # more came meanwhile (the send above may have taken the edge)
             self.later(self.readable)
@@ -280,7 +281,6 @@ class DirectListener:
         self.flush_queued = False
         if not self.answers or self.closed:
             return
-        report(self.ctx.hub, force=False)  # the message count, every REPORT_S at most
         answers, self.answers = self.answers, {}
         send = self.router.send
         for ident, batch in answers.items():

@@ -147,6 +147,11 @@ def test_a_callee_that_dies_on_its_route_fails_its_calls_with_its_reason_once(
             assert p.describe(down.value.reason) == "ValueError: asked to crash"
         with pytest.raises(p.NoProcError):  # the old pid reaches nobody: the node path says
             conn.call(u, ["echo", 1], timeout=5)
+        dead = '{kind="cast",reason="noproc"}'
+        dead0 = metric(nodes.nodes["b"], "prismatic_dead_letters", dead)
+        assert conn.cast(u, ["seq", "late"])  # and a cast to it is a dead letter there
+        wait_until(lambda: metric(nodes.nodes["b"], "prismatic_dead_letters", dead) > dead0,
+                   5, "the dead letter")
         fresh = nodes.restarted("b", "u", u)
         assert conn.call(fresh, ["echo", "new"], timeout=5) == "new"
 
