@@ -115,6 +115,14 @@ class DirectLink:
             return False
         return True
 
+    def send_now(self, batch: list[Deliver]) -> bool:
+        """False if the link takes nothing at once (full, or a route not connected)."""
+        try:
+            self.sock.send(encode_deliveries(batch), zmq.NOBLOCK)
+        except zmq.Again:
+            return False
+        return True
+
     def receive(self, timeout: float) -> list[Any] | None:
         """The answers of the next batch on the link, waiting ``timeout`` at most (None:
         nothing came). A blocking receive, not a poll: polling the link and the relay

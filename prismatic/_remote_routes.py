@@ -237,6 +237,9 @@ class RemoteRoutes:
         callee may be gone: its node's word (``exited``) is looked for meanwhile, and then
         the batch goes on the node path. What it went on; None if nothing took it within
         ``timeout``."""
+        route = pair.route
+        if pair.state is PairState.DIRECT and route is not None and route.send_now(batch):
+            return route  # the usual case: taken at once
         deadline = time.monotonic() + timeout
         while True:
             route = pair.route
