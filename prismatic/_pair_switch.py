@@ -13,10 +13,12 @@ it returns. No I/O here, so its invariants are checked by property tests
   and every later message on the route (``ROUTE``): nothing goes on the node path between
   the fence and the callee's exit, which is what lets the callee hold the route's messages
   until the fence and keep the pair's order;
-* a route that does not connect within ``connect_wait`` is dropped (``GIVE_UP``: the
-  message on the node path) and asked for again after ``64 * SWITCH_AFTER * failures``
-  more messages, ``tries`` times in all; a callee that offers no route, a hello the node
-  path did not take, or the callee's exit ends the switching for good (``OFF``).
+* a hello not answered within ``5 * connect_wait`` (a callee busy in a long handler, or a
+  process that answers no hello) or a route that does not connect within ``connect_wait``
+  is dropped (``GIVE_UP``: the message on the node path) and asked for again after
+  ``64 * SWITCH_AFTER * failures`` more messages, ``tries`` times in all; a callee that
+  offers no route, a hello the node path did not take, or the callee's exit ends the
+  switching for good (``OFF``).
 """
 
 from __future__ import annotations
@@ -71,8 +73,8 @@ class Switch:
         self.tries = tries
 
     def hop(self, now: float, connected: bool) -> Hop:
-        """The next message's hop; ``connected``: the route's connection is up (read only
-        while CONNECTING)."""
+        """The next message's hop at ``now`` (monotonic); ``connected``: the route's
+        connection is up (read only while CONNECTING)."""
         state = self.state
         if state is PairState.DIRECT:
             return Hop.ROUTE
@@ -80,18 +82,18 @@ class Switch:
             self.sent += 1
             if self.sent >= self.switch_after:
                 self.state = PairState.ASKED
+                self.deadline = now + self.connect_wait * 5
                 return Hop.HELLO
             return Hop.NODE
-        if state is PairState.CONNECTING:
-            if connected:
-                self.state = PairState.DIRECT
-                return Hop.FENCE
-            if now >= self.deadline:
-                self.failures += 1
-                again = self.failures < self.tries
-                self.state = PairState.NODE if again else PairState.OFF
-                self.sent = -64 * self.switch_after * self.failures
-                return Hop.GIVE_UP
+        if state is PairState.CONNECTING and connected:
+            self.state = PairState.DIRECT
+            return Hop.FENCE
+        if state in (PairState.ASKED, PairState.CONNECTING) and now >= self.deadline:
+            self.failures += 1
+            again = self.failures < self.tries
+            self.state = PairState.NODE if again else PairState.OFF
+            self.sent = -64 * self.switch_after * self.failures
+            return Hop.GIVE_UP
         return Hop.NODE
 
     def answered(self, offered: bool, now: float) -> bool:

@@ -177,7 +177,7 @@ class RemoteRoutes:
         pair = self.pairs.get(to)
         if pair is None:
             pair = self.pairs[to] = Pair(to)
-        now = 0.0
+        now = time.monotonic()
         if pair.state is PairState.ASKED:
             answer = link.replies.pop(pair.ref, None)
             if answer is None:
@@ -185,7 +185,6 @@ class RemoteRoutes:
                 answer = link.replies.pop(pair.ref, None)
             if answer is not None:
                 link.waiting.discard(pair.ref)
-                now = time.monotonic()
                 offered = isinstance(answer, CallReply) and isinstance(answer.value, int)
                 if pair.answered(offered, now):
                     from ._direct_link import DirectRoute  # noqa: PLC0415 - zmq is loaded
@@ -197,11 +196,8 @@ class RemoteRoutes:
                     counts["not_offered"] += 1  # no listener there: its process says why
                     report(self.hub)
         route = pair.route
-        if pair.state is PairState.CONNECTING:
-            assert route is not None
-            hop = pair.hop(now or time.monotonic(), route.connected())
-        else:
-            hop = pair.hop(now, False)
+        hop = pair.hop(now, route is not None and pair.state is PairState.CONNECTING
+                       and route.connected())
         if hop is Hop.NODE:
             return link
         if hop is Hop.HELLO:
@@ -210,6 +206,14 @@ class RemoteRoutes:
             link.waiting.add(pair.ref)
             if not link.send([Deliver(to, DirectHello(pair.ref, pair.token))], timeout):
                 pair.failed()
+            return link
+        if hop is Hop.GIVE_UP and route is None:  # its hello got no answer in time
+            link.waiting.discard(pair.ref)  # a late one is dropped
+            counts["connect_failures"] += 1
+            report(self.hub)
+            log.warning("direct route to %s: no answer to its hello in %.0fs; it stays on "
+                        "the node path%s", to, pair.connect_wait * 5,
+                        " for now" if pair.state is PairState.NODE else " (given up)")
             return link
         assert route is not None
         if hop is Hop.FENCE:

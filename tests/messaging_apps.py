@@ -34,6 +34,16 @@ class Agent(p.Worker):
             return args[0]
         if op == "casts":
             return self.casts
+        if op == "import":  # [module]: loaded now
+            import importlib
+            importlib.import_module(args[0])
+            return "imported"
+        if op == "fdlimit":  # [n or None]: the soft RLIMIT_NOFILE (None: what is open now)
+            import resource
+            soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+            n = args[0] if args[0] is not None else len(os.listdir("/proc/self/fd")) - 1
+            resource.setrlimit(resource.RLIMIT_NOFILE, (n, hard))
+            return soft
         if op == "infos":
             return self.infos
         if op == "notices":

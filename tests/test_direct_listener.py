@@ -273,3 +273,37 @@ def test_an_async_callee_answers_on_its_route(nodes: Nodes) -> None:
         reqs = [conn.send_request(target, i) for i in range(50)]
         assert [conn.receive_response(r, timeout=5) for r in reqs] == \
             [["async", i] for i in range(50)]
+
+
+@pytest.mark.parametrize(("path", "loaded", "logged"), [
+    ("a", True, "cannot open one"),  # its sockets cannot be made
+    ("b", False, "cannot load it"),  # its module cannot even be read
+])
+def test_a_process_that_cannot_open_a_listener_answers_on_the_node_path(
+        nodes: Nodes, path: str, loaded: bool, logged: str) -> None:
+    """No descriptor left for a listener: the process says so (logged, counted on its
+    node), the caller counts the pair as not offered, and the pair carries on as before."""
+    a, b = nodes.nodes["a"], nodes.nodes["b"]
+    alpha = nodes.pid("b", path)
+    if loaded:
+        b.conn.call(alpha, ["import", "prismatic._direct_listener"])
+    failures0 = metric(b, "prismatic_cluster_direct_listener_failures")
+    offered0 = metric(a, "prismatic_cluster_direct_not_offered")
+    with p.connect(a.data_dir) as conn:
+        for i in range(SWITCH_AFTER - 2):  # the node's connection to alpha is made now
+            assert conn.call(alpha, ["echo", i]) == i
+        b.conn.call(alpha, ["echo", 0])  # and b's client's, which restores the limit
+        old = b.conn.call(alpha, ["fdlimit", None])
+        try:
+            for i in range(SWITCH_AFTER + 4):  # the hello, answered with no port
+                assert conn.call(alpha, ["echo", i]) == i
+            wait_until(lambda: conn.call(alpha, ["echo", 0]) == 0 and state(conn, alpha)
+                       is PairState.OFF, 5, "the pair to stay on the node path")
+        finally:
+            b.conn.call(alpha, ["fdlimit", old])
+        assert conn.call(alpha, ["echo", "still"]) == "still"
+    assert listening_ports(alpha.ospid) == set()
+    wait_until(lambda: metric(b, "prismatic_cluster_direct_listener_failures") > failures0
+               and metric(a, "prismatic_cluster_direct_not_offered") > offered0, 5,
+               "both sides to count it")
+    assert f"direct listener of {alpha}: {logged}" in (b.log.parent / "node.out").read_text()

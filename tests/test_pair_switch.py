@@ -120,3 +120,13 @@ def test_a_route_that_never_connects_is_asked_again_later_then_given_up() -> Non
     for gave_up, asked in zip(give_ups[:-1], hellos[1:], strict=True):
         assert asked - gave_up > 64 * SWITCH_AFTER  # each try waits longer
     assert {sw.hop(now, True) for _ in range(100)} == {Hop.NODE}
+
+
+def test_a_hello_never_answered_is_given_up_in_time() -> None:
+    sw = Switch(SWITCH_AFTER, connect_wait=2.0, tries=TRIES)
+    assert [sw.hop(0.0, False) for _ in range(SWITCH_AFTER)][-1] is Hop.HELLO
+    assert sw.hop(9.9, False) is Hop.NODE  # still waiting for the answer
+    assert sw.hop(10.0, False) is Hop.GIVE_UP
+    assert sw.state is PairState.NODE and not sw.answered(True, 10.0)  # a late one: dropped
+    hops = [sw.hop(11.0, False) for _ in range(64 * SWITCH_AFTER + SWITCH_AFTER)]
+    assert hops[-1] is Hop.HELLO and hops.count(Hop.HELLO) == 1
