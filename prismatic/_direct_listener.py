@@ -12,11 +12,12 @@ How a pair switches onto it (the caller's side is :mod:`._remote_routes`):
    ``token``). This process's node fills in the host its mesh listens on and the cluster's
    keys, and remembers the caller's link as a watcher of this process (it tells the caller
    when this process exits: ``exited``, with the real exit reason).
-2. This process opens its listener (once; on :meth:`DirectListener.open`: a CurveZMQ ROUTER
-   on an ephemeral port of that host, admitting only the cluster's key, as the node's mesh
-   ROUTER does) and answers the hello with the port (nil if it cannot: the pair stays on
-   the node path, logged and counted). From then on it *holds* what arrives on the
-   listener from ``token`` (the caller's routing id).
+2. This process opens its listener (once, :class:`DirectListener`: a CurveZMQ ROUTER on an
+   ephemeral port of that host, admitting only the cluster's key, as the node's mesh
+   ROUTER does; the hello is taken only from the node's own process) and answers the hello
+   with the port (nil if it cannot: the pair stays on the node path, logged and counted).
+   From then on it *holds* what arrives on the listener from ``token`` (the caller's
+   routing id).
 3. The caller connects, and once its connection is up sends a ``d_fence`` on the node path,
    then everything on the new route. When the fence comes out of the mailbox, every message
    the caller sent on the node path is in this process's queue: what was held for
@@ -24,9 +25,11 @@ How a pair switches onto it (the caller's side is :mod:`._remote_routes`):
    holds across the switch, for calls, casts and sends alike.
 
 Reading is this worker's loop's (its Reactor, or uvloop): the ROUTER's ``ZMQ_FD`` is an
-edge, so each wake-up reads until the socket says it has nothing (and looks again after
-sending, which can consume the edge). A call's reply goes back on the route it came in on,
-everything one wake-up answered for one caller in one ZeroMQ message. The ZAP handler and
+edge (armed by reading ``EVENTS`` once), so a wake-up reads a lone message and answers it
+at once, or everything the socket holds in a burst, and looks again after sending, which
+can consume the edge. A message takes no turn of any other process or thread. A call's
+reply goes back on the route it came in on, everything one wake-up answered for one caller
+in one ZeroMQ message. The ZAP handler and
 the socket's monitor (refusals: counted, logged throttled with the peer's address, no key
 ever logged) are read on the same loop.
 
@@ -40,7 +43,10 @@ messages here, ``SEND_HWM`` at the caller) and the caller's send blocks, then fa
 bounded by ``PRISMATIC_REMOTE_BACKLOG_BYTES`` (past it: dropped, a call refused
 ``mailbox_full``, a cast a dead letter). When the process exits, the listener is closed
 after its replies leave (``LINGER_MS``) and its context ends: no thread or socket outlives
-it. A child the worker forks never touches it.
+it. A child the worker forks never touches it (its descriptors stay open in the child
+until it exits or execs, as its parent's mailbox connections are closed but ZeroMQ's
+cannot be from outside it: a child that outlives its parent keeps the port bound, and a
+caller routed there gets its callee's exit through the node, as always).
 """
 
 from __future__ import annotations
