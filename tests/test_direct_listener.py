@@ -154,6 +154,12 @@ def test_a_callee_that_dies_on_its_route_fails_its_calls_with_its_reason_once(
                    5, "the dead letter")
         fresh = nodes.restarted("b", "u", u)
         assert conn.call(fresh, ["echo", "new"], timeout=5) == "new"
+        switch(conn, fresh)  # and SIGKILLed mid-call: the reason its node saw, once
+        req = conn.send_request(fresh, ["die"])
+        with pytest.raises(p.ProcessDown) as down:
+            conn.receive_response(req, timeout=5)
+        assert down.value.reason == p.Killed(9)
+    nodes.restarted("b", "u", fresh)
 
 
 def test_a_lost_node_fails_the_calls_on_its_routes_with_noconnection(nodes: Nodes) -> None:
