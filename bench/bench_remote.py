@@ -8,7 +8,7 @@ loop), and prints, from one run:
   direct route (the driver's DEALER, CURVE over TCP loopback, straight to the echo
   process's own listener, read by the echo's loop, and back). The warm-up's 500 calls
   switch the pair off the node path (it switches after 16 messages,
-  ``prismatic._remote_routes.SWITCH_AFTER``); the bench checks node a counted the switch
+  ``prismatic._pair_switch.SWITCH_AFTER``); the bench checks node a counted the switch
   (``prismatic_cluster_direct_switched``) and stops if not;
 * beside it, interleaved with it in five rounds (the same machine load for all three), a
   local call (a's driver calls a's echo, the direct AF_UNIX path), and a bare pyzmq

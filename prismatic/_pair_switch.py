@@ -26,14 +26,32 @@ from __future__ import annotations
 import enum
 import os
 
-__all__ = ["PairState", "Hop", "Switch", "SWITCH_AFTER", "CONNECT_WAIT_S", "CONNECT_TRIES"]
+__all__ = ["PairState", "Hop", "Switch", "SWITCH_AFTER", "SWITCH_AFTER_PROBLEM", "CONNECT_WAIT_S",
+           "CONNECT_TRIES", "parse_switch_after"]
 
 # Messages to one Pid of another node before the pair asks for a direct route (0: never).
 # A route costs a TCP connection and a CurveZMQ handshake (~1-2 ms of CPU on both sides),
 # and the callee a listener (a ZeroMQ context and its I/O thread); each message on it saves
 # the node's hop (~50-100 us of round trip here): a pair pays that back after ~10-20
 # messages, and one that exchanges a handful never pays it.
-SWITCH_AFTER = int(os.environ.get("PRISMATIC_DIRECT_SWITCH_AFTER", "16"))
+SWITCH_ENV = "PRISMATIC_DIRECT_SWITCH_AFTER"
+
+
+def parse_switch_after(text: str | None) -> tuple[int, str]:
+    """``PRISMATIC_DIRECT_SWITCH_AFTER`` as a count (default 16), and why it was not taken
+    ("" if it was): a value that is not a whole number >= 0 leaves the default."""
+    if text is None or not text.strip():
+        return 16, ""
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if n < 0:
+        return 16, f"{SWITCH_ENV}={text[:40]!r} is not a whole number >= 0: using 16"
+    return n, ""
+
+
+SWITCH_AFTER, SWITCH_AFTER_PROBLEM = parse_switch_after(os.environ.get(SWITCH_ENV))
 CONNECT_WAIT_S = 2.0  # a route's connection not up by then: dropped, asked for again later
 CONNECT_TRIES = 3  # routes asked for at most, per pair
 

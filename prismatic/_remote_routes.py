@@ -42,7 +42,8 @@ from ._direct_counts import counts, report
 from ._errors import MailboxFull
 from ._exit import NoConnection
 from ._mailbox_peer import Peer
-from ._pair_switch import SWITCH_AFTER, Hop, PairState, Switch
+from ._throttle import ThrottledWarning
+from ._pair_switch import SWITCH_AFTER, SWITCH_AFTER_PROBLEM, Hop, PairState, Switch
 from .transports._framing import encode_frame
 from .transports._messages import CallRefused, CallReply, DirectFence, DirectHello
 from .transports._remote_frames import (
@@ -57,6 +58,7 @@ if TYPE_CHECKING:
 __all__ = ["RemoteRoutes", "RELAY_POLL_S", "Pair", "SWITCH_AFTER"]
 
 log = logging.getLogger(__name__)
+_bad_setting = ThrottledWarning(log, 3600.0)
 _relay_decoder = msgspec.msgpack.Decoder(RelayAnswer)
 # A process sending on a direct link reads its relay's notices (a lost node) at most this
 # often: a read per message would cost a system call each.
@@ -177,6 +179,8 @@ class RemoteRoutes:
         pair = self.pairs.get(to)
         if pair is None:
             pair = self.pairs[to] = Pair(to)
+            if SWITCH_AFTER_PROBLEM:
+                _bad_setting.warn("direct routes: %s", SWITCH_AFTER_PROBLEM)
         now = time.monotonic()
         if pair.state is PairState.ASKED:
             answer = link.replies.pop(pair.ref, None)

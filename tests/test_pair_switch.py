@@ -9,7 +9,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from prismatic._pair_switch import Hop, PairState, Switch
+from prismatic._pair_switch import Hop, PairState, Switch, parse_switch_after
 
 SWITCH_AFTER = 4
 TRIES = 3
@@ -130,3 +130,11 @@ def test_a_hello_never_answered_is_given_up_in_time() -> None:
     assert sw.state is PairState.NODE and not sw.answered(True, 10.0)  # a late one: dropped
     hops = [sw.hop(11.0, False) for _ in range(64 * SWITCH_AFTER + SWITCH_AFTER)]
     assert hops[-1] is Hop.HELLO and hops.count(Hop.HELLO) == 1
+
+
+def test_the_setting_takes_whole_numbers_and_says_why_not() -> None:
+    assert parse_switch_after(None) == (16, "") and parse_switch_after("0") == (0, "")
+    assert parse_switch_after(" 40 ") == (40, "")
+    for bad in ("x", "-3", "1.5"):
+        n, why = parse_switch_after(bad)
+        assert n == 16 and "PRISMATIC_DIRECT_SWITCH_AFTER" in why
