@@ -248,6 +248,8 @@ def test_malformed_batches_on_a_listener_are_dropped_counted_and_it_serves_on(
         s.close(0)
         ctx.term()
     assert nodes.pid("b", "c") == c  # the same process serves on
+    wait_until(lambda: f"direct listener of {c}: dropped a malformed batch from 127.0.0.1"
+               in (b.log.parent / "node.out").read_text(), 5, "the log line")
 
 
 def test_the_listener_goes_with_its_process(nodes: Nodes) -> None:
