@@ -82,7 +82,11 @@ LINGER_MS = 250  # replies not yet sent when the process exits get this long to 
 RCV_HWM = 1000  # messages ZeroMQ queues per caller while this process does not read
 _EVENTS, _POLLIN, _NOBLOCK = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.NOBLOCK)
 _SNDMORE = int(zmq.SNDMORE) | _NOBLOCK
-_warning = ThrottledWarning(log)
+# One throttle per kind of trouble: a flood of one never hides the first of another.
+_refused_warning = ThrottledWarning(log)  # peers without the cluster's key
+_handshake_warning = ThrottledWarning(log)  # connections that never completed a handshake
+_bad_warning = ThrottledWarning(log)  # malformed batches
+_full_warning = ThrottledWarning(log)  # held messages past the backlog bound
 
 
 class _Route(Inbound):
@@ -133,7 +137,7 @@ class DirectListener:
         self.zap, self.router, self.monitor = zap, router, monitor
         self.allowed = z85.decode(hello.public)
         self.refusals: collections.Counter[str] = collections.Counter()
-        self.admissions = AdmissionWatch(self.refusals, _warning)
+        self.admissions = AdmissionWatch(self.refusals, _handshake_warning)
         self.held: dict[bytes, list[Any]] = {}  # tokens whose fence has not come: frames
         self.held_bytes = 0
         self.full = False
@@ -243,7 +247,7 @@ class DirectListener:
         self.full = backlog_full(self.full, self.held_bytes, self.limit)
         if self.full:
             counts["listener_mailbox_full"] += 1
-            _warning.warn("direct listener of %s: held %d bytes for callers whose fence has "
+            _full_warning.warn("direct listener of %s: held %d bytes for callers whose fence has "
                           "not come: dropped a %s (%d so far)", self.pid, self.held_bytes,
                           type(frame).__struct_config__.tag, counts["listener_mailbox_full"])
             self.refuse(ident, to, frame, "mailbox_full")
@@ -267,7 +271,7 @@ class DirectListener:
             peer = part.get("Peer-Address")
         except (zmq.ZMQError, AttributeError):
             peer = "an unknown address"
-        _warning.warn("direct listener of %s: dropped a malformed batch from %s (%d so far): "
+        _bad_warning.warn("direct listener of %s: dropped a malformed batch from %s (%d so far): "
                       "%s", self.pid, peer, counts["listener_bad_frames"], why)
         report(self.ctx.hub)
 
@@ -316,8 +320,9 @@ class DirectListener:
                 self.refusals["unknown_key"] += 1
                 counts["listener_refused_unknown_key"] += 1
                 address = msg[3].decode(errors="replace") if len(msg) > 3 else "?"
-                _warning.warn("direct listener of %s: refused a peer at %s: not the cluster's "
-                              "key (another cluster secret?)", self.pid, address)
+                _refused_warning.warn("direct listener of %s: refused a peer at %s: not the "
+                                      "cluster's key (another cluster secret?)", self.pid,
+                                      address)
             zap.send_multipart([version, request_id, b"200" if ok else b"400",
                                 b"OK" if ok else b"not a member of this cluster", b"", b""],
                                _NOBLOCK)
