@@ -122,7 +122,7 @@ def test_order_is_kept_across_the_switch(nodes: Nodes) -> None:
     got = [x[1] for x in a.conn.call(c, ["casts"])[before:] if x[:1] == ["seq"]]
     assert got == list(range(on_node_path + 300))
     assert metric(a, "prismatic_cluster_direct_switched") > switched0
-    assert metric(b, "prismatic_cluster_direct_listeners_opened") > opened0
+    assert metric(b, "prismatic_cluster_direct_listeners_opened") >= max(opened0, 1)  # c's
 
 
 def test_a_callee_that_dies_on_its_route_fails_its_calls_with_its_reason_once(
