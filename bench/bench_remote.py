@@ -4,9 +4,12 @@ Run: ``python bench/bench_remote.py [--calls N]``. Starts two real nodes in one 
 each running ``bench.apps:messaging`` (an ``echo`` worker and a ``driver`` that calls in a
 loop), and prints, from one run:
 
-* remote call round trip, worker to worker: node a's driver calls node b's echo (the
-  driver's direct link (CURVE, TCP loopback) -> b's port thread -> b's echo mailbox, and
-  back);
+* remote call round trip, worker to worker: node a's driver calls node b's echo on its
+  direct route (the driver's DEALER, CURVE over TCP loopback, straight to the echo
+  process's own listener, read by the echo's loop, and back). The warm-up's 500 calls
+  switch the pair off the node path (it switches after 16 messages,
+  ``prismatic._pair_switch.SWITCH_AFTER``); the bench checks node a counted the switch
+  (``prismatic_cluster_direct_switched``) and stops if not;
 * beside it, interleaved with it in five rounds (the same machine load for all three), a
   local call (a's driver calls a's echo, the direct AF_UNIX path), and a bare pyzmq
   DEALER -> ROUTER echo over TCP loopback with CURVE (the mesh bench's baseline);
@@ -14,7 +17,7 @@ loop), and prints, from one run:
   message to a second process and sends back what that process answers (no Python of
   ours on the way: the floor of a path with a hop between the ROUTER and the callee);
 * remote calls per second with 64 in flight, from a client of node a to node b's echo
-  (``send_request`` / ``receive_response``);
+  (``send_request`` / ``receive_response``; its first 16 calls switch it to its route);
 * cluster pub/sub: events per second published on a and received by a subscriber on b,
   one event per publish and 100 per ``publish_many``.
 """
@@ -147,8 +150,11 @@ def main() -> None:
             ca, cb = a.connect(), b.connect()
             echo_a = [a.name, ca.whereis("echo").ospid]  # type: ignore[union-attr]
             echo_b = [b.name, cb.whereis("echo").ospid]  # type: ignore[union-attr]
-            driver_rtts(ca, echo_b, 500)  # warm up both paths
+            driver_rtts(ca, echo_b, 500)  # warm up both paths (the remote pair switches)
             driver_rtts(ca, echo_a, 500)
+            switched = a.counters().get("prismatic_cluster_direct_switched_total", 0)
+            if switched < 1:
+                raise SystemExit("bench: the driver's pair did not switch to its direct route")
             remote, local, bare, hop = [], [], [], []
             for _ in range(5):  # interleaved: the same machine load for all four
                 remote += driver_rtts(ca, echo_b, args.calls // 5)

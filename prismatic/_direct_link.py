@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import logging
 import os
+import time
+from collections.abc import Callable
 from typing import Any
 
 import zmq
@@ -27,10 +29,10 @@ import zmq
 from ._throttle import ThrottledWarning
 
 from .transports._remote_frames import (
-    CallFailed, Deliver, Located, decode_answers, encode_deliveries,
+    CallFailed, Deliver, Exited, Located, decode_answers, encode_deliveries,
 )
 
-__all__ = ["DirectLink", "close_all", "LINGER_MS"]
+__all__ = ["DirectLink", "DirectRoute", "close_all", "LINGER_MS"]
 
 LINGER_MS = 250  # what a process sent before exiting gets this long to leave
 # Messages queued for one link (the node slow or unreachable) before a send blocks, then
@@ -61,12 +63,17 @@ os.register_at_fork(after_in_child=_forget_in_child)
 
 
 class DirectLink:
-    """One process's DEALER to one node. Not thread-safe (one per process/client)."""
+    """One process's DEALER to one node (or, made by :class:`DirectRoute`, to one process
+    of it). Not thread-safe (one per process/client)."""
 
-    __slots__ = ("node", "sock", "waiting", "replies", "lost", "timeout", "rcv_ms")
+    __slots__ = ("node", "sock", "waiting", "replies", "lost", "timeout", "rcv_ms", "located",
+                 "token", "on_exited")
 
-    def __init__(self, located: Located) -> None:
+    def __init__(self, located: Located, addr: str | None = None,
+                 token: bytes | None = None) -> None:
         self.node = located.node
+        self.located = located
+        self.token = token
         sock = _ctx().socket(zmq.DEALER)
         sock.linger = LINGER_MS
         sock.sndhwm = SEND_HWM
@@ -74,15 +81,28 @@ class DirectLink:
         sock.curve_serverkey = located.public
         sock.curve_publickey = located.public
         sock.curve_secretkey = located.secret
-        assert located.addr is not None
-        sock.connect(located.addr)
+        if token is not None:
+            sock.routing_id = token
+            # Queue only to a connection that completed its handshake: a callee that is
+            # gone refuses a send at once (EAGAIN) instead of taking it into a queue that
+            # waits for a reconnect to a process that will never answer.
+            sock.immediate = True
+        addr = addr or located.addr
+        assert addr is not None
+        sock.connect(addr)
         self.sock = sock
         self.waiting: set[int] = set()  # refs of calls in flight on this link
         self.replies: dict[int, Any] = {}  # answers read while waiting for another one
         self.lost = False
         self.timeout = -1.0
         self.rcv_ms = -1
+        # Told of each ``exited`` answer (a process routed to directly is gone).
+        self.on_exited: Callable[[Exited], None] | None = None
         _links.append(self)
+
+    def connected(self) -> bool:
+        """Whether a send would be taken now (a route: once its handshake completed)."""
+        return bool(self.sock.get(zmq.EVENTS) & zmq.POLLOUT)  # type: ignore[operator]
 
     def send(self, batch: list[Deliver], timeout: float) -> bool:
         """False if the link stayed full for ``timeout`` (the node is far behind or gone)."""
@@ -95,12 +115,20 @@ class DirectLink:
             return False
         return True
 
+    def send_now(self, batch: list[Deliver]) -> bool:
+        """False if the link takes nothing at once (full, or a route not connected)."""
+        try:
+            self.sock.send(encode_deliveries(batch), zmq.NOBLOCK)
+        except zmq.Again:
+            return False
+        return True
+
     def receive(self, timeout: float) -> list[Any] | None:
         """The answers of the next batch on the link, waiting ``timeout`` at most (None:
         nothing came). A blocking receive, not a poll: polling the link and the relay
         together measured ~9 us more per round trip. A malformed batch is dropped,
-        counted (``bad_batches``) and logged, throttled."""
-        global bad_batches
+        counted (``bad_batches``) and logged, throttled; an ``exited`` goes to
+        ``on_exited``."""
         ms = max(1, int(timeout * 1000))
         if ms != self.rcv_ms:
             self.sock.rcvtimeo = ms
@@ -109,27 +137,74 @@ class DirectLink:
             data = self.sock.recv()  # bytes: cheaper than a Frame and its memoryview (~1.5 us)
         except zmq.Again:
             return None
+        return self.answers(data)
+
+    def answers(self, data: bytes) -> list[Any]:
+        global bad_batches
         batch, why = decode_answers(data)
         if batch is None:
             bad_batches += 1
             _bad.warn("direct link to %s: dropped a malformed batch (%d so far): %s",
                       self.node, bad_batches, why)
             return []
+        for answer in batch:
+            if type(answer) is Exited:  # rare: filtered out only when there is one
+                for exited in [a for a in batch if type(a) is Exited]:
+                    if self.on_exited is not None:
+                        self.on_exited(exited)
+                return [a for a in batch if type(a) is not Exited]
         return batch
 
-    def fail_all(self, reason: Any) -> None:
-        """The node is lost: every call in flight fails with ``reason``; the link closes
-        without waiting (nothing it still holds is delivered: the node may be gone)."""
+    def drain(self) -> list[Any]:
+        """The answers the link holds now, without waiting."""
+        out: list[Any] = []
+        if self.sock.closed:
+            return out
+        while True:
+            try:
+                data = self.sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return out
+            out += self.answers(data)
+
+    def fail_all(self, reason: Any, grace: float = 0.0) -> None:
+        """The node (or, for a route, the process) is lost: every call in flight fails with
+        ``reason``, but for those whose answer the link already holds (read first, waiting
+        up to ``grace`` for the ones still missing); the link closes without waiting
+        (nothing it still holds is delivered: the other end may be gone)."""
         self.lost = True
+        if not self.sock.closed:
+            self.keep(self.drain())
+            end = time.monotonic() + grace
+            while any(ref not in self.replies for ref in self.waiting):
+                left = end - time.monotonic()
+                if left <= 0:
+                    break
+                self.keep(self.receive(left) or [])
         for ref in self.waiting:
-            self.replies[ref] = CallFailed(ref, reason)
+            if ref not in self.replies:
+                self.replies[ref] = CallFailed(ref, reason)
         self.close(0)
+
+    def keep(self, answers: list[Any]) -> None:
+        for answer in answers:
+            if answer.ref in self.waiting:
+                self.replies[answer.ref] = answer
 
     def close(self, linger: int | None = None) -> None:
         if not self.sock.closed:
             self.sock.close(linger)
         if self in _links:
             _links.remove(self)
+
+
+def DirectRoute(located: Located, port: int, token: bytes) -> DirectLink:  # noqa: N802
+    """A process's DEALER to one process of ``located``'s node, at that process's own
+    listener (:mod:`._direct_listener`): its routing id is ``token`` (the one its
+    ``d_hello`` gave), its host the node's mesh host."""
+    assert located.addr is not None
+    host = located.addr.rpartition(":")[0]
+    return DirectLink(located, f"{host}:{port}", token)
 
 
 def close_all() -> None:

@@ -63,8 +63,9 @@ from ._notices import Down, Exit
 from ._throttle import ThrottledWarning
 from .transports._framing import ByteBudget, encode_frame
 from .transports._messages import (
-    GLOBAL_REQUESTS, DeadLetterNote, DemonitorReq, EmitReq, ExitOfReq, GlobalWhereisReq,
-    HubReply, LinkReq, MonitorReq, RegisterReq, UnlinkReq, UnregisterReq, WhereisReq,
+    GLOBAL_REQUESTS, DeadLetterNote, DemonitorReq, DirectCountsNote, EmitReq, ExitOfReq,
+    GlobalWhereisReq, HubReply, LinkReq, MonitorReq, RegisterReq, UnlinkReq, UnregisterReq,
+    WhereisReq,
 )
 
 __all__ = ["Hub"]
@@ -311,6 +312,9 @@ class Hub(HubLiveness):
                 self.on_emit(req, conn.reply)
         elif isinstance(req, DeadLetterNote):
             self.on_dead_letter(req)
+        elif isinstance(req, DirectCountsNote):
+            if self.remote is not None:  # ._direct_counts: a clustered node adds them up
+                self.remote.direct_counts(req.counts)
         elif isinstance(req, GLOBAL_REQUESTS):
             if self.on_global is None:
                 conn.reply(HubReply(req.ref, None, "no_global", "this hub keeps no global names"))

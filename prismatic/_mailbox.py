@@ -121,6 +121,9 @@ class Mailbox:
         self.refusals: dict[str, ThrottledWarning] = {}  # a throttle per kind of refusal
         self.frame_warning = ThrottledWarning(log)  # and one for every dropped frame
         self.accepting = False
+        # Another reader of this process's messages that pauses, resumes and drains with
+        # this one (its direct listener, ._direct_listener), once it has one.
+        self.extra: Any = None
 
     def attach(self, loop: asyncio.AbstractEventLoop | Reactor,
                on_frame: Callable[[Inbound, Any], None]) -> None:
@@ -213,6 +216,8 @@ class Mailbox:
                     conn.write(batch)
 
     def drain_except(self, skip: Inbound) -> None:
+        if self.extra is not None:
+            self.extra.drain()
         for conn in list(self.conns.values()):
             while conn is not skip and conn.fd in self.conns:
                 frames = self.receive(conn)
@@ -246,12 +251,16 @@ class Mailbox:
             self.paused = True
             for fd in self.conns:
                 self.loop.remove_reader(fd)
+            if self.extra is not None:
+                self.extra.pause()
 
     def resume(self) -> None:
         if self.paused and self.loop is not None:
             self.paused = False
             for conn in list(self.conns.values()):
                 self.loop.add_reader(conn.fd, self.read, conn)
+            if self.extra is not None:
+                self.extra.resume()
 
     def close_in_fork(self) -> None:
         """In a process forked from the owner (a worker's own ``os.fork``): drop the owner's

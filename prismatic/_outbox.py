@@ -95,6 +95,8 @@ class Outbox(RemoteRoutes):
         self.located: dict[str, Located] = {}  # the relay's answers to locate
         self.via: dict[int, DirectLink] = {}  # remote calls in flight on a direct link
         self.linked = False  # this process made a direct link (it flushes them at exit)
+        self.pairs = {}  # processes of other nodes it sent to (._remote_routes.Pair)
+        self.by_token = {}
         self.relay_read_at = 0.0
         self.names: dict[str, Pid] = {}
         self.refs = itertools.count(1)
@@ -355,9 +357,11 @@ class Outbox(RemoteRoutes):
                 raise CallTimeout(req.dest, "no reply in time")
             # No busy poll first, as a local call does: spinning on a ZeroMQ socket
             # measured twice the round trip (it competes with the I/O thread).
-            answers = link.receive(min(left, RELAY_WAIT_S))
+            answers = link.receive(min(left, RELAY_WAIT_S)) if not link.lost else None
             if answers is None:
                 self.poll_relay()  # a lost node fails the link's calls
+                if link.token is not None:
+                    self.read_link(link.node)  # its callee's exit fails the route's calls
                 continue
             found = sort_answers(answers, ref, link.waiting, link.replies)
             if found is not None:
@@ -384,4 +388,9 @@ class Outbox(RemoteRoutes):
         for link in self.links.values():
             link.close()  # what it holds leaves within its linger
         self.links.clear()
+        for pair in self.pairs.values():
+            if pair.route is not None:
+                pair.route.close()
+        self.pairs.clear()
+        self.by_token.clear()
         self.drop_relay()

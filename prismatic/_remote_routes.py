@@ -12,10 +12,25 @@ relay does not know reachable gets no link: what is sent to it goes to the relay
 link then fails the calls in flight with ``NoConnection()``; a sending process reads those
 notices at most every ``RELAY_POLL_S``. Answers to calls that went out on the relay come
 back on it and are handed to the caller (:meth:`RemoteRoutes.on_relay_frame`).
+
+A pair that keeps talking switches to a *direct route*: after ``SWITCH_AFTER`` messages to
+one Pid of another node, the process asks that process, on the node path, for its own
+listener (``d_hello``); once the answer came and the route's connection is up, it sends a
+``d_fence`` on the node path and everything after on the route (the callee holds what the
+route brings until the fence is out of its mailbox: order is kept across the switch; see
+:mod:`._direct_listener`). When to switch, and when to give up, is the pure
+:class:`~._pair_switch.Switch`. A route whose callee
+exits is told so by the callee's node on the link (``exited``, with the exit reason): its
+calls in flight fail with that reason, but for those whose answer the route already holds;
+the pair then stays on the node path. A pair that cannot switch (the callee gives no port,
+or the connection does not come up in time) stays on the node path, logged and counted.
 """
 
 from __future__ import annotations
 
+import itertools
+import logging
+import os
 import socket
 import time
 from typing import TYPE_CHECKING, Any
@@ -23,24 +38,50 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from ._address import Global, Pid
+from ._direct_counts import counts, report
 from ._errors import MailboxFull
 from ._exit import NoConnection
 from ._mailbox_peer import Peer
+from ._throttle import ThrottledWarning
+from ._pair_switch import SWITCH_AFTER, SWITCH_AFTER_PROBLEM, Hop, PairState, Switch
 from .transports._framing import encode_frame
-from .transports._messages import CallRefused, CallReply
+from .transports._messages import CallRefused, CallReply, DirectFence, DirectHello
 from .transports._remote_frames import (
-    CallFailed, Deliver, Forward, Locate, Located, NodeLost, RelayAnswer, relay_address,
+    CallFailed, Deliver, Exited, Forward, Locate, Located, NodeLost, RelayAnswer,
+    relay_address,
 )
 
 if TYPE_CHECKING:
     from ._direct_link import DirectLink
+    from ._hubclient import HubClient
 
-__all__ = ["RemoteRoutes", "RELAY_POLL_S"]
+__all__ = ["RemoteRoutes", "RELAY_POLL_S", "Pair", "SWITCH_AFTER"]
 
+log = logging.getLogger(__name__)
+_bad_setting = ThrottledWarning(log, 3600.0)
 _relay_decoder = msgspec.msgpack.Decoder(RelayAnswer)
 # A process sending on a direct link reads its relay's notices (a lost node) at most this
 # often: a read per message would cost a system call each.
 RELAY_POLL_S = 0.001
+EXIT_GRACE_S = 0.005  # a callee exited: answers still on their way get this long
+ROUTE_SEND_STEP_S = 0.05  # a route that takes nothing: look for its callee's exit this often
+
+
+class Pair(Switch):
+    """This process's way to one process of another node: its :class:`Switch` and the
+    route it made."""
+
+    __slots__ = ("pid", "ref", "token", "route")
+
+    def __init__(self, pid: Pid) -> None:
+        super().__init__()
+        self.pid = pid
+        self.ref = 0
+        self.token = b""
+        self.route: DirectLink | None = None
+
+
+_hello_refs = itertools.count(1 << 62)  # apart from the process's call refs
 
 
 class RemoteRoutes:
@@ -54,6 +95,9 @@ class RemoteRoutes:
     located: dict[str, Located]  # the relay's answers to locate
     linked: bool  # this process made a direct link (it flushes them at exit)
     relay_read_at: float
+    pairs: dict[Pid, Pair]  # processes of other nodes this one sent to
+    by_token: dict[bytes, Pair]  # pairs with a route, by its token
+    hub: HubClient  # this process's node's hub (counts go there, ._direct_counts)
 
     def relay_peer(self) -> Peer:
         if self.relay is None:
@@ -102,6 +146,121 @@ class RemoteRoutes:
         link = self.links.pop(node, None)
         if link is not None:
             link.fail_all(NoConnection())
+        for pid in [pid for pid in self.pairs if pid.node == node]:
+            pair = self.pairs.pop(pid)
+            self.by_token.pop(pair.token, None)
+            if pair.route is not None:
+                pair.route.fail_all(NoConnection())
+                pair.route = None
+
+    def callee_exited(self, exited: Exited) -> None:
+        """The callee of a route exited (its node says so, on the link): the route's calls
+        in flight fail with its exit reason, but for the answers the route holds or gets
+        within EXIT_GRACE_S; what comes for it after goes on the node path (which refuses
+        it: no process)."""
+        pair = self.by_token.pop(exited.token, None)
+        if pair is None:
+            return
+        pair.failed()
+        if pair.route is not None:
+            pair.route.fail_all(exited.reason, EXIT_GRACE_S)
+            pair.route = None
+
+    def read_link(self, node: str) -> None:
+        """What the link to ``node`` holds now (answers kept for their calls, ``exited``
+        handled), without waiting."""
+        link = self.links.get(node)
+        if link is not None and not link.lost:
+            link.keep(link.drain())
+
+    def pick(self, link: DirectLink, to: Pid, timeout: float) -> DirectLink:
+        """Where the next message to ``to`` goes: ``link`` (the node path) or the pair's
+        route, as the pair's :class:`Switch` says (its answer read, its route opened)."""
+        pair = self.pairs.get(to)
+        if pair is None:
+            pair = self.pairs[to] = Pair(to)
+            if SWITCH_AFTER_PROBLEM:
+                _bad_setting.warn("direct routes: %s", SWITCH_AFTER_PROBLEM)
+        now = time.monotonic()
+        if pair.state is PairState.ASKED:
+            answer = link.replies.pop(pair.ref, None)
+            if answer is None:
+                link.keep(link.drain())
+                answer = link.replies.pop(pair.ref, None)
+            if answer is not None:
+                link.waiting.discard(pair.ref)
+                offered = isinstance(answer, CallReply) and isinstance(answer.value, int)
+                if pair.answered(offered, now):
+                    from ._direct_link import DirectRoute  # noqa: PLC0415 - zmq is loaded
+
+                    pair.route = DirectRoute(link.located, answer.value, pair.token)
+                    pair.route.on_exited = self.callee_exited
+                    self.by_token[pair.token] = pair
+                else:
+                    counts["not_offered"] += 1  # no listener there: its process says why
+                    report(self.hub)
+        route = pair.route
+        hop = pair.hop(now, route is not None and pair.state is PairState.CONNECTING
+                       and route.connected())
+        if hop is Hop.NODE:
+            return link
+        if hop is Hop.HELLO:
+            pair.ref = next(_hello_refs)
+            pair.token = b"\x01" + os.urandom(15)  # routing ids may not start with 0
+            link.waiting.add(pair.ref)
+            if not link.send([Deliver(to, DirectHello(pair.ref, pair.token))], timeout):
+                pair.failed()
+            return link
+        if hop is Hop.GIVE_UP and route is None:  # its hello got no answer in time
+            link.waiting.discard(pair.ref)  # a late one is dropped
+            counts["connect_failures"] += 1
+            report(self.hub)
+            log.warning("direct route to %s: no answer to its hello in %.0fs; it stays on "
+                        "the node path%s", to, pair.connect_wait * 5,
+                        " for now" if pair.state is PairState.NODE else " (given up)")
+            return link
+        assert route is not None
+        if hop is Hop.FENCE:
+            if link.send([Deliver(to, DirectFence(pair.token))], timeout):
+                counts["switched"] += 1
+                report(self.hub)
+                return route
+            pair.failed()  # the node path is full: no route for this pair
+        elif hop is Hop.GIVE_UP:
+            counts["connect_failures"] += 1
+            report(self.hub)
+            log.warning("direct route to %s: no connection in %.1fs; it stays on the node "
+                        "path%s", to, pair.connect_wait,
+                        " for now" if pair.state is PairState.NODE else " (given up)")
+        else:
+            return route
+        self.by_token.pop(pair.token, None)
+        pair.route = None
+        route.close(0)
+        return link
+
+    def send_routed(self, pair: Pair, link: DirectLink, batch: list[Deliver],
+                    timeout: float) -> DirectLink | None:
+        """``batch`` on ``pair``'s route; if the route takes nothing for a while, the
+        callee may be gone: its node's word (``exited``) is looked for meanwhile, and then
+        the batch goes on the node path. What it went on; None if nothing took it within
+        ``timeout``."""
+        route = pair.route
+        if pair.state is PairState.DIRECT and route is not None and route.send_now(batch):
+            return route  # the usual case: taken at once
+        deadline = time.monotonic() + timeout
+        while True:
+            route = pair.route
+            if pair.state is not PairState.DIRECT or route is None:
+                return link if link.send(batch, max(deadline - time.monotonic(), 0.001)) \
+                    else None
+            left = deadline - time.monotonic()
+            if route.send(batch, min(left, ROUTE_SEND_STEP_S)):
+                return route
+            if left <= ROUTE_SEND_STEP_S:
+                return None
+            self.poll_relay()
+            self.read_link(link.node)
 
     def link_to(self, node: str, timeout: float) -> DirectLink | None:
         """The direct link to ``node``; None if the relay does not know it reachable (or
@@ -145,6 +304,7 @@ class RemoteRoutes:
         from ._direct_link import DirectLink  # noqa: PLC0415 - loads zmq: only when used
 
         link = self.links[node] = DirectLink(located)
+        link.on_exited = self.callee_exited
         self.linked = True
         return link
 
@@ -156,7 +316,21 @@ class RemoteRoutes:
         link = self.link_to(node, timeout)
         if link is not None:
             self.sent += 1
-            if not link.send([Deliver(to, frame)], timeout):
+            batch = [Deliver(to, frame)]
+            if type(to) is Pid and SWITCH_AFTER > 0:
+                pair = self.pairs.get(to)
+                if pair is None or pair.state is not PairState.DIRECT:
+                    via = self.pick(link, to, timeout)
+                    pair = self.pairs.get(to)
+                else:
+                    via = pair.route  # type: ignore[assignment]
+                if via is not link and pair is not None:
+                    sent = self.send_routed(pair, link, batch, timeout)
+                    if sent is None:
+                        raise MailboxFull(dest, f"the route to {to} stayed full for "
+                                                f"{timeout:.3g}s")
+                    return sent
+            if not link.send(batch, timeout):
                 raise MailboxFull(dest, f"the link to node {node} stayed full for "
                                         f"{timeout:.3g}s")
             return link

@@ -22,6 +22,7 @@ from __future__ import annotations
 import collections
 import functools
 import inspect
+import logging
 import os
 import signal
 import time
@@ -30,6 +31,8 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from ._address import Pid, own_pid, watch_target
+from ._direct_counts import counts as direct_counts
+from ._direct_counts import report as report_direct_counts
 from ._errors import RegistryError
 from ._exit import ExitCode, ExitReason, Normal, Shutdown, reason_from_exception
 from ._hubclient import HubClient
@@ -45,7 +48,8 @@ from .transports._channel import Channel
 from .transports._framing import encode_frame
 from .transports._frames import ExitingFrame, IgnoredFrame, ReadyFrame
 from .transports._messages import (
-    CallFrame, CallRefused, CallReply, CastFrame, DemonitorReq, GlobalRegisterReq,
+    CallFrame, CallRefused, CallReply, CastFrame, DemonitorReq, DirectFence, DirectHello,
+    GlobalRegisterReq,
     GlobalUnregisterReq, InfoFrame, LinkReq, MonitorReq, RegisterReq, StatsReq, UnlinkReq,
     UnregisterReq,
 )
@@ -57,6 +61,7 @@ if TYPE_CHECKING:
 
 __all__ = ["run_worker", "exit_code_for", "WorkerContext"]
 
+log = logging.getLogger(__name__)
 _HANDLERS = ("init", "handle_call", "handle_cast", "handle_info", "terminate")
 # What a plain handler returns is almost always one of these, and none is awaitable:
 # checking the type first spares the hot path inspect.isawaitable's ABC check (~0.5 us).
@@ -99,6 +104,10 @@ class WorkerContext:
         os.register_at_fork(after_in_child=self.mailbox.close_in_fork)
         self._pubsub: WorkerPubSub | None = None  # made on first publish/subscribe
         self._outbox: Outbox | None = None  # made on first send
+        # Its own listener for other nodes' processes (._direct_listener), made on the
+        # first d_hello; direct_failed: it could not be made (the node path serves them).
+        self._direct: Any = None
+        self.direct_failed = False
 
     # Made on first use: every object a fresh fork allocates costs it copy-on-write pages.
     @functools.cached_property
@@ -183,12 +192,30 @@ class WorkerContext:
         if isinstance(frame, StatsReq):
             conn.reply(CallReply(frame.ref, stats_of(self)))
             return
+        if isinstance(frame, (DirectHello, DirectFence)):
+            self.on_direct(conn, frame)
+            return
         self.received += 1
         self.queue.append((conn, frame))
         assert self.worker is not None  # run_worker sets it before serve()
         if len(self.queue) >= self.worker.mailbox_limit:
             self.mailbox.pause()
         self.pump()
+
+    def on_direct(self, conn: Inbound, frame: DirectHello | DirectFence) -> None:
+        """A hello or fence of a direct route (._direct_listener, which loads pyzmq)."""
+        try:
+            from ._direct_listener import take_direct_frame  # noqa: PLC0415 - loads zmq
+        except (ImportError, OSError) as exc:  # no descriptor left to read it, or no pyzmq
+            if isinstance(frame, DirectHello) and conn.peer_pid == self.mailbox.hub_pid:
+                self.direct_failed = True
+                direct_counts["listener_failures"] += 1
+                log.warning("direct listener of %s: cannot load it (%s); other nodes' "
+                            "processes reach it through its node", self.pid, exc)
+                conn.reply(CallReply(frame.ref, None))
+                report_direct_counts(self.hub)
+            return
+        take_direct_frame(self, conn, frame)
 
     def pump(self) -> None:
         queue = self.queue
@@ -419,5 +446,7 @@ def _finish(channel: Channel, reason: ExitReason, ctx: WorkerContext) -> int:
     ctx.close_pubsub()
     if ctx._outbox is not None:  # what it sent to other nodes leaves before its exit
         ctx._outbox.close_links()
+    if ctx._direct is not None:  # its replies leave, then its listener and context end
+        ctx._direct.close()
     channel.try_send(ExitingFrame(reason))
     return exit_code_for(reason)

@@ -29,8 +29,21 @@ class Agent(p.Worker):
         op, *args = msg
         if op == "echo":
             return args[0]
+        if op == "seq":  # a call kept in the casts' list: one order for calls, casts, sends
+            self.casts.append(msg)
+            return args[0]
         if op == "casts":
             return self.casts
+        if op == "import":  # [module]: loaded now
+            import importlib
+            importlib.import_module(args[0])
+            return "imported"
+        if op == "fdlimit":  # [n or None]: the soft RLIMIT_NOFILE (None: what is open now)
+            import resource
+            soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+            n = args[0] if args[0] is not None else len(os.listdir("/proc/self/fd")) - 1
+            resource.setrlimit(resource.RLIMIT_NOFILE, (n, hard))
+            return soft
         if op == "infos":
             return self.infos
         if op == "notices":
@@ -97,6 +110,8 @@ class Agent(p.Worker):
     def handle_info(self, msg: Any) -> None:
         if isinstance(msg, (p.Down, p.Exit)):
             self.notices.append(msg)
+        elif isinstance(msg, list) and msg[:1] == ["seq"]:  # with the casts, in order
+            self.casts.append(msg)
         else:
             self.infos.append(msg)
 

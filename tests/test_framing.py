@@ -58,7 +58,10 @@ mailbox_frames = st.one_of(
     st.builds(M.CallRefused, small_ints, text),
     st.builds(M.CastFrame, values), st.builds(M.InfoFrame, values),
     st.builds(Down, small_ints, pids, reasons), st.builds(Exit, pids, reasons),
-    st.builds(M.StatsReq, small_ints), st.builds(GlobalNameConflict, text, pids))
+    st.builds(M.StatsReq, small_ints), st.builds(GlobalNameConflict, text, pids),
+    st.builds(M.DirectHello, small_ints, st.binary(max_size=16), text, st.binary(max_size=40),
+              st.binary(max_size=40)),
+    st.builds(M.DirectFence, st.binary(max_size=16)))
 hub_requests = st.one_of(
     st.builds(M.RegisterReq, small_ints, text, pids),
     st.builds(M.UnregisterReq, small_ints, text, pids),
@@ -69,6 +72,7 @@ hub_requests = st.one_of(
     st.builds(M.UnlinkReq, small_ints, pids, pids),
     st.builds(M.ExitOfReq, small_ints, pids, st.floats(0, 10)),
     st.builds(M.DeadLetterNote, text, text, text, st.none() | pids, small_ints),
+    st.builds(M.DirectCountsNote, st.dictionaries(text, small_ints, max_size=3)),
     st.builds(M.EmitReq, small_ints, text, st.lists(values, max_size=3), text,
               st.none() | text),
     st.builds(M.GlobalRegisterReq, small_ints, text, pids),

@@ -95,7 +95,10 @@ def mailbox_frames(node_name: str) -> st.SearchStrategy[Any]:
         st.builds(Down, refs, pids, reasons),
         st.builds(Exit, pids, reasons | st.builds(Normal)),
         st.builds(M.StatsReq, refs),
-        st.builds(GlobalNameConflict, text, pids))
+        st.builds(GlobalNameConflict, text, pids),
+        # not from the node: dropped as forged (a hello would open a listener)
+        st.builds(M.DirectHello, refs, st.binary(max_size=16), text),
+        st.builds(M.DirectFence, st.binary(max_size=16)))
 
 
 def hub_requests(node_name: str) -> st.SearchStrategy[Any]:
@@ -113,6 +116,8 @@ def hub_requests(node_name: str) -> st.SearchStrategy[Any]:
         st.builds(M.DeadLetterNote, text, st.sampled_from(["noproc", "not_registered",
                                                            "mailbox_full"]) | text,
                   st.sampled_from(["cast", "info"]) | text, st.none() | pids, ints),
+        st.builds(M.DirectCountsNote, st.dictionaries(st.just("switched") | text, ints,
+                                                      max_size=3)),
         st.builds(M.EmitReq, refs, st.just("fuzz.emit") | text, st.lists(values, max_size=3),
                   text, st.none() | text),
         st.builds(M.GlobalRegisterReq, refs, names, pids),
@@ -246,9 +251,11 @@ def may_stop_alpha(frame: Any) -> bool:
 
 def dropped_by_alpha(fb: FrameBuffer, decoded: list[Any]) -> int:
     """What alpha's mailbox must count as bad: what it cannot decode, and the notices it
-    refuses because they do not come from the node (Down, Exit, a lost global name)."""
+    refuses because they do not come from the node (Down, Exit, a lost global name, a
+    direct listener's hello or fence)."""
     return fb.bad_frames + sum(1 for f in decoded
-                               if isinstance(f, (Down, Exit, GlobalNameConflict)))
+                               if isinstance(f, (Down, Exit, GlobalNameConflict,
+                                                 M.DirectHello, M.DirectFence)))
 
 
 def test_fuzz_a_workers_mailbox(node):

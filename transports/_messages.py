@@ -19,6 +19,12 @@ tag            direction            meaning
 ``exit``       hub -> mailbox       a linked process exited (:class:`~prismatic.Exit`)
 ``global_conflict`` hub -> mailbox  this process lost a global name at a partition's heal
 ``stats``      node -> mailbox      the runtime's counters, answered ahead of the queue
+``d_hello``    node -> mailbox      a process of another node asks for this process's own
+                                    direct listener (:mod:`prismatic._direct_listener`);
+                                    replied with its port, or nil; ``token`` names the
+                                    asker's connection to it
+``d_fence``    node -> mailbox      what ``token``'s asker sent on the node path before
+                                    switching is all in: its listener messages may follow
 =============  ===================  =======================================================
 
 To the node's hub (``\\0prismatic/<node>/hub``), request/reply by ``ref``:
@@ -37,6 +43,7 @@ tag                meaning
 ``unlink``         remove that link
 ``exit_of``        the exit reason of ``pid``, waiting up to ``wait`` s for it to be known
 ``dead_letter``    a message that could not be delivered (no reply)
+``direct_counts``  what the process counted of its direct routes/listener (no reply)
 ``emit``           append events to the node's event log; replied once durable (the ack)
 ``g_register``     global name ``name`` for ``pid`` (cluster-wide; :mod:`prismatic.mesh._global`)
 ``g_unregister``   drop global name ``name`` held by ``pid``
@@ -57,9 +64,10 @@ from .._notices import Down, Exit, GlobalNameConflict
 
 __all__ = [
     "CallFrame", "CallReply", "CallRefused", "CastFrame", "InfoFrame", "StatsReq",
-    "MailboxFrame",
+    "DirectHello", "DirectFence", "MailboxFrame",
     "RegisterReq", "UnregisterReq", "WhereisReq", "MonitorReq", "DemonitorReq", "LinkReq",
-    "UnlinkReq", "ExitOfReq", "DeadLetterNote", "EmitReq", "HubReply", "HubRequest",
+    "UnlinkReq", "ExitOfReq", "DeadLetterNote", "DirectCountsNote", "EmitReq", "HubReply",
+    "HubRequest",
     "GlobalRegisterReq", "GlobalUnregisterReq", "GlobalWhereisReq", "GLOBAL_REQUESTS",
 ]
 
@@ -93,8 +101,27 @@ class StatsReq(msgspec.Struct, frozen=True, tag="stats", array_like=True):
     ref: int
 
 
+class DirectHello(msgspec.Struct, frozen=True, tag="d_hello", array_like=True):
+    """Open (or give) this process's direct listener. The caller sends ``ref`` and ``token``;
+    its node's port fills in where to listen and the cluster's keys (taken only from the
+    node's own process)."""
+
+    ref: int
+    token: bytes
+    host: str = ""
+    public: bytes = b""
+    secret: bytes = b""
+
+    def __repr__(self) -> str:  # the cluster's keys never reach a log line
+        return f"DirectHello({self.ref!r}, {self.host!r})"
+
+
+class DirectFence(msgspec.Struct, frozen=True, tag="d_fence", array_like=True):
+    token: bytes
+
+
 MailboxFrame = CallFrame | CallReply | CallRefused | CastFrame | InfoFrame | Down | Exit \
-    | StatsReq \
+    | StatsReq | DirectHello | DirectFence \
     | GlobalNameConflict
 
 
@@ -172,6 +199,12 @@ class EmitReq(msgspec.Struct, frozen=True, tag="emit", array_like=True):
     correlation_id: str | None = None
 
 
+class DirectCountsNote(msgspec.Struct, frozen=True, tag="direct_counts", array_like=True):
+    """What a process counted of its direct routes and listener since its last note."""
+
+    counts: dict[str, int]
+
+
 class HubReply(msgspec.Struct, frozen=True, tag="hub_reply", array_like=True):
     ref: int
     value: Any = None
@@ -199,5 +232,5 @@ class GlobalWhereisReq(msgspec.Struct, frozen=True, tag="g_whereis", array_like=
 GLOBAL_REQUESTS = (GlobalRegisterReq, GlobalUnregisterReq, GlobalWhereisReq)
 
 HubRequest = RegisterReq | UnregisterReq | WhereisReq | MonitorReq | DemonitorReq | LinkReq \
-    | UnlinkReq | ExitOfReq | DeadLetterNote | EmitReq \
+    | UnlinkReq | ExitOfReq | DeadLetterNote | EmitReq | DirectCountsNote \
     | GlobalRegisterReq | GlobalUnregisterReq | GlobalWhereisReq

@@ -21,14 +21,20 @@ tag            direction            meaning
 ``refused``    relay -> process     call ``ref`` not taken: ``noproc`` or ``not_registered``
 ``failed``     relay -> process     call ``ref`` failed: the callee exited with ``reason``
                                     (``noconnection``: its node became unreachable)
+``exited``     node -> process      on a direct link: the process that answered the
+                                    ``d_hello`` naming ``token`` exited with ``reason``
 =============  ===================  =======================================================
 
 A *direct link* is a ZeroMQ DEALER of the process, a CURVE client with the cluster's keys,
 connected to the other node's mesh ROUTER (so it is authenticated as every node-to-node link
 is). Its messages are batches: the prefix ``b"PD"`` + one byte of wire version, then a
 msgpack array. Process -> node: ``[Deliver, ...]``, in send order; node -> process:
-``[reply | refused | failed, ...]``. A batch that does not decode is dropped, counted and
+``[reply | refused | failed | exited, ...]``. A batch that does not decode is dropped, counted and
 logged (:func:`decode_deliveries`, :func:`decode_answers` return None and say why).
+
+A *direct route* (:mod:`prismatic._direct_listener`) carries the same batches between a
+process and one process of another node: a DEALER of the caller whose routing id is the
+``token`` of its ``d_hello``, to the callee's own CurveZMQ ROUTER.
 """
 
 from __future__ import annotations
@@ -39,10 +45,12 @@ import msgspec
 
 from .._address import Pid
 from .._exit import ExitReason
-from ._messages import CallFrame, CallRefused, CallReply, CastFrame, InfoFrame
+from ._messages import (
+    CallFrame, CallRefused, CallReply, CastFrame, DirectFence, DirectHello, InfoFrame,
+)
 
-__all__ = ["Forward", "Locate", "Located", "NodeLost", "CallFailed", "Deliver", "RelayRequest",
-           "RelayAnswer", "relay_address", "DIRECT_PREFIX", "encode_deliveries",
+__all__ = ["Forward", "Locate", "Located", "NodeLost", "CallFailed", "Exited", "Deliver",
+           "RelayRequest", "RelayAnswer", "relay_address", "DIRECT_PREFIX", "encode_deliveries",
            "decode_deliveries", "encode_answers", "decode_answers", "MAX_DIRECT_BATCH"]
 
 
@@ -75,16 +83,24 @@ class CallFailed(msgspec.Struct, frozen=True, tag="failed", array_like=True):
     reason: ExitReason
 
 
+class Exited(msgspec.Struct, frozen=True, tag="exited", array_like=True):
+    """The process whose listener ``token`` was routed to exited with ``reason`` (from the
+    node that saw it exit: its calls in flight on that route fail with it)."""
+
+    token: bytes
+    reason: ExitReason
+
+
 class Deliver(msgspec.Struct, frozen=True, array_like=True):
     """One message on a direct link: ``frame`` for ``to`` (a Pid or a registered name)."""
 
     to: Pid | str
-    frame: CallFrame | CastFrame | InfoFrame
+    frame: CallFrame | CastFrame | InfoFrame | DirectHello | DirectFence
 
 
 RelayRequest = Forward | Locate
 RelayAnswer = CallReply | CallRefused | CallFailed | Located | NodeLost
-DirectAnswer = CallReply | CallRefused | CallFailed
+DirectAnswer = CallReply | CallRefused | CallFailed | Exited
 
 DIRECT_PREFIX = b"PD\x01"
 MAX_DIRECT_BATCH = 8 * 1024 * 1024  # the mesh ROUTER's maxmsgsize
@@ -102,7 +118,7 @@ def encode_deliveries(batch: list[Deliver]) -> bytes:
     return DIRECT_PREFIX + _encoder.encode(batch)
 
 
-def encode_answers(batch: list[CallReply | CallRefused | CallFailed]) -> bytes:
+def encode_answers(batch: list[CallReply | CallRefused | CallFailed | Exited]) -> bytes:
     return DIRECT_PREFIX + _encoder.encode(batch)
 
 

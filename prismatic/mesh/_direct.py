@@ -15,6 +15,13 @@ thread owns the mesh ROUTER, so a message takes no turn of the node's shared loo
   is handed to the loop as it arrives, in arrival order, one hand-over per wake-up
   (:meth:`MeshLoop.on_message` does what it always did).
 
+A ``d_hello`` (a process asking for its callee's own listener, :mod:`prismatic._direct_listener`)
+travels as a call does, this port filling in where the callee listens (the host this
+mesh ROUTER is bound to) and the cluster's keys; the port then remembers the asking link as
+a *watcher* of the callee: when the callee's mailbox connection breaks, each watcher is
+told (``exited``, with the exit reason the tree reports), since its calls on the direct
+route are not seen here.
+
 The loop side does what needs the hub's loop: a callee that dies with calls in flight fails
 them with its exit reason once the tree reports it (:meth:`Distribution.fail_direct`, which
 hands the failures back here with :meth:`DirectPort.post`), and dead letters are recorded
@@ -49,8 +56,10 @@ from .._address import Pid
 from .._mailbox_writer import MailboxWriter
 from .._throttle import ThrottledWarning
 from ..transports._framing import FrameBuffer, encode_frame
-from ..transports._messages import CallFrame, CallRefused, CallReply, MailboxFrame
-from ..transports._remote_frames import CallFailed, decode_deliveries, encode_answers
+from ..transports._messages import (
+    CallFrame, CallRefused, CallReply, DirectHello, MailboxFrame,
+)
+from ..transports._remote_frames import CallFailed, Exited, decode_deliveries, encode_answers
 from ._backlog import backlog_full
 from ._settings import backlog_limit
 
@@ -72,7 +81,7 @@ READ_SIZE = 1 << 16
 # After handing calls to mailboxes, poll for their replies this long before sleeping (as a
 # local caller does; never on one CPU, where spinning would only delay the callee).
 SPIN_S = 30e-6 if len(os.sched_getaffinity(0)) > 1 else 0.0
-Answer = CallReply | CallRefused | CallFailed
+Answer = CallReply | CallRefused | CallFailed | Exited
 # A call's way back: (the caller's link, the caller's ref)
 Origin = tuple[bytes, int]
 
@@ -84,8 +93,9 @@ class DirectPort:
     batches, in arrival order: it must only hand them to the loop (thread-safe).
     Until the node's distribution sets ``hub`` (and the hooks below), direct batches are
     dropped and counted (no process was told this node's address yet);
-    ``fail_calls(pid, origins)`` runs on ``loop`` when ``pid``'s mailbox connection broke
-    with calls in flight; ``dead_letter(to, reason, frame)`` on ``loop`` for a cast or send
+    ``fail_calls(pid, origins, watchers)`` runs on ``loop`` when ``pid``'s mailbox
+    connection broke with calls in flight or links watching it (``[(link, token)]``);
+    ``dead_letter(to, reason, frame)`` on ``loop`` for a cast or send
     nobody takes.
     """
 
@@ -96,7 +106,10 @@ class DirectPort:
         self.hub: Hub | None = None  # set when the node's distribution starts
         self.loop = loop
         self.on_frames = on_frames
-        self.fail_calls: Callable[[Pid, list[Origin]], None] = lambda pid, origins: None
+        self.fail_calls: Callable[[Pid, list[Origin], list[tuple[bytes, bytes]]], None] = \
+            lambda pid, origins, watchers: None
+        self.keys: Any = None  # the cluster's keys, for d_hello (set with ``hub``)
+        self.host = _bound_host(router.get_string(zmq.LAST_ENDPOINT))
         self.dead_letter: Callable[[Pid | str, str, Any], None] = lambda to, why, frame: None
         self.counters = collections.Counter[str]()
         self.warning = ThrottledWarning(log)
@@ -256,7 +269,7 @@ class DirectPort:
             self.counters["dropped"] += 1
             return
         pid = hub.registry.names.get(to) if isinstance(to, str) else to
-        is_call = isinstance(frame, CallFrame)
+        is_call = isinstance(frame, (CallFrame, DirectHello))
         outlet = None
         if pid is not None and pid.node == self.node:
             outlet = self.outlet(hub.complete(pid, probe=False))
@@ -274,8 +287,14 @@ class DirectPort:
         if is_call:
             ref = next(outlet.refs)
             outlet.calls[ref] = (link, frame.ref)
-            frame = CallFrame(ref, frame.msg, frame.sender,
-                              to if isinstance(to, str) else frame.to_name)
+            if isinstance(frame, DirectHello):
+                outlet.watchers[link] = frame.token
+                keys = self.keys
+                frame = DirectHello(ref, frame.token, self.host, keys.public if keys else b"",
+                                    keys.secret if keys else b"")
+            else:
+                frame = CallFrame(ref, frame.msg, frame.sender,
+                                  to if isinstance(to, str) else frame.to_name)
         if not outlet.out:
             self.dirty.append(outlet)
         data = encode_frame(frame)
@@ -290,7 +309,7 @@ class DirectPort:
                           "reached %d bytes: dropped a %s from another node (%d so far)", to,
                           self.backlog_limit, type(frame).__struct_config__.tag,
                           self.counters["mailbox_full"])
-        if isinstance(frame, CallFrame):
+        if isinstance(frame, (CallFrame, DirectHello)):
             self.answers.setdefault(link, []).append(CallRefused(frame.ref, "mailbox_full"))
         else:
             self.loop.call_soon_threadsafe(self.dead_letter, to, "mailbox_full", frame)
@@ -333,8 +352,9 @@ class DirectPort:
         if self.outlets.get(outlet.pid) is outlet:
             del self.outlets[outlet.pid]
         calls, outlet.calls = list(outlet.calls.values()), {}
-        if calls:
-            self.loop.call_soon_threadsafe(self.fail_calls, outlet.pid, calls)
+        watchers, outlet.watchers = list(outlet.watchers.items()), {}
+        if calls or watchers:
+            self.loop.call_soon_threadsafe(self.fail_calls, outlet.pid, calls, watchers)
 
     def flush_answers(self) -> None:
         if not self.answers:
@@ -349,6 +369,12 @@ class DirectPort:
                 self.counters["answers_lost"] += len(batch)
 
 
+def _bound_host(endpoint: str) -> str:
+    """The host part of a bound TCP endpoint (``tcp://10.0.0.5:4370`` -> ``10.0.0.5``)."""
+    host = endpoint[6:] if endpoint.startswith("tcp://") else endpoint
+    return host.rpartition(":")[0] or "127.0.0.1"
+
+
 class _Outlet(MailboxWriter):
     """This thread's connection to one mailbox: writes never block the thread (what the
     socket does not take waits, in order, for EPOLLOUT); the replies to calls come back on
@@ -359,6 +385,7 @@ class _Outlet(MailboxWriter):
         self.pid = pid
         self.refs = itertools.count(1)
         self.calls: dict[int, Origin] = {}
+        self.watchers: dict[bytes, bytes] = {}  # links that asked for its listener: token
         self.out: list[bytes] = []
         self.backlog = 0  # bytes in ``out`` and ``pending``, known at each send_out
         self.full = False  # dropping what comes for it (backlog_full)

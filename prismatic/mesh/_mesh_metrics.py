@@ -89,6 +89,26 @@ class MeshCollector:
                 ("answers_lost", "Call answers for a direct link that was gone"),
                 ("mailbox_full", "Messages dropped: their mailbox's backlog here was full"),
                 ("errors", "Direct messages whose handling raised (a bug; logged)")))
+        # Direct routes to processes' own listeners (prismatic._direct_counts), as this
+        # node's processes reported them.
+        yield from _counters("prismatic_cluster_", dist, (
+                ("direct_switched", "Pairs of processes that switched to a direct route"),
+                ("direct_not_offered", "Pairs that stayed on the node path: no listener"),
+                ("direct_connect_failures", "Pairs that stayed on the node path: the route's "
+                 "connection did not come up"),
+                ("direct_listeners_opened", "Processes that opened their own listener"),
+                ("direct_listener_failures", "Listeners that could not be opened"),
+                ("direct_listener_messages", "Messages taken by processes' own listeners"),
+                ("direct_listener_bad_frames", "Batches a listener dropped as malformed"),
+                ("direct_listener_refused_unknown_key", "Connections a listener refused: "
+                 "not the cluster's key"),
+                ("direct_listener_refused_bad_handshake", "Connections a listener refused: "
+                 "no CurveZMQ handshake with the cluster's keys"),
+                ("direct_listener_answers_lost", "Answers whose caller's route was gone"),
+                ("direct_listener_mailbox_full", "Messages a listener dropped: what it held "
+                 "before a fence reached the backlog bound"),
+                ("direct_listener_dead_letters", "Casts and sends a listener could not "
+                 "deliver (a stale Pid, a name not held)")))
         received = CounterMetricFamily("prismatic_cluster_events_received",
                                        "Pub/sub messages from other members, published here")
         received.add_metric([], dist["events_received"])

@@ -15,6 +15,14 @@ letter) as it always has::
 
     process --AF_UNIX--> this node's relay --mesh link--> the other node --AF_UNIX--> mailbox
 
+A pair that keeps talking then leaves the port's hop for a *direct route* to the callee's
+own listener (:mod:`prismatic._direct_listener`; the switch, with its fence that keeps the
+pair's order, is asked for on the direct link): the port fills in the ``d_hello`` and, when
+the callee exits, tells each caller that asked (``exited``, with the exit reason
+:meth:`Distribution.fail_direct_calls` waits for), since the route's calls never pass here::
+
+    process --route (ZeroMQ, CURVE)--> the callee's own ROUTER, read by its loop
+
 * **The relay** listens at ``\\0prismatic/<node>/relay`` (frames of
   :mod:`prismatic.transports._remote_frames`, only from the node's uid). It answers
   ``locate`` with a reachable member's mesh address and the cluster's keys, and tells each
@@ -70,6 +78,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .._address import Pid
+from .._direct_counts import KNOWN
 from .._exit import ExitReason, NoConnection, NoProc
 from .._links import Link, ProcessExited, Unlink
 from .._throttle import ThrottledWarning
@@ -79,7 +88,9 @@ from ..transports._mesh_frames import (
     WhereisName,
 )
 from ..transports._messages import CallFrame, CallRefused, DeadLetterNote
-from ..transports._remote_frames import CallFailed, Forward, Located, NodeLost, relay_address
+from ..transports._remote_frames import (
+    CallFailed, Exited, Forward, Located, NodeLost, relay_address,
+)
 from ._backlog import backlog_full
 from ._interest import Interest
 from ._relay import RelayConnection
@@ -145,6 +156,7 @@ class Distribution:
         port.fail_calls = self.fail_direct
         port.dead_letter = lambda to, why, frame: self.note_dead_letter(
             to, self.name, why, frame, getattr(frame, "sender", None))
+        port.keys = self.keys
         port.hub = self.hub
 
     async def start(self) -> None:
@@ -318,15 +330,30 @@ class Distribution:
         for src, link, ref in calls.values():
             self.answer(src, link, CallFailed(ref, reason))
 
-    def fail_direct(self, pid: Pid, origins: list[tuple[bytes, int]]) -> None:
-        """The direct path's callee ``pid`` died with calls in flight (from the port)."""
-        asyncio.get_running_loop().create_task(self.fail_direct_calls(pid, origins))
+    def fail_direct(self, pid: Pid, origins: list[tuple[bytes, int]],
+                    watchers: list[tuple[bytes, bytes]] = []) -> None:  # noqa: B006
+        """The direct path's callee ``pid`` died with calls in flight, or with links that
+        route to its own listener watching it (from the port)."""
+        asyncio.get_running_loop().create_task(self.fail_direct_calls(pid, origins, watchers))
 
-    async def fail_direct_calls(self, pid: Pid, origins: list[tuple[bytes, int]]) -> None:
+    async def fail_direct_calls(self, pid: Pid, origins: list[tuple[bytes, int]],
+                                watchers: list[tuple[bytes, bytes]] = []) -> None:  # noqa: B006
         reason = await self.exit_reason(pid)
         if self.port is not None:
             for link, ref in origins:
                 self.port.post(link, CallFailed(ref, reason))
+            for link, token in watchers:  # its direct routes' calls fail there
+                self.port.post(link, Exited(token, reason))
+
+    def direct_counts(self, counts: dict[str, int]) -> None:
+        """A process's counts of its direct routes and listener (``direct_counts`` note,
+        :mod:`prismatic._direct_counts`), added up under ``direct_<name>``."""
+        for name, n in counts.items():
+            if name in KNOWN and isinstance(n, int) and 0 < n < 1 << 40:
+                self.counters["direct_" + name] += n
+            else:
+                self.counters["bad_frames"] += 1
+                self.warning.warn("distribution: dropped a direct count %r", str(name)[:40])
 
     # ---- cluster pub/sub (called by the forwarder) -------------------------------------------
 
