@@ -373,3 +373,13 @@ def test_the_backlog_limit_comes_from_the_environment_or_stops_the_node() -> Non
     for bad in ("0", "-5", "lots", ""):
         with pytest.raises(p.NodeError, match="PRISMATIC_REMOTE_BACKLOG_BYTES"):
             backlog_limit({"PRISMATIC_REMOTE_BACKLOG_BYTES": bad})
+
+
+def test_a_bad_switch_threshold_stops_the_node_at_start() -> None:
+    from prismatic.mesh._settings import check_switch_after
+    for good in ({}, {"PRISMATIC_DIRECT_SWITCH_AFTER": "0"},
+                 {"PRISMATIC_DIRECT_SWITCH_AFTER": "40"}):
+        check_switch_after(good)
+    for bad in ("-1", "many", "1.5"):
+        with pytest.raises(p.NodeError, match="PRISMATIC_DIRECT_SWITCH_AFTER"):
+            check_switch_after({"PRISMATIC_DIRECT_SWITCH_AFTER": bad})

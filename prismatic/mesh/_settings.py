@@ -5,7 +5,8 @@
 become a :class:`MeshSettings`; :func:`check_settings` fails with one clear line on a bad
 address, an unsafe or missing secret, a node name that cannot be a topic word (member
 events are published as ``cluster.node.<name>.up``) or a bad
-``PRISMATIC_REMOTE_BACKLOG_BYTES`` (:func:`backlog_limit`). Nothing here imports ZeroMQ.
+``PRISMATIC_REMOTE_BACKLOG_BYTES`` (:func:`backlog_limit`) or ``PRISMATIC_DIRECT_SWITCH_AFTER``
+(:func:`check_switch_after`). Nothing here imports ZeroMQ.
 """
 
 from __future__ import annotations
@@ -16,10 +17,12 @@ from collections.abc import Mapping
 import msgspec
 
 from .._errors import NodeError, TopicError
+from .._pair_switch import SWITCH_ENV, parse_switch_after
 from .._topics import validate_topic
 from ._secret import read_secret
 
-__all__ = ["MeshSettings", "parse_hostport", "hostport", "check_settings", "backlog_limit"]
+__all__ = ["MeshSettings", "parse_hostport", "hostport", "check_settings", "backlog_limit",
+           "check_switch_after"]
 
 # What a node holds for one of its mailboxes, from other nodes' processes, when that mailbox
 # takes nothing (its process stopped reading): see mesh._backlog.backlog_full.
@@ -66,6 +69,16 @@ def backlog_limit(env: Mapping[str, str] = os.environ) -> int:
     return value
 
 
+def check_switch_after(env: Mapping[str, str] = os.environ) -> None:
+    """NodeError if ``PRISMATIC_DIRECT_SWITCH_AFTER`` is set to anything but a whole number
+    >= 0: the node stops at start with one line, rather than each process falling back to
+    the default with a log line nobody asked for."""
+    text = env.get(SWITCH_ENV)
+    if parse_switch_after(text)[1]:
+        raise NodeError(f"{SWITCH_ENV}={text!r}: expected a whole number of messages >= 0 "
+                        f"(0: no direct routes)")
+
+
 def check_settings(name: str, settings: MeshSettings) -> None:
     try:
         validate_topic(f"cluster.node.{name}.up")
@@ -74,6 +87,7 @@ def check_settings(name: str, settings: MeshSettings) -> None:
                         f"one topic word (letters, digits and _-:@/+=$, no dots)") from None
     parse_hostport(settings.listen, "--listen")
     backlog_limit()
+    check_switch_after()
     for seed in settings.join:
         parse_hostport(seed, "--join")
     from pathlib import Path  # noqa: PLC0415
