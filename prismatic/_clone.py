@@ -81,6 +81,13 @@ class _Plan:
         ctid = ctypes.c_void_p(self.tid_addr)
         self.args = ((ctypes.c_ulong(flags), None, None, None, ctid) if self.backwards
                      else (ctypes.c_ulong(flags), None, None, ctid, None))
+        self.robust_args = (ctypes.c_void_p(self.robust_head), ctypes.c_size_t(self.robust_size))
+        # Looked up here, not in each new process: a ctypes symbol's first lookup makes its
+        # function object (a dlsym and a dozen copy-on-write faults in every clone).
+        self.before_fork = _pyapi.PyOS_BeforeFork
+        self.after_fork_parent = _pyapi.PyOS_AfterFork_Parent
+        self.after_fork_child = _pyapi.PyOS_AfterFork_Child
+        self.set_robust_list = _libc.syscall
 
 
 _plan: _Plan | None = None
@@ -115,17 +122,16 @@ def clone_sibling(child: Callable[..., None], *args: Any) -> int:
     plan = _plan
     assert plan is not None
     parent = os.getppid()
-    _pyapi.PyOS_BeforeFork()
+    plan.before_fork()
     pid = _libc_gil.syscall(plan.sys_clone, *plan.args)
     if pid == 0:
-        _pyapi.PyOS_AfterFork_Child()
-        _libc.syscall(plan.sys_set_robust, ctypes.c_void_p(plan.robust_head),
-                      ctypes.c_size_t(plan.robust_size))
+        plan.after_fork_child()
+        plan.set_robust_list(plan.sys_set_robust, *plan.robust_args)
         try:
             child(parent, *args)
         finally:
             os._exit(70)  # child() must not return; if it does, this is a bug (EX_SOFTWARE)
-    _pyapi.PyOS_AfterFork_Parent()
+    plan.after_fork_parent()
     if pid < 0:
         err = ctypes.get_errno()  # saved by ctypes right after the call (use_errno)
         raise OSError(err, f"clone(CLONE_PARENT): {os.strerror(err)}")

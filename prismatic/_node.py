@@ -35,6 +35,7 @@ from ._pubsub_wire import events_address, publish_address
 from ._tree_cgroup import enter_cgroup, open_tree_cgroup, start_sweeper
 from .supervisors._procs import check_spare_idle
 from .supervisors._runtime import SupervisorRuntime
+from .supervisors._warm_start import warm_start_path
 from .transports._channel import Channel, open_channel_pair
 
 log = logging.getLogger(__name__)
@@ -153,8 +154,11 @@ def run_node(spec: SupervisorSpec, *, name: str | None = None,
     info = NodeInfo(name, data.resolve(), new_creation())
     str(info.data_dir)  # cached in the Path now, not computed (and copied) in every worker
     set_current(info)
-    # Fork the root before any ZeroMQ context exists in this process; with the heap's free
-    # pages given back first, so no process of the tree maps them (see _process).
+    # The children's start path run once here rather than first in each of them (see
+    # supervisors/_warm_start.py). Then fork the root before any ZeroMQ context exists in
+    # this process; with the heap's free pages given back first, so no process of the tree
+    # maps them (see _process).
+    warm_start_path(name, info.creation)
     trim_heap()
     mine, theirs = open_channel_pair()
     root_pid = fork_child((theirs.fileno(),), lambda: _root_main(spec, theirs, name),

@@ -25,6 +25,7 @@ import os
 import select
 import signal
 import socket
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -73,6 +74,16 @@ def open_signal_wakeup() -> tuple[socket.socket, socket.socket]:
     w.setblocking(False)
     signal.set_wakeup_fd(w.fileno(), warn_on_full_buffer=False)
     return r, w
+
+
+# The C function itself: signal.signal wraps it in enum conversions that cost every worker
+# ~25 copy-on-write faults as it starts.
+_set_handler: Callable[[int, Any], Any] = getattr(sys.modules.get("_signal"), "signal",
+                                                 signal.signal)
+
+
+def _ignore(*_: Any) -> None:
+    """The Python-level handler of a signal the wakeup fd carries."""
 
 
 class Reactor:
@@ -144,7 +155,7 @@ class Reactor:
             signal.set_wakeup_fd(w, warn_on_full_buffer=False)
             self.add_reader(r, self._on_wakeup)
         self._signals[sig] = Handle(callback, args)
-        signal.signal(sig, lambda *_: None)  # the wakeup fd carries it
+        _set_handler(sig, _ignore)  # the wakeup fd carries it
 
     def close(self) -> None:
         if self._closed:

@@ -26,6 +26,7 @@ import logging
 import os
 import signal
 import time
+import types
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -100,14 +101,19 @@ class WorkerContext:
         self.received = 0
         self.names: set[str] = set()
         self.mailbox = Mailbox(pid.node, pid.ospid)
-        # O_CLOEXEC covers exec, not fork: a child the worker forks must not hold the mailbox.
-        os.register_at_fork(after_in_child=self.mailbox.close_in_fork)
+        _close_in_forks(self.mailbox)
         self._pubsub: WorkerPubSub | None = None  # made on first publish/subscribe
         self._outbox: Outbox | None = None  # made on first send
         # Its own listener for other nodes' processes (._direct_listener), made on the
         # first d_hello; direct_failed: it could not be made (the node path serves them).
         self._direct: Any = None
         self.direct_failed = False
+
+    def close_unused(self) -> None:
+        """Close a context that will never serve (a spare that became a supervisor, the
+        node's warm-up): its mailbox goes, and is forgotten by the fork hook."""
+        self.mailbox.close()
+        _fork_closes.remove(self.mailbox)
 
     # Made on first use: every object a fresh fork allocates costs it copy-on-write pages.
     @functools.cached_property
@@ -341,6 +347,28 @@ class WorkerContext:
         self.hub.request(lambda ref: UnlinkReq(ref, self.pid, pid))
 
 
+# O_CLOEXEC covers exec, not fork: a child the worker forks must not hold its mailbox. One
+# hook closes the mailbox of every context of this process, registered by the first context:
+# the node's warm-up (supervisors/_warm_start.py), so that the tree inherits it and no worker
+# pays for a registration of its own (~7 copy-on-write faults each).
+_fork_closes: list[Mailbox] = []
+_fork_hooked = False
+
+
+def _close_in_forks(mailbox: Mailbox) -> None:
+    global _fork_hooked
+    if not _fork_hooked:
+        os.register_at_fork(after_in_child=_close_inherited_mailboxes)
+        _fork_hooked = True
+    _fork_closes.append(mailbox)
+
+
+def _close_inherited_mailboxes() -> None:
+    for mailbox in _fork_closes:
+        mailbox.close_in_fork()
+    _fork_closes.clear()
+
+
 def _instantiate(start: Any, args: tuple[Any, ...]) -> tuple[Worker, tuple[Any, ...]]:
     if isinstance(start, type) and issubclass(start, Worker):
         return start(), args
@@ -433,7 +461,38 @@ def _ready_frame(info: Any) -> ReadyFrame:
 
 
 def _has_async_handler(worker: Worker) -> bool:
+    cls = type(worker)
+    known = _async_classes.get(cls)
+    if known is not None:
+        handlers, is_async = known
+        own = getattr(worker, "__dict__", None) or ()
+        for name, handler in zip(_HANDLERS, handlers, strict=True):
+            if name in own or getattr(cls, name, None) is not handler:
+                break  # a handler set on the instance, or the class's changed since
+        else:
+            return is_async
     return any(inspect.iscoroutinefunction(getattr(worker, name, None)) for name in _HANDLERS)
+
+
+# Worker class -> (its handlers, whether any is async), for classes whose handlers are plain
+# functions. Filled by the node's warm-up for every class its image holds, so that a worker
+# of one of them compares five attributes instead of running inspect over five bound
+# methods in its fresh fork (~25 copy-on-write faults).
+_async_classes: dict[type, tuple[tuple[Any, ...], bool]] = {}
+
+
+def note_worker_classes() -> None:
+    """Check every Worker class defined so far for async handlers, once (``_async_classes``);
+    a class with a handler that is not a plain function is checked by each worker."""
+    todo = [Worker]
+    while todo:
+        cls = todo.pop()
+        todo += cls.__subclasses__()
+        handlers = tuple(getattr(cls, name, None) for name in _HANDLERS)
+        if cls.__getattribute__ is object.__getattribute__ \
+                and all(type(h) is types.FunctionType for h in handlers):
+            _async_classes[cls] = (handlers, any(inspect.iscoroutinefunction(h)
+                                                 for h in handlers))
 
 
 def _new_asyncio_loop() -> asyncio.AbstractEventLoop:

@@ -126,7 +126,7 @@ def run_child(spec: ChildSpec, channel: Channel, path: tuple[str, ...], node: st
                                      f"start {spec.start!r} is a SupervisorSpec; "
                                      f"declare type='supervisor'")
             if prepared is not None:
-                prepared.mailbox.close()
+                prepared.close_unused()
             from ._runtime import SupervisorRuntime  # noqa: PLC0415 - the two call each other
 
             return SupervisorRuntime(start, channel, path, node).run()

@@ -149,10 +149,19 @@ class _FirstWrite:
     costs no file and no system call."""
 
     def __init__(self) -> None:
-        self.prefix = ""  # <data dir>/logs/
-        self.file = ""
+        self.data_dir: Path | str = ""
         self.path: tuple[str, ...] = ()
         self.original: Any = None  # the process's sys.stdout before
+
+    # Worked out at the first write, not as the worker starts: every string a fresh fork
+    # makes costs it copy-on-write pages, and most workers never print.
+    @property
+    def prefix(self) -> str:  # <data dir>/logs/
+        return f"{os.fspath(self.data_dir)}/logs/"
+
+    @property
+    def file(self) -> str:
+        return f"{self.prefix}{'.'.join(self.path)}.log"
 
     def write(self, text: str) -> int:
         return int(self.open().write(text))
@@ -199,8 +208,7 @@ def capture_prints(data_dir: Path | str, path: tuple[str, ...]) -> None:
     its first write to ``sys.stdout`` or ``sys.stderr`` (see the module doc)."""
     _first.original = sys.stdout
     _first.path = path
-    _first.prefix = f"{os.fspath(data_dir)}/logs/"  # the node made its str before the fork
-    _first.file = f"{_first.prefix}{'.'.join(path)}.log"
+    _first.data_dir = data_dir
     sys.stdout = sys.stderr = _first  # type: ignore[assignment]
 
 
