@@ -41,7 +41,15 @@ pages before it forks the tree, and keeps the command line out of its image. And
 share a CPU better: the supervisor yields it to the child it has just forked, the child
 yields it back once it has sent ``ready``. Tried and measured, no gain: the supervisor
 waiting for the new child's ``ready`` before its own post-fork work, or holding its reports
-until then.
+until then. Traced part by part (kernel tracepoints, 1,000 dormant supervisors, 2 CPUs
+shared with other load, p50 of 30): kill -> the worker's exit seen 1.6-2.4 ms (the flat
+supervisor's worker alike), the decision 0.35-0.7 ms (~45 copy-on-write faults), the fork
+1.7-3.3 ms, the child to its first statement ~1 ms (~290 faults: CPython's after-fork hooks,
+``threading``'s alone ~90), its set-up to ``ready`` 1.4-1.9 ms (~200 faults), the
+supervisor's reports after it ~0.45 ms (~75 faults). A spare has paid all but the first two
+ahead of time. A prototype (``bench/proto_first_restart.py``, bare processes) found a
+node-level spare handed to the supervisor 35-45% quicker than its own fork, and a fork by a
+freshly exec'd node-level forker no quicker; neither near the bare loop's hot floor.
 
 Orphans: every process of the tree is a child subreaper (``prismatic/_process.py``), so a
 process orphaned below a live child is reparented to that child, and one whose child is
