@@ -24,6 +24,13 @@ Run: ``python bench/bench_supervisors.py [--supervisors N] [--idle S] [--kills K
   idle process's page tables, page structs and code are cold, and its fork and its child's
   teardown cost several times more (first restart parts, measured: kill -> the supervisor
   sees the exit, the fork, the child to ready).
+  A third baseline: the bare loop again, but each kill comes 50 ms after the last
+  replacement said ready (its forker and the CPUs idle a moment, as before a real crash);
+  on this VM that alone takes its p50 from ~2.5 to ~4 ms. And one part of every restart:
+  kill -> the killed process's pidfd readable in this process (the kernel has torn it down;
+  no supervisor learns of the death sooner), for the first and next restarts, the flat one
+  and both bare loops; seen from this process, so its own wake-up is in it (under load
+  it can read longer than the whole restart the supervisor reports).
   The second kill waits until the supervisor has its spare again (it restarted something a
   moment ago): baseline, restarts of the one worker of a node whose supervisor never goes
   dormant (``bench_restart``'s paced kills).
@@ -34,6 +41,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import select
 import selectors
 import signal
 import struct
@@ -172,14 +180,21 @@ class IdleWatchers:
 
 
 def restart(conn: p.NodeConnection, ev: p.EventStream, path: str, sup: int,
-            warm: bool) -> float:
-    """Kill the worker ``w`` under supervisor ``path``; kill -> replacement started."""
+            warm: bool, reaped: list[float] | None = None) -> float:
+    """Kill the worker ``w`` under supervisor ``path``; kill -> replacement started. With
+    ``reaped``, also kill -> the killed worker's pidfd readable (its teardown is over: no
+    supervisor can learn of the death sooner), appended to it."""
     if warm:
         wait_for(lambda: any(process_name(c) == "prism:spare" for c in child_pids(sup)), 10,
                  f"a spare under {path}")
     pid = conn.pid_of(f"{path}/w" if path else "victim")
+    fd = os.pidfd_open(pid)
     t0 = time.monotonic()
     os.kill(pid, signal.SIGKILL)
+    if reaped is not None:
+        select.select([fd], [], [])
+        reaped.append(time.monotonic() - t0)
+    os.close(fd)
     while True:
         e = ev.next(10)
         if e is None:
@@ -187,6 +202,33 @@ def restart(conn: p.NodeConnection, ev: p.EventStream, path: str, sup: int,
         if e.kind == "child_started" and e.pid != pid and \
                 e.path == (tuple(path.split("/")) if path else ()):
             return e.mono - t0
+
+
+def paced_bare_restarts(kills: int, gap: float) -> tuple[list[float], list[float]]:
+    """The bare fork-after-death loop (``bench_restart``'s), but each kill comes ``gap``
+    seconds after the previous replacement said ready, to a forker and CPUs that were idle a
+    moment, as a real crash does: (kill -> replacement ready, kill -> reaped) per kill."""
+    r, w = os.pipe()
+    pid = bare_fork(w)
+    os.read(r, 1)
+    lat, reaped = [], []
+    for _ in range(kills):
+        time.sleep(gap)
+        fd = os.pidfd_open(pid)
+        t0 = time.monotonic()
+        os.kill(pid, signal.SIGKILL)
+        select.select([fd], [], [])
+        reaped.append(time.monotonic() - t0)
+        os.waitpid(pid, 0)
+        os.close(fd)
+        pid = bare_fork(w)
+        os.read(r, 1)
+        lat.append(time.monotonic() - t0)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    os.close(r)
+    os.close(w)
+    return lat, reaped
 
 
 def main() -> None:
@@ -198,14 +240,17 @@ def main() -> None:
     args = ap.parse_args()
     n, ms = args.supervisors, 1e3
     before = not args.no_before and available_mib() > 4096 + n * 9
-    bare, _ = bench_bare_restarts(args.kills * 5)
+    bare, bare_reaped = bench_bare_restarts(args.kills * 5)
+    paced, paced_reaped = paced_bare_restarts(args.kills, 0.05)
 
     with open_node("bench.apps:pool", n, "never") as (conn, data):
         flat = memory(conn.status().pid)
     with open_node("bench.apps:one_worker", 1, "never") as (conn, data):
         with p.open_event_stream(data, "supervisor.") as ev:
             root = conn.status().root_pid
-            flat_warm = [restart(conn, ev, "", root, True) for _ in range(args.kills)]
+            flat_reaped: list[float] = []
+            flat_warm = [restart(conn, ev, "", root, True, flat_reaped)
+                         for _ in range(args.kills)]
     idle_bare = IdleWatchers(args.kills)  # idle from now until each one's kill
     with open_node("bench.apps:supervised_pool", n, str(args.idle)) as (conn, data):
         node_pid = conn.status().pid
@@ -213,12 +258,14 @@ def main() -> None:
         sups = memory(node_pid)
         kids = {c.id: c.pid for c in conn.which_children()}
         cold, warm, idle = [], [], []
+        cold_reaped: list[float] = []
+        warm_reaped: list[float] = []
         with p.open_event_stream(data, "supervisor.") as ev:
             for i in range(args.kills):
                 path = f"s{i}"
                 idle.append(idle_bare.restart(i))
-                cold.append(restart(conn, ev, path, kids[path], False))
-                warm.append(restart(conn, ev, path, kids[path], True))
+                cold.append(restart(conn, ev, path, kids[path], False, cold_reaped))
+                warm.append(restart(conn, ev, path, kids[path], True, warm_reaped))
                 # settled (its forks are over) before the next first restart is timed
                 sup = kids[path]
                 wait_for(lambda sup=sup: any(process_name(c) == "prism:spare"
@@ -253,10 +300,21 @@ def main() -> None:
         ("  2nd baseline: bare fork after death, long-idle watcher, p50 / p99 (ms)",
          f"{pct(idle, .5) * ms:.2f} / {pct(idle, .99) * ms:.2f}", "-",
          f"{len(idle)} idle epoll watchers of a supervisor's image, 1 kill each"),
+        ("  3rd baseline: bare fork after death, 50 ms between kills, p50 / p99 (ms)",
+         f"{pct(paced, .5) * ms:.2f} / {pct(paced, .99) * ms:.2f}", "-",
+         "the bare loop, each kill 50 ms after the last replacement's ready"),
+        ("  part: kill -> killed worker reaped, first restart, p50 / p99 (ms)",
+         f"{pct(cold_reaped, .5) * ms:.2f} / {pct(cold_reaped, .99) * ms:.2f}", "-",
+         f"bare: {pct(bare_reaped, .5) * ms:.2f} / {pct(bare_reaped, .99) * ms:.2f}, "
+         f"50 ms between kills: {pct(paced_reaped, .5) * ms:.2f} / "
+         f"{pct(paced_reaped, .99) * ms:.2f}"),
         ("next restart (spare regained), p50 / p99 (ms)",
          f"{pct(warm, .5) * ms:.2f} / {pct(warm, .99) * ms:.2f}", "= flat p50",
          f"flat supervisor with its spare: {pct(flat_warm, .5) * ms:.2f} / "
          f"{pct(flat_warm, .99) * ms:.2f}"),
+        ("  part: kill -> killed worker reaped, next restart, p50 / p99 (ms)",
+         f"{pct(warm_reaped, .5) * ms:.2f} / {pct(warm_reaped, .99) * ms:.2f}", "-",
+         f"flat: {pct(flat_reaped, .5) * ms:.2f} / {pct(flat_reaped, .99) * ms:.2f}"),
     ]
     print(f"supervisor cost: {n:,} supervisors, dormant after {args.idle:g} s without a "
           f"start; {args.kills} restarts per figure ({len(bare)} bare); load "

@@ -19,6 +19,10 @@ kills its spare and its zygote: two processes and their memory, which a tree of 
 supervisors would otherwise pay for each of them. Its next start forks the child directly
 (the fork-after-death path, no slower than a plain supervisor's), and once that start is done
 it makes a zygote and a spare again, so restarts that follow within the idle time are fast.
+Forking that zygote shares every page of the supervisor with it again, so the supervisor
+first lists the pages its waking restart wrote and copies them back right after the fork
+(:mod:`._working_set`): the next restart writes the same pages and would otherwise copy each
+on its path (measured: ~190 faults in the supervisor -> ~30).
 A child supervisor of at most ``FEW_CHILDREN`` static children (not a ``simple_one_for_one``
 pool) starts dormant: it forks those few itself, and its children then share their pages
 with it rather than with a zygote that would soon go (measured: ~0.45 MiB less private
@@ -37,7 +41,15 @@ pages before it forks the tree, and keeps the command line out of its image. And
 share a CPU better: the supervisor yields it to the child it has just forked, the child
 yields it back once it has sent ``ready``. Tried and measured, no gain: the supervisor
 waiting for the new child's ``ready`` before its own post-fork work, or holding its reports
-until then.
+until then. Traced part by part (kernel tracepoints, 1,000 dormant supervisors, 2 CPUs
+shared with other load, p50 of 30): kill -> the worker's exit seen 1.6-2.4 ms (the flat
+supervisor's worker alike), the decision 0.35-0.7 ms (~45 copy-on-write faults), the fork
+1.7-3.3 ms, the child to its first statement ~1 ms (~290 faults: CPython's after-fork hooks,
+``threading``'s alone ~90), its set-up to ``ready`` 1.4-1.9 ms (~200 faults), the
+supervisor's reports after it ~0.45 ms (~75 faults). A spare has paid all but the first two
+ahead of time. A prototype (``bench/proto_first_restart.py``, bare processes) found a
+node-level spare handed to the supervisor 35-45% quicker than its own fork, and a fork by a
+freshly exec'd node-level forker no quicker; neither near the bare loop's hot floor.
 
 Orphans: every process of the tree is a child subreaper (``prismatic/_process.py``), so a
 process orphaned below a live child is reparented to that child, and one whose child is
@@ -77,6 +89,7 @@ from ._child import knows, spare_main
 from ._events import Phase, StartStep
 from ._program_run import ProgramRun
 from ._trouble import Trouble
+from ._working_set import exclusive_runs, populate_write
 from ._zygote import Zygote
 
 __all__ = ["Proc", "SpareKeeping", "PARK_MAX_S", "fork_with_channel", "spare_idle_s",
@@ -174,6 +187,7 @@ class SpareKeeping:
     spares_after: float  # monotonic time before which no spare is asked for (0: none)
     busy_at: float  # monotonic time of the last start (dormancy counts from it)
     dormant: bool  # spare and zygote let go after spare_idle of no start
+    woken: bool  # a start woke it from dormancy; its zygote is not made again yet
     idle_limit: float  # spare_idle_s(), read once
     clone_backoff: float
     state: Any
@@ -232,12 +246,17 @@ class SpareKeeping:
             return
         self.zygote_specs = self.static_specs()
         specs = self.zygote_specs
+        # Woken from dormancy: what the restart that woke it wrote, it writes again at the
+        # next one; copied back now, not then (see _working_set).
+        runs = exclusive_runs() if self.woken else []
         try:
             self.zygote = Zygote(lambda channel: spare_main(channel, specs, self.path,
                                                             self.node), "prism:zygote")
         except OSError as exc:  # the process limit: go on forking children directly
             self.fork_failed("its zygote", exc)
             return
+        self.woken = False
+        populate_write(runs)
         self.sel.register(self.zygote.sock, selectors.EVENT_READ, ("zygote", None))
         self.sel.register(self.zygote.pidfd, selectors.EVENT_READ, ("zygote_exit", None))
         self.zygote_stale = False
@@ -393,16 +412,20 @@ class SpareKeeping:
     def wake(self) -> None:
         """A start: it forks directly if dormant; spares come back once it is done."""
         self.busy_at = time.monotonic()
+        self.woken = self.woken or self.dormant
         self.dormant = False
 
     def fork_spare(self) -> None:
         specs = self.static_specs()
+        runs = exclusive_runs() if self.woken else []  # as for the zygote (start_zygote)
         try:
             pid, mine = fork_with_channel(
                 lambda theirs: spare_main(theirs, specs, self.path, self.node), "prism:spare")
         except OSError as exc:
             self.fork_failed("a spare", exc)
             return
+        self.woken = False
+        populate_write(runs)
         self.add_spare(pid, mine, specs)
 
     def add_spare(self, pid: int, channel: Channel, specs: dict[str, ChildSpec]) -> None:

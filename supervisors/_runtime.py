@@ -124,6 +124,7 @@ class SupervisorRuntime(SpareKeeping, ProgramKeeping):
         self.clone_backoff = 0.0
         self.busy_at = time.monotonic()
         self.dormant = False
+        self.woken = False
         self.idle_limit = spare_idle_s()
 
     # ---- the loop ---------------------------------------------------------------------------

@@ -102,6 +102,13 @@ def nested() -> p.SupervisorSpec:
                             children=[p.ChildSpec(id="mid", start=mid), idle("top")])
 
 
+def small_child_supervisor() -> p.SupervisorSpec:
+    """root > ``sup`` (one worker ``w``; small, so it starts dormant), both never give up."""
+    tolerant = p.SupFlags(intensity=1000, period=5)
+    return p.SupervisorSpec(flags=tolerant, children=[p.ChildSpec(
+        id="sup", start=p.SupervisorSpec(flags=tolerant, children=[idle("w")]))])
+
+
 def escalation() -> p.SupervisorSpec:
     """A crash loop two levels down: leaf gives up, then mid gives up, root keeps going."""
     leaf = p.SupervisorSpec(flags=p.SupFlags(intensity=1, period=5),
