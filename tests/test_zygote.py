@@ -170,7 +170,9 @@ def test_an_idle_supervisor_lets_its_spare_and_zygote_go_and_regains_them(node_f
                                                                           monkeypatch):
     """Dormancy: after PRISMATIC_SPARE_IDLE seconds without a start the supervisor keeps no
     spare and no zygote; a restart then forks directly, and brings both back."""
-    monkeypatch.setenv("PRISMATIC_SPARE_IDLE", "0.3")
+    # 1 s: the zygote and spare a restart brings back live that long, which a loaded
+    # machine's polling must not miss (0.3 s did, under load).
+    monkeypatch.setenv("PRISMATIC_SPARE_IDLE", "1.0")
     n = node_factory("tests.apps:one_for_one")
     root = n.conn.status().root_pid
     wait_until(lambda: not _of_kind(root, "prism:zygote") and not _of_kind(root, "prism:spare"),
@@ -246,7 +248,9 @@ def test_a_supervisor_that_cannot_fork_its_zygote_back_goes_on(node_factory, mon
     again: where the process limit (a pids cgroup, for real) refuses that second fork, the
     supervisor logs it and goes on with direct forks; it must not die of it (the root's
     death ends the node)."""
-    monkeypatch.setenv("PRISMATIC_SPARE_IDLE", "0.3")
+    # 1 s: the zygote and spare a restart brings back live that long, which a loaded
+    # machine's polling must not miss (0.3 s did, under load).
+    monkeypatch.setenv("PRISMATIC_SPARE_IDLE", "1.0")
     n = node_factory("tests.apps:one_for_one")
     root = n.conn.status().root_pid
     _dormant(root)
