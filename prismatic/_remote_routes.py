@@ -95,7 +95,7 @@ class RemoteRoutes:
     located: dict[str, Located]  # the relay's answers to locate
     linked: bool  # this process made a direct link (it flushes them at exit)
     relay_read_at: float
-    pairs: dict[Pid, Pair]  # processes of other nodes this one sent to
+    pairs: dict[Pid, Pair]  # processes of other nodes this one sent to, by each spelling
     by_token: dict[bytes, Pair]  # pairs with a route, by its token
     hub: HubClient  # this process's node's hub (counts go there, ._direct_counts)
 
@@ -178,7 +178,15 @@ class RemoteRoutes:
         route, as the pair's :class:`Switch` says (its answer read, its route opened)."""
         pair = self.pairs.get(to)
         if pair is None:
-            pair = self.pairs[to] = Pair(to)
+            # One pair per process however its Pid is spelled (as it travels, [node, ospid],
+            # or exact): two routes would lose the order between them, and its node tells
+            # one route per caller of its exit. A stale exact Pid shares it too: the
+            # callee's listener refuses what is not its own.
+            short = Pid(to.node, to.ospid)
+            pair = self.pairs.get(short)
+            if pair is None:
+                pair = self.pairs[short] = Pair(to)
+            self.pairs[to] = pair
             if SWITCH_AFTER_PROBLEM:
                 _bad_setting.warn("direct routes: %s", SWITCH_AFTER_PROBLEM)
         now = time.monotonic()

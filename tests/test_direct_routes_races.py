@@ -6,11 +6,13 @@ can make a callee hold (``prismatic._direct_listener``, ``prismatic.mesh._direct
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import pytest
 
 import prismatic as p
+from prismatic._address import process_start
 from prismatic._pair_switch import SWITCH_AFTER, PairState
 from tests.conftest import wait_until
 from tests.test_mesh import members, metric, states
@@ -68,3 +70,36 @@ def test_a_fence_sent_while_the_callees_node_backlog_is_full_is_not_lost(
 def state_of(conn: p.NodeConnection, pid: p.Pid) -> PairState | None:
     pair = conn._messaging().pairs.get(pid)
     return None if pair is None else pair.state
+
+
+def test_two_spellings_of_one_pid_share_one_route(nodes: Nodes) -> None:
+    """A Pid as it travels (``[node, ospid]``) and the same process's exact Pid are two
+    spellings of one destination: one pair, one route. Two routes would lose the pair's
+    order between them, and the callee's node (which watches one route per caller) would
+    tell only the later one of the callee's exit: a call in flight on the other would wait
+    for its timeout, and each cast after block, then fail with MailboxFull."""
+    u = nodes.pid("b", "u")
+    exact = p.Pid(u.node, u.ospid, 0, process_start(u.ospid))
+    assert exact != u and u.names(exact)
+    before = len(nodes.nodes["b"].conn.call(u, ["casts"]))
+    with p.connect(nodes.nodes["a"].data_dir) as conn:
+        for spelling in (u, exact):  # u's pair switches first, then (if apart) exact's
+            for i in range(SWITCH_AFTER + 2):
+                assert conn.call(spelling, ["echo", i]) == i
+            wait_until(lambda s=spelling: conn.call(s, ["echo", 0]) == 0
+                       and state_of(conn, s) is PairState.DIRECT, 5, "the pair to switch")
+        for i in range(100):
+            assert conn.cast((u, exact)[i % 2], ["seq", i])
+        got = [x[1] for x in conn.call(u, ["casts"])[before:] if x[:1] == ["seq"]]
+        assert got == list(range(100))
+        r1 = conn.send_request(u, ["die"])  # SIGKILLed on the route, a call behind it
+        r2 = conn.send_request(u, ["echo", 2])
+        for req in (r1, r2):
+            with pytest.raises(p.ProcessDown) as down:
+                conn.receive_response(req, timeout=3)
+            assert down.value.reason == p.Killed(9)
+        started = time.monotonic()
+        assert conn.cast(u, ["seq", "late"])  # on the node path: a dead letter there
+        assert conn.cast(exact, ["seq", "late"])
+        assert time.monotonic() - started < 1
+    nodes.restarted("b", "u", u)
