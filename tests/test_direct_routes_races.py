@@ -103,3 +103,23 @@ def test_two_spellings_of_one_pid_share_one_route(nodes: Nodes) -> None:
         assert conn.cast(exact, ["seq", "late"])
         assert time.monotonic() - started < 1
     nodes.restarted("b", "u", u)
+
+
+def test_a_callee_moved_onto_uvloop_mid_flight_serves_on_its_route(nodes: Nodes) -> None:
+    """The callee's listener is read by its Reactor; a plain handler then returns an
+    awaitable (the worker moves onto uvloop): the route's next calls, pipelined and one at
+    a time, are still read and answered."""
+    c = nodes.pid("b", "c")
+    with p.connect(nodes.nodes["a"].data_dir) as conn:
+        for i in range(SWITCH_AFTER + 2):
+            assert conn.call(c, ["echo", i]) == i
+        wait_until(lambda: conn.call(c, ["echo", 0]) == 0 and state_of(conn, c)
+                   is PairState.DIRECT, 5, "the pair to switch")
+        reqs = [conn.send_request(c, ["echo", i]) for i in range(20)]
+        moved = conn.send_request(c, ["awaitable", "x"])
+        reqs += [conn.send_request(c, ["echo", i]) for i in range(20, 40)]
+        assert conn.receive_response(moved, timeout=5) == ["later", "x"]
+        assert [conn.receive_response(r, timeout=5) for r in reqs] == list(range(40))
+        for i in range(20):
+            assert conn.call(c, ["echo", i], timeout=5) == i
+        assert state_of(conn, c) is PairState.DIRECT
