@@ -123,6 +123,7 @@ class DirectListener:
             router.linger = LINGER_MS
             router.rcvhwm = RCV_HWM
             router.sndhwm = 0  # replies never wait for the caller to read
+            router.router_mandatory = True  # a reply for a caller that left raises: counted
             router.curve_server = True
             router.curve_publickey = hello.public
             router.curve_secretkey = hello.secret
@@ -299,6 +300,7 @@ class DirectListener:
                 send(encode_answers(batch), _NOBLOCK)
             except zmq.ZMQError:  # its caller is gone: nobody awaits them
                 counts["listener_answers_lost"] += len(batch)
+                report(self.ctx.hub)  # rare (a caller left mid-call): its node learns now
 
     def later(self, callback: Any) -> None:
         loop = self.ctx.loop

@@ -123,3 +123,21 @@ def test_a_callee_moved_onto_uvloop_mid_flight_serves_on_its_route(nodes: Nodes)
         for i in range(20):
             assert conn.call(c, ["echo", i], timeout=5) == i
         assert state_of(conn, c) is PairState.DIRECT
+
+
+def test_a_reply_to_a_caller_that_left_its_route_is_counted_lost(nodes: Nodes) -> None:
+    """A caller closes while its call is in the callee's handler: the reply has nowhere to
+    go on the route. It is dropped, and counted on the callee's node (not silently
+    discarded by ZeroMQ)."""
+    b = nodes.nodes["b"]
+    c = nodes.pid("b", "c")
+    lost = "prismatic_cluster_direct_listener_answers_lost"
+    lost0 = metric(b, lost)
+    with p.connect(nodes.nodes["a"].data_dir) as conn:
+        for i in range(SWITCH_AFTER + 2):
+            assert conn.call(c, ["echo", i]) == i
+        wait_until(lambda: conn.call(c, ["echo", 0]) == 0 and state_of(conn, c)
+                   is PairState.DIRECT, 5, "the pair to switch")
+        conn.send_request(c, ["sleep", 0.5])
+    wait_until(lambda: metric(b, lost) > lost0, 5, "the lost reply to be counted")
+    assert b.conn.call(c, ["echo", "still"]) == "still"
