@@ -198,7 +198,11 @@ class RemoteRoutes:
             if answer is not None:
                 link.waiting.discard(pair.ref)
                 offered = isinstance(answer, CallReply) and isinstance(answer.value, int)
-                if pair.answered(offered, now):
+                if isinstance(answer, CallRefused) and answer.reason == "mailbox_full":
+                    # Its node held all it may for the callee: a busy moment, not a "no".
+                    # Given up now, as a hello not answered in time: asked again later.
+                    pair.deadline = now
+                elif pair.answered(offered, now):
                     from ._direct_link import DirectRoute  # noqa: PLC0415 - zmq is loaded
 
                     pair.route = DirectRoute(link.located, answer.value, pair.token)
@@ -223,8 +227,9 @@ class RemoteRoutes:
             link.waiting.discard(pair.ref)  # a late one is dropped
             counts["connect_failures"] += 1
             report(self.hub)
-            log.warning("direct route to %s: no answer to its hello in %.0fs; it stays on "
-                        "the node path%s", to, pair.connect_wait * 5,
+            log.warning("direct route to %s: no answer to its hello in %.0fs (or its "
+                        "node's backlog for it was full); it stays on the node path%s", to,
+                        pair.connect_wait * 5,
                         " for now" if pair.state is PairState.NODE else " (given up)")
             return link
         assert route is not None

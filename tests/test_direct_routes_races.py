@@ -141,3 +141,36 @@ def test_a_reply_to_a_caller_that_left_its_route_is_counted_lost(nodes: Nodes) -
         conn.send_request(c, ["sleep", 0.5])
     wait_until(lambda: metric(b, lost) > lost0, 5, "the lost reply to be counted")
     assert b.conn.call(c, ["echo", "still"]) == "still"
+
+
+def test_a_hello_refused_for_a_full_backlog_is_asked_again_later(nodes: Nodes) -> None:
+    """The pair's hello reaches the callee's node while that node holds all it may for the
+    callee (the callee busy, another sender's flood): the hello is refused. That is a busy
+    moment, not a callee without a listener: the pair asks again later (as for a hello not
+    answered in time) and switches, instead of staying on the node path for good."""
+    a, b = nodes.nodes["a"], nodes.nodes["b"]
+    t = nodes.pid("b", "t")
+    full = "prismatic_cluster_direct_mailbox_full"
+    with p.connect(a.data_dir) as conn, p.connect(a.data_dir) as other:
+        for i in range(SWITCH_AFTER - 1):
+            assert conn.call(t, ["echo", i]) == i
+        full0 = metric(b, full)
+        busy = other.send_request(t, ["sleep", 2])
+        big = "x" * 65536
+        for i in range((BACKLOG_LIMIT >> 16) + 64):
+            assert other.cast(t, ["flood", i, big])
+        wait_until(lambda: metric(b, full) > full0, 3, "b to drop what comes for t")
+        conn.cast(t, ["x", "the hello's"])  # with the hello: both refused there
+        assert other.receive_response(busy, timeout=5) == "slept"
+
+        def answered() -> bool:  # t read half its backlog: b lets calls in again
+            try:
+                return bool(conn.call(t, ["echo", 0]) == 0)
+            except p.MailboxFull:
+                return False
+
+        wait_until(answered, 10, "t to read its backlog")
+        for i in range(64 * SWITCH_AFTER + 4):  # a pair asks again after this many
+            assert conn.cast(t, ["x", i])
+        wait_until(lambda: conn.call(t, ["echo", 0]) == 0 and state_of(conn, t)
+                   is PairState.DIRECT, 5, "the pair to switch after all")
