@@ -75,7 +75,7 @@ from .transports._remote_frames import MAX_DIRECT_BATCH, decode_deliveries, enco
 if TYPE_CHECKING:
     from ._worker_runtime import WorkerContext
 
-__all__ = ["DirectListener", "take_direct_frame", "LINGER_MS"]
+__all__ = ["DirectListener", "take_direct_frame", "descriptors_for_routes", "LINGER_MS"]
 
 log = logging.getLogger(__name__)
 LINGER_MS = 250  # replies not yet sent when the process exits get this long to leave
@@ -87,6 +87,7 @@ _refused_warning = ThrottledWarning(log)  # peers without the cluster's key
 _handshake_warning = ThrottledWarning(log)  # connections that never completed a handshake
 _bad_warning = ThrottledWarning(log)  # malformed batches
 _full_warning = ThrottledWarning(log)  # held messages past the backlog bound
+_fd_warning = ThrottledWarning(log)  # hellos refused for want of descriptors
 
 
 class _Route(Inbound):
@@ -387,6 +388,15 @@ class DirectListener:
             self.ctx._direct = None
 
 
+def descriptors_for_routes(reserve: int) -> tuple[int, int]:
+    """This process's descriptors in use, and how many it may have in use and still offer
+    a route: half of what its limit leaves below its reserve (the reserve as the mailbox
+    takes it, :func:`~._local_limits.fd_within_reserve`), so that the routes other nodes'
+    processes hold never take what its local senders and its own work need."""
+    limit = os.sysconf("SC_OPEN_MAX")
+    return len(os.listdir("/proc/self/fd")), (limit - min(reserve, limit // 4)) // 2
+
+
 def take_direct_frame(ctx: WorkerContext, conn: Inbound, frame: DirectHello | DirectFence) -> None:
     """A ``d_hello`` or ``d_fence`` from the mailbox (see the module docstring). Taken only
     from this process's node (the mailbox's ``hub_pid``): from anyone else, dropped and
@@ -402,6 +412,16 @@ def take_direct_frame(ctx: WorkerContext, conn: Inbound, frame: DirectHello | Di
             ctx._direct.fence(frame.token)
         return
     listener = ctx._direct
+    in_use, most = (descriptors_for_routes(box.limits.fd_reserve) if listener is not None
+                    else (0, 1))
+    if in_use >= most:  # each route is a connection in: local senders need theirs
+        counts["listener_failures"] += 1
+        _fd_warning.warn("direct listener of %s: %d descriptors in use, routes may take up to "
+                         "%d: offers no route (other nodes' processes reach it through its "
+                         "node)", ctx.pid, in_use, most)
+        report(ctx.hub)
+        conn.reply(CallReply(frame.ref, None))
+        return
     if listener is None and not ctx.direct_failed:
         try:
             listener = ctx._direct = DirectListener(ctx, frame)

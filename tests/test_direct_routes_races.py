@@ -235,3 +235,37 @@ def test_what_a_caller_that_never_fenced_left_held_does_not_refuse_others(
                    "b to have read them")
         assert conn.call(t, ["echo", "after"], timeout=5) == "after"
         assert other.receive_response(busy, timeout=5) == "slept"
+
+
+def test_routes_leave_a_callee_descriptors_for_its_local_senders(nodes: Nodes) -> None:
+    """Each route is a TCP connection into the callee, one per process of another node
+    that keeps talking to it, and nothing else bounds them: with many such peers, routes
+    would take every descriptor below the callee's reserve, and its mailbox would refuse
+    the next local sender. A callee offers routes only while it uses under half of what
+    its limit leaves below the reserve; past that, pairs stay on the node path."""
+    a, b = nodes.nodes["a"], nodes.nodes["b"]
+    alpha = nodes.pid("b", "a")
+    with p.connect(a.data_dir) as first:  # its listener is open: its descriptors counted
+        for i in range(SWITCH_AFTER + 2):
+            assert first.call(alpha, ["echo", i]) == i
+        wait_until(lambda: first.call(alpha, ["echo", 0]) == 0 and state_of(first, alpha)
+                   is PairState.DIRECT, 5, "the first pair to switch")
+        in_use = len(os.listdir(f"/proc/{alpha.ospid}/fd"))
+        old = b.conn.call(alpha, ["fdlimit", in_use + 12])  # 8 below its reserve (a quarter)
+        try:
+            clients = [p.connect(a.data_dir) for _ in range(12)]
+            try:
+                for conn in clients:
+                    for i in range(SWITCH_AFTER + 2):
+                        assert conn.call(alpha, ["echo", i]) == i
+                for conn in clients:  # each is answered, on its route or the node path
+                    assert conn.call(alpha, ["echo", "more"], timeout=5) == "more"
+                with p.connect(b.data_dir) as local:  # a new local sender still gets in
+                    assert local.call(alpha, ["echo", "local"], timeout=5) == "local"
+                assert nodes.pid("b", "a") == alpha
+            finally:
+                for conn in clients:
+                    conn.close()
+        finally:
+            b.conn.call(alpha, ["fdlimit", old])
+    assert f"direct listener of {alpha}: " in (b.log.parent / "node.out").read_text()
