@@ -61,6 +61,7 @@ from zmq.utils import z85
 
 from ._address import Pid
 from ._direct_counts import counts, report
+from ._direct_link import descriptors_for_routes
 from ._mailbox import Inbound
 from ._throttle import ThrottledWarning
 from .mesh._auth import WATCHED_EVENTS, ZAP_ENDPOINT, AdmissionWatch, parse_event
@@ -75,7 +76,7 @@ from .transports._remote_frames import MAX_DIRECT_BATCH, decode_deliveries, enco
 if TYPE_CHECKING:
     from ._worker_runtime import WorkerContext
 
-__all__ = ["DirectListener", "take_direct_frame", "descriptors_for_routes", "LINGER_MS"]
+__all__ = ["DirectListener", "take_direct_frame", "LINGER_MS"]
 
 log = logging.getLogger(__name__)
 LINGER_MS = 250  # replies not yet sent when the process exits get this long to leave
@@ -386,15 +387,6 @@ class DirectListener:
         self.closed = True
         if self.ctx._direct is self:
             self.ctx._direct = None
-
-
-def descriptors_for_routes(reserve: int) -> tuple[int, int]:
-    """This process's descriptors in use, and how many it may have in use and still offer
-    a route: half of what its limit leaves below its reserve (the reserve as the mailbox
-    takes it, :func:`~._local_limits.fd_within_reserve`), so that the routes other nodes'
-    processes hold never take what its local senders and its own work need."""
-    limit = os.sysconf("SC_OPEN_MAX")
-    return len(os.listdir("/proc/self/fd")), (limit - min(reserve, limit // 4)) // 2
 
 
 def take_direct_frame(ctx: WorkerContext, conn: Inbound, frame: DirectHello | DirectFence) -> None:

@@ -28,6 +28,7 @@ or the connection does not come up in time) stays on the node path, logged and c
 
 from __future__ import annotations
 
+import errno
 import itertools
 import logging
 import os
@@ -59,6 +60,7 @@ __all__ = ["RemoteRoutes", "RELAY_POLL_S", "Pair", "SWITCH_AFTER"]
 
 log = logging.getLogger(__name__)
 _bad_setting = ThrottledWarning(log, 3600.0)
+_route_warning = ThrottledWarning(log)  # routes this process could not open
 _relay_decoder = msgspec.msgpack.Decoder(RelayAnswer)
 # A process sending on a direct link reads its relay's notices (a lost node) at most this
 # often: a read per message would cost a system call each.
@@ -203,11 +205,7 @@ class RemoteRoutes:
                     # Given up now, as a hello not answered in time: asked again later.
                     pair.deadline = now
                 elif pair.answered(offered, now):
-                    from ._direct_link import DirectRoute  # noqa: PLC0415 - zmq is loaded
-
-                    pair.route = DirectRoute(link.located, answer.value, pair.token)
-                    pair.route.on_exited = self.callee_exited
-                    self.by_token[pair.token] = pair
+                    self.open_route(pair, link, answer.value)
                 else:
                     counts["not_offered"] += 1  # no listener there: its process says why
                     report(self.hub)
@@ -251,6 +249,29 @@ class RemoteRoutes:
         pair.route = None
         route.close(0)
         return link
+
+    def open_route(self, pair: Pair, link: DirectLink, port: int) -> None:
+        """``pair``'s route to ``port``; none (the pair stays on the node path, logged and
+        counted) if this process is short of descriptors or ZeroMQ cannot make a socket."""
+        from zmq import ZMQError  # noqa: PLC0415 - zmq is loaded (the link is made)
+
+        from ._direct_link import DirectRoute, descriptors_for_routes  # noqa: PLC0415
+
+        in_use, most = descriptors_for_routes()
+        try:
+            if in_use >= most:
+                raise OSError(errno.EMFILE, f"{in_use} descriptors in use, routes may take "
+                                            f"up to {most}")
+            pair.route = DirectRoute(link.located, port, pair.token)
+        except (ZMQError, OSError) as exc:
+            pair.failed()
+            counts["connect_failures"] += 1
+            report(self.hub)
+            _route_warning.warn("direct route to %s: not opened (%s); it stays on the node "
+                                "path", pair.pid, exc)
+            return
+        pair.route.on_exited = self.callee_exited
+        self.by_token[pair.token] = pair
 
     def send_routed(self, pair: Pair, link: DirectLink, batch: list[Deliver],
                     timeout: float) -> DirectLink | None:

@@ -270,3 +270,33 @@ def test_routes_leave_a_callee_descriptors_for_its_local_senders(nodes: Nodes) -
             b.conn.call(alpha, ["fdlimit", old])
     logged = (b.log.parent / "node.out").read_text()
     assert f"direct listener of {alpha}: " in logged and "offers no route" in logged
+
+
+def test_a_caller_short_of_descriptors_keeps_its_pairs_on_the_node_path(
+        nodes: Nodes) -> None:
+    """Each route costs its caller a ZeroMQ socket (a descriptor or two): a process that
+    keeps talking to many processes of another node would run out, and a send that
+    switches would raise the socket's error (or libzmq abort the process). Short of
+    descriptors, a caller opens no more routes: its pairs stay on the node path."""
+    import resource
+
+    names = ["a", "b", "c", "u", "t", "async", "small"]
+    pids = [nodes.pid("b", name) for name in names]
+    with p.connect(nodes.nodes["a"].data_dir) as conn:
+        for pid in pids:  # its link to b is made: what follows costs routes only
+            conn.call(pid, ["echo", 0]) if pid != pids[5] else conn.call(pid, 0)
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        in_use = len(os.listdir("/proc/self/fd"))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (in_use + 8, hard))
+        try:
+            for pid in pids:
+                for i in range(SWITCH_AFTER + 2):
+                    want = ["async", i] if pid == pids[5] else i
+                    assert conn.call(pid, ["echo", i] if pid != pids[5] else i) == want
+            states_now = [state_of(conn, pid) for pid in pids]
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        assert PairState.OFF in states_now
+        for pid in pids:
+            want = ["async", 1] if pid == pids[5] else 1
+            assert conn.call(pid, ["echo", 1] if pid != pids[5] else 1) == want
