@@ -300,3 +300,27 @@ def test_a_caller_short_of_descriptors_keeps_its_pairs_on_the_node_path(
         for pid in pids:
             want = ["async", 1] if pid == pids[5] else 1
             assert conn.call(pid, ["echo", 1] if pid != pids[5] else 1) == want
+
+
+def test_a_stale_pid_of_a_routed_process_reaches_nobody(nodes: Nodes) -> None:
+    """A Pid of another incarnation at the same OS pid shares the live process's pair (one
+    pair per OS pid): what is sent to it goes on the route, where the callee's listener
+    refuses it as its node would: NoProcError for a call, a dead letter for a cast."""
+    b = nodes.nodes["b"]
+    c = nodes.pid("b", "c")
+    stale = p.Pid(c.node, c.ospid, 1, 1)
+    dead = '{kind="cast",reason="noproc"}'
+    with p.connect(nodes.nodes["a"].data_dir) as conn:
+        for i in range(SWITCH_AFTER + 2):
+            assert conn.call(c, ["echo", i]) == i
+        wait_until(lambda: conn.call(c, ["echo", 0]) == 0 and state_of(conn, c)
+                   is PairState.DIRECT, 5, "the pair to switch")
+        assert state_of(conn, stale) is None or state_of(conn, stale) is PairState.DIRECT
+        with pytest.raises(p.NoProcError):
+            conn.call(stale, ["echo", "stale"], timeout=5)
+        assert state_of(conn, stale) is PairState.DIRECT  # on c's route
+        dead0 = metric(b, "prismatic_dead_letters", dead)
+        assert conn.cast(stale, ["seq", "stale"])
+        wait_until(lambda: metric(b, "prismatic_dead_letters", dead) > dead0, 5,
+                   "the dead letter")
+        assert conn.call(c, ["echo", "live"]) == "live"
