@@ -254,6 +254,7 @@ class DirectListener:
                           "not come: dropped a %s (%d so far)", self.pid, self.held_bytes,
                           type(frame).__struct_config__.tag, counts["listener_mailbox_full"])
             self.refuse(ident, to, frame, "mailbox_full")
+            report(self.ctx.hub)  # as the refusal's dead letter goes: its node knows now
             return
         size = len(encode_frame(frame))
         held.append((frame, size))

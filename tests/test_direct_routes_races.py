@@ -181,22 +181,14 @@ def test_a_hello_refused_for_a_full_backlog_is_asked_again_later(nodes: Nodes) -
                    is PairState.DIRECT, 5, "the pair to switch after all")
 
 
-@pytest.mark.xfail(strict=True, reason="a listener holds what a route brought before its "
-                   "fence until that fence comes, with no end when it never does (its caller "
-                   "SIGKILLed between the two sends, or its node link closed at a node loss "
-                   "with the fence queued): those bytes stay counted against the one bound "
-                   "every caller's pre-fence messages share, so later switches are refused "
-                   "MailboxFull. Releasing them needs the listener to learn that the route's "
-                   "connection went (its monitor's DISCONNECTED, matched by ZMQ_SRCFD)")
-def test_what_a_caller_that_never_fenced_left_held_does_not_refuse_others(
-        nodes: Nodes) -> None:
-    a, b = nodes.nodes["a"], nodes.nodes["b"]
-    t = nodes.pid("b", "b")
+def hold_past_the_bound(nodes: Nodes, t: p.Pid) -> None:
+    """Be a caller that asks ``t`` for its listener on the node path (a member's DEALER at
+    b's mesh address) and routes casts to it past the backlog bound, but whose fence never
+    comes; then is gone."""
+    b = nodes.nodes["b"]
     keys = derive_keys(read_secret(nodes.secret))
     ctx = zmq.Context()
     try:
-        # A caller asks t for its listener on the node path and routes casts to it, but
-        # its fence never comes; then it is gone.
         link = member_socket(ctx, nodes.secret, members(b)[nodes.name("b")].address, 0)
         token = b"\x01" + os.urandom(15)
         link.send(encode_deliveries([Deliver(t, DirectHello(1, token))]))
@@ -220,6 +212,21 @@ def test_what_a_caller_that_never_fenced_left_held_does_not_refuse_others(
         link.close(0)
     finally:
         ctx.term()
+
+
+@pytest.mark.xfail(strict=True, reason="a listener holds what a route brought before its "
+                   "fence until that fence comes, with no end when it never does (its caller "
+                   "SIGKILLed between the two sends, or its node link closed at a node loss "
+                   "with the fence queued): those bytes stay counted against the one bound "
+                   "every caller's pre-fence messages share, so later switches are refused "
+                   "MailboxFull. Releasing them needs the listener to learn that the route's "
+                   "connection went (its monitor's DISCONNECTED, matched by ZMQ_SRCFD)")
+def test_what_a_caller_that_never_fenced_left_held_does_not_refuse_others(
+        nodes: Nodes) -> None:
+    a, b = nodes.nodes["a"], nodes.nodes["b"]
+    t = nodes.pid("b", "b")
+    hold_past_the_bound(nodes, t)
+    big = "x" * 65536
     # A caller that switches while t is busy: its route's first call comes before its fence.
     with p.connect(a.data_dir) as conn, p.connect(a.data_dir) as other:
         for i in range(SWITCH_AFTER + 1):
@@ -324,3 +331,12 @@ def test_a_stale_pid_of_a_routed_process_reaches_nobody(nodes: Nodes) -> None:
         wait_until(lambda: metric(b, "prismatic_dead_letters", dead) > dead0, 5,
                    "the dead letter")
         assert conn.call(c, ["echo", "live"]) == "live"
+
+
+def test_what_a_listener_drops_past_its_hold_bound_is_counted_at_its_node_at_once(
+        nodes: Nodes) -> None:
+    b = nodes.nodes["b"]
+    full = "prismatic_cluster_direct_listener_mailbox_full"
+    full0 = metric(b, full)
+    hold_past_the_bound(nodes, nodes.pid("b", "small"))
+    wait_until(lambda: metric(b, full) > full0, 3, "the drops to be counted at b")
