@@ -340,3 +340,31 @@ def test_what_a_listener_drops_past_its_hold_bound_is_counted_at_its_node_at_onc
     full0 = metric(b, full)
     hold_past_the_bound(nodes, nodes.pid("b", "small"))
     wait_until(lambda: metric(b, full) > full0, 3, "the drops to be counted at b")
+
+
+@pytest.mark.parametrize("when", ["asked", "connecting"])
+def test_a_callee_killed_mid_switch_fails_the_next_call_at_once(nodes: Nodes,
+                                                                 when: str) -> None:
+    """The callee is SIGKILLed after the pair's hello went (its answer not read yet), or
+    once the route's connection is up but before the fence: the caller's next call does
+    not wait for its timeout (NoProcError from the node path, or ProcessDown with the
+    reason its node saw), and a cast after it is a dead letter, at once."""
+    b = nodes.nodes["b"]
+    u = nodes.pid("b", "u")
+    with p.connect(nodes.nodes["a"].data_dir) as conn:
+        for i in range(SWITCH_AFTER if when == "asked" else SWITCH_AFTER + 1):
+            assert conn.call(u, ["echo", i]) == i
+        pair = conn._messaging().pairs[u]
+        if when == "connecting":
+            wait_until(lambda: pair.route is not None and pair.route.connected(), 5,
+                       "the route's connection")
+        with pytest.raises(p.ProcessDown):
+            b.conn.call(u, ["die"], timeout=5)
+        started = time.monotonic()
+        with pytest.raises((p.NoProcError, p.ProcessDown)) as failed:
+            conn.call(u, ["echo", "late"], timeout=5)
+        if not isinstance(failed.value, p.NoProcError):
+            assert failed.value.reason == p.Killed(9)
+        assert conn.cast(u, ["seq", "late"])
+        assert time.monotonic() - started < 2
+    nodes.restarted("b", "u", u)
