@@ -32,7 +32,7 @@ from .transports._remote_frames import (
     CallFailed, Deliver, Exited, Located, decode_answers, encode_deliveries,
 )
 
-__all__ = ["DirectLink", "DirectRoute", "close_all", "LINGER_MS"]
+__all__ = ["DirectLink", "DirectRoute", "close_all", "descriptors_for_routes", "LINGER_MS"]
 
 LINGER_MS = 250  # what a process sent before exiting gets this long to leave
 # Messages queued for one link (the node slow or unreachable) before a send blocks, then
@@ -205,6 +205,15 @@ def DirectRoute(located: Located, port: int, token: bytes) -> DirectLink:  # noq
     assert located.addr is not None
     host = located.addr.rpartition(":")[0]
     return DirectLink(located, f"{host}:{port}", token)
+
+
+def descriptors_for_routes(reserve: int = 256) -> tuple[int, int]:
+    """This process's descriptors in use, and how many it may have in use and still open or
+    offer a route: half of what its limit leaves below its reserve (the reserve as a mailbox
+    takes it, :func:`~._local_limits.fd_within_reserve`; 256 by default), so that routes,
+    one connection each at both ends, never take what local senders and its own work need."""
+    limit = os.sysconf("SC_OPEN_MAX")
+    return len(os.listdir("/proc/self/fd")), (limit - min(reserve, limit // 4)) // 2
 
 
 def close_all() -> None:

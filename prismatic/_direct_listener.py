@@ -61,6 +61,7 @@ from zmq.utils import z85
 
 from ._address import Pid
 from ._direct_counts import counts, report
+from ._direct_link import descriptors_for_routes
 from ._mailbox import Inbound
 from ._throttle import ThrottledWarning
 from .mesh._auth import WATCHED_EVENTS, ZAP_ENDPOINT, AdmissionWatch, parse_event
@@ -87,6 +88,7 @@ _refused_warning = ThrottledWarning(log)  # peers without the cluster's key
 _handshake_warning = ThrottledWarning(log)  # connections that never completed a handshake
 _bad_warning = ThrottledWarning(log)  # malformed batches
 _full_warning = ThrottledWarning(log)  # held messages past the backlog bound
+_fd_warning = ThrottledWarning(log)  # hellos refused for want of descriptors
 
 
 class _Route(Inbound):
@@ -123,6 +125,7 @@ class DirectListener:
             router.linger = LINGER_MS
             router.rcvhwm = RCV_HWM
             router.sndhwm = 0  # replies never wait for the caller to read
+            router.router_mandatory = True  # a reply for a caller that left raises: counted
             router.curve_server = True
             router.curve_publickey = hello.public
             router.curve_secretkey = hello.secret
@@ -251,6 +254,7 @@ class DirectListener:
                           "not come: dropped a %s (%d so far)", self.pid, self.held_bytes,
                           type(frame).__struct_config__.tag, counts["listener_mailbox_full"])
             self.refuse(ident, to, frame, "mailbox_full")
+            report(self.ctx.hub)  # as the refusal's dead letter goes: its node knows now
             return
         size = len(encode_frame(frame))
         held.append((frame, size))
@@ -299,6 +303,7 @@ class DirectListener:
                 send(encode_answers(batch), _NOBLOCK)
             except zmq.ZMQError:  # its caller is gone: nobody awaits them
                 counts["listener_answers_lost"] += len(batch)
+                report(self.ctx.hub)  # rare (a caller left mid-call): its node learns now
 
     def later(self, callback: Any) -> None:
         loop = self.ctx.loop
@@ -400,6 +405,16 @@ def take_direct_frame(ctx: WorkerContext, conn: Inbound, frame: DirectHello | Di
             ctx._direct.fence(frame.token)
         return
     listener = ctx._direct
+    in_use, most = (descriptors_for_routes(box.limits.fd_reserve) if listener is not None
+                    else (0, 1))
+    if in_use >= most:  # each route is a connection in: local senders need theirs
+        counts["listener_failures"] += 1
+        _fd_warning.warn("direct listener of %s: %d descriptors in use, routes may take up to "
+                         "%d: offers no route (other nodes' processes reach it through its "
+                         "node)", ctx.pid, in_use, most)
+        report(ctx.hub)
+        conn.reply(CallReply(frame.ref, None))
+        return
     if listener is None and not ctx.direct_failed:
         try:
             listener = ctx._direct = DirectListener(ctx, frame)

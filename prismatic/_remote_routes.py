@@ -28,6 +28,7 @@ or the connection does not come up in time) stays on the node path, logged and c
 
 from __future__ import annotations
 
+import errno
 import itertools
 import logging
 import os
@@ -59,6 +60,7 @@ __all__ = ["RemoteRoutes", "RELAY_POLL_S", "Pair", "SWITCH_AFTER"]
 
 log = logging.getLogger(__name__)
 _bad_setting = ThrottledWarning(log, 3600.0)
+_route_warning = ThrottledWarning(log)  # routes this process could not open
 _relay_decoder = msgspec.msgpack.Decoder(RelayAnswer)
 # A process sending on a direct link reads its relay's notices (a lost node) at most this
 # often: a read per message would cost a system call each.
@@ -95,7 +97,7 @@ class RemoteRoutes:
     located: dict[str, Located]  # the relay's answers to locate
     linked: bool  # this process made a direct link (it flushes them at exit)
     relay_read_at: float
-    pairs: dict[Pid, Pair]  # processes of other nodes this one sent to
+    pairs: dict[Pid, Pair]  # processes of other nodes this one sent to, by each spelling
     by_token: dict[bytes, Pair]  # pairs with a route, by its token
     hub: HubClient  # this process's node's hub (counts go there, ._direct_counts)
 
@@ -178,7 +180,15 @@ class RemoteRoutes:
         route, as the pair's :class:`Switch` says (its answer read, its route opened)."""
         pair = self.pairs.get(to)
         if pair is None:
-            pair = self.pairs[to] = Pair(to)
+            # One pair per process however its Pid is spelled (as it travels, [node, ospid],
+            # or exact): two routes would lose the order between them, and its node tells
+            # one route per caller of its exit. A stale exact Pid shares it too: the
+            # callee's listener refuses what is not its own.
+            short = Pid(to.node, to.ospid)
+            pair = self.pairs.get(short)
+            if pair is None:
+                pair = self.pairs[short] = Pair(to)
+            self.pairs[to] = pair
             if SWITCH_AFTER_PROBLEM:
                 _bad_setting.warn("direct routes: %s", SWITCH_AFTER_PROBLEM)
         now = time.monotonic()
@@ -190,12 +200,12 @@ class RemoteRoutes:
             if answer is not None:
                 link.waiting.discard(pair.ref)
                 offered = isinstance(answer, CallReply) and isinstance(answer.value, int)
-                if pair.answered(offered, now):
-                    from ._direct_link import DirectRoute  # noqa: PLC0415 - zmq is loaded
-
-                    pair.route = DirectRoute(link.located, answer.value, pair.token)
-                    pair.route.on_exited = self.callee_exited
-                    self.by_token[pair.token] = pair
+                if isinstance(answer, CallRefused) and answer.reason == "mailbox_full":
+                    # Its node held all it may for the callee: a busy moment, not a "no".
+                    # Given up now, as a hello not answered in time: asked again later.
+                    pair.deadline = now
+                elif pair.answered(offered, now):
+                    self.open_route(pair, link, answer.value)
                 else:
                     counts["not_offered"] += 1  # no listener there: its process says why
                     report(self.hub)
@@ -215,8 +225,9 @@ class RemoteRoutes:
             link.waiting.discard(pair.ref)  # a late one is dropped
             counts["connect_failures"] += 1
             report(self.hub)
-            log.warning("direct route to %s: no answer to its hello in %.0fs; it stays on "
-                        "the node path%s", to, pair.connect_wait * 5,
+            log.warning("direct route to %s: no answer to its hello in %.0fs (or its "
+                        "node's backlog for it was full); it stays on the node path%s", to,
+                        pair.connect_wait * 5,
                         " for now" if pair.state is PairState.NODE else " (given up)")
             return link
         assert route is not None
@@ -238,6 +249,29 @@ class RemoteRoutes:
         pair.route = None
         route.close(0)
         return link
+
+    def open_route(self, pair: Pair, link: DirectLink, port: int) -> None:
+        """``pair``'s route to ``port``; none (the pair stays on the node path, logged and
+        counted) if this process is short of descriptors or ZeroMQ cannot make a socket."""
+        from zmq import ZMQError  # noqa: PLC0415 - zmq is loaded (the link is made)
+
+        from ._direct_link import DirectRoute, descriptors_for_routes  # noqa: PLC0415
+
+        in_use, most = descriptors_for_routes()
+        try:
+            if in_use >= most:
+                raise OSError(errno.EMFILE, f"{in_use} descriptors in use, routes may take "
+                                            f"up to {most}")
+            pair.route = DirectRoute(link.located, port, pair.token)
+        except (ZMQError, OSError) as exc:
+            pair.failed()
+            counts["connect_failures"] += 1
+            report(self.hub)
+            _route_warning.warn("direct route to %s: not opened (%s); it stays on the node "
+                                "path", pair.pid, exc)
+            return
+        pair.route.on_exited = self.callee_exited
+        self.by_token[pair.token] = pair
 
     def send_routed(self, pair: Pair, link: DirectLink, batch: list[Deliver],
                     timeout: float) -> DirectLink | None:

@@ -57,7 +57,7 @@ from .._mailbox_writer import MailboxWriter
 from .._throttle import ThrottledWarning
 from ..transports._framing import FrameBuffer, encode_frame
 from ..transports._messages import (
-    CallFrame, CallRefused, CallReply, DirectHello, MailboxFrame,
+    CallFrame, CallRefused, CallReply, DirectFence, DirectHello, MailboxFrame,
 )
 from ..transports._remote_frames import CallFailed, Exited, decode_deliveries, encode_answers
 from ._backlog import backlog_full
@@ -281,7 +281,9 @@ class DirectPort:
                 self.loop.call_soon_threadsafe(self.dead_letter, to, reason, frame)
             return
         outlet.full = backlog_full(outlet.full, outlet.backlog, self.backlog_limit)
-        if outlet.full:
+        # A fence is never dropped for a full backlog: its callee would hold the pair's
+        # route for ever (a few bytes, once per switch).
+        if outlet.full and type(frame) is not DirectFence:
             self.overflow(link, to, frame)
             return
         if is_call:
