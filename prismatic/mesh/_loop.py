@@ -11,8 +11,9 @@ Transport (asyncio + pyzmq, in the node's loop, on a ZeroMQ context of its own):
   dropped, counted and logged (throttled) with the peer's address;
 * seeds given by name are resolved every 10 s; each A/AAAA record is a seed;
 * one DEALER per peer address (a *link*), a CURVE client, used only to send, never
-  blocking; its socket monitor is the fast failure signal (``LinkDown``, then a *knock*
-  that finds a refused connect: ``LinkRefused``): :mod:`._peer_links`.
+  blocking; its connection closing is the fast failure signal (``LinkDown``, heard from
+  our copy of the connection or the socket's monitor, then a *knock* that finds nothing
+  listening there any more: ``LinkRefused``): :mod:`._peer_links`.
 
 Time: one timer, set after every decision to :func:`._membership.next_wake`; every event
 carries the loop's monotonic time. Before a timer's tick, the frames already received are
@@ -54,6 +55,7 @@ from ._events import (
     Changed, Count, Forgotten, Joined, JoinRequested, LeaveRequested, MeshState, NameConflict,
     Received, Send, Tick,
 )
+from ._hangups import HangupWatch
 from ._membership import decide, initial_state, next_wake, table
 from ._mesh_metrics import MeshCollector
 from ._peer_links import CLOSE_LINGER_MS, PeerLink, PeerLinks
@@ -102,6 +104,7 @@ class MeshLoop(PeerLinks):
         self.link_warning = ThrottledWarning(log)
         self.links: dict[str, PeerLink] = {}
         self.link_serial = 0
+        self.hangups: HangupWatch[str] = HangupWatch()
         self.closing: set[asyncio.Task[None]] = set()
         self.tasks: list[asyncio.Task[None]] = []
         self.timer: asyncio.TimerHandle | None = None
@@ -154,6 +157,7 @@ class MeshLoop(PeerLinks):
                                             self.refusal_warning)),
             self.loop.create_task(self.resolve_seeds()),
         ]
+        self.loop.add_reader(self.hangups.fileno(), self.on_hangups)
         self.port = DirectPort(self.name, router, self.loop, self.post_frames)
         self.port.start()
         log.info("mesh: %s listening on %s (incarnation %d)%s", self.name, self.addr, inc,
@@ -211,13 +215,17 @@ class MeshLoop(PeerLinks):
             self.timer.cancel()
         for t in self.tasks:
             t.cancel()
+        self.loop.remove_reader(self.hangups.fileno())
         for link in self.links.values():
             if link.task is not None:
                 link.task.cancel()
+            if link.knock is not None:
+                link.knock.cancel()
         await asyncio.gather(*self.tasks, *self.closing,
                              *(lk.task for lk in self.links.values() if lk.task),
                              return_exceptions=True)
         self.port.stop()  # before the ROUTER it reads closes
+        self.hangups.close()  # the copies first: they would hold the connections open
         for link in self.links.values():
             link.sock.close(CLOSE_LINGER_MS)  # a Leave still queued goes out
             link.monitor.close(0)
