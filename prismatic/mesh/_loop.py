@@ -58,7 +58,7 @@ from ._events import (
 from ._hangups import HangupWatch
 from ._membership import decide, initial_state, next_wake, table
 from ._mesh_metrics import MeshCollector
-from ._peer_links import CLOSE_LINGER_MS, PeerLink, PeerLinks
+from ._peer_links import PeerLink, PeerLinks
 from ._secret import derive_keys, read_secret
 from ._settings import MeshSettings, hostport, parse_hostport
 
@@ -105,7 +105,6 @@ class MeshLoop(PeerLinks):
         self.links: dict[str, PeerLink] = {}
         self.link_serial = 0
         self.hangups: HangupWatch[str] = HangupWatch()
-        self.closing: set[asyncio.Task[None]] = set()
         self.tasks: list[asyncio.Task[None]] = []
         self.timer: asyncio.TimerHandle | None = None
         self.state: MeshState | None = None
@@ -216,19 +215,11 @@ class MeshLoop(PeerLinks):
         for t in self.tasks:
             t.cancel()
         self.loop.remove_reader(self.hangups.fileno())
-        for link in self.links.values():
-            if link.task is not None:
-                link.task.cancel()
-            if link.knock is not None:
-                link.knock.cancel()
-        await asyncio.gather(*self.tasks, *self.closing,
-                             *(lk.task for lk in self.links.values() if lk.task),
-                             return_exceptions=True)
+        await asyncio.gather(*self.tasks, return_exceptions=True)
         self.port.stop()  # before the ROUTER it reads closes
-        self.hangups.close()  # the copies first: they would hold the connections open
         for link in self.links.values():
-            link.sock.close(CLOSE_LINGER_MS)  # a Leave still queued goes out
-            link.monitor.close(0)
+            self.close_link(link)  # a Leave still queued goes out
+        self.hangups.close()
         self.router.close(0)
         self.zap.close(0)
         await self.loop.run_in_executor(None, self.ctx.term)  # waits out the linger

@@ -27,7 +27,6 @@ from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 import zmq
-import zmq.asyncio
 
 from .._throttle import ThrottledWarning
 from ..transports._mesh_frames import MemberState, encode_mesh_frame
@@ -55,17 +54,18 @@ KNOCK_TIMEOUT_S = 1.0  # an unanswered knock after a lost link: give up (the pro
 class PeerLink:
     """The DEALER that sends to one peer address, and its socket monitor."""
 
-    __slots__ = ("addr", "host", "port", "sock", "monitor", "task", "lost", "confirmed",
-                 "hung_up", "knock")
+    __slots__ = ("addr", "host", "port", "sock", "monitor", "monitor_fd", "closed", "lost",
+                 "confirmed", "hung_up", "knock")
 
-    def __init__(self, addr: str, sock: zmq.Socket, monitor: zmq.asyncio.Socket) -> None:
+    def __init__(self, addr: str, sock: zmq.Socket[bytes], monitor: zmq.Socket[bytes]) -> None:
         self.addr = addr
         host, _, port = addr[6:].rpartition(":")
         self.host = host.strip("[]")
         self.port = int(port)
         self.sock = sock
         self.monitor = monitor
-        self.task: asyncio.Task[None] | None = None
+        self.monitor_fd = int(monitor.getsockopt(zmq.FD))
+        self.closed = False
         # Its connection closed since the last handshake: a CLOSED is a refused reconnect.
         self.lost = False
         self.confirmed = False  # and a refusal confirmed that loss (counted once per loss)
@@ -78,14 +78,12 @@ class PeerLinks:
 
     if TYPE_CHECKING:  # the mesh loop's, set by MeshLoop.__init__ and MeshLoop.start
         loop: asyncio.AbstractEventLoop
-        ctx: zmq.asyncio.Context
         sync_ctx: zmq.Context[zmq.Socket[bytes]]
         keys: ClusterKeys
         state: MeshState | None
         links: dict[str, PeerLink]
         link_serial: int
         hangups: HangupWatch[str]  # the links' connections, by address
-        closing: set[asyncio.Task[None]]
         counts: Counter[str]
         links_refused: Counter[str]
         sent_bytes: Counter[str]
@@ -115,7 +113,10 @@ class PeerLinks:
         sock = self.sync_ctx.socket(zmq.DEALER)
         sock.linger = 0
         sock.sndhwm = LINK_QUEUE
-        sock.reconnect_ivl = 1  # the refused reconnect after a loss confirms a death: soon
+        # A lost link's reconnects back off from 10 ms: the knock confirms a death sooner, and
+        # each failed reconnect wakes libzmq's thread and this loop (1 ms: five in the first
+        # 30 ms after a death, at every member, when CPU is scarcest).
+        sock.reconnect_ivl = 10
         sock.reconnect_ivl_max = 100  # a seed that comes up late is reached within 0.1 s
         sock.curve_serverkey = self.keys.public
         sock.curve_publickey = self.keys.public
@@ -123,11 +124,17 @@ class PeerLinks:
         self.link_serial += 1
         monitor_addr = f"inproc://mesh-link-{self.link_serial}"
         sock.monitor(monitor_addr, LINK_EVENTS)
-        monitor = self.ctx.socket(zmq.PAIR)
+        # A plain socket read by a reader callback (not an asyncio socket and a task: a few
+        # times cheaper per event, and a peer's death brings several at every member).
+        monitor = self.sync_ctx.socket(zmq.PAIR)
+        monitor.linger = 0
         monitor.connect(monitor_addr)
         sock.connect(addr)
         link = PeerLink(addr, sock, monitor)
-        link.task = self.loop.create_task(self.watch_link(link))
+        self.loop.add_reader(link.monitor_fd, self.on_link_events, link)
+        # The descriptor signals only once a read found the pipe empty: one read arms it
+        # (soon, not now: a send that opens a link may be in the middle of a decision).
+        self.loop.call_soon(self.on_link_events, link)
         self.links[addr] = link
         return link
 
@@ -140,50 +147,53 @@ class PeerLinks:
         for addr in keep - self.links.keys():
             self.open_link(addr)
         for addr in [a for a in self.links if a not in keep]:
-            self.closing.add(self.loop.create_task(self.close_link(self.links.pop(addr))))
+            self.close_link(self.links.pop(addr))
 
-    async def close_link(self, link: PeerLink) -> None:
-        # In this order: the monitor's reader must be gone (its task finished) before its
-        # socket closes, or the loop keeps polling a descriptor libzmq then reuses, and
-        # stops hearing the sockets that get it (found the hard way: a node went deaf).
+    def close_link(self, link: PeerLink) -> None:
+        # In this order: the monitor's reader goes before its socket closes, or the loop
+        # keeps polling a descriptor libzmq then reuses, and stops hearing the sockets that
+        # get it (found the hard way: a node went deaf).
+        link.closed = True
         self.hangups.unwatch(link.addr)
         if link.knock is not None:
             link.knock.cancel()
             link.knock = None
-        try:
-            link.sock.disable_monitor()
-            if link.task is not None:
-                link.task.cancel()
-                await asyncio.gather(link.task, return_exceptions=True)
-            link.monitor.close(0)
-            link.sock.close(CLOSE_LINGER_MS)
-        finally:
-            self.closing.discard(asyncio.current_task())  # type: ignore[arg-type]
-
+        self.loop.remove_reader(link.monitor_fd)
+        link.sock.disable_monitor()
+        link.monitor.close(0)
+        link.sock.close(CLOSE_LINGER_MS)  # a Leave still queued goes out
 
     # ---- watching a link ----------------------------------------------------------------------
 
-    async def watch_link(self, link: PeerLink) -> None:
-        while True:
-            event, value = parse_event(await link.monitor.recv_multipart())
-            if event == zmq.EVENT_CONNECTED:
-                if self.links.get(link.addr) is link:
-                    self.hangups.watch(link.addr, value, link.port)
-            elif event == zmq.EVENT_DISCONNECTED:
-                self.hangups.unwatch(link.addr)
-                if link.hung_up:
-                    link.hung_up = False  # heard first from our copy: handled then
-                else:
-                    self.link_lost(link)
-            elif event == zmq.EVENT_CLOSED and link.lost:
-                self.refused(link, "reconnect")
-            elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-                link.lost = link.confirmed = False
-            elif event in (zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL, zmq.EVENT_HANDSHAKE_FAILED_AUTH,
-                           zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL):
-                self.counts["handshake_failures"] += 1
-                self.link_warning.warn("mesh: %s refused our handshake: it holds another "
-                                       "cluster secret, or is not a Prismatic node", link.addr)
+    def on_link_events(self, link: PeerLink) -> None:
+        """The reader of a link's monitor: its descriptor signals (edge-triggered) that
+        events may be waiting, so every waiting one is read."""
+        while not link.closed:  # a handler may close the link (a member left)
+            try:
+                frames = link.monitor.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self.on_link_event(link, *parse_event(frames))
+
+    def on_link_event(self, link: PeerLink, event: int, value: int) -> None:
+        if event == zmq.EVENT_CONNECTED:
+            if self.links.get(link.addr) is link:
+                self.hangups.watch(link.addr, value, link.port)
+        elif event == zmq.EVENT_DISCONNECTED:
+            self.hangups.unwatch(link.addr)
+            if link.hung_up:
+                link.hung_up = False  # heard first from our copy: handled then
+            else:
+                self.link_lost(link)
+        elif event == zmq.EVENT_CLOSED and link.lost:
+            self.refused(link, "reconnect")
+        elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            link.lost = link.confirmed = False
+        elif event in (zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL, zmq.EVENT_HANDSHAKE_FAILED_AUTH,
+                       zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL):
+            self.counts["handshake_failures"] += 1
+            self.link_warning.warn("mesh: %s refused our handshake: it holds another "
+                                   "cluster secret, or is not a Prismatic node", link.addr)
 
     def on_hangups(self) -> None:
         """The loop's reader of :attr:`hangups`: links whose connection the peer closed."""
