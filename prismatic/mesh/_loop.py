@@ -60,7 +60,7 @@ from ._membership import decide, initial_state, next_wake, table
 from ._mesh_metrics import MeshCollector
 from ._peer_links import PeerLink, PeerLinks
 from ._secret import derive_keys, read_secret
-from ._settings import MeshSettings, hostport, parse_hostport
+from ._settings import MeshSettings, detector_config, hostport, parse_hostport
 
 __all__ = ["MeshLoop", "MemberRow"]
 
@@ -150,6 +150,7 @@ class MeshLoop(PeerLinks):
         self.drops.watch(router, "mesh", WATCHED_EVENTS, watch.on_event)
         inc = time.time_ns() // 1_000_000  # a restart always outranks its predecessor
         self.state = initial_state(self.name, self.addr, inc, time.monotonic(), self.seeds,
+                                   config=detector_config(self.settings),
                                    seed=inc ^ hash(self.addr))
         self.tasks = [
             self.loop.create_task(serve_zap(zap, self.keys.public, self.refusals,
