@@ -63,13 +63,21 @@ class Knock:
         self.waiting = ""  # "", "writer" (connecting) or "reader" (connected, for an answer)
 
     def start(self) -> None:
-        sock = socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET,
-                             socket.SOCK_STREAM)
-        sock.setblocking(False)
-        # Closed with a reset, never a FIN: a live peer's libzmq drops it at once.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        try:
+            sock = socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET,
+                                 socket.SOCK_STREAM)
+        except OSError:  # no descriptor left: nothing concluded (the probes decide)
+            self.done(KnockResult.UNANSWERED)
+            return
         self.sock = sock
-        err = sock.connect_ex((self.host, self.port))
+        try:
+            sock.setblocking(False)
+            # Closed with a reset, never a FIN: a live peer's libzmq drops it at once.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            err = sock.connect_ex((self.host, self.port))
+        except OSError:  # a name that does not resolve (any more), an address it refuses
+            self._finish(KnockResult.UNANSWERED)
+            return
         if err in (0, errno.EINPROGRESS):
             self.timer = self.loop.call_later(self.timeout, self._finish, KnockResult.UNANSWERED)
             if err == 0:

@@ -22,6 +22,7 @@ Reconnects back off to 0.1 s.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import Counter
 from typing import TYPE_CHECKING, Any
@@ -39,6 +40,8 @@ if TYPE_CHECKING:
     from ._secret import ClusterKeys
 
 __all__ = ["PeerLink", "PeerLinks", "CLOSE_LINGER_MS"]
+
+log = logging.getLogger(__name__)
 
 LINK_EVENTS = zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_CLOSED \
     | zmq.EVENT_HANDSHAKE_SUCCEEDED \
@@ -173,7 +176,12 @@ class PeerLinks:
                 frames = link.monitor.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            self.on_link_event(link, *parse_event(frames))
+            try:
+                self.on_link_event(link, *parse_event(frames))
+            except Exception:  # noqa: BLE001 - one event must never stop a link's watch
+                self.counts["errors"] += 1
+                log.exception("mesh: handling %s's link event failed (%d so far)", link.addr,
+                              self.counts["errors"])
 
     def on_link_event(self, link: PeerLink, event: int, value: int) -> None:
         if event == zmq.EVENT_CONNECTED:
@@ -201,7 +209,12 @@ class PeerLinks:
             link = self.links.get(addr)
             if link is not None:
                 link.hung_up = True
-                self.link_lost(link)
+                try:
+                    self.link_lost(link)
+                except Exception:  # noqa: BLE001 - the other links' hang-ups still count
+                    self.counts["errors"] += 1
+                    log.exception("mesh: handling %s's hang-up failed (%d so far)", addr,
+                                  self.counts["errors"])
 
     def link_lost(self, link: PeerLink) -> None:
         """A connection of ``link`` closed (its first since a handshake, or a reconnect's
