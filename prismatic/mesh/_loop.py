@@ -56,6 +56,7 @@ from ._events import (
     Received, Send, Tick,
 )
 from ._hangups import HangupWatch
+from ._listener_order import open_descriptor_floor
 from ._membership import decide, initial_state, next_wake, table
 from ._mesh_metrics import MeshCollector
 from ._peer_links import PeerLink, PeerLinks
@@ -135,7 +136,8 @@ class MeshLoop(PeerLinks):
         router.zap_domain = b"prismatic-mesh"
         router.maxmsgsize = 8 * 1024 * 1024
         try:
-            router.bind(self.listen)
+            with open_descriptor_floor():  # a killed node's listener closes first (see there)
+                router.bind(self.listen)
         except zmq.ZMQError as exc:
             router.close(0)
             zap.close(0)
