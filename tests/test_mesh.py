@@ -318,6 +318,17 @@ def test_a_bad_reap_after_stops_the_node_at_start(tmp_path: Path) -> None:
         assert "at least 1" in out.stderr or "soon" in args, out.stderr
         assert len(out.stderr.strip().splitlines()) == 1, out.stderr  # one line, no traceback
     assert not (tmp_path / "d").exists()  # nothing started
+    # node start --detach passes it on (a 0 too: it was dropped as if not given)
+    env = dict(os.environ, PYTHONPATH=str(REPO), PRISMATIC_TEST_TAG=SESSION_TAG)
+    detach = [PRISMATIC, "node", "start", "--detach", "--app", APP, "--name", f"r{RUN}",
+              "--data-dir", str(tmp_path / "dd"), "--cluster-secret", str(secret),
+              "--listen", "127.0.0.1:0", "--reap-after", "0"]
+    out = subprocess.run(detach, cwd=REPO, capture_output=True, text=True, env=env, timeout=60)
+    if out.returncode == 0:  # it started: stop it before failing
+        subprocess.run([PRISMATIC, "--node", str(tmp_path / "dd"), "node", "stop"], cwd=REPO,
+                       capture_output=True, env=env, timeout=60)
+    assert out.returncode == 2 and "--reap-after 0.0: expected" in out.stderr, out
+    assert len(out.stderr.strip().splitlines()) == 1, out.stderr
 
 
 def test_no_key_or_secret_in_any_output(cluster: Cluster) -> None:
