@@ -13,6 +13,7 @@ Layout (every key optional except each child's ``id`` and a worker's ``start``):
     subscriber_hwm = 1000      # pub/sub: messages queued per subscriber (0: unbounded)
     listen = "0.0.0.0:4370"    # cluster mesh: listen for other nodes, join these seeds
     join = ["10.0.0.5:4370"]   # (with the cluster secret: cluster_secret = "path")
+    reap_after = 600           # seconds a dead or left member is remembered (at least 1)
 
     [eventlog]                 # retention: the oldest events go first
     max_bytes = 1073741824     # default 1 GiB
@@ -117,6 +118,7 @@ class NodeSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     listen: str | None = None  # the cluster mesh (docs/cluster.md)
     join: tuple[str, ...] = ()
     cluster_secret: str | None = None
+    reap_after: float | None = None  # seconds (docs/cluster.md); None: the default, 600
     subscriber_hwm: int | None = None  # docs/pubsub.md, flow control; None: the default
 
 
@@ -172,6 +174,11 @@ def load_config(path: Path | str) -> NodeConfig:
     if section.subscriber_hwm is not None and section.subscriber_hwm < 0:
         raise ConfigError(file, "node.subscriber_hwm", f"{section.subscriber_hwm} is negative "
                                                        "(0: unbounded)")
+    if section.reap_after is not None:
+        from .mesh._settings import reap_after_problem  # noqa: PLC0415 - light, no ZeroMQ
+
+        if (why := reap_after_problem(section.reap_after)) is not None:
+            raise ConfigError(file, "node.reap_after", f"{section.reap_after!r}: {why}")
     if section.log_level is not None and section.log_level.lower() not in LOG_LEVELS:
         raise ConfigError(file, "node.log_level", f"{section.log_level!r} is not a level "
                                                   f"(one of {' | '.join(LOG_LEVELS)})")

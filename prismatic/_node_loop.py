@@ -397,7 +397,9 @@ class NodeLoop(ControlEndpoint):
 
     def on_cluster_event(self, topic: str, body: dict[str, Any]) -> None:
         self.forwarder.send(topic.encode(), _encoder.encode((body,)))
-        self.log.submit(topic, body, source="mesh").add_done_callback(self.logged)
+        # Lazy, as the lifecycle events are (nobody waits for it): its synced commit does
+        # not compete with what a member's death sets off on this and every other node.
+        self.log.submit(topic, body, source="mesh", lazy=True).add_done_callback(self.logged)
 
     # ---- the node's own tasks (see ._node_tasks) --------------------------------------------
 

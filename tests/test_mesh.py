@@ -279,6 +279,58 @@ def test_a_seed_given_by_name_is_resolved(cluster: Cluster) -> None:
         del cluster.nodes["d"]
 
 
+def test_reap_after_is_an_operator_option(cluster: Cluster) -> None:
+    """--reap-after: a member started with 1 s forgets a node that left about a second
+    after it went, while a member with the default (600 s) still lists it."""
+    a = cluster.nodes["a"]
+    r = cluster.start("r", "--join", cluster.address("a"), "--reap-after", "1")
+    name_s = cluster.name("s")
+    try:
+        cluster.start("s", "--join", cluster.address("a"))
+        wait_until(lambda: states(r).get(name_s) == "alive", 5, "r to see s")
+        cluster.nodes.pop("s").stop()  # SIGTERM: s leaves
+        t0 = time.monotonic()
+        wait_until(lambda: name_s not in states(r), 5, "r to forget s")
+        took = time.monotonic() - t0
+        assert 0.5 < took < 4.0, took
+        assert states(a)[name_s] == "left"
+    finally:
+        r.stop()
+        del cluster.nodes["r"]
+
+
+def test_a_bad_reap_after_stops_the_node_at_start(tmp_path: Path) -> None:
+    """On the command line or in the config file: one line naming the option and the
+    value, exit code 2, before the node starts anything."""
+    secret = init_secret(tmp_path / "cluster.secret")
+    toml = tmp_path / "node.toml"
+    toml.write_text('[node]\nlisten = "127.0.0.1:0"\nreap_after = 0.5\n')
+    base = [sys.executable, "-m", "prismatic.node", "--app", APP, "--name", f"r{RUN}",
+            "--data-dir", str(tmp_path / "d"), "--cluster-secret", str(secret)]
+    for args, words in ((["--listen", "127.0.0.1:0", "--reap-after", "0.5"], "--reap-after 0.5"),
+                        (["--listen", "127.0.0.1:0", "--reap-after", "nan"], "--reap-after nan"),
+                        (["--listen", "127.0.0.1:0", "--reap-after", "soon"], "'soon'"),
+                        (["--config", str(toml)], "node.reap_after")):
+        out = subprocess.run([*base, *args], cwd=REPO, capture_output=True, text=True,
+                             env=dict(os.environ, PYTHONPATH=str(REPO),
+                                      PRISMATIC_TEST_TAG=SESSION_TAG), timeout=30)
+        assert out.returncode == 2 and words in out.stderr, (args, out.stderr)
+        assert "at least 1" in out.stderr or "soon" in args, out.stderr
+        assert len(out.stderr.strip().splitlines()) == 1, out.stderr  # one line, no traceback
+    assert not (tmp_path / "d").exists()  # nothing started
+    # node start --detach passes it on (a 0 too: it was dropped as if not given)
+    env = dict(os.environ, PYTHONPATH=str(REPO), PRISMATIC_TEST_TAG=SESSION_TAG)
+    detach = [PRISMATIC, "node", "start", "--detach", "--app", APP, "--name", f"r{RUN}",
+              "--data-dir", str(tmp_path / "dd"), "--cluster-secret", str(secret),
+              "--listen", "127.0.0.1:0", "--reap-after", "0"]
+    out = subprocess.run(detach, cwd=REPO, capture_output=True, text=True, env=env, timeout=60)
+    if out.returncode == 0:  # it started: stop it before failing
+        subprocess.run([PRISMATIC, "--node", str(tmp_path / "dd"), "node", "stop"], cwd=REPO,
+                       capture_output=True, env=env, timeout=60)
+    assert out.returncode == 2 and "--reap-after 0.0: expected" in out.stderr, out
+    assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+
 def test_no_key_or_secret_in_any_output(cluster: Cluster) -> None:
     secret = read_secret(cluster.secret)
     keys = derive_keys(secret)

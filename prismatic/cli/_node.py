@@ -121,22 +121,29 @@ def mesh_options() -> list[Callable[[Any], Any]]:
         click.option("--cluster-secret", type=click.Path(dir_okay=False), default=None,
                      help="The cluster secret file (default $PRISMATIC_HOME/cluster.secret; "
                           "create it with `prismatic cluster init-secret`)."),
+        click.option("--reap-after", "reap_after", type=float, default=None,
+                     metavar="SECONDS",
+                     help="Forget a dead or left member this long after it went (default "
+                          "600; at least 1). A partition longer than this heals only by "
+                          "`prismatic cluster join`."),
     ]
 
 
 def _mesh_settings(listen: str | None, join: tuple[str, ...], secret: str | None,
-                   config: NodeConfig | None) -> Any:
+                   config: NodeConfig | None, reap_after: float | None = None) -> Any:
     section = config.node if config else None
     listen = listen or (section.listen if section else None)
     join = join or (section.join if section else ())
     secret = secret or (section.cluster_secret if section else None)
+    if reap_after is None and section is not None:
+        reap_after = section.reap_after
     if not listen and not join:
         return None
     from ..mesh import MeshSettings
     from ..mesh._secret import default_secret_path
 
     return MeshSettings(listen=listen or "127.0.0.1:0", join=tuple(join),
-                        secret_file=str(secret or default_secret_path()))
+                        secret_file=str(secret or default_secret_path()), reap_after=reap_after)
 
 
 def add_import_paths(app_path: tuple[str, ...] = ()) -> None:
@@ -157,7 +164,7 @@ class _Settings:
                  eventlog_max_age: float | None = None,
                  metrics_bind: str | None = None, listen: str | None = None,
                  join: tuple[str, ...] = (), cluster_secret: str | None = None,
-                 subscriber_hwm: int | None = None) -> None:
+                 subscriber_hwm: int | None = None, reap_after: float | None = None) -> None:
         from .._address import default_node_name
         from .._node import default_data_dir
 
@@ -182,7 +189,7 @@ class _Settings:
             retention.max_bytes if retention else DEFAULT_EVENTLOG_MAX_BYTES)
         self.eventlog_max_age_s = eventlog_max_age or (
             retention.max_age_s if retention else None)
-        self.mesh = _mesh_settings(listen, join, cluster_secret, config)
+        self.mesh = _mesh_settings(listen, join, cluster_secret, config, reap_after)
         self.subscriber_hwm = subscriber_hwm if subscriber_hwm is not None else (
             section.subscriber_hwm if section else None)
 
@@ -210,7 +217,7 @@ def start_node(app: str | None, config_file: str | None, name: str | None,
                eventlog_max_age: float | None = None,
                metrics_bind: str | None = None, listen: str | None = None,
                join: tuple[str, ...] = (), cluster_secret: str | None = None,
-               subscriber_hwm: int | None = None) -> None:
+               subscriber_hwm: int | None = None, reap_after: float | None = None) -> None:
     """Run a node in this process; exits with the node's exit code."""
     from ._logging import setup_logging
     from .._node import run_node
@@ -218,7 +225,7 @@ def start_node(app: str | None, config_file: str | None, name: str | None,
     try:
         s = _Settings(app, config_file, name, data_dir, metrics_port, log_format, log_file,
                       app_path, log_level, eventlog_max_bytes, eventlog_max_age,
-                      metrics_bind, listen, join, cluster_secret, subscriber_hwm)
+                      metrics_bind, listen, join, cluster_secret, subscriber_hwm, reap_after)
         spec = s.tree()
         setup_logging(s.name, s.log_format, s.log_file, level=s.log_level)
         code = run_node(spec, name=s.name, data_dir=s.data_dir, show_tree=not quiet,

@@ -90,7 +90,7 @@ def node_start(state: CliState, detach: bool, wait_s: float, **options: Any) -> 
                 v = "auto"
             if v is True:
                 argv.append(flag)
-            elif v not in (None, False):
+            elif v is not None and v is not False:  # a 0 is a value (0 == False)
                 # paths as given are relative to here; the node starts in the same directory
                 argv += [flag, str(v)]
     argv += ["--name", s.name, "--data-dir", str(s.data_dir)]

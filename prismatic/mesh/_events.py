@@ -170,7 +170,8 @@ class LinkDown(msgspec.Struct, frozen=True):
 
 
 class LinkRefused(msgspec.Struct, frozen=True):
-    """Reconnecting to ``addr`` failed: nobody listens there any more."""
+    """Connecting to ``addr`` again failed: nobody listens there any more (refused, or the
+    listener closed with the connection unaccepted)."""
 
     now: float
     addr: str

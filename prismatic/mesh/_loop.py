@@ -11,8 +11,9 @@ Transport (asyncio + pyzmq, in the node's loop, on a ZeroMQ context of its own):
   dropped, counted and logged (throttled) with the peer's address;
 * seeds given by name are resolved every 10 s; each A/AAAA record is a seed;
 * one DEALER per peer address (a *link*), a CURVE client, used only to send, never
-  blocking; its socket monitor is the fast failure signal (``LinkDown``, then a *knock*
-  that finds a refused connect: ``LinkRefused``): :mod:`._peer_links`.
+  blocking; its connection closing is the fast failure signal (``LinkDown``, heard from
+  our copy of the connection or the socket's monitor, then a *knock* that finds nothing
+  listening there any more: ``LinkRefused``): :mod:`._peer_links`.
 
 Time: one timer, set after every decision to :func:`._membership.next_wake`; every event
 carries the loop's monotonic time. Before a timer's tick, the frames already received are
@@ -54,11 +55,13 @@ from ._events import (
     Changed, Count, Forgotten, Joined, JoinRequested, LeaveRequested, MeshState, NameConflict,
     Received, Send, Tick,
 )
+from ._hangups import HangupWatch
+from ._listener_order import open_descriptor_floor
 from ._membership import decide, initial_state, next_wake, table
 from ._mesh_metrics import MeshCollector
-from ._peer_links import CLOSE_LINGER_MS, PeerLink, PeerLinks
+from ._peer_links import PeerLink, PeerLinks
 from ._secret import derive_keys, read_secret
-from ._settings import MeshSettings, hostport, parse_hostport
+from ._settings import MeshSettings, detector_config, hostport, parse_hostport
 
 __all__ = ["MeshLoop", "MemberRow"]
 
@@ -102,7 +105,7 @@ class MeshLoop(PeerLinks):
         self.link_warning = ThrottledWarning(log)
         self.links: dict[str, PeerLink] = {}
         self.link_serial = 0
-        self.closing: set[asyncio.Task[None]] = set()
+        self.hangups: HangupWatch[str] = HangupWatch()
         self.tasks: list[asyncio.Task[None]] = []
         self.timer: asyncio.TimerHandle | None = None
         self.state: MeshState | None = None
@@ -133,7 +136,8 @@ class MeshLoop(PeerLinks):
         router.zap_domain = b"prismatic-mesh"
         router.maxmsgsize = 8 * 1024 * 1024
         try:
-            router.bind(self.listen)
+            with open_descriptor_floor():  # a killed node's listener closes first (see there)
+                router.bind(self.listen)
         except zmq.ZMQError as exc:
             router.close(0)
             zap.close(0)
@@ -148,12 +152,14 @@ class MeshLoop(PeerLinks):
         self.drops.watch(router, "mesh", WATCHED_EVENTS, watch.on_event)
         inc = time.time_ns() // 1_000_000  # a restart always outranks its predecessor
         self.state = initial_state(self.name, self.addr, inc, time.monotonic(), self.seeds,
+                                   config=detector_config(self.settings),
                                    seed=inc ^ hash(self.addr))
         self.tasks = [
             self.loop.create_task(serve_zap(zap, self.keys.public, self.refusals,
                                             self.refusal_warning)),
             self.loop.create_task(self.resolve_seeds()),
         ]
+        self.loop.add_reader(self.hangups.fileno(), self.on_hangups)
         self.port = DirectPort(self.name, router, self.loop, self.post_frames)
         self.port.start()
         log.info("mesh: %s listening on %s (incarnation %d)%s", self.name, self.addr, inc,
@@ -211,16 +217,12 @@ class MeshLoop(PeerLinks):
             self.timer.cancel()
         for t in self.tasks:
             t.cancel()
-        for link in self.links.values():
-            if link.task is not None:
-                link.task.cancel()
-        await asyncio.gather(*self.tasks, *self.closing,
-                             *(lk.task for lk in self.links.values() if lk.task),
-                             return_exceptions=True)
+        self.loop.remove_reader(self.hangups.fileno())
+        await asyncio.gather(*self.tasks, return_exceptions=True)
         self.port.stop()  # before the ROUTER it reads closes
         for link in self.links.values():
-            link.sock.close(CLOSE_LINGER_MS)  # a Leave still queued goes out
-            link.monitor.close(0)
+            self.close_link(link)  # a Leave still queued goes out
+        self.hangups.close()
         self.router.close(0)
         self.zap.close(0)
         await self.loop.run_in_executor(None, self.ctx.term)  # waits out the linger

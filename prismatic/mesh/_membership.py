@@ -23,8 +23,9 @@ hashicorp/memberlist), plus the one signal SWIM does without: the transport's.
   Probe timeouts and intervals are stretched by ``1 + health``.
 * **The transport's signal.** When the connection to a member closes (the peer's process died
   and its kernel reset the connection), the loop reports ``LinkDown``: the member is pinged at
-  once, and when reconnecting is *refused* (nothing listens there any more: ``LinkRefused``),
-  that failed probe confirms it: dead at once, no timeout. A stopped or partitioned process
+  once, and when connecting again is *refused* (nothing listens there any more, or the
+  listener closed with our connection unaccepted: ``LinkRefused``; :mod:`._knock`), that
+  failed probe confirms it: dead at once, no timeout. A stopped or partitioned process
   resets no connection, so this path never fires for them.
 * **Confirmations.** A suspicion is pushed to every member at once, and a member that hears
   of one pings the suspect at once itself (a *check*, beside its probe round): no ack within

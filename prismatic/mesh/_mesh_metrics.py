@@ -72,7 +72,7 @@ class MeshCollector:
                 ("frames_dropped", "Frames dropped because a peer's queue was full"),
                 ("dist_frames_dropped", "Distribution frames from a non-member, dropped"),
                 ("handshake_failures", "Our handshakes a peer refused"),
-                ("errors", "Frames whose handling raised (a bug; logged)"),
+                ("errors", "Frames and link events whose handling raised (a bug; logged)"),
                 ("frames_sent", "Frames sent to peers"),
                 ("frames_received", "Frames received from peers (well-formed)")))
         dist = m.remote.counters if m.remote is not None else Counter()

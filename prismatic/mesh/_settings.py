@@ -1,16 +1,19 @@
 """What a node needs to be a cluster member, checked before the node forks its tree.
 
 ``--listen HOST:PORT`` (default ``127.0.0.1:0``: loopback, any port), ``--join HOST:PORT``
-(repeatable seeds) and ``--cluster-secret FILE`` (default ``$PRISMATIC_HOME/cluster.secret``)
-become a :class:`MeshSettings`; :func:`check_settings` fails with one clear line on a bad
-address, an unsafe or missing secret, a node name that cannot be a topic word (member
-events are published as ``cluster.node.<name>.up``) or a bad
-``PRISMATIC_REMOTE_BACKLOG_BYTES`` (:func:`backlog_limit`) or ``PRISMATIC_DIRECT_SWITCH_AFTER``
-(:func:`check_switch_after`). Nothing here imports ZeroMQ.
+(repeatable seeds), ``--cluster-secret FILE`` (default ``$PRISMATIC_HOME/cluster.secret``)
+and ``--reap-after SECONDS`` (how long a dead or left member is remembered; the failure
+detector's :class:`~._events.DetectorConfig`) become a :class:`MeshSettings`;
+:func:`check_settings` fails with one clear line on a bad address, an unsafe or missing
+secret, a node name that cannot be a topic word (member events are published as
+``cluster.node.<name>.up``), a ``--reap-after`` the detector cannot take, a bad
+``PRISMATIC_REMOTE_BACKLOG_BYTES`` (:func:`backlog_limit`) or a bad
+``PRISMATIC_DIRECT_SWITCH_AFTER`` (:func:`check_switch_after`). Nothing here imports ZeroMQ.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 
@@ -19,10 +22,11 @@ import msgspec
 from .._errors import NodeError, TopicError
 from .._pair_switch import SWITCH_ENV, parse_switch_after
 from .._topics import validate_topic
+from ._events import DetectorConfig
 from ._secret import read_secret
 
 __all__ = ["MeshSettings", "parse_hostport", "hostport", "check_settings", "backlog_limit",
-           "check_switch_after"]
+           "check_switch_after", "detector_config", "reap_after_problem"]
 
 # What a node holds for one of its mailboxes, from other nodes' processes, when that mailbox
 # takes nothing (its process stopped reading): see mesh._backlog.backlog_full.
@@ -34,6 +38,24 @@ class MeshSettings(msgspec.Struct, frozen=True):
     listen: str = "127.0.0.1:0"
     join: tuple[str, ...] = ()
     secret_file: str = ""
+    reap_after: float | None = None  # seconds; None: the detector's default (600)
+
+
+def reap_after_problem(value: float) -> str | None:
+    """What is wrong with ``value`` as ``reap_after`` (None: nothing). At least the table
+    exchange's interval: a member forgotten sooner could come back from a peer's table."""
+    least = DetectorConfig().sync_interval
+    if isinstance(value, bool) or not (isinstance(value, int | float) and math.isfinite(value)
+                                       and value >= least):
+        return f"expected a number of seconds, at least {least:g}"
+    return None
+
+
+def detector_config(settings: MeshSettings) -> DetectorConfig:
+    """The failure detector's parameters these settings give (the defaults otherwise)."""
+    if settings.reap_after is None:
+        return DetectorConfig()
+    return DetectorConfig(reap_after=float(settings.reap_after))
 
 
 def parse_hostport(text: str, what: str) -> str:
@@ -86,6 +108,9 @@ def check_settings(name: str, settings: MeshSettings) -> None:
         raise NodeError(f"node name {name!r} cannot join a cluster: a member's name must be "
                         f"one topic word (letters, digits and _-:@/+=$, no dots)") from None
     parse_hostport(settings.listen, "--listen")
+    if settings.reap_after is not None \
+            and (why := reap_after_problem(settings.reap_after)) is not None:
+        raise NodeError(f"--reap-after {settings.reap_after!r}: {why}")
     backlog_limit()
     check_switch_after()
     for seed in settings.join:
