@@ -12,6 +12,7 @@ import signal
 import stat
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from prismatic.cli import cli
 from prismatic.eventlog import open_event_log
-from tests.conftest import REPO, SESSION_TAG, start_node
+from tests.conftest import REPO, SESSION_TAG, start_node, wait_until
 
 APP = "tests.apps:one_for_one"
 
@@ -55,6 +56,21 @@ def metric(text: str, name: str) -> float:
                 if s.name == name)
 
 
+def _settled_seq(path: Path) -> int:
+    """The event log's last seq once it has not moved for 0.2 s (deadline 10 s)."""
+    seen: list[tuple[int, float]] = []
+
+    def still() -> bool:
+        with open_event_log(str(path), node="", readonly=True) as log:
+            seq = log.last_seq
+        if not seen or seen[-1][0] != seq:
+            seen.append((seq, time.monotonic()))
+        return time.monotonic() - seen[-1][1] >= 0.2
+
+    wait_until(still, 10, "the event log to stand still")
+    return seen[-1][0]
+
+
 def test_a_node_keeps_its_data_private_and_counts_a_log_failure_once(tmp_path: Path) -> None:
     data = tmp_path / "data"
     data.mkdir(mode=0o755)  # as older versions left it: tightened at start
@@ -69,9 +85,11 @@ def test_a_node_keeps_its_data_private_and_counts_a_log_failure_once(tmp_path: P
         assert modes == {".": 0o700, "node.lock": 0o600, "cookie": 0o600, "eventlog": 0o700,
                          "eventlog/data.mdb": 0o600, "eventlog/lock.mdb": 0o600,
                          "eventlog/writer.lock": 0o600}
-        # A foreign write takes the seq the node hands out next: its next commit fails.
-        with open_event_log(str(data / "eventlog"), node="", readonly=True) as log:
-            taken = log.last_seq + 1
+        # A foreign write takes the seq the node hands out next: its next commit fails. The
+        # node's own lifecycle events of the start may still be on their way (a lazy commit
+        # waits up to 20 ms): wait until the log has stood still, or one of those would be
+        # the commit that collides.
+        taken = _settled_seq(data / "eventlog") + 1
         env = lmdb.open(str(data / "eventlog"), max_dbs=8)
         with env.begin(write=True) as txn:
             txn.put(taken.to_bytes(8, "big"), b"squatter", db=env.open_db(b"events", txn=txn))
