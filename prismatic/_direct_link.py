@@ -81,8 +81,11 @@ class DirectLink:
         sock.curve_serverkey = located.public
         sock.curve_publickey = located.public
         sock.curve_secretkey = located.secret
+        # A link to a node has a routing id of its own (the node's ROUTER hands it over to a
+        # reconnection: what the node sends this link after a TCP reset still arrives); a
+        # route's id is its token, which its listener knows the caller by.
+        sock.routing_id = token if token is not None else b"L" + os.urandom(15)
         if token is not None:
-            sock.routing_id = token
             # Queue only to a connection that completed its handshake: a callee that is
             # gone refuses a send at once (EAGAIN) instead of taking it into a queue that
             # waits for a reconnect to a process that will never answer.

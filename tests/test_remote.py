@@ -4,8 +4,11 @@ and linking one another (``prismatic.mesh._remote``), and node loss as ``NoConne
 
 from __future__ import annotations
 
+import os
+import shutil
 import signal
 import socket
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -383,3 +386,47 @@ def test_a_bad_switch_threshold_stops_the_node_at_start() -> None:
     for bad in ("-1", "many", "1.5"):
         with pytest.raises(p.NodeError, match="PRISMATIC_DIRECT_SWITCH_AFTER"):
             check_switch_after({"PRISMATIC_DIRECT_SWITCH_AFTER": bad})
+
+
+def _tcp_ports_to(pid: int, remote_port: int) -> list[int]:
+    """Local ports of ``pid``'s TCP connections to 127.0.0.1:``remote_port``."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    ports = []
+    with open(f"/proc/{pid}/net/tcp") as f:
+        for line in list(f)[1:]:
+            cols = line.split()
+            local, remote, inode = cols[1], cols[2], cols[9]
+            if inode in inodes and int(remote.split(":")[1], 16) == remote_port:
+                ports.append(int(local.split(":")[1], 16))
+    return ports
+
+
+def test_a_reply_reaches_a_caller_whose_link_reconnected_mid_call(nodes: Nodes) -> None:
+    """A caller's link to another node is cut (TCP reset) and reconnects while a call is in
+    flight: the reply still reaches it. The link keeps its routing id across the reconnect
+    (the node's ROUTER hands the id over), as the node's watch of the caller does."""
+    if shutil.which("ss") is None:
+        pytest.skip("needs ss (iproute2) to reset one TCP connection")
+    a = nodes.nodes["a"].conn
+    b_u = nodes.pid("b", "u")  # addressed by no other test: this pair stays on the node path
+    port = int(members(nodes.nodes["a"])[nodes.name("b")].address.rsplit(":", 1)[1])
+    alpha = nodes.pid("a", "a")
+    assert a.call("alpha", ["call", L(b_u), ["echo", 1], 5]) == ["ok", 1]
+    links = wait_until(lambda: _tcp_ports_to(alpha.ospid, port), 5, "alpha's link to b")
+    delivered = metric(nodes.nodes["b"], "prismatic_cluster_direct_messages")
+    req = a.send_request("alpha", ["call", L(b_u), ["sleep", 1.0], 10])
+    wait_until(lambda: metric(nodes.nodes["b"], "prismatic_cluster_direct_messages")
+               > delivered, 5, "the call to reach b")
+    for local in links:
+        subprocess.run(["ss", "-K", "sport", "=", f":{local}"], check=True,
+                       capture_output=True)
+    wait_until(lambda: set(_tcp_ports_to(alpha.ospid, port)) - set(links), 5,
+               "alpha's link to reconnect")
+    assert a.receive_response(req, timeout=10) == ["ok", "slept"]

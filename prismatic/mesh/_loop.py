@@ -135,6 +135,10 @@ class MeshLoop(PeerLinks):
         router.curve_secretkey = self.keys.secret
         router.zap_domain = b"prismatic-mesh"
         router.maxmsgsize = 8 * 1024 * 1024
+        # A process's link names itself (a random routing id, ``_direct_link``): when its
+        # TCP connection is reset and comes back, the id moves to the new connection, and the
+        # answers and ``exited`` notices addressed to it reach the process again.
+        router.router_handover = True
         try:
             with open_descriptor_floor():  # a killed node's listener closes first (see there)
                 router.bind(self.listen)
