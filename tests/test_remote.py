@@ -9,6 +9,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -430,3 +431,17 @@ def test_a_reply_reaches_a_caller_whose_link_reconnected_mid_call(nodes: Nodes) 
     wait_until(lambda: set(_tcp_ports_to(alpha.ospid, port)) - set(links), 5,
                "alpha's link to reconnect")
     assert a.receive_response(req, timeout=10) == ["ok", "slept"]
+
+
+def test_an_answer_for_a_caller_gone_meanwhile_is_counted_lost(nodes: Nodes) -> None:
+    """A caller on a exits with a call in flight to a process of b: b's answer has no link
+    to go to; it is dropped and counted, not silently discarded by ZeroMQ."""
+    b = nodes.nodes["b"]
+    b_u = nodes.pid("b", "u")
+    lost = metric(b, "prismatic_cluster_direct_answers_lost")
+    code = ("import sys, prismatic as p; c = p.connect(sys.argv[1]); "
+            "c.send_request(p.Pid(sys.argv[2], int(sys.argv[3])), ['sleep', 0.5])")
+    subprocess.run([sys.executable, "-c", code, str(nodes.nodes["a"].data_dir), b_u.node,
+                    str(b_u.ospid)], check=True, timeout=30)
+    wait_until(lambda: metric(b, "prismatic_cluster_direct_answers_lost") > lost, 10,
+               "the answer to be counted lost")

@@ -139,6 +139,9 @@ class MeshLoop(PeerLinks):
         # TCP connection is reset and comes back, the id moves to the new connection, and the
         # answers and ``exited`` notices addressed to it reach the process again.
         router.router_handover = True
+        # An answer for a link that is gone raises (EHOSTUNREACH), to be counted lost
+        # (``answers_lost``), instead of being discarded by ZeroMQ without a word.
+        router.router_mandatory = True
         try:
             with open_descriptor_floor():  # a killed node's listener closes first (see there)
                 router.bind(self.listen)
