@@ -52,7 +52,7 @@ from ._exit import ExitReason, NoConnection, NoProc
 from ._hubclient import HubClient
 from ._latency import LatencyHistogram
 from ._mailbox_peer import SPIN_S, Peer, sort_answers, spin_recv
-from ._remote_routes import Deferred, RemoteRoutes
+from ._remote_routes import RemoteRoutes
 from .transports._framing import encode_frame
 from .transports._messages import (
     CallFrame, CallRefused, CallReply, CastFrame, DeadLetterNote, ExitOfReq,
@@ -97,8 +97,6 @@ class Outbox(RemoteRoutes):
         self.linked = False  # this process made a direct link (it flushes them at exit)
         self.pairs = {}  # processes of other nodes it sent to (._remote_routes.Pair)
         self.by_token = {}
-        self.deferred = Deferred()
-        self.on_deferred = None
         self.relay_read_at = 0.0
         self.names: dict[str, Pid] = {}
         self.refs = itertools.count(1)
@@ -304,8 +302,6 @@ class Outbox(RemoteRoutes):
         """The reply to ``req``; None if the callee's connection broke first. Replies to
         other requests in flight are kept for them; replies nobody awaits are late: dropped."""
         ref = req.ref
-        if self.deferred.pair is not None:  # calls held back leave before any wait
-            self.flush_deferred()
         if req.pid.node != self.node:
             link = self.via.pop(ref, None)
             if link is not None:
@@ -387,7 +383,6 @@ class Outbox(RemoteRoutes):
         return False
 
     def close(self) -> None:
-        self.flush_deferred()
         for pid in list(self.peers):
             self.drop(pid)
         for link in self.links.values():

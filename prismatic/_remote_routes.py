@@ -33,7 +33,6 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -46,7 +45,7 @@ from ._mailbox_peer import Peer
 from ._throttle import ThrottledWarning
 from ._pair_switch import SWITCH_AFTER, SWITCH_AFTER_PROBLEM, Hop, PairState, Switch
 from .transports._framing import encode_frame
-from .transports._messages import CallFrame, CallRefused, CallReply, DirectFence, DirectHello
+from .transports._messages import CallRefused, CallReply, DirectFence, DirectHello
 from .transports._remote_frames import (
     CallFailed, Deliver, Exited, Forward, Locate, Located, NodeLost, RelayAnswer,
     relay_address,
@@ -56,7 +55,7 @@ if TYPE_CHECKING:
     from ._direct_link import DirectLink
     from ._hubclient import HubClient
 
-__all__ = ["RemoteRoutes", "RELAY_POLL_S", "Pair", "SWITCH_AFTER", "Deferred", "DEFER_MAX"]
+__all__ = ["RemoteRoutes", "RELAY_POLL_S", "Pair", "SWITCH_AFTER"]
 
 log = logging.getLogger(__name__)
 _bad_setting = ThrottledWarning(log, 3600.0)
@@ -66,7 +65,6 @@ _relay_decoder = msgspec.msgpack.Decoder(RelayAnswer)
 RELAY_POLL_S = 0.001
 EXIT_GRACE_S = 0.005  # a callee exited: answers still on their way get this long
 ROUTE_SEND_STEP_S = 0.05  # a route that takes nothing: look for its callee's exit this often
-DEFER_MAX = 64  # calls held back on a route at most (then they leave in one message)
 
 
 class Pair(Switch):
@@ -86,21 +84,6 @@ class Pair(Switch):
 _hello_refs = itertools.count(1 << 62)  # apart from the process's call refs
 
 
-class Deferred:
-    """Calls held back on one pair's route while earlier calls on it are unanswered: they
-    leave together, in one message, at the process's next wait or other send (or its
-    loop's next turn). A lone call is never held: it leaves at once."""
-
-    __slots__ = ("pair", "route", "link", "batch", "timeout")
-
-    def __init__(self) -> None:
-        self.pair: Pair | None = None
-        self.route: DirectLink | None = None
-        self.link: DirectLink | None = None  # the node path (if the route takes nothing)
-        self.batch: list[Deliver] = []
-        self.timeout = 0.0
-
-
 class RemoteRoutes:
     """The relay connection and the direct links of one process's :class:`~._outbox.Outbox`
     (which sets these attributes)."""
@@ -115,10 +98,6 @@ class RemoteRoutes:
     pairs: dict[Pid, Pair]  # processes of other nodes this one sent to
     by_token: dict[bytes, Pair]  # pairs with a route, by its token
     hub: HubClient  # this process's node's hub (counts go there, ._direct_counts)
-    via: dict[int, DirectLink]  # remote calls in flight on a direct link, by ref
-    deferred: Deferred  # calls held back on a route (see defer)
-    # Set by a worker: makes its loop flush what is held at its next turn (False: no loop)
-    on_deferred: Callable[[], bool] | None
 
     def relay_peer(self) -> Peer:
         if self.relay is None:
@@ -341,23 +320,16 @@ class RemoteRoutes:
             if type(to) is Pid and SWITCH_AFTER > 0:
                 pair = self.pairs.get(to)
                 if pair is None or pair.state is not PairState.DIRECT:
-                    self.flush_deferred()
                     via = self.pick(link, to, timeout)
                     pair = self.pairs.get(to)
                 else:
                     via = pair.route  # type: ignore[assignment]
-                    if type(frame) is CallFrame and via is not None and via.waiting and \
-                            self.deferred.pair in (pair, None):
-                        return self.defer(pair, link, batch[0], timeout)
-                    self.flush_deferred()
                 if via is not link and pair is not None:
                     sent = self.send_routed(pair, link, batch, timeout)
                     if sent is None:
                         raise MailboxFull(dest, f"the route to {to} stayed full for "
                                                 f"{timeout:.3g}s")
                     return sent
-            else:
-                self.flush_deferred()
             if not link.send(batch, timeout):
                 raise MailboxFull(dest, f"the link to node {node} stayed full for "
                                         f"{timeout:.3g}s")
@@ -381,60 +353,8 @@ class RemoteRoutes:
                 self.drop_relay()  # the node restarted: once more, on a new connection
         return None
 
-    def defer(self, pair: Pair, link: DirectLink, d: Deliver, timeout: float) -> DirectLink:
-        """Hold back call ``d`` on ``pair``'s route, which has calls unanswered (Nagle's
-        rule: a lone call leaves at once; one sent while others are in flight waits for
-        the process's next wait, other send or loop turn, and leaves with the others in
-        one message: one ZeroMQ send, one wake-up of each end's I/O thread, one read at
-        the callee, instead of one each). What it will go out on is returned."""
-        deferred = self.deferred
-        if len(deferred.batch) >= DEFER_MAX:
-            self.flush_deferred()
-        if deferred.pair is None:
-            if self.on_deferred is not None and not self.on_deferred():
-                sent = self.send_routed(pair, link, [d], timeout)
-                if sent is None:
-                    raise MailboxFull(d.to, f"the route to {d.to} stayed full for "
-                                            f"{timeout:.3g}s")
-                return sent
-            deferred.pair, deferred.route, deferred.link = pair, pair.route, link
-            deferred.timeout = timeout
-        deferred.batch.append(d)
-        deferred.timeout = max(deferred.timeout, timeout)
-        assert deferred.route is not None
-        return deferred.route
-
-    def flush_deferred(self) -> None:
-        """The calls held back leave now, on their route (or, if its callee exited
-        meanwhile, as :meth:`send_routed` sends)."""
-        deferred = self.deferred
-        pair, route, link = deferred.pair, deferred.route, deferred.link
-        if pair is None:
-            return
-        batch = deferred.batch
-        deferred.pair = deferred.route = deferred.link = None
-        deferred.batch = []
-        assert route is not None and link is not None
-        if route.lost or pair.route is not route:
-            return  # its callee exited or its node was lost: the route failed those calls
-        sent = self.send_routed(pair, link, batch, deferred.timeout)
-        if sent is route:
-            return
-        for d in batch:  # they went on the node path, or nowhere
-            ref = d.frame.ref  # type: ignore[union-attr]
-            if ref not in route.waiting:
-                continue  # abandoned meanwhile
-            route.waiting.discard(ref)
-            if sent is None:
-                route.replies[ref] = CallRefused(ref, "mailbox_full")
-                self.via[ref] = route
-            else:
-                sent.waiting.add(ref)
-                self.via[ref] = sent
-
     def close_links(self) -> None:
         """Before the process exits: what its direct links hold leaves first."""
-        self.flush_deferred()
         if self.linked:
             from ._direct_link import close_all  # noqa: PLC0415
 

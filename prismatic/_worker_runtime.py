@@ -118,17 +118,7 @@ class WorkerContext:
     def outbox(self) -> Outbox:
         if self._outbox is None:
             self._outbox = Outbox(self.pid.node, self.pid, self.hub)
-            self._outbox.on_deferred = self.flush_later
         return self._outbox
-
-    def flush_later(self) -> bool:
-        """Calls the outbox held back (._remote_routes.RemoteRoutes.defer) leave at the
-        loop's next turn, at the latest; False if there is no loop to do it."""
-        loop, outbox = self.loop, self._outbox
-        if loop is None or loop.is_closed() or outbox is None:
-            return False
-        loop.call_soon(outbox.flush_deferred)
-        return True
 
     @property
     def pubsub(self) -> WorkerPubSub:
