@@ -389,7 +389,9 @@ def test_a_loud_program_is_logged_and_rotated_without_stalling_the_supervisor(no
         return sum(size(f) for f in (file, *olds))
 
     wait_until(lambda: total() == 3 << 20, 10, "all 3 MiB logged")
-    assert all(f.stat().st_size <= 1 << 20 for f in (file, *olds))
+    # .3 exists or not, as the last rotation fell: 3 MiB fill the log and .1, .2 exactly,
+    # and whether the full log was rotated once more depends on when the write came.
+    assert all(size(f) <= 1 << 20 for f in (file, *olds))
     assert olds[1].exists() and not file.with_name("loud.log.4").exists()
     assert set(file.read_bytes()) == {ord("x"), ord("\n")}
     _drop(node, "loud")
