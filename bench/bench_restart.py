@@ -117,13 +117,17 @@ def bare_fork(w: int) -> int:
     return pid
 
 
-def bench_bare_restarts(kills: int) -> tuple[list[float], list[float]]:
-    """(kill -> replacement ready, kill -> reaped) for each kill of a bare forked child."""
+def bench_bare_restarts(kills: int, gap: float = 0.0) -> tuple[list[float], list[float]]:
+    """(kill -> replacement ready, kill -> reaped) for each kill of a bare forked child;
+    with ``gap``, each kill comes that many seconds after the previous replacement said
+    ready (to a forker and CPUs idle a moment, as a real crash finds them)."""
     r, w = os.pipe()
     pid = bare_fork(w)
     os.read(r, 1)
     lat, reaped = [], []
     for _ in range(kills):
+        if gap:
+            time.sleep(gap)
         fd = os.pidfd_open(pid)
         t0 = time.monotonic()
         os.kill(pid, signal.SIGKILL)
@@ -136,6 +140,8 @@ def bench_bare_restarts(kills: int) -> tuple[list[float], list[float]]:
         lat.append(time.monotonic() - t0)
     os.kill(pid, signal.SIGKILL)
     os.waitpid(pid, 0)
+    os.close(r)
+    os.close(w)
     return lat, reaped
 
 

@@ -204,33 +204,6 @@ def restart(conn: p.NodeConnection, ev: p.EventStream, path: str, sup: int,
             return e.mono - t0
 
 
-def paced_bare_restarts(kills: int, gap: float) -> tuple[list[float], list[float]]:
-    """The bare fork-after-death loop (``bench_restart``'s), but each kill comes ``gap``
-    seconds after the previous replacement said ready, to a forker and CPUs that were idle a
-    moment, as a real crash does: (kill -> replacement ready, kill -> reaped) per kill."""
-    r, w = os.pipe()
-    pid = bare_fork(w)
-    os.read(r, 1)
-    lat, reaped = [], []
-    for _ in range(kills):
-        time.sleep(gap)
-        fd = os.pidfd_open(pid)
-        t0 = time.monotonic()
-        os.kill(pid, signal.SIGKILL)
-        select.select([fd], [], [])
-        reaped.append(time.monotonic() - t0)
-        os.waitpid(pid, 0)
-        os.close(fd)
-        pid = bare_fork(w)
-        os.read(r, 1)
-        lat.append(time.monotonic() - t0)
-    os.kill(pid, signal.SIGKILL)
-    os.waitpid(pid, 0)
-    os.close(r)
-    os.close(w)
-    return lat, reaped
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--supervisors", type=int, default=1000)
@@ -241,7 +214,7 @@ def main() -> None:
     n, ms = args.supervisors, 1e3
     before = not args.no_before and available_mib() > 4096 + n * 9
     bare, bare_reaped = bench_bare_restarts(args.kills * 5)
-    paced, paced_reaped = paced_bare_restarts(args.kills, 0.05)
+    paced, paced_reaped = bench_bare_restarts(args.kills, 0.05)
 
     with open_node("bench.apps:pool", n, "never") as (conn, data):
         flat = memory(conn.status().pid)

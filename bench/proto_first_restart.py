@@ -51,7 +51,7 @@ sys.path.insert(0, str(REPO))
 
 from bench._harness import pct, print_table  # noqa: E402
 from bench.bench_restart import bare_fork, bench_bare_restarts  # noqa: E402
-from bench.bench_supervisors import IdleWatchers, paced_bare_restarts  # noqa: E402
+from bench.bench_supervisors import IdleWatchers  # noqa: E402
 import prismatic.node  # noqa: E402, F401 - a supervisor's image, as bench_supervisors
 import prismatic.supervisors._runtime  # noqa: E402, F401
 
@@ -175,7 +175,7 @@ def main() -> None:
     args = ap.parse_args()
     n, ms = max(args.supervisors, 3 * args.kills), 1e3
     bare, _ = bench_bare_restarts(args.kills * 5)
-    paced, _ = paced_bare_restarts(args.kills, 0.05)
+    paced, _ = bench_bare_restarts(args.kills, 0.05)
     address = f"prism-proto-{os.getpid()}"
     forker = subprocess.Popen([sys.executable, "-c", FORKER, address, str(REPO)],
                               stdout=subprocess.PIPE)
