@@ -27,22 +27,13 @@ from prismatic.transports._remote_frames import (
 )
 from tests.conftest import wait_until
 from tests.test_mesh import member_socket, members, metric, states
-from tests.test_remote import Nodes
+from tests.test_remote import Nodes, open_cluster
 
 
 @pytest.fixture(scope="module")
 def nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nodes]:
-    c = Nodes(tmp_path_factory.mktemp("listener"))
-    c.start("a", "--listen", "127.0.0.1:0")
-    c.start("b", "--join", members(c.nodes["a"])[c.name("a")].address)
-    names = {c.name(s) for s in "ab"}
-    wait_until(lambda: all(set(k for k, v in states(n).items() if v == "alive") == names
-                           for n in c.nodes.values()), 10, "the two nodes to form a cluster")
-    yield c
-    for n in c.nodes.values():
-        if n.proc.poll() is None:
-            n.stop()
-        wait_until(lambda n=n: not n.pids(), 10, "the node's processes to exit")
+    with open_cluster(tmp_path_factory.mktemp("listener"), "ab") as c:
+        yield c
 
 
 def state(conn: p.NodeConnection, pid: p.Pid) -> PairState | None:

@@ -20,27 +20,17 @@ from prismatic.mesh._secret import derive_keys, read_secret
 from prismatic.transports._messages import CallReply, CastFrame, DirectHello
 from prismatic.transports._remote_frames import Deliver, decode_answers, encode_deliveries
 from tests.conftest import wait_until
-from tests.test_mesh import member_socket, members, metric, states
-from tests.test_remote import Nodes
+from tests.test_mesh import member_socket, members, metric
+from tests.test_remote import Nodes, open_cluster
 
 BACKLOG_LIMIT = 1 << 20  # what b holds for one of its mailboxes: reached with a few casts
 
 
 @pytest.fixture(scope="module")
 def nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nodes]:
-    c = Nodes(tmp_path_factory.mktemp("races"))
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("PRISMATIC_REMOTE_BACKLOG_BYTES", str(BACKLOG_LIMIT))
-        c.start("a", "--listen", "127.0.0.1:0")
-        c.start("b", "--join", members(c.nodes["a"])[c.name("a")].address)
-    names = {c.name(s) for s in "ab"}
-    wait_until(lambda: all(set(k for k, v in states(n).items() if v == "alive") == names
-                           for n in c.nodes.values()), 10, "the two nodes to form a cluster")
-    yield c
-    for n in c.nodes.values():
-        if n.proc.poll() is None:
-            n.stop()
-        wait_until(lambda n=n: not n.pids(), 10, "the node's processes to exit")
+    backlog = {"PRISMATIC_REMOTE_BACKLOG_BYTES": str(BACKLOG_LIMIT)}
+    with open_cluster(tmp_path_factory.mktemp("races"), "ab", backlog) as c:
+        yield c
 
 
 def test_a_fence_sent_while_the_callees_node_backlog_is_full_is_not_lost(

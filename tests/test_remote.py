@@ -4,6 +4,7 @@ and linking one another (``prismatic.mesh._remote``), and node loss as ``NoConne
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -60,21 +61,35 @@ class Nodes:
             f"{path} on {short} to be restarted"))
 
 
+@contextlib.contextmanager
+def open_cluster(tmp: Path, shorts: str, env: dict[str, str] | None = None) -> Iterator[Nodes]:
+    """Nodes ``shorts`` (one letter each) formed into one cluster, the first the seed, each
+    started with ``env`` set; every node stopped and gone on the way out."""
+    c = Nodes(tmp)
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            for key, value in (env or {}).items():
+                mp.setenv(key, value)
+            c.start(shorts[0], "--listen", "127.0.0.1:0")
+            seed = members(c.nodes[shorts[0]])[c.name(shorts[0])].address
+            for short in shorts[1:]:
+                c.start(short, "--join", seed)
+        names = {c.name(s) for s in shorts}
+        wait_until(lambda: all(set(k for k, v in states(n).items() if v == "alive") == names
+                               for n in c.nodes.values()), 10,
+                   f"the {len(shorts)} nodes to form a cluster")
+        yield c
+    finally:
+        for n in c.nodes.values():
+            if n.proc.poll() is None:
+                n.stop()
+            wait_until(lambda n=n: not n.pids(), 10, "the node's processes to exit")
+
+
 @pytest.fixture(scope="module")
 def nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nodes]:
-    c = Nodes(tmp_path_factory.mktemp("remote"))
-    c.start("a", "--listen", "127.0.0.1:0")
-    seed = members(c.nodes["a"])[c.name("a")].address
-    c.start("b", "--join", seed)
-    c.start("c", "--join", seed)
-    names = {c.name(s) for s in "abc"}
-    wait_until(lambda: all(set(k for k, v in states(n).items() if v == "alive") == names
-                           for n in c.nodes.values()), 10, "the three nodes to form a cluster")
-    yield c
-    for n in c.nodes.values():
-        if n.proc.poll() is None:
-            n.stop()
-        wait_until(lambda n=n: not n.pids(), 10, "the node's processes to exit")
+    with open_cluster(tmp_path_factory.mktemp("remote"), "abc") as c:
+        yield c
 
 
 def L(pid: p.Pid) -> list[Any]:

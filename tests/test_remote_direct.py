@@ -31,7 +31,7 @@ from prismatic.transports._remote_frames import (
 from tests.conftest import REPO, RunningNode, start_node, wait_until
 from tests.test_mesh import member_socket, members, metric, states
 from tests.test_mesh_netns import Net, netns_unavailable
-from tests.test_remote import APP, L, Nodes
+from tests.test_remote import APP, L, Nodes, open_cluster
 
 
 BACKLOG_LIMIT = 16 << 20  # what b holds for one of its mailboxes (default: 64 MiB)
@@ -39,18 +39,9 @@ BACKLOG_LIMIT = 16 << 20  # what b holds for one of its mailboxes (default: 64 M
 
 @pytest.fixture(scope="module")
 def nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nodes]:
-    c = Nodes(tmp_path_factory.mktemp("direct"))
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("PRISMATIC_REMOTE_BACKLOG_BYTES", str(BACKLOG_LIMIT))
-        c.start("a", "--listen", "127.0.0.1:0")
-        c.start("b", "--join", members(c.nodes["a"])[c.name("a")].address)
-    names = {c.name(s) for s in "ab"}
-    wait_until(lambda: all(set(k for k, v in states(n).items() if v == "alive") == names
-                           for n in c.nodes.values()), 10, "the two nodes to form a cluster")
-    yield c
-    for n in c.nodes.values():
-        n.stop()
-        wait_until(lambda n=n: not n.pids(), 10, "the node's processes to exit")
+    backlog = {"PRISMATIC_REMOTE_BACKLOG_BYTES": str(BACKLOG_LIMIT)}
+    with open_cluster(tmp_path_factory.mktemp("direct"), "ab", backlog) as c:
+        yield c
 
 
 def test_pipelined_calls_and_casts_keep_order_and_pairing(nodes: Nodes) -> None:
