@@ -185,7 +185,7 @@ class SpareKeeping:
     starting: Proc | None
     exit_reason: ExitReason | None
     spares_after: float  # monotonic time before which no spare is asked for (0: none)
-    busy_at: float  # monotonic time of the last start (dormancy counts from it)
+    busy_at: float  # monotonic time of the last start, or of spares made (dormancy counts from it)
     dormant: bool  # spare and zygote let go after spare_idle of no start
     woken: bool  # a start woke it from dormancy; its zygote is not made again yet
     idle_limit: float  # spare_idle_s(), read once
@@ -366,6 +366,7 @@ class SpareKeeping:
 
     def renew_zygote(self) -> None:
         """Replace a zygote whose specs are out of date (or that died): its spares go too."""
+        self.busy_at = time.monotonic()  # made now: kept for idle_limit from here
         self.let_spares_go()
         self.start_zygote()
         self.request_spares()
@@ -416,6 +417,7 @@ class SpareKeeping:
         self.dormant = False
 
     def fork_spare(self) -> None:
+        self.busy_at = time.monotonic()  # made now: kept for idle_limit from here
         specs = self.static_specs()
         runs = exclusive_runs() if self.woken else []  # as for the zygote (start_zygote)
         try:

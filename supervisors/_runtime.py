@@ -162,7 +162,9 @@ class SupervisorRuntime(SpareKeeping, ProgramKeeping):
                     or self.log_check_at or (
                     self.starting is not None and self.starting.program is not None):
                 timeout = max(0.0, self.next_deadline() - time.monotonic())
-            elif self.wants_fork_spare() or self.wants_new_zygote():
+            if self.wants_fork_spare() or self.wants_new_zygote():
+                # Now, whatever deadline is due later (a running worker's log check always is):
+                # the spare a restart is owed must not wait seconds for it.
                 timeout = 0.0
             dormant_at = self.dormant_at()
             if dormant_at != float("inf"):
