@@ -40,6 +40,7 @@ table: figure, value, target, and a baseline measured in this same run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import select
@@ -49,6 +50,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import msgspec
@@ -372,30 +374,42 @@ while True:
 """
 
 
-def bare_curve_rtt(n: int) -> list[float]:
+@contextlib.contextmanager
+def open_curve_echo(script: str = _ECHO) -> Iterator[zmq.Socket[bytes]]:
+    """A DEALER, CURVE client over TCP loopback, connected to ``script`` (the bare echo by
+    default) run in a subprocess with fresh keys; both gone on the way out."""
     keys = derive_keys(os.urandom(32))
-    echo = subprocess.Popen([sys.executable, "-c", _ECHO, keys.public.decode(),
+    echo = subprocess.Popen([sys.executable, "-c", script, keys.public.decode(),
                              keys.secret.decode()], stdout=subprocess.PIPE, text=True)
-    port = int(echo.stdout.readline())  # type: ignore[union-attr]
-    ctx = zmq.Context()
-    d = ctx.socket(zmq.DEALER)
-    d.curve_serverkey = keys.public
-    d.curve_publickey = keys.public
-    d.curve_secretkey = keys.secret
-    d.connect(f"tcp://127.0.0.1:{port}")
+    try:
+        port = int(echo.stdout.readline())  # type: ignore[union-attr]
+        ctx = zmq.Context()
+        d = ctx.socket(zmq.DEALER)
+        d.curve_serverkey = keys.public
+        d.curve_publickey = keys.public
+        d.curve_secretkey = keys.secret
+        d.connect(f"tcp://127.0.0.1:{port}")
+        try:
+            yield d
+        finally:
+            d.close(0)
+            ctx.term()
+    finally:
+        echo.kill()
+        echo.wait()
+
+
+def bare_curve_rtt(n: int, script: str = _ECHO) -> list[float]:
     msg = msgspec.msgpack.encode(Ping("bench", "tcp://127.0.0.1:1", 1, 1, "x",
                                       (Update("a", "tcp://h:1", 1, MemberState.ALIVE),)))
     rtts = []
-    for i in range(n + 200):
-        t0 = time.perf_counter()
-        d.send(msg)
-        msgspec.msgpack.decode(d.recv())
-        if i >= 200:
-            rtts.append(time.perf_counter() - t0)
-    d.close(0)
-    ctx.term()
-    echo.kill()
-    echo.wait()
+    with open_curve_echo(script) as d:
+        for i in range(n + 200):
+            t0 = time.perf_counter()
+            d.send(msg)
+            msgspec.msgpack.decode(d.recv())
+            if i >= 200:
+                rtts.append(time.perf_counter() - t0)
     return rtts
 
 

@@ -28,9 +28,7 @@ loop), and prints, from one run:
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -42,8 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import prismatic as p  # noqa: E402
 from bench._harness import pct, print_table  # noqa: E402
-from bench.bench_mesh import _ECHO, Node, all_alive, bare_curve_rtt, wait  # noqa: E402
-from prismatic.mesh._secret import derive_keys  # noqa: E402
+from bench.bench_mesh import Node, all_alive, bare_curve_rtt, open_curve_echo, wait  # noqa: E402
 from prismatic.mesh._secret import init_secret  # noqa: E402
 import bench.bench_mesh as bench_mesh  # noqa: E402
 
@@ -88,12 +85,7 @@ while True:
 def hop_rtt(n: int) -> list[float]:
     """bare_curve_rtt's client against an echo that passes each message through a second
     process over AF_UNIX."""
-    saved = bench_mesh._ECHO
-    bench_mesh._ECHO = _HOP_ECHO
-    try:
-        return bare_curve_rtt(n)
-    finally:
-        bench_mesh._ECHO = saved
+    return bare_curve_rtt(n, _HOP_ECHO)
 
 
 def us(x: float) -> str:
@@ -124,20 +116,8 @@ def in_flight(conn: p.NodeConnection, dest: p.Pid, total: int, window: int = 64)
 def bare_in_flight(total: int, window: int = 64) -> float:
     """The bare pyzmq echo (bench_mesh's, CURVE over TCP loopback) with ``window`` messages
     in flight from one DEALER: messages per second."""
-    import zmq  # noqa: PLC0415
-
-    keys = derive_keys(os.urandom(32))
-    echo = subprocess.Popen([sys.executable, "-c", _ECHO, keys.public.decode(),
-                             keys.secret.decode()], stdout=subprocess.PIPE, text=True)
-    try:
-        port = int(echo.stdout.readline())  # type: ignore[union-attr]
-        ctx = zmq.Context()
-        d = ctx.socket(zmq.DEALER)
-        d.curve_serverkey = keys.public
-        d.curve_publickey = keys.public
-        d.curve_secretkey = keys.secret
-        d.connect(f"tcp://127.0.0.1:{port}")
-        msg = b"x" * 100  # about a remote call's batch on the wire
+    msg = b"x" * 100  # about a remote call's batch on the wire
+    with open_curve_echo() as d:
         for _ in range(200):  # the handshake, warm-up
             d.send(msg)
             d.recv()
@@ -151,13 +131,7 @@ def bare_in_flight(total: int, window: int = 64) -> float:
             if sent < total:
                 d.send(msg)
                 sent += 1
-        rate = total / (time.perf_counter() - t0)
-        d.close(0)
-        ctx.term()
-        return rate
-    finally:
-        echo.kill()
-        echo.wait()
+        return total / (time.perf_counter() - t0)
 
 
 def pubsub_rate(pub: p.NodeConnection, sub_conn: p.NodeConnection, total: int,
