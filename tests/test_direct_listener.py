@@ -27,7 +27,7 @@ from prismatic.transports._remote_frames import (
 )
 from tests.conftest import wait_until
 from tests.test_mesh import member_socket, members, metric, states
-from tests.test_remote import Nodes, open_cluster
+from tests.test_remote import Nodes, open_cluster, socket_inodes
 
 
 @pytest.fixture(scope="module")
@@ -51,14 +51,7 @@ def switch(conn: p.NodeConnection, pid: p.Pid) -> None:
 
 def listening_ports(ospid: int) -> set[int]:
     """The TCP ports process ``ospid`` listens on (its descriptors' inodes, in /proc)."""
-    inodes = set()
-    for fd in os.listdir(f"/proc/{ospid}/fd"):
-        try:
-            link = os.readlink(f"/proc/{ospid}/fd/{fd}")
-        except OSError:
-            continue
-        if link.startswith("socket:["):
-            inodes.add(link[8:-1])
+    inodes = socket_inodes(ospid)
     return {port for port, inode in listeners() if inode in inodes}
 
 

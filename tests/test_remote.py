@@ -404,8 +404,8 @@ def test_a_bad_switch_threshold_stops_the_node_at_start() -> None:
             check_switch_after({"PRISMATIC_DIRECT_SWITCH_AFTER": bad})
 
 
-def _tcp_ports_to(pid: int, remote_port: int) -> list[int]:
-    """Local ports of ``pid``'s TCP connections to 127.0.0.1:``remote_port``."""
+def socket_inodes(pid: int) -> set[str]:
+    """The inodes of the sockets process ``pid`` holds (its descriptors, in /proc)."""
     inodes = set()
     for fd in os.listdir(f"/proc/{pid}/fd"):
         try:
@@ -414,6 +414,12 @@ def _tcp_ports_to(pid: int, remote_port: int) -> list[int]:
             continue
         if target.startswith("socket:["):
             inodes.add(target[8:-1])
+    return inodes
+
+
+def _tcp_ports_to(pid: int, remote_port: int) -> list[int]:
+    """Local ports of ``pid``'s TCP connections to 127.0.0.1:``remote_port``."""
+    inodes = socket_inodes(pid)
     ports = []
     with open(f"/proc/{pid}/net/tcp") as f:
         for line in list(f)[1:]:
