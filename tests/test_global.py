@@ -126,13 +126,19 @@ def test_concurrent_claims_in_one_view_exactly_one_wins(rnd: Any) -> None:
     assert all(whereis(s, "x") == winner for s in states.values())
 
 
-def test_a_claim_goes_to_the_new_leader_when_its_leader_dies_and_times_out() -> None:
+def _three_nodes_and_a_name_led_by_n1_then_n2() -> tuple[GlobalState, str]:
+    """n0's state with n1 and n2 up, and a name whose leader is n1, then n2 once n1 is gone."""
     s = initial_state("n0", addr("n0"), 0.0)
     for m in ("n1", "n2"):
         s, _ = decide(s, NodeUp(0.0, m, 1))
     name = next(n for n in (f"x{i}" for i in range(100))
                 if leader(n, ["n0", "n1", "n2"]) == "n1"
                 and leader(n, ["n0", "n2"]) == "n2")
+    return s, name
+
+
+def test_a_claim_goes_to_the_new_leader_when_its_leader_dies_and_times_out() -> None:
+    s, name = _three_nodes_and_a_name_led_by_n1_then_n2()
     s, acts = decide(s, Register(0.0, 1, name, Pid("n0", 1), 5))
     assert [a.node for a in acts if isinstance(a, SendTo)] == ["n1"]
     s, acts = decide(s, NodeDown(0.1, "n1"))
@@ -147,12 +153,7 @@ def test_only_the_claims_current_leader_decides_it() -> None:
     that leader alone: the first one's grant, late (it came back as a new incarnation),
     must not commit the name that the current leader gives to another process, and the
     grant's reservation on that node is released."""
-    s = initial_state("n0", addr("n0"), 0.0)
-    for m in ("n1", "n2"):
-        s, _ = decide(s, NodeUp(0.0, m, 1))
-    name = next(n for n in (f"x{i}" for i in range(100))
-                if leader(n, ["n0", "n1", "n2"]) == "n1"
-                and leader(n, ["n0", "n2"]) == "n2")
+    s, name = _three_nodes_and_a_name_led_by_n1_then_n2()
     mine, theirs = Pid("n0", 1), Pid("n2", 9)
     s, _ = decide(s, Register(0.0, 1, name, mine, 5))
     s, _ = decide(s, NodeDown(0.1, "n1"))  # the claim goes to n2
