@@ -80,17 +80,26 @@ def _troubles(n, what: str) -> float:
     return float(found[0].removeprefix(line)) if found else 0.0
 
 
-def test_a_hung_zygote_does_not_hold_up_a_restart(node_factory):
-    n = node_factory("tests.apps:one_for_one")
+@contextlib.contextmanager
+def _hung_zygote(n) -> Iterator[int]:
+    """The root supervisor's zygote, SIGSTOPped once its spare is made (so a spare asked
+    of it never comes); continued on the way out, if it still exists."""
     root = n.conn.status().root_pid
     zygote = _zygote_of(root)
     wait_until(lambda: _of_kind(root, "prism:spare"), 10, "a spare")
     os.kill(zygote, signal.SIGSTOP)
     try:
+        yield zygote
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(zygote, signal.SIGCONT)
+
+
+def test_a_hung_zygote_does_not_hold_up_a_restart(node_factory):
+    n = node_factory("tests.apps:one_for_one")
+    with _hung_zygote(n) as zygote:
         for _ in range(3):  # the first takes the spare; the next ones cannot wait for one
             _restart(n, "w3")
-    finally:
-        os.kill(zygote, signal.SIGCONT)
     assert alive(zygote)
 
 
@@ -228,18 +237,11 @@ def test_a_hung_zygote_does_not_hang_a_supervisor_going_dormant(node_factory, mo
     hold the supervisor in that wait, or it restarts nothing ever again."""
     monkeypatch.setenv("PRISMATIC_SPARE_IDLE", "1.5")
     n = node_factory("tests.apps:one_for_one")
-    root = n.conn.status().root_pid
-    zygote = _zygote_of(root)
-    wait_until(lambda: _of_kind(root, "prism:spare"), 10, "a spare")
-    os.kill(zygote, signal.SIGSTOP)
-    try:
+    with _hung_zygote(n) as zygote:
         _restart(n, "w1")  # takes the spare; its successor is asked of the hung zygote
         wait_until(lambda: not alive(zygote), 10, "the hung zygote let go (dormancy)")
         _restart(n, "w2")  # the supervisor still restarts
         wait_until(lambda: _troubles(n, "zygote_hung") == 1, 5, "the hung zygote counted")
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(zygote, signal.SIGCONT)
     assert {c.id for c in n.conn.which_children()} == {"w1", "w2", "w3"}
 
 
