@@ -24,11 +24,14 @@ wait for the listener (:mod:`._knock`) covers that order too.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import resource
 from collections.abc import Iterator
 
 __all__ = ["open_descriptor_floor", "LISTENER_FD_FLOOR"]
+
+log = logging.getLogger(__name__)
 
 # Above every descriptor a node normally holds (a clustered node: a few per member and per
 # client); below FD_SETSIZE, so even a select() on it would work.
@@ -48,8 +51,10 @@ def open_descriptor_floor(floor: int = LISTENER_FD_FLOOR) -> Iterator[None]:
             while fd < floor - 1:
                 fd = os.dup(fd)  # the lowest free number: the holes first, then upwards
                 held.append(fd)
-    except OSError:
-        pass  # no descriptor left below the floor: bind where the kernel says
+    except OSError as exc:  # no descriptor left below the floor: bind where the kernel says
+        log.warning("mesh listener bound below descriptor %d (%s): a killed node's listener "
+                    "may close after its connections, and its loss be confirmed later",
+                    floor, exc)
     try:
         yield
     finally:
