@@ -100,8 +100,14 @@ def test_no_orphans_finds_a_tagged_process_outside_the_tree() -> None:
             "time.sleep(30)\n")
     parent = subprocess.Popen([sys.executable, "-c", code], env=env)
     try:
-        procs = wait_until(lambda: len(tagged_processes(tag)) == 2 and tagged_processes(tag),
-                           10, "the parent and its escaped grandchild")
+        def escaped() -> dict[int, int] | None:
+            # The middle child is tagged too, and its parent is ``parent`` until it exits:
+            # two processes alone may be the parent and that child, before the escape.
+            procs = tagged_processes(tag)
+            return procs if (len(procs) == 2 and parent.pid in procs
+                             and all(ppid != parent.pid for pid, ppid in procs.items()
+                                     if pid != parent.pid)) else None
+        procs = wait_until(escaped, 10, "the parent and its escaped grandchild")
         problem, orphans = no_orphans(procs, [parent.pid])
         assert orphans and parent.pid not in orphans
         assert problem is not None and str(orphans[0]) in problem
