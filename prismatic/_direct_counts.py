@@ -26,6 +26,7 @@ KNOWN = frozenset({
     "listeners_opened", "listener_failures", "listener_messages", "listener_bad_frames",
     "listener_refused_unknown_key", "listener_refused_bad_handshake",
     "listener_answers_lost", "listener_mailbox_full", "listener_dead_letters",
+    "listener_released",
 })
 counts: collections.Counter[str] = collections.Counter()
 _reported: collections.Counter[str] = collections.Counter()

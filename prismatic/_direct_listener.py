@@ -41,7 +41,24 @@ queue is at its high-water mark the listener stops reading: ZeroMQ's queues fill
 messages here, ``SEND_HWM`` at the caller) and the caller's send blocks, then fails with
 ``MailboxFull`` at its timeout, as a local sender's does. What is held before a fence is
 bounded by ``PRISMATIC_REMOTE_BACKLOG_BYTES`` (past it: dropped, a call refused
-``mailbox_full``, a cast a dead letter). When the process exits, the listener is closed
+``mailbox_full``, a cast a dead letter).
+
+A caller that goes (its process exits or is SIGKILLed, or it closes its route when it loses
+this node) ends its route's connection. The listener knows each caller's connection by the
+descriptor its last batch came on (``ZMQ_SRCFD``) and reads the ROUTER's monitor: when that
+connection is ``DISCONNECTED``, the caller has ``REJOIN_S`` to be back (a live caller's
+DEALER reconnects within ~100 ms, under its routing id, and its fence is on its way on
+the node path meanwhile). Then, unless its fence came, the listener asks ZeroMQ whether its
+routing id has a connection (a send with ``ROUTER_MANDATORY``: an empty batch of answers
+if it does, which the caller reads as nothing). A caller back, with or without a batch
+since, keeps what is held for it, in order. A caller not back is gone: what was held for it
+(its fence will never come) is dropped: a cast or send is a dead letter
+(``noconnection``), a call fails ``NoConnection()``; counted and logged; and the node is
+told (``d_gone``) so it stops watching for that caller. Not done: a live caller whose
+connection went and came back later than ``REJOIN_S``, its fence later still (a node path
+or a callee's mailbox that slow), loses what was held for it, loudly; a caller that asked
+for the listener and never connected to it leaves its token here (a few bytes) and its
+watcher at the node, until this process exits. When the process exits, the listener is closed
 after its replies leave (``LINGER_MS``) and its context ends: no thread or socket outlives
 it. A child the worker forks never touches it (its descriptors stay open in the child
 until it exits or execs, as its parent's mailbox connections are closed but ZeroMQ's
@@ -54,6 +71,7 @@ from __future__ import annotations
 import collections
 import logging
 import os
+import time
 from typing import TYPE_CHECKING, Any
 
 import zmq
@@ -62,6 +80,7 @@ from zmq.utils import z85
 from ._address import Pid
 from ._direct_counts import counts, report
 from ._direct_link import descriptors_for_routes
+from ._exit import NoConnection
 from ._mailbox import Inbound
 from ._throttle import ThrottledWarning
 from .mesh._auth import WATCHED_EVENTS, ZAP_ENDPOINT, AdmissionWatch, parse_event
@@ -69,19 +88,28 @@ from .mesh._backlog import backlog_full
 from .mesh._settings import backlog_limit
 from .transports._framing import encode_frame
 from .transports._messages import (
-    CallFrame, CallRefused, CallReply, DeadLetterNote, DirectFence, DirectHello,
+    CallFrame, CallRefused, CallReply, DeadLetterNote, DirectFence, DirectGone, DirectHello,
 )
-from .transports._remote_frames import MAX_DIRECT_BATCH, decode_deliveries, encode_answers
+from .transports._remote_frames import (
+    MAX_DIRECT_BATCH, CallFailed, decode_deliveries, encode_answers,
+)
 
 if TYPE_CHECKING:
     from ._worker_runtime import WorkerContext
 
-__all__ = ["DirectListener", "take_direct_frame", "LINGER_MS"]
+__all__ = ["DirectListener", "take_direct_frame", "LINGER_MS", "REJOIN_S"]
 
 log = logging.getLogger(__name__)
 LINGER_MS = 250  # replies not yet sent when the process exits get this long to leave
 RCV_HWM = 1000  # messages ZeroMQ queues per caller while this process does not read
+# A caller's connection went: it has this long to be back before it counts as gone (its
+# DEALER reconnects every 100 ms; a fence on its way has this long to arrive too).
+REJOIN_S = 2.0
 _EVENTS, _POLLIN, _NOBLOCK = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.NOBLOCK)
+_SRCFD, _DISCONNECTED = int(zmq.SRCFD), int(zmq.EVENT_DISCONNECTED)
+_ACCEPTED = int(zmq.EVENT_ACCEPTED)
+_PROBE = encode_answers([])  # what a caller whose routing id is looked up gets: nothing
+_UNPLACED = -1  # a caller whose connection went, not seen on another since
 _SNDMORE = int(zmq.SNDMORE) | _NOBLOCK
 # One throttle per kind of trouble: a flood of one never hides the first of another.
 _refused_warning = ThrottledWarning(log)  # peers without the cluster's key
@@ -89,6 +117,7 @@ _handshake_warning = ThrottledWarning(log)  # connections that never completed a
 _bad_warning = ThrottledWarning(log)  # malformed batches
 _full_warning = ThrottledWarning(log)  # held messages past the backlog bound
 _fd_warning = ThrottledWarning(log)  # hellos refused for want of descriptors
+_gone_warning = ThrottledWarning(log)  # held messages of callers that went before fencing
 
 
 class _Route(Inbound):
@@ -141,7 +170,13 @@ class DirectListener:
         self.allowed = z85.decode(hello.public)
         self.refusals: collections.Counter[str] = collections.Counter()
         self.admissions = AdmissionWatch(self.refusals, _handshake_warning)
-        self.held: dict[bytes, list[Any]] = {}  # tokens whose fence has not come: frames
+        # Tokens whose fence has not come: (to, frame, size) of what their route brought.
+        self.held: dict[bytes, list[tuple[Pid | str, Any, int]]] = {}
+        # Each caller's connection: the descriptor its last batch came on (or _UNPLACED).
+        self.fd_of: dict[bytes, int] = {}
+        self.hello_conns: dict[bytes, Inbound] = {}  # the node connection each token came on
+        self.went: dict[bytes, float] = {}  # when each _UNPLACED caller's connection went
+        self.closed_fds: set[int] = set()  # connections gone, their numbers not reused yet
         self.held_bytes = 0
         self.full = False
         self.limit = backlog_limit()
@@ -166,9 +201,11 @@ class DirectListener:
 
     # ---- the node path's control frames -------------------------------------------------------
 
-    def expect(self, token: bytes) -> None:
-        """A caller will route here as ``token`` once its fence came: hold it until then."""
+    def expect(self, token: bytes, conn: Inbound) -> None:
+        """A caller will route here as ``token`` once its fence came: hold it until then.
+        ``conn`` is the node's connection that brought its hello (told when it is gone)."""
         self.held.setdefault(token, [])
+        self.hello_conns[token] = conn
 
     def fence(self, token: bytes) -> None:
         """Everything ``token`` sent on the node path is queued: what it routed here since
@@ -177,7 +214,7 @@ class DirectListener:
         if not frames:
             return
         route = _Route(self, token)
-        for frame, size in frames:
+        for _to, frame, size in frames:
             self.held_bytes -= size
             self.ctx.on_frame(route, frame)
 
@@ -224,6 +261,7 @@ class DirectListener:
             self.bad(part, why)
             return
         counts["listener_messages"] += len(batch)
+        self.fd_of[ident] = part.get(_SRCFD)  # ~0.3 us: which connection to watch for it
         route = _Route(self, ident)  # made per batch: nothing kept per caller that left
         held = self.held.get(ident)
         ctx = self.ctx
@@ -246,7 +284,8 @@ class DirectListener:
                 continue
             ctx.on_frame(route, frame)
 
-    def hold(self, ident: bytes, to: Pid | str, frame: Any, held: list[Any]) -> None:
+    def hold(self, ident: bytes, to: Pid | str, frame: Any,
+             held: list[tuple[Pid | str, Any, int]]) -> None:
         self.full = backlog_full(self.full, self.held_bytes, self.limit)
         if self.full:
             counts["listener_mailbox_full"] += 1
@@ -257,8 +296,12 @@ class DirectListener:
             report(self.ctx.hub)  # as the refusal's dead letter goes: its node knows now
             return
         size = len(encode_frame(frame))
-        held.append((frame, size))
+        held.append((to, frame, size))
         self.held_bytes += size
+        if self.fd_of.get(ident) in self.closed_fds:  # read after its connection went
+            self.fd_of[ident] = _UNPLACED
+            self.went[ident] = time.monotonic()
+            self.later_by(REJOIN_S, self.look_after, [ident])
 
     def refuse(self, ident: bytes, to: Pid | str, frame: Any, reason: str) -> None:
         if isinstance(frame, CallFrame):
@@ -338,10 +381,90 @@ class DirectListener:
         monitor = self.monitor
         while not self.closed and monitor.get(_EVENTS) & _POLLIN:  # type: ignore[operator]
             before = self.refusals["bad_handshake"]
-            self.admissions.on_event(*parse_event(monitor.recv_multipart(_NOBLOCK)))
+            event, value = parse_event(monitor.recv_multipart(_NOBLOCK))
+            self.admissions.on_event(event, value)
             if self.refusals["bad_handshake"] != before:
                 counts["listener_refused_bad_handshake"] += 1
                 report(self.ctx.hub)
+            if event == _DISCONNECTED:
+                self.disconnected(value)
+            elif event == _ACCEPTED:
+                self.closed_fds.discard(value)  # that number is a new connection's now
+
+    # ---- callers that go ----------------------------------------------------------------------
+
+    def disconnected(self, fd: int) -> None:
+        """Connection ``fd`` went: its callers get REJOIN_S to be back. So do those whose
+        connection went before and who sent nothing since (``fd`` may have been their new
+        one), and those held for whose last batch was read after its connection was known
+        gone and its number reused (looked at, not timed anew)."""
+        self.closed_fds.add(fd)
+        now = time.monotonic()
+        tokens = []
+        for token, f in self.fd_of.items():
+            if f == fd or f == _UNPLACED:
+                self.fd_of[token] = _UNPLACED  # until a batch says where it is
+                self.went[token] = now
+                tokens.append(token)
+            elif self.held.get(token):
+                tokens.append(token)
+        if tokens:
+            self.later_by(REJOIN_S, self.look_after, tokens)
+
+    def look_after(self, tokens: list[bytes]) -> None:
+        """REJOIN_S after a connection went: each of ``tokens`` whose caller has no
+        connection now (and whose own REJOIN_S is up) is gone."""
+        if self.closed:
+            return
+        if self.paused:  # its mailbox is not read: a fence may be waiting in it
+            self.later_by(REJOIN_S, self.look_after, tokens)
+            return
+        due = time.monotonic() - REJOIN_S + 0.01
+        for token in tokens:
+            if token not in self.fd_of or self.went.get(token, 0.0) > due:
+                continue  # gone already, or it went again since: its own look comes later
+            if not self.attached(token):
+                self.gone(token)
+
+    def attached(self, token: bytes) -> bool:
+        """Whether a connection has ``token``'s routing id now (ROUTER_MANDATORY refuses a
+        send to none); if one has, it is sent an empty batch of answers."""
+        try:
+            self.router.send(token, _SNDMORE)
+        except zmq.ZMQError:  # EHOSTUNREACH
+            return False
+        self.router.send(_PROBE, _NOBLOCK)  # sndhwm 0: never refused
+        return True
+
+    def gone(self, token: bytes) -> None:
+        """``token``'s caller went and is not back: what was held for it is dropped (its
+        fence will never come), loudly, and its node stops watching for it."""
+        self.fd_of.pop(token, None)
+        self.went.pop(token, None)
+        held = self.held.pop(token, None) or []
+        size = 0
+        for to, frame, n in held:
+            self.held_bytes -= n
+            size += n
+            counts["listener_released"] += 1
+            if isinstance(frame, CallFrame):  # nobody awaits it, unless the caller was slow
+                self.answer(token, CallFailed(frame.ref, NoConnection()))
+            else:
+                self.refuse(token, to, frame, "noconnection")
+        if held:
+            _gone_warning.warn("direct listener of %s: a caller's route went before its fence "
+                               "came, and it is not back after %.0fs: dropped the %d messages "
+                               "(%d bytes) held for it (%d so far)", self.pid, REJOIN_S,
+                               len(held), size, counts["listener_released"])
+        conn = self.hello_conns.pop(token, None)
+        if conn is not None:
+            conn.reply(DirectGone(token))  # its node stops watching for it
+        report(self.ctx.hub)
+
+    def later_by(self, delay: float, callback: Any, *args: Any) -> None:
+        loop = self.ctx.loop
+        if loop is not None and not loop.is_closed():
+            loop.call_later(delay, callback, *args)
 
     # ---- pausing with the mailbox, closing ----------------------------------------------------
 
@@ -428,5 +551,5 @@ def take_direct_frame(ctx: WorkerContext, conn: Inbound, frame: DirectHello | Di
     if listener is None:
         conn.reply(CallReply(frame.ref, None))
         return
-    listener.expect(frame.token)
+    listener.expect(frame.token, conn)
     conn.reply(CallReply(frame.ref, listener.port))

@@ -15,9 +15,10 @@ import zmq
 
 import prismatic as p
 from prismatic._address import process_start
+from prismatic._direct_listener import REJOIN_S
 from prismatic._pair_switch import SWITCH_AFTER, PairState
 from prismatic.mesh._secret import derive_keys, read_secret
-from prismatic.transports._messages import CallReply, CastFrame, DirectHello
+from prismatic.transports._messages import CallReply, CastFrame, DirectFence, DirectHello
 from prismatic.transports._remote_frames import Deliver, decode_answers, encode_deliveries
 from tests.conftest import wait_until
 from tests.test_mesh import member_socket, members, metric
@@ -171,26 +172,39 @@ def test_a_hello_refused_for_a_full_backlog_is_asked_again_later(nodes: Nodes) -
                    is PairState.DIRECT, 5, "the pair to switch after all")
 
 
-def hold_past_the_bound(nodes: Nodes, t: p.Pid) -> None:
+def ask_for_route(ctx: zmq.Context, nodes: Nodes, t: p.Pid) -> tuple[zmq.Socket, bytes, int]:
     """Be a caller that asks ``t`` for its listener on the node path (a member's DEALER at
-    b's mesh address) and routes casts to it past the backlog bound, but whose fence never
-    comes; then is gone."""
+    b's mesh address, as a process's link to b is): the link, the route's token, the port."""
     b = nodes.nodes["b"]
+    link = member_socket(ctx, nodes.secret, members(b)[nodes.name("b")].address, 0)
+    token = b"\x01" + os.urandom(15)
+    link.send(encode_deliveries([Deliver(t, DirectHello(1, token))]))
+    assert link.poll(5000), "no answer to the hello"
+    (answer,) = decode_answers(link.recv())[0] or []
+    assert isinstance(answer, CallReply) and isinstance(answer.value, int)
+    return link, token, answer.value
+
+
+def route_socket(ctx: zmq.Context, nodes: Nodes, token: bytes, port: int) -> zmq.Socket:
+    """A route to the listener at ``port``, as a caller's DEALER (its routing id the token)."""
     keys = derive_keys(read_secret(nodes.secret))
+    route = ctx.socket(zmq.DEALER)
+    route.linger = 0
+    route.routing_id = token
+    route.curve_serverkey = keys.public
+    route.curve_publickey, route.curve_secretkey = keys.public, keys.secret
+    route.connect(f"tcp://127.0.0.1:{port}")
+    return route
+
+
+def hold_past_the_bound(nodes: Nodes, t: p.Pid) -> None:
+    """Be a caller that asks ``t`` for its listener and routes casts to it past the backlog
+    bound, but whose fence never comes; then is gone."""
+    b = nodes.nodes["b"]
     ctx = zmq.Context()
     try:
-        link = member_socket(ctx, nodes.secret, members(b)[nodes.name("b")].address, 0)
-        token = b"\x01" + os.urandom(15)
-        link.send(encode_deliveries([Deliver(t, DirectHello(1, token))]))
-        assert link.poll(5000), "no answer to the hello"
-        (answer,) = decode_answers(link.recv())[0] or []
-        assert isinstance(answer, CallReply) and isinstance(answer.value, int)
-        route = ctx.socket(zmq.DEALER)
-        route.linger = 0
-        route.routing_id = token
-        route.curve_serverkey = keys.public
-        route.curve_publickey, route.curve_secretkey = keys.public, keys.secret
-        route.connect(f"tcp://127.0.0.1:{answer.value}")
+        link, token, port = ask_for_route(ctx, nodes, t)
+        route = route_socket(ctx, nodes, token, port)
         big = "x" * 65536
         dead = '{kind="cast",reason="mailbox_full"}'
         dead0 = metric(b, "prismatic_dead_letters", dead)
@@ -201,21 +215,24 @@ def hold_past_the_bound(nodes: Nodes, t: p.Pid) -> None:
         route.close(0)
         link.close(0)
     finally:
-        ctx.term()
+        ctx.destroy(0)  # whatever an assertion left open
 
 
-@pytest.mark.xfail(strict=True, reason="a listener holds what a route brought before its "
-                   "fence until that fence comes, with no end when it never does (its caller "
-                   "SIGKILLed between the two sends, or its node link closed at a node loss "
-                   "with the fence queued): those bytes stay counted against the one bound "
-                   "every caller's pre-fence messages share, so later switches are refused "
-                   "MailboxFull. Releasing them needs the listener to learn that the route's "
-                   "connection went (its monitor's DISCONNECTED, matched by ZMQ_SRCFD)")
 def test_what_a_caller_that_never_fenced_left_held_does_not_refuse_others(
         nodes: Nodes) -> None:
+    """A caller routes to t past the bound on what t holds before fences, and goes before
+    its fence came (as one SIGKILLed between its fence and its route's first message, or
+    whose node link closed at a node loss with the fence queued). Its route's connection
+    went and does not come back: within REJOIN_S, t drops what it held for it (counted,
+    logged), and a later caller's pre-fence messages are held, not refused MailboxFull."""
     a, b = nodes.nodes["a"], nodes.nodes["b"]
     t = nodes.pid("b", "b")
+    released = "prismatic_cluster_direct_listener_released"
+    released0 = metric(b, released)
     hold_past_the_bound(nodes, t)
+    wait_until(lambda: metric(b, released) >= released0 + (BACKLOG_LIMIT >> 16), 3 + REJOIN_S,
+               "t to drop what it held for the caller that went")
+    assert "route went before its fence came" in (b.log.parent / "node.out").read_text()
     big = "x" * 65536
     # A caller that switches while t is busy: its route's first call comes before its fence.
     with p.connect(a.data_dir) as conn, p.connect(a.data_dir) as other:
@@ -232,6 +249,56 @@ def test_what_a_caller_that_never_fenced_left_held_does_not_refuse_others(
                    "b to have read them")
         assert conn.call(t, ["echo", "after"], timeout=5) == "after"
         assert other.receive_response(busy, timeout=5) == "slept"
+
+
+def test_a_caller_whose_route_reconnects_keeps_what_was_held_for_it(nodes: Nodes) -> None:
+    """A live caller's route connection goes while t holds its first messages (its fence
+    still on the node path) and comes back under the same routing id, with nothing sent on
+    it since. When t looks for it (REJOIN_S after its connection went) it is there: what t
+    held for it is kept, and goes in, in order, once its fence came."""
+    b = nodes.nodes["b"]
+    c = nodes.pid("b", "c")
+    before = len(b.conn.call(c, ["casts"]))
+    ctx = zmq.Context()
+    try:
+        link, token, port = ask_for_route(ctx, nodes, c)
+        first = zmq.Context()
+        route = route_socket(first, nodes, token, port)
+        route.linger = 5000
+        for i in range(3):
+            route.send(encode_deliveries([Deliver(c, CastFrame(["seq", i]))]))
+        route.close()
+        first.term()  # they left (within the linger): the connection goes after them
+        route = route_socket(ctx, nodes, token, port)  # the caller's reconnection
+        assert route.poll(int((REJOIN_S + 3) * 1000)), "t never looked for the caller"
+        assert decode_answers(route.recv()) == ([], "")  # its look: an empty batch
+        link.send(encode_deliveries([Deliver(c, DirectFence(token))]))
+        route.send(encode_deliveries([Deliver(c, CastFrame(["seq", 3]))]))
+        wait_until(lambda: len(b.conn.call(c, ["casts"])) >= before + 4, 5,
+                   "the casts held for the caller, then the one after its fence")
+        assert b.conn.call(c, ["casts"])[before:] == [["seq", i] for i in range(4)]
+    finally:
+        ctx.destroy(0)  # whatever an assertion left open
+
+
+def test_the_node_forgets_the_callers_of_routes_that_went(nodes: Nodes) -> None:
+    """The callee's node watches each caller that asked for its listener (to tell it of the
+    callee's exit): callers that switched and then went leave nothing watched behind."""
+    a, b = nodes.nodes["a"], nodes.nodes["b"]
+    c = nodes.pid("b", "c")
+    watchers = "prismatic_cluster_direct_route_watchers"
+    base = metric(b, watchers)
+    for n in range(4):
+        with p.connect(a.data_dir) as conn:
+            for i in range(SWITCH_AFTER + 2):
+                assert conn.call(c, ["echo", i]) == i
+            wait_until(lambda conn=conn: conn.call(c, ["echo", 0]) == 0 and state_of(conn, c)
+                       is PairState.DIRECT, 5, "the pair to switch")
+            if n == 0:
+                assert metric(b, watchers) >= 1
+    wait_until(lambda: metric(b, watchers) <= base, REJOIN_S + 5,  # (an earlier test's
+               "b to forget the callers that went")  # caller may go meanwhile: not above)
+    assert b.conn.call(c, ["echo", "still"]) == "still"
 
 
 def test_routes_leave_a_callee_descriptors_for_its_local_senders(nodes: Nodes) -> None:

@@ -25,6 +25,8 @@ tag            direction            meaning
                                     asker's connection to it
 ``d_fence``    node -> mailbox      what ``token``'s asker sent on the node path before
                                     switching is all in: its listener messages may follow
+``d_gone``     mailbox -> node      ``token``'s asker is gone (its route's connection went
+                                    and did not come back): the node stops watching for it
 =============  ===================  =======================================================
 
 To the node's hub (``\\0prismatic/<node>/hub``), request/reply by ``ref``:
@@ -64,7 +66,7 @@ from .._notices import Down, Exit, GlobalNameConflict
 
 __all__ = [
     "CallFrame", "CallReply", "CallRefused", "CastFrame", "InfoFrame", "StatsReq",
-    "DirectHello", "DirectFence", "MailboxFrame",
+    "DirectHello", "DirectFence", "DirectGone", "MailboxFrame",
     "RegisterReq", "UnregisterReq", "WhereisReq", "MonitorReq", "DemonitorReq", "LinkReq",
     "UnlinkReq", "ExitOfReq", "DeadLetterNote", "DirectCountsNote", "EmitReq", "HubReply",
     "HubRequest",
@@ -117,6 +119,13 @@ class DirectHello(msgspec.Struct, frozen=True, tag="d_hello", array_like=True):
 
 
 class DirectFence(msgspec.Struct, frozen=True, tag="d_fence", array_like=True):
+    token: bytes
+
+
+class DirectGone(msgspec.Struct, frozen=True, tag="d_gone", array_like=True):
+    """From a process to its node only (never in a mailbox's union): the caller that asked
+    as ``token`` is gone; the node need not tell it of this process's exit."""
+
     token: bytes
 
 

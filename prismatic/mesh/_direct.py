@@ -20,7 +20,10 @@ travels as a call does, this port filling in where the callee listens (the host 
 mesh ROUTER is bound to) and the cluster's keys; the port then remembers the asking link as
 a *watcher* of the callee: when the callee's mailbox connection breaks, each watcher is
 told (``exited``, with the exit reason the tree reports), since its calls on the direct
-route are not seen here.
+route are not seen here. A watcher is forgotten when its caller goes: the callee's listener
+sees the route's connection go and not come back, and says so on its mailbox connection
+(``d_gone``, with the token); ``watching`` counts them (a gauge,
+``prismatic_cluster_direct_route_watchers``).
 
 The loop side does what needs the hub's loop: a callee that dies with calls in flight fails
 them with its exit reason once the tree reports it (:meth:`Distribution.fail_direct`, which
@@ -57,7 +60,7 @@ from .._mailbox_writer import MailboxWriter
 from .._throttle import ThrottledWarning
 from ..transports._framing import FrameBuffer, encode_frame
 from ..transports._messages import (
-    CallFrame, CallRefused, CallReply, DirectFence, DirectHello, MailboxFrame,
+    CallFrame, CallRefused, CallReply, DirectFence, DirectGone, DirectHello, MailboxFrame,
 )
 from ..transports._remote_frames import CallFailed, Exited, decode_deliveries, encode_answers
 from ._backlog import backlog_full
@@ -71,7 +74,8 @@ if TYPE_CHECKING:
 __all__ = ["DirectPort"]
 
 log = logging.getLogger(__name__)
-_mailbox_decoder = msgspec.msgpack.Decoder(MailboxFrame)
+# What a mailbox sends back to the node: its replies, and d_gone (a mailbox never takes it).
+_mailbox_decoder = msgspec.msgpack.Decoder(MailboxFrame | DirectGone)
 _DIRECT = b"PD"
 _IN, _OUT = select.EPOLLIN, select.EPOLLOUT
 # Plain ints: pyzmq's enum flags cost a conversion on every use in the hot loop.
@@ -115,6 +119,7 @@ class DirectPort:
         self.warning = ThrottledWarning(log)
         self.backlog_limit = backlog_limit()  # checked when the node started
         self.outlets: dict[Pid, _Outlet] = {}
+        self.watching = 0  # watchers of all outlets (read by the metrics thread)
         self.by_fd: dict[int, _Outlet] = {}
         self.answers: dict[bytes, list[Answer]] = {}
         self.dirty: list[_Outlet] = []
@@ -290,6 +295,8 @@ class DirectPort:
             ref = next(outlet.refs)
             outlet.calls[ref] = (link, frame.ref)
             if isinstance(frame, DirectHello):
+                if link not in outlet.watchers:
+                    self.watching += 1
                 outlet.watchers[link] = frame.token
                 keys = self.keys
                 frame = DirectHello(ref, frame.token, self.host, keys.public if keys else b"",
@@ -347,6 +354,11 @@ class DirectPort:
                 if origin is not None:
                     link, ref = origin
                     answers.setdefault(link, []).append(msgspec.structs.replace(frame, ref=ref))
+            elif isinstance(frame, DirectGone):  # that caller went: not told of the exit
+                watchers = outlet.watchers
+                for link in [k for k, token in watchers.items() if token == frame.token]:
+                    del watchers[link]
+                    self.watching -= 1
 
     def gone(self, outlet: _Outlet) -> None:
         outlet.close()
@@ -355,6 +367,7 @@ class DirectPort:
             del self.outlets[outlet.pid]
         calls, outlet.calls = list(outlet.calls.values()), {}
         watchers, outlet.watchers = list(outlet.watchers.items()), {}
+        self.watching -= len(watchers)
         if calls or watchers:
             self.loop.call_soon_threadsafe(self.fail_calls, outlet.pid, calls, watchers)
 

@@ -108,7 +108,14 @@ class MeshCollector:
                 ("direct_listener_mailbox_full", "Messages a listener dropped: what it held "
                  "before a fence reached the backlog bound"),
                 ("direct_listener_dead_letters", "Casts and sends a listener could not "
-                 "deliver (a stale Pid, a name not held)")))
+                 "deliver (a stale Pid, a name not held)"),
+                ("direct_listener_released", "Messages a listener held for a caller whose "
+                 "route went before its fence came: dropped")))
+        watchers = GaugeMetricFamily("prismatic_cluster_direct_route_watchers",
+                                     "Routes to this node's processes whose callers it tells "
+                                     "of their callee's exit")
+        watchers.add_metric([], getattr(getattr(m, "port", None), "watching", 0))
+        yield watchers
         received = CounterMetricFamily("prismatic_cluster_events_received",
                                        "Pub/sub messages from other members, published here")
         received.add_metric([], dist["events_received"])
