@@ -15,10 +15,11 @@ it returns. No I/O here, so its invariants are checked by property tests
   until the fence and keep the pair's order;
 * a hello not answered within ``5 * connect_wait`` (a callee busy in a long handler, or a
   process that answers no hello) or a route that does not connect within ``connect_wait``
-  is dropped (``GIVE_UP``: the message on the node path) and asked for again after
+  is dropped (``GIVE_UP``: the message on the node path), and so is a hello or a fence
+  the node path did not take (this process's link to the callee's node full: the caller
+  says so, :meth:`Switch.not_sent`); each is asked for again after
   ``64 * SWITCH_AFTER * failures`` more messages, ``tries`` times in all; a callee that
-  offers no route, a hello the node path did not take, or the callee's exit ends the
-  switching for good (``OFF``).
+  offers no route or the callee's exit ends the switching for good (``OFF``).
 """
 
 from __future__ import annotations
@@ -107,12 +108,21 @@ class Switch:
             self.state = PairState.DIRECT
             return Hop.FENCE
         if state in (PairState.ASKED, PairState.CONNECTING) and now >= self.deadline:
-            self.failures += 1
-            again = self.failures < self.tries
-            self.state = PairState.NODE if again else PairState.OFF
-            self.sent = -64 * self.switch_after * self.failures
+            self.retry_later()
             return Hop.GIVE_UP
         return Hop.NODE
+
+    def retry_later(self) -> None:
+        """This try failed: asked again after more messages, ``tries`` times in all."""
+        self.failures += 1
+        self.state = PairState.NODE if self.failures < self.tries else PairState.OFF
+        self.sent = -64 * self.switch_after * self.failures
+
+    def not_sent(self) -> None:
+        """The ``HELLO`` or ``FENCE`` just returned did not go (the node path stayed full):
+        nothing was asked, or nothing goes on the route; a try that failed."""
+        if self.state in (PairState.ASKED, PairState.DIRECT):
+            self.retry_later()
 
     def answered(self, offered: bool, now: float) -> bool:
         """The hello's answer came (``offered``: a port). True: open the route now."""
@@ -126,6 +136,6 @@ class Switch:
         return True
 
     def failed(self) -> None:
-        """The callee exited, its node is lost, or the node path did not take the hello or
-        the fence: no route any more (what follows goes on the node path)."""
+        """The callee exited or its node is lost: no route any more (what follows goes on
+        the node path)."""
         self.state = PairState.OFF

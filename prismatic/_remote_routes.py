@@ -23,7 +23,10 @@ route brings until the fence is out of its mailbox: order is kept across the swi
 exits is told so by the callee's node on the link (``exited``, with the exit reason): its
 calls in flight fail with that reason, but for those whose answer the route already holds;
 the pair then stays on the node path. A pair that cannot switch (the callee gives no port,
-or the connection does not come up in time) stays on the node path, logged and counted.
+or the connection does not come up in time, or this process's link to the callee's node is
+full when the hello or the fence should go) stays on the node path, logged and counted,
+and asks again later, a few times (for good: a callee that offers no route, or this
+process short of descriptors).
 """
 
 from __future__ import annotations
@@ -219,7 +222,8 @@ class RemoteRoutes:
             pair.token = b"\x01" + os.urandom(15)  # routing ids may not start with 0
             link.waiting.add(pair.ref)
             if not link.send([Deliver(to, DirectHello(pair.ref, pair.token))], timeout):
-                pair.failed()
+                link.waiting.discard(pair.ref)
+                self.not_sent(pair, "hello")
             return link
         if hop is Hop.GIVE_UP and route is None:  # its hello got no answer in time
             link.waiting.discard(pair.ref)  # a late one is dropped
@@ -236,7 +240,7 @@ class RemoteRoutes:
                 counts["switched"] += 1
                 report(self.hub)
                 return route
-            pair.failed()  # the node path is full: no route for this pair
+            self.not_sent(pair, "fence")  # nothing went on the route: it is dropped
         elif hop is Hop.GIVE_UP:
             counts["connect_failures"] += 1
             report(self.hub)
@@ -249,6 +253,16 @@ class RemoteRoutes:
         pair.route = None
         route.close(0)
         return link
+
+    def not_sent(self, pair: Pair, what: str) -> None:
+        """``pair``'s hello or fence did not go: this process's link to the callee's node
+        stayed full. A busy moment: the pair asks again later (a try, counted, logged)."""
+        pair.not_sent()
+        counts["connect_failures"] += 1
+        report(self.hub)
+        log.warning("direct route to %s: its %s did not go (this process's link to node %s "
+                    "stayed full); it stays on the node path%s", pair.pid, what, pair.pid.node,
+                    " for now" if pair.state is PairState.NODE else " (given up)")
 
     def open_route(self, pair: Pair, link: DirectLink, port: int) -> None:
         """``pair``'s route to ``port``; none (the pair stays on the node path, logged and

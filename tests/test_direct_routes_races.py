@@ -6,6 +6,7 @@ can make a callee hold (``prismatic._direct_listener``, ``prismatic.mesh._direct
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Iterator
@@ -299,6 +300,60 @@ def test_the_node_forgets_the_callers_of_routes_that_went(nodes: Nodes) -> None:
     wait_until(lambda: metric(b, watchers) <= base, REJOIN_S + 5,  # (an earlier test's
                "b to forget the callers that went")  # caller may go meanwhile: not above)
     assert b.conn.call(c, ["echo", "still"]) == "still"
+
+
+@contextlib.contextmanager
+def full_link(conn: p.NodeConnection, node: str) -> Iterator[None]:
+    """``conn``'s link to ``node`` stays full meanwhile (as when that node takes nothing for
+    a while): its DEALER is set aside for one whose queue is full, for a peer that never
+    comes; then put back."""
+    link = conn._messaging().links[node]
+    ctx = zmq.Context()
+    try:
+        full = ctx.socket(zmq.DEALER)
+        full.linger = 0
+        full.sndhwm = 1
+        full.connect("tcp://127.0.0.1:9")  # nothing listens there: it never connects
+        with pytest.raises(zmq.Again):
+            for _ in range(64):
+                full.send(b"x", zmq.NOBLOCK)
+        real, link.sock, link.timeout = link.sock, full, -1.0
+        try:
+            yield
+        finally:
+            link.sock, link.timeout = real, -1.0
+    finally:
+        ctx.destroy(0)
+
+
+@pytest.mark.parametrize("lost", ["hello", "fence"])
+def test_a_pair_whose_link_is_full_when_it_asks_or_fences_asks_again_later(
+        nodes: Nodes, lost: str, caplog: pytest.LogCaptureFixture) -> None:
+    """The caller's own link to the callee's node stays full just when its hello, or its
+    fence, is due: neither goes (nor the message after it: MailboxFull, as for any send
+    on a full link). A busy moment, not a callee without a listener: the pair stays on the
+    node path for now, counted and logged, and asks again later (as for a route that did
+    not connect), then switches."""
+    a = nodes.nodes["a"]
+    c = nodes.pid("b", "c")
+    failures = "prismatic_cluster_direct_connect_failures"
+    failures0 = metric(a, failures)
+    with p.connect(a.data_dir) as conn:
+        for i in range(SWITCH_AFTER - 1 if lost == "hello" else SWITCH_AFTER + 1):
+            assert conn.call(c, ["echo", i]) == i
+        pair = conn._messaging().pairs[c]
+        if lost == "fence":
+            wait_until(lambda: pair.route is not None and pair.route.connected(), 5,
+                       "the route's connection")
+        with full_link(conn, c.node), pytest.raises(p.MailboxFull):
+            conn.cast(c, ["x", "due"], timeout=0.05)
+        assert state_of(conn, c) is PairState.NODE and pair.route is None
+        assert f"its {lost} did not go" in caplog.text
+        wait_until(lambda: metric(a, failures) > failures0, 5, "the failure to be counted")
+        for i in range(64 * SWITCH_AFTER + 2):  # a pair asks again after this many
+            assert conn.cast(c, ["x", i])
+        wait_until(lambda: conn.call(c, ["echo", 0]) == 0 and state_of(conn, c)
+                   is PairState.DIRECT, 5, "the pair to switch after all")
 
 
 def test_routes_leave_a_callee_descriptors_for_its_local_senders(nodes: Nodes) -> None:
