@@ -48,17 +48,19 @@ this node) ends its route's connection. The listener knows each caller's connect
 descriptor its last batch came on (``ZMQ_SRCFD``) and reads the ROUTER's monitor: when that
 connection is ``DISCONNECTED``, the caller has ``REJOIN_S`` to be back (a live caller's
 DEALER reconnects within ~100 ms, under its routing id, and its fence is on its way on
-the node path meanwhile). Then, unless its fence came, the listener asks ZeroMQ whether its
-routing id has a connection (a send with ``ROUTER_MANDATORY``: an empty batch of answers
-if it does, which the caller reads as nothing). A caller back, with or without a batch
-since, keeps what is held for it, in order. A caller not back is gone: what was held for it
-(its fence will never come) is dropped: a cast or send is a dead letter
-(``noconnection``), a call fails ``NoConnection()``; counted and logged; and the node is
-told (``d_gone``) so it stops watching for that caller. Not done: a live caller whose
-connection went and came back later than ``REJOIN_S``, its fence later still (a node path
-or a callee's mailbox that slow), loses what was held for it, loudly; a caller that asked
-for the listener and never connected to it leaves its token here (a few bytes) and its
-watcher at the node, until this process exits. When the process exits, the listener is closed
+the node path meanwhile). Then the listener asks ZeroMQ whether its routing id has a
+connection (a send with ``ROUTER_MANDATORY``: an empty batch of answers if it does, which
+the caller reads as nothing). A caller back, with or without a batch since, keeps what is
+held for it, in order. A caller not back is gone: what was held for it, if its fence has
+not come (it never will), is dropped: a cast or send is a dead letter (``noconnection``),
+a call fails ``NoConnection()``; counted and logged; and the node is told (``d_gone``) so
+it stops watching for that caller. Not done: a live caller whose connection went and came
+back later than ``REJOIN_S`` loses what was held for it (loudly; if its fence was later
+still: a node path or a mailbox that slow) and is no longer told of this process's exit;
+a caller cut off without its connection closing (a partition, a host lost) is seen gone
+only when TCP gives up on the connection; a caller that asked for the listener and never
+sent on it leaves its token here (a few bytes) and its watcher at the node, until this
+process exits. When the process exits, the listener is closed
 after its replies leave (``LINGER_MS``) and its context ends: no thread or socket outlives
 it. A child the worker forks never touches it (its descriptors stay open in the child
 until it exits or execs, as its parent's mailbox connections are closed but ZeroMQ's
