@@ -58,14 +58,17 @@ it stops watching for that caller. Not done: a live caller whose connection went
 back later than ``REJOIN_S`` loses what was held for it (loudly; if its fence was later
 still: a node path or a mailbox that slow) and is no longer told of this process's exit;
 a caller cut off without its connection closing (a partition, a host lost) is seen gone
-only when TCP gives up on the connection; a caller that asked for the listener and never
-sent on it leaves its token here (a few bytes) and its watcher at the node, until this
-process exits. When the process exits, the listener is closed
-after its replies leave (``LINGER_MS``) and its context ends: no thread or socket outlives
-it. A child the worker forks never touches it (its descriptors stay open in the child
-until it exits or execs, as its parent's mailbox connections are closed but ZeroMQ's
-cannot be from outside it: a child that outlives its parent keeps the port bound, and a
-caller routed there gets its callee's exit through the node, as always).
+only when TCP gives up on the connection (idle: within ``KEEPALIVE_S``, the kernel's
+keepalive; with replies unacknowledged: its retransmission timeout, minutes); a caller
+that asked for the listener and never sent on it leaves its token here (a few bytes) and
+its watcher at the node, until this process exits.
+
+When the process exits, the listener is closed after its replies leave (``LINGER_MS``) and
+its context ends: no thread or socket outlives it. A child the worker forks never touches
+it (its descriptors stay open in the child until it exits or execs, as its parent's
+mailbox connections are closed but ZeroMQ's cannot be from outside it: a child that
+outlives its parent keeps the port bound, and a caller routed there gets its callee's exit
+through the node, as always).
 """
 
 from __future__ import annotations
@@ -107,6 +110,7 @@ RCV_HWM = 1000  # messages ZeroMQ queues per caller while this process does not 
 # A caller's connection went: it has this long to be back before it counts as gone (its
 # DEALER reconnects every 100 ms; a fence on its way has this long to arrive too).
 REJOIN_S = 2.0
+KEEPALIVE_S = 25  # an idle connection whose peer's host answers nothing ends after this
 _EVENTS, _POLLIN, _NOBLOCK = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.NOBLOCK)
 _SRCFD, _DISCONNECTED = int(zmq.SRCFD), int(zmq.EVENT_DISCONNECTED)
 _ACCEPTED = int(zmq.EVENT_ACCEPTED)
@@ -162,6 +166,13 @@ class DirectListener:
             router.curve_secretkey = hello.secret
             router.zap_domain = b"prismatic-direct"
             router.maxmsgsize = MAX_DIRECT_BATCH
+            # A caller cut off with its connection left open (a partition, its host lost)
+            # never closes it: the kernel probes an idle one and ends it when unanswered
+            # (then it is a caller that went, below), within about KEEPALIVE_S.
+            router.tcp_keepalive = 1
+            router.tcp_keepalive_idle = KEEPALIVE_S - 15
+            router.tcp_keepalive_intvl = 5
+            router.tcp_keepalive_cnt = 3
             host = hello.host or "127.0.0.1"
             self.port = router.bind_to_random_port(f"tcp://{host}")
             monitor = router.get_monitor_socket(WATCHED_EVENTS)

@@ -10,6 +10,7 @@ import contextlib
 import os
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import zmq
@@ -280,6 +281,27 @@ def test_a_caller_whose_route_reconnects_keeps_what_was_held_for_it(nodes: Nodes
         assert b.conn.call(c, ["casts"])[before:] == [["seq", i] for i in range(4)]
     finally:
         ctx.destroy(0)  # whatever an assertion left open
+
+
+def test_a_listener_has_the_kernel_watch_its_callers_connections(nodes: Nodes) -> None:
+    """A caller cut off with its connection left open (a partition, its host lost) never
+    closes it, and the listener would hold what it sent for ever: the listener's side of
+    each route's connection has TCP keepalive on (the kernel's timer runs on it), so an
+    unanswered one ends, and its caller is then one that went."""
+    c = nodes.pid("b", "c")
+    ctx = zmq.Context()
+    try:
+        _link, token, port = ask_for_route(ctx, nodes, c)
+        route = route_socket(ctx, nodes, token, port)  # kept: a socket collected is closed
+
+        def timers() -> set[str]:  # the accepted sides: local port == the listener's
+            rows = [line.split() for line in Path("/proc/net/tcp").read_text().splitlines()[1:]]
+            return {r[5][:2] for r in rows if r[1].endswith(f":{port:04X}") and r[3] == "01"}
+
+        assert wait_until(lambda: timers() == {"02"}, 5, "the kernel's keepalive timer")
+        route.close(0)
+    finally:
+        ctx.destroy(0)
 
 
 def test_the_node_forgets_the_callers_of_routes_that_went(nodes: Nodes) -> None:
