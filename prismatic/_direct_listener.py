@@ -45,7 +45,8 @@ bounded by ``PRISMATIC_REMOTE_BACKLOG_BYTES`` (past it: dropped, a call refused
 
 A caller that goes (its process exits or is SIGKILLed, or it closes its route when it loses
 this node) ends its route's connection. The listener knows each caller's connection by the
-descriptor its last batch came on (``ZMQ_SRCFD``) and reads the ROUTER's monitor: when that
+descriptor its last batch came on (``ZMQ_SRCFD``; the bookkeeping, numbers reused and
+batches read late included, is :mod:`._direct_callers`'s) and reads the ROUTER's monitor: when that
 connection is ``DISCONNECTED``, the caller has ``REJOIN_S`` to be back (a live caller's
 DEALER reconnects within ~100 ms, under its routing id, and its fence is on its way on
 the node path meanwhile). Then the listener asks ZeroMQ whether its routing id has a
@@ -83,6 +84,7 @@ import zmq
 from zmq.utils import z85
 
 from ._address import Pid
+from ._direct_callers import CallerConnections
 from ._direct_counts import counts, report
 from ._direct_link import descriptors_for_routes
 from ._exit import NoConnection
@@ -115,7 +117,6 @@ _EVENTS, _POLLIN, _NOBLOCK = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.NOBLOCK)
 _SRCFD, _DISCONNECTED = int(zmq.SRCFD), int(zmq.EVENT_DISCONNECTED)
 _ACCEPTED = int(zmq.EVENT_ACCEPTED)
 _PROBE = encode_answers([])  # what a caller whose routing id is looked up gets: nothing
-_UNPLACED = -1  # a caller whose connection went, not seen on another since
 _SNDMORE = int(zmq.SNDMORE) | _NOBLOCK
 # One throttle per kind of trouble: a flood of one never hides the first of another.
 _refused_warning = ThrottledWarning(log)  # peers without the cluster's key
@@ -185,11 +186,9 @@ class DirectListener:
         self.admissions = AdmissionWatch(self.refusals, _handshake_warning)
         # Tokens whose fence has not come: (to, frame, size) of what their route brought.
         self.held: dict[bytes, list[tuple[Pid | str, Any, int]]] = {}
-        # Each caller's connection: the descriptor its last batch came on (or _UNPLACED).
-        self.fd_of: dict[bytes, int] = {}
+        self.callers = CallerConnections(REJOIN_S)  # which connection each caller is on
+        self.fd_of = self.callers.fd_of  # read per batch
         self.hello_conns: dict[bytes, Inbound] = {}  # the node connection each token came on
-        self.went: dict[bytes, float] = {}  # when each _UNPLACED caller's connection went
-        self.closed_fds: set[int] = set()  # connections gone, their numbers not reused yet
         self.held_bytes = 0
         self.full = False
         self.limit = backlog_limit()
@@ -274,7 +273,9 @@ class DirectListener:
             self.bad(part, why)
             return
         counts["listener_messages"] += len(batch)
-        self.fd_of[ident] = part.get(_SRCFD)  # ~0.3 us: which connection to watch for it
+        fd = part.get(_SRCFD)  # ~0.3 us: which connection to watch for the caller
+        if self.fd_of.get(ident) != fd and self.callers.moved(ident, fd, time.monotonic()):
+            self.later_by(REJOIN_S, self.look_after, [ident])  # read after it went
         route = _Route(self, ident)  # made per batch: nothing kept per caller that left
         held = self.held.get(ident)
         ctx = self.ctx
@@ -311,10 +312,6 @@ class DirectListener:
         size = len(encode_frame(frame))
         held.append((to, frame, size))
         self.held_bytes += size
-        if self.fd_of.get(ident) in self.closed_fds:  # read after its connection went
-            self.fd_of[ident] = _UNPLACED
-            self.went[ident] = time.monotonic()
-            self.later_by(REJOIN_S, self.look_after, [ident])
 
     def refuse(self, ident: bytes, to: Pid | str, frame: Any, reason: str) -> None:
         if isinstance(frame, CallFrame):
@@ -402,40 +399,27 @@ class DirectListener:
             if event == _DISCONNECTED:
                 self.disconnected(value)
             elif event == _ACCEPTED:
-                self.closed_fds.discard(value)  # that number is a new connection's now
+                self.callers.accepted(value)
 
     # ---- callers that go ----------------------------------------------------------------------
 
     def disconnected(self, fd: int) -> None:
-        """Connection ``fd`` went: its callers get REJOIN_S to be back. So do those whose
-        connection went before and who sent nothing since (``fd`` may have been their new
-        one), and those held for whose last batch was read after its connection was known
-        gone and its number reused (looked at, not timed anew)."""
-        self.closed_fds.add(fd)
-        now = time.monotonic()
-        tokens = []
-        for token, f in self.fd_of.items():
-            if f == fd or f == _UNPLACED:
-                self.fd_of[token] = _UNPLACED  # until a batch says where it is
-                self.went[token] = now
-                tokens.append(token)
-            elif self.held.get(token):
-                tokens.append(token)
+        """Connection ``fd`` went: the callers that may have been on it get REJOIN_S to be
+        back (:meth:`CallerConnections.disconnected`)."""
+        held = [token for token, frames in self.held.items() if frames]
+        tokens = self.callers.disconnected(fd, time.monotonic(), held)
         if tokens:
             self.later_by(REJOIN_S, self.look_after, tokens)
 
     def look_after(self, tokens: list[bytes]) -> None:
-        """REJOIN_S after a connection went: each of ``tokens`` whose caller has no
-        connection now (and whose own REJOIN_S is up) is gone."""
+        """REJOIN_S after a connection went: each of ``tokens`` still to look for whose
+        caller has no connection now is gone."""
         if self.closed:
             return
         if self.paused:  # its mailbox is not read: a fence may be waiting in it
             self.later_by(REJOIN_S, self.look_after, tokens)
             return
-        due = time.monotonic() - REJOIN_S + 0.01
-        for token in tokens:
-            if token not in self.fd_of or self.went.get(token, 0.0) > due:
-                continue  # gone already, or it went again since: its own look comes later
+        for token in self.callers.due(tokens, time.monotonic()):
             if not self.attached(token):
                 self.gone(token)
 
@@ -452,8 +436,7 @@ class DirectListener:
     def gone(self, token: bytes) -> None:
         """``token``'s caller went and is not back: what was held for it is dropped (its
         fence will never come), loudly, and its node stops watching for it."""
-        self.fd_of.pop(token, None)
-        self.went.pop(token, None)
+        self.callers.forget(token)
         held = self.held.pop(token, None) or []
         size = 0
         for to, frame, n in held:
