@@ -16,7 +16,11 @@ table: figure, value, target, and a baseline measured in this same run.
 * Formation: five nodes launched at once (one listening on a fixed port, four joining it),
   until every node lists all five alive (the latest moment any node saw any member become
   alive, from the nodes' own tables): from launch, and from the moment the last node's mesh
-  started.
+  started. The nodes read the project's modules as bytecode compiled before the launch, as
+  an installed package's are (:func:`compile_bytecode`): the start of a node is CPU-bound
+  and five of them share the CPUs, so with ``PYTHONDONTWRITEBYTECODE`` set and no bytecode
+  written, each would also compile every module it imports (~150 ms of CPU per node on a
+  2-CPU VM, about 40% of its start: ~0.4 s more on the figure).
 * Soak: every CPU saturated by busy loops, one node (in turn) SIGSTOPped for 200 ms every
   10 s; counts the ``down`` events all nodes published (each is a false declaration) and
   the suspicions of themselves the paused nodes refuted. The issue asks for 10 minutes
@@ -133,6 +137,19 @@ def wait(pred, timeout: float, what: str) -> None:  # type: ignore[no-untyped-de
         if time.monotonic() > deadline:
             raise SystemExit(f"bench: timed out waiting for {what}")
         time.sleep(0.005)
+
+
+def compile_bytecode() -> None:
+    """The project's modules compiled to bytecode next to their sources (``__pycache__``,
+    as any import writes it unless ``PYTHONDONTWRITEBYTECODE`` is set, and as pip writes it
+    for an installed package), so no node compiles them again at its start (see the module
+    doc). Python checks each file against its source's mtime and size: an edited module is
+    compiled again, here or, if it changes later, by the node."""
+    import compileall  # noqa: PLC0415 - only this step needs it
+
+    for part in ("prismatic", "supervisors", "transports", "bench"):
+        if not compileall.compile_dir(REPO / part, quiet=1):
+            raise SystemExit(f"bench: cannot compile {REPO / part} to bytecode")
 
 
 def formation(tmp: Path, secret: Path, port: int) -> tuple[list[Node], float, float]:
@@ -436,6 +453,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-mesh-"))
     secret = init_secret(tmp / "cluster.secret")
     port = 20000 + os.getpid() % 20000
+    compile_bytecode()
     nodes, from_launch, from_up = formation(tmp, secret, port)
     try:
         frames_s, bytes_s = traffic(nodes, 5.0)

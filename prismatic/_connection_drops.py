@@ -47,13 +47,15 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import zmq
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from ._nodeinfo import peer_creds
 from ._throttle import throttle_for
+
+if TYPE_CHECKING:
+    from prometheus_client.core import Metric
 
 __all__ = ["ConnectionDrops", "Verdict", "peek_verdict", "EVENTS"]
 
@@ -166,7 +168,12 @@ class ConnectionDrops:
         return []
 
     def collect(self) -> Iterator[Metric]:
-        """Prometheus series (the node registers this object as a collector)."""
+        """Prometheus series (the node registers this object as a collector; imported at the
+        first scrape, see prismatic._metrics)."""
+        from prometheus_client.core import (  # noqa: PLC0415
+            CounterMetricFamily, GaugeMetricFamily,
+        )
+
         dropped = CounterMetricFamily(
             "prismatic_zmq_connections_dropped", "Connections libzmq closed while the peer "
             "was still connected (a frame over the endpoint's cap, or another ZMTP protocol "

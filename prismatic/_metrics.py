@@ -11,6 +11,14 @@ of series:
   event-log counters, the node's uptime and readiness. It reads the node's TreeView through
   a snapshot callable, so a scrape never walks a dict the loop is changing.
 
+The counters are plain numbers (:class:`LabelledCounter`) until something reads them: the
+registry, ``prometheus_client`` and the HTTP server's modules it brings are imported at the
+first scrape (or when the endpoint starts), never on the way to a node's start. Their import
+took ~16 ms of the ~190 ms of CPU a node's start takes (~40 ms in an interpreter that
+imports them with its garbage collector on), paid by every node a test starts and by every
+node launched at once with others on shared CPUs before any of them forms a cluster
+(``bench/bench_mesh.py``).
+
 Protocol: :func:`serve_metrics` runs a WSGI server in a daemon thread of the node process,
 started after the node's fork like everything else in it, on ``--metrics-bind`` (default
 loopback). ``/health`` is 200 while the node's loop beats (it stamps
@@ -29,18 +37,9 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from socketserver import ThreadingMixIn
-from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+from typing import TYPE_CHECKING, Any
 
 import msgspec
-from prometheus_client import (
-    CollectorRegistry, Counter, disable_created_metrics, generate_latest, make_wsgi_app,
-)
-from prometheus_client.core import (
-    CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric,
-)
-from prometheus_client.utils import floatToGoString
 
 from ._latency import BUCKETS
 from ._mailbox_stats import MailboxStats
@@ -49,8 +48,14 @@ from ._throttle import throttle_for
 from ._process import uss_bytes
 from .transports._frames import LifecycleFrame
 
+if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
+
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.core import Metric
+
 __all__ = ["NodeMetrics", "MetricsServer", "serve_metrics", "ProcessSample", "cpu_seconds",
-           "reason_kind"]
+           "reason_kind", "LabelledCounter"]
 
 log = logging.getLogger(__name__)
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -79,8 +84,68 @@ def reason_kind(reason: Any) -> str:
     return str(type(reason).__struct_config__.tag)
 
 
+class LabelledCounter:
+    """A counter per set of label values, as ``prometheus_client.Counter`` counts one
+    (``labels(*values).inc(amount)``; exported as ``<name>_total``), kept as plain numbers
+    and read at scrape time (see the module doc). Thread-safe: the metrics thread counts
+    its failed scrapes in one."""
+
+    def __init__(self, name: str, doc: str, labelnames: tuple[str, ...]) -> None:
+        self.name = name
+        self.doc = doc
+        self.labelnames = labelnames
+        self._values: dict[tuple[str, ...], float] = {}
+        self._lock = threading.Lock()
+
+    def labels(self, *values: object) -> _LabelledValue:
+        if len(values) != len(self.labelnames):
+            raise ValueError(f"{self.name}: expected label values for {self.labelnames}, "
+                             f"got {values!r}")
+        return _LabelledValue(self, tuple(str(v) for v in values))
+
+    def inc(self, key: tuple[str, ...], amount: float) -> None:
+        if amount < 0:
+            raise ValueError(f"{self.name}: a counter only goes up (inc by {amount})")
+        with self._lock:
+            self._values[key] = self._values.get(key, 0) + amount
+
+    def values(self) -> dict[tuple[str, ...], float]:
+        with self._lock:
+            return dict(self._values)
+
+
+class _LabelledValue:
+    __slots__ = ("counter", "key")
+
+    def __init__(self, counter: LabelledCounter, key: tuple[str, ...]) -> None:
+        self.counter = counter
+        self.key = key
+
+    def inc(self, amount: float = 1) -> None:
+        self.counter.inc(self.key, amount)
+
+
+class _CounterCollector:
+    """The node's event counters as Prometheus series."""
+
+    def __init__(self, counters: list[LabelledCounter]) -> None:
+        self.counters = counters
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        from prometheus_client.core import CounterMetricFamily  # noqa: PLC0415 - module doc
+
+        for c in self.counters:
+            family = CounterMetricFamily(c.name, c.doc, labels=c.labelnames)
+            for key, value in c.values().items():
+                family.add_metric(key, value)
+            yield family
+
+
 class NodeMetrics:
-    """Every metric of one node, in its own registry."""
+    """Every metric of one node, in its own registry (made at the first read)."""
 
     def __init__(self, node: str, processes: Callable[[], list[ProcessSample]],
                  gauges: Callable[[], dict[str, float]],
@@ -91,42 +156,71 @@ class NodeMetrics:
         self.heartbeat = time.monotonic()
         self.ready = False
         self.dead_tasks: tuple[str, ...] = ()  # replaced whole, never mutated: thread-safe
-        disable_created_metrics()  # process-wide; the node's is the only registry served
-        self.registry = CollectorRegistry(auto_describe=True)
-        r = self.registry
-        self.restarts = Counter("prismatic_restarts", "Child restarts (a start after the first)",
-                                ["supervisor", "child"], registry=r)
-        self.exits = Counter("prismatic_child_exits", "Unexpected child exits by reason kind",
-                             ["reason"], registry=r)
-        self.escalations = Counter("prismatic_intensity_exceeded",
-                                   "Supervisors that gave up: restart intensity exceeded",
-                                   ["supervisor"], registry=r)
-        self.supervisor_troubles = Counter(
+        self.restarts = LabelledCounter("prismatic_restarts",
+                                        "Child restarts (a start after the first)",
+                                        ("supervisor", "child"))
+        self.exits = LabelledCounter("prismatic_child_exits",
+                                     "Unexpected child exits by reason kind", ("reason",))
+        self.escalations = LabelledCounter(
+            "prismatic_intensity_exceeded",
+            "Supervisors that gave up: restart intensity exceeded", ("supervisor",))
+        self.supervisor_troubles = LabelledCounter(
             "prismatic_supervisor_troubles",
             "What supervisors carried on from, degraded (each logged by the supervisor): a "
-            "zygote that died or hung, a failed fork, orphans killed, ...", ["what"],
-            registry=r)
-        self.control_requests = Counter("prismatic_control_requests",
-                                        "Control requests received, by call", ["call"],
-                                        registry=r)
-        self.control_refusals = Counter("prismatic_control_refusals",
-                                        "Control requests refused, by reason", ["reason"],
-                                        registry=r)
-        self.dead_letters = Counter("prismatic_dead_letters",
-                                    "Messages that could not be delivered, by reason and kind",
-                                    ["reason", "kind"], registry=r)
-        self.hub_requests = Counter("prismatic_hub_requests",
-                                    "Registry, monitor and link requests to the hub, by type",
-                                    ["type"], registry=r)
-        self.task_errors = Counter("prismatic_node_task_errors",
-                                   "Exceptions a long-lived task of the node caught while "
-                                   "handling one message (dropped, logged)", ["task"],
-                                   registry=r)
-        self.task_deaths = Counter("prismatic_node_task_deaths",
-                                   "Long-lived tasks of the node that ended (the node is then "
-                                   "unhealthy)", ["task"], registry=r)
-        r.register(_SnapshotCollector(processes, gauges, counters))
-        r.register(_MailboxCollector(mailboxes))
+            "zygote that died or hung, a failed fork, orphans killed, ...", ("what",))
+        self.control_requests = LabelledCounter("prismatic_control_requests",
+                                                "Control requests received, by call",
+                                                ("call",))
+        self.control_refusals = LabelledCounter("prismatic_control_refusals",
+                                                "Control requests refused, by reason",
+                                                ("reason",))
+        self.dead_letters = LabelledCounter(
+            "prismatic_dead_letters", "Messages that could not be delivered, by reason and kind",
+            ("reason", "kind"))
+        self.hub_requests = LabelledCounter(
+            "prismatic_hub_requests", "Registry, monitor and link requests to the hub, by type",
+            ("type",))
+        self.task_errors = LabelledCounter("prismatic_node_task_errors",
+                                           "Exceptions a long-lived task of the node caught "
+                                           "while handling one message (dropped, logged)",
+                                           ("task",))
+        self.task_deaths = LabelledCounter("prismatic_node_task_deaths",
+                                           "Long-lived tasks of the node that ended (the node "
+                                           "is then unhealthy)", ("task",))
+        self._collectors: list[Any] = [
+            _CounterCollector([self.restarts, self.exits, self.escalations,
+                               self.supervisor_troubles, self.control_requests,
+                               self.control_refusals, self.dead_letters, self.hub_requests,
+                               self.task_errors, self.task_deaths]),
+            _SnapshotCollector(processes, gauges, counters),
+            _MailboxCollector(mailboxes)]
+        self._registry: CollectorRegistry | None = None
+        self._registry_lock = threading.Lock()
+
+    def register(self, collector: Any) -> None:
+        """Add a collector (an object with ``describe`` and ``collect``) to the registry."""
+        with self._registry_lock:
+            if self._registry is None:
+                self._collectors.append(collector)
+                return
+        self._registry.register(collector)
+
+    @property
+    def registry(self) -> CollectorRegistry:
+        """The node's Prometheus registry, made (and ``prometheus_client`` imported) on the
+        first read: see the module doc."""
+        with self._registry_lock:
+            if self._registry is None:
+                from prometheus_client import (  # noqa: PLC0415 - see the module doc
+                    CollectorRegistry, disable_created_metrics,
+                )
+
+                disable_created_metrics()  # process-wide; the node's is the only one served
+                registry = CollectorRegistry(auto_describe=True)
+                for collector in self._collectors:
+                    registry.register(collector)
+                self._registry = registry
+            return self._registry
 
     def observe(self, frame: LifecycleFrame, first_start: bool) -> None:
         """Count one lifecycle event (called on the node loop)."""
@@ -139,6 +233,8 @@ class NodeMetrics:
             self.escalations.labels(sup).inc()
 
     def exposition(self) -> bytes:
+        from prometheus_client import generate_latest  # noqa: PLC0415 - see the module doc
+
         return generate_latest(self.registry)
 
     def alive(self) -> bool:
@@ -168,6 +264,10 @@ class _SnapshotCollector:
         return []  # series depend on the live tree; nothing to pre-register
 
     def collect(self) -> Iterator[Metric]:
+        from prometheus_client.core import (  # noqa: PLC0415 - see the module doc
+            CounterMetricFamily, GaugeMetricFamily,
+        )
+
         procs = self.processes()
         up = GaugeMetricFamily("prismatic_processes_up", "Live processes in the tree, by type",
                                labels=["type"])
@@ -208,6 +308,11 @@ class _MailboxCollector:
         return []
 
     def collect(self) -> Iterator[Metric]:
+        from prometheus_client.core import (  # noqa: PLC0415 - see the module doc
+            CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily,
+        )
+        from prometheus_client.utils import floatToGoString  # noqa: PLC0415
+
         stats, missed = self.mailboxes()
         depth = GaugeMetricFamily("prismatic_mailbox_depth",
                                   "Messages read by a worker but not yet handled", labels=["path"])
@@ -243,19 +348,6 @@ class _MailboxCollector:
         yield from (depth, received, sent, bad, refused, latency, unanswered)
 
 
-class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
-    daemon_threads = True
-
-
-class _ThreadingWSGIServer6(_ThreadingWSGIServer):
-    address_family = socket.AF_INET6
-
-
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib's name
-        log.debug("metrics http: " + format, *args)
-
-
 class MetricsServer:
     """A running endpoint; :meth:`close` stops it and joins its thread."""
 
@@ -275,6 +367,22 @@ class MetricsServer:
 
 def serve_metrics(metrics: NodeMetrics, port: int, host: str = "127.0.0.1") -> MetricsServer:
     """Serve ``/metrics``, ``/health`` and ``/ready`` from a daemon thread (404 elsewhere)."""
+    # Imported only for a node that serves them (see the module doc).
+    from socketserver import ThreadingMixIn  # noqa: PLC0415
+    from wsgiref.simple_server import (  # noqa: PLC0415
+        WSGIRequestHandler, WSGIServer, make_server,
+    )
+
+    from prometheus_client import make_wsgi_app  # noqa: PLC0415
+
+    class ThreadingServer(ThreadingMixIn, WSGIServer):
+        daemon_threads = True
+        address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+
+    class QuietHandler(WSGIRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib's
+            log.debug("metrics http: " + format, *args)
+
     prom = make_wsgi_app(metrics.registry)
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
@@ -295,8 +403,7 @@ def serve_metrics(metrics: NodeMetrics, port: int, host: str = "127.0.0.1") -> M
             return _plain(start_response, status, problem)
         return _plain(start_response, "404 Not Found", "only /metrics, /health and /ready")
 
-    server_class = _ThreadingWSGIServer6 if ":" in host else _ThreadingWSGIServer
-    server = make_server(host, port, app, server_class, handler_class=_QuietHandler)
+    server = make_server(host, port, app, ThreadingServer, handler_class=QuietHandler)
     thread = threading.Thread(target=server.serve_forever, name=f"metrics:{metrics.node}",
                               daemon=True)
     thread.start()

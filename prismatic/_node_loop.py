@@ -163,7 +163,7 @@ class NodeLoop(ControlEndpoint):
         for sock, endpoint in ((self.control, "control"), (self.forwarder.pull, "publish"),
                                (self.forwarder.pub, "events")):
             self.drops.watch(sock, endpoint)
-        self.metrics.registry.register(self.drops)
+        self.metrics.register(self.drops)
         self.forwarder.start(loop, self.tasks.guarded)
         loop.add_reader(self.root.fileno(), self.tasks.guarded("root channel", self.on_root))
         loop.add_reader(self.root_pidfd, self.on_root_exit)
@@ -366,7 +366,7 @@ class NodeLoop(ControlEndpoint):
             self.mesh = None
             self.mesh_fatal(str(exc))
             return
-        self.metrics.registry.register(self.mesh.collector())
+        self.metrics.register(self.mesh.collector())
         self.global_names.attach(addr, self.mesh.send_to)
         self.mesh.on_global_frame = self.global_names.received
         self.mesh.on_members = self.global_names.members

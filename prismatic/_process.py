@@ -54,12 +54,15 @@ _PR_SET_CHILD_SUBREAPER = 36
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-def trim_heap() -> bool:
-    """Collect Python's garbage, then give the pages that ``malloc`` holds free back to the
-    kernel (glibc's ``malloc_trim``; False where the C library has none): fewer pages for
-    each later fork to copy into its child's page tables, and for that child's exit to
-    unmap (see the module doc). Tens of milliseconds at most: for idle moments only."""
-    gc.collect()
+def trim_heap(generation: int = 2) -> bool:
+    """Collect Python's garbage (the generations up to ``generation``), then give the pages
+    that ``malloc`` holds free back to the kernel (glibc's ``malloc_trim``; False where the
+    C library has none): fewer pages for each later fork to copy into its child's page
+    tables, and for that child's exit to unmap (see the module doc). Tens of milliseconds
+    at most: for idle moments only. A full collection walks every object the process has
+    (all its modules' functions and classes: ~8 ms in a node that just imported its tree's
+    modules); what a caller just made and dropped is in the young generations."""
+    gc.collect(generation)
     trim = getattr(_libc, "malloc_trim", None)
     if trim is None:
         return False

@@ -198,6 +198,18 @@ def no_orphans() -> Iterator[None]:
         pytest.fail(f"processes left behind by the tests: {left}")
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """The project's modules compiled to bytecode (``__pycache__``) before any test starts a
+    process: where ``PYTHONDONTWRITEBYTECODE`` is set nothing else writes it, and every node,
+    CLI run or script a test starts compiled every module it imports (~150 ms of CPU a node
+    start on a 2-CPU VM; tests/test_node.py and test_mesh.py: 16 s of CPU, 10 s compiled).
+    An edited module is compiled again (Python checks each against its source)."""
+    import compileall  # noqa: PLC0415 - this step only
+
+    for part in ("prismatic", "supervisors", "transports", "chaos", "bench", "tests"):
+        compileall.compile_dir(REPO / part, quiet=2)
+
+
 # ---- another local user (tests run as root; the child drops to nobody) ------------------------
 
 NOBODY = 65534

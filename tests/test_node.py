@@ -325,3 +325,21 @@ def test_the_trees_image_stays_light():
                          timeout=60, cwd="/", env=dict(os.environ, PYTHONPATH=str(REPO)))
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == [], f"loaded before the fork: {out.stdout}"
+
+
+def test_the_node_imports_its_loop_with_the_collector_paused_then_on_again():
+    """After its fork the node imports its loop's modules with the garbage collector paused
+    and freezes what they made (they live as long as the node): the collector must be on
+    again afterwards (or the node's garbage cycles would never be freed), and stay off in a
+    process that had turned it off. In a fresh interpreter, where nothing imported the loop."""
+    code = ("import gc, sys, prismatic._node as n\n"
+            "assert 'prismatic._node_loop' not in sys.modules\n"
+            "n._import_loop()\n"
+            "print(gc.isenabled(), len(gc.get_objects()) < 1000, gc.get_freeze_count() > 0)\n"
+            "gc.disable()\n"
+            "n._import_loop()\n"
+            "print(gc.isenabled())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, cwd="/", env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["True", "True", "True", "False"]

@@ -12,14 +12,15 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator
-from typing import Any, Protocol
-
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..transports._mesh_frames import MemberState
 from ._events import MeshState
 from ._membership import table
 from ._settings import hostport
+
+if TYPE_CHECKING:
+    from prometheus_client.core import Metric
 
 __all__ = ["MeshCollector", "MeshCounters"]
 
@@ -48,6 +49,11 @@ class MeshCollector:
         return []
 
     def collect(self) -> Iterator[Metric]:
+        # Imported at the first scrape, not on the way to a node's start (prismatic._metrics).
+        from prometheus_client.core import (  # noqa: PLC0415
+            CounterMetricFamily, GaugeMetricFamily,
+        )
+
         m = self.mesh
         state = m.state
         members = GaugeMetricFamily("prismatic_cluster_members",
@@ -157,6 +163,8 @@ class MeshCollector:
 def _counters(prefix: str, counts: Counter[str],
               rows: tuple[tuple[str, str], ...]) -> Iterator[Metric]:
     """One unlabelled counter per (name, help) row, read from ``counts``."""
+    from prometheus_client.core import CounterMetricFamily  # noqa: PLC0415 - see collect
+
     for what, help_ in rows:
         c = CounterMetricFamily(prefix + what, help_)
         c.add_metric([], counts[what])
