@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+import prismatic as p
 from prismatic.chaos._cgroup import cgroup_unavailable
 from prismatic.chaos._netns import netns_unavailable
 from prismatic.chaos._tmpfs import tmpfs_unavailable
@@ -275,9 +276,10 @@ def test_ctrl_c_stops_injecting_then_checks_and_reports(tmp_path: Path) -> None:
                             process_group=0)
     try:
         assert "seed 2" in proc.stderr.readline()  # type: ignore[union-attr]
-        wait_until(lambda: any("chaos-" in (open(f"/proc/{p}/cmdline").read())
-                               for p in os.listdir("/proc") if p.isdigit()
-                               and _child_of(int(p), proc.pid)), 20, "the runner's node")
+        data_dir = wait_until(lambda: _node_data_dir(proc.pid), 20, "the runner's node")
+        # Ctrl-C before the first scenario starts would run none: wait for its first kill
+        # to be restarted (the node itself may still be starting when it appears).
+        wait_until(lambda: _restarts(data_dir) > 0, 30, "kill-storm's first restart")
         os.killpg(proc.pid, signal.SIGINT)
         out, rest = proc.communicate(timeout=60)
     finally:
@@ -288,6 +290,28 @@ def test_ctrl_c_stops_injecting_then_checks_and_reports(tmp_path: Path) -> None:
     assert "kill-storm: ok (stopped early)" in out
     assert "hang:" not in out  # no scenario starts after Ctrl-C
     assert "stopping: no more faults" in rest
+
+
+def _node_data_dir(runner: int) -> str | None:
+    """The data dir of the node the chaos runner ``runner`` started, once it runs."""
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and _child_of(int(entry), runner):
+            try:
+                with open(f"/proc/{entry}/cmdline") as f:
+                    argv = f.read().split("\0")
+            except OSError:
+                continue
+            if "--data-dir" in argv and "chaos-" in " ".join(argv):
+                return argv[argv.index("--data-dir") + 1]
+    return None
+
+
+def _restarts(data_dir: str) -> int:
+    try:
+        with p.connect(data_dir) as conn:
+            return conn.status().restarts
+    except p.PrismaticError:
+        return 0  # not answering yet
 
 
 def _child_of(pid: int, parent: int) -> bool:
