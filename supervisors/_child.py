@@ -40,7 +40,7 @@ _become_decoder = msgspec.msgpack.Decoder(Become)
 
 
 def spare_main(channel: Channel, specs: dict[str, ChildSpec], path: tuple[str, ...],
-               node: str) -> int:
+               node: str, prepare: bool = True) -> int:
     """Runs in a spare: wait to be told which child to become, then become it.
 
     What every worker needs whoever it becomes (its mailbox, the runtime's state) is made
@@ -51,8 +51,9 @@ def spare_main(channel: Channel, specs: dict[str, ChildSpec], path: tuple[str, .
     (~60 faults, ~0.2 ms) to the start it delays. A spare that can only become a supervisor
     (every spec it knows is one: a root of many small supervisors) prepares nothing: a
     supervisor closes a worker's context unused, and the pages made or written for it stayed
-    private to the supervisor (measured: ~45, 0.17 MiB each)."""
-    workers = any(s.type is not ChildType.SUPERVISOR for s in specs.values())
+    private to the supervisor (measured: ~45, 0.17 MiB each). Nor does one with ``prepare``
+    False: a small supervisor's first children, told at once (see ``_procs``)."""
+    workers = prepare and any(s.type is not ChildType.SUPERVISOR for s in specs.values())
     prepared = WorkerContext(None, own_pid(node, creation_of(node)), "") if workers else None
     if workers and not word_waiting(channel):
         rehearse_start(specs)

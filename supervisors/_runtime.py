@@ -152,6 +152,7 @@ class SupervisorRuntime(SpareKeeping, ProgramKeeping):
                 and self.spec.flags.strategy is not Strategy.SIMPLE_ONE_FOR_ONE \
                 and self.idle_limit != float("inf"):  # PRISMATIC_SPARE_IDLE=never: keep them
             self.dormant = True  # starts its few children itself: see _procs (dormancy)
+            self.fork_first_children()
         elif self.use_spares:
             self.start_zygote()
             self.request_spares()
