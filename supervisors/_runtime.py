@@ -39,6 +39,7 @@ import os
 import selectors
 import signal
 import socket
+import sys
 import time
 from typing import Any
 
@@ -182,7 +183,10 @@ class SupervisorRuntime(SpareKeeping, ProgramKeeping):
                 kind, obj = key.data
                 if isinstance(obj, Proc) and self.procs.get(obj.pid) is not obj:
                     continue  # forgotten earlier in this same batch (its exit came first)
-                getattr(self, f"on_{kind}")(obj)
+                # The interned name: CPython's type attribute cache matches a name by its
+                # address, so a fresh string misses it, and each miss writes an entry and
+                # drops the string it held (pages copied, event after event).
+                getattr(self, sys.intern(f"on_{kind}"))(obj)
                 if self.exit_reason is not None:
                     break
             self.fire_deadlines()
