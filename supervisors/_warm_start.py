@@ -31,6 +31,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sys
 import time
 
 from .._address import own_pid
@@ -99,9 +100,11 @@ def _one_supervisor_start(node: str) -> None:
         runtime.spares.append(spare)
         runtime.feed(Init(time.monotonic()))  # the decision, and Become to the spare
         child.receive_one()
-        runtime.on_frame(spare, ReadyFrame(pid=os.getpid(), mono=time.monotonic()))
+        child.send(ReadyFrame(pid=os.getpid(), mono=time.monotonic()))
+        for key, _ in runtime.sel.select(1.0):  # as its loop takes the child's ready
+            kind, obj = key.data
+            getattr(runtime, sys.intern(f"on_{kind}"))(obj)
         parent.receive()  # its reports and its own ready
-        runtime.sel.select(0)
         runtime.fire_deadlines()
         runtime.next_deadline()
         runtime.wants_fork_spare()
