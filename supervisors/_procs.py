@@ -95,7 +95,7 @@ from .._program import Program
 from .._process import child_pids, fork_child, process_name, send_signal
 from ..transports._channel import Channel, open_channel_pair
 from ..transports._frames import Become, TroubleFrame
-from ._child import knows, spare_main
+from ._child import knows, may_become_a_worker, spare_main
 from ._events import Phase, StartStep
 from ._program_run import ProgramRun
 from ._trouble import Trouble
@@ -259,9 +259,11 @@ class SpareKeeping:
         # Woken from dormancy: what the restart that woke it wrote, it writes again at the
         # next one; copied back now, not then (see _working_set).
         runs = exclusive_runs() if self.woken else []
+        prepare = may_become_a_worker(specs)
         try:
             self.zygote = Zygote(lambda channel: spare_main(channel, specs, self.path,
-                                                            self.node), "prism:zygote")
+                                                            self.node, prepare),
+                                 "prism:zygote")
         except OSError as exc:  # the process limit: go on forking children directly
             self.fork_failed("its zygote", exc)
             return
@@ -432,9 +434,11 @@ class SpareKeeping:
         self.busy_at = time.monotonic()  # made now: kept for idle_limit from here
         specs = self.static_specs()
         runs = exclusive_runs() if self.woken else []  # as for the zygote (start_zygote)
+        prepare = may_become_a_worker(specs)
         try:
             pid, mine = fork_with_channel(
-                lambda theirs: spare_main(theirs, specs, self.path, self.node), "prism:spare")
+                lambda theirs: spare_main(theirs, specs, self.path, self.node, prepare),
+                "prism:spare")
         except OSError as exc:
             self.fork_failed("a spare", exc)
             return

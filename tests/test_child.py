@@ -11,7 +11,9 @@ import msgspec
 import prismatic as p
 from prismatic._process import fork_child
 from prismatic.supervisors import _child
-from prismatic.supervisors._child import knows, proc_name, spare_main, word_waiting
+from prismatic.supervisors._child import (
+    knows, may_become_a_worker, proc_name, spare_main, word_waiting,
+)
 from prismatic.transports._channel import open_channel_pair
 from prismatic.transports._frames import Become, ExitingFrame, ReadyFrame
 from tests.apps import FailInit, Idle
@@ -109,6 +111,12 @@ def test_a_waiting_spare_rehearses_then_becomes_the_child(monkeypatch):
     assert rehearsed
 
 
+def test_only_a_spare_that_may_become_a_worker_is_worth_preparing():
+    sup = p.ChildSpec(id="s", type="supervisor", start=p.SupervisorSpec())
+    assert not may_become_a_worker({"s": sup, "t": msgspec.structs.replace(sup, id="t")})
+    assert may_become_a_worker({"s": sup, "w": p.ChildSpec(id="w", start=Idle)})
+
+
 def test_a_spare_that_can_only_become_a_supervisor_prepares_nothing_for_a_worker(monkeypatch):
     # A root of many small supervisors: its spares all become supervisors, which close a
     # worker's context unused. Made anyway (or rehearsed for), the pages it wrote stayed
@@ -129,7 +137,8 @@ def test_a_spare_that_can_only_become_a_supervisor_prepares_nothing_for_a_worker
     mine, theirs = open_channel_pair()
     specs = {"s": p.ChildSpec(id="s", type="supervisor", start=p.SupervisorSpec())}
     pid = fork_child((theirs.fileno(), marks_w),
-                     lambda: spare_main(theirs, specs, ("t",), f"spare-test-{os.getpid()}"),
+                     lambda: spare_main(theirs, specs, ("t",), f"spare-test-{os.getpid()}",
+                                        may_become_a_worker(specs)),
                      "prism:spare")
     theirs.close()
     os.close(marks_w)
