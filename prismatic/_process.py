@@ -52,6 +52,13 @@ _PR_SET_NAME = 15
 _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
 _libc = ctypes.CDLL(None, use_errno=True)
+# The C function and plain ints: signal.signal's enum conversions cost a fresh fork ~25
+# copy-on-write faults (three calls), in every child a supervisor forks itself.
+_set_handler: Callable[[int, Any], Any] = getattr(sys.modules.get("_signal"), "signal",
+                                                 signal.signal)
+_CHILD_SIGNALS = ((int(signal.SIGINT), int(signal.SIG_IGN)),
+                  (int(signal.SIGTERM), int(signal.SIG_DFL)),
+                  (int(signal.SIGCHLD), int(signal.SIG_DFL)))
 
 
 def trim_heap(generation: int = 2) -> bool:
@@ -162,10 +169,9 @@ def _child_body(parent: int, keep_fds: tuple[int, ...], main: Callable[[], int],
             lead_own_group()  # a child: the supervisor tells spares in the making by it
         become_subreaper()  # not inherited: each process of the tree sets it
         _close_all_but(keep_fds)
-        if set_signals:  # each call is ~10 copy-on-write faults, a clone does without
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        if set_signals:  # a clone does without: its zygote's are the children's already
+            for sig, handler in _CHILD_SIGNALS:
+                _set_handler(sig, handler)
             signal.set_wakeup_fd(-1)
         set_process_name(name)
         code = main()

@@ -30,7 +30,8 @@ from ..transports._framing import encode_frame
 from ..transports._frames import Become, ExitingFrame, IgnoredFrame, ReadyFrame
 from ._logfile import capture_prints
 
-__all__ = ["spare_main", "run_child", "knows", "proc_name", "word_waiting"]
+__all__ = ["spare_main", "run_child", "knows", "proc_name", "word_waiting",
+           "may_become_a_worker"]
 
 _encoder = msgspec.msgpack.Encoder()
 # A plain int, made once: or'ing the socket module's IntFlag members in a fresh fork runs
@@ -40,7 +41,7 @@ _become_decoder = msgspec.msgpack.Decoder(Become)
 
 
 def spare_main(channel: Channel, specs: dict[str, ChildSpec], path: tuple[str, ...],
-               node: str) -> int:
+               node: str, prepare: bool = True) -> int:
     """Runs in a spare: wait to be told which child to become, then become it.
 
     What every worker needs whoever it becomes (its mailbox, the runtime's state) is made
@@ -48,9 +49,13 @@ def spare_main(channel: Channel, specs: dict[str, ChildSpec], path: tuple[str, .
     and paying them now takes them off the restart's critical path. The rehearsal of the
     rest is only worth it while nobody waits: in a burst of starts the supervisor sends
     ``Become`` as soon as the spare exists, and then rehearsing only adds its own work
-    (~60 faults, ~0.2 ms) to the start it delays."""
-    prepared = WorkerContext(None, own_pid(node, creation_of(node)), "")
-    if not word_waiting(channel):
+    (~60 faults, ~0.2 ms) to the start it delays. With ``prepare`` False it prepares
+    nothing: a spare that can only become a supervisor (:func:`may_become_a_worker`; a
+    root of many small supervisors), since a supervisor closes a worker's context unused and
+    the pages made or written for it stayed private to it (measured: ~45, 0.17 MiB each);
+    and a small supervisor's first children, told at once (see ``_procs``)."""
+    prepared = WorkerContext(None, own_pid(node, creation_of(node)), "") if prepare else None
+    if prepare and not word_waiting(channel):
         rehearse_start(specs)
     frame = channel.receive_one()
     if not isinstance(frame, Become):
@@ -63,6 +68,13 @@ def spare_main(channel: Channel, specs: dict[str, ChildSpec], path: tuple[str, .
         spec = msgspec.structs.replace(spec, args=tuple(frame.args))
     set_process_name(proc_name(spec, frame.key))
     return run_child(spec, channel, (*path, frame.key), node, prepared)
+
+
+def may_become_a_worker(specs: dict[str, ChildSpec]) -> bool:
+    """Whether a spare holding ``specs`` may become a worker (worth preparing for one). Asked
+    once by the supervisor, not in each spare: each spec looked at is a page written in a
+    fresh fork (its reference count), a thousand of them for a root of 1,000 supervisors."""
+    return any(s.type is not ChildType.SUPERVISOR for s in specs.values())
 
 
 def word_waiting(channel: Channel) -> bool:

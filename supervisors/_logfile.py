@@ -40,7 +40,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RotatingLog", "log_path", "capture_prints", "copy_truncate",
+__all__ = ["RotatingLog", "log_path", "log_file", "capture_prints", "copy_truncate",
            "WORKER_LOG_MAX_BYTES", "WORKER_LOG_KEEP", "WORKER_LOG_CHECK_S"]
 
 WORKER_LOG_MAX_BYTES = 10 * 1024 * 1024  # a Program's defaults
@@ -53,7 +53,14 @@ log = logging.getLogger(__name__)
 def log_path(data_dir: Path | str, path: tuple[str, ...] | str) -> Path:
     """Where the output of the child at ``path`` (a tuple of ids, or ``a/b``) goes."""
     parts = path if isinstance(path, tuple) else tuple(p for p in path.split("/") if p)
-    return Path(data_dir) / "logs" / (".".join(parts) + ".log")
+    return Path(log_file(data_dir, parts))
+
+
+def log_file(data_dir: Path | str, path: tuple[str, ...]) -> str:
+    """:func:`log_path` as a plain string, for the tree's processes: pathlib's first use
+    costs a process ~100 KiB of private memory (copy-on-write pages of the objects it
+    touches), a supervisor's as well as a worker's."""
+    return f"{os.fspath(data_dir)}/logs/{'.'.join(path)}.log"
 
 
 class RotatingLog:
@@ -156,12 +163,8 @@ class _FirstWrite:
     # Worked out at the first write, not as the worker starts: every string a fresh fork
     # makes costs it copy-on-write pages, and most workers never print.
     @property
-    def prefix(self) -> str:  # <data dir>/logs/
-        return f"{os.fspath(self.data_dir)}/logs/"
-
-    @property
     def file(self) -> str:
-        return f"{self.prefix}{'.'.join(self.path)}.log"
+        return log_file(self.data_dir, self.path)
 
     def write(self, text: str) -> int:
         return int(self.open().write(text))
@@ -182,7 +185,7 @@ class _FirstWrite:
             try:
                 fd = os.open(self.file, flags, 0o600)
             except FileNotFoundError:  # the first log of this data directory
-                os.makedirs(self.prefix, mode=0o700, exist_ok=True)
+                os.makedirs(os.path.dirname(self.file), mode=0o700, exist_ok=True)
                 fd = os.open(self.file, flags, 0o600)
         except OSError as exc:
             log.error("child %s: cannot open its log %s, its output goes where the node's "

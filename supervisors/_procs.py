@@ -27,7 +27,16 @@ A child supervisor of at most ``FEW_CHILDREN`` static children (not a ``simple_o
 pool) starts dormant: it forks those few itself, and its children then share their pages
 with it rather than with a zygote that would soon go (measured: ~0.45 MiB less private
 memory per supervisor, the difference between the many-small-supervisors tree and a flat
-one of the same workers). The root keeps its zygote from the start.
+one of the same workers). The root keeps its zygote from the start. It forks them before
+its first decision (:meth:`SpareKeeping.fork_first_children`: processes that wait to be
+told which child to become, as spares do, but prepare nothing), not from that decision:
+what a process writes after a fork is copied, and its original stays with the other alone.
+Forked by the decision, a child shared every page the decision code and the start had just
+written, and the supervisor wrote most of them again at once (the child's ``ready`` goes
+through the same code, then its reports): ~65 pages the worker kept alone (measured with
+the pages' frame numbers, /proc/PID/pagemap). Forked before, that code's pages are copied
+once, into the supervisor. A spare of these it did not use (a program child takes the fork
+path) is let go as soon as the supervisor is idle.
 
 What that first direct fork costs (measured with ``bench/bench_supervisors.py``: 1,000
 dormant supervisors on 2 CPUs, p50): the death is seen once the kernel has unmapped the dead
@@ -82,10 +91,11 @@ import msgspec
 from .._childspec import ChildSpec, ChildType
 from .._clone import sibling_support
 from .._exit import ExitReason
+from .._program import Program
 from .._process import child_pids, fork_child, process_name, send_signal
 from ..transports._channel import Channel, open_channel_pair
 from ..transports._frames import Become, TroubleFrame
-from ._child import knows, spare_main
+from ._child import knows, may_become_a_worker, spare_main
 from ._events import Phase, StartStep
 from ._program_run import ProgramRun
 from ._trouble import Trouble
@@ -249,9 +259,11 @@ class SpareKeeping:
         # Woken from dormancy: what the restart that woke it wrote, it writes again at the
         # next one; copied back now, not then (see _working_set).
         runs = exclusive_runs() if self.woken else []
+        prepare = may_become_a_worker(specs)
         try:
             self.zygote = Zygote(lambda channel: spare_main(channel, specs, self.path,
-                                                            self.node), "prism:zygote")
+                                                            self.node, prepare),
+                                 "prism:zygote")
         except OSError as exc:  # the process limit: go on forking children directly
             self.fork_failed("its zygote", exc)
             return
@@ -396,8 +408,10 @@ class SpareKeeping:
     def dormant_at(self) -> float:
         """When this supervisor lets its spare and zygote go, if nothing starts before
         (inf: never, or it has none to let go)."""
-        if self.dormant or not (self.spares or self.zygote is not None):
+        if not (self.spares or self.zygote is not None):
             return float("inf")
+        if self.dormant:  # spares forked for its first starts and left unused
+            return 0.0 if self.idle() else float("inf")
         return self.busy_at + self.idle_limit
 
     def go_dormant(self) -> None:
@@ -420,15 +434,33 @@ class SpareKeeping:
         self.busy_at = time.monotonic()  # made now: kept for idle_limit from here
         specs = self.static_specs()
         runs = exclusive_runs() if self.woken else []  # as for the zygote (start_zygote)
+        prepare = may_become_a_worker(specs)
         try:
             pid, mine = fork_with_channel(
-                lambda theirs: spare_main(theirs, specs, self.path, self.node), "prism:spare")
+                lambda theirs: spare_main(theirs, specs, self.path, self.node, prepare),
+                "prism:spare")
         except OSError as exc:
             self.fork_failed("a spare", exc)
             return
         self.woken = False
         populate_write(runs)
         self.add_spare(pid, mine, specs)
+
+    def fork_first_children(self) -> None:
+        """A small supervisor starting dormant: fork one process for each of its first
+        starts (not a program's), before it decides on them (the module doc says why)."""
+        specs = self.static_specs()
+        for spec in specs.values():
+            if isinstance(spec.start, Program):
+                continue
+            try:
+                pid, mine = fork_with_channel(
+                    lambda theirs: spare_main(theirs, specs, self.path, self.node, False),
+                    "prism:spare")
+            except OSError as exc:
+                self.fork_failed("a spare", exc)
+                return
+            self.add_spare(pid, mine, specs)
 
     def add_spare(self, pid: int, channel: Channel, specs: dict[str, ChildSpec]) -> None:
         proc = Proc(pid, channel, None, ChildType.WORKER)

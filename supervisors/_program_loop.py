@@ -24,7 +24,7 @@ from .._program import Program
 from ..transports._channel import open_channel_pair
 from ._events import Started
 from ._logfile import (
-    WORKER_LOG_CHECK_S, WORKER_LOG_KEEP, WORKER_LOG_MAX_BYTES, copy_truncate, log_path,
+    WORKER_LOG_CHECK_S, WORKER_LOG_KEEP, WORKER_LOG_MAX_BYTES, copy_truncate, log_file,
 )
 from ._procs import Proc, fork_with_channel
 from ._program_exec import exec_program, own_comm, shim_path, spawn_program
@@ -267,9 +267,13 @@ class ProgramKeeping:
         # supervisor's idle CPU); only the current workers' are kept.
         known = self._worker_log_files
         self._worker_log_files = files = {
-            key: known.get(key) or os.fspath(log_path(info.data_dir, (*self.path, key)))
+            key: known.get(key) or log_file(info.data_dir, (*self.path, key))
             for key in workers}
         for file in files.values():
+            # Most workers never print, so have no file: asked without the exception a failed
+            # stat raises (each one costs a quiet supervisor copy-on-write pages).
+            if not os.access(file, os.F_OK):
+                continue
             try:
                 big = os.stat(file).st_size > WORKER_LOG_MAX_BYTES
             except OSError:

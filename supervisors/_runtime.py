@@ -39,6 +39,7 @@ import os
 import selectors
 import signal
 import socket
+import sys
 import time
 from typing import Any
 
@@ -152,6 +153,7 @@ class SupervisorRuntime(SpareKeeping, ProgramKeeping):
                 and self.spec.flags.strategy is not Strategy.SIMPLE_ONE_FOR_ONE \
                 and self.idle_limit != float("inf"):  # PRISMATIC_SPARE_IDLE=never: keep them
             self.dormant = True  # starts its few children itself: see _procs (dormancy)
+            self.fork_first_children()
         elif self.use_spares:
             self.start_zygote()
             self.request_spares()
@@ -181,7 +183,10 @@ class SupervisorRuntime(SpareKeeping, ProgramKeeping):
                 kind, obj = key.data
                 if isinstance(obj, Proc) and self.procs.get(obj.pid) is not obj:
                     continue  # forgotten earlier in this same batch (its exit came first)
-                getattr(self, f"on_{kind}")(obj)
+                # The interned name: CPython's type attribute cache matches a name by its
+                # address, so a fresh string misses it, and each miss writes an entry and
+                # drops the string it held (pages copied, event after event).
+                getattr(self, sys.intern(f"on_{kind}"))(obj)
                 if self.exit_reason is not None:
                     break
             self.fire_deadlines()

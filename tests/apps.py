@@ -109,6 +109,15 @@ def small_child_supervisor() -> p.SupervisorSpec:
         id="sup", start=p.SupervisorSpec(flags=tolerant, children=[idle("w")]))])
 
 
+def small_supervisors_beside_workers() -> p.SupervisorSpec:
+    """root > four workers ``f0``..``f3`` and four small supervisors ``s0``..``s3`` (one
+    worker ``w`` each, so each starts dormant): the memory of the two kinds of worker."""
+    return p.SupervisorSpec(children=[
+        *(idle(f"f{i}") for i in range(4)),
+        *(p.ChildSpec(id=f"s{i}", type="supervisor",
+                      start=p.SupervisorSpec(children=[idle("w")])) for i in range(4))])
+
+
 def escalation() -> p.SupervisorSpec:
     """A crash loop two levels down: leaf gives up, then mid gives up, root keeps going."""
     leaf = p.SupervisorSpec(flags=p.SupFlags(intensity=1, period=5),

@@ -11,9 +11,11 @@ import msgspec
 import prismatic as p
 from prismatic._process import fork_child
 from prismatic.supervisors import _child
-from prismatic.supervisors._child import knows, proc_name, spare_main, word_waiting
+from prismatic.supervisors._child import (
+    knows, may_become_a_worker, proc_name, spare_main, word_waiting,
+)
 from prismatic.transports._channel import open_channel_pair
-from prismatic.transports._frames import Become, ExitingFrame
+from prismatic.transports._frames import Become, ExitingFrame, ReadyFrame
 from tests.apps import FailInit, Idle
 
 
@@ -107,3 +109,54 @@ def test_a_waiting_spare_rehearses_then_becomes_the_child(monkeypatch):
     rehearsed, frame = _spare_run(monkeypatch, told_first=False)
     assert isinstance(frame, ExitingFrame) and "init refuses" in p.describe(frame.reason)
     assert rehearsed
+
+
+def test_only_a_spare_that_may_become_a_worker_is_worth_preparing():
+    sup = p.ChildSpec(id="s", type="supervisor", start=p.SupervisorSpec())
+    assert not may_become_a_worker({"s": sup, "t": msgspec.structs.replace(sup, id="t")})
+    assert may_become_a_worker({"s": sup, "w": p.ChildSpec(id="w", start=Idle)})
+
+
+def test_a_spare_that_can_only_become_a_supervisor_prepares_nothing_for_a_worker(monkeypatch):
+    # A root of many small supervisors: its spares all become supervisors, which close a
+    # worker's context unused. Made anyway (or rehearsed for), the pages it wrote stayed
+    # private to each of them: ~45 each, ~0.17 MiB a supervisor.
+    marks_r, marks_w = os.pipe()
+    real_context, real_rehearse = _child.WorkerContext, _child.rehearse_start
+
+    def context(*args):  # the spare's own copies, after the fork: they mark, then run
+        os.write(marks_w, b"c")
+        return real_context(*args)
+
+    def rehearse(specs):
+        os.write(marks_w, b"r")
+        real_rehearse(specs)
+
+    monkeypatch.setattr(_child, "WorkerContext", context)
+    monkeypatch.setattr(_child, "rehearse_start", rehearse)
+    mine, theirs = open_channel_pair()
+    specs = {"s": p.ChildSpec(id="s", type="supervisor", start=p.SupervisorSpec())}
+    pid = fork_child((theirs.fileno(), marks_w),
+                     lambda: spare_main(theirs, specs, ("t",), f"spare-test-{os.getpid()}",
+                                        may_become_a_worker(specs)),
+                     "prism:spare")
+    theirs.close()
+    os.close(marks_w)
+    try:
+        mine.sock.settimeout(10)
+        mine.send(Become("s", "s", ()))
+        frame = mine.receive_one()
+        while not isinstance(frame, (ReadyFrame, ExitingFrame)):
+            frame = mine.receive_one()
+        assert isinstance(frame, ReadyFrame)  # it became the supervisor (no children)
+        mine.close()  # its parent gone: it exits
+        os.waitpid(pid, 0)
+        os.set_blocking(marks_r, False)
+        try:
+            marks = os.read(marks_r, 16)
+        except BlockingIOError:
+            marks = b""
+        assert marks == b""
+    finally:
+        os.close(marks_r)
+        mine.close()

@@ -56,6 +56,42 @@ def test_a_fork_of_the_warmed_image_starts_with_fewer_faults():
     assert warm < 0.85 * cold, f"faults of a worker's start: {cold} cold, {warm} warmed"
 
 
+_SUPERVISOR_FAULTS = r"""
+import os, resource
+from prismatic.supervisors._warm_start import _one_supervisor_start, warm_start_path
+
+
+def start_in_a_fork():
+    # A small supervisor's start of its child (over socket pairs), in a fresh fork.
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        _one_supervisor_start("warm-test")
+        used = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+        os.write(w, used.to_bytes(4, "little"))
+        os._exit(0)
+    os.waitpid(pid, 0)
+    return int.from_bytes(os.read(r, 4), "little")
+
+
+cold = sorted(start_in_a_fork() for _ in range(5))[2]
+warm_start_path("warm-test", 0)
+warm = sorted(start_in_a_fork() for _ in range(5))[2]
+print(cold, warm)
+"""
+
+
+def test_a_fork_of_the_warmed_image_runs_a_supervisors_start_with_fewer_faults():
+    # Measured: ~395 cold, ~290 warmed; ~380 with the worker's path alone warmed.
+    out = subprocess.run([sys.executable, "-c", _SUPERVISOR_FAULTS], capture_output=True,
+                         text=True, timeout=60, cwd="/", env=dict(os.environ,
+                                                                  PYTHONPATH=str(REPO)))
+    assert out.returncode == 0, out.stderr
+    cold, warm = map(int, out.stdout.split())
+    assert warm < 0.85 * cold, f"faults of a supervisor's start: {cold} cold, {warm} warmed"
+
+
 def _open_fds() -> set[str]:
     return set(os.listdir("/proc/self/fd"))
 
