@@ -33,7 +33,8 @@ Run: ``python bench/bench_supervisors.py [--supervisors N] [--idle S] [--kills K
   it can read longer than the whole restart the supervisor reports).
   The second kill waits until the supervisor has its spare again (it restarted something a
   moment ago): baseline, restarts of the one worker of a node whose supervisor never goes
-  dormant (``bench_restart``'s paced kills).
+  dormant (``bench_restart``'s paced kills), and, beside it, restarts under supervisors of
+  the never-dormant node of the same shape (what the figure was before dormancy).
 """
 
 from __future__ import annotations
@@ -245,11 +246,19 @@ def main() -> None:
                                              for c in child_pids(sup)), 10, "a spare")
     idle_bare.close()
     old = None
+    never_warm: list[float] = []
     if before:
-        with open_node("bench.apps:supervised_pool", n, "never") as (conn, _):
+        with open_node("bench.apps:supervised_pool", n, "never") as (conn, data):
             node_pid = conn.status().pid
             wait_for(lambda: len(helpers(node_pid)) >= 2 * (n + 1), 120, "spares made")
             old = memory(node_pid)
+            # What "unchanged" compares against: a supervisor that never went dormant, in a
+            # tree of the same shape and size (the flat row's node has a handful of processes;
+            # a kill's teardown and a fork cost more where 2,000 processes share the pages).
+            kids = {c.id: c.pid for c in conn.which_children()}
+            with p.open_event_stream(data, "supervisor.") as ev:
+                never_warm = [restart(conn, ev, f"s{i}", kids[f"s{i}"], True)
+                              for i in range(args.kills)]
 
     rows: list[tuple[object, ...]] = [
         (f"processes, {n:,} dormant supervisors + 1 worker each",
@@ -285,6 +294,13 @@ def main() -> None:
          f"{pct(warm, .5) * ms:.2f} / {pct(warm, .99) * ms:.2f}", "= flat p50",
          f"flat supervisor with its spare: {pct(flat_warm, .5) * ms:.2f} / "
          f"{pct(flat_warm, .99) * ms:.2f}"),
+    ]
+    if old is not None:
+        rows.append(
+            ("  2nd baseline: never-dormant supervisor, same tree, p50 / p99 (ms)",
+             f"{pct(never_warm, .5) * ms:.2f} / {pct(never_warm, .99) * ms:.2f}", "-",
+             f"{n:,} supervisors with spare + zygote, {len(never_warm)} kills"))
+    rows += [
         ("  part: kill -> killed worker reaped, next restart, p50 / p99 (ms)",
          f"{pct(warm_reaped, .5) * ms:.2f} / {pct(warm_reaped, .99) * ms:.2f}", "-",
          f"flat: {pct(flat_reaped, .5) * ms:.2f} / {pct(flat_reaped, .99) * ms:.2f}"),
