@@ -232,3 +232,38 @@ def pubsub() -> p.SupervisorSpec:
         p.ChildSpec(id="burst", start=Burst),
         idle("w1"),
     ])
+
+
+class SlowInit(p.Worker):
+    """Notes its init's start and end (0.15 s apart) and its terminate: the order of starts."""
+
+    def init(self, name: str, extra: int = 0) -> None:
+        self.name = name
+        note(f"init-begin {name} {extra}")
+        print(f"hello from {name}", flush=True)
+        time.sleep(0.15)
+        note(f"init-end {name} {extra}")
+
+    def terminate(self, reason: p.ExitReason) -> None:
+        note(f"terminate {self.name} {p.describe(reason)}")
+
+
+def small_supervisor_of_every_kind() -> p.SupervisorSpec:
+    """root > ``s``, a small supervisor (so it forks its first children ahead) of a worker
+    with args ``a``, one whose init ignores ``b``, a supervisor ``c`` of one worker, and a
+    worker ``d`` with args: what its pre-forked children become, in order."""
+    inner = p.SupervisorSpec(children=[p.ChildSpec(id="w", start=SlowInit, args=("c/w",))])
+    return p.SupervisorSpec(flags=p.SupFlags(intensity=100, period=5), children=[
+        p.ChildSpec(id="s", type="supervisor", start=p.SupervisorSpec(
+            flags=p.SupFlags(intensity=10, period=5), children=[
+                p.ChildSpec(id="a", start=SlowInit, args=("a", 7)),
+                p.ChildSpec(id="b", start=IgnoreInit),
+                p.ChildSpec(id="c", type="supervisor", start=inner),
+                p.ChildSpec(id="d", start=SlowInit, args=("d", 9))]))])
+
+
+def small_supervisor_failing_first() -> p.SupervisorSpec:
+    """A small supervisor whose first child's init fails: its start fails, the children
+    forked ahead for the rest unused."""
+    return p.SupervisorSpec(children=[p.ChildSpec(id="bad", start=FailInit),
+                                      idle("x"), idle("y")])

@@ -15,6 +15,7 @@ import pytest
 
 import prismatic as p
 from prismatic._process import child_pids, process_name, uss_bytes
+from prismatic.supervisors._logfile import log_path
 from tests.conftest import alive, process_state, wait_until
 
 
@@ -346,3 +347,58 @@ def test_a_probe_the_process_limit_refuses_fails_the_start_or_skips_the_round(no
         assert alive(root) and alive(prog)
     n.conn.terminate_child("", "alive")
     assert {c.id for c in n.conn.which_children()} >= {"w1", "w2", "w3"}
+
+
+def _signal_disposition(pid: int, sig: int) -> str:
+    """'ignored', 'caught' or 'default': ``sig`` as process ``pid`` has it (/proc status)."""
+    fields = dict(line.split(":\t", 1) for line in
+                  Path(f"/proc/{pid}/status").read_text().splitlines() if ":\t" in line)
+    bit = 1 << (sig - 1)
+    if int(fields["SigIgn"], 16) & bit:
+        return "ignored"
+    return "caught" if int(fields["SigCgt"], 16) & bit else "default"
+
+
+def test_a_small_supervisors_children_forked_ahead_become_each_kind_in_order(node_factory):
+    """A small supervisor forks its first children before its first decision (a process
+    each, told later which child to become, prepared for none). As OTP: they start in order,
+    each init done before the next; args reach them; an ignored one is no process; a child
+    supervisor and workers alike are whole (a worker ignores SIGINT and catches SIGTERM to
+    run terminate); a restart restarts with the args; no process of them is ever shown as a
+    child or counted, and none unused is left once the supervisor is idle."""
+    n = node_factory("tests.apps:small_supervisor_of_every_kind")
+    s = n.conn.pid_of("s")
+    lines = [ln for ln in n.lines() if ln.startswith("init-")]
+    assert lines == ["init-begin a 7", "init-end a 7", "init-begin c/w 0", "init-end c/w 0",
+                     "init-begin d 9", "init-end d 9"], lines
+    rows = {r.id: r for r in n.conn.which_children("s")}
+    assert sorted(rows) == ["a", "b", "c", "d"] and rows["b"].pid is None
+    assert n.conn.count_children("s") == {"specs": 4, "active": 3, "supervisors": 1,
+                                          "workers": 3}
+    _dormant(s)
+    kids = set(child_pids(s))
+    assert kids == {rows["a"].pid, rows["c"].pid, rows["d"].pid}, kids
+    a = rows["a"].pid
+    assert process_name(a) == "prism:a" and process_name(rows["c"].pid) == "prism-sup:c"
+    assert _signal_disposition(a, signal.SIGINT) == "ignored"
+    assert _signal_disposition(a, signal.SIGTERM) == "caught"
+    os.kill(a, signal.SIGINT)
+    n.conn.terminate_child("s", "a")
+    wait_until(lambda: "terminate a shutdown" in n.lines(), 10, "a's terminate ran")
+    n.conn.restart_child("s", "a")
+    wait_until(lambda: n.lines().count("init-end a 7") == 2, 10, "a restarted with its args")
+    assert sorted(r.id for r in n.conn.which_children("s")) == ["a", "b", "c", "d"]
+    assert "hello from d" in log_path(n.data_dir, "s/d").read_text()  # its print, its log
+    # One whose first child's init fails: its start fails (as OTP), no process of it stays.
+    with pytest.raises(p.StartError):
+        n.conn.start_child("", p.ChildSpec(id="f", type="supervisor",
+                                           start="tests.apps:small_supervisor_failing_first"))
+    root = n.conn.status().root_pid
+    zygote = _zygote_of(root)
+
+    def left_of_f() -> list[int]:  # an orphan goes to the root; its own spares are its zygote's
+        return [k for k in n.pids() if process_name(k) in ("prism-sup:f", "prism:x", "prism:y")
+                ] + [k for k in child_pids(root)
+                     if process_name(k) == "prism:spare" and os.getpgid(k) != zygote]
+
+    wait_until(lambda: not left_of_f(), 10, "nothing left of f")
