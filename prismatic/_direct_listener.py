@@ -57,7 +57,8 @@ not come (it never will), is dropped: a cast or send is a dead letter (``noconne
 a call fails ``NoConnection()``; counted and logged; and the node is told (``d_gone``) so
 it stops watching for that caller. Not done: a live caller whose connection went and came
 back later than ``REJOIN_S`` loses what was held for it (loudly; if its fence was later
-still: a node path or a mailbox that slow) and is no longer told of this process's exit;
+still: a node path or a mailbox that slow; what it routes once back is held again until
+that fence, never served ahead of it) and is no longer told of this process's exit;
 a caller cut off without its connection closing (a partition, a host lost) is seen gone
 only when TCP gives up on the connection (idle: within ``KEEPALIVE_S``, the kernel's
 keepalive; with replies unacknowledged: its retransmission timeout, minutes); a caller
@@ -437,7 +438,12 @@ class DirectListener:
         """``token``'s caller went and is not back: what was held for it is dropped (its
         fence will never come), loudly, and its node stops watching for it."""
         self.callers.forget(token)
-        held = self.held.pop(token, None) or []
+        held = self.held.get(token)
+        if held is not None:  # its fence has not come
+            # If it is back after all, what it routes is held again until its fence: served
+            # at once it would overtake what it sent on the node path before the fence.
+            self.held[token] = []
+        held = held or []
         size = 0
         for to, frame, n in held:
             self.held_bytes -= n

@@ -20,7 +20,9 @@ from prismatic._address import process_start
 from prismatic._direct_listener import REJOIN_S
 from prismatic._pair_switch import SWITCH_AFTER, PairState
 from prismatic.mesh._secret import derive_keys, read_secret
-from prismatic.transports._messages import CallReply, CastFrame, DirectFence, DirectHello
+from prismatic.transports._messages import (
+    CallFrame, CallReply, CastFrame, DirectFence, DirectHello,
+)
 from prismatic.transports._remote_frames import Deliver, decode_answers, encode_deliveries
 from tests.conftest import wait_until
 from tests.test_mesh import member_socket, members, metric
@@ -502,3 +504,52 @@ def test_a_callee_killed_mid_switch_fails_the_next_call_at_once(nodes: Nodes,
         assert conn.cast(u, ["seq", "late"])
         assert time.monotonic() - started < 2
     nodes.restarted("b", "u", u)
+
+
+def test_a_caller_back_after_its_release_is_not_served_ahead_of_its_fence(
+        nodes: Nodes) -> None:
+    """A caller's route connection goes while c holds its first message (its fence still on
+    the node path) and is not back within REJOIN_S: c releases it (drops what it held). The
+    caller comes back later still (a network slower than REJOIN_S) and routes more before
+    its fence came. What it sent on the node path before its fence goes in before anything
+    it routed after it: what comes on the route before the fence is held again (not served
+    ahead of the fence), and goes in behind it."""
+    b = nodes.nodes["b"]
+    c = nodes.pid("b", "c")
+    released = "prismatic_cluster_direct_listener_released"
+    dead = '{kind="cast",reason="noconnection"}'
+    released0 = metric(b, released)
+    dead0 = metric(b, "prismatic_dead_letters", dead)
+    before = len(b.conn.call(c, ["casts"]))
+    ctx = zmq.Context()
+    try:
+        link, token, port = ask_for_route(ctx, nodes, c)
+        first = zmq.Context()
+        route = route_socket(first, nodes, token, port)
+        route.linger = 5000
+        route.send(encode_deliveries([Deliver(c, CastFrame(["rel", 0]))]))
+        route.close()
+        first.term()  # it left (within the linger): the connection goes after it
+        looked = time.monotonic() + REJOIN_S + 1  # c looks for it REJOIN_S after it went
+        wait_until(lambda: time.monotonic() > looked and metric(b, released) > released0,
+                   REJOIN_S + 5, "c to release the caller that did not come back in time")
+        assert metric(b, "prismatic_dead_letters", dead) > dead0  # the held one: loudly
+        route = route_socket(ctx, nodes, token, port)  # back, too late
+        route.send(encode_deliveries([Deliver(c, CastFrame(["rel", 2])),
+                                      Deliver(c, CallFrame(1, ["echo", "rel"]))]))
+        # Its call is answered once served: at once if nothing holds it (then the cast
+        # before it was served too, ahead of what follows on the node path).
+        served_at_once = route.poll(500)
+        # Sent by the caller before its fence (its node path is the slower one here).
+        link.send(encode_deliveries([Deliver(c, CastFrame(["rel", 1]))]))
+        link.send(encode_deliveries([Deliver(c, DirectFence(token))]))
+        route.send(encode_deliveries([Deliver(c, CastFrame(["rel", 3]))]))
+        wait_until(lambda: ["rel", 3] in b.conn.call(c, ["casts"])[before:], 5,
+                   "what came on the route after the fence")
+        got = [m for m in b.conn.call(c, ["casts"])[before:] if m[0] == "rel"]
+        assert got == [["rel", 1], ["rel", 2], ["rel", 3]] and not served_at_once, got
+        assert route.poll(5000), "the held call never answered"
+        assert decode_answers(route.recv())[0] == [CallReply(1, "rel")]
+        assert b.conn.call(c, ["echo", "still"]) == "still"
+    finally:
+        ctx.destroy(0)  # whatever an assertion left open
