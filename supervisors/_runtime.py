@@ -452,7 +452,8 @@ class SupervisorRuntime(SpareKeeping, ProgramKeeping):
             log.warning("supervisor %s: spare process %d died: %s", self.name(), proc.pid,
                         reason)
             self.trouble(Trouble.SPARE_DIED)
-            self.spares.remove(proc)
+            if proc in self.spares:  # not if a start took it, found it dead, went on
+                self.spares.remove(proc)
         elif proc is self.starting:
             self.starting = None
             if proc.ignored:

@@ -402,3 +402,28 @@ def test_a_small_supervisors_children_forked_ahead_become_each_kind_in_order(nod
                      if process_name(k) == "prism:spare" and os.getpgid(k) != zygote]
 
     wait_until(lambda: not left_of_f(), 10, "nothing left of f")
+
+
+def test_a_spare_dead_before_it_is_told_what_to_become_is_not_the_supervisors_end(
+        node_factory):
+    """A restart takes a spare that died a moment ago, its death not yet read: telling it
+    which child to become fails (a broken pipe), the restart takes the next way, and the
+    spare's death, read after, is a spare that died (logged, counted), not a crash of the
+    supervisor (the spare was no longer in its list: ValueError, and the root took the node
+    down with it)."""
+    n = node_factory("tests.apps:one_for_one")
+    root = n.conn.status().root_pid
+    _zygote_of(root)
+    spare = wait_until(lambda: (s := _of_kind(root, "prism:spare")) and s[0], 10, "a spare")
+    w1 = n.conn.pid_of("w1")
+    os.kill(root, signal.SIGSTOP)  # both deaths wait to be read, the child's first
+    try:
+        os.kill(w1, signal.SIGKILL)
+        wait_until(lambda: process_state(w1) == "Z", 5, "w1 dead")
+        os.kill(spare, signal.SIGKILL)
+        wait_until(lambda: process_state(spare) == "Z", 5, "the spare dead")
+    finally:
+        os.kill(root, signal.SIGCONT)
+    wait_until(lambda: n.conn.pid_of("w1") not in (None, w1), 10, "w1 restarted")
+    assert n.conn.status().root_pid == root
+    wait_until(lambda: _troubles(n, "spare_died") >= 1, 5, "the spare's death counted")
