@@ -132,7 +132,11 @@ class _CounterCollector:
         self.counters = counters
 
     def describe(self) -> Iterable[Metric]:
-        return []
+        """Their names, for the registry (as Counters registered their own): a scrape for
+        some names only (``?name[]=``) finds them by these, and a clash is refused."""
+        from prometheus_client.core import CounterMetricFamily  # noqa: PLC0415 - module doc
+
+        return [CounterMetricFamily(c.name, c.doc, labels=c.labelnames) for c in self.counters]
 
     def collect(self) -> Iterator[Metric]:
         from prometheus_client.core import CounterMetricFamily  # noqa: PLC0415 - module doc

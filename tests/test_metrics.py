@@ -222,6 +222,25 @@ def test_the_event_counters_read_as_prometheus_counters():
         m.exits.labels("crashed").inc(-1)
 
 
+def test_a_scrape_for_some_names_has_the_event_counters_among_them():
+    """``/metrics?name[]=...`` (prometheus_client's filter: a scraper asking for some series
+    only) serves the event counters asked for: the registry finds them by the names their
+    collector describes, as it found the Counters they were."""
+    from prismatic._metrics import NodeMetrics, serve_metrics
+
+    metrics = NodeMetrics("unit", lambda: [], lambda: {}, lambda: {})
+    metrics.restarts.labels("root", "a").inc(3)
+    metrics.exits.labels("crashed").inc()
+    server = serve_metrics(metrics, 0)
+    try:
+        text = urllib.request.urlopen(server.url + "?name[]=prismatic_restarts_total",
+                                      timeout=5).read().decode()
+    finally:
+        server.close()
+    assert 'prismatic_restarts_total{child="a",supervisor="root"} 3.0' in text, text
+    assert "prismatic_child_exits" not in text, text
+
+
 def test_a_nodes_start_does_without_prometheus():
     """``prometheus_client`` (and the HTTP server's modules it brings) is imported at the
     first scrape, not on the way to a node's start (_metrics' module doc: ~16 ms of CPU per
