@@ -63,7 +63,8 @@ a caller cut off without its connection closing (a partition, a host lost) is se
 only when TCP gives up on the connection (idle: within ``KEEPALIVE_S``, the kernel's
 keepalive; with replies unacknowledged: its retransmission timeout, minutes); a caller
 that asked for the listener and never sent on it leaves its token here (a few bytes) and
-its watcher at the node, until this process exits.
+its watcher at the node, until this process exits; one released before its fence leaves
+its token here too (what it routes if it is back is held for that fence).
 
 When the process exits, the listener is closed after its replies leave (``LINGER_MS``) and
 its context ends: no thread or socket outlives it. A child the worker forks never touches
