@@ -434,33 +434,31 @@ class SpareKeeping:
         self.busy_at = time.monotonic()  # made now: kept for idle_limit from here
         specs = self.static_specs()
         runs = exclusive_runs() if self.woken else []  # as for the zygote (start_zygote)
-        prepare = may_become_a_worker(specs)
+        if not self.fork_one_spare(specs, may_become_a_worker(specs)):
+            return
+        self.woken = False
+        populate_write(runs)
+
+    def fork_one_spare(self, specs: dict[str, ChildSpec], prepare: bool) -> bool:
+        """Fork a spare that knows ``specs`` (``prepare``: ready to become a worker); False
+        when the fork failed (logged and backed off by :meth:`fork_failed`)."""
         try:
             pid, mine = fork_with_channel(
                 lambda theirs: spare_main(theirs, specs, self.path, self.node, prepare),
                 "prism:spare")
         except OSError as exc:
             self.fork_failed("a spare", exc)
-            return
-        self.woken = False
-        populate_write(runs)
+            return False
         self.add_spare(pid, mine, specs)
+        return True
 
     def fork_first_children(self) -> None:
         """A small supervisor starting dormant: fork one process for each of its first
         starts (not a program's), before it decides on them (the module doc says why)."""
         specs = self.static_specs()
         for spec in specs.values():
-            if isinstance(spec.start, Program):
-                continue
-            try:
-                pid, mine = fork_with_channel(
-                    lambda theirs: spare_main(theirs, specs, self.path, self.node, False),
-                    "prism:spare")
-            except OSError as exc:
-                self.fork_failed("a spare", exc)
+            if not isinstance(spec.start, Program) and not self.fork_one_spare(specs, False):
                 return
-            self.add_spare(pid, mine, specs)
 
     def add_spare(self, pid: int, channel: Channel, specs: dict[str, ChildSpec]) -> None:
         proc = Proc(pid, channel, None, ChildType.WORKER)

@@ -83,6 +83,15 @@ def wait_until(pred, timeout: float = 10.0, what: str = "condition") -> object:
         delay = min(delay * 2, 0.05)
 
 
+def run_fresh(code: str) -> list[str]:
+    """Run ``code`` in a fresh interpreter (from ``/``, the repo on its path: nothing this
+    session imported is in it); its stdout's words. Fails on a non-zero exit."""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, cwd="/", env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert out.returncode == 0, out.stderr
+    return out.stdout.split()
+
+
 def process_state(pid: int) -> str | None:
     """The kernel's one-letter state of ``pid`` (``Z`` for a zombie); None if it is gone."""
     try:

@@ -16,7 +16,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 import prismatic as p
-from tests.conftest import REPO, SESSION_TAG, tagged_pids, wait_until
+from tests.conftest import REPO, SESSION_TAG, run_fresh, tagged_pids, wait_until
 
 
 @pytest.fixture
@@ -252,7 +252,5 @@ def test_a_nodes_start_does_without_prometheus():
             "m.restarts.labels('root', 'a').inc()\n"
             "print(' '.join(x for x in ('prometheus_client', 'wsgiref', 'http.server') "
             "if x in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=60, cwd="/", env=dict(os.environ, PYTHONPATH=str(REPO)))
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == [], f"imported on the way to a start: {out.stdout}"
+    imported = run_fresh(code)
+    assert imported == [], f"imported on the way to a start: {imported}"

@@ -14,7 +14,7 @@ import pytest
 import prismatic as p
 from prismatic.eventlog import open_event_log
 from prismatic._replay import open_log_reader
-from tests.conftest import REPO, SESSION_TAG, alive, wait_until
+from tests.conftest import REPO, SESSION_TAG, alive, run_fresh, wait_until
 
 
 
@@ -321,10 +321,8 @@ def test_the_trees_image_stays_light():
              "_ssl", "tomllib", "json", "subprocess"]
     code = ("import sys, prismatic._node, prismatic.node, prismatic._demo\n"
             f"print(' '.join(m for m in {heavy!r} if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=60, cwd="/", env=dict(os.environ, PYTHONPATH=str(REPO)))
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == [], f"loaded before the fork: {out.stdout}"
+    loaded = run_fresh(code)
+    assert loaded == [], f"loaded before the fork: {loaded}"
 
 
 def test_the_node_imports_its_loop_with_the_collector_paused_then_on_again():
@@ -339,7 +337,4 @@ def test_the_node_imports_its_loop_with_the_collector_paused_then_on_again():
             "gc.disable()\n"
             "n._import_loop()\n"
             "print(gc.isenabled())")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=60, cwd="/", env=dict(os.environ, PYTHONPATH=str(REPO)))
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["True", "True", "True", "False"]
+    assert run_fresh(code) == ["True", "True", "True", "False"]
