@@ -20,12 +20,19 @@ Before those (where the two collide in CPython's type attribute cache, the worke
 the many children's, keeps its entries), ``SUPERVISOR_ROUNDS`` times, a small supervisor's
 start (:func:`_one_supervisor_start`): its runtime made, its decision to start its one
 child, ``Become`` to a spare that is only a socket pair, the child's ``ready``, the reports
-that follow, a turn of its idle loop. A supervisor runs its start once, so quickening
-matters less there than the type attribute cache: each lookup that misses it writes an
-entry and drops the name string the entry held, two pages copied in a fresh fork (often two
-new ones each time). Measured, 1,000 dormant supervisors + 1 worker each: ~55 private pages
-less in each supervisor, its fork of that path ~395 -> ~290 faults; ~2 ms more in the
-node's start.
+that follow, a turn of its idle loop; then, as a dormant supervisor, that child's death (its
+record let go), the decision to restart it, the replacement's ``ready`` and the reports. A
+supervisor runs its start once, so quickening matters less there than the type attribute
+cache: each lookup that misses it writes an entry and drops the name string the entry held,
+two pages copied in a fresh fork (often two new ones each time). Measured, 1,000 dormant
+supervisors + 1 worker each: ~55 private pages less in each supervisor, its fork of that
+path ~395 -> ~290 faults; ~2 ms more in the node's start. The restart, for the first one
+under a long-idle supervisor (which forks its child itself): its death + decision ~40 -> ~25
+faults, ~0.3 ms more in the node's start. The rest of that restart is no miss of a cache:
+the supervisor's writes after its fork (~145 faults to the child's ``ready``, ~80 for its
+reports) copy pages the child now shares, and the child's ~180 before its first statement
+are CPython's after-fork work (``threading``'s hook alone ~125: measured in a bare
+interpreter, 59 -> 185 once it is imported).
 """
 
 from __future__ import annotations
