@@ -20,26 +20,18 @@ Before those (where the two collide in CPython's type attribute cache, the worke
 the many children's, keeps its entries), ``SUPERVISOR_ROUNDS`` times, a small supervisor's
 start (:func:`_one_supervisor_start`): its runtime made, its decision to start its one
 child, ``Become`` to a spare that is only a socket pair, the child's ``ready``, the reports
-that follow, a turn of its idle loop; then, as a dormant supervisor, that child's death (its
-record let go), the decision to restart it, the replacement's ``ready`` and the reports. A
-supervisor runs its start once, so quickening matters less there than the type attribute
-cache: each lookup that misses it writes an entry and drops the name string the entry held,
-two pages copied in a fresh fork (often two new ones each time). Measured, 1,000 dormant
-supervisors + 1 worker each: ~55 private pages less in each supervisor, its fork of that
-path ~395 -> ~290 faults; ~2 ms more in the node's start. The restart, for the first one
-under a long-idle supervisor (which forks its child itself): its death + decision ~40 -> ~25
-faults, ~0.3 ms more in the node's start. The rest of that restart is no miss of a cache:
-the supervisor's writes after its fork (~145 faults to the child's ``ready``, ~80 for its
-reports) copy pages the child now shares, and the child's ~180 before its first statement
-are CPython's after-fork work (``threading``'s hook alone ~125: measured in a bare
-interpreter, 59 -> 185 once it is imported).
+that follow, a turn of its idle loop. A supervisor runs its start once, so quickening
+matters less there than the type attribute cache: each lookup that misses it writes an
+entry and drops the name string the entry held, two pages copied in a fresh fork (often two
+new ones each time). Measured, 1,000 dormant supervisors + 1 worker each: ~55 private pages
+less in each supervisor, its fork of that path ~395 -> ~290 faults; ~2 ms more in the
+node's start.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import signal
 import socket
 import sys
 import time
@@ -47,7 +39,6 @@ import time
 from .._address import own_pid
 from .._childspec import ChildSpec, ChildType, SupervisorSpec
 from .._errors import NodeError
-from .._exit import Killed
 from .._reactor import Reactor
 from .._worker import Worker
 from .._worker_runtime import (
@@ -55,7 +46,7 @@ from .._worker_runtime import (
 )
 from ..transports._channel import Channel
 from ..transports._frames import Become, ReadyFrame
-from ._events import Exited, Init
+from ._events import Init
 from ._procs import Proc
 from ._runtime import SupervisorRuntime
 
@@ -96,33 +87,28 @@ def warm_start_path(node: str, creation: int, rounds: int = WARM_ROUNDS) -> None
 SUPERVISOR_ROUNDS = 10
 
 
-def _one_supervisor_start(node: str, restart: bool = True) -> None:
+def _one_supervisor_start(node: str) -> None:
     """A small supervisor's start of its one child, that child's ``ready`` and the reports
     that follow, and a turn of its idle loop, over socket pairs: the child is a spare that
-    never existed (its record watches this process), nothing is forked. With ``restart``,
-    then that child's death as a dormant supervisor decides on it: the exit's record let
-    go, the decision to restart, the replacement's ``ready`` and the reports after it (the
-    replacement another such spare, where a dormant supervisor forks it)."""
+    never existed (its record watches this process), nothing is forked."""
     up, parent_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    mine2, theirs2 = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    parent, child, child2 = Channel(parent_end), Channel(theirs), Channel(theirs2)
+    parent, child = Channel(parent_end), Channel(theirs)
     runtime = SupervisorRuntime(SupervisorSpec(children=[ChildSpec(id="warm", start=Worker)]),
                                 Channel(up), ("warm",), node)
-    made: list[Proc] = []
-    watched: Proc | None = None
+    spare = Proc(os.getpid(), Channel(mine), None, ChildType.WORKER)
     try:
-        spare = Proc(os.getpid(), Channel(mine), None, ChildType.WORKER)
-        made.append(spare)
-        replacement = Proc(os.getpid(), Channel(mine2), None, ChildType.WORKER)
-        made.append(replacement)
         runtime.dormant = True
-        spare.specs = replacement.specs = runtime.static_specs()
+        spare.specs = runtime.static_specs()
         runtime.watch(spare)
-        watched = spare
         runtime.spares.append(spare)
         runtime.feed(Init(time.monotonic()))  # the decision, and Become to the spare
-        _serve_ready(runtime, child, parent)
+        child.receive_one()
+        child.send(ReadyFrame(pid=os.getpid(), mono=time.monotonic()))
+        for key, _ in runtime.sel.select(1.0):  # as its loop takes the child's ready
+            kind, obj = key.data
+            getattr(runtime, sys.intern(f"on_{kind}"))(obj)
+        parent.receive()  # its reports and its own ready
         runtime.fire_deadlines()
         runtime.next_deadline()
         runtime.wants_fork_spare()
@@ -130,45 +116,12 @@ def _one_supervisor_start(node: str, restart: bool = True) -> None:
         runtime.dormant_at()
         runtime.request_spares()
         runtime.check_worker_logs(time.monotonic())
-        if restart:  # on_exit's part once the dead child is reaped, then its decision
-            runtime.forget(spare)
-            made.remove(spare)
-            watched = None
-            runtime.dormant = True
-            runtime.watch(replacement)
-            watched = replacement
-            runtime.spares.append(replacement)
-            runtime.feed(Exited(os.getpid(), _KILLED, time.monotonic()))
-            if runtime.starting is replacement:  # told to become (else nothing to read)
-                _serve_ready(runtime, child2, parent)
     finally:
-        for proc in made:  # its record let go, or never watched: closed as forget does
-            if proc is watched:
-                runtime.forget(proc)
-            else:
-                os.close(proc.pidfd)
-                proc.channel.close()
-        for end in (mine, mine2):
-            end.close()  # a no-op for those in a record: its channel closed them
+        runtime.forget(spare)
         runtime.sel.close()
         runtime.parent.close()
         parent.close()
         child.close()
-        child2.close()
-
-
-_KILLED = Killed(int(signal.SIGKILL))
-
-
-def _serve_ready(runtime: SupervisorRuntime, child: Channel, parent: Channel) -> None:
-    """The child told to become: its ``ready``, taken as the supervisor's loop takes it, and
-    what the supervisor sent up meanwhile."""
-    child.receive_one()
-    child.send(ReadyFrame(pid=os.getpid(), mono=time.monotonic()))
-    for key, _ in runtime.sel.select(1.0):
-        kind, obj = key.data
-        getattr(runtime, sys.intern(f"on_{kind}"))(obj)
-    parent.receive()  # its reports (and, the first time, its own ready)
 
 
 def _one_start(node: str, creation: int, parent: Channel, child_end: socket.socket) -> None:
