@@ -285,6 +285,41 @@ def test_a_caller_whose_route_reconnects_keeps_what_was_held_for_it(nodes: Nodes
         ctx.destroy(0)  # whatever an assertion left open
 
 
+def test_a_caller_back_on_a_new_connection_is_served_while_its_old_one_lingers(
+        nodes: Nodes) -> None:
+    """A caller's route connection is reset without the callee's side seeing it (the
+    callee still holds the old one, until keepalive ends it) and the caller reconnects
+    under its routing id: its routing id moves to the new connection, where it is served
+    at once (not refused until the old one ends, ~25 s). When the old connection does
+    end, that is not the caller going: its node still watches it, its route serves on."""
+    b = nodes.nodes["b"]
+    c = nodes.pid("b", "c")
+    watchers = "prismatic_cluster_direct_route_watchers"
+    ctx = zmq.Context()
+    try:
+        link, token, port = ask_for_route(ctx, nodes, c)
+        watched = metric(b, watchers)
+        link.send(encode_deliveries([Deliver(c, DirectFence(token))]))
+        old = route_socket(ctx, nodes, token, port)  # what the callee still holds
+        old.send(encode_deliveries([Deliver(c, CallFrame(1, ["echo", "old"]))]))
+        assert old.poll(5000), "no answer on the first connection"
+        assert decode_answers(old.recv())[0] == [CallReply(1, "old")]
+        new = route_socket(ctx, nodes, token, port)  # the caller, reconnected
+        new.send(encode_deliveries([Deliver(c, CallFrame(2, ["echo", "new"]))]))
+        assert new.poll(3000), "the reconnected caller not served while the old one lingers"
+        assert decode_answers(new.recv())[0] == [CallReply(2, "new")]
+        old.close(0)  # the old connection ends (keepalive, in life)
+        looked = time.monotonic() + REJOIN_S + 0.5  # c would have looked for it by then
+        wait_until(lambda: time.monotonic() > looked, REJOIN_S + 2, "c to look")
+        new.send(encode_deliveries([Deliver(c, CallFrame(3, ["echo", "on"]))]))
+        assert new.poll(3000), "the caller not served after its old connection ended"
+        answers = decode_answers(new.recv())[0] or []
+        assert answers[-1:] == [CallReply(3, "on")], answers
+        assert metric(b, watchers) >= watched  # its node still watches it
+    finally:
+        ctx.destroy(0)  # whatever an assertion left open
+
+
 def test_a_listener_has_the_kernel_watch_its_callers_connections(nodes: Nodes) -> None:
     """A caller cut off with its connection left open (a partition, its host lost) never
     closes it, and the listener would hold what it sent for ever: the listener's side of
