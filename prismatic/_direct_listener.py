@@ -331,6 +331,9 @@ class DirectListener:
             self.answer(ident, CallRefused(frame.ref, reason))
             return
         counts["listener_dead_letters"] += 1
+        self.dead_letter(to, frame, reason)
+
+    def dead_letter(self, to: Pid | str, frame: Any, reason: str) -> None:
         kind = "cast" if type(frame).__struct_config__.tag == "cast" else "info"
         dest = str(to) if isinstance(to, Pid) else f"{to}@{self.pid.node}"
         self.ctx.hub.note(DeadLetterNote(dest, reason, kind, None, len(encode_frame(frame))))
@@ -457,14 +460,18 @@ class DirectListener:
             self.held[token] = []
         held = held or []
         size = 0
+        failed: list[Any] = []
+        # Each counted once, as released: not also as an answer lost or a dead letter.
         for to, frame, n in held:
             self.held_bytes -= n
             size += n
             counts["listener_released"] += 1
             if isinstance(frame, CallFrame):  # nobody awaits it, unless the caller was slow
-                self.answer(token, CallFailed(frame.ref, NoConnection()))
+                failed.append(CallFailed(frame.ref, NoConnection()))
             else:
-                self.refuse(token, to, frame, "noconnection")
+                self.dead_letter(to, frame, "noconnection")
+        if failed:
+            self.answer_released(token, failed)
         if held:
             _gone_warning.warn("direct listener of %s: a caller's route went before its fence "
                                "came, and it is not back after %.0fs: dropped the %d messages "
@@ -474,6 +481,16 @@ class DirectListener:
         if conn is not None:
             conn.reply(DirectGone(token))  # its node stops watching for it
         report(self.ctx.hub)
+
+    def answer_released(self, token: bytes, failed: list[Any]) -> None:
+        """The calls released for ``token`` fail, behind what was answered it before; sent
+        now, as nobody may be there: only those others count as answers lost then."""
+        batch = self.answers.pop(token, []) + failed
+        try:
+            self.router.send(token, _SNDMORE)
+            self.router.send(encode_answers(batch), _NOBLOCK)
+        except zmq.ZMQError:  # EHOSTUNREACH: the caller is gone, as expected
+            counts["listener_answers_lost"] += len(batch) - len(failed)
 
     def later_by(self, delay: float, callback: Any, *args: Any) -> None:
         loop = self.ctx.loop

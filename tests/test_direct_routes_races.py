@@ -316,6 +316,37 @@ def test_a_caller_back_on_a_new_connection_is_served_while_its_old_one_lingers(
         ctx.destroy(0)  # whatever an assertion left open
 
 
+def test_what_is_released_for_a_caller_that_went_is_counted_once(nodes: Nodes) -> None:
+    """A caller routes two calls and a cast before its fence and goes: the three are
+    released (counted as such), each once: the calls' failures, with nobody to take them,
+    are not also answers lost, nor the cast a listener's dead letter (it is a dead letter
+    of its node's, ``noconnection``, as ever)."""
+    b = nodes.nodes["b"]
+    c = nodes.pid("b", "c")
+    names = ["prismatic_cluster_direct_listener_released",
+             "prismatic_cluster_direct_listener_answers_lost",
+             "prismatic_cluster_direct_listener_dead_letters"]
+    dead = '{kind="cast",reason="noconnection"}'
+    before = [metric(b, name) for name in names] + [metric(b, "prismatic_dead_letters", dead)]
+    ctx = zmq.Context()
+    try:
+        _link, token, port = ask_for_route(ctx, nodes, c)
+        route = route_socket(ctx, nodes, token, port)
+        route.linger = 5000
+        route.send(encode_deliveries([Deliver(c, CallFrame(1, ["echo", 1])),
+                                      Deliver(c, CastFrame(["released", 0])),
+                                      Deliver(c, CallFrame(2, ["echo", 2]))]))
+        route.close()
+    finally:
+        ctx.destroy()  # it left (within the linger): the connection goes after it
+    wait_until(lambda: metric(b, names[0]) >= before[0] + 3, REJOIN_S + 5,
+               "c to release what it held for the caller that went")
+    settled = time.monotonic() + 0.5  # a count of the same release reported later is in
+    wait_until(lambda: time.monotonic() > settled, 2, "c's later reports")
+    after = [metric(b, name) for name in names] + [metric(b, "prismatic_dead_letters", dead)]
+    assert [x - y for x, y in zip(after, before, strict=True)] == [3, 0, 0, 1]
+
+
 def test_a_listener_has_the_kernel_watch_its_callers_connections(nodes: Nodes) -> None:
     """A caller cut off with its connection left open (a partition, its host lost) never
     closes it, and the listener would hold what it sent for ever: the listener's side of
