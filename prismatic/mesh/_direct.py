@@ -357,8 +357,9 @@ class DirectPort:
                 if origin is not None:
                     link, ref = origin
                     answers.setdefault(link, []).append(msgspec.structs.replace(frame, ref=ref))
-                    if token is not None and (type(frame) is CallRefused or frame.value is None):
-                        self.unwatch(outlet, link, token)  # no listener: no route to watch
+                    if token is not None:  # a hello's answer
+                        if isinstance(frame, CallRefused) or frame.value is None:
+                            self.unwatch(outlet, link, token)  # no listener: no route
             elif isinstance(frame, DirectGone):  # that caller went: not told of the exit
                 watchers = outlet.watchers
                 for link in [k for k, token in watchers.items() if token == frame.token]:
