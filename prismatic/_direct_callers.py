@@ -17,7 +17,10 @@ went, even after its number went to a new connection. Hence (property tests,
 * no caller that went is left unlooked-for: one whose batch was read after its connection
   went is looked for then; one that came back without sending (its new connection's
   number unknown) is looked for again at each later disconnection; one with messages held
-  whose batch came late on a reused number is looked for at each disconnection too.
+  whose batch came late on a reused number is looked for at each disconnection too;
+* a caller whose routing id the ROUTER handed over to a new connection (its old one reset
+  on its side only) is one that moved: known on the new one by its next batch, or, if it
+  sent none, looked for when the old one ends (and found there).
 """
 
 from __future__ import annotations

@@ -52,19 +52,26 @@ DEALER reconnects within ~100 ms, under its routing id, and its fence is on its 
 the node path meanwhile). Then the listener asks ZeroMQ whether its routing id has a
 connection (a send with ``ROUTER_MANDATORY``: an empty batch of answers if it does, which
 the caller reads as nothing). A caller back, with or without a batch since, keeps what is
-held for it, in order. A caller not back is gone: what was held for it, if its fence has
-not come (it never will), is dropped: a cast or send is a dead letter (``noconnection``),
-a call fails ``NoConnection()``; counted and logged; and the node is told (``d_gone``) so
-it stops watching for that caller. Not done: a live caller whose connection went and came
-back later than ``REJOIN_S`` loses what was held for it (loudly; if its fence was later
-still: a node path or a mailbox that slow; what it routes once back is held again until
-that fence, never served ahead of it) and is no longer told of this process's exit;
-a caller cut off without its connection closing (a partition, a host lost) is seen gone
-only when TCP gives up on the connection (idle: within ``KEEPALIVE_S``, the kernel's
-keepalive; with replies unacknowledged: its retransmission timeout, minutes); a caller
-that asked for the listener and never sent on it leaves its token here (a few bytes) and
-its watcher at the node, until this process exits; one released before its fence leaves
-its token here too (what it routes if it is back is held for that fence).
+held for it, in order. A caller whose connection was reset without this side seeing it
+(this side's left open until keepalive ends it) reconnects under its routing id, which the
+ROUTER hands over to the new connection (``ROUTER_HANDOVER``, as the node's mesh ROUTER
+does): it is served there at once; its old connection, read no more, ends later as any
+does, and the caller, known on its new one (or looked for and found there), is not gone.
+What this side had not read from the old connection when the id moved may be read after
+the new one's first batch (ZeroMQ queues the two fairly). A caller not back is gone: what
+was held for it, if its fence has not come (it never will), is dropped: a cast or send is
+a dead letter (``noconnection``), a call fails ``NoConnection()``; counted and logged; and
+the node is told (``d_gone``) so it stops watching for that caller. Not done: a live
+caller whose connection went and came back later than ``REJOIN_S`` loses what was held for
+it (loudly; if its fence was later still: a node path or a mailbox that slow; what it
+routes once back is held again until that fence, never served ahead of it) and is no
+longer told of this process's exit; a caller cut off without its connection closing (a
+partition, a host lost) is seen gone only when TCP gives up on the connection (idle:
+within ``KEEPALIVE_S``, the kernel's keepalive; with replies unacknowledged: its
+retransmission timeout, minutes); a caller that asked for the listener and never sent on
+it leaves its token here (a few bytes) and its watcher at the node, until this process
+exits; one released before its fence leaves its token here too (what it routes if it is
+back is held for that fence).
 
 When the process exits, the listener is closed after its replies leave (``LINGER_MS``) and
 its context ends: no thread or socket outlives it. A child the worker forks never touches
@@ -164,6 +171,10 @@ class DirectListener:
             router.rcvhwm = RCV_HWM
             router.sndhwm = 0  # replies never wait for the caller to read
             router.router_mandatory = True  # a reply for a caller that left raises: counted
+            # A caller whose connection was reset without this side seeing it (its old one
+            # left open here until keepalive ends it) reconnects under its routing id: the
+            # id moves to the new connection, which is served at once, not refused for ~25 s.
+            router.router_handover = True
             router.curve_server = True
             router.curve_publickey = hello.public
             router.curve_secretkey = hello.secret
@@ -320,6 +331,9 @@ class DirectListener:
             self.answer(ident, CallRefused(frame.ref, reason))
             return
         counts["listener_dead_letters"] += 1
+        self.dead_letter(to, frame, reason)
+
+    def dead_letter(self, to: Pid | str, frame: Any, reason: str) -> None:
         kind = "cast" if type(frame).__struct_config__.tag == "cast" else "info"
         dest = str(to) if isinstance(to, Pid) else f"{to}@{self.pid.node}"
         self.ctx.hub.note(DeadLetterNote(dest, reason, kind, None, len(encode_frame(frame))))
@@ -446,14 +460,18 @@ class DirectListener:
             self.held[token] = []
         held = held or []
         size = 0
+        failed: list[Any] = []
+        # Each counted once, as released: not also as an answer lost or a dead letter.
         for to, frame, n in held:
             self.held_bytes -= n
             size += n
             counts["listener_released"] += 1
             if isinstance(frame, CallFrame):  # nobody awaits it, unless the caller was slow
-                self.answer(token, CallFailed(frame.ref, NoConnection()))
+                failed.append(CallFailed(frame.ref, NoConnection()))
             else:
-                self.refuse(token, to, frame, "noconnection")
+                self.dead_letter(to, frame, "noconnection")
+        if failed:
+            self.answer_released(token, failed)
         if held:
             _gone_warning.warn("direct listener of %s: a caller's route went before its fence "
                                "came, and it is not back after %.0fs: dropped the %d messages "
@@ -463,6 +481,16 @@ class DirectListener:
         if conn is not None:
             conn.reply(DirectGone(token))  # its node stops watching for it
         report(self.ctx.hub)
+
+    def answer_released(self, token: bytes, failed: list[Any]) -> None:
+        """The calls released for ``token`` fail, behind what was answered it before; sent
+        now, as nobody may be there: only those others count as answers lost then."""
+        batch = self.answers.pop(token, []) + failed
+        try:
+            self.router.send(token, _SNDMORE)
+            self.router.send(encode_answers(batch), _NOBLOCK)
+        except zmq.ZMQError:  # EHOSTUNREACH: the caller is gone, as expected
+            counts["listener_answers_lost"] += len(batch) - len(failed)
 
     def later_by(self, delay: float, callback: Any, *args: Any) -> None:
         loop = self.ctx.loop

@@ -274,11 +274,15 @@ def test_an_async_callee_answers_on_its_route(nodes: Nodes) -> None:
 def test_a_process_that_cannot_open_a_listener_answers_on_the_node_path(
         nodes: Nodes, path: str, loaded: bool, logged: str) -> None:
     """No descriptor left for a listener: the process says so (logged, counted on its
-    node), the caller counts the pair as not offered, and the pair carries on as before."""
+    node), the caller counts the pair as not offered, and the pair carries on as before.
+    Its node does not keep the caller as one to tell of the process's exit on a route
+    (there is none: the node path tells it)."""
     a, b = nodes.nodes["a"], nodes.nodes["b"]
     alpha = nodes.pid("b", path)
     if loaded:
         b.conn.call(alpha, ["import", "prismatic._direct_listener"])
+    watchers = "prismatic_cluster_direct_route_watchers"
+    watchers0 = metric(b, watchers)
     failures0 = metric(b, "prismatic_cluster_direct_listener_failures")
     offered0 = metric(a, "prismatic_cluster_direct_not_offered")
     with p.connect(a.data_dir) as conn:
@@ -293,6 +297,8 @@ def test_a_process_that_cannot_open_a_listener_answers_on_the_node_path(
                        is PairState.OFF, 5, "the pair to stay on the node path")
         finally:
             b.conn.call(alpha, ["fdlimit", old])
+        wait_until(lambda: metric(b, watchers) <= watchers0, 5,  # the caller is still there
+                   "b to forget the caller answered with no port")
         assert conn.call(alpha, ["echo", "still"]) == "still"
     assert listening_ports(alpha.ospid) == set()
     wait_until(lambda: metric(b, "prismatic_cluster_direct_listener_failures") > failures0

@@ -285,6 +285,68 @@ def test_a_caller_whose_route_reconnects_keeps_what_was_held_for_it(nodes: Nodes
         ctx.destroy(0)  # whatever an assertion left open
 
 
+def test_a_caller_back_on_a_new_connection_is_served_while_its_old_one_lingers(
+        nodes: Nodes) -> None:
+    """A caller's route connection is reset without the callee's side seeing it (the
+    callee still holds the old one, until keepalive ends it) and the caller reconnects
+    under its routing id: its routing id moves to the new connection, where it is served
+    at once (not refused until the old one ends, ~25 s). When the old connection does
+    end, that is not the caller going: its route serves on."""
+    c = nodes.pid("b", "c")
+    ctx = zmq.Context()
+    try:
+        link, token, port = ask_for_route(ctx, nodes, c)
+        link.send(encode_deliveries([Deliver(c, DirectFence(token))]))
+        old = route_socket(ctx, nodes, token, port)  # what the callee still holds
+        old.send(encode_deliveries([Deliver(c, CallFrame(1, ["echo", "old"]))]))
+        assert old.poll(5000), "no answer on the first connection"
+        assert decode_answers(old.recv())[0] == [CallReply(1, "old")]
+        new = route_socket(ctx, nodes, token, port)  # the caller, reconnected
+        new.send(encode_deliveries([Deliver(c, CallFrame(2, ["echo", "new"]))]))
+        assert new.poll(3000), "the reconnected caller not served while the old one lingers"
+        assert decode_answers(new.recv())[0] == [CallReply(2, "new")]
+        old.close(0)  # the old connection ends (keepalive, in life)
+        looked = time.monotonic() + REJOIN_S + 0.5  # c would have looked for it by then
+        wait_until(lambda: time.monotonic() > looked, REJOIN_S + 2, "c to look")
+        new.send(encode_deliveries([Deliver(c, CallFrame(3, ["echo", "on"]))]))
+        assert new.poll(3000), "the caller not served after its old connection ended"
+        answers = decode_answers(new.recv())[0] or []
+        assert answers[-1:] == [CallReply(3, "on")], answers
+    finally:
+        ctx.destroy(0)  # whatever an assertion left open
+
+
+def test_what_is_released_for_a_caller_that_went_is_counted_once(nodes: Nodes) -> None:
+    """A caller routes two calls and a cast before its fence and goes: the three are
+    released (counted as such), each once: the calls' failures, with nobody to take them,
+    are not also answers lost, nor the cast a listener's dead letter (it is a dead letter
+    of its node's, ``noconnection``, as ever)."""
+    b = nodes.nodes["b"]
+    c = nodes.pid("b", "c")
+    names = ["prismatic_cluster_direct_listener_released",
+             "prismatic_cluster_direct_listener_answers_lost",
+             "prismatic_cluster_direct_listener_dead_letters"]
+    dead = '{kind="cast",reason="noconnection"}'
+    before = [metric(b, name) for name in names] + [metric(b, "prismatic_dead_letters", dead)]
+    ctx = zmq.Context()
+    try:
+        _link, token, port = ask_for_route(ctx, nodes, c)
+        route = route_socket(ctx, nodes, token, port)
+        route.linger = 5000
+        route.send(encode_deliveries([Deliver(c, CallFrame(1, ["echo", 1])),
+                                      Deliver(c, CastFrame(["released", 0])),
+                                      Deliver(c, CallFrame(2, ["echo", 2]))]))
+        route.close()
+    finally:
+        ctx.destroy()  # it left (within the linger): the connection goes after it
+    wait_until(lambda: metric(b, names[0]) >= before[0] + 3, REJOIN_S + 5,
+               "c to release what it held for the caller that went")
+    settled = time.monotonic() + 0.5  # a count of the same release reported later is in
+    wait_until(lambda: time.monotonic() > settled, 2, "c's later reports")
+    after = [metric(b, name) for name in names] + [metric(b, "prismatic_dead_letters", dead)]
+    assert [x - y for x, y in zip(after, before, strict=True)] == [3, 0, 0, 1]
+
+
 def test_a_listener_has_the_kernel_watch_its_callers_connections(nodes: Nodes) -> None:
     """A caller cut off with its connection left open (a partition, its host lost) never
     closes it, and the listener would hold what it sent for ever: the listener's side of

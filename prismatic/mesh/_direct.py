@@ -22,8 +22,9 @@ a *watcher* of the callee: when the callee's mailbox connection breaks, each wat
 told (``exited``, with the exit reason the tree reports), since its calls on the direct
 route are not seen here. A watcher is forgotten when its caller goes: the callee's listener
 sees the route's connection go and not come back, and says so on its mailbox connection
-(``d_gone``, with the token); ``watching`` counts them (a gauge,
-``prismatic_cluster_direct_route_watchers``).
+(``d_gone``, with the token); and when the callee answers the hello with no port (it opened
+no listener: the pair stays on the node path, where its exits are seen). ``watching``
+counts them (a gauge, ``prismatic_cluster_direct_route_watchers``).
 
 The loop side does what needs the hub's loop: a callee that dies with calls in flight fails
 them with its exit reason once the tree reports it (:meth:`Distribution.fail_direct`, which
@@ -298,6 +299,7 @@ class DirectPort:
                 if link not in outlet.watchers:
                     self.watching += 1
                 outlet.watchers[link] = frame.token
+                outlet.hellos[ref] = frame.token  # answered with no port: not watched
                 keys = self.keys
                 frame = DirectHello(ref, frame.token, self.host, keys.public if keys else b"",
                                     keys.secret if keys else b"")
@@ -351,14 +353,24 @@ class DirectPort:
         for frame in outlet.frames.feed(data):
             if isinstance(frame, (CallReply, CallRefused)):
                 origin = outlet.calls.pop(frame.ref, None)
+                token = outlet.hellos.pop(frame.ref, None) if outlet.hellos else None
                 if origin is not None:
                     link, ref = origin
                     answers.setdefault(link, []).append(msgspec.structs.replace(frame, ref=ref))
+                    if token is not None:  # a hello's answer
+                        if isinstance(frame, CallRefused) or frame.value is None:
+                            self.unwatch(outlet, link, token)  # no listener: no route
             elif isinstance(frame, DirectGone):  # that caller went: not told of the exit
                 watchers = outlet.watchers
                 for link in [k for k, token in watchers.items() if token == frame.token]:
-                    del watchers[link]
-                    self.watching -= 1
+                    self.unwatch(outlet, link, frame.token)
+
+    def unwatch(self, outlet: _Outlet, link: bytes, token: bytes) -> None:
+        """``link``'s caller, as ``token``, has no route to ``outlet``'s process (it went, or
+        the process opened no listener): it need not be told of that process's exit."""
+        if outlet.watchers.get(link) == token:
+            del outlet.watchers[link]
+            self.watching -= 1
 
     def gone(self, outlet: _Outlet) -> None:
         outlet.close()
@@ -367,6 +379,7 @@ class DirectPort:
             del self.outlets[outlet.pid]
         calls, outlet.calls = list(outlet.calls.values()), {}
         watchers, outlet.watchers = list(outlet.watchers.items()), {}
+        outlet.hellos.clear()
         self.watching -= len(watchers)
         if calls or watchers:
             self.loop.call_soon_threadsafe(self.fail_calls, outlet.pid, calls, watchers)
@@ -401,6 +414,7 @@ class _Outlet(MailboxWriter):
         self.refs = itertools.count(1)
         self.calls: dict[int, Origin] = {}
         self.watchers: dict[bytes, bytes] = {}  # links that asked for its listener: token
+        self.hellos: dict[int, bytes] = {}  # hellos not answered yet: ref here -> token
         self.out: list[bytes] = []
         self.backlog = 0  # bytes in ``out`` and ``pending``, known at each send_out
         self.full = False  # dropping what comes for it (backlog_full)
