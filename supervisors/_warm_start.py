@@ -26,6 +26,16 @@ entry and drops the name string the entry held, two pages copied in a fresh fork
 new ones each time). Measured, 1,000 dormant supervisors + 1 worker each: ~55 private pages
 less in each supervisor, its fork of that path ~395 -> ~290 faults; ~2 ms more in the
 node's start.
+
+Tried and left out: rehearsing a dormant supervisor's *restart* too (its dead child let go,
+the decision, ``Become``, the reports). In a fork of the image it took that death and
+decision from ~25 to ~12 faults, but no restart got measurably faster (~40 µs), and its
+entries in the type attribute cache displaced some of the worker's: where the interpreter
+imports more at start-up (a ``.pth`` file of the site, here), the worker's warmed start lost
+most of its gain. The rest of that first restart is not a cache miss (measured by fault
+counts per part): the supervisor's first writes after its fork to pages the new child now
+shares (~145), and the child's CPython after-fork work (~180-240; ``threading``'s hook ~125,
+which cannot run in the node).
 """
 
 from __future__ import annotations
