@@ -201,6 +201,19 @@ def route_socket(ctx: zmq.Context, nodes: Nodes, token: bytes, port: int) -> zmq
     return route
 
 
+def route_then_gone(nodes: Nodes, token: bytes, port: int, casts: list[object],
+                    to: p.Pid) -> None:
+    """A caller's route that sends ``casts`` to ``to`` and goes: its own context, ended once
+    they left (within the linger), so its connection goes after them."""
+    ctx = zmq.Context()
+    route = route_socket(ctx, nodes, token, port)
+    route.linger = 5000
+    for cast in casts:
+        route.send(encode_deliveries([Deliver(to, CastFrame(cast))]))
+    route.close()
+    ctx.term()
+
+
 def hold_past_the_bound(nodes: Nodes, t: p.Pid) -> None:
     """Be a caller that asks ``t`` for its listener and routes casts to it past the backlog
     bound, but whose fence never comes; then is gone."""
@@ -266,13 +279,7 @@ def test_a_caller_whose_route_reconnects_keeps_what_was_held_for_it(nodes: Nodes
     ctx = zmq.Context()
     try:
         link, token, port = ask_for_route(ctx, nodes, c)
-        first = zmq.Context()
-        route = route_socket(first, nodes, token, port)
-        route.linger = 5000
-        for i in range(3):
-            route.send(encode_deliveries([Deliver(c, CastFrame(["seq", i]))]))
-        route.close()
-        first.term()  # they left (within the linger): the connection goes after them
+        route_then_gone(nodes, token, port, [["seq", i] for i in range(3)], c)
         route = route_socket(ctx, nodes, token, port)  # the caller's reconnection
         assert route.poll(int((REJOIN_S + 3) * 1000)), "t never looked for the caller"
         assert decode_answers(route.recv()) == ([], "")  # its look: an empty batch
@@ -586,12 +593,7 @@ def test_a_caller_back_after_its_release_is_not_served_ahead_of_its_fence(
     ctx = zmq.Context()
     try:
         link, token, port = ask_for_route(ctx, nodes, c)
-        first = zmq.Context()
-        route = route_socket(first, nodes, token, port)
-        route.linger = 5000
-        route.send(encode_deliveries([Deliver(c, CastFrame(["rel", 0]))]))
-        route.close()
-        first.term()  # it left (within the linger): the connection goes after it
+        route_then_gone(nodes, token, port, [["rel", 0]], c)
         looked = time.monotonic() + REJOIN_S + 1  # c looks for it REJOIN_S after it went
         wait_until(lambda: time.monotonic() > looked and metric(b, released) > released0,
                    REJOIN_S + 5, "c to release the caller that did not come back in time")

@@ -15,59 +15,35 @@ from prismatic import _worker_runtime as runtime
 
 REPO = Path(__file__).resolve().parent.parent
 
-# Run in a fresh interpreter: this one has run the start path already (other tests).
+# Run in a fresh interpreter (this one has run the start paths already, in other tests):
+# ``START`` counted in a fresh fork of the image, cold, then after the node's warm-up.
 _FAULTS = r"""
 import os, resource, signal
 from prismatic._address import Pid
 from prismatic._reactor import Reactor
 from prismatic._worker import Worker
 from prismatic._worker_runtime import WorkerContext
-from prismatic.supervisors._warm_start import warm_start_path
-
-
-def start_in_a_fork():
-    # What a spare and then its plain worker do, counted in a fresh fork of this image.
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        ctx = WorkerContext(Worker(), Pid("warm-test", os.getpid()), "w")
-        ctx.attach(Reactor()).add_signal_handler(signal.SIGTERM, ctx.stop, None)
-        ctx.serve()
-        used = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-        os.write(w, used.to_bytes(4, "little"))
-        os._exit(0)
-    os.waitpid(pid, 0)
-    return int.from_bytes(os.read(r, 4), "little")
-
-
-cold = sorted(start_in_a_fork() for _ in range(5))[2]
-warm_start_path("warm-test", 0)
-warm = sorted(start_in_a_fork() for _ in range(5))[2]
-print(cold, warm)
-"""
-
-
-def test_a_fork_of_the_warmed_image_starts_with_fewer_faults():
-    out = subprocess.run([sys.executable, "-c", _FAULTS], capture_output=True, text=True,
-                         timeout=60, cwd="/", env=dict(os.environ, PYTHONPATH=str(REPO)))
-    assert out.returncode == 0, out.stderr
-    cold, warm = map(int, out.stdout.split())
-    assert warm < 0.85 * cold, f"faults of a worker's start: {cold} cold, {warm} warmed"
-
-
-_SUPERVISOR_FAULTS = r"""
-import os, resource
 from prismatic.supervisors._warm_start import _one_supervisor_start, warm_start_path
 
 
+def worker():
+    # What a spare and then its plain worker do.
+    ctx = WorkerContext(Worker(), Pid("warm-test", os.getpid()), "w")
+    ctx.attach(Reactor()).add_signal_handler(signal.SIGTERM, ctx.stop, None)
+    ctx.serve()
+
+
+def supervisor():
+    # A small supervisor's start of its child (over socket pairs).
+    _one_supervisor_start("warm-test")
+
+
 def start_in_a_fork():
-    # A small supervisor's start of its child (over socket pairs), in a fresh fork.
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:
         before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        _one_supervisor_start("warm-test")
+        START()
         used = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
         os.write(w, used.to_bytes(4, "little"))
         os._exit(0)
@@ -80,15 +56,25 @@ warm_start_path("warm-test", 0)
 warm = sorted(start_in_a_fork() for _ in range(5))[2]
 print(cold, warm)
 """
+
+
+def faults_cold_and_warm(start: str) -> tuple[int, int]:
+    out = subprocess.run([sys.executable, "-c", _FAULTS.replace("START()", f"{start}()")],
+                         capture_output=True, text=True, timeout=60, cwd="/",
+                         env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert out.returncode == 0, out.stderr
+    cold, warm = map(int, out.stdout.split())
+    return cold, warm
+
+
+def test_a_fork_of_the_warmed_image_starts_with_fewer_faults():
+    cold, warm = faults_cold_and_warm("worker")
+    assert warm < 0.85 * cold, f"faults of a worker's start: {cold} cold, {warm} warmed"
 
 
 def test_a_fork_of_the_warmed_image_runs_a_supervisors_start_with_fewer_faults():
     # Measured: ~395 cold, ~290 warmed; ~380 with the worker's path alone warmed.
-    out = subprocess.run([sys.executable, "-c", _SUPERVISOR_FAULTS], capture_output=True,
-                         text=True, timeout=60, cwd="/", env=dict(os.environ,
-                                                                  PYTHONPATH=str(REPO)))
-    assert out.returncode == 0, out.stderr
-    cold, warm = map(int, out.stdout.split())
+    cold, warm = faults_cold_and_warm("supervisor")
     assert warm < 0.85 * cold, f"faults of a supervisor's start: {cold} cold, {warm} warmed"
 
 
