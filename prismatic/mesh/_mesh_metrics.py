@@ -35,7 +35,7 @@ class MeshCounters(Protocol):
     sent_bytes: Counter[str]
     received_bytes: Counter[str]
     remote: Any  # ._remote.Distribution, or None outside a cluster's distribution
-    port: Any  # ._direct.DirectPort, once the mesh started (read with getattr before)
+    port: Any  # ._direct.DirectPort (a collector is made only once the mesh started)
 
 
 class MeshCollector:
@@ -120,7 +120,7 @@ class MeshCollector:
         watchers = GaugeMetricFamily("prismatic_cluster_direct_route_watchers",
                                      "Routes to this node's processes whose callers it tells "
                                      "of their callee's exit")
-        watchers.add_metric([], getattr(getattr(m, "port", None), "watching", 0))
+        watchers.add_metric([], m.port.watching)
         yield watchers
         received = CounterMetricFamily("prismatic_cluster_events_received",
                                        "Pub/sub messages from other members, published here")
