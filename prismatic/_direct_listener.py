@@ -288,7 +288,7 @@ class DirectListener:
         counts["listener_messages"] += len(batch)
         fd = part.get(_SRCFD)  # ~0.3 us: which connection to watch for the caller
         if self.fd_of.get(ident) != fd and self.callers.moved(ident, fd, time.monotonic()):
-            self.later_by(REJOIN_S, self.look_after, [ident])  # read after it went
+            self.later(self.look_after, [ident], delay=REJOIN_S)  # read after it went
         route = _Route(self, ident)  # made per batch: nothing kept per caller that left
         held = self.held.get(ident)
         ctx = self.ctx
@@ -365,19 +365,30 @@ class DirectListener:
         if not self.answers or self.closed:
             return
         answers, self.answers = self.answers, {}
-        send = self.router.send
         for ident, batch in answers.items():
-            try:
-                send(ident, _SNDMORE)
-                send(encode_answers(batch), _NOBLOCK)
-            except zmq.ZMQError:  # its caller is gone: nobody awaits them
+            if not self.send_answers(ident, encode_answers(batch)):  # nobody awaits them
                 counts["listener_answers_lost"] += len(batch)
                 report(self.ctx.hub)  # rare (a caller left mid-call): its node learns now
 
-    def later(self, callback: Any) -> None:
+    def send_answers(self, ident: bytes, body: bytes) -> bool:
+        """Send a batch of answers to ``ident``; False if no connection has that routing id
+        (ROUTER_MANDATORY refuses it: its caller is gone)."""
+        try:
+            self.router.send(ident, _SNDMORE)
+            self.router.send(body, _NOBLOCK)  # sndhwm 0: never refused once the id was taken
+        except zmq.ZMQError:  # EHOSTUNREACH
+            return False
+        return True
+
+    def later(self, callback: Any, *args: Any, delay: float = 0.0) -> None:
+        """``callback(*args)`` on the loop, at its next turn or ``delay`` s from now."""
         loop = self.ctx.loop
-        if loop is not None and not loop.is_closed():
-            loop.call_soon(callback)
+        if loop is None or loop.is_closed():
+            return
+        if delay:
+            loop.call_later(delay, callback, *args)
+        else:
+            loop.call_soon(callback, *args)
 
     # ---- admission ----------------------------------------------------------------------------
 
@@ -425,7 +436,7 @@ class DirectListener:
         held = [token for token, frames in self.held.items() if frames]
         tokens = self.callers.disconnected(fd, time.monotonic(), held)
         if tokens:
-            self.later_by(REJOIN_S, self.look_after, tokens)
+            self.later(self.look_after, tokens, delay=REJOIN_S)
 
     def look_after(self, tokens: list[bytes]) -> None:
         """REJOIN_S after a connection went: each of ``tokens`` still to look for whose
@@ -433,21 +444,16 @@ class DirectListener:
         if self.closed:
             return
         if self.paused:  # its mailbox is not read: a fence may be waiting in it
-            self.later_by(REJOIN_S, self.look_after, tokens)
+            self.later(self.look_after, tokens, delay=REJOIN_S)
             return
         for token in self.callers.due(tokens, time.monotonic()):
             if not self.attached(token):
                 self.gone(token)
 
     def attached(self, token: bytes) -> bool:
-        """Whether a connection has ``token``'s routing id now (ROUTER_MANDATORY refuses a
-        send to none); if one has, it is sent an empty batch of answers."""
-        try:
-            self.router.send(token, _SNDMORE)
-        except zmq.ZMQError:  # EHOSTUNREACH
-            return False
-        self.router.send(_PROBE, _NOBLOCK)  # sndhwm 0: never refused
-        return True
+        """Whether a connection has ``token``'s routing id now; if one has, it is sent an
+        empty batch of answers."""
+        return self.send_answers(token, _PROBE)
 
     def gone(self, token: bytes) -> None:
         """``token``'s caller went and is not back: what was held for it is dropped (its
@@ -486,16 +492,8 @@ class DirectListener:
         """The calls released for ``token`` fail, behind what was answered it before; sent
         now, as nobody may be there: only those others count as answers lost then."""
         batch = self.answers.pop(token, []) + failed
-        try:
-            self.router.send(token, _SNDMORE)
-            self.router.send(encode_answers(batch), _NOBLOCK)
-        except zmq.ZMQError:  # EHOSTUNREACH: the caller is gone, as expected
+        if not self.send_answers(token, encode_answers(batch)):  # gone, as expected
             counts["listener_answers_lost"] += len(batch) - len(failed)
-
-    def later_by(self, delay: float, callback: Any, *args: Any) -> None:
-        loop = self.ctx.loop
-        if loop is not None and not loop.is_closed():
-            loop.call_later(delay, callback, *args)
 
     # ---- pausing with the mailbox, closing ----------------------------------------------------
 
