@@ -269,8 +269,8 @@ class SpareKeeping:
             return
         self.woken = False
         populate_write(runs)
-        self.sel.register(self.zygote.sock, selectors.EVENT_READ, ("zygote", None))
-        self.sel.register(self.zygote.pidfd, selectors.EVENT_READ, ("zygote_exit", None))
+        self.sel.register(self.zygote.sock, selectors.EVENT_READ, ("on_zygote", None))
+        self.sel.register(self.zygote.pidfd, selectors.EVENT_READ, ("on_zygote_exit", None))
         self.zygote_stale = False
 
     def request_spares(self) -> None:

@@ -85,10 +85,10 @@ class ProgramKeeping:
         proc = Proc(pid, mine, key, ChildType.WORKER)
         proc.program = run
         self.watch(proc)
-        self.sel.register(run.out_r, selectors.EVENT_READ, ("output", (proc, run.out_r)))
-        self.sel.register(run.err_r, selectors.EVENT_READ, ("output", (proc, run.err_r)))
+        self.sel.register(run.out_r, selectors.EVENT_READ, ("on_output", (proc, run.out_r)))
+        self.sel.register(run.err_r, selectors.EVENT_READ, ("on_output", (proc, run.err_r)))
         if run.notify is not None:
-            self.sel.register(run.notify, selectors.EVENT_READ, ("notify", proc))
+            self.sel.register(run.notify, selectors.EVENT_READ, ("on_notify", proc))
         return proc
 
     def on_output(self, what: tuple[Proc, int]) -> None:
@@ -146,7 +146,7 @@ class ProgramKeeping:
                 kill_group(proc.pid)
                 return
             self.probes[run.probe_pid] = proc
-            self.sel.register(fd, selectors.EVENT_READ, ("probe", proc))
+            self.sel.register(fd, selectors.EVENT_READ, ("on_probe", proc))
 
     def retry_check(self, proc: Proc) -> None:
         """The starting program's timer: look for its exec again, or retry its port."""
@@ -165,7 +165,7 @@ class ProgramKeeping:
         if outcome is True:
             self.program_ready(proc)
         elif outcome is not False:
-            self.sel.register(outcome, selectors.EVENT_WRITE, ("connect", proc))
+            self.sel.register(outcome, selectors.EVENT_WRITE, ("on_connect", proc))
 
     def on_connect(self, proc: Proc) -> None:
         run = proc.program
@@ -220,7 +220,7 @@ class ProgramKeeping:
             if live.probe_pid:
                 self.probes[live.probe_pid] = proc
             self.sel.register(outcome, selectors.EVENT_READ if isinstance(outcome, int)
-                              else selectors.EVENT_WRITE, ("alive", proc))
+                              else selectors.EVENT_WRITE, ("on_alive", proc))
             self.alive_after(proc, live.round_time())
 
     def on_alive(self, proc: Proc) -> None:

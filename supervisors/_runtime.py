@@ -39,7 +39,6 @@ import os
 import selectors
 import signal
 import socket
-import sys
 import time
 from typing import Any
 
@@ -140,15 +139,15 @@ class SupervisorRuntime(SpareKeeping, ProgramKeeping):
             log.error("supervisor %s: orphans of its children will go to init: %s",
                       self.name(), exc)
             self.trouble(Trouble.NO_SUBREAPER)
-        self.sel.register(wake_r, selectors.EVENT_READ, ("signal", wake_r))
-        self.sel.register(self.parent.sock, selectors.EVENT_READ, ("parent", None))
+        self.sel.register(wake_r, selectors.EVENT_READ, ("on_signal", wake_r))
+        self.sel.register(self.parent.sock, selectors.EVENT_READ, ("on_parent", None))
         if self.spec.name is not None:
             try:
                 names = NameSocket(self.node, self.spec.name)
             except RegistryError as exc:  # OTP's {error, {already_started, Pid}}
                 self.parent.try_send(ExitingFrame(reason_from_exception(exc)))
                 return 1
-            self.sel.register(names.sock, selectors.EVENT_READ, ("name_lookup", names))
+            self.sel.register(names.sock, selectors.EVENT_READ, ("on_name_lookup", names))
         if self.use_spares and self.path and len(self.spec.children) <= FEW_CHILDREN \
                 and self.spec.flags.strategy is not Strategy.SIMPLE_ONE_FOR_ONE \
                 and self.idle_limit != float("inf"):  # PRISMATIC_SPARE_IDLE=never: keep them
@@ -180,13 +179,14 @@ class SupervisorRuntime(SpareKeeping, ProgramKeeping):
                 timeout = wait if timeout is None else min(timeout, wait)
             ready = self.sel.select(timeout)
             for key, _ in ready:
-                kind, obj = key.data
+                # The handler's name as registered: a literal, so interned. CPython's type
+                # attribute cache matches a name by its address: a string made per event
+                # would miss it, and each miss writes an entry and drops the string it held
+                # (pages copied, event after event).
+                handler, obj = key.data
                 if isinstance(obj, Proc) and self.procs.get(obj.pid) is not obj:
                     continue  # forgotten earlier in this same batch (its exit came first)
-                # The interned name: CPython's type attribute cache matches a name by its
-                # address, so a fresh string misses it, and each miss writes an entry and
-                # drops the string it held (pages copied, event after event).
-                getattr(self, sys.intern(f"on_{kind}"))(obj)
+                getattr(self, handler)(obj)
                 if self.exit_reason is not None:
                     break
             self.fire_deadlines()
@@ -399,8 +399,8 @@ class SupervisorRuntime(SpareKeeping, ProgramKeeping):
 
     def watch(self, proc: Proc) -> None:
         self.procs[proc.pid] = proc
-        self.sel.register(proc.pidfd, selectors.EVENT_READ, ("exit", proc))
-        self.sel.register(proc.channel.sock, selectors.EVENT_READ, ("child", proc))
+        self.sel.register(proc.pidfd, selectors.EVENT_READ, ("on_exit", proc))
+        self.sel.register(proc.channel.sock, selectors.EVENT_READ, ("on_child", proc))
 
     def forget(self, proc: Proc) -> None:
         self.procs.pop(proc.pid, None)

@@ -43,7 +43,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import sys
 import time
 
 from .._address import own_pid
@@ -116,8 +115,8 @@ def _one_supervisor_start(node: str) -> None:
         child.receive_one()
         child.send(ReadyFrame(pid=os.getpid(), mono=time.monotonic()))
         for key, _ in runtime.sel.select(1.0):  # as its loop takes the child's ready
-            kind, obj = key.data
-            getattr(runtime, sys.intern(f"on_{kind}"))(obj)
+            handler, obj = key.data
+            getattr(runtime, handler)(obj)
         parent.receive()  # its reports and its own ready
         runtime.fire_deadlines()
         runtime.next_deadline()
