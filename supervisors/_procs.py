@@ -97,6 +97,7 @@ from ..transports._channel import Channel, open_channel_pair
 from ..transports._frames import Become, TroubleFrame
 from ._child import knows, may_become_a_worker, spare_main
 from ._events import Phase, StartStep
+from ._lender import LenderHandle
 from ._program_run import ProgramRun
 from ._trouble import Trouble
 from ._working_set import exclusive_runs, populate_write
@@ -160,7 +161,7 @@ class Proc:
     """A child process as the loop sees it. ``key`` is None for an unassigned spare."""
 
     __slots__ = ("pid", "pidfd", "channel", "key", "ctype", "ready", "ignored", "reason",
-                 "specs", "reading", "program")
+                 "specs", "reading", "program", "lent")
 
     def __init__(self, pid: int, channel: Channel, key: str | None, ctype: ChildType) -> None:
         self.pid = pid
@@ -174,6 +175,7 @@ class Proc:
         self.specs: dict[str, ChildSpec] = {}
         self.reading = True  # the channel is registered with the selector
         self.program: ProgramRun | None = None  # a program child's pipes, checks, stop
+        self.lent = False  # the lender's child, not ours: it reaps it (see _lender)
 
 
 class SpareKeeping:
@@ -188,6 +190,7 @@ class SpareKeeping:
     zygote_specs: dict[str, ChildSpec]
     zygote_stale: bool
     zygote_deaths: int
+    lender: LenderHandle | None  # the root's: the node's shared spare (see _lender)
     use_zygote: bool
     use_spares: bool
     parked: tuple[str, ChildSpec] | None
@@ -484,10 +487,11 @@ class SpareKeeping:
             self.trouble(Trouble.SWEEP_FAILED)
             return
         zygote = self.zygote.pid if self.zygote is not None else 0
+        lender = self.lender.pid if self.lender is not None else 0
         # Usually every one is known (reaped through its pidfd): a dict lookup each, so a
         # supervisor of 1,000 children stopping them pays little for each SIGCHLD.
-        unknown = [k for k in kids
-                   if k not in self.procs and k != zygote and k not in self.probes]
+        unknown = [k for k in kids if k not in self.procs and k != zygote
+                   and k not in self.probes and k != lender]
         if not unknown:
             return
         live = {*self.procs, *self.probes, zygote}
@@ -518,3 +522,9 @@ class SpareKeeping:
         for spare in list(self.spares):
             self.kill_spare(spare)
         self.drop_zygote()
+        if self.lender is not None:  # last: every child, lent ones too, is gone by now
+            self.sel.unregister(self.lender.pidfd)
+            if self.lender.channel is not None:
+                self.sel.unregister(self.lender.channel.sock)
+            self.lender.stop()
+            self.lender = None

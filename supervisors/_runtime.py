@@ -57,6 +57,8 @@ from ..transports._frames import (
     TroubleFrame,
 )
 from ._child import knows, proc_name, run_child
+from ._lender import LenderHandle, lendable, node_tree, resolve, set_tree
+from ._lending import LenderLink
 from ._decide import decide, initial_state
 from ._names import NameSocket
 from ._trouble import Trouble
@@ -112,6 +114,8 @@ class SupervisorRuntime(SpareKeeping, ProgramKeeping):
         self.zygote_specs: dict[str, ChildSpec] = {}
         self.zygote_stale = False
         self.zygote_deaths = 0
+        self.lender: LenderHandle | None = None  # the root's (see _lender)
+        self.lending: LenderLink | None = None  # a link to it, opened at its first use
         self.use_zygote = True
         self.deadlines: list[tuple[float, int]] = []
         self.forwarded: dict[int, int] = {}
@@ -148,6 +152,8 @@ class SupervisorRuntime(SpareKeeping, ProgramKeeping):
                 self.parent.try_send(ExitingFrame(reason_from_exception(exc)))
                 return 1
             self.sel.register(names.sock, selectors.EVENT_READ, ("on_name_lookup", names))
+        if not self.path and self.use_spares and self.idle_limit != float("inf"):
+            self.start_lender()  # before any other fork: each child holds the tree it knows
         if self.use_spares and self.path and len(self.spec.children) <= FEW_CHILDREN \
                 and self.spec.flags.strategy is not Strategy.SIMPLE_ONE_FOR_ONE \
                 and self.idle_limit != float("inf"):  # PRISMATIC_SPARE_IDLE=never: keep them
@@ -283,6 +289,7 @@ class SupervisorRuntime(SpareKeeping, ProgramKeeping):
                 self.starting = None
                 self.not_forked(key, exc)
             return
+        dormant = self.dormant
         if self.state.phase is not Phase.STARTING:
             self.wake()  # a dormant supervisor forks this one; its spares come back after
         proc = self.take_spare(key, spec)
@@ -293,7 +300,31 @@ class SupervisorRuntime(SpareKeeping, ProgramKeeping):
             self.parked = (key, spec)
             self.parked_until = time.monotonic() + PARK_MAX_S
             return
+        if proc is None and dormant and self.state.phase is not Phase.STARTING:
+            proc = self.borrow(key, spec)
         self.starting = proc if proc is not None else self.fork_for(key, spec)
+
+    def borrow(self, key: str, spec: ChildSpec) -> Proc | None:
+        """The node's shared spare, told to become child ``key`` (see ``_lender``); None if
+        the lender does not know the child as this process does, or has none to lend."""
+        tree = node_tree()
+        if tree is None or not lendable(spec) or resolve(tree, self.path, spec.id) is not spec:
+            return None
+        if self.lending is None:
+            self.lending = LenderLink(self.node, self.name())
+        got = self.lending.lend(self.path, key, spec.id, spec.args if key != spec.id else ())
+        if got is None:
+            return None
+        pid, channel = got
+        try:
+            proc = Proc(pid, channel, key, spec.type)  # type: ignore[arg-type]
+        except ProcessLookupError:  # died and reaped already: it was never ours to restart
+            channel.close()
+            self.lending.exits.pop(pid, None)
+            return None
+        proc.lent = True
+        self.watch(proc)
+        return proc
 
     def fork_for(self, key: str, spec: ChildSpec) -> Proc | None:
         """Fork child ``key`` here; None if the fork failed (then it is a start failure)."""
@@ -428,15 +459,18 @@ class SupervisorRuntime(SpareKeeping, ProgramKeeping):
             self.feed(ShutdownRequested(time.monotonic()))
 
     def on_exit(self, proc: Proc) -> None:
-        # The child is dead but not reaped, so its group id cannot have been reused: whatever
-        # it forked or spawned dies with it (reaped here when its SIGCHLD comes).
-        kill_group(proc.pid)
-        if proc.program is not None:
-            proc.program.execed(proc.pid)  # read while it is a zombie (see program_exec_done)
-        try:
-            _, status = os.waitpid(proc.pid, 0)
-        except ChildProcessError:
-            status = 0
+        if proc.lent:
+            status = self.lent_exit_status(proc)
+        else:
+            # The child is dead but not reaped, so its group id cannot have been reused:
+            # whatever it forked or spawned dies with it (reaped here when its SIGCHLD comes).
+            kill_group(proc.pid)
+            if proc.program is not None:
+                proc.program.execed(proc.pid)  # read while a zombie (see program_exec_done)
+            try:
+                _, status = os.waitpid(proc.pid, 0)
+            except ChildProcessError:
+                status = 0
         for frame in proc.channel.drain():  # its exiting frame, if any, is buffered
             self.on_frame(proc, frame)
         run = proc.program
@@ -462,6 +496,68 @@ class SupervisorRuntime(SpareKeeping, ProgramKeeping):
                 self.feed(StartFailed(proc.key, reason, now))  # type: ignore[arg-type]
         else:
             self.feed(Exited(proc.pid, reason, now))
+
+    def lent_exit_status(self, proc: Proc) -> int:
+        """The wait status of a lent child that died, as its parent, the lender, read it (it
+        killed the child's group first). A lender gone or mute: killed, and logged."""
+        status = self.lending.exit_status(proc.pid) if self.lending is not None else None
+        if status is None:
+            log.error("supervisor %s: the lender did not say how lent child %d died; taken "
+                      "as killed", self.name(), proc.pid)
+            self.trouble(Trouble.LENDER_DIED)
+            return int(signal.SIGKILL)
+        if self.lending is not None and not any(p.lent for p in self.procs.values()
+                                                if p is not proc):
+            self.lending.close()  # nothing lent left: the lender holds no link per supervisor
+            self.lending = None
+        return status
+
+    # ---- the root's lender ------------------------------------------------------------------
+
+    def start_lender(self) -> None:
+        set_tree(self.spec)
+        lender = LenderHandle(self.spec, self.node) if self.lender is None else self.lender
+        if not lender.start():
+            self.trouble(Trouble.FORK_FAILED)
+            self.lender = None
+            return
+        self.lender = lender
+        self.sel.register(lender.pidfd, selectors.EVENT_READ, ("on_lender_exit", None))
+        self.sel.register(lender.channel.sock, selectors.EVENT_READ,  # type: ignore[union-attr]
+                          ("on_lender", None))
+
+    def on_lender(self, _: Any) -> None:
+        lender = self.lender
+        if lender is None or lender.channel is None:
+            return
+        for frame in lender.channel.receive():
+            if isinstance(frame, TroubleFrame):
+                self.parent.try_send(frame)
+        if lender.channel.closed:
+            self.sel.unregister(lender.channel.sock)
+            lender.channel.close()
+            lender.channel = None
+
+    def on_lender_exit(self, _: Any) -> None:
+        lender = self.lender
+        if lender is None:
+            return
+        self.sel.unregister(lender.pidfd)
+        if lender.channel is not None:
+            self.on_lender(None)  # what it said before it died
+            if lender.channel is not None:
+                self.sel.unregister(lender.channel.sock)
+        status = lender.reap()
+        log.warning("supervisor root: the lender died (%s)",
+                    reason_from_wait_status(status))
+        self.trouble(Trouble.LENDER_DIED)
+        if lender.may_restart():
+            self.start_lender()
+        else:
+            log.error("supervisor root: the lender died %d times; dormant supervisors fork "
+                      "their children themselves from now on", lender.deaths)
+            self.trouble(Trouble.LENDER_GIVEN_UP)
+            self.lender = None
 
     def on_name_lookup(self, names: NameSocket) -> None:
         names.drain()

@@ -24,3 +24,6 @@ class Trouble(enum.Enum):
     NO_SPARE_IN_TIME = "no_spare_in_time"  # forked directly instead
     SPARE_DIED = "spare_died"
     UNEXPECTED_FRAME = "unexpected_frame"
+    LENDER_DIED = "lender_died"  # the node's shared spare's keeper (supervisors/_lender.py)
+    LENDER_GIVEN_UP = "lender_given_up"  # died too often: dormant supervisors fork their own
+    LENDER_REFUSED = "lender_refused"  # a malformed request or another user's connection

@@ -31,13 +31,24 @@ from .._exit import ExitReason
 from ._framing import WIRE_VERSION
 
 __all__ = [
-    "WIRE_VERSION", "Become", "ReadyFrame", "IgnoredFrame", "ExitingFrame", "RequestFrame",
-    "ReplyFrame", "LifecycleFrame", "TroubleFrame", "Frame",
+    "WIRE_VERSION", "Become", "BecomeAt", "ReadyFrame", "IgnoredFrame", "ExitingFrame",
+    "RequestFrame", "ReplyFrame", "LifecycleFrame", "TroubleFrame", "Frame",
 ]
 
 
 
 class Become(msgspec.Struct, frozen=True, tag="become"):
+    key: str
+    spec_id: str
+    args: tuple[Any, ...] = ()
+
+
+class BecomeAt(msgspec.Struct, frozen=True, tag="become_at"):
+    """``Become`` for the node's shared spare (``supervisors/_lender.py``), which serves any
+    supervisor: the child ``key`` of the supervisor at ``path``, started from the spec
+    ``spec_id`` that the node's tree has there."""
+
+    path: tuple[str, ...]
     key: str
     spec_id: str
     args: tuple[Any, ...] = ()
@@ -89,5 +100,5 @@ class TroubleFrame(msgspec.Struct, frozen=True, tag="trouble"):
     what: str
 
 
-Frame = Become | ReadyFrame | IgnoredFrame | ExitingFrame | RequestFrame | ReplyFrame \
+Frame = Become | BecomeAt | ReadyFrame | IgnoredFrame | ExitingFrame | RequestFrame | ReplyFrame \
     | LifecycleFrame | TroubleFrame
