@@ -276,13 +276,6 @@ class Lender:
         spare = self.spares.pop(0)
         self.sel.unregister(spare.pidfd)
         self.remake_at = time.monotonic() + REMAKE_AFTER_S
-        try:
-            spare.channel.send(BecomeAt(req.path, req.key, req.spec_id, req.args))
-        except (OSError, TypeError, msgspec.EncodeError):
-            self.reap(spare.pid, spare.pidfd)  # dead, or args that do not encode: killed
-            spare.channel.close()
-            self.answer(conn, NotLent("the spare could not take it"))
-            return
         loan = _Loan(spare.pid, spare.pidfd, conn)
         self.loans[loan.pid] = loan
         self.conns[conn].add(loan.pid)

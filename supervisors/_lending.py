@@ -8,8 +8,9 @@ msgpack message per packet:
 * supervisor -> lender: :class:`Lend` (which child the spare is to become, by its path in the
   node's tree);
 * lender -> supervisor: :class:`Lent` with one descriptor (``SCM_RIGHTS``): the supervisor's
-  end of the channel to the process, which has already been told what to become; or
-  :class:`NotLent`, and the supervisor forks the child itself;
+  end of the channel to the spare, which the supervisor tells what to become (``BecomeAt``)
+  once it has decided to restart, or closes if it decided otherwise (the spare exits at the
+  EOF); or :class:`NotLent`, and the supervisor forks the child itself;
 * lender -> supervisor: :class:`LentExit` when a process it lent has died and been reaped
   (the lender is its parent: only it can read the wait status).
 
@@ -93,6 +94,8 @@ class LenderLink:
         self.name = name  # the supervisor's, for log lines
         self.sock: socket.socket | None = None
         self.exits: dict[int, int] = {}  # LentExit read while waiting for something else
+        self.reserved = False  # a Lend sent, its answer not read yet
+        self.released: set[int] = set()  # spares reserved and let go: their exits are not ours
 
     def _connect(self) -> socket.socket | None:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
@@ -111,32 +114,45 @@ class LenderLink:
         if self.sock is not None:
             self.sock.close()
             self.sock = None
+        self.reserved = False
+        self.released.clear()
 
-    def lend(self, path: tuple[str, ...], key: str, spec_id: str,
-             args: tuple[Any, ...]) -> tuple[int, Channel] | None:
-        """A process of the lender's, already told to become child ``key``: its pid and our
-        channel to it; None if there is none to lend (no lender, no spare, a timeout)."""
+    def reserve(self, path: tuple[str, ...], key: str, spec_id: str,
+                args: tuple[Any, ...]) -> bool:
+        """Ask for a spare for child ``key`` without waiting: :meth:`take` reads the answer.
+        Sent as soon as a child is seen dead, so the lender's turn runs while this process
+        reaps it and decides (on another CPU). False if it could not be asked."""
+        if self.reserved:
+            return True
         sock = self.sock or self._connect()
         if sock is None:
-            return None
+            return False
         try:
             sock.send(encode(Lend(path, key, spec_id, args)))
         except (TypeError, msgspec.EncodeError):
-            return None  # args that do not encode: the start forks its child
+            return False  # args that do not encode: the start forks its child
         except OSError:
             self.close()  # the lender died: a new one may be up next time
+            return False
+        self.reserved = True
+        return True
+
+    def take(self) -> tuple[int, Channel] | None:
+        """The answer to :meth:`reserve`: a process of the lender's waiting to be told what to
+        become (``BecomeAt``, on the channel returned), and its pid; None if there is none."""
+        if not self.reserved:
             return None
+        self.reserved = False
         while True:
             got = self._receive(LEND_TIMEOUT_S)
             if got is None:
                 return None  # the link is closed; why is logged
             message, fds = got
             if isinstance(message, LentExit) and not fds:
-                self.exits[message.pid] = message.status  # an earlier lent child's
+                self.keep_exit(message)  # an earlier lent child's
                 continue
             if isinstance(message, Lent) and len(fds) == 1:
-                sock_ = socket.socket(fileno=fds[0])
-                return message.pid, Channel(sock_)
+                return message.pid, Channel(socket.socket(fileno=fds[0]))
             for fd in fds:
                 os.close(fd)
             if isinstance(message, NotLent):
@@ -145,6 +161,15 @@ class LenderLink:
                         message)
             self.close()
             return None
+
+    def release(self) -> None:
+        """A reservation that no start took: its spare is let go (it exits at its channel's
+        EOF; the lender reaps it, and its exit is not one of ours)."""
+        got = self.take()
+        if got is not None:
+            pid, channel = got
+            channel.close()
+            self.released.add(pid)
 
     def exit_status(self, pid: int) -> int | None:
         """The wait status of lent child ``pid``, which has died; None if the lender cannot
@@ -163,7 +188,13 @@ class LenderLink:
             if isinstance(message, LentExit):
                 if message.pid == pid:
                     return message.status
-                self.exits[message.pid] = message.status
+                self.keep_exit(message)
+
+    def keep_exit(self, message: LentExit) -> None:
+        if message.pid in self.released:
+            self.released.discard(message.pid)
+        else:
+            self.exits[message.pid] = message.status
 
     def _receive(self, timeout: float) -> tuple[Any, list[int]] | None:
         """The next message and the descriptors it carried; None at EOF, a timeout or a

@@ -53,7 +53,7 @@ from .._reactor import open_signal_wakeup
 from .._worker_runtime import exit_code_for
 from ..transports._channel import Channel
 from ..transports._frames import (
-    ExitingFrame, IgnoredFrame, LifecycleFrame, ReadyFrame, ReplyFrame, RequestFrame,
+    BecomeAt, ExitingFrame, IgnoredFrame, LifecycleFrame, ReadyFrame, ReplyFrame, RequestFrame,
     TroubleFrame,
 )
 from ._child import knows, proc_name, run_child
@@ -310,21 +310,39 @@ class SupervisorRuntime(SpareKeeping, ProgramKeeping):
         tree = node_tree()
         if tree is None or not lendable(spec) or resolve(tree, self.path, spec.id) is not spec:
             return None
-        if self.lending is None:
-            self.lending = LenderLink(self.node, self.name())
-        got = self.lending.lend(self.path, key, spec.id, spec.args if key != spec.id else ())
+        args = spec.args if key != spec.id else ()
+        link = self.lending = self.lending or LenderLink(self.node, self.name())
+        if not link.reserve(self.path, key, spec.id, args):
+            return None
+        got = link.take()
         if got is None:
             return None
         pid, channel = got
         try:
+            channel.send(BecomeAt(self.path, key, spec.id, args))
+            os.sched_yield()  # the spare often waits for this CPU (as in fork_for)
             proc = Proc(pid, channel, key, spec.type)  # type: ignore[arg-type]
-        except ProcessLookupError:  # died and reaped already: it was never ours to restart
+        except (OSError, TypeError, msgspec.EncodeError):  # died already; args that do not encode
             channel.close()
-            self.lending.exits.pop(pid, None)
+            link.released.add(pid)
             return None
         proc.lent = True
         self.watch(proc)
         return proc
+
+    def reserve_spare(self, proc: Proc) -> None:
+        """A dormant supervisor's child died: ask the lender for a spare now, so its turn
+        overlaps this process's reaping and decision (:meth:`borrow` takes it; a decision
+        that starts nothing lets it go, in :meth:`on_exit`)."""
+        if node_tree() is None or proc.ctype is not ChildType.WORKER or proc.program:
+            return
+        child = next((c for c in self.state.children if c.pid == proc.pid), None)
+        if child is None or not lendable(child.spec):
+            return
+        spec = child.spec
+        link = self.lending = self.lending or LenderLink(self.node, self.name())
+        if link.reserve(self.path, child.key, spec.id, spec.args if child.key != spec.id else ()):
+            os.sched_yield()  # the lender often waits for this CPU: its turn first
 
     def fork_for(self, key: str, spec: ChildSpec) -> Proc | None:
         """Fork child ``key`` here; None if the fork failed (then it is a start failure)."""
@@ -459,6 +477,8 @@ class SupervisorRuntime(SpareKeeping, ProgramKeeping):
             self.feed(ShutdownRequested(time.monotonic()))
 
     def on_exit(self, proc: Proc) -> None:
+        if self.dormant and proc.key is not None:
+            self.reserve_spare(proc)
         if proc.lent:
             status = self.lent_exit_status(proc)
         else:
@@ -496,6 +516,8 @@ class SupervisorRuntime(SpareKeeping, ProgramKeeping):
                 self.feed(StartFailed(proc.key, reason, now))  # type: ignore[arg-type]
         else:
             self.feed(Exited(proc.pid, reason, now))
+        if self.lending is not None and self.lending.reserved:
+            self.lending.release()  # the decision started nothing that took it
 
     def lent_exit_status(self, proc: Proc) -> int:
         """The wait status of a lent child that died, as its parent, the lender, read it (it
@@ -506,8 +528,8 @@ class SupervisorRuntime(SpareKeeping, ProgramKeeping):
                       "as killed", self.name(), proc.pid)
             self.trouble(Trouble.LENDER_DIED)
             return int(signal.SIGKILL)
-        if self.lending is not None and not any(p.lent for p in self.procs.values()
-                                                if p is not proc):
+        if self.lending is not None and not self.lending.reserved \
+                and not any(p.lent for p in self.procs.values() if p is not proc):
             self.lending.close()  # nothing lent left: the lender holds no link per supervisor
             self.lending = None
         return status
