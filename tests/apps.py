@@ -267,3 +267,17 @@ def small_supervisor_failing_first() -> p.SupervisorSpec:
     forked ahead for the rest unused."""
     return p.SupervisorSpec(children=[p.ChildSpec(id="bad", start=FailInit),
                                       idle("x"), idle("y")])
+
+
+class StopOnCast(p.Worker):
+    def handle_cast(self, msg: object) -> None:
+        raise p.Stop()
+
+
+def small_supervisor_stopping_on_cast() -> p.SupervisorSpec:
+    """root > ``sup`` (small, so dormant) > ``w``, a permanent worker that stops normally when
+    cast anything; neither supervisor gives up."""
+    tolerant = p.SupFlags(intensity=1000, period=5)
+    return p.SupervisorSpec(flags=tolerant, children=[p.ChildSpec(
+        id="sup", start=p.SupervisorSpec(flags=tolerant, children=[
+            p.ChildSpec(id="w", start=StopOnCast)]))])

@@ -80,6 +80,7 @@ hub_requests = st.one_of(
     st.builds(M.GlobalWhereisReq, small_ints, text))
 supervision_frames = st.one_of(
     st.builds(F.Become, text, text, st.lists(values, max_size=3).map(tuple)),
+    st.builds(F.BecomeAt, paths, text, text, st.lists(values, max_size=3).map(tuple)),
     st.builds(F.ReadyFrame, small_ints, st.floats(0, 1e9)),
     st.builds(F.IgnoredFrame), st.builds(F.ExitingFrame, reasons),
     st.builds(F.RequestFrame, small_ints, paths, raws),

@@ -1,0 +1,165 @@
+"""The node's shared spare (``supervisors/_lender.py``): a dormant supervisor's first restart
+takes it, and the lent child is the supervisor's in all but the kernel's record: its exit
+status comes through, it dies with its supervisor, a lender that dies takes it along and is
+forked again, and what another process sends the lender changes nothing."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+
+import msgspec
+import pytest
+
+import prismatic as p
+from prismatic._process import child_pids, process_name
+from prismatic.supervisors._lender import lendable, resolve
+from prismatic.supervisors._lending import (
+    Lend, Lent, LentExit, NotLent, decode, encode, lender_address,
+)
+from tests.conftest import alive, wait_until
+from tests.test_zygote import _troubles
+
+SHARED_SPARE = "prism:shared-sp"  # the kernel keeps 15 characters of "prism:shared-spare"
+
+
+def _parent(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[1])
+
+
+def _only(parent: int, comm: str, what: str) -> int:
+    return wait_until(lambda: len(k := [c for c in child_pids(parent)
+                                        if process_name(c) == comm]) == 1 and k[0],
+                      10, what)
+
+
+def _restarted(n, key: str, old: int) -> int:
+    return wait_until(lambda: (new := n.conn.pid_of(key)) not in (None, old) and new, 10,
+                      f"{key} restarted")
+
+
+# ---- pure -----------------------------------------------------------------------------------
+
+def test_resolve_finds_only_static_children_reached_through_static_supervisors():
+    w = p.ChildSpec(id="w", start="tests.apps:Idle")
+    leaf = p.SupervisorSpec(children=[w])
+    made = p.ChildSpec(id="made", type="supervisor", start=lambda: leaf)  # a start function
+    tree = p.SupervisorSpec(children=[
+        p.ChildSpec(id="sup", start=leaf), made, p.ChildSpec(id="top", start="tests.apps:Idle")])
+    assert resolve(tree, ("sup",), "w") is w
+    assert resolve(tree, (), "top") is tree.children[2]
+    assert resolve(tree, ("sup",), "nope") is None
+    assert resolve(tree, ("nope",), "w") is None
+    assert resolve(tree, ("made",), "w") is None  # its spec exists only once it has started
+    assert resolve(tree, ("top",), "w") is None  # a worker has no children
+    assert lendable(w)
+    assert not lendable(tree.children[0])  # a supervisor child keeps the fork path
+    assert not lendable(p.ChildSpec(id="prog", start=p.Program(argv=["true"])))
+
+
+def test_lender_messages_round_trip_and_malformed_ones_raise():
+    for m in (Lend(("a", "b"), "k", "w", (1, "x")), Lent(7), NotLent("no spare"),
+              LentExit(7, 9)):
+        assert decode(encode(m)) == m
+    for bad in (b"", b"\xc1", encode({"type": "lend"}), encode({"type": "bogus", "pid": 1}),
+                encode(Lent(7))[:-1]):
+        with pytest.raises((msgspec.DecodeError, ValueError)):
+            decode(bad)
+
+
+# ---- in a real node -------------------------------------------------------------------------
+
+def test_a_dormant_supervisors_first_restart_takes_the_shared_spare(node_factory):
+    n = node_factory("tests.apps:small_child_supervisor")
+    root, sup = n.conn.status().root_pid, n.conn.pid_of("sup")
+    lender = _only(root, "prism:lender", "the lender")
+    spare = _only(lender, SHARED_SPARE, "the shared spare")
+    old = n.conn.pid_of("sup/w")
+    os.kill(old, signal.SIGKILL)
+    lent = _restarted(n, "sup/w", old)
+    assert lent == spare and _parent(lent) == lender
+    assert [(c.id, c.pid) for c in n.conn.which_children("sup")] == [("w", lent)]
+    # The lender makes another; the supervisor, awake now, restarts with its own.
+    wait_until(lambda: [c for c in child_pids(lender) if process_name(c) == SHARED_SPARE
+                        and c != lent], 10, "a new shared spare")
+    os.kill(lent, signal.SIGKILL)
+    own = _restarted(n, "sup/w", lent)
+    assert _parent(own) == sup
+    assert n.conn.which_children("sup")[0].pid == own
+
+
+def test_a_lent_childs_exit_status_comes_through_the_lender(node_factory):
+    """Only the lender, its parent, can read a lent child's wait status: a normal exit must
+    still be reported as normal (and a kill as killed)."""
+    n = node_factory("tests.apps:small_supervisor_stopping_on_cast")
+    lender = _only(n.conn.status().root_pid, "prism:lender", "the lender")
+    spare = _only(lender, SHARED_SPARE, "the shared spare")
+    old = n.conn.pid_of("sup/w")
+    with n.events() as ev:
+        os.kill(old, signal.SIGKILL)
+        assert _restarted(n, "sup/w", old) == spare
+        n.conn.cast(p.Pid(n.conn.status().node, spare), "stop")
+        reasons = {}
+        while spare not in reasons:
+            e = ev.next(10)
+            assert e is not None, "no exit of the lent child"
+            if e.kind == "child_exited" and e.path == ("sup",):
+                reasons[e.pid] = p.describe(e.reason)
+    assert reasons == {old: "killed by SIGKILL", spare: "normal"}
+
+
+def test_a_lent_child_dies_with_its_supervisor(node_factory):
+    n = node_factory("tests.apps:small_child_supervisor")
+    lender = _only(n.conn.status().root_pid, "prism:lender", "the lender")
+    old = n.conn.pid_of("sup/w")
+    os.kill(old, signal.SIGKILL)
+    lent = _restarted(n, "sup/w", old)
+    assert _parent(lent) == lender
+    sup = n.conn.pid_of("sup")
+    os.kill(sup, signal.SIGKILL)
+    wait_until(lambda: not alive(lent), 5, "the lent child killed with its supervisor")
+    wait_until(lambda: n.conn.pid_of("sup") not in (None, sup), 10, "sup restarted")
+    wait_until(lambda: n.conn.pid_of("sup/w") not in (None, lent), 10, "sup/w started again")
+    assert lender in child_pids(n.conn.status().root_pid)  # the lender carried on
+
+
+def test_a_lender_that_dies_takes_what_it_lent_and_is_forked_again(node_factory):
+    n = node_factory("tests.apps:small_child_supervisor")
+    root = n.conn.status().root_pid
+    lender = _only(root, "prism:lender", "the lender")
+    old = n.conn.pid_of("sup/w")
+    os.kill(old, signal.SIGKILL)
+    lent = _restarted(n, "sup/w", old)
+    os.kill(lender, signal.SIGKILL)
+    _restarted(n, "sup/w", lent)  # the supervisor saw it die (killed) and restarted it
+    assert not alive(lent)
+    new = wait_until(lambda: [c for c in child_pids(root) if process_name(c) == "prism:lender"
+                              and c != lender], 10, "a new lender")
+    _only(new[0], SHARED_SPARE, "the new lender's spare")
+    wait_until(lambda: _troubles(n, "lender_died") >= 1, 5, "the lender's death counted")
+
+
+def test_what_the_lender_is_sent_by_another_process_changes_nothing(node_factory):
+    """Malformed requests, answers sent as requests, a child the tree does not have: each is
+    refused (answered, counted, logged); the lender keeps its spare and serves on."""
+    n = node_factory("tests.apps:small_child_supervisor")
+    root = n.conn.status().root_pid
+    lender = _only(root, "prism:lender", "the lender")
+    spare = _only(lender, SHARED_SPARE, "the shared spare")
+    node_name = n.conn.status().node
+    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as s:
+        s.connect(lender_address(node_name))
+        s.settimeout(5)
+        for bad in (b"\xc1\x00", encode(Lent(1)), encode(LentExit(1, 0)),
+                    encode(Lend(("nope",), "w", "w")), encode(Lend(("sup",), "x", "x")),
+                    encode(Lend((), "sup", "sup"))):  # a supervisor child: not lent
+            s.send(bad)
+            answer = decode(s.recv(1 << 16))
+            assert isinstance(answer, NotLent), answer
+    assert _troubles(n, "lender_refused") >= 3
+    assert alive(lender) and spare in child_pids(lender)
+    old = n.conn.pid_of("sup/w")
+    os.kill(old, signal.SIGKILL)
+    assert _restarted(n, "sup/w", old) == spare  # served on
