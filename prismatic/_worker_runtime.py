@@ -381,7 +381,7 @@ def _instantiate(start: Any, args: tuple[Any, ...]) -> tuple[Worker, tuple[Any, 
 
 
 def run_worker(start: Any, args: tuple[Any, ...], channel: Channel, node: str,
-               name: str, ctx: WorkerContext | None = None) -> int:
+               name: str, ctx: WorkerContext | None = None, alone: bool = False) -> int:
     """Run a worker to completion in this (freshly forked) process; return the exit code.
 
     A plain ``init`` runs before the event loop exists, and ``ready`` goes out as soon as it
@@ -389,7 +389,9 @@ def run_worker(start: Any, args: tuple[Any, ...], channel: Channel, node: str,
     loop in a fresh fork costs a millisecond of copy-on-write faults).
     """
     loop: Any = None
-    forked_for_it = ctx is None  # not a spare: its supervisor forked it just now
+    # Not a spare of its supervisor's (its supervisor forked it just now), or a lone start
+    # (``alone``: the node's shared spare, lent for one restart).
+    forked_for_it = ctx is None or alone
     # The mailbox exists from the start: messages sent during init wait in the kernel.
     if ctx is None:
         ctx = WorkerContext(None, own_pid(node, creation_of(node)), name)
@@ -417,6 +419,7 @@ def run_worker(start: Any, args: tuple[Any, ...], channel: Channel, node: str,
         # forked us often shares this CPU: let it run before the set-up below (measured, a
         # dormant supervisor's first restart: ready -> seen 0.8 -> 0.3 ms p50). Not after a
         # spare's ready: a pool's start got slower with it (more switches between starts).
+        # A lent spare's start is a lone restart, as a forked one is.
         os.sched_yield()
     if loop is None:
         loop = ctx.attach(_new_asyncio_loop() if _has_async_handler(worker) else Reactor())

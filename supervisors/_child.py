@@ -120,9 +120,10 @@ def proc_name(spec: ChildSpec, key: str) -> str:
 
 
 def run_child(spec: ChildSpec, channel: Channel, path: tuple[str, ...], node: str,
-              prepared: WorkerContext | None = None) -> int:
+              prepared: WorkerContext | None = None, alone: bool = False) -> int:
     """The body of a freshly forked (or freshly assigned) child process; ``prepared`` is a
-    spare's ready-made worker context (dropped if the child is a supervisor)."""
+    spare's ready-made worker context (dropped if the child is a supervisor); ``alone``: a
+    lone start, whose supervisor waits for nothing else (see ``run_worker``)."""
     try:
         start = resolve_start(spec.start)
         if spec.type is ChildType.SUPERVISOR and not isinstance(start, SupervisorSpec) \
@@ -148,6 +149,7 @@ def run_child(spec: ChildSpec, channel: Channel, path: tuple[str, ...], node: st
     info = current()
     if info is not None:  # its print() goes to its log file, as a program's output does
         capture_prints(info.data_dir, path)
-    return run_worker(start, spec.args, channel, node, path[-1] if path else "", prepared)
+    return run_worker(start, spec.args, channel, node, path[-1] if path else "", prepared,
+                      alone)
 
 

@@ -116,7 +116,7 @@ def _spare_main(channel: Channel, tree: SupervisorSpec, node: str) -> int:
     if frame.key != frame.spec_id:
         spec = msgspec.structs.replace(spec, args=tuple(frame.args))
     set_process_name(proc_name(spec, frame.key))
-    return run_child(spec, channel, (*frame.path, frame.key), node, prepared)
+    return run_child(spec, channel, (*frame.path, frame.key), node, prepared, alone=True)
 
 
 # ---- the lender process ---------------------------------------------------------------------
