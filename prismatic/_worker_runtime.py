@@ -27,6 +27,7 @@ import os
 import signal
 import time
 import types
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -381,7 +382,8 @@ def _instantiate(start: Any, args: tuple[Any, ...]) -> tuple[Worker, tuple[Any, 
 
 
 def run_worker(start: Any, args: tuple[Any, ...], channel: Channel, node: str,
-               name: str, ctx: WorkerContext | None = None, alone: bool = False) -> int:
+               name: str, ctx: WorkerContext | None = None,
+               after_ready: Callable[[], None] | None = None) -> int:
     """Run a worker to completion in this (freshly forked) process; return the exit code.
 
     A plain ``init`` runs before the event loop exists, and ``ready`` goes out as soon as it
@@ -390,8 +392,9 @@ def run_worker(start: Any, args: tuple[Any, ...], channel: Channel, node: str,
     """
     loop: Any = None
     # Not a spare of its supervisor's (its supervisor forked it just now), or a lone start
-    # (``alone``: the node's shared spare, lent for one restart).
-    forked_for_it = ctx is None or alone
+    # (``after_ready``: the node's shared spare, lent for one restart, which has to tell its
+    # lender it was taken, and does so once the supervisor has its ready).
+    forked_for_it = ctx is None or after_ready is not None
     # The mailbox exists from the start: messages sent during init wait in the kernel.
     if ctx is None:
         ctx = WorkerContext(None, own_pid(node, creation_of(node)), name)
@@ -421,6 +424,8 @@ def run_worker(start: Any, args: tuple[Any, ...], channel: Channel, node: str,
         # spare's ready: a pool's start got slower with it (more switches between starts).
         # A lent spare's start is a lone restart, as a forked one is.
         os.sched_yield()
+    if after_ready is not None:
+        after_ready()
     if loop is None:
         loop = ctx.attach(_new_asyncio_loop() if _has_async_handler(worker) else Reactor())
     loop.add_signal_handler(signal.SIGTERM, ctx.stop, Shutdown())

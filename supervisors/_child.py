@@ -14,6 +14,7 @@ import itertools
 import os
 import socket
 import time
+from collections.abc import Callable
 
 import msgspec
 
@@ -120,10 +121,12 @@ def proc_name(spec: ChildSpec, key: str) -> str:
 
 
 def run_child(spec: ChildSpec, channel: Channel, path: tuple[str, ...], node: str,
-              prepared: WorkerContext | None = None, alone: bool = False) -> int:
+              prepared: WorkerContext | None = None,
+              after_ready: Callable[[], None] | None = None) -> int:
     """The body of a freshly forked (or freshly assigned) child process; ``prepared`` is a
-    spare's ready-made worker context (dropped if the child is a supervisor); ``alone``: a
-    lone start, whose supervisor waits for nothing else (see ``run_worker``)."""
+    spare's ready-made worker context (dropped if the child is a supervisor); ``after_ready``
+    (a lone start: the node's shared spare), called once a worker's ``ready`` is sent (see
+    ``run_worker``)."""
     try:
         start = resolve_start(spec.start)
         if spec.type is ChildType.SUPERVISOR and not isinstance(start, SupervisorSpec) \
@@ -150,6 +153,6 @@ def run_child(spec: ChildSpec, channel: Channel, path: tuple[str, ...], node: st
     if info is not None:  # its print() goes to its log file, as a program's output does
         capture_prints(info.data_dir, path)
     return run_worker(start, spec.args, channel, node, path[-1] if path else "", prepared,
-                      alone)
+                      after_ready)
 
 

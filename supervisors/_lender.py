@@ -47,14 +47,14 @@ from .._childspec import ChildSpec, ChildType, SupervisorSpec
 from .._exit import reason_from_exception
 from .._errors import ChildSpecError
 from .._nodeinfo import creation_of, peer_creds
-from .._process import child_pids, kill_group, send_signal, set_process_name
+from .._process import child_pids, fork_child, kill_group, send_signal, set_process_name
 from .._program import Program
 from .._reactor import open_signal_wakeup
 from .._worker_runtime import WorkerContext
 from ..transports._channel import Channel
 from ..transports._frames import BecomeAt, ExitingFrame, TroubleFrame
 from ._child import proc_name, run_child
-from ._lending import Lend, Lent, LentExit, NotLent, decode, encode, lender_address
+from ._lending import ExitOf, LentExit, Reap, Taken, decode, encode, lender_address, spare_address
 from ._trouble import Trouble
 
 __all__ = ["resolve", "set_tree", "node_tree", "lender_main", "LenderHandle"]
@@ -66,6 +66,10 @@ SPARES = 1
 # the replacement's init, which is what the restart waits for.
 REMAKE_AFTER_S = 0.05
 _DEATHS_TOLERATED = 3
+# A dead child is left a zombie this long at most, so its supervisor can read its status
+# from /proc (see _lending); then it is reaped, its status kept for an ExitOf.
+REAP_GRACE_S = 1.0
+_STATUSES_KEPT = 256  # exits not asked for yet: a supervisor asks at once, or is gone
 _STOP_WAIT_S = 2.0
 _BACKLOG = 128
 
@@ -102,47 +106,82 @@ def lendable(spec: ChildSpec) -> bool:
 
 # ---- the shared spare -----------------------------------------------------------------------
 
-def _spare_main(channel: Channel, tree: SupervisorSpec, node: str) -> int:
-    """Runs in the lender's spare: made ready for any worker, then told which one to become."""
+def _spare_main(lender: socket.socket, tree: SupervisorSpec, node: str) -> int:
+    """Runs in the lender's spare: made ready for any worker, it waits at the spare's address
+    for the one supervisor that takes it, tells the lender who, and becomes the child that
+    supervisor names (``BecomeAt``, the first frame on the connection)."""
     prepared = WorkerContext(None, own_pid(node, creation_of(node)), "")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        listener.bind(spare_address(node))
+    except OSError as exc:
+        log.error("lender: its spare cannot bind the spare's address: %s", exc)
+        return 1
+    listener.listen(0)  # one waiting connection at most: a second supervisor finds none
+    while True:
+        conn, _ = listener.accept()
+        owner, uid = peer_creds(conn)
+        if uid == os.geteuid() and owner > 0:
+            break
+        log.error("lender: its spare refused a connection from uid %d", uid)
+        conn.close()
+    listener.close()  # a connection queued meanwhile is reset: its supervisor forks instead
+    channel = Channel(conn)
     frame = channel.receive_one()
     if not isinstance(frame, BecomeAt):
-        return 0
+        return 0  # not told what to become (EOF): nothing was lent
     spec = resolve(tree, frame.path, frame.spec_id)
-    if spec is None:  # the lender checked; defensive
+    if spec is None or not lendable(spec):  # the supervisor checked: another process's doing
         channel.try_send(ExitingFrame(reason_from_exception(ChildSpecError(
-            "id", frame.spec_id, f"no such child under {'/'.join(frame.path) or 'root'}"))))
+            "id", frame.spec_id, f"no worker {frame.spec_id!r} under "
+                                 f"{'/'.join(frame.path) or 'root'} in the node's tree"))))
         return 1
     if frame.key != frame.spec_id:
         spec = msgspec.structs.replace(spec, args=tuple(frame.args))
     set_process_name(proc_name(spec, frame.key))
-    return run_child(spec, channel, (*frame.path, frame.key), node, prepared, alone=True)
+
+    def tell_lender() -> None:
+        # After ready, not before: the lender, long asleep, would take this CPU from the
+        # start the supervisor waits for. Until the lender knows, this process would not die
+        # with its supervisor; the lender kills it if that supervisor is gone by then.
+        lender.send(encode(Taken(owner)))
+        lender.close()
+
+    return run_child(spec, channel, (*frame.path, frame.key), node, prepared, tell_lender)
 
 
 # ---- the lender process ---------------------------------------------------------------------
 
-class _Spare:
-    __slots__ = ("pid", "pidfd", "channel")
+class _Child:
+    """The spare, then (once taken) a lent child."""
 
-    def __init__(self, pid: int, channel: Channel) -> None:
+    __slots__ = ("pid", "pidfd", "sock", "owner")
+
+    def __init__(self, pid: int, sock: socket.socket) -> None:
         self.pid = pid
         self.pidfd = os.pidfd_open(pid)
-        self.channel = channel
+        self.sock: socket.socket | None = sock  # the spare's side of Taken; None once lent
+        self.owner = 0  # the supervisor it was lent to (0: not lent)
 
 
-class _Loan:
-    __slots__ = ("pid", "pidfd", "conn")
+class _Owner:
+    """A supervisor that took the spare: its pidfd, its link (once it opened one) and its
+    lent children."""
 
-    def __init__(self, pid: int, pidfd: int, conn: socket.socket) -> None:
+    __slots__ = ("pid", "pidfd", "link", "lent")
+
+    def __init__(self, pid: int) -> None:
         self.pid = pid
-        self.pidfd = pidfd
-        self.conn = conn
+        self.pidfd = os.pidfd_open(pid)
+        self.link: socket.socket | None = None
+        self.lent: set[int] = set()
 
 
 class Lender:
-    """The lender's loop (see the module doc): a selector over its listening socket, each
-    supervisor's connection, each spare's and loan's pidfd, its parent's channel and a
-    signal wakeup (SIGCHLD: sweep)."""
+    """The lender's loop (see the module doc): a selector over its listening socket for links,
+    each link, the spare's side of ``Taken``, the pidfds of its children and of the
+    supervisors they were lent to, its parent's channel and a signal wakeup (SIGCHLD: sweep).
+    """
 
     def __init__(self, parent: Channel, tree: SupervisorSpec, node: str,
                  listener: socket.socket) -> None:
@@ -151,10 +190,14 @@ class Lender:
         self.node = node
         self.listener = listener
         self.sel = selectors.DefaultSelector()
-        self.spares: list[_Spare] = []
-        self.loans: dict[int, _Loan] = {}
-        self.conns: dict[socket.socket, set[int]] = {}
-        self.remake_at = 0.0  # monotonic: fork spares then (0: now, if short)
+        self.spare: _Child | None = None
+        self.lent: dict[int, _Child] = {}
+        self.owners: dict[int, _Owner] = {}
+        self.links: dict[socket.socket, int] = {}  # link -> the pid at its other end
+        self.statuses: dict[int, int] = {}  # dead children's, not told yet (oldest first)
+        self.asked: dict[int, socket.socket] = {}  # ExitOf a child not dead yet
+        self.zombies: dict[int, tuple[int, float]] = {}  # dead, unreaped: pidfd, reap by
+        self.remake_at = 0.0  # monotonic: fork the next spare then
         self.sweep_due = False
 
     def trouble(self, what: Trouble) -> None:
@@ -167,33 +210,141 @@ class Lender:
         self.sel.register(self.parent.sock, selectors.EVENT_READ, ("on_parent", None))
         self.sel.register(self.listener, selectors.EVENT_READ, ("on_accept", None))
         while True:
-            timeout = None
-            if len(self.spares) < SPARES:
-                timeout = max(0.0, self.remake_at - time.monotonic())
+            due = min((d for _, d in self.zombies.values()), default=float("inf"))
+            if self.spare is None:
+                due = min(due, self.remake_at)
+            timeout = None if due == float("inf") else max(0.0, due - time.monotonic())
             for key, _ in self.sel.select(timeout):
                 handler, obj = key.data
                 getattr(self, handler)(obj)
-            if len(self.spares) < SPARES and time.monotonic() >= self.remake_at:
+            if self.zombies:
+                self.reap_overdue()
+            if self.spare is None and time.monotonic() >= self.remake_at:
                 self.fork_spare()
             if self.sweep_due:
                 self.sweep_due = False
                 self.sweep_orphans()
 
     def fork_spare(self) -> None:
-        from ._procs import fork_with_channel  # noqa: PLC0415 - _procs imports this module
-
         tree, node = self.tree, self.node
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
-            pid, mine = fork_with_channel(lambda theirs: _spare_main(theirs, tree, node),
-                                          "prism:shared-spare")
+            pid = fork_child((theirs.fileno(),), lambda: _spare_main(theirs, tree, node),
+                             "prism:shared-spare")
         except OSError as exc:  # the process limit: supervisors fork their own meanwhile
+            mine.close()
             self.remake_at = time.monotonic() + 1.0
             log.error("lender: cannot fork a spare: %s (trying again in 1 s)", exc)
             self.trouble(Trouble.FORK_FAILED)
             return
-        spare = _Spare(pid, mine)
-        self.spares.append(spare)
-        self.sel.register(spare.pidfd, selectors.EVENT_READ, ("on_spare_exit", spare))
+        finally:
+            theirs.close()
+        spare = self.spare = _Child(pid, mine)
+        self.sel.register(mine, selectors.EVENT_READ, ("on_taken", spare))
+        self.sel.register(spare.pidfd, selectors.EVENT_READ, ("on_child_exit", spare))
+
+    def on_taken(self, spare: _Child) -> None:
+        """The spare says who took it (or closed its side: it died; its pidfd says so)."""
+        sock = spare.sock
+        assert sock is not None
+        try:
+            data = sock.recv(1 << 10, socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        self.sel.unregister(sock)
+        sock.close()
+        spare.sock = None
+        if self.spare is spare:
+            self.spare = None
+            self.remake_at = time.monotonic() + REMAKE_AFTER_S
+        try:
+            taken = decode(data) if data else None
+        except (msgspec.DecodeError, ValueError):
+            taken = None
+        if not isinstance(taken, Taken):
+            return  # it died before it was taken (or said something else: killed below)
+        try:
+            owner = self.owners.get(taken.owner) or self.add_owner(taken.owner)
+        except OSError:  # the supervisor is gone already: so is what it took
+            send_signal(spare.pidfd, signal.SIGKILL)
+            return
+        spare.owner = owner.pid
+        owner.lent.add(spare.pid)
+        self.lent[spare.pid] = spare
+
+    def add_owner(self, pid: int) -> _Owner:
+        owner = self.owners[pid] = _Owner(pid)
+        self.sel.register(owner.pidfd, selectors.EVENT_READ, ("on_owner_exit", owner))
+        for link, peer in self.links.items():
+            if peer == pid:
+                owner.link = link
+        return owner
+
+    def on_child_exit(self, child: _Child) -> None:
+        """A child died: its group is killed now; it is reaped once its supervisor has read
+        its status from /proc (and says so: Reap), or asks for it (ExitOf), or after
+        ``REAP_GRACE_S`` (see ``_lending``)."""
+        if child.sock is not None:
+            self.on_taken(child)  # what it said before it died, if anything
+        kill_group(child.pid)  # the group id cannot be reused: the leader is not reaped
+        self.sel.unregister(child.pidfd)
+        if self.spare is child:
+            self.spare = None
+            self.remake_at = time.monotonic() + REMAKE_AFTER_S
+        owner = self.owners.get(child.owner) if child.owner else None
+        if child.owner:
+            del self.lent[child.pid]
+        if owner is not None:
+            owner.lent.discard(child.pid)
+            if not owner.lent:
+                self.drop_owner(owner)
+        elif not child.owner:
+            # Before it said it was taken: a spare nobody took, or one taken and dead
+            # during its start (its supervisor asks for the status).
+            log.warning("lender: spare %d died before it said it was taken", child.pid)
+            self.trouble(Trouble.SPARE_DIED)
+        self.zombies[child.pid] = (child.pidfd, time.monotonic() + REAP_GRACE_S)
+        asker = self.asked.pop(child.pid, None)
+        if asker is not None:
+            self.send(asker, LentExit(child.pid, self.reap_zombie(child.pid)))
+
+    def reap_zombie(self, pid: int) -> int:
+        pidfd, _ = self.zombies.pop(pid)
+        return self.reap(pid, pidfd)
+
+    def reap_overdue(self) -> None:
+        """Zombies nobody read in time (a stopped supervisor, a dead one): reaped, their
+        statuses kept for an ExitOf."""
+        now = time.monotonic()
+        for pid, (_, due) in list(self.zombies.items()):
+            if due <= now:
+                self.statuses[pid] = self.reap_zombie(pid)
+        while len(self.statuses) > _STATUSES_KEPT:
+            del self.statuses[next(iter(self.statuses))]
+
+    def send(self, link: socket.socket, message: Any) -> bool:
+        try:
+            link.send(encode(message))
+            return True
+        except OSError:  # a full buffer of a stuck supervisor, or gone (its EOF closes it)
+            return False
+
+    def on_owner_exit(self, owner: _Owner) -> None:
+        """A supervisor died: what it was lent dies too (reaped when its pidfd says so)."""
+        for pid in owner.lent:
+            child = self.lent.get(pid)
+            if child is not None:
+                send_signal(child.pidfd, signal.SIGKILL)
+                kill_group(pid)
+        owner.lent.clear()
+        self.drop_owner(owner)
+
+    def drop_owner(self, owner: _Owner) -> None:
+        if self.owners.pop(owner.pid, None) is owner:
+            self.sel.unregister(owner.pidfd)
+            os.close(owner.pidfd)
 
     def on_signal(self, sock: socket.socket) -> None:
         try:
@@ -206,114 +357,78 @@ class Lender:
     def on_parent(self, _: Any) -> None:
         self.parent.receive()
         if self.parent.closed:  # the root stops it, or is gone: its children go first
-            for pid, pidfd in [*((s.pid, s.pidfd) for s in self.spares),
-                               *((loan.pid, loan.pidfd) for loan in self.loans.values())]:
-                kill_group(pid)
-                self.reap(pid, pidfd)
+            children = [*self.lent.values(), *([self.spare] if self.spare else [])]
+            for child in children:
+                kill_group(child.pid)
+                self.reap(child.pid, child.pidfd)
+            for pid in list(self.zombies):
+                self.reap_zombie(pid)
             os._exit(0)
 
     def on_accept(self, _: Any) -> None:
         while True:
             try:
-                conn, _addr = self.listener.accept()
+                link, _addr = self.listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError as exc:  # EMFILE: the supervisor finds no lender and forks
-                log.error("lender: cannot accept a connection: %s", exc)
+            except OSError as exc:  # EMFILE: the supervisor finds no link, logs, carries on
+                log.error("lender: cannot accept a link: %s", exc)
                 self.trouble(Trouble.LENDER_REFUSED)
                 return
-            uid = peer_creds(conn)[1]
+            pid, uid = peer_creds(link)
             if uid != os.geteuid():
-                log.error("lender: refused a connection from uid %d", uid)
+                log.error("lender: refused a link from uid %d", uid)
                 self.trouble(Trouble.LENDER_REFUSED)
-                conn.close()
+                link.close()
                 continue
-            conn.setblocking(False)
-            self.conns[conn] = set()
-            self.sel.register(conn, selectors.EVENT_READ, ("on_request", conn))
+            link.setblocking(False)
+            self.links[link] = pid
+            self.sel.register(link, selectors.EVENT_READ, ("on_link", link))
+            owner = self.owners.get(pid)
+            if owner is not None:
+                owner.link = link
 
-    def on_request(self, conn: socket.socket) -> None:
+    def on_link(self, link: socket.socket) -> None:
+        """A supervisor asks for a lent child's status (ExitOf); EOF closes its link; anything
+        else is refused (answered, counted, logged)."""
         try:
-            data = conn.recv(1 << 16)
+            data = link.recv(1 << 16)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
             data = b""
-        if not data:
-            self.close_conn(conn)
-            return
-        try:
-            message = decode(data)
-        except (msgspec.DecodeError, ValueError) as exc:
-            message, why = None, f"malformed: {exc}"
-        else:
-            why = "" if isinstance(message, Lend) else f"not a request: {type(message).__name__}"
-        if message is None or why:
-            log.error("lender: dropped a request: %s", why)
-            self.trouble(Trouble.LENDER_REFUSED)
-            self.answer(conn, NotLent(why))
-            return
-        self.lend(conn, message)
-
-    def answer(self, conn: socket.socket, message: Any, fds: list[int] | None = None) -> bool:
-        try:
-            if fds:
-                socket.send_fds(conn, [encode(message)], fds)
+        if data:
+            try:
+                ask = decode(data)
+            except (msgspec.DecodeError, ValueError) as exc:
+                ask, why = None, f"malformed: {exc}"
             else:
-                conn.send(encode(message))
-            return True
-        except OSError:  # gone (its EOF closes it), or a full buffer of a stuck supervisor
-            return False
-
-    def lend(self, conn: socket.socket, req: Lend) -> None:
-        spec = resolve(self.tree, req.path, req.spec_id)
-        if spec is None or not lendable(spec):
-            self.answer(conn, NotLent("not a worker of the node's tree"))
+                why = f"{type(ask).__name__} is not a question"
+            if not isinstance(ask, (ExitOf, Reap)):
+                log.error("lender: refused a message from pid %d: %s", self.links[link], why)
+                self.trouble(Trouble.LENDER_REFUSED)
+                self.send(link, LentExit(0, -1))
+            elif isinstance(ask, Reap):
+                if ask.pid in self.zombies:
+                    self.reap_zombie(ask.pid)  # its supervisor read the status
+            elif ask.pid in self.zombies:
+                self.send(link, LentExit(ask.pid, self.reap_zombie(ask.pid)))
+            elif ask.pid in self.statuses:
+                self.send(link, LentExit(ask.pid, self.statuses.pop(ask.pid)))
+            elif ask.pid in self.lent or (self.spare is not None and self.spare.pid == ask.pid):
+                self.asked[ask.pid] = link  # answered when it is reaped
+            else:
+                self.send(link, LentExit(ask.pid, -1))  # not one of the lender's
             return
-        if not self.spares:
-            self.answer(conn, NotLent("no spare"))
-            return
-        spare = self.spares.pop(0)
-        self.sel.unregister(spare.pidfd)
-        self.remake_at = time.monotonic() + REMAKE_AFTER_S
-        loan = _Loan(spare.pid, spare.pidfd, conn)
-        self.loans[loan.pid] = loan
-        self.conns[conn].add(loan.pid)
-        self.sel.register(loan.pidfd, selectors.EVENT_READ, ("on_loan_exit", loan))
-        if not self.answer(conn, Lent(spare.pid), [spare.channel.fileno()]):
-            send_signal(loan.pidfd, signal.SIGKILL)  # nobody to own it: reaped at its exit
-        spare.channel.close()
-
-    def close_conn(self, conn: socket.socket) -> None:
-        """A supervisor is gone (or closed its link): what it was lent dies, as its children."""
-        self.sel.unregister(conn)
-        for pid in self.conns.pop(conn, ()):
-            loan = self.loans.get(pid)
-            if loan is not None:
-                send_signal(loan.pidfd, signal.SIGKILL)
-                kill_group(pid)
-        conn.close()
-
-    def on_loan_exit(self, loan: _Loan) -> None:
-        kill_group(loan.pid)  # before the reap: the group id cannot have been reused
-        self.sel.unregister(loan.pidfd)
-        del self.loans[loan.pid]
-        status = self.reap(loan.pid, loan.pidfd)
-        owned = self.conns.get(loan.conn)
-        if owned is not None and loan.pid in owned:
-            owned.discard(loan.pid)
-            if not self.answer(loan.conn, LentExit(loan.pid, status)):
-                log.error("lender: could not tell its supervisor that lent process %d died",
-                          loan.pid)
-
-    def on_spare_exit(self, spare: _Spare) -> None:
-        self.spares.remove(spare)
-        self.sel.unregister(spare.pidfd)
-        status = self.reap(spare.pid, spare.pidfd)
-        spare.channel.close()
-        log.warning("lender: its spare %d died (wait status %d)", spare.pid, status)
-        self.trouble(Trouble.SPARE_DIED)
-        self.remake_at = time.monotonic() + REMAKE_AFTER_S
+        for pid, asker in list(self.asked.items()):
+            if asker is link:
+                del self.asked[pid]
+        pid = self.links.pop(link)
+        owner = self.owners.get(pid)
+        if owner is not None and owner.link is link:
+            owner.link = None
+        self.sel.unregister(link)
+        link.close()
 
     @staticmethod
     def reap(pid: int, pidfd: int) -> int:
@@ -331,7 +446,7 @@ class Lender:
             kids = child_pids(os.getpid())
         except OSError:
             return
-        known = {*self.loans, *(s.pid for s in self.spares)}
+        known = {*self.lent, *self.zombies, *([self.spare.pid] if self.spare else [])}
         for pid in kids:
             if pid in known:
                 continue

@@ -1,24 +1,27 @@
-"""A dormant supervisor's side of the node's shared spare (:mod:`._lender`): the wire messages,
-and the supervisor's link to the lender.
+"""A dormant supervisor's side of the node's shared spare (:mod:`._lender`): taking the spare,
+the wire messages, and the supervisor's link to the lender.
 
-Protocol, on an ``AF_UNIX`` ``SOCK_SEQPACKET`` connection per supervisor to the lender's
-abstract address (:func:`lender_address`; both ends check the other runs under their uid), one
-msgpack message per packet:
+Protocol (every socket is ``AF_UNIX`` at an abstract address of the node's; each end checks the
+other runs under its own uid):
 
-* supervisor -> lender: :class:`Lend` (which child the spare is to become, by its path in the
-  node's tree);
-* lender -> supervisor: :class:`Lent` with one descriptor (``SCM_RIGHTS``): the supervisor's
-  end of the channel to the spare, which the supervisor tells what to become (``BecomeAt``)
-  once it has decided to restart, or closes if it decided otherwise (the spare exits at the
-  EOF); or :class:`NotLent`, and the supervisor forks the child itself;
-* lender -> supervisor: :class:`LentExit` when a process it lent has died and been reaped
-  (the lender is its parent: only it can read the wait status).
+* **Taking the spare** (:func:`take_spare`): the spare listens at :func:`spare_address`
+  (``SOCK_STREAM``, backlog 0, so at most one connection waits at a time). The supervisor
+  connects without blocking, reads the spare's pid from the connection (``SO_PEERCRED``), and
+  at once sends ``BecomeAt`` on it: the connection is the supervisor's channel to its new
+  child. Nothing on this path waits for the lender, or for the spare to be scheduled.
+* **The spare tells the lender** (:class:`Taken`, on the pair they share): it was taken by
+  the supervisor of this pid. The lender then watches that supervisor (a pidfd).
+* **The exit of a lent child** (:class:`LentExit`, lender -> supervisor, on the supervisor's
+  *link*, a ``SOCK_SEQPACKET`` connection to :func:`lender_address` that the supervisor opens
+  once it has taken a spare): its wait status, which only its parent, the lender, can read.
 
-Invariants: the lender answers each :class:`Lend` before anything else on that connection, and
-sends one :class:`LentExit` per lent process that died while the connection was open, after
-killing the dead process's group. When the connection closes (the supervisor died), the
-lender kills every process it lent over it: a lent child dies with its supervisor, as every
-child does.
+Invariants: the spare accepts one connection, from its own uid, then closes its listening
+socket; a connection that was queued behind it meanwhile is reset, and its supervisor, which
+saw its channel close before any frame while the process lives on, forks its child itself
+(:meth:`~._runtime.SupervisorRuntime.on_child`). The lender sends one :class:`LentExit` per
+lent child that died while its supervisor lives (held until the supervisor links, if it has
+not yet), after killing the dead child's process group; when the supervisor dies, the lender
+kills every child it lent it: a lent child dies with its supervisor, as every child does.
 """
 
 from __future__ import annotations
@@ -33,47 +36,47 @@ import msgspec
 from .._nodeinfo import peer_creds
 from ..transports._channel import Channel
 
-__all__ = ["Lend", "Lent", "NotLent", "LentExit", "LenderMessage", "LenderLink",
-           "lender_address", "LEND_TIMEOUT_S"]
+__all__ = ["Taken", "ExitOf", "Reap", "LentExit", "LenderMessage", "LenderLink", "take_spare",
+           "zombie_status", "spare_address", "lender_address", "EXIT_TIMEOUT_S", "encode",
+           "decode"]
 
 log = logging.getLogger(__name__)
 
-# The lender answers in well under a millisecond; one that takes this long is stopped or hung,
-# and the start forks its child instead (as it would without a lender).
-LEND_TIMEOUT_S = 0.05
 # How long a supervisor waits for the wait status of a lent child that it saw die: the lender
 # reaps it at once, so this is reached only if the lender is gone or hung.
 EXIT_TIMEOUT_S = 1.0
 _MAX_PACKET = 1 << 16
+_STAT_EXIT_CODE = 49  # field 52 of /proc/PID/stat, counted from field 3 (the state)
 
 
-class Lend(msgspec.Struct, frozen=True, tag="lend"):
-    path: tuple[str, ...]  # the supervisor's path in the node's tree
-    key: str  # the child's key (its id, or a dynamic child's own key)
-    spec_id: str  # the spec (or template) it starts from
-    args: tuple[Any, ...] = ()  # a dynamic child's args
+class Taken(msgspec.Struct, frozen=True, tag="taken"):
+    owner: int  # the pid of the supervisor that took the spare
 
 
-class Lent(msgspec.Struct, frozen=True, tag="lent"):
-    pid: int  # comes with the supervisor's end of the channel to it
+class ExitOf(msgspec.Struct, frozen=True, tag="exit_of"):
+    pid: int  # a lent child the supervisor saw die, whose status it has not been told
 
 
-class NotLent(msgspec.Struct, frozen=True, tag="not_lent"):
-    why: str
+class Reap(msgspec.Struct, frozen=True, tag="reap"):
+    pid: int  # a dead lent child whose status the supervisor has read: reap it
 
 
 class LentExit(msgspec.Struct, frozen=True, tag="lent_exit"):
     pid: int
-    status: int  # as os.waitpid gives it
+    status: int  # as os.waitpid gives it; -1: the lender has no such child
 
 
-LenderMessage = Lend | Lent | NotLent | LentExit
+LenderMessage = Taken | ExitOf | Reap | LentExit
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(LenderMessage)
 
 
 def lender_address(node: str) -> bytes:
     return f"\0prismatic/{node}/lender".encode()
+
+
+def spare_address(node: str) -> bytes:
+    return f"\0prismatic/{node}/shared-spare".encode()
 
 
 def encode(message: Any) -> bytes:
@@ -85,19 +88,55 @@ def decode(data: bytes) -> Any:
     return _decoder.decode(data)
 
 
+def zombie_status(pid: int) -> int | None:
+    """The wait status of ``pid`` if it is a zombie (dead, not reaped), from
+    ``/proc/PID/stat``'s ``exit_code``; None if it is not one (reaped, or alive). Readable by
+    any process of the tree: the same user and, as forks of one process, the same security
+    label, which is what the kernel asks of a reader that is not the parent."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    if fields[0] != b"Z" or len(fields) < _STAT_EXIT_CODE + 1:
+        return None
+    return int(fields[_STAT_EXIT_CODE])
+
+
+def take_spare(node: str) -> tuple[int, Channel] | None:
+    """Connect to the node's shared spare, if one waits: its pid and the channel to it (send it
+    ``BecomeAt`` at once). None if none waits (none made yet, taken a moment ago, no lender),
+    or if another user's process holds its address. Never blocks."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        sock.setblocking(False)
+        sock.connect(spare_address(node))  # queued at once, or EAGAIN: one is queued already
+        pid, uid = peer_creds(sock)
+        if uid != os.geteuid() or pid <= 0:
+            raise OSError(f"the shared spare's address is held by uid {uid}, pid {pid}")
+        sock.setblocking(True)  # a channel's socket (it reads with MSG_DONTWAIT)
+    except OSError as exc:
+        sock.close()
+        if not isinstance(exc, (BlockingIOError, ConnectionRefusedError, FileNotFoundError)):
+            log.warning("no shared spare taken: %s", exc)
+        return None
+    return pid, Channel(sock)
+
+
 class LenderLink:
-    """A supervisor's connection to the lender, opened at its first use and again after it
-    broke. Every call blocks for at most its timeout; none raises."""
+    """A supervisor's link to the lender, for the exits of the children it was lent: opened
+    once it has taken a spare, and again after it broke. No call raises; each blocks for at
+    most its timeout."""
 
     def __init__(self, node: str, name: str) -> None:
         self.node = node
         self.name = name  # the supervisor's, for log lines
         self.sock: socket.socket | None = None
-        self.exits: dict[int, int] = {}  # LentExit read while waiting for something else
-        self.reserved = False  # a Lend sent, its answer not read yet
-        self.released: set[int] = set()  # spares reserved and let go: their exits are not ours
+        self.exits: dict[int, int] = {}  # LentExit read while waiting for another
 
-    def _connect(self) -> socket.socket | None:
+    def connect(self) -> bool:
+        if self.sock is not None:
+            return True
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
         try:
             sock.connect(lender_address(self.node))
@@ -105,126 +144,70 @@ class LenderLink:
                 raise OSError("the lender's address is held by another user's process")
         except OSError as exc:
             sock.close()
-            log.debug("supervisor %s: no lender: %s", self.name, exc)
-            return None
+            log.warning("supervisor %s: no link to the lender: %s", self.name, exc)
+            return False
         self.sock = sock
-        return sock
+        return True
 
     def close(self) -> None:
         if self.sock is not None:
             self.sock.close()
             self.sock = None
-        self.reserved = False
-        self.released.clear()
-
-    def reserve(self, path: tuple[str, ...], key: str, spec_id: str,
-                args: tuple[Any, ...]) -> bool:
-        """Ask for a spare for child ``key`` without waiting: :meth:`take` reads the answer.
-        Sent as soon as a child is seen dead, so the lender's turn runs while this process
-        reaps it and decides (on another CPU). False if it could not be asked."""
-        if self.reserved:
-            return True
-        sock = self.sock or self._connect()
-        if sock is None:
-            return False
-        try:
-            sock.send(encode(Lend(path, key, spec_id, args)))
-        except (TypeError, msgspec.EncodeError):
-            return False  # args that do not encode: the start forks its child
-        except OSError:
-            self.close()  # the lender died: a new one may be up next time
-            return False
-        self.reserved = True
-        return True
-
-    def take(self) -> tuple[int, Channel] | None:
-        """The answer to :meth:`reserve`: a process of the lender's waiting to be told what to
-        become (``BecomeAt``, on the channel returned), and its pid; None if there is none."""
-        if not self.reserved:
-            return None
-        self.reserved = False
-        while True:
-            got = self._receive(LEND_TIMEOUT_S)
-            if got is None:
-                return None  # the link is closed; why is logged
-            message, fds = got
-            if isinstance(message, LentExit) and not fds:
-                self.keep_exit(message)  # an earlier lent child's
-                continue
-            if isinstance(message, Lent) and len(fds) == 1:
-                return message.pid, Channel(socket.socket(fileno=fds[0]))
-            for fd in fds:
-                os.close(fd)
-            if isinstance(message, NotLent):
-                return None
-            log.warning("supervisor %s: unexpected answer from the lender: %r", self.name,
-                        message)
-            self.close()
-            return None
-
-    def release(self) -> None:
-        """A reservation that no start took: its spare is let go (it exits at its channel's
-        EOF; the lender reaps it, and its exit is not one of ours)."""
-        got = self.take()
-        if got is not None:
-            pid, channel = got
-            channel.close()
-            self.released.add(pid)
 
     def exit_status(self, pid: int) -> int | None:
         """The wait status of lent child ``pid``, which has died; None if the lender cannot
         tell (it is gone, or did not say in time)."""
         if pid in self.exits:
             return self.exits.pop(pid)
-        if self.sock is None:
+        status = zombie_status(pid)
+        if status is not None:  # the usual way: read, and the lender told it may reap
+            if self.connect():
+                try:
+                    self.sock.send(encode(Reap(pid)))  # type: ignore[union-attr]
+                except OSError:
+                    self.close()  # it reaps it after its grace anyway
+            return status
+        if not self.connect():
+            return None
+        sock = self.sock
+        assert sock is not None
+        try:
+            sock.send(encode(ExitOf(pid)))  # reaped already: the lender kept its status
+        except OSError:
+            self.close()
             return None
         while True:
-            got = self._receive(EXIT_TIMEOUT_S)
-            if got is None:
+            message = self._receive(EXIT_TIMEOUT_S)
+            if message is None:
                 return None
-            message, fds = got
-            for fd in fds:
-                os.close(fd)
-            if isinstance(message, LentExit):
-                if message.pid == pid:
-                    return message.status
-                self.keep_exit(message)
-
-    def keep_exit(self, message: LentExit) -> None:
-        if message.pid in self.released:
-            self.released.discard(message.pid)
-        else:
+            if message.pid == pid:
+                return message.status if message.status >= 0 else None
             self.exits[message.pid] = message.status
 
-    def _receive(self, timeout: float) -> tuple[Any, list[int]] | None:
-        """The next message and the descriptors it carried; None at EOF, a timeout or a
-        malformed message (the link is then closed)."""
+    def _receive(self, timeout: float) -> LentExit | None:
+        """The next message; None at EOF, a timeout or anything but a LentExit (the link is
+        then closed, and the lender's statuses for it are lost: logged)."""
         sock = self.sock
-        if sock is None:
-            return None
+        assert sock is not None
         sock.settimeout(timeout)
         try:
-            data, fds, _, _ = socket.recv_fds(sock, _MAX_PACKET, 1)
+            data = sock.recv(_MAX_PACKET)
         except TimeoutError:
-            # An answer that comes late must not be taken for another's: the link goes (and
-            # with it, by the lender's rule, what it lent over it: a hung lender's).
             log.warning("supervisor %s: the lender did not answer within %.0f ms; link closed",
                         self.name, timeout * 1000)
             self.close()
             return None
         except OSError:
-            data, fds = b"", []
-        if not data:
-            for fd in fds:
-                os.close(fd)
-            self.close()
-            return None
+            data = b""
+        return self._decode(data)
+
+    def _decode(self, data: bytes) -> LentExit | None:
         try:
-            message = decode(data)
+            message = decode(data) if data else None
         except (msgspec.DecodeError, ValueError) as exc:
-            for fd in fds:
-                os.close(fd)
             log.error("supervisor %s: malformed message from the lender: %s", self.name, exc)
+            message = None
+        if not isinstance(message, LentExit):
             self.close()
             return None
-        return message, fds
+        return message

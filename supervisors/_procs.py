@@ -175,7 +175,9 @@ class Proc:
         self.specs: dict[str, ChildSpec] = {}
         self.reading = True  # the channel is registered with the selector
         self.program: ProgramRun | None = None  # a program child's pipes, checks, stop
-        self.lent = False  # the lender's child, not ours: it reaps it (see _lender)
+        # Lent by the node's shared spare, started from this spec: the lender's child, not
+        # ours; it reaps it and tells us its status (see _lending).
+        self.lent: ChildSpec | None = None
 
 
 class SpareKeeping:

@@ -36,6 +36,7 @@ import collections
 import heapq
 import logging
 import os
+import select
 import selectors
 import signal
 import socket
@@ -58,7 +59,7 @@ from ..transports._frames import (
 )
 from ._child import knows, proc_name, run_child
 from ._lender import LenderHandle, lendable, node_tree, resolve, set_tree
-from ._lending import LenderLink
+from ._lending import LenderLink, take_spare
 from ._decide import decide, initial_state
 from ._names import NameSocket
 from ._trouble import Trouble
@@ -305,44 +306,41 @@ class SupervisorRuntime(SpareKeeping, ProgramKeeping):
         self.starting = proc if proc is not None else self.fork_for(key, spec)
 
     def borrow(self, key: str, spec: ChildSpec) -> Proc | None:
-        """The node's shared spare, told to become child ``key`` (see ``_lender``); None if
-        the lender does not know the child as this process does, or has none to lend."""
+        """The node's shared spare, told to become child ``key`` (see ``_lending``); None if
+        the lender does not know the child as this process does, or none waits."""
         tree = node_tree()
         if tree is None or not lendable(spec) or resolve(tree, self.path, spec.id) is not spec:
             return None
-        args = spec.args if key != spec.id else ()
-        link = self.lending = self.lending or LenderLink(self.node, self.name())
-        if not link.reserve(self.path, key, spec.id, args):
-            return None
-        got = link.take()
+        got = take_spare(self.node)
         if got is None:
             return None
         pid, channel = got
+        args = spec.args if key != spec.id else ()
         try:
             channel.send(BecomeAt(self.path, key, spec.id, args))
             os.sched_yield()  # the spare often waits for this CPU (as in fork_for)
             proc = Proc(pid, channel, key, spec.type)  # type: ignore[arg-type]
-        except (OSError, TypeError, msgspec.EncodeError):  # died already; args that do not encode
-            channel.close()
-            link.released.add(pid)
+        except (OSError, TypeError, msgspec.EncodeError):  # gone already; args that do not encode
+            channel.close()  # it was never told what to become: it exits
             return None
-        proc.lent = True
+        proc.lent = spec
         self.watch(proc)
+        # Its exit's status comes from the lender, over this link (see _lending).
+        self.lending = self.lending or LenderLink(self.node, self.name())
+        self.lending.connect()
         return proc
 
-    def reserve_spare(self, proc: Proc) -> None:
-        """A dormant supervisor's child died: ask the lender for a spare now, so its turn
-        overlaps this process's reaping and decision (:meth:`borrow` takes it; a decision
-        that starts nothing lets it go, in :meth:`on_exit`)."""
-        if node_tree() is None or proc.ctype is not ChildType.WORKER or proc.program:
-            return
-        child = next((c for c in self.state.children if c.pid == proc.pid), None)
-        if child is None or not lendable(child.spec):
-            return
-        spec = child.spec
-        link = self.lending = self.lending or LenderLink(self.node, self.name())
-        if link.reserve(self.path, child.key, spec.id, spec.args if child.key != spec.id else ()):
-            os.sched_yield()  # the lender often waits for this CPU: its turn first
+    def not_taken(self, proc: Proc) -> None:
+        """A lent child's channel closed before any frame while the process lives on: the
+        spare took another supervisor's connection, queued just before ours (see
+        ``_lending``). Not ours: forget it and fork the child here."""
+        spec = proc.lent
+        assert spec is not None and proc.key is not None
+        log.info("supervisor %s: the shared spare %d was taken by another; forking %r",
+                 self.name(), proc.pid, proc.key)
+        self.forget(proc)
+        if proc is self.starting:
+            self.starting = self.fork_for(proc.key, spec)
 
     def fork_for(self, key: str, spec: ChildSpec) -> Proc | None:
         """Fork child ``key`` here; None if the fork failed (then it is a start failure)."""
@@ -477,9 +475,7 @@ class SupervisorRuntime(SpareKeeping, ProgramKeeping):
             self.feed(ShutdownRequested(time.monotonic()))
 
     def on_exit(self, proc: Proc) -> None:
-        if self.dormant and proc.key is not None:
-            self.reserve_spare(proc)
-        if proc.lent:
+        if proc.lent is not None:
             status = self.lent_exit_status(proc)
         else:
             # The child is dead but not reaped, so its group id cannot have been reused:
@@ -516,8 +512,6 @@ class SupervisorRuntime(SpareKeeping, ProgramKeeping):
                 self.feed(StartFailed(proc.key, reason, now))  # type: ignore[arg-type]
         else:
             self.feed(Exited(proc.pid, reason, now))
-        if self.lending is not None and self.lending.reserved:
-            self.lending.release()  # the decision started nothing that took it
 
     def lent_exit_status(self, proc: Proc) -> int:
         """The wait status of a lent child that died, as its parent, the lender, read it (it
@@ -528,8 +522,8 @@ class SupervisorRuntime(SpareKeeping, ProgramKeeping):
                       "as killed", self.name(), proc.pid)
             self.trouble(Trouble.LENDER_DIED)
             return int(signal.SIGKILL)
-        if self.lending is not None and not self.lending.reserved \
-                and not any(p.lent for p in self.procs.values() if p is not proc):
+        if self.lending is not None and not any(
+                p.lent is not None for p in self.procs.values() if p is not proc):
             self.lending.close()  # nothing lent left: the lender holds no link per supervisor
             self.lending = None
         return status
@@ -585,7 +579,13 @@ class SupervisorRuntime(SpareKeeping, ProgramKeeping):
         names.drain()
 
     def on_child(self, proc: Proc) -> None:
-        for frame in proc.channel.receive():
+        frames = proc.channel.receive()
+        if proc.lent is not None and not frames and proc.channel.closed and not proc.ready \
+                and proc.reason is None and not proc.ignored \
+                and not select.select([proc.pidfd], [], [], 0)[0]:
+            self.not_taken(proc)
+            return
+        for frame in frames:
             self.on_frame(proc, frame)
         if proc.channel.closed and proc.reading:
             self.sel.unregister(proc.channel.sock)

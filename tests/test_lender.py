@@ -16,7 +16,7 @@ import prismatic as p
 from prismatic._process import child_pids, process_name
 from prismatic.supervisors._lender import lendable, resolve
 from prismatic.supervisors._lending import (
-    Lend, Lent, LentExit, NotLent, decode, encode, lender_address,
+    ExitOf, LentExit, Taken, decode, encode, lender_address, spare_address,
 )
 from tests.conftest import alive, wait_until
 from tests.test_zygote import _troubles
@@ -60,11 +60,10 @@ def test_resolve_finds_only_static_children_reached_through_static_supervisors()
 
 
 def test_lender_messages_round_trip_and_malformed_ones_raise():
-    for m in (Lend(("a", "b"), "k", "w", (1, "x")), Lent(7), NotLent("no spare"),
-              LentExit(7, 9)):
+    for m in (Taken(5), ExitOf(7), LentExit(7, 9), LentExit(0, -1)):
         assert decode(encode(m)) == m
-    for bad in (b"", b"\xc1", encode({"type": "lend"}), encode({"type": "bogus", "pid": 1}),
-                encode(Lent(7))[:-1]):
+    for bad in (b"", b"\xc1", encode({"type": "exit_of"}), encode({"type": "bogus", "pid": 1}),
+                encode(ExitOf(7))[:-1]):
         with pytest.raises((msgspec.DecodeError, ValueError)):
             decode(bad)
 
@@ -142,24 +141,48 @@ def test_a_lender_that_dies_takes_what_it_lent_and_is_forked_again(node_factory)
 
 
 def test_what_the_lender_is_sent_by_another_process_changes_nothing(node_factory):
-    """Malformed requests, answers sent as requests, a child the tree does not have: each is
-    refused (answered, counted, logged); the lender keeps its spare and serves on."""
+    """Malformed messages and answers sent as questions are refused (answered, counted,
+    logged); a status asked of a process that is not the lender's is answered unknown; the
+    lender keeps its spare and serves on."""
     n = node_factory("tests.apps:small_child_supervisor")
-    root = n.conn.status().root_pid
-    lender = _only(root, "prism:lender", "the lender")
+    lender = _only(n.conn.status().root_pid, "prism:lender", "the lender")
     spare = _only(lender, SHARED_SPARE, "the shared spare")
-    node_name = n.conn.status().node
     with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as s:
-        s.connect(lender_address(node_name))
+        s.connect(lender_address(n.conn.status().node))
         s.settimeout(5)
-        for bad in (b"\xc1\x00", encode(Lent(1)), encode(LentExit(1, 0)),
-                    encode(Lend(("nope",), "w", "w")), encode(Lend(("sup",), "x", "x")),
-                    encode(Lend((), "sup", "sup"))):  # a supervisor child: not lent
+        for bad in (b"\xc1\x00", encode(Taken(1)), encode(LentExit(1, 0))):
             s.send(bad)
-            answer = decode(s.recv(1 << 16))
-            assert isinstance(answer, NotLent), answer
-    assert _troubles(n, "lender_refused") >= 3
+            assert decode(s.recv(1 << 16)) == LentExit(0, -1)
+        s.send(encode(ExitOf(os.getpid())))
+        assert decode(s.recv(1 << 16)) == LentExit(os.getpid(), -1)
+    wait_until(lambda: _troubles(n, "lender_refused") >= 3, 5, "the refusals counted")
     assert alive(lender) and spare in child_pids(lender)
     old = n.conn.pid_of("sup/w")
     os.kill(old, signal.SIGKILL)
     assert _restarted(n, "sup/w", old) == spare  # served on
+
+
+def test_a_spare_taken_by_another_process_is_not_lent_twice(node_factory):
+    """Whoever connects to the spare's address first takes it: the spare accepts one
+    connection and closes its address. A supervisor that finds none forks its child; one
+    taken and let go without a word exits, and the lender makes another."""
+    n = node_factory("tests.apps:small_child_supervisor")
+    sup = n.conn.pid_of("sup")
+    lender = _only(n.conn.status().root_pid, "prism:lender", "the lender")
+    spare = _only(lender, SHARED_SPARE, "the shared spare")
+    thief = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    thief.connect(spare_address(n.conn.status().node))
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as late:
+        late.setblocking(False)
+        # Queued behind the first (backlog 0: one at most), or the address closed already.
+        with pytest.raises((BlockingIOError, ConnectionRefusedError)):
+            late.connect(spare_address(n.conn.status().node))
+    old = n.conn.pid_of("sup/w")
+    os.kill(old, signal.SIGKILL)
+    own = _restarted(n, "sup/w", old)
+    assert _parent(own) == sup  # found no spare: forked it itself
+    thief.close()
+    wait_until(lambda: not alive(spare), 5, "the spare let go to exit")
+    again = wait_until(lambda: [c for c in child_pids(lender) if process_name(c) == SHARED_SPARE
+                                and c != spare], 10, "another shared spare")
+    assert again[0] != spare
