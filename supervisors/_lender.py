@@ -5,26 +5,30 @@ Why: a dormant supervisor (:mod:`._procs`) has let its own spare and zygote go, 
 start forked the child itself, from deep in a fork chain whose pages ~2,000 processes share,
 and the child then ran CPython's after-fork work and its set-up before ``init``: several times
 the bare fork-after-death floor. One spare for the whole node has paid all of that ahead of
-time, and costs two processes per node, not two per supervisor (measured with bare processes,
-``bench/proto_first_restart.py``: 35-45% quicker than the supervisor's own fork).
+time, and costs two processes per node, not two per supervisor. Measured, 1,000 dormant
+supervisors on 2 CPUs (``bench/bench_supervisors.py``): the first restart's p50 ~7 ms with
+the supervisor's own fork, ~3 ms with the shared spare, beside ~2.5 ms for a bare
+fork-after-death in an equally idle process.
 
 Ownership: the root supervisor forks the lender (:class:`LenderHandle`), reaps it, forks it
 again if it dies (``_DEATHS_TOLERATED`` times, then dormant supervisors fork their own, with a
-log line), and kills it last as it exits, after every child. The lender forks its spare, and
-a spare it lends becomes the supervisor's child in all but the kernel's record: the lender is
-its parent, reaps it and passes its wait status on (:mod:`._lending` has the protocol); the
-supervisor watches it by pidfd, signals it, and decides on its death as on any child's.
+log line), and stops it last as it exits, after every child. The lender forks the spare; a
+supervisor takes it by connecting to it (:mod:`._lending` has the protocol, and why nothing on
+the restart's path waits for the lender); the spare becomes the supervisor's child in all but
+the kernel's record: the lender is its parent and reaps it, the supervisor watches it by
+pidfd, signals it, reads its exit status and decides on its death as on any child's.
 
 Invariants:
 
-* a lent process dies with its supervisor: when the supervisor's connection closes, the
-  lender kills every process it lent over it (and each one's process group);
-* a lent process dies with the lender (its PDEATHSIG): its supervisor then sees it killed;
-* the lender lends only a child its copy of the node's tree has at that path
-  (:func:`resolve`), and only a worker (a supervisor child, a program keep the fork path);
-  the supervisor asks only for a spec that is the very object its own copy of the tree has
-  there, so a child changed since the tree was forked (``start_child``, a reload) is forked
-  by its supervisor as before;
+* a lent child dies with its supervisor: the lender watches each supervisor it lent to (a
+  pidfd, from the moment the spare says who took it) and kills what it lent it;
+* a lent child dies with the lender (its PDEATHSIG): its supervisor then sees it killed;
+* the spare becomes only a worker its copy of the node's tree has at that path
+  (:func:`resolve`); the supervisor takes it only for a spec that is the very object its own
+  copy of the tree has there, so a child changed since the tree was forked (``start_child``, a
+  reload) is forked by its supervisor as before;
+* a dead child of the lender's stays a zombie until its supervisor has read its status, for
+  ``REAP_GRACE_S`` at most; its process group is killed at once;
 * the lender's other children are swept as a supervisor's are (the orphans a lent child
   left when it died are reparented to the lender, a child subreaper).
 """
@@ -65,6 +69,7 @@ SPARES = 1
 # A spare is made this long after one was lent: made at once, its fork would take a CPU from
 # the replacement's init, which is what the restart waits for.
 REMAKE_AFTER_S = 0.05
+_REMAKE_MAX_S = 5.0
 _DEATHS_TOLERATED = 3
 # A dead child is left a zombie this long at most, so its supervisor can read its status
 # from /proc (see _lending); then it is reaped, its status kept for an ExitOf.
@@ -198,6 +203,7 @@ class Lender:
         self.asked: dict[int, socket.socket] = {}  # ExitOf a child not dead yet
         self.zombies: dict[int, tuple[int, float]] = {}  # dead, unreaped: pidfd, reap by
         self.remake_at = 0.0  # monotonic: fork the next spare then
+        self.spare_deaths = 0  # spares in a row that died before they were taken
         self.sweep_due = False
 
     def trouble(self, what: Trouble) -> None:
@@ -271,6 +277,7 @@ class Lender:
             send_signal(spare.pidfd, signal.SIGKILL)
             return
         spare.owner = owner.pid
+        self.spare_deaths = 0
         owner.lent.add(spare.pid)
         self.lent[spare.pid] = spare
 
@@ -303,7 +310,13 @@ class Lender:
         elif not child.owner:
             # Before it said it was taken: a spare nobody took, or one taken and dead
             # during its start (its supervisor asks for the status).
-            log.warning("lender: spare %d died before it said it was taken", child.pid)
+            # One that cannot even start (its address held by another user's process, say)
+            # is made again less and less often, not every 50 ms.
+            self.spare_deaths += 1
+            delay = min(REMAKE_AFTER_S * 2 ** self.spare_deaths, _REMAKE_MAX_S)
+            self.remake_at = time.monotonic() + delay
+            log.warning("lender: spare %d died before it said it was taken (the next in "
+                        "%.2f s)", child.pid, delay)
             self.trouble(Trouble.SPARE_DIED)
         self.zombies[child.pid] = (child.pidfd, time.monotonic() + REAP_GRACE_S)
         asker = self.asked.pop(child.pid, None)

@@ -1,5 +1,6 @@
 """A dormant supervisor's side of the node's shared spare (:mod:`._lender`): taking the spare,
-the wire messages, and the supervisor's link to the lender.
+reading a lent child's exit status, the wire messages, and the supervisor's link to the
+lender.
 
 Protocol (every socket is ``AF_UNIX`` at an abstract address of the node's; each end checks the
 other runs under its own uid):
@@ -9,19 +10,25 @@ other runs under its own uid):
   connects without blocking, reads the spare's pid from the connection (``SO_PEERCRED``), and
   at once sends ``BecomeAt`` on it: the connection is the supervisor's channel to its new
   child. Nothing on this path waits for the lender, or for the spare to be scheduled.
-* **The spare tells the lender** (:class:`Taken`, on the pair they share): it was taken by
-  the supervisor of this pid. The lender then watches that supervisor (a pidfd).
-* **The exit of a lent child** (:class:`LentExit`, lender -> supervisor, on the supervisor's
-  *link*, a ``SOCK_SEQPACKET`` connection to :func:`lender_address` that the supervisor opens
-  once it has taken a spare): its wait status, which only its parent, the lender, can read.
+* **The spare tells the lender** who took it (:class:`Taken`, on the pair they share), once
+  its ``ready`` is sent: the lender, long asleep, would otherwise take the CPU from the start
+  the supervisor waits for. The lender then watches that supervisor (a pidfd).
+* **The exit of a lent child**: the lender kills its group and leaves it a zombie; the
+  supervisor, woken by the same death, reads its status from ``/proc/PID/stat``
+  (:func:`zombie_status`) and tells the lender to reap it (:class:`Reap`, on the supervisor's
+  *link*, a ``SOCK_SEQPACKET`` connection to :func:`lender_address`). Waiting for the lender
+  to reap and send it instead cost the next restart ~0.5 ms (the lender's wake-up). A
+  supervisor that finds it reaped already (it was stopped for ``REAP_GRACE_S``, or the lender
+  died) asks (:class:`ExitOf`) and waits for the :class:`LentExit`; -1: unknown.
 
 Invariants: the spare accepts one connection, from its own uid, then closes its listening
 socket; a connection that was queued behind it meanwhile is reset, and its supervisor, which
 saw its channel close before any frame while the process lives on, forks its child itself
-(:meth:`~._runtime.SupervisorRuntime.on_child`). The lender sends one :class:`LentExit` per
-lent child that died while its supervisor lives (held until the supervisor links, if it has
-not yet), after killing the dead child's process group; when the supervisor dies, the lender
-kills every child it lent it: a lent child dies with its supervisor, as every child does.
+(:meth:`~._runtime.SupervisorRuntime.on_child`). When a supervisor dies, the lender kills
+every child it lent it: a lent child dies with its supervisor, as every child does. One
+difference, documented: the lender learns who took the spare only after the child's
+``init``, so a supervisor that dies during that ``init`` leaves its child running until the
+``init`` returns; then the lender, finding the supervisor gone, kills it.
 """
 
 from __future__ import annotations

@@ -520,7 +520,7 @@ class SupervisorRuntime(SpareKeeping, ProgramKeeping):
         if status is None:
             log.error("supervisor %s: the lender did not say how lent child %d died; taken "
                       "as killed", self.name(), proc.pid)
-            self.trouble(Trouble.LENDER_DIED)
+            self.trouble(Trouble.LENT_EXIT_UNKNOWN)
             return int(signal.SIGKILL)
         if self.lending is not None and not any(
                 p.lent is not None for p in self.procs.values() if p is not proc):

@@ -27,3 +27,4 @@ class Trouble(enum.Enum):
     LENDER_DIED = "lender_died"  # the node's shared spare's keeper (supervisors/_lender.py)
     LENDER_GIVEN_UP = "lender_given_up"  # died too often: dormant supervisors fork their own
     LENDER_REFUSED = "lender_refused"  # a malformed request or another user's connection
+    LENT_EXIT_UNKNOWN = "lent_exit_unknown"  # a lent child's status lost: taken as killed
