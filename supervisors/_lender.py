@@ -307,6 +307,12 @@ class Lender:
             owner.lent.discard(child.pid)
             if not owner.lent:
                 self.drop_owner(owner)
+        elif not child.owner and _let_go(child.pid):
+            # Taken, then let go before it was told anything (a decision that restarted
+            # nothing: see _runtime.on_exit): nobody asks for it; made again as after a lend.
+            self.reap(child.pid, child.pidfd)
+            self.remake_at = time.monotonic() + REMAKE_AFTER_S
+            return
         elif not child.owner:
             # Before it said it was taken: a spare nobody took, or one taken and dead
             # during its start (its supervisor asks for the status).
@@ -470,6 +476,15 @@ class Lender:
                 log.warning("lender: killed orphan process %d", pid)
             except (ChildProcessError, ProcessLookupError):
                 pass
+
+
+def _let_go(pid: int) -> bool:
+    """Whether dead child ``pid`` (not reaped) is a spare that was let go: it exited 0."""
+    try:
+        result = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return False
+    return result is not None and result.si_code == os.CLD_EXITED and result.si_status == 0
 
 
 def lender_main(parent: Channel, tree: SupervisorSpec, node: str) -> int:

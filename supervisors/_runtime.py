@@ -117,6 +117,7 @@ class SupervisorRuntime(SpareKeeping, ProgramKeeping):
         self.zygote_deaths = 0
         self.lender: LenderHandle | None = None  # the root's (see _lender)
         self.lending: LenderLink | None = None  # a link to it, opened at its first use
+        self.taken: tuple[int, Channel] | None = None  # the shared spare, not told yet
         self.use_zygote = True
         self.deadlines: list[tuple[float, int]] = []
         self.forwarded: dict[int, int] = {}
@@ -311,7 +312,7 @@ class SupervisorRuntime(SpareKeeping, ProgramKeeping):
         tree = node_tree()
         if tree is None or not lendable(spec) or resolve(tree, self.path, spec.id) is not spec:
             return None
-        got = take_spare(self.node)
+        got, self.taken = self.taken or take_spare(self.node), None
         if got is None:
             return None
         pid, channel = got
@@ -475,6 +476,10 @@ class SupervisorRuntime(SpareKeeping, ProgramKeeping):
             self.feed(ShutdownRequested(time.monotonic()))
 
     def on_exit(self, proc: Proc) -> None:
+        if self.dormant and proc.ctype is ChildType.WORKER and proc.key is not None:
+            # Taken now (only connected: told nothing yet), so the spare's wake-up overlaps
+            # this reaping and the decision; a decision that starts nothing lets it go.
+            self.taken = self.taken or take_spare(self.node)
         if proc.lent is not None:
             status = self.lent_exit_status(proc)
         else:
@@ -512,6 +517,9 @@ class SupervisorRuntime(SpareKeeping, ProgramKeeping):
                 self.feed(StartFailed(proc.key, reason, now))  # type: ignore[arg-type]
         else:
             self.feed(Exited(proc.pid, reason, now))
+        if self.taken is not None:  # the decision started nothing that took it
+            self.taken[1].close()  # it exits at the EOF, told nothing
+            self.taken = None
 
     def lent_exit_status(self, proc: Proc) -> int:
         """The wait status of a lent child that died, as its parent, the lender, read it (it

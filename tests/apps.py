@@ -281,3 +281,9 @@ def small_supervisor_stopping_on_cast() -> p.SupervisorSpec:
     return p.SupervisorSpec(flags=tolerant, children=[p.ChildSpec(
         id="sup", start=p.SupervisorSpec(flags=tolerant, children=[
             p.ChildSpec(id="w", start=StopOnCast)]))])
+
+
+def small_supervisor_of_a_temporary_worker() -> p.SupervisorSpec:
+    """root > ``sup`` (small, so dormant) > ``w`` (temporary: never restarted) and ``k``."""
+    return p.SupervisorSpec(children=[p.ChildSpec(id="sup", start=p.SupervisorSpec(
+        children=[idle("w", restart="temporary"), idle("k")]))])

@@ -33,8 +33,10 @@ def _parent(pid: int) -> int:
 
 
 def _only(parent: int, comm: str, what: str) -> int:
-    return wait_until(lambda: len(k := [c for c in child_pids(parent)
-                                        if process_name(c) == comm]) == 1 and k[0],
+    """The one live child of ``parent`` named ``comm`` (the lender keeps its dead children
+    zombies a moment: see _lender)."""
+    return wait_until(lambda: len(k := [c for c in child_pids(parent) if alive(c)
+                                        and process_name(c) == comm]) == 1 and k[0],
                       10, what)
 
 
@@ -219,3 +221,23 @@ def test_a_spare_address_held_by_another_user_costs_only_the_shared_spare(tmp_pa
         finally:
             n.stop()
             wait_until(lambda: not n.pids(), 10, "the node's processes to exit")
+
+
+def test_a_spare_taken_for_a_restart_that_does_not_come_is_let_go(node_factory):
+    """A dormant supervisor takes the spare as soon as it sees a worker die (told nothing
+    yet, so its wake-up overlaps the decision); a decision that restarts nothing (a
+    temporary worker) lets it go: it exits, not counted as a trouble, and the lender makes
+    another."""
+    n = node_factory("tests.apps:small_supervisor_of_a_temporary_worker")
+    lender = _only(n.conn.status().root_pid, "prism:lender", "the lender")
+    spare = _only(lender, SHARED_SPARE, "the shared spare")
+    os.kill(n.conn.pid_of("sup/w"), signal.SIGKILL)
+    wait_until(lambda: [c.id for c in n.conn.which_children("sup")] == ["k"], 10,
+               "w gone for good")
+    wait_until(lambda: not alive(spare), 5, "the spare let go")
+    again = _only(lender, SHARED_SPARE, "another shared spare")
+    assert again != spare
+    assert _troubles(n, "spare_died") == 0
+    old = n.conn.pid_of("sup/k")  # and the next restart takes the new one
+    os.kill(old, signal.SIGKILL)
+    assert _restarted(n, "sup/k", old) == again
