@@ -46,147 +46,32 @@ from typing import Any
 
 import msgspec
 
-from .._address import own_pid
-from .._childspec import ChildSpec, ChildType, SupervisorSpec
-from .._exit import reason_from_exception
-from .._errors import ChildSpecError
-from .._nodeinfo import creation_of, peer_creds
-from .._process import child_pids, fork_child, kill_group, send_signal, set_process_name
-from .._program import Program
+from .._childspec import SupervisorSpec
+from .._exit import reason_from_wait_status
+from .._nodeinfo import peer_creds
+from .._process import child_pids, fork_child, kill_group, send_signal
 from .._reactor import open_signal_wakeup
-from .._worker_runtime import WorkerContext
 from ..transports._channel import Channel
-from ..transports._frames import BecomeAt, ExitingFrame, TroubleFrame
-from ._child import proc_name, run_child
-from ._lending import ExitOf, LentExit, Reap, Taken, decode, encode, lender_address, spare_address
+from ..transports._frames import TroubleFrame
+from . import _loans as L
+from ._lending import ExitOf, LentExit, Reap, Taken, decode, encode, lender_address
+from ._shared_spare import spare_main
 from ._trouble import Trouble
 
-__all__ = ["resolve", "set_tree", "node_tree", "lender_main", "LenderHandle"]
+__all__ = ["lender_main", "LenderHandle"]
 
 log = logging.getLogger(__name__)
 
-SPARES = 1
-# A spare is made this long after one was lent: made at once, its fork would take a CPU from
-# the replacement's init, which is what the restart waits for.
-REMAKE_AFTER_S = 0.05
-_REMAKE_MAX_S = 5.0
 _DEATHS_TOLERATED = 3
-# A dead child is left a zombie this long at most, so its supervisor can read its status
-# from /proc (see _lending); then it is reaped, its status kept for an ExitOf.
-REAP_GRACE_S = 1.0
-_STATUSES_KEPT = 256  # exits not asked for yet: a supervisor asks at once, or is gone
 _STOP_WAIT_S = 2.0
 _BACKLOG = 128
 
-_tree: SupervisorSpec | None = None
-
-
-def set_tree(tree: SupervisorSpec) -> None:
-    """Record the node's tree as the root has it, before it forks anything: every process of
-    the tree then holds this very object, which is how a supervisor tells a child spec the
-    lender knows (the same object) from one it does not (:func:`resolve`)."""
-    global _tree
-    _tree = tree
-
-
-def node_tree() -> SupervisorSpec | None:
-    return _tree
-
-
-def resolve(tree: SupervisorSpec, path: tuple[str, ...], spec_id: str) -> ChildSpec | None:
-    """The child spec ``spec_id`` of the supervisor at ``path`` in ``tree``, where every step
-    is a static child whose start is a SupervisorSpec; None if there is none."""
-    spec = tree
-    for part in path:
-        child = next((c for c in spec.children if c.id == part), None)
-        if child is None or not isinstance(child.start, SupervisorSpec):
-            return None
-        spec = child.start
-    return next((c for c in spec.children if c.id == spec_id), None)
-
-
-def lendable(spec: ChildSpec) -> bool:
-    return spec.type is ChildType.WORKER and not isinstance(spec.start, Program)
-
-
-# ---- the shared spare -----------------------------------------------------------------------
-
-def _spare_main(lender: socket.socket, tree: SupervisorSpec, node: str) -> int:
-    """Runs in the lender's spare: made ready for any worker, it waits at the spare's address
-    for the one supervisor that takes it, tells the lender who, and becomes the child that
-    supervisor names (``BecomeAt``, the first frame on the connection)."""
-    prepared = WorkerContext(None, own_pid(node, creation_of(node)), "")
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-    try:
-        listener.bind(spare_address(node))
-    except OSError as exc:
-        log.error("lender: its spare cannot bind the spare's address: %s", exc)
-        return 1
-    listener.listen(0)  # one waiting connection at most: a second supervisor finds none
-    while True:
-        conn, _ = listener.accept()
-        owner, uid = peer_creds(conn)
-        if uid == os.geteuid() and owner > 0:
-            break
-        log.error("lender: its spare refused a connection from uid %d", uid)
-        conn.close()
-    listener.close()  # a connection queued meanwhile is reset: its supervisor forks instead
-    channel = Channel(conn)
-    frame = channel.receive_one()
-    if not isinstance(frame, BecomeAt):
-        return 0  # not told what to become (EOF): nothing was lent
-    spec = resolve(tree, frame.path, frame.spec_id)
-    if spec is None or not lendable(spec):  # the supervisor checked: another process's doing
-        channel.try_send(ExitingFrame(reason_from_exception(ChildSpecError(
-            "id", frame.spec_id, f"no worker {frame.spec_id!r} under "
-                                 f"{'/'.join(frame.path) or 'root'} in the node's tree"))))
-        return 1
-    if frame.key != frame.spec_id:
-        spec = msgspec.structs.replace(spec, args=tuple(frame.args))
-    set_process_name(proc_name(spec, frame.key))
-
-    def tell_lender() -> None:
-        # After ready, not before: the lender, long asleep, would take this CPU from the
-        # start the supervisor waits for. Until the lender knows, this process would not die
-        # with its supervisor; the lender kills it if that supervisor is gone by then.
-        lender.send(encode(Taken(owner)))
-        lender.close()
-
-    return run_child(spec, channel, (*frame.path, frame.key), node, prepared, tell_lender)
-
-
-# ---- the lender process ---------------------------------------------------------------------
-
-class _Child:
-    """The spare, then (once taken) a lent child."""
-
-    __slots__ = ("pid", "pidfd", "sock", "owner")
-
-    def __init__(self, pid: int, sock: socket.socket) -> None:
-        self.pid = pid
-        self.pidfd = os.pidfd_open(pid)
-        self.sock: socket.socket | None = sock  # the spare's side of Taken; None once lent
-        self.owner = 0  # the supervisor it was lent to (0: not lent)
-
-
-class _Owner:
-    """A supervisor that took the spare: its pidfd, its link (once it opened one) and its
-    lent children."""
-
-    __slots__ = ("pid", "pidfd", "link", "lent")
-
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.pidfd = os.pidfd_open(pid)
-        self.link: socket.socket | None = None
-        self.lent: set[int] = set()
-
 
 class Lender:
-    """The lender's loop (see the module doc): a selector over its listening socket for links,
-    each link, the spare's side of ``Taken``, the pidfds of its children and of the
-    supervisors they were lent to, its parent's channel and a signal wakeup (SIGCHLD: sweep).
-    """
+    """The lender's loop: turns what its descriptors say into :mod:`._loans` events and
+    carries out the actions. It waits on its listening socket for links, each link, the
+    spare's side of ``Taken``, the pidfds of its children and of the supervisors they were
+    lent to, its parent's channel and a signal wakeup (SIGCHLD: sweep)."""
 
     def __init__(self, parent: Channel, tree: SupervisorSpec, node: str,
                  listener: socket.socket) -> None:
@@ -195,19 +80,20 @@ class Lender:
         self.node = node
         self.listener = listener
         self.sel = selectors.DefaultSelector()
-        self.spare: _Child | None = None
-        self.lent: dict[int, _Child] = {}
-        self.owners: dict[int, _Owner] = {}
-        self.links: dict[socket.socket, int] = {}  # link -> the pid at its other end
-        self.statuses: dict[int, int] = {}  # dead children's, not told yet (oldest first)
-        self.asked: dict[int, socket.socket] = {}  # ExitOf a child not dead yet
-        self.zombies: dict[int, tuple[int, float]] = {}  # dead, unreaped: pidfd, reap by
-        self.remake_at = 0.0  # monotonic: fork the next spare then
-        self.spare_deaths = 0  # spares in a row that died before they were taken
+        self.state = L.LoanState()
+        self.pidfds: dict[int, int] = {}  # each child's, until it is reaped
+        self.said: dict[int, socket.socket] = {}  # a child's side of Taken, until it says
+        self.owner_fds: dict[int, int] = {}  # each watched owner's pidfd
+        self.links: dict[int, socket.socket] = {}  # by the link's descriptor number
         self.sweep_due = False
 
     def trouble(self, what: Trouble) -> None:
         self.parent.try_send(TroubleFrame((), what.value))
+
+    def feed(self, event: Any) -> None:
+        self.state, actions = L.decide(self.state, event)
+        for a in actions:
+            getattr(self, "do_" + type(a).__name__)(a)
 
     def run(self) -> int:
         wake_r, _wake_w = open_signal_wakeup()
@@ -216,154 +102,88 @@ class Lender:
         self.sel.register(self.parent.sock, selectors.EVENT_READ, ("on_parent", None))
         self.sel.register(self.listener, selectors.EVENT_READ, ("on_accept", None))
         while True:
-            due = min((d for _, d in self.zombies.values()), default=float("inf"))
-            if self.spare is None:
-                due = min(due, self.remake_at)
+            due = L.next_due(self.state)
+            if not self.state.spare:
+                due = min(due, self.state.remake_at)
             timeout = None if due == float("inf") else max(0.0, due - time.monotonic())
             for key, _ in self.sel.select(timeout):
                 handler, obj = key.data
                 getattr(self, handler)(obj)
-            if self.zombies:
-                self.reap_overdue()
-            if self.spare is None and time.monotonic() >= self.remake_at:
+            now = time.monotonic()
+            if L.next_due(self.state) <= now:
+                self.feed(L.Tick(now))
+            if not self.state.spare and now >= self.state.remake_at:
                 self.fork_spare()
             if self.sweep_due:
                 self.sweep_due = False
                 self.sweep_orphans()
 
+    # ---- events -----------------------------------------------------------------------------
+
     def fork_spare(self) -> None:
         tree, node = self.tree, self.node
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
-            pid = fork_child((theirs.fileno(),), lambda: _spare_main(theirs, tree, node),
+            pid = fork_child((theirs.fileno(),), lambda: spare_main(theirs, tree, node),
                              "prism:shared-spare")
         except OSError as exc:  # the process limit: supervisors fork their own meanwhile
             mine.close()
-            self.remake_at = time.monotonic() + 1.0
             log.error("lender: cannot fork a spare: %s (trying again in 1 s)", exc)
             self.trouble(Trouble.FORK_FAILED)
+            self.state = msgspec.structs.replace(self.state, remake_at=time.monotonic() + 1)
             return
         finally:
             theirs.close()
-        spare = self.spare = _Child(pid, mine)
-        self.sel.register(mine, selectors.EVENT_READ, ("on_taken", spare))
-        self.sel.register(spare.pidfd, selectors.EVENT_READ, ("on_child_exit", spare))
+        self.pidfds[pid] = os.pidfd_open(pid)
+        self.said[pid] = mine
+        self.sel.register(mine, selectors.EVENT_READ, ("on_taken", pid))
+        self.sel.register(self.pidfds[pid], selectors.EVENT_READ, ("on_child_exit", pid))
+        self.feed(L.SpareMade(pid))
 
-    def on_taken(self, spare: _Child) -> None:
-        """The spare says who took it (or closed its side: it died; its pidfd says so)."""
-        sock = spare.sock
-        assert sock is not None
+    def on_taken(self, pid: int) -> None:
+        """A child says who took it (or closed its side: it died; its pidfd says so)."""
+        sock = self.said.pop(pid)
         try:
             data = sock.recv(1 << 10, socket.MSG_DONTWAIT)
         except (BlockingIOError, InterruptedError):
+            self.said[pid] = sock
             return
         except OSError:
             data = b""
         self.sel.unregister(sock)
         sock.close()
-        spare.sock = None
-        if self.spare is spare:
-            self.spare = None
-            self.remake_at = time.monotonic() + REMAKE_AFTER_S
         try:
             taken = decode(data) if data else None
         except (msgspec.DecodeError, ValueError):
             taken = None
         if not isinstance(taken, Taken):
-            return  # it died before it was taken (or said something else: killed below)
+            return  # it died before it was taken
         try:
-            owner = self.owners.get(taken.owner) or self.add_owner(taken.owner)
-        except OSError:  # the supervisor is gone already: so is what it took
-            send_signal(spare.pidfd, signal.SIGKILL)
-            return
-        spare.owner = owner.pid
-        self.spare_deaths = 0
-        owner.lent.add(spare.pid)
-        self.lent[spare.pid] = spare
+            owner_fd = self.owner_fds.get(taken.owner) or os.pidfd_open(taken.owner)
+        except OSError:  # the supervisor is gone already: so must its child be
+            owner_fd = -1
+        else:
+            self.owner_fds[taken.owner] = owner_fd
+        self.feed(L.TakenBy(pid, taken.owner, owner_fd >= 0, time.monotonic()))
+        if taken.owner in self.owner_fds and taken.owner not in self.watched():
+            os.close(self.owner_fds.pop(taken.owner))  # opened above, not watched after all
 
-    def add_owner(self, pid: int) -> _Owner:
-        owner = self.owners[pid] = _Owner(pid)
-        self.sel.register(owner.pidfd, selectors.EVENT_READ, ("on_owner_exit", owner))
-        for link, peer in self.links.items():
-            if peer == pid:
-                owner.link = link
-        return owner
+    def watched(self) -> set[int]:
+        return {o for o in self.state.lent.values() if o}
 
-    def on_child_exit(self, child: _Child) -> None:
-        """A child died: its group is killed now; it is reaped once its supervisor has read
-        its status from /proc (and says so: Reap), or asks for it (ExitOf), or after
-        ``REAP_GRACE_S`` (see ``_lending``)."""
-        if child.sock is not None:
-            self.on_taken(child)  # what it said before it died, if anything
-        kill_group(child.pid)  # the group id cannot be reused: the leader is not reaped
-        self.sel.unregister(child.pidfd)
-        if self.spare is child:
-            self.spare = None
-            self.remake_at = time.monotonic() + REMAKE_AFTER_S
-        owner = self.owners.get(child.owner) if child.owner else None
-        if child.owner:
-            del self.lent[child.pid]
-        if owner is not None:
-            owner.lent.discard(child.pid)
-            if not owner.lent:
-                self.drop_owner(owner)
-        elif not child.owner and _let_go(child.pid):
-            # Taken, then let go before it was told anything (a decision that restarted
-            # nothing: see _runtime.on_exit): nobody asks for it; made again as after a lend.
-            self.reap(child.pid, child.pidfd)
-            self.remake_at = time.monotonic() + REMAKE_AFTER_S
-            return
-        elif not child.owner:
-            # Before it said it was taken: a spare nobody took, or one taken and dead
-            # during its start (its supervisor asks for the status).
-            # One that cannot even start (its address held by another user's process, say)
-            # is made again less and less often, not every 50 ms.
-            self.spare_deaths += 1
-            delay = min(REMAKE_AFTER_S * 2 ** self.spare_deaths, _REMAKE_MAX_S)
-            self.remake_at = time.monotonic() + delay
-            log.warning("lender: spare %d died before it said it was taken (the next in "
-                        "%.2f s)", child.pid, delay)
-            self.trouble(Trouble.SPARE_DIED)
-        self.zombies[child.pid] = (child.pidfd, time.monotonic() + REAP_GRACE_S)
-        asker = self.asked.pop(child.pid, None)
-        if asker is not None:
-            self.send(asker, LentExit(child.pid, self.reap_zombie(child.pid)))
+    def on_child_exit(self, pid: int) -> None:
+        if pid in self.said:
+            self.on_taken(pid)  # what it said before it died, if anything
+        self.sel.unregister(self.pidfds[pid])
+        try:  # its status, read without reaping: its supervisor may read it from /proc
+            info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            info = None
+        status = _wait_status(info)
+        self.feed(L.ChildDied(pid, status, time.monotonic()))
 
-    def reap_zombie(self, pid: int) -> int:
-        pidfd, _ = self.zombies.pop(pid)
-        return self.reap(pid, pidfd)
-
-    def reap_overdue(self) -> None:
-        """Zombies nobody read in time (a stopped supervisor, a dead one): reaped, their
-        statuses kept for an ExitOf."""
-        now = time.monotonic()
-        for pid, (_, due) in list(self.zombies.items()):
-            if due <= now:
-                self.statuses[pid] = self.reap_zombie(pid)
-        while len(self.statuses) > _STATUSES_KEPT:
-            del self.statuses[next(iter(self.statuses))]
-
-    def send(self, link: socket.socket, message: Any) -> bool:
-        try:
-            link.send(encode(message))
-            return True
-        except OSError:  # a full buffer of a stuck supervisor, or gone (its EOF closes it)
-            return False
-
-    def on_owner_exit(self, owner: _Owner) -> None:
-        """A supervisor died: what it was lent dies too (reaped when its pidfd says so)."""
-        for pid in owner.lent:
-            child = self.lent.get(pid)
-            if child is not None:
-                send_signal(child.pidfd, signal.SIGKILL)
-                kill_group(pid)
-        owner.lent.clear()
-        self.drop_owner(owner)
-
-    def drop_owner(self, owner: _Owner) -> None:
-        if self.owners.pop(owner.pid, None) is owner:
-            self.sel.unregister(owner.pidfd)
-            os.close(owner.pidfd)
+    def on_owner_exit(self, owner: int) -> None:
+        self.feed(L.OwnerDied(owner))
 
     def on_signal(self, sock: socket.socket) -> None:
         try:
@@ -376,12 +196,10 @@ class Lender:
     def on_parent(self, _: Any) -> None:
         self.parent.receive()
         if self.parent.closed:  # the root stops it, or is gone: its children go first
-            children = [*self.lent.values(), *([self.spare] if self.spare else [])]
-            for child in children:
-                kill_group(child.pid)
-                self.reap(child.pid, child.pidfd)
-            for pid in list(self.zombies):
-                self.reap_zombie(pid)
+            for pid, pidfd in list(self.pidfds.items()):
+                kill_group(pid)
+                send_signal(pidfd, signal.SIGKILL)
+                self.do_Reap(L.Reap(pid))
             os._exit(0)
 
     def on_accept(self, _: Any) -> None:
@@ -394,80 +212,99 @@ class Lender:
                 log.error("lender: cannot accept a link: %s", exc)
                 self.trouble(Trouble.LENDER_REFUSED)
                 return
-            pid, uid = peer_creds(link)
+            uid = peer_creds(link)[1]
             if uid != os.geteuid():
                 log.error("lender: refused a link from uid %d", uid)
                 self.trouble(Trouble.LENDER_REFUSED)
                 link.close()
                 continue
             link.setblocking(False)
-            self.links[link] = pid
+            self.links[link.fileno()] = link
             self.sel.register(link, selectors.EVENT_READ, ("on_link", link))
-            owner = self.owners.get(pid)
-            if owner is not None:
-                owner.link = link
 
     def on_link(self, link: socket.socket) -> None:
-        """A supervisor asks for a lent child's status (ExitOf); EOF closes its link; anything
-        else is refused (answered, counted, logged)."""
+        """A supervisor's question (ExitOf) or word (Reap); EOF closes its link; anything
+        else is refused (answered unknown, counted, logged)."""
         try:
             data = link.recv(1 << 16)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
             data = b""
-        if data:
-            try:
-                ask = decode(data)
-            except (msgspec.DecodeError, ValueError) as exc:
-                ask, why = None, f"malformed: {exc}"
-            else:
-                why = f"{type(ask).__name__} is not a question"
-            if not isinstance(ask, (ExitOf, Reap)):
-                log.error("lender: refused a message from pid %d: %s", self.links[link], why)
-                self.trouble(Trouble.LENDER_REFUSED)
-                self.send(link, LentExit(0, -1))
-            elif isinstance(ask, Reap):
-                if ask.pid in self.zombies:
-                    self.reap_zombie(ask.pid)  # its supervisor read the status
-            elif ask.pid in self.zombies:
-                self.send(link, LentExit(ask.pid, self.reap_zombie(ask.pid)))
-            elif ask.pid in self.statuses:
-                self.send(link, LentExit(ask.pid, self.statuses.pop(ask.pid)))
-            elif ask.pid in self.lent or (self.spare is not None and self.spare.pid == ask.pid):
-                self.asked[ask.pid] = link  # answered when it is reaped
-            else:
-                self.send(link, LentExit(ask.pid, -1))  # not one of the lender's
+        if not data:
+            self.sel.unregister(link)
+            del self.links[link.fileno()]
+            self.feed(L.LinkClosed(link.fileno()))
+            link.close()
             return
-        for pid, asker in list(self.asked.items()):
-            if asker is link:
-                del self.asked[pid]
-        pid = self.links.pop(link)
-        owner = self.owners.get(pid)
-        if owner is not None and owner.link is link:
-            owner.link = None
-        self.sel.unregister(link)
-        link.close()
-
-    @staticmethod
-    def reap(pid: int, pidfd: int) -> int:
-        """Reap a child (dead, or killed now) and close its pidfd: its wait status."""
-        send_signal(pidfd, signal.SIGKILL)
         try:
-            _, status = os.waitpid(pid, 0)
-        except ChildProcessError:
-            status = 0
+            message = decode(data)
+        except (msgspec.DecodeError, ValueError) as exc:
+            message, why = None, f"malformed: {exc}"
+        else:
+            why = f"{type(message).__name__} is not for the lender"
+        if isinstance(message, ExitOf):
+            self.feed(L.ExitAsked(message.pid, link.fileno()))
+        elif isinstance(message, Reap):
+            self.feed(L.ReapAsked(message.pid))
+        else:
+            log.error("lender: refused a message on a link: %s", why)
+            self.trouble(Trouble.LENDER_REFUSED)
+            self.send(link, LentExit(0, L.UNKNOWN))
+
+    # ---- actions ----------------------------------------------------------------------------
+
+    def do_Watch(self, a: L.Watch) -> None:
+        self.sel.register(self.owner_fds[a.owner], selectors.EVENT_READ,
+                          ("on_owner_exit", a.owner))
+
+    def do_Unwatch(self, a: L.Unwatch) -> None:
+        pidfd = self.owner_fds.pop(a.owner)
+        self.sel.unregister(pidfd)
         os.close(pidfd)
-        return status
+
+    def do_Kill(self, a: L.Kill) -> None:
+        pidfd = self.pidfds.get(a.pid)
+        if pidfd is not None:
+            send_signal(pidfd, signal.SIGKILL)
+            kill_group(a.pid)
+
+    def do_KillGroup(self, a: L.KillGroup) -> None:
+        kill_group(a.pid)  # the leader is dead, not reaped: the group id is still its own
+
+    def do_Reap(self, a: L.Reap) -> None:
+        pidfd = self.pidfds.pop(a.pid)
+        try:
+            os.waitpid(a.pid, 0)
+        except ChildProcessError:
+            pass
+        os.close(pidfd)
+
+    def do_Answer(self, a: L.Answer) -> None:
+        link = self.links.get(a.link)
+        if link is not None:
+            self.send(link, LentExit(a.pid, a.status))
+
+    def do_SpareDied(self, a: L.SpareDied) -> None:
+        log.warning("lender: spare %d died untaken (%s); the next in %.2f s", a.pid,
+                    reason_from_wait_status(a.status), a.delay)
+        self.trouble(Trouble.SPARE_DIED)
+
+    def send(self, link: socket.socket, message: Any) -> None:
+        try:
+            link.send(encode(message))
+        except OSError:  # a full buffer of a stuck supervisor, or gone (its EOF closes it)
+            log.warning("lender: could not answer pid %d's link", peer_creds(link)[0])
 
     def sweep_orphans(self) -> None:
+        """Kill and reap its children that are none of its own (orphans of a lent child's
+        children, reparented here when it died)."""
         try:
             kids = child_pids(os.getpid())
         except OSError:
             return
-        known = {*self.lent, *self.zombies, *([self.spare.pid] if self.spare else [])}
         for pid in kids:
-            if pid in known:
+            if pid in self.pidfds:
                 continue
             try:
                 if os.waitpid(pid, os.WNOHANG)[0]:
@@ -478,13 +315,13 @@ class Lender:
                 pass
 
 
-def _let_go(pid: int) -> bool:
-    """Whether dead child ``pid`` (not reaped) is a spare that was let go: it exited 0."""
-    try:
-        result = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-    except ChildProcessError:
-        return False
-    return result is not None and result.si_code == os.CLD_EXITED and result.si_status == 0
+def _wait_status(info: Any) -> int:
+    """A ``waitid`` result as ``os.waitpid`` gives the status (0 if there is none)."""
+    if info is None:
+        return 0
+    if info.si_code == os.CLD_EXITED:
+        return (info.si_status & 0xFF) << 8
+    return info.si_status & 0x7F  # killed, or dumped core
 
 
 def lender_main(parent: Channel, tree: SupervisorSpec, node: str) -> int:

@@ -58,7 +58,8 @@ from ..transports._frames import (
     TroubleFrame,
 )
 from ._child import knows, proc_name, run_child
-from ._lender import LenderHandle, lendable, node_tree, resolve, set_tree
+from ._lender import LenderHandle
+from ._shared_spare import lendable, node_tree, resolve, set_tree
 from ._lending import LenderLink, take_spare
 from ._decide import decide, initial_state
 from ._names import NameSocket

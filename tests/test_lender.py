@@ -17,7 +17,7 @@ import pytest
 
 import prismatic as p
 from prismatic._process import child_pids, process_name
-from prismatic.supervisors._lender import lendable, resolve
+from prismatic.supervisors._shared_spare import lendable, resolve
 from prismatic.supervisors._lending import (
     ExitOf, LentExit, Taken, decode, encode, lender_address, spare_address,
 )

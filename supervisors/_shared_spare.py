@@ -1,0 +1,108 @@
+"""The node's shared spare itself (see :mod:`._lender`): what it may become, and its life.
+
+The spare is forked by the lender from the image the tree was forked from, so it holds the
+node's tree as the root had it (:func:`set_tree`). It makes what every worker needs, then
+waits at the spare's address (:func:`~._lending.spare_address`) for the one supervisor that
+takes it, becomes the worker that supervisor names by path (``BecomeAt``; only one the tree
+has there: :func:`resolve`), and once its ``ready`` is sent, tells the lender who took it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+
+import msgspec
+
+from .._address import own_pid
+from .._childspec import ChildSpec, ChildType, SupervisorSpec
+from .._errors import ChildSpecError
+from .._exit import reason_from_exception
+from .._nodeinfo import creation_of, peer_creds
+from .._process import set_process_name
+from .._program import Program
+from .._worker_runtime import WorkerContext
+from ..transports._channel import Channel
+from ..transports._frames import BecomeAt, ExitingFrame
+from ._child import proc_name, run_child
+from ._lending import Taken, encode, spare_address
+
+__all__ = ["set_tree", "node_tree", "resolve", "lendable", "spare_main"]
+
+log = logging.getLogger(__name__)
+
+_tree: SupervisorSpec | None = None
+
+
+def set_tree(tree: SupervisorSpec) -> None:
+    """Record the node's tree as the root has it, before it forks anything: every process of
+    the tree then holds this very object, which is how a supervisor tells a child spec the
+    lender knows (the same object) from one it does not (:func:`resolve`)."""
+    global _tree
+    _tree = tree
+
+
+def node_tree() -> SupervisorSpec | None:
+    return _tree
+
+
+def resolve(tree: SupervisorSpec, path: tuple[str, ...], spec_id: str) -> ChildSpec | None:
+    """The child spec ``spec_id`` of the supervisor at ``path`` in ``tree``, where every step
+    is a static child whose start is a SupervisorSpec; None if there is none."""
+    spec = tree
+    for part in path:
+        child = next((c for c in spec.children if c.id == part), None)
+        if child is None or not isinstance(child.start, SupervisorSpec):
+            return None
+        spec = child.start
+    return next((c for c in spec.children if c.id == spec_id), None)
+
+
+def lendable(spec: ChildSpec) -> bool:
+    return spec.type is ChildType.WORKER and not isinstance(spec.start, Program)
+
+
+
+def spare_main(lender: socket.socket, tree: SupervisorSpec, node: str) -> int:
+    """Runs in the lender's spare: made ready for any worker, it waits at the spare's address
+    for the one supervisor that takes it, tells the lender who, and becomes the child that
+    supervisor names (``BecomeAt``, the first frame on the connection)."""
+    prepared = WorkerContext(None, own_pid(node, creation_of(node)), "")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        listener.bind(spare_address(node))
+    except OSError as exc:
+        log.error("lender: its spare cannot bind the spare's address: %s", exc)
+        return 1
+    listener.listen(0)  # one waiting connection at most: a second supervisor finds none
+    while True:
+        conn, _ = listener.accept()
+        owner, uid = peer_creds(conn)
+        if uid == os.geteuid() and owner > 0:
+            break
+        log.error("lender: its spare refused a connection from uid %d", uid)
+        conn.close()
+    listener.close()  # a connection queued meanwhile is reset: its supervisor forks instead
+    channel = Channel(conn)
+    frame = channel.receive_one()
+    if not isinstance(frame, BecomeAt):
+        return 0  # not told what to become (EOF): nothing was lent
+    spec = resolve(tree, frame.path, frame.spec_id)
+    if spec is None or not lendable(spec):  # the supervisor checked: another process's doing
+        channel.try_send(ExitingFrame(reason_from_exception(ChildSpecError(
+            "id", frame.spec_id, f"no worker {frame.spec_id!r} under "
+                                 f"{'/'.join(frame.path) or 'root'} in the node's tree"))))
+        return 1
+    if frame.key != frame.spec_id:
+        spec = msgspec.structs.replace(spec, args=tuple(frame.args))
+    set_process_name(proc_name(spec, frame.key))
+
+    def tell_lender() -> None:
+        # After ready, not before: the lender, long asleep, would take this CPU from the
+        # start the supervisor waits for. Until the lender knows, this process would not die
+        # with its supervisor; the lender kills it if that supervisor is gone by then.
+        lender.send(encode(Taken(owner)))
+        lender.close()
+
+    return run_child(spec, channel, (*frame.path, frame.key), node, prepared, tell_lender)
