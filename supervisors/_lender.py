@@ -24,11 +24,12 @@ Invariants:
   pidfd, from the moment the spare says who took it) and kills what it lent it;
 * a lent child dies with the lender (its PDEATHSIG): its supervisor then sees it killed;
 * the spare becomes only a worker its copy of the node's tree has at that path
-  (:func:`resolve`); the supervisor takes it only for a spec that is the very object its own
-  copy of the tree has there, so a child changed since the tree was forked (``start_child``, a
-  reload) is forked by its supervisor as before;
+  (:func:`._shared_spare.resolve`); the supervisor takes it only for a spec that is the very
+  object its own copy of the tree has there, so a child changed since the tree was forked
+  (``start_child``, a reload) is forked by its supervisor as before;
 * a dead child of the lender's stays a zombie until its supervisor has read its status, for
-  ``REAP_GRACE_S`` at most; its process group is killed at once;
+  ``_loans.REAP_GRACE_S`` at most; its process group is killed at once (the bookkeeping, a
+  pure state machine, is :mod:`._loans`);
 * the lender's other children are swept as a supervisor's are (the orphans a lent child
   left when it died are reparented to the lender, a child subreaper).
 """
