@@ -36,7 +36,6 @@ import collections
 import heapq
 import logging
 import os
-import select
 import selectors
 import signal
 import socket
@@ -54,12 +53,12 @@ from .._reactor import open_signal_wakeup
 from .._worker_runtime import exit_code_for
 from ..transports._channel import Channel
 from ..transports._frames import (
-    BecomeAt, ExitingFrame, IgnoredFrame, LifecycleFrame, ReadyFrame, ReplyFrame, RequestFrame,
+    ExitingFrame, IgnoredFrame, LifecycleFrame, ReadyFrame, ReplyFrame, RequestFrame,
     TroubleFrame,
 )
 from ._child import knows, proc_name, run_child
+from ._borrowing import Borrowing
 from ._lender import LenderHandle
-from ._shared_spare import lendable, node_tree, resolve, set_tree
 from ._lending import LenderLink, take_spare
 from ._decide import decide, initial_state
 from ._names import NameSocket
@@ -92,7 +91,7 @@ _op_decoder = msgspec.msgpack.Decoder(Op)
 _encoder = msgspec.msgpack.Encoder()
 
 
-class SupervisorRuntime(SpareKeeping, ProgramKeeping):
+class SupervisorRuntime(SpareKeeping, ProgramKeeping, Borrowing):
     """Runs one supervisor in the current process until it exits; see the module doc."""
 
     def __init__(self, spec: SupervisorSpec, parent: Channel, path: tuple[str, ...],
@@ -307,43 +306,6 @@ class SupervisorRuntime(SpareKeeping, ProgramKeeping):
             proc = self.borrow(key, spec)
         self.starting = proc if proc is not None else self.fork_for(key, spec)
 
-    def borrow(self, key: str, spec: ChildSpec) -> Proc | None:
-        """The node's shared spare, told to become child ``key`` (see ``_lending``); None if
-        the lender does not know the child as this process does, or none waits."""
-        tree = node_tree()
-        if tree is None or not lendable(spec) or resolve(tree, self.path, spec.id) is not spec:
-            return None
-        got, self.taken = self.taken or take_spare(self.node), None
-        if got is None:
-            return None
-        pid, channel = got
-        args = spec.args if key != spec.id else ()
-        try:
-            channel.send(BecomeAt(self.path, key, spec.id, args))
-            os.sched_yield()  # the spare often waits for this CPU (as in fork_for)
-            proc = Proc(pid, channel, key, spec.type)  # type: ignore[arg-type]
-        except (OSError, TypeError, msgspec.EncodeError):  # gone already; args that do not encode
-            channel.close()  # it was never told what to become: it exits
-            return None
-        proc.lent = spec
-        self.watch(proc)
-        # Its exit's status comes from the lender, over this link (see _lending).
-        self.lending = self.lending or LenderLink(self.node, self.name())
-        self.lending.connect()
-        return proc
-
-    def not_taken(self, proc: Proc) -> None:
-        """A lent child's channel closed before any frame while the process lives on: the
-        spare took another supervisor's connection, queued just before ours (see
-        ``_lending``). Not ours: forget it and fork the child here."""
-        spec = proc.lent
-        assert spec is not None and proc.key is not None
-        log.info("supervisor %s: the shared spare %d was taken by another; forking %r",
-                 self.name(), proc.pid, proc.key)
-        self.forget(proc)
-        if proc is self.starting:
-            self.starting = self.fork_for(proc.key, spec)
-
     def fork_for(self, key: str, spec: ChildSpec) -> Proc | None:
         """Fork child ``key`` here; None if the fork failed (then it is a start failure)."""
         path = (*self.path, key)
@@ -522,76 +484,12 @@ class SupervisorRuntime(SpareKeeping, ProgramKeeping):
             self.taken[1].close()  # it exits at the EOF, told nothing
             self.taken = None
 
-    def lent_exit_status(self, proc: Proc) -> int:
-        """The wait status of a lent child that died, as its parent, the lender, read it (it
-        killed the child's group first). A lender gone or mute: killed, and logged."""
-        status = self.lending.exit_status(proc.pid) if self.lending is not None else None
-        if status is None:
-            log.error("supervisor %s: the lender did not say how lent child %d died; taken "
-                      "as killed", self.name(), proc.pid)
-            self.trouble(Trouble.LENT_EXIT_UNKNOWN)
-            return int(signal.SIGKILL)
-        if self.lending is not None and not any(
-                p.lent is not None for p in self.procs.values() if p is not proc):
-            self.lending.close()  # nothing lent left: the lender holds no link per supervisor
-            self.lending = None
-        return status
-
-    # ---- the root's lender ------------------------------------------------------------------
-
-    def start_lender(self) -> None:
-        set_tree(self.spec)
-        lender = LenderHandle(self.spec, self.node) if self.lender is None else self.lender
-        if not lender.start():
-            self.trouble(Trouble.FORK_FAILED)
-            self.lender = None
-            return
-        self.lender = lender
-        self.sel.register(lender.pidfd, selectors.EVENT_READ, ("on_lender_exit", None))
-        self.sel.register(lender.channel.sock, selectors.EVENT_READ,  # type: ignore[union-attr]
-                          ("on_lender", None))
-
-    def on_lender(self, _: Any) -> None:
-        lender = self.lender
-        if lender is None or lender.channel is None:
-            return
-        for frame in lender.channel.receive():
-            if isinstance(frame, TroubleFrame):
-                self.parent.try_send(frame)
-        if lender.channel.closed:
-            self.sel.unregister(lender.channel.sock)
-            lender.channel.close()
-            lender.channel = None
-
-    def on_lender_exit(self, _: Any) -> None:
-        lender = self.lender
-        if lender is None:
-            return
-        self.sel.unregister(lender.pidfd)
-        if lender.channel is not None:
-            self.on_lender(None)  # what it said before it died
-            if lender.channel is not None:
-                self.sel.unregister(lender.channel.sock)
-        status = lender.reap()
-        log.warning("supervisor root: the lender died (%s)",
-                    reason_from_wait_status(status))
-        self.trouble(Trouble.LENDER_DIED)
-        if lender.may_restart():
-            self.start_lender()
-        else:
-            log.error("supervisor root: the lender died %d times; dormant supervisors fork "
-                      "their children themselves from now on", lender.deaths)
-            self.trouble(Trouble.LENDER_GIVEN_UP)
-            self.lender = None
-
     def on_name_lookup(self, names: NameSocket) -> None:
         names.drain()
 
     def on_child(self, proc: Proc) -> None:
         frames = proc.channel.receive()
-        if proc.lent is not None and not frames and proc.channel.closed and not proc.ready \
-                and proc.reason is None and not proc.ignored \
-                and not select.select([proc.pidfd], [], [], 0)[0]:
+        if proc.lent is not None and self.lent_on_child(proc, frames):
             self.not_taken(proc)
             return
         for frame in frames:
