@@ -31,7 +31,7 @@ from ._childspec import SupervisorSpec, import_ref
 from ._cookie import ensure_cookie
 from ._errors import ChildSpecError, EventLogError, NodeError
 from ._nodeinfo import NodeInfo, open_hub_socket, set_current
-from ._process import fork_child, trim_heap
+from ._process import fork_child, raise_fd_limit, trim_heap
 from ._pubsub_wire import events_address, publish_address
 from ._tree_cgroup import enter_cgroup, open_tree_cgroup, start_sweeper
 from .supervisors._procs import check_spare_idle
@@ -167,7 +167,10 @@ def run_node(spec: SupervisorSpec, *, name: str | None = None,
     root_pid = fork_child((theirs.fileno(),), lambda: _root_main(spec, theirs, name),
                           "prism-sup:root")
     theirs.close()
-    _raise_fd_limit()
+    # A descriptor per process it watches or talks to, and libzmq aborts the whole process
+    # when it cannot get one. Only in the node (after the tree's fork): its processes keep
+    # the limit they had.
+    raise_fd_limit("node")
     try:
         serve = _import_loop()
         return serve(name, data, mine, root_pid, show_tree, out, cookie, hub_sock,
@@ -234,21 +237,6 @@ def prepare_data_dir(data: Path) -> None:
                     "log, the cookie and the sockets)", data, mode, DATA_DIR_MODE)
     if not os.access(data, os.W_OK | os.X_OK):
         raise NodeError(f"data directory {data} is not writable by this node's user")
-
-
-def _raise_fd_limit() -> None:
-    """The node holds a descriptor per process it watches or talks to, and libzmq aborts the
-    whole process when it cannot get one: raise the soft limit to the hard one, as servers
-    do. Only in the node (after the tree's fork): its processes keep the limit they had."""
-    import resource  # noqa: PLC0415 - a shared library the tree's image does without
-
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != hard:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-        except (ValueError, OSError) as exc:
-            log.warning("node: cannot raise its file descriptor limit from %d to %d: %s",
-                        soft, hard, exc)
 
 
 def _root_main(spec: SupervisorSpec, channel: Channel, name: str) -> int:

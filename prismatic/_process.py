@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import ctypes
 import gc
+import logging
 import os
 import signal
 import sys
@@ -46,11 +47,12 @@ from ._clone import clone_sibling
 
 __all__ = ["fork_child", "fork_sibling", "set_process_name", "process_name", "child_pids",
            "uss_bytes", "rss_bytes", "send_signal", "kill_group", "become_subreaper",
-           "lead_own_group", "trim_heap"]
+           "lead_own_group", "trim_heap", "raise_fd_limit"]
 
 _PR_SET_NAME = 15
 _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
+log = logging.getLogger(__name__)
 _libc = ctypes.CDLL(None, use_errno=True)
 # The C function and plain ints: signal.signal's enum conversions cost a fresh fork ~25
 # copy-on-write faults (three calls), in every child a supervisor forks itself.
@@ -112,6 +114,21 @@ def kill_group(pgid: int) -> None:
         os.killpg(pgid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+
+
+def raise_fd_limit(who: str) -> None:
+    """Raise this process's soft ``RLIMIT_NOFILE`` to the hard limit, as servers do (a warning
+    naming ``who`` if it cannot): for a process that holds a descriptor per process it
+    watches or talks to (the node, the lender)."""
+    import resource  # noqa: PLC0415 - a shared library the tree's image does without
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as exc:
+            log.warning("%s: cannot raise its file descriptor limit from %d to %d: %s", who,
+                        soft, hard, exc)
 
 
 def become_subreaper() -> None:

@@ -76,6 +76,15 @@ def open_signal_wakeup() -> tuple[socket.socket, socket.socket]:
     return r, w
 
 
+def signals_received(wake_r: socket.socket) -> bytes:
+    """The signal numbers the wakeup fd (:func:`open_signal_wakeup`) carried since the last
+    call, a byte each (b"" if none)."""
+    try:
+        return wake_r.recv(64)
+    except BlockingIOError:
+        return b""
+
+
 # The C function itself: signal.signal wraps it in enum conversions that cost every worker
 # ~25 copy-on-write faults as it starts.
 _set_handler: Callable[[int, Any], Any] = getattr(sys.modules.get("_signal"), "signal",

@@ -50,8 +50,8 @@ import msgspec
 from .._childspec import SupervisorSpec
 from .._exit import reason_from_wait_status
 from .._nodeinfo import peer_creds
-from .._process import child_pids, fork_child, kill_group, send_signal
-from .._reactor import open_signal_wakeup
+from .._process import child_pids, fork_child, kill_group, raise_fd_limit, send_signal
+from .._reactor import open_signal_wakeup, signals_received
 from ..transports._channel import Channel
 from ..transports._frames import TroubleFrame
 from . import _loans as L
@@ -187,11 +187,7 @@ class Lender:
         self.feed(L.OwnerDied(owner))
 
     def on_signal(self, sock: socket.socket) -> None:
-        try:
-            sigs = sock.recv(64)
-        except BlockingIOError:
-            return
-        if signal.SIGCHLD in sigs:
+        if signal.SIGCHLD in signals_received(sock):
             self.sweep_due = True
 
     def on_parent(self, _: Any) -> None:
@@ -326,7 +322,9 @@ def _wait_status(info: Any) -> int:
 
 
 def lender_main(parent: Channel, tree: SupervisorSpec, node: str) -> int:
-    _raise_fd_limit()
+    # A link and a pidfd per supervisor with a lent child: past the usual soft limit of
+    # 1,024 in a tree of 1,000 supervisors.
+    raise_fd_limit("lender")
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
     try:
         listener.bind(lender_address(node))
@@ -337,20 +335,6 @@ def lender_main(parent: Channel, tree: SupervisorSpec, node: str) -> int:
     listener.listen(_BACKLOG)
     listener.setblocking(False)
     return Lender(parent, tree, node, listener).run()
-
-
-def _raise_fd_limit() -> None:
-    """A connection and a pidfd per supervisor with a lent child: up to two per supervisor of
-    the tree, past the usual soft limit of 1,024 in a tree of 1,000."""
-    import resource  # noqa: PLC0415 - only the lender needs it
-
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != hard:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-        except (ValueError, OSError) as exc:
-            log.warning("lender: cannot raise its file descriptor limit from %d to %d: %s",
-                        soft, hard, exc)
 
 
 # ---- the root's side ------------------------------------------------------------------------

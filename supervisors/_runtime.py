@@ -49,7 +49,7 @@ from .._errors import RegistryError
 from .._exit import ExitReason, reason_from_exception, reason_from_wait_status
 from .._program import Program
 from .._process import become_subreaper, kill_group, send_signal
-from .._reactor import open_signal_wakeup
+from .._reactor import open_signal_wakeup, signals_received
 from .._worker_runtime import exit_code_for
 from ..transports._channel import Channel
 from ..transports._frames import (
@@ -429,10 +429,7 @@ class SupervisorRuntime(SpareKeeping, ProgramKeeping, Borrowing):
         proc.channel.close()
 
     def on_signal(self, sock: socket.socket) -> None:
-        try:
-            sigs = sock.recv(64)
-        except BlockingIOError:
-            return
+        sigs = signals_received(sock)
         if signal.SIGCHLD in sigs:
             self.sweep_due = True
         if signal.SIGTERM in sigs:
