@@ -287,3 +287,37 @@ def small_supervisor_of_a_temporary_worker() -> p.SupervisorSpec:
     """root > ``sup`` (small, so dormant) > ``w`` (temporary: never restarted) and ``k``."""
     return p.SupervisorSpec(children=[p.ChildSpec(id="sup", start=p.SupervisorSpec(
         children=[idle("w", restart="temporary"), idle("k")]))])
+
+
+class InAnotherGroup(p.Worker):
+    """Runs under group nobody (set in init; needs root): a process of the node's without
+    CAP_SYS_PTRACE may then not read its /proc entries that ptrace guards."""
+
+    def init(self) -> None:
+        os.setgid(65534)
+
+
+def small_supervisor_of_a_transient_in_another_group() -> p.SupervisorSpec:
+    """root > ``sup`` (small, so dormant) > ``w``, a transient :class:`InAnotherGroup`."""
+    tolerant = p.SupFlags(intensity=1000, period=5)
+    return p.SupervisorSpec(flags=tolerant, children=[p.ChildSpec(
+        id="sup", start=p.SupervisorSpec(flags=tolerant, children=[
+            p.ChildSpec(id="w", start=InAnotherGroup, restart="transient")]))])
+
+
+class GroupKeeper(p.Worker):
+    """Spawns a ``sleep`` in its own process group and notes ``kid <its pid> <the sleep's>``."""
+
+    def init(self) -> None:
+        import subprocess  # noqa: PLC0415
+
+        self.kid = subprocess.Popen(["sleep", "600"])
+        note(f"kid {os.getpid()} {self.kid.pid}")
+
+
+def small_supervisor_of_a_group_keeper() -> p.SupervisorSpec:
+    """root > ``sup`` (small, so dormant) > ``w``, a :class:`GroupKeeper`."""
+    tolerant = p.SupFlags(intensity=1000, period=5)
+    return p.SupervisorSpec(flags=tolerant, children=[p.ChildSpec(
+        id="sup", start=p.SupervisorSpec(flags=tolerant, children=[
+            p.ChildSpec(id="w", start=GroupKeeper)]))])

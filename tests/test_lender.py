@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import time
@@ -241,3 +242,67 @@ def test_a_spare_taken_for_a_restart_that_does_not_come_is_let_go(node_factory):
     old = n.conn.pid_of("sup/k")  # and the next restart takes the new one
     os.kill(old, signal.SIGKILL)
     assert _restarted(n, "sup/k", old) == again
+
+
+def _child_exits(ev, path: tuple[str, ...], pids: set[int]) -> dict[int, str]:
+    reasons: dict[int, str] = {}
+    while not pids <= reasons.keys():
+        e = ev.next(10)
+        assert e is not None, f"no exit of {pids - reasons.keys()}"
+        if e.kind == "child_exited" and e.path == path:
+            reasons[e.pid] = p.describe(e.reason)
+    return reasons
+
+
+def test_a_lent_childs_status_is_not_read_as_normal_where_proc_hides_it(tmp_path):
+    """/proc/PID/stat shows a zombie's exit_code only to a reader ptrace would let look; to
+    any other it shows 0, which reads as a normal exit. A node without CAP_SYS_PTRACE (a
+    container's default) whose worker runs under another group is such a reader: a lent
+    transient child killed must still be seen killed, and restarted."""
+    if os.getuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv, to run a worker under another group")
+    n = start_node(tmp_path, "tests.apps:small_supervisor_of_a_transient_in_another_group",
+                   prefix=("setpriv", "--inh-caps=-sys_ptrace", "--bounding-set=-sys_ptrace",
+                           "--"))
+    try:
+        lender = _only(n.conn.status().root_pid, "prism:lender", "the lender")
+        spare = _only(lender, SHARED_SPARE, "the shared spare")
+        old = n.conn.pid_of("sup/w")
+        with n.events() as ev:
+            os.kill(old, signal.SIGKILL)
+            assert _restarted(n, "sup/w", old) == spare
+            os.kill(spare, signal.SIGKILL)
+            reasons = _child_exits(ev, ("sup",), {old, spare})
+        assert reasons == {old: "killed by SIGKILL", spare: "killed by SIGKILL"}
+        _restarted(n, "sup/w", spare)  # transient: killed is abnormal, so restarted
+    finally:
+        n.stop()
+        wait_until(lambda: not n.pids(), 10, "the node's processes to exit")
+
+
+def _kid_of(n, pid: int) -> int | None:
+    for line in n.lines():
+        if line.startswith(f"kid {pid} "):
+            return int(line.split()[2])
+    return None
+
+
+def test_a_lent_childs_group_is_killed_before_its_restart(node_factory):
+    """As a forked child's: whatever a lent child spawned in its process group is killed
+    before its supervisor decides on its death (a replacement must not find its ports or
+    locks held), not whenever the lender, woken by the same death, gets a CPU."""
+    n = node_factory("tests.apps:small_supervisor_of_a_group_keeper")
+    lender = _only(n.conn.status().root_pid, "prism:lender", "the lender")
+    spare = _only(lender, SHARED_SPARE, "the shared spare")
+    old = n.conn.pid_of("sup/w")
+    os.kill(old, signal.SIGKILL)
+    lent = _restarted(n, "sup/w", old)
+    assert lent == spare
+    kid = wait_until(lambda: _kid_of(n, lent), 10, "the lent child's own child")
+    os.kill(lender, signal.SIGSTOP)  # a lender that has not had the CPU yet
+    try:
+        os.kill(lent, signal.SIGKILL)
+        _restarted(n, "sup/w", lent)
+        wait_until(lambda: not alive(kid), 2, "the lent child's group killed")
+    finally:
+        os.kill(lender, signal.SIGCONT)
