@@ -41,6 +41,7 @@ from typing import Any
 import msgspec
 
 from .._nodeinfo import peer_creds
+from .._process import kill_group
 from ..transports._channel import Channel
 
 __all__ = ["Taken", "ExitOf", "Reap", "LentExit", "LenderMessage", "LenderLink", "take_spare",
@@ -97,9 +98,12 @@ def decode(data: bytes) -> Any:
 
 def zombie_status(pid: int) -> int | None:
     """The wait status of ``pid`` if it is a zombie (dead, not reaped), from
-    ``/proc/PID/stat``'s ``exit_code``; None if it is not one (reaped, or alive). Readable by
-    any process of the tree: the same user and, as forks of one process, the same security
-    label, which is what the kernel asks of a reader that is not the parent."""
+    ``/proc/PID/stat``'s ``exit_code``; None if it is not one (reaped, or alive), or if this
+    process may not read it. The kernel shows ``exit_code`` only to a reader ptrace would let
+    look (the same uid *and* gids, or CAP_SYS_PTRACE), and ``0`` to any other: a normal exit,
+    misread. A worker that changed its group (a root node without CAP_SYS_PTRACE, as in a
+    container) is such a case; a 0 is trusted only if ``/proc/PID/io``, which the kernel
+    guards with the same check but refuses outright (EACCES), is readable."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             fields = f.read().rsplit(b")", 1)[1].split()
@@ -107,7 +111,14 @@ def zombie_status(pid: int) -> int | None:
         return None
     if fields[0] != b"Z" or len(fields) < _STAT_EXIT_CODE + 1:
         return None
-    return int(fields[_STAT_EXIT_CODE])
+    status = int(fields[_STAT_EXIT_CODE])
+    if status == 0:
+        try:
+            with open(f"/proc/{pid}/io", "rb") as f:
+                f.read(1)
+        except OSError:  # EACCES: the 0 was the kernel's mask (ENOENT: reaped meanwhile)
+            return None
+    return status
 
 
 def take_spare(node: str) -> tuple[int, Channel] | None:
@@ -168,6 +179,11 @@ class LenderLink:
             return self.exits.pop(pid)
         status = zombie_status(pid)
         if status is not None:  # the usual way: read, and the lender told it may reap
+            # Its group dies now, before the supervisor decides on its death, as a forked
+            # child's does; not whenever the lender (woken by the same death) gets a CPU.
+            # Safe: the lender keeps it a zombie (so its pid, the group's id, is not reused)
+            # until told to reap it below, or after its grace, a second from its death.
+            kill_group(pid)
             if self.connect():
                 try:
                     self.sock.send(encode(Reap(pid)))  # type: ignore[union-attr]
