@@ -321,3 +321,23 @@ def small_supervisor_of_a_group_keeper() -> p.SupervisorSpec:
     return p.SupervisorSpec(flags=tolerant, children=[p.ChildSpec(
         id="sup", start=p.SupervisorSpec(flags=tolerant, children=[
             p.ChildSpec(id="w", start=GroupKeeper)]))])
+
+
+class FailsItsSecondInit(p.Worker):
+    """Notes ``started`` at each init; the second one fails (a restart's start failure)."""
+
+    def init(self) -> None:
+        with open(_LOG, "a+") as f:
+            f.seek(0)
+            starts = sum(line == "started\n" for line in f)
+        note("started")
+        if starts == 1:
+            raise ValueError("the second init refuses")
+
+
+def small_supervisor_failing_its_second_start() -> p.SupervisorSpec:
+    """root > ``sup`` (small, so dormant) > ``w``, a :class:`FailsItsSecondInit`."""
+    tolerant = p.SupFlags(intensity=1000, period=5)
+    return p.SupervisorSpec(flags=tolerant, children=[p.ChildSpec(
+        id="sup", start=p.SupervisorSpec(flags=tolerant, children=[
+            p.ChildSpec(id="w", start=FailsItsSecondInit)]))])

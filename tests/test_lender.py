@@ -306,3 +306,24 @@ def test_a_lent_childs_group_is_killed_before_its_restart(node_factory):
         wait_until(lambda: not alive(kid), 2, "the lent child's group killed")
     finally:
         os.kill(lender, signal.SIGCONT)
+
+
+def test_a_lent_child_that_fails_its_init_is_not_a_spare_that_died(node_factory):
+    """A lent child whose init fails dies before it tells the lender who took it: its start
+    failure is its supervisor's (reported, retried), not a spare dying untaken (no
+    spare_died trouble, no backoff of the next spare)."""
+    n = node_factory("tests.apps:small_supervisor_failing_its_second_start")
+    lender = _only(n.conn.status().root_pid, "prism:lender", "the lender")
+    spare = _only(lender, SHARED_SPARE, "the shared spare")
+    old = n.conn.pid_of("sup/w")
+    with n.events() as ev:
+        os.kill(old, signal.SIGKILL)
+        _restarted(n, "sup/w", old)  # the third start, forked by sup, awake now
+        wait_until(lambda: not alive(spare), 5, "the lent child's failed start")
+        kinds = []
+        while (e := ev.next(1)) is not None:
+            kinds.append((e.kind, e.path, e.key))
+    assert ("start_error", ("sup",), "w") in kinds  # reported as its supervisor's
+    again = _only(lender, SHARED_SPARE, "another shared spare")
+    assert again != spare
+    assert _troubles(n, "spare_died") == 0
