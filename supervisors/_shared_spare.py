@@ -102,7 +102,21 @@ def spare_main(lender: socket.socket, tree: SupervisorSpec, node: str) -> int:
         # After ready, not before: the lender, long asleep, would take this CPU from the
         # start the supervisor waits for. Until the lender knows, this process would not die
         # with its supervisor; the lender kills it if that supervisor is gone by then.
-        lender.send(encode(Taken(owner)))
+        if lender.fileno() < 0:
+            return
+        try:
+            lender.send(encode(Taken(owner)))
+        except OSError:  # the lender is gone: this process dies with it (PDEATHSIG)
+            pass
         lender.close()
 
-    return run_child(spec, channel, (*frame.path, frame.key), node, prepared, tell_lender)
+    try:
+        return run_child(spec, channel, (*frame.path, frame.key), node, prepared,
+                         tell_lender)
+    finally:
+        # Told what to become, it was taken, whatever became of its start: a lent child
+        # whose init failed (or was ignored) tells the lender on its way out, so its death
+        # is its supervisor's (left a zombie for it to read), not a spare's that died
+        # untaken (counted, and the next spare made later and later). Only SIGKILL during
+        # init leaves it unsaid.
+        tell_lender()
