@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -327,3 +328,36 @@ def test_a_lent_child_that_fails_its_init_is_not_a_spare_that_died(node_factory)
     again = _only(lender, SHARED_SPARE, "another shared spare")
     assert again != spare
     assert _troubles(n, "spare_died") == 0
+
+
+def _cpu_s(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_a_lender_out_of_descriptors_does_not_spin_and_serves_the_link_later(node_factory):
+    """A link the lender cannot accept (EMFILE) stays queued, so its listening socket stays
+    readable: the lender must not turn that into a busy loop of failed accepts (a CPU, and a
+    log line and a trouble each turn); it tries again a moment later, and serves the link
+    once it can."""
+    n = node_factory("tests.apps:small_child_supervisor")
+    lender = _only(n.conn.status().root_pid, "prism:lender", "the lender")
+    _only(lender, SHARED_SPARE, "the shared spare")
+    limit = resource.prlimit(lender, resource.RLIMIT_NOFILE)
+    in_use = len(os.listdir(f"/proc/{lender}/fd"))
+    resource.prlimit(lender, resource.RLIMIT_NOFILE, (in_use, limit[1]))
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as s:
+            s.connect(lender_address(n.conn.status().node))  # queued: it cannot accept it
+            wait_until(lambda: _troubles(n, "lender_refused") >= 1, 5, "the refusal counted")
+            cpu, start = _cpu_s(lender), time.monotonic()
+            wait_until(lambda: time.monotonic() - start >= 1.0, 2, "a second")
+            assert _cpu_s(lender) - cpu < 0.2, "the lender spins on a link it cannot accept"
+            assert _troubles(n, "lender_refused") < 50
+            resource.prlimit(lender, resource.RLIMIT_NOFILE, limit)
+            s.settimeout(5)
+            s.send(encode(ExitOf(os.getpid())))
+            assert decode(s.recv(1 << 16)) == LentExit(os.getpid(), -1)  # served
+    finally:
+        resource.prlimit(lender, resource.RLIMIT_NOFILE, limit)
