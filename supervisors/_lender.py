@@ -66,6 +66,9 @@ log = logging.getLogger(__name__)
 _DEATHS_TOLERATED = 3
 _STOP_WAIT_S = 2.0
 _BACKLOG = 128
+# After an accept failed (EMFILE): the link stays queued, so the listener stays readable; it
+# is left out of the selector this long, not tried again at every turn of a busy loop.
+_ACCEPT_RETRY_S = 0.25
 
 
 class Lender:
@@ -87,6 +90,7 @@ class Lender:
         self.owner_fds: dict[int, int] = {}  # each watched owner's pidfd
         self.links: dict[int, socket.socket] = {}  # by the link's descriptor number
         self.sweep_due = False
+        self.accept_at = 0.0  # monotonic: listen again then (0: listening)
 
     def trouble(self, what: Trouble) -> None:
         self.parent.try_send(TroubleFrame((), what.value))
@@ -106,6 +110,8 @@ class Lender:
             due = L.next_due(self.state)
             if not self.state.spare:
                 due = min(due, self.state.remake_at)
+            if self.accept_at:
+                due = min(due, self.accept_at)
             timeout = None if due == float("inf") else max(0.0, due - time.monotonic())
             for key, _ in self.sel.select(timeout):
                 handler, obj = key.data
@@ -115,6 +121,9 @@ class Lender:
                 self.feed(L.Tick(now))
             if not self.state.spare and now >= self.state.remake_at:
                 self.fork_spare()
+            if self.accept_at and now >= self.accept_at:
+                self.accept_at = 0.0
+                self.sel.register(self.listener, selectors.EVENT_READ, ("on_accept", None))
             if self.sweep_due:
                 self.sweep_due = False
                 self.sweep_orphans()
@@ -205,9 +214,12 @@ class Lender:
                 link, _addr = self.listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError as exc:  # EMFILE: the supervisor finds no link, logs, carries on
-                log.error("lender: cannot accept a link: %s", exc)
+            except OSError as exc:  # EMFILE: the link waits, queued; tried again later
+                log.error("lender: cannot accept a link: %s (trying again in %.2f s)", exc,
+                          _ACCEPT_RETRY_S)
                 self.trouble(Trouble.LENDER_REFUSED)
+                self.sel.unregister(self.listener)
+                self.accept_at = time.monotonic() + _ACCEPT_RETRY_S
                 return
             uid = peer_creds(link)[1]
             if uid != os.geteuid():
