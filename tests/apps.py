@@ -341,3 +341,23 @@ def small_supervisor_failing_its_second_start() -> p.SupervisorSpec:
     return p.SupervisorSpec(flags=tolerant, children=[p.ChildSpec(
         id="sup", start=p.SupervisorSpec(flags=tolerant, children=[
             p.ChildSpec(id="w", start=FailsItsSecondInit)]))])
+
+
+class SlowSecondInit(p.Worker):
+    """Notes ``started`` at each init; the second one takes 30 s (a restart's slow start)."""
+
+    def init(self) -> None:
+        with open(_LOG, "a+") as f:
+            f.seek(0)
+            starts = sum(line == "started\n" for line in f)
+        note("started")
+        if starts == 1:
+            time.sleep(30)
+
+
+def small_supervisor_slow_on_its_second_start() -> p.SupervisorSpec:
+    """root > ``sup`` (small, so dormant) > ``w``, a :class:`SlowSecondInit`."""
+    tolerant = p.SupFlags(intensity=1000, period=5)
+    return p.SupervisorSpec(flags=tolerant, children=[p.ChildSpec(
+        id="sup", start=p.SupervisorSpec(flags=tolerant, children=[
+            p.ChildSpec(id="w", start=SlowSecondInit)]))])
