@@ -208,3 +208,30 @@ def test_the_usual_life_of_a_loan():
     assert a == [L.KillGroup(5), L.Unwatch(1001)] and s.zombies == {5: (9, 2.0 + L.REAP_GRACE_S)}
     s, a = L.decide(s, L.ReapAsked(5))  # its supervisor read /proc/5/stat
     assert a == [L.Reap(5)] and not s.zombies and s.statuses == {5: 9}  # kept, if asked
+
+
+def test_a_second_question_about_a_living_child_waits_for_its_death_too():
+    """Any process of the node's user may ask (ExitOf) on a link of its own: a question
+    already waiting for a child's death (another's, or a link its supervisor has since
+    replaced) must not make its supervisor's own question answered unknown (a status lost:
+    taken as killed) while the child lives."""
+    s, _ = L.decide(L.LoanState(), L.SpareMade(5))
+    s, _ = L.decide(s, L.TakenBy(5, 1001, True, 1.0))
+    s, a = L.decide(s, L.ExitAsked(5, 1))
+    assert a == []
+    s, a = L.decide(s, L.ExitAsked(5, 2))
+    assert a == []  # not answered -1: 5 is the lender's, and alive
+    s, a = L.decide(s, L.ChildDied(5, 9, 2.0))
+    assert L.Answer(1, 5, 9) in a and L.Answer(2, 5, 9) in a and a[-1] == L.Reap(5)
+
+
+def test_a_reap_asked_before_the_death_is_seen_reaps_at_the_death():
+    """Its supervisor may read the zombie and say Reap before the lender's loop has turned
+    the child's pidfd into ChildDied (both are woken by the same death): the child is reaped
+    then, not left a zombie for the whole grace."""
+    s, _ = L.decide(L.LoanState(), L.SpareMade(5))
+    s, _ = L.decide(s, L.TakenBy(5, 1001, True, 1.0))
+    s, a = L.decide(s, L.ReapAsked(5))
+    assert a == []
+    s, a = L.decide(s, L.ChildDied(5, 9, 2.0))
+    assert a[-1] == L.Reap(5) and not s.zombies and s.statuses == {5: 9}
