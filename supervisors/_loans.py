@@ -17,7 +17,10 @@ Invariants (``tests/test_loans.py`` checks them over random event sequences):
 * an owner is watched from the first child lent to it until it has none (or died), and a
   child whose owner died is killed;
 * every question is answered exactly once: at once if the status is known or the pid is
-  not the lender's child (-1), else at that child's death;
+  not the lender's child (-1), else at that child's death (every question waiting for it,
+  from any link: another process's question must not make its supervisor's unknown);
+* a ``ReapAsked`` that comes before the death is seen (its supervisor, woken by the same
+  death, read the zombie first) reaps the child at its death, not after its grace;
 * the statuses of the last ``STATUSES_KEPT`` children reaped are kept, for a question that
   comes late (the oldest go first; a pid the kernel gives a new spare drops its old one).
 """
@@ -49,7 +52,8 @@ class LoanState(msgspec.Struct, frozen=True):
     lent: dict[int, int] = {}  # pid -> its owner's pid (0: its owner died; killed)
     zombies: dict[int, tuple[int, float]] = {}  # pid -> (wait status, reap by)
     statuses: dict[int, int] = {}  # of reaped children, the last STATUSES_KEPT; oldest first
-    asked: dict[int, int] = {}  # pid -> the link that asked for its status (not dead yet)
+    asked: dict[int, tuple[int, ...]] = {}  # pid -> the links that asked (not dead yet)
+    read: frozenset[int] = frozenset()  # live children whose Reap came early
     spare_deaths: int = 0  # spares in a row that died untaken
     remake_at: float = 0.0  # monotonic: make a spare then (when there is none)
 
@@ -152,13 +156,14 @@ class _Draft:
         self.zombies = dict(s.zombies)
         self.statuses = dict(s.statuses)
         self.asked = dict(s.asked)
+        self.read = set(s.read)
         self.spare_deaths = s.spare_deaths
         self.remake_at = s.remake_at
         self.actions: list[Any] = []
 
     def freeze(self) -> LoanState:
         return LoanState(self.spare, self.lent, self.zombies, self.statuses, self.asked,
-                         self.spare_deaths, self.remake_at)
+                         frozenset(self.read), self.spare_deaths, self.remake_at)
 
     def on_SpareMade(self, e: SpareMade) -> None:
         self.spare = e.pid
@@ -209,11 +214,14 @@ class _Draft:
                 self.actions.append(Unwatch(owner))
         else:
             nobody_asks = True  # its supervisor died: killed for it
-        link = self.asked.pop(pid, None)
-        if link is not None:
+        links = self.asked.pop(pid, ())
+        read_already = pid in self.read
+        self.read.discard(pid)
+        if links:
             self.keep_status(pid, e.status)
-            self.actions += [Answer(link, pid, e.status), Reap(pid)]
-        elif nobody_asks:
+            self.actions += [Answer(link, pid, e.status) for link in links]
+            self.actions.append(Reap(pid))
+        elif nobody_asks or read_already:
             self.keep_status(pid, e.status)  # should anyone ask after all
             self.actions.append(Reap(pid))
         else:  # its supervisor reads it from /proc (or, for an untaken spare, may ask)
@@ -224,6 +232,8 @@ class _Draft:
         if zombie is not None:
             self.keep_status(e.pid, zombie[0])  # read already; kept should it be asked again
             self.actions.append(Reap(e.pid))
+        elif e.pid in self.lent or e.pid == self.spare:  # dead, its death not seen yet
+            self.read.add(e.pid)
 
     def on_ExitAsked(self, e: ExitAsked) -> None:
         pid = e.pid
@@ -233,14 +243,19 @@ class _Draft:
             self.actions += [Answer(e.link, pid, status), Reap(pid)]
         elif pid in self.statuses:
             self.actions.append(Answer(e.link, pid, self.statuses[pid]))
-        elif (pid in self.lent or pid == self.spare) and pid not in self.asked:
-            self.asked[pid] = e.link  # answered at its death
+        elif pid in self.lent or pid == self.spare:
+            self.asked[pid] = (*self.asked.get(pid, ()), e.link)  # answered at its death
         else:
             self.actions.append(Answer(e.link, pid, UNKNOWN))
 
     def on_LinkClosed(self, e: LinkClosed) -> None:
-        for pid in [pid for pid, link in self.asked.items() if link == e.link]:
-            del self.asked[pid]
+        for pid, links in list(self.asked.items()):
+            if e.link in links:
+                rest = tuple(link for link in links if link != e.link)
+                if rest:
+                    self.asked[pid] = rest
+                else:
+                    del self.asked[pid]
 
     def on_Tick(self, e: Tick) -> None:
         for pid, (status, due) in list(self.zombies.items()):
