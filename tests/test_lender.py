@@ -379,3 +379,55 @@ def test_a_lent_child_in_its_init_dies_with_its_supervisor(node_factory):
     assert _parent(spare) == lender and alive(spare)
     os.kill(n.conn.pid_of("sup"), signal.SIGKILL)
     wait_until(lambda: not alive(spare), 3, "the lent child killed with its supervisor")
+
+
+def _zombie_at(pid: int) -> int | None:
+    """A child of this process that exits 0 at once and is left a zombie, given ``pid`` (set
+    through ns_last_pid; None if another fork took it first, or the kernel refuses)."""
+    for _ in range(20):
+        try:
+            with open("/proc/sys/kernel/ns_last_pid", "w") as f:
+                f.write(str(pid - 1))
+        except OSError:
+            return None
+        child = os.fork()
+        if child == 0:
+            os._exit(0)
+        if child == pid:
+            return child
+        os.waitpid(child, 0)
+    return None
+
+
+def test_a_lent_childs_pid_reused_by_another_zombie_is_not_read_as_its_status(node_factory):
+    """A supervisor held up past the lender's grace finds its lent child reaped; if its pid
+    is by then another process's zombie, /proc/PID/stat is that one's: it must not be taken
+    for the child's status (here a normal exit, for a child that was killed)."""
+    if os.getuid() != 0:
+        pytest.skip("needs root, to choose the next pid")
+    n = node_factory("tests.apps:small_child_supervisor")
+    lender = _only(n.conn.status().root_pid, "prism:lender", "the lender")
+    spare = _only(lender, SHARED_SPARE, "the shared spare")
+    old = n.conn.pid_of("sup/w")
+    sup = n.conn.pid_of("sup")
+    impostor = None
+    with n.events() as ev:
+        os.kill(old, signal.SIGKILL)
+        assert _restarted(n, "sup/w", old) == spare
+        os.kill(sup, signal.SIGSTOP)  # held up: it sees the death after the grace
+        try:
+            os.kill(spare, signal.SIGKILL)
+            wait_until(lambda: not os.path.exists(f"/proc/{spare}"), 5,
+                       "the lent child reaped after the grace")
+            impostor = _zombie_at(spare)
+            if impostor is None:
+                pytest.skip("could not give the lent child's pid to another process")
+            wait_until(lambda: not alive(impostor), 5, "the other process a zombie")
+        finally:
+            os.kill(sup, signal.SIGCONT)
+        try:
+            reasons = _child_exits(ev, ("sup",), {old, spare})
+        finally:
+            if impostor:
+                os.waitpid(impostor, 0)
+    assert reasons[spare] == "killed by SIGKILL"
