@@ -106,7 +106,8 @@ class Borrowing:
     def lent_exit_status(self, proc: Proc) -> int:
         """The wait status of a lent child that died, as its parent, the lender, read it (it
         killed the child's group first). A lender gone or mute: killed, and logged."""
-        status = self.lending.exit_status(proc.pid) if self.lending is not None else None
+        status = (self.lending.exit_status(proc.pid, proc.pidfd)
+                  if self.lending is not None else None)
         if status is None:
             log.error("supervisor %s: the lender did not say how lent child %d died; taken "
                       "as killed", self.name(), proc.pid)

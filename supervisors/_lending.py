@@ -46,7 +46,7 @@ from typing import Any
 import msgspec
 
 from .._nodeinfo import peer_creds
-from .._process import kill_group
+from .._process import kill_group, send_signal
 from ..transports._channel import Channel
 
 __all__ = ["Taken", "ExitOf", "Reap", "LentExit", "LenderMessage", "LenderLink", "take_spare",
@@ -177,17 +177,23 @@ class LenderLink:
             self.sock.close()
             self.sock = None
 
-    def exit_status(self, pid: int) -> int | None:
-        """The wait status of lent child ``pid``, which has died; None if the lender cannot
-        tell (it is gone, or did not say in time)."""
+    def exit_status(self, pid: int, pidfd: int) -> int | None:
+        """The wait status of lent child ``pid`` (``pidfd``: the supervisor's on it), which
+        has died; None if the lender cannot tell (it is gone, or did not say in time)."""
         if pid in self.exits:
             return self.exits.pop(pid)
         status = zombie_status(pid)
+        # What /proc showed was this child only if it is still unreaped now (a signal 0
+        # through its pidfd fails once it is reaped): reaped after the lender's grace, its
+        # pid may be another process's already, a zombie too, with a status of its own.
+        if status is not None and not send_signal(pidfd, 0):
+            status = None
         if status is not None:  # the usual way: read, and the lender told it may reap
             # Its group dies now, before the supervisor decides on its death, as a forked
             # child's does; not whenever the lender (woken by the same death) gets a CPU.
-            # Safe: the lender keeps it a zombie (so its pid, the group's id, is not reused)
-            # until told to reap it below, or after its grace, a second from its death.
+            # Safe: it was unreaped a moment ago (checked above), and the lender keeps it a
+            # zombie (its pid, the group's id, not reused) until told to reap it below, or
+            # after its grace, a second from its death.
             kill_group(pid)
             if self.connect():
                 try:
