@@ -19,6 +19,7 @@ import pytest
 
 import prismatic as p
 from prismatic._process import child_pids, process_name
+from prismatic.supervisors._lender import LenderHandle
 from prismatic.supervisors._shared_spare import lendable, resolve
 from prismatic.supervisors._lending import (
     ExitOf, LentExit, Taken, decode, encode, lender_address, spare_address,
@@ -431,3 +432,28 @@ def test_a_lent_childs_pid_reused_by_another_zombie_is_not_read_as_its_status(no
             if impostor:
                 os.waitpid(impostor, 0)
     assert reasons[spare] == "killed by SIGKILL"
+
+
+def test_the_roots_hold_on_the_lender_works_past_descriptor_1024(tmp_path):
+    """A root of a few hundred children holds more than 1,024 descriptors (the node raises
+    the limit), so a lender forked again (after a death) has a pidfd past 1,023, where
+    select.select raises ValueError: stopping it must still work (the root's last act)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1200:
+        pytest.skip("needs a descriptor limit above 1,200")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200), hard))
+    filler = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    handle = LenderHandle(p.SupervisorSpec(children=[]), f"lend{uuid.uuid4().hex[:8]}")
+    try:
+        assert handle.start()
+        assert handle.pidfd >= 1024
+        pid = handle.pid
+        handle.stop()
+        assert not os.path.exists(f"/proc/{pid}")  # stopped and reaped
+    finally:
+        if handle.pid:
+            os.kill(handle.pid, signal.SIGKILL)
+            os.waitpid(handle.pid, 0)
+        for fd in filler:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
