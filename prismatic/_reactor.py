@@ -85,6 +85,15 @@ def signals_received(wake_r: socket.socket) -> bytes:
         return b""
 
 
+def readable(fd: int, timeout: float) -> bool:
+    """Whether ``fd`` is readable within ``timeout`` seconds (a pidfd: its process exited).
+    ``poll``, not ``select.select``: a process holding over 1,024 descriptors (a big
+    supervisor) has pidfds past FD_SETSIZE, where select.select raises ValueError."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(max(0, int(timeout * 1000))))
+
+
 # The C function itself: signal.signal wraps it in enum conversions that cost every worker
 # ~25 copy-on-write faults as it starts.
 _set_handler: Callable[[int, Any], Any] = getattr(sys.modules.get("_signal"), "signal",

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import select
 import selectors
 import signal
 from typing import Any
@@ -17,6 +16,7 @@ import msgspec
 
 from .._childspec import ChildSpec, SupervisorSpec
 from .._exit import reason_from_wait_status
+from .._reactor import readable
 from ..transports._channel import Channel
 from ..transports._frames import BecomeAt, TroubleFrame
 from ._lender import LenderHandle
@@ -64,7 +64,7 @@ class Borrowing:
         """Whether a lent child's channel closed before any frame while the process lives on
         (then it is :meth:`not_taken`)."""
         return (not frames and proc.channel.closed and not proc.ready and proc.reason is None
-                and not proc.ignored and not select.select([proc.pidfd], [], [], 0)[0])
+                and not proc.ignored and not readable(proc.pidfd, 0))
 
     def borrow(self, key: str, spec: ChildSpec) -> Proc | None:
         """The node's shared spare, told to become child ``key`` (see ``_lending``); None if

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import logging
 import os
-import select
 import selectors
 import signal
 import socket
@@ -51,7 +50,7 @@ from .._childspec import SupervisorSpec
 from .._exit import reason_from_wait_status
 from .._nodeinfo import peer_creds
 from .._process import child_pids, fork_child, kill_group, raise_fd_limit, send_signal
-from .._reactor import open_signal_wakeup, signals_received
+from .._reactor import open_signal_wakeup, readable, signals_received
 from ..transports._channel import Channel
 from ..transports._frames import TroubleFrame
 from . import _loans as L
@@ -396,7 +395,7 @@ class LenderHandle:
         if self.channel is not None:
             self.channel.close()
             self.channel = None
-        if not select.select([self.pidfd], [], [], _STOP_WAIT_S)[0]:
+        if not readable(self.pidfd, _STOP_WAIT_S):
             log.error("supervisor root: the lender did not stop within %.0f s; killed",
                       _STOP_WAIT_S)
             send_signal(self.pidfd, signal.SIGKILL)
