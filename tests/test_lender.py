@@ -457,3 +457,30 @@ def test_the_roots_hold_on_the_lender_works_past_descriptor_1024(tmp_path):
         for fd in filler:
             os.close(fd)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_a_lender_that_accepts_no_link_does_not_hold_up_a_restart(node_factory):
+    """A supervisor connects to the lender as it lends (for the child's exit status later):
+    with the lender's queue of links full (a lender stopped, hung, or out of descriptors)
+    that connect must not block the supervisor, whose restart is under way."""
+    n = node_factory("tests.apps:small_child_supervisor")
+    lender = _only(n.conn.status().root_pid, "prism:lender", "the lender")
+    spare = _only(lender, SHARED_SPARE, "the shared spare")
+    queued = []
+    os.kill(lender, signal.SIGSTOP)
+    try:
+        while True:  # fill its queue of links not accepted yet
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            s.setblocking(False)
+            queued.append(s)
+            try:
+                s.connect(lender_address(n.conn.status().node))
+            except BlockingIOError:
+                break
+        old = n.conn.pid_of("sup/w")
+        os.kill(old, signal.SIGKILL)
+        assert _restarted(n, "sup/w", old) == spare
+    finally:
+        os.kill(lender, signal.SIGCONT)
+        for s in queued:
+            s.close()
