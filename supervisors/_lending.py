@@ -162,9 +162,16 @@ class LenderLink:
             return True
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
         try:
-            sock.connect(lender_address(self.node))
+            # Without blocking: a lender whose queue of links is full (stopped, hung, out of
+            # descriptors) would hold the supervisor here, in the middle of a restart.
+            sock.setblocking(False)
+            try:
+                sock.connect(lender_address(self.node))
+            except BlockingIOError:
+                raise OSError("its queue of links is full") from None
             if peer_creds(sock)[1] != os.geteuid():
                 raise OSError("the lender's address is held by another user's process")
+            sock.settimeout(EXIT_TIMEOUT_S)  # no send or receive blocks for longer
         except OSError as exc:
             sock.close()
             log.warning("supervisor %s: no link to the lender: %s", self.name, exc)
@@ -196,10 +203,13 @@ class LenderLink:
             # after its grace, a second from its death.
             kill_group(pid)
             if self.connect():
-                try:
-                    self.sock.send(encode(Reap(pid)))  # type: ignore[union-attr]
+                try:  # never waited for: it reaps it after its grace anyway
+                    self.sock.send(encode(Reap(pid)),  # type: ignore[union-attr]
+                                   socket.MSG_DONTWAIT)
+                except BlockingIOError:
+                    pass  # a lender behind on its links
                 except OSError:
-                    self.close()  # it reaps it after its grace anyway
+                    self.close()
             return status
         if not self.connect():
             return None
