@@ -484,3 +484,20 @@ def test_a_lender_that_accepts_no_link_does_not_hold_up_a_restart(node_factory):
         os.kill(lender, signal.SIGCONT)
         for s in queued:
             s.close()
+
+
+def test_a_spare_taken_and_never_told_is_not_held_for_ever(node_factory):
+    """A process that connects to the shared spare and never says what it should become (a
+    stray client, a supervisor stopped mid-restart) must not keep the node without a shared
+    spare for as long as it holds the connection: the spare gives up on it (a supervisor
+    tells it within its on_exit), and the lender makes another."""
+    n = node_factory("tests.apps:small_child_supervisor")
+    lender = _only(n.conn.status().root_pid, "prism:lender", "the lender")
+    spare = _only(lender, SHARED_SPARE, "the shared spare")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as holder:
+        holder.connect(spare_address(n.conn.status().node))
+        wait_until(lambda: not alive(spare), 10, "the spare giving up on its silent taker")
+        again = _only(lender, SHARED_SPARE, "another shared spare")
+        old = n.conn.pid_of("sup/w")
+        os.kill(old, signal.SIGKILL)
+        assert _restarted(n, "sup/w", old) == again
