@@ -21,6 +21,7 @@ from .._errors import ChildSpecError
 from .._exit import reason_from_exception
 from .._nodeinfo import creation_of, peer_creds
 from .._process import set_process_name
+from .._reactor import readable
 from .._program import Program
 from .._worker_runtime import WorkerContext
 from ..transports._channel import Channel
@@ -28,11 +29,15 @@ from ..transports._frames import BecomeAt, ExitingFrame
 from ._child import proc_name, run_child
 from ._lending import Taken, encode, spare_address
 
-__all__ = ["set_tree", "node_tree", "resolve", "lendable", "spare_main"]
+__all__ = ["set_tree", "node_tree", "resolve", "lendable", "spare_main", "TOLD_WITHIN_S"]
 
 log = logging.getLogger(__name__)
 
 _tree: SupervisorSpec | None = None
+# A supervisor that takes the spare tells it what to become within the on_exit that took it
+# (its reaping, at most EXIT_TIMEOUT_S waiting for the lender, and its decision): a taker
+# silent this long is not one, or is stuck; the spare is not held for it.
+TOLD_WITHIN_S = 3.0
 
 
 def set_tree(tree: SupervisorSpec) -> None:
@@ -84,6 +89,11 @@ def spare_main(lender: socket.socket, tree: SupervisorSpec, node: str) -> int:
         log.error("lender: its spare refused a connection from uid %d", uid)
         conn.close()
     listener.close()  # a connection queued meanwhile is reset: its supervisor forks instead
+    if not readable(conn.fileno(), TOLD_WITHIN_S):
+        log.warning("lender: its spare was taken by pid %d and not told what to become "
+                    "within %.0f s; let go", owner, TOLD_WITHIN_S)
+        return 0  # as if let go: the lender makes another (and the taker, if it ever
+        # sends BecomeAt, finds the connection closed and forks its child itself)
     channel = Channel(conn)
     frame = channel.receive_one()
     if not isinstance(frame, BecomeAt):
