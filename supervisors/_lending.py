@@ -25,8 +25,9 @@ other runs under its own uid):
   asks (:class:`ExitOf`) and waits for the :class:`LentExit`; -1: unknown.
 
 Invariants: the spare accepts one connection, from its own uid, then closes its listening
-socket, and exits (let go) if not told what to become within ``TOLD_WITHIN_S``; a connection that was queued behind it meanwhile is reset, and its supervisor, which
-saw its channel close before any frame while the process lives on, forks its child itself
+socket, and exits (let go) if not told what to become within ``TOLD_WITHIN_S``; a
+connection that was queued behind it meanwhile is reset, and its supervisor, which saw its
+channel close before any frame while the process lives on, forks its child itself
 (:meth:`~._runtime.SupervisorRuntime.on_child`). When a supervisor dies, the lender kills
 every child it lent it: a lent child dies with its supervisor, as every child does. One
 difference, documented: the lender learns who took the spare only after the child's
