@@ -29,12 +29,11 @@ socket, and exits (let go) if not told what to become within ``TOLD_WITHIN_S``; 
 connection that was queued behind it meanwhile is reset, and its supervisor, which saw its
 channel close before any frame while the process lives on, forks its child itself
 (:meth:`~._runtime.SupervisorRuntime.on_child`). When a supervisor dies, the lender kills
-every child it lent it: a lent child dies with its supervisor, as every child does. One
-difference, documented: the lender learns who took the spare only after the child's
-``init``, so a supervisor that dies during that ``init`` leaves its child running until the
-``init`` returns; then the lender, finding the supervisor gone, kills it
-(``test_a_lent_child_in_its_init_dies_with_its_supervisor``, xfail). A lent child whose
-``init`` fails or is ignored tells the lender who took it on its way out.
+every child it lent it: a lent child dies with its supervisor, as every child does. Before
+the lender knows (during the child's ``init``), the child's channel stands in for it: its
+EOF, the supervisor gone, ends the child by SIGIO, whatever its ``init`` is doing
+(``_shared_spare``). A lent child whose ``init`` fails or is ignored tells the lender who
+took it on its way out.
 """
 
 from __future__ import annotations

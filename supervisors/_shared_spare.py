@@ -9,8 +9,10 @@ has there: :func:`resolve`), and once its ``ready`` is sent, tells the lender wh
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
+import signal
 import socket
 
 import msgspec
@@ -21,7 +23,7 @@ from .._errors import ChildSpecError
 from .._exit import reason_from_exception
 from .._nodeinfo import creation_of, peer_creds
 from .._process import set_process_name
-from .._reactor import readable
+from .._reactor import _set_handler, readable
 from .._program import Program
 from .._worker_runtime import WorkerContext
 from ..transports._channel import Channel
@@ -69,6 +71,18 @@ def lendable(spec: ChildSpec) -> bool:
 
 
 
+def _die_at_eof(conn: socket.socket, on: bool) -> None:
+    """Have the kernel send this process SIGIO (default action: end it) when ``conn`` turns
+    readable (its peer wrote, or is gone), or stop it."""
+    flags = fcntl.fcntl(conn.fileno(), fcntl.F_GETFL)
+    if on:
+        _set_handler(int(signal.SIGIO), int(signal.SIG_DFL))
+        fcntl.fcntl(conn.fileno(), fcntl.F_SETOWN, os.getpid())
+        fcntl.fcntl(conn.fileno(), fcntl.F_SETFL, flags | os.O_ASYNC)
+    else:
+        fcntl.fcntl(conn.fileno(), fcntl.F_SETFL, flags & ~os.O_ASYNC)
+
+
 def spare_main(lender: socket.socket, tree: SupervisorSpec, node: str) -> int:
     """Runs in the lender's spare: made ready for any worker, it waits at the spare's address
     for the one supervisor that takes it, tells the lender who, and becomes the child that
@@ -107,13 +121,21 @@ def spare_main(lender: socket.socket, tree: SupervisorSpec, node: str) -> int:
     if frame.key != frame.spec_id:
         spec = msgspec.structs.replace(spec, args=tuple(frame.args))
     set_process_name(proc_name(spec, frame.key))
+    # Until the lender knows who took it (after ready, below), nothing would kill this
+    # process if its supervisor died during its init: so its channel's EOF does, by SIGIO
+    # (whose default action ends the process), in any init, even one that never returns
+    # to Python's loop. A supervisor sends a worker nothing after BecomeAt, so only its
+    # death makes the channel readable now.
+    _die_at_eof(conn, True)
+    if readable(conn.fileno(), 0):
+        return 0  # gone already, before the above: no SIGIO comes for an EOF that came
 
     def tell_lender() -> None:
         # After ready, not before: the lender, long asleep, would take this CPU from the
-        # start the supervisor waits for. Until the lender knows, this process would not die
-        # with its supervisor; the lender kills it if that supervisor is gone by then.
+        # start the supervisor waits for (until then, the SIGIO above stands in for it).
         if lender.fileno() < 0:
             return
+        _die_at_eof(conn, False)
         try:
             lender.send(encode(Taken(owner)))
         except OSError:  # the lender is gone: this process dies with it (PDEATHSIG)

@@ -364,12 +364,9 @@ def test_a_lender_out_of_descriptors_does_not_spin_and_serves_the_link_later(nod
         resource.prlimit(lender, resource.RLIMIT_NOFILE, limit)
 
 
-@pytest.mark.xfail(strict=True, reason="the lender learns who took its spare only after the "
-                   "lent child's init (so as not to take the CPU from that start): a "
-                   "supervisor killed during that init leaves the child running until init "
-                   "returns (documented in _lending; a fix needs the owner known earlier "
-                   "without waking the lender on the restart's path)")
 def test_a_lent_child_in_its_init_dies_with_its_supervisor(node_factory):
+    """The lender learns who took its spare only after the child's init; a supervisor
+    killed during a (slow) init must not leave the child running until it returns."""
     n = node_factory("tests.apps:small_supervisor_slow_on_its_second_start")
     lender = _only(n.conn.status().root_pid, "prism:lender", "the lender")
     spare = _only(lender, SHARED_SPARE, "the shared spare")
