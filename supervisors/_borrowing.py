@@ -29,6 +29,8 @@ __all__ = ["Borrowing"]
 
 log = logging.getLogger(__name__)
 
+_DYING_S = 0.05  # see lent_on_child
+
 
 class Borrowing:
     """The shared-spare half of :class:`~._runtime.SupervisorRuntime` (a mixin: it works on
@@ -62,9 +64,11 @@ class Borrowing:
 
     def lent_on_child(self, proc: Proc, frames: list[Any]) -> bool:
         """Whether a lent child's channel closed before any frame while the process lives on
-        (then it is :meth:`not_taken`)."""
+        (then it is :meth:`not_taken`). A process that is dying closes its descriptors before
+        its pidfd turns readable: given a moment, so a child of ours killed in its init is
+        not taken for another's (a reset connection's spare lives on)."""
         return (not frames and proc.channel.closed and not proc.ready and proc.reason is None
-                and not proc.ignored and not readable(proc.pidfd, 0))
+                and not proc.ignored and not readable(proc.pidfd, _DYING_S))
 
     def borrow(self, key: str, spec: ChildSpec) -> Proc | None:
         """The node's shared spare, told to become child ``key`` (see ``_lending``); None if
@@ -86,9 +90,9 @@ class Borrowing:
             return None
         proc.lent = spec
         self.watch(proc)
-        # Its exit's status comes from the lender, over this link (see _lending).
+        # Its exit's status comes over a link to the lender (see _lending), opened when it
+        # is first needed: connecting now would wake the lender during this start.
         self.lending = self.lending or LenderLink(self.node, self.name())
-        self.lending.connect()
         return proc
 
     def not_taken(self, proc: Proc) -> None:
