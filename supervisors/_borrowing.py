@@ -10,7 +10,7 @@ import logging
 import os
 import selectors
 import signal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -19,11 +19,13 @@ from .._exit import reason_from_wait_status
 from .._reactor import readable
 from ..transports._channel import Channel
 from ..transports._frames import BecomeAt, TroubleFrame
-from ._lender import LenderHandle
 from ._lending import LenderLink, take_spare
 from ._procs import Proc
 from ._shared_spare import lendable, node_tree, resolve, set_tree
 from ._trouble import Trouble
+
+if TYPE_CHECKING:  # imported by the root alone, when it starts the lender (_borrowing)
+    from ._lender import LenderHandle
 
 __all__ = ["Borrowing"]
 
@@ -126,6 +128,12 @@ class Borrowing:
     # ---- the root's lender ------------------------------------------------------------------
 
     def start_lender(self) -> None:
+        # Imported here, by the root only: the lender's loop and its bookkeeping have no
+        # place in the image every process of the tree is forked from (its pages, and
+        # CPython's type attribute cache, which the node's warm-up fills for the children's
+        # start: see _warm_start).
+        from ._lender import LenderHandle  # noqa: PLC0415
+
         set_tree(self.spec)
         lender = LenderHandle(self.spec, self.node) if self.lender is None else self.lender
         if not lender.start():

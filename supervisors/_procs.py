@@ -84,7 +84,7 @@ import selectors
 import signal
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -97,11 +97,13 @@ from ..transports._channel import Channel, open_channel_pair
 from ..transports._frames import Become, TroubleFrame
 from ._child import knows, may_become_a_worker, spare_main
 from ._events import Phase, StartStep
-from ._lender import LenderHandle
 from ._program_run import ProgramRun
 from ._trouble import Trouble
 from ._working_set import exclusive_runs, populate_write
 from ._zygote import Zygote
+
+if TYPE_CHECKING:  # imported by the root alone, when it starts the lender (_borrowing)
+    from ._lender import LenderHandle
 
 __all__ = ["Proc", "SpareKeeping", "PARK_MAX_S", "fork_with_channel", "spare_idle_s",
            "check_spare_idle", "SPARE_IDLE_DEFAULT_S", "FEW_CHILDREN"]

@@ -40,7 +40,7 @@ import selectors
 import signal
 import socket
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -58,7 +58,6 @@ from ..transports._frames import (
 )
 from ._child import knows, proc_name, run_child
 from ._borrowing import Borrowing
-from ._lender import LenderHandle
 from ._lending import LenderLink, take_spare
 from ._decide import decide, initial_state
 from ._names import NameSocket
@@ -74,6 +73,9 @@ from ._procs import (
 )
 from ._program_loop import ProgramKeeping
 from ._zygote import Zygote
+
+if TYPE_CHECKING:  # imported by the root alone, when it starts the lender (_borrowing)
+    from ._lender import LenderHandle
 
 __all__ = ["SupervisorRuntime"]
 
