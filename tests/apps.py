@@ -102,11 +102,17 @@ def nested() -> p.SupervisorSpec:
                             children=[p.ChildSpec(id="mid", start=mid), idle("top")])
 
 
-def small_child_supervisor() -> p.SupervisorSpec:
-    """root > ``sup`` (one worker ``w``; small, so it starts dormant), both never give up."""
+def small_supervisor_of(w: p.ChildSpec) -> p.SupervisorSpec:
+    """root > ``sup`` > ``w``: ``sup`` is small, so it starts dormant; neither supervisor
+    gives up."""
     tolerant = p.SupFlags(intensity=1000, period=5)
     return p.SupervisorSpec(flags=tolerant, children=[p.ChildSpec(
-        id="sup", start=p.SupervisorSpec(flags=tolerant, children=[idle("w")]))])
+        id="sup", start=p.SupervisorSpec(flags=tolerant, children=[w]))])
+
+
+def small_child_supervisor() -> p.SupervisorSpec:
+    """root > ``sup`` (one worker ``w``; small, so it starts dormant), both never give up."""
+    return small_supervisor_of(idle("w"))
 
 
 def small_supervisors_beside_workers() -> p.SupervisorSpec:
@@ -277,10 +283,7 @@ class StopOnCast(p.Worker):
 def small_supervisor_stopping_on_cast() -> p.SupervisorSpec:
     """root > ``sup`` (small, so dormant) > ``w``, a permanent worker that stops normally when
     cast anything; neither supervisor gives up."""
-    tolerant = p.SupFlags(intensity=1000, period=5)
-    return p.SupervisorSpec(flags=tolerant, children=[p.ChildSpec(
-        id="sup", start=p.SupervisorSpec(flags=tolerant, children=[
-            p.ChildSpec(id="w", start=StopOnCast)]))])
+    return small_supervisor_of(p.ChildSpec(id="w", start=StopOnCast))
 
 
 def small_supervisor_of_a_temporary_worker() -> p.SupervisorSpec:
@@ -299,10 +302,7 @@ class InAnotherGroup(p.Worker):
 
 def small_supervisor_of_a_transient_in_another_group() -> p.SupervisorSpec:
     """root > ``sup`` (small, so dormant) > ``w``, a transient :class:`InAnotherGroup`."""
-    tolerant = p.SupFlags(intensity=1000, period=5)
-    return p.SupervisorSpec(flags=tolerant, children=[p.ChildSpec(
-        id="sup", start=p.SupervisorSpec(flags=tolerant, children=[
-            p.ChildSpec(id="w", start=InAnotherGroup, restart="transient")]))])
+    return small_supervisor_of(p.ChildSpec(id="w", start=InAnotherGroup, restart="transient"))
 
 
 class GroupKeeper(p.Worker):
@@ -317,47 +317,41 @@ class GroupKeeper(p.Worker):
 
 def small_supervisor_of_a_group_keeper() -> p.SupervisorSpec:
     """root > ``sup`` (small, so dormant) > ``w``, a :class:`GroupKeeper`."""
-    tolerant = p.SupFlags(intensity=1000, period=5)
-    return p.SupervisorSpec(flags=tolerant, children=[p.ChildSpec(
-        id="sup", start=p.SupervisorSpec(flags=tolerant, children=[
-            p.ChildSpec(id="w", start=GroupKeeper)]))])
+    return small_supervisor_of(p.ChildSpec(id="w", start=GroupKeeper))
+
+
+def _noted_start() -> int:
+    """Note ``started``; how many starts were noted before this one."""
+    with open(_LOG, "a+") as f:
+        f.seek(0)
+        starts = sum(line == "started\n" for line in f)
+    note("started")
+    return starts
 
 
 class FailsItsSecondInit(p.Worker):
     """Notes ``started`` at each init; the second one fails (a restart's start failure)."""
 
     def init(self) -> None:
-        with open(_LOG, "a+") as f:
-            f.seek(0)
-            starts = sum(line == "started\n" for line in f)
-        note("started")
+        starts = _noted_start()
         if starts == 1:
             raise ValueError("the second init refuses")
 
 
 def small_supervisor_failing_its_second_start() -> p.SupervisorSpec:
     """root > ``sup`` (small, so dormant) > ``w``, a :class:`FailsItsSecondInit`."""
-    tolerant = p.SupFlags(intensity=1000, period=5)
-    return p.SupervisorSpec(flags=tolerant, children=[p.ChildSpec(
-        id="sup", start=p.SupervisorSpec(flags=tolerant, children=[
-            p.ChildSpec(id="w", start=FailsItsSecondInit)]))])
+    return small_supervisor_of(p.ChildSpec(id="w", start=FailsItsSecondInit))
 
 
 class SlowSecondInit(p.Worker):
     """Notes ``started`` at each init; the second one takes 30 s (a restart's slow start)."""
 
     def init(self) -> None:
-        with open(_LOG, "a+") as f:
-            f.seek(0)
-            starts = sum(line == "started\n" for line in f)
-        note("started")
+        starts = _noted_start()
         if starts == 1:
             time.sleep(30)
 
 
 def small_supervisor_slow_on_its_second_start() -> p.SupervisorSpec:
     """root > ``sup`` (small, so dormant) > ``w``, a :class:`SlowSecondInit`."""
-    tolerant = p.SupFlags(intensity=1000, period=5)
-    return p.SupervisorSpec(flags=tolerant, children=[p.ChildSpec(
-        id="sup", start=p.SupervisorSpec(flags=tolerant, children=[
-            p.ChildSpec(id="w", start=SlowSecondInit)]))])
+    return small_supervisor_of(p.ChildSpec(id="w", start=SlowSecondInit))

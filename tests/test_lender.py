@@ -43,6 +43,12 @@ def _only(parent: int, comm: str, what: str) -> int:
                       10, what)
 
 
+def _lender_and_spare(n) -> tuple[int, int]:
+    """Node ``n``'s lender and the spare it keeps (each waited for)."""
+    lender = _only(n.conn.status().root_pid, "prism:lender", "the lender")
+    return lender, _only(lender, SHARED_SPARE, "the shared spare")
+
+
 def _restarted(n, key: str, old: int) -> int:
     return wait_until(lambda: (new := n.conn.pid_of(key)) not in (None, old) and new, 10,
                       f"{key} restarted")
@@ -111,8 +117,7 @@ def test_a_lent_childs_exit_status_comes_through_the_lender(node_factory):
     """Only the lender, its parent, can read a lent child's wait status: a normal exit must
     still be reported as normal (and a kill as killed)."""
     n = node_factory("tests.apps:small_supervisor_stopping_on_cast")
-    lender = _only(n.conn.status().root_pid, "prism:lender", "the lender")
-    spare = _only(lender, SHARED_SPARE, "the shared spare")
+    lender, spare = _lender_and_spare(n)
     old = n.conn.pid_of("sup/w")
     with n.events() as ev:
         os.kill(old, signal.SIGKILL)
@@ -163,8 +168,7 @@ def test_what_the_lender_is_sent_by_another_process_changes_nothing(node_factory
     logged); a status asked of a process that is not the lender's is answered unknown; the
     lender keeps its spare and serves on."""
     n = node_factory("tests.apps:small_child_supervisor")
-    lender = _only(n.conn.status().root_pid, "prism:lender", "the lender")
-    spare = _only(lender, SHARED_SPARE, "the shared spare")
+    lender, spare = _lender_and_spare(n)
     with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as s:
         s.connect(lender_address(n.conn.status().node))
         s.settimeout(5)
@@ -186,8 +190,7 @@ def test_a_spare_taken_by_another_process_is_not_lent_twice(node_factory):
     taken and let go without a word exits, and the lender makes another."""
     n = node_factory("tests.apps:small_child_supervisor")
     sup = n.conn.pid_of("sup")
-    lender = _only(n.conn.status().root_pid, "prism:lender", "the lender")
-    spare = _only(lender, SHARED_SPARE, "the shared spare")
+    lender, spare = _lender_and_spare(n)
     thief = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     thief.connect(spare_address(n.conn.status().node))
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as late:
@@ -242,8 +245,7 @@ def test_a_spare_taken_for_a_restart_that_does_not_come_is_let_go(node_factory):
     temporary worker) lets it go: it exits, not counted as a trouble, and the lender makes
     another."""
     n = node_factory("tests.apps:small_supervisor_of_a_temporary_worker")
-    lender = _only(n.conn.status().root_pid, "prism:lender", "the lender")
-    spare = _only(lender, SHARED_SPARE, "the shared spare")
+    lender, spare = _lender_and_spare(n)
     os.kill(n.conn.pid_of("sup/w"), signal.SIGKILL)
     wait_until(lambda: [c.id for c in n.conn.which_children("sup")] == ["k"], 10,
                "w gone for good")
@@ -277,8 +279,7 @@ def test_a_lent_childs_status_is_not_read_as_normal_where_proc_hides_it(tmp_path
                    prefix=("setpriv", "--inh-caps=-sys_ptrace", "--bounding-set=-sys_ptrace",
                            "--"))
     try:
-        lender = _only(n.conn.status().root_pid, "prism:lender", "the lender")
-        spare = _only(lender, SHARED_SPARE, "the shared spare")
+        lender, spare = _lender_and_spare(n)
         old = n.conn.pid_of("sup/w")
         with n.events() as ev:
             os.kill(old, signal.SIGKILL)
@@ -304,8 +305,7 @@ def test_a_lent_childs_group_is_killed_before_its_restart(node_factory):
     before its supervisor decides on its death (a replacement must not find its ports or
     locks held), not whenever the lender, woken by the same death, gets a CPU."""
     n = node_factory("tests.apps:small_supervisor_of_a_group_keeper")
-    lender = _only(n.conn.status().root_pid, "prism:lender", "the lender")
-    spare = _only(lender, SHARED_SPARE, "the shared spare")
+    lender, spare = _lender_and_spare(n)
     old = n.conn.pid_of("sup/w")
     os.kill(old, signal.SIGKILL)
     lent = _restarted(n, "sup/w", old)
@@ -325,8 +325,7 @@ def test_a_lent_child_that_fails_its_init_is_not_a_spare_that_died(node_factory)
     failure is its supervisor's (reported, retried), not a spare dying untaken (no
     spare_died trouble, no backoff of the next spare)."""
     n = node_factory("tests.apps:small_supervisor_failing_its_second_start")
-    lender = _only(n.conn.status().root_pid, "prism:lender", "the lender")
-    spare = _only(lender, SHARED_SPARE, "the shared spare")
+    lender, spare = _lender_and_spare(n)
     old = n.conn.pid_of("sup/w")
     with n.events() as ev:
         os.kill(old, signal.SIGKILL)
@@ -353,8 +352,7 @@ def test_a_lender_out_of_descriptors_does_not_spin_and_serves_the_link_later(nod
     log line and a trouble each turn); it tries again a moment later, and serves the link
     once it can."""
     n = node_factory("tests.apps:small_child_supervisor")
-    lender = _only(n.conn.status().root_pid, "prism:lender", "the lender")
-    _only(lender, SHARED_SPARE, "the shared spare")
+    lender, _ = _lender_and_spare(n)
     limit = resource.prlimit(lender, resource.RLIMIT_NOFILE)
     in_use = len(os.listdir(f"/proc/{lender}/fd"))
     resource.prlimit(lender, resource.RLIMIT_NOFILE, (in_use, limit[1]))
@@ -378,8 +376,7 @@ def test_a_lent_child_in_its_init_dies_with_its_supervisor(node_factory):
     """The lender learns who took its spare only after the child's init; a supervisor
     killed during a (slow) init must not leave the child running until it returns."""
     n = node_factory("tests.apps:small_supervisor_slow_on_its_second_start")
-    lender = _only(n.conn.status().root_pid, "prism:lender", "the lender")
-    spare = _only(lender, SHARED_SPARE, "the shared spare")
+    lender, spare = _lender_and_spare(n)
     old = n.conn.pid_of("sup/w")
     os.kill(old, signal.SIGKILL)
     wait_until(lambda: sum(line == "started" for line in n.lines()) == 2, 10,
@@ -414,8 +411,7 @@ def test_a_lent_childs_pid_reused_by_another_zombie_is_not_read_as_its_status(no
     if os.getuid() != 0:
         pytest.skip("needs root, to choose the next pid")
     n = node_factory("tests.apps:small_child_supervisor")
-    lender = _only(n.conn.status().root_pid, "prism:lender", "the lender")
-    spare = _only(lender, SHARED_SPARE, "the shared spare")
+    lender, spare = _lender_and_spare(n)
     old = n.conn.pid_of("sup/w")
     sup = n.conn.pid_of("sup")
     impostor = None
@@ -471,8 +467,7 @@ def test_a_lender_that_accepts_no_link_does_not_hold_up_a_restart(node_factory):
     with the lender's queue of links full (a lender stopped, hung, or out of descriptors)
     that connect must not block the supervisor, whose restart is under way."""
     n = node_factory("tests.apps:small_child_supervisor")
-    lender = _only(n.conn.status().root_pid, "prism:lender", "the lender")
-    spare = _only(lender, SHARED_SPARE, "the shared spare")
+    lender, spare = _lender_and_spare(n)
     queued = []
     os.kill(lender, signal.SIGSTOP)
     try:
@@ -499,8 +494,7 @@ def test_a_spare_taken_and_never_told_is_not_held_for_ever(node_factory):
     spare for as long as it holds the connection: the spare gives up on it (a supervisor
     tells it within its on_exit), and the lender makes another."""
     n = node_factory("tests.apps:small_child_supervisor")
-    lender = _only(n.conn.status().root_pid, "prism:lender", "the lender")
-    spare = _only(lender, SHARED_SPARE, "the shared spare")
+    lender, spare = _lender_and_spare(n)
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as holder:
         holder.connect(spare_address(n.conn.status().node))
         wait_until(lambda: not alive(spare), 10, "the spare giving up on its silent taker")
