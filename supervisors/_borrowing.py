@@ -45,6 +45,7 @@ class Borrowing:
     node: str
     parent: Channel
     starting: Proc | None
+    state: Any  # the decision state (its children)
     lender: LenderHandle | None  # the root's
     lending: LenderLink | None  # a link to the lender, open while a lent child lives
     taken: tuple[int, Channel] | None  # the shared spare, taken and not told yet
@@ -72,11 +73,25 @@ class Borrowing:
         return (not frames and proc.channel.closed and not proc.ready and proc.reason is None
                 and not proc.ignored and not readable(proc.pidfd, _DYING_S))
 
+    def may_borrow(self, spec: ChildSpec) -> bool:
+        """Whether the shared spare may become a child started from ``spec``: a worker whose
+        spec is the very object the node's tree has here (the spare resolves it there)."""
+        tree = node_tree()
+        return tree is not None and lendable(spec) and resolve(tree, self.path, spec.id) is spec
+
+    def take_early(self, proc: Proc) -> None:
+        """A dormant supervisor's child ``proc`` died: take the shared spare now (connected,
+        told nothing yet), so its wake-up overlaps the reaping and the decision; the
+        restart's :meth:`borrow` tells it what to become, and a decision that starts nothing
+        lets it go. Not for a child it could not become (it would be let go every time)."""
+        child = next((c for c in self.state.children if c.pid == proc.pid), None)
+        if self.taken is None and child is not None and self.may_borrow(child.spec):
+            self.taken = take_spare(self.node)
+
     def borrow(self, key: str, spec: ChildSpec) -> Proc | None:
         """The node's shared spare, told to become child ``key`` (see ``_lending``); None if
         the lender does not know the child as this process does, or none waits."""
-        tree = node_tree()
-        if tree is None or not lendable(spec) or resolve(tree, self.path, spec.id) is not spec:
+        if not self.may_borrow(spec):
             return None
         got, self.taken = self.taken or take_spare(self.node), None
         if got is None:
@@ -127,7 +142,8 @@ class Borrowing:
 
     # ---- the root's lender ------------------------------------------------------------------
 
-    def start_lender(self) -> None:
+    def start_lender(self, lender: LenderHandle | None = None) -> None:
+        """Fork the lender (``lender``: the handle of one that died, which counts deaths)."""
         # Imported here, by the root only: the lender's loop and its bookkeeping have no
         # place in the image every process of the tree is forked from (its pages, and
         # CPython's type attribute cache, which the node's warm-up fills for the children's
@@ -135,7 +151,7 @@ class Borrowing:
         from ._lender import LenderHandle  # noqa: PLC0415
 
         set_tree(self.spec)
-        lender = LenderHandle(self.spec, self.node) if self.lender is None else self.lender
+        lender = lender or LenderHandle(self.spec, self.node)
         if not lender.start():
             self.trouble(Trouble.FORK_FAILED)
             self.lender = None
@@ -157,21 +173,32 @@ class Borrowing:
             lender.channel.close()
             lender.channel = None
 
-    def on_lender_exit(self, _: Any) -> None:
-        lender = self.lender
-        if lender is None:
-            return
-        self.sel.unregister(lender.pidfd)
-        if lender.channel is not None:
-            self.on_lender(None)  # what it said before it died
+    def detach_lender(self) -> LenderHandle | None:
+        """Stop watching the lender and forget it; the caller reaps or stops it."""
+        lender, self.lender = self.lender, None
+        if lender is not None:
+            self.sel.unregister(lender.pidfd)
             if lender.channel is not None:
                 self.sel.unregister(lender.channel.sock)
+        return lender
+
+    def stop_lender(self) -> None:
+        """On the way out, after every child (lent ones too) is gone."""
+        lender = self.detach_lender()
+        if lender is not None:
+            lender.stop()
+
+    def on_lender_exit(self, _: Any) -> None:
+        self.on_lender(None)  # what it said before it died
+        lender = self.detach_lender()
+        if lender is None:
+            return
         status = lender.reap()
         log.warning("supervisor root: the lender died (%s)",
                     reason_from_wait_status(status))
         self.trouble(Trouble.LENDER_DIED)
         if lender.may_restart():
-            self.start_lender()
+            self.start_lender(lender)
         else:
             log.error("supervisor root: the lender died %d times; dormant supervisors fork "
                       "their children themselves from now on", lender.deaths)

@@ -222,6 +222,9 @@ class SpareKeeping:
     def watch(self, proc: Proc) -> None:
         raise NotImplementedError
 
+    def stop_lender(self) -> None:
+        raise NotImplementedError
+
     def forget(self, proc: Proc) -> None:
         raise NotImplementedError
 
@@ -526,9 +529,4 @@ class SpareKeeping:
         for spare in list(self.spares):
             self.kill_spare(spare)
         self.drop_zygote()
-        if self.lender is not None:  # last: every child, lent ones too, is gone by now
-            self.sel.unregister(self.lender.pidfd)
-            if self.lender.channel is not None:
-                self.sel.unregister(self.lender.channel.sock)
-            self.lender.stop()
-            self.lender = None
+        self.stop_lender()  # last: every child, lent ones too, is gone by now

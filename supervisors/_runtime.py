@@ -58,7 +58,7 @@ from ..transports._frames import (
 )
 from ._child import knows, proc_name, run_child
 from ._borrowing import Borrowing
-from ._lending import LenderLink, take_spare
+from ._lending import LenderLink
 from ._decide import decide, initial_state
 from ._names import NameSocket
 from ._trouble import Trouble
@@ -438,10 +438,8 @@ class SupervisorRuntime(SpareKeeping, ProgramKeeping, Borrowing):
             self.feed(ShutdownRequested(time.monotonic()))
 
     def on_exit(self, proc: Proc) -> None:
-        if self.dormant and proc.ctype is ChildType.WORKER and proc.key is not None:
-            # Taken now (only connected: told nothing yet), so the spare's wake-up overlaps
-            # this reaping and the decision; a decision that starts nothing lets it go.
-            self.taken = self.taken or take_spare(self.node)
+        if self.dormant and proc.key is not None:
+            self.take_early(proc)
         if proc.lent is not None:
             status = self.lent_exit_status(proc)
         else:
