@@ -174,11 +174,8 @@ class Lender:
         else:
             self.owner_fds[taken.owner] = owner_fd
         self.feed(L.TakenBy(pid, taken.owner, owner_fd >= 0, time.monotonic()))
-        if taken.owner in self.owner_fds and taken.owner not in self.watched():
+        if taken.owner in self.owner_fds and taken.owner not in L.owners(self.state.lent):
             os.close(self.owner_fds.pop(taken.owner))  # opened above, not watched after all
-
-    def watched(self) -> set[int]:
-        return {o for o in self.state.lent.values() if o}
 
     def on_child_exit(self, pid: int) -> None:
         if pid in self.said:

@@ -34,7 +34,7 @@ import msgspec
 __all__ = ["LoanState", "decide", "SpareMade", "TakenBy", "OwnerDied", "ChildDied",
            "ReapAsked", "ExitAsked", "LinkClosed", "Tick", "Watch", "Unwatch", "Kill",
            "KillGroup", "Reap", "Answer", "SpareDied", "REMAKE_AFTER_S", "REMAKE_MAX_S",
-           "REAP_GRACE_S", "STATUSES_KEPT", "UNKNOWN", "next_due"]
+           "REAP_GRACE_S", "STATUSES_KEPT", "UNKNOWN", "next_due", "owners"]
 
 # A spare is made this long after the last was taken: made at once, its fork would take a
 # CPU from the replacement's init, which is what the restart waits for.
@@ -145,7 +145,8 @@ def decide(state: LoanState, event: Any) -> tuple[LoanState, list[Any]]:
     return d.freeze(), d.actions
 
 
-def _owners(lent: dict[int, int]) -> set[int]:
+def owners(lent: dict[int, int]) -> set[int]:
+    """The supervisors watched: each owner of a living lent child (``LoanState.lent``)."""
     return {o for o in lent.values() if o}
 
 
@@ -179,7 +180,7 @@ class _Draft:
             self.lent[e.pid] = 0
             self.actions.append(Kill(e.pid))  # its supervisor is gone: so must it be
             return
-        if e.owner not in _owners(self.lent):
+        if e.owner not in owners(self.lent):
             self.actions.append(Watch(e.owner))
         self.lent[e.pid] = e.owner
 
@@ -210,7 +211,7 @@ class _Draft:
                 self.remake_at = e.now + delay
                 self.actions.append(SpareDied(pid, e.status, delay))
         elif owner:
-            if owner not in _owners(self.lent):
+            if owner not in owners(self.lent):
                 self.actions.append(Unwatch(owner))
         else:
             nobody_asks = True  # its supervisor died: killed for it
