@@ -195,6 +195,8 @@ class SpareKeeping:
     zygote_stale: bool
     zygote_deaths: int
     lender: LenderHandle | None  # the root's: the node's shared spare (see _lender)
+    # The Borrowing mixin's (declared, not defined: a stub here would shadow it in the MRO).
+    stop_lender: Callable[[], None]
     use_zygote: bool
     use_spares: bool
     parked: tuple[str, ChildSpec] | None
@@ -220,9 +222,6 @@ class SpareKeeping:
         self.parent.try_send(TroubleFrame(self.path, what.value))
 
     def watch(self, proc: Proc) -> None:
-        raise NotImplementedError
-
-    def stop_lender(self) -> None:
         raise NotImplementedError
 
     def forget(self, proc: Proc) -> None:
